@@ -1,0 +1,82 @@
+"""Value types for one request and the responses to it.
+
+Headers are kept as ordered (name, value) pairs with their original spelling; lookups are
+case-insensitive. Bodies are the bytes as they were on the wire (still content-encoded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def header(headers: Headers, name: str, default: str | None = None) -> str | None:
+    """The first value of header `name` (case-insensitive), else `default`."""
+    lname = name.lower()
+    for k, v in headers:
+        if k.lower() == lname:
+            return v
+    return default
+
+
+def make_headers(pairs: Iterable[tuple[str, str]]) -> Headers:
+    return tuple((str(k), str(v)) for k, v in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as the client sent it (or as a rule rewrote it for the shadow)."""
+
+    method: str
+    path: str  # without the query string
+    query: tuple[tuple[str, str], ...] = ()
+    headers: Headers = ()
+    body: bytes = b""
+    http_version: str = "HTTP/1.1"
+
+    @property
+    def query_string(self) -> str:
+        from urllib.parse import urlencode
+
+        return urlencode(self.query, doseq=False)
+
+    @property
+    def target(self) -> str:
+        """Path plus query string, as it goes on the request line."""
+        qs = self.query_string
+        return f"{self.path}?{qs}" if qs else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete response from the live or the shadow backend."""
+
+    status: int
+    headers: Headers = ()
+    body: bytes = b""
+    latency_ms: float = 0.0
+    truncated: bool = False  # the body was larger than max_body_bytes and was not read whole
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A shadow call that produced no response. `kind` is a short machine word."""
+
+    kind: str  # timeout | connect | reset | protocol | tls | redirect | too_large | error
+    message: str
+    latency_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One mirrored request: what the client sent and what the live backend answered."""
+
+    request: Request
+    live: Response
+    id: str = ""
+    ts: float = 0.0  # unix time the live response completed
+    route: str = ""  # matched route name, or the path template
+    rule: str | None = None  # matched route name, None when defaults applied
+    annotations: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,136 @@
+"""The record: one JSON object per mismatch, shadow failure, oversized body, or stats interval.
+
+Its JSON Schema ships in `shadowproxy/schemas/record.schema.json`; `validate_record` checks a
+record against it (tests do so for every record they see). Credentials never reach a record:
+sensitive headers are redacted here, before any sink sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from shadowproxy.engine.diff import Comparison, Difference
+from shadowproxy.engine.exchange import Exchange, Failure, Headers, Response
+
+SCHEMA = "shadowproxy.mismatch/1"
+OUTCOMES = ("mismatch", "shadow_error", "too_large", "stats")
+REDACTED = "[redacted]"
+SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+EXCERPT_CHARS = 512
+MAX_DIFFERENCES = 100
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def iso_ts(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def redact_headers(headers: Headers, sensitive: frozenset[str] = SENSITIVE_HEADERS) -> dict[str, str]:
+    """Headers as a lower-case name -> value map, credentials replaced by "[redacted]"."""
+    out: dict[str, str] = {}
+    for k, v in headers:
+        lk = k.lower()
+        value = REDACTED if lk in sensitive else v
+        out[lk] = f"{out[lk]}, {value}" if lk in out else value
+    return out
+
+
+def query_dict(query: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
+    out: dict[str, str | list[str]] = {}
+    for k, v in query:
+        if k in out:
+            prev = out[k]
+            out[k] = [*prev, v] if isinstance(prev, list) else [prev, v]
+        else:
+            out[k] = v
+    return out
+
+
+def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
+    text = body[: limit * 4].decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def side(resp: Response, decoded: bytes | None = None) -> dict[str, Any]:
+    """The record's view of one response. `decoded` is the content-decoded body when known."""
+    body = decoded if decoded is not None else resp.body
+    return {
+        "status": resp.status,
+        "latency_ms": round(resp.latency_ms, 3),
+        "headers": redact_headers(resp.headers),
+        "body_bytes": len(resp.body),
+        "body_sha256": hashlib.sha256(resp.body).hexdigest(),
+        "body_excerpt": excerpt(body),
+    }
+
+
+def failure_side(failure: Failure) -> dict[str, Any]:
+    return {
+        "status": None,
+        "latency_ms": round(failure.latency_ms, 3),
+        "error": {"kind": failure.kind, "message": failure.message},
+    }
+
+
+def build_record(
+    exchange: Exchange,
+    outcome: str,
+    shadow: Response | Failure,
+    comparison: Comparison | None = None,
+    *,
+    live_decoded: bytes | None = None,
+    shadow_decoded: bytes | None = None,
+    noise: Iterable[str] = (),
+    shadow_request: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One record for a compared exchange. `outcome` is mismatch, shadow_error or too_large."""
+    req = exchange.request
+    diffs: tuple[Difference, ...] = comparison.differences if comparison else ()
+    notes = list(comparison.notes) if comparison else []
+    if len(diffs) > MAX_DIFFERENCES:
+        notes.append(f"{len(diffs) - MAX_DIFFERENCES} more differences not listed")
+        diffs = diffs[:MAX_DIFFERENCES]
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "id": exchange.id or new_id(),
+        "ts": iso_ts(exchange.ts or time.time()),
+        "outcome": outcome,
+        "route": exchange.route,
+        "rule": exchange.rule,
+        "method": req.method,
+        "path": req.path,
+        "query": query_dict(req.query),
+        "live": side(exchange.live, live_decoded),
+        "shadow": side(shadow, shadow_decoded) if isinstance(shadow, Response) else failure_side(shadow),
+        "differences": [d.to_dict() for d in diffs],
+        "noise": sorted(noise),
+        "notes": notes,
+    }
+    if shadow_request is not None:
+        record["shadow_request"] = shadow_request
+    return record
+
+
+@cache
+def record_schema() -> dict[str, Any]:
+    text = resources.files("shadowproxy").joinpath("schemas/record.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate_record(record: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError when `record` does not follow the shipped schema."""
+    import jsonschema
+
+    jsonschema.validate(record, record_schema())

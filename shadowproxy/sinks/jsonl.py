@@ -1,0 +1,62 @@
+"""JSON Lines file sink: one record per line, appended, flushed on `flush()` and `stop()`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from shadowproxy.errors import SinkError
+from shadowproxy.sinks.base import Record
+
+
+class JsonlSink:
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.uri = f"jsonl:{self.path}"
+        self._fsync = fsync
+        self._fh: IO[bytes] | None = None
+        self._written = 0
+
+    async def start(self) -> None:
+        if self._fh is not None:
+            return
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - closed in stop()
+        except OSError as e:
+            msg = f"--sink {self.uri}: cannot open for append: {e.strerror or e}"
+            raise SinkError(msg) from None
+
+    async def write(self, record: Record) -> None:
+        if self._fh is None:
+            await self.start()
+        assert self._fh is not None
+        self._fh.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._written += 1
+
+    async def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            if self._fsync:
+                os.fsync(self._fh.fileno())
+
+    async def stop(self) -> None:
+        if self._fh is None:
+            return
+        await self.flush()
+        self._fh.close()
+        self._fh = None
+
+    def counters(self) -> dict[str, int]:
+        return {"written": self._written}
+
+    async def __aenter__(self) -> JsonlSink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
