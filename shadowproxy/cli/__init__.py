@@ -1,0 +1,55 @@
+"""The `shadowproxy` command. Each command group lives in its own module and registers here.
+
+Errors a user can cause (ShadowProxyError) become one red line on stderr and an exit code;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from shadowproxy._version import __version__
+from shadowproxy.errors import ShadowProxyError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one red line and exit."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns ShadowProxyError into one red line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShadowProxyError as e:
+            for line in str(e).splitlines() or [type(e).__name__]:
+                click.secho(f"error: {line}", fg="red", err=True)
+            sys.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SHADOWPROXY"})
+@click.version_option(__version__, "--version", prog_name="shadowproxy")
+def cli() -> None:
+    """Shadow-traffic mirroring proxy: the live backend answers every client, a copy of each safe
+    request goes to the shadow backend, the two responses are diffed, and every mismatch becomes a
+    record in a sink (JSON Lines or Kafka)."""
+
+
+def _register() -> None:
+    # Each module defines its commands and adds them to `cli` at import.
+    # one module per command group; add yours to this import
+    from shadowproxy.cli import demo, rules, run  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    cli(prog_name="shadowproxy")

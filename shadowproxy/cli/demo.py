@@ -1,0 +1,1 @@
+"""`shadowproxy demo` (being written)."""

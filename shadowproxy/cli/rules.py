@@ -1,0 +1,1 @@
+"""`shadowproxy rules` (being written)."""

@@ -1,0 +1,1 @@
+"""`shadowproxy run` (being written)."""
