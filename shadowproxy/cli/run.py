@@ -1,1 +1,93 @@
-"""`shadowproxy run` (being written)."""
+"""`shadowproxy run`: the live proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from shadowproxy.cli import cli
+from shadowproxy.cli.params import HOST_PORT, HTTP_URL, SINK_URI
+from shadowproxy.sinks.uri import DEFAULT_SINK
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    ours = logging.getLogger("shadowproxy")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+    mitm = logging.getLogger("mitmproxy")
+    mitm.addHandler(handler)
+    mitm.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@cli.command("run")
+@click.option("--listen", type=HOST_PORT, required=True, envvar="SHADOWPROXY_LISTEN", show_envvar=True,
+              help="Address clients connect to, e.g. 127.0.0.1:8080.")
+@click.option("--live", type=HTTP_URL, required=True, envvar="SHADOWPROXY_LIVE", show_envvar=True,
+              help="Live backend base URL: it answers every client.")
+@click.option("--shadow", type=HTTP_URL, required=True, envvar="SHADOWPROXY_SHADOW", show_envvar=True,
+              help="Shadow (candidate) backend base URL: it gets a copy of each eligible request.")
+@click.option("--rules", type=click.Path(dir_okay=False), default=None, envvar="SHADOWPROXY_RULES", show_envvar=True,
+              help="Rules file (YAML, version 1). Default: the embedded default (safe methods, full sample).")
+@click.option("--sink", type=SINK_URI, default=DEFAULT_SINK, envvar="SHADOWPROXY_SINK", show_envvar=True,
+              show_default=True, help="Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC[?options].")
+@click.option("--queue-size", type=click.IntRange(1), default=1000, envvar="SHADOWPROXY_QUEUE_SIZE",
+              show_default=True, help="Copies waiting for the shadow; beyond it a copy is dropped and counted.")
+@click.option("--concurrency", type=click.IntRange(1), default=64, envvar="SHADOWPROXY_CONCURRENCY",
+              show_default=True, help="Shadow calls in flight at most.")
+@click.option("--stats-interval", type=click.IntRange(0), default=10, envvar="SHADOWPROXY_STATS_INTERVAL",
+              show_default=True, help="Seconds between stats records (the report's denominators); 0: at exit only.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None, envvar="SHADOWPROXY_CA_FILE",
+              help="Extra CA bundle for an https shadow.")
+@click.option("--insecure", is_flag=True, envvar="SHADOWPROXY_INSECURE",
+              help="Do not verify the shadow's TLS certificate (logged as a warning).")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def run_cmd(
+    listen: tuple[str, int],
+    live: str,
+    shadow: str,
+    rules: str | None,
+    sink: str,
+    queue_size: int,
+    concurrency: int,
+    stats_interval: int,
+    ca_file: str | None,
+    insecure: bool,
+    verbose: int,
+) -> None:
+    """Run the shadow proxy in front of LIVE, mirroring safe requests to SHADOW.
+
+    Clients get exactly what the live backend answers. Each eligible request is copied to the
+    shadow in the background; the two responses are diffed and every mismatch, shadow failure or
+    oversized body becomes one record in the sink. SIGINT/SIGTERM: stop accepting, finish what is
+    in flight, flush the sink, exit 0.
+    """
+    from shadowproxy.proxy.addon import ShadowAddon
+    from shadowproxy.proxy.master import ProxySettings, check_listen, serve
+    from shadowproxy.rules import default_ruleset, load_rules
+
+    setup_logging(verbose)
+    ruleset = load_rules(rules) if rules else default_ruleset()  # a bad file: one line per problem, exit 2
+    check_listen(*listen)
+    shadow_options: dict[str, Any] = {
+        "shadow_url": shadow,
+        "shadow_rules": rules,
+        "shadow_sink": sink,
+        "shadow_queue_size": queue_size,
+        "shadow_concurrency": concurrency,
+        "shadow_stats_interval": stats_interval,
+        "shadow_ca_file": ca_file,
+        "shadow_insecure": insecure,
+    }
+    settings = ProxySettings(listen[0], listen[1], live, shadow_options)
+    logging.getLogger("shadowproxy").info(
+        "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
+    )
+    asyncio.run(serve(settings, ShadowAddon()))

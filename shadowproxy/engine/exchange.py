@@ -38,9 +38,9 @@ class Request:
 
     @property
     def query_string(self) -> str:
-        from urllib.parse import urlencode
+        from urllib.parse import quote, urlencode
 
-        return urlencode(self.query, doseq=False)
+        return urlencode(self.query, quote_via=quote, safe="/:@,")
 
     @property
     def target(self) -> str:

@@ -1,0 +1,59 @@
+"""Shared click parameter types: HOST:PORT, http(s) URLs, sink/source URIs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from shadowproxy.errors import SinkURIError
+from shadowproxy.sinks.uri import parse_uri
+
+
+class HostPort(click.ParamType):
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            self.fail(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)", param, ctx)
+        return host, int(port)
+
+
+class HttpURL(click.ParamType):
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from urllib.parse import urlsplit
+
+        text = str(value)
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(f"{text!r} is not an http:// or https:// URL with a host", param, ctx)
+        try:
+            _ = parts.port
+        except ValueError:
+            self.fail(f"{text!r} has a bad port", param, ctx)
+        return text.rstrip("/")
+
+
+class SinkURI(click.ParamType):
+    name = "URI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        flag = "--" + (param.name or "uri").replace("_", "-") if param else "--uri"
+        try:
+            parse_uri(text, flag=flag)
+        except SinkURIError as e:
+            self.fail(str(e).split(": ", 1)[-1], param, ctx)
+        return text
+
+
+HOST_PORT = HostPort()
+HTTP_URL = HttpURL()
+SINK_URI = SinkURI()

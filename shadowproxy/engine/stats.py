@@ -1,0 +1,185 @@
+"""Per-route counters and latency histograms, mergeable, emitted as `outcome: "stats"` records.
+
+Mismatch records alone cannot give a mismatch *rate*; stats records carry the denominators
+(compared, equal, skipped, dropped) so a report is exact from the stream alone. Each stats
+record holds one interval's counts: a reader sums them.
+
+Latency histograms use fixed log-spaced buckets (2% wide), so histograms from many intervals
+and many processes merge exactly and quantiles are within about 1%.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
+
+COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped")
+HIST_BASE_MS = 0.01
+HIST_GROWTH = 1.02
+_LOG_GROWTH = math.log(HIST_GROWTH)
+
+
+def bucket_of(ms: float) -> int:
+    if ms <= HIST_BASE_MS:
+        return 0
+    return int(math.log(ms / HIST_BASE_MS) / _LOG_GROWTH) + 1
+
+
+def bucket_upper(i: int) -> float:
+    return HIST_BASE_MS * HIST_GROWTH**i
+
+
+@dataclass(slots=True)
+class Histogram:
+    buckets: dict[int, int] = field(default_factory=dict)
+    sum: float = 0.0
+    count: int = 0
+    max: float = 0.0
+
+    def observe(self, ms: float) -> None:
+        i = bucket_of(ms)
+        self.buckets[i] = self.buckets.get(i, 0) + 1
+        self.sum += ms
+        self.count += 1
+        self.max = max(self.max, ms)
+
+    def merge(self, other: Histogram) -> None:
+        for i, n in other.buckets.items():
+            self.buckets[i] = self.buckets.get(i, 0) + n
+        self.sum += other.sum
+        self.count += other.count
+        self.max = max(self.max, other.max)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0..1), as the geometric middle of its bucket; None when empty."""
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for i in sorted(self.buckets):
+            seen += self.buckets[i]
+            if seen >= rank:
+                if i == 0:
+                    return HIST_BASE_MS
+                return min(self.max, math.sqrt(bucket_upper(i - 1) * bucket_upper(i)))
+        return self.max
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base_ms": HIST_BASE_MS,
+            "growth": HIST_GROWTH,
+            "buckets": {str(i): n for i, n in sorted(self.buckets.items())},
+            "sum": round(self.sum, 3),
+            "count": self.count,
+            "max": round(self.max, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Histogram:
+        return cls({int(i): int(n) for i, n in d.get("buckets", {}).items()}, float(d.get("sum", 0.0)),
+                   int(d.get("count", 0)), float(d.get("max", 0.0)))
+
+
+@dataclass(slots=True)
+class RouteStats:
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    skipped_by: dict[str, int] = field(default_factory=dict)
+    live_latency: Histogram = field(default_factory=Histogram)
+    shadow_latency: Histogram = field(default_factory=Histogram)
+
+    def merge(self, other: RouteStats) -> None:
+        for k, v in other.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        for k, v in other.skipped_by.items():
+            self.skipped_by[k] = self.skipped_by.get(k, 0) + v
+        self.live_latency.merge(other.live_latency)
+        self.shadow_latency.merge(other.shadow_latency)
+
+    def empty(self) -> bool:
+        return not any(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.counts,
+            "skipped_by": dict(self.skipped_by),
+            "live_latency_ms": self.live_latency.to_dict(),
+            "shadow_latency_ms": self.shadow_latency.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RouteStats:
+        rs = cls()
+        for k in COUNTS:
+            rs.counts[k] = int(d.get(k, 0))
+        rs.skipped_by = {str(k): int(v) for k, v in d.get("skipped_by", {}).items()}
+        rs.live_latency = Histogram.from_dict(d.get("live_latency_ms", {}))
+        rs.shadow_latency = Histogram.from_dict(d.get("shadow_latency_ms", {}))
+        return rs
+
+
+class Stats:
+    """Counters for one interval plus running totals since start."""
+
+    def __init__(self, source: str = "proxy") -> None:
+        self.source = source
+        self.interval: dict[str, RouteStats] = {}
+        self.totals: dict[str, RouteStats] = {}
+        self._since = time.monotonic()
+
+    def _route(self, route: str) -> tuple[RouteStats, RouteStats]:
+        a = self.interval.get(route)
+        if a is None:
+            a = self.interval[route] = RouteStats()
+        b = self.totals.get(route)
+        if b is None:
+            b = self.totals[route] = RouteStats()
+        return a, b
+
+    def count(self, route: str, name: str, n: int = 1) -> None:
+        for rs in self._route(route):
+            rs.counts[name] = rs.counts.get(name, 0) + n
+
+    def skip(self, route: str, reason: str, n: int = 1) -> None:
+        for rs in self._route(route):
+            rs.counts["skipped"] += n
+            rs.skipped_by[reason] = rs.skipped_by.get(reason, 0) + n
+
+    def latency(self, route: str, live_ms: float, shadow_ms: float) -> None:
+        for rs in self._route(route):
+            rs.live_latency.observe(live_ms)
+            rs.shadow_latency.observe(shadow_ms)
+
+    def merge_interval(self, routes: dict[str, RouteStats]) -> None:
+        """Fold counts made elsewhere (another process) into this interval and the totals."""
+        for route, other in routes.items():
+            for rs in self._route(route):
+                rs.merge(other)
+
+    def take_interval(self) -> tuple[float, dict[str, RouteStats]]:
+        now = time.monotonic()
+        elapsed, self._since = now - self._since, now
+        routes = {k: v for k, v in self.interval.items() if not v.empty()}
+        self.interval = {}
+        return elapsed, routes
+
+    def stats_record(self) -> dict[str, Any] | None:
+        """The record for the interval just ended, or None when nothing happened."""
+        elapsed, routes = self.take_interval()
+        if not routes:
+            return None
+        return {
+            "schema": SCHEMA,
+            "id": new_id(),
+            "ts": iso_ts(time.time()),
+            "outcome": "stats",
+            "interval_s": round(elapsed, 3),
+            "source": self.source,
+            "routes": {k: v.to_dict() for k, v in sorted(routes.items())},
+        }
+
+    def total(self, name: str) -> int:
+        return sum(rs.counts.get(name, 0) for rs in self.totals.values())

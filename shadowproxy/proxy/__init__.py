@@ -1,0 +1,1 @@
+"""The mitmproxy edge: the addon that turns flows into shadow jobs, and the lean master."""

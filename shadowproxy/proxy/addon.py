@@ -1,0 +1,145 @@
+"""The shadow addon: after the live response, decide and hand a copy to the dispatcher.
+
+Hooks are a few lines and never await the shadow: `response` decides (policy), builds a job
+and `submit`s it to a bounded queue, then returns; the client gets its response at once.
+Background work starts in `running()` and is drained in `done()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, Optional
+
+from mitmproxy import ctx, exceptions, http
+
+from shadowproxy.engine.exchange import Exchange
+from shadowproxy.engine.stats import Stats
+from shadowproxy.errors import ShadowProxyError
+from shadowproxy.policy import Policy, Switch
+from shadowproxy.proxy.convert import live_response_of, request_of
+from shadowproxy.rules.matcher import path_template
+from shadowproxy.rules.ruleset import RuleSet
+from shadowproxy.shadow.client import ClientConfig, ShadowClient
+from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
+from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.sinks.base import Sink
+from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink, parse_uri
+
+log = logging.getLogger("shadowproxy")
+
+# mitmproxy 11 checks option types with typing.Optional, not `str | None`.
+OptStr = Optional[str]  # noqa: UP045
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    """The addon's options, parsed once in configure()."""
+
+    shadow_url: str | None
+    rules: RuleSet
+    sink_uri: str
+    dispatch: DispatchConfig
+    client: ClientConfig
+
+
+def _load_rules(path: str | None) -> RuleSet:
+    from shadowproxy.rules import default_ruleset, load_rules
+
+    return load_rules(path) if path else default_ruleset()
+
+
+class ShadowAddon:
+    """Mirror eligible requests to `shadow_url` and record how the answers differ."""
+
+    def __init__(self, *, sink: Sink | None = None, switch: Switch | None = None) -> None:
+        self._injected_sink = sink
+        self.switch = switch or Switch()
+        self.config: ShadowConfig | None = None
+        self.policy: Policy | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.stats = Stats("proxy")
+        self.on_running: list[Callable[[], object]] = []  # called once the proxy listens
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
+        loader.add_option("shadow_rules", OptStr, None, "Rules file (YAML); unset: the embedded default.")
+        loader.add_option("shadow_sink", str, DEFAULT_SINK, "Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC.")
+        loader.add_option("shadow_queue_size", int, 1000, "Copies waiting for the shadow; beyond it, dropped and counted.")
+        loader.add_option("shadow_concurrency", int, 64, "Shadow calls in flight at most.")
+        loader.add_option("shadow_stats_interval", int, 10, "Seconds between stats records; 0: only at exit.")
+        loader.add_option("shadow_ca_file", OptStr, None, "Extra CA bundle to verify an https shadow.")
+        loader.add_option("shadow_insecure", bool, False, "Do not verify the shadow's TLS certificate.")
+
+    def configure(self, updated: set[str]) -> None:
+        if not any(name.startswith("shadow_") for name in updated):
+            return
+        o = ctx.options
+        try:
+            if o.shadow_url is not None and not o.shadow_url.startswith(("http://", "https://")):
+                raise exceptions.OptionsError(f"shadow_url {o.shadow_url!r}: must be an http:// or https:// URL")
+            if o.shadow_queue_size < 1 or o.shadow_concurrency < 1:
+                raise exceptions.OptionsError("shadow_queue_size and shadow_concurrency must be at least 1")
+            parse_uri(o.shadow_sink, flag="shadow_sink")
+            rules = _load_rules(o.shadow_rules)
+        except ShadowProxyError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        if o.shadow_insecure:
+            log.warning("shadow_insecure: the shadow's TLS certificate is NOT verified")
+        self.config = ShadowConfig(
+            shadow_url=o.shadow_url,
+            rules=rules,
+            sink_uri=o.shadow_sink,
+            dispatch=DispatchConfig(o.shadow_queue_size, o.shadow_concurrency, float(o.shadow_stats_interval)),
+            client=ClientConfig(o.shadow_concurrency, o.shadow_ca_file, o.shadow_insecure),
+        )
+        self.policy = Policy(rules, self.switch)
+
+    async def running(self) -> None:
+        await self._start_dispatcher()
+        for callback in self.on_running:
+            callback()
+
+    async def _start_dispatcher(self) -> None:
+        cfg = self.config
+        if cfg is None or cfg.shadow_url is None or self.dispatcher is not None:
+            return
+        sink = self._injected_sink or open_sink(cfg.sink_uri, flag="shadow_sink")
+        pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, self.stats)
+        self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
+        await self.dispatcher.start()
+        log.info("shadowing to %s, records to %s", cfg.shadow_url, sink.uri)
+
+    async def done(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            self.dispatcher = None
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if self.dispatcher is None or self.policy is None or flow.response is None:
+            return
+        job = self.job_for(flow)
+        if job is not None:
+            self.dispatcher.submit(job)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
+        if self.dispatcher is not None and flow.response is None:
+            path = flow.request.path.partition("?")[0]
+            self.stats.skip(path_template(path), "live_error")
+
+    def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
+        """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
+        assert self.policy is not None
+        req = request_of(flow.request)
+        request_id = uuid.uuid4().hex
+        decision = self.policy.decide(req, request_id)
+        if decision.shadow_request is None:
+            self.stats.skip(decision.route, decision.reason)
+            return None
+        exchange = Exchange(req, live_response_of(flow), request_id, time.time(), decision.route, decision.rule)
+        return ShadowJob(exchange, decision.shadow_request, decision.settings, decision.target,
+                         decision.reason == "rewrite")

@@ -1,0 +1,38 @@
+"""mitmproxy flows -> engine value types. The only place that knows both."""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+
+from shadowproxy.engine.exchange import Request, Response
+
+
+def _fields(headers: http.Headers) -> tuple[tuple[str, str], ...]:
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.fields)
+
+
+def request_of(req: http.Request) -> Request:
+    path, _, _ = req.path.partition("?")
+    return Request(
+        method=req.method,
+        path=path or "/",
+        query=tuple(req.query.items(multi=True)),
+        headers=_fields(req.headers),
+        body=req.raw_content or b"",
+        http_version=req.http_version,
+    )
+
+
+def live_response_of(flow: http.HTTPFlow) -> Response:
+    resp = flow.response
+    assert resp is not None
+    end = resp.timestamp_end or time.time()
+    start = flow.request.timestamp_end or flow.request.timestamp_start
+    return Response(
+        status=resp.status_code,
+        headers=_fields(resp.headers),
+        body=resp.raw_content or b"",
+        latency_ms=max(0.0, (end - start) * 1000),
+    )

@@ -1,0 +1,114 @@
+"""Bounded dispatch: the proxy hands jobs over and returns at once; workers feed the pipeline.
+
+`submit` never waits: when the queue is full the copy is dropped and counted (the live
+response must never wait for the shadow). `concurrency` bounds the shadow calls in flight.
+Stats records are emitted every `stats_interval` seconds and once more at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+
+log = logging.getLogger("shadowproxy")
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    queue_size: int = 1000
+    concurrency: int = 64
+    stats_interval: float = 10.0
+    drain_timeout: float = 10.0
+
+
+class Dispatcher:
+    """Runs the pipeline on the caller's event loop with a bounded queue and bounded concurrency."""
+
+    def __init__(self, pipeline: Pipeline, cfg: DispatchConfig | None = None) -> None:
+        self.pipeline = pipeline
+        self.cfg = cfg or DispatchConfig()
+        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(self.cfg.queue_size)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._stopped = False
+        self.dispatched = 0
+        self.dropped = 0
+
+    @property
+    def stats(self):  # type: ignore[no-untyped-def]
+        return self.pipeline.stats
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.pipeline.sink.start()
+        for _ in range(self.cfg.concurrency):
+            self._spawn(self._worker())
+        if self.cfg.stats_interval > 0:
+            self._spawn(self._stats_loop())
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Queue a copy; False (and counted as dropped) when the queue is full or stopping."""
+        if self._stopped:
+            self.pipeline.stats.count(job.exchange.route, "dropped")
+            self.dropped += 1
+            return False
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.pipeline.stats.count(job.exchange.route, "dropped")
+            self.dropped += 1
+            return False
+        self.dispatched += 1
+        return True
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self.pipeline.process(job)
+            finally:
+                self._queue.task_done()
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.stats_interval)
+            await self.pipeline.emit_stats()
+            await self.pipeline.sink.flush()
+
+    async def stop(self) -> None:
+        """Finish what is queued or in flight (bounded by drain_timeout), emit stats, flush the sink."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started:
+            try:
+                await asyncio.wait_for(self._queue.join(), self.cfg.drain_timeout)
+            except TimeoutError:
+                left = self._queue.qsize()
+                log.warning("shadow drain timed out; %d queued copies dropped", left)
+                while not self._queue.empty():
+                    job = self._queue.get_nowait()
+                    self.pipeline.stats.count(job.exchange.route, "dropped")
+                    self._queue.task_done()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.pipeline.emit_stats()
+        await self.pipeline.close()
+        await self.pipeline.sink.stop()

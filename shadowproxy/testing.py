@@ -1,0 +1,189 @@
+"""Helpers for testing with shadowproxy — ours and yours.
+
+- `MemorySink`: a sink that keeps records in a list.
+- `make_exchange` / `make_record`: realistic records without a proxy.
+- `Backend`: a real HTTP server on 127.0.0.1 in a background thread, answering with a function
+  of the request, and remembering every request it saw.
+- `ProxyThread`: the real proxy (lean master + addon) in a background thread on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from shadowproxy.engine.diff import Comparison, Difference
+from shadowproxy.engine.exchange import Exchange, Request, Response
+from shadowproxy.engine.record import build_record
+from shadowproxy.sinks.memory import MemorySink
+
+__all__ = ["Backend", "MemorySink", "ProxyThread", "Seen", "free_port", "make_exchange", "make_record"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_exchange(method: str = "GET", path: str = "/users/1", status: int = 200, body: bytes = b'{"id": 1}',
+                  route: str = "/users/{id}") -> Exchange:
+    req = Request(method, path, (), (("accept", "application/json"),))
+    live = Response(status, (("content-type", "application/json"),), body, 12.5)
+    return Exchange(req, live, id="", ts=time.time(), route=route, rule=None)
+
+
+def make_record(route: str = "/users/{id}", outcome: str = "mismatch", **kw: Any) -> dict[str, Any]:
+    """A valid mismatch record with one body difference, for sink and report tests."""
+    ex = make_exchange(route=route, **kw)
+    shadow = Response(200, (("content-type", "application/json"),), b'{"id": 2}', 14.0)
+    comp = Comparison((Difference("body", "/id", "changed", 1, 2),), (), "json")
+    return build_record(ex, outcome, shadow, comp)
+
+
+@dataclass(slots=True)
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Backend:
+    """A real aiohttp server on 127.0.0.1:port in its own thread. `seen` lists the requests."""
+
+    handler: Handler
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Backend:
+        ready = threading.Event()
+        self.port = self.port or free_port()
+
+        async def main() -> None:
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            ready.set()
+
+        def thread() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(main())
+            self._loop.run_forever()
+            assert self._runner is not None
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=thread, daemon=True, name=f"backend-{self.port}")
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("backend did not start")
+        return self
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.path, request.query_string,
+                              {k.lower(): v for k, v in request.headers.items()}, body))
+        return await self.handler(request)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> Backend:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ProxyThread:
+    """The real proxy in a background thread: `with ProxyThread(live, shadow, sink=...) as p: p.url`."""
+
+    def __init__(self, live_url: str, shadow_url: str | None, *, rules: str | None = None,
+                 sink: Any = None, sink_uri: str = "memory:", **shadow_options: Any) -> None:
+        from shadowproxy.proxy.addon import ShadowAddon
+
+        self.port = free_port()
+        self.live_url = live_url
+        self.addon = ShadowAddon(sink=sink)
+        self.options: dict[str, Any] = {"shadow_url": shadow_url, "shadow_rules": rules, "shadow_sink": sink_uri,
+                                        "shadow_stats_interval": 0, **shadow_options}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._master: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ProxyThread:
+        from shadowproxy.proxy.master import ProxySettings, serve
+
+        settings = ProxySettings("127.0.0.1", self.port, self.live_url, self.options)
+        ready = threading.Event()
+
+        def thread() -> None:
+            async def main() -> None:
+                started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                started.add_done_callback(lambda f: ready.set())
+                self._started = started
+                task = asyncio.ensure_future(serve(settings, self.addon, install_signals=False, started=started))
+                self._master = await started
+                await task
+
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(main())
+            except BaseException as e:  # surfaced by start()/stop()
+                self.error = e
+                ready.set()
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=thread, daemon=True, name=f"proxy-{self.port}")
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("proxy did not start")
+        if self.error is not None:
+            raise RuntimeError(f"proxy failed to start: {self.error!r}") from self.error
+        return self
+
+    def stop(self) -> None:
+        if self._master is not None and self._thread is not None:
+            self._master.shutdown()
+            self._thread.join(30)
+            self._master = None
+        if self.error is not None:
+            raise RuntimeError(f"proxy failed: {self.error!r}") from self.error
+
+    def __enter__(self) -> ProxyThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
