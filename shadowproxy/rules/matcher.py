@@ -20,6 +20,8 @@ class PathMatcher:
 
 
 def compile_path(pattern: str) -> PathMatcher:
+    """Compile a validated pattern (see `model._path_pattern`). A plain pattern must match the whole
+    path (without the query); a `re:` pattern is searched, so anchor it with ^ and $ when needed."""
     if pattern.startswith("re:"):
         return PathMatcher(pattern, re.compile(pattern[3:]))
     parts: list[str] = []
@@ -44,9 +46,12 @@ _HEX = re.compile(r"[0-9a-fA-F]{16,}")
 
 
 def path_template(path: str) -> str:
-    """The route name for a path no route names: numeric, UUID and long hex segments become `{id}`."""
+    """The route name for a path no route names: numeric, UUID and long hex segments become `{id}`.
+
+    The query string is dropped: a name must not grow with every distinct request.
+    """
     out = []
-    for seg in path.split("/"):
+    for seg in path.split("?", 1)[0].split("/"):
         if seg and (_NUM.fullmatch(seg) or _UUID.fullmatch(seg) or _HEX.fullmatch(seg)):
             out.append("{id}")
         else:

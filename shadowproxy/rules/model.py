@@ -1,34 +1,68 @@
 """The rules file model (YAML, `version: 1`), validated by pydantic.
 
 Every model forbids unknown keys, so a typo is an error that names the key instead of a
-setting silently ignored. `shadowproxy rules schema` prints the JSON Schema made from here.
+setting silently ignored. Types are strict: `sample: "0.5"` or `timeout_ms: true` is an
+error, not a guess. `shadowproxy rules schema` prints the JSON Schema made from here.
+
+Messages raised here are read by people (the loader prefixes them with `FILE:LINE: key:`),
+so they say what is wrong and what would be right. A check that belongs to one key but can
+only run on the whole model raises `_problem(message, at=...)`; the loader adds `at` to the
+error's location so the line points at that key.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "CONNECT"})
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+PLACEHOLDERS = ("request_hash", "request_id")  # always available in rewrite values
+PROBLEM = "rules"  # error type of _problem(); its ctx["at"] is a location relative to the model
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _problem(message: str, *at: str | int) -> PydanticCustomError:
+    return PydanticCustomError(PROBLEM, message, {"at": at})
 
 
 def _method(value: str) -> str:
     up = value.upper()
     if up not in HTTP_METHODS:
-        msg = f"unknown HTTP method {value!r} (one of {', '.join(sorted(HTTP_METHODS))})"
+        order = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "CONNECT")
+        msg = f"unknown HTTP method {value!r} (one of {', '.join(order)})"
         raise ValueError(msg)
     return up
 
 
-def _regex(value: str) -> str:
+def compile_regex(value: str) -> re.Pattern[str]:
+    """`re.compile`, with every way it can fail turned into one ValueError a person can read."""
     try:
-        re.compile(value)
+        return re.compile(value)
     except re.error as e:
+        msg = f"bad regex {value!r}: {e.msg}" + (f" at position {e.pos}" if e.pos is not None else "")
+        raise ValueError(msg) from None
+    except (OverflowError, RecursionError) as e:  # "a{99999999999}", absurd nesting
         msg = f"bad regex {value!r}: {e}"
         raise ValueError(msg) from None
+
+
+def _regex(value: str) -> str:
+    compile_regex(value)
     return value
 
 
@@ -37,30 +71,79 @@ def _pointer_glob(value: str) -> str:
     if value != "" and not value.startswith("/"):
         msg = f"bad JSON Pointer {value!r}: must be empty or start with '/'"
         raise ValueError(msg)
-    for seg in value.split("/")[1:]:
-        if re.search(r"~(?![01])", seg):
-            msg = f"bad JSON Pointer {value!r}: '~' must be followed by 0 or 1"
-            raise ValueError(msg)
+    if re.search(r"~(?![01])", value):
+        msg = f"bad JSON Pointer {value!r}: '~' must be followed by 0 or 1 (~0 is '~', ~1 is '/')"
+        raise ValueError(msg)
     return value
+
+
+def path_params(pattern: str) -> tuple[str, ...]:
+    """The names a path pattern captures: its `{name}` segments, or a `re:` pattern's named groups."""
+    if pattern.startswith("re:"):
+        return tuple(compile_regex(pattern[3:]).groupindex)
+    return tuple(seg[1:-1] for seg in pattern.split("/") if seg.startswith("{") and seg.endswith("}"))
 
 
 def _path_pattern(value: str) -> str:
     if value.startswith("re:"):
-        return "re:" + _regex(value[3:])
+        compile_regex(value[3:])
+        return value
     if not value.startswith("/"):
-        msg = f"bad path pattern {value!r}: must start with '/' or 're:'"
+        msg = f"bad path pattern {value!r}: must start with '/' (or be 're:REGEX')"
         raise ValueError(msg)
+    seen: set[str] = set()
     for seg in value.split("/")[1:]:
         if "{" in seg or "}" in seg:
             if not re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", seg):
-                msg = f"bad path pattern {value!r}: a placeholder is a whole segment like {{id}}"
+                msg = (
+                    f"bad path pattern {value!r}: segment {seg!r} is not a placeholder; "
+                    "a placeholder is a whole segment like {id}"
+                )
                 raise ValueError(msg)
+            if seg in seen:
+                msg = f"bad path pattern {value!r}: placeholder {seg} is used twice"
+                raise ValueError(msg)
+            seen.add(seg)
     return value
 
 
 def _header_name(value: str) -> str:
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
-        msg = f"bad header name {value!r}"
+        msg = f"bad header name {value!r}: letters, digits and !#$%&'*+.^_`|~- only, no spaces or colons"
+        raise ValueError(msg)
+    return value
+
+
+def _route_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:/{}-]+", value):
+        msg = f"bad route name {value!r}: letters, digits and _ . : / {{ }} - only, no spaces"
+        raise ValueError(msg)
+    return value
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not lo <= value <= hi:  # also refuses NaN
+            msg = f"must be between {lo:g} and {hi:g}, got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    return check
+
+
+def _at_least(lo: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not value >= lo:  # also refuses NaN
+            msg = f"must be at least {lo:g}, got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    return check
+
+
+def _version(value: Any) -> Any:
+    if type(value) is not int or value != 1:  # bool and float are ints to Literal[1]; not here
+        msg = f"unsupported version {value!r}: this shadowproxy reads 'version: 1'"
         raise ValueError(msg)
     return value
 
@@ -70,11 +153,22 @@ Regex = Annotated[str, AfterValidator(_regex)]
 PointerGlob = Annotated[str, AfterValidator(_pointer_glob)]
 PathPattern = Annotated[str, AfterValidator(_path_pattern)]
 HeaderName = Annotated[str, AfterValidator(_header_name)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+RouteName = Annotated[str, AfterValidator(_route_name), WithJsonSchema({"type": "string", "minLength": 1})]
+Fraction = Annotated[
+    float, AfterValidator(_between(0, 1)), WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1})
+]
+TimeoutMs = Annotated[
+    int,
+    AfterValidator(_between(1, 600_000)),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 600_000}),
+]
+ByteCount = Annotated[int, AfterValidator(_at_least(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
+Tolerance = Annotated[float, AfterValidator(_at_least(0)), WithJsonSchema({"type": "number", "minimum": 0})]
+Version = Annotated[Literal[1], BeforeValidator(_version)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class IgnoreSpec(_Strict):
@@ -84,16 +178,16 @@ class IgnoreSpec(_Strict):
     body: list[PointerGlob] = Field(
         default_factory=list, description='JSON Pointers; "*" matches one segment, "**" any depth'
     )
-    body_regex: list[Regex] = Field(default_factory=list, description="regexes searched in the pointer string")
+    body_regex: list[Regex] = Field(
+        default_factory=list, description="regexes searched in the JSON Pointer of each difference"
+    )
 
 
 class CompareSpec(_Strict):
-    """How bodies are compared."""
+    """How bodies are compared. In a route, only the keys given override the defaults."""
 
-    ignore_order: bool = Field(False, description="arrays compared as multisets")
-    float_tolerance: Annotated[float, Field(ge=0.0)] = Field(
-        0.0, description="numbers closer than this are equal"
-    )
+    ignore_order: bool = Field(default=False, description="arrays compared as multisets")
+    float_tolerance: Tolerance = Field(default=0.0, description="numbers closer than this are equal")
 
 
 class Defaults(_Strict):
@@ -101,13 +195,17 @@ class Defaults(_Strict):
         default_factory=lambda: list(SAFE_METHODS),
         description="methods mirrored as they are; anything else is skipped unless a route rewrites it",
     )
-    sample: Fraction = Field(1.0, description="fraction of eligible requests mirrored")
-    timeout_ms: Annotated[int, Field(gt=0, le=600_000)] = Field(2000, description="shadow request timeout")
-    max_body_bytes: Annotated[int, Field(gt=0)] = Field(
-        1_048_576, description="larger bodies are not diffed; recorded as too_large"
+    sample: Fraction = Field(default=1.0, description="fraction of eligible requests mirrored")
+    timeout_ms: TimeoutMs = Field(default=2000, description="shadow request timeout")
+    max_body_bytes: ByteCount = Field(
+        default=1_048_576, description="larger bodies are not diffed; recorded as too_large"
     )
-    shadow_header: HeaderName = Field("X-Shadow-Request", description='added to every shadow request (value "1")')
-    strip_headers: list[HeaderName] = Field(default_factory=list, description="request headers never sent to the shadow")
+    shadow_header: HeaderName = Field(
+        default="X-Shadow-Request", description='added to every shadow request (value "1")'
+    )
+    strip_headers: list[HeaderName] = Field(
+        default_factory=list, description="request headers never sent to the shadow"
+    )
     ignore: IgnoreSpec = Field(
         default_factory=lambda: IgnoreSpec(headers=["date", "server", "x-request-id"]),
         description="what the diff leaves out",
@@ -118,17 +216,20 @@ class Defaults(_Strict):
 class Match(_Strict):
     """Which requests a route takes. Every given condition must hold."""
 
-    methods: list[Method] | None = Field(None, description="any of these methods; default any")
+    methods: list[Method] | None = Field(default=None, description="any of these methods; default any")
     path: PathPattern | None = Field(
-        None, description='"/users/{id}" ({name} one segment, "*" one, "**" any depth) or "re:REGEX"'
+        default=None,
+        description='"/users/{id}" ({name} one segment, "*" one, "**" any depth) or "re:REGEX" (searched)',
     )
-    headers: dict[HeaderName, Regex] | None = Field(None, description="header name -> regex the value must match")
+    headers: dict[HeaderName, Regex] | None = Field(
+        default=None, description="header name (any case) -> regex searched in the value"
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> Match:
         if self.methods is None and self.path is None and self.headers is None:
             msg = "match needs at least one of methods, path, headers"
-            raise ValueError(msg)
+            raise _problem(msg)
         return self
 
 
@@ -140,59 +241,91 @@ class Rewrite(_Strict):
     """
 
     method: Method | None = None
-    path: str | None = Field(None, description="new path; may use placeholders")
+    path: str | None = Field(default=None, description="new path; may use placeholders")
     query: dict[str, str] = Field(default_factory=dict, description="query parameters added or replaced")
     headers: dict[HeaderName, str] = Field(default_factory=dict, description="headers added or replaced")
-    target: str | None = Field(None, description="another shadow base URL for this route (http or https)")
+    target: str | None = Field(default=None, description="another shadow base URL for this route (http or https)")
+
+    @field_validator("path")
+    @classmethod
+    def _path_absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            msg = f"rewrite path {value!r} must start with '/'"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target_http(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s?#]+(/\S*)?$", value):
+            msg = f"rewrite target {value!r} must be an http:// or https:// URL"
+            raise ValueError(msg)
+        return value
 
     @model_validator(mode="after")
     def _does_something(self) -> Rewrite:
         if not (self.method or self.path or self.query or self.headers or self.target):
             msg = "rewrite changes nothing: give at least one of method, path, query, headers, target"
-            raise ValueError(msg)
-        if self.path is not None and not self.path.startswith("/"):
-            msg = f"rewrite path {self.path!r} must start with '/'"
-            raise ValueError(msg)
-        if self.target is not None and not re.match(r"^https?://[^/\s]+", self.target):
-            msg = f"rewrite target {self.target!r} must be an http:// or https:// URL"
-            raise ValueError(msg)
+            raise _problem(msg)
         return self
+
+    def templated(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """Each value that may hold placeholders, with its key path inside the rewrite block."""
+        if self.path is not None:
+            yield ("path",), self.path
+        for k, v in self.query.items():
+            yield ("query", k), v
+        for k, v in self.headers.items():
+            yield ("headers", k), v
 
 
 class Route(_Strict):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:/{}-]+$")]
+    """A route: the first whose `match` holds takes the request; its settings override the defaults."""
+
+    name: RouteName = Field(description="names the route in records and metrics")
     match: Match
-    action: Literal["mirror", "rewrite", "skip"] = "mirror"
-    rewrite: Rewrite | None = None
+    action: Literal["mirror", "rewrite", "skip"] = Field(
+        default="mirror", description="mirror as is, rewrite into a safe copy, or skip (never mirrored)"
+    )
+    rewrite: Rewrite | None = Field(default=None, description="required with action: rewrite, refused otherwise")
     sample: Fraction | None = None
-    timeout_ms: Annotated[int, Field(gt=0, le=600_000)] | None = None
-    max_body_bytes: Annotated[int, Field(gt=0)] | None = None
-    strip_headers: list[HeaderName] | None = None
-    ignore: IgnoreSpec | None = None
-    compare: CompareSpec | None = None
+    timeout_ms: TimeoutMs | None = None
+    max_body_bytes: ByteCount | None = None
+    strip_headers: list[HeaderName] | None = Field(default=None, description="replaces the defaults' list when given")
+    ignore: IgnoreSpec | None = Field(default=None, description="added to the defaults' lists")
+    compare: CompareSpec | None = Field(default=None, description="the keys given override the defaults' compare")
 
     @model_validator(mode="after")
     def _rewrite_goes_with_action(self) -> Route:
         if self.action == "rewrite" and self.rewrite is None:
             msg = "action 'rewrite' needs a 'rewrite' block saying how the copy is made safe"
-            raise ValueError(msg)
+            raise _problem(msg, "rewrite")
         if self.action != "rewrite" and self.rewrite is not None:
             msg = f"'rewrite' given but action is {self.action!r} (set action: rewrite)"
-            raise ValueError(msg)
+            raise _problem(msg, "rewrite")
+        if self.rewrite is not None:
+            known = (*PLACEHOLDERS, *path_params(self.match.path or ""))
+            for at, value in self.rewrite.templated():
+                for name in _PLACEHOLDER.findall(value):
+                    if name not in known:
+                        msg = f"unknown placeholder {{{name}}} (known: {', '.join(known)})"
+                        raise _problem(msg, "rewrite", *at)
         return self
 
 
 class RulesFile(_Strict):
-    version: Literal[1]
+    """A whole rules file."""
+
+    version: Version = Field(description="always 1")
     defaults: Defaults = Field(default_factory=Defaults)
-    routes: list[Route] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list, description="tried in order; the first match wins")
 
     @model_validator(mode="after")
     def _unique_route_names(self) -> RulesFile:
-        seen: set[str] = set()
-        for r in self.routes:
+        seen: dict[str, int] = {}
+        for i, r in enumerate(self.routes):
             if r.name in seen:
-                msg = f"route name {r.name!r} is used twice"
-                raise ValueError(msg)
-            seen.add(r.name)
+                msg = f"route name {r.name!r} is used twice (first by routes[{seen[r.name]}])"
+                raise _problem(msg, "routes", i, "name")
+            seen[r.name] = i
         return self

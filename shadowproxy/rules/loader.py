@@ -1,0 +1,435 @@
+"""Load a rules file: bytes -> YAML (with line numbers) -> `RulesFile` -> `RuleSet`.
+
+Every mistake a user can make in a rules file becomes a `Problem` (`FILE:LINE: key.path:
+message`) and all of them are raised together as one `RulesError`; nothing else escapes for
+a user's mistake. The steps, each of which can stop with problems:
+
+1. read: missing, a directory, unreadable, binary (NUL bytes) or not UTF-8;
+2. parse: ruamel.yaml round-trip (YAML 1.2), which keeps each key's line; syntax errors and
+   duplicate keys are reported at their line;
+3. convert: ruamel's types become plain Python and a `loc -> line` index is built on the way;
+4. validate: pydantic (`model.RulesFile`); each error's `loc` is looked up in the index and
+   its wording made human.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+import re
+import types
+import warnings
+from collections.abc import Sequence
+from datetime import date
+from importlib import resources
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
+
+from shadowproxy.errors import Problem, RulesError
+from shadowproxy.rules.model import PROBLEM, RulesFile
+from shadowproxy.rules.ruleset import RuleSet
+
+__all__ = ["check_rules", "default_ruleset", "load_rules", "load_rules_text", "rules_json_schema"]
+
+SCHEMA_ID = "https://shadowproxy.dev/schemas/rules/1"
+DEFAULT_SOURCE = "<embedded default rules>"
+MAX_NODES = 100_000  # aliases can make a small file huge ("billion laughs"); no real rules file is near
+
+Loc = tuple[str | int, ...]
+# a YAML 1.2 float with an exponent; YAML 1.1 (`%YAML 1.1`) resolves `1e-9` to a string
+_EXP_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
+_KEY_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+class _Stop(Exception):
+    """Loading cannot go on; `problems` says why."""
+
+    def __init__(self, *problems: Problem) -> None:
+        self.problems = list(problems)
+
+
+def load_rules(path: str | os.PathLike[str]) -> RuleSet:
+    """Load and validate a rules file. Raises RulesError listing every problem found."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise RulesError([Problem(source, 1, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise RulesError([Problem(source, 1, "", "is a directory, not a rules file")]) from None
+    except PermissionError:
+        raise RulesError([Problem(source, 1, "", "cannot read: permission denied")]) from None
+    except OSError as e:
+        raise RulesError([Problem(source, 1, "", f"cannot read: {e.strerror or e}")]) from None
+    return load_rules_text(data, source)
+
+
+def load_rules_text(text: str | bytes, source: str) -> RuleSet:
+    """Load and validate rules from a string; `source` names it in messages."""
+    try:
+        return _Loader(source).load(text)
+    except _Stop as stop:
+        raise RulesError(stop.problems) from None
+
+
+def check_rules(path: str | os.PathLike[str]) -> list[Problem]:
+    """Every problem found in a rules file, in line order; [] when it is fine."""
+    try:
+        load_rules(path)
+    except RulesError as e:
+        return e.problems
+    return []
+
+
+@functools.cache
+def default_ruleset() -> RuleSet:
+    """The rules used when no file is given: shadowproxy/rules/default.yaml, embedded."""
+    text = resources.files("shadowproxy.rules").joinpath("default.yaml").read_bytes()
+    return load_rules_text(text, DEFAULT_SOURCE)
+
+
+def rules_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a rules file."""
+    schema = RulesFile.model_json_schema()
+    head = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "shadowproxy rules file, version 1",
+    }
+    out: dict[str, Any] = {**head, **{k: v for k, v in schema.items() if k != "title"}}
+    json.dumps(out)  # must stay plain JSON
+    return out
+
+
+class _Loader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[Loc, int] = {(): 1}  # loc -> 1-based line of its key or list item
+        self.items: set[Loc] = set()  # locs that are list items, shown as [i]
+        self.nodes = 0
+        self.active: set[int] = set()  # ids of containers being converted, to catch alias cycles
+
+    def problem(self, line: int, loc: Loc, message: str) -> Problem:
+        return Problem(self.source, line, self.key_path(loc), message)
+
+    def load(self, text: str | bytes) -> RuleSet:
+        doc = self.parse(self.decode(text))
+        if doc is None:
+            raise _Stop(self.problem(1, (), "file is empty: expected a mapping starting with 'version: 1'"))
+        if isinstance(doc, CommentedMap) and doc.lc.line is not None:
+            self.lines[()] = doc.lc.line + 1
+        data = self.plain(doc, (), self.lines[()])
+        if not isinstance(data, dict):
+            msg = f"the top level must be a mapping starting with 'version: 1', got {_show(data)}"
+            raise _Stop(self.problem(1, (), msg))
+        try:
+            rules = RulesFile.model_validate(data)
+        except ValidationError as e:
+            problems = [self.translate(err) for err in e.errors(include_url=False)]
+            raise _Stop(*sorted(problems, key=lambda p: p.line)) from None
+        return RuleSet(rules, self.source)
+
+    # -- 1. read ----------------------------------------------------------------------------
+
+    def decode(self, text: str | bytes) -> str:
+        if isinstance(text, str):
+            raw = text
+        else:
+            nul = text.find(b"\0")
+            if nul >= 0:
+                line = text.count(b"\n", 0, nul) + 1
+                raise _Stop(self.problem(line, (), "not a text file (NUL byte): a rules file is UTF-8 YAML"))
+            try:
+                raw = text.decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                line = text.count(b"\n", 0, e.start) + 1
+                msg = f"not UTF-8 (byte 0x{text[e.start]:02x}): a rules file is UTF-8 YAML"
+                raise _Stop(self.problem(line, (), msg)) from None
+        nul = raw.find("\0")
+        if nul >= 0:
+            line = raw.count("\n", 0, nul) + 1
+            raise _Stop(self.problem(line, (), "not a text file (NUL character): a rules file is UTF-8 YAML"))
+        return raw
+
+    # -- 2. parse ---------------------------------------------------------------------------
+
+    def parse(self, text: str) -> Any:
+        yaml = YAML(typ="rt")
+        yaml.preserve_quotes = True  # quoted scalars keep a str subclass: "1e-9" stays a string
+        try:
+            # ruamel warns about things that are not errors here (e.g. a reused anchor)
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                return yaml.load(text)
+        except DuplicateKeyError as e:
+            raise _Stop(*self.duplicates(text, e)) from None
+        except MarkedYAMLError as e:
+            raise _Stop(self.syntax_problem(e)) from None
+        except ReaderError as e:
+            line = text.count("\n", 0, e.position) + 1
+            msg = f"YAML: unacceptable character {e.character!r} ({e.reason})"
+            raise _Stop(self.problem(line, (), msg)) from None
+        except YAMLError as e:
+            raise _Stop(self.problem(1, (), f"YAML: {e}")) from None
+        except RecursionError:
+            raise _Stop(self.problem(1, (), "YAML: nested too deeply")) from None
+        except Exception as e:  # ruamel's own slips on odd input are still the input's fault
+            raise _Stop(self.problem(1, (), f"YAML: cannot parse: {type(e).__name__}: {e}")) from None
+
+    def syntax_problem(self, e: MarkedYAMLError) -> Problem:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        what = e.problem or e.context or "syntax error"
+        if e.context and e.problem and e.context_mark is not None and e.context_mark.line + 1 != line:
+            what += f" ({e.context} at line {e.context_mark.line + 1})"
+        elif e.context and e.problem:
+            what += f" ({e.context})"
+        return self.problem(line, (), f"YAML syntax error: {what}")
+
+    def duplicates(self, text: str, e: DuplicateKeyError) -> list[Problem]:
+        """Each duplicate key with its key path (the constructor only says where the first one is)."""
+        found: list[Problem] = []
+
+        def walk(node: Node, loc: Loc) -> None:
+            if isinstance(node, MappingNode):
+                seen: dict[str, int] = {}
+                for k, v in node.value:
+                    key = k.value if isinstance(k, ScalarNode) else None
+                    here = (*loc, key) if isinstance(key, str) else loc
+                    if isinstance(key, str) and key != "<<":
+                        line = k.start_mark.line + 1
+                        if key in seen:
+                            msg = f"duplicate key {key!r} (first at line {seen[key]})"
+                            found.append(Problem(self.source, line, self.key_path(here), msg))
+                        else:
+                            seen[key] = line
+                    walk(v, here)
+            elif isinstance(node, SequenceNode):
+                for i, v in enumerate(node.value):
+                    self.items.add((*loc, i))
+                    walk(v, (*loc, i))
+
+        try:
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                root = YAML(typ="rt").compose(text)
+            if root is not None:
+                walk(root, ())
+        except (YAMLError, RecursionError):
+            pass
+        if not found:  # keys equal only once resolved (e.g. `1` and `0x1`): say what ruamel said
+            mark = e.problem_mark
+            found.append(self.problem(mark.line + 1 if mark else 1, (), f"duplicate key: {e.problem}"))
+        return found
+
+    # -- 3. convert -------------------------------------------------------------------------
+
+    def plain(self, node: Any, loc: Loc, line: int) -> Any:
+        """`node` as plain Python (dict, list, str, int, float, bool, None, date), indexing lines."""
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Stop(self.problem(line, loc, f"too large: more than {MAX_NODES} values (aliases?)"))
+        if isinstance(node, dict | list):
+            if id(node) in self.active:
+                raise _Stop(self.problem(line, loc, "YAML alias refers to itself"))
+            self.active.add(id(node))
+            try:
+                if isinstance(node, dict):
+                    return self.plain_map(node, loc, line)
+                return self.plain_seq(node, loc, line)
+            except RecursionError:
+                raise _Stop(self.problem(line, loc, "nested too deeply")) from None
+            finally:
+                self.active.discard(id(node))
+        if isinstance(node, TaggedScalar):
+            tag = node.tag.value if node.tag is not None else "?"
+            raise _Stop(self.problem(line, loc, f"unsupported YAML tag {tag!r}"))
+        if isinstance(node, bool) or node is None:
+            return node if node is None else bool(node)
+        if isinstance(node, int):
+            return int(node)
+        if isinstance(node, float):
+            return float(node)
+        if isinstance(node, str):
+            if type(node) is str and _EXP_FLOAT.fullmatch(node):  # unquoted, so a number
+                return float(node)
+            return str(node)
+        return node  # dates, sets, binary: pydantic says they are the wrong type
+
+    def plain_map(self, node: dict[Any, Any], loc: Loc, line: int) -> dict[Any, Any]:
+        lc = node.lc.data if isinstance(node, CommentedMap) else {}
+        out: dict[Any, Any] = {}
+        for k, v in node.items():
+            key = _plain_key(k)
+            at = lc.get(k)
+            here = (*loc, key)
+            self.lines[here] = at[0] + 1 if at else line
+            out[key] = self.plain(v, here, self.lines[here])
+        return out
+
+    def plain_seq(self, node: list[Any], loc: Loc, line: int) -> list[Any]:
+        lc = node.lc.data if isinstance(node, CommentedSeq) else {}
+        out: list[Any] = []
+        for i, v in enumerate(node):
+            at = lc.get(i)
+            here = (*loc, i)
+            self.items.add(here)
+            self.lines[here] = at[0] + 1 if at else line
+            out.append(self.plain(v, here, self.lines[here]))
+        return out
+
+    # -- 4. validate ------------------------------------------------------------------------
+
+    def translate(self, err: Any) -> Problem:
+        """One pydantic error as a Problem: the line of its key, its key path, plain words."""
+        loc: Loc = tuple(err["loc"])
+        ctx: dict[str, Any] = err.get("ctx") or {}
+        if loc and loc[-1] == "[key]":  # a bad mapping key: the key is what is wrong
+            loc = loc[:-1]
+        if err["type"] == PROBLEM:
+            loc = (*loc, *ctx.get("at", ()))
+        return self.problem(self.line_of(loc), loc, _message(err, loc))
+
+    def line_of(self, loc: Loc) -> int:
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.lines:
+                return self.lines[loc[:n]]
+        return 1
+
+    def key_path(self, loc: Loc) -> str:
+        out = ""
+        for n, part in enumerate(loc):
+            if loc[: n + 1] in self.items:
+                out += f"[{part}]"
+            elif isinstance(part, str) and _KEY_WORD.fullmatch(part):
+                out += ("." if out else "") + part
+            else:
+                out += f"[{json.dumps(str(part))}]"
+        return out
+
+
+def _plain_key(key: Any) -> Any:
+    if key is None or isinstance(key, bool):
+        return key
+    if isinstance(key, int):
+        return int(key)
+    if isinstance(key, float):
+        return float(key)
+    if isinstance(key, str):
+        return str(key)
+    if isinstance(key, Sequence):  # a complex key, `? [a, b]`
+        return tuple(_plain_key(k) for k in key)
+    return str(key)
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+_MUST_BE = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "invalid_key": "a string key",
+}
+
+
+def _message(err: Any, loc: Loc) -> str:
+    kind: str = err["type"]
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}" if loc else "missing"
+    if kind == "extra_forbidden":
+        return _unknown_key(loc)
+    if kind == "literal_error" and loc and loc[-1] == "action":
+        return f"unknown action {value!r} (one of mirror, rewrite, skip)"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected', '?')}, got {_show(value)}"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if kind in _MUST_BE:
+        hint = ""
+        if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+            hint = f' (quote it: "{value}")'
+        if kind == "list_type" and isinstance(value, str):
+            hint = f" (write [{value}])"
+        return f"must be {_MUST_BE[kind]}, got {_show(value)}{hint}"
+    msg: str = err["msg"]
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _unknown_key(loc: Loc) -> str:
+    key = loc[-1]
+    model = _model_at(loc[:-1])
+    if model is None:
+        return f"unknown key {key!r}"
+    allowed = list(model.model_fields)
+    near = difflib.get_close_matches(str(key), allowed, n=1)
+    maybe = f"did you mean {near[0]!r}? " if near else ""
+    return f"unknown key {key!r} ({maybe}allowed: {', '.join(allowed)})"
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The model class whose mapping sits at `loc` in a rules file, if any."""
+    t: Any = RulesFile
+    for part in loc:
+        if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
+            field = t.model_fields.get(part)
+            if field is None:
+                return None
+            t = field.annotation
+        elif get_origin(t) is list and isinstance(part, int):
+            t = get_args(t)[0]
+        else:
+            return None
+        t = _unwrap(t)
+    return t if isinstance(t, type) and issubclass(t, BaseModel) else None
+
+
+def _unwrap(t: Any) -> Any:
+    while True:
+        origin = get_origin(t)
+        if origin is Annotated:
+            t = get_args(t)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(t) if a is not type(None)]
+            if len(args) != 1:
+                return t
+            t = args[0]
+        else:
+            return t
+
+
+def _show(value: Any) -> str:
+    """A value as a YAML user would name it: string 'x', number 1.5, true, null, a list."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, date):
+        return f"date {value.isoformat()}"
+    return f"a {type(value).__name__}"
