@@ -1,0 +1,53 @@
+"""Stats: counts per route, mergeable histograms, one stats record per interval."""
+
+from __future__ import annotations
+
+from shadowproxy.engine.record import validate_record
+from shadowproxy.engine.stats import Histogram, RouteStats, Stats
+
+
+def test_stats_record_carries_interval_counts_then_resets() -> None:
+    s = Stats()
+    s.count("/a", "compared")
+    s.count("/a", "equal")
+    s.skip("/a", "method", 2)
+    s.latency("/a", 10.0, 20.0)
+    rec = s.stats_record()
+    assert rec is not None
+    validate_record(rec)
+    a = rec["routes"]["/a"]
+    assert (a["compared"], a["equal"], a["skipped"], a["skipped_by"]) == (1, 1, 2, {"method": 2})
+    assert s.stats_record() is None  # nothing happened since
+    assert s.total("compared") == 1  # totals keep running
+
+
+def test_histogram_quantiles_are_within_two_percent() -> None:
+    h = Histogram()
+    for v in range(1, 10001):
+        h.observe(v / 10)
+    for q, exact in ((0.5, 500.0), (0.95, 950.0), (0.99, 990.0)):
+        got = h.quantile(q)
+        assert got is not None
+        assert abs(got - exact) / exact < 0.02
+
+
+def test_histograms_merge_exactly_through_their_dicts() -> None:
+    a, b = Histogram(), Histogram()
+    for v in (1.0, 2.0, 3.0):
+        a.observe(v)
+    for v in (4.0, 500.0):
+        b.observe(v)
+    merged = Histogram.from_dict(a.to_dict())
+    merged.merge(Histogram.from_dict(b.to_dict()))
+    assert merged.count == 5
+    assert merged.max == 500.0
+    assert merged.quantile(1.0) == 500.0
+
+
+def test_route_stats_round_trip() -> None:
+    rs = RouteStats()
+    rs.counts["mismatched"] = 3
+    rs.skipped_by["sampled_out"] = 4
+    rs.live_latency.observe(5.0)
+    again = RouteStats.from_dict(rs.to_dict())
+    assert again.to_dict() == rs.to_dict()
