@@ -14,6 +14,7 @@ a user's mistake. The steps, each of which can stop with problems:
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import functools
 import json
@@ -144,6 +145,8 @@ class _Loader:
     def decode(self, text: str | bytes) -> str:
         if isinstance(text, str):
             raw = text
+        elif text.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise _Stop(self.problem(1, (), "encoded as UTF-16: a rules file is UTF-8 YAML"))
         else:
             nul = text.find(b"\0")
             if nul >= 0:
@@ -190,10 +193,16 @@ class _Loader:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 1
         what = e.problem or e.context or "syntax error"
-        if e.context and e.problem and e.context_mark is not None and e.context_mark.line + 1 != line:
-            what += f" ({e.context} at line {e.context_mark.line + 1})"
-        elif e.context and e.problem:
-            what += f" ({e.context})"
+        if e.context and e.problem:
+            where = ""
+            if e.context_mark is not None and e.context_mark.line + 1 != line:
+                where = f" at line {e.context_mark.line + 1}"
+            if e.problem.startswith("but "):  # "expected a single document", "but found another"
+                what = f"{e.context}{where}, {e.problem}"
+            else:
+                what += f" ({e.context}{where})"
+        if "<block end>" in what or "<block mapping start>" in what:
+            what += "; check the indentation"
         return self.problem(line, (), f"YAML syntax error: {what}")
 
     def duplicates(self, text: str, e: DuplicateKeyError) -> list[Problem]:

@@ -54,10 +54,11 @@ def compile_regex(value: str) -> re.Pattern[str]:
     try:
         return re.compile(value)
     except re.error as e:
-        msg = f"bad regex {value!r}: {e.msg}" + (f" at position {e.pos}" if e.pos is not None else "")
+        # quoted as written, not repr(): a repr doubles every backslash the user typed once
+        msg = f"bad regex '{value}': {e.msg}" + (f" at position {e.pos}" if e.pos is not None else "")
         raise ValueError(msg) from None
     except (OverflowError, RecursionError) as e:  # "a{99999999999}", absurd nesting
-        msg = f"bad regex {value!r}: {e}"
+        msg = f"bad regex '{value}': {e}"
         raise ValueError(msg) from None
 
 
@@ -142,6 +143,9 @@ def _at_least(lo: float) -> Callable[[Any], Any]:
 
 
 def _version(value: Any) -> Any:
+    if isinstance(value, str):
+        msg = f"must be the number 1, not the string {value!r}"
+        raise ValueError(msg)
     if type(value) is not int or value != 1:  # bool and float are ints to Literal[1]; not here
         msg = f"unsupported version {value!r}: this shadowproxy reads 'version: 1'"
         raise ValueError(msg)
@@ -301,7 +305,10 @@ class Route(_Strict):
             msg = "action 'rewrite' needs a 'rewrite' block saying how the copy is made safe"
             raise _problem(msg, "rewrite")
         if self.action != "rewrite" and self.rewrite is not None:
-            msg = f"'rewrite' given but action is {self.action!r} (set action: rewrite)"
+            if "action" in self.model_fields_set:
+                msg = f"'rewrite' given but action is {self.action!r} (set action: rewrite)"
+            else:
+                msg = "'rewrite' given without 'action: rewrite' (the default action is mirror)"
             raise _problem(msg, "rewrite")
         if self.rewrite is not None:
             known = (*PLACEHOLDERS, *path_params(self.match.path or ""))
