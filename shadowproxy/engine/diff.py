@@ -1,12 +1,50 @@
-"""PLACEHOLDER: replaced by the diff engine work. API contract only."""
+"""Compare a live and a shadow response: status, headers, then the content-decoded body.
+
+Bodies are compared by kind: JSON structurally (see `jsondiff`), text line by line, anything
+else by its bytes. `compare_responses` never raises: a failure inside becomes a note and a
+plain byte comparison, because one odd response must not take the mirroring down.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
-from shadowproxy.engine.exchange import Response
+import orjson
+
+from shadowproxy.engine.decode import (
+    Decoded,
+    body_kind,
+    charset,
+    content_encodings,
+    declared_kind,
+    decode_body,
+)
+from shadowproxy.engine.exchange import Headers, Response
+from shadowproxy.engine.jsondiff import Emit, canonical, compile_rules, diff_json
 from shadowproxy.engine.options import CompareOptions
+
+MAX_DIFFERENCES = 100
+MAX_VALUE_BYTES = 256  # a difference value serialising longer than this becomes an excerpt
+EXCERPT_CHARS = 120
+ELLIPSIS = "…"
+
+# Hop-by-hop and body-framing headers: they describe the connection or the encoding on the
+# wire, not the answer, and the body comparison already covers what they frame.
+UNCOMPARED_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,24 +56,295 @@ class Difference:
     shadow: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"part": self.part, "path": self.path, "kind": self.kind, "live": self.live, "shadow": self.shadow}
+        return {
+            "part": self.part,
+            "path": self.path,
+            "kind": self.kind,
+            "live": self.live,
+            "shadow": self.shadow,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
     differences: tuple[Difference, ...] = ()
-    notes: tuple[str, ...] = ()
-    body_kind: str = "empty"  # json | text | bytes | empty
+    notes: tuple[str, ...] = ()  # what could not be compared, and why
+    body_kind: str = "empty"  # json | text | bytes | empty: how the bodies were compared
+    # Decoded bodies, for record excerpts. None when the bodies were identical on the wire in
+    # a content coding and nothing else differed (no record will need them, so no decoding).
+    live_body: bytes | None = None
+    shadow_body: bytes | None = None
+    too_large: bool = False  # a body exceeded opts.max_body_bytes: body not diffed
 
     @property
     def equal(self) -> bool:
         return not self.differences
 
 
+@dataclass(slots=True)
+class _Collector:
+    """Collects at most `limit` differences; beyond that it only counts."""
+
+    limit: int = MAX_DIFFERENCES
+    found: list[Difference] = field(default_factory=list)
+    more: int = 0
+
+    def add(self, part: str, path: str, kind: str, live: Any, shadow: Any) -> None:
+        if len(self.found) < self.limit:
+            self.found.append(Difference(part, path, kind, json_ready(live), json_ready(shadow)))
+        else:
+            self.more += 1
+
+    def body(self, path: str, kind: str, live: Any, shadow: Any) -> None:
+        self.add("body", path, kind, live, shadow)
+
+    def notes(self) -> list[str]:
+        return [f"{self.more} more differences"] if self.more else []
+
+
+@dataclass(slots=True)
+class _Bodies:
+    kind: str = "empty"
+    live: bytes | None = None
+    shadow: bytes | None = None
+    too_large: bool = False
+
+
+def json_ready(value: Any) -> Any:
+    """`value` itself when it serialises to at most 256 bytes, else a string excerpt ending in "…"."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str) and len(value) <= MAX_VALUE_BYTES // 6:
+        return value  # even all-escaped, it serialises within the limit
+    try:
+        text = orjson.dumps(value)
+    except TypeError:  # nested deeper than orjson serialises
+        return f"[{len(value)} items, nested too deeply to show]{ELLIPSIS}"
+    if len(text) <= MAX_VALUE_BYTES:
+        return value
+    if isinstance(value, str):
+        return value[:EXCERPT_CHARS] + ELLIPSIS
+    return text[: EXCERPT_CHARS * 2].decode("utf-8", errors="ignore")[:EXCERPT_CHARS] + ELLIPSIS
+
+
 def compare_responses(live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
-    diffs: list[Difference] = []
+    """Every difference between the two responses that `opts` does not ignore."""
+    try:
+        return _compare(live, shadow, opts)
+    except Exception as exc:  # one odd response must never stop the mirroring
+        return _fallback(live, shadow, opts, exc)
+
+
+def _compare(live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
+    out = _Collector()
+    notes: list[str] = []
+    _compare_status(live, shadow, out)
+    _compare_headers(live.headers, shadow.headers, opts.ignore_headers, out)
+    bodies = _compare_bodies(live, shadow, opts, out, notes)
+    return Comparison(
+        tuple(out.found), (*notes, *out.notes()), bodies.kind, bodies.live, bodies.shadow, bodies.too_large
+    )
+
+
+def _fallback(live: Response, shadow: Response, opts: CompareOptions, exc: Exception) -> Comparison:
+    out = _Collector()
+    _compare_status(live, shadow, out)
+    note = f"comparison failed ({type(exc).__name__}: {exc}): bodies compared as raw bytes"
+    try:
+        _compare_headers(live.headers, shadow.headers, opts.ignore_headers, out)
+    except Exception:  # a best effort: what matters is that the comparison returns
+        note += ", headers not compared"
+    _compare_bytes(live.body, shadow.body, out)
+    return Comparison(tuple(out.found), (note, *out.notes()), "bytes", live.body, shadow.body)
+
+
+def _compare_status(live: Response, shadow: Response, out: _Collector) -> None:
     if live.status != shadow.status:
-        diffs.append(Difference("status", "", "changed", live.status, shadow.status))
-    if live.body != shadow.body:
-        diffs.append(Difference("body", "", "changed", len(live.body), len(shadow.body)))
-    return Comparison(tuple(diffs), (), "bytes")
+        out.add("status", "", "changed", live.status, shadow.status)
+
+
+# -- headers --------------------------------------------------------------------------------
+
+
+def comparable_headers(headers: Headers, ignore: frozenset[str]) -> dict[str, str]:
+    """Lower-case name -> values joined with ", ", without ignored and framing headers."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        lname = name.lower()
+        if lname in UNCOMPARED_HEADERS or lname in ignore or lname.startswith("proxy-"):
+            continue
+        out[lname] = f"{out[lname]}, {value}" if lname in out else value
+    return out
+
+
+def _compare_headers(live: Headers, shadow: Headers, ignore: frozenset[str], out: _Collector) -> None:
+    ignore = frozenset(name.lower() for name in ignore)
+    a = comparable_headers(live, ignore)
+    b = comparable_headers(shadow, ignore)
+    for name, value in a.items():
+        if name not in b:
+            out.add("header", f"/{name}", "removed", value, None)
+        elif b[name] != value:
+            out.add("header", f"/{name}", "changed", value, b[name])
+    for name, value in b.items():
+        if name not in a:
+            out.add("header", f"/{name}", "added", None, value)
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+def _compare_bodies(
+    live: Response, shadow: Response, opts: CompareOptions, out: _Collector, notes: list[str]
+) -> _Bodies:
+    for label, resp in (("live", live), ("shadow", shadow)):
+        if resp.truncated:
+            notes.append(f"{label} body was larger than {opts.max_body_bytes} bytes: bodies not compared")
+            return _Bodies(too_large=True)
+    codings = content_encodings(live.headers)
+    if live.body == shadow.body and codings == content_encodings(shadow.headers):
+        return _identical_on_wire(live, opts, out, codings)
+    decoded = decode_body(live.headers, live.body, opts.max_body_bytes)
+    shadow_decoded = decode_body(shadow.headers, shadow.body, opts.max_body_bytes)
+    for label, dec in (("live", decoded), ("shadow", shadow_decoded)):
+        if dec.note:
+            notes.append(f"{label} body: {dec.note}")
+        if dec.too_large:
+            notes.append(
+                f"{label} body decodes to more than {opts.max_body_bytes} bytes: bodies not compared"
+            )
+    lb, sb = decoded.body, shadow_decoded.body
+    if decoded.too_large or shadow_decoded.too_large:
+        return _Bodies("bytes", lb, sb, too_large=True)
+    live_kind = body_kind(live.headers, lb)
+    if lb == sb:
+        return _Bodies(live_kind, lb, sb)
+    shadow_kind = body_kind(shadow.headers, sb)
+    if live_kind == shadow_kind == "json":
+        kind = _compare_json(lb, sb, opts, out, notes, live, shadow)
+    else:
+        kind = _compare_text_or_bytes(lb, sb, live.headers, shadow.headers, out, notes)
+        if "json" in (live_kind, shadow_kind) and "empty" not in (live_kind, shadow_kind):
+            notes.append(f"live body is {live_kind}, shadow body is {shadow_kind}: compared as {kind}")
+    return _Bodies(kind, lb, sb)
+
+
+def _identical_on_wire(
+    live: Response, opts: CompareOptions, out: _Collector, codings: tuple[str, ...]
+) -> _Bodies:
+    """Same bytes, same coding: equal without parsing, and without decoding unless a record
+    (status or header differences) will want the decoded body for its excerpt."""
+    if not codings:
+        return _Bodies(body_kind(live.headers, live.body), live.body, live.body)
+    kind = (declared_kind(live.headers) or "bytes") if live.body else "empty"
+    if not out.found:
+        return _Bodies(kind)
+    dec: Decoded = decode_body(live.headers, live.body, opts.max_body_bytes)
+    return _Bodies(kind, dec.body, dec.body)
+
+
+def _compare_json(
+    lb: bytes,
+    sb: bytes,
+    opts: CompareOptions,
+    out: _Collector,
+    notes: list[str],
+    live: Response,
+    shadow: Response,
+) -> str:
+    parsed: list[Any] = []
+    for label, body in (("live", lb), ("shadow", sb)):
+        try:
+            parsed.append(orjson.loads(body.removeprefix(b"\xef\xbb\xbf")))
+        except orjson.JSONDecodeError as exc:
+            if "depth limit" in str(exc):
+                notes.append(f"{label} body nests deeper than the JSON parser allows: compared as bytes")
+                _compare_bytes(lb, sb, out)
+                return "bytes"
+            notes.append(f"{label} body is not valid JSON ({exc}): compared as text")
+            return _compare_text_or_bytes(lb, sb, live.headers, shadow.headers, out, notes)
+    a, b = parsed
+    rules = compile_rules(opts)
+    if a == b:
+        # Python holds 1 == True: when the documents also serialise alike they are equal,
+        # otherwise walk them without trusting == so a number that became a boolean shows.
+        if canonical(a) == canonical(b):
+            return "json"
+        diff_json(a, b, rules, out.body, trust_eq=False)
+        return "json"
+    diff_json(a, b, rules, out.body)
+    return "json"
+
+
+def _decode_text(body: bytes, headers: Headers) -> str | None:
+    try:
+        return body.decode(charset(headers))
+    except LookupError:  # an unknown charset name: UTF-8 is the best guess
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    except UnicodeDecodeError:
+        return None
+
+
+def _compare_text_or_bytes(
+    lb: bytes, sb: bytes, live_headers: Headers, shadow_headers: Headers, out: _Collector, notes: list[str]
+) -> str:
+    a = _decode_text(lb, live_headers)
+    b = _decode_text(sb, shadow_headers)
+    if a is None or b is None:
+        for label, text, headers in (("live", a, live_headers), ("shadow", b, shadow_headers)):
+            if text is None and declared_kind(headers) is not None:
+                notes.append(f"{label} body is not valid {charset(headers)}: compared as bytes")
+        _compare_bytes(lb, sb, out)
+        return "bytes"
+    if a != b:
+        diff_text(a, b, out.body)
+    return "text"
+
+
+def diff_text(a: str, b: str, emit: Emit) -> None:
+    """One difference per changed hunk of lines, at /lines/<1-based live line>.
+
+    Splitting on "\\n" alone keeps "\\r" and a missing final newline visible, so two texts
+    that differ always yield at least one hunk.
+    """
+    la, lb = a.split("\n"), b.split("\n")
+    head = 0
+    while head < len(la) and head < len(lb) and la[head] == lb[head]:
+        head += 1
+    tail = 0
+    while tail < len(la) - head and tail < len(lb) - head and la[-1 - tail] == lb[-1 - tail]:
+        tail += 1
+    mid_a, mid_b = la[head : len(la) - tail], lb[head : len(lb) - tail]
+    matcher = difflib.SequenceMatcher(None, mid_a, mid_b)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        kind = {"replace": "changed", "delete": "removed", "insert": "added"}[tag]
+        live_text = _hunk(mid_a[i1:i2]) if tag != "insert" else None
+        shadow_text = _hunk(mid_b[j1:j2]) if tag != "delete" else None
+        emit(f"/lines/{head + i1 + 1}", kind, live_text, shadow_text)
+
+
+def _hunk(lines: list[str]) -> str:
+    """The hunk's lines joined with "\\n", without joining more than an excerpt needs."""
+    taken: list[str] = []
+    size = 0
+    for line in lines:
+        taken.append(line)
+        size += len(line) + 1
+        if size > MAX_VALUE_BYTES:
+            break
+    text = "\n".join(taken)
+    return text if len(taken) == len(lines) else text + ELLIPSIS
+
+
+def _compare_bytes(lb: bytes, sb: bytes, out: _Collector) -> None:
+    if lb != sb:
+        out.body("", "changed", _digest(lb), _digest(sb))
+
+
+def _digest(body: bytes) -> dict[str, Any]:
+    return {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}

@@ -1,0 +1,375 @@
+"""The structural diff of two parsed JSON documents.
+
+The walk is parallel and iterative (an explicit stack, so nesting depth is no concern) and
+descends only into subtrees that differ: Python's `==` on dicts and lists runs in C and
+settles equal subtrees far faster than any Python-level walk could. For a dict whose keys
+come in the same order (the usual case) or an array of equal length, the differing children
+are found in C too, with `map(operator.ne, ...)`.
+
+Differences are reported through `emit(pointer, kind, live, shadow)`; the caller caps and
+stores them. Kinds: changed, type_changed, added (only in shadow), removed (only in live),
+reordered (an array holding the same elements in another order, reported once).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import compress, repeat
+from typing import Any
+
+import orjson
+
+from shadowproxy.engine.options import CompareOptions
+from shadowproxy.engine.pointer import GlobState, PointerGlobs, escape
+
+Emit = Callable[[str, str, Any, Any], None]
+
+# Order-insensitive matching tries every leftover live element against every leftover shadow
+# element; past this many tries it pairs them by position instead.
+MAX_PAIR_TRIES = 4096
+# Each order-insensitive array nested inside another one's candidates costs a Python frame.
+MAX_UNORDERED_NESTING = 64
+
+
+@dataclass(frozen=True, slots=True)
+class JsonRules:
+    """CompareOptions turned into what the walk needs, compiled once."""
+
+    globs: PointerGlobs
+    regexes: tuple[re.Pattern[str], ...]
+    ignore_order: bool
+    tolerance: float
+
+
+@lru_cache(maxsize=512)
+def compile_rules(opts: CompareOptions) -> JsonRules:
+    """Compile the ignore rules of `opts` (cached: options objects are frozen and hashable).
+
+    Raises ValueError for a glob that is not a pointer and re.error for a bad regex.
+    """
+    return JsonRules(
+        globs=PointerGlobs(opts.ignore_body),
+        regexes=tuple(re.compile(r) for r in opts.ignore_body_regex),
+        ignore_order=opts.ignore_order,
+        tolerance=opts.float_tolerance,
+    )
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name; bool is checked first because bool is an int in Python."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def canonical(value: Any) -> bytes:
+    """A hashable, key-order-independent identity for a parsed JSON value.
+
+    orjson serialises at most 255 levels; a deeper value gets an identity of its own, so it
+    equals nothing here and is left to the walk (which has no depth limit) to compare.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return b"\xff%d" % id(value)
+
+
+def diff_json(live: Any, shadow: Any, rules: JsonRules, emit: Emit, *, trust_eq: bool = True) -> None:
+    """Report every difference between two parsed documents that the rules do not ignore.
+
+    `trust_eq=False` descends even where `==` says equal: Python holds `1 == True`, and the
+    caller asks for this when two documents compare equal but serialise differently.
+    """
+    _Walker(rules, emit, trust_eq).walk("", live, shadow, rules.globs.start)
+
+
+class _Stop(Exception):
+    """Raised by an emit that only wants to know whether any difference exists."""
+
+
+def _stop(pointer: str, kind: str, live: Any, shadow: Any) -> None:
+    raise _Stop
+
+
+class _Walker:
+    __slots__ = ("emit", "nesting", "regexes", "rules", "stack", "trust_eq")
+
+    def __init__(self, rules: JsonRules, emit: Emit, trust_eq: bool = True, nesting: int = 0) -> None:
+        self.rules = rules
+        self.emit = emit
+        self.regexes = rules.regexes
+        self.trust_eq = trust_eq
+        self.nesting = nesting
+        # Pending pairs of containers of the same type that are known to differ.
+        self.stack: list[tuple[str, Any, Any, GlobState]] = []
+
+    def walk(self, pointer: str, live: Any, shadow: Any, state: GlobState) -> None:
+        if state.accept or self._regex_ignored(pointer):
+            return
+        self._pair(pointer, live, shadow, state)
+        stack = self.stack
+        while stack:
+            ptr, a, b, st = stack.pop()
+            if type(a) is dict:
+                self._dicts(ptr, a, b, st)
+            elif self.rules.ignore_order:
+                self._unordered(ptr, a, b, st)
+            else:
+                self._ordered(ptr, a, b, st)
+
+    # -- one pair of values -------------------------------------------------------------
+
+    def _regex_ignored(self, pointer: str) -> bool:
+        return any(r.search(pointer) for r in self.regexes)
+
+    def _child(self, ptr: str, key: str, a: Any, b: Any, state: GlobState, unequal: bool = True) -> None:
+        """A child pair; `unequal` when the caller already knows a != b (saves a comparison)."""
+        child_state = state.step(key)
+        if child_state.accept:
+            return
+        child_ptr = f"{ptr}/{escape(key)}"
+        if self.regexes and self._regex_ignored(child_ptr):
+            return
+        self._pair(child_ptr, a, b, child_state, unequal)
+
+    def _pair(self, ptr: str, a: Any, b: Any, state: GlobState, unequal: bool = False) -> None:
+        ta = type(a)
+        if ta is type(b) and (ta is dict or ta is list):
+            if unequal or not self.trust_eq or a != b:
+                self.stack.append((ptr, a, b, state))
+            return
+        if self.trust_eq and ta is type(b) and a == b:
+            return
+        kind_a, kind_b = json_type(a), json_type(b)
+        if kind_a != kind_b:
+            self.emit(ptr, "type_changed", a, b)
+        elif a == b:
+            return  # 1 and 1.0: one JSON number
+        elif kind_a == "number" and abs(a - b) <= self.rules.tolerance:
+            return
+        else:
+            self.emit(ptr, "changed", a, b)
+
+    def _only_in(self, ptr: str, key: str, value: Any, state: GlobState, kind: str) -> None:
+        child_state = state.step(key)
+        if child_state.accept:
+            return
+        child_ptr = f"{ptr}/{escape(key)}"
+        if self.regexes and self._regex_ignored(child_ptr):
+            return
+        if kind == "removed":
+            self.emit(child_ptr, kind, value, None)
+        else:
+            self.emit(child_ptr, kind, None, value)
+
+    # -- objects ------------------------------------------------------------------------
+
+    def _dicts(self, ptr: str, a: dict[str, Any], b: dict[str, Any], state: GlobState) -> None:
+        keys = list(a)
+        if self.trust_eq and len(a) == len(b) and keys == list(b):
+            # Same keys in the same order: find the differing values in C.
+            for key in compress(keys, map(operator.ne, a.values(), b.values())):
+                self._child(ptr, key, a[key], b[key], state)
+            return
+        for key in keys:
+            if key in b:
+                av, bv = a[key], b[key]
+                if not self.trust_eq or av is not bv:
+                    self._child(ptr, key, av, bv, state, unequal=False)
+            else:
+                self._only_in(ptr, key, a[key], state, "removed")
+        for key in b:
+            if key not in a:
+                self._only_in(ptr, key, b[key], state, "added")
+
+    def _record_columns(self, ptr: str, a: list[Any], b: list[Any], state: GlobState) -> bool:
+        """Compare a list of same-shaped records column by column; False when it does not apply.
+
+        An ignore rule such as /items/*/updated_at makes every record differ, so comparing
+        records whole would find every one unequal and send each through the Python walk.
+        Comparing one field of all records at a time stays in C (`map(operator.ne, ...)`)
+        and never looks at an ignored field at all.
+        """
+        if len(a) < 2 or any(literal.isdigit() for literal in state.literals):
+            return False  # a glob names an index: records would not all share one state
+        kinds = set(map(type, a))
+        kinds.update(map(type, b))
+        if kinds != {dict}:
+            return False
+        keys = list(a[0])
+        # Same size and every key of the first record present: every record has the same keys.
+        # (A missing key raises KeyError from the itemgetter below.)
+        sizes = set(map(len, a))
+        sizes.update(map(len, b))
+        if sizes != {len(keys)}:
+            return False
+        element = state.any_key()
+        if element.accept:
+            return True
+        found: list[tuple[int, int, str]] = []
+        try:
+            for column, key in enumerate(keys):
+                if element.step(key).accept:  # the field is ignored in every record
+                    if not (
+                        all(map(operator.contains, a, repeat(key)))
+                        and all(map(operator.contains, b, repeat(key)))
+                    ):
+                        return False
+                    continue
+                get = operator.itemgetter(key)
+                unequal = map(operator.ne, map(get, a), map(get, b))
+                found.extend((i, column, key) for i in compress(range(len(a)), unequal))
+        except KeyError:
+            return False
+        if not found:
+            return True
+        found.sort()  # document order: record, then field
+        if found[0][0] != found[-1][0]:
+            differing = list(compress(range(len(a)), map(operator.ne, a, b)))
+            if _is_permutation(a, b, differing):
+                self.emit(ptr, "reordered", a, b)
+                return True
+        for i, _, key in found:
+            self._child(f"{ptr}/{i}", key, a[i][key], b[i][key], element)
+        return True
+
+    def _record(self, ptr: str, index: str, a: dict[str, Any], b: dict[str, Any], state: GlobState) -> None:
+        """Differing dicts in an array (records, typically): compared at once, not stacked.
+
+        Only array elements take this shortcut, so the Python call depth stays bounded.
+        """
+        child_state = state.step(index)
+        if child_state.accept:
+            return
+        child_ptr = f"{ptr}/{index}"
+        if self.regexes and self._regex_ignored(child_ptr):
+            return
+        self._dicts(child_ptr, a, b, child_state)
+
+    # -- arrays, order significant -------------------------------------------------------
+
+    def _ordered(self, ptr: str, a: list[Any], b: list[Any], state: GlobState) -> None:
+        if self.trust_eq and len(a) == len(b):
+            if not state.dead and not self.regexes and self._record_columns(ptr, a, b, state):
+                return
+            differing = list(compress(range(len(a)), map(operator.ne, a, b)))
+            if len(differing) > 1 and _is_permutation(a, b, differing):
+                self.emit(ptr, "reordered", a, b)
+                return
+            for i in differing:
+                x, y = a[i], b[i]
+                if type(x) is dict and type(y) is dict:
+                    self._record(ptr, str(i), x, y, state)
+                else:
+                    self._child(ptr, str(i), x, y, state)
+            return
+        # Lengths differ: skip the common head and tail, so one inserted or deleted element
+        # reads as one addition or removal instead of a shifted tail of changes.
+        head = _common_head(a, b) if self.trust_eq else 0
+        tail = _common_tail(a, b, head) if self.trust_eq else 0
+        a_end, b_end = len(a) - tail, len(b) - tail
+        paired = min(a_end, b_end) - head
+        for i in range(head, head + paired):
+            self._child(ptr, str(i), a[i], b[i], state, unequal=False)
+        for i in range(head + paired, a_end):
+            self._only_in(ptr, str(i), a[i], state, "removed")
+        for j in range(head + paired, b_end):
+            self._only_in(ptr, str(j), b[j], state, "added")
+
+    # -- arrays as multisets ----------------------------------------------------------------
+
+    def _unordered(self, ptr: str, a: list[Any], b: list[Any], state: GlobState) -> None:
+        """Match equal elements first, then elements equal under the rules; the rest differ.
+
+        Leftovers are paired by position so a changed element shows its inner differences
+        (under the live element's index); what remains is removed (live index) or added
+        (shadow index).
+        """
+        left, right = _match_exact(a, b)
+        if left and right:
+            left, right = self._match_under_rules(ptr, a, b, left, right, state)
+        for i, j in zip(left, right, strict=False):
+            self._child(ptr, str(i), a[i], b[j], state, unequal=False)
+        for i in left[len(right) :]:
+            self._only_in(ptr, str(i), a[i], state, "removed")
+        for j in right[len(left) :]:
+            self._only_in(ptr, str(j), b[j], state, "added")
+
+    def _match_under_rules(
+        self, ptr: str, a: list[Any], b: list[Any], left: list[int], right: list[int], state: GlobState
+    ) -> tuple[list[int], list[int]]:
+        if len(left) * len(right) > MAX_PAIR_TRIES or self.nesting >= MAX_UNORDERED_NESTING:
+            return left, right
+        free = list(right)
+        unmatched: list[int] = []
+        for i in left:
+            for n, j in enumerate(free):
+                if self._equivalent(f"{ptr}/{i}", a[i], b[j], state.step(str(i))):
+                    del free[n]
+                    break
+            else:
+                unmatched.append(i)
+        return unmatched, free
+
+    def _equivalent(self, ptr: str, a: Any, b: Any, state: GlobState) -> bool:
+        """Whether the rules (ignores, tolerance, order) leave no difference between a and b."""
+        probe = _Walker(self.rules, _stop, self.trust_eq, self.nesting + 1)
+        try:
+            probe.walk(ptr, a, b, state)
+        except _Stop:
+            return False
+        return True
+
+
+def _common_head(a: list[Any], b: list[Any]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _common_tail(a: list[Any], b: list[Any], head: int) -> int:
+    n = 0
+    limit = min(len(a), len(b)) - head
+    while n < limit and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def _is_permutation(a: list[Any], b: list[Any], differing: list[int]) -> bool:
+    """Whether the differing positions of a and b hold the same elements, in another order."""
+    xs = [a[i] for i in differing]
+    ys = [b[i] for i in differing]
+    if xs[0] not in ys:  # cheap rejection, in C, before serialising anything
+        return False
+    return sorted(map(canonical, xs)) == sorted(map(canonical, ys))
+
+
+def _match_exact(a: list[Any], b: list[Any]) -> tuple[list[int], list[int]]:
+    """Indices of a and of b left over after pairing exactly equal elements."""
+    waiting: dict[bytes, list[int]] = {}
+    for j in range(len(b) - 1, -1, -1):
+        waiting.setdefault(canonical(b[j]), []).append(j)
+    left: list[int] = []
+    for i, x in enumerate(a):
+        candidates = waiting.get(canonical(x))
+        if candidates:
+            candidates.pop()
+        else:
+            left.append(i)
+    right = sorted(j for js in waiting.values() for j in js)
+    return left, right
