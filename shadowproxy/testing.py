@@ -154,17 +154,16 @@ class ProxyThread:
                 started.add_done_callback(lambda f: ready.set())
                 self._started = started
                 task = asyncio.ensure_future(serve(settings, self.addon, install_signals=False, started=started))
+                self._loop = asyncio.get_running_loop()
                 self._master = await started
                 await task
 
-            self._loop = asyncio.new_event_loop()
             try:
-                self._loop.run_until_complete(main())
+                # asyncio.run cancels and awaits what is left (open connections), like the CLI does
+                asyncio.run(main())
             except BaseException as e:  # surfaced by start()/stop()
                 self.error = e
                 ready.set()
-            finally:
-                self._loop.close()
 
         self._thread = threading.Thread(target=thread, daemon=True, name=f"proxy-{self.port}")
         self._thread.start()
@@ -175,8 +174,10 @@ class ProxyThread:
         return self
 
     def stop(self) -> None:
-        if self._master is not None and self._thread is not None:
-            self._master.shutdown()
+        if self._master is not None and self._thread is not None and self._loop is not None:
+            from shadowproxy.proxy.master import request_stop
+
+            self._loop.call_soon_threadsafe(request_stop, self._master, self.addon)
             self._thread.join(30)
             self._master = None
         if self.error is not None:

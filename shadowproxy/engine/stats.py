@@ -80,8 +80,12 @@ class Histogram:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Histogram:
-        return cls({int(i): int(n) for i, n in d.get("buckets", {}).items()}, float(d.get("sum", 0.0)),
-                   int(d.get("count", 0)), float(d.get("max", 0.0)))
+        return cls(
+            {int(i): int(n) for i, n in d.get("buckets", {}).items()},
+            float(d.get("sum", 0.0)),
+            int(d.get("count", 0)),
+            float(d.get("max", 0.0)),
+        )
 
 
 @dataclass(slots=True)

@@ -31,6 +31,8 @@ from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink, parse_uri
 
 log = logging.getLogger("shadowproxy")
 
+_IN_FLIGHT = "shadowproxy.in_flight"
+
 # mitmproxy 11 checks option types with typing.Optional, not `str | None`.
 OptStr = Optional[str]  # noqa: UP045
 
@@ -63,6 +65,7 @@ class ShadowAddon:
         self.dispatcher: Dispatcher | None = None
         self.stats = Stats("proxy")
         self.on_running: list[Callable[[], object]] = []  # called once the proxy listens
+        self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
 
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
@@ -118,7 +121,16 @@ class ShadowAddon:
             await self.dispatcher.stop()
             self.dispatcher = None
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        flow.metadata[_IN_FLIGHT] = True
+        self.in_flight += 1
+
+    def _answered(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop(_IN_FLIGHT, False):
+            self.in_flight -= 1
+
     def response(self, flow: http.HTTPFlow) -> None:
+        self._answered(flow)
         if self.dispatcher is None or self.policy is None or flow.response is None:
             return
         job = self.job_for(flow)
@@ -127,6 +139,7 @@ class ShadowAddon:
 
     def error(self, flow: http.HTTPFlow) -> None:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
+        self._answered(flow)
         if self.dispatcher is not None and flow.response is None:
             path = flow.request.path.partition("?")[0]
             self.stats.skip(path_template(path), "live_error")

@@ -55,6 +55,35 @@ def check_listen(host: str, port: int) -> None:
             raise ConfigError(msg) from None
 
 
+def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> None:
+    """Graceful stop: stop accepting, let in-flight requests finish (bounded), then shut down,
+    which drains the shadow queue and flushes the sink (the addon's done hook)."""
+    if getattr(master, "_shadowproxy_stopping", False):
+        master.shutdown()  # a second signal: stop now
+        return
+    master._shadowproxy_stopping = True  # type: ignore[attr-defined]
+
+    async def stop() -> None:
+        # mitmproxy 11's proxyserver never closes its listeners itself
+        ps = master.addons.get("proxyserver")
+        if ps is not None:
+            await ps.servers.update([])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while addon.in_flight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if addon.in_flight:
+            log.warning("%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace)
+        master.shutdown()
+
+    task = asyncio.ensure_future(stop())
+    _stopping.add(task)
+    task.add_done_callback(_stopping.discard)
+
+
+_stopping: set[asyncio.Task[None]] = set()
+
+
 async def serve(
     settings: ProxySettings,
     addon: ShadowAddon,
@@ -71,7 +100,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     if install_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, master.shutdown)
+            loop.add_signal_handler(sig, request_stop, master, addon)
     if started is not None:
         addon.on_running.append(lambda: started.done() or started.set_result(master))
     try:

@@ -49,7 +49,7 @@ def _users(version: int):  # type: ignore[no-untyped-def]
         if path == "/gz":
             raw = b'{"compressed": true, "n": [1, 2]}'
             if version == 1:
-                return web.Response(body=gzip.compress(raw), headers={**JSON, "Content-Encoding": "gzip"})
+                return web.Response(body=gzip.compress(raw, mtime=0), headers={**JSON, "Content-Encoding": "gzip"})
             return web.Response(body=raw, headers=JSON)
         if path == "/ignored":
             return web.Response(body=f'{{"meta": {{"generated_at": {time.time_ns()}}}, "v": 1}}'.encode(),
