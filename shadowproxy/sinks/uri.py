@@ -59,4 +59,4 @@ def open_sink(uri: str, *, flag: str = "--sink") -> Sink:
         return MemorySink()
     from shadowproxy.sinks.kafka import KafkaSink  # written in the Kafka work
 
-    return KafkaSink.from_uri(parsed, flag=flag)  # type: ignore[no-any-return]
+    return KafkaSink.from_uri(parsed, flag=flag)

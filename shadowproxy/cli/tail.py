@@ -1,0 +1,69 @@
+"""`shadowproxy tail --source URI`: print records as JSON lines as they arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+import orjson
+
+from shadowproxy.cli import cli
+
+
+@cli.command("tail")
+@click.option(
+    "--source",
+    required=True,
+    metavar="URI",
+    help="Where to read records: kafka://HOST:PORT/TOPIC (security options as for --sink) or jsonl:PATH.",
+)
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    default=False,
+    help="Start with the oldest record (Kafka: earliest offset; with --group, only when the group"
+    " has no committed offset). Without it, only records that arrive from now on are printed.",
+)
+@click.option(
+    "--group",
+    metavar="NAME",
+    default=None,
+    help="Kafka consumer group to join and commit to (default: none, every partition, nothing"
+    " committed).",
+)
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Keep waiting for new records; --no-follow stops at the end of what is there now.",
+)
+def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> None:
+    """Print records from a sink's topic or file, one JSON object per line, as they arrive.
+
+    \b
+    Examples:
+      shadowproxy tail --source kafka://127.0.0.1:9092/shadow.mismatches --from-beginning
+      shadowproxy tail --source jsonl:./shadowproxy-mismatches.jsonl --from-beginning --no-follow
+    \b
+    Every option can come from the environment: SHADOWPROXY_TAIL_SOURCE,
+    SHADOWPROXY_TAIL_FROM_BEGINNING, SHADOWPROXY_TAIL_GROUP, SHADOWPROXY_TAIL_FOLLOW.
+    Ctrl-C stops and exits 0. Exit 2: the source cannot be read (bad URI, bad line,
+    unknown topic, Kafka unreachable).
+    """
+    try:
+        asyncio.run(_tail(source, from_beginning=from_beginning, group=group, follow=follow))
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        # The reader went away (`| head`): that is the end, not an error.
+        sys.stderr.close()
+
+
+async def _tail(source: str, *, from_beginning: bool, group: str | None, follow: bool) -> None:
+    from shadowproxy.sources import iter_records
+
+    out = sys.stdout.buffer
+    async for record in iter_records(source, from_beginning=from_beginning, follow=follow, group=group):
+        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        out.flush()

@@ -1,0 +1,193 @@
+"""Read records back from where sinks put them: `jsonl:PATH` or `kafka://HOST:PORT/TOPIC`.
+
+    async for record in iter_records("kafka://127.0.0.1:9092/shadow.mismatches"):
+        ...
+
+Used by `shadowproxy tail`, and by `report` and `dashboard`. The URI is the sink's URI (sink
+options such as spool_dir are accepted and ignored; security options are used).
+
+- jsonl: the file, line by line. `from_beginning=False` starts at its current end; `follow`
+  keeps reading what is appended (like `tail -f`; a shortened file is read again from the top).
+- kafka: without `group`, every partition of the topic is assigned (nothing is committed);
+  with `group`, the consumer joins that group and commits what it read. `from_beginning`
+  starts at the earliest offset (with a group: when it has no committed offset), else at the
+  end. Without `follow`, iteration stops at the end offsets captured when it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shadowproxy.errors import InputFileError
+from shadowproxy.sinks.uri import ParsedURI, parse_uri
+
+__all__ = ["SourceError", "iter_records"]
+
+FOLLOW_POLL_S = 0.2
+CONNECT_TIMEOUT_S = 15.0
+
+
+class SourceError(InputFileError):
+    """A record source cannot be read: missing file, bad line, unknown topic, Kafka unreachable."""
+
+
+async def iter_records(
+    uri: str,
+    *,
+    from_beginning: bool = True,
+    follow: bool = False,
+    group: str | None = None,
+    flag: str = "--source",
+) -> AsyncIterator[dict[str, Any]]:
+    """Each record of the source as a dict, oldest first (per partition, for Kafka)."""
+    parsed = parse_uri(uri, flag=flag)
+    if parsed.scheme == "jsonl":
+        if group is not None:
+            msg = f"{flag} {uri}: --group applies to kafka:// sources only"
+            raise SourceError(msg)
+        async for record in _iter_jsonl(Path(parsed.path), from_beginning=from_beginning, follow=follow,
+                                        flag=flag):
+            yield record
+    elif parsed.scheme == "kafka":
+        async for record in _iter_kafka(parsed, from_beginning=from_beginning, follow=follow, group=group,
+                                        flag=flag):
+            yield record
+    else:
+        msg = f"{flag} {uri}: cannot read records from a {parsed.scheme}: source"
+        raise SourceError(msg)
+
+
+def _parse_line(line: bytes, where: str) -> dict[str, Any]:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        msg = f"{where}: not valid JSON ({e})"
+        raise SourceError(msg) from None
+    if not isinstance(record, dict):
+        msg = f"{where}: a record must be a JSON object, not {type(record).__name__}"
+        raise SourceError(msg)
+    return record
+
+
+async def _iter_jsonl(
+    path: Path, *, from_beginning: bool, follow: bool, flag: str
+) -> AsyncIterator[dict[str, Any]]:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed in finally, the generator may pause for long
+    except OSError as e:
+        msg = f"{flag} jsonl:{path}: cannot open: {e.strerror or e}"
+        raise SourceError(msg) from None
+    try:
+        lineno = 0
+        if not from_beginning:
+            fh.seek(0, os.SEEK_END)
+            lineno = -1  # line numbers are unknown when reading starts at the end
+        partial = b""
+        while True:
+            chunk = fh.readline()
+            if chunk:
+                partial += chunk
+                if not partial.endswith(b"\n"):
+                    continue  # end of file inside a line: the next read says whether more comes
+                line, partial = partial, b""
+            elif partial and not follow:
+                line, partial = partial, b""  # a last line without its newline
+            elif not follow:
+                return
+            else:
+                if _shrunk(path, fh.tell() - len(partial)):  # truncated or replaced: start again
+                    fh.close()
+                    fh = open(path, "rb")  # noqa: SIM115 - closed in finally
+                    lineno, partial = 0, b""
+                else:
+                    await asyncio.sleep(FOLLOW_POLL_S)
+                continue
+            if lineno >= 0:
+                lineno += 1
+            if line.strip():
+                yield _parse_line(line, f"{path}:{lineno}" if lineno > 0 else str(path))
+    finally:
+        fh.close()
+
+
+def _shrunk(path: Path, offset: int) -> bool:
+    try:
+        return os.stat(path).st_size < offset
+    except FileNotFoundError:
+        return False
+
+
+async def _iter_kafka(
+    parsed: ParsedURI, *, from_beginning: bool, follow: bool, group: str | None, flag: str
+) -> AsyncIterator[dict[str, Any]]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    from shadowproxy.sinks.kafka import client_kwargs, parse_options
+
+    where = f"{flag} kafka://{parsed.bootstrap}/{parsed.topic}"
+    options = parse_options(parsed, flag=flag)
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(parsed.bootstrap, options),
+        group_id=group,
+        enable_auto_commit=group is not None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    try:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await consumer.start()
+                topics = await consumer.topics()
+        except (KafkaError, OSError, TimeoutError) as e:
+            msg = f"{where}: cannot reach Kafka ({type(e).__name__}{': ' + str(e) if str(e) else ''})"
+            raise SourceError(msg) from None
+        if parsed.topic not in topics:
+            msg = f"{where}: topic {parsed.topic!r} does not exist"
+            raise SourceError(msg)
+        numbers = sorted(consumer.partitions_for_topic(parsed.topic) or ())
+        partitions = [TopicPartition(parsed.topic, p) for p in numbers]
+        if group is None:
+            consumer.assign(partitions)
+            if from_beginning:
+                await consumer.seek_to_beginning(*partitions)
+            else:
+                await consumer.seek_to_end(*partitions)
+        else:
+            consumer.subscribe([parsed.topic])
+        ends: dict[Any, int] = {}
+        if not follow:
+            ends = dict(await consumer.end_offsets(partitions))
+            if group is None and await _reached(consumer, ends):
+                return
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            for tp, messages in batches.items():
+                for m in messages:
+                    if not follow and m.offset >= ends.get(tp, 0):
+                        continue
+                    yield _parse_line(m.value or b"", f"{where} partition {tp.partition} offset {m.offset}")
+            if not follow and await _reached(consumer, ends):
+                return
+    finally:
+        if group is not None:
+            # Nothing assigned, or the group went away: then there is nothing to keep.
+            with contextlib.suppress(Exception):
+                await consumer.commit()
+        await consumer.stop()
+
+
+async def _reached(consumer: Any, ends: dict[Any, int]) -> bool:
+    assigned = consumer.assignment()
+    if not assigned:
+        return False
+    for tp in assigned:
+        if await consumer.position(tp) < ends.get(tp, 0):
+            return False
+    return True
