@@ -248,7 +248,9 @@ class Rewrite(_Strict):
     path: str | None = Field(default=None, description="new path; may use placeholders")
     query: dict[str, str] = Field(default_factory=dict, description="query parameters added or replaced")
     headers: dict[HeaderName, str] = Field(default_factory=dict, description="headers added or replaced")
-    target: str | None = Field(default=None, description="another shadow base URL for this route (http or https)")
+    target: str | None = Field(
+        default=None, description="another shadow base URL for this route (http or https)"
+    )
 
     @field_validator("path")
     @classmethod
@@ -291,13 +293,19 @@ class Route(_Strict):
     action: Literal["mirror", "rewrite", "skip"] = Field(
         default="mirror", description="mirror as is, rewrite into a safe copy, or skip (never mirrored)"
     )
-    rewrite: Rewrite | None = Field(default=None, description="required with action: rewrite, refused otherwise")
+    rewrite: Rewrite | None = Field(
+        default=None, description="required with action: rewrite, refused otherwise"
+    )
     sample: Fraction | None = None
     timeout_ms: TimeoutMs | None = None
     max_body_bytes: ByteCount | None = None
-    strip_headers: list[HeaderName] | None = Field(default=None, description="replaces the defaults' list when given")
+    strip_headers: list[HeaderName] | None = Field(
+        default=None, description="replaces the defaults' list when given"
+    )
     ignore: IgnoreSpec | None = Field(default=None, description="added to the defaults' lists")
-    compare: CompareSpec | None = Field(default=None, description="the keys given override the defaults' compare")
+    compare: CompareSpec | None = Field(
+        default=None, description="the keys given override the defaults' compare"
+    )
 
     @model_validator(mode="after")
     def _rewrite_goes_with_action(self) -> Route:

@@ -1,0 +1,74 @@
+"""Path patterns (`{id}`, `*`, `**`, `re:`) and the fallback route name `path_template`."""
+
+from __future__ import annotations
+
+import pytest
+
+from shadowproxy.rules.matcher import compile_path, path_template
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "params"),
+    [
+        ("/users/{id}", "/users/42", {"id": "42"}),
+        ("/users/{id}/posts/{post}", "/users/7/posts/abc", {"id": "7", "post": "abc"}),
+        ("/users/*", "/users/42", {}),
+        ("/orders", "/orders", {}),
+        ("/", "/", {}),
+        ("/admin/**", "/admin", {}),
+        ("/admin/**", "/admin/", {}),
+        ("/admin/**", "/admin/users/1/roles", {}),
+        ("/api/**/status", "/api/status", {}),
+        ("/api/**/status", "/api/v1/jobs/9/status", {}),
+        ("/files/{name}/**", "/files/a.txt/x/y", {"name": "a.txt"}),
+        ("re:^/v[0-9]+/items$", "/v2/items", {}),
+        ("re:/(?P<user>[a-z]+)/settings", "/api/bob/settings", {"user": "bob"}),
+        ("/a.b", "/a.b", {}),
+    ],
+)
+def test_pattern_matches_path_and_captures_params(pattern: str, path: str, params: dict[str, str]) -> None:
+    assert compile_path(pattern).match(path) == params
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path"),
+    [
+        ("/users/{id}", "/users"),
+        ("/users/{id}", "/users/"),
+        ("/users/{id}", "/users/42/posts"),
+        ("/users/*", "/users/1/2"),
+        ("/users/*", "/users/"),
+        ("/orders", "/orders/dry-run"),
+        ("/orders", "/order"),
+        ("/admin/**", "/administrator"),
+        ("/api/**/status", "/api/v1/statuses"),
+        ("/a.b", "/axb"),
+        ("re:^/v[0-9]+/items$", "/v2/items/1"),
+    ],
+)
+def test_pattern_does_not_match_path(pattern: str, path: str) -> None:
+    assert compile_path(pattern).match(path) is None
+
+
+def test_plain_pattern_must_match_the_whole_path_but_re_is_searched() -> None:
+    assert compile_path("/items").match("/api/items") is None
+    assert compile_path("re:/items").match("/api/items/3") == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/users/42", "/users/{id}"),
+        ("/users/42/posts/-7", "/users/{id}/posts/{id}"),
+        ("/orders/3f2b8c1e-9d4a-4b6e-8f00-1234567890ab", "/orders/{id}"),
+        ("/blobs/0123456789abcdef0123", "/blobs/{id}"),
+        ("/blobs/cafe", "/blobs/cafe"),
+        ("/users/me", "/users/me"),
+        ("/v2/items", "/v2/items"),
+        ("/users/42?expand=1", "/users/{id}"),
+        ("/", "/"),
+        ("", "/"),
+    ],
+)
+def test_path_template_replaces_ids_with_a_placeholder(path: str, template: str) -> None:
+    assert path_template(path) == template
