@@ -8,7 +8,8 @@ import sys
 import click
 
 from shadowproxy.cli import cli
-from shadowproxy.rules import check_rules, rules_json_schema
+from shadowproxy.errors import Problem, RulesError
+from shadowproxy.rules import check_rules, load_rules_text, rules_json_schema
 
 
 @cli.group("rules")
@@ -19,7 +20,7 @@ def rules() -> None:
 @rules.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
 def check(files: tuple[str, ...]) -> None:
-    """Validate rules FILES (YAML, version 1) without starting anything.
+    """Validate rules FILES (YAML, version 1) without starting anything. "-" reads stdin.
 
     \b
     Prints to stdout, then exits:
@@ -28,7 +29,7 @@ def check(files: tuple[str, ...]) -> None:
     """
     bad = False
     for path in files:
-        problems = check_rules(path)
+        problems = _check_stdin() if path == "-" else check_rules(path)
         for p in problems:
             click.echo(str(p))
         if not problems:
@@ -36,6 +37,14 @@ def check(files: tuple[str, ...]) -> None:
         bad = bad or bool(problems)
     if bad:
         sys.exit(2)
+
+
+def _check_stdin() -> list[Problem]:
+    try:
+        load_rules_text(sys.stdin.buffer.read(), "<stdin>")
+    except RulesError as e:
+        return e.problems
+    return []
 
 
 @rules.command("schema")

@@ -107,9 +107,7 @@ def rules_json_schema() -> dict[str, Any]:
         "$id": SCHEMA_ID,
         "title": "shadowproxy rules file, version 1",
     }
-    out: dict[str, Any] = {**head, **{k: v for k, v in schema.items() if k != "title"}}
-    json.dumps(out)  # must stay plain JSON
-    return out
+    return {**head, **{k: v for k, v in schema.items() if k != "title"}}
 
 
 class _Loader:

@@ -108,15 +108,19 @@ def _path_pattern(value: str) -> str:
     return value
 
 
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token: what a header name may be
+_ROUTE_NAME = r"[A-Za-z0-9_.:/{}-]+"
+
+
 def _header_name(value: str) -> str:
-    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+    if not re.fullmatch(_TOKEN, value):
         msg = f"bad header name {value!r}: letters, digits and !#$%&'*+.^_`|~- only, no spaces or colons"
         raise ValueError(msg)
     return value
 
 
 def _route_name(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.:/{}-]+", value):
+    if not re.fullmatch(_ROUTE_NAME, value):
         msg = f"bad route name {value!r}: letters, digits and _ . : / {{ }} - only, no spaces"
         raise ValueError(msg)
     return value
@@ -156,8 +160,12 @@ Method = Annotated[str, AfterValidator(_method)]
 Regex = Annotated[str, AfterValidator(_regex)]
 PointerGlob = Annotated[str, AfterValidator(_pointer_glob)]
 PathPattern = Annotated[str, AfterValidator(_path_pattern)]
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-RouteName = Annotated[str, AfterValidator(_route_name), WithJsonSchema({"type": "string", "minLength": 1})]
+HeaderName = Annotated[
+    str, AfterValidator(_header_name), WithJsonSchema({"type": "string", "pattern": f"^{_TOKEN}$"})
+]
+RouteName = Annotated[
+    str, AfterValidator(_route_name), WithJsonSchema({"type": "string", "pattern": f"^{_ROUTE_NAME}$"})
+]
 Fraction = Annotated[
     float, AfterValidator(_between(0, 1)), WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1})
 ]
@@ -328,12 +336,40 @@ class Route(_Strict):
         return self
 
 
+class Thresholds(_Strict):
+    """Two limits: below `warn` passes, from `warn` up to `fail` (inclusive) warns, above `fail` fails."""
+
+    warn: Tolerance
+    fail: Tolerance
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if self.warn > self.fail:
+            msg = f"warn ({self.warn:g}) must not be above fail ({self.fail:g})"
+            raise _problem(msg, "warn")
+        return self
+
+
+class Verdict(_Strict):
+    """When `report` and `replay` call a route pass, warn or fail."""
+
+    mismatch_rate: Thresholds = Field(
+        default_factory=lambda: Thresholds(warn=0.001, fail=0.01),
+        description="mismatched / compared (also applied to shadow errors / mirrored)",
+    )
+    latency: Thresholds = Field(
+        default_factory=lambda: Thresholds(warn=0.05, fail=0.15),
+        description="shadow p99 / live p99 - 1 (0.05: the shadow is 5% slower)",
+    )
+
+
 class RulesFile(_Strict):
     """A whole rules file."""
 
     version: Version = Field(description="always 1")
     defaults: Defaults = Field(default_factory=Defaults)
     routes: list[Route] = Field(default_factory=list, description="tried in order; the first match wins")
+    verdict: Verdict = Field(default_factory=Verdict, description="report and replay verdict thresholds")
 
     @model_validator(mode="after")
     def _unique_route_names(self) -> RulesFile:

@@ -50,6 +50,13 @@ def test_check_prints_every_problem_one_per_line() -> None:
     ]
 
 
+def test_check_dash_reads_the_rules_from_stdin() -> None:
+    ok = CliRunner().invoke(cli, ["rules", "check", "-"], input=b"version: 1\n")
+    assert (ok.exit_code, ok.stdout) == (0, "ok\n")
+    bad = CliRunner().invoke(cli, ["rules", "check", "-"], input=b"version: 1\nroutes: {}\n")
+    assert (bad.exit_code, bad.stdout) == (2, "<stdin>:2: routes: must be a list, got a mapping\n")
+
+
 def test_check_without_a_file_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["rules", "check"])
     assert result.exit_code == 2
