@@ -49,6 +49,8 @@ Loc = tuple[str | int, ...]
 # a YAML 1.2 float with an exponent; YAML 1.1 (`%YAML 1.1`) resolves `1e-9` to a string
 _EXP_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
 _KEY_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# every character str.splitlines() breaks at, shown escaped instead
+_ESCAPE = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
 
 
 class _Stop(Exception):
@@ -119,7 +121,8 @@ class _Loader:
         self.active: set[int] = set()  # ids of containers being converted, to catch alias cycles
 
     def problem(self, line: int, loc: Loc, message: str) -> Problem:
-        return Problem(self.source, line, self.key_path(loc), message)
+        # one problem, one line: a value quoted in a message may hold a line break
+        return Problem(self.source, line, self.key_path(loc).translate(_ESCAPE), message.translate(_ESCAPE))
 
     def load(self, text: str | bytes) -> RuleSet:
         doc = self.parse(self.decode(text))

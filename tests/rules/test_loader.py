@@ -114,6 +114,16 @@ def test_quoted_exponent_stays_a_string_and_is_refused() -> None:
         load_rules_text('version: 1\ndefaults:\n  compare: {float_tolerance: "1e-9"}\n', "t.yaml")
 
 
+def test_line_breaks_inside_a_quoted_value_stay_on_one_line_in_the_message() -> None:
+    text = 'version: 1\ndefaults:\n  ignore:\n    body_regex: ["a\\n(", "b\\u2028("]\n'
+    with pytest.raises(RulesError) as info:
+        load_rules_text(text, "t.yaml")
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["defaults.ignore.body_regex[0]", "defaults.ignore.body_regex[1]"]
+    assert len(str(info.value).splitlines()) == 2
+    assert "bad regex 'a\\n('" in info.value.problems[0].message
+
+
 def test_minimal_file_gets_the_model_defaults() -> None:
     rs = load_rules_text("version: 1\n", "min.yaml")
     assert rs.defaults.mirror_methods == {"GET", "HEAD", "OPTIONS"}
