@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
@@ -24,14 +24,18 @@ from shadowproxy.proxy.convert import live_response_of, request_of
 from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
-from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
+from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher, ShadowDispatcher
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
 from shadowproxy.sinks.base import Sink
 from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink, parse_uri
 
 log = logging.getLogger("shadowproxy")
 
 _IN_FLIGHT = "shadowproxy.in_flight"
+
+DISPATCH_MODES = ["process", "inline"]
+DISPATCH_DEFAULT = "process"  # bench/README.md: the numbers behind this choice
 
 # mitmproxy 11 checks option types with typing.Optional, not `str | None`.
 OptStr = Optional[str]  # noqa: UP045
@@ -46,6 +50,12 @@ class ShadowConfig:
     sink_uri: str
     dispatch: DispatchConfig
     client: ClientConfig
+    dispatch_mode: str = "process"
+
+
+def options_error(msg: str) -> Exception:
+    err: Exception = exceptions.OptionsError(msg)  # type: ignore[no-untyped-call]
+    return err
 
 
 def _load_rules(path: str | None) -> RuleSet:
@@ -62,7 +72,7 @@ class ShadowAddon:
         self.switch = switch or Switch()
         self.config: ShadowConfig | None = None
         self.policy: Policy | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.dispatcher: ShadowDispatcher | None = None
         self.stats = Stats("proxy")
         self.on_running: list[Callable[[], object]] = []  # called once the proxy listens
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
@@ -70,10 +80,16 @@ class ShadowAddon:
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
         loader.add_option("shadow_rules", OptStr, None, "Rules file (YAML); unset: the embedded default.")
-        loader.add_option("shadow_sink", str, DEFAULT_SINK, "Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC.")
-        loader.add_option("shadow_queue_size", int, 1000, "Copies waiting for the shadow; beyond it, dropped and counted.")
+        loader.add_option("shadow_sink", str, DEFAULT_SINK,
+                          "Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC.")
+        loader.add_option("shadow_queue_size", int, 1000,
+                          "Copies waiting for the shadow; beyond it, dropped and counted.")
         loader.add_option("shadow_concurrency", int, 64, "Shadow calls in flight at most.")
         loader.add_option("shadow_stats_interval", int, 10, "Seconds between stats records; 0: only at exit.")
+        loader.add_option("shadow_dispatch", str, DISPATCH_DEFAULT,
+                          "Where shadow calls, diffs and the sink run: process (a worker process, "
+                          "off the proxy's event loop) or inline (this event loop). An injected or "
+                          "memory: sink is always inline.", choices=DISPATCH_MODES)
         loader.add_option("shadow_ca_file", OptStr, None, "Extra CA bundle to verify an https shadow.")
         loader.add_option("shadow_insecure", bool, False, "Do not verify the shadow's TLS certificate.")
 
@@ -83,21 +99,23 @@ class ShadowAddon:
         o = ctx.options
         try:
             if o.shadow_url is not None and not o.shadow_url.startswith(("http://", "https://")):
-                raise exceptions.OptionsError(f"shadow_url {o.shadow_url!r}: must be an http:// or https:// URL")
+                raise options_error(f"shadow_url {o.shadow_url!r}: must be an http:// or https:// URL")
             if o.shadow_queue_size < 1 or o.shadow_concurrency < 1:
-                raise exceptions.OptionsError("shadow_queue_size and shadow_concurrency must be at least 1")
+                raise options_error("shadow_queue_size and shadow_concurrency must be at least 1")
             parse_uri(o.shadow_sink, flag="shadow_sink")
             rules = _load_rules(o.shadow_rules)
         except ShadowProxyError as e:
-            raise exceptions.OptionsError(str(e)) from e
+            raise options_error(str(e)) from e
         if o.shadow_insecure:
             log.warning("shadow_insecure: the shadow's TLS certificate is NOT verified")
         self.config = ShadowConfig(
             shadow_url=o.shadow_url,
             rules=rules,
             sink_uri=o.shadow_sink,
-            dispatch=DispatchConfig(o.shadow_queue_size, o.shadow_concurrency, float(o.shadow_stats_interval)),
+            dispatch=DispatchConfig(o.shadow_queue_size, o.shadow_concurrency,
+                                    float(o.shadow_stats_interval)),
             client=ClientConfig(o.shadow_concurrency, o.shadow_ca_file, o.shadow_insecure),
+            dispatch_mode=o.shadow_dispatch,
         )
         self.policy = Policy(rules, self.switch)
 
@@ -110,11 +128,20 @@ class ShadowAddon:
         cfg = self.config
         if cfg is None or cfg.shadow_url is None or self.dispatcher is not None:
             return
-        sink = self._injected_sink or open_sink(cfg.sink_uri, flag="shadow_sink")
-        pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, self.stats)
-        self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
+        in_process = self._injected_sink is not None or parse_uri(cfg.sink_uri).scheme == "memory"
+        if cfg.dispatch_mode == "process" and not in_process:
+            worker = WorkerConfig(cfg.shadow_url, cfg.sink_uri, cfg.client, cfg.dispatch,
+                                  log_level=logging.getLogger("shadowproxy").getEffectiveLevel())
+            self.dispatcher = ProcessDispatcher(worker, self.stats)
+            uri = cfg.sink_uri
+        else:
+            sink = self._injected_sink or open_sink(cfg.sink_uri, flag="shadow_sink")
+            pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, self.stats)
+            self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
+            uri = sink.uri
         await self.dispatcher.start()
-        log.info("shadowing to %s, records to %s", cfg.shadow_url, sink.uri)
+        log.info("shadowing to %s, records to %s (%s dispatch)", cfg.shadow_url, uri,
+                 "inline" if isinstance(self.dispatcher, Dispatcher) else "process")
 
     async def done(self) -> None:
         if self.dispatcher is not None:
@@ -153,6 +180,7 @@ class ShadowAddon:
         if decision.shadow_request is None:
             self.stats.skip(decision.route, decision.reason)
             return None
-        exchange = Exchange(req, live_response_of(flow), request_id, time.time(), decision.route, decision.rule)
+        live = live_response_of(flow)
+        exchange = Exchange(req, live, request_id, time.time(), decision.route, decision.rule)
         return ShadowJob(exchange, decision.shadow_request, decision.settings, decision.target,
                          decision.reason == "rewrite")

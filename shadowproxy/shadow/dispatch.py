@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 
 log = logging.getLogger("shadowproxy")
@@ -23,6 +26,25 @@ class DispatchConfig:
     concurrency: int = 64
     stats_interval: float = 10.0
     drain_timeout: float = 10.0
+
+
+class ShadowDispatcher(Protocol):
+    """What the addon needs from a dispatcher: `Dispatcher` (this event loop) or
+    `ProcessDispatcher` (a worker process, shadowproxy.shadow.worker)."""
+
+    dispatched: int
+    dropped: int
+
+    @property
+    def stats(self) -> Stats: ...
+
+    async def start(self) -> None: ...
+
+    def submit(self, job: ShadowJob) -> bool: ...
+
+    def depth(self) -> int: ...
+
+    async def stop(self) -> None: ...
 
 
 class Dispatcher:
@@ -39,7 +61,7 @@ class Dispatcher:
         self.dropped = 0
 
     @property
-    def stats(self):  # type: ignore[no-untyped-def]
+    def stats(self) -> Stats:
         return self.pipeline.stats
 
     def depth(self) -> int:
@@ -55,8 +77,8 @@ class Dispatcher:
         if self.cfg.stats_interval > 0:
             self._spawn(self._stats_loop())
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -1,0 +1,293 @@
+"""Process dispatch over real sockets: real backends, the real proxy, a real worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from shadowproxy.engine.record import validate_record
+from shadowproxy.engine.stats import Stats
+from shadowproxy.shadow.dispatch import DispatchConfig
+from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+from shadowproxy.testing import Backend, ProxyThread, make_exchange
+
+JSON = {"Content-Type": "application/json"}
+
+
+def get(url: str, path: str) -> tuple[int, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    out = [json.loads(line) for line in path.read_bytes().splitlines()]
+    for rec in out:
+        validate_record(rec)
+    return out
+
+
+def totals(recs: list[dict[str, Any]]) -> dict[str, int]:
+    """The stats records' counters summed over intervals and routes."""
+    out: dict[str, int] = {}
+    for rec in recs:
+        if rec["outcome"] != "stats":
+            continue
+        for route in rec["routes"].values():
+            for k, v in route.items():
+                if isinstance(v, int):
+                    out[k] = out.get(k, 0) + v
+    return out
+
+
+def wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purpose
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Backend]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", "0"))
+        return web.Response(body=json.dumps({"v": 1, "pad": "x" * size}).encode(), headers=JSON)
+
+    with Backend(handler) as b:
+        yield b
+
+
+class Gate:
+    """A shadow backend that answers only while the gate is open."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        while not self.open.is_set():
+            await asyncio.sleep(0.01)
+        return web.Response(body=b'{"v": 2}', headers=JSON)
+
+
+def test_process_mode_copies_arrive_and_records_are_written(live: Backend, tmp_path: Path) -> None:
+    async def shadow_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"v": 2, "pad": ""}', headers=JSON)
+
+    sink = tmp_path / "records.jsonl"
+    with Backend(shadow_handler) as shadow:
+        proxy = ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{sink}", shadow_dispatch="process")
+        with proxy:
+            assert isinstance(proxy.addon.dispatcher, ProcessDispatcher)
+            worker_pid = proxy.addon.dispatcher.pid
+            assert worker_pid is not None and worker_pid != os.getpid()
+            answers = [get(proxy.url, f"/items/{i}") for i in range(6)]
+            answers.append(get(proxy.url, "/items/9?size=0"))
+        assert all(status == 200 and json.loads(body)["v"] == 1 for status, body in answers)
+        assert sorted(s.path for s in shadow.seen) == sorted([f"/items/{i}" for i in range(6)] + ["/items/9"])
+    recs = records(sink)
+    mismatches = [r for r in recs if r["outcome"] == "mismatch"]
+    assert len(mismatches) == 7
+    t = totals(recs)
+    assert t["compared"] == 7 and t["mismatched"] == 7 and t["dropped"] == 0
+    assert not pid_alive(worker_pid)
+
+
+def test_skips_counted_in_the_proxy_reach_the_workers_stats_record(live: Backend, tmp_path: Path) -> None:
+    async def shadow_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"{}", headers=JSON)
+
+    sink = tmp_path / "records.jsonl"
+    with Backend(shadow_handler) as shadow:
+        with ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{sink}", shadow_dispatch="process") as proxy:
+            host, port = proxy.url.removeprefix("http://").split(":")
+            for _ in range(3):
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                conn.request("POST", "/orders", body=b"{}")
+                assert conn.getresponse().status == 200
+                conn.close()
+        assert shadow.seen == []
+    stats = [r for r in records(sink) if r["outcome"] == "stats"]
+    assert stats, "the final stats record is written"
+    skipped_by: dict[str, int] = {}
+    for rec in stats:
+        for route in rec["routes"].values():
+            for k, v in route["skipped_by"].items():
+                skipped_by[k] = skipped_by.get(k, 0) + v
+    assert skipped_by == {"method": 3}
+
+
+def test_channel_full_drops_and_counts_while_live_is_unaffected(live: Backend, tmp_path: Path) -> None:
+    """With the worker frozen (SIGSTOP) the channel fills; the proxy sheds copies and counts them."""
+    gate = Gate()
+    gate.open.set()
+    sink = tmp_path / "records.jsonl"
+    n = 40
+    with Backend(gate.handler) as shadow:
+        proxy = ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{sink}", shadow_dispatch="process")
+        with proxy:
+            dispatcher = proxy.addon.dispatcher
+            assert isinstance(dispatcher, ProcessDispatcher) and dispatcher.pid is not None
+            dispatcher.buffer_bytes = 256 * 1024  # a small channel, so a few copies fill it
+            os.kill(dispatcher.pid, signal.SIGSTOP)
+            try:
+                answers = [get(proxy.url, f"/big/{i}?size=200000") for i in range(n)]
+            finally:
+                os.kill(dispatcher.pid, signal.SIGCONT)
+            assert dispatcher.dropped > 0
+            dropped_in_proxy = dispatcher.dropped
+        assert all(status == 200 and len(body) > 200_000 for status, body in answers)
+    t = totals(records(sink))
+    assert t["dropped"] >= dropped_in_proxy
+    assert t["compared"] + t["dropped"] == n
+    assert len(shadow.seen) == t["compared"]
+
+
+def test_worker_queue_full_drops_and_counts(live: Backend, tmp_path: Path) -> None:
+    """The worker's own bound (queue_size, concurrency) sheds copies too, and counts them."""
+    gate = Gate()
+    sink = tmp_path / "records.jsonl"
+    n = 8
+    with Backend(gate.handler) as shadow:
+        proxy = ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{sink}", shadow_dispatch="process",
+                            shadow_queue_size=1, shadow_concurrency=1)
+        with proxy:
+            answers = [get(proxy.url, f"/q/{i}") for i in range(n)]
+            wait_until(lambda: len(shadow.seen) >= 1)
+            gate.open.set()
+        assert all(status == 200 for status, _ in answers)
+    t = totals(records(sink))
+    assert t["compared"] + t["dropped"] == n
+    assert t["dropped"] >= n - 2  # one in flight, one queued
+    assert len(shadow.seen) == t["compared"]
+
+
+def test_graceful_stop_drains_and_writes_the_final_stats_record(live: Backend, tmp_path: Path) -> None:
+    gate = Gate()
+    sink = tmp_path / "records.jsonl"
+    n = 10
+    with Backend(gate.handler) as shadow:
+        proxy = ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{sink}", shadow_dispatch="process",
+                            shadow_stats_interval=0)
+        proxy.start()
+        try:
+            answers = [get(proxy.url, f"/d/{i}") for i in range(n)]
+            wait_until(lambda: len(shadow.seen) >= 1)
+        finally:
+            threading.Timer(0.3, gate.open.set).start()  # the shadow answers while the proxy stops
+            proxy.stop()
+        assert all(status == 200 for status, _ in answers)
+    recs = records(sink)
+    assert recs[-1]["outcome"] == "stats"
+    t = totals(recs)
+    assert t["compared"] == n and t["dropped"] == 0
+    assert len([r for r in recs if r["outcome"] == "mismatch"]) == n
+
+
+PARENT = textwrap.dedent("""
+    import asyncio, sys
+    from shadowproxy.engine.stats import Stats
+    from shadowproxy.shadow.dispatch import DispatchConfig
+    from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+    from shadowproxy.testing import make_exchange
+    from shadowproxy.shadow.pipeline import ShadowJob
+    from shadowproxy.rules import default_ruleset
+
+    async def main():
+        cfg = WorkerConfig(sys.argv[1], "jsonl:" + sys.argv[2], dispatch=DispatchConfig(stats_interval=0))
+        d = ProcessDispatcher(cfg, Stats())
+        await d.start()
+        settings, _ = default_ruleset().route_for("GET", "/users/1", {})
+        ex = make_exchange()
+        for _ in range(3):
+            d.submit(ShadowJob(ex, ex.request, settings))
+        print(d.pid, flush=True)
+        await asyncio.sleep(3600)  # killed by the test
+
+    asyncio.run(main())
+""")
+
+
+def test_worker_exits_when_the_proxy_process_dies(tmp_path: Path) -> None:
+    async def shadow_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"{}", headers=JSON)
+
+    sink = tmp_path / "records.jsonl"
+    with Backend(shadow_handler) as shadow:
+        cmd = [sys.executable, "-c", PARENT, shadow.url, str(sink)]
+        parent = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        try:
+            assert parent.stdout is not None
+            worker_pid = int(parent.stdout.readline())
+            assert pid_alive(worker_pid)
+            wait_until(lambda: len(shadow.seen) >= 3)
+        finally:
+            parent.kill()  # SIGKILL: no chance to tell the worker anything
+            parent.wait()
+            if parent.stdout is not None:
+                parent.stdout.close()
+    wait_until(lambda: not pid_alive(worker_pid))
+    # it drained what it had and wrote the final stats record on its way out
+    t = totals(records(sink))
+    assert t["compared"] == 3
+
+
+async def test_submit_before_start_and_after_stop_is_dropped_and_counted(tmp_path: Path) -> None:
+    stats = Stats()
+    cfg = WorkerConfig("http://127.0.0.1:9", f"jsonl:{tmp_path / 'r.jsonl'}",
+                       dispatch=DispatchConfig(stats_interval=0))
+    d = ProcessDispatcher(cfg, stats)
+    from shadowproxy.rules import default_ruleset
+    from shadowproxy.shadow.pipeline import ShadowJob
+
+    settings, _ = default_ruleset().route_for("GET", "/users/1", {})
+    ex = make_exchange()
+    assert d.submit(ShadowJob(ex, ex.request, settings)) is False
+    await d.start()
+    await d.stop()
+    await d.stop()  # safe twice
+    assert d.submit(ShadowJob(ex, ex.request, settings)) is False
+    assert d.dropped == 2 and stats.total("dropped") == 2
+    assert d.proc is not None and d.proc.returncode == 0
+
+
+async def test_a_sink_that_cannot_open_fails_start_with_its_message(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = WorkerConfig("http://127.0.0.1:9", f"jsonl:{blocker}/sub/r.jsonl")
+    d = ProcessDispatcher(cfg, Stats())
+    with pytest.raises(Exception, match="cannot open"):
+        await d.start()
+    assert d.proc is not None and d.proc.poll() is not None
