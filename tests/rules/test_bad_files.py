@@ -51,6 +51,7 @@ CASES: list[tuple[str, int, str, str]] = [
     ("unknown_key_rewrite", 8, "routes[0].rewrite.querry", "allowed: method, path, query, headers, target"),
     ("unknown_key_ignore", 5, "defaults.ignore.header", "allowed: headers, body, body_regex"),
     ("unknown_key_compare", 7, "routes[0].compare.tolerance", "allowed: ignore_order, float_tolerance"),
+    ("unknown_key_verdict", 3, "verdict.latency.p50", "unknown key 'p50' (allowed: warn, fail)"),
     # wrong types
     ("sample_string", 3, "defaults.sample", "must be a number, got string '0.5'"),
     ("sample_word", 3, "defaults.sample", "must be a number, got string 'half'"),
@@ -66,6 +67,7 @@ CASES: list[tuple[str, int, str, str]] = [
     ("timeout_zero", 3, "defaults.timeout_ms", "must be between 1 and 600000, got 0"),
     ("max_body_negative", 3, "defaults.max_body_bytes", "must be at least 1, got -1"),
     ("float_tolerance_negative", 4, "defaults.compare.float_tolerance", "must be at least 0, got -1e-09"),
+    ("verdict_warn_above_fail", 4, "verdict.mismatch_rate.warn", "warn (0.1) must not be above fail (0.01)"),
     # methods, regexes, pointers, path patterns, header names
     ("unknown_method_defaults", 5, "defaults.mirror_methods[1]", "unknown HTTP method 'FETCH' (one of GET,"),
     ("unknown_method_match", 4, "routes[0].match.methods[1]", "unknown HTTP method 'YEET'"),

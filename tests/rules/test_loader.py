@@ -18,6 +18,7 @@ from shadowproxy.rules import (
     loader,
     rules_json_schema,
 )
+from shadowproxy.rules.model import Defaults, Verdict
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "rules" / "examples").glob("*.yaml"))
@@ -242,6 +243,15 @@ def test_default_ruleset_is_safe() -> None:
     assert "etag" not in d.compare.ignore_headers
     assert rs.routes == ()
     assert default_ruleset() is rs
+
+
+def test_default_yaml_spells_out_the_model_defaults_it_documents() -> None:
+    """Writing a default down in default.yaml must not change it."""
+    written = default_ruleset().rules
+    assert written.verdict == Verdict()
+    assert written.defaults.compare == Defaults().compare
+    model = Defaults()
+    assert (written.defaults.sample, written.defaults.timeout_ms) == (model.sample, model.timeout_ms)
 
 
 def test_default_yaml_documents_every_setting_with_a_comment() -> None:
