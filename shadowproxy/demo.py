@@ -199,16 +199,18 @@ def render(result: DemoResult) -> None:
         skipped = ", ".join(f"{n} {why}" for why, n in s["skipped_by"].items()) or "0"
         table.add_row(route, str(mirrored), str(s["equal"]), str(s["mismatched"]), str(s["shadow_errors"]), skipped)
     console.print(table)
-    found: Counter[tuple[str, str, str, str, str]] = Counter()
+    found: Counter[tuple[str, str, str, str]] = Counter()
+    example: dict[tuple[str, str, str, str], str] = {}
     for rec in result.records:
         for d in rec.get("differences", []):
-            found[(rec["route"], d["part"], d["path"] or "(status)", d["kind"],
-                   f"{d['live']!r} -> {d['shadow']!r}")] += 1
+            key = (rec["route"], d["part"], d["path"] or "(status)", d["kind"])
+            found[key] += 1
+            example.setdefault(key, f"{d['live']!r} -> {d['shadow']!r}")
     diff_table = Table(title="What the shadow (v2) does differently")
-    for col in ("route", "part", "where", "kind", "live -> shadow", "times"):
+    for col in ("route", "part", "where", "kind", "times", "example: live -> shadow"):
         diff_table.add_column(col)
-    for (route, part, where, kind, values), n in sorted(found.items()):
-        diff_table.add_row(route, part, where, kind, values, str(n))
+    for key, n in sorted(found.items()):
+        diff_table.add_row(*key, str(n), example[key])
     console.print(diff_table)
     console.print("[bold]Shadow saw[/] (writes only as rewritten dry runs):")
     for line in sorted(set(result.shadow_saw)):

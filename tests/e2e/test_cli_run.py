@@ -1,0 +1,152 @@
+"""The CLI as a user runs it: real subprocesses, real sockets, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+
+from shadowproxy import __version__
+from shadowproxy.engine.record import validate_record
+from shadowproxy.testing import Backend, free_port
+
+EXE = str(Path(sys.executable).parent / "shadowproxy")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[tuple[Backend, Backend]]:
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"id": 1, "name": "Ada"})
+
+    async def shadow(request: web.Request) -> web.Response:
+        return web.json_response({"id": 1, "full_name": "Ada"})
+
+    with Backend(live) as lv, Backend(shadow) as sh:
+        yield lv, sh
+
+
+def wait_until_serving(port: int, proc: subprocess.Popen[bytes], path: str = "/users/1") -> bytes:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()  # type: ignore[no-any-return]
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_version_prints_the_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["rules"], ["rules", "check"], ["rules", "schema"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--listen", "nonsense", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2"], "--listen"),
+        (["--listen", "127.0.0.1:8080", "--live", "ftp://x", "--shadow", "http://127.0.0.1:2"], "--live"),
+        (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "x"], "--shadow"),
+        (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2",
+          "--sink", "s3://bucket"], "--sink"),
+        (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2",
+          "--sink", "kafka://127.0.0.1:9092"], "--sink"),
+        (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2",
+          "--rules", "/nonexistent/rules.yaml"], "/nonexistent/rules.yaml"),
+    ],
+)
+def test_bad_flags_give_one_clear_line_and_exit_2(args: list[str], needle: str) -> None:
+    result = run_cli("run", *args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_listen_address_in_use_is_one_clear_line() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = run_cli("run", "--listen", f"127.0.0.1:{port}", "--live", "http://127.0.0.1:1",
+                         "--shadow", "http://127.0.0.1:2")
+    assert result.returncode == 2
+    assert f"--listen 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_mirrors_records_and_exits_0_on_sigterm_with_sink_flushed(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    live, shadow = backends
+    out = tmp_path / "mismatches.jsonl"
+    port = free_port()
+    proc = subprocess.Popen(
+        [EXE, "run", "--listen", f"127.0.0.1:{port}", "--live", live.url, "--shadow", shadow.url,
+         "--sink", f"jsonl:{out}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert orjson.loads(wait_until_serving(port, proc)) == {"id": 1, "name": "Ada"}
+        for _ in range(4):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/users/2", timeout=5).read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0
+    records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    for rec in records:
+        validate_record(rec)
+    mismatches = [r for r in records if r["outcome"] == "mismatch"]
+    stats = [r for r in records if r["outcome"] == "stats"]
+    assert len(mismatches) == 5
+    assert sum(r["routes"]["/users/{id}"]["mismatched"] for r in stats) == 5
+
+
+def test_flags_can_come_from_environment(backends: tuple[Backend, Backend], tmp_path: Path) -> None:
+    live, shadow = backends
+    out = tmp_path / "env.jsonl"
+    port = free_port()
+    env = {**os.environ, "SHADOWPROXY_LISTEN": f"127.0.0.1:{port}", "SHADOWPROXY_LIVE": live.url,
+           "SHADOWPROXY_SHADOW": shadow.url, "SHADOWPROXY_SINK": f"jsonl:{out}"}
+    proc = subprocess.Popen([EXE, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_serving(port, proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    assert b'"outcome":"mismatch"' in out.read_bytes()
+
+
+def test_demo_runs_and_reports_the_renamed_field(tmp_path: Path) -> None:
+    out = tmp_path / "demo.jsonl"
+    result = run_cli("demo", "--sink", f"jsonl:{out}", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "/full_name" in result.stdout and "/name" in result.stdout
+    assert "/items/2/price" in result.stdout
+    assert "updated_at" not in result.stdout.split("Ignored by")[0]
+    records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert {r["outcome"] for r in records} == {"mismatch", "stats"}

@@ -1,0 +1,123 @@
+"""The addon under mitmproxy's own test harness (taddons + tflow), and as a `mitmdump -s` script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+
+from shadowproxy.proxy.addon import ShadowAddon
+from shadowproxy.testing import Backend, MemorySink, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flow(method: str = "GET", path: str = "/users/1"):  # type: ignore[no-untyped-def]
+    f = tflow.tflow(resp=True)
+    f.request.method = method
+    f.request.path = path
+    return f
+
+
+def test_configure_rejects_a_non_http_shadow_url() -> None:
+    addon = ShadowAddon()
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="shadow_url"):
+        tctx.configure(addon, shadow_url="ftp://x")
+
+
+def test_configure_rejects_a_bad_rules_file_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ndefaults:\n  sample: 2\n")
+    addon = ShadowAddon()
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=r"bad.yaml:3: defaults.sample"):
+        tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_rules=str(bad))
+
+
+def test_configure_rejects_an_unknown_sink_scheme() -> None:
+    addon = ShadowAddon()
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="shadow_sink"):
+        tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_sink="s3://bucket")
+
+
+def test_safe_request_becomes_a_job_with_the_live_response() -> None:
+    addon = ShadowAddon()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, shadow_url="http://127.0.0.1:1")
+        job = addon.job_for(flow())
+        assert job is not None
+        assert job.exchange.live.status == 200
+        assert job.exchange.live.body == b"message"
+        assert job.exchange.route == "/users/{id}"
+        assert dict(job.shadow_request.headers)["X-Shadow-Request"] == "1"
+
+
+def test_write_is_skipped_and_counted_not_queued() -> None:
+    addon = ShadowAddon()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, shadow_url="http://127.0.0.1:1")
+        assert addon.job_for(flow("POST", "/orders")) is None
+        assert addon.stats.totals["/orders"].skipped_by == {"method": 1}
+
+
+async def test_hooks_hand_jobs_to_the_dispatcher_and_done_drains_it() -> None:
+    async def shadow_app(request: web.Request) -> web.Response:
+        return web.Response(body=b"other")
+
+    sink = MemorySink()
+    addon = ShadowAddon(sink=sink)
+    with Backend(shadow_app) as shadow, taddons.context(addon) as tctx:
+        tctx.configure(addon, shadow_url=shadow.url, shadow_stats_interval=0)
+        await addon.running()
+        f = flow()
+        addon.requestheaders(f)
+        assert addon.in_flight == 1
+        addon.response(f)
+        assert addon.in_flight == 0
+        await addon.done()
+    assert [r["outcome"] for r in sink.records] == ["mismatch", "stats"]
+    assert sink.stopped
+
+
+def test_addon_script_runs_under_plain_mitmdump(tmp_path: Path) -> None:
+    async def live_app(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1})
+
+    async def shadow_app(request: web.Request) -> web.Response:
+        return web.json_response({"v": 2})
+
+    out = tmp_path / "records.jsonl"
+    port = free_port()
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    with Backend(live_app) as live, Backend(shadow_app) as shadow:
+        proc = subprocess.Popen(
+            [str(mitmdump), "-q", "-s", str(ROOT / "addons" / "shadow.py"), "--mode",
+             f"reverse:{live.url}@127.0.0.1:{port}", "--set", f"shadow_url={shadow.url}",
+             "--set", f"shadow_sink=jsonl:{out}", "--set", "shadow_stats_interval=0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            import urllib.request
+
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/thing", timeout=5).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.2)
+            assert body == b'{"v": 1}'
+            deadline = time.monotonic() + 10
+            while not (out.exists() and b"mismatch" in out.read_bytes()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(15)
+    assert b'"path":"/v"' in out.read_bytes()
