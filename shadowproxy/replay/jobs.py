@@ -1,0 +1,48 @@
+"""Request + live response -> ShadowJob, the one way: the proxy's addon and replay both use it.
+
+    decide(policy, stats, request) -> (Decision, request_id), the skip already counted
+    job_of(request, live, decision, request_id) -> ShadowJob
+    build_job(policy, stats, request, live) -> ShadowJob | None   both at once, as the proxy does
+
+Replay with `--live` needs the decision before there is a live response (a skipped request is
+sent to neither side), hence the two halves.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from shadowproxy.engine.exchange import Exchange, Request, Response
+from shadowproxy.engine.stats import Stats
+from shadowproxy.policy import Decision, Policy
+from shadowproxy.shadow.pipeline import ShadowJob
+
+__all__ = ["build_job", "decide", "job_of"]
+
+
+def decide(policy: Policy, stats: Stats, request: Request) -> tuple[Decision, str]:
+    """The policy's decision and the request id it was made with; a skip is counted here."""
+    request_id = uuid.uuid4().hex
+    decision = policy.decide(request, request_id)
+    if decision.shadow_request is None:
+        stats.skip(decision.route, decision.reason)
+    return decision, request_id
+
+
+def job_of(request: Request, live: Response, decision: Decision, request_id: str,
+           ts: float | None = None) -> ShadowJob:
+    """The job for a mirrored decision (`decision.shadow_request` set)."""
+    assert decision.shadow_request is not None
+    when = time.time() if ts is None else ts
+    exchange = Exchange(request, live, request_id, when, decision.route, decision.rule)
+    return ShadowJob(exchange, decision.shadow_request, decision.settings, decision.target,
+                     decision.reason == "rewrite")
+
+
+def build_job(policy: Policy, stats: Stats, request: Request, live: Response) -> ShadowJob | None:
+    """The shadow job for a completed exchange, or None (counted) when it is not mirrored."""
+    decision, request_id = decide(policy, stats, request)
+    if decision.shadow_request is None:
+        return None
+    return job_of(request, live, decision, request_id)
