@@ -3,6 +3,9 @@
     async for record in iter_records("kafka://127.0.0.1:9092/shadow.mismatches"):
         ...
 
+To stop early, close the iterator (`async with contextlib.aclosing(iter_records(...)) as it:`)
+so the Kafka consumer is stopped at once rather than when the generator is collected.
+
 Used by `shadowproxy tail`, and by `report` and `dashboard`. The URI is the sink's URI (sink
 options such as spool_dir are accepted and ignored; security options are used).
 
@@ -52,16 +55,16 @@ async def iter_records(
         if group is not None:
             msg = f"{flag} {uri}: --group applies to kafka:// sources only"
             raise SourceError(msg)
-        async for record in _iter_jsonl(Path(parsed.path), from_beginning=from_beginning, follow=follow,
-                                        flag=flag):
-            yield record
+        inner = _iter_jsonl(Path(parsed.path), from_beginning=from_beginning, follow=follow, flag=flag)
     elif parsed.scheme == "kafka":
-        async for record in _iter_kafka(parsed, from_beginning=from_beginning, follow=follow, group=group,
-                                        flag=flag):
-            yield record
+        inner = _iter_kafka(parsed, from_beginning=from_beginning, follow=follow, group=group, flag=flag)
     else:
         msg = f"{flag} {uri}: cannot read records from a {parsed.scheme}: source"
         raise SourceError(msg)
+    # Closing this generator closes the inner one at once (and so stops its consumer).
+    async with contextlib.aclosing(inner):
+        async for record in inner:
+            yield record
 
 
 def _parse_line(line: bytes, where: str) -> dict[str, Any]:
@@ -143,15 +146,14 @@ async def _iter_kafka(
     try:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                numbers = await topic_partitions(client_kwargs(parsed.bootstrap, options), parsed.topic)
+                if not numbers:
+                    msg = f"{where}: topic {parsed.topic!r} does not exist"
+                    raise SourceError(msg)
                 await consumer.start()
-                topics = await consumer.topics()
         except (KafkaError, OSError, TimeoutError) as e:
             msg = f"{where}: cannot reach Kafka ({type(e).__name__}{': ' + str(e) if str(e) else ''})"
             raise SourceError(msg) from None
-        if parsed.topic not in topics:
-            msg = f"{where}: topic {parsed.topic!r} does not exist"
-            raise SourceError(msg)
-        numbers = sorted(consumer.partitions_for_topic(parsed.topic) or ())
         partitions = [TopicPartition(parsed.topic, p) for p in numbers]
         if group is None:
             consumer.assign(partitions)
@@ -180,7 +182,34 @@ async def _iter_kafka(
             # Nothing assigned, or the group went away: then there is nothing to keep.
             with contextlib.suppress(Exception):
                 await consumer.commit()
+        await _stop(consumer)
+
+
+async def _stop(consumer: Any) -> None:
+    try:
         await consumer.stop()
+    except asyncio.CancelledError:
+        # aiokafka's fetcher re-raises the cancellation of its own helper tasks on close;
+        # only a cancellation of *this* task should propagate.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
+async def topic_partitions(kwargs: dict[str, Any], topic: str) -> list[int]:
+    """The partition numbers of `topic`; empty when it does not exist."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kwargs)
+    try:
+        await admin.start()
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for t in described:
+        if t.get("topic") == topic and not t.get("error_code"):
+            return sorted(int(p["partition"]) for p in t.get("partitions", ()))
+    return []
 
 
 async def _reached(consumer: Any, ends: dict[Any, int]) -> bool:
