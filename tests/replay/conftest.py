@@ -39,10 +39,12 @@ TRAFFIC: list[tuple[str, str, bytes, dict[str, str]]] = [
     ("GET", "/same", b"", {}),
     ("GET", "/gz", b"", {"Accept-Encoding": "gzip"}),
     ("GET", "/search?q=a%20b&tag=x&tag=y", b"", {}),
+    ("GET", "/logo.png", b"", {}),
     ("POST", "/orders", b'{"sku": "A-1", "qty": 2}', {"Content-Type": "application/json"}),
 ]
 PLANTED = {"/users/7", "/status", "/price"}  # the routes whose answers differ between v1 and v2
-EQUAL = {"/same", "/gz", "/search"}
+EQUAL = {"/same", "/gz", "/search", "/logo.png"}
+LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(128, 256)) * 4  # binary: savehar stores it base64
 
 REWRITE_RULES = """\
 version: 1
@@ -104,8 +106,8 @@ async def _answer(version: int, request: web.Request) -> web.StreamResponse:
     if path in ("/orders", "/orders/dry-run") and request.method == "POST":
         order = json.loads(await request.read())
         return web.json_response({"ok": True, "sku": order["sku"]}, status=201)
-    if path == "/v0-only":
-        return web.json_response({"v": version})
+    if path == "/logo.png":
+        return web.Response(body=LOGO, content_type="image/png")
     return web.json_response({"a": [1, 2, 3]})
 
 
