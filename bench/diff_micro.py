@@ -36,6 +36,7 @@ from shadowproxy.engine.options import CompareOptions
 TARGET_BYTES = {"1KB": 1_000, "20KB": 20_000, "200KB": 200_000}
 JSON_HEADERS = (("content-type", "application/json"),)
 OPTIONS = CompareOptions(ignore_body=("/items/*/updated_at",))
+ROUNDS, ROUNDS_QUICK = 25, 6
 TARGETS_AT_20KB = {"equal_after_ignore": 2.5, "one_difference_with_ignores": 2.5}
 
 
@@ -75,17 +76,18 @@ def bodies(target: int) -> dict[str, tuple[bytes, bytes]]:
     }
 
 
-def calls_for(fn: Callable[[], object], quick: bool) -> int:
-    """How many calls make one timed run (about 0.2 s, a tenth of that when quick)."""
-    calls, _ = timeit.Timer(fn).autorange()
-    return max(1, calls // 10) if quick else calls
+def calls_for(fn: Callable[[], object]) -> int:
+    """How many calls make one timed run of about 20 ms: short runs, many of them, so the
+    minimum finds a quiet moment even on a busy machine."""
+    calls, _ = timeit.Timer(fn).autorange()  # at least 0.2 s
+    return max(1, calls // 10)
 
 
-def interleaved_min_us(fns: dict[str, Callable[[], object]], rounds: int, quick: bool) -> dict[str, float]:
+def interleaved_min_us(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Per-call microseconds of each function: the minimum over `rounds` rounds, each round
     timing every function once, so a busy moment on the machine hits all of them alike and
     the ratios stay meaningful."""
-    timers = {name: (timeit.Timer(fn), calls_for(fn, quick)) for name, fn in fns.items()}
+    timers = {name: (timeit.Timer(fn), calls_for(fn)) for name, fn in fns.items()}
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, (timer, calls) in timers.items():
@@ -104,7 +106,7 @@ def measure_size(target: int, quick: bool) -> dict[str, Any]:
         live, shadow = Response(200, JSON_HEADERS, a), Response(200, JSON_HEADERS, b)
         results[name] = compare_responses(live, shadow, OPTIONS)
         fns[name] = partial(compare_responses, live, shadow, OPTIONS)
-    times = interleaved_min_us(fns, rounds=3 if quick else 7, quick=quick)
+    times = interleaved_min_us(fns, rounds=ROUNDS_QUICK if quick else ROUNDS)
     loads_us = times["orjson_loads_both"]
     out: dict[str, Any] = {
         "live_bytes": len(live_body),
@@ -121,9 +123,7 @@ def measure_size(target: int, quick: bool) -> dict[str, Any]:
     a_doc = orjson.loads(cases["one_difference_with_ignores"][0])
     b_doc = orjson.loads(cases["one_difference_with_ignores"][1])
     exclude = [r"\['updated_at'\]"]
-    deep = interleaved_min_us(
-        {"deepdiff": lambda: DeepDiff(a_doc, b_doc, exclude_regex_paths=exclude)}, 1, True
-    )
+    deep = interleaved_min_us({"deepdiff": lambda: DeepDiff(a_doc, b_doc, exclude_regex_paths=exclude)}, 2)
     out["cases"]["deepdiff_whole_document"] = {
         "us": round(deep["deepdiff"], 2),
         "ratio_to_loads": round(deep["deepdiff"] / loads_us, 3),

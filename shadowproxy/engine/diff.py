@@ -23,7 +23,7 @@ from shadowproxy.engine.decode import (
     decode_body,
 )
 from shadowproxy.engine.exchange import Headers, Response
-from shadowproxy.engine.jsondiff import Emit, canonical, compile_rules, diff_json
+from shadowproxy.engine.jsondiff import Emit, JsonRules, canonical, compile_rules, diff_json
 from shadowproxy.engine.options import CompareOptions
 
 MAX_DIFFERENCES = 100
@@ -210,9 +210,7 @@ def _compare_bodies(
         if dec.note:
             notes.append(f"{label} body: {dec.note}")
         if dec.too_large:
-            notes.append(
-                f"{label} body decodes to more than {opts.max_body_bytes} bytes: bodies not compared"
-            )
+            notes.append(f"{label} body is larger than {opts.max_body_bytes} bytes: bodies not compared")
     lb, sb = decoded.body, shadow_decoded.body
     if decoded.too_large or shadow_decoded.too_large:
         return _Bodies("bytes", lb, sb, too_large=True)
@@ -263,17 +261,28 @@ def _compare_json(
                 return "bytes"
             notes.append(f"{label} body is not valid JSON ({exc}): compared as text")
             return _compare_text_or_bytes(lb, sb, live.headers, shadow.headers, out, notes)
-    a, b = parsed
     rules = compile_rules(opts)
-    if a == b:
-        # Python holds 1 == True: when the documents also serialise alike they are equal,
-        # otherwise walk them without trusting == so a number that became a boolean shows.
-        if canonical(a) == canonical(b):
-            return "json"
-        diff_json(a, b, rules, out.body, trust_eq=False)
-        return "json"
-    diff_json(a, b, rules, out.body)
+    kept, more = len(out.found), out.more
+    try:
+        _diff_parsed(parsed[0], parsed[1], rules, out)
+    except RecursionError:
+        # The walk itself is iterative, but == on two subtrees recurses in C, and near the
+        # parser's depth limit that can exceed Python's recursion limit.
+        del out.found[kept:]
+        out.more = more
+        notes.append("the JSON bodies nest too deeply to compare structurally: compared as bytes")
+        _compare_bytes(lb, sb, out)
+        return "bytes"
     return "json"
+
+
+def _diff_parsed(a: Any, b: Any, rules: JsonRules, out: _Collector) -> None:
+    if a != b:
+        diff_json(a, b, rules, out.body)
+    elif canonical(a) != canonical(b):
+        # Python holds 1 == True: documents that are == but serialise differently are walked
+        # without trusting ==, so a number that became a boolean still shows.
+        diff_json(a, b, rules, out.body, trust_eq=False)
 
 
 def _decode_text(body: bytes, headers: Headers) -> str | None:

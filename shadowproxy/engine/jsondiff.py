@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress, repeat
@@ -180,7 +180,7 @@ class _Walker:
         keys = list(a)
         if self.trust_eq and len(a) == len(b) and keys == list(b):
             # Same keys in the same order: find the differing values in C.
-            for key in compress(keys, map(operator.ne, a.values(), b.values())):
+            for key in compress(keys, _unequal(a.values(), b.values())):
                 self._child(ptr, key, a[key], b[key], state)
             return
         for key in keys:
@@ -229,16 +229,17 @@ class _Walker:
                         return False
                     continue
                 get = operator.itemgetter(key)
-                unequal = map(operator.ne, map(get, a), map(get, b))
-                found.extend((i, column, key) for i in compress(range(len(a)), unequal))
+                unequal = _unequal(list(map(get, a)), list(map(get, b)))
+                differing = compress(range(len(a)), unequal)
+                found.extend((i, column, key) for i in differing)
         except KeyError:
             return False
         if not found:
             return True
         found.sort()  # document order: record, then field
         if found[0][0] != found[-1][0]:
-            differing = list(compress(range(len(a)), map(operator.ne, a, b)))
-            if _is_permutation(a, b, differing):
+            rows = list(compress(range(len(a)), _unequal(a, b)))
+            if _is_permutation(a, b, rows):
                 self.emit(ptr, "reordered", a, b)
                 return True
         for i, _, key in found:
@@ -264,7 +265,7 @@ class _Walker:
         if self.trust_eq and len(a) == len(b):
             if not state.dead and not self.regexes and self._record_columns(ptr, a, b, state):
                 return
-            differing = list(compress(range(len(a)), map(operator.ne, a, b)))
+            differing = list(compress(range(len(a)), _unequal(a, b)))
             if len(differing) > 1 and _is_permutation(a, b, differing):
                 self.emit(ptr, "reordered", a, b)
                 return
@@ -331,6 +332,15 @@ class _Walker:
         except _Stop:
             return False
         return True
+
+
+def _unequal(xs: Collection[Any], ys: Collection[Any]) -> Iterator[bool]:
+    """Pairwise: the values differ, or their types do. Python holds 1 == True; JSON does not.
+
+    Both checks run in C. The type check only sees these values themselves: a boolean that
+    became a number deeper inside two subtrees that are otherwise == stays unseen.
+    """
+    return map(operator.or_, map(operator.ne, xs, ys), map(operator.is_not, map(type, xs), map(type, ys)))
 
 
 def _common_head(a: list[Any], b: list[Any]) -> int:
