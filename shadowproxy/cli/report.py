@@ -1,0 +1,139 @@
+"""`shadowproxy report --source URI`: the diff report and the CI gate."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shadowproxy.cli import cli
+from shadowproxy.cli.params import SINK_URI
+
+
+@cli.command("report")
+@click.option(
+    "--source",
+    required=True,
+    type=SINK_URI,
+    metavar="URI",
+    help="Where the records are: jsonl:PATH or kafka://HOST:PORT/TOPIC (read to its current end).",
+)
+@click.option(
+    "--since",
+    metavar="DURATION",
+    default=None,
+    help="Only records whose ts is within this long before now: 90s, 15m, 2h, 1d, 1h30m. A stats"
+    " record counts when its interval ends within the window.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "markdown", "html"]),
+    default="table",
+    show_default=True,
+    help="table: rich tables; json: stable keys (docs/report.md); markdown;"
+    " html: one self-contained file with charts.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Write the report here instead of stdout.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["warn", "fail"]),
+    default=None,
+    help="Exit 1 when the overall verdict is at or above this level, or when nothing was compared"
+    " at all (verdict no_data). Without it the exit code is 0 whatever the verdict.",
+)
+@click.option(
+    "--rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Rules file whose `verdict:` block sets the thresholds (default: mismatch"
+    " rate warn 0.001 fail 0.01; latency warn 0.05 fail 0.15).",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many differing fields to list per route.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr while reading (default: when stderr is a terminal).",
+)
+def report(
+    source: str,
+    since: str | None,
+    fmt: str,
+    out: Path | None,
+    fail_on: str | None,
+    rules: Path | None,
+    top: int,
+    progress: bool | None,
+) -> None:
+    """Per-route report of a shadow run: requests compared, mismatch rate, shadow errors, the
+    fields that differ (with example record ids), live vs shadow latency, and a verdict.
+
+    \b
+    Verdict per route, from the `verdict:` thresholds of the rules file:
+      mismatch rate   mismatched / compared           PASS < warn <= WARN <= fail < FAIL
+      shadow errors   errors / (compared + errors)    same thresholds as the mismatch rate
+      latency         shadow p99 / live p99 - 1       PASS < warn <= WARN <= fail < FAIL
+    The route's verdict is its worst check; a route with nothing compared is NO DATA.
+    Overall is the worst route with data (NO DATA when no route has any).
+
+    \b
+    Exit codes: 0 report written (and the gate passed); 1 --fail-on: the overall verdict is
+    at or above the level given, or NO DATA; 2 bad option, unreadable source or rules file.
+
+    \b
+    Examples:
+      shadowproxy report --source jsonl:./shadowproxy-mismatches.jsonl
+      shadowproxy report --source kafka://127.0.0.1:9092/shadow.mismatches --since 2h \\
+          --format html --out report.html --fail-on fail
+    """
+    from shadowproxy.report import build_report, gate_fails, render
+    from shadowproxy.report.read import since_cutoff
+    from shadowproxy.report.text import render_table
+    from shadowproxy.rules.model import Verdict
+
+    cutoff = since_cutoff(since)
+    thresholds = Verdict()
+    if rules is not None:
+        from shadowproxy.rules import load_rules
+
+        thresholds = load_rules(rules).rules.verdict
+    data: dict[str, Any] = asyncio.run(
+        build_report(source, since=cutoff, thresholds=thresholds, top=top, progress=progress)
+    )
+    if out is None and fmt == "table":
+        from rich.console import Console
+
+        # piped: wide enough that numbers do not wrap; a terminal: its own width
+        render_table(data, Console(file=sys.stdout, width=None if sys.stdout.isatty() else 140))
+    else:
+        text = render(data, fmt)  # type: ignore[arg-type]
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            try:
+                out.write_text(text, encoding="utf-8")
+            except OSError as e:
+                from shadowproxy.errors import ConfigError
+
+                msg = f"--out {out}: cannot write: {e.strerror or e}"
+                raise ConfigError(msg) from None
+            click.echo(f"report written to {out} (verdict {data['verdict']})", err=True)
+    if gate_fails(data["verdict"], fail_on):  # type: ignore[arg-type]
+        click.secho(f"verdict {data['verdict']}: at or above --fail-on {fail_on}", fg="red", err=True)
+        sys.exit(1)

@@ -1,0 +1,177 @@
+"""The live dashboard: a consumer that keeps the report's aggregates, and an aiohttp server.
+
+    GET /             the page: the HTML report, updated in place through /events
+    GET /events       server-sent events: `event: report`, data {version, verdict, used, html}
+                      on connect and whenever records changed the aggregates (at most every
+                      `push_interval` seconds); a comment line every 15 s keeps proxies open
+    GET /api/report   the report as JSON (the keys of `report --format json`)
+    GET /healthz      {"ok": true, "records": n, "error": null | "what the source said"}
+
+Aggregation is `shadowproxy.report.aggregate.Aggregator`, the same as `report`; rendering is
+`shadowproxy.report.html.render_body`, the same as `report --format html`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shadowproxy.report.aggregate import Aggregator
+from shadowproxy.report.html import render_body, render_html
+from shadowproxy.report.verdict import DEFAULT_THRESHOLDS
+from shadowproxy.rules.model import Verdict
+
+__all__ = ["DEFAULT_GROUP", "Dashboard"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "shadowproxy-dashboard"
+PUSH_INTERVAL_S = 0.5
+HEARTBEAT_S = 15.0
+RETRY_S = (1.0, 2.0, 5.0, 10.0)
+
+
+def _script() -> str:
+    return resources.files("shadowproxy.dashboard").joinpath("static/live.js").read_text("utf-8")
+
+
+class Dashboard:
+    """Reads `source` (following it) into an Aggregator and serves the page. `app()` builds the server."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        group: str | None = None,
+        thresholds: Verdict = DEFAULT_THRESHOLDS,
+        top: int = 10,
+        push_interval: float = PUSH_INTERVAL_S,
+    ) -> None:
+        self.source = source
+        self.group = group
+        self.top = top
+        self.push_interval = push_interval
+        self.aggregator = Aggregator(thresholds=thresholds)
+        self.error: str | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- consumer ---------------------------------------------------------------------------
+
+    async def consume(self) -> None:
+        """Follow the source until cancelled; on a source error, say so on the page and retry."""
+        from shadowproxy.sources import SourceError, iter_records
+
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                n = 0
+                async for record in iter_records(
+                    self.source, from_beginning=True, follow=True, group=self.group
+                ):
+                    self.aggregator.add(record)
+                    n += 1
+                    if n % 1000 == 0:
+                        await asyncio.sleep(0)  # a long backlog must not starve the page
+                    if self.error is not None:
+                        self.error, attempt = None, 0
+                return
+            except SourceError as e:
+                # Re-reading from the start is safe: records are de-duplicated by id.
+                self.error = str(e)
+                log.warning("dashboard source: %s", e)
+                await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+                attempt += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        report = self.aggregator.snapshot(source=self.source, top=self.top)
+        if self.error:
+            report["notes"] = [f"source: {self.error}", *report["notes"]]
+        return report
+
+    # -- http -------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._page)
+        app.router.add_get("/events", self._events)
+        app.router.add_get("/api/report", self._api)
+        app.router.add_get("/healthz", self._health)
+        app.on_startup.append(self._start)
+        app.on_shutdown.append(self._shutdown)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _start(self, app: web.Application) -> None:
+        task = asyncio.create_task(self.consume(), name="dashboard-consumer")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shutdown(self, app: web.Application) -> None:
+        self._stopping.set()  # lets every open /events stream end
+
+    async def _cleanup(self, app: web.Application) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 20)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        html = render_html(self.snapshot(), title="shadowproxy dashboard", script=_script())
+        return web.Response(
+            text=html, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"}
+        )
+
+    async def _api(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.snapshot()), content_type="application/json")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        body = {"ok": True, "records": self.aggregator.counters["used"], "error": self.error}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    def _event(self) -> bytes:
+        report = self.snapshot()
+        data = {
+            "version": self.aggregator.version,
+            "verdict": report["verdict"],
+            "used": report["records"]["used"],
+            "html": render_body(report),
+        }
+        return b"event: report\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        try:
+            await resp.write(b"retry: 2000\n\n" + self._event())
+            sent = (self.aggregator.version, self.error)
+            last_beat = loop.time()
+            while not self._stopping.is_set():
+                # at most one push per interval, however fast records come
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.push_interval)
+                now = (self.aggregator.version, self.error)
+                if now != sent:
+                    sent = now
+                    await resp.write(self._event())
+                    last_beat = loop.time()
+                elif loop.time() - last_beat >= HEARTBEAT_S:
+                    await resp.write(b": keep-alive\n\n")
+                    last_beat = loop.time()
+        except (ConnectionResetError, ConnectionError):
+            pass  # the browser went away
+        return resp

@@ -1,0 +1,106 @@
+"""The diff report: per-route counts, differing fields, latency and a verdict, from a record stream.
+
+    report = await build_report("jsonl:./mismatches.jsonl", since=cutoff, thresholds=rules.verdict)
+    text = render(report, "markdown")          # table | json | markdown | html
+    evaluate(compared, mismatched, ...)        # the verdict of one route (shadowproxy.report.verdict)
+
+The report (and `--format json`) is a dict with these stable keys:
+
+    schema          "shadowproxy.report/1"
+    generated_at    ISO 8601 UTC time the report was made
+    source          the --source URI
+    since           earliest record ts kept (ISO 8601), null without --since
+    window          {first_ts, last_ts}: ts of the first and last record used
+    records         {read, used, duplicates, outside_window, invalid, mismatch, shadow_error,
+                     too_large, stats}: how many records of each were read / used / left out
+    thresholds      {mismatch_rate: {warn, fail}, latency: {warn, fail}}
+    verdict         overall: pass | warn | fail | no_data (worst route with data)
+    totals          {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
+                     mismatch_rate, latency}: all routes together
+    routes          list, sorted by route name, of:
+      route               route name
+      verdict             pass | warn | fail | no_data
+      checks              {mismatch_rate, shadow_errors, latency}: each check's level, or null
+      reasons             why the verdict is not pass, in words
+      counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped}:
+                          sums over the stats records
+      skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error)
+      mismatch_rate       mismatched / compared, null when nothing was compared
+      shadow_error_rate   shadow_errors / (compared + shadow_errors), or null
+      records             {mismatch, shadow_error, too_large}: records of each outcome seen
+      shadow_error_kinds  {kind: count} from the shadow_error records
+      latency             {live: Q, shadow: Q, ratio: {p50, p95, p99}, slowdown}; Q is
+                          {count, p50, p95, p99, mean, max} in ms (nulls when empty); ratio is
+                          shadow / live per quantile; slowdown is shadow p99 / live p99 - 1
+      fields_total        distinct differing fields seen
+      fields_not_kept     field occurrences not kept (more than 2000 distinct fields)
+      fields              top fields, most frequent first, each {part, path, kind, count, share,
+                          examples, example}: part is status | header | body, path a JSON Pointer,
+                          count the mismatch records with that difference, share count / compared,
+                          examples up to 3 record ids, example {id, live, shadow} values
+      examples            the last 5 records of the route, each {id, ts, outcome, method, path,
+                          live: {status, latency_ms, body_excerpt}, shadow: {status, latency_ms,
+                          body_excerpt, error}, differences: [{part, path, kind, live, shadow}]}
+    notes           things a reader should know (missing stats records, invalid records)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from shadowproxy.report.aggregate import REPORT_SCHEMA, Aggregator
+from shadowproxy.report.verdict import DEFAULT_THRESHOLDS, Judgement, evaluate, gate_fails, overall
+from shadowproxy.rules.model import Verdict
+
+__all__ = [
+    "FORMATS",
+    "REPORT_SCHEMA",
+    "Aggregator",
+    "Judgement",
+    "build_report",
+    "evaluate",
+    "gate_fails",
+    "overall",
+    "render",
+]
+
+Format = Literal["table", "json", "markdown", "html"]
+FORMATS: tuple[Format, ...] = ("table", "json", "markdown", "html")
+
+
+async def build_report(
+    source: str,
+    *,
+    since: datetime | None = None,
+    thresholds: Verdict = DEFAULT_THRESHOLDS,
+    top: int | None = 10,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Read `source` to its current end and return the report."""
+    from shadowproxy.report.read import read_source
+
+    agg = Aggregator(since=since, thresholds=thresholds)
+    await read_source(source, agg, progress=progress)
+    return agg.snapshot(source=source, top=top)
+
+
+def render(report: dict[str, Any], fmt: Format, *, width: int = 160) -> str:
+    """The report as text in one format (table: plain text, no colour)."""
+    from shadowproxy.report import text
+
+    if fmt == "json":
+        return text.render_json(report)
+    if fmt == "markdown":
+        return text.render_markdown(report)
+    if fmt == "html":
+        from shadowproxy.report.html import render_html
+
+        return render_html(report)
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    text.render_table(report, Console(file=buf, width=width, force_terminal=False, color_system=None))
+    return buf.getvalue()

@@ -1,0 +1,367 @@
+"""Aggregates over a record stream: one implementation for `report` and `dashboard`.
+
+Feed records one by one (`Aggregator.add`), read the report at any moment (`snapshot()`).
+Counts are exact from the stream alone:
+
+- the per-route counts (compared, equal, mismatched, shadow_errors, too_large, skipped,
+  dropped) are the SUM of the `outcome: "stats"` records' per-interval counts, and latency
+  histograms are MERGED bucket by bucket;
+- differing fields, their example record ids and example differences come from the
+  `mismatch` records (a field counts once per record), shadow error kinds from the
+  `shadow_error` records.
+
+Records are de-duplicated by id (Kafka delivery is at-least-once across outages); the last
+`dedupe_capacity` ids are remembered. With `since`, records whose `ts` is earlier are left
+out; a stats record counts when its `ts` (its interval's end) is at or after `since`.
+
+The snapshot's keys are documented in `shadowproxy.report` and docs/report.md.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
+from shadowproxy.engine.stats import Histogram, RouteStats
+from shadowproxy.report import verdict as _verdict
+from shadowproxy.rules.model import Verdict
+
+__all__ = ["REPORT_SCHEMA", "Aggregator", "parse_ts"]
+
+REPORT_SCHEMA = "shadowproxy.report/1"
+REPORT_COUNTS = (  # the stats records' names
+    "compared",
+    "equal",
+    "mismatched",
+    "shadow_errors",
+    "too_large",
+    "skipped",
+    "dropped",
+)
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+EXCHANGE_OUTCOMES = ("mismatch", "shadow_error", "too_large")
+FIELD_EXAMPLE_IDS = 3
+VALUE_CHARS = 300
+MAX_FIELDS_PER_ROUTE = 2000
+ROUTE_EXAMPLES = 5
+EXAMPLE_DIFFERENCES = 20
+DEDUPE_CAPACITY = 1_000_000
+
+
+def parse_ts(value: Any) -> datetime | None:
+    """A record's `ts` as an aware UTC datetime, None when missing or not ISO 8601."""
+    if not isinstance(value, str):
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _small(value: Any) -> Any:
+    """A value kept for display: as it is when small, else the start of its JSON text."""
+    if isinstance(value, str):
+        return value if len(value) <= VALUE_CHARS else value[:VALUE_CHARS] + "…"
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return value if len(text) <= VALUE_CHARS else text[:VALUE_CHARS] + "…"
+
+
+@dataclass(slots=True)
+class FieldAgg:
+    """One differing field of one route: (part, JSON Pointer, kind)."""
+
+    part: str
+    path: str
+    kind: str
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    example: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class RouteAgg:
+    stats: RouteStats = field(default_factory=RouteStats)
+    records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCHANGE_OUTCOMES, 0))
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    fields: dict[tuple[str, str, str], FieldAgg] = field(default_factory=dict)
+    fields_not_kept: int = 0
+    examples: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ROUTE_EXAMPLES))
+
+
+class Aggregator:
+    """Per-route aggregates of a record stream. `add` each record, `snapshot()` the report."""
+
+    def __init__(
+        self,
+        *,
+        since: datetime | None = None,
+        thresholds: Verdict = _verdict.DEFAULT_THRESHOLDS,
+        dedupe_capacity: int = DEDUPE_CAPACITY,
+    ) -> None:
+        self.since = since
+        self.thresholds = thresholds
+        self.routes: dict[str, RouteAgg] = {}
+        self.counters: dict[str, int] = {
+            "read": 0,
+            "used": 0,
+            "duplicates": 0,
+            "outside_window": 0,
+            "invalid": 0,
+            "mismatch": 0,
+            "shadow_error": 0,
+            "too_large": 0,
+            "stats": 0,
+        }
+        self.first_ts: datetime | None = None
+        self.last_ts: datetime | None = None
+        self.version = 0  # bumped by every record used: the dashboard pushes when it changes
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._dedupe_capacity = dedupe_capacity
+
+    # -- input ----------------------------------------------------------------------------
+
+    def add(self, record: dict[str, Any]) -> bool:
+        """Fold one record in. False when it is left out (duplicate, outside the window, invalid)."""
+        self.counters["read"] += 1
+        outcome = record.get("outcome")
+        rid = record.get("id")
+        ts = parse_ts(record.get("ts"))
+        if (
+            record.get("schema") != RECORD_SCHEMA
+            or not isinstance(rid, str)
+            or ts is None
+            or outcome not in (*EXCHANGE_OUTCOMES, "stats")
+        ):
+            self.counters["invalid"] += 1
+            return False
+        if self.since is not None and ts < self.since:
+            self.counters["outside_window"] += 1
+            return False
+        if rid in self._seen:
+            self.counters["duplicates"] += 1
+            return False
+        try:
+            if outcome == "stats":
+                self._add_stats(record)
+            else:
+                self._add_exchange(record, outcome)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            self.counters["invalid"] += 1
+            return False
+        self._remember(rid)
+        self.counters["used"] += 1
+        self.counters[outcome] += 1
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+        self.version += 1
+        return True
+
+    def _remember(self, rid: str) -> None:
+        self._seen[rid] = None
+        if len(self._seen) > self._dedupe_capacity:
+            self._seen.popitem(last=False)
+
+    def _route(self, name: str) -> RouteAgg:
+        agg = self.routes.get(name)
+        if agg is None:
+            agg = self.routes[name] = RouteAgg()
+        return agg
+
+    def _add_stats(self, record: dict[str, Any]) -> None:
+        routes = record["routes"]
+        parsed = {str(name): RouteStats.from_dict(counts) for name, counts in routes.items()}
+        for name, rs in parsed.items():
+            self._route(name).stats.merge(rs)
+
+    def _add_exchange(self, record: dict[str, Any], outcome: str) -> None:
+        name = str(record["route"])
+        differences = record.get("differences") or []
+        shadow = record.get("shadow") or {}
+        agg = self._route(name)
+        agg.records[outcome] += 1
+        if outcome == "shadow_error":
+            kind = str((shadow.get("error") or {}).get("kind", "error"))
+            agg.error_kinds[kind] = agg.error_kinds.get(kind, 0) + 1
+        if outcome == "mismatch":
+            seen: set[tuple[str, str, str]] = set()
+            for d in differences:
+                key = (str(d["part"]), str(d["path"]), str(d["kind"]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                self._add_field(agg, key, d, record["id"])
+        agg.examples.append(_example(record, outcome, differences))
+
+    @staticmethod
+    def _add_field(agg: RouteAgg, key: tuple[str, str, str], d: dict[str, Any], rid: str) -> None:
+        f = agg.fields.get(key)
+        if f is None:
+            if len(agg.fields) >= MAX_FIELDS_PER_ROUTE:
+                agg.fields_not_kept += 1
+                return
+            f = agg.fields[key] = FieldAgg(*key)
+            f.example = {"id": rid, "live": _small(d.get("live")), "shadow": _small(d.get("shadow"))}
+        f.count += 1
+        if len(f.examples) < FIELD_EXAMPLE_IDS:
+            f.examples.append(rid)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def snapshot(
+        self, *, source: str | None = None, top: int | None = 10, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """The report as plain JSON-able data, with stable keys (see docs/report.md)."""
+        routes = [self._route_report(name, agg, top) for name, agg in sorted(self.routes.items())]
+        total = RouteStats()
+        for agg in self.routes.values():
+            total.merge(agg.stats)
+        totals: dict[str, Any] = {k: total.counts.get(k, 0) for k in REPORT_COUNTS}
+        totals["mismatch_rate"] = _rate(totals["mismatched"], totals["compared"])
+        totals["latency"] = _latency(total.live_latency, total.shadow_latency)
+        return {
+            "schema": REPORT_SCHEMA,
+            "generated_at": iso(now or datetime.now(UTC)),
+            "source": source,
+            "since": iso(self.since),
+            "window": {"first_ts": iso(self.first_ts), "last_ts": iso(self.last_ts)},
+            "records": dict(self.counters),
+            "thresholds": self.thresholds.model_dump(),
+            "verdict": _verdict.overall(r["verdict"] for r in routes),
+            "totals": totals,
+            "routes": routes,
+            "notes": self._notes(),
+        }
+
+    def _route_report(self, name: str, agg: RouteAgg, top: int | None) -> dict[str, Any]:
+        counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
+        latency = _latency(agg.stats.live_latency, agg.stats.shadow_latency)
+        judged = _verdict.evaluate(
+            counts["compared"],
+            counts["mismatched"],
+            counts["shadow_errors"],
+            latency["live"]["p99"],
+            latency["shadow"]["p99"],
+            self.thresholds,
+        )
+        fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
+        compared = counts["compared"]
+        return {
+            "route": name,
+            "verdict": judged.verdict,
+            "checks": {
+                "mismatch_rate": judged.mismatch_rate,
+                "shadow_errors": judged.shadow_errors,
+                "latency": judged.latency,
+            },
+            "reasons": list(judged.reasons),
+            "counts": counts,
+            "skipped_by": dict(sorted(agg.stats.skipped_by.items())),
+            "mismatch_rate": _rate(counts["mismatched"], compared),
+            "shadow_error_rate": _rate(counts["shadow_errors"], compared + counts["shadow_errors"]),
+            "records": dict(agg.records),
+            "shadow_error_kinds": dict(sorted(agg.error_kinds.items())),
+            "latency": latency,
+            "fields_total": len(agg.fields),
+            "fields_not_kept": agg.fields_not_kept,
+            "fields": [
+                {
+                    "part": f.part,
+                    "path": f.path,
+                    "kind": f.kind,
+                    "count": f.count,
+                    "share": _rate(f.count, compared),
+                    "examples": list(f.examples),
+                    "example": f.example,
+                }
+                for f in (fields if top is None else fields[:top])
+            ],
+            "examples": list(agg.examples),
+        }
+
+    def _notes(self) -> list[str]:
+        notes: list[str] = []
+        if self.counters["stats"] == 0 and self.counters["used"] > 0:
+            notes.append(
+                "no stats records: compared, equal, skipped and latency are unknown "
+                "(the proxy writes one every --shadow-stats-interval seconds and at exit)"
+            )
+        for name, agg in sorted(self.routes.items()):
+            seen, counted = agg.records["mismatch"], agg.stats.counts.get("mismatched", 0)
+            if seen > counted:
+                notes.append(
+                    f"route {name}: {seen} mismatch records but stats count {counted} mismatched "
+                    "(a stats record is missing or not written yet; counts come from stats records)"
+                )
+        if self.counters["invalid"]:
+            notes.append(
+                f"{self.counters['invalid']} records were not shadowproxy.mismatch/1 records: left out"
+            )
+        return notes
+
+
+def _rate(n: int, d: int) -> float | None:
+    return n / d if d > 0 else None
+
+
+def _hist(h: Histogram) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": h.count}
+    for key, q in QUANTILES:
+        v = h.quantile(q)
+        out[key] = None if v is None else round(v, 3)
+    out["mean"] = round(h.sum / h.count, 3) if h.count else None
+    out["max"] = round(h.max, 3) if h.count else None
+    return out
+
+
+def _latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
+    lv, sv = _hist(live), _hist(shadow)
+    ratio = {
+        key: (round(sv[key] / lv[key], 4) if lv[key] and sv[key] is not None else None)
+        for key, _ in QUANTILES
+    }
+    return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": _verdict.slowdown(lv["p99"], sv["p99"])}
+
+
+def _example(record: dict[str, Any], outcome: str, differences: list[dict[str, Any]]) -> dict[str, Any]:
+    live = record.get("live") or {}
+    shadow = record.get("shadow") or {}
+    return {
+        "id": record["id"],
+        "ts": record["ts"],
+        "outcome": outcome,
+        "method": record.get("method"),
+        "path": record.get("path"),
+        "live": {
+            "status": live.get("status"),
+            "latency_ms": live.get("latency_ms"),
+            "body_excerpt": live.get("body_excerpt"),
+        },
+        "shadow": {
+            "status": shadow.get("status"),
+            "latency_ms": shadow.get("latency_ms"),
+            "body_excerpt": shadow.get("body_excerpt"),
+            "error": shadow.get("error"),
+        },
+        "differences": [
+            {
+                "part": d.get("part"),
+                "path": d.get("path"),
+                "kind": d.get("kind"),
+                "live": _small(d.get("live")),
+                "shadow": _small(d.get("shadow")),
+            }
+            for d in differences[:EXAMPLE_DIFFERENCES]
+        ],
+    }

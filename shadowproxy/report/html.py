@@ -1,0 +1,367 @@
+"""The report as ONE self-contained HTML file: inline CSS, SVG charts drawn here, no external asset.
+
+`render_html(report)` is the whole document; `render_body(report)` is what goes inside
+`<main id="report">`, which the dashboard swaps in as records arrive.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+import orjson
+
+from shadowproxy.report.text import (
+    VERDICT_LABEL,
+    by_severity,
+    fmt_ms,
+    fmt_pct,
+    fmt_ratio,
+)
+
+__all__ = ["CSS", "render_body", "render_html"]
+
+COLORS = {"fail": "#c62828", "warn": "#ef8f00", "pass": "#2e7d32", "no_data": "#9e9e9e"}
+LIVE_COLOR = ("#1565c0", "#5e92d8", "#a9c4ec")  # p50, p95, p99: darker is lower
+SHADOW_COLOR = ("#6a1b9a", "#9c5cb8", "#d1b1e0")
+
+CSS = """
+:root { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f; }
+body { margin: 0 auto; max-width: 1200px; padding: 16px 24px 48px; background: #fafafa; }
+h1 { font-size: 1.5rem; margin: 8px 0; } h2 { font-size: 1.2rem; margin-top: 28px; }
+h3 { font-size: 1.05rem; margin: 18px 0 6px; }
+.meta { color: #555; font-size: .85rem; margin: 2px 0; }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 12px; color: #fff; font-weight: 600;
+  font-size: .85rem; letter-spacing: .03em; white-space: nowrap; }
+.badge.fail { background: #c62828; } .badge.warn { background: #ef8f00; }
+.badge.pass { background: #2e7d32; } .badge.no_data { background: #9e9e9e; }
+table { border-collapse: collapse; width: 100%; background: #fff; font-size: .85rem; margin: 6px 0 12px; }
+th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; font-weight: 600; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .8rem; }
+pre { white-space: pre-wrap; word-break: break-all; margin: 0; background: #fff; padding: 6px;
+  border: 1px solid #e3e3e3; border-radius: 4px; max-height: 18em; overflow: auto; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; }
+.chart { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 8px; }
+.chart h3 { margin: 0 0 4px; }
+.reasons { margin: 4px 0; padding-left: 20px; }
+.heat { position: relative; } .heat span.bar { position: absolute; left: 0; top: 0; bottom: 0;
+  background: rgba(198, 40, 40, .18); z-index: 0; } .heat span.v { position: relative; z-index: 1; }
+.sbs { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; margin: 4px 0 12px; }
+.sbs h4 { margin: 0 0 2px; font-size: .8rem; color: #555; }
+td.live, .sbs .live pre { background: #fdecea; } td.shadow, .sbs .shadow pre { background: #e8f5e9; }
+mark.live { background: #f5a3a3; } mark.shadow { background: #8fd19e; }
+details { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 6px 10px; margin: 6px 0; }
+summary { cursor: pointer; font-weight: 600; }
+.notes li { color: #8a5300; }
+"""
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _value(v: Any) -> str:
+    return v if isinstance(v, str) else orjson.dumps(v).decode()
+
+
+def _badge(verdict: str) -> str:
+    return f'<span class="badge {_e(verdict)}">{VERDICT_LABEL[verdict]}</span>'
+
+
+# -- charts (inline SVG) -------------------------------------------------------------------
+
+
+def _short(name: str, n: int = 28) -> str:
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def mismatch_chart(routes: list[dict[str, Any]], thresholds: dict[str, Any]) -> str:
+    """Horizontal bars: mismatch rate per route, dashed lines at the warn and fail thresholds.
+
+    The scale ends at 2.5 times the fail threshold (or the highest rate when lower), so the
+    thresholds stay readable; a longer bar is cut at the end and marked with an arrow.
+    """
+    warn, fail = thresholds["mismatch_rate"]["warn"], thresholds["mismatch_rate"]["fail"]
+    rates = [r["mismatch_rate"] or 0.0 for r in routes]
+    top = max(min(max([*rates, 0.0]), fail * 2.5), fail * 1.25, 1e-9)
+    label_w, bar_w, row_h = 190, 360, 22
+    rows_h = row_h * max(1, len(routes))
+    height = 44 + rows_h
+    out = [
+        f'<svg class="chart-svg" id="mismatch-chart" width="{label_w + bar_w + 90}" height="{height}" '
+        f'role="img" aria-label="mismatch rate per route" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for i, r in enumerate(routes):
+        y = 18 + i * row_h
+        rate = r["mismatch_rate"]
+        w = 0.0 if not rate else max(1.0, bar_w * min(rate, top) / top)
+        color = COLORS[r["checks"]["mismatch_rate"] or "no_data"]
+        cut = "\u00bb " if rate is not None and rate > top else ""
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end" font-size="12">'
+            f"{_e(_short(r['route']))}</text>"
+        )
+        out.append(
+            f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" '
+            f'fill="{color}"><title>{_e(r["route"])}: {fmt_pct(rate)}</title></rect>'
+        )
+        out.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 14}" font-size="11">{cut}{fmt_pct(rate)}</text>')
+    axis_y = 18 + rows_h
+    for t, name, color, ty in ((warn, "warn", COLORS["warn"], 12), (fail, "fail", COLORS["fail"], axis_y + 14)):
+        x = label_w + bar_w * t / top
+        out.append(
+            f'<line x1="{x:.1f}" y1="16" x2="{x:.1f}" y2="{axis_y}" stroke="{color}" stroke-dasharray="4 3"/>'
+        )
+        out.append(
+            f'<text x="{x:.1f}" y="{ty}" font-size="10" text-anchor="middle" fill="{color}">'
+            f"{name} {fmt_pct(t)}</text>"
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def latency_chart(routes: list[dict[str, Any]]) -> str:
+    """Per route two bars, live and shadow: nested p99 > p95 > p50 (darker is lower)."""
+    values = [
+        s[k] or 0.0
+        for r in routes
+        for s in (r["latency"]["live"], r["latency"]["shadow"])
+        for k in ("p50", "p95", "p99")
+    ]
+    top = max([*values, 1e-9])
+    label_w, bar_w, bar_h = 190, 360, 11
+    row_h = 2 * bar_h + 12
+    height = 34 + row_h * max(1, len(routes))
+    out = [
+        f'<svg class="chart-svg" id="latency-chart" width="{label_w + bar_w + 150}" height="{height}" '
+        f'role="img" aria-label="latency per route" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for i, r in enumerate(routes):
+        y = 6 + i * row_h
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + bar_h + 4}" text-anchor="end" font-size="12">'
+            f"{_e(_short(r['route']))}</text>"
+        )
+        for j, (side, colors) in enumerate((("live", LIVE_COLOR), ("shadow", SHADOW_COLOR))):
+            s = r["latency"][side]
+            by = y + j * (bar_h + 2)
+            for k, color in zip(("p99", "p95", "p50"), reversed(colors), strict=True):
+                if s[k] is None:
+                    continue
+                w = max(1.0, bar_w * s[k] / top)
+                out.append(
+                    f'<rect class="bar" x="{label_w}" y="{by}" width="{w:.1f}" height="{bar_h}" '
+                    f'fill="{color}"><title>{side} {k} {fmt_ms(s[k])} ms</title></rect>'
+                )
+            text = (
+                "no data"
+                if s["p99"] is None
+                else f"{side} {fmt_ms(s['p50'])}/{fmt_ms(s['p95'])}/{fmt_ms(s['p99'])} ms"
+            )
+            end = label_w + (bar_w * (s["p99"] or 0) / top) + 4
+            out.append(f'<text x="{end:.1f}" y="{by + bar_h - 2}" font-size="10">{_e(text)}</text>')
+    ly = 14 + row_h * max(1, len(routes))
+    legend = [("live p50/p95/p99", LIVE_COLOR[0]), ("shadow p50/p95/p99", SHADOW_COLOR[0])]
+    for i, (name, color) in enumerate(legend):
+        x = label_w + i * 170
+        out.append(
+            f'<rect x="{x}" y="{ly}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{x + 14}" y="{ly + 9}" font-size="11">{name}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+# -- side by side ----------------------------------------------------------------------------
+
+
+def _needles(differences: list[dict[str, Any]], side: str) -> list[str]:
+    """Text to mark in a body excerpt: `"key": value` where it can, else the JSON value."""
+    out: list[str] = []
+    for d in differences:
+        if d.get("part") != "body" or d.get(side) is None:
+            continue
+        v = d[side]
+        text = orjson.dumps(v).decode() if not (isinstance(v, str) and v.endswith("…")) else v[:-1]
+        key = str(d.get("path") or "").rsplit("/", 1)[-1].replace("~1", "/").replace("~0", "~")
+        if key and not key.isdigit():
+            out.append(f'"{key}": {text}')
+            out.append(f'"{key}":{text}')
+        out.append(text)
+    return out
+
+
+def highlight(excerpt: str | None, differences: list[dict[str, Any]], side: str) -> str:
+    """The excerpt, escaped, with each differing value on this side wrapped in <mark>."""
+    if not excerpt:
+        return ""
+    spans: list[tuple[int, int]] = []
+    for needle in _needles(differences, side):
+        if not needle:
+            continue
+        at = excerpt.find(needle)
+        if at >= 0 and not any(a < at + len(needle) and at < b for a, b in spans):
+            spans.append((at, at + len(needle)))
+    spans.sort()
+    out, pos = [], 0
+    for a, b in spans:
+        out.append(escape(excerpt[pos:a]))
+        out.append(f'<mark class="{side}">{escape(excerpt[a:b])}</mark>')
+        pos = b
+    out.append(escape(excerpt[pos:]))
+    return "".join(out)
+
+
+def _example(ex: dict[str, Any]) -> str:
+    live, shadow = ex["live"], ex["shadow"]
+    rows = "".join(
+        f"<tr><td><code>{_e(d['part'])} {_e(d['path'] or '(status)')}</code></td><td>{_e(d['kind'])}</td>"
+        f'<td class="live"><code>{_e(_value(d["live"]))}</code></td>'
+        f'<td class="shadow"><code>{_e(_value(d["shadow"]))}</code></td></tr>'
+        for d in ex["differences"]
+    )
+    err = shadow.get("error")
+    shadow_head = (
+        f"shadow: error {_e(err.get('kind'))}"
+        if err
+        else f"shadow: {_e(shadow.get('status'))}, {fmt_ms(shadow.get('latency_ms'))} ms"
+    )
+    shadow_body = (
+        _e(err.get("message", ""))
+        if err
+        else highlight(shadow.get("body_excerpt"), ex["differences"], "shadow")
+    )
+    table = (
+        (
+            '<table class="diffs"><tr><th>field</th><th>kind</th><th>live</th><th>shadow</th></tr>'
+            f"{rows}</table>"
+        )
+        if rows
+        else ""
+    )
+    return (
+        f'<details class="example" data-id="{_e(ex["id"])}"><summary>{_e(ex["outcome"])} '
+        f'<code>{_e(ex["method"])} {_e(ex["path"])}</code> '
+        f'<span class="meta">id {_e(ex["id"])}, {_e(ex["ts"])}'
+        f"</span></summary>{table}"
+        f'<div class="sbs"><div class="live">'
+        f'<h4>live: {_e(live.get("status"))}, {fmt_ms(live.get("latency_ms"))} ms'
+        f"</h4><pre>{highlight(live.get('body_excerpt'), ex['differences'], 'live')}</pre></div>"
+        f'<div class="shadow"><h4>{shadow_head}</h4><pre>{shadow_body}</pre></div></div></details>'
+    )
+
+
+# -- document --------------------------------------------------------------------------------
+
+
+def _routes_table(routes: list[dict[str, Any]]) -> str:
+    head = (
+        "<tr><th>route</th><th>verdict</th><th class=n>compared</th><th class=n>mismatched</th>"
+        "<th class=n>rate</th><th class=n>shadow err</th><th class=n>too large</th><th class=n>skipped</th>"
+        "<th class=n>dropped</th><th class=n>live ms p50/p95/p99</th><th class=n>shadow ms p50/p95/p99</th>"
+        "<th class=n>p99 ratio</th></tr>"
+    )
+    rows = []
+    for r in routes:
+        c, lat = r["counts"], r["latency"]
+        q = {s: " / ".join(fmt_ms(lat[s][k]) for k in ("p50", "p95", "p99")) for s in ("live", "shadow")}
+        rows.append(
+            f'<tr data-route="{_e(r["route"])}"><td><code>{_e(r["route"])}</code></td>'
+            f"<td>{_badge(r['verdict'])}</td>"
+            f"<td class=n>{c['compared']}</td><td class=n>{c['mismatched']}</td>"
+            f"<td class=n>{fmt_pct(r['mismatch_rate'])}</td><td class=n>{c['shadow_errors']}</td>"
+            f"<td class=n>{c['too_large']}</td><td class=n>{c['skipped']}</td><td class=n>{c['dropped']}</td>"
+            f"<td class=n>{q['live']}</td><td class=n>{q['shadow']}</td>"
+            f"<td class=n>{fmt_ratio(lat['ratio']['p99'])}"
+            "</td></tr>"
+        )
+    return f'<table id="routes">{head}{"".join(rows)}</table>'
+
+
+def _fields_table(r: dict[str, Any]) -> str:
+    top = max([f["share"] or 0.0 for f in r["fields"]] + [1e-12])
+    rows = []
+    for f in r["fields"]:
+        ex = f["example"] or {}
+        width = 100 * (f["share"] or 0.0) / top
+        rows.append(
+            f"<tr><td><code>{_e(f['part'])} {_e(f['path'] or '(status)')}</code></td><td>{_e(f['kind'])}</td>"
+            f'<td class="n heat"><span class="bar" style="width:{width:.0f}%"></span>'
+            f'<span class="v">{f["count"]}'
+            f"</span></td><td class=n>{fmt_pct(f['share'])}</td>"
+            f"<td>{', '.join(f'<code>{_e(i)}</code>' for i in f['examples'])}</td>"
+            f'<td class="live"><code>{_e(_value(ex.get("live")))}</code></td>'
+            f'<td class="shadow"><code>{_e(_value(ex.get("shadow")))}</code></td></tr>'
+        )
+    return (
+        '<table class="fields"><tr><th>field</th><th>kind</th><th class=n>count</th><th class=n>share</th>'
+        f"<th>example ids</th><th>live</th><th>shadow</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _route_section(r: dict[str, Any]) -> str:
+    parts = [
+        f'<section class="route" data-route="{_e(r["route"])}"><h3><code>{_e(r["route"])}</code> '
+        f"{_badge(r['verdict'])}</h3>"
+    ]
+    if r["reasons"]:
+        parts.append('<ul class="reasons">' + "".join(f"<li>{_e(x)}</li>" for x in r["reasons"]) + "</ul>")
+    if r["shadow_error_kinds"]:
+        kinds = ", ".join(f"{_e(k)} {n}" for k, n in r["shadow_error_kinds"].items())
+        parts.append(f'<p class="meta">shadow errors by kind: {kinds}</p>')
+    if r["fields"]:
+        parts.append(_fields_table(r))
+    if r["examples"]:
+        parts.append("".join(_example(ex) for ex in r["examples"]))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_body(report: dict[str, Any]) -> str:
+    routes = by_severity(report["routes"])
+    rec, window = report["records"], report["window"]
+    since = f" (since {_e(report['since'])})" if report["since"] else ""
+    t = report["thresholds"]
+    totals = report["totals"]
+    parts = [
+        f'<h1>shadowproxy report <span id="verdict" data-verdict="{_e(report["verdict"])}">'
+        f"{_badge(report['verdict'])}</span></h1>",
+        f'<p class="meta">source <code>{_e(report["source"] or "-")}</code>, records from '
+        f"{_e(window['first_ts'] or '-')} to {_e(window['last_ts'] or '-')}{since}; "
+        f'<span id="records-used">{rec["used"]}</span> of {rec["read"]} records used '
+        f"(stats {rec['stats']}, mismatch {rec['mismatch']}, shadow_error {rec['shadow_error']}, too_large "
+        f"{rec['too_large']}, duplicates {rec['duplicates']}, outside window {rec['outside_window']}).</p>",
+        f'<p class="meta">thresholds: mismatch rate warn {fmt_pct(t["mismatch_rate"]["warn"])}, fail above '
+        f"{fmt_pct(t['mismatch_rate']['fail'])}; latency (shadow p99 / live p99 - 1) warn "
+        f"{fmt_pct(t['latency']['warn'])}, fail above {fmt_pct(t['latency']['fail'])}. Total: "
+        f"{totals['compared']} compared, {totals['mismatched']} mismatched "
+        f"({fmt_pct(totals['mismatch_rate'])}).</p>",
+        '<div class="charts">',
+        f'<div class="chart"><h3>Mismatch rate per route</h3>{mismatch_chart(routes, t)}</div>',
+        f'<div class="chart"><h3>Latency per route (ms)</h3>{latency_chart(routes)}</div>',
+        "</div>",
+        "<h2>Routes</h2>",
+        _routes_table(routes),
+        "<h2>Differences by route</h2>",
+        "".join(_route_section(r) for r in routes),
+    ]
+    if report["notes"]:
+        parts.append(
+            '<h2>Notes</h2><ul class="notes">'
+            + "".join(f"<li>{_e(n)}</li>" for n in report["notes"])
+            + "</ul>"
+        )
+    return "".join(parts)
+
+
+def render_html(report: dict[str, Any], *, title: str = "shadowproxy report", script: str = "") -> str:
+    """One self-contained HTML document. `script` (the dashboard's) is inlined at the end."""
+    js = f"<script>{script}</script>" if script else ""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head>"
+        f'<body><main id="report">{render_body(report)}</main>{js}</body></html>\n'
+    )
