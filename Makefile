@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck bench kafka-start kafka-stop clean
+.PHONY: demo test chromium lint typecheck bench kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+# Browser tests drive Debian's chromium through Playwright (never `playwright install`).
+# Quiet and idempotent: installs only when no chromium is on PATH.
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+		($(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) chromium lint typecheck
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
