@@ -125,12 +125,19 @@ class ProxyThread:
     """The real proxy in a background thread: `with ProxyThread(live, shadow, sink=...) as p: p.url`."""
 
     def __init__(self, live_url: str, shadow_url: str | None, *, rules: str | None = None,
-                 sink: Any = None, sink_uri: str = "memory:", **shadow_options: Any) -> None:
+                 sink: Any = None, sink_uri: str = "memory:", admin: bool = False, admin_token: str | None = None,
+                 **shadow_options: Any) -> None:
         from shadowproxy.proxy.addon import ShadowAddon
 
         self.port = free_port()
         self.live_url = live_url
         self.addon = ShadowAddon(sink=sink)
+        self.extra_addons: tuple[Any, ...] = ()
+        if admin:
+            from shadowproxy.admin import AdminAddon
+
+            self.admin = AdminAddon(self.addon, "127.0.0.1", free_port(), admin_token)
+            self.extra_addons = (self.admin,)
         self.options: dict[str, Any] = {"shadow_url": shadow_url, "shadow_rules": rules, "shadow_sink": sink_uri,
                                         "shadow_stats_interval": 0, **shadow_options}
         self._thread: threading.Thread | None = None
@@ -153,7 +160,8 @@ class ProxyThread:
                 started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 started.add_done_callback(lambda f: ready.set())
                 self._started = started
-                task = asyncio.ensure_future(serve(settings, self.addon, install_signals=False, started=started))
+                task = asyncio.ensure_future(serve(settings, self.addon, install_signals=False, started=started,
+                                                 extra_addons=self.extra_addons))
                 self._loop = asyncio.get_running_loop()
                 self._master = await started
                 await task

@@ -54,6 +54,20 @@ class SinkURI(click.ParamType):
         return text
 
 
+class AdminAddr(HostPort):
+    """HOST:PORT, or `off` to disable."""
+
+    name = "HOST:PORT|off"
+
+    def convert(  # type: ignore[override]
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int] | None:
+        if value is None or str(value).lower() in ("off", "none", ""):
+            return None
+        return super().convert(value, param, ctx)
+
+
 HOST_PORT = HostPort()
+ADMIN_ADDR = AdminAddr()
 HTTP_URL = HttpURL()
 SINK_URI = SinkURI()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from shadowproxy.cli import cli
-from shadowproxy.cli.params import HOST_PORT, HTTP_URL, SINK_URI
+from shadowproxy.cli.params import ADMIN_ADDR, HOST_PORT, HTTP_URL, SINK_URI
 from shadowproxy.sinks.uri import DEFAULT_SINK
 
 
@@ -55,6 +55,10 @@ def setup_logging(verbose: int) -> None:
               envvar="SHADOWPROXY_CA_FILE", help="Extra CA bundle for an https shadow.")
 @click.option("--insecure", is_flag=True, envvar="SHADOWPROXY_INSECURE",
               help="Do not verify the shadow's TLS certificate (logged as a warning).")
+@click.option("--admin", type=ADMIN_ADDR, default="127.0.0.1:9090", envvar="SHADOWPROXY_ADMIN", show_envvar=True,
+              show_default=True, help="Admin API address (/metrics, /healthz, /readyz, kill switch); 'off' disables it.")
+@click.option("--admin-token", default=None, envvar="SHADOWPROXY_ADMIN_TOKEN", show_envvar=True,
+              help="Bearer token for admin calls that change something; required when --admin is not loopback.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def run_cmd(
     listen: tuple[str, int],
@@ -68,6 +72,8 @@ def run_cmd(
     dispatch: str | None,
     ca_file: str | None,
     insecure: bool,
+    admin: tuple[str, int] | None,
+    admin_token: str | None,
     verbose: int,
 ) -> None:
     """Run the shadow proxy in front of LIVE, mirroring safe requests to SHADOW.
@@ -100,4 +106,13 @@ def run_cmd(
     logging.getLogger("shadowproxy").info(
         "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
     )
-    asyncio.run(serve(settings, ShadowAddon()))
+    shadow_addon = ShadowAddon()
+    extra: tuple[Any, ...] = ()
+    if admin is not None:
+        from shadowproxy.admin import AdminAddon
+        from shadowproxy.admin.addon import check_admin
+
+        check_admin(admin[0], admin_token)
+        check_listen(*admin, flag="--admin")
+        extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
+    asyncio.run(serve(settings, shadow_addon, extra_addons=extra))

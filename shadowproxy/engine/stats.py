@@ -132,6 +132,7 @@ class Stats:
         self.source = source
         self.interval: dict[str, RouteStats] = {}
         self.totals: dict[str, RouteStats] = {}
+        self.diff_latency = Histogram()  # time spent comparing two responses (all routes)
         self._since = time.monotonic()
 
     def _route(self, route: str) -> tuple[RouteStats, RouteStats]:

@@ -184,3 +184,16 @@ class ShadowAddon:
         exchange = Exchange(req, live, request_id, time.time(), decision.route, decision.rule)
         return ShadowJob(exchange, decision.shadow_request, decision.settings, decision.target,
                          decision.reason == "rewrite")
+
+    @property
+    def ready(self) -> bool:
+        """True once the proxy listens and, when shadowing, the dispatcher runs."""
+        cfg = self.config
+        return cfg is not None and (cfg.shadow_url is None or self.dispatcher is not None)
+
+    def sink_counters(self) -> dict[str, int]:
+        """The sink's counters when it runs in this process (inline dispatch), else {}."""
+        d = self.dispatcher
+        if isinstance(d, Dispatcher):
+            return d.pipeline.sink.counters()
+        return {}

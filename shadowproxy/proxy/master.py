@@ -43,7 +43,7 @@ def lean_addons() -> list[Any]:
     ]
 
 
-def check_listen(host: str, port: int) -> None:
+def check_listen(host: str, port: int, *, flag: str = "--listen") -> None:
     """Fail with a clear message before mitmproxy does, when the address cannot be bound."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -51,7 +51,7 @@ def check_listen(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            msg = f"--listen {host}:{port}: cannot listen there: {e.strerror or e}"
+            msg = f"{flag} {host}:{port}: cannot listen there: {e.strerror or e}"
             raise ConfigError(msg) from None
 
 
@@ -84,25 +84,39 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
 _stopping: set[asyncio.Task[None]] = set()
 
 
+class _Started:
+    """Resolves a future once the proxy listens and every addon before it is running."""
+
+    def __init__(self, future: asyncio.Future[Master], master: Master) -> None:
+        self.future = future
+        self.master = master
+
+    def running(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.master)
+
+
 async def serve(
     settings: ProxySettings,
     addon: ShadowAddon,
     *,
     install_signals: bool = True,
     started: asyncio.Future[Master] | None = None,
+    extra_addons: tuple[Any, ...] = (),
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM (or `master.shutdown()`), then drain and return."""
     opts = options.Options()
     master = Master(opts, with_termlog=False)
-    master.addons.add(*lean_addons(), addon)
+    # extra addons (the admin API) first, so /readyz answers 503 while the shadow side starts
+    master.addons.add(*lean_addons(), *extra_addons, addon)
+    if started is not None:
+        master.addons.add(_Started(started, master))  # last: every other addon is running by then
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"
     opts.update(mode=[mode], **settings.shadow_options, **settings.extra_options)
     loop = asyncio.get_running_loop()
     if install_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, request_stop, master, addon)
-    if started is not None:
-        addon.on_running.append(lambda: started.done() or started.set_result(master))
     try:
         await master.run()
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -84,12 +85,17 @@ class Pipeline:
         await self._conclude(job, result, comparison)
 
     async def _compare(self, live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
+        start = time.perf_counter()
         if len(live.body) + len(shadow.body) < HEAVY_DIFF_BYTES:
-            return compare_responses(live, shadow, opts)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadowproxy-diff")
-            self._own_executor = True
-        return await asyncio.get_running_loop().run_in_executor(self._executor, compare_responses, live, shadow, opts)
+            result = compare_responses(live, shadow, opts)
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadowproxy-diff")
+                self._own_executor = True
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, compare_responses, live, shadow, opts)
+        self.stats.diff_latency.observe((time.perf_counter() - start) * 1000)
+        return result
 
     async def _conclude(self, job: ShadowJob, shadow: Response, comparison: Comparison) -> None:
         ex = job.exchange

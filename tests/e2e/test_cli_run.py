@@ -56,7 +56,8 @@ def test_version_prints_the_package_version() -> None:
     assert __version__ in result.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["rules"], ["rules", "check"], ["rules", "schema"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["rules"], ["rules", "check"], ["rules", "schema"],
+                                     ["replay"], ["report"], ["tail"], ["dashboard"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -84,6 +85,13 @@ def test_bad_flags_give_one_clear_line_and_exit_2(args: list[str], needle: str) 
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_admin_on_a_network_address_without_token_is_refused() -> None:
+    result = run_cli("run", "--listen", f"127.0.0.1:{free_port()}", "--live", "http://127.0.0.1:1",
+                     "--shadow", "http://127.0.0.1:2", "--admin", "0.0.0.0:9999")
+    assert result.returncode == 2
+    assert "--admin 0.0.0.0" in result.stderr and "token" in result.stderr
+
+
 def test_listen_address_in_use_is_one_clear_line() -> None:
     import socket
 
@@ -103,16 +111,18 @@ def test_run_mirrors_records_and_exits_0_on_sigterm_with_sink_flushed(
 ) -> None:
     live, shadow = backends
     out = tmp_path / "mismatches.jsonl"
-    port = free_port()
+    port, admin = free_port(), free_port()
     proc = subprocess.Popen(
         [EXE, "run", "--listen", f"127.0.0.1:{port}", "--live", live.url, "--shadow", shadow.url,
-         "--sink", f"jsonl:{out}"],
+         "--sink", f"jsonl:{out}", "--admin", f"127.0.0.1:{admin}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         assert orjson.loads(wait_until_serving(port, proc)) == {"id": 1, "name": "Ada"}
         for _ in range(4):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/users/2", timeout=5).read()
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5)
+        assert ready.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
@@ -131,7 +141,8 @@ def test_flags_can_come_from_environment(backends: tuple[Backend, Backend], tmp_
     out = tmp_path / "env.jsonl"
     port = free_port()
     env = {**os.environ, "SHADOWPROXY_LISTEN": f"127.0.0.1:{port}", "SHADOWPROXY_LIVE": live.url,
-           "SHADOWPROXY_SHADOW": shadow.url, "SHADOWPROXY_SINK": f"jsonl:{out}"}
+           "SHADOWPROXY_SHADOW": shadow.url, "SHADOWPROXY_SINK": f"jsonl:{out}",
+           "SHADOWPROXY_ADMIN": "off"}
     proc = subprocess.Popen([EXE, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_serving(port, proc)

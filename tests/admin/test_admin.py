@@ -1,0 +1,125 @@
+"""The admin API: metrics that parse, health, readiness, and a kill switch that acts at once."""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from shadowproxy.admin.addon import check_admin, is_loopback
+from shadowproxy.errors import ConfigError
+from shadowproxy.testing import Backend, MemorySink, ProxyThread
+
+
+def call(port: int, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[tuple[Backend, Backend]]:
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1})
+
+    async def shadow(request: web.Request) -> web.Response:
+        return web.json_response({"v": 2})
+
+    with Backend(live) as lv, Backend(shadow) as sh:
+        yield lv, sh
+
+
+@pytest.fixture
+def proxy(backends: tuple[Backend, Backend]) -> Iterator[ProxyThread]:
+    live, shadow = backends
+    shadow.seen.clear()
+    with ProxyThread(live.url, shadow.url, sink=MemorySink(), admin=True) as p:
+        yield p
+
+
+def get(proxy: ProxyThread, path: str = "/things/1") -> int:
+    return call(proxy.port, "GET", path)[0]
+
+
+def test_metrics_scrape_parses_and_counts_mirrored_requests(proxy: ProxyThread) -> None:
+    for _ in range(3):
+        assert get(proxy) == 200
+    # the copies are compared in the background; wait until the last one is counted
+    import time
+
+    deadline = time.monotonic() + 10
+    while proxy.addon.stats.total("mismatched") < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status, body = call(proxy.admin.port, "GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    mismatches = {s.labels["route"]: s.value for s in families["shadowproxy_mismatches"].samples
+                  if s.name.endswith("_total")}
+    assert mismatches == {"/things/{id}": 3.0}
+    live_hist = [s for s in families["shadowproxy_live_latency_seconds"].samples if s.name.endswith("_count")]
+    assert live_hist[0].value == 3.0
+    assert "shadowproxy_queue_depth" in families
+    assert "shadowproxy_diff_duration_seconds" in families
+
+
+def test_health_and_readiness(proxy: ProxyThread) -> None:
+    assert call(proxy.admin.port, "GET", "/healthz")[0] == 200
+    assert call(proxy.admin.port, "GET", "/readyz") == (200, b'{"ready": true}')
+
+
+def test_kill_switch_stops_mirroring_with_the_next_request(proxy: ProxyThread,
+                                                           backends: tuple[Backend, Backend]) -> None:
+    _, shadow = backends
+    assert get(proxy, "/a") == 200
+    assert call(proxy.admin.port, "POST", "/shadow/disable")[0] == 200
+    assert get(proxy, "/b") == 200  # the very next request
+    assert proxy.addon.stats.totals["/b"].skipped_by == {"disabled": 1}
+    assert call(proxy.admin.port, "POST", "/shadow/enable")[0] == 200
+    assert get(proxy, "/c") == 200
+    import time
+
+    deadline = time.monotonic() + 10
+    while len(shadow.seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [s.path for s in shadow.seen] == ["/a", "/c"]
+
+
+def test_sample_override_applies_at_once_and_can_be_cleared(proxy: ProxyThread) -> None:
+    assert call(proxy.admin.port, "PUT", "/shadow/sample", b"0")[0] == 200
+    assert get(proxy, "/s") == 200
+    assert proxy.addon.stats.totals["/s"].skipped_by == {"sampled_out": 1}
+    assert call(proxy.admin.port, "PUT", "/shadow/sample", b'{"sample": null}') == \
+        (200, b'{"enabled": true, "sample": null}')
+
+
+@pytest.mark.parametrize("body", [b"1.5", b"-0.1", b"true", b"abc", b'"0.5"'])
+def test_sample_rejects_what_is_not_a_fraction(proxy: ProxyThread, body: bytes) -> None:
+    assert call(proxy.admin.port, "PUT", "/shadow/sample", body)[0] == 400
+
+
+def test_token_guards_changes_but_not_reads(backends: tuple[Backend, Backend]) -> None:
+    live, shadow = backends
+    with ProxyThread(live.url, shadow.url, sink=MemorySink(), admin=True, admin_token="s3cret") as p:
+        assert call(p.admin.port, "POST", "/shadow/disable")[0] == 401
+        assert call(p.admin.port, "POST", "/shadow/disable", headers={"Authorization": "Bearer nope"})[0] == 401
+        assert p.addon.switch.enabled
+        ok = call(p.admin.port, "POST", "/shadow/disable", headers={"Authorization": "Bearer s3cret"})
+        assert ok[0] == 200
+        assert not p.addon.switch.enabled
+        assert call(p.admin.port, "GET", "/metrics")[0] == 200
+
+
+def test_non_loopback_admin_without_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--admin 0.0.0.0"):
+        check_admin("0.0.0.0", None)
+    check_admin("0.0.0.0", "token")
+    check_admin("127.0.0.1", None)
+    assert is_loopback("::1") and is_loopback("localhost") and not is_loopback("10.0.0.1")
