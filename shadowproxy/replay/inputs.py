@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlsplit
 
 from shadowproxy.engine.exchange import Headers, Request, Response
@@ -121,12 +121,7 @@ def _read_flows(path: Path) -> Iterator[Entry]:
             except StopIteration:
                 return
             except Exception as e:  # FlowReadException, or whatever a corrupt state trips over
-                detail = str(e) or type(e).__name__
-                cause = e.__cause__
-                if cause is not None and str(cause):
-                    detail = f"{detail} {cause}"
-                msg = f"{path}: flow {index} (at byte {offset}): truncated or corrupt: {detail}"
-                raise InputFileError(msg) from None
+                raise InputFileError(_flow_problem(path, index, offset, f, e)) from None
             if not isinstance(flow, http.HTTPFlow):
                 yield Entry(index, None, None, "not_http")
             elif flow.response is None:
@@ -135,6 +130,18 @@ def _read_flows(path: Path) -> Iterator[Entry]:
                 yield Entry(index, request_of(flow.request), live_response_of(flow), "",
                             flow.response.timestamp_end or flow.request.timestamp_start)
             index += 1
+
+
+def _flow_problem(path: Path, index: int, offset: int, f: BinaryIO, e: Exception) -> str:
+    where = f"{path}: flow {index} (at byte {offset})"
+    try:
+        at_end = f.tell() >= path.stat().st_size
+    except (OSError, ValueError):
+        at_end = False
+    if at_end:
+        return f"{where}: truncated, the file ends inside this flow"
+    cause = e.__cause__ if e.__cause__ is not None and str(e.__cause__) else e
+    return f"{where}: corrupt: {str(cause) or type(cause).__name__}"
 
 
 # --- HAR 1.2 ----------------------------------------------------------------------------------
@@ -166,7 +173,7 @@ def _read_har(path: Path) -> Iterator[Entry]:
 
 def _har_entries(path: Path, doc: Any) -> list[Any]:
     if not isinstance(doc, dict):
-        raise InputFileError(f"{path}: HAR must be a JSON object with log.entries, got a {_kind(doc)}")
+        raise InputFileError(f"{path}: HAR must be a JSON object with log.entries, got {_kind(doc)}")
     log = doc.get("log")
     if not isinstance(log, dict):
         raise InputFileError(f"{path}: log: missing, a HAR needs a log object with entries")
@@ -174,13 +181,14 @@ def _har_entries(path: Path, doc: Any) -> list[Any]:
     if entries is None:
         raise InputFileError(f"{path}: log.entries: missing")
     if not isinstance(entries, list):
-        raise InputFileError(f"{path}: log.entries: must be a list, got a {_kind(entries)}")
+        raise InputFileError(f"{path}: log.entries: must be a list, got {_kind(entries)}")
     return entries
 
 
 def _kind(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number")
+    """"an object", "a list", ...: what a JSON value is, for messages."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def _get(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], *, required: bool = True,
@@ -192,7 +200,7 @@ def _get(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...
         return default
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         expected = " or ".join(_kind(t()) for t in (kind if isinstance(kind, tuple) else (kind,)))
-        raise _HarProblem(f"{where}.{key}", f"must be a {expected}, got a {_kind(value)}")
+        raise _HarProblem(f"{where}.{key}", f"must be {expected}, got {_kind(value)}")
     return value
 
 
@@ -202,7 +210,7 @@ def _headers(obj: dict[str, Any], where: str) -> Headers:
     for i, h in enumerate(items):
         here = f"{where}.headers[{i}]"
         if not isinstance(h, dict):
-            raise _HarProblem(here, f"must be an object with name and value, got a {_kind(h)}")
+            raise _HarProblem(here, f"must be an object with name and value, got {_kind(h)}")
         name = _get(h, "name", here, str)
         value = _get(h, "value", here, str, required=False, default="")
         if name.startswith(":"):  # HTTP/2 pseudo-headers (browsers export them): not headers
@@ -295,7 +303,7 @@ def _har_ts(item: dict[str, Any]) -> float:
 def _har_entry(index: int, item: Any, mitm: bool) -> Entry:
     where = f"log.entries[{index}]"
     if not isinstance(item, dict):
-        raise _HarProblem(where, f"must be an object, got a {_kind(item)}")
+        raise _HarProblem(where, f"must be an object, got {_kind(item)}")
     request = _har_request(item, where, mitm)
     resp = _get(item, "response", where, dict)
     rwhere = f"{where}.response"

@@ -96,7 +96,8 @@ def test_a_recorded_write_arrives_rewritten_when_a_rule_says_so(
 def test_replayed_requests_carry_the_recorded_query_headers_and_marker(
     recording: Recording, candidate: Backend, tmp_path: Path
 ) -> None:
-    result = replay(str(recording.flows), "--shadow", candidate.url, "--sink", f"jsonl:{tmp_path / 'o.jsonl'}")
+    out = tmp_path / "o.jsonl"
+    result = replay(str(recording.flows), "--shadow", candidate.url, "--sink", f"jsonl:{out}")
     assert result.exit_code == 0, result.output
     by_path = {s.path: s for s in candidate.seen}
     assert by_path["/search"].query == "q=a b&tag=x&tag=y"
@@ -121,7 +122,8 @@ def test_with_live_both_sides_are_called_fresh_and_the_recording_only_supplies_r
         return await (v0_price(request) if request.path == "/price" else live_app(request))
 
     with Backend(live_handler) as live, Backend(app(2)) as shadow:
-        result = replay(str(recording.har), "--live", live.url, "--shadow", shadow.url, "--sink", f"jsonl:{out}")
+        result = replay(str(recording.har), "--live", live.url, "--shadow", shadow.url,
+                        "--sink", f"jsonl:{out}")
         assert result.exit_code == 0, result.output
         live_seen = [(s.method, s.path) for s in live.seen]
         shadow_seen = [(s.method, s.path) for s in shadow.seen]
