@@ -29,6 +29,7 @@ from shadowproxy.engine.options import CompareOptions
 MAX_DIFFERENCES = 100
 MAX_VALUE_BYTES = 256  # a difference value serialising longer than this becomes an excerpt
 EXCERPT_CHARS = 120
+MAX_TEXT_DIFF_LINES = 20_000  # differing lines (both sides) diffed hunk by hunk
 ELLIPSIS = "…"
 
 # Hop-by-hop and body-framing headers: they describe the connection or the encoding on the
@@ -200,7 +201,7 @@ def _compare_bodies(
     for label, resp in (("live", live), ("shadow", shadow)):
         if resp.truncated:
             notes.append(f"{label} body was larger than {opts.max_body_bytes} bytes: bodies not compared")
-            return _Bodies(too_large=True)
+            return _Bodies(declared_kind(live.headers) or "bytes", too_large=True)
     codings = content_encodings(live.headers)
     if live.body == shadow.body and codings == content_encodings(shadow.headers):
         return _identical_on_wire(live, opts, out, codings)
@@ -213,7 +214,7 @@ def _compare_bodies(
             notes.append(f"{label} body is larger than {opts.max_body_bytes} bytes: bodies not compared")
     lb, sb = decoded.body, shadow_decoded.body
     if decoded.too_large or shadow_decoded.too_large:
-        return _Bodies("bytes", lb, sb, too_large=True)
+        return _Bodies(declared_kind(live.headers) or "bytes", lb, sb, too_large=True)
     live_kind = body_kind(live.headers, lb)
     if lb == sb:
         return _Bodies(live_kind, lb, sb)
@@ -327,6 +328,12 @@ def diff_text(a: str, b: str, emit: Emit) -> None:
     while tail < len(la) - head and tail < len(lb) - head and la[-1 - tail] == lb[-1 - tail]:
         tail += 1
     mid_a, mid_b = la[head : len(la) - tail], lb[head : len(lb) - tail]
+    if len(mid_a) + len(mid_b) > MAX_TEXT_DIFF_LINES:
+        # difflib's matching grows quadratically on shuffled lines: past this size one hunk
+        # spanning the differing middle says as much as a slow list of small ones.
+        kind = "changed" if mid_a and mid_b else "removed" if mid_a else "added"
+        emit(f"/lines/{head + 1}", kind, _hunk(mid_a) if mid_a else None, _hunk(mid_b) if mid_b else None)
+        return
     matcher = difflib.SequenceMatcher(None, mid_a, mid_b)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":

@@ -33,6 +33,9 @@ Emit = Callable[[str, str, Any, Any], None]
 MAX_PAIR_TRIES = 4096
 # Each order-insensitive array nested inside another one's candidates costs a Python frame.
 MAX_UNORDERED_NESTING = 64
+# Trying candidates recurses into nested order-insensitive arrays, which try candidates of
+# their own: without a shared budget the work grows exponentially with nesting.
+MAX_PROBES = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +107,23 @@ def _stop(pointer: str, kind: str, live: Any, shadow: Any) -> None:
 
 
 class _Walker:
-    __slots__ = ("emit", "nesting", "regexes", "rules", "stack", "trust_eq")
+    __slots__ = ("emit", "nesting", "probes", "regexes", "rules", "stack", "trust_eq")
 
-    def __init__(self, rules: JsonRules, emit: Emit, trust_eq: bool = True, nesting: int = 0) -> None:
+    def __init__(
+        self,
+        rules: JsonRules,
+        emit: Emit,
+        trust_eq: bool = True,
+        nesting: int = 0,
+        probes: list[int] | None = None,
+    ) -> None:
         self.rules = rules
         self.emit = emit
         self.regexes = rules.regexes
         self.trust_eq = trust_eq
         self.nesting = nesting
+        # Candidate tries left, shared by this walk and every probe it starts.
+        self.probes = probes if probes is not None else [MAX_PROBES]
         # Pending pairs of containers of the same type that are known to differ.
         self.stack: list[tuple[str, Any, Any, GlobState]] = []
 
@@ -311,22 +323,37 @@ class _Walker:
     def _match_under_rules(
         self, ptr: str, a: list[Any], b: list[Any], left: list[int], right: list[int], state: GlobState
     ) -> tuple[list[int], list[int]]:
+        """Pair leftovers that the rules make equal (ignored fields, tolerance, nested order)."""
         if len(left) * len(right) > MAX_PAIR_TRIES or self.nesting >= MAX_UNORDERED_NESTING:
             return left, right
         free = list(right)
         unmatched: list[int] = []
-        for i in left:
-            for n, j in enumerate(free):
-                if self._equivalent(f"{ptr}/{i}", a[i], b[j], state.step(str(i))):
-                    del free[n]
-                    break
+        for pos, i in enumerate(left):
+            match = self._find_equivalent(ptr, a[i], str(i), b, free, state)
+            if match is not None:
+                free.remove(match)
+            elif self.probes[0] <= 0:
+                unmatched.extend(left[pos:])
+                break
             else:
                 unmatched.append(i)
         return unmatched, free
 
+    def _find_equivalent(
+        self, ptr: str, x: Any, index: str, b: list[Any], free: list[int], state: GlobState
+    ) -> int | None:
+        child_state = state.step(index)
+        for j in free:
+            if self.probes[0] <= 0:
+                return None
+            self.probes[0] -= 1
+            if self._equivalent(f"{ptr}/{index}", x, b[j], child_state):
+                return j
+        return None
+
     def _equivalent(self, ptr: str, a: Any, b: Any, state: GlobState) -> bool:
         """Whether the rules (ignores, tolerance, order) leave no difference between a and b."""
-        probe = _Walker(self.rules, _stop, self.trust_eq, self.nesting + 1)
+        probe = _Walker(self.rules, _stop, self.trust_eq, self.nesting + 1, self.probes)
         try:
             probe.walk(ptr, a, b, state)
         except _Stop:
@@ -344,20 +371,17 @@ def _unequal(xs: Collection[Any], ys: Collection[Any]) -> Iterator[bool]:
 
 
 def _common_head(a: list[Any], b: list[Any]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """How many leading elements are equal (and of the same type)."""
+    for n, same in enumerate(map(operator.not_, _unequal(a, b))):
+        if not same:
+            return n
+    return min(len(a), len(b))
 
 
 def _common_tail(a: list[Any], b: list[Any], head: int) -> int:
-    n = 0
+    """How many trailing elements, not counting the common head, are equal."""
     limit = min(len(a), len(b)) - head
-    while n < limit and a[-1 - n] == b[-1 - n]:
-        n += 1
-    return n
+    return _common_head(a[: -limit - 1 : -1], b[: -limit - 1 : -1]) if limit > 0 else 0
 
 
 def _is_permutation(a: list[Any], b: list[Any], differing: list[int]) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
+import time
 from typing import Any
 
 import brotli  # type: ignore[import-untyped]
@@ -237,6 +239,16 @@ def test_ignore_order_applies_tolerance_and_ignore_rules_to_elements() -> None:
     assert compare(live, shadow, opts).equal
 
 
+def test_ignore_order_on_nested_pairs_stays_bounded() -> None:
+    def tree(depth: int, leaf: int) -> Any:
+        return leaf if depth == 0 else [tree(depth - 1, leaf), tree(depth - 1, leaf + 1)]
+
+    start = time.perf_counter()
+    c = compare(tree(14, 0), tree(14, 100), CompareOptions(ignore_order=True))
+    assert time.perf_counter() - start < 5
+    assert len(c.differences) == 100
+
+
 @pytest.mark.parametrize(
     ("glob", "live", "shadow"),
     [
@@ -380,6 +392,19 @@ def test_removed_text_lines_are_reported_at_the_live_line() -> None:
 def test_a_missing_final_newline_is_still_a_difference() -> None:
     assert not compare(b"a\nb\n", b"a\nb", headers=TEXT).equal
     assert not compare(b"a\r\nb", b"a\nb", headers=TEXT).equal
+
+
+def test_texts_too_different_for_a_line_diff_become_one_hunk() -> None:
+    lines = [f"line {i}" for i in range(15_000)]
+    shuffled = lines[1:-1]
+    random.Random(1).shuffle(shuffled)
+    live = "\n".join(lines).encode()
+    shadow = "\n".join([lines[0], *shuffled, lines[-1]]).encode()
+    start = time.perf_counter()
+    (d,) = compare(live, shadow, headers=TEXT).differences
+    assert time.perf_counter() - start < 5
+    assert (d.path, d.kind) == ("/lines/2", "changed")
+    assert d.live.endswith("…")
 
 
 def test_untyped_utf8_bodies_are_compared_as_text() -> None:

@@ -47,7 +47,10 @@ def pretty(value: Any) -> bytes:
     return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
-def compare(a: bytes, b: bytes, opts: CompareOptions = CompareOptions()) -> Comparison:
+DEFAULTS = CompareOptions()
+
+
+def compare(a: bytes, b: bytes, opts: CompareOptions = DEFAULTS) -> Comparison:
     return compare_responses(Response(200, JSON_HEADERS, a), Response(200, JSON_HEADERS, b), opts)
 
 
@@ -61,7 +64,9 @@ def test_a_document_equals_itself_however_it_is_serialised(value: Any) -> None:
 
 @settings(deadline=None, database=None, max_examples=300)
 @given(json_values, json_values, options)
-def test_comparing_any_two_documents_never_raises_and_stays_json_ready(a: Any, b: Any, opts: CompareOptions) -> None:
+def test_comparing_any_two_documents_never_raises_and_stays_json_ready(
+    a: Any, b: Any, opts: CompareOptions
+) -> None:
     c = compare(compact(a), compact(b), opts)
     assert not any(n.startswith("comparison failed") for n in c.notes), c.notes
     assert c.equal == (c.differences == ())
