@@ -36,7 +36,8 @@ from shadowproxy.engine.options import CompareOptions
 TARGET_BYTES = {"1KB": 1_000, "20KB": 20_000, "200KB": 200_000}
 JSON_HEADERS = (("content-type", "application/json"),)
 OPTIONS = CompareOptions(ignore_body=("/items/*/updated_at",))
-ROUNDS, ROUNDS_QUICK = 25, 6
+ROUNDS, ROUNDS_QUICK = 25, 5
+RUN_SECONDS = 0.02
 TARGETS_AT_20KB = {"equal_after_ignore": 2.5, "one_difference_with_ignores": 2.5}
 
 
@@ -79,8 +80,9 @@ def bodies(target: int) -> dict[str, tuple[bytes, bytes]]:
 def calls_for(fn: Callable[[], object]) -> int:
     """How many calls make one timed run of about 20 ms: short runs, many of them, so the
     minimum finds a quiet moment even on a busy machine."""
-    calls, _ = timeit.Timer(fn).autorange()  # at least 0.2 s
-    return max(1, calls // 10)
+    fn()  # warm caches (compiled ignore rules, imports) before timing
+    once = timeit.Timer(fn).timeit(1)
+    return max(1, int(RUN_SECONDS / max(once, 1e-7)))
 
 
 def interleaved_min_us(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -123,7 +125,9 @@ def measure_size(target: int, quick: bool) -> dict[str, Any]:
     a_doc = orjson.loads(cases["one_difference_with_ignores"][0])
     b_doc = orjson.loads(cases["one_difference_with_ignores"][1])
     exclude = [r"\['updated_at'\]"]
-    deep = interleaved_min_us({"deepdiff": lambda: DeepDiff(a_doc, b_doc, exclude_regex_paths=exclude)}, 2)
+    deep = interleaved_min_us(
+        {"deepdiff": lambda: DeepDiff(a_doc, b_doc, exclude_regex_paths=exclude)}, 1 if quick else 3
+    )
     out["cases"]["deepdiff_whole_document"] = {
         "us": round(deep["deepdiff"], 2),
         "ratio_to_loads": round(deep["deepdiff"] / loads_us, 3),

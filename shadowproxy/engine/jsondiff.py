@@ -364,10 +364,14 @@ class _Walker:
 def _unequal(xs: Collection[Any], ys: Collection[Any]) -> Iterator[bool]:
     """Pairwise: the values differ, or their types do. Python holds 1 == True; JSON does not.
 
-    Both checks run in C. The type check only sees these values themselves: a boolean that
-    became a number deeper inside two subtrees that are otherwise == stays unseen.
+    All of it runs in C, and the per-pair type check only when the type sequences differ.
+    It sees these values themselves only: a boolean that became a number deeper inside two
+    subtrees that are otherwise == stays unseen.
     """
-    return map(operator.or_, map(operator.ne, xs, ys), map(operator.is_not, map(type, xs), map(type, ys)))
+    types_x, types_y = list(map(type, xs)), list(map(type, ys))
+    if types_x == types_y:
+        return map(operator.ne, xs, ys)
+    return map(operator.or_, map(operator.ne, xs, ys), map(operator.is_not, types_x, types_y))
 
 
 def _common_head(a: list[Any], b: list[Any]) -> int:
