@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -124,7 +124,7 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
     await site.start()
     server = site._server
     assert server is not None
-    port: int = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port: int = cast(asyncio.Server, server).sockets[0].getsockname()[1]
     return runner, port
 
 

@@ -15,10 +15,11 @@ when a token is set; a token is required when the admin address is not loopback.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -99,7 +100,7 @@ class AdminAddon:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         if self.port == 0 and site._server is not None:
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = cast(asyncio.Server, site._server).sockets[0].getsockname()[1]
         log.info("admin API on http://%s:%d (metrics, health, kill switch)", self.host, self.port)
 
     async def done(self) -> None:

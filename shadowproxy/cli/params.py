@@ -10,7 +10,7 @@ from shadowproxy.errors import SinkURIError
 from shadowproxy.sinks.uri import parse_uri
 
 
-class HostPort(click.ParamType):
+class HostPort(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     name = "HOST:PORT"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int]:
@@ -24,7 +24,7 @@ class HostPort(click.ParamType):
         return host, int(port)
 
 
-class HttpURL(click.ParamType):
+class HttpURL(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     name = "URL"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
@@ -41,7 +41,7 @@ class HttpURL(click.ParamType):
         return text.rstrip("/")
 
 
-class SinkURI(click.ParamType):
+class SinkURI(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     name = "URI"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:

@@ -54,7 +54,7 @@ class ShadowConfig:
 
 
 def options_error(msg: str) -> Exception:
-    err: Exception = exceptions.OptionsError(msg)  # type: ignore[no-untyped-call]
+    err: Exception = exceptions.OptionsError(msg)
     return err
 
 
