@@ -1,0 +1,177 @@
+"""Aggregation over hand-made records: sums, merged histograms, fields, examples, window, dedupe."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from shadowproxy.engine.record import validate_record
+from shadowproxy.engine.stats import Histogram
+from shadowproxy.report.aggregate import Aggregator
+from tests.report.records import make_record, mismatch, route_stats, shadow_error, stats
+
+T0 = "2026-01-01T00:00:00.000Z"
+
+
+def _agg(records: list[dict[str, object]], **kw: object) -> dict[str, object]:
+    agg = Aggregator(**kw)  # type: ignore[arg-type]
+    for r in records:
+        validate_record(r)  # type: ignore[arg-type]
+        agg.add(r)  # type: ignore[arg-type]
+    return agg.snapshot(source="jsonl:x", top=None)
+
+
+def test_stats_counts_are_summed_over_intervals() -> None:
+    report = _agg([
+        stats({"users": route_stats(compared=100, mismatched=3, shadow_errors=1, too_large=2, skipped=5,
+                                    dropped=4)}, "s1"),
+        stats({"users": route_stats(compared=900, mismatched=7, skipped=1, skipped_by={"sampled_out": 1}),
+               "orders": route_stats(compared=10)}, "s2"),
+    ])
+    users = {r["route"]: r for r in report["routes"]}["users"]  # type: ignore[attr-defined]
+    assert users["counts"] == {"compared": 1000, "equal": 990, "mismatched": 10, "shadow_errors": 1,
+                               "too_large": 2, "skipped": 6, "dropped": 4}
+    assert users["skipped_by"] == {"method": 5, "sampled_out": 1}
+    assert users["mismatch_rate"] == 10 / 1000
+    assert users["shadow_error_rate"] == 1 / 1001
+    assert report["totals"]["compared"] == 1010  # type: ignore[index]
+    assert report["totals"]["mismatch_rate"] == 10 / 1010  # type: ignore[index]
+
+
+def test_latency_histograms_are_merged_and_quantiles_come_from_the_merged_histogram() -> None:
+    a_live, b_live = [1.0, 2.0, 3.0, 50.0], [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    a_shadow, b_shadow = [1.5, 2.5, 3.5, 60.0], [4.5, 5.5, 6.5, 7.5, 8.5, 9.5]
+    report = _agg([
+        stats({"r": route_stats(compared=4, live_ms=a_live, shadow_ms=a_shadow)}, "s1"),
+        stats({"r": route_stats(compared=6, live_ms=b_live, shadow_ms=b_shadow)}, "s2"),
+    ])
+    lat = report["routes"][0]["latency"]  # type: ignore[index]
+    live, shadow = Histogram(), Histogram()
+    for ms in a_live + b_live:
+        live.observe(ms)
+    for ms in a_shadow + b_shadow:
+        shadow.observe(ms)
+    for key, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        assert lat["live"][key] == round(live.quantile(q), 3)  # type: ignore[arg-type]
+        assert lat["shadow"][key] == round(shadow.quantile(q), 3)  # type: ignore[arg-type]
+        assert lat["ratio"][key] == round(lat["shadow"][key] / lat["live"][key], 4)
+    assert lat["live"]["count"] == 10
+    assert lat["live"]["max"] == 50.0
+    assert lat["live"]["mean"] == round(sum(a_live + b_live) / 10, 3)
+    assert lat["slowdown"] == round(lat["shadow"]["p99"] / lat["live"]["p99"] - 1, 9)
+
+
+def test_fields_count_once_per_record_with_share_of_compared_and_first_example_ids() -> None:
+    name = ("body", "/name", "changed", "Ada", "Bob")
+    ident = ("body", "/id", "changed", 1, 2)
+    records = [
+        stats({"users": route_stats(compared=40, mismatched=5)}, "s1"),
+        mismatch("users", "m1", [name, ident]),
+        mismatch("users", "m2", [name, name]),  # the same field twice in one record counts once
+        mismatch("users", "m3", [name]),
+        mismatch("users", "m4", [name, ("header", "/etag", "removed", "x", None)]),
+        mismatch("users", "m5", [ident]),
+    ]
+    users = _agg(records)["routes"][0]  # type: ignore[index]
+    fields = [(f["part"], f["path"], f["kind"], f["count"], f["share"], f["examples"]) for f in users["fields"]]
+    assert fields == [
+        ("body", "/name", "changed", 4, 4 / 40, ["m1", "m2", "m3"]),
+        ("body", "/id", "changed", 2, 2 / 40, ["m1", "m5"]),
+        ("header", "/etag", "removed", 1, 1 / 40, ["m4"]),
+    ]
+    assert users["fields"][0]["example"] == {"id": "m1", "live": "Ada", "shadow": "Bob"}
+    assert users["fields_total"] == 3
+    assert users["records"] == {"mismatch": 5, "shadow_error": 0, "too_large": 0}
+
+
+def test_top_limits_the_fields_listed_but_not_the_total() -> None:
+    records = [mismatch("r", f"m{i}", [("body", f"/f{j}", "changed", 1, 2) for j in range(i + 1)])
+               for i in range(12)]
+    agg = Aggregator()
+    for r in records:
+        agg.add(r)
+    route = agg.snapshot(top=3)["routes"][0]
+    assert [f["path"] for f in route["fields"]] == ["/f0", "/f1", "/f2"]
+    assert [f["count"] for f in route["fields"]] == [12, 11, 10]
+    assert route["fields_total"] == 12
+
+
+def test_examples_keep_the_last_five_records_side_by_side() -> None:
+    records = [mismatch("r", f"m{i}", [("body", "/name", "changed", "Ada", "Bob")]) for i in range(7)]
+    route = _agg(records)["routes"][0]  # type: ignore[index]
+    assert [e["id"] for e in route["examples"]] == ["m2", "m3", "m4", "m5", "m6"]
+    ex = route["examples"][-1]
+    assert ex["live"]["body_excerpt"] == '{"id": 1, "name": "Ada"}'
+    assert ex["shadow"]["body_excerpt"] == '{"id": 2, "name": "Bob"}'
+    assert ex["differences"] == [{"part": "body", "path": "/name", "kind": "changed", "live": "Ada",
+                                  "shadow": "Bob"}]
+
+
+def test_shadow_error_records_give_error_kinds() -> None:
+    report = _agg([
+        stats({"r": route_stats(compared=1, shadow_errors=3)}, "s"),
+        shadow_error("r", "e1", "timeout"), shadow_error("r", "e2", "connect"), shadow_error("r", "e3", "timeout"),
+    ])
+    route = report["routes"][0]  # type: ignore[index]
+    assert route["shadow_error_kinds"] == {"connect": 1, "timeout": 2}
+    assert route["records"]["shadow_error"] == 3
+    assert route["verdict"] == "fail"  # 3 errors of 4 mirrored
+
+
+def test_records_with_the_same_id_count_once() -> None:
+    s = stats({"r": route_stats(compared=10, mismatched=1)}, "s1")
+    m = mismatch("r", "m1", [("body", "/a", "changed", 1, 2)])
+    report = _agg([s, m, dict(s), dict(m)])
+    route = report["routes"][0]  # type: ignore[index]
+    assert route["counts"]["compared"] == 10
+    assert route["fields"][0]["count"] == 1
+    assert report["records"]["duplicates"] == 2  # type: ignore[index]
+
+
+def test_since_leaves_out_earlier_records_and_counts_them() -> None:
+    records = [
+        stats({"r": route_stats(compared=100, mismatched=50)}, "old", ts="2026-01-01T00:00:00.000Z"),
+        mismatch("r", "m-old", [("body", "/a", "changed", 1, 2)], ts="2026-01-01T00:59:59.999Z"),
+        stats({"r": route_stats(compared=10, mismatched=1)}, "new", ts="2026-01-01T01:00:00.000Z"),
+        mismatch("r", "m-new", [("body", "/b", "changed", 1, 2)], ts="2026-01-01T01:30:00.000Z"),
+    ]
+    report = _agg(records, since=datetime(2026, 1, 1, 1, 0, tzinfo=UTC))
+    route = report["routes"][0]  # type: ignore[index]
+    assert route["counts"]["compared"] == 10 and route["counts"]["mismatched"] == 1
+    assert [f["path"] for f in route["fields"]] == ["/b"]
+    assert report["records"]["outside_window"] == 2  # type: ignore[index]
+    assert report["since"] == "2026-01-01T01:00:00.000Z"
+    assert report["window"] == {"first_ts": "2026-01-01T01:00:00.000Z", "last_ts": "2026-01-01T01:30:00.000Z"}
+
+
+def test_route_without_stats_is_no_data_and_a_note_says_stats_are_missing() -> None:
+    report = _agg([make_record(route="lonely")])
+    assert report["routes"][0]["verdict"] == "no_data"  # type: ignore[index]
+    assert report["verdict"] == "no_data"
+    assert any("no stats records" in n for n in report["notes"])  # type: ignore[attr-defined]
+    assert any("route lonely: 1 mismatch records but stats count 0" in n for n in report["notes"])  # type: ignore[attr-defined]
+
+
+def test_invalid_records_are_left_out_and_counted() -> None:
+    agg = Aggregator()
+    assert agg.add({"schema": "other/1", "id": "x", "ts": T0, "outcome": "stats", "routes": {}}) is False
+    assert agg.add({"schema": "shadowproxy.mismatch/1", "id": "y", "ts": "yesterday", "outcome": "stats"}) is False
+    assert agg.add({"schema": "shadowproxy.mismatch/1", "id": "z", "ts": T0, "outcome": "stats"}) is False  # no routes
+    report = agg.snapshot()
+    assert report["records"]["invalid"] == 3
+    assert report["records"]["used"] == 0
+    assert report["notes"] == ["3 records were not shadowproxy.mismatch/1 records: left out"]
+
+
+def test_overall_verdict_is_the_worst_route_and_no_data_routes_do_not_count() -> None:
+    report = _agg([
+        stats({"a": route_stats(compared=1000, mismatched=0), "b": route_stats(compared=1000, mismatched=2),
+               "c": route_stats(skipped=7)}, "s"),
+    ])
+    verdicts = {r["route"]: r["verdict"] for r in report["routes"]}  # type: ignore[attr-defined]
+    assert verdicts == {"a": "pass", "b": "warn", "c": "no_data"}
+    assert report["verdict"] == "warn"
+
+
+def test_routes_are_sorted_by_name_in_the_data() -> None:
+    report = _agg([stats({n: route_stats(compared=1) for n in ("zeta", "alpha", "mid")}, "s")])
+    assert [r["route"] for r in report["routes"]] == ["alpha", "mid", "zeta"]  # type: ignore[attr-defined]
