@@ -127,7 +127,8 @@ def zeros_bomb(coding: str, megabytes: int) -> bytes:
         z = zstandard.ZstdCompressor().compressobj()
         return b"".join(z.compress(chunk) for _ in range(megabytes)) + z.flush()
     b = brotli.Compressor(quality=5)
-    return b"".join(b.process(chunk) for _ in range(megabytes)) + b.finish()
+    stream: bytes = b"".join(b.process(chunk) for _ in range(megabytes)) + b.finish()
+    return stream
 
 
 @pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])

@@ -15,6 +15,7 @@ import pytest
 from shadowproxy.engine import diff as diff_module
 from shadowproxy.engine.diff import Comparison, Difference, compare_responses, json_ready
 from shadowproxy.engine.exchange import Exchange, Headers, Request, Response
+from shadowproxy.engine.jsondiff import compile_rules
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import build_record, validate_record
 
@@ -148,6 +149,21 @@ def test_identical_json_bytes_are_equal() -> None:
     assert c.body_kind == "json"
 
 
+def test_identical_bytes_are_answered_without_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_parsing(body: bytes) -> Any:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(orjson, "loads", no_parsing)
+    body = orjson.dumps({"items": list(range(100))})
+    assert compare(body, body).equal
+
+
+def test_ignore_rules_are_compiled_once_per_options_value() -> None:
+    opts = CompareOptions(ignore_body=("/a/*",), ignore_body_regex=("x$",))
+    same = CompareOptions(ignore_body=("/a/*",), ignore_body_regex=("x$",))
+    assert compile_rules(opts) is compile_rules(same)
+
+
 def test_key_order_and_whitespace_do_not_matter() -> None:
     assert compare(b'{"a": 1, "b": [1.0, 2]}', b'{"b":[1,2],"a":1}').equal
 
@@ -278,6 +294,12 @@ def test_ignore_regex_is_searched_in_the_pointer() -> None:
     shadow = {"trace_id": "b", "spans": [{"span_id": 2, "name": "y"}]}
     c = compare(live, shadow, CompareOptions(ignore_body_regex=(r"_id$",)))
     assert found(c) == {("/spans/0/name", "changed")}
+
+
+def test_ignore_regex_matching_a_container_hides_everything_below_it() -> None:
+    live = {"debug": {"host": "a", "timings": [1, 2]}, "v": 1}
+    shadow = {"debug": {"host": "b", "timings": [3]}, "v": 1}
+    assert compare(live, shadow, CompareOptions(ignore_body_regex=(r"^/debug$",))).equal
 
 
 def test_float_tolerance_treats_close_numbers_as_equal() -> None:
