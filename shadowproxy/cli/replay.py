@@ -62,7 +62,7 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     interrupted (first Ctrl-C: finish what is in flight, write stats, flush the sink; a
     second: abandon what is in flight, still write stats and flush).
     """
-    from shadowproxy.replay import ReplayConfig, Replayer, gate_fails, judge, read_entries, scan
+    from shadowproxy.replay import JudgingSink, ReplayConfig, Replayer, gate_fails, read_entries, scan
     from shadowproxy.replay.progress import ReplayProgress
     from shadowproxy.rules import default_ruleset, load_rules
     from shadowproxy.sinks.uri import open_sink
@@ -73,7 +73,8 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     target = f"{shadow} (live: {live})" if live else f"{shadow} (live: the recording)"
     click.echo(f"replaying {found.entries} entries ({fmt}) from {input_file} against {target}", err=True)
     config = ReplayConfig(shadow, live, rate, concurrency, ca_file, insecure)
-    replayer = Replayer(config, open_sink(sink), ruleset)
+    judging = JudgingSink(open_sink(sink), ruleset.rules.verdict)
+    replayer = Replayer(config, judging, ruleset)
 
     with ReplayProgress(found.entries, enabled=progress) as bar:
         replayer.on_progress = bar.update
@@ -91,15 +92,15 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
         f"  skipped         {sum(s.skipped.values())}{_by(s.skipped)}",
         f"  not replayable  {sum(s.unreplayable.values())}{_by(s.unreplayable)}",
     ]
-    overall, routes = judge(replayer.stats, ruleset.rules.verdict, latency=live is not None)
+    overall, routes = judging.verdict()
     lines.append(f"verdict: {overall}" + (f" (--fail-on {fail_on})" if fail_on else ""))
-    lines.extend(f"  {route}: {j.verdict}: {'; '.join(j.reasons)}" for route, j in routes.items()
-                 if j.verdict in ("warn", "fail"))
+    lines.extend(f"  {r.route}: {r.verdict}: {'; '.join(r.reasons)}" for r in routes
+                 if r.verdict in ("warn", "fail"))
     lines.append(f"records: {sink}")
     click.echo("\n".join(lines))
     if s.interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    if gate_fails(overall, fail_on):
+    if gate_fails(overall, "fail" if fail_on == "fail" else "warn" if fail_on == "warn" else None):
         sys.exit(1)
 
 

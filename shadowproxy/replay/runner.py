@@ -35,7 +35,7 @@ from shadowproxy.sinks.base import Sink
 
 _Item = tuple[Entry, Decision, str]  # an entry, its decision and the request id it was made with
 
-__all__ = ["Pacer", "ReplayConfig", "ReplaySummary", "Replayer"]
+__all__ = ["Pacer", "ReplayConfig", "ReplayStats", "ReplaySummary", "Replayer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,24 @@ class ReplaySummary:
 ProgressCallback = Callable[[ReplaySummary, Stats], None]
 
 
+class ReplayStats(Stats):
+    """`Stats(source="replay")`. Without `--live` the live latency was measured when the
+    traffic was recorded, through another path at another time: not comparable with a fresh
+    shadow call, so only the shadow's latency is kept, and the report's latency check (which
+    needs both sides) does not run. With `--live` both sides are fresh and both are kept."""
+
+    def __init__(self, *, live_latency: bool) -> None:
+        super().__init__(source="replay")
+        self.live_latency = live_latency
+
+    def latency(self, route: str, live_ms: float, shadow_ms: float) -> None:
+        if self.live_latency:
+            super().latency(route, live_ms, shadow_ms)
+            return
+        for rs in self._route(route):
+            rs.shadow_latency.observe(shadow_ms)
+
+
 class Pacer:
     """Lets at most `rate` callers through per second, evenly spaced (a bucket of one token)."""
 
@@ -106,7 +124,7 @@ class Replayer:
                  on_progress: ProgressCallback | None = None) -> None:
         self.config = config
         self.sink = sink
-        self.stats = Stats(source="replay")
+        self.stats = ReplayStats(live_latency=config.live_url is not None)
         self.policy = Policy(rules)
         client_cfg = ClientConfig(config.concurrency, config.ca_file, config.insecure)
         self.pipeline = Pipeline(ShadowClient(config.shadow_url, client_cfg), sink, self.stats)
