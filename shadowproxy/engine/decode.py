@@ -44,6 +44,10 @@ class _Corrupt(Exception):
     """The body is not what its Content-Encoding says; the message is the note."""
 
 
+class _Truncated(_Corrupt):
+    """The stream is valid as far as it goes but ends early."""
+
+
 def content_encodings(headers: Headers) -> tuple[str, ...]:
     """Content codings in the order they were applied, `identity` left out."""
     codings: list[str] = []
@@ -137,7 +141,7 @@ def _inflate(data: bytes, limit: int, wbits: int, name: str) -> bytes:
         if len(out) > limit:
             raise _TooLarge
         if not inflater.eof:
-            raise _Corrupt(f"truncated {name}")
+            raise _Truncated(f"truncated {name}")
         rest = inflater.unused_data
         if not (name == "gzip" and rest.startswith(b"\x1f\x8b")):
             return bytes(out)
@@ -152,6 +156,8 @@ def _deflate(data: bytes, limit: int) -> bytes:
     if len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
         try:
             return _inflate(data, limit, zlib.MAX_WBITS, "deflate")
+        except _Truncated:
+            raise
         except _Corrupt:
             pass  # a raw stream can start with bytes that look like a zlib header
     return _inflate(data, limit, -zlib.MAX_WBITS, "deflate")
@@ -177,7 +183,7 @@ def _unbrotli(data: bytes, limit: int) -> bytes:
     except brotli.error as exc:
         raise _Corrupt(f"content-encoding br but the body is not valid br data ({exc})") from exc
     if not decompressor.is_finished():
-        raise _Corrupt("truncated br")
+        raise _Truncated("truncated br")
     return bytes(out)
 
 
@@ -195,7 +201,7 @@ def _unzstd(data: bytes, limit: int) -> bytes:
                 if len(out) > limit:
                     raise _TooLarge
             if not frame.eof:
-                raise _Corrupt("truncated zstd")
+                raise _Truncated("truncated zstd")
             rest = frame.unused_data + rest[pos:]
     except zstandard.ZstdError as exc:
         raise _Corrupt(f"content-encoding zstd but the body is not valid zstd data ({exc})") from exc

@@ -349,7 +349,7 @@ def _hunk(lines: list[str]) -> str:
     taken: list[str] = []
     size = 0
     for line in lines:
-        taken.append(line)
+        taken.append(line[: MAX_VALUE_BYTES + 1])  # a long line is cut here, json_ready marks it
         size += len(line) + 1
         if size > MAX_VALUE_BYTES:
             break

@@ -95,6 +95,7 @@ def test_wrong_content_encoding_plain_body_labelled_gzip_is_kept_with_a_note() -
         ("br", brotli.compress(BODY)[:-5], "truncated br"),
         ("zstd", zstandard.ZstdCompressor().compress(BODY)[:-5], "truncated zstd"),
         ("deflate", deflate_raw(BODY)[:-5], "truncated deflate"),
+        ("deflate", deflate_zlib(BODY)[:-9], "truncated deflate"),
         ("br", BODY, "not valid br"),
         ("zstd", BODY, "not valid zstd"),
     ],

@@ -406,6 +406,14 @@ def test_text_bodies_are_diffed_by_line_hunks() -> None:
     }
 
 
+def test_one_long_differing_line_is_shown_as_an_excerpt() -> None:
+    (d,) = compare(b"a" * 100_000, b"a" * 99_999 + b"b", headers=TEXT).differences
+    assert (d.path, d.kind) == ("/lines/1", "changed")
+    assert d.live.endswith("…")
+    assert d.shadow.endswith("…")
+    assert len(d.live) < 300
+
+
 def test_removed_text_lines_are_reported_at_the_live_line() -> None:
     (d,) = compare(b"a\nb\nc\nd", b"a\nd", headers=TEXT).differences
     assert (d.path, d.kind, d.live) == ("/lines/2", "removed", "b\nc")
