@@ -84,7 +84,9 @@ def test_a_shadow_that_is_down_counts_shadow_errors_not_a_crash(recording: Recor
 
 
 def test_ctrl_c_stops_cleanly_flushes_the_sink_and_exits_130(tmp_path: Path) -> None:
-    traffic = [("GET", f"/item/{i}", b"", {}) for i in range(40)]
+    traffic: list[tuple[str, str, bytes, dict[str, str]]] = [
+        ("GET", f"/item/{i}", b"", {}) for i in range(40)
+    ]
     with Backend(app(1)) as v1:
         rec = record(v1.url, tmp_path / "rec", traffic)
     out = tmp_path / "out.jsonl"

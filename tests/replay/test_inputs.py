@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from mitmproxy.io import FlowWriter
-from mitmproxy.test import tflow
+from mitmproxy.test import tflow, tutils
 
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy
@@ -50,7 +50,7 @@ def write_har(tmp_path: Path, doc: dict[str, Any], name: str = "t.har") -> Path:
 def test_non_http_flows_and_flows_without_response_are_not_replayed_but_counted(tmp_path: Path) -> None:
     path = tmp_path / "mixed.mitm"
     with path.open("wb") as f:
-        w = FlowWriter(f)
+        w = FlowWriter(f)  # type: ignore[no-untyped-call]
         w.add(tflow.tflow(resp=True))
         w.add(tflow.ttcpflow())
         w.add(tflow.tflow(err=True))
@@ -63,7 +63,7 @@ def test_a_flow_becomes_the_same_request_and_live_response_the_proxy_sees(tmp_pa
     flow = tflow.tflow(resp=True)
     path = tmp_path / "one.mitm"
     with path.open("wb") as f:
-        FlowWriter(f).add(flow)
+        FlowWriter(f).add(flow)  # type: ignore[no-untyped-call]
     (e,) = read_entries(path)
     assert e.request == request_of(flow.request)
     assert e.live == live_response_of(flow)
@@ -73,7 +73,7 @@ def test_a_flow_becomes_the_same_request_and_live_response_the_proxy_sees(tmp_pa
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_replay_builds_jobs_exactly_as_the_proxy_addon_does(rules: str, method: str) -> None:
     ruleset = default_ruleset() if rules == "default" else load_rules_text(REWRITE_RULES, "rewrite.yaml")
-    flow = tflow.tflow(req=tflow.treq(method=method, path="/orders", content=b'{"sku": 1}'), resp=True)
+    flow = tflow.tflow(req=tutils.treq(method=method, path="/orders", content=b'{"sku": 1}'), resp=True)
     addon = ShadowAddon()
     addon.policy = Policy(ruleset)
     proxy_job = addon.job_for(flow)

@@ -19,7 +19,7 @@ N = 30
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     """N independent GETs recorded through a real mitmdump."""
-    traffic = [("GET", f"/item/{i}", b"", {}) for i in range(N)]
+    traffic: list[tuple[str, str, bytes, dict[str, str]]] = [("GET", f"/item/{i}", b"", {}) for i in range(N)]
     with Backend(app(1)) as v1:
         yield record(v1.url, tmp_path_factory.mktemp("many"), traffic)
 
