@@ -22,8 +22,13 @@ def at(record: dict[str, Any], ts: str, rid: str | None = None) -> dict[str, Any
     return record
 
 
-def mismatch(route: str, rid: str, diffs: list[tuple[str, str, str, Any, Any]], ts: str = "2026-01-01T00:00:00.000Z",
-             path: str = "/users/1") -> dict[str, Any]:
+def mismatch(
+    route: str,
+    rid: str,
+    diffs: list[tuple[str, str, str, Any, Any]],
+    ts: str = "2026-01-01T00:00:00.000Z",
+    path: str = "/users/1",
+) -> dict[str, Any]:
     """A mismatch record with these (part, path, kind, live, shadow) differences."""
     ex = make_exchange(route=route, path=path, body=b'{"id": 1, "name": "Ada"}')
     shadow = Response(200, (("content-type", "application/json"),), b'{"id": 2, "name": "Bob"}', 14.0)
@@ -31,23 +36,47 @@ def mismatch(route: str, rid: str, diffs: list[tuple[str, str, str, Any, Any]], 
     return at(build_record(ex, "mismatch", shadow, comp), ts, rid)
 
 
-def shadow_error(route: str, rid: str, kind: str = "timeout", ts: str = "2026-01-01T00:00:00.000Z") -> dict[str, Any]:
+def shadow_error(
+    route: str, rid: str, kind: str = "timeout", ts: str = "2026-01-01T00:00:00.000Z"
+) -> dict[str, Any]:
     ex = make_exchange(route=route)
     return at(build_record(ex, "shadow_error", Failure(kind, f"shadow {kind}", 2000.0)), ts, rid)
 
 
 def stats(routes: dict[str, RouteStats], rid: str, ts: str = "2026-01-01T00:00:10.000Z") -> dict[str, Any]:
     """A stats record holding these per-route counts for one interval."""
-    return {"schema": SCHEMA, "id": rid, "ts": ts, "outcome": "stats", "interval_s": 10.0, "source": "proxy",
-            "routes": {k: v.to_dict() for k, v in sorted(routes.items())}}
+    return {
+        "schema": SCHEMA,
+        "id": rid,
+        "ts": ts,
+        "outcome": "stats",
+        "interval_s": 10.0,
+        "source": "proxy",
+        "routes": {k: v.to_dict() for k, v in sorted(routes.items())},
+    }
 
 
-def route_stats(compared: int = 0, mismatched: int = 0, shadow_errors: int = 0, too_large: int = 0,
-                skipped: int = 0, dropped: int = 0, live_ms: list[float] | None = None,
-                shadow_ms: list[float] | None = None, skipped_by: dict[str, int] | None = None) -> RouteStats:
+def route_stats(
+    compared: int = 0,
+    mismatched: int = 0,
+    shadow_errors: int = 0,
+    too_large: int = 0,
+    skipped: int = 0,
+    dropped: int = 0,
+    live_ms: list[float] | None = None,
+    shadow_ms: list[float] | None = None,
+    skipped_by: dict[str, int] | None = None,
+) -> RouteStats:
     rs = RouteStats()
-    rs.counts.update(compared=compared, equal=compared - mismatched, mismatched=mismatched,
-                     shadow_errors=shadow_errors, too_large=too_large, skipped=skipped, dropped=dropped)
+    rs.counts.update(
+        compared=compared,
+        equal=compared - mismatched,
+        mismatched=mismatched,
+        shadow_errors=shadow_errors,
+        too_large=too_large,
+        skipped=skipped,
+        dropped=dropped,
+    )
     rs.skipped_by = dict(skipped_by or ({"method": skipped} if skipped else {}))
     for ms in live_ms or []:
         rs.live_latency.observe(ms)
@@ -67,5 +96,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-__all__ = ["Stats", "at", "make_record", "mismatch", "read_jsonl", "route_stats", "shadow_error", "stats",
-           "write_jsonl"]
+__all__ = [
+    "Stats",
+    "at",
+    "make_record",
+    "mismatch",
+    "read_jsonl",
+    "route_stats",
+    "shadow_error",
+    "stats",
+    "write_jsonl",
+]

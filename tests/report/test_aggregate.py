@@ -21,15 +21,37 @@ def _agg(records: list[dict[str, object]], **kw: object) -> dict[str, object]:
 
 
 def test_stats_counts_are_summed_over_intervals() -> None:
-    report = _agg([
-        stats({"users": route_stats(compared=100, mismatched=3, shadow_errors=1, too_large=2, skipped=5,
-                                    dropped=4)}, "s1"),
-        stats({"users": route_stats(compared=900, mismatched=7, skipped=1, skipped_by={"sampled_out": 1}),
-               "orders": route_stats(compared=10)}, "s2"),
-    ])
+    report = _agg(
+        [
+            stats(
+                {
+                    "users": route_stats(
+                        compared=100, mismatched=3, shadow_errors=1, too_large=2, skipped=5, dropped=4
+                    )
+                },
+                "s1",
+            ),
+            stats(
+                {
+                    "users": route_stats(
+                        compared=900, mismatched=7, skipped=1, skipped_by={"sampled_out": 1}
+                    ),
+                    "orders": route_stats(compared=10),
+                },
+                "s2",
+            ),
+        ]
+    )
     users = {r["route"]: r for r in report["routes"]}["users"]  # type: ignore[attr-defined]
-    assert users["counts"] == {"compared": 1000, "equal": 990, "mismatched": 10, "shadow_errors": 1,
-                               "too_large": 2, "skipped": 6, "dropped": 4}
+    assert users["counts"] == {
+        "compared": 1000,
+        "equal": 990,
+        "mismatched": 10,
+        "shadow_errors": 1,
+        "too_large": 2,
+        "skipped": 6,
+        "dropped": 4,
+    }
     assert users["skipped_by"] == {"method": 5, "sampled_out": 1}
     assert users["mismatch_rate"] == 10 / 1000
     assert users["shadow_error_rate"] == 1 / 1001
@@ -40,10 +62,12 @@ def test_stats_counts_are_summed_over_intervals() -> None:
 def test_latency_histograms_are_merged_and_quantiles_come_from_the_merged_histogram() -> None:
     a_live, b_live = [1.0, 2.0, 3.0, 50.0], [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
     a_shadow, b_shadow = [1.5, 2.5, 3.5, 60.0], [4.5, 5.5, 6.5, 7.5, 8.5, 9.5]
-    report = _agg([
-        stats({"r": route_stats(compared=4, live_ms=a_live, shadow_ms=a_shadow)}, "s1"),
-        stats({"r": route_stats(compared=6, live_ms=b_live, shadow_ms=b_shadow)}, "s2"),
-    ])
+    report = _agg(
+        [
+            stats({"r": route_stats(compared=4, live_ms=a_live, shadow_ms=a_shadow)}, "s1"),
+            stats({"r": route_stats(compared=6, live_ms=b_live, shadow_ms=b_shadow)}, "s2"),
+        ]
+    )
     lat = report["routes"][0]["latency"]  # type: ignore[index]
     live, shadow = Histogram(), Histogram()
     for ms in a_live + b_live:
@@ -72,7 +96,9 @@ def test_fields_count_once_per_record_with_share_of_compared_and_first_example_i
         mismatch("users", "m5", [ident]),
     ]
     users = _agg(records)["routes"][0]  # type: ignore[index]
-    fields = [(f["part"], f["path"], f["kind"], f["count"], f["share"], f["examples"]) for f in users["fields"]]
+    fields = [
+        (f["part"], f["path"], f["kind"], f["count"], f["share"], f["examples"]) for f in users["fields"]
+    ]
     assert fields == [
         ("body", "/name", "changed", 4, 4 / 40, ["m1", "m2", "m3"]),
         ("body", "/id", "changed", 2, 2 / 40, ["m1", "m5"]),
@@ -84,8 +110,9 @@ def test_fields_count_once_per_record_with_share_of_compared_and_first_example_i
 
 
 def test_top_limits_the_fields_listed_but_not_the_total() -> None:
-    records = [mismatch("r", f"m{i}", [("body", f"/f{j}", "changed", 1, 2) for j in range(i + 1)])
-               for i in range(12)]
+    records = [
+        mismatch("r", f"m{i}", [("body", f"/f{j}", "changed", 1, 2) for j in range(i + 1)]) for i in range(12)
+    ]
     agg = Aggregator()
     for r in records:
         agg.add(r)
@@ -102,15 +129,20 @@ def test_examples_keep_the_last_five_records_side_by_side() -> None:
     ex = route["examples"][-1]
     assert ex["live"]["body_excerpt"] == '{"id": 1, "name": "Ada"}'
     assert ex["shadow"]["body_excerpt"] == '{"id": 2, "name": "Bob"}'
-    assert ex["differences"] == [{"part": "body", "path": "/name", "kind": "changed", "live": "Ada",
-                                  "shadow": "Bob"}]
+    assert ex["differences"] == [
+        {"part": "body", "path": "/name", "kind": "changed", "live": "Ada", "shadow": "Bob"}
+    ]
 
 
 def test_shadow_error_records_give_error_kinds() -> None:
-    report = _agg([
-        stats({"r": route_stats(compared=1, shadow_errors=3)}, "s"),
-        shadow_error("r", "e1", "timeout"), shadow_error("r", "e2", "connect"), shadow_error("r", "e3", "timeout"),
-    ])
+    report = _agg(
+        [
+            stats({"r": route_stats(compared=1, shadow_errors=3)}, "s"),
+            shadow_error("r", "e1", "timeout"),
+            shadow_error("r", "e2", "connect"),
+            shadow_error("r", "e3", "timeout"),
+        ]
+    )
     route = report["routes"][0]  # type: ignore[index]
     assert route["shadow_error_kinds"] == {"connect": 1, "timeout": 2}
     assert route["records"]["shadow_error"] == 3
@@ -154,8 +186,13 @@ def test_route_without_stats_is_no_data_and_a_note_says_stats_are_missing() -> N
 def test_invalid_records_are_left_out_and_counted() -> None:
     agg = Aggregator()
     assert agg.add({"schema": "other/1", "id": "x", "ts": T0, "outcome": "stats", "routes": {}}) is False
-    assert agg.add({"schema": "shadowproxy.mismatch/1", "id": "y", "ts": "yesterday", "outcome": "stats"}) is False
-    assert agg.add({"schema": "shadowproxy.mismatch/1", "id": "z", "ts": T0, "outcome": "stats"}) is False  # no routes
+    assert (
+        agg.add({"schema": "shadowproxy.mismatch/1", "id": "y", "ts": "yesterday", "outcome": "stats"})
+        is False
+    )
+    assert (
+        agg.add({"schema": "shadowproxy.mismatch/1", "id": "z", "ts": T0, "outcome": "stats"}) is False
+    )  # no routes
     report = agg.snapshot()
     assert report["records"]["invalid"] == 3
     assert report["records"]["used"] == 0
@@ -163,10 +200,18 @@ def test_invalid_records_are_left_out_and_counted() -> None:
 
 
 def test_overall_verdict_is_the_worst_route_and_no_data_routes_do_not_count() -> None:
-    report = _agg([
-        stats({"a": route_stats(compared=1000, mismatched=0), "b": route_stats(compared=1000, mismatched=2),
-               "c": route_stats(skipped=7)}, "s"),
-    ])
+    report = _agg(
+        [
+            stats(
+                {
+                    "a": route_stats(compared=1000, mismatched=0),
+                    "b": route_stats(compared=1000, mismatched=2),
+                    "c": route_stats(skipped=7),
+                },
+                "s",
+            ),
+        ]
+    )
     verdicts = {r["route"]: r["verdict"] for r in report["routes"]}  # type: ignore[attr-defined]
     assert verdicts == {"a": "pass", "b": "warn", "c": "no_data"}
     assert report["verdict"] == "warn"

@@ -76,15 +76,22 @@ def _get(url: str, method: str, path: str) -> int:
 
 def run_proxy(backends: tuple[Backend, Backend], rules: str, out: Path) -> None:
     live, shadow = backends
-    with ProxyThread(live.url, shadow.url, rules=rules, sink_uri=f"jsonl:{out}", sink=None,
-                     shadow_stats_interval=0) as proxy:
-        calls = ([("GET", f"/users/{i}") for i in range(20)] + [("GET", "/same")] * 10
-                 + [("GET", "/gone/x")] * 3 + [("POST", "/orders")] * 2)
+    with ProxyThread(
+        live.url, shadow.url, rules=rules, sink_uri=f"jsonl:{out}", sink=None, shadow_stats_interval=0
+    ) as proxy:
+        calls = (
+            [("GET", f"/users/{i}") for i in range(20)]
+            + [("GET", "/same")] * 10
+            + [("GET", "/gone/x")] * 3
+            + [("POST", "/orders")] * 2
+        )
         assert [_get(proxy.url, m, p) for m, p in calls] == [200] * 35
 
 
 @pytest.fixture(scope="module")
-def one_run(backends: tuple[Backend, Backend], rules_file: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def one_run(
+    backends: tuple[Backend, Backend], rules_file: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("run") / "records.jsonl"
     run_proxy(backends, rules_file, out)
     return out
@@ -100,11 +107,20 @@ async def test_report_of_a_real_run_counts_exactly(one_run: Path, rules_file: st
     records = read_jsonl(one_run)
     for r in records:
         validate_record(r)
-    report = await build_report(f"jsonl:{one_run}", thresholds=load_rules(rules_file).rules.verdict, progress=False)
+    report = await build_report(
+        f"jsonl:{one_run}", thresholds=load_rules(rules_file).rules.verdict, progress=False
+    )
     routes = _routes(report)
     assert set(routes) == {"users", "/same", "gone", "/orders"}
-    assert routes["users"]["counts"] == {"compared": 20, "equal": 15, "mismatched": 5, "shadow_errors": 0,
-                                         "too_large": 0, "skipped": 0, "dropped": 0}
+    assert routes["users"]["counts"] == {
+        "compared": 20,
+        "equal": 15,
+        "mismatched": 5,
+        "shadow_errors": 0,
+        "too_large": 0,
+        "skipped": 0,
+        "dropped": 0,
+    }
     assert routes["users"]["mismatch_rate"] == 0.25
     assert routes["/same"]["counts"]["compared"] == 10 and routes["/same"]["counts"]["equal"] == 10
     assert routes["gone"]["counts"]["shadow_errors"] == 3
@@ -147,15 +163,20 @@ async def test_verdicts_of_a_real_run(one_run: Path, rules_file: str) -> None:
     report = await build_report(f"jsonl:{one_run}", thresholds=thresholds, progress=False)
     routes = _routes(report)
     assert {k: v["verdict"] for k, v in routes.items()} == {
-        "users": "fail", "/same": "pass", "gone": "fail", "/orders": "no_data"}
+        "users": "fail",
+        "/same": "pass",
+        "gone": "fail",
+        "/orders": "no_data",
+    }
     assert report["verdict"] == "fail"
     u = routes["users"]
     j = evaluate(20, 5, 0, u["latency"]["live"]["p99"], u["latency"]["shadow"]["p99"], thresholds)
     assert u["verdict"] == j.verdict and u["reasons"] == list(j.reasons)
 
 
-async def test_two_runs_into_one_file_sum_their_stats_records(backends: tuple[Backend, Backend], rules_file: str,
-                                                              tmp_path: Path) -> None:
+async def test_two_runs_into_one_file_sum_their_stats_records(
+    backends: tuple[Backend, Backend], rules_file: str, tmp_path: Path
+) -> None:
     out = tmp_path / "two-runs.jsonl"
     run_proxy(backends, rules_file, out)
     run_proxy(backends, rules_file, out)

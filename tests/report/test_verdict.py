@@ -58,7 +58,10 @@ def test_slowdown_is_rounded_so_exact_ratios_land_on_the_threshold() -> None:
 def test_route_verdict_is_its_worst_check_and_says_why() -> None:
     j = evaluate(1000, 2, 0, 100.0, 120.0)  # mismatch warn (0.2%), latency fail (+20%)
     assert (j.mismatch_rate, j.latency, j.verdict) == ("warn", "fail", "fail")
-    assert j.reasons == ("mismatch rate 0.20% (warn from 0.10%)", "shadow p99 +20.0% vs live (fail above 15.00%)")
+    assert j.reasons == (
+        "mismatch rate 0.20% (warn from 0.10%)",
+        "shadow p99 +20.0% vs live (fail above 15.00%)",
+    )
 
 
 def test_nothing_compared_and_no_error_is_no_data() -> None:
@@ -86,7 +89,8 @@ def test_latency_not_judged_without_histograms() -> None:
 
 def test_thresholds_come_from_the_rules_file_verdict_block() -> None:
     rules = load_rules_text(
-        "version: 1\nverdict:\n  mismatch_rate: {warn: 0.1, fail: 0.5}\n  latency: {warn: 1, fail: 2}\n", "r.yaml"
+        "version: 1\nverdict:\n  mismatch_rate: {warn: 0.1, fail: 0.5}\n  latency: {warn: 1, fail: 2}\n",
+        "r.yaml",
     )
     t = rules.rules.verdict
     assert t == Verdict(mismatch_rate=Thresholds(warn=0.1, fail=0.5), latency=Thresholds(warn=1.0, fail=2.0))
@@ -97,13 +101,18 @@ def test_thresholds_come_from_the_rules_file_verdict_block() -> None:
 
 def test_default_thresholds_are_the_documented_ones() -> None:
     v = load_rules_text("version: 1\n", "r.yaml").rules.verdict
-    assert v.model_dump() == {"mismatch_rate": {"warn": 0.001, "fail": 0.01}, "latency": {"warn": 0.05, "fail": 0.15}}
+    assert v.model_dump() == {
+        "mismatch_rate": {"warn": 0.001, "fail": 0.01},
+        "latency": {"warn": 0.05, "fail": 0.15},
+    }
 
 
 def test_warn_above_fail_is_a_rules_error_naming_the_key() -> None:
     from shadowproxy.errors import RulesError
 
-    with pytest.raises(RulesError, match=r"r.yaml:3: verdict.latency.warn: warn \(0.3\) must not be above fail"):
+    with pytest.raises(
+        RulesError, match=r"r.yaml:3: verdict.latency.warn: warn \(0.3\) must not be above fail"
+    ):
         load_rules_text("version: 1\nverdict:\n  latency: {warn: 0.3, fail: 0.2}\n", "r.yaml")
 
 
@@ -136,5 +145,7 @@ def test_overall_is_the_worst_route_with_data() -> None:
         ("no_data", None, False),
     ],
 )
-def test_gate_fails_at_or_above_its_level_and_on_no_data(verdict: str, fail_on: str | None, fails: bool) -> None:
+def test_gate_fails_at_or_above_its_level_and_on_no_data(
+    verdict: str, fail_on: str | None, fails: bool
+) -> None:
     assert gate_fails(verdict, fail_on) is fails  # type: ignore[arg-type]

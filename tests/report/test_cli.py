@@ -1,0 +1,302 @@
+"""`shadowproxy report`: each format, --out, --since, --rules, --fail-on exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from shadowproxy.cli import _register, cli
+from shadowproxy.report.read import parse_duration, since_cutoff
+from tests.report.records import mismatch, route_stats, shadow_error, stats, write_jsonl
+
+_register()
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> str:
+    """users: 1000 compared, 5 mismatched (0.5%: WARN); orders: 200 compared (PASS); admin: skipped only."""
+    return write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            stats(
+                {
+                    "users": route_stats(
+                        compared=1000, mismatched=5, live_ms=[10.0] * 10, shadow_ms=[10.0] * 10
+                    ),
+                    "orders": route_stats(compared=200, live_ms=[20.0], shadow_ms=[20.0]),
+                    "admin": route_stats(skipped=3),
+                },
+                "s1",
+            ),
+            *[mismatch("users", f"m{i}", [("body", "/name", "changed", "Ada", "Bob")]) for i in range(5)],
+        ],
+    )
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_json_format_has_the_documented_stable_keys(source: str) -> None:
+    code, out, _ = run("report", "--source", source, "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert list(data) == [
+        "schema",
+        "generated_at",
+        "source",
+        "since",
+        "window",
+        "records",
+        "thresholds",
+        "verdict",
+        "totals",
+        "routes",
+        "notes",
+    ]
+    assert list(data["routes"][0]) == [
+        "route",
+        "verdict",
+        "checks",
+        "reasons",
+        "counts",
+        "skipped_by",
+        "mismatch_rate",
+        "shadow_error_rate",
+        "records",
+        "shadow_error_kinds",
+        "latency",
+        "fields_total",
+        "fields_not_kept",
+        "fields",
+        "examples",
+    ]
+    assert list(data["routes"][0]["latency"]) == ["live", "shadow", "ratio", "slowdown"]
+    assert data["schema"] == "shadowproxy.report/1"
+    assert data["verdict"] == "warn"
+    users = {r["route"]: r for r in data["routes"]}["users"]
+    assert users["counts"]["compared"] == 1000 and users["mismatch_rate"] == 0.005
+    assert list(users["fields"][0]) == ["part", "path", "kind", "count", "share", "examples", "example"]
+
+
+def test_table_format_lists_routes_worst_first_with_fields(source: str) -> None:
+    code, out, _ = run("report", "--source", source)
+    assert code == 0
+    assert out.index("users") < out.index("orders") < out.index("admin")
+    assert "WARN" in out and "PASS" in out and "NO DATA" in out
+    assert "Top differing fields: users" in out
+    assert "/name" in out and "0.50%" in out
+    assert "users: mismatch rate 0.50% (warn from 0.10%)" in out
+
+
+def test_markdown_format_is_pipe_tables(source: str) -> None:
+    code, out, _ = run("report", "--source", source, "--format", "markdown")
+    assert code == 0
+    assert out.startswith("# shadowproxy report: WARN\n")
+    assert "| `users` | **WARN** | 1000 | 5 | 0.50% | 0 | 0 | 0 | 0 |" in out
+    assert "| `body /name`" not in out and "| `/name` | changed | 5 | 0.50% |" in out
+    assert out.endswith("\n")
+
+
+def test_html_format_is_one_self_contained_file(source: str, tmp_path: Path) -> None:
+    out_file = tmp_path / "report.html"
+    code, out, err = run("report", "--source", source, "--format", "html", "--out", str(out_file))
+    assert code == 0 and out == ""
+    assert f"report written to {out_file} (verdict warn)" in err
+    html = out_file.read_text()
+    assert html.startswith("<!doctype html>")
+    assert 'id="mismatch-chart"' in html and 'id="latency-chart"' in html
+    assert "<script" not in html  # the static report needs none
+    for external in ("http://", "https://", "src=", "<link"):
+        assert external not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert '<mark class="live">&quot;name&quot;: &quot;Ada&quot;</mark>' in html
+    assert '<mark class="shadow">&quot;name&quot;: &quot;Bob&quot;</mark>' in html
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown", "html"])
+def test_out_writes_each_format_to_the_file(source: str, tmp_path: Path, fmt: str) -> None:
+    out_file = tmp_path / f"report.{fmt}"
+    code, out, _ = run("report", "--source", source, "--format", fmt, "--out", str(out_file))
+    assert code == 0 and out == ""
+    assert "users" in out_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "code"),
+    [(None, 0), ("warn", 1), ("fail", 0)],
+)
+def test_fail_on_exit_codes_for_an_overall_warn(source: str, fail_on: str | None, code: int) -> None:
+    args = ["report", "--source", source, "--format", "json"] + (["--fail-on", fail_on] if fail_on else [])
+    got, _, err = run(*args)
+    assert got == code
+    if code:
+        assert "verdict warn: at or above --fail-on warn" in err
+
+
+@pytest.mark.parametrize(
+    ("mismatched", "fail_on", "code"),
+    [
+        (10, "fail", 0),  # 1.0%: at the fail threshold is warn
+        (11, "fail", 1),  # 1.1%: fail
+        (0, "warn", 0),  # pass
+        (1, "warn", 1),  # 0.1%: at warn
+    ],
+)
+def test_fail_on_follows_the_thresholds(tmp_path: Path, mismatched: int, fail_on: str, code: int) -> None:
+    src = write_jsonl(
+        tmp_path / "r.jsonl", [stats({"r": route_stats(compared=1000, mismatched=mismatched)}, "s")]
+    )
+    assert run("report", "--source", src, "--format", "json", "--fail-on", fail_on)[0] == code
+
+
+def test_fail_on_with_nothing_compared_exits_1(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "r.jsonl", [stats({"r": route_stats(skipped=4)}, "s")])
+    code, out, err = run("report", "--source", src, "--format", "json", "--fail-on", "fail")
+    assert code == 1 and json.loads(out)["verdict"] == "no_data"
+    assert "verdict no_data" in err
+
+
+def test_rules_file_sets_the_thresholds(source: str, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nverdict:\n  mismatch_rate: {warn: 0.01, fail: 0.05}\n")
+    code, out, _ = run(
+        "report", "--source", source, "--format", "json", "--rules", str(rules), "--fail-on", "warn"
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["verdict"] == "pass"
+    assert data["thresholds"]["mismatch_rate"] == {"warn": 0.01, "fail": 0.05}
+
+
+def test_bad_rules_file_is_one_red_line_and_exit_2(source: str, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nverdict:\n  mismatch_rate: {warn: 0.5, fail: 0.1}\n")
+    code, _, err = run("report", "--source", source, "--rules", str(rules))
+    assert code == 2
+    assert "verdict.mismatch_rate.warn: warn (0.5) must not be above fail (0.1)" in err
+
+
+def test_since_keeps_only_recent_records(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    old, recent = iso(now - timedelta(hours=3)), iso(now - timedelta(minutes=5))
+    src = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            stats({"r": route_stats(compared=100, mismatched=100)}, "s-old", ts=old),
+            mismatch("r", "m-old", [("body", "/old", "changed", 1, 2)], ts=old),
+            stats({"r": route_stats(compared=50, mismatched=1)}, "s-new", ts=recent),
+            mismatch("r", "m-new", [("body", "/new", "changed", 1, 2)], ts=recent),
+            shadow_error("r", "e-old", ts=old),
+        ],
+    )
+    _, out, _ = run("report", "--source", src, "--format", "json", "--since", "1h")
+    data = json.loads(out)
+    route = data["routes"][0]
+    assert (route["counts"]["compared"], route["counts"]["mismatched"]) == (50, 1)
+    assert [f["path"] for f in route["fields"]] == ["/new"]
+    assert data["records"]["outside_window"] == 3
+    _, out, _ = run("report", "--source", src, "--format", "json", "--since", "1d")
+    assert json.loads(out)["routes"][0]["counts"]["compared"] == 150
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("2h", 7200), ("1d", 86400), ("1h30m", 5400), ("1w", 604800), ("0.5h", 1800)],
+)
+def test_since_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    assert since_cutoff(text, now=now) == now - timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "15", "m", "15 minutes", "-1h", "0m", "1h-5m"])
+def test_bad_since_is_one_red_line_and_exit_2(source: str, text: str) -> None:
+    code, _, err = run("report", "--source", source, "--since", text)
+    assert code == 2
+    assert err.startswith(f"error: --since {text!r}:")
+
+
+def test_missing_source_file_is_exit_2(tmp_path: Path) -> None:
+    code, _, err = run("report", "--source", f"jsonl:{tmp_path}/nope.jsonl")
+    assert code == 2 and "cannot open" in err
+
+
+def test_bad_source_uri_is_a_usage_error() -> None:
+    code, _, err = run("report", "--source", "ftp://x/y")
+    assert code == 2 and "unknown scheme" in err
+
+
+def test_help_documents_the_verdict_and_exit_codes() -> None:
+    code, out, _ = run("report", "--help")
+    assert code == 0
+    for text in ("shadow p99 / live p99 - 1", "--fail-on", "NO DATA", "Exit codes", "--since", "--rules"):
+        assert text in out
+
+
+def test_real_subprocess_exits_1_on_fail_on_warn_and_writes_json(source: str, tmp_path: Path) -> None:
+    out_file = tmp_path / "r.json"
+    exe = Path(sys.executable).with_name("shadowproxy")
+    proc = subprocess.run(
+        [
+            str(exe),
+            "report",
+            "--source",
+            source,
+            "--format",
+            "json",
+            "--out",
+            str(out_file),
+            "--fail-on",
+            "warn",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(out_file.read_text())["verdict"] == "warn"
+    assert "verdict warn: at or above --fail-on warn" in proc.stderr
+    proc = subprocess.run(
+        [str(exe), "report", "--source", source, "--fail-on", "fail"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "users" in proc.stdout
+
+
+def test_progress_bar_goes_to_stderr_only_when_asked(source: str) -> None:
+    import io
+
+    from shadowproxy.report import Aggregator
+    from shadowproxy.report.read import read_source
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    import asyncio
+
+    for stream, expect in ((Tty(), True), (io.StringIO(), False)):
+        agg = Aggregator()
+        asyncio.run(read_source(source, agg, stream=stream))
+        assert agg.counters["used"] == 6
+        assert ("reading" in stream.getvalue()) is expect
