@@ -216,45 +216,21 @@ class _Walker:
         """
         if len(a) < 2 or any(literal.isdigit() for literal in state.literals):
             return False  # a glob names an index: records would not all share one state
-        kinds = set(map(type, a))
-        kinds.update(map(type, b))
-        if kinds != {dict}:
-            return False
-        keys = list(a[0])
-        # Same size and every key of the first record present: every record has the same keys.
-        # (A missing key raises KeyError from the itemgetter below.)
-        sizes = set(map(len, a))
-        sizes.update(map(len, b))
-        if sizes != {len(keys)}:
+        keys = _record_keys(a, b)
+        if keys is None:
             return False
         element = state.any_key()
         if element.accept:
             return True
-        found: list[tuple[int, int, str]] = []
-        try:
-            for column, key in enumerate(keys):
-                if element.step(key).accept:  # the field is ignored in every record
-                    if not (
-                        all(map(operator.contains, a, repeat(key)))
-                        and all(map(operator.contains, b, repeat(key)))
-                    ):
-                        return False
-                    continue
-                get = operator.itemgetter(key)
-                unequal = _unequal(list(map(get, a)), list(map(get, b)))
-                differing = compress(range(len(a)), unequal)
-                found.extend((i, column, key) for i in differing)
-        except KeyError:
-            return False
-        if not found:
+        ignored = frozenset(key for key in keys if element.step(key).accept)
+        found = _column_differences(a, b, [key for key in keys if key not in ignored])
+        if found is None or not _all_hold(a, b, ignored):
+            return False  # the records do not all have the same keys
+        rows = sorted({i for i, _ in found})
+        if len(rows) > 1 and _is_permutation(a, b, rows, ignored):
+            self.emit(ptr, "reordered", a, b)
             return True
-        found.sort()  # document order: record, then field
-        if found[0][0] != found[-1][0]:
-            rows = list(compress(range(len(a)), _unequal(a, b)))
-            if _is_permutation(a, b, rows):
-                self.emit(ptr, "reordered", a, b)
-                return True
-        for i, _, key in found:
+        for i, key in found:
             self._child(f"{ptr}/{i}", key, a[i][key], b[i][key], element)
         return True
 
@@ -388,13 +364,53 @@ def _common_tail(a: list[Any], b: list[Any], head: int) -> int:
     return _common_head(a[: -limit - 1 : -1], b[: -limit - 1 : -1]) if limit > 0 else 0
 
 
-def _is_permutation(a: list[Any], b: list[Any], differing: list[int]) -> bool:
-    """Whether the differing positions of a and b hold the same elements, in another order."""
-    xs = [a[i] for i in differing]
-    ys = [b[i] for i in differing]
+def _is_permutation(
+    a: list[Any], b: list[Any], rows: list[int], ignored: frozenset[str] = frozenset()
+) -> bool:
+    """Whether positions `rows` of a and b hold the same elements in another order, the
+    `ignored` fields of records left out (they may differ in every record)."""
+    xs = [a[i] for i in rows]
+    ys = [b[i] for i in rows]
+    if ignored:
+        xs = [{k: v for k, v in x.items() if k not in ignored} for x in xs]
+        ys = [{k: v for k, v in y.items() if k not in ignored} for y in ys]
     if xs[0] not in ys:  # cheap rejection, in C, before serialising anything
         return False
     return sorted(map(canonical, xs)) == sorted(map(canonical, ys))
+
+
+def _record_keys(a: list[Any], b: list[Any]) -> list[str] | None:
+    """The keys of the first record when every element of a and b is a dict of that size."""
+    kinds = set(map(type, a))
+    kinds.update(map(type, b))
+    if kinds != {dict}:
+        return None
+    keys = list(a[0])
+    sizes = set(map(len, a))
+    sizes.update(map(len, b))
+    return keys if sizes == {len(keys)} else None
+
+
+def _column_differences(a: list[Any], b: list[Any], keys: list[str]) -> list[tuple[int, str]] | None:
+    """(record index, key) of every differing field, in document order; None when a record
+    lacks one of `keys`."""
+    found: list[tuple[int, int, str]] = []
+    try:
+        for column, key in enumerate(keys):
+            get = operator.itemgetter(key)
+            unequal = _unequal(list(map(get, a)), list(map(get, b)))
+            found.extend((i, column, key) for i in compress(range(len(a)), unequal))
+    except KeyError:
+        return None
+    found.sort()
+    return [(i, key) for i, _, key in found]
+
+
+def _all_hold(a: list[Any], b: list[Any], keys: frozenset[str]) -> bool:
+    return all(
+        all(map(operator.contains, a, repeat(key))) and all(map(operator.contains, b, repeat(key)))
+        for key in keys
+    )
 
 
 def _match_exact(a: list[Any], b: list[Any]) -> tuple[list[int], list[int]]:

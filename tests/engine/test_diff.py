@@ -230,6 +230,13 @@ def test_reordered_array_is_one_difference_at_the_array_path() -> None:
     assert len(c.differences) == 1
 
 
+def test_reordered_records_are_seen_through_an_ignored_field() -> None:
+    live = {"items": [{"id": i, "updated_at": "t1"} for i in range(5)]}
+    shadow = {"items": [{"id": i, "updated_at": "t2"} for i in (3, 0, 1, 2, 4)]}
+    c = compare(live, shadow, CompareOptions(ignore_body=("/items/*/updated_at",)))
+    assert found(c) == {("/items", "reordered")}
+
+
 def test_reordered_array_is_equal_when_order_is_ignored() -> None:
     live = {"items": [{"id": i, "tags": ["a", "b"]} for i in range(10)]}
     shadow = {"items": [{"id": i, "tags": ["b", "a"]} for i in reversed(range(10))]}
