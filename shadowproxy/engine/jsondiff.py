@@ -2,13 +2,22 @@
 
 The walk is parallel and iterative (an explicit stack, so nesting depth is no concern) and
 descends only into subtrees that differ: Python's `==` on dicts and lists runs in C and
-settles equal subtrees far faster than any Python-level walk could. For a dict whose keys
-come in the same order (the usual case) or an array of equal length, the differing children
-are found in C too, with `map(operator.ne, ...)`.
+settles equal subtrees far faster than any Python-level walk could. The differing children
+of a dict (keys in the same order, the usual case) or of an equal-length array are found in
+C too, with `map(operator.ne, ...)`; a list of same-shaped records is compared one field
+(column) at a time, so a field that an ignore rule names is never even compared.
+
+Order-insensitive arrays (`ignore_order`) are matched here rather than by DeepDiff: equal
+elements first (by canonical serialisation), then elements the rules make equal (ignored
+fields, tolerance, nested order); leftovers are paired by position. DeepDiff could not carry
+the pointer globs into its matching and skips `math_epsilon` for nested values there.
 
 Differences are reported through `emit(pointer, kind, live, shadow)`; the caller caps and
 stores them. Kinds: changed, type_changed, added (only in shadow), removed (only in live),
 reordered (an array holding the same elements in another order, reported once).
+
+Known limit: Python holds `1 == True`. The walk checks types wherever it compares children,
+but a boolean that became 0/1 inside a subtree that is otherwise equal goes unseen.
 """
 
 from __future__ import annotations
