@@ -69,8 +69,11 @@ def make_app(version: int) -> web.Application:
     async def catalog(request: web.Request) -> web.Response:
         body = b'{"categories": ["books", "music", "games"]}'
         if version == 1:
-            return web.Response(body=gzip.compress(body), content_type="application/json",
-                                headers={"Content-Encoding": "gzip"})
+            return web.Response(
+                body=gzip.compress(body),
+                content_type="application/json",
+                headers={"Content-Encoding": "gzip"},
+            )
         return web.Response(body=body, content_type="application/json")
 
     async def health(request: web.Request) -> web.Response:
@@ -159,11 +162,16 @@ async def run_demo(sink_uri: str) -> DemoResult:
         rules_path = Path(tmp) / "demo-rules.yaml"
         rules_path.write_text(DEMO_RULES)
         port = free_port()
-        settings = ProxySettings("127.0.0.1", port, f"http://127.0.0.1:{live_port}", {
-            "shadow_url": f"http://127.0.0.1:{shadow_port}",
-            "shadow_rules": str(rules_path),
-            "shadow_stats_interval": 0,
-        })
+        settings = ProxySettings(
+            "127.0.0.1",
+            port,
+            f"http://127.0.0.1:{live_port}",
+            {
+                "shadow_url": f"http://127.0.0.1:{shadow_port}",
+                "shadow_rules": str(rules_path),
+                "shadow_stats_interval": 0,
+            },
+        )
         loop = asyncio.get_running_loop()
         started: asyncio.Future[Any] = loop.create_future()
         proxy = asyncio.ensure_future(serve(settings, addon, install_signals=False, started=started))
@@ -172,8 +180,9 @@ async def run_demo(sink_uri: str) -> DemoResult:
         async with aiohttp.ClientSession(auto_decompress=False) as client:
             for method, path in TRAFFIC:
                 data = b'{"sku": "sku-1", "qty": 2}' if method == "POST" else None
-                async with client.request(method, f"http://127.0.0.1:{port}{path}", data=data,
-                                          headers={"Accept-Encoding": "gzip"}) as resp:
+                async with client.request(
+                    method, f"http://127.0.0.1:{port}{path}", data=data, headers={"Accept-Encoding": "gzip"}
+                ) as resp:
                     await resp.read()
                     statuses.append((method, path, resp.status))
         master.shutdown()
@@ -189,15 +198,19 @@ def render(result: DemoResult) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]shadowproxy demo[/]: {len(result.client_statuses)} requests through the proxy "
-                  f"in {result.seconds:.1f}s; every client got the live (v1) answer.\n")
+    console.print(
+        f"[bold]shadowproxy demo[/]: {len(result.client_statuses)} requests through the proxy "
+        f"in {result.seconds:.1f}s; every client got the live (v1) answer.\n"
+    )
     table = Table(title="Per route")
     for col in ("route", "mirrored", "equal", "mismatched", "shadow errors", "skipped"):
         table.add_column(col, justify="left" if col == "route" else "right")
     for route, s in sorted(result.stats.items()):
         mirrored = s["compared"] + s["shadow_errors"] + s["too_large"]
         skipped = ", ".join(f"{n} {why}" for why, n in s["skipped_by"].items()) or "0"
-        table.add_row(route, str(mirrored), str(s["equal"]), str(s["mismatched"]), str(s["shadow_errors"]), skipped)
+        table.add_row(
+            route, str(mirrored), str(s["equal"]), str(s["mismatched"]), str(s["shadow_errors"]), skipped
+        )
     console.print(table)
     found: Counter[tuple[str, str, str, str]] = Counter()
     example: dict[tuple[str, str, str, str], str] = {}
@@ -217,6 +230,8 @@ def render(result: DemoResult) -> None:
         if not line.startswith("GET"):
             console.print(f"  {line}")
     mismatches = sum(1 for r in result.records if r["outcome"] == "mismatch")
-    console.print(f"\n{mismatches} mismatch records written to [bold]{result.sink_uri}[/]. "
-                  "Ignored by the rules, never reported: /generated_at, /items/*/updated_at, date/server headers; "
-                  "gzip vs plain bodies compared after decoding.")
+    console.print(
+        f"\n{mismatches} mismatch records written to [bold]{result.sink_uri}[/]. "
+        "Ignored by the rules, never reported: /generated_at, /items/*/updated_at, date/server headers; "
+        "gzip vs plain bodies compared after decoding."
+    )

@@ -104,7 +104,9 @@ def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], requ
 class Policy:
     """Decides per request, from a RuleSet and the runtime switch."""
 
-    def __init__(self, rules: RuleSet, switch: Switch | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, rules: RuleSet, switch: Switch | None = None, rng: random.Random | None = None
+    ) -> None:
         self.rules = rules
         self.switch = switch or Switch()
         self._random = (rng or random.Random()).random

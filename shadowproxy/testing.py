@@ -34,8 +34,13 @@ def free_port() -> int:
         return port
 
 
-def make_exchange(method: str = "GET", path: str = "/users/1", status: int = 200, body: bytes = b'{"id": 1}',
-                  route: str = "/users/{id}") -> Exchange:
+def make_exchange(
+    method: str = "GET",
+    path: str = "/users/1",
+    status: int = 200,
+    body: bytes = b'{"id": 1}',
+    route: str = "/users/{id}",
+) -> Exchange:
     req = Request(method, path, (), (("accept", "application/json"),))
     live = Response(status, (("content-type", "application/json"),), body, 12.5)
     return Exchange(req, live, id="", ts=time.time(), route=route, rule=None)
@@ -104,8 +109,15 @@ class Backend:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(Seen(request.method, request.path, request.query_string,
-                              {k.lower(): v for k, v in request.headers.items()}, body))
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                request.query_string,
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+            )
+        )
         return await self.handler(request)
 
     def stop(self) -> None:
@@ -124,9 +136,18 @@ class Backend:
 class ProxyThread:
     """The real proxy in a background thread: `with ProxyThread(live, shadow, sink=...) as p: p.url`."""
 
-    def __init__(self, live_url: str, shadow_url: str | None, *, rules: str | None = None,
-                 sink: Any = None, sink_uri: str = "memory:", admin: bool = False, admin_token: str | None = None,
-                 **shadow_options: Any) -> None:
+    def __init__(
+        self,
+        live_url: str,
+        shadow_url: str | None,
+        *,
+        rules: str | None = None,
+        sink: Any = None,
+        sink_uri: str = "memory:",
+        admin: bool = False,
+        admin_token: str | None = None,
+        **shadow_options: Any,
+    ) -> None:
         from shadowproxy.proxy.addon import ShadowAddon
 
         self.port = free_port()
@@ -138,8 +159,13 @@ class ProxyThread:
 
             self.admin = AdminAddon(self.addon, "127.0.0.1", free_port(), admin_token)
             self.extra_addons = (self.admin,)
-        self.options: dict[str, Any] = {"shadow_url": shadow_url, "shadow_rules": rules, "shadow_sink": sink_uri,
-                                        "shadow_stats_interval": 0, **shadow_options}
+        self.options: dict[str, Any] = {
+            "shadow_url": shadow_url,
+            "shadow_rules": rules,
+            "shadow_sink": sink_uri,
+            "shadow_stats_interval": 0,
+            **shadow_options,
+        }
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._master: Any = None
@@ -160,8 +186,15 @@ class ProxyThread:
                 started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 started.add_done_callback(lambda f: ready.set())
                 self._started = started
-                task = asyncio.ensure_future(serve(settings, self.addon, install_signals=False, started=started,
-                                                 extra_addons=self.extra_addons))
+                task = asyncio.ensure_future(
+                    serve(
+                        settings,
+                        self.addon,
+                        install_signals=False,
+                        started=started,
+                        extra_addons=self.extra_addons,
+                    )
+                )
                 self._loop = asyncio.get_running_loop()
                 self._master = await started
                 await task

@@ -18,8 +18,11 @@ ORDERS = {
     "name": "orders-dry-run",
     "match": {"methods": ["POST"], "path": "/orders/{shop}"},
     "action": "rewrite",
-    "rewrite": {"path": "/orders/{shop}/dry-run", "query": {"dry_run": "1"},
-                "headers": {"Idempotency-Key": "{request_hash}", "X-Req": "{request_id}"}},
+    "rewrite": {
+        "path": "/orders/{shop}/dry-run",
+        "query": {"dry_run": "1"},
+        "headers": {"Idempotency-Key": "{request_hash}", "X-Req": "{request_id}"},
+    },
 }
 
 
@@ -83,8 +86,13 @@ def test_switch_sample_overrides_rules() -> None:
 
 def test_shadow_headers_drop_hop_by_hop_and_stripped_and_add_marker() -> None:
     rs = ruleset(defaults={"strip_headers": ["X-Secret"]})
-    headers = (("Host", "live"), ("Connection", "keep-alive"), ("X-Secret", "s"), ("Accept", "*/*"),
-               ("X-Shadow-Request", "spoofed"))
+    headers = (
+        ("Host", "live"),
+        ("Connection", "keep-alive"),
+        ("X-Secret", "s"),
+        ("Accept", "*/*"),
+        ("X-Shadow-Request", "spoofed"),
+    )
     assert shadow_headers(headers, rs.defaults) == (("Accept", "*/*"), ("X-Shadow-Request", "1"))
 
 

@@ -45,22 +45,26 @@ def is_loopback(host: str) -> bool:
 def check_admin(host: str, token: str | None) -> None:
     """Refuse an admin API reachable from the network without a token."""
     if not is_loopback(host) and not token:
-        msg = (f"--admin {host}: not a loopback address, so the admin API needs a token "
-               "(--admin-token or SHADOWPROXY_ADMIN_TOKEN)")
+        msg = (
+            f"--admin {host}: not a loopback address, so the admin API needs a token "
+            "(--admin-token or SHADOWPROXY_ADMIN_TOKEN)"
+        )
         raise ConfigError(msg)
 
 
 class AdminAddon:
-    def __init__(self, shadow: ShadowAddon, host: str = "127.0.0.1", port: int = 9090,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, shadow: ShadowAddon, host: str = "127.0.0.1", port: int = 9090, token: str | None = None
+    ) -> None:
         check_admin(host, token)
         self.shadow = shadow
         self.host = host
         self.port = port
         self.token = token
         self._runner: web.AppRunner | None = None
-        self.registry = make_registry(StatsCollector(self._totals, self._gauges, self._sink_counters,
-                                                     self._diff_latency))
+        self.registry = make_registry(
+            StatsCollector(self._totals, self._gauges, self._sink_counters, self._diff_latency)
+        )
 
     # -- what the metrics read -------------------------------------------------------------
     def _totals(self) -> dict[str, RouteStats]:
@@ -130,8 +134,9 @@ class AdminAddon:
         return hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode())
 
     def _deny(self) -> web.Response:
-        return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                 headers={"WWW-Authenticate": "Bearer"})
+        return web.json_response(
+            {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
 
     async def disable(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -155,11 +160,16 @@ class AdminAddon:
             value: Any = orjson.loads(raw)
             if isinstance(value, dict):
                 value = value.get("sample")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not 0.0 <= float(value) <= 1.0):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.0 <= float(value) <= 1.0
+            ):
                 raise ValueError
         except (orjson.JSONDecodeError, ValueError):
-            return web.json_response({"error": "body must be a fraction between 0 and 1, or null"}, status=400)
+            return web.json_response(
+                {"error": "body must be a fraction between 0 and 1, or null"}, status=400
+            )
         self.shadow.switch.sample = None if value is None else float(value)
         log.warning("shadow sample set to %s through the admin API", self.shadow.switch.sample)
         return await self.switch_state(request)

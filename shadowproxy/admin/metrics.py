@@ -30,8 +30,13 @@ def fold(h: Histogram, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> list[tu
 
 
 class StatsCollector(Collector):
-    def __init__(self, totals: Callable[[], dict[str, RouteStats]], gauges: Callable[[], dict[str, float]],
-                 sink_counters: Callable[[], dict[str, int]], diff_latency: Callable[[], Histogram | None]) -> None:
+    def __init__(
+        self,
+        totals: Callable[[], dict[str, RouteStats]],
+        gauges: Callable[[], dict[str, float]],
+        sink_counters: Callable[[], dict[str, int]],
+        diff_latency: Callable[[], Histogram | None],
+    ) -> None:
         self._totals = totals
         self._gauges = gauges
         self._sink = sink_counters
@@ -39,20 +44,32 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         totals = self._totals()
-        requests = CounterMetricFamily("shadowproxy_requests", "Requests seen, by route and action",
-                                       labels=["route", "action"])
-        outcomes = CounterMetricFamily("shadowproxy_shadow_outcomes",
-                                       "Mirrored requests by outcome: equal, mismatched, shadow_errors, too_large, "
-                                       "noise_only", labels=["route", "outcome"])
-        dispatched = CounterMetricFamily("shadowproxy_shadow_dispatched", "Copies handed to the shadow",
-                                         labels=["route"])
-        dropped = CounterMetricFamily("shadowproxy_shadow_dropped", "Copies or comparisons shed because a bound was"
-                                      " reached", labels=["route"])
-        errors = CounterMetricFamily("shadowproxy_shadow_errors", "Shadow calls that failed", labels=["route"])
+        requests = CounterMetricFamily(
+            "shadowproxy_requests", "Requests seen, by route and action", labels=["route", "action"]
+        )
+        outcomes = CounterMetricFamily(
+            "shadowproxy_shadow_outcomes",
+            "Mirrored requests by outcome: equal, mismatched, shadow_errors, too_large, noise_only",
+            labels=["route", "outcome"],
+        )
+        dispatched = CounterMetricFamily(
+            "shadowproxy_shadow_dispatched", "Copies handed to the shadow", labels=["route"]
+        )
+        dropped = CounterMetricFamily(
+            "shadowproxy_shadow_dropped",
+            "Copies or comparisons shed because a bound was reached",
+            labels=["route"],
+        )
+        errors = CounterMetricFamily(
+            "shadowproxy_shadow_errors", "Shadow calls that failed", labels=["route"]
+        )
         mismatches = CounterMetricFamily("shadowproxy_mismatches", "Mismatches found", labels=["route"])
-        live = HistogramMetricFamily("shadowproxy_live_latency_seconds", "Live response latency", labels=["route"])
-        shadow = HistogramMetricFamily("shadowproxy_shadow_latency_seconds", "Shadow response latency",
-                                       labels=["route"])
+        live = HistogramMetricFamily(
+            "shadowproxy_live_latency_seconds", "Live response latency", labels=["route"]
+        )
+        shadow = HistogramMetricFamily(
+            "shadowproxy_shadow_latency_seconds", "Shadow response latency", labels=["route"]
+        )
         for route, rs in sorted(totals.items()):
             c = rs.counts
             mirrored = c["compared"] + c["shadow_errors"] + c["too_large"]
@@ -75,8 +92,11 @@ class StatsCollector(Collector):
             yield h
         for name, value in sorted(self._gauges().items()):
             yield GaugeMetricFamily(f"shadowproxy_{name}", name.replace("_", " "), value=value)
-        sink = CounterMetricFamily("shadowproxy_sink_records", "Records by sink state (written, produced, "
-                                   "spooled, drained, dropped)", labels=["state"])
+        sink = CounterMetricFamily(
+            "shadowproxy_sink_records",
+            "Records by sink state (written, produced, spooled, drained, dropped)",
+            labels=["state"],
+        )
         for state, n in sorted(self._sink().items()):
             sink.add_metric([state], n)
         yield sink

@@ -36,7 +36,9 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SHADOWPROXY"})
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SHADOWPROXY"}
+)
 @click.version_option(__version__, "--version", prog_name="shadowproxy")
 def cli() -> None:
     """Shadow-traffic mirroring proxy: the live backend answers every client, a copy of each safe

@@ -12,8 +12,14 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
 
 
 @cli.command("demo")
-@click.option("--sink", type=SINK_URI, default=DEFAULT_SINK, envvar="SHADOWPROXY_SINK", show_default=True,
-              help="Where the demo's records go (jsonl:PATH or kafka://HOST:PORT/TOPIC).")
+@click.option(
+    "--sink",
+    type=SINK_URI,
+    default=DEFAULT_SINK,
+    envvar="SHADOWPROXY_SINK",
+    show_default=True,
+    help="Where the demo's records go (jsonl:PATH or kafka://HOST:PORT/TOPIC).",
+)
 def demo_cmd(sink: str) -> None:
     """Start a live service (v1) and a shadow service (v2) on free loopback ports, run the proxy
     between them, send a traffic mix through it (reads, writes, a gzip answer, a renamed field, a

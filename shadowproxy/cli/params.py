@@ -13,7 +13,9 @@ from shadowproxy.sinks.uri import parse_uri
 class HostPort(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     name = "HOST:PORT"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, int]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
         if isinstance(value, tuple):
             return value
         text = str(value)

@@ -28,37 +28,109 @@ def setup_logging(verbose: int) -> None:
 
 
 @cli.command("run")
-@click.option("--listen", type=HOST_PORT, required=True, envvar="SHADOWPROXY_LISTEN", show_envvar=True,
-              help="Address clients connect to, e.g. 127.0.0.1:8080.")
-@click.option("--live", type=HTTP_URL, required=True, envvar="SHADOWPROXY_LIVE", show_envvar=True,
-              help="Live backend base URL: it answers every client.")
-@click.option("--shadow", type=HTTP_URL, required=True, envvar="SHADOWPROXY_SHADOW", show_envvar=True,
-              help="Shadow (candidate) backend base URL: it gets a copy of each eligible request.")
-@click.option("--rules", type=click.Path(dir_okay=False), default=None, envvar="SHADOWPROXY_RULES",
-              show_envvar=True,
-              help="Rules file (YAML, version 1). Default: the embedded default (safe methods, full sample).")
-@click.option("--sink", type=SINK_URI, default=DEFAULT_SINK, envvar="SHADOWPROXY_SINK", show_envvar=True,
-              show_default=True, help="Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC[?options].")
-@click.option("--queue-size", type=click.IntRange(1), default=1000, envvar="SHADOWPROXY_QUEUE_SIZE",
-              show_default=True,
-              help="Copies waiting for the shadow; beyond it a copy is dropped and counted.")
-@click.option("--concurrency", type=click.IntRange(1), default=64, envvar="SHADOWPROXY_CONCURRENCY",
-              show_default=True, help="Shadow calls in flight at most.")
-@click.option("--stats-interval", type=click.IntRange(0), default=10, envvar="SHADOWPROXY_STATS_INTERVAL",
-              show_default=True,
-              help="Seconds between stats records (the report's denominators); 0: at exit only.")
-@click.option("--dispatch", type=click.Choice(["process", "inline"]), default=None,
-              envvar="SHADOWPROXY_DISPATCH", show_envvar=True,
-              help="Where shadow calls, diffs and the sink run: process (a worker process, off the "
-              "proxy's event loop; the default) or inline (the proxy's event loop).")
-@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              envvar="SHADOWPROXY_CA_FILE", help="Extra CA bundle for an https shadow.")
-@click.option("--insecure", is_flag=True, envvar="SHADOWPROXY_INSECURE",
-              help="Do not verify the shadow's TLS certificate (logged as a warning).")
-@click.option("--admin", type=ADMIN_ADDR, default="127.0.0.1:9090", envvar="SHADOWPROXY_ADMIN", show_envvar=True,
-              show_default=True, help="Admin API address (/metrics, /healthz, /readyz, kill switch); 'off' disables it.")
-@click.option("--admin-token", default=None, envvar="SHADOWPROXY_ADMIN_TOKEN", show_envvar=True,
-              help="Bearer token for admin calls that change something; required when --admin is not loopback.")
+@click.option(
+    "--listen",
+    type=HOST_PORT,
+    required=True,
+    envvar="SHADOWPROXY_LISTEN",
+    show_envvar=True,
+    help="Address clients connect to, e.g. 127.0.0.1:8080.",
+)
+@click.option(
+    "--live",
+    type=HTTP_URL,
+    required=True,
+    envvar="SHADOWPROXY_LIVE",
+    show_envvar=True,
+    help="Live backend base URL: it answers every client.",
+)
+@click.option(
+    "--shadow",
+    type=HTTP_URL,
+    required=True,
+    envvar="SHADOWPROXY_SHADOW",
+    show_envvar=True,
+    help="Shadow (candidate) backend base URL: it gets a copy of each eligible request.",
+)
+@click.option(
+    "--rules",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="SHADOWPROXY_RULES",
+    show_envvar=True,
+    help="Rules file (YAML, version 1). Default: the embedded default (safe methods, full sample).",
+)
+@click.option(
+    "--sink",
+    type=SINK_URI,
+    default=DEFAULT_SINK,
+    envvar="SHADOWPROXY_SINK",
+    show_envvar=True,
+    show_default=True,
+    help="Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC[?options].",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(1),
+    default=1000,
+    envvar="SHADOWPROXY_QUEUE_SIZE",
+    show_default=True,
+    help="Copies waiting for the shadow; beyond it a copy is dropped and counted.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=64,
+    envvar="SHADOWPROXY_CONCURRENCY",
+    show_default=True,
+    help="Shadow calls in flight at most.",
+)
+@click.option(
+    "--stats-interval",
+    type=click.IntRange(0),
+    default=10,
+    envvar="SHADOWPROXY_STATS_INTERVAL",
+    show_default=True,
+    help="Seconds between stats records (the report's denominators); 0: at exit only.",
+)
+@click.option(
+    "--dispatch",
+    type=click.Choice(["process", "inline"]),
+    default=None,
+    envvar="SHADOWPROXY_DISPATCH",
+    show_envvar=True,
+    help="Where shadow calls, diffs and the sink run: process (a worker process, off the "
+    "proxy's event loop; the default) or inline (the proxy's event loop).",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="SHADOWPROXY_CA_FILE",
+    help="Extra CA bundle for an https shadow.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="SHADOWPROXY_INSECURE",
+    help="Do not verify the shadow's TLS certificate (logged as a warning).",
+)
+@click.option(
+    "--admin",
+    type=ADMIN_ADDR,
+    default="127.0.0.1:9090",
+    envvar="SHADOWPROXY_ADMIN",
+    show_envvar=True,
+    show_default=True,
+    help="Admin API address (/metrics, /healthz, /readyz, kill switch); 'off' disables it.",
+)
+@click.option(
+    "--admin-token",
+    default=None,
+    envvar="SHADOWPROXY_ADMIN_TOKEN",
+    show_envvar=True,
+    help="Bearer token for admin calls that change something; required when --admin is not loopback.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def run_cmd(
     listen: tuple[str, int],

@@ -58,6 +58,7 @@ class Response:
     body: bytes = b""
     latency_ms: float = 0.0
     truncated: bool = False  # the body was larger than max_body_bytes and was not read whole
+    trailers: Headers = ()  # HTTP/2 trailers (gRPC carries its status here); empty for most answers
 
 
 @dataclass(frozen=True, slots=True)

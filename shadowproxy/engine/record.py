@@ -2,7 +2,8 @@
 
 Its JSON Schema ships in `shadowproxy/schemas/record.schema.json`; `validate_record` checks a
 record against it (tests do so for every record they see). Credentials never reach a record:
-sensitive headers are redacted here, before any sink sees them.
+every record built here passes through a `Redactor` (engine/redact.py: credential headers always,
+plus the rules' `redact:` names and patterns) before any sink sees it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 from shadowproxy.engine.diff import Comparison, Difference
 from shadowproxy.engine.exchange import Exchange, Failure, Headers, Response
+from shadowproxy.engine.redact import CREDENTIAL_HEADERS, DEFAULT_REDACTOR, Redactor
 
 SCHEMA = "shadowproxy.mismatch/1"
 OUTCOMES = ("mismatch", "shadow_error", "too_large", "stats")
 REDACTED = "[redacted]"
-SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+SENSITIVE_HEADERS = CREDENTIAL_HEADERS
 EXCERPT_CHARS = 512
 MAX_DIFFERENCES = 100
 
@@ -57,21 +59,26 @@ def query_dict(query: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
     return out
 
 
-def excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
+def excerpt(body: bytes, limit: int = EXCERPT_CHARS, redactor: Redactor | None = None) -> str:
     text = body[: limit * 4].decode("utf-8", errors="replace")
+    if redactor is not None:  # before the cut, so a secret is never shown in part
+        text = redactor.text(text)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def side(resp: Response, decoded: bytes | None = None) -> dict[str, Any]:
-    """The record's view of one response. `decoded` is the content-decoded body when known."""
+def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None = None) -> dict[str, Any]:
+    """The record's view of one response. `decoded` is the content-decoded body when known.
+
+    With a `redactor`, headers are left for `Redactor.record` (which may hash them) and the
+    excerpt is redacted before it is cut."""
     body = decoded if decoded is not None else resp.body
     return {
         "status": resp.status,
         "latency_ms": round(resp.latency_ms, 3),
-        "headers": redact_headers(resp.headers),
+        "headers": redact_headers(resp.headers, frozenset() if redactor is not None else SENSITIVE_HEADERS),
         "body_bytes": len(resp.body),
         "body_sha256": hashlib.sha256(resp.body).hexdigest(),
-        "body_excerpt": excerpt(body),
+        "body_excerpt": excerpt(body, redactor=redactor),
     }
 
 
@@ -93,8 +100,13 @@ def build_record(
     shadow_decoded: bytes | None = None,
     noise: Iterable[str] = (),
     shadow_request: dict[str, Any] | None = None,
+    redactor: Redactor | None = None,
 ) -> dict[str, Any]:
-    """One record for a compared exchange. `outcome` is mismatch, shadow_error or too_large."""
+    """One record for a compared exchange. `outcome` is mismatch, shadow_error or too_large.
+
+    Every record leaves through `redactor` (default: credential headers only), so no sink ever
+    sees a secret it names: in headers, query, excerpts, differences, notes or messages."""
+    redactor = redactor or DEFAULT_REDACTOR
     req = exchange.request
     diffs: tuple[Difference, ...] = comparison.differences if comparison else ()
     notes = list(comparison.notes) if comparison else []
@@ -111,15 +123,17 @@ def build_record(
         "method": req.method,
         "path": req.path,
         "query": query_dict(req.query),
-        "live": side(exchange.live, live_decoded),
-        "shadow": side(shadow, shadow_decoded) if isinstance(shadow, Response) else failure_side(shadow),
+        "live": side(exchange.live, live_decoded, redactor),
+        "shadow": (
+            side(shadow, shadow_decoded, redactor) if isinstance(shadow, Response) else failure_side(shadow)
+        ),
         "differences": [d.to_dict() for d in diffs],
         "noise": sorted(noise),
         "notes": notes,
     }
     if shadow_request is not None:
         record["shadow_request"] = shadow_request
-    return record
+    return redactor.record(record)
 
 
 @cache

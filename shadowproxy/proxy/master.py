@@ -73,7 +73,9 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
         while addon.in_flight > 0 and loop.time() < deadline:
             await asyncio.sleep(0.02)
         if addon.in_flight:
-            log.warning("%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace)
+            log.warning(
+                "%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace
+            )
         master.shutdown()
 
     task = asyncio.ensure_future(stop())

@@ -100,7 +100,9 @@ class ShadowClient:
             kind, message = classify(e)
             return Failure(kind, message, (time.perf_counter() - start) * 1000)
 
-    async def _call(self, req: Request, max_body_bytes: int, base: str | None, start: float) -> Response | Failure:
+    async def _call(
+        self, req: Request, max_body_bytes: int, base: str | None, start: float
+    ) -> Response | Failure:
         session = self._get_session()
         async with session.request(
             req.method,

@@ -60,7 +60,9 @@ class Pipeline:
         try:
             await self._process(job)
         except Exception:  # a bug here must never take the proxy down; say it loudly
-            log.exception("shadow pipeline failed for %s %s", job.exchange.request.method, job.exchange.request.path)
+            log.exception(
+                "shadow pipeline failed for %s %s", job.exchange.request.method, job.exchange.request.path
+            )
             self.stats.count(job.exchange.route, "shadow_errors")
 
     async def _process(self, job: ShadowJob) -> None:

@@ -22,9 +22,12 @@ from shadowproxy.testing import Backend, free_port
 EXE = str(Path(sys.executable).parent / "shadowproxy")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,21 @@ def test_version_prints_the_package_version() -> None:
     assert __version__ in result.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["rules"], ["rules", "check"], ["rules", "schema"],
-                                     ["replay"], ["report"], ["tail"], ["dashboard"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["run"],
+        ["demo"],
+        ["rules"],
+        ["rules", "check"],
+        ["rules", "schema"],
+        ["replay"],
+        ["report"],
+        ["tail"],
+        ["dashboard"],
+    ],
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -67,15 +83,51 @@ def test_every_command_has_help(command: list[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--listen", "nonsense", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2"], "--listen"),
+        (
+            ["--listen", "nonsense", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2"],
+            "--listen",
+        ),
         (["--listen", "127.0.0.1:8080", "--live", "ftp://x", "--shadow", "http://127.0.0.1:2"], "--live"),
         (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "x"], "--shadow"),
-        (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2",
-          "--sink", "s3://bucket"], "--sink"),
-        (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2",
-          "--sink", "kafka://127.0.0.1:9092"], "--sink"),
-        (["--listen", "127.0.0.1:8080", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2",
-          "--rules", "/nonexistent/rules.yaml"], "/nonexistent/rules.yaml"),
+        (
+            [
+                "--listen",
+                "127.0.0.1:8080",
+                "--live",
+                "http://127.0.0.1:1",
+                "--shadow",
+                "http://127.0.0.1:2",
+                "--sink",
+                "s3://bucket",
+            ],
+            "--sink",
+        ),
+        (
+            [
+                "--listen",
+                "127.0.0.1:8080",
+                "--live",
+                "http://127.0.0.1:1",
+                "--shadow",
+                "http://127.0.0.1:2",
+                "--sink",
+                "kafka://127.0.0.1:9092",
+            ],
+            "--sink",
+        ),
+        (
+            [
+                "--listen",
+                "127.0.0.1:8080",
+                "--live",
+                "http://127.0.0.1:1",
+                "--shadow",
+                "http://127.0.0.1:2",
+                "--rules",
+                "/nonexistent/rules.yaml",
+            ],
+            "/nonexistent/rules.yaml",
+        ),
     ],
 )
 def test_bad_flags_give_one_clear_line_and_exit_2(args: list[str], needle: str) -> None:
@@ -86,8 +138,17 @@ def test_bad_flags_give_one_clear_line_and_exit_2(args: list[str], needle: str) 
 
 
 def test_admin_on_a_network_address_without_token_is_refused() -> None:
-    result = run_cli("run", "--listen", f"127.0.0.1:{free_port()}", "--live", "http://127.0.0.1:1",
-                     "--shadow", "http://127.0.0.1:2", "--admin", "0.0.0.0:9999")
+    result = run_cli(
+        "run",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--live",
+        "http://127.0.0.1:1",
+        "--shadow",
+        "http://127.0.0.1:2",
+        "--admin",
+        "0.0.0.0:9999",
+    )
     assert result.returncode == 2
     assert "--admin 0.0.0.0" in result.stderr and "token" in result.stderr
 
@@ -99,8 +160,15 @@ def test_listen_address_in_use_is_one_clear_line() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        result = run_cli("run", "--listen", f"127.0.0.1:{port}", "--live", "http://127.0.0.1:1",
-                         "--shadow", "http://127.0.0.1:2")
+        result = run_cli(
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--live",
+            "http://127.0.0.1:1",
+            "--shadow",
+            "http://127.0.0.1:2",
+        )
     assert result.returncode == 2
     assert f"--listen 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -113,9 +181,22 @@ def test_run_mirrors_records_and_exits_0_on_sigterm_with_sink_flushed(
     out = tmp_path / "mismatches.jsonl"
     port, admin = free_port(), free_port()
     proc = subprocess.Popen(
-        [EXE, "run", "--listen", f"127.0.0.1:{port}", "--live", live.url, "--shadow", shadow.url,
-         "--sink", f"jsonl:{out}", "--admin", f"127.0.0.1:{admin}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            EXE,
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--live",
+            live.url,
+            "--shadow",
+            shadow.url,
+            "--sink",
+            f"jsonl:{out}",
+            "--admin",
+            f"127.0.0.1:{admin}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert orjson.loads(wait_until_serving(port, proc)) == {"id": 1, "name": "Ada"}
@@ -140,9 +221,14 @@ def test_flags_can_come_from_environment(backends: tuple[Backend, Backend], tmp_
     live, shadow = backends
     out = tmp_path / "env.jsonl"
     port = free_port()
-    env = {**os.environ, "SHADOWPROXY_LISTEN": f"127.0.0.1:{port}", "SHADOWPROXY_LIVE": live.url,
-           "SHADOWPROXY_SHADOW": shadow.url, "SHADOWPROXY_SINK": f"jsonl:{out}",
-           "SHADOWPROXY_ADMIN": "off"}
+    env = {
+        **os.environ,
+        "SHADOWPROXY_LISTEN": f"127.0.0.1:{port}",
+        "SHADOWPROXY_LIVE": live.url,
+        "SHADOWPROXY_SHADOW": shadow.url,
+        "SHADOWPROXY_SINK": f"jsonl:{out}",
+        "SHADOWPROXY_ADMIN": "off",
+    }
     proc = subprocess.Popen([EXE, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_serving(port, proc)

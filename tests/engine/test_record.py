@@ -11,15 +11,21 @@ from shadowproxy.testing import make_record
 
 
 def exchange() -> Exchange:
-    req = Request("GET", "/users/1", (("q", "a"), ("q", "b"), ("page", "2")),
-                  (("Authorization", "Bearer s3cret"), ("Cookie", "sid=1")))
+    req = Request(
+        "GET",
+        "/users/1",
+        (("q", "a"), ("q", "b"), ("page", "2")),
+        (("Authorization", "Bearer s3cret"), ("Cookie", "sid=1")),
+    )
     live = Response(200, (("Content-Type", "application/json"), ("Set-Cookie", "sid=2")), b'{"a": 1}', 3.0)
     return Exchange(req, live, id="abc", ts=1_700_000_000.0, route="users", rule="users")
 
 
 def test_mismatch_record_is_valid_and_complete() -> None:
     shadow = Response(200, (("Content-Type", "application/json"),), b'{"a": 2}', 4.0)
-    rec = build_record(exchange(), "mismatch", shadow, Comparison((Difference("body", "/a", "changed", 1, 2),)))
+    rec = build_record(
+        exchange(), "mismatch", shadow, Comparison((Difference("body", "/a", "changed", 1, 2),))
+    )
     validate_record(rec)
     assert rec["schema"] == "shadowproxy.mismatch/1"
     assert rec["ts"] == "2023-11-14T22:13:20.000Z"
@@ -31,7 +37,11 @@ def test_mismatch_record_is_valid_and_complete() -> None:
 def test_shadow_error_record_is_valid() -> None:
     rec = build_record(exchange(), "shadow_error", Failure("timeout", "too slow", 2000.0))
     validate_record(rec)
-    assert rec["shadow"] == {"status": None, "latency_ms": 2000.0, "error": {"kind": "timeout", "message": "too slow"}}
+    assert rec["shadow"] == {
+        "status": None,
+        "latency_ms": 2000.0,
+        "error": {"kind": "timeout", "message": "too slow"},
+    }
 
 
 def test_credentials_in_headers_are_redacted() -> None:

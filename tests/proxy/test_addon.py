@@ -35,7 +35,10 @@ def test_configure_rejects_a_bad_rules_file_with_its_line(tmp_path: Path) -> Non
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\ndefaults:\n  sample: 2\n")
     addon = ShadowAddon()
-    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=r"bad.yaml:3: defaults.sample"):
+    with (
+        taddons.context(addon) as tctx,
+        pytest.raises(exceptions.OptionsError, match=r"bad.yaml:3: defaults.sample"),
+    ):
         tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_rules=str(bad))
 
 
@@ -96,10 +99,22 @@ def test_addon_script_runs_under_plain_mitmdump(tmp_path: Path) -> None:
     mitmdump = Path(sys.executable).parent / "mitmdump"
     with Backend(live_app) as live, Backend(shadow_app) as shadow:
         proc = subprocess.Popen(
-            [str(mitmdump), "-q", "-s", str(ROOT / "addons" / "shadow.py"), "--mode",
-             f"reverse:{live.url}@127.0.0.1:{port}", "--set", f"shadow_url={shadow.url}",
-             "--set", f"shadow_sink=jsonl:{out}", "--set", "shadow_stats_interval=0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(mitmdump),
+                "-q",
+                "-s",
+                str(ROOT / "addons" / "shadow.py"),
+                "--mode",
+                f"reverse:{live.url}@127.0.0.1:{port}",
+                "--set",
+                f"shadow_url={shadow.url}",
+                "--set",
+                f"shadow_sink=jsonl:{out}",
+                "--set",
+                "shadow_stats_interval=0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             import urllib.request

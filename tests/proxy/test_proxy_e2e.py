@@ -24,7 +24,11 @@ routes:
   - name: orders-dry-run
     match: {methods: [POST], path: "/orders"}
     action: rewrite
-    rewrite: {method: POST, path: "/orders/dry-run", query: {dry_run: "1"}, headers: {Idempotency-Key: "{request_hash}"}}
+    rewrite:
+      method: POST
+      path: /orders/dry-run
+      query: {dry_run: "1"}
+      headers: {Idempotency-Key: "{request_hash}"}
   - name: users
     match: {path: "/users/{id}"}
     ignore: {body: ["/items/*/etag"]}
@@ -41,26 +45,33 @@ def _users(version: int):  # type: ignore[no-untyped-def]
         path = request.path
         if path.startswith("/users/"):
             key = "name" if version == 1 else "full_name"
-            body = f'{{"id": 7, "{key}": "Ada", "meta": {{"generated_at": "{time.time()}"}},' \
-                   f' "items": [{{"n": 1, "etag": "{version}-{time.time_ns()}"}}]}}'
+            body = (
+                f'{{"id": 7, "{key}": "Ada", "meta": {{"generated_at": "{time.time()}"}},'
+                f' "items": [{{"n": 1, "etag": "{version}-{time.time_ns()}"}}]}}'
+            )
             return web.Response(body=body.encode(), headers={**JSON, "X-Custom": "same"})
         if path == "/same":
             return web.Response(body=b'{"a": [1, 2, 3]}', headers=JSON)
         if path == "/gz":
             raw = b'{"compressed": true, "n": [1, 2]}'
             if version == 1:
-                return web.Response(body=gzip.compress(raw, mtime=0), headers={**JSON, "Content-Encoding": "gzip"})
+                return web.Response(
+                    body=gzip.compress(raw, mtime=0), headers={**JSON, "Content-Encoding": "gzip"}
+                )
             return web.Response(body=raw, headers=JSON)
         if path == "/ignored":
-            return web.Response(body=f'{{"meta": {{"generated_at": {time.time_ns()}}}, "v": 1}}'.encode(),
-                                headers=JSON)
+            return web.Response(
+                body=f'{{"meta": {{"generated_at": {time.time_ns()}}}, "v": 1}}'.encode(), headers=JSON
+            )
         if path == "/slow" and version == 2:
             import asyncio
 
             await asyncio.sleep(3)
         if path.startswith("/orders") or path.startswith("/admin"):
             await request.read()
-            return web.Response(status=201 if request.method == "POST" else 200, body=b'{"ok": true}', headers=JSON)
+            return web.Response(
+                status=201 if request.method == "POST" else 200, body=b'{"ok": true}', headers=JSON
+            )
         return web.Response(body=b"plain text\n", headers={"Content-Type": "text/plain", "X-Version": "same"})
 
     return handler
@@ -85,8 +96,13 @@ def rules_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(p)
 
 
-def request(url: str, method: str = "GET", path: str = "/", body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+def request(
+    url: str,
+    method: str = "GET",
+    path: str = "/",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
@@ -106,14 +122,17 @@ def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyp
     raise AssertionError("condition not reached in time")
 
 
-def run_traffic(live: Backend, shadow: Backend, rules: str | None, calls: list[tuple[str, str]],
-                **options: object) -> tuple[MemorySink, list[tuple[int, list[tuple[str, str]], bytes]], ProxyThread]:
+def run_traffic(
+    live: Backend, shadow: Backend, rules: str | None, calls: list[tuple[str, str]], **options: object
+) -> tuple[MemorySink, list[tuple[int, list[tuple[str, str]], bytes]], ProxyThread]:
     sink = MemorySink()
     shadow.seen.clear()
     proxy = ProxyThread(live.url, shadow.url, rules=rules, sink=sink, **options)
     with proxy:
-        answers = [request(proxy.url, m, p, body=b'{"x": 1}' if m in ("POST", "PUT", "PATCH") else None)
-                   for m, p in calls]
+        answers = [
+            request(proxy.url, m, p, body=b'{"x": 1}' if m in ("POST", "PUT", "PATCH") else None)
+            for m, p in calls
+        ]
     for rec in sink.records:
         validate_record(rec)
     return sink, answers, proxy
@@ -150,7 +169,9 @@ def test_writes_never_reach_the_shadow_under_default_rules(live: Backend, shadow
     assert not [r for r in sink.records if r["outcome"] != "stats" and r["method"] != "GET"]
 
 
-def test_rewrite_reaches_shadow_as_dry_run_with_shadow_header(live: Backend, shadow: Backend, rules_file: str) -> None:
+def test_rewrite_reaches_shadow_as_dry_run_with_shadow_header(
+    live: Backend, shadow: Backend, rules_file: str
+) -> None:
     _, answers, _ = run_traffic(live, shadow, rules_file, [("POST", "/orders")])
     assert answers[0][0] == 201
     wait_for(lambda: len(shadow.seen) == 1)
@@ -208,8 +229,9 @@ def test_shadow_down_leaves_live_identical_and_records_shadow_error(live: Backen
     assert {e["shadow"]["error"]["kind"] for e in errors} == {"connect"}
 
 
-def test_slow_shadow_does_not_delay_live_and_times_out_as_shadow_error(live: Backend, shadow: Backend,
-                                                                       tmp_path: Path) -> None:
+def test_slow_shadow_does_not_delay_live_and_times_out_as_shadow_error(
+    live: Backend, shadow: Backend, tmp_path: Path
+) -> None:
     rules = tmp_path / "r.yaml"
     rules.write_text("version: 1\ndefaults:\n  timeout_ms: 300\n")
     started = time.monotonic()
@@ -224,8 +246,9 @@ def test_slow_shadow_does_not_delay_live_and_times_out_as_shadow_error(live: Bac
 def test_full_queue_drops_copies_and_counts_them(live: Backend, shadow: Backend, tmp_path: Path) -> None:
     rules = tmp_path / "r.yaml"
     rules.write_text("version: 1\ndefaults:\n  timeout_ms: 5000\n")
-    _, answers, proxy = run_traffic(live, shadow, str(rules), [("GET", "/slow")] * 6,
-                                    shadow_queue_size=1, shadow_concurrency=1)
+    _, answers, proxy = run_traffic(
+        live, shadow, str(rules), [("GET", "/slow")] * 6, shadow_queue_size=1, shadow_concurrency=1
+    )
     assert [a[0] for a in answers] == [200] * 6
     counts = proxy.addon.stats.totals["/slow"].counts
     assert counts["dropped"] >= 3
