@@ -71,7 +71,7 @@ def bodies(target: int) -> dict[str, tuple[bytes, bytes]]:
     changed["items"][len(changed["items"]) // 2]["stock"]["count"] += 1
     live_bytes = orjson.dumps(live)
     return {
-        "identical_bytes": (live_bytes, bytes(live_bytes)),
+        "identical_bytes": (live_bytes, bytes(bytearray(live_bytes))),  # equal, not the same object
         "equal_after_ignore": (live_bytes, orjson.dumps(shadow)),
         "one_difference_with_ignores": (live_bytes, orjson.dumps(changed)),
     }
