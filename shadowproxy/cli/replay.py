@@ -25,7 +25,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: an interrupted replay checked only part 
 @click.argument("input_file", metavar="INPUT")
 @click.option("--shadow", type=HTTP_URL, required=True, envvar="SHADOWPROXY_SHADOW", show_envvar=True,
               help="Candidate base URL: every eligible recorded request is sent to it.")
-@click.option("--live", type=HTTP_URL, default=None, envvar="SHADOWPROXY_LIVE", show_envvar=True,
+# --live has no SHADOWPROXY_LIVE fallback on purpose: that variable configures `run`, and picking
+# it up here would silently turn "compare against the recording" into "call the live service".
+@click.option("--live", type=HTTP_URL, default=None,
               help="Live base URL. Unset: the recorded response is the live side. Set: it gets the same "
                    "request as the shadow and its fresh answer is the live side.")
 @click.option("--rules", type=click.Path(dir_okay=False), default=None, envvar="SHADOWPROXY_RULES",
