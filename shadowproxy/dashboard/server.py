@@ -32,6 +32,7 @@ __all__ = ["DEFAULT_GROUP", "Dashboard"]
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "shadowproxy-dashboard"
+TITLE = "shadowproxy dashboard"
 PUSH_INTERVAL_S = 0.5
 HEARTBEAT_S = 15.0
 RETRY_S = (1.0, 2.0, 5.0, 10.0)
@@ -124,7 +125,7 @@ class Dashboard:
                 await asyncio.wait_for(task, 20)
 
     async def _page(self, request: web.Request) -> web.Response:
-        html = render_html(self.snapshot(), title="shadowproxy dashboard", script=_script())
+        html = render_html(self.snapshot(), title=TITLE, script=_script())
         return web.Response(
             text=html, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"}
         )
@@ -142,7 +143,7 @@ class Dashboard:
             "version": self.aggregator.version,
             "verdict": report["verdict"],
             "used": report["records"]["used"],
-            "html": render_body(report),
+            "html": render_body(report, heading=TITLE),
         }
         return b"event: report\ndata: " + orjson.dumps(data) + b"\n\n"
 

@@ -109,7 +109,10 @@ def mismatch_chart(routes: list[dict[str, Any]], thresholds: dict[str, Any]) -> 
         )
         out.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 14}" font-size="11">{cut}{fmt_pct(rate)}</text>')
     axis_y = 18 + rows_h
-    for t, name, color, ty in ((warn, "warn", COLORS["warn"], 12), (fail, "fail", COLORS["fail"], axis_y + 14)):
+    for t, name, color, ty in (
+        (warn, "warn", COLORS["warn"], 12),
+        (fail, "fail", COLORS["fail"], axis_y + 14),
+    ):
         x = label_w + bar_w * t / top
         out.append(
             f'<line x1="{x:.1f}" y1="16" x2="{x:.1f}" y2="{axis_y}" stroke="{color}" stroke-dasharray="4 3"/>'
@@ -243,11 +246,11 @@ def _example(ex: dict[str, Any]) -> str:
     )
     return (
         f'<details class="example" data-id="{_e(ex["id"])}"><summary>{_e(ex["outcome"])} '
-        f'<code>{_e(ex["method"])} {_e(ex["path"])}</code> '
+        f"<code>{_e(ex['method'])} {_e(ex['path'])}</code> "
         f'<span class="meta">id {_e(ex["id"])}, {_e(ex["ts"])}'
         f"</span></summary>{table}"
         f'<div class="sbs"><div class="live">'
-        f'<h4>live: {_e(live.get("status"))}, {fmt_ms(live.get("latency_ms"))} ms'
+        f"<h4>live: {_e(live.get('status'))}, {fmt_ms(live.get('latency_ms'))} ms"
         f"</h4><pre>{highlight(live.get('body_excerpt'), ex['differences'], 'live')}</pre></div>"
         f'<div class="shadow"><h4>{shadow_head}</h4><pre>{shadow_body}</pre></div></div></details>'
     )
@@ -319,14 +322,14 @@ def _route_section(r: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_body(report: dict[str, Any]) -> str:
+def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") -> str:
     routes = by_severity(report["routes"])
     rec, window = report["records"], report["window"]
     since = f" (since {_e(report['since'])})" if report["since"] else ""
     t = report["thresholds"]
     totals = report["totals"]
     parts = [
-        f'<h1>shadowproxy report <span id="verdict" data-verdict="{_e(report["verdict"])}">'
+        f'<h1>{_e(heading)} <span id="verdict" data-verdict="{_e(report["verdict"])}">'
         f"{_badge(report['verdict'])}</span></h1>",
         f'<p class="meta">source <code>{_e(report["source"] or "-")}</code>, records from '
         f"{_e(window['first_ts'] or '-')} to {_e(window['last_ts'] or '-')}{since}; "
@@ -363,5 +366,5 @@ def render_html(report: dict[str, Any], *, title: str = "shadowproxy report", sc
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head>"
-        f'<body><main id="report">{render_body(report)}</main>{js}</body></html>\n'
+        f'<body><main id="report">{render_body(report, heading=title)}</main>{js}</body></html>\n'
     )
