@@ -25,13 +25,15 @@ Counters (`counters()`), exact at any moment:
     spooled       appended to the spool by this process
     recovered     found in the spool at start (left by an earlier run)
     drained       acknowledged by Kafka out of the spool
-    deduplicated  spool entries skipped because the first send was acknowledged after all
+    deduplicated  spooled while in flight, then acknowledged by the first send after all
+                  (skipped when the drain reaches them)
     dropped       lost: spool full (newest dropped) or larger than Kafka takes
     backlog       in the spool, still to deliver
     buffered      in memory, neither acknowledged nor spooled
     corrupt       torn or damaged spool tails cut off at start
 
     written + recovered == produced + drained + dropped + backlog + buffered
+    spooled + recovered == drained + deduplicated + backlog   (dropped-from-spool aside)
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ DEFAULT_SPOOL_DIR = "./shadowproxy-spool"
 STATS_KEY = b"stats"
 _DROP_LOG_INTERVAL_S = 60.0
 _DRAIN_BATCH = 2000
+_DRAIN_DEPTH = 3
 _POLL_S = 0.25
 
 
@@ -307,7 +310,10 @@ class KafkaSink:
         self._pending_bytes = 0
         self._in_transit = 0  # taken from _pending, being appended to the spool
         self._inflight: deque[_Item] = deque()
-        self._skip: set[Position] = set()
+        # Spooled frames already on the topic, to skip when the drain reaches them: True when the
+        # first send was acknowledged after all (counted in produced), False when a drain send was
+        # acknowledged after an earlier one failed (counted in drained).
+        self._skip: dict[Position, bool] = {}
         self._producer: Any = None
         self._retiring: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -537,7 +543,7 @@ class KafkaSink:
             if not failed:
                 self._c["produced"] += 1
                 if item.spooled_at is not None:
-                    self._skip.add(item.spooled_at)
+                    self._skip[item.spooled_at] = True
             elif item.spool_refused:
                 self._drop(1, "spool full")
         return True
@@ -632,19 +638,29 @@ class KafkaSink:
             self._schedule_retry()
             return False
         producer = self._producer
+        # Up to _DRAIN_DEPTH batches in flight: the producer keeps their order per partition,
+        # and the head only moves past a batch once all of it (and all before it) is acknowledged.
+        window: deque[tuple[list[Frame], list[asyncio.Future[Any] | None], bool]] = deque()
         while True:
-            if self._pending:
+            if self._pending:  # new records go behind the spool
                 await self._spool_items(self._take_pending())
-            frames = await asyncio.to_thread(self.spool.read, _DRAIN_BATCH)
-            if not frames:
+            while len(window) < _DRAIN_DEPTH and not (window and window[-1][2]):
+                start = window[-1][0][-1].end if window else None
+                frames = await asyncio.to_thread(self.spool.read, _DRAIN_BATCH, start=start)
+                if not frames:
+                    break
+                futures, trouble = await self._send_frames(producer, frames)
+                window.append((frames, futures, trouble))
+            if not window:
                 break
-            ok = await self._send_frames(producer, frames)
-            if not ok:
+            frames, futures, trouble = window.popleft()
+            if not await self._settle_frames(frames, futures, trouble) or self._closing:
                 old, self._producer = self._producer, None
-                await self._close_producer(old, abort=True)
-                self._schedule_retry()
-                return False
-            if self._closing:
+                await self._close_producer(old, abort=True)  # fails what is still in the window
+                for later_frames, later_futures, _ in window:
+                    self._count_late(later_frames, later_futures)
+                if not self._closing:
+                    self._schedule_retry()
                 return False
         self._degraded = False
         self._backoff = 0.1
@@ -653,10 +669,11 @@ class KafkaSink:
             self._outage_logged = False
         return True
 
-    async def _send_frames(self, producer: Any, frames: list[Frame]) -> bool:
-        """Send one batch of spooled frames; consume the acknowledged prefix. False on trouble."""
+    async def _send_frames(
+        self, producer: Any, frames: list[Frame]
+    ) -> tuple[list[asyncio.Future[Any] | None], bool]:
+        """Hand a batch of spooled frames to the producer; None for frames already delivered."""
         futures: list[asyncio.Future[Any] | None] = []
-        trouble = False
         try:
             async with asyncio.timeout(self.options.stall_ms / 1000):
                 for f in frames:
@@ -670,7 +687,13 @@ class KafkaSink:
                     futures.append(fut)
         except Exception as e:
             log.debug("%s: drain send: %s", self.uri, e)
-            trouble = True
+            return futures, True
+        return futures, False
+
+    async def _settle_frames(
+        self, frames: list[Frame], futures: list[asyncio.Future[Any] | None], trouble: bool
+    ) -> bool:
+        """Wait for a batch's acknowledgements; consume the acknowledged prefix. False on trouble."""
         waiting = [f for f in futures if f is not None and not f.done()]
         last = time.monotonic()
         while waiting:
@@ -686,8 +709,8 @@ class KafkaSink:
         acked: list[Frame] = []
         for frame, fut in zip(frames, futures, strict=False):
             if fut is None and frame.position in self._skip:
-                self._skip.discard(frame.position)
-                self._c["deduplicated"] += 1
+                if self._skip.pop(frame.position):
+                    self._c["deduplicated"] += 1
             elif fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._c["drained"] += 1
             else:
@@ -696,8 +719,17 @@ class KafkaSink:
             acked.append(frame)
         if len(acked) < len(frames):
             trouble = True
+            # Acknowledged after a failed one: already on the topic, skip them when they come round.
+            self._count_late(frames[len(acked):], futures[len(acked):])
         await asyncio.to_thread(self.spool.consume, acked)
         return not trouble
+
+    def _count_late(self, frames: list[Frame], futures: list[asyncio.Future[Any] | None]) -> None:
+        """Frames not consumed whose send succeeded anyway: skip them on the next drain."""
+        for frame, fut in zip(frames, futures, strict=False):
+            if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._skip[frame.position] = False
+                self._c["drained"] += 1
 
     def _schedule_retry(self) -> None:
         self._next_retry = time.monotonic() + self._backoff

@@ -247,10 +247,13 @@ class Spool:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def read(self, max_records: int, max_bytes: int = 8 * 1024 * 1024) -> list[Frame]:
-        """Up to `max_records` frames from the head, oldest first. Does not consume them."""
+    def read(
+        self, max_records: int, max_bytes: int = 8 * 1024 * 1024, *, start: Position | None = None
+    ) -> list[Frame]:
+        """Up to `max_records` frames from the head (or from `start`, a frame boundary past the
+        head, to read ahead), oldest first. Does not consume them."""
         frames: list[Frame] = []
-        pos = self._head
+        pos = self._head if start is None else start
         taken = 0
         while len(frames) < max_records and taken < max_bytes and pos.segment in self._segments:
             path = self.directory / _segment_name(pos.segment)
@@ -277,6 +280,8 @@ class Spool:
                     data = fh.read(_FRAME.size + length)
                 end = self._frame_end(data, 0)
                 if end is None:
+                    if start is not None and start != self._head:
+                        return []  # reading ahead: deal with it when the head gets here
                     self._skip_damaged(pos)
                     return self.read(max_records, max_bytes)
                 frames.append(Frame(pos, data[_FRAME.size : end], Position(pos.segment, pos.offset + end)))
