@@ -112,6 +112,26 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token: what a header name ma
 _ROUTE_NAME = r"[A-Za-z0-9_.:/{}-]+"
 
 
+_GRPC_METHOD = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*/[A-Za-z_][A-Za-z0-9_]*"
+
+
+def _grpc_method(value: str) -> str:
+    if not re.fullmatch(_GRPC_METHOD, value):
+        msg = f"bad gRPC method {value!r}: write it as package.Service/Method, e.g. shop.Orders/GetOrder"
+        raise ValueError(msg)
+    return value
+
+
+def _descriptor_file(value: str) -> str:
+    from shadowproxy.engine.grpc import GrpcError, check_descriptor
+
+    try:
+        check_descriptor(value)
+    except GrpcError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
 def _header_name(value: str) -> str:
     if not re.fullmatch(_TOKEN, value):
         msg = f"bad header name {value!r}: letters, digits and !#$%&'*+.^_`|~- only, no spaces or colons"
@@ -163,6 +183,10 @@ PathPattern = Annotated[str, AfterValidator(_path_pattern)]
 HeaderName = Annotated[
     str, AfterValidator(_header_name), WithJsonSchema({"type": "string", "pattern": f"^{_TOKEN}$"})
 ]
+GrpcMethod = Annotated[
+    str, AfterValidator(_grpc_method), WithJsonSchema({"type": "string", "pattern": f"^{_GRPC_METHOD}$"})
+]
+DescriptorFile = Annotated[str, AfterValidator(_descriptor_file)]
 RouteName = Annotated[
     str, AfterValidator(_route_name), WithJsonSchema({"type": "string", "pattern": f"^{_ROUTE_NAME}$"})
 ]
@@ -200,6 +224,63 @@ class CompareSpec(_Strict):
 
     ignore_order: bool = Field(default=False, description="arrays compared as multisets")
     float_tolerance: Tolerance = Field(default=0.0, description="numbers closer than this are equal")
+    protobuf_descriptor: DescriptorFile | None = Field(
+        default=None,
+        description="a protobuf FileDescriptorSet (protoc --include_imports --descriptor_set_out): "
+        "gRPC messages are decoded and diffed field by field",
+    )
+
+
+def _name_or_regex(value: str) -> str:
+    if value.startswith("re:"):
+        compile_regex(value[3:])
+    elif not value:
+        msg = "an empty name redacts nothing: give a name or 're:REGEX'"
+        raise ValueError(msg)
+    return value
+
+
+def _secret_pattern(value: str) -> str:
+    if compile_regex(value).search("") is not None:
+        msg = f"pattern '{value}' matches the empty string, so it would redact everywhere"
+        raise ValueError(msg)
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        msg = f"bad environment variable name {value!r}: letters, digits and _, not starting with a digit"
+        raise ValueError(msg)
+    return value
+
+
+NameOrRegex = Annotated[str, AfterValidator(_name_or_regex)]
+SecretPattern = Annotated[str, AfterValidator(_secret_pattern)]
+EnvName = Annotated[
+    str, AfterValidator(_env_name), WithJsonSchema({"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})
+]
+
+
+class RedactSpec(_Strict):
+    """Secrets replaced by "[redacted]" before a record reaches any sink.
+
+    Authorization, Proxy-Authorization, Cookie, Set-Cookie and X-Api-Key are always redacted.
+    Names match in any case; a name written "re:REGEX" is a regex searched in the name.
+    """
+
+    headers: list[NameOrRegex] = Field(default_factory=list, description="more header names to redact")
+    query: list[NameOrRegex] = Field(default_factory=list, description="query parameter names to redact")
+    body_fields: list[NameOrRegex] = Field(
+        default_factory=list, description="JSON (or form) field names whose values are redacted, at any depth"
+    )
+    patterns: list[SecretPattern] = Field(
+        default_factory=list, description='regexes searched in every recorded string, e.g. "\\b\\d{13,16}\\b"'
+    )
+    hash_key_env: EnvName | None = Field(
+        default=None,
+        description='environment variable holding an HMAC key: secrets become "[redacted:hmac:<8 hex>]" '
+        "(equal values stay comparable); unset or empty: plain \"[redacted]\"",
+    )
 
 
 class Defaults(_Strict):
@@ -223,6 +304,9 @@ class Defaults(_Strict):
         description="what the diff leaves out",
     )
     compare: CompareSpec = Field(default_factory=CompareSpec)
+    redact: RedactSpec = Field(
+        default_factory=RedactSpec, description="secrets kept out of records (applies to every route)"
+    )
 
 
 class Match(_Strict):
@@ -236,12 +320,24 @@ class Match(_Strict):
     headers: dict[HeaderName, Regex] | None = Field(
         default=None, description="header name (any case) -> regex searched in the value"
     )
+    grpc_method: GrpcMethod | None = Field(
+        default=None,
+        description='a gRPC method "package.Service/Method": its unary calls (POST, application/grpc); '
+        "with action: mirror this says the method is read-safe",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> Match:
-        if self.methods is None and self.path is None and self.headers is None:
-            msg = "match needs at least one of methods, path, headers"
+        if self.methods is None and self.path is None and self.headers is None and self.grpc_method is None:
+            msg = "match needs at least one of methods, path, headers, grpc_method"
             raise _problem(msg)
+        if self.grpc_method is not None:
+            if self.path is not None:
+                msg = f"give grpc_method or path, not both (the method's path is /{self.grpc_method})"
+                raise _problem(msg, "path")
+            if self.methods is not None and self.methods != ["POST"]:
+                msg = "a gRPC call is always a POST: leave methods out with grpc_method"
+                raise _problem(msg, "methods")
         return self
 
 

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from shadowproxy.engine.grpc import GrpcCompareOptions, is_grpc_type
 from shadowproxy.engine.options import CompareOptions
+from shadowproxy.engine.redact import Redactor
 from shadowproxy.rules.matcher import PathMatcher, compile_path
-from shadowproxy.rules.model import CompareSpec, Defaults, IgnoreSpec, Match, Rewrite, Route, RulesFile
+from shadowproxy.rules.model import (
+    CompareSpec,
+    Defaults,
+    IgnoreSpec,
+    Match,
+    RedactSpec,
+    Rewrite,
+    Route,
+    RulesFile,
+)
+
+log = logging.getLogger("shadowproxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +40,20 @@ class RouteSettings:
     shadow_header: str
     strip_headers: frozenset[str]  # lower-case
     compare: CompareOptions
+    grpc_method: str | None = None  # a grpc_method route: its calls are mirrored although they are POSTs
+    redact: Redactor = field(default_factory=Redactor)  # one for the whole file (defaults.redact)
+
+
+def redactor_of(spec: RedactSpec) -> Redactor:
+    """The rules' redact section, compiled. A missing or empty key env var means plain "[redacted]"."""
+    key: bytes | None = None
+    if spec.hash_key_env is not None:
+        key = os.environ.get(spec.hash_key_env, "").encode() or None
+        if key is None:
+            log.warning("redact.hash_key_env: $%s is unset or empty; secrets become plain [redacted]",
+                        spec.hash_key_env)
+    return Redactor.build(headers=spec.headers, query=spec.query, body_fields=spec.body_fields,
+                          patterns=spec.patterns, hash_key=key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +62,7 @@ class CompiledRoute:
     methods: frozenset[str] | None
     path: PathMatcher | None
     headers: tuple[tuple[str, re.Pattern[str]], ...]  # lower-case name, regex searched in the value
+    grpc_path: str | None = None  # "/pkg.Service/Method": that path with a gRPC content type
 
     def match(self, method: str, path: str, headers: Mapping[str, str]) -> dict[str, str] | None:
         """The captured path parameters when this route takes the request, else None.
@@ -40,6 +70,10 @@ class CompiledRoute:
         `method` upper-case, `path` without the query, `headers` keyed by lower-case name.
         """
         if self.methods is not None and method not in self.methods:
+            return None
+        if self.grpc_path is not None and not (
+            method == "POST" and path == self.grpc_path and is_grpc_type(headers.get("content-type"))
+        ):
             return None
         params: dict[str, str] = {}
         if self.path is not None:
@@ -72,7 +106,7 @@ def _merge_compare(base: CompareSpec, extra: CompareSpec | None) -> CompareSpec:
     return base.model_copy(update={k: getattr(extra, k) for k in extra.model_fields_set})
 
 
-def _settings(d: Defaults, r: Route | None) -> RouteSettings:
+def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> RouteSettings:
     ignore = _merge_ignore(d.ignore, r.ignore if r else None)
     compare = _merge_compare(d.compare, r.compare if r else None)
     max_body = r.max_body_bytes if r and r.max_body_bytes is not None else d.max_body_bytes
@@ -87,25 +121,38 @@ def _settings(d: Defaults, r: Route | None) -> RouteSettings:
         max_body_bytes=max_body,
         shadow_header=d.shadow_header,
         strip_headers=frozenset(h.lower() for h in strip),
-        compare=CompareOptions(
-            ignore_headers=frozenset(h.lower() for h in ignore.headers),
-            ignore_body=tuple(ignore.body),
-            ignore_body_regex=tuple(ignore.body_regex),
-            ignore_order=compare.ignore_order,
-            float_tolerance=compare.float_tolerance,
-            max_body_bytes=max_body,
-        ),
+        compare=_compare_options(ignore, compare, max_body, r.match.grpc_method if r else None),
+        grpc_method=r.match.grpc_method if r else None,
+        redact=redact or Redactor(),
     )
+
+
+def _compare_options(
+    ignore: IgnoreSpec, compare: CompareSpec, max_body: int, grpc_method: str | None
+) -> CompareOptions:
+    base = CompareOptions(
+        ignore_headers=frozenset(h.lower() for h in ignore.headers),
+        ignore_body=tuple(ignore.body),
+        ignore_body_regex=tuple(ignore.body_regex),
+        ignore_order=compare.ignore_order,
+        float_tolerance=compare.float_tolerance,
+        max_body_bytes=max_body,
+    )
+    if compare.protobuf_descriptor is None and grpc_method is None:
+        return base
+    fields = {name: getattr(base, name) for name in CompareOptions.__dataclass_fields__}
+    descriptor = compare.protobuf_descriptor
+    return GrpcCompareOptions(**fields, protobuf_descriptor=descriptor, grpc_method=grpc_method)
 
 
 _HeaderTests = tuple[tuple[str, re.Pattern[str]], ...]
 
 
-def _compile_match(m: Match) -> tuple[frozenset[str] | None, PathMatcher | None, _HeaderTests]:
+def _compile_match(m: Match) -> tuple[frozenset[str] | None, PathMatcher | None, _HeaderTests, str | None]:
     methods = frozenset(m.methods) if m.methods is not None else None
     path = compile_path(m.path) if m.path is not None else None
     headers = tuple((k.lower(), re.compile(v)) for k, v in (m.headers or {}).items())
-    return methods, path, headers
+    return methods, path, headers, f"/{m.grpc_method}" if m.grpc_method else None
 
 
 class RuleSet:
@@ -114,11 +161,13 @@ class RuleSet:
     def __init__(self, rules: RulesFile, source: str = "<embedded default>") -> None:
         self.rules = rules
         self.source = source
-        self.defaults = _settings(rules.defaults, None)
+        redact = redactor_of(rules.defaults.redact)
+        self.defaults = _settings(rules.defaults, None, redact)
         self.routes = tuple(
-            CompiledRoute(_settings(rules.defaults, r), *_compile_match(r.match)) for r in rules.routes
+            CompiledRoute(_settings(rules.defaults, r, redact), *_compile_match(r.match))
+            for r in rules.routes
         )
-        self._wants_headers = any(r.headers for r in self.routes)
+        self._wants_headers = any(r.headers or r.grpc_path for r in self.routes)
 
     def __repr__(self) -> str:
         return f"<RuleSet {self.source} routes={[r.settings.name for r in self.routes]}>"

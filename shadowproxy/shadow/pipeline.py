@@ -73,7 +73,8 @@ class Pipeline:
         if isinstance(result, Failure):
             outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
-            await self.sink.write(build_record(ex, outcome, result, shadow_request=self._shadow_request(job)))
+            await self.sink.write(build_record(ex, outcome, result, shadow_request=self._shadow_request(job),
+                                               redactor=s.redact))
             return
         self.stats.latency(ex.route, ex.live.latency_ms, result.latency_ms)
         if self._compare_slots <= 0:
@@ -119,6 +120,7 @@ class Pipeline:
             live_decoded=getattr(comparison, "live_body", None),
             shadow_decoded=getattr(comparison, "shadow_body", None),
             shadow_request=self._shadow_request(job),
+            redactor=job.settings.redact,
         )
         await self.sink.write(record)
 

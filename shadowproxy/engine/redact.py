@@ -1,0 +1,290 @@
+"""Redaction: credentials and named secrets replaced before a record reaches any sink.
+
+Pure and small. `Redactor` knows what is secret:
+
+- header names (always the credentials in `CREDENTIAL_HEADERS`, plus the rules' `redact.headers`),
+- query parameter names (`redact.query`),
+- JSON (and form) field names (`redact.body_fields`),
+- value patterns (`redact.patterns`, regexes such as card numbers) searched in every string.
+
+Names are matched case-insensitively; a name written `re:REGEX` is a regex searched in the name.
+A secret becomes `"[redacted]"`, or with a key `"[redacted:hmac:<8 hex>]"` (HMAC-SHA256 of the
+value), so equal values stay comparable across records without being readable.
+
+`Redactor.record(rec)` is applied by the record builder to every record it makes, so proxy,
+replay and noise records all pass through it: headers, query, body excerpts, difference values
+and paths, notes and error messages. Redaction fails closed: when in doubt a value is replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+REDACTED = "[redacted]"
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+# Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
+_OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
+_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
+_FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """A set of names: exact (lower-case) and `re:` regexes searched in the lower-cased name."""
+
+    exact: frozenset[str] = frozenset()
+    regexes: tuple[re.Pattern[str], ...] = ()
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> Names:
+        exact: set[str] = set()
+        regexes: list[re.Pattern[str]] = []
+        for n in names:
+            if n.startswith("re:"):
+                regexes.append(re.compile(n[3:], re.IGNORECASE))
+            else:
+                exact.add(n.lower())
+        return cls(frozenset(exact), tuple(regexes))
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        low = name.lower()
+        return low in self.exact or any(r.search(low) for r in self.regexes)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.regexes)
+
+
+@dataclass(frozen=True, slots=True)
+class Redactor:
+    """What is secret, and how a secret is replaced. Picklable (it crosses into the worker)."""
+
+    headers: Names = field(default_factory=lambda: Names(CREDENTIAL_HEADERS))
+    query: Names = field(default_factory=Names)
+    body_fields: Names = field(default_factory=Names)
+    patterns: tuple[re.Pattern[str], ...] = ()
+    hash_key: bytes | None = field(default=None, repr=False)  # never in a repr or a log line
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        headers: Iterable[str] = (),
+        query: Iterable[str] = (),
+        body_fields: Iterable[str] = (),
+        patterns: Iterable[str] = (),
+        hash_key: bytes | None = None,
+    ) -> Redactor:
+        """A redactor for these names and patterns; the credential headers are always included."""
+        return cls(
+            Names.of([*CREDENTIAL_HEADERS, *headers]),
+            Names.of(query),
+            Names.of(body_fields),
+            tuple(re.compile(p) for p in patterns),
+            hash_key or None,
+        )
+
+    # -- one value ----------------------------------------------------------------------
+
+    def secret(self, value: Any) -> str:
+        """The replacement for one secret value."""
+        if self.hash_key is None:
+            return REDACTED
+        data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
+        digest = hmac.new(self.hash_key, data, hashlib.sha256).hexdigest()
+        return f"[redacted:hmac:{digest[:8]}]"
+
+    def text(self, text: str) -> str:
+        """A string with named fields (JSON or form) and pattern matches replaced."""
+        if self.body_fields:
+            text = self._json_fields(text)
+            text = _FORM_PAIR.sub(self._form_pair, text)
+        for rx in self.patterns:
+            text = rx.sub(lambda m: self.secret(m.group(0)), text)
+        return text
+
+    def value(self, value: Any) -> Any:
+        """A parsed JSON value (or a difference value) with named fields and patterns redacted."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, bool) or value is None or isinstance(value, float):
+            return value
+        if isinstance(value, int):
+            return self.secret(value) if any(rx.search(str(value)) for rx in self.patterns) else value
+        if isinstance(value, dict):
+            return {
+                self.text(k) if isinstance(k, str) else k: self.secret(v)
+                if k in self.body_fields
+                else self.value(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return self.text(str(value))
+
+    # -- parts of a record ----------------------------------------------------------------
+
+    def header_map(self, headers: dict[str, str]) -> dict[str, str]:
+        return {k: self.secret(v) if k in self.headers else self.text(v) for k, v in headers.items()}
+
+    def query_map(self, query: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in query.items():
+            if k in self.query:
+                out[k] = [self.secret(x) for x in v] if isinstance(v, list) else self.secret(v)
+            else:
+                out[k] = [self.text(x) for x in v] if isinstance(v, list) else self.text(v)
+        return out
+
+    def target(self, target: str) -> str:
+        """A request target (path?query) with named query parameters and patterns redacted."""
+        path, sep, qs = target.partition("?")
+        if not sep:
+            return self.text(path)
+        pairs = []
+        for pair in qs.split("&"):
+            name, eq, val = pair.partition("=")
+            pairs.append(
+                f"{name}={self.secret(unquote_plus(val))}"
+                if eq and unquote_plus(name) in self.query
+                else pair
+            )
+        return self.text(path) + "?" + self.text("&".join(pairs))
+
+    def difference(self, diff: dict[str, Any]) -> dict[str, Any]:
+        """One record difference: a secret named by its path is replaced whole."""
+        out = dict(diff)
+        path = str(diff.get("path", ""))
+        segments = [s.replace("~1", "/").replace("~0", "~") for s in path.split("/")[1:]]
+        part = diff.get("part")
+        named = (part == "header" and bool(segments) and segments[0] in self.headers) or (
+            part == "body" and any(s in self.body_fields for s in segments)
+        )
+        for side in ("live", "shadow"):
+            v = diff.get(side)
+            if v is not None:
+                out[side] = self.secret(v) if named else self.value(v)
+        out["path"] = self.text(path)
+        return out
+
+    def record(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The record with every secret replaced (a new dict; `rec` is left as it is)."""
+        out = dict(rec)
+        if isinstance(out.get("query"), dict):
+            out["query"] = self.query_map(out["query"])
+        for side in ("live", "shadow"):
+            s = out.get(side)
+            if isinstance(s, dict):
+                s = dict(s)
+                if isinstance(s.get("headers"), dict):
+                    s["headers"] = self.header_map(s["headers"])
+                if isinstance(s.get("body_excerpt"), str):
+                    s["body_excerpt"] = self.text(s["body_excerpt"])
+                if isinstance(s.get("error"), dict):
+                    s["error"] = {k: self.text(v) if isinstance(v, str) else v for k, v in s["error"].items()}
+                out[side] = s
+        if isinstance(out.get("differences"), list):
+            out["differences"] = [
+                self.difference(d) if isinstance(d, dict) else d for d in out["differences"]
+            ]
+        sreq = out.get("shadow_request")
+        if isinstance(sreq, dict):
+            out["shadow_request"] = {
+                k: self.target(v) if k in ("target", "base") and isinstance(v, str) else v
+                for k, v in sreq.items()
+            }
+        # Last, patterns over every other string (path, notes, noise, route...): fail closed.
+        return {k: v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in out.items()}
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _patterns_deep(self, value: Any) -> Any:
+        if not self.patterns:
+            return value
+        if isinstance(value, str):
+            for rx in self.patterns:
+                value = rx.sub(lambda m: self.secret(m.group(0)), value)
+            return value
+        if isinstance(value, dict):
+            return {k: v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._patterns_deep(v) for v in value]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.secret(value) if any(rx.search(str(value)) for rx in self.patterns) else value
+        return value
+
+    def _form_pair(self, m: re.Match[str]) -> str:
+        if unquote_plus(m.group(2)) in self.body_fields:
+            return f"{m.group(1)}{m.group(2)}={self.secret(unquote_plus(m.group(3)))}"
+        return m.group(0)
+
+    def _json_fields(self, text: str) -> str:
+        """Replace the value of every `"name": value` whose name is a body field, in JSON text
+        that may be cut short (an excerpt): a value running off the end is replaced to the end."""
+        out: list[str] = []
+        pos = 0
+        for m in _JSON_KEY.finditer(text):
+            if m.start() < pos or m.group(1) not in self.body_fields:
+                continue
+            end = _value_end(text, m.end())
+            out.append(text[pos : m.end()])
+            raw = text[m.end() : end]
+            if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+                raw = raw[1:-1]  # hash the string's content, as `value` does for parsed JSON
+            out.append('"' + self.secret(raw) + '"')
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON value starting at `start` ends (or len(text) when it is cut short)."""
+    n = len(text)
+    if start >= n:
+        return n
+    first = text[start]
+    if first == '"':
+        i = start + 1
+        while i < n:
+            if text[i] == "\\":
+                i += 2
+                continue
+            if text[i] == '"':
+                return i + 1
+            i += 1
+        return n
+    if first in "{[":
+        depth = 0
+        i = start
+        in_str = False
+        while i < n:
+            c = text[i]
+            if in_str:
+                if c == "\\":
+                    i += 1
+                elif c == '"':
+                    in_str = False
+            elif c == '"':
+                in_str = True
+            elif c in "{[":
+                depth += 1
+            elif c in "}]":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return n
+    i = start
+    while i < n and text[i] not in ",}]\n\r\t ":
+        i += 1
+    return i
+
+
+DEFAULT_REDACTOR = Redactor()
