@@ -247,14 +247,7 @@ class Aggregator:
     def _route_report(self, name: str, agg: RouteAgg, top: int | None) -> dict[str, Any]:
         counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
         latency = _latency(agg.stats.live_latency, agg.stats.shadow_latency)
-        judged = _verdict.evaluate(
-            counts["compared"],
-            counts["mismatched"],
-            counts["shadow_errors"],
-            latency["live"]["p99"],
-            latency["shadow"]["p99"],
-            self.thresholds,
-        )
+        judged = _verdict.evaluate_stats(agg.stats, self.thresholds)  # the same call replay makes
         fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
         compared = counts["compared"]
         return {
@@ -331,7 +324,9 @@ def _latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
         key: (round(sv[key] / lv[key], 4) if lv[key] and sv[key] is not None else None)
         for key, _ in QUANTILES
     }
-    return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": _verdict.slowdown(lv["p99"], sv["p99"])}
+    # from the unrounded quantiles, as the verdict computes it
+    slower = _verdict.slowdown(live.quantile(0.99), shadow.quantile(0.99))
+    return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": slower}
 
 
 def _example(record: dict[str, Any], outcome: str, differences: list[dict[str, Any]]) -> dict[str, Any]:

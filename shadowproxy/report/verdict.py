@@ -1,6 +1,7 @@
 """The regression gate: may the shadow version go live? One pure function per route, one for all.
 
     evaluate(compared, mismatched, shadow_errors, live_p99_ms, shadow_p99_ms, thresholds) -> Judgement
+    evaluate_stats(route_stats, thresholds) -> Judgement      the same from a RouteStats
     overall(levels) -> Level
     gate_fails(overall_level, fail_on) -> bool
 
@@ -27,11 +28,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from shadowproxy.rules.model import Thresholds, Verdict
 
-__all__ = ["DEFAULT_THRESHOLDS", "LEVELS", "Judgement", "Level", "evaluate", "gate_fails", "level", "overall"]
+if TYPE_CHECKING:
+    from shadowproxy.engine.stats import RouteStats
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "LEVELS",
+    "Judgement",
+    "Level",
+    "evaluate",
+    "evaluate_stats",
+    "gate_fails",
+    "level",
+    "overall",
+]
 
 Level = Literal["pass", "warn", "fail", "no_data"]
 FailOn = Literal["warn", "fail"]
@@ -106,6 +120,18 @@ def evaluate(
             reasons.append(f"shadow p99 {slower:+.1%} vs live ({_limit(latency_level, thresholds.latency)})")
     checks = [lv for lv in (rate_level, error_level, latency_level) if lv is not None]
     return Judgement(_worst(checks), rate_level, error_level, latency_level, tuple(reasons))
+
+
+def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS) -> Judgement:
+    """`evaluate` on a route's summed counts and merged histograms (e.g. `Stats.totals[route]`)."""
+    return evaluate(
+        rs.counts.get("compared", 0),
+        rs.counts.get("mismatched", 0),
+        rs.counts.get("shadow_errors", 0),
+        rs.live_latency.quantile(0.99),
+        rs.shadow_latency.quantile(0.99),
+        thresholds,
+    )
 
 
 def _limit(lv: Level, t: Thresholds) -> str:

@@ -19,6 +19,7 @@ from aiohttp import web
 from shadowproxy.engine.record import validate_record
 from shadowproxy.engine.stats import RouteStats
 from shadowproxy.report import Aggregator, build_report, evaluate
+from shadowproxy.report.verdict import evaluate_stats
 from shadowproxy.testing import Backend, ProxyThread, free_port
 from tests.report.records import read_jsonl
 
@@ -170,8 +171,12 @@ async def test_verdicts_of_a_real_run(one_run: Path, rules_file: str) -> None:
     }
     assert report["verdict"] == "fail"
     u = routes["users"]
-    j = evaluate(20, 5, 0, u["latency"]["live"]["p99"], u["latency"]["shadow"]["p99"], thresholds)
-    assert u["verdict"] == j.verdict and u["reasons"] == list(j.reasons)
+    rs = RouteStats.from_dict(
+        next(r for r in read_jsonl(one_run) if r["outcome"] == "stats")["routes"]["users"]
+    )
+    j = evaluate(20, 5, 0, rs.live_latency.quantile(0.99), rs.shadow_latency.quantile(0.99), thresholds)
+    assert u["verdict"] == j.verdict == evaluate_stats(rs, thresholds).verdict == "fail"
+    assert u["reasons"] == list(j.reasons) == ["mismatch rate 25.00% (fail above 1.00%)"]
 
 
 async def test_two_runs_into_one_file_sum_their_stats_records(

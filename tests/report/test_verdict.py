@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shadowproxy.report.verdict import evaluate, gate_fails, level, overall, slowdown
+from shadowproxy.engine.stats import RouteStats
+from shadowproxy.report.verdict import evaluate, evaluate_stats, gate_fails, level, overall, slowdown
 from shadowproxy.rules import load_rules_text
 from shadowproxy.rules.model import Thresholds, Verdict
 
@@ -149,3 +150,15 @@ def test_gate_fails_at_or_above_its_level_and_on_no_data(
     verdict: str, fail_on: str | None, fails: bool
 ) -> None:
     assert gate_fails(verdict, fail_on) is fails  # type: ignore[arg-type]
+
+
+def test_evaluate_stats_judges_summed_counts_and_merged_histograms() -> None:
+    rs = RouteStats()
+    rs.counts.update(compared=1000, mismatched=1, shadow_errors=0)
+    for _ in range(100):
+        rs.live_latency.observe(100.0)
+        rs.shadow_latency.observe(110.0)
+    j = evaluate_stats(rs)
+    assert (j.mismatch_rate, j.latency, j.verdict) == ("warn", "warn", "warn")
+    assert j == evaluate(1000, 1, 0, rs.live_latency.quantile(0.99), rs.shadow_latency.quantile(0.99))
+    assert evaluate_stats(RouteStats()).verdict == "no_data"
