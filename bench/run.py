@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,6 +449,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--queue-size", type=int, default=1000)
     p.add_argument("--kafka", default=os.environ.get("SHADOWPROXY_BENCH_KAFKA"),
                    help="bootstrap address for the sink throughput benchmark (env SHADOWPROXY_BENCH_KAFKA)")
+    p.add_argument("--no-micro", action="store_true", help="skip the diff and sink micro benchmarks")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (sinks, proxy logs)")
     p.add_argument("--only", default=None, help="comma-separated scenario names to run (plus mitmdump)")
     args = p.parse_args(argv)
     if args.duration is None:
@@ -468,8 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"machine": info, "settings": {
         "duration_s": args.duration, "warmup_s": args.warmup, "connections": CONNECTIONS,
         "wrk_threads": WRK_THREADS, "body": args.body, "queue_size": args.queue_size}}
-    with tempfile.TemporaryDirectory(prefix="shadowproxy-bench-") as tmp:
-        workdir = Path(tmp)
+    workdir = Path(tempfile.mkdtemp(prefix="shadowproxy-bench-"))
+    try:
+        if args.keep:
+            log(f"work directory (kept): {workdir}")
         ports = Ports()
         nginx = Nginx(workdir, ports, slow_delay_s=0.02).start()
         bench = Bench(args, workdir, ports, nginx)
@@ -489,8 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             nginx.stop()
         doc["scenarios"] = bench.results
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     doc["targets"] = verdicts(doc["scenarios"])
-    doc["micro"] = micro(args)
+    doc["micro"] = {} if args.no_micro else micro(args)
     doc["total_s"] = round(time.monotonic() - began, 1)
     print(json.dumps(doc, indent=2))
     return 0

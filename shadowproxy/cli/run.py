@@ -103,6 +103,15 @@ def setup_logging(verbose: int) -> None:
     "proxy's event loop; the default) or inline (the proxy's event loop).",
 )
 @click.option(
+    "--worker-nice",
+    type=click.IntRange(-20, 19),
+    default=None,
+    envvar="SHADOWPROXY_WORKER_NICE",
+    show_envvar=True,
+    help="Added to the worker process's nice value (default -5: ahead of the proxy, so mirroring keeps "
+    "up on a saturated machine; needs root or CAP_SYS_NICE, else ignored).",
+)
+@click.option(
     "--ca-file",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
@@ -142,6 +151,7 @@ def run_cmd(
     concurrency: int,
     stats_interval: int,
     dispatch: str | None,
+    worker_nice: int | None,
     ca_file: str | None,
     insecure: bool,
     admin: tuple[str, int] | None,
@@ -174,6 +184,8 @@ def run_cmd(
     }
     if dispatch is not None:
         shadow_options["shadow_dispatch"] = dispatch
+    if worker_nice is not None:
+        shadow_options["shadow_worker_nice"] = worker_nice
     settings = ProxySettings(listen[0], listen[1], live, shadow_options)
     logging.getLogger("shadowproxy").info(
         "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source

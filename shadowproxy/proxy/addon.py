@@ -26,7 +26,7 @@ from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher, ShadowDispatcher
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
-from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+from shadowproxy.shadow.worker import DEFAULT_WORKER_NICE, ProcessDispatcher, WorkerConfig
 from shadowproxy.sinks.base import Sink
 from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink, parse_uri
 
@@ -51,6 +51,7 @@ class ShadowConfig:
     dispatch: DispatchConfig
     client: ClientConfig
     dispatch_mode: str = "process"
+    worker_nice: int = DEFAULT_WORKER_NICE
 
 
 def options_error(msg: str) -> Exception:
@@ -90,6 +91,9 @@ class ShadowAddon:
                           "Where shadow calls, diffs and the sink run: process (a worker process, "
                           "off the proxy's event loop) or inline (this event loop). An injected or "
                           "memory: sink is always inline.", choices=DISPATCH_MODES)
+        loader.add_option("shadow_worker_nice", int, DEFAULT_WORKER_NICE,
+                          "Added to the worker process's nice value; negative (needs root or "
+                          "CAP_SYS_NICE) lets it keep up with a busy proxy on a saturated machine.")
         loader.add_option("shadow_ca_file", OptStr, None, "Extra CA bundle to verify an https shadow.")
         loader.add_option("shadow_insecure", bool, False, "Do not verify the shadow's TLS certificate.")
 
@@ -116,6 +120,7 @@ class ShadowAddon:
                                     float(o.shadow_stats_interval)),
             client=ClientConfig(o.shadow_concurrency, o.shadow_ca_file, o.shadow_insecure),
             dispatch_mode=o.shadow_dispatch,
+            worker_nice=o.shadow_worker_nice,
         )
         self.policy = Policy(rules, self.switch)
 
@@ -131,7 +136,8 @@ class ShadowAddon:
         in_process = self._injected_sink is not None or parse_uri(cfg.sink_uri).scheme == "memory"
         if cfg.dispatch_mode == "process" and not in_process:
             worker = WorkerConfig(cfg.shadow_url, cfg.sink_uri, cfg.client, cfg.dispatch,
-                                  log_level=logging.getLogger("shadowproxy").getEffectiveLevel())
+                                  log_level=logging.getLogger("shadowproxy").getEffectiveLevel(),
+                                  nice=cfg.worker_nice)
             self.dispatcher = ProcessDispatcher(worker, self.stats)
             uri = cfg.sink_uri
         else:
@@ -192,8 +198,10 @@ class ShadowAddon:
         return cfg is not None and (cfg.shadow_url is None or self.dispatcher is not None)
 
     def sink_counters(self) -> dict[str, int]:
-        """The sink's counters when it runs in this process (inline dispatch), else {}."""
+        """The sink's counters (process dispatch: as the worker last reported them)."""
         d = self.dispatcher
         if isinstance(d, Dispatcher):
             return d.pipeline.sink.counters()
+        if isinstance(d, ProcessDispatcher):
+            return dict(d.sink_counters)
         return {}

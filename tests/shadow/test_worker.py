@@ -110,8 +110,9 @@ def test_process_mode_copies_arrive_and_records_are_written(live: Backend, tmp_p
     with Backend(shadow_handler) as shadow:
         proxy = ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{sink}", shadow_dispatch="process")
         with proxy:
-            assert isinstance(proxy.addon.dispatcher, ProcessDispatcher)
-            worker_pid = proxy.addon.dispatcher.pid
+            dispatcher = proxy.addon.dispatcher
+            assert isinstance(dispatcher, ProcessDispatcher)
+            worker_pid = dispatcher.pid
             assert worker_pid is not None and worker_pid != os.getpid()
             answers = [get(proxy.url, f"/items/{i}") for i in range(6)]
             answers.append(get(proxy.url, "/items/9?size=0"))
@@ -123,6 +124,10 @@ def test_process_mode_copies_arrive_and_records_are_written(live: Backend, tmp_p
     t = totals(recs)
     assert t["compared"] == 7 and t["mismatched"] == 7 and t["dropped"] == 0
     assert not pid_alive(worker_pid)
+    # the worker's counts reach the proxy's totals (what /metrics reads)
+    assert proxy.addon.stats.total("mismatched") == 7
+    assert proxy.addon.stats.diff_latency.count == 7
+    assert dispatcher.sink_counters["written"] == len(recs)
 
 
 def test_skips_counted_in_the_proxy_reach_the_workers_stats_record(live: Backend, tmp_path: Path) -> None:
