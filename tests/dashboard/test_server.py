@@ -190,3 +190,16 @@ def test_help_says_how_groups_resume() -> None:
     result = CliRunner().invoke(cli, ["dashboard", "--help"])
     assert result.exit_code == 0
     assert "shadowproxy-dashboard" in result.stdout and "--listen" in result.stdout
+
+
+def test_listen_on_a_busy_port_is_one_red_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    source = write_jsonl(tmp_path / "r.jsonl", [stats({"a": route_stats(compared=1)}, "s")])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["dashboard", "--source", source, "--listen", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: --listen 127.0.0.1:{port}: cannot listen:")
