@@ -82,8 +82,10 @@ fetch_jars() {
 POM
   echo "kafka-local: fetching Apache Kafka $KAFKA_VERSION jars with Maven into $LIB_DIR (first use only)" >&2
   rm -rf "$LIB_DIR"
+  # (sed strips the colour codes Maven 3.8 prints even in batch mode)
   if ! timeout "$KAFKA_FETCH_TIMEOUT" mvn -q -B -Dstyle.color=never -f "$KAFKA_CACHE_DIR/pom.xml" \
-      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIB_DIR" >&2; then
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIB_DIR" 2>&1 \
+      | sed -e 's/\x1b\[[0-9;]*m//g' -e '/^$/d' >&2; then
     die "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION (see above)"
   fi
   ls "$LIB_DIR"/kafka_2.13-*.jar >/dev/null 2>&1 || die "no kafka_2.13 jar in $LIB_DIR after Maven ran"

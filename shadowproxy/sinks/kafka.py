@@ -275,15 +275,32 @@ class _Item:
     spool_refused: bool = False  # the spool was full when it had to go there
 
 
+_HEADER_CACHE: dict[tuple[object, object, object], tuple[bytes, list[tuple[str, bytes]]]] = {}
+_HEADER_CACHE_MAX = 4096
+
+
 def _key_and_headers(record: Record) -> tuple[bytes, list[tuple[str, bytes]]]:
-    route = record.get("route")
-    outcome = str(record.get("outcome", ""))
+    """Message key (the route; b"stats" without one) and headers schema, route, outcome.
+
+    Cached: a proxy sees few distinct (schema, route, outcome) triples, and the lists are
+    never mutated (aiokafka only reads them).
+    """
+    schema, route, outcome = record.get("schema", ""), record.get("route"), record.get("outcome", "")
+    cache_key = (schema, route, outcome)
+    try:
+        return _HEADER_CACHE[cache_key]
+    except (KeyError, TypeError):  # TypeError: an unhashable value in a malformed record
+        pass
     key = route.encode() if isinstance(route, str) and route else STATS_KEY
     headers = [
-        ("schema", str(record.get("schema", "")).encode()),
-        ("route", key if route else b""),
-        ("outcome", outcome.encode()),
+        ("schema", str(schema).encode()),
+        ("route", key if isinstance(route, str) and route else b""),
+        ("outcome", str(outcome).encode()),
     ]
+    with contextlib.suppress(TypeError):
+        if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[cache_key] = (key, headers)
     return key, headers
 
 

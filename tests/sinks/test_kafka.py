@@ -113,19 +113,19 @@ async def test_stop_is_safe_twice_and_write_after_stop_fails(
 async def test_kafka_source_reads_to_the_end_then_follows(
     kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
 ) -> None:
-    """iter_records: no-follow stops at the end captured at start; follow sees new records."""
+    """iter_records: no-follow stops at the end captured at start; follow sees new records only."""
+    source = f"kafka://{kafka_bootstrap}/{kafka_topic}"
     async with open_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
         for i in range(30):
             await sink.write(make_record(i, ROUTES[i % 3]))
         await sink.flush()
-        got = [r async for r in iter_records(f"kafka://{kafka_bootstrap}/{kafka_topic}")]
+        got = [r async for r in iter_records(source)]
         assert sorted(r["id"] for r in got) == [f"rec-{i:08d}" for i in range(30)]
 
         seen: list[str] = []
 
         async def follow() -> None:
-            records = iter_records(f"kafka://{kafka_bootstrap}/{kafka_topic}", from_beginning=False,
-                                   follow=True, group="tail-test")
+            records = iter_records(source, from_beginning=False, follow=True)
             async with contextlib.aclosing(records):  # stops the consumer when we break out
                 async for r in records:
                     seen.append(r["id"])
@@ -133,13 +133,35 @@ async def test_kafka_source_reads_to_the_end_then_follows(
                         return
 
         task = asyncio.create_task(follow())
-        await asyncio.sleep(2.0)  # let the group form and settle at the end
-        for i in range(100, 105):
-            await sink.write(make_record(i))
-        await sink.flush()
+        # Keep producing (one route, so one partition, so one order) until the follower has
+        # five: it starts at the end, whenever that turns out to be.
+        i = 100
         async with asyncio.timeout(30):
-            await task
-    assert seen == [f"rec-{i:08d}" for i in range(100, 105)]
+            while not task.done():
+                await sink.write(make_record(i, "users.get"))
+                await sink.flush()
+                i += 1
+                await asyncio.sleep(0.1)
+        await task
+    first = int(seen[0].removeprefix("rec-"))
+    assert first >= 100  # nothing from before it started
+    assert seen == [f"rec-{n:08d}" for n in range(first, first + 5)]
+
+
+async def test_kafka_source_with_a_group_commits_what_it_read(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    """With --group, a second read by the same group starts where the first one stopped."""
+    source = f"kafka://{kafka_bootstrap}/{kafka_topic}"
+    async with open_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
+        for i in range(12):
+            await sink.write(make_record(i, ROUTES[i % 3]))
+    first = [r["id"] async for r in iter_records(source, group="g1")]
+    again = [r["id"] async for r in iter_records(source, group="g1")]
+    other = [r["id"] async for r in iter_records(source, group="g2")]
+    assert sorted(first) == [f"rec-{i:08d}" for i in range(12)]
+    assert again == []
+    assert sorted(other) == sorted(first)
 
 
 def test_tail_cli_prints_what_was_produced(kafka_bootstrap: str, kafka_topic: str, tmp_path: Path) -> None:
