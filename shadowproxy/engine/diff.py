@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.engine import grpc
 from shadowproxy.engine.decode import (
     Decoded,
     body_kind,
@@ -137,10 +138,16 @@ def compare_responses(live: Response, shadow: Response, opts: CompareOptions) ->
 
 
 def _compare(live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
+    if grpc.is_grpc(live.headers):
+        return _compare_grpc(live, shadow, opts)
     out = _Collector()
     notes: list[str] = []
     _compare_status(live, shadow, out)
-    _compare_headers(live.headers, shadow.headers, opts.ignore_headers, out)
+    if live.trailers or shadow.trailers:  # trailers are headers sent late: compared as headers
+        lh, sh = live.headers + live.trailers, shadow.headers + shadow.trailers
+        _compare_headers(lh, sh, opts.ignore_headers, out)
+    else:
+        _compare_headers(live.headers, shadow.headers, opts.ignore_headers, out)
     bodies = _compare_bodies(live, shadow, opts, out, notes)
     return Comparison(
         tuple(out.found), (*notes, *out.notes()), bodies.kind, bodies.live, bodies.shadow, bodies.too_large
@@ -162,6 +169,59 @@ def _fallback(live: Response, shadow: Response, opts: CompareOptions, exc: Excep
 def _compare_status(live: Response, shadow: Response, out: _Collector) -> None:
     if live.status != shadow.status:
         out.add("status", "", "changed", live.status, shadow.status)
+
+
+# -- gRPC -----------------------------------------------------------------------------------
+
+
+def _compare_grpc(live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
+    """A gRPC answer: HTTP status, the call status (grpc-status, grpc-message, as part "status"
+    at /grpc-status), other headers and trailers, then the messages (decoded when the route
+    names a descriptor set and a method, else as bytes)."""
+    out = _Collector()
+    notes: list[str] = []
+    _compare_status(live, shadow, out)
+    a, b = grpc.status_of(live), grpc.status_of(shadow)
+    ignore = frozenset(name.lower() for name in opts.ignore_headers)
+    for name in grpc.STATUS_FIELDS:
+        if a[name] != b[name] and name not in ignore:
+            kind = "added" if a[name] is None else "removed" if b[name] is None else "changed"
+            out.add("status", f"/{name}", kind, a[name], b[name])
+    lh, sh = live.headers + live.trailers, shadow.headers + shadow.trailers
+    _compare_headers(lh, sh, ignore | set(grpc.STATUS_FIELDS), out)
+    bodies = _compare_grpc_bodies(live, shadow, opts, out, notes)
+    return Comparison(
+        tuple(out.found), (*notes, *out.notes()), bodies.kind, bodies.live, bodies.shadow, bodies.too_large
+    )
+
+
+def _compare_grpc_bodies(
+    live: Response, shadow: Response, opts: CompareOptions, out: _Collector, notes: list[str]
+) -> _Bodies:
+    for label, resp in (("live", live), ("shadow", shadow)):
+        if resp.truncated:
+            notes.append(f"{label} body was larger than {opts.max_body_bytes} bytes: bodies not compared")
+            return _Bodies("grpc", too_large=True)
+    if live.body == shadow.body:
+        return _Bodies("grpc" if live.body else "empty", live.body, shadow.body)
+    descriptor: str | None = getattr(opts, "protobuf_descriptor", None)
+    method: str | None = getattr(opts, "grpc_method", None)
+    if descriptor and method:
+        try:
+            info = grpc.method_info(descriptor, method)
+            if info is None:
+                notes.append(f"{method} is not in {descriptor}: messages compared as bytes")
+            else:
+                la = grpc.decode_body(descriptor, info.output_type, live.body)
+                sa = grpc.decode_body(descriptor, info.output_type, shadow.body)
+                # one message each (a unary call): pointers start at its fields, like a JSON body
+                lv, sv = (la[0], sa[0]) if len(la) == len(sa) == 1 else (la, sa)
+                _diff_parsed(lv, sv, compile_rules(opts), out)
+                return _Bodies("protobuf", orjson.dumps(lv), orjson.dumps(sv))
+        except grpc.GrpcError as e:
+            notes.append(f"gRPC messages not decoded ({e}): compared as bytes")
+    _compare_bytes(live.body, shadow.body, out)
+    return _Bodies("grpc", live.body, shadow.body)
 
 
 # -- headers --------------------------------------------------------------------------------
