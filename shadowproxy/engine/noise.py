@@ -30,6 +30,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 from shadowproxy.engine.diff import Comparison, Difference
@@ -168,8 +170,8 @@ def is_reported(compared: int, raw: int, pairs: int, noise: int, *,
                 relative_gap: float = 0.2, absolute_gap: float = 0.0003) -> bool:
     """Diffy's rule: the raw rate is above the noise rate by more than both gaps.
 
-    Rates are raw/compared and noise/pairs. Computed on cross-multiplied integers, so a rate
-    exactly at a gap is not above it (boundaries do not depend on float rounding of a ratio).
+    Rates are raw/compared and noise/pairs. Computed exactly (cross-multiplied integers, the
+    gaps as the decimals they were written as), so a rate exactly at a gap is not above it.
     """
     if compared <= 0 or raw <= 0:
         return False
@@ -178,7 +180,13 @@ def is_reported(compared: int, raw: int, pairs: int, noise: int, *,
     r, n = raw * pairs, noise * compared  # the rates, both times compared * pairs
     if r <= n:
         return False
-    return (r - n) > relative_gap * (r + n) and (r - n) > absolute_gap * compared * pairs
+    return (r - n) > _exact(relative_gap) * (r + n) and (r - n) > _exact(absolute_gap) * compared * pairs
+
+
+@lru_cache(maxsize=64)
+def _exact(gap: float) -> Fraction:
+    """0.0003 as 3/10000, not as the nearest binary float."""
+    return Fraction(repr(gap))
 
 
 # -- value shapes ---------------------------------------------------------------------------
@@ -218,7 +226,9 @@ def _timestamp_seconds(value: Any) -> tuple[float, str] | None:
                 return None
             if ts.tzinfo is None:
                 ts = ts.replace(tzinfo=UTC)
-            return ts.timestamp(), "iso:" + re.sub(r"\d", "9", value)
+            # the form without the fraction: many encoders drop trailing zeros (Go, Python's
+            # isoformat at .000000), so its length varies from value to value
+            return ts.timestamp(), "iso:" + re.sub(r"\d", "9", re.sub(r"[.,]\d+", "", value))
         if _NUMBER.fullmatch(value):
             found = _timestamp_seconds(float(value))
             return (found[0], "string-" + found[1]) if found else None
