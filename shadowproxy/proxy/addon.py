@@ -172,8 +172,11 @@ class ShadowAddon:
 
     def error(self, flow: http.HTTPFlow) -> None:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
+        # Counted once, while still unanswered: flow.response already holds the headers when the
+        # live body broke off mid-way, and that request is not mirrored either.
+        unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
-        if self.dispatcher is not None and flow.response is None:
+        if self.dispatcher is not None and unanswered:
             path = flow.request.path.partition("?")[0]
             self.stats.skip(path_template(path), "live_error")
 

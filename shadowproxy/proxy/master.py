@@ -114,7 +114,10 @@ async def serve(
     if started is not None:
         master.addons.add(_Started(started, master))  # last: every other addon is running by then
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"
-    opts.update(mode=[mode], **settings.shadow_options, **settings.extra_options)
+    # lazy: read the request before connecting upstream, so a live backend that is down gets the
+    # client a 502 (eager, mitmproxy's default, closes the connection without an answer)
+    extra = {"connection_strategy": "lazy", **settings.extra_options}
+    opts.update(mode=[mode], **settings.shadow_options, **extra)
     loop = asyncio.get_running_loop()
     if install_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
