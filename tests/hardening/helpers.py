@@ -125,7 +125,8 @@ def slowloris(stop: threading.Event) -> Behaviour:
 
 
 def resets_mid_body(conn: socket.socket) -> None:
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"id\": 1, ")
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+                 b'{"id": 1, ')
     time.sleep(0.05)
     reset(conn)
 

@@ -82,7 +82,9 @@ FAULTS: list[tuple[str, Callable[[threading.Event], h.Behaviour | None], str, st
 COUNTER = {"shadow_error": "shadow_errors", "mismatch": "mismatched", "too_large": "too_large"}
 
 
-@pytest.mark.parametrize(("behaviour", "outcome", "kind"), [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
+@pytest.mark.parametrize(
+    ("behaviour", "outcome", "kind"), [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS]
+)
 def test_faulty_shadow_never_touches_live_traffic_and_is_counted(
     live: Backend, baseline: float, tmp_path: Path,
     behaviour: Callable[[threading.Event], h.Behaviour | None], outcome: str, kind: str,
