@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ async def iter_records(
     follow: bool = False,
     group: str | None = None,
     flag: str = "--source",
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Each record of the source as a dict, oldest first (per partition, for Kafka)."""
     parsed = parse_uri(uri, flag=flag)
     if parsed.scheme == "jsonl":
@@ -81,7 +81,7 @@ def _parse_line(line: bytes, where: str) -> dict[str, Any]:
 
 async def _iter_jsonl(
     path: Path, *, from_beginning: bool, follow: bool, flag: str
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed in finally, the generator may pause for long
     except OSError as e:
@@ -129,7 +129,7 @@ def _shrunk(path: Path, offset: int) -> bool:
 
 async def _iter_kafka(
     parsed: ParsedURI, *, from_beginning: bool, follow: bool, group: str | None, flag: str
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 

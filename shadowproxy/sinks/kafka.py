@@ -368,11 +368,16 @@ class KafkaSink:
         if not connected or self.spool.count:
             self._degraded = True
         self._sender = asyncio.create_task(self._run(), name=f"kafka-sink {self.uri}")
+        self._sender.add_done_callback(self._sender_done)
 
     async def write(self, record: Record) -> None:
         """Queue one record. Never waits on Kafka."""
         if not self._started or self._stopped or self._closing:
             msg = f"{self.uri}: write() on a sink that is {'stopped' if self._started else 'not started'}"
+            raise SinkError(msg)
+        if self._sender is not None and self._sender.done():
+            # A bug, not an outage: refuse loudly rather than queue records nobody will send.
+            msg = f"{self.uri}: the sender task died ({self._sender_failure()}); nothing is being sent"
             raise SinkError(msg)
         key, headers = _key_and_headers(record)
         value = orjson.dumps(record)
@@ -420,6 +425,18 @@ class KafkaSink:
             await self._close_producer(self._producer, abort=False)
             self._producer = None
         await asyncio.to_thread(self.spool.close)
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._closing:
+            log.error("%s: the sender task failed: %s", self.uri, self._sender_failure(),
+                      exc_info=task.exception())
+
+    def _sender_failure(self) -> str:
+        task = self._sender
+        if task is None or not task.done() or task.cancelled():
+            return "cancelled"
+        exc = task.exception()
+        return f"{type(exc).__name__}: {exc}" if exc else "exited"
 
     def counters(self) -> dict[str, int]:
         c = dict(self._c)
@@ -558,6 +575,7 @@ class KafkaSink:
                 return False
             self._inflight.popleft()
             if not failed:
+                self._progress_at = time.monotonic()
                 self._c["produced"] += 1
                 if item.spooled_at is not None:
                     self._skip[item.spooled_at] = True
@@ -571,6 +589,7 @@ class KafkaSink:
             log.warning("%s: %s; spooling to %s until Kafka takes records again", self.uri, reason,
                         self.spool.directory)
         self._degraded = True
+        self._outage_logged = True  # "Kafka is back" will follow
         unacked = [
             it for it in self._inflight
             if it.future is not None and it.spooled_at is None and not it.spool_refused

@@ -15,10 +15,9 @@ from click.testing import CliRunner
 from shadowproxy.cli import _register, cli
 from shadowproxy.engine.record import validate_record
 from shadowproxy.errors import SinkError
-from shadowproxy.sinks import open_sink
 from shadowproxy.sinks.kafka import KafkaSink
 from shadowproxy.sources import iter_records
-from tests.fixtures.kafka import consume_all, make_record, stats_record
+from tests.fixtures.kafka import consume_all, kafka_sink, make_record, stats_record
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]  # the first test may wait for the jars
 
@@ -37,7 +36,7 @@ async def test_n_records_arrive_exactly_once_valid_with_key_and_headers(
     written = [make_record(i, ROUTES[i % len(ROUTES)], "shadow_error" if i % 7 == 0 else "mismatch")
                for i in range(n)]
     written.append(stats_record(1))
-    sink = open_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path))
+    sink = kafka_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path))
     assert isinstance(sink, KafkaSink)
     async with sink:
         for r in written:
@@ -73,7 +72,7 @@ async def test_missing_topic_without_create_topic_fails_clearly(
     kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
 ) -> None:
     """No create_topic and no topic: start() says so, naming the topic and the option."""
-    sink = open_sink(f"kafka://{kafka_bootstrap}/{kafka_topic}?spool_dir={tmp_path}")
+    sink = kafka_sink(f"kafka://{kafka_bootstrap}/{kafka_topic}?spool_dir={tmp_path}")
     with pytest.raises(SinkError, match=rf"topic '{kafka_topic}' does not exist.*create_topic"):
         await sink.start()
     await sink.stop()  # safe after a failed start
@@ -85,7 +84,7 @@ async def test_create_topic_creates_it_with_the_partitions_asked(
 ) -> None:
     """create_topic=4:1 makes a 4-partition topic when it is missing; a second sink reuses it."""
     for _ in range(2):
-        async with open_sink(f"kafka://{kafka_bootstrap}/{kafka_topic}?create_topic=4:1&spool_dir={tmp_path}"):
+        async with kafka_sink(f"kafka://{kafka_bootstrap}/{kafka_topic}?create_topic=4:1&spool_dir={tmp_path}"):
             pass
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
@@ -100,7 +99,7 @@ async def test_stop_is_safe_twice_and_write_after_stop_fails(
     kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
 ) -> None:
     """stop() twice is fine; a write after stop is a SinkError, not a silent loss."""
-    sink = open_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path))
+    sink = kafka_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path))
     await sink.start()
     await sink.write(make_record(1))
     await sink.stop()
@@ -115,7 +114,7 @@ async def test_kafka_source_reads_to_the_end_then_follows(
 ) -> None:
     """iter_records: no-follow stops at the end captured at start; follow sees new records only."""
     source = f"kafka://{kafka_bootstrap}/{kafka_topic}"
-    async with open_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
+    async with kafka_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
         for i in range(30):
             await sink.write(make_record(i, ROUTES[i % 3]))
         await sink.flush()
@@ -153,7 +152,7 @@ async def test_kafka_source_with_a_group_commits_what_it_read(
 ) -> None:
     """With --group, a second read by the same group starts where the first one stopped."""
     source = f"kafka://{kafka_bootstrap}/{kafka_topic}"
-    async with open_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
+    async with kafka_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
         for i in range(12):
             await sink.write(make_record(i, ROUTES[i % 3]))
     first = [r["id"] async for r in iter_records(source, group="g1")]
@@ -168,15 +167,14 @@ def test_tail_cli_prints_what_was_produced(kafka_bootstrap: str, kafka_topic: st
     """`shadowproxy tail --source kafka://... --from-beginning --no-follow` prints each record once."""
 
     async def produce() -> None:
-        async with open_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
+        async with kafka_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
             for i in range(25):
                 await sink.write(make_record(i, ROUTES[i % 2]))
 
     asyncio.run(produce())
     _register()
-    result = CliRunner().invoke(
-        cli, ["tail", "--source", f"kafka://{kafka_bootstrap}/{kafka_topic}", "--from-beginning", "--no-follow"]
-    )
+    source = f"kafka://{kafka_bootstrap}/{kafka_topic}"
+    result = CliRunner().invoke(cli, ["tail", "--source", source, "--from-beginning", "--no-follow"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(r["id"] for r in lines) == [f"rec-{i:08d}" for i in range(25)]
@@ -187,7 +185,8 @@ def test_tail_cli_prints_what_was_produced(kafka_bootstrap: str, kafka_topic: st
 def test_tail_cli_unknown_topic_is_one_red_line(kafka_bootstrap: str, kafka_topic: str) -> None:
     """A topic that does not exist: exit 2 and one error line naming it."""
     _register()
-    result = CliRunner().invoke(cli, ["tail", "--source", f"kafka://{kafka_bootstrap}/{kafka_topic}", "--no-follow"])
+    source = f"kafka://{kafka_bootstrap}/{kafka_topic}"
+    result = CliRunner().invoke(cli, ["tail", "--source", source, "--no-follow"])
     assert result.exit_code == 2
     assert f"topic '{kafka_topic}' does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -45,7 +45,7 @@ async def test_a_line_that_is_not_an_object_is_an_error(tmp_path: Path) -> None:
 async def test_missing_file_and_bad_uri(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="cannot open"):
         await collect(f"jsonl:{tmp_path / 'nope.jsonl'}")
-    with pytest.raises(SinkURIError, match="^--source 'ftp://x': unknown scheme"):
+    with pytest.raises(SinkURIError, match=r"^--source 'ftp://x': unknown scheme"):
         await collect("ftp://x")
     with pytest.raises(SourceError, match="--group applies to kafka"):
         await collect(f"jsonl:{tmp_path / 'x'}", group="g")
@@ -113,6 +113,6 @@ def test_tail_help_says_it_all() -> None:
     _register()
     result = CliRunner().invoke(cli, ["tail", "--help"])
     assert result.exit_code == 0
-    for word in ("--source", "--from-beginning", "--group", "--follow / --no-follow", "SHADOWPROXY_TAIL_SOURCE",
-                 "Ctrl-C", "kafka://", "jsonl:"):
+    for word in ("--source", "--from-beginning", "--group", "--follow / --no-follow",
+                 "SHADOWPROXY_TAIL_SOURCE", "Ctrl-C", "kafka://", "jsonl:"):
         assert word in result.output
