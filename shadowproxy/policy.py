@@ -11,6 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from shadowproxy.engine import grpc
 from shadowproxy.engine.exchange import Headers, Request
 from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RouteSettings, RuleSet
@@ -32,7 +33,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error")
+SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,20 @@ def shadow_headers(headers: Headers, settings: RouteSettings, extra: dict[str, s
     return tuple(kept)
 
 
+def grpc_streaming(req: Request, settings: RouteSettings) -> bool:
+    """A streaming gRPC call (never mirrored): the descriptor says so, or the request holds
+    more than one message."""
+    descriptor: str | None = getattr(settings.compare, "protobuf_descriptor", None)
+    if descriptor and settings.grpc_method:
+        try:
+            info = grpc.method_info(descriptor, settings.grpc_method)
+        except grpc.GrpcError:
+            info = None
+        if info is not None and info.streaming:
+            return True
+    return grpc.frame_count(req.body) > 1
+
+
 def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], request_id: str) -> Request:
     rw = settings.rewrite
     assert rw is not None
@@ -122,8 +137,11 @@ class Policy:
         if settings.action == "skip":
             return skip("route")
         rewriting = settings.action == "rewrite"
-        if not rewriting and req.method not in settings.mirror_methods:
+        # a grpc_method route with action mirror says its (POST) calls are read-safe
+        if not rewriting and req.method not in settings.mirror_methods and settings.grpc_method is None:
             return skip("method")
+        if settings.grpc_method is not None and grpc_streaming(req, settings):
+            return skip("grpc_streaming")
         if not self.switch.enabled:
             return skip("disabled")
         sample = self.switch.sample if self.switch.sample is not None else settings.sample

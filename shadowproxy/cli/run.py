@@ -116,13 +116,13 @@ def setup_logging(verbose: int) -> None:
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     envvar="SHADOWPROXY_CA_FILE",
-    help="Extra CA bundle for an https shadow.",
+    help="Extra CA certificates (PEM) trusted for an https live and shadow, on top of the system's.",
 )
 @click.option(
     "--insecure",
     is_flag=True,
     envvar="SHADOWPROXY_INSECURE",
-    help="Do not verify the shadow's TLS certificate (logged as a warning).",
+    help="Do not verify the live's and the shadow's TLS certificates (logged as a warning).",
 )
 @click.option(
     "--admin",
@@ -140,6 +140,14 @@ def setup_logging(verbose: int) -> None:
     show_envvar=True,
     help="Bearer token for admin calls that change something; required when --admin is not loopback.",
 )
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="SHADOWPROXY_TLS_CERT", show_envvar=True,
+              help="Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate chain (PEM); "
+              "needs --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="SHADOWPROXY_TLS_KEY", show_envvar=True, help="The private key (PEM) of --tls-cert.")
+@click.option("--h2c", is_flag=True, envvar="SHADOWPROXY_H2C", show_envvar=True,
+              help="Also accept plain-text HTTP/2 with prior knowledge (h2c) on --listen.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def run_cmd(
     listen: tuple[str, int],
@@ -156,6 +164,9 @@ def run_cmd(
     insecure: bool,
     admin: tuple[str, int] | None,
     admin_token: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    h2c: bool,
     verbose: int,
 ) -> None:
     """Run the shadow proxy in front of LIVE, mirroring safe requests to SHADOW.
@@ -165,8 +176,9 @@ def run_cmd(
     oversized body becomes one record in the sink. SIGINT/SIGTERM: stop accepting, finish what is
     in flight, flush the sink, exit 0.
     """
+    from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon
-    from shadowproxy.proxy.master import ProxySettings, check_listen, serve
+    from shadowproxy.proxy.master import ProxySettings, check_listen, check_tls_files, serve
     from shadowproxy.rules import default_ruleset, load_rules
 
     setup_logging(verbose)
@@ -186,7 +198,16 @@ def run_cmd(
         shadow_options["shadow_dispatch"] = dispatch
     if worker_nice is not None:
         shadow_options["shadow_worker_nice"] = worker_nice
-    settings = ProxySettings(listen[0], listen[1], live, shadow_options)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+    if tls_cert and tls_key:
+        check_tls_files(tls_cert, tls_key)
+    if insecure:
+        logging.getLogger("shadowproxy").warning(
+            "--insecure: TLS certificates of the live and the shadow are NOT verified"
+        )
+    settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
+                             h2c=h2c, ca_file=ca_file, insecure=insecure)
     logging.getLogger("shadowproxy").info(
         "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
     )

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, http
 
 from shadowproxy.engine.exchange import Exchange
+from shadowproxy.engine.grpc import frame_count
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ShadowProxyError
 from shadowproxy.policy import Policy, Switch
@@ -190,6 +191,9 @@ class ShadowAddon:
             self.stats.skip(decision.route, decision.reason)
             return None
         live = live_response_of(flow)
+        if decision.settings.grpc_method is not None and frame_count(live.body) > 1:
+            self.stats.skip(decision.route, "grpc_streaming")  # a server-streaming answer: never mirrored
+            return None
         exchange = Exchange(req, live, request_id, time.time(), decision.route, decision.rule)
         return ShadowJob(exchange, decision.shadow_request, decision.settings, decision.target,
                          decision.reason == "rewrite")

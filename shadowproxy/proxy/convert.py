@@ -35,4 +35,5 @@ def live_response_of(flow: http.HTTPFlow) -> Response:
         headers=_fields(resp.headers),
         body=resp.raw_content or b"",
         latency_ms=max(0.0, (end - start) * 1000),
+        trailers=_fields(resp.trailers) if resp.trailers else (),  # gRPC's status lives here
     )

@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
+import ssl
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
+from mitmproxy.proxy import layer, mode_specs
+from mitmproxy.proxy.layers import modes
 
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import ShadowAddon
@@ -31,16 +37,96 @@ class ProxySettings:
     live_url: str
     shadow_options: dict[str, Any] = field(default_factory=dict)  # shadow_* addon options
     extra_options: dict[str, Any] = field(default_factory=dict)  # other mitmproxy options
+    tls_cert: str | None = None  # with tls_key: the listener speaks HTTPS with this certificate (chain)
+    tls_key: str | None = None
+    h2c: bool = False  # also accept plain-text HTTP/2 with prior knowledge
+    ca_file: str | None = None  # an extra CA for an https live backend (added to the default bundle)
+    insecure: bool = False  # do not verify the live backend's certificate
 
 
-def lean_addons() -> list[Any]:
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class H2cNextLayer(next_layer.NextLayer):
+    """mitmproxy's NextLayer, plus plain-text HTTP/2 with prior knowledge (h2c) in reverse mode.
+
+    mitmproxy 11 only speaks HTTP/2 after TLS ALPN (its DisableH2C addon even kills h2c
+    connections). Its HTTP/2 server layer does not care what carries the bytes, so a
+    connection that opens with the HTTP/2 preface gets it as if ALPN had chosen h2.
+    """
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        context = nextlayer.context
+        if (
+            nextlayer.layer is None
+            and len(context.layers) == 1
+            and isinstance(context.layers[0], modes.ReverseProxy)
+            and context.client.transport_protocol == "tcp"
+            and isinstance(context.client.proxy_mode, mode_specs.ReverseMode)
+            and context.client.proxy_mode.scheme in ("http", "https")
+        ):
+            data = nextlayer.data_client()
+            if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+                return  # maybe the preface: wait for more bytes
+            if data.startswith(H2_PREFACE):
+                context.client.alpn = b"h2"
+                # an https live backend is offered h2 too, as for a TLS client offering it
+                context.client.alpn_offers = [b"h2", b"http/1.1"]
+                nextlayer.layer = self._setup_reverse_proxy(context, data)
+                return
+        super().next_layer(nextlayer)
+
+
+def lean_addons(*, h2c: bool = False) -> list[Any]:
     return [
         core.Core(),
         proxyserver.Proxyserver(),
-        next_layer.NextLayer(),
+        H2cNextLayer() if h2c else next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     ]
+
+
+def check_tls_files(cert: str, key: str) -> None:
+    """Fail with one clear line when the listener certificate and key cannot serve TLS."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        msg = f"--tls-cert {cert} / --tls-key {key}: cannot serve TLS with them: {reason}"
+        raise ConfigError(msg) from None
+
+
+def tls_options(settings: ProxySettings, confdir: str) -> dict[str, Any]:
+    """mitmproxy options for the listener's certificate and the live backend's verification.
+
+    `confdir` is a private temporary directory: mitmproxy makes its own CA there on start
+    (it always does), never in ~/.mitmproxy, and nothing signed by it is served when the
+    listener has a certificate of its own (`certs` "*" matches every name).
+    """
+    out: dict[str, Any] = {"confdir": confdir}
+    if settings.tls_cert and settings.tls_key:
+        check_tls_files(settings.tls_cert, settings.tls_key)
+        pem = os.path.join(confdir, "listener.pem")  # mitmproxy wants chain and key in one file
+        with open(settings.tls_cert, "rb") as c, open(settings.tls_key, "rb") as k:
+            data = c.read().rstrip(b"\n") + b"\n" + k.read()
+        fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        out["certs"] = [f"*={pem}"]
+    if settings.ca_file:
+        import certifi
+
+        bundle = os.path.join(confdir, "live-ca.pem")  # mitmproxy's option replaces the bundle: add to it
+        with open(certifi.where(), "rb") as base, open(settings.ca_file, "rb") as extra:
+            data = base.read().rstrip(b"\n") + b"\n" + extra.read()
+        with open(bundle, "wb") as f:
+            f.write(data)
+        out["ssl_verify_upstream_trusted_ca"] = bundle
+    if settings.insecure:
+        log.warning("--insecure: the live backend's TLS certificate is NOT verified")
+        out["ssl_insecure"] = True
+    return out
 
 
 def check_listen(host: str, port: int, *, flag: str = "--listen") -> None:
@@ -110,21 +196,24 @@ async def serve(
     opts = options.Options()
     master = Master(opts, with_termlog=False)
     # extra addons (the admin API) first, so /readyz answers 503 while the shadow side starts
-    master.addons.add(*lean_addons(), *extra_addons, addon)
+    master.addons.add(*lean_addons(h2c=settings.h2c), *extra_addons, addon)
     if started is not None:
         master.addons.add(_Started(started, master))  # last: every other addon is running by then
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"
-    # lazy: read the request before connecting upstream, so a live backend that is down gets the
-    # client a 502 (eager, mitmproxy's default, closes the connection without an answer)
-    extra = {"connection_strategy": "lazy", **settings.extra_options}
-    opts.update(mode=[mode], **settings.shadow_options, **extra)
+    confdir = tempfile.mkdtemp(prefix="shadowproxy-mitm-")
     loop = asyncio.get_running_loop()
-    if install_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, request_stop, master, addon)
     try:
+        tls = tls_options(settings, confdir)
+        # lazy: read the request before connecting upstream, so a live backend that is down gets the
+        # client a 502 (eager, mitmproxy's default, closes the connection without an answer)
+        extra = {"connection_strategy": "lazy", **settings.extra_options}
+        opts.update(mode=[mode], **tls, **settings.shadow_options, **extra)
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, request_stop, master, addon)
         await master.run()
     finally:
+        shutil.rmtree(confdir, ignore_errors=True)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(Exception):

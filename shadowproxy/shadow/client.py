@@ -1,5 +1,9 @@
 """The HTTP client that calls the shadow: a fixed target, no redirects, bounded bodies.
 
+An https shadow is called over HTTP/2 when its TLS handshake chooses h2 (`h2client`: it
+keeps trailers, where gRPC puts its status); plain http and https without h2 go through
+aiohttp (HTTP/1.1), the fast path.
+
 Nothing in a request can steer it elsewhere: the URL is always the configured base plus the
 request's path, and redirects are returned as responses, never followed. Bodies are read raw
 (still content-encoded: the engine decodes both sides the same way) and at most
@@ -14,10 +18,19 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import h2.exceptions  # type: ignore[import-untyped]
 from multidict import CIMultiDict
 from yarl import URL
 
 from shadowproxy.engine.exchange import Failure, Request, Response
+from shadowproxy.shadow.h2client import (
+    BodyTooLarge,
+    H2Pool,
+    H2Unsupported,
+    ShadowConnectError,
+    StreamReset,
+    h2_ssl_context,
+)
 
 # aiohttp adds these when absent; the shadow should see what the client sent.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
@@ -39,12 +52,32 @@ def _ssl_context(cfg: ClientConfig) -> ssl.SSLContext | bool:
     return ctx
 
 
+def _tls_reason(exc: BaseException) -> str:
+    """The TLS failure in words: for a certificate, what was wrong with it."""
+    inner = exc
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        inner = exc.certificate_error
+    elif isinstance(exc, aiohttp.ClientSSLError) and exc.__cause__ is not None:
+        inner = exc.__cause__
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {inner.verify_message or inner.reason}"
+    if isinstance(inner, ssl.SSLError):
+        return f"TLS handshake failed: {inner.reason or inner}"
+    return str(exc) or "TLS handshake failed"
+
+
 def classify(exc: BaseException) -> tuple[str, str]:
     """(kind, message) for a failed shadow call."""
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout", "no complete response before the timeout"
+    if isinstance(exc, ShadowConnectError):
+        return "connect", str(exc)
+    if isinstance(exc, StreamReset):
+        return "reset", str(exc)
+    if isinstance(exc, h2.exceptions.ProtocolError):
+        return "protocol", f"HTTP/2: {exc}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
-        return "tls", str(exc) or "TLS handshake failed"
+        return "tls", _tls_reason(exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "connect", str(exc) or "connection failed"
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -68,6 +101,7 @@ class ShadowClient:
         self.base_url = base_url.rstrip("/")
         self.cfg = cfg or ClientConfig()
         self._session: aiohttp.ClientSession | None = None
+        self._h2: H2Pool | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -84,6 +118,9 @@ class ShadowClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._h2 is not None:
+            await self._h2.close()
+            self._h2 = None
 
     def url_for(self, req: Request, base: str | None = None) -> URL:
         # Plain concatenation: the host always comes from the configured base.
@@ -103,10 +140,16 @@ class ShadowClient:
     async def _call(
         self, req: Request, max_body_bytes: int, base: str | None, start: float
     ) -> Response | Failure:
+        url = self.url_for(req, base)
+        if url.scheme == "https":
+            try:
+                return await self._call_h2(url, req, max_body_bytes, start)
+            except H2Unsupported:
+                pass  # the shadow offers HTTP/1.1 only
         session = self._get_session()
         async with session.request(
             req.method,
-            self.url_for(req, base),
+            url,
             headers=CIMultiDict(req.headers),
             data=req.body or None,
             allow_redirects=False,
@@ -125,3 +168,19 @@ class ShadowClient:
                 chunks.append(chunk)
             headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
             return Response(resp.status, headers, b"".join(chunks), (time.perf_counter() - start) * 1000)
+
+    async def _call_h2(self, url: URL, req: Request, max_body_bytes: int, start: float) -> Response | Failure:
+        if self._h2 is None:
+            self._h2 = H2Pool(h2_ssl_context(self.cfg.ca_file, self.cfg.insecure))
+        assert url.host is not None and url.port is not None
+        conn = await self._h2.connection(url.host, url.port)
+        try:
+            resp = await conn.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
+        except BodyTooLarge:
+            return Failure(
+                "too_large",
+                f"shadow body larger than max_body_bytes ({max_body_bytes})",
+                (time.perf_counter() - start) * 1000,
+            )
+        latency = (time.perf_counter() - start) * 1000
+        return Response(resp.status, resp.headers, resp.body, latency, trailers=resp.trailers)
