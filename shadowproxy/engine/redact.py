@@ -31,6 +31,7 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
 _JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
+_MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
 _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
 
 
@@ -94,7 +95,9 @@ class Redactor:
     # -- one value ----------------------------------------------------------------------
 
     def secret(self, value: Any) -> str:
-        """The replacement for one secret value."""
+        """The replacement for one secret value (a replacement is kept as it is: idempotent)."""
+        if isinstance(value, str) and _MARKER.fullmatch(value):
+            return value
         if self.hash_key is None:
             return REDACTED
         data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")

@@ -125,8 +125,9 @@ def slowloris(stop: threading.Event) -> Behaviour:
 
 
 def resets_mid_body(conn: socket.socket) -> None:
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
-                 b'{"id": 1, ')
+    conn.sendall(
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"id": 1, '
+    )
     time.sleep(0.05)
     reset(conn)
 
@@ -139,15 +140,18 @@ def garbage(conn: socket.socket) -> None:
 
 def server_error(conn: socket.socket) -> None:
     body = b'{"error": "internal"}'
-    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    conn.sendall(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
     conn.close()
 
 
 def huge_body(size: int = 32 * 1024 * 1024) -> Behaviour:
     def b(conn: socket.socket) -> None:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                     b"Content-Length: %d\r\n\r\n" % size)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % size
+        )
         chunk = b"x" * 65536
         sent = 0
         while sent < size:
@@ -185,16 +189,35 @@ class Proxy:
         return f"http://127.0.0.1:{self.port}"
 
     def args(self) -> list[str]:
-        a = [EXE, "run", "--listen", f"127.0.0.1:{self.port}", "--live", self.live, "--shadow", self.shadow,
-             "--sink", self.sink, "--admin", f"127.0.0.1:{self.admin_port}", "--stats-interval", "0"]
+        a = [
+            EXE,
+            "run",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--live",
+            self.live,
+            "--shadow",
+            self.shadow,
+            "--sink",
+            self.sink,
+            "--admin",
+            f"127.0.0.1:{self.admin_port}",
+            "--stats-interval",
+            "0",
+        ]
         if self.rules:
             a += ["--rules", self.rules]
         return a + self.extra
 
     def start(self) -> Proxy:
         err = open(self.stderr_path, "wb") if self.stderr_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=err,
-                                     env={**os.environ, **self.env}, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
         if self.stderr_path:
             err.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + 60

@@ -27,8 +27,10 @@ MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
 
 def live_500(conn: h.socket.socket) -> None:
     body = b'{"error": "boom"}'
-    conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    conn.sendall(
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
     conn.close()
 
 
@@ -36,9 +38,22 @@ def without_us(live_url: str, path: str) -> tuple[int, bytes]:
     """What plain mitmdump in reverse mode answers for `path` (full mitmdump, none of our addons)."""
     port = free_port()
     # connection_strategy=lazy, as shadowproxy sets it: a live backend that is down gets a 502
-    proc = subprocess.Popen([MITMDUMP, "-q", "--mode", f"reverse:{live_url}", "--listen-host", "127.0.0.1",
-                             "--listen-port", str(port), "--set", "connection_strategy=lazy"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            MITMDUMP,
+            "-q",
+            "--mode",
+            f"reverse:{live_url}",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            "connection_strategy=lazy",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

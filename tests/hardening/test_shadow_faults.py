@@ -86,8 +86,12 @@ COUNTER = {"shadow_error": "shadow_errors", "mismatch": "mismatched", "too_large
     ("behaviour", "outcome", "kind"), [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS]
 )
 def test_faulty_shadow_never_touches_live_traffic_and_is_counted(
-    live: Backend, baseline: float, tmp_path: Path,
-    behaviour: Callable[[threading.Event], h.Behaviour | None], outcome: str, kind: str,
+    live: Backend,
+    baseline: float,
+    tmp_path: Path,
+    behaviour: Callable[[threading.Event], h.Behaviour | None],
+    outcome: str,
+    kind: str,
 ) -> None:
     """Live answers stay byte-identical and not slower; each request is one record of the expected kind."""
     out = tmp_path / "out.jsonl"
@@ -120,8 +124,10 @@ def test_faulty_shadow_never_touches_live_traffic_and_is_counted(
     if outcome == "shadow_error":
         assert {r["shadow"]["error"]["kind"] for r in exchanges} == {kind}
     if outcome == "mismatch":
-        assert all({"part": "status", "path": "", "kind": "changed", "live": 200, "shadow": 503}
-                   in r["differences"] for r in exchanges)
+        assert all(
+            {"part": "status", "path": "", "kind": "changed", "live": 200, "shadow": 503} in r["differences"]
+            for r in exchanges
+        )
     for r in exchanges:
         assert r["live"]["status"] == 200 and r["live"]["body_bytes"] == len(LIVE_BODY)
     totals = h.stats_totals(records)

@@ -56,8 +56,15 @@ def test_requests_cannot_steer_shadow_traffic_and_redirects_are_not_followed(
             (f"/@{evil}/at-sign", own),
             (f"/..//{evil}/dot-dot", own),
             (f"/%2F%2F{evil}/encoded", own),
-            ("/forwarded", {**own, "X-Forwarded-Host": evil, "Forwarded": f"host={evil}",
-                            "X-Original-URL": f"http://{evil}/x"}),
+            (
+                "/forwarded",
+                {
+                    **own,
+                    "X-Forwarded-Host": evil,
+                    "Forwarded": f"host={evil}",
+                    "X-Original-URL": f"http://{evil}/x",
+                },
+            ),
             (f"/query?next=http://{evil}/&url=//{evil}", own),
             ("/redirect", own),
         ]
