@@ -164,6 +164,8 @@ class Redactor:
     def difference(self, diff: dict[str, Any]) -> dict[str, Any]:
         """One record difference: a secret named by its path is replaced whole."""
         out = dict(diff)
+        if diff.get("part") == "status":
+            return out  # two status codes: ours to show
         path = str(diff.get("path", ""))
         segments = [s.replace("~1", "/").replace("~0", "~") for s in path.split("/")[1:]]
         part = diff.get("part")
@@ -219,9 +221,7 @@ class Redactor:
             return {k: v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._patterns_deep(v) for v in value]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return self.secret(value) if any(rx.search(str(value)) for rx in self.patterns) else value
-        return value
+        return value  # numbers here are ours (status, sizes, latencies); body numbers went through value()
 
     def _form_pair(self, m: re.Match[str]) -> str:
         if unquote_plus(m.group(2)) in self.body_fields:
