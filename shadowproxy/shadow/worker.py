@@ -55,7 +55,12 @@ log = logging.getLogger("shadowproxy")
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 256 * 1024 * 1024
-DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024  # unread frames in the proxy before copies are dropped
+DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024  # unread frames held in the proxy before copies are dropped
+# The kernel's socket buffer is the first stage of the channel. At the default (~200 KB, ten
+# 20 KB copies) the proxy's event loop, which refills it once per iteration, cannot move 20 MB/s
+# to the worker: the worker idles while the proxy's user-space buffer grows until copies drop.
+SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+_SO_SNDBUFFORCE = 32  # Linux: may exceed net.core.wmem_max (root or CAP_NET_ADMIN)
 COUNTS_INTERVAL = 1.0  # seconds between shipping the proxy's counts to the worker
 STATUS_INTERVAL = 0.2  # seconds between the worker's status frames
 # The worker runs ahead of the proxy in the CPU queue. Its demand is bounded by the proxy's
@@ -165,6 +170,16 @@ class FrameReader(asyncio.Protocol):
         self._on_lost()
 
 
+def _grow_send_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for `size` bytes of kernel send buffer; the kernel caps it unless we may force it."""
+    for opt in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            return
+        except OSError:
+            continue
+
+
 class ProcessDispatcher:
     """The Dispatcher interface, with the pipeline in a worker process.
 
@@ -175,10 +190,11 @@ class ProcessDispatcher:
     """
 
     def __init__(self, cfg: WorkerConfig, stats: Stats, *, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-                 start_timeout: float = 60.0) -> None:
+                 socket_buffer_bytes: int | None = None, start_timeout: float = 60.0) -> None:
         self.cfg = cfg
         self.stats = stats
-        self.buffer_bytes = buffer_bytes
+        self.buffer_bytes = buffer_bytes  # user-space bound, on top of the kernel's socket buffer
+        self.socket_buffer_bytes = socket_buffer_bytes  # None: SOCKET_BUFFER_BYTES
         self.start_timeout = start_timeout
         self.dispatched = 0
         self.dropped = 0
@@ -207,6 +223,8 @@ class ProcessDispatcher:
             return
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sndbuf = self.socket_buffer_bytes
+        _grow_send_buffer(ours, SOCKET_BUFFER_BYTES if sndbuf is None else sndbuf)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shadowproxy.shadow.worker", str(theirs.fileno())],

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
 from shadowproxy.engine.stats import Stats
+from shadowproxy.shadow import worker
 from shadowproxy.shadow.dispatch import DispatchConfig
 from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
 from shadowproxy.testing import Backend, ProxyThread, make_exchange
@@ -154,8 +155,11 @@ def test_skips_counted_in_the_proxy_reach_the_workers_stats_record(live: Backend
     assert skipped_by == {"method": 3}
 
 
-def test_channel_full_drops_and_counts_while_live_is_unaffected(live: Backend, tmp_path: Path) -> None:
+def test_channel_full_drops_and_counts_while_live_is_unaffected(
+    live: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the worker frozen (SIGSTOP) the channel fills; the proxy sheds copies and counts them."""
+    monkeypatch.setattr(worker, "SOCKET_BUFFER_BYTES", 64 * 1024)  # a small channel: a few copies fill it
     gate = Gate()
     gate.open.set()
     sink = tmp_path / "records.jsonl"
@@ -165,7 +169,7 @@ def test_channel_full_drops_and_counts_while_live_is_unaffected(live: Backend, t
         with proxy:
             dispatcher = proxy.addon.dispatcher
             assert isinstance(dispatcher, ProcessDispatcher) and dispatcher.pid is not None
-            dispatcher.buffer_bytes = 256 * 1024  # a small channel, so a few copies fill it
+            dispatcher.buffer_bytes = 256 * 1024
             os.kill(dispatcher.pid, signal.SIGSTOP)
             try:
                 answers = [get(proxy.url, f"/big/{i}?size=200000") for i in range(n)]
