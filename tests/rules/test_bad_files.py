@@ -96,6 +96,15 @@ CASES: list[tuple[str, int, str, str]] = [
     ("rewrite_path_relative", 8, "routes[0].rewrite.path", "rewrite path 'a/dry-run' must start with '/'"),
     ("rewrite_unknown_placeholder", 9, "routes[0].rewrite.headers.Idempotency-Key",
      "unknown placeholder {request_hsh} (known: request_hash, request_id, id)"),
+    # redact: secrets kept out of records
+    ("redact_unknown_key", 5, "defaults.redact.querry", "unknown key 'querry' (did you mean 'query'?"),
+    ("redact_headers_string", 4, "defaults.redact.headers", "must be a list, got string 'x-secret'"),
+    ("redact_bad_pattern", 6, "defaults.redact.patterns[1]", "bad regex '(card': missing )"),
+    ("redact_pattern_matches_empty", 4, "defaults.redact.patterns[0]", "'x?' matches the empty string"),
+    ("redact_bad_name_regex", 4, "defaults.redact.body_fields[1]", "bad regex '(tok'"),
+    ("redact_empty_name", 4, "defaults.redact.query[0]", "an empty name redacts nothing"),
+    ("redact_bad_env_name", 4, "defaults.redact.hash_key_env", "bad environment variable name '1-KEY'"),
+    ("redact_in_route", 5, "routes[0].redact", "unknown key 'redact'"),
 ]
 
 
