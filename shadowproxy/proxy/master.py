@@ -42,6 +42,28 @@ class ProxySettings:
     h2c: bool = False  # also accept plain-text HTTP/2 with prior knowledge
     ca_file: str | None = None  # an extra CA for an https live backend (added to the default bundle)
     insecure: bool = False  # do not verify the live backend's certificate
+    reuse_port: bool = False  # SO_REUSEPORT: several processes listen on the same address
+
+
+class _ReusePortAsyncio:
+    """`asyncio` as mitmproxy's mode servers see it, with SO_REUSEPORT on every TCP listener.
+
+    mitmproxy 11 calls `asyncio.start_server(handler, host, port)` with no way to pass socket
+    options; this stands in for the module in `mitmproxy.proxy.mode_servers` only.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def start_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        return await asyncio.start_server(*args, reuse_port=True, **kwargs)
+
+
+def enable_reuse_port() -> None:
+    from mitmproxy.proxy import mode_servers
+
+    setattr(mode_servers, "asyncio", _ReusePortAsyncio())  # noqa: B010
 
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -129,11 +151,13 @@ def tls_options(settings: ProxySettings, confdir: str) -> dict[str, Any]:
     return out
 
 
-def check_listen(host: str, port: int, *, flag: str = "--listen") -> None:
+def check_listen(host: str, port: int, *, flag: str = "--listen", reuse_port: bool = False) -> None:
     """Fail with a clear message before mitmproxy does, when the address cannot be bound."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -193,6 +217,8 @@ async def serve(
     extra_addons: tuple[Any, ...] = (),
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM (or `master.shutdown()`), then drain and return."""
+    if settings.reuse_port:
+        enable_reuse_port()
     opts = options.Options()
     master = Master(opts, with_termlog=False)
     # extra addons (the admin API) first, so /readyz answers 503 while the shadow side starts
