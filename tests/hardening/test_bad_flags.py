@@ -1,0 +1,150 @@
+"""Every flag of `run`, `replay`, `report`, `tail` and `dashboard` given a bad value: exit 2, one
+error line naming the flag, no traceback. The cases are made by introspecting the click commands,
+so a flag added later is covered without editing this file; semantic checks inside the commands
+(durations, URIs read as strings, busy ports) are listed by hand below.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+
+from shadowproxy.cli import _register, cli
+from shadowproxy.cli.params import AdminAddr, HostPort, HttpURL, SinkURI
+from shadowproxy.testing import free_port
+from tests.hardening.helpers import EXE
+
+pytestmark = pytest.mark.timeout(120)
+
+_register()
+COMMANDS = ["run", "replay", "report", "tail", "dashboard"]
+HAR = Path(__file__).resolve().parents[1] / "replay" / "fixtures" / "recorded.har"
+RECORDS = Path(tempfile.gettempdir()) / f"shadowproxy-empty-records-{os.getpid()}.jsonl"  # see fixture
+
+
+def base_args(command: str) -> list[str]:
+    """Valid values for what each command requires, so only the flag under test is wrong."""
+    return {
+        "run": [
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--live",
+            "http://127.0.0.1:1",
+            "--shadow",
+            "http://127.0.0.1:2",
+            "--admin",
+            "off",
+            "--sink",
+            "jsonl:/dev/null",
+        ],
+        "replay": [str(HAR), "--shadow", "http://127.0.0.1:1", "--sink", "jsonl:/dev/null"],
+        "report": ["--source", f"jsonl:{RECORDS}"],
+        "tail": ["--source", f"jsonl:{RECORDS}", "--no-follow"],
+        "dashboard": ["--source", f"jsonl:{RECORDS}", "--listen", f"127.0.0.1:{free_port()}"],
+    }[command]
+
+
+def bad_values(param: click.Option) -> list[str]:
+    """Values the option's type must refuse."""
+    t = param.type
+    if isinstance(t, AdminAddr | HostPort):
+        return ["nonsense", "127.0.0.1:99999"]
+    if isinstance(t, HttpURL):
+        return ["ftp://x", "http://"]
+    if isinstance(t, SinkURI):
+        return ["s3://bucket", "kafka://127.0.0.1:9092"]
+    if isinstance(t, click.Choice):
+        return ["nope"]
+    if isinstance(t, click.IntRange):
+        below = [str(int(t.min) - 1)] if t.min is not None else []
+        return ["x", "1.5", *below]
+    if isinstance(t, click.FloatRange):
+        low = [str(t.min)] if t.min is not None and t.min_open else []
+        return ["x", *low]
+    if isinstance(t, click.types.IntParamType | click.types.FloatParamType):
+        return ["x"]
+    if isinstance(t, click.Path):
+        return ["/nonexistent/x.yaml"] if t.exists else ["/"]
+    return []
+
+
+def introspected() -> Iterator[tuple[str, str, str]]:
+    for name in COMMANDS:
+        cmd = cli.commands[name]
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.is_flag or p.count or not p.opts[0].startswith("--"):
+                continue
+            for value in bad_values(p):
+                yield name, p.opts[0], value
+
+
+BY_HAND = [
+    ("report", "--since", "soon"),
+    ("report", "--since", "-5m"),
+    ("tail", "--source", "s3://bucket"),
+    ("tail", "--source", "kafka://127.0.0.1:9092"),
+    ("run", "--rules", "/nonexistent/rules.yaml"),
+    ("replay", "--rules", "/nonexistent/rules.yaml"),
+]
+CASES = sorted({*introspected(), *BY_HAND})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def empty_records() -> Iterator[None]:
+    RECORDS.write_text("")
+    yield
+    RECORDS.unlink()
+
+
+def test_every_command_has_cases_for_its_typed_flags() -> None:
+    """The introspection found the commands' flags (a guard against an empty table)."""
+    for name in COMMANDS:
+        assert any(c[0] == name for c in CASES), name
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize(("command", "flag", "value"), CASES, ids=[f"{c}{f}={v}" for c, f, v in CASES])
+def test_bad_flag_value_is_one_error_line_naming_the_flag_and_exit_2(
+    command: str, flag: str, value: str
+) -> None:
+    """Exit 2, one `Error:` line naming the flag (or the file it names), no traceback."""
+    args = base_args(command)
+    if flag in args:  # replace the base value
+        i = args.index(flag)
+        args[i + 1] = value
+    else:
+        args += [flag, value]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWPROXY_")}
+    proc = subprocess.run(
+        [EXE, command, *args], capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if line.lower().startswith("error")]
+    assert len(errors) == 1, out  # click's usage lines may precede it; one line says what is wrong
+    named = value if flag == "--rules" else flag  # a rules file is named by its path and line
+    assert named in errors[0], out
+
+
+def test_a_busy_listen_port_is_one_line_for_dashboard() -> None:
+    """The dashboard's --listen on a port in use: exit 2 naming the flag, no traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [EXE, "dashboard", "--source", f"jsonl:{RECORDS}", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "--listen" in proc.stderr and "Traceback" not in proc.stderr
