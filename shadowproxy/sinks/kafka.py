@@ -680,7 +680,8 @@ class KafkaSink:
         while True:
             if self._pending:  # new records go behind the spool
                 await self._spool_items(self._take_pending())
-            while len(window) < _DRAIN_DEPTH and not (window and window[-1][2]):
+            # Closing: send nothing more, but settle what is in flight (so it is not sent twice).
+            while not self._closing and len(window) < _DRAIN_DEPTH and not (window and window[-1][2]):
                 start = window[-1][0][-1].end if window else None
                 frames = await asyncio.to_thread(self.spool.read, _DRAIN_BATCH, start=start)
                 if not frames:
@@ -690,14 +691,15 @@ class KafkaSink:
             if not window:
                 break
             frames, futures, trouble = window.popleft()
-            if not await self._settle_frames(frames, futures, trouble) or self._closing:
+            if not await self._settle_frames(frames, futures, trouble):
                 old, self._producer = self._producer, None
                 await self._close_producer(old, abort=True)  # fails what is still in the window
                 for later_frames, later_futures, _ in window:
                     self._count_late(later_frames, later_futures)
-                if not self._closing:
-                    self._schedule_retry()
+                self._schedule_retry()
                 return False
+        if self._closing and self.spool.count > len(self._skip):
+            return False  # the rest stays in the spool for the next start
         self._degraded = False
         self._backoff = 0.1
         if self._outage_logged:
