@@ -24,6 +24,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,14 @@ class TreeSampler:
 # ---------------------------------------------------------------- proxies
 
 
+def wait_tree(pid: int, n: int, timeout: float = 60.0) -> None:
+    """Wait until the process tree of `pid` has `n` processes (proxies and their workers)."""
+    deadline = time.monotonic() + timeout
+    while len(tree(pid)) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the last one's listener and worker handshake
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -207,33 +216,31 @@ class Scenario:
     port_count: int = 1  # listening processes (SO_REUSEPORT stretch)
 
 
-def read_sink(path: Path) -> dict[str, Any]:
-    """Sum the stats records' counters; count the other records by outcome."""
+def read_sink(paths: list[Path]) -> dict[str, Any]:
+    """Sum the stats records' counters; count the other records by outcome (all files: one a process)."""
     from shadowproxy.engine.stats import Histogram
 
     counts: dict[str, int] = {}
     skipped_by: dict[str, int] = {}
     outcomes: dict[str, int] = {}
     shadow_lat, live_lat = Histogram(), Histogram()
-    if not path.exists():
-        return {"stats_records": 0}
     stats_records = 0
-    with path.open("rb") as f:
-        for line in f:
-            rec = json.loads(line)
-            outcome = rec.get("outcome")
-            if outcome != "stats":
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
-                continue
-            stats_records += 1
-            for route in rec.get("routes", {}).values():
-                for k, v in route.items():
-                    if isinstance(v, int) and not isinstance(v, bool):
-                        counts[k] = counts.get(k, 0) + v
-                for k, v in route.get("skipped_by", {}).items():
-                    skipped_by[k] = skipped_by.get(k, 0) + v
-                shadow_lat.merge(Histogram.from_dict(route.get("shadow_latency_ms", {})))
-                live_lat.merge(Histogram.from_dict(route.get("live_latency_ms", {})))
+    lines = (line for path in paths if path.exists() for line in path.read_bytes().splitlines())
+    for line in lines:
+        rec = json.loads(line)
+        outcome = rec.get("outcome")
+        if outcome != "stats":
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            continue
+        stats_records += 1
+        for route in rec.get("routes", {}).values():
+            for k, v in route.items():
+                if isinstance(v, int) and not isinstance(v, bool):
+                    counts[k] = counts.get(k, 0) + v
+            for k, v in route.get("skipped_by", {}).items():
+                skipped_by[k] = skipped_by.get(k, 0) + v
+            shadow_lat.merge(Histogram.from_dict(route.get("shadow_latency_ms", {})))
+            live_lat.merge(Histogram.from_dict(route.get("live_latency_ms", {})))
     answered = shadow_lat.count
     return {
         "stats_records": stats_records,
@@ -306,7 +313,8 @@ class Bench:
     def _shadowproxy(self, sc: Scenario) -> dict[str, Any]:
         port = free_port()
         sink = self.workdir / f"sink-{sc.name}.jsonl"
-        sink.unlink(missing_ok=True)
+        for old in self.workdir.glob(f"{sink.name}*"):
+            old.unlink()
         rules = self.workdir / f"rules-{sc.name}.yaml"
         rules.write_text(RULES.format(sample=sc.sample))
         shadow = f"http://127.0.0.1:{sc.shadow_port}"
@@ -318,7 +326,7 @@ class Bench:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errlog)
         try:
             wait_listening(port, proc=proc, timeout=60)
-            time.sleep(0.5 * sc.port_count)  # every process (and its worker) up
+            wait_tree(proc.pid, 2 * sc.port_count)  # every proxy process and its worker up
             start = time.monotonic()
             res = self.measure(port, proc.pid)
             elapsed = time.monotonic() - start
@@ -329,7 +337,7 @@ class Bench:
             stop_s = time.monotonic() - t0
         res["exit_code"] = rc
         res["stop_s"] = round(stop_s, 1)
-        res["sink"] = read_sink(sink)
+        res["sink"] = read_sink(sorted(self.workdir.glob(f"{sink.name}*")))
         counts = res["sink"].get("counts", {})
         res["copies_sent"] = res["sink"].get("copies_sent", 0)
         res["copies_dropped"] = counts.get("dropped", 0)
@@ -358,33 +366,75 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def verdicts(r: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    base = r.get("mitmdump", {})
+def _median_ratio(rounds: list[dict[str, dict[str, Any]]], a: str, b: str, key: str) -> float | None:
+    """The median over rounds of a[key] / b[key], each pair measured in the same round."""
+    vals = [x for r in rounds if (x := ratio(r.get(a, {}).get(key), r.get(b, {}).get(key))) is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def _dropped(rounds: list[dict[str, dict[str, Any]]], name: str) -> int | None:
+    vals = [r[name].get("copies_dropped") for r in rounds if name in r]
+    ints = [v for v in vals if isinstance(v, int)]
+    return sum(ints) if ints and len(ints) == len(vals) else None
+
+
+def verdicts(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Targets as ratios of measurements made in the same round, median over rounds."""
     out: dict[str, Any] = {}
+    present = set().union(*rounds) if rounds else set()
     for name in ("mirror_equal", "mirror_diff"):
-        s = r.get(name)
-        if not s:
+        if name not in present:
             continue
-        tp = ratio(s.get("rps"), base.get("rps"))
+        tp = _median_ratio(rounds, name, "mitmdump", "rps")
+        dropped = _dropped(rounds, name)
         out[f"P1_{name}"] = {"throughput_vs_mitmdump": tp, "target": ">= 1.3 and 0 dropped",
-                             "dropped": s.get("copies_dropped"),
-                             "met": bool(tp and tp >= 1.3 and s.get("copies_dropped") == 0)}
-        p99 = ratio(s.get("p99_ms"), base.get("p99_ms"))
+                             "dropped": dropped, "met": bool(tp and tp >= 1.3 and dropped == 0)}
+        p99 = _median_ratio(rounds, name, "mitmdump", "p99_ms")
         out[f"P2_{name}"] = {"p99_vs_mitmdump": p99, "target": "<= 1.0", "met": bool(p99 and p99 <= 1.0)}
-    healthy = r.get("mirror_equal", {})
     for name in ("shadow_slow", "shadow_down"):
-        s = r.get(name)
-        if not s:
+        if name not in present or "mirror_equal" not in present:
             continue
-        p99 = ratio(s.get("p99_ms"), healthy.get("p99_ms"))
-        rss = ratio(s.get("peak_rss_mb"), healthy.get("peak_rss_mb"))
+        p99 = _median_ratio(rounds, name, "mirror_equal", "p99_ms")
+        rss = _median_ratio(rounds, name, "mirror_equal", "peak_rss_mb")
         out[f"P3_{name}"] = {"p99_vs_healthy": p99, "rss_vs_healthy": rss,
                              "target": "p99 <= 1.1, RSS bounded (<= 1.5x healthy)",
                              "met": bool(p99 and p99 <= 1.1 and rss and rss <= 1.5)}
-    if (s := r.get("reuse_port_2")) and healthy:
-        tp = ratio(s.get("rps"), healthy.get("rps"))
+    if "reuse_port_2" in present and "mirror_equal" in present:
+        tp = _median_ratio(rounds, "reuse_port_2", "mirror_equal", "rps")
         out["stretch_reuse_port"] = {"throughput_vs_one_process": tp, "target": ">= 1.7",
                                      "met": bool(tp and tp >= 1.7)}
+    return out
+
+
+_SUMMED = ("copies_sent", "copies_dropped", "errors", "requests")
+_MEDIAN = ("rps", "p50_ms", "p75_ms", "p90_ms", "p99_ms", "diffs_per_s")
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario over its rounds: medians of rates and latencies, sums of counts, peak RSS max."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[-1] if results else {}
+    out: dict[str, Any] = {}
+    for k in _MEDIAN:
+        vals = [r[k] for r in ok if isinstance(r.get(k), int | float)]
+        if vals:
+            out[k] = round(statistics.median(vals), 2)
+    for k in _SUMMED:
+        vals = [r[k] for r in ok if isinstance(r.get(k), int)]
+        if vals:
+            out[k] = sum(vals)
+    rss = [r["peak_rss_mb"] for r in ok if "peak_rss_mb" in r]
+    if rss:
+        out["peak_rss_mb"] = max(rss)
+    keys = ("rps", "p99_ms", "copies_dropped", "peak_rss_mb", "cpu_s_by_process")
+    out["rounds"] = [{k: r.get(k) for k in keys if r.get(k) is not None} for r in results]
+    last = ok[-1]
+    for k in ("sink", "log_warnings", "exit_code", "stop_s"):
+        if k in last:
+            out[k] = last[k]
+    if len(ok) < len(results):
+        out["failed_rounds"] = [r["error"] for r in results if "error" in r]
     return out
 
 
@@ -453,9 +503,12 @@ def machine() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="3 s per scenario, 1 s warm-up, no extras")
-    p.add_argument("--duration", type=float, default=None, help="seconds of measurement per scenario (10)")
-    p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per scenario (2)")
+    p.add_argument("--quick", action="store_true",
+                   help="one round of 2 s per scenario, 1 s warm-up, no dispatch comparison, no stretch")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds; each runs every scenario once, interleaved (3; --quick: 1)")
+    p.add_argument("--duration", type=float, default=None, help="seconds of measurement per scenario (5)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up per scenario (1)")
     p.add_argument("--body", choices=sorted(PATHS), default="20k", help="response body size")
     p.add_argument("--dispatch", choices=["process", "inline"], default=None,
                    help="shadowproxy --dispatch for the main scenarios (default: the run command's default)")
@@ -469,10 +522,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory (sinks, proxy logs)")
     p.add_argument("--only", default=None, help="comma-separated scenario names to run (plus mitmdump)")
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     if args.duration is None:
-        args.duration = 3.0 if args.quick else 10.0
+        args.duration = 2.0 if args.quick else 5.0
     if args.warmup is None:
-        args.warmup = 1.0 if args.quick else 2.0
+        args.warmup = 1.0
+    if args.quick:
+        args.no_stretch = True
     if args.compare_dispatch is None:
         args.compare_dispatch = not args.quick
     return args
@@ -485,8 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     help_text = run_help()
     doc: dict[str, Any] = {"machine": info, "settings": {
-        "duration_s": args.duration, "warmup_s": args.warmup, "connections": CONNECTIONS,
-        "wrk_threads": WRK_THREADS, "body": args.body, "queue_size": args.queue_size}}
+        "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
+        "connections": CONNECTIONS, "wrk_threads": WRK_THREADS, "body": args.body,
+        "queue_size": args.queue_size}}
     workdir = Path(tempfile.mkdtemp(prefix="shadowproxy-bench-"))
     try:
         if args.keep:
@@ -494,26 +552,30 @@ def main(argv: list[str] | None = None) -> int:
         ports = Ports()
         nginx = Nginx(workdir, ports, slow_delay_s=0.02).start()
         bench = Bench(args, workdir, ports, nginx, help_text)
+        chosen = [sc for sc in scenarios(args, ports, nginx, help_text)
+                  if not args.only or sc.name in args.only.split(",") or sc.name == "mitmdump"]
+        rounds: list[dict[str, dict[str, Any]]] = []
         try:
-            for sc in scenarios(args, ports, nginx, help_text):
-                if args.only and sc.name not in args.only.split(",") and sc.name != "mitmdump":
-                    continue
-                if sc.name == "shadow_slow":
-                    delay = slow_delay(bench.results.get("mirror_equal", {}))
-                    nginx.reload(delay)
-                    doc["settings"]["slow_shadow_delay_ms"] = round(delay * 1000, 1)
-                try:
-                    bench.run(sc)
-                except Exception as e:  # report the failure, keep the other scenarios
-                    log(f"  {sc.name} failed: {e}")
-                    bench.results[sc.name] = {"error": f"{type(e).__name__}: {e}"}
+            for r in range(args.rounds):
+                log(f"round {r + 1} of {args.rounds}")
+                rounds.append({})
+                for sc in chosen:
+                    if sc.name == "shadow_slow" and "slow_shadow_delay_ms" not in doc["settings"]:
+                        delay = slow_delay(rounds[0].get("mirror_equal", {}))
+                        nginx.reload(delay)
+                        doc["settings"]["slow_shadow_delay_ms"] = round(delay * 1000, 1)
+                    try:
+                        rounds[-1][sc.name] = bench.run(sc)
+                    except Exception as e:  # report the failure, keep the other scenarios
+                        log(f"  {sc.name} failed: {e}")
+                        rounds[-1][sc.name] = {"error": f"{type(e).__name__}: {e}"}
         finally:
             nginx.stop()
-        doc["scenarios"] = bench.results
+        doc["scenarios"] = {sc.name: aggregate([r[sc.name] for r in rounds if sc.name in r]) for sc in chosen}
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    doc["targets"] = verdicts(doc["scenarios"])
+    doc["targets"] = verdicts(rounds)
     doc["micro"] = {} if args.no_micro else micro(args)
     doc["total_s"] = round(time.monotonic() - began, 1)
     print(json.dumps(doc, indent=2))

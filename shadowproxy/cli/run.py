@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
+import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -112,6 +116,17 @@ def setup_logging(verbose: int) -> None:
     "up on a saturated machine; needs root or CAP_SYS_NICE, else ignored).",
 )
 @click.option(
+    "--reuse-port",
+    type=click.IntRange(1, 64),
+    default=1,
+    envvar="SHADOWPROXY_REUSE_PORT",
+    show_envvar=True,
+    show_default=True,
+    help="Run N proxy processes on --listen (SO_REUSEPORT: the kernel spreads connections), each with "
+    "its own shadow worker. With a jsonl sink, process i > 0 writes PATH.i; the admin API runs in the "
+    "first process only (its /metrics counts that process).",
+)
+@click.option(
     "--ca-file",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
@@ -160,6 +175,7 @@ def run_cmd(
     stats_interval: int,
     dispatch: str | None,
     worker_nice: int | None,
+    reuse_port: int,
     ca_file: str | None,
     insecure: bool,
     admin: tuple[str, int] | None,
@@ -183,7 +199,12 @@ def run_cmd(
 
     setup_logging(verbose)
     ruleset = load_rules(rules) if rules else default_ruleset()  # a bad file: one line per problem, exit 2
-    check_listen(*listen)
+    sibling = int(os.environ.get(SIBLING_ENV, "0"))  # > 0: started by the first of --reuse-port N
+    if sibling and sink.startswith("jsonl:"):
+        sink = f"{sink}.{sibling}"  # appends from several processes would interleave inside lines
+    if sibling:
+        admin = None
+    check_listen(*listen, reuse_port=reuse_port > 1)
     shadow_options: dict[str, Any] = {
         "shadow_url": shadow,
         "shadow_rules": rules,
@@ -207,7 +228,7 @@ def run_cmd(
             "--insecure: TLS certificates of the live and the shadow are NOT verified"
         )
     settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
-                             h2c=h2c, ca_file=ca_file, insecure=insecure)
+                             h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1)
     logging.getLogger("shadowproxy").info(
         "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
     )
@@ -220,4 +241,58 @@ def run_cmd(
         check_admin(admin[0], admin_token)
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
-    asyncio.run(serve(settings, shadow_addon, extra_addons=extra))
+    if reuse_port > 1 and not sibling:
+        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1))
+    else:
+        asyncio.run(serve(settings, shadow_addon, extra_addons=extra))
+
+
+SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
+
+
+def _spawn_siblings(n: int) -> list[subprocess.Popen[bytes]]:
+    """The same command in n more processes; each dies with this one (PR_SET_PDEATHSIG)."""
+
+    def die_with_parent() -> None:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    cmd = [sys.executable, "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
+    return [
+        subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i)}, preexec_fn=die_with_parent)
+        for i in range(1, n + 1)
+    ]
+
+
+async def _serve_with_siblings(settings: Any, addon: Any, extra: tuple[Any, ...], n: int) -> None:
+    """Serve here and in n sibling processes; SIGTERM here reaches them, and they end with us."""
+    from shadowproxy.proxy.master import request_stop, serve
+
+    siblings = _spawn_siblings(n)
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[Any] = loop.create_future()
+    task = asyncio.ensure_future(serve(settings, addon, extra_addons=extra, started=started))
+
+    def on_term() -> None:
+        for p in siblings:
+            p.send_signal(signal.SIGTERM)
+        request_stop(started.result(), addon)
+
+    try:
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if started.done():
+            loop.add_signal_handler(signal.SIGTERM, on_term)  # replaces serve's: forward, then stop
+        await task
+    finally:
+        for p in siblings:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in siblings:
+            await loop.run_in_executor(None, _reap, p)
+
+
+def _reap(p: subprocess.Popen[bytes]) -> None:
+    try:
+        p.wait(60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
