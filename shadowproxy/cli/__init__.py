@@ -49,7 +49,7 @@ def cli() -> None:
 def _register() -> None:
     # Each module defines its commands and adds them to `cli` at import.
     # one module per command group; add yours to this import
-    from shadowproxy.cli import dashboard, demo, replay, report, rules, run, tail  # noqa: F401
+    from shadowproxy.cli import dashboard, demo, noise, replay, report, rules, run, tail  # noqa: F401
 
 
 def main() -> None:

@@ -97,6 +97,14 @@ def setup_logging(verbose: int) -> None:
     show_default=True,
     help="Seconds between stats records (the report's denominators); 0: at exit only.",
 )
+@click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
+              show_envvar=True,
+              help="A second instance of the live version (Diffy's secondary): with noise mode auto or "
+              "secondary, reads also go there and live-vs-secondary differences teach which fields are "
+              "noise.")
+@click.option("--noise-state", type=click.Path(dir_okay=False), default=None,
+              envvar="SHADOWPROXY_NOISE_STATE", show_envvar=True,
+              help="File that keeps learned noise across restarts; unset: kept in memory.")
 @click.option(
     "--dispatch",
     type=click.Choice(["process", "inline"]),
@@ -173,6 +181,8 @@ def run_cmd(
     queue_size: int,
     concurrency: int,
     stats_interval: int,
+    secondary: str | None,
+    noise_state: str | None,
     dispatch: str | None,
     worker_nice: int | None,
     reuse_port: int,
@@ -214,6 +224,8 @@ def run_cmd(
         "shadow_stats_interval": stats_interval,
         "shadow_ca_file": ca_file,
         "shadow_insecure": insecure,
+        "shadow_secondary_url": secondary,
+        "shadow_noise_state": noise_state,
     }
     if dispatch is not None:
         shadow_options["shadow_dispatch"] = dispatch
@@ -223,10 +235,6 @@ def run_cmd(
         raise ConfigError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
     if tls_cert and tls_key:
         check_tls_files(tls_cert, tls_key)
-    if insecure:
-        logging.getLogger("shadowproxy").warning(
-            "--insecure: TLS certificates of the live and the shadow are NOT verified"
-        )
     settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
                              h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1)
     logging.getLogger("shadowproxy").info(

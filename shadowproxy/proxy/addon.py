@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions, http
 from shadowproxy.engine.exchange import Exchange
 from shadowproxy.engine.grpc import frame_count
 from shadowproxy.engine.stats import Stats
-from shadowproxy.errors import ShadowProxyError
+from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy.convert import live_response_of, request_of
 from shadowproxy.rules.matcher import path_template
@@ -53,6 +53,8 @@ class ShadowConfig:
     client: ClientConfig
     dispatch_mode: str = "process"
     worker_nice: int = DEFAULT_WORKER_NICE
+    secondary_url: str | None = None
+    noise_state: str | None = None
 
 
 def options_error(msg: str) -> Exception:
@@ -64,6 +66,29 @@ def _load_rules(path: str | None) -> RuleSet:
     from shadowproxy.rules import default_ruleset, load_rules
 
     return load_rules(path) if path else default_ruleset()
+
+
+def _check_noise(rules: RuleSet, secondary: str | None, state: str | None) -> None:
+    """Noise options that cannot work, as one clear error before anything starts."""
+    from pathlib import Path
+
+    from shadowproxy.shadow.pipeline import load_noise_state
+
+    if secondary is not None and not secondary.startswith(("http://", "https://")):
+        raise ConfigError(f"shadow_secondary_url {secondary!r}: must be an http:// or https:// URL")
+    modes = {(r.settings.name or "defaults"): r.settings.noise.mode for r in rules.routes}
+    modes["defaults"] = rules.defaults.noise.mode
+    wants = sorted(name for name, mode in modes.items() if mode == "secondary")
+    if wants and secondary is None:
+        raise ConfigError(f"noise mode 'secondary' ({', '.join(wants)}) needs a secondary: "
+                          "give --secondary URL (shadow_secondary_url)")
+    if secondary is not None and set(modes.values()) == {"off"}:
+        log.warning("a secondary is given but noise is off for every route: set noise.mode: auto "
+                    "in the rules to use it")
+    if state is not None:
+        if not Path(state).parent.is_dir():
+            raise ConfigError(f"shadow_noise_state {state!r}: its directory does not exist")
+        load_noise_state(state)  # a file that is not a noise state fails here, not in the worker
 
 
 class ShadowAddon:
@@ -97,6 +122,13 @@ class ShadowAddon:
                           "CAP_SYS_NICE) lets it keep up with a busy proxy on a saturated machine.")
         loader.add_option("shadow_ca_file", OptStr, None, "Extra CA bundle to verify an https shadow.")
         loader.add_option("shadow_insecure", bool, False, "Do not verify the shadow's TLS certificate.")
+        loader.add_option("shadow_secondary_url", OptStr, None,
+                          "A second instance of the live version (Diffy's secondary): with noise mode "
+                          "auto or secondary, reads also go there and live-vs-secondary differences "
+                          "teach which fields are noise.")
+        loader.add_option("shadow_noise_state", OptStr, None,
+                          "File that keeps learned noise across restarts (JSON, written atomically "
+                          "with each stats record, every 30 s and at stop); unset: kept in memory.")
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadow_") for name in updated):
@@ -109,6 +141,7 @@ class ShadowAddon:
                 raise options_error("shadow_queue_size and shadow_concurrency must be at least 1")
             parse_uri(o.shadow_sink, flag="shadow_sink")
             rules = _load_rules(o.shadow_rules)
+            _check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
         except ShadowProxyError as e:
             raise options_error(str(e)) from e
         if o.shadow_insecure:
@@ -122,6 +155,8 @@ class ShadowAddon:
             client=ClientConfig(o.shadow_concurrency, o.shadow_ca_file, o.shadow_insecure),
             dispatch_mode=o.shadow_dispatch,
             worker_nice=o.shadow_worker_nice,
+            secondary_url=o.shadow_secondary_url,
+            noise_state=o.shadow_noise_state,
         )
         self.policy = Policy(rules, self.switch)
 
@@ -138,12 +173,14 @@ class ShadowAddon:
         if cfg.dispatch_mode == "process" and not in_process:
             worker = WorkerConfig(cfg.shadow_url, cfg.sink_uri, cfg.client, cfg.dispatch,
                                   log_level=logging.getLogger("shadowproxy").getEffectiveLevel(),
-                                  nice=cfg.worker_nice)
+                                  nice=cfg.worker_nice, secondary_url=cfg.secondary_url,
+                                  noise_state=cfg.noise_state)
             self.dispatcher = ProcessDispatcher(worker, self.stats)
             uri = cfg.sink_uri
         else:
             sink = self._injected_sink or open_sink(cfg.sink_uri, flag="shadow_sink")
-            pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, self.stats)
+            pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, self.stats,
+                                secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state)
             self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
             uri = sink.uri
         await self.dispatcher.start()

@@ -283,6 +283,37 @@ class RedactSpec(_Strict):
     )
 
 
+class NoiseSpec(_Strict):
+    """How noise (nondeterministic fields: timestamps, ids) is learned and cancelled.
+
+    In a route, only the keys given override the defaults.
+    """
+
+    mode: Literal["off", "auto", "secondary"] = Field(
+        default="off",
+        description="off; auto: a noise pair is the secondary when one is given (--secondary), else "
+        "the shadow asked twice; secondary: only with a secondary",
+    )
+    sample: Fraction | None = Field(
+        default=None,
+        description="share of mirrored reads that get a noise pair after the warm-up; "
+        "default 0.05 asking the shadow twice, 1.0 with a secondary",
+    )
+    warmup: Annotated[
+        int, AfterValidator(_at_least(0)), WithJsonSchema({"type": "integer", "minimum": 0})
+    ] = Field(default=20, description="a route's first N mirrored reads always get a noise pair")
+    relative_gap: Fraction = Field(
+        default=0.2, description="report a field only if |raw-noise|/(raw+noise) rates differ by more"
+    )
+    absolute_gap: Fraction = Field(
+        default=0.0003, description="... and its raw rate is above its noise rate by more than this"
+    )
+    shapes: bool = Field(
+        default=True,
+        description="UUIDs, hex tokens and timestamps near now on both sides count as noise sooner",
+    )
+
+
 class Defaults(_Strict):
     mirror_methods: list[Method] = Field(
         default_factory=lambda: list(SAFE_METHODS),
@@ -307,6 +338,7 @@ class Defaults(_Strict):
     redact: RedactSpec = Field(
         default_factory=RedactSpec, description="secrets kept out of records (applies to every route)"
     )
+    noise: NoiseSpec = Field(default_factory=NoiseSpec, description="learn and cancel noisy fields")
 
 
 class Match(_Strict):
@@ -410,6 +442,7 @@ class Route(_Strict):
     compare: CompareSpec | None = Field(
         default=None, description="the keys given override the defaults' compare"
     )
+    noise: NoiseSpec | None = Field(default=None, description="the keys given override the defaults' noise")
 
     @model_validator(mode="after")
     def _rewrite_goes_with_action(self) -> Route:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from shadowproxy.engine.grpc import GrpcCompareOptions, is_grpc_type
+from shadowproxy.engine.noise import DEFAULT_NOISE, NoiseConfig
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.redact import Redactor
 from shadowproxy.rules.matcher import PathMatcher, compile_path
@@ -17,6 +18,7 @@ from shadowproxy.rules.model import (
     Defaults,
     IgnoreSpec,
     Match,
+    NoiseSpec,
     RedactSpec,
     Rewrite,
     Route,
@@ -42,6 +44,7 @@ class RouteSettings:
     compare: CompareOptions
     grpc_method: str | None = None  # a grpc_method route: its calls are mirrored although they are POSTs
     redact: Redactor = field(default_factory=Redactor)  # one for the whole file (defaults.redact)
+    noise: NoiseConfig = DEFAULT_NOISE  # defaults.noise, with the route's keys over it
 
 
 def redactor_of(spec: RedactSpec) -> Redactor:
@@ -106,6 +109,13 @@ def _merge_compare(base: CompareSpec, extra: CompareSpec | None) -> CompareSpec:
     return base.model_copy(update={k: getattr(extra, k) for k in extra.model_fields_set})
 
 
+def _noise(base: NoiseSpec, extra: NoiseSpec | None) -> NoiseConfig:
+    # as compare: only the keys the route wrote override the defaults' noise block
+    spec = base if extra is None else base.model_copy(
+        update={k: getattr(extra, k) for k in extra.model_fields_set})
+    return NoiseConfig(spec.mode, spec.sample, spec.warmup, spec.relative_gap, spec.absolute_gap, spec.shapes)
+
+
 def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> RouteSettings:
     ignore = _merge_ignore(d.ignore, r.ignore if r else None)
     compare = _merge_compare(d.compare, r.compare if r else None)
@@ -124,6 +134,7 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> R
         compare=_compare_options(ignore, compare, max_body, r.match.grpc_method if r else None),
         grpc_method=r.match.grpc_method if r else None,
         redact=redact or Redactor(),
+        noise=_noise(d.noise, r.noise if r else None),
     )
 
 

@@ -4,21 +4,38 @@ Host-agnostic: the live proxy's dispatcher, the worker process and offline repla
 `Pipeline.process`. It never raises for anything the shadow or the bodies do; a failure is a
 record. Comparisons have their own bound, separate from shadow sends, so shedding diffs under
 load never stops shadow traffic, and a slow shadow never stops diffs of what did answer.
+
+Noise (docs/noise.md): when a route's noise mode is on, some reads get a noise pair, the
+shadow asked a second time or the secondary (a second live instance) asked too, concurrently
+with the shadow call. `engine.noise.NoiseState` learns from every comparison and splits each
+one into real differences and noise; an exchange whose only differences are noise is counted
+`noise_only` and written nowhere. The state lives here, where the pipeline runs (the worker
+process in process dispatch), and is saved to `noise_state_path` atomically, periodically and
+at close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import random
+import tempfile
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
 
 from shadowproxy.engine.diff import Comparison, compare_responses
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response
+from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError
 from shadowproxy.engine.options import CompareOptions
-from shadowproxy.engine.record import build_record
+from shadowproxy.engine.record import build_record, iso_ts
 from shadowproxy.engine.stats import Stats
+from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowClient
 from shadowproxy.sinks.base import Sink
@@ -26,6 +43,42 @@ from shadowproxy.sinks.base import Sink
 log = logging.getLogger("shadowproxy")
 
 HEAVY_DIFF_BYTES = 256 * 1024  # bodies above this are compared off the event loop
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # only these are ever asked twice
+NOISE_SAVE_INTERVAL = 30.0  # seconds between saves of the noise state (also at each stats record)
+
+
+def load_noise_state(path: str | os.PathLike[str]) -> NoiseState:
+    """The noise state saved at `path`; an empty one when the file does not exist yet."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return NoiseState()
+    except OSError as e:
+        msg = f"noise state {p}: cannot read it: {e.strerror or e}"
+        raise ConfigError(msg) from None
+    try:
+        return NoiseState.from_dict(orjson.loads(data))
+    except (orjson.JSONDecodeError, NoiseStateError) as e:
+        msg = f"noise state {p}: {e}"
+        raise ConfigError(msg) from None
+
+
+def save_noise_state(path: str | os.PathLike[str], state: NoiseState) -> None:
+    """Write the state atomically: a reader (or a restart after a crash) sees the old file
+    or the new one, never half of one."""
+    p = Path(path)
+    data = orjson.dumps(state.to_dict(iso_ts(time.time())), option=orjson.OPT_INDENT_2)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(slots=True)
@@ -48,6 +101,10 @@ class Pipeline:
         *,
         max_pending_compares: int = 256,
         diff_executor: Executor | None = None,
+        secondary_url: str | None = None,
+        noise_state: NoiseState | None = None,
+        noise_state_path: str | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.client = client
         self.sink = sink
@@ -55,6 +112,15 @@ class Pipeline:
         self._compare_slots = max_pending_compares
         self._executor = diff_executor
         self._own_executor = False
+        # the secondary: a second instance of the live version (Diffy's noise pair)
+        self.secondary = ShadowClient(secondary_url, client.cfg) if secondary_url else None
+        self.noise_state_path = noise_state_path
+        if noise_state is None:
+            noise_state = load_noise_state(noise_state_path) if noise_state_path else NoiseState()
+        self.noise = noise_state
+        self._random = (rng or random.Random()).random
+        self._noise_saved = time.monotonic()
+        self._noise_dirty = False
 
     async def process(self, job: ShadowJob) -> None:
         try:
@@ -65,11 +131,34 @@ class Pipeline:
             )
             self.stats.count(job.exchange.route, "shadow_errors")
 
+    def _pair_partner(self, job: ShadowJob) -> str | None:
+        """Who answers this job's noise pair ("shadow" or "secondary"), or None: no pair."""
+        cfg = job.settings.noise
+        if not cfg.enabled or job.rewritten or job.shadow_request.method not in READ_METHODS:
+            return None
+        partner = cfg.partner(self.secondary is not None)
+        if partner is None or not self.noise.want_pair(job.exchange.route, cfg, partner, self._random()):
+            return None
+        return partner
+
+    async def _call(self, job: ShadowJob, partner: str | None = None) -> Response | Failure:
+        s = job.settings
+        if partner == "secondary":
+            assert self.secondary is not None
+            client, base = self.secondary, None
+        else:
+            client, base = self.client, job.target
+        return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
+                                 max_body_bytes=s.max_body_bytes, base=base)
+
     async def _process(self, job: ShadowJob) -> None:
         ex, s = job.exchange, job.settings
-        result = await self.client.call(
-            job.shadow_request, timeout_ms=s.timeout_ms, max_body_bytes=s.max_body_bytes, base=job.target
-        )
+        partner = self._pair_partner(job)
+        second: Response | Failure | None = None
+        if partner is None:
+            result = await self._call(job)
+        else:  # both at once: the pair costs no extra wait
+            result, second = await asyncio.gather(self._call(job), self._call(job, partner))
         if isinstance(result, Failure):
             outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
@@ -83,9 +172,16 @@ class Pipeline:
         self._compare_slots -= 1
         try:
             comparison = await self._compare(ex.live, result, s.compare)
+            pair: Comparison | None = None
+            if isinstance(second, Response):
+                # shadow twice: the two shadow answers; a secondary: live and secondary (Diffy's)
+                first = result if partner == "shadow" else ex.live
+                pair = await self._compare(first, second, s.compare)
+                if pair.too_large:
+                    pair = None
         finally:
             self._compare_slots += 1
-        await self._conclude(job, result, comparison)
+        await self._conclude(job, result, comparison, pair)
 
     async def _compare(self, live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
         start = time.perf_counter()
@@ -100,13 +196,34 @@ class Pipeline:
         self.stats.diff_latency.observe((time.perf_counter() - start) * 1000)
         return result
 
-    async def _conclude(self, job: ShadowJob, shadow: Response, comparison: Comparison) -> None:
+    def _split_noise(self, job: ShadowJob, comparison: Comparison, pair: Comparison | None) -> NoiseSplit:
+        """Learn from this exchange (and its pair), then split its differences."""
+        ex, cfg = job.exchange, job.settings.noise
+        self.noise.observe(ex.route, comparison, pair)
+        self._noise_dirty = True
+        now = time.time()
+        elapsed = now - ex.ts if ex.ts else 0.0  # at most the time between the two answers
+        return self.noise.split(ex.route, comparison, cfg, now=now, elapsed_s=elapsed)
+
+    async def _conclude(
+        self, job: ShadowJob, shadow: Response, comparison: Comparison, pair: Comparison | None = None
+    ) -> None:
         ex = job.exchange
+        noise: tuple[str, ...] = ()
         if comparison.too_large:
             self.stats.count(ex.route, "too_large")
             outcome = "too_large"
         else:
             self.stats.count(ex.route, "compared")
+            if job.settings.noise.enabled:
+                split = self._split_noise(job, comparison, pair)
+                self._maybe_save_noise()
+                if split.noise_only:
+                    self.stats.count(ex.route, "noise_only")
+                    return
+                if split.noise:
+                    comparison = dataclasses.replace(comparison, differences=split.real)
+                    noise = split.noise
             if comparison.equal:
                 self.stats.count(ex.route, "equal")
                 return
@@ -121,6 +238,7 @@ class Pipeline:
             shadow_decoded=getattr(comparison, "shadow_body", None),
             shadow_request=self._shadow_request(job),
             redactor=job.settings.redact,
+            noise=noise,
         )
         await self.sink.write(record)
 
@@ -135,11 +253,36 @@ class Pipeline:
 
     async def emit_stats(self) -> None:
         record = self.stats.stats_record()
+        noise = self.noise.take_interval()
         if record is not None:
+            if noise:
+                record["noise"] = noise  # per route: this interval's noise counts (sum them)
             await self.sink.write(record)
+        self.save_noise()
+
+    def _maybe_save_noise(self) -> None:
+        if self.noise_state_path and time.monotonic() - self._noise_saved >= NOISE_SAVE_INTERVAL:
+            self.save_noise()
+
+    def save_noise(self) -> None:
+        """Save the noise state to `noise_state_path` (when set and something was learned).
+
+        A failed save is logged, never raised: losing learned noise must not stop the mirroring."""
+        if not self.noise_state_path or not self._noise_dirty:
+            return
+        self._noise_saved = time.monotonic()
+        try:
+            save_noise_state(self.noise_state_path, self.noise)
+        except OSError as e:
+            log.error("noise state %s: cannot save it: %s", self.noise_state_path, e.strerror or e)
+            return
+        self._noise_dirty = False
 
     async def close(self) -> None:
+        self.save_noise()
         await self.client.close()
+        if self.secondary is not None:
+            await self.secondary.close()
         if self._own_executor and self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -84,6 +84,8 @@ class WorkerConfig:
     max_pending_compares: int = 256
     stats_source: str = "proxy"
     log_level: int = logging.INFO
+    secondary_url: str | None = None  # noise pairs: a second instance of the live version
+    noise_state: str | None = None  # learned noise is loaded from and saved to this file here
     nice: int = DEFAULT_WORKER_NICE
 
 
@@ -465,7 +467,8 @@ async def _serve(sock: socket.socket) -> int:
     try:
         sink = open_sink(cfg.sink_uri, flag="shadow_sink")
         pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, stats,
-                            max_pending_compares=cfg.max_pending_compares)
+                            max_pending_compares=cfg.max_pending_compares,
+                            secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state)
         dispatcher = Dispatcher(pipeline, cfg.dispatch)
         await dispatcher.start()
     except Exception as e:
