@@ -212,6 +212,8 @@ def run_cmd(
     sibling = int(os.environ.get(SIBLING_ENV, "0"))  # > 0: started by the first of --reuse-port N
     if sibling and sink.startswith("jsonl:"):
         sink = f"{sink}.{sibling}"  # appends from several processes would interleave inside lines
+    if sibling and noise_state:
+        noise_state = f"{noise_state}.{sibling}"  # one writer per file; `noise export` merges them
     if sibling:
         admin = None
     check_listen(*listen, reuse_port=reuse_port > 1)
