@@ -9,11 +9,11 @@ from typing import Any
 import click
 
 from shadowproxy.cli import cli
-from shadowproxy.engine.noise import DEFAULT_NOISE, FieldCounts, FieldKey, NoiseState
+from shadowproxy.engine.noise import DEFAULT_NOISE, FieldCounts, FieldKey, NoiseState, RouteNoise
 from shadowproxy.rules.model import Route
 from shadowproxy.rules.ruleset import RuleSet
 
-STATE_HELP = "Noise state file (`run --noise-state FILE`)."
+STATE_HELP = "Noise state file (`run --noise-state FILE`); several (--reuse-port's FILE.i) are merged."
 
 
 @cli.group("noise")
@@ -22,13 +22,12 @@ def noise() -> None:
 
 
 @noise.command("show")
-@click.option("--state", "state_path", required=True, type=click.Path(dir_okay=False), help=STATE_HELP)
-def show(state_path: str) -> None:
+@click.option("--state", "state_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help=STATE_HELP)
+def show(state_paths: tuple[str, ...]) -> None:
     """Print, per route, each field that ever differed: its raw and noise rates and whether it
     is judged noise now (rates: raw per compared exchange, noise per noise pair)."""
-    from shadowproxy.shadow.pipeline import load_noise_state
-
-    state = _existing(state_path, load_noise_state)
+    state = _load(state_paths)
     for route, rn in sorted(state.totals.items()):
         click.echo(f"{route}  compared {rn.compared}, noise pairs {rn.pairs}")
         noisy = {f for f, _ in state.noise_fields(route)}
@@ -40,11 +39,12 @@ def show(state_path: str) -> None:
 
 
 @noise.command("export")
-@click.option("--state", "state_path", required=True, type=click.Path(dir_okay=False), help=STATE_HELP)
+@click.option("--state", "state_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help=STATE_HELP)
 @click.option("--rules", "rules_path", type=click.Path(dir_okay=False), default=None,
               help="The rules file the proxy ran with: the output is that file with the learned ignores "
                    "added to its routes. Without it, only routes named by path template are exported.")
-def export(state_path: str, rules_path: str | None) -> None:
+def export(state_paths: tuple[str, ...], rules_path: str | None) -> None:
     """Print a rules file (YAML) that ignores every field judged noise, per route.
 
     \b
@@ -54,22 +54,32 @@ def export(state_path: str, rules_path: str | None) -> None:
       shadowproxy noise export --state noise.json --rules rules.yaml > rules/learned.yaml
     """
     from shadowproxy.rules import load_rules
-    from shadowproxy.shadow.pipeline import load_noise_state
 
-    state = _existing(state_path, load_noise_state)
+    state = _load(state_paths)
     ruleset = load_rules(rules_path) if rules_path else None
-    click.echo(export_rules(state, ruleset, source=state_path), nl=False)
+    click.echo(export_rules(state, ruleset, source=", ".join(state_paths)), nl=False)
 
 
-def _existing(path: str, load: Any) -> NoiseState:
+def _load(paths: tuple[str, ...]) -> NoiseState:
+    """The states saved at `paths`, their counts added up."""
     from pathlib import Path
 
     from shadowproxy.errors import ConfigError
+    from shadowproxy.shadow.pipeline import load_noise_state
 
-    if not Path(path).is_file():
-        raise ConfigError(f"noise state {path}: no such file")
-    state: NoiseState = load(path)
-    return state
+    merged = NoiseState()
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"noise state {path}: no such file")
+        for route, rn in load_noise_state(path).totals.items():
+            mine = merged.totals.setdefault(route, RouteNoise())
+            mine.compared += rn.compared
+            mine.pairs += rn.pairs
+            for f, c in rn.fields.items():
+                have = mine.counts(f)
+                if have is not None:
+                    have.add(c)
+    return merged
 
 
 def _ignores(fields: list[tuple[FieldKey, FieldCounts]]) -> tuple[list[str], list[str], list[str]]:

@@ -367,3 +367,23 @@ async def test_a_corrupt_state_file_is_refused_before_the_proxy_starts(tmp_path:
     bad.write_text("{not json")
     configure(f"noise state {bad}: ", shadow_noise_state=str(bad))
     configure("its directory does not exist", shadow_noise_state=str(tmp_path / "no" / "noise.json"))
+
+
+def test_noise_export_merges_the_states_of_several_processes(tmp_path: Path) -> None:
+    from shadowproxy.engine.diff import Comparison, Difference
+    from shadowproxy.engine.noise import NoiseState
+    from shadowproxy.shadow.pipeline import save_noise_state
+
+    vol = Comparison((Difference("body", "/ts", "changed", 1, 2),), (), "json")
+    real = Comparison((Difference("body", "/ts", "changed", 1, 2), Difference("body", "/v", "changed", 1, 2)),
+                      (), "json")
+    a, b = NoiseState(), NoiseState()
+    a.observe("/r", real, vol)  # alone: /ts noise (1 of 1 pairs), /v reported
+    b.observe("/r", Comparison(), None)
+    save_noise_state(tmp_path / "noise.json", a)
+    save_noise_state(tmp_path / "noise.json.1", b)
+    result = CliRunner().invoke(cli, ["noise", "show", "--state", str(tmp_path / "noise.json"),
+                                      "--state", str(tmp_path / "noise.json.1")])
+    assert result.exit_code == 0, result.output
+    assert "/r  compared 2, noise pairs 1" in result.stdout
+    assert "body:/ts (changed)  raw 50.0%  noise 100.0%  noise" in result.stdout
