@@ -47,9 +47,15 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: an interrupted replay checked only part 
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Extra CA bundle for https backends.")
 @click.option("--insecure", is_flag=True, help="Do not verify the backends' TLS certificates.")
+@click.option("--secondary", type=HTTP_URL, default=None,
+              help="A second instance of the live version, as for `run`: with noise mode auto or "
+                   "secondary in the rules, reads also go there and its differences are noise.")
+@click.option("--noise-state", type=click.Path(dir_okay=False), default=None,
+              help="File of learned noise, as for `run`: loaded first, saved at the end.")
 def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None, sink: str,
                rate: float | None, concurrency: int, fail_on: str | None, progress: bool | None,
-               ca_file: str | None, insecure: bool) -> None:
+               ca_file: str | None, insecure: bool, secondary: str | None = None,
+               noise_state: str | None = None) -> None:
     """Replay the requests recorded in INPUT against SHADOW and record how its answers differ.
 
     INPUT is a mitmproxy flow file (`mitmdump -w FILE`) or a HAR 1.2 export; the format is
@@ -74,7 +80,7 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     fmt = "mitmproxy flows" if found.format == "mitmproxy" else "HAR"
     target = f"{shadow} (live: {live})" if live else f"{shadow} (live: the recording)"
     click.echo(f"replaying {found.entries} entries ({fmt}) from {input_file} against {target}", err=True)
-    config = ReplayConfig(shadow, live, rate, concurrency, ca_file, insecure)
+    config = ReplayConfig(shadow, live, rate, concurrency, ca_file, insecure, secondary, noise_state)
     judging = JudgingSink(open_sink(sink), ruleset.rules.verdict)
     replayer = Replayer(config, judging, ruleset)
 

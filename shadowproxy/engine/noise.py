@@ -259,9 +259,12 @@ def shape_of(value: Any, now: float) -> Shape | None:
     return None
 
 
-def shared_shape(live: Any, shadow: Any, now: float) -> Shape | None:
-    """The shape both values have, in the same form; None when they differ in shape."""
-    a = shape_of(live, now)
+def shared_shape(live: Any, shadow: Any, now: float, live_now: float | None = None) -> Shape | None:
+    """The shape both values have, in the same form; None when they differ in shape.
+
+    `live_now` is when the live answer was made, when that was not about `now` (a replayed
+    recording): its timestamps are judged near that time."""
+    a = shape_of(live, now if live_now is None else live_now)
     if a is None:
         return None
     b = shape_of(shadow, now)
@@ -271,8 +274,9 @@ def shared_shape(live: Any, shadow: Any, now: float) -> Shape | None:
 
 
 def _clock_like(live: Any, shadow: Any, now: float, elapsed_s: float) -> bool:
-    """Both are timestamps near now that moved no further apart than the clock did."""
-    a, b = shape_of(live, now), shape_of(shadow, now)
+    """Both are timestamps near their own answer's time (the shadow's now, the live's
+    `elapsed_s` earlier) that moved no further apart than the clock did in between."""
+    a, b = shape_of(live, now - elapsed_s), shape_of(shadow, now)
     if a is None or b is None or a.seconds is None or b.seconds is None or a.form != b.form:
         return False
     return abs(a.seconds - b.seconds) <= max(elapsed_s, 0.0) + CLOCK_SLACK_S
@@ -447,7 +451,7 @@ class NoiseState:
             return False
         if _clock_like(d.live, d.shadow, now, elapsed_s):
             return True
-        if shared_shape(d.live, d.shadow, now) is None:
+        if shared_shape(d.live, d.shadow, now, now - elapsed_s) is None:
             return False
         rn = self.totals.get(route)
         c = rn.fields.get(f) if rn is not None else None
@@ -456,7 +460,9 @@ class NoiseState:
     def split(self, route: str, comparison: Comparison, cfg: NoiseConfig, *,
               now: float, elapsed_s: float = 0.0) -> NoiseSplit:
         """Which of `comparison`'s differences are real and which fields are noise; the noise
-        ones are counted as cancelled. Call after `observe` of the same exchange."""
+        ones are counted as cancelled. Call after `observe` of the same exchange.
+
+        `elapsed_s`: how long before `now` the live answer was made (the shadow's is `now`)."""
         if not cfg.enabled or not comparison.differences:
             return NoiseSplit(comparison.differences, ())
         real: list[Difference] = []

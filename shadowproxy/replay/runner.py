@@ -46,6 +46,8 @@ class ReplayConfig:
     concurrency: int = 16  # requests in flight at most (per side)
     ca_file: str | None = None
     insecure: bool = False
+    secondary_url: str | None = None  # noise pairs from a second live instance, as `run --secondary`
+    noise_state: str | None = None  # learned noise loaded from and saved to this file
 
 
 @dataclass(slots=True)
@@ -127,7 +129,8 @@ class Replayer:
         self.stats = ReplayStats(live_latency=config.live_url is not None)
         self.policy = Policy(rules)
         client_cfg = ClientConfig(config.concurrency, config.ca_file, config.insecure)
-        self.pipeline = Pipeline(ShadowClient(config.shadow_url, client_cfg), sink, self.stats)
+        self.pipeline = Pipeline(ShadowClient(config.shadow_url, client_cfg), sink, self.stats,
+                                 secondary_url=config.secondary_url, noise_state_path=config.noise_state)
         self.live = ShadowClient(config.live_url, client_cfg) if config.live_url else None
         self.summary = ReplaySummary()
         self.on_progress = on_progress
@@ -209,7 +212,11 @@ class Replayer:
                 return
             live = fresh
         self.summary.replayed += 1
-        await self.pipeline.process(job_of(entry.request, live, decision, request_id))
+        job = job_of(entry.request, live, decision, request_id)
+        if self.live is None and entry.ts:
+            # the live side was answered when recorded: noise shapes judge its clock by that
+            job.exchange.annotations["recorded_at"] = repr(entry.ts)
+        await self.pipeline.process(job)
 
     async def _call_live(self, request: Request, decision: Decision) -> Response | None:
         assert self.live is not None

@@ -47,6 +47,13 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # only these are ever aske
 NOISE_SAVE_INTERVAL = 30.0  # seconds between saves of the noise state (also at each stats record)
 
 
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text else 0.0
+    except ValueError:
+        return 0.0
+
+
 def load_noise_state(path: str | os.PathLike[str]) -> NoiseState:
     """The noise state saved at `path`; an empty one when the file does not exist yet."""
     p = Path(path)
@@ -202,7 +209,9 @@ class Pipeline:
         self.noise.observe(ex.route, comparison, pair)
         self._noise_dirty = True
         now = time.time()
-        elapsed = now - ex.ts if ex.ts else 0.0  # at most the time between the two answers
+        # when the live answer was made: a replayed recording says when it was recorded
+        live_at = _float(ex.annotations.get("recorded_at")) or ex.ts
+        elapsed = now - live_at if live_at else 0.0  # at most the time between the two answers
         return self.noise.split(ex.route, comparison, cfg, now=now, elapsed_s=elapsed)
 
     async def _conclude(

@@ -391,3 +391,16 @@ def test_noise_fields_lists_what_export_would_silence() -> None:
         state.split("r", comp(at), AUTO, now=now, elapsed_s=1)
     names = [field_name(f) for f, _ in state.noise_fields("r", AUTO)]
     assert names == ["body:/at", "body:/v"]
+
+
+def test_recorded_timestamp_is_judged_by_when_it_was_recorded() -> None:
+    """Replay: the live answer is a recording from a year ago; its clock reading and the
+    shadow's fresh one are both clock readings, apart by exactly the time in between."""
+    state = NoiseState()
+    year = 365 * 86_400.0
+    d = changed("/at", iso(NOW - year), iso(NOW))
+    state.observe("r", comp(d))
+    assert state.split("r", comp(d), AUTO, now=NOW, elapsed_s=year).noise == ("body:/at",)
+    stored = changed("/created_at", iso(NOW - 2 * year), iso(NOW))  # not the recording's time
+    state.observe("r", comp(stored))
+    assert state.split("r", comp(stored), AUTO, now=NOW, elapsed_s=year).real == (stored,)

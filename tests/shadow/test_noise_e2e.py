@@ -387,3 +387,31 @@ def test_noise_export_merges_the_states_of_several_processes(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert "/r  compared 2, noise pairs 1" in result.stdout
     assert "body:/ts (changed)  raw 50.0%  noise 100.0%  noise" in result.stdout
+
+
+async def test_replay_learns_noise_from_the_shadow_asked_twice(shadow: Backend, tmp_path: Path) -> None:
+    """Offline replay drives the same pipeline: a recording whose answers carry old ids and
+    timestamps, replayed against a shadow that mints fresh ones; the noise state is saved."""
+    from shadowproxy.engine.exchange import Request, Response
+    from shadowproxy.replay import ReplayConfig, Replayer
+    from shadowproxy.replay.inputs import Entry
+    from shadowproxy.rules import load_rules
+
+    at = 1_704_164_645.678901  # recorded 2024-01-02T03:04:05.678901Z
+    recorded = {"id": str(uuid.uuid4()), "request_id": "req_" + uuid.uuid4().hex,
+                "generated_at": "2024-01-02T03:04:05.678901+00:00", "updated_at": "2024-01-02T03:04:05Z",
+                "epoch_ms": int(at * 1000), "lucky": 7, "version": 1, "name": "Ada",
+                "items": [{"n": i, "etag": uuid.uuid4().hex} for i in range(3)]}
+    live = Response(200, (("Content-Type", "application/json"), ("X-Nonce", "abc"), ("X-Same", "1")),
+                    json.dumps(recorded).encode())
+    entries = [Entry(i, Request("GET", "/users/7", (("n", str(i)),)), live, ts=at) for i in range(60)]
+    state = tmp_path / "noise.json"
+    sink = MemorySink()
+    config = ReplayConfig(shadow.url, concurrency=1, noise_state=str(state))
+    summary = await Replayer(config, sink, load_rules(rules_file(tmp_path))).run(entries, len(entries))
+    assert summary.replayed == 60
+    recs = [r for r in sink.records if r["outcome"] == "mismatch"]
+    assert len(recs) == 60  # the real change, every time
+    for r in recs[20:]:  # after the warm-up of 20 pairs
+        assert named_fields(r) == {"body:/version"}, r["differences"]
+    assert load_noise_state(state).totals["/users/{id}"].compared == 60
