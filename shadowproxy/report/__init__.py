@@ -41,6 +41,9 @@ The report (and `--format json`) is a dict with these stable keys:
       examples            the last 5 records of the route, each {id, ts, outcome, method, path,
                           live: {status, latency_ms, body_excerpt}, shadow: {status, latency_ms,
                           body_excerpt, error}, differences: [{part, path, kind, live, shadow}]}
+      noise               fields judged noise, apart from the differences that count: {compared,
+                          pairs, noise_only, fields: [{field, kind, raw, noise, cancelled,
+                          raw_rate, noise_rate}]} (docs/noise.md)
     notes           things a reader should know (missing stats records, invalid records)
 """
 

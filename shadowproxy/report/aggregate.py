@@ -98,6 +98,10 @@ class RouteAgg:
     fields: dict[tuple[str, str, str], FieldAgg] = field(default_factory=dict)
     fields_not_kept: int = 0
     examples: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ROUTE_EXAMPLES))
+    # the stats records' `noise` sections summed: compared, pairs, (field, kind) -> [raw, noise, cancelled]
+    noise_compared: int = 0
+    noise_pairs: int = 0
+    noise_fields: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 class Aggregator:
@@ -184,6 +188,23 @@ class Aggregator:
         parsed = {str(name): RouteStats.from_dict(counts) for name, counts in routes.items()}
         for name, rs in parsed.items():
             self._route(name).stats.merge(rs)
+        for name, counts in (record.get("noise") or {}).items():
+            self._add_noise(self._route(str(name)), counts)
+
+    @staticmethod
+    def _add_noise(agg: RouteAgg, counts: dict[str, Any]) -> None:
+        agg.noise_compared += int(counts.get("compared", 0))
+        agg.noise_pairs += int(counts.get("pairs", 0))
+        for f in counts.get("fields", []):
+            key = (str(f["field"]), str(f["kind"]))
+            have = agg.noise_fields.get(key)
+            if have is None:
+                if len(agg.noise_fields) >= MAX_FIELDS_PER_ROUTE:
+                    continue
+                have = agg.noise_fields[key] = [0, 0, 0]
+            have[0] += int(f.get("raw", 0))
+            have[1] += int(f.get("noise", 0))
+            have[2] += int(f.get("cancelled", 0))
 
     def _add_exchange(self, record: dict[str, Any], outcome: str) -> None:
         name = str(record["route"])
@@ -281,6 +302,7 @@ class Aggregator:
                 for f in (fields if top is None else fields[:top])
             ],
             "examples": list(agg.examples),
+            "noise": _noise_report(agg, top),
         }
 
     def _notes(self) -> list[str]:
@@ -302,6 +324,31 @@ class Aggregator:
                 f"{self.counters['invalid']} records were not shadowproxy.mismatch/1 records: left out"
             )
         return notes
+
+
+def _noise_report(agg: RouteAgg, top: int | None) -> dict[str, Any]:
+    """The fields judged noise on a route (cancelled at least once), with their rates:
+    raw per compared exchange, noise per noise pair (docs/noise.md)."""
+    cancelled = sorted(
+        ((key, c) for key, c in agg.noise_fields.items() if c[2] > 0), key=lambda kc: (-kc[1][2], kc[0])
+    )
+    return {
+        "compared": agg.noise_compared,
+        "pairs": agg.noise_pairs,
+        "noise_only": agg.stats.counts.get("noise_only", 0),
+        "fields": [
+            {
+                "field": key[0],
+                "kind": key[1],
+                "raw": c[0],
+                "noise": c[1],
+                "cancelled": c[2],
+                "raw_rate": _rate(c[0], agg.noise_compared),
+                "noise_rate": _rate(c[1], agg.noise_pairs),
+            }
+            for key, c in (cancelled if top is None else cancelled[:top])
+        ],
+    }
 
 
 def _rate(n: int, d: int) -> float | None:

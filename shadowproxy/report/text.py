@@ -108,6 +108,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     for r in routes:
         for reason in r["reasons"]:
             console.print(Text(f"{r['route']}: {reason}", style=VERDICT_STYLE[r["verdict"]]))
+        _noise_table(r, console)
         if not r["fields"]:
             continue
         ft = Table(title=f"Top differing fields: {r['route']}", title_justify="left", header_style="bold")
@@ -135,6 +136,37 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         console.print(ft)
     for note in report["notes"]:
         console.print(f"note: {note}", style="yellow")
+
+
+def _noise_table(r: dict[str, Any], console: Console) -> None:
+    """The fields judged noise on a route, apart from the differences that count."""
+    noise = r.get("noise") or {}
+    if not noise.get("fields"):
+        return
+    title = (f"Noise (not counted as mismatches): {r['route']}, {noise['noise_only']} exchanges "
+             f"differed only in noise; {noise['pairs']} noise pairs")
+    nt = Table(title=title, title_justify="left", header_style="bold")
+    for name, justify in (("field", "left"), ("kind", "left"), ("raw rate", "right"),
+                          ("noise rate", "right"), ("cancelled", "right")):
+        nt.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for f in noise["fields"]:
+        nt.add_row(f["field"], f["kind"], *_noise_cells(f))
+    console.print(nt)
+
+
+def _md_noise(r: dict[str, Any]) -> list[str]:
+    noise = r.get("noise") or {}
+    if not noise.get("fields"):
+        return []
+    rows = [[f"`{f['field']}`", f["kind"], *_noise_cells(f)] for f in noise["fields"]]
+    head = (f"Noise, not counted as mismatches ({noise['noise_only']} exchanges differed only in noise, "
+            f"{noise['pairs']} noise pairs):")
+    header = ["field", "kind", "raw rate", "noise rate", "cancelled"]
+    return [head, "", *_md_table(header, rows, right={2, 3, 4}), ""]
+
+
+def _noise_cells(f: dict[str, Any]) -> list[str]:
+    return [fmt_pct(f["raw_rate"]), fmt_pct(f["noise_rate"]), str(f["cancelled"])]
 
 
 # -- markdown ------------------------------------------------------------------------------
@@ -206,9 +238,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     )
     lines.append("")
     for r in routes:
-        if not r["fields"] and not r["reasons"]:
+        if not r["fields"] and not r["reasons"] and not (r.get("noise") or {}).get("fields"):
             continue
         lines += [f"## `{r['route']}`: {VERDICT_LABEL[r['verdict']]}", ""]
+        lines += _md_noise(r)
         lines += [f"- {reason}" for reason in r["reasons"]]
         if r["reasons"]:
             lines.append("")

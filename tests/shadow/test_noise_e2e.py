@@ -415,3 +415,29 @@ async def test_replay_learns_noise_from_the_shadow_asked_twice(shadow: Backend, 
     for r in recs[20:]:  # after the warm-up of 20 pairs
         assert named_fields(r) == {"body:/version"}, r["differences"]
     assert load_noise_state(state).totals["/users/{id}"].compared == 60
+
+
+def test_report_shows_noise_fields_per_route_apart_with_their_rates(
+    live: Backend, shadow: Backend, tmp_path: Path
+) -> None:
+    from shadowproxy.report.aggregate import Aggregator
+    from shadowproxy.report.text import render_markdown
+
+    sink = MemorySink()
+    with ProxyThread(live.url, shadow.url, rules=rules_file(tmp_path), sink=sink) as proxy:
+        drive(proxy, "warm", 30)
+    agg = Aggregator()
+    for r in sink.records:
+        assert agg.add(r)
+    report = agg.snapshot(top=None)
+    feed = {r["route"]: r for r in report["routes"]}["feed"]
+    noise = feed["noise"]
+    assert noise["compared"] == 30 and 20 <= noise["pairs"] <= 30  # the warm-up's 20, then ~5%
+    by_field = {(f["field"], f["kind"]): f for f in noise["fields"]}
+    rid = by_field[("body:/request_id", "changed")]
+    assert rid["raw_rate"] == 1.0 and rid["noise_rate"] == 1.0 and rid["cancelled"] == 30
+    assert ("header:/x-nonce", "changed") in by_field
+    assert ("body:/version", "changed") not in by_field  # the real change is no noise
+    assert [f["path"] for f in feed["fields"]] == ["/version"]  # and the counted fields hold it alone
+    text = render_markdown(report)
+    assert "Noise, not counted as mismatches" in text and "`body:/request_id`" in text
