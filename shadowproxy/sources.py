@@ -133,7 +133,7 @@ async def _iter_kafka(
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    from shadowproxy.sinks.kafka import client_kwargs, parse_options
+    from shadowproxy.sinks.kafka import client_kwargs, describe_error, parse_options
 
     where = f"{flag} kafka://{parsed.bootstrap}/{parsed.topic}"
     options = parse_options(parsed, flag=flag)
@@ -152,7 +152,7 @@ async def _iter_kafka(
                     raise SourceError(msg)
                 await consumer.start()
         except (KafkaError, OSError, TimeoutError) as e:
-            msg = f"{where}: cannot reach Kafka ({type(e).__name__}{': ' + str(e) if str(e) else ''})"
+            msg = f"{where}: cannot reach Kafka ({describe_error(e)})"
             raise SourceError(msg) from None
         partitions = [TopicPartition(parsed.topic, p) for p in numbers]
         if group is None:

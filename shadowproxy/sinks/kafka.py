@@ -243,6 +243,16 @@ def parse_options(parsed: ParsedURI, *, flag: str = "--sink") -> KafkaOptions:
     return KafkaOptions(**out)
 
 
+def describe_error(e: BaseException) -> str:
+    """A short, one-line reason: aiokafka's messages repeat the class name and list addresses."""
+    name = type(e).__name__
+    text = str(e).removeprefix(f"{name}: ").strip()
+    if name == "KafkaConnectionError" or not text or "\n" in text or len(text) > 200:
+        return {"KafkaConnectionError": "connection refused or unreachable", "TimeoutError": "timed out"}.get(
+            name, name)
+    return f"{name}: {text}"
+
+
 def client_kwargs(bootstrap: str, o: KafkaOptions) -> dict[str, Any]:
     """Connection settings shared by the producer, the admin client and the source's consumer."""
     kw: dict[str, Any] = {
@@ -821,7 +831,7 @@ class KafkaSink:
         except (KafkaError, OSError, TimeoutError) as e:
             if producer is not None:
                 await producer.stop()
-            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            why = describe_error(e)
             suffix = "; starting anyway, spooling" if at_start else ""
             self._log_outage(f"Kafka unreachable ({why}){suffix}")
             return False

@@ -116,3 +116,15 @@ def test_tail_help_says_it_all() -> None:
     for word in ("--source", "--from-beginning", "--group", "--follow / --no-follow",
                  "SHADOWPROXY_TAIL_SOURCE", "Ctrl-C", "kafka://", "jsonl:"):
         assert word in result.output
+
+
+def test_tail_cli_unreachable_kafka_is_one_red_line() -> None:
+    """Nothing listening: exit 2, one line, no aiokafka log noise."""
+    from tests.fixtures.kafka import free_port
+
+    _register()
+    source = f"kafka://127.0.0.1:{free_port()}/t"
+    result = CliRunner().invoke(cli, ["tail", "--source", source, "--no-follow"])
+    assert result.exit_code == 2
+    reason = "cannot reach Kafka (connection refused or unreachable)"
+    assert result.stderr == f"error: --source {source}: {reason}\n"
