@@ -419,14 +419,14 @@ class KafkaSink:
             return
         self._closing = True
         self._wake.set()
+        failure: BaseException | None = None
         if self._sender is not None:
             try:
                 await self._sender
-            finally:
-                if self._pending:  # the sender died: keep the records anyway
-                    await self._spool_items(list(self._pending))
-                    self._pending.clear()
-                    self._pending_bytes = 0
+            except Exception as e:
+                failure = e
+                # The sender died (a bug): still keep every record not acknowledged, in order.
+                await self._degrade(f"the sender task failed: {describe_error(e)}")
         if self._retiring is not None:
             await self._retiring
             self._retiring = None
@@ -435,6 +435,10 @@ class KafkaSink:
             await self._close_producer(self._producer, abort=False)
             self._producer = None
         await asyncio.to_thread(self.spool.close)
+        if failure is not None:
+            why = describe_error(failure)
+            msg = f"{self.uri}: the sender task failed ({why}); unsent records are in the spool"
+            raise SinkError(msg) from failure
 
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._closing:

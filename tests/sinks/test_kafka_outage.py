@@ -225,3 +225,31 @@ async def test_send_buffer_full_spills_to_the_spool_and_order_holds(
     assert c["spooled"] == c["drained"] + c["deduplicated"]
     messages = await consume_all(kafka_bootstrap, kafka_topic)
     assert check_in_order_and_complete(messages, ids) == 0
+
+
+async def test_a_dead_sender_is_loud_and_keeps_the_records(
+    kafka_topic: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that kills the sender: write() and stop() say so; what was written is in the spool."""
+    from shadowproxy.errors import SinkError
+    from shadowproxy.sinks.spool import Spool
+
+    dead = f"kafka://127.0.0.1:{free_port()}/{kafka_topic}?spool_dir={tmp_path}{FAST}"
+    sink = kafka_sink(dead)
+
+    async def boom() -> bool:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sink, "_drain", boom)
+    await sink.start()
+    for i in range(10):
+        await sink.write(make_record(i))
+    assert sink._sender is not None
+    await wait_until(sink._sender.done, 10, "the sender to die")
+    with pytest.raises(SinkError, match=r"sender task died \(RuntimeError: boom\)"):
+        await sink.write(make_record(10))
+    with pytest.raises(SinkError, match="sender task failed"):
+        await sink.stop()
+    await sink.stop()  # still safe twice
+    with Spool(tmp_path / kafka_topic) as spool:
+        assert spool.recovered == 10
