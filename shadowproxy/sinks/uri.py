@@ -35,11 +35,16 @@ def parse_uri(uri: str, *, flag: str = "--sink") -> ParsedURI:
     if uri.startswith("kafka://"):
         parts = urlsplit(uri)
         topic = parts.path.lstrip("/")
+        shown = uri.split("?", 1)[0]  # never the options in an error: they may name secrets
+        if "@" in parts.netloc:
+            msg = (f"{flag} kafka://...: credentials do not belong in the address; use"
+                   " sasl_username=NAME&sasl_password_env=VAR (or sasl_password_file=PATH)")
+            raise SinkURIError(msg)
         if not parts.netloc:
-            msg = f"{flag} {uri!r}: kafka needs a bootstrap address, e.g. kafka://127.0.0.1:9092/shadow.mismatches"
+            msg = f"{flag} {shown!r}: kafka needs a bootstrap address, e.g. kafka://127.0.0.1:9092/shadow.mismatches"
             raise SinkURIError(msg)
         if not topic or "/" in topic:
-            msg = f"{flag} {uri!r}: kafka needs exactly one topic after the address"
+            msg = f"{flag} {shown!r}: kafka needs exactly one topic after the address"
             raise SinkURIError(msg)
         return ParsedURI("kafka", bootstrap=parts.netloc, topic=topic, options=dict(parse_qsl(parts.query)))
     msg = f"{flag} {uri!r}: unknown scheme (use jsonl:PATH or kafka://HOST:PORT/TOPIC)"

@@ -108,3 +108,17 @@ def test_lz4_without_cramjam_is_explained() -> None:
     else:
         with pytest.raises(SinkURIError, match="cramjam"):
             opts("compression=lz4")
+
+
+def test_credentials_in_the_address_are_refused_and_not_echoed() -> None:
+    with pytest.raises(SinkURIError, match="credentials do not belong") as e:
+        parse_uri("kafka://alice:hunter2@127.0.0.1:9092/t")
+    assert "hunter2" not in str(e.value)
+
+
+def test_uri_errors_do_not_echo_the_options() -> None:
+    """A malformed kafka URI is reported without its query string (it may hold a password)."""
+    with pytest.raises(SinkURIError) as e:
+        parse_uri("kafka://127.0.0.1:9092/?sasl_password=hunter2")
+    assert "hunter2" not in str(e.value)
+    assert "exactly one topic" in str(e.value)
