@@ -59,7 +59,7 @@ def _answer(version: int):  # type: ignore[no-untyped-def]
             "updated_at": now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
             "epoch_ms": int(time.time() * 1000),
             "lucky": random.randrange(10**9),
-            "version": version,
+            "version": 1 if request.query.get("same") else version,
             "name": "Ada",
             "items": [{"n": i, "etag": uuid.uuid4().hex} for i in range(3)],
         }
@@ -441,3 +441,17 @@ def test_report_shows_noise_fields_per_route_apart_with_their_rates(
     assert [f["path"] for f in feed["fields"]] == ["/version"]  # and the counted fields hold it alone
     text = render_markdown(report)
     assert "Noise, not counted as mismatches" in text and "`body:/request_id`" in text
+
+
+def test_exchanges_differing_only_in_noise_write_no_record_and_count_noise_only(
+    live: Backend, shadow: Backend, tmp_path: Path
+) -> None:
+    sink = MemorySink()
+    with ProxyThread(live.url, shadow.url, rules=rules_file(tmp_path), sink=sink) as proxy:
+        for i in range(40):
+            assert get(proxy.url, f"/feed?same=1&n={i}") == 200
+        stats = proxy.addon.stats
+    assert [r for r in sink.records if r["outcome"] != "stats"] == []
+    assert stats.total("compared") == 40
+    assert stats.total("noise_only") == 40
+    assert stats.total("mismatched") == 0
