@@ -222,17 +222,19 @@ class H2Connection:
 
     async def close(self) -> None:
         self.closed = True
-        if not self.writer.is_closing():
-            with contextlib.suppress(Exception):
-                self.conn.close_connection()
-                self._flush()
-            self.writer.close()
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
+        transport = self.writer.transport
+        if not transport.is_closing():
+            with contextlib.suppress(Exception):
+                self.conn.close_connection()
+                self._flush()
+        # No TLS close handshake: asyncio waits up to 30 s for the peer's close_notify, which
+        # gRPC servers often never send. The GOAWAY above already told the shadow we are done.
+        transport.abort()
+        await asyncio.sleep(0)  # the transport closes its socket in a callback
 
 
 def h2_ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
