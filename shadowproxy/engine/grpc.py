@@ -96,10 +96,15 @@ def frame(message: bytes, compressed: bool = False) -> bytes:
 
 
 def status_of(resp: Response) -> dict[str, str | None]:
-    """grpc-status and grpc-message, from the trailers or (trailers-only answer) the headers."""
-    return {
-        name: header(resp.trailers, name, None) or header(resp.headers, name, None) for name in STATUS_FIELDS
-    }
+    """grpc-status and grpc-message, from the trailers or (trailers-only answer) the headers.
+    An empty grpc-message is no message."""
+    out: dict[str, str | None] = {}
+    for name in STATUS_FIELDS:
+        value = header(resp.trailers, name, None)
+        if value is None:
+            value = header(resp.headers, name, None)
+        out[name] = value or None
+    return out
 
 
 # -- descriptors ----------------------------------------------------------------------------

@@ -166,3 +166,36 @@ def test_streaming_calls_and_unlisted_methods_are_not_mirrored(
     assert stats["list-things"].skipped_by == {"grpc_streaming": 1}
     assert stats["/spdemo.Things/DeleteThing"].skipped_by == {"method": 1}
     assert _records(sink) == []
+
+
+def test_process_dispatch_compares_grpc_the_same_way(
+    servers: Any, pki: Pki, demo: grpc_demo.Demo, tmp_path: Path
+) -> None:
+    """The default dispatch (a worker process, JSONL sink): the live call status crosses into the
+    worker, so an equal call writes nothing and a changed field is recorded at its path."""
+    import orjson
+
+    live_port, _, shadow_port, shadow_calls = servers
+    out = tmp_path / "records.jsonl"
+    proxy = TlsProxy(
+        f"https://127.0.0.1:{live_port}",
+        f"https://127.0.0.1:{shadow_port}",
+        sink=None,
+        rules=_rules(tmp_path, demo, descriptor=True),
+        tls=pki.leaf,
+        ca_file=pki.ca,
+        shadow_ca_file=str(pki.ca),
+        shadow_sink=f"jsonl:{out}",
+        shadow_dispatch="process",
+    )
+    with proxy, _channel(proxy, pki) as ch:
+        stub = demo.pb2_grpc.ThingsStub(ch)
+        assert stub.GetThing(demo.pb2.GetThingRequest(id=7), timeout=10).name == "Ada"
+        assert wait_for(lambda: len(shadow_calls) == 1)
+    records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    for rec in records:
+        validate_record(rec)
+    (mismatch,) = [r for r in records if r["outcome"] != "stats"]
+    assert [(d["part"], d["path"]) for d in mismatch["differences"]] == [("body", "/name")]
+    (stats,) = [r for r in records if r["outcome"] == "stats"]
+    assert stats["routes"]["get-thing"]["mismatched"] == 1
