@@ -121,7 +121,8 @@ class Spool:
         except OSError:
             self._lock_fh.close()
             self._lock_fh = None
-            msg = f"spool {self.directory} is in use by another shadowproxy process"
+            msg = (f"spool {self.directory} is in use by another sink or shadowproxy process;"
+                   " give each sink of the same topic its own spool_dir")
             raise SinkError(msg) from None
         self._segments = sorted(
             int(p.stem) for p in self.directory.glob("*.seg") if p.stem.isdigit()
