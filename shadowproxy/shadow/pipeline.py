@@ -128,6 +128,7 @@ class Pipeline:
         self._random = (rng or random.Random()).random
         self._noise_saved = time.monotonic()
         self._noise_dirty = False
+        self.pair_failures = 0  # noise pairs whose second call failed (the pair is left out)
 
     async def process(self, job: ShadowJob) -> None:
         try:
@@ -166,6 +167,11 @@ class Pipeline:
             result = await self._call(job)
         else:  # both at once: the pair costs no extra wait
             result, second = await asyncio.gather(self._call(job), self._call(job, partner))
+            if isinstance(second, Failure):
+                self.pair_failures += 1
+                if self.pair_failures == 1:  # once: a down secondary must not flood the log
+                    log.warning("noise pair: the %s call failed (%s: %s); such pairs are left out",
+                                partner, second.kind, second.message)
         if isinstance(result, Failure):
             outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")

@@ -455,3 +455,20 @@ def test_exchanges_differing_only_in_noise_write_no_record_and_count_noise_only(
     assert stats.total("compared") == 40
     assert stats.total("noise_only") == 40
     assert stats.total("mismatched") == 0
+
+
+def test_a_secondary_that_is_down_leaves_pairs_out_and_mirroring_on(
+    live: Backend, shadow: Backend, tmp_path: Path
+) -> None:
+    from shadowproxy.testing import free_port
+
+    sink = MemorySink()
+    with ProxyThread(live.url, shadow.url, rules=rules_file(tmp_path), sink=sink,
+                     shadow_secondary_url=f"http://127.0.0.1:{free_port()}") as proxy:
+        drive(proxy, "warm", 5)
+        dispatcher = proxy.addon.dispatcher
+        assert dispatcher is not None
+        pipeline = dispatcher.pipeline  # type: ignore[attr-defined]
+    assert pipeline.pair_failures == 5 * len(ROUTES)
+    assert_real_change_always_reported(sink.records, "warm", 5)
+    assert stats_noise(sink.records)["feed"] == {"compared": 5, "pairs": 0}
