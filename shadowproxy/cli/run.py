@@ -171,6 +171,9 @@ def setup_logging(verbose: int) -> None:
               envvar="SHADOWPROXY_TLS_KEY", show_envvar=True, help="The private key (PEM) of --tls-cert.")
 @click.option("--h2c", is_flag=True, envvar="SHADOWPROXY_H2C", show_envvar=True,
               help="Also accept plain-text HTTP/2 with prior knowledge (h2c) on --listen.")
+@click.option("--upstream-h2c", is_flag=True, envvar="SHADOWPROXY_UPSTREAM_H2C", show_envvar=True,
+              help="Speak plain-text HTTP/2 with prior knowledge (h2c) to an http:// live and shadow, "
+              "e.g. gRPC servers without TLS.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def run_cmd(
     listen: tuple[str, int],
@@ -193,6 +196,7 @@ def run_cmd(
     tls_cert: str | None,
     tls_key: str | None,
     h2c: bool,
+    upstream_h2c: bool,
     verbose: int,
 ) -> None:
     """Run the shadow proxy in front of LIVE, mirroring safe requests to SHADOW.
@@ -226,6 +230,7 @@ def run_cmd(
         "shadow_stats_interval": stats_interval,
         "shadow_ca_file": ca_file,
         "shadow_insecure": insecure,
+        "shadow_h2c": upstream_h2c,
         "shadow_secondary_url": secondary,
         "shadow_noise_state": noise_state,
     }
@@ -238,7 +243,8 @@ def run_cmd(
     if tls_cert and tls_key:
         check_tls_files(tls_cert, tls_key)
     settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
-                             h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1)
+                             h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1,
+                             live_h2c=upstream_h2c)
     logging.getLogger("shadowproxy").info(
         "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
     )

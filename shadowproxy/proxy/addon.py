@@ -122,6 +122,9 @@ class ShadowAddon:
                           "CAP_SYS_NICE) lets it keep up with a busy proxy on a saturated machine.")
         loader.add_option("shadow_ca_file", OptStr, None, "Extra CA bundle to verify an https shadow.")
         loader.add_option("shadow_insecure", bool, False, "Do not verify the shadow's TLS certificate.")
+        loader.add_option("shadow_h2c", bool, False,
+                          "An http:// shadow speaks HTTP/2 with prior knowledge (h2c), e.g. a plain-text "
+                          "gRPC server.")
         loader.add_option("shadow_secondary_url", OptStr, None,
                           "A second instance of the live version (Diffy's secondary): with noise mode "
                           "auto or secondary, reads also go there and live-vs-secondary differences "
@@ -152,7 +155,7 @@ class ShadowAddon:
             sink_uri=o.shadow_sink,
             dispatch=DispatchConfig(o.shadow_queue_size, o.shadow_concurrency,
                                     float(o.shadow_stats_interval)),
-            client=ClientConfig(o.shadow_concurrency, o.shadow_ca_file, o.shadow_insecure),
+            client=ClientConfig(o.shadow_concurrency, o.shadow_ca_file, o.shadow_insecure, o.shadow_h2c),
             dispatch_mode=o.shadow_dispatch,
             worker_nice=o.shadow_worker_nice,
             secondary_url=o.shadow_secondary_url,

@@ -42,6 +42,7 @@ class ProxySettings:
     h2c: bool = False  # also accept plain-text HTTP/2 with prior knowledge
     ca_file: str | None = None  # an extra CA for an https live backend (added to the default bundle)
     insecure: bool = False  # do not verify the live backend's certificate
+    live_h2c: bool = False  # speak HTTP/2 with prior knowledge to an http:// live backend
     reuse_port: bool = False  # SO_REUSEPORT: several processes listen on the same address
 
 
@@ -99,13 +100,27 @@ class H2cNextLayer(next_layer.NextLayer):
         super().next_layer(nextlayer)
 
 
-def lean_addons(*, h2c: bool = False) -> list[Any]:
+class H2cUpstream:
+    """Plain-text HTTP/2 with prior knowledge to the live backend (a gRPC server without TLS).
+
+    mitmproxy 11 speaks HTTP/1.1 on every plain-text upstream connection; it picks its HTTP/2
+    client layer when the connection's ALPN says h2, and `server_connected` runs before that
+    choice. In reverse mode every plain-text upstream connection goes to the live backend.
+    """
+
+    def server_connected(self, data: Any) -> None:
+        if not data.server.tls:
+            data.server.alpn = b"h2"
+
+
+def lean_addons(*, h2c: bool = False, live_h2c: bool = False) -> list[Any]:
     return [
         core.Core(),
         proxyserver.Proxyserver(),
         H2cNextLayer() if h2c else next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        *([H2cUpstream()] if live_h2c else []),
     ]
 
 
@@ -222,7 +237,7 @@ async def serve(
     opts = options.Options()
     master = Master(opts, with_termlog=False)
     # extra addons (the admin API) first, so /readyz answers 503 while the shadow side starts
-    master.addons.add(*lean_addons(h2c=settings.h2c), *extra_addons, addon)
+    master.addons.add(*lean_addons(h2c=settings.h2c, live_h2c=settings.live_h2c), *extra_addons, addon)
     if started is not None:
         master.addons.add(_Started(started, master))  # last: every other addon is running by then
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"

@@ -1,8 +1,8 @@
 """The HTTP client that calls the shadow: a fixed target, no redirects, bounded bodies.
 
 An https shadow is called over HTTP/2 when its TLS handshake chooses h2 (`h2client`: it
-keeps trailers, where gRPC puts its status); plain http and https without h2 go through
-aiohttp (HTTP/1.1), the fast path.
+keeps trailers, where gRPC puts its status), an http one too when configured for h2c; plain
+http and https without h2 go through aiohttp (HTTP/1.1), the fast path.
 
 Nothing in a request can steer it elsewhere: the URL is always the configured base plus the
 request's path, and redirects are returned as responses, never followed. Bodies are read raw
@@ -41,6 +41,7 @@ class ClientConfig:
     concurrency: int = 64
     ca_file: str | None = None
     insecure: bool = False
+    h2c: bool = False  # an http:// shadow speaks HTTP/2 with prior knowledge (a plain-text gRPC server)
 
 
 def _ssl_context(cfg: ClientConfig) -> ssl.SSLContext | bool:
@@ -102,6 +103,7 @@ class ShadowClient:
         self.cfg = cfg or ClientConfig()
         self._session: aiohttp.ClientSession | None = None
         self._h2: H2Pool | None = None
+        self._h2c: H2Pool | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -118,9 +120,10 @@ class ShadowClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._h2 is not None:
-            await self._h2.close()
-            self._h2 = None
+        for pool in (self._h2, self._h2c):
+            if pool is not None:
+                await pool.close()
+        self._h2 = self._h2c = None
 
     def url_for(self, req: Request, base: str | None = None) -> URL:
         # Plain concatenation: the host always comes from the configured base.
@@ -141,7 +144,7 @@ class ShadowClient:
         self, req: Request, max_body_bytes: int, base: str | None, start: float
     ) -> Response | Failure:
         url = self.url_for(req, base)
-        if url.scheme == "https":
+        if url.scheme == "https" or self.cfg.h2c:
             try:
                 return await self._call_h2(url, req, max_body_bytes, start)
             except H2Unsupported:
@@ -170,10 +173,16 @@ class ShadowClient:
             return Response(resp.status, headers, b"".join(chunks), (time.perf_counter() - start) * 1000)
 
     async def _call_h2(self, url: URL, req: Request, max_body_bytes: int, start: float) -> Response | Failure:
-        if self._h2 is None:
-            self._h2 = H2Pool(h2_ssl_context(self.cfg.ca_file, self.cfg.insecure))
+        if url.scheme == "https":
+            if self._h2 is None:
+                self._h2 = H2Pool(h2_ssl_context(self.cfg.ca_file, self.cfg.insecure))
+            pool = self._h2
+        else:
+            if self._h2c is None:
+                self._h2c = H2Pool(None)
+            pool = self._h2c
         assert url.host is not None and url.port is not None
-        conn = await self._h2.connection(url.host, url.port)
+        conn = await pool.connection(url.host, url.port)
         try:
             resp = await conn.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
         except BodyTooLarge:

@@ -27,8 +27,16 @@ from shadowproxy.engine.exchange import Headers
 
 # Connection-specific headers are not allowed in HTTP/2 (RFC 9113 8.2.2); host is :authority.
 _NOT_IN_H2 = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "te",
-     "http2-settings"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "te",
+        "http2-settings",
+    }
 )
 READ_CHUNK = 65536
 
@@ -89,10 +97,17 @@ def _fail(stream: _Stream, exc: BaseException) -> None:
 class H2Connection:
     """One HTTP/2 connection; any number of concurrent calls share it."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        authority: str,
+        scheme: str = "https",
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.authority = authority.encode("idna")
+        self.scheme = scheme.encode()
         cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=cfg)
         self.streams: dict[int, _Stream] = {}
@@ -174,8 +189,12 @@ class H2Connection:
         self, method: str, path: str, headers: Headers, body: bytes, max_body_bytes: int
     ) -> H2Response:
         grpc = False
-        out = [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", self.authority),
-               (b":path", path.encode("latin-1"))]
+        out = [
+            (b":method", method.encode()),
+            (b":scheme", self.scheme),
+            (b":authority", self.authority),
+            (b":path", path.encode("latin-1")),
+        ]
         for k, v in headers:
             lk = k.lower()
             if lk in _NOT_IN_H2 or lk.startswith(":"):
@@ -208,8 +227,11 @@ class H2Connection:
         while pos < len(body):
             if stream.done.done():
                 return  # the shadow answered (or reset) before taking the whole body
-            size = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size,
-                       len(body) - pos)
+            size = min(
+                self.conn.local_flow_control_window(stream_id),
+                self.conn.max_outbound_frame_size,
+                len(body) - pos,
+            )
             if size <= 0:
                 stream.window.clear()
                 await stream.window.wait()
@@ -249,9 +271,10 @@ def h2_ssl_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
 
 
 class H2Pool:
-    """One live HTTP/2 connection per origin (host, port); origins without h2 remembered."""
+    """One live HTTP/2 connection per origin (host, port); origins without h2 remembered.
+    Without an SSL context: plain-text HTTP/2 with prior knowledge (h2c)."""
 
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None) -> None:
         self.ssl_context = ssl_context
         self.http1_only: set[tuple[str, int]] = set()
         self._conns: dict[tuple[str, int], H2Connection] = {}
@@ -274,23 +297,25 @@ class H2Pool:
             return conn
 
     async def _connect(self, host: str, port: int) -> H2Connection:
+        tls = self.ssl_context is not None
         try:
-            reader, writer = await asyncio.open_connection(host, port, ssl=self.ssl_context,
-                                                           server_hostname=host, limit=READ_CHUNK * 4)
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=self.ssl_context, server_hostname=host if tls else None, limit=READ_CHUNK * 4
+            )
         except ssl.SSLError:
             raise
         except OSError as e:
             msg = f"cannot connect to {host}:{port}: {e.strerror or e}"
             raise ShadowConnectError(msg) from None
         ssl_object = writer.get_extra_info("ssl_object")
-        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+        if tls and (ssl_object is None or ssl_object.selected_alpn_protocol() != "h2"):
             self.http1_only.add((host, port))
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             raise H2Unsupported
-        authority = host if port == 443 else f"{host}:{port}"
-        conn = H2Connection(reader, writer, authority)
+        authority = host if port == (443 if tls else 80) else f"{host}:{port}"
+        conn = H2Connection(reader, writer, authority, "https" if tls else "http")
         conn.start()
         return conn
 

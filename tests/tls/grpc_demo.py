@@ -63,8 +63,9 @@ def build(directory: Path) -> Demo:
     return Demo(descriptor, pb2, pb2_grpc)
 
 
-def server(demo: Demo, version: int, cert: CertFiles) -> tuple[grpc.Server, int, list[str]]:
-    """A TLS gRPC server on 127.0.0.1; version 2 renames things and does not know id 404.
+def server(demo: Demo, version: int, cert: CertFiles | None) -> tuple[grpc.Server, int, list[str]]:
+    """A gRPC server on 127.0.0.1, TLS unless `cert` is None (then h2c, plain text); version 2
+    renames things and does not know id 404.
     Returns the server, its port and the list of method names it was called with."""
     pb2 = demo.pb2
     calls: list[str] = []
@@ -89,7 +90,10 @@ def server(demo: Demo, version: int, cert: CertFiles) -> tuple[grpc.Server, int,
     s = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     demo.pb2_grpc.add_ThingsServicer_to_server(Things(), s)
     port = free_port()
-    creds = grpc.ssl_server_credentials([(cert.key.read_bytes(), cert.cert.read_bytes())])
-    s.add_secure_port(f"127.0.0.1:{port}", creds)
+    if cert is None:
+        s.add_insecure_port(f"127.0.0.1:{port}")
+    else:
+        creds = grpc.ssl_server_credentials([(cert.key.read_bytes(), cert.cert.read_bytes())])
+        s.add_secure_port(f"127.0.0.1:{port}", creds)
     s.start()
     return s, port, calls

@@ -276,6 +276,7 @@ class TlsProxy:
         h2c: bool = False,
         ca_file: Path | None = None,
         insecure: bool = False,
+        live_h2c: bool = False,
         **shadow_options: Any,
     ) -> None:
         from shadowproxy.proxy.addon import ShadowAddon
@@ -300,6 +301,7 @@ class TlsProxy:
             h2c=h2c,
             ca_file=str(ca_file) if ca_file else None,
             insecure=insecure,
+            live_h2c=live_h2c,
         )
         self.scheme = "https" if tls else "http"
         self._thread: threading.Thread | None = None

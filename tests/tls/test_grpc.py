@@ -199,3 +199,35 @@ def test_process_dispatch_compares_grpc_the_same_way(
     assert [(d["part"], d["path"]) for d in mismatch["differences"]] == [("body", "/name")]
     (stats,) = [r for r in records if r["outcome"] == "stats"]
     assert stats["routes"]["get-thing"]["mismatched"] == 1
+
+
+@pytest.mark.parametrize("client_h2c", [False, True], ids=["client-tls", "client-h2c"])
+def test_plain_text_grpc_backends_with_upstream_h2c(
+    demo: grpc_demo.Demo, pki: Pki, tmp_path: Path, client_h2c: bool
+) -> None:
+    """Live and shadow are gRPC servers without TLS (http://): with upstream h2c (the live side
+    in mitmproxy, the shadow side in our client) the call is answered and mirrored."""
+    live, live_port, live_calls = grpc_demo.server(demo, 1, None)
+    shadow, shadow_port, shadow_calls = grpc_demo.server(demo, 2, None)
+    sink = MemorySink()
+    try:
+        proxy = TlsProxy(
+            f"http://127.0.0.1:{live_port}",
+            f"http://127.0.0.1:{shadow_port}",
+            sink=sink,
+            rules=_rules(tmp_path, demo, descriptor=True),
+            tls=None if client_h2c else pki.leaf,
+            h2c=client_h2c,
+            live_h2c=True,
+            shadow_h2c=True,
+        )
+        with proxy, _channel(proxy, pki, h2c=client_h2c) as ch:
+            thing = demo.pb2_grpc.ThingsStub(ch).GetThing(demo.pb2.GetThingRequest(id=7), timeout=10)
+            assert thing.name == "Ada"
+            assert wait_for(lambda: len(_records(sink)) == 1)
+    finally:
+        live.stop(0).wait(5)
+        shadow.stop(0).wait(5)
+    assert live_calls == ["GetThing"] and shadow_calls == ["GetThing"]
+    (rec,) = _records(sink)
+    assert [(d["part"], d["path"]) for d in rec["differences"]] == [("body", "/name")]
