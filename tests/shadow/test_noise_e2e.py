@@ -197,6 +197,7 @@ def test_shadow_twice_in_the_worker_process(live: Backend, shadow: Backend, tmp_
     records = [json.loads(line) for line in out.read_bytes().splitlines()]
     assert_real_change_always_reported(records, "warm", WARMUP)
     assert_clean_and_real(records, "check", CHECKED)
+    assert stats_noise(records)["feed"]["compared"] == WARMUP + CHECKED  # the worker's stats records
     saved = load_noise_state(state)  # written by the worker at stop
     assert saved.totals["feed"].compared == WARMUP + CHECKED
 
