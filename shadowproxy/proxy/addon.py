@@ -17,7 +17,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, http
 
 from shadowproxy.engine.exchange import Exchange
-from shadowproxy.engine.grpc import frame_count
+from shadowproxy.engine.grpc import GrpcError, frame_count, is_grpc_type, method_info
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
@@ -34,6 +34,7 @@ from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink, parse_uri
 log = logging.getLogger("shadowproxy")
 
 _IN_FLIGHT = "shadowproxy.in_flight"
+_GRPC_STREAM = "shadowproxy.grpc_stream"
 
 DISPATCH_MODES = ["process", "inline"]
 DISPATCH_DEFAULT = "process"  # bench/README.md: the numbers behind this choice
@@ -198,6 +199,33 @@ class ShadowAddon:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_IN_FLIGHT] = True
         self.in_flight += 1
+        if self._grpc_passthrough(flow):
+            # never mirrored: stream it both ways, so a long-lived gRPC stream is not held back
+            # until it ends (mitmproxy buffers whole bodies by default)
+            flow.metadata[_GRPC_STREAM] = True
+            flow.request.stream = True
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(_GRPC_STREAM) and flow.response is not None:
+            flow.response.stream = True
+
+    def _grpc_passthrough(self, flow: http.HTTPFlow) -> bool:
+        """A gRPC call no route mirrors, or a streaming method by the route's descriptor set."""
+        req = flow.request
+        if self.policy is None or not is_grpc_type(req.headers.get("content-type")):
+            return False
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        settings, _ = self.policy.rules.route_for(req.method, req.path, headers)
+        if settings.action == "skip":
+            return True
+        if settings.grpc_method is None:  # as the policy: only a rewrite or a listed method mirrors it
+            return settings.action != "rewrite" and req.method not in settings.mirror_methods
+        descriptor: str | None = getattr(settings.compare, "protobuf_descriptor", None)
+        try:
+            info = method_info(descriptor, settings.grpc_method) if descriptor else None
+        except GrpcError:
+            return False
+        return info is not None and info.streaming
 
     def _answered(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop(_IN_FLIGHT, False):

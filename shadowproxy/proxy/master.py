@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import options
-from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.proxy import layer, mode_specs
 from mitmproxy.proxy.layers import modes
@@ -118,6 +118,9 @@ def lean_addons(*, h2c: bool = False, live_h2c: bool = False) -> list[Any]:
         core.Core(),
         proxyserver.Proxyserver(),
         H2cNextLayer() if h2c else next_layer.NextLayer(),
+        # strips `Upgrade: h2c` (never forwarded to the live backend) and kills an HTTP/2 preface
+        # that reached the HTTP/1 parser (h2c without --h2c) instead of forwarding "PRI *"
+        disable_h2c.DisableH2C(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         *([H2cUpstream()] if live_h2c else []),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,12 @@ service Things {
   rpc GetThing(GetThingRequest) returns (Thing);
   rpc DeleteThing(GetThingRequest) returns (Thing);
   rpc ListThings(GetThingRequest) returns (stream Thing);
+  rpc WatchThings(GetThingRequest) returns (stream Thing);
 }
 """
+
+
+WATCH_PAUSE = 2.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,12 @@ def server(demo: Demo, version: int, cert: CertFiles | None) -> tuple[grpc.Serve
             calls.append("ListThings")
             for i in range(3):
                 yield pb2.Thing(id=i, name=f"t{i}")
+
+        def WatchThings(self, request: Any, context: grpc.ServicerContext) -> Any:
+            calls.append("WatchThings")
+            yield pb2.Thing(id=1, name="first")
+            time.sleep(WATCH_PAUSE)  # a long-lived stream: the first message must not wait for this
+            yield pb2.Thing(id=2, name="second")
 
     s = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     demo.pb2_grpc.add_ThingsServicer_to_server(Things(), s)

@@ -231,3 +231,31 @@ def test_plain_text_grpc_backends_with_upstream_h2c(
     assert live_calls == ["GetThing"] and shadow_calls == ["GetThing"]
     (rec,) = _records(sink)
     assert [(d["part"], d["path"]) for d in rec["differences"]] == [("body", "/name")]
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["streaming-by-descriptor", "unlisted"])
+def test_streams_that_are_not_mirrored_are_passed_through_as_they_come(
+    servers: Any, pki: Pki, demo: grpc_demo.Demo, tmp_path: Path, listed: bool
+) -> None:
+    """A long-lived server stream is not held back until it ends: a gRPC call no route mirrors
+    (or a streaming method, by the descriptor set) is streamed both ways, not buffered."""
+    import time
+
+    rules = tmp_path / "rules.yaml"
+    watch = (
+        f"  - name: watch\n    match: {{grpc_method: spdemo.Things/WatchThings}}\n"
+        f"    compare: {{protobuf_descriptor: {demo.descriptor}}}\n"
+    )
+    rules.write_text("version: 1\nroutes:\n" + (watch if listed else "  - {name: x, match: {path: /x}}\n"))
+    sink = MemorySink()
+    with _proxy(servers, pki, sink, str(rules)) as proxy, _channel(proxy, pki) as ch:
+        start = time.monotonic()
+        stream = demo.pb2_grpc.ThingsStub(ch).WatchThings(demo.pb2.GetThingRequest(id=1), timeout=20)
+        first = next(stream)
+        first_after = time.monotonic() - start
+        assert [first.name, *(t.name for t in stream)] == ["first", "second"]
+        stats = proxy.addon.stats.totals
+        route = "watch" if listed else "/spdemo.Things/WatchThings"
+        assert wait_for(lambda: route in stats)
+    assert first_after < grpc_demo.WATCH_PAUSE / 2
+    assert stats[route].skipped_by == {"grpc_streaming" if listed else "method": 1}

@@ -153,3 +153,30 @@ def test_curl_http2_over_tls_gets_h2(pki: Pki, backends: object) -> None:
     body, version = out.rsplit("\n", 1)
     assert version == "2"
     assert '"v": 1' in body
+
+
+def test_an_h2c_upgrade_request_is_served_over_http1_without_the_upgrade(backends: object) -> None:
+    """`Upgrade: h2c` (HTTP/1.1's way to h2c) is not supported: the headers are dropped, so the
+    live backend never switches protocols, and the request is answered over HTTP/1.1."""
+    import http.client
+
+    live, shadow = backends  # type: ignore[misc]
+    with TlsProxy(live.url, shadow.url, sink=MemorySink(), h2c=True) as proxy:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            conn.request(
+                "GET",
+                "/users/7",
+                headers={
+                    "Connection": "Upgrade, HTTP2-Settings",
+                    "Upgrade": "h2c",
+                    "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA",
+                },
+            )
+            resp = conn.getresponse()
+            assert (resp.status, resp.version) == (200, 11)
+            resp.read()
+        finally:
+            conn.close()
+    assert "upgrade" not in live.seen[0].headers
+    assert "http2-settings" not in live.seen[0].headers
