@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from shadowproxy.report.aggregate import Aggregator
 from shadowproxy.report.verdict import Level, gate_fails
 from shadowproxy.rules.model import Verdict
-from shadowproxy.sinks.base import Record, Sink
+from shadowproxy.sinks.base import Record, Sink, SinkContext
 
 __all__ = ["JudgingSink", "RouteVerdict", "gate_fails"]
 
@@ -25,7 +25,7 @@ class RouteVerdict:
     reasons: tuple[str, ...]
 
 
-class JudgingSink:
+class JudgingSink(SinkContext):
     """Writes through to `inner`, and judges what it wrote as the report would."""
 
     def __init__(self, inner: Sink, thresholds: Verdict) -> None:

@@ -28,3 +28,24 @@ class Sink(Protocol):
     def counters(self) -> dict[str, int]:
         """Monotonic counters, e.g. {"written": n} or {"produced", "spooled", "drained", "dropped"}."""
         ...
+
+    async def __aenter__(self) -> Sink: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class SinkContext:
+    """`async with sink:` for any sink: start on entry, stop on exit. Mix it into wrappers."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

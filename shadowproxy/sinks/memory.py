@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from shadowproxy.sinks.base import Record
+from shadowproxy.sinks.base import Record, SinkContext
 
 
-class MemorySink:
+class MemorySink(SinkContext):
     """Keeps every record in `records`. Shipped so users can test their own pipelines."""
 
     def __init__(self, uri: str = "memory:") -> None:
@@ -29,11 +29,12 @@ class MemorySink:
     def counters(self) -> dict[str, int]:
         return {"written": len(self.records)}
 
+
     def by_outcome(self, outcome: str) -> list[Record]:
         return [r for r in self.records if r.get("outcome") == outcome]
 
 
-class TeeSink:
+class TeeSink(SinkContext):
     """Writes every record to each of several sinks (e.g. Kafka plus a memory copy)."""
 
     def __init__(self, *sinks: object) -> None:
@@ -64,3 +65,4 @@ class TeeSink:
             for k, v in s.counters().items():
                 out[k] = out.get(k, 0) + v
         return out
+

@@ -1,4 +1,7 @@
-"""The addon under mitmproxy's own test harness (taddons + tflow), and as a `mitmdump -s` script."""
+"""The addon under mitmproxy's own test harness (taddons + tflow), and as a `mitmdump -s` script.
+
+The taddons tests are async: without a running loop, taddons.context makes one it never closes.
+"""
 
 from __future__ import annotations
 
@@ -25,13 +28,13 @@ def flow(method: str = "GET", path: str = "/users/1"):  # type: ignore[no-untype
     return f
 
 
-def test_configure_rejects_a_non_http_shadow_url() -> None:
+async def test_configure_rejects_a_non_http_shadow_url() -> None:
     addon = ShadowAddon()
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="shadow_url"):
         tctx.configure(addon, shadow_url="ftp://x")
 
 
-def test_configure_rejects_a_bad_rules_file_with_its_line(tmp_path: Path) -> None:
+async def test_configure_rejects_a_bad_rules_file_with_its_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\ndefaults:\n  sample: 2\n")
     addon = ShadowAddon()
@@ -42,13 +45,13 @@ def test_configure_rejects_a_bad_rules_file_with_its_line(tmp_path: Path) -> Non
         tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_rules=str(bad))
 
 
-def test_configure_rejects_an_unknown_sink_scheme() -> None:
+async def test_configure_rejects_an_unknown_sink_scheme() -> None:
     addon = ShadowAddon()
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="shadow_sink"):
         tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_sink="s3://bucket")
 
 
-def test_safe_request_becomes_a_job_with_the_live_response() -> None:
+async def test_safe_request_becomes_a_job_with_the_live_response() -> None:
     addon = ShadowAddon()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, shadow_url="http://127.0.0.1:1")
@@ -60,7 +63,7 @@ def test_safe_request_becomes_a_job_with_the_live_response() -> None:
         assert dict(job.shadow_request.headers)["X-Shadow-Request"] == "1"
 
 
-def test_write_is_skipped_and_counted_not_queued() -> None:
+async def test_write_is_skipped_and_counted_not_queued() -> None:
     addon = ShadowAddon()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, shadow_url="http://127.0.0.1:1")
