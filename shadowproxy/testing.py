@@ -196,7 +196,12 @@ class ProxyThread:
                     )
                 )
                 self._loop = asyncio.get_running_loop()
-                self._master = await started
+                # a configuration error ends `serve` before it starts: surface it, do not hang
+                await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+                if not started.done():
+                    await task  # raises what stopped it
+                    raise RuntimeError("proxy stopped before it started")
+                self._master = started.result()
                 await task
 
             try:

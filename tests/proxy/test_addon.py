@@ -139,3 +139,14 @@ def test_addon_script_runs_under_plain_mitmdump(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(15)
     assert b'"path":"/v"' in out.read_bytes()
+
+
+def test_proxy_thread_surfaces_a_configuration_error_at_once(tmp_path: Path) -> None:
+    from shadowproxy.testing import ProxyThread
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nroutes: 3\n")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"bad\.yaml:2"):
+        ProxyThread("http://127.0.0.1:1", "http://127.0.0.1:2", rules=str(bad)).start()
+    assert time.monotonic() - started < 20
