@@ -183,6 +183,9 @@ def check_listen(host: str, port: int, *, flag: str = "--listen", reuse_port: bo
             raise ConfigError(msg) from None
 
 
+STOP_SETTLE_S = 0.25
+
+
 def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> None:
     """Graceful stop: stop accepting, let in-flight requests finish (bounded), then shut down,
     which drains the shadow queue and flushes the sink (the addon's done hook)."""
@@ -196,6 +199,9 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
         ps = master.addons.get("proxyserver")
         if ps is not None:
             await ps.servers.update([])
+        # a connection accepted just before the listeners closed may not have had its request
+        # read yet (in_flight counts from the request headers): give it a moment to be counted
+        await asyncio.sleep(STOP_SETTLE_S)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while addon.in_flight > 0 and loop.time() < deadline:
