@@ -28,6 +28,7 @@ from shadowproxy.shadow.h2client import (
     H2Pool,
     H2Unsupported,
     ShadowConnectError,
+    StreamRefused,
     StreamReset,
     h2_ssl_context,
 )
@@ -182,9 +183,13 @@ class ShadowClient:
                 self._h2c = H2Pool(None)
             pool = self._h2c
         assert url.host is not None and url.port is not None
-        conn = await pool.connection(url.host, url.port)
         try:
-            resp = await conn.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
+            try:
+                conn = await pool.connection(url.host, url.port)
+                resp = await conn.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
+            except StreamRefused:  # never processed (an idle connection's GOAWAY raced us): once more
+                conn = await pool.connection(url.host, url.port)
+                resp = await conn.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
         except BodyTooLarge:
             return Failure(
                 "too_large",

@@ -53,6 +53,10 @@ class StreamReset(ConnectionResetError):
     """The shadow reset the stream or closed the connection before the response was complete."""
 
 
+class StreamRefused(StreamReset):
+    """The shadow never processed the stream (GOAWAY below it, or REFUSED_STREAM): safe to retry."""
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -156,7 +160,7 @@ class H2Connection:
             for sid, s in self.streams.items():
                 if event.last_stream_id is None or sid > event.last_stream_id:
                     code = getattr(event.error_code, "name", event.error_code)
-                    _fail(s, StreamReset(f"the shadow sent GOAWAY ({code})"))
+                    _fail(s, StreamRefused(f"the shadow sent GOAWAY ({code})"))
             return
         stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
         if stream is None:
@@ -178,7 +182,10 @@ class H2Connection:
                 stream.done.set_result(None)
         elif isinstance(event, h2.events.StreamReset):
             code = getattr(event.error_code, "name", event.error_code)
-            _fail(stream, StreamReset(f"the shadow reset the stream ({code})"))
+            refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            _fail(
+                stream, (StreamRefused if refused else StreamReset)(f"the shadow reset the stream ({code})")
+            )
 
     def _reset(self, stream_id: int) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):

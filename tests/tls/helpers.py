@@ -18,6 +18,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 from aiohttp import web
 from cryptography import x509
@@ -131,6 +132,7 @@ class Hit:
 
 
 Answer = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
+REFUSE = -1  # as an h2 backend's status: reset the stream with REFUSED_STREAM instead
 Respond = Callable[[str, str], Answer]  # (method, path) -> answer
 
 
@@ -246,6 +248,9 @@ class TlsBackend:
                             )
                         )
                         status, out_headers, out = self.respond(method, path.partition("?")[0])
+                        if status == REFUSE:
+                            conn.reset_stream(ev.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+                            continue
                         conn.send_headers(
                             ev.stream_id, [(":status", str(status)), *out_headers], end_stream=not out
                         )

@@ -96,3 +96,19 @@ def test_h2c_to_a_server_that_only_speaks_http1_is_a_failure_not_a_hang() -> Non
         (resp,) = _call(backend.url, Request("GET", "/"), ClientConfig(h2c=True), timeout_ms=3000)
     assert isinstance(resp, Failure)
     assert resp.kind in ("protocol", "reset")
+
+
+def test_a_refused_stream_is_retried_once(pki: Pki) -> None:
+    """REFUSED_STREAM means the shadow never processed it: the call is sent once more."""
+    from tests.tls.helpers import REFUSE
+
+    seen = {"n": 0}
+
+    def respond(method: str, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        seen["n"] += 1
+        return (REFUSE, [], b"") if seen["n"] == 1 else json_answer(b"{}")
+
+    with TlsBackend(respond, pki.leaf, h2=True) as backend:
+        (resp,) = _call(backend.url, Request("GET", "/a"), ClientConfig(ca_file=str(pki.ca)))
+    assert isinstance(resp, Response) and resp.status == 200
+    assert [h.path for h in backend.hits] == ["/a", "/a"]
