@@ -326,7 +326,8 @@ class Bench:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errlog)
         try:
             wait_listening(port, proc=proc, timeout=60)
-            wait_tree(proc.pid, 2 * sc.port_count)  # every proxy process and its worker up
+            per_process = 1 if "inline" in sc.extra else 2  # the proxy, and its worker in process dispatch
+            wait_tree(proc.pid, per_process * sc.port_count)
             start = time.monotonic()
             res = self.measure(port, proc.pid)
             elapsed = time.monotonic() - start
@@ -430,9 +431,15 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("rps", "p99_ms", "copies_dropped", "peak_rss_mb", "cpu_s_by_process")
     out["rounds"] = [{k: r.get(k) for k in keys if r.get(k) is not None} for r in results]
     last = ok[-1]
-    for k in ("sink", "log_warnings", "exit_code", "stop_s"):
+    for k in ("sink", "exit_code", "stop_s"):
         if k in last:
             out[k] = last[k]
+    warnings = [w for r in ok for w in r.get("log_warnings", [])]
+    if warnings:
+        out["log_warnings"] = warnings[:10]
+    bad = [c for r in ok if isinstance(c := r.get("exit_code"), int) and c != 0]
+    if bad:
+        out["exit_code"] = bad[0]
     if len(ok) < len(results):
         out["failed_rounds"] = [r["error"] for r in results if "error" in r]
     return out
@@ -480,13 +487,15 @@ def scenarios(args: argparse.Namespace, ports: Ports, nginx: Nginx, help_text: s
         out.append(Scenario("shadow_slow", "shadowproxy", ports.shadow_slow, extra=dispatch))
     out.append(Scenario("shadow_down", "shadowproxy", ports.shadow_down, extra=dispatch))
     if args.compare_dispatch and "--dispatch" in help_text:
-        other = "inline" if args.dispatch == "process" else "process"
+        other = "process" if args.dispatch == "inline" else "inline"  # the run command's default: process
         out.append(Scenario(f"mirror_equal_{other}", "shadowproxy", ports.shadow_equal,
                             extra=["--dispatch", other]))
         out.append(Scenario(f"mirror_diff_{other}", "shadowproxy", ports.shadow_diff,
                             extra=["--dispatch", other]))
-    if args.compare_dispatch and "--worker-nice" in help_text:
+    if args.compare_nice and "--worker-nice" in help_text:
         out.append(Scenario("mirror_equal_worker_nice0", "shadowproxy", ports.shadow_equal,
+                            extra=[*dispatch, "--worker-nice", "0"]))
+        out.append(Scenario("mirror_diff_worker_nice0", "shadowproxy", ports.shadow_diff,
                             extra=[*dispatch, "--worker-nice", "0"]))
     if "--reuse-port" in help_text and not args.no_stretch:
         out.append(Scenario("reuse_port_2", "shadowproxy", ports.shadow_equal,
@@ -514,6 +523,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="shadowproxy --dispatch for the main scenarios (default: the run command's default)")
     p.add_argument("--compare-dispatch", action="store_true", default=None,
                    help="also run equal/diff with the other dispatch mode (default in the full run)")
+    p.add_argument("--compare-nice", action="store_true",
+                   help="also run equal/diff with --worker-nice 0 (the worker at the proxy's priority)")
     p.add_argument("--no-stretch", action="store_true", help="skip the SO_REUSEPORT scenario")
     p.add_argument("--queue-size", type=int, default=1000)
     p.add_argument("--kafka", default=os.environ.get("SHADOWPROXY_BENCH_KAFKA"),
