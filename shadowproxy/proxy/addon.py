@@ -8,16 +8,13 @@ Background work starts in `running()` and is drained in `done()`.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 
-from shadowproxy.engine.exchange import Exchange
-from shadowproxy.engine.grpc import GrpcError, frame_count, is_grpc_type, method_info
+from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
@@ -26,6 +23,7 @@ from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher, ShadowDispatcher
+from shadowproxy.shadow.jobs import build_job
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 from shadowproxy.shadow.worker import DEFAULT_WORKER_NICE, ProcessDispatcher, WorkerConfig
 from shadowproxy.sinks.base import Sink
@@ -252,19 +250,7 @@ class ShadowAddon:
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
         assert self.policy is not None
-        req = request_of(flow.request)
-        request_id = uuid.uuid4().hex
-        decision = self.policy.decide(req, request_id)
-        if decision.shadow_request is None:
-            self.stats.skip(decision.route, decision.reason)
-            return None
-        live = live_response_of(flow)
-        if decision.settings.grpc_method is not None and frame_count(live.body) > 1:
-            self.stats.skip(decision.route, "grpc_streaming")  # a server-streaming answer: never mirrored
-            return None
-        exchange = Exchange(req, live, request_id, time.time(), decision.route, decision.rule)
-        return ShadowJob(exchange, decision.shadow_request, decision.settings, decision.target,
-                         decision.reason == "rewrite")
+        return build_job(self.policy, self.stats, request_of(flow.request), live_response_of(flow))
 
     @property
     def ready(self) -> bool:

@@ -6,13 +6,13 @@
     JudgingSink(sink, thresholds).verdict() / gate_fails(level, fail_on)   `--fail-on`, as `report`
 
 The same policy, pipeline, records and stats as the live proxy (jobs are built by
-`replay.jobs`, the one place that turns a request and its live response into a ShadowJob).
+`shadow.jobs`, the one place that turns a request and its live response into a ShadowJob).
 """
 
 from shadowproxy.replay.gate import JudgingSink, RouteVerdict, gate_fails
 from shadowproxy.replay.inputs import Entry, InputScan, detect_format, read_entries, scan
-from shadowproxy.replay.jobs import build_job, decide, job_of
 from shadowproxy.replay.runner import Pacer, ReplayConfig, Replayer, ReplayStats, ReplaySummary
+from shadowproxy.shadow.jobs import build_job, decide, job_of
 
 __all__ = [
     "Entry",

@@ -26,10 +26,10 @@ from shadowproxy.engine.exchange import Failure, Request, Response
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Decision, Policy
 from shadowproxy.replay.inputs import Entry
-from shadowproxy.replay.jobs import decide, job_of
 from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
+from shadowproxy.shadow.jobs import decide, job_of, streaming_grpc
 from shadowproxy.shadow.pipeline import Pipeline
 from shadowproxy.sinks.base import Sink
 
@@ -212,6 +212,9 @@ class Replayer:
                 return
             live = fresh
         self.summary.replayed += 1
+        if streaming_grpc(decision, live):
+            self.stats.skip(decision.route, "grpc_streaming")
+            return
         job = job_of(entry.request, live, decision, request_id)
         if self.live is None and entry.ts:
             # the live side was answered when recorded: noise shapes judge its clock by that

@@ -1,8 +1,9 @@
 """Request + live response -> ShadowJob, the one way: the proxy's addon and replay both use it.
 
     decide(policy, stats, request) -> (Decision, request_id), the skip already counted
+    streaming_grpc(decision, live) -> bool: a server-streaming gRPC answer, never mirrored
     job_of(request, live, decision, request_id) -> ShadowJob
-    build_job(policy, stats, request, live) -> ShadowJob | None   both at once, as the proxy does
+    build_job(policy, stats, request, live) -> ShadowJob | None   all at once, as the proxy does
 
 Replay with `--live` needs the decision before there is a live response (a skipped request is
 sent to neither side), hence the two halves.
@@ -14,11 +15,12 @@ import time
 import uuid
 
 from shadowproxy.engine.exchange import Exchange, Request, Response
+from shadowproxy.engine.grpc import frame_count
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Decision, Policy
 from shadowproxy.shadow.pipeline import ShadowJob
 
-__all__ = ["build_job", "decide", "job_of"]
+__all__ = ["build_job", "decide", "job_of", "streaming_grpc"]
 
 
 def decide(policy: Policy, stats: Stats, request: Request) -> tuple[Decision, str]:
@@ -28,6 +30,11 @@ def decide(policy: Policy, stats: Stats, request: Request) -> tuple[Decision, st
     if decision.shadow_request is None:
         stats.skip(decision.route, decision.reason)
     return decision, request_id
+
+
+def streaming_grpc(decision: Decision, live: Response) -> bool:
+    """A gRPC route answered with more than one message: a streaming call, not mirrored."""
+    return decision.settings.grpc_method is not None and frame_count(live.body) > 1
 
 
 def job_of(request: Request, live: Response, decision: Decision, request_id: str,
@@ -44,5 +51,8 @@ def build_job(policy: Policy, stats: Stats, request: Request, live: Response) ->
     """The shadow job for a completed exchange, or None (counted) when it is not mirrored."""
     decision, request_id = decide(policy, stats, request)
     if decision.shadow_request is None:
+        return None
+    if streaming_grpc(decision, live):
+        stats.skip(decision.route, "grpc_streaming")
         return None
     return job_of(request, live, decision, request_id)
