@@ -1,0 +1,116 @@
+"""`shadowproxy run --reuse-port 2`: two proxy processes on one port, each with its own worker."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from shadowproxy.testing import Backend, free_port
+
+JSON = {"Content-Type": "application/json"}
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo.extend(children(p))
+        except OSError:
+            continue
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def stats_totals(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in path.read_bytes().splitlines():
+        rec = json.loads(line)
+        if rec["outcome"] == "stats":
+            for route in rec["routes"].values():
+                for k, v in route.items():
+                    if isinstance(v, int):
+                        out[k] = out.get(k, 0) + v
+    return out
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[Backend, Backend]]:
+    async def live(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"v": 1}', headers=JSON)
+
+    async def shadow(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"v": 2}', headers=JSON)
+
+    with Backend(live) as lv, Backend(shadow) as sh:
+        yield lv, sh
+
+
+def test_two_processes_share_the_port_and_each_writes_its_own_sink(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    live, shadow = backends
+    port = free_port()
+    sink = tmp_path / "records.jsonl"
+    cmd = [sys.executable, "-c", "from shadowproxy.cli import main; main()", "run",
+           "--listen", f"127.0.0.1:{port}", "--live", live.url, "--shadow", shadow.url,
+           "--sink", f"jsonl:{sink}", "--admin", "off", "--stats-interval", "0", "--reuse-port", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        # two proxies, each with its worker: the second listens before its worker starts
+        wait_until(lambda: len(tree(proc.pid)) >= 4)
+        pids = tree(proc.pid)
+        n = 60
+        for i in range(n):  # a new connection each: the kernel spreads them over both listeners
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", f"/items/{i}")
+            assert conn.getresponse().read() == b'{"v": 1}'
+            conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    wait_until(lambda: not any(alive(p) for p in pids))  # siblings and workers are gone too
+    first, second = stats_totals(sink), stats_totals(Path(f"{sink}.1"))
+    assert first.get("compared", 0) > 0 and second.get("compared", 0) > 0  # both served
+    assert first["compared"] + second["compared"] == n
+    assert first["mismatched"] + second["mismatched"] == n
+    assert len(shadow.seen) == n
