@@ -75,7 +75,9 @@ def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None
     return {
         "status": resp.status,
         "latency_ms": round(resp.latency_ms, 3),
-        "headers": redact_headers(resp.headers, frozenset() if redactor is not None else SENSITIVE_HEADERS),
+        # trailers (gRPC's status) are headers sent late: shown, compared and redacted with them
+        "headers": redact_headers(resp.headers + resp.trailers,
+                                  frozenset() if redactor is not None else SENSITIVE_HEADERS),
         "body_bytes": len(resp.body),
         "body_sha256": hashlib.sha256(resp.body).hexdigest(),
         "body_excerpt": excerpt(body, redactor=redactor),

@@ -30,15 +30,10 @@ def live_response_of(flow: http.HTTPFlow) -> Response:
     assert resp is not None
     end = resp.timestamp_end or time.time()
     start = flow.request.timestamp_end or flow.request.timestamp_start
-    # Trailers (gRPC's status lives there) travel after the headers, as a trailers-only answer
-    # carries them: the worker process's job frames hold a live response's status, headers, body
-    # and latency only, and the diff compares headers and trailers as one set anyway.
-    headers = _fields(resp.headers)
-    if resp.trailers:
-        headers += _fields(resp.trailers)
     return Response(
         status=resp.status_code,
-        headers=headers,
+        headers=_fields(resp.headers),
         body=resp.raw_content or b"",
         latency_ms=max(0.0, (end - start) * 1000),
+        trailers=_fields(resp.trailers) if resp.trailers else (),  # gRPC's status lives there
     )
