@@ -146,6 +146,7 @@ class ProxyThread:
         sink_uri: str = "memory:",
         admin: bool = False,
         admin_token: str | None = None,
+        settings: dict[str, Any] | None = None,
         **shadow_options: Any,
     ) -> None:
         from shadowproxy.proxy.addon import ShadowAddon
@@ -166,6 +167,9 @@ class ProxyThread:
             "shadow_stats_interval": 0,
             **shadow_options,
         }
+        # other ProxySettings fields: tls_cert, tls_key, h2c, ca_file, insecure, live_h2c, ...
+        self.settings: dict[str, Any] = dict(settings or {})
+        self.scheme = "https" if self.settings.get("tls_cert") else "http"
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._master: Any = None
@@ -173,12 +177,12 @@ class ProxyThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> ProxyThread:
         from shadowproxy.proxy.master import ProxySettings, serve
 
-        settings = ProxySettings("127.0.0.1", self.port, self.live_url, self.options)
+        settings = ProxySettings("127.0.0.1", self.port, self.live_url, self.options, **self.settings)
         ready = threading.Event()
 
         def thread() -> None:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shadowproxy.testing import free_port
+from shadowproxy.testing import ProxyThread, free_port
 
 
 @dataclass(frozen=True)
@@ -267,8 +267,8 @@ class TlsBackend:
 # -- the proxy ------------------------------------------------------------------------------
 
 
-class TlsProxy:
-    """The real proxy (lean master + addon) in a thread, with listener/upstream TLS settings."""
+class TlsProxy(ProxyThread):
+    """`shadowproxy.testing.ProxyThread` with listener and upstream TLS settings."""
 
     def __init__(
         self,
@@ -284,80 +284,15 @@ class TlsProxy:
         live_h2c: bool = False,
         **shadow_options: Any,
     ) -> None:
-        from shadowproxy.proxy.addon import ShadowAddon
-        from shadowproxy.proxy.master import ProxySettings
-
-        self.port = free_port()
-        self.addon = ShadowAddon(sink=sink)
-        options = {
-            "shadow_url": shadow_url,
-            "shadow_rules": rules,
-            "shadow_sink": "memory:",
-            "shadow_stats_interval": 0,
-            **shadow_options,
+        settings = {
+            "tls_cert": str(tls.cert) if tls else None,
+            "tls_key": str(tls.key) if tls else None,
+            "h2c": h2c,
+            "ca_file": str(ca_file) if ca_file else None,
+            "insecure": insecure,
+            "live_h2c": live_h2c,
         }
-        self.settings = ProxySettings(
-            "127.0.0.1",
-            self.port,
-            live_url,
-            options,
-            tls_cert=str(tls.cert) if tls else None,
-            tls_key=str(tls.key) if tls else None,
-            h2c=h2c,
-            ca_file=str(ca_file) if ca_file else None,
-            insecure=insecure,
-            live_h2c=live_h2c,
-        )
-        self.scheme = "https" if tls else "http"
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._master: Any = None
-        self.error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> TlsProxy:
-        from shadowproxy.proxy.master import serve
-
-        ready = threading.Event()
-
-        async def main() -> None:
-            started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            started.add_done_callback(lambda f: ready.set())
-            task = asyncio.ensure_future(
-                serve(self.settings, self.addon, install_signals=False, started=started)
-            )
-            self._loop = asyncio.get_running_loop()
-            await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
-            if started.done():
-                self._master = started.result()
-            await task  # raises what serve() raised, e.g. a bad option
-
-        def thread() -> None:
-            try:
-                asyncio.run(main())
-            except BaseException as e:
-                self.error = e
-                ready.set()
-
-        self._thread = threading.Thread(target=thread, daemon=True, name=f"tls-proxy-{self.port}")
-        self._thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("proxy did not start")
-        if self.error is not None:
-            raise RuntimeError(f"proxy failed to start: {self.error!r}") from self.error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        from shadowproxy.proxy.master import request_stop
-
-        if self._master is not None and self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(request_stop, self._master, self.addon)
-            self._thread.join(30)
-        if self.error is not None:
-            raise RuntimeError(f"proxy failed: {self.error!r}") from self.error
+        super().__init__(live_url, shadow_url, rules=rules, sink=sink, settings=settings, **shadow_options)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
