@@ -304,6 +304,25 @@ def _fields_table(r: dict[str, Any]) -> str:
     )
 
 
+def _noise_table(r: dict[str, Any]) -> str:
+    """The fields judged noise on a route, apart from the differences that count."""
+    noise = r.get("noise") or {}
+    if not noise.get("fields"):
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{_e(f['field'])}</code></td><td>{_e(f['kind'])}</td>"
+        f"<td class=n>{fmt_pct(f['raw_rate'])}</td><td class=n>{fmt_pct(f['noise_rate'])}</td>"
+        f"<td class=n>{_e(f['cancelled'])}</td></tr>"
+        for f in noise["fields"]
+    )
+    return (
+        f'<p class="meta">Noise, not counted as mismatches: {_e(noise["noise_only"])} exchanges differed '
+        f"only in noise; {_e(noise['pairs'])} noise pairs</p>"
+        '<table class="noise"><tr><th>field</th><th>kind</th><th class=n>raw rate</th>'
+        f"<th class=n>noise rate</th><th class=n>cancelled</th></tr>{rows}</table>"
+    )
+
+
 def _route_section(r: dict[str, Any]) -> str:
     parts = [
         f'<section class="route" data-route="{_e(r["route"])}"><h3><code>{_e(r["route"])}</code> '
@@ -316,6 +335,7 @@ def _route_section(r: dict[str, Any]) -> str:
         parts.append(f'<p class="meta">shadow errors by kind: {kinds}</p>')
     if r["fields"]:
         parts.append(_fields_table(r))
+    parts.append(_noise_table(r))
     if r["examples"]:
         parts.append("".join(_example(ex) for ex in r["examples"]))
     parts.append("</section>")

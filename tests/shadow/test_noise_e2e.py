@@ -422,6 +422,7 @@ def test_report_shows_noise_fields_per_route_apart_with_their_rates(
     live: Backend, shadow: Backend, tmp_path: Path
 ) -> None:
     from shadowproxy.report.aggregate import Aggregator
+    from shadowproxy.report.html import render_html
     from shadowproxy.report.text import render_markdown
 
     sink = MemorySink()
@@ -442,6 +443,8 @@ def test_report_shows_noise_fields_per_route_apart_with_their_rates(
     assert [f["path"] for f in feed["fields"]] == ["/version"]  # and the counted fields hold it alone
     text = render_markdown(report)
     assert "Noise, not counted as mismatches" in text and "`body:/request_id`" in text
+    html = render_html(report)  # the dashboard renders the same body
+    assert '<table class="noise">' in html and "<code>body:/request_id</code>" in html
 
 
 def test_exchanges_differing_only_in_noise_write_no_record_and_count_noise_only(
