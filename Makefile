@@ -31,7 +31,8 @@ chromium:
 		($(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 test: $(STAMP) chromium lint typecheck
-	# known-vulnerable dependencies fail the build (needs PyPI; no --ignore-vuln entries today)
+	# known-vulnerable dependencies fail the build; no --ignore-vuln entries today. It needs PyPI's
+	# JSON API: where only the package index is reachable it lists every package as not audited.
 	$(BIN)/pip-audit --skip-editable --progress-spinner off
 	$(BIN)/python -m pytest
 
