@@ -24,7 +24,9 @@ folded into the proxy's `Stats.totals` so /metrics sees the whole picture.
 The worker treats end-of-file like "stop": when the proxy dies, the kernel closes its end of
 the socket, and the worker drains what it holds, writes the final stats record and exits; no
 orphans. It ignores SIGINT (a Ctrl-C reaches the whole process group; the proxy tells it when
-to stop) and takes SIGTERM as "stop".
+to stop) and takes SIGTERM as "stop". When the worker dies instead, the proxy starts another
+(backoff 0.2 s, 1 s, 2 s, 5 s, then every 10 s); copies meanwhile, and those the dead worker
+held, are dropped and counted.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 _SO_SNDBUFFORCE = 32  # Linux: may exceed net.core.wmem_max (root or CAP_NET_ADMIN)
 COUNTS_INTERVAL = 1.0  # seconds between shipping the proxy's counts to the worker
 STATUS_INTERVAL = 0.2  # seconds between the worker's status frames
+RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)  # waits before restarting a worker that died
 # The worker runs ahead of the proxy in the CPU queue. Its demand is bounded by the proxy's
 # (one copy per live response), so it cannot starve the proxy; at the same priority, on a
 # saturated machine the greedy proxy starves it and its queue overflows (bench/README.md).
@@ -211,6 +214,12 @@ class ProcessDispatcher:
         self._stopped = False
         self._closed: asyncio.Future[None] | None = None
         self.sink_counters: dict[str, int] = {}  # the worker's sink, as of its last report
+        self.restarts = 0  # workers started again after one died
+        self._dispatched_base = 0  # `dispatched` when the current worker started
+        self._counts_shipping = False
+        self._generation = 0  # which worker this is (1 for the first)
+        self._lost = 0  # the generation whose loss was handled
+        self._restarting: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -218,7 +227,7 @@ class ProcessDispatcher:
 
     def depth(self) -> int:
         """Copies handed over and not yet picked up by a worker's shadow call (approximate)."""
-        return max(0, self.dispatched - self._worker_received) + self._worker_depth
+        return max(0, self.dispatched - self._dispatched_base - self._worker_received) + self._worker_depth
 
     async def start(self) -> None:
         if self.proc is not None or self._stopped:
@@ -237,7 +246,9 @@ class ProcessDispatcher:
             theirs.close()
         self._ready = loop.create_future()
         self._closed = loop.create_future()
-        reader = FrameReader(self._on_frame, self._on_lost)
+        self._generation += 1
+        gen = self._generation
+        reader = FrameReader(self._on_frame, lambda: self._on_lost(gen))
         transport, _ = await loop.connect_accepted_socket(lambda: reader, sock=ours)
         self._transport = transport
         self._alive = True
@@ -247,7 +258,9 @@ class ProcessDispatcher:
         except BaseException:
             await self._kill()
             raise
-        self._spawn(self._ship_counts_loop())
+        if not self._counts_shipping:
+            self._counts_shipping = True
+            self._spawn(self._ship_counts_loop())
         log.info("shadow worker started (pid %d)", self.proc.pid)
 
     def _spawn(self, coro: Any) -> None:
@@ -269,14 +282,46 @@ class ProcessDispatcher:
         elif kind == "error" and self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerError(f"shadow worker failed to start: {payload}"))
 
-    def _on_lost(self) -> None:
+    def _on_lost(self, generation: int) -> None:
+        # once per worker (end-of-file and connection loss both report), never for an old one
+        if generation != self._generation or self._lost == generation:
+            return
+        self._lost = generation
         self._alive = False
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerError("shadow worker exited before it was ready"))
         elif not self._stopped:
-            log.error("shadow worker exited unexpectedly; copies are dropped and counted from now on")
+            log.error("shadow worker exited unexpectedly; starting another (copies meanwhile are dropped"
+                      " and counted)")
+            self._restarting = asyncio.ensure_future(self._restart())
+
+    async def _restart(self) -> None:
+        """Start a new worker after one died: with backoff, until it runs or the proxy stops.
+
+        Copies the dead worker held are lost with it; they are counted as dropped (from its
+        last status report, so approximately), and the new worker is sent the route settings
+        again before any job refers to them."""
+        lost = max(0, self.dispatched - self._dispatched_base - self._worker_received) + self._worker_depth
+        if lost:
+            self.stats.count("(worker restart)", "dropped", lost)
+        while not self._stopped:
+            await asyncio.sleep(RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)])
+            if self._stopped:
+                return
+            self.restarts += 1
+            if self.proc is not None and self.proc.poll() is None:
+                await self._kill()
+            if self._transport is not None:
+                self._transport.close()
+            self.proc, self._transport, self._settings = None, None, {}
+            self._dispatched_base, self._worker_received, self._worker_depth = self.dispatched, 0, 0
+            try:
+                await self.start()
+                return
+            except Exception as e:  # a worker that cannot start now may later: keep trying, say why
+                log.error("shadow worker restart %d failed: %s", self.restarts, e)
 
     def submit(self, job: ShadowJob) -> bool:
         """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
@@ -312,7 +357,13 @@ class ProcessDispatcher:
         """Ship the last counts, let the worker drain and write its final stats record, wait for it."""
         if self._stopped:
             return
+        if self._restarting is not None and not self._restarting.done():
+            # a worker being started again may already hold copies: let it come up, then drain it
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._restarting), self.start_timeout)
         self._stopped = True
+        if self._restarting is not None and not self._restarting.done():
+            self._restarting.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

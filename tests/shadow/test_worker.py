@@ -300,3 +300,37 @@ async def test_a_sink_that_cannot_open_fails_start_with_its_message(tmp_path: Pa
     with pytest.raises(Exception, match="cannot open"):
         await d.start()
     assert d.proc is not None and d.proc.poll() is not None
+
+
+async def test_a_worker_that_dies_is_replaced_and_mirroring_goes_on(live: Backend, tmp_path: Path) -> None:
+    async def shadow_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"v": 2}', headers=JSON)
+
+    from shadowproxy.rules import default_ruleset
+    from shadowproxy.shadow.pipeline import ShadowJob
+
+    sink = tmp_path / "r.jsonl"
+    settings, _ = default_ruleset().route_for("GET", "/users/1", {})
+    with Backend(shadow_handler) as shadow:
+        cfg = WorkerConfig(shadow.url, f"jsonl:{sink}", dispatch=DispatchConfig(stats_interval=0))
+        d = ProcessDispatcher(cfg, Stats())
+        await d.start()
+        first = d.pid
+        ex = make_exchange(path="/users/1")
+        assert d.submit(ShadowJob(ex, ex.request, settings))
+        deadline = time.monotonic() + 20
+        while len(shadow.seen) < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (d.restarts < 1 or d.pid in (None, first)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert d.restarts == 1 and d.pid not in (None, first)
+        ex2 = make_exchange(path="/users/2")
+        assert d.submit(ShadowJob(ex2, ex2.request, settings))  # settings are sent to the new worker again
+        await d.stop()
+    assert [s.path for s in shadow.seen] == ["/users/1", "/users/2"]
+    recs = records(sink)
+    assert "/users/2" in [r["path"] for r in recs if r["outcome"] == "mismatch"]
+    assert d.proc is not None and d.proc.returncode == 0
