@@ -215,7 +215,9 @@ async def test_send_buffer_full_spills_to_the_spool_and_order_holds(
             record = make_record(i, ROUTES[i % len(ROUTES)])
             ids.append(str(record["id"]))
             await sink.write(record)
-        assert sink.counters()["spooled"] > 0
+        # The first send on a new topic waits for its metadata, so the sender may see the full
+        # buffer only after the last write: wait (bounded) for the spill rather than race it.
+        await wait_until(lambda: sink.counters()["spooled"] > 0, 30, "the spill")
         await wait_until(lambda: not sink.spooling, 60, "the drain")
     c = sink.counters()
     assert c["produced"] + c["drained"] == 1500
