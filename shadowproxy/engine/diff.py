@@ -195,13 +195,20 @@ def _compare_grpc(live: Response, shadow: Response, opts: CompareOptions) -> Com
     )
 
 
-def _compare_grpc_bodies(
-    live: Response, shadow: Response, opts: CompareOptions, out: _Collector, notes: list[str]
-) -> _Bodies:
+def _truncated(live: Response, shadow: Response, opts: CompareOptions, notes: list[str]) -> bool:
+    """A side whose body was not read whole: noted, and its bodies are not compared."""
     for label, resp in (("live", live), ("shadow", shadow)):
         if resp.truncated:
             notes.append(f"{label} body was larger than {opts.max_body_bytes} bytes: bodies not compared")
-            return _Bodies("grpc", too_large=True)
+            return True
+    return False
+
+
+def _compare_grpc_bodies(
+    live: Response, shadow: Response, opts: CompareOptions, out: _Collector, notes: list[str]
+) -> _Bodies:
+    if _truncated(live, shadow, opts, notes):
+        return _Bodies("grpc", too_large=True)
     if live.body == shadow.body:
         return _Bodies("grpc" if live.body else "empty", live.body, shadow.body)
     descriptor: str | None = getattr(opts, "protobuf_descriptor", None)
@@ -258,10 +265,8 @@ def _compare_headers(live: Headers, shadow: Headers, ignore: frozenset[str], out
 def _compare_bodies(
     live: Response, shadow: Response, opts: CompareOptions, out: _Collector, notes: list[str]
 ) -> _Bodies:
-    for label, resp in (("live", live), ("shadow", shadow)):
-        if resp.truncated:
-            notes.append(f"{label} body was larger than {opts.max_body_bytes} bytes: bodies not compared")
-            return _Bodies(declared_kind(live.headers) or "bytes", too_large=True)
+    if _truncated(live, shadow, opts, notes):
+        return _Bodies(declared_kind(live.headers) or "bytes", too_large=True)
     codings = content_encodings(live.headers)
     if live.body == shadow.body and codings == content_encodings(shadow.headers):
         return _identical_on_wire(live, opts, out, codings)

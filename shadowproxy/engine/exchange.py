@@ -6,7 +6,6 @@ case-insensitive. Bodies are the bytes as they were on the wire (still content-e
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 Headers = tuple[tuple[str, str], ...]
@@ -19,10 +18,6 @@ def header(headers: Headers, name: str, default: str | None = None) -> str | Non
         if k.lower() == lname:
             return v
     return default
-
-
-def make_headers(pairs: Iterable[tuple[str, str]]) -> Headers:
-    return tuple((str(k), str(v)) for k, v in pairs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ Background work starts in `running()` and is drained in `done()`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -100,7 +99,6 @@ class ShadowAddon:
         self.policy: Policy | None = None
         self.dispatcher: ShadowDispatcher | None = None
         self.stats = Stats("proxy")
-        self.on_running: list[Callable[[], object]] = []  # called once the proxy listens
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
 
     def load(self, loader: Any) -> None:
@@ -163,11 +161,6 @@ class ShadowAddon:
         self.policy = Policy(rules, self.switch)
 
     async def running(self) -> None:
-        await self._start_dispatcher()
-        for callback in self.on_running:
-            callback()
-
-    async def _start_dispatcher(self) -> None:
         cfg = self.config
         if cfg is None or cfg.shadow_url is None or self.dispatcher is not None:
             return

@@ -24,6 +24,7 @@ from mitmproxy.master import Master
 from mitmproxy.proxy import layer, mode_specs
 from mitmproxy.proxy.layers import modes
 
+from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import ShadowAddon
 
@@ -212,12 +213,10 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
             )
         master.shutdown()
 
-    task = asyncio.ensure_future(stop())
-    _stopping.add(task)
-    task.add_done_callback(_stopping.discard)
+    _stopping.spawn(stop())
 
 
-_stopping: set[asyncio.Task[None]] = set()
+_stopping = BackgroundTasks()
 
 
 class _Started:

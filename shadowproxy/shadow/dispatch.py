@@ -8,12 +8,12 @@ Stats records are emitted every `stats_interval` seconds and once more at the en
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 
@@ -54,7 +54,7 @@ class Dispatcher:
         self.pipeline = pipeline
         self.cfg = cfg or DispatchConfig()
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(self.cfg.queue_size)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         self._started = False
         self._stopped = False
         self.dispatched = 0
@@ -78,9 +78,7 @@ class Dispatcher:
             self._spawn(self._stats_loop())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     def submit(self, job: ShadowJob) -> bool:
         """Queue a copy; False (and counted as dropped) when the queue is full or stopping."""
@@ -126,11 +124,7 @@ class Dispatcher:
                     job = self._queue.get_nowait()
                     self.pipeline.stats.count(job.exchange.route, "dropped")
                     self._queue.task_done()
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self._tasks.cancel_all()
         await self.pipeline.emit_stats()
         await self.pipeline.close()
         await self.pipeline.sink.stop()

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.stats import Histogram, RouteStats, Stats
 from shadowproxy.errors import ShadowProxyError
@@ -207,7 +208,7 @@ class ProcessDispatcher:
         self._transport: asyncio.Transport | None = None
         self._settings: dict[int, tuple[RouteSettings, int]] = {}
         self._ready: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         self._worker_received = 0
         self._worker_depth = 0
         self._alive = False
@@ -264,9 +265,7 @@ class ProcessDispatcher:
         log.info("shadow worker started (pid %d)", self.proc.pid)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     def _on_frame(self, kind: str, payload: Any) -> None:
         if kind == "status":
@@ -364,11 +363,7 @@ class ProcessDispatcher:
         self._stopped = True
         if self._restarting is not None and not self._restarting.done():
             self._restarting.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.cancel_all()
         if self.proc is None:
             return
         if self._alive and self._transport is not None:
