@@ -1,7 +1,12 @@
 """Request -> decision: mirror (as is, or rewritten into an idempotent copy) or skip.
 
 Cheap and pure: it runs in the proxy's hook for every request, so it only matches the route,
-samples, and builds the request the shadow will get. No I/O, no waiting.
+samples, applies the load limits (shadowproxy.sampling), and builds the request the shadow
+will get. No I/O, no waiting.
+
+The order: route and method, gRPC streaming, kill switch (these requests are not "eligible"),
+then sampling (a fraction, or the rarity budget) -> `sampled_out`, then the route's and the
+global token buckets -> `rate_limited`, then mirror.
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import time
 from dataclasses import dataclass
 
 from shadowproxy.engine import grpc
 from shadowproxy.engine.exchange import Headers, Request
 from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RouteSettings, RuleSet
+from shadowproxy.sampling import Budget, Clock, TokenBucket
 
 # Never forwarded to the shadow: they describe one hop, or the shadow's client sets them itself.
 HOP_BY_HOP = frozenset(
@@ -33,7 +40,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming")
+SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "rate_limited")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +58,11 @@ class Decision:
 
 @dataclass(slots=True)
 class Switch:
-    """The runtime kill switch and sample override (the admin API changes these)."""
+    """The runtime kill switch, sample override and global rate (the admin API changes these)."""
 
     enabled: bool = True
-    sample: float | None = None  # overrides every route's sample when set
+    sample: float | None = None  # overrides every route's sample (and the budget) when set
+    max_rps: float | None = None  # copies/s to the shadow at most, all routes together; None: no limit
 
 
 def request_hash(req: Request) -> str:
@@ -117,14 +125,37 @@ def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], requ
 
 
 class Policy:
-    """Decides per request, from a RuleSet and the runtime switch."""
+    """Decides per request, from a RuleSet and the runtime switch.
+
+    `limits=False` leaves out the load limits (max_rps, the budget and the global rate): replay
+    paces itself with --rate instead. `clock` is the limits' clock (seconds, monotonic).
+    """
 
     def __init__(
-        self, rules: RuleSet, switch: Switch | None = None, rng: random.Random | None = None
+        self,
+        rules: RuleSet,
+        switch: Switch | None = None,
+        rng: random.Random | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        limits: bool = True,
     ) -> None:
         self.rules = rules
         self.switch = switch or Switch()
         self._random = (rng or random.Random()).random
+        self._clock = clock
+        self._limits = limits
+        now = clock()
+        # one bucket per route (the defaults' limit applies to each route, and to the unmatched
+        # requests together), keyed by route name: None is the defaults
+        self._buckets: dict[str | None, TokenBucket] = {}
+        if limits:
+            for s in (rules.defaults, *(r.settings for r in rules.routes)):
+                if s.max_rps is not None:
+                    self._buckets[s.name] = TokenBucket(s.max_rps, now)
+        budget = rules.budget
+        self.budget = Budget(budget.rps, budget.window_s, now) if limits and budget is not None else None
+        self._global: TokenBucket | None = None
 
     def decide(self, req: Request, request_id: str = "") -> Decision:
         headers = {k.lower(): v for k, v in req.headers}
@@ -144,9 +175,18 @@ class Policy:
             return skip("grpc_streaming")
         if not self.switch.enabled:
             return skip("disabled")
-        sample = self.switch.sample if self.switch.sample is not None else settings.sample
-        if sample < 1.0 and self._random() >= sample:
-            return skip("sampled_out")
+        now = self._clock()
+        sample = self.switch.sample
+        if sample is None and self.budget is not None:
+            if not self.budget.keep(route, now, self._random):
+                return skip("sampled_out")
+        else:
+            if sample is None:
+                sample = settings.sample
+            if sample < 1.0 and self._random() >= sample:
+                return skip("sampled_out")
+        if self._limits and not self._within_limits(settings.name, now):
+            return skip("rate_limited")
         if rewriting:
             shadow_req = _rewrite(req, settings, params, request_id)
             target = settings.rewrite.target if settings.rewrite else None
@@ -155,3 +195,20 @@ class Policy:
             req.method, req.path, req.query, shadow_headers(req.headers, settings), req.body, req.http_version
         )
         return Decision("mirror", "", route, settings.name, settings, shadow_req)
+
+    def _within_limits(self, name: str | None, now: float) -> bool:
+        """A token from the route's bucket and from the global one (runtime rate), or False."""
+        bucket = self._buckets.get(name)
+        if bucket is not None and not bucket.take(now):
+            return False
+        rate = self.switch.max_rps
+        if rate is None:
+            return True
+        overall = self._global
+        if overall is None or overall.rate != rate:  # set or changed at runtime
+            overall = self._global = TokenBucket(rate, now)
+        if overall.take(now):
+            return True
+        if bucket is not None:
+            bucket.give_back()  # the copy is not sent: the route's token is not spent
+        return False

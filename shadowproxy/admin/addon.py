@@ -3,10 +3,13 @@
     GET  /metrics            Prometheus text format
     GET  /healthz            200 while the process serves
     GET  /readyz             200 once the proxy listens and the shadow dispatcher runs, else 503
-    GET  /shadow             {"enabled": bool, "sample": float | null}
+    GET  /shadow             {"enabled": bool, "sample": float | null, "max_rps": float | null}
     POST /shadow/disable     stop mirroring now (counted as skipped: disabled)
     POST /shadow/enable      mirror again
     PUT  /shadow/sample      body: a fraction in [0, 1] (plain number or {"sample": x}); "null" clears it
+    PUT  /shadow/rate        body: copies/s above 0, all routes together (plain number or
+                             {"max_rps": x}); "null" removes the global limit (counted as
+                             skipped: rate_limited)
 
 The switch is read by the policy on every request, so a change takes effect with the next
 request, without a restart. Calls that change something need `Authorization: Bearer TOKEN`
@@ -82,6 +85,7 @@ class AdminAddon:
             "in_flight_requests": float(self.shadow.in_flight),
             "shadow_enabled": 1.0 if sw.enabled else 0.0,
             "shadow_sample_override": -1.0 if sw.sample is None else sw.sample,
+            "shadow_max_rps": -1.0 if sw.max_rps is None else sw.max_rps,
         }
 
     def _sink_counters(self) -> dict[str, int]:
@@ -99,6 +103,7 @@ class AdminAddon:
         app.router.add_post("/shadow/disable", self.disable)
         app.router.add_post("/shadow/enable", self.enable)
         app.router.add_put("/shadow/sample", self.sample)
+        app.router.add_put("/shadow/rate", self.rate)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -125,7 +130,8 @@ class AdminAddon:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def switch_state(self, request: web.Request) -> web.Response:
-        return web.json_response({"enabled": self.shadow.switch.enabled, "sample": self.shadow.switch.sample})
+        sw = self.shadow.switch
+        return web.json_response({"enabled": sw.enabled, "sample": sw.sample, "max_rps": sw.max_rps})
 
     def _authorized(self, request: web.Request) -> bool:
         if not self.token:
@@ -172,4 +178,26 @@ class AdminAddon:
             )
         self.shadow.switch.sample = None if value is None else float(value)
         log.warning("shadow sample set to %s through the admin API", self.shadow.switch.sample)
+        return await self.switch_state(request)
+
+    async def rate(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._deny()
+        raw = await request.read()
+        try:
+            value: Any = orjson.loads(raw)
+            if isinstance(value, dict):
+                value = value.get("max_rps")
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.0 < float(value) < float("inf")
+            ):
+                raise ValueError
+        except (orjson.JSONDecodeError, ValueError):
+            return web.json_response(
+                {"error": "body must be a number of copies per second above 0, or null"}, status=400
+            )
+        self.shadow.switch.max_rps = None if value is None else float(value)
+        log.warning("shadow max_rps set to %s through the admin API", self.shadow.switch.max_rps)
         return await self.switch_state(request)

@@ -69,7 +69,25 @@ class AdminAddr(HostPort):
         return super().convert(value, param, ctx)
 
 
+class Rate(click.FloatRange):
+    """Copies per second: a finite number above 0."""
+
+    name = "RPS"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        rate = super().convert(value, param, ctx)
+        if not math.isfinite(rate):
+            self.fail(f"{value!r} is not a finite number of copies per second", param, ctx)
+        return rate
+
+
 HOST_PORT = HostPort()
 ADMIN_ADDR = AdminAddr()
 HTTP_URL = HttpURL()
 SINK_URI = SinkURI()
+RATE = Rate()

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from shadowproxy.cli import cli
-from shadowproxy.cli.params import ADMIN_ADDR, HOST_PORT, HTTP_URL, SINK_URI
+from shadowproxy.cli.params import ADMIN_ADDR, HOST_PORT, HTTP_URL, RATE, SINK_URI
 from shadowproxy.sinks.uri import DEFAULT_SINK
 
 
@@ -96,6 +96,16 @@ def setup_logging(verbose: int) -> None:
     envvar="SHADOWPROXY_STATS_INTERVAL",
     show_default=True,
     help="Seconds between stats records (the report's denominators); 0: at exit only.",
+)
+@click.option(
+    "--shadow-max-rps",
+    type=RATE,
+    default=None,
+    envvar="SHADOWPROXY_SHADOW_MAX_RPS",
+    show_envvar=True,
+    help="Copies per second sent to the shadow at most, all routes together (token bucket, burst "
+    "0.2 s); more are skipped and counted rate_limited. Per proxy process. Changed at runtime with "
+    "PUT /shadow/rate. Default: no limit (rules may still set max_rps per route).",
 )
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
               show_envvar=True,
@@ -184,6 +194,7 @@ def run_cmd(
     queue_size: int,
     concurrency: int,
     stats_interval: int,
+    shadow_max_rps: float | None,
     secondary: str | None,
     noise_state: str | None,
     dispatch: str | None,
@@ -233,6 +244,7 @@ def run_cmd(
         "shadow_h2c": upstream_h2c,
         "shadow_secondary_url": secondary,
         "shadow_noise_state": noise_state,
+        "shadow_max_rps": None if shadow_max_rps is None else repr(shadow_max_rps),
     }
     if dispatch is not None:
         shadow_options["shadow_dispatch"] = dispatch

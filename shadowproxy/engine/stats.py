@@ -17,7 +17,20 @@ from typing import Any
 
 from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
 
-COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped")
+COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
+          "eligible")
+# `eligible`: requests that reached sampling (not skipped for method, route, kill switch or gRPC
+# streaming). Those not skipped as sampled_out or rate_limited were copied to the shadow, so
+# with the skips it gives the effective sample rate of each interval and route.
+SAMPLING_SKIPS = ("sampled_out", "rate_limited")
+
+
+def sample_rate(eligible: int, skipped_by: dict[str, int]) -> float | None:
+    """The share of eligible requests copied to the shadow (sampling and rate limits); None: none."""
+    if eligible <= 0:
+        return None
+    kept = eligible - sum(skipped_by.get(k, 0) for k in SAMPLING_SKIPS)
+    return max(0, kept) / eligible
 HIST_BASE_MS = 0.01
 HIST_GROWTH = 1.02
 _LOG_GROWTH = math.log(HIST_GROWTH)
@@ -107,8 +120,10 @@ class RouteStats:
         return not any(self.counts.values())
 
     def to_dict(self) -> dict[str, Any]:
+        rate = sample_rate(self.counts.get("eligible", 0), self.skipped_by)
         return {
             **self.counts,
+            **({"sample_rate": rate} if rate is not None else {}),
             "skipped_by": dict(self.skipped_by),
             "live_latency_ms": self.live_latency.to_dict(),
             "shadow_latency_ms": self.shadow_latency.to_dict(),

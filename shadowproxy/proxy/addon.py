@@ -60,6 +60,19 @@ def options_error(msg: str) -> Exception:
     return err
 
 
+def parse_rate(value: str | None, name: str = "shadow_max_rps") -> float | None:
+    """A copies-per-second limit: a number above 0 (a string, as `--set` gives it); None or "" unset."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = float("nan")
+    if not 0 < rate < float("inf"):
+        raise ConfigError(f"{name} {value!r}: must be a number of copies per second above 0")
+    return rate
+
+
 def _load_rules(path: str | None) -> RuleSet:
     from shadowproxy.rules import default_ruleset, load_rules
 
@@ -117,6 +130,11 @@ class ShadowAddon:
         loader.add_option("shadow_worker_nice", int, DEFAULT_WORKER_NICE,
                           "Added to the worker process's nice value; negative (needs root or "
                           "CAP_SYS_NICE) lets it keep up with a busy proxy on a saturated machine.")
+        loader.add_option("shadow_max_rps", OptStr, None,
+                          "Copies per second sent to the shadow at most, all routes together (a number "
+                          "above 0, e.g. 20 or 0.5; a token bucket with a burst of 0.2 s); more are skipped "
+                          "and counted rate_limited. Unset: no global limit. The admin API changes it at "
+                          "runtime (PUT /shadow/rate).")
         loader.add_option("shadow_ca_file", OptStr, None, "Extra CA bundle to verify an https shadow.")
         loader.add_option("shadow_insecure", bool, False, "Do not verify the shadow's TLS certificate.")
         loader.add_option("shadow_h2c", bool, False,
@@ -140,6 +158,7 @@ class ShadowAddon:
             if o.shadow_queue_size < 1 or o.shadow_concurrency < 1:
                 raise options_error("shadow_queue_size and shadow_concurrency must be at least 1")
             parse_uri(o.shadow_sink, flag="shadow_sink")
+            max_rps = parse_rate(o.shadow_max_rps)
             rules = _load_rules(o.shadow_rules)
             _check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
         except ShadowProxyError as e:
@@ -158,6 +177,8 @@ class ShadowAddon:
             secondary_url=o.shadow_secondary_url,
             noise_state=o.shadow_noise_state,
         )
+        if "shadow_max_rps" in updated:  # else keep what the admin API may have set since
+            self.switch.max_rps = max_rps
         self.policy = Policy(rules, self.switch)
 
     async def running(self) -> None:

@@ -127,7 +127,7 @@ class Replayer:
         self.config = config
         self.sink = sink
         self.stats = ReplayStats(live_latency=config.live_url is not None)
-        self.policy = Policy(rules)
+        self.policy = Policy(rules, limits=False)  # the load limits are for live traffic; --rate paces replay
         client_cfg = ClientConfig(config.concurrency, config.ca_file, config.insecure)
         self.pipeline = Pipeline(ShadowClient(config.shadow_url, client_cfg), sink, self.stats,
                                  secondary_url=config.secondary_url, noise_state_path=config.noise_state)

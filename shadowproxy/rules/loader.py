@@ -36,7 +36,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from shadowproxy.errors import Problem, RulesError
-from shadowproxy.rules.model import PROBLEM, RulesFile
+from shadowproxy.rules.model import PROBLEM, SAMPLE_TAGS, RulesFile
 from shadowproxy.rules.ruleset import RuleSet
 
 __all__ = ["check_rules", "default_ruleset", "load_rules", "load_rules_text", "rules_json_schema"]
@@ -306,6 +306,10 @@ class _Loader:
         ctx: dict[str, Any] = err.get("ctx") or {}
         if loc and loc[-1] == "[key]":  # a bad mapping key: the key is what is wrong
             loc = loc[:-1]
+        if "sample" in loc[:-1]:  # a tagged union's tag is pydantic's, not a key of the file
+            i = loc.index("sample") + 1
+            if loc[i] in SAMPLE_TAGS:
+                loc = loc[:i] + loc[i + 1 :]
         if err["type"] == PROBLEM:
             loc = (*loc, *ctx.get("at", ()))
         return self.problem(self.line_of(loc), loc, _message(err, loc))
@@ -378,6 +382,8 @@ def _message(err: Any, loc: Loc) -> str:
             hint = f' (quote it: "{value}")'
         if kind == "list_type" and isinstance(value, str):
             hint = f" (write [{value}])"
+        if loc and loc[-1] == "sample" and kind == "float_type" and len(loc) == 2 and loc[0] == "defaults":
+            hint = " (a fraction between 0 and 1, or {mode: budget, rps: N})"
         return f"must be {_MUST_BE[kind]}, got {_show(value)}{hint}"
     msg: str = err["msg"]
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
@@ -418,8 +424,9 @@ def _unwrap(t: Any) -> Any:
             t = get_args(t)[0]
         elif origin in (Union, types.UnionType):
             args = [a for a in get_args(t) if a is not type(None)]
-            if len(args) != 1:
-                return t
+            if len(args) != 1:  # a union of one model and plain values: the model has the keys
+                models = [a for a in map(_unwrap, args) if isinstance(a, type) and issubclass(a, BaseModel)]
+                return models[0] if len(models) == 1 else t
             t = args[0]
         else:
             return t

@@ -21,7 +21,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -156,6 +158,16 @@ def _between(lo: float, hi: float) -> Callable[[Any], Any]:
     return check
 
 
+def _above(lo: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not (value > lo and value < float("inf")):  # also refuses NaN and infinity
+            msg = f"must be a number above {lo:g}, got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    return check
+
+
 def _at_least(lo: float) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not value >= lo:  # also refuses NaN
@@ -200,6 +212,9 @@ TimeoutMs = Annotated[
 ]
 ByteCount = Annotated[int, AfterValidator(_at_least(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
 Tolerance = Annotated[float, AfterValidator(_at_least(0)), WithJsonSchema({"type": "number", "minimum": 0})]
+Rps = Annotated[
+    float, AfterValidator(_above(0)), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})
+]
 Version = Annotated[Literal[1], BeforeValidator(_version)]
 
 
@@ -314,12 +329,49 @@ class NoiseSpec(_Strict):
     )
 
 
+class BudgetSample(_Strict):
+    """`sample: {mode: budget, rps: N}`: N shadow copies per second spent across routes, rarest first.
+
+    Routes at or below the fair share get every request; busier routes are down-sampled to it.
+    """
+
+    mode: Literal["budget"] = Field(description="budget: spend rps copies/s across routes by rarity")
+    rps: Rps = Field(description="shadow copies per second, all routes together")
+    window_s: Annotated[
+        int,
+        AfterValidator(_between(1, 3600)),
+        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 3600}),
+    ] = Field(default=10, description="seconds of per-route counts the rates are estimated from")
+
+
+SAMPLE_TAGS = ("fraction", "budget")  # the `sample` union's tags; not keys, so not in key paths
+
+
+def _sample_kind(value: Any) -> str:
+    return "budget" if isinstance(value, dict | BudgetSample) else "fraction"
+
+
+DefaultsSample = Annotated[
+    Annotated[Fraction, Tag("fraction")] | Annotated[BudgetSample, Tag("budget")],
+    Discriminator(_sample_kind),
+]
+
+
 class Defaults(_Strict):
     mirror_methods: list[Method] = Field(
         default_factory=lambda: list(SAFE_METHODS),
         description="methods mirrored as they are; anything else is skipped unless a route rewrites it",
     )
-    sample: Fraction = Field(default=1.0, description="fraction of eligible requests mirrored")
+    sample: DefaultsSample = Field(
+        default=1.0,
+        description="fraction of eligible requests mirrored, or {mode: budget, rps: N}: N copies/s "
+        "spent across routes so that rare routes get (nearly) all their requests mirrored",
+    )
+    max_rps: Rps | None = Field(
+        default=None,
+        description="copies per second each route sends the shadow at most (a token bucket with a "
+        "burst of 0.2 s); more are skipped as rate_limited. Unset: no limit",
+    )
     timeout_ms: TimeoutMs = Field(default=2000, description="shadow request timeout")
     max_body_bytes: ByteCount = Field(
         default=1_048_576, description="larger bodies are not diffed; recorded as too_large"
@@ -432,7 +484,12 @@ class Route(_Strict):
     rewrite: Rewrite | None = Field(
         default=None, description="required with action: rewrite, refused otherwise"
     )
-    sample: Fraction | None = None
+    sample: Fraction | None = Field(
+        default=None, description="this route's fraction; refused when defaults.sample is a budget"
+    )
+    max_rps: Rps | None = Field(
+        default=None, description="copies per second this route sends the shadow at most"
+    )
     timeout_ms: TimeoutMs | None = None
     max_body_bytes: ByteCount | None = None
     strip_headers: list[HeaderName] | None = Field(
@@ -508,4 +565,14 @@ class RulesFile(_Strict):
                 msg = f"route name {r.name!r} is used twice (first by routes[{seen[r.name]}])"
                 raise _problem(msg, "routes", i, "name")
             seen[r.name] = i
+        return self
+
+    @model_validator(mode="after")
+    def _budget_is_for_all_routes(self) -> RulesFile:
+        if isinstance(self.defaults.sample, BudgetSample):
+            for i, r in enumerate(self.routes):
+                if r.sample is not None:
+                    msg = ("defaults.sample is a budget, which samples every route by rarity: "
+                           "leave sample out here (max_rps still limits a route)")
+                    raise _problem(msg, "routes", i, "sample")
         return self

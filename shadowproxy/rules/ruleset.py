@@ -14,6 +14,7 @@ from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.redact import Redactor
 from shadowproxy.rules.matcher import PathMatcher, compile_path
 from shadowproxy.rules.model import (
+    BudgetSample,
     CompareSpec,
     Defaults,
     IgnoreSpec,
@@ -45,6 +46,7 @@ class RouteSettings:
     grpc_method: str | None = None  # a grpc_method route: its calls are mirrored although they are POSTs
     redact: Redactor = field(default_factory=Redactor)  # one for the whole file (defaults.redact)
     noise: NoiseConfig = DEFAULT_NOISE  # defaults.noise, with the route's keys over it
+    max_rps: float | None = None  # copies/s to the shadow at most (one token bucket per route)
 
 
 def redactor_of(spec: RedactSpec) -> Redactor:
@@ -126,7 +128,8 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> R
         action=r.action if r else "mirror",
         rewrite=r.rewrite if r else None,
         mirror_methods=frozenset(d.mirror_methods),
-        sample=r.sample if r and r.sample is not None else d.sample,
+        # a budget (RuleSet.budget) samples instead; a route's own fraction is refused with it
+        sample=r.sample if r and r.sample is not None else (d.sample if isinstance(d.sample, float) else 1.0),
         timeout_ms=r.timeout_ms if r and r.timeout_ms is not None else d.timeout_ms,
         max_body_bytes=max_body,
         shadow_header=d.shadow_header,
@@ -135,6 +138,7 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> R
         grpc_method=r.match.grpc_method if r else None,
         redact=redact or Redactor(),
         noise=_noise(d.noise, r.noise if r else None),
+        max_rps=r.max_rps if r and r.max_rps is not None else d.max_rps,
     )
 
 
@@ -179,6 +183,8 @@ class RuleSet:
             for r in rules.routes
         )
         self._wants_headers = any(r.headers or r.grpc_path for r in self.routes)
+        sample = rules.defaults.sample
+        self.budget: BudgetSample | None = sample if isinstance(sample, BudgetSample) else None
 
     def __repr__(self) -> str:
         return f"<RuleSet {self.source} routes={[r.settings.name for r in self.routes]}>"

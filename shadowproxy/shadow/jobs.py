@@ -16,7 +16,7 @@ import uuid
 
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.grpc import frame_count
-from shadowproxy.engine.stats import Stats
+from shadowproxy.engine.stats import SAMPLING_SKIPS, Stats
 from shadowproxy.policy import Decision, Policy
 from shadowproxy.shadow.pipeline import ShadowJob
 
@@ -29,6 +29,10 @@ def decide(policy: Policy, stats: Stats, request: Request) -> tuple[Decision, st
     decision = policy.decide(request, request_id)
     if decision.shadow_request is None:
         stats.skip(decision.route, decision.reason)
+        if decision.reason in SAMPLING_SKIPS:
+            stats.count(decision.route, "eligible")
+    else:
+        stats.count(decision.route, "eligible")
     return decision, request_id
 
 

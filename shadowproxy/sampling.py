@@ -1,0 +1,163 @@
+"""The shadow's load budget: token buckets (`max_rps`) and the rarity budget (`sample: {mode: budget}`).
+
+A shadow is usually smaller than live, so a spike on live must not become a spike on the
+shadow, and a fixed fraction small enough to protect it starves rare routes. Both pieces run
+in the proxy's hook for every eligible request: a call is O(1) (the budget's O(routes) work
+happens once a second, on the request that crosses the second) and allocates nothing but a
+route's window the first time the route is seen. The clock is injected, so tests drive it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+
+BURST_S = 0.2  # a bucket holds this many seconds of its rate (at least one token): a small burst
+SLOT_S = 1.0  # the budget's window moves in steps of one second
+MAX_BUDGET_ROUTES = 1000  # routes tracked by name; more share one window (unmatched paths are unbounded)
+OTHER = ""  # the shared window's key
+
+
+def burst_for(rate: float) -> float:
+    return max(1.0, rate * BURST_S)
+
+
+class TokenBucket:
+    """`rate` copies per second, at most `burst` at once; decides at once, never waits."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst_for(rate)
+        self._tokens = self.burst  # starts full
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        """One token if there is one (True), else False; `now` from the same clock each time."""
+        tokens = self._tokens + (now - self._last) * self.rate
+        self._last = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+    def give_back(self) -> None:
+        """Undo a `take` whose copy was refused by a later limit."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
+
+class _Window:
+    """One route's request counts: per second over the window, and in the current second."""
+
+    __slots__ = ("current", "rate", "slots", "total")
+
+    def __init__(self, size: int) -> None:
+        self.slots = [0] * size
+        self.total = 0  # sum of slots
+        self.current = 0  # requests in the second under way
+        self.rate = 0.0  # requests/s, as estimated at the last step
+
+    def step(self, index: int, count: int) -> None:
+        self.total += count - self.slots[index]
+        self.slots[index] = count
+
+
+def water_level(rates: list[float], budget: float) -> float:
+    """The level c with sum(min(rate, c)) == budget (max-min fair shares); inf when all fit.
+
+    A route below the level gets all its requests, the ones above get c copies/s each.
+    """
+    remaining = budget
+    rates = sorted(rates)
+    for i, rate in enumerate(rates):
+        share = remaining / (len(rates) - i)
+        if rate > share:
+            return share
+        remaining -= rate
+    return math.inf
+
+
+class Budget:
+    """Spends `rps` shadow copies per second across routes, rarest first.
+
+    Each route's rate is estimated from its counts over a sliding window of `window_s` seconds
+    (the larger of the window's average and the last second, so a spike is down-sampled within
+    a second and forgotten slowly). Once a second the fair level c is computed from the rates
+    (`water_level`): a route at or below c keeps every request, a busier one keeps c/rate of
+    them. Within a second, a route that already sent more than its estimate is treated as
+    that busy, so a new burst cannot spend a second's budget unchecked.
+    """
+
+    def __init__(self, rps: float, window_s: int, now: float, max_routes: int = MAX_BUDGET_ROUTES) -> None:
+        self.rps = rps
+        self.size = max(1, int(window_s / SLOT_S))
+        self.max_routes = max_routes
+        self.level = math.inf  # from the first step on; before it, rps shared by the routes seen
+        self._routes: dict[str, _Window] = {}
+        self._index = 0
+        self._steps = 0  # seconds completed since the start, up to the window's size
+        self._next = now + SLOT_S
+        self._started = False
+
+    def keep(self, route: str, now: float, draw: Callable[[], float]) -> bool:
+        """Count one request of `route` and say whether it is copied; `draw()` is in [0, 1)."""
+        if now >= self._next:
+            self._step(now)
+        w = self._routes.get(route)
+        if w is None:
+            w = self._new(route)
+        w.current += 1
+        rate = w.rate
+        if w.current / SLOT_S > rate:
+            rate = w.current / SLOT_S
+        level = self.level if self._started else self.rps / len(self._routes)
+        return rate <= level or draw() * rate < level
+
+    def keep_probability(self, route: str) -> float:
+        """The share of `route`'s requests kept at the current level (for tests and docs)."""
+        w = self._routes.get(route)
+        if w is None or w.rate <= self.level:
+            return 1.0
+        return self.level / w.rate
+
+    def _new(self, route: str) -> _Window:
+        if len(self._routes) >= self.max_routes:
+            route = OTHER
+            got = self._routes.get(route)
+            if got is not None:
+                return got
+        w = self._routes[route] = _Window(self.size)
+        return w
+
+    def _step(self, now: float) -> None:
+        """Close the seconds that ended: fold each route's count in, re-estimate, re-level."""
+        passed = int((now - self._next) / SLOT_S) + 1
+        self._next += passed * SLOT_S
+        idle = min(passed - 1, self.size)  # whole seconds without a request: zeros
+        self._steps = min(self.size, self._steps + passed)
+        span = self._steps * SLOT_S
+        gone: list[str] = []
+        for name, w in self._routes.items():
+            index = self._index
+            index = (index + 1) % self.size
+            w.step(index, w.current)
+            last = w.current
+            for _ in range(idle):
+                index = (index + 1) % self.size
+                w.step(index, 0)
+                last = 0
+            w.current = 0
+            w.rate = max(w.total / span, last / SLOT_S)
+            if w.total == 0:
+                gone.append(name)
+        self._index = (self._index + 1 + idle) % self.size
+        for name in gone:
+            del self._routes[name]
+        self.level = water_level([w.rate for w in self._routes.values()], self.rps)
+        self._started = True
