@@ -91,7 +91,8 @@ class Budget:
     a second and forgotten slowly). Once a second the fair level c is computed from the rates
     (`water_level`): a route at or below c keeps every request, a busier one keeps c/rate of
     them. Within a second, a route that already sent more than its estimate is treated as
-    that busy, so a new burst cannot spend a second's budget unchecked.
+    that busy (and, when every route fitted, may take only the budget left over), so a new
+    burst cannot spend a second's budget unchecked.
     """
 
     def __init__(self, rps: float, window_s: int, now: float, max_routes: int = MAX_BUDGET_ROUTES) -> None:
@@ -99,6 +100,7 @@ class Budget:
         self.size = max(1, int(window_s / SLOT_S))
         self.max_routes = max_routes
         self.level = math.inf  # from the first step on; before it, rps shared by the routes seen
+        self._slack = rps  # with level inf: rps minus the routes' rates
         self._routes: dict[str, _Window] = {}
         self._index = 0
         self._steps = 0  # seconds completed since the start, up to the window's size
@@ -114,9 +116,11 @@ class Budget:
             w = self._new(route)
         w.current += 1
         rate = w.rate
-        if w.current / SLOT_S > rate:
-            rate = w.current / SLOT_S
         level = self.level if self._started else self.rps / len(self._routes)
+        if w.current / SLOT_S > rate:  # busier than estimated: as busy as this second says
+            if level == math.inf:  # all fitted: the budget left over is what it may take
+                level = rate + self._slack
+            rate = w.current / SLOT_S
         return rate <= level or draw() * rate < level
 
     def keep_probability(self, route: str) -> float:
@@ -159,5 +163,7 @@ class Budget:
         self._index = (self._index + 1 + idle) % self.size
         for name in gone:
             del self._routes[name]
-        self.level = water_level([w.rate for w in self._routes.values()], self.rps)
+        rates = [w.rate for w in self._routes.values()]
+        self.level = water_level(rates, self.rps)
+        self._slack = max(0.0, self.rps - sum(rates))
         self._started = True

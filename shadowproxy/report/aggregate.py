@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
-from shadowproxy.engine.stats import Histogram, RouteStats
+from shadowproxy.engine.stats import Histogram, RouteStats, sample_rate
 from shadowproxy.report import verdict as _verdict
 from shadowproxy.rules.model import Verdict
 
@@ -42,6 +42,7 @@ REPORT_COUNTS = (  # the stats records' names
     "too_large",
     "skipped",
     "dropped",
+    "eligible",
 )
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 EXCHANGE_OUTCOMES = ("mismatch", "shadow_error", "too_large")
@@ -250,6 +251,7 @@ class Aggregator:
             total.merge(agg.stats)
         totals: dict[str, Any] = {k: total.counts.get(k, 0) for k in REPORT_COUNTS}
         totals["mismatch_rate"] = _rate(totals["mismatched"], totals["compared"])
+        totals["traffic_mismatch_rate"] = _traffic_mismatch_rate(routes)
         totals["latency"] = _latency(total.live_latency, total.shadow_latency)
         return {
             "schema": REPORT_SCHEMA,
@@ -284,6 +286,8 @@ class Aggregator:
             "skipped_by": dict(sorted(agg.stats.skipped_by.items())),
             "mismatch_rate": _rate(counts["mismatched"], compared),
             "shadow_error_rate": _rate(counts["shadow_errors"], compared + counts["shadow_errors"]),
+            # copied / eligible, summed over the stats records: each record's sample_rate, weighted
+            "sample_rate": sample_rate(counts["eligible"], agg.stats.skipped_by),
             "records": dict(agg.records),
             "shadow_error_kinds": dict(sorted(agg.error_kinds.items())),
             "latency": latency,
@@ -349,6 +353,18 @@ def _noise_report(agg: RouteAgg, top: int | None) -> dict[str, Any]:
             for key, c in (cancelled if top is None else cancelled[:top])
         ],
     }
+
+
+def _traffic_mismatch_rate(routes: list[dict[str, Any]]) -> float | None:
+    """The mismatch rate of the live traffic: each route's compared and mismatched counts scaled
+    by 1 / its sample rate, so routes sampled less (a budget favours rare ones) weigh what their
+    traffic weighs. Equal to mismatch_rate when every route is sampled alike."""
+    mismatched = compared = 0.0
+    for r in routes:
+        rate = r["sample_rate"] or 1.0  # None: no eligible counts (older records); 0: nothing compared
+        mismatched += r["counts"]["mismatched"] / rate
+        compared += r["counts"]["compared"] / rate
+    return mismatched / compared if compared > 0 else None
 
 
 def _rate(n: int, d: int) -> float | None:

@@ -106,6 +106,9 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         )
     console.print(lt)
     for r in routes:
+        if r.get("sample_rate") is not None and r["sample_rate"] < 1.0:
+            console.print(f"{r['route']}: {fmt_pct(r['sample_rate'])} of eligible requests copied to the "
+                          "shadow (sampling and rate limits)", style="dim")
         for reason in r["reasons"]:
             console.print(Text(f"{r['route']}: {reason}", style=VERDICT_STYLE[r["verdict"]]))
         _noise_table(r, console)

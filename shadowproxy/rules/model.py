@@ -367,11 +367,6 @@ class Defaults(_Strict):
         description="fraction of eligible requests mirrored, or {mode: budget, rps: N}: N copies/s "
         "spent across routes so that rare routes get (nearly) all their requests mirrored",
     )
-    max_rps: Rps | None = Field(
-        default=None,
-        description="copies per second each route sends the shadow at most (a token bucket with a "
-        "burst of 0.2 s); more are skipped as rate_limited. Unset: no limit",
-    )
     timeout_ms: TimeoutMs = Field(default=2000, description="shadow request timeout")
     max_body_bytes: ByteCount = Field(
         default=1_048_576, description="larger bodies are not diffed; recorded as too_large"
@@ -391,6 +386,12 @@ class Defaults(_Strict):
         default_factory=RedactSpec, description="secrets kept out of records (applies to every route)"
     )
     noise: NoiseSpec = Field(default_factory=NoiseSpec, description="learn and cancel noisy fields")
+    max_rps: Rps | None = Field(
+        default=None,
+        description="copies per second each route (and all unmatched requests together) sends the "
+        "shadow at most (a token bucket with a burst of 0.2 s); more are skipped as rate_limited. "
+        "Unset: no limit",
+    )
 
 
 class Match(_Strict):
@@ -487,9 +488,6 @@ class Route(_Strict):
     sample: Fraction | None = Field(
         default=None, description="this route's fraction; refused when defaults.sample is a budget"
     )
-    max_rps: Rps | None = Field(
-        default=None, description="copies per second this route sends the shadow at most"
-    )
     timeout_ms: TimeoutMs | None = None
     max_body_bytes: ByteCount | None = None
     strip_headers: list[HeaderName] | None = Field(
@@ -500,6 +498,9 @@ class Route(_Strict):
         default=None, description="the keys given override the defaults' compare"
     )
     noise: NoiseSpec | None = Field(default=None, description="the keys given override the defaults' noise")
+    max_rps: Rps | None = Field(
+        default=None, description="copies per second this route sends the shadow at most"
+    )
 
     @model_validator(mode="after")
     def _rewrite_goes_with_action(self) -> Route:

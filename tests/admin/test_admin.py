@@ -103,13 +103,39 @@ def test_sample_override_applies_at_once_and_can_be_cleared(proxy: ProxyThread) 
     assert proxy.addon.stats.totals["/s"].skipped_by == {"sampled_out": 1}
     assert call(proxy.admin.port, "PUT", "/shadow/sample", b'{"sample": null}') == (
         200,
-        b'{"enabled": true, "sample": null}',
+        b'{"enabled": true, "sample": null, "max_rps": null}',
     )
 
 
 @pytest.mark.parametrize("body", [b"1.5", b"-0.1", b"true", b"abc", b'"0.5"'])
 def test_sample_rejects_what_is_not_a_fraction(proxy: ProxyThread, body: bytes) -> None:
     assert call(proxy.admin.port, "PUT", "/shadow/sample", body)[0] == 400
+
+
+def test_global_rate_applies_with_the_next_request_and_shows_in_metrics(proxy: ProxyThread) -> None:
+    assert call(proxy.admin.port, "PUT", "/shadow/rate", b"0.01") == (
+        200,
+        b'{"enabled": true, "sample": null, "max_rps": 0.01}',
+    )
+    assert [get(proxy, "/r") for _ in range(4)] == [200] * 4  # live answers every one
+    assert proxy.addon.stats.totals["/r"].skipped_by == {"rate_limited": 3}  # burst: one copy
+    assert proxy.addon.stats.totals["/r"].counts["eligible"] == 4
+    scrape = call(proxy.admin.port, "GET", "/metrics")[1].decode()
+    families = {f.name: f for f in text_string_to_metric_families(scrape)}
+    requests = {(s.labels["route"], s.labels["action"]): s.value
+                for s in families["shadowproxy_requests"].samples if s.name.endswith("_total")}
+    assert requests[("/r", "skipped_rate_limited")] == 3.0
+    assert families["shadowproxy_shadow_max_rps"].samples[0].value == 0.01
+    assert call(proxy.admin.port, "PUT", "/shadow/rate", b'{"max_rps": null}')[0] == 200
+    assert proxy.addon.switch.max_rps is None
+    state = call(proxy.admin.port, "GET", "/shadow")[1]
+    assert state == b'{"enabled": true, "sample": null, "max_rps": null}'
+
+
+@pytest.mark.parametrize("body", [b"0", b"-1", b"true", b"abc", b'"5"', b"1e999", b'{"max_rps": 0}'])
+def test_rate_rejects_what_is_not_a_positive_number(proxy: ProxyThread, body: bytes) -> None:
+    assert call(proxy.admin.port, "PUT", "/shadow/rate", body)[0] == 400
+    assert proxy.addon.switch.max_rps is None
 
 
 def test_token_guards_changes_but_not_reads(backends: tuple[Backend, Backend]) -> None:
@@ -120,6 +146,8 @@ def test_token_guards_changes_but_not_reads(backends: tuple[Backend, Backend]) -
             call(p.admin.port, "POST", "/shadow/disable", headers={"Authorization": "Bearer nope"})[0] == 401
         )
         assert p.addon.switch.enabled
+        assert call(p.admin.port, "PUT", "/shadow/rate", b"5")[0] == 401
+        assert p.addon.switch.max_rps is None
         ok = call(p.admin.port, "POST", "/shadow/disable", headers={"Authorization": "Bearer s3cret"})
         assert ok[0] == 200
         assert not p.addon.switch.enabled

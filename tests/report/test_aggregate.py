@@ -51,6 +51,7 @@ def test_stats_counts_are_summed_over_intervals() -> None:
         "too_large": 2,
         "skipped": 6,
         "dropped": 4,
+        "eligible": 0,
     }
     assert users["skipped_by"] == {"method": 5, "sampled_out": 1}
     assert users["mismatch_rate"] == 10 / 1000

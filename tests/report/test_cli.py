@@ -77,6 +77,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "skipped_by",
         "mismatch_rate",
         "shadow_error_rate",
+        "sample_rate",
         "records",
         "shadow_error_kinds",
         "latency",

@@ -121,8 +121,10 @@ async def test_report_of_a_real_run_counts_exactly(one_run: Path, rules_file: st
         "too_large": 0,
         "skipped": 0,
         "dropped": 0,
+        "eligible": 20,
     }
     assert routes["users"]["mismatch_rate"] == 0.25
+    assert routes["users"]["sample_rate"] == 1.0
     assert routes["/same"]["counts"]["compared"] == 10 and routes["/same"]["counts"]["equal"] == 10
     assert routes["gone"]["counts"]["shadow_errors"] == 3
     assert routes["gone"]["shadow_error_kinds"] == {"connect": 3}

@@ -45,7 +45,7 @@ CASES: list[tuple[str, int, str, str]] = [
     # unknown keys, each level
     ("unknown_key_defaults", 3, "defaults.smaple", "unknown key 'smaple' (did you mean 'sample'? "
      "allowed: mirror_methods, sample, timeout_ms, max_body_bytes, shadow_header, strip_headers, ignore, "
-     "compare, redact, noise)"),
+     "compare, redact, noise, max_rps)"),
     ("unknown_key_route", 5, "routes[0].timeout", "unknown key 'timeout' (did you mean 'timeout_ms'?"),
     ("unknown_key_match", 6, "routes[0].match.method", "allowed: methods, path, headers"),
     ("unknown_key_rewrite", 8, "routes[0].rewrite.querry", "allowed: method, path, query, headers, target"),
@@ -105,6 +105,13 @@ CASES: list[tuple[str, int, str, str]] = [
     ("redact_empty_name", 4, "defaults.redact.query[0]", "an empty name redacts nothing"),
     ("redact_bad_env_name", 4, "defaults.redact.hash_key_env", "bad environment variable name '1-KEY'"),
     ("redact_in_route", 5, "routes[0].redact", "unknown key 'redact'"),
+    # load limits
+    ("max_rps_zero", 3, "defaults.max_rps", "must be a number above 0, got 0"),
+    ("max_rps_string", 6, "routes[0].max_rps", "must be a number, got string '20'"),
+    ("budget_route_sample", 8, "routes[0].sample", "defaults.sample is a budget"),
+    ("budget_unknown_key", 6, "defaults.sample.rsp", "unknown key 'rsp' (did you mean 'rps'? allowed: mode"),
+    ("budget_missing_rps", 3, "defaults.sample.rps", "missing required key 'rps'"),
+    ("budget_bad_mode", 4, "defaults.sample.mode", "must be 'budget', got string 'rarity'"),
 ]
 
 
