@@ -18,6 +18,8 @@ BURST_S = 0.2  # a bucket holds this many seconds of its rate (at least one toke
 SLOT_S = 1.0  # the budget's window moves in steps of one second
 MAX_BUDGET_ROUTES = 1000  # routes tracked by name; more share one window (unmatched paths are unbounded)
 OTHER = ""  # the shared window's key
+CAP = 1.2  # a down-sampled route keeps at most CAP x level + 1 copies in one second
+FIRST_S = 0.25  # in the first second, a route's rate is its count over the time so far, at least this
 
 
 def burst_for(rate: float) -> float:
@@ -55,12 +57,13 @@ class TokenBucket:
 class _Window:
     """One route's request counts: per second over the window, and in the current second."""
 
-    __slots__ = ("current", "rate", "slots", "total")
+    __slots__ = ("current", "kept", "rate", "slots", "total")
 
     def __init__(self, size: int) -> None:
         self.slots = [0] * size
         self.total = 0  # sum of slots
         self.current = 0  # requests in the second under way
+        self.kept = 0  # of them, kept while down-sampled
         self.rate = 0.0  # requests/s, as estimated at the last step
 
     def step(self, index: int, count: int) -> None:
@@ -91,8 +94,11 @@ class Budget:
     a second and forgotten slowly). Once a second the fair level c is computed from the rates
     (`water_level`): a route at or below c keeps every request, a busier one keeps c/rate of
     them. Within a second, a route that already sent more than its estimate is treated as
-    that busy (and, when every route fitted, may take only the budget left over), so a new
-    burst cannot spend a second's budget unchecked.
+    that busy (and, when every route fitted, may take only the budget left over), and a
+    down-sampled route keeps at most CAP x c + 1 copies in one second, so a burst cannot
+    spend the budget unchecked. The window starts with the first request
+    (and again after a whole window without any): before its first second ends, a route's
+    rate is its count over the time so far, and the budget is shared by the routes seen.
     """
 
     def __init__(self, rps: float, window_s: int, now: float, max_routes: int = MAX_BUDGET_ROUTES) -> None:
@@ -103,9 +109,9 @@ class Budget:
         self._slack = rps  # with level inf: rps minus the routes' rates
         self._routes: dict[str, _Window] = {}
         self._index = 0
-        self._steps = 0  # seconds completed since the start, up to the window's size
-        self._next = now + SLOT_S
-        self._started = False
+        self._start = now  # when the window started (its first request)
+        self._next = now + SLOT_S  # when the second under way ends
+        self._started = False  # a step has estimated the rates
 
     def keep(self, route: str, now: float, draw: Callable[[], float]) -> bool:
         """Count one request of `route` and say whether it is copied; `draw()` is in [0, 1)."""
@@ -113,15 +119,25 @@ class Budget:
             self._step(now)
         w = self._routes.get(route)
         if w is None:
-            w = self._new(route)
+            w = self._new(route, now)
         w.current += 1
         rate = w.rate
-        level = self.level if self._started else self.rps / len(self._routes)
+        if self._started:
+            level = self.level
+        else:  # no estimate yet: the rate so far (one request is not a rate: at least FIRST_S)
+            level = self.rps / len(self._routes)
+            rate = w.current / max(now - self._start, FIRST_S)
         if w.current / SLOT_S > rate:  # busier than estimated: as busy as this second says
             if level == math.inf:  # all fitted: the budget left over is what it may take
                 level = rate + self._slack
             rate = w.current / SLOT_S
-        return rate <= level or draw() * rate < level
+        if rate <= level:
+            return True
+        # down-sampled: at most a little over the level in one second, however bursty the arrivals
+        if w.kept >= level * CAP + 1 or draw() * rate >= level:
+            return False
+        w.kept += 1
+        return True
 
     def keep_probability(self, route: str) -> float:
         """The share of `route`'s requests kept at the current level (for tests and docs)."""
@@ -130,7 +146,9 @@ class Budget:
             return 1.0
         return self.level / w.rate
 
-    def _new(self, route: str) -> _Window:
+    def _new(self, route: str, now: float) -> _Window:
+        if not self._routes:  # the first request, or the first after a whole idle window
+            self._start, self._next, self._started = now, now + SLOT_S, False
         if len(self._routes) >= self.max_routes:
             route = OTHER
             got = self._routes.get(route)
@@ -142,27 +160,30 @@ class Budget:
     def _step(self, now: float) -> None:
         """Close the seconds that ended: fold each route's count in, re-estimate, re-level."""
         passed = int((now - self._next) / SLOT_S) + 1
-        self._next += passed * SLOT_S
+        closed = self._next + (passed - 1) * SLOT_S  # when the last whole second ended
+        self._next = closed + SLOT_S
         idle = min(passed - 1, self.size)  # whole seconds without a request: zeros
-        self._steps = min(self.size, self._steps + passed)
-        span = self._steps * SLOT_S
+        span = max(FIRST_S, min(self.size * SLOT_S, closed - self._start))  # seconds the window holds
+        first = max(FIRST_S, min(SLOT_S, closed - passed * SLOT_S - self._start + SLOT_S))
         gone: list[str] = []
         for name, w in self._routes.items():
-            index = self._index
-            index = (index + 1) % self.size
+            index = (self._index + 1) % self.size
             w.step(index, w.current)
-            last = w.current
+            last = w.current / first  # the second that just ended (shorter if the window began in it)
             for _ in range(idle):
                 index = (index + 1) % self.size
                 w.step(index, 0)
-                last = 0
-            w.current = 0
-            w.rate = max(w.total / span, last / SLOT_S)
+                last = 0.0
+            w.current = w.kept = 0
+            w.rate = max(w.total / span, last)
             if w.total == 0:
                 gone.append(name)
         self._index = (self._index + 1 + idle) % self.size
         for name in gone:
             del self._routes[name]
+        if not self._routes:  # idle for a whole window: the next request starts it afresh
+            self.level, self._slack, self._started = math.inf, self.rps, False
+            return
         rates = [w.rate for w in self._routes.values()]
         self.level = water_level(rates, self.rps)
         self._slack = max(0.0, self.rps - sum(rates))
