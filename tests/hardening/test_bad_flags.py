@@ -91,6 +91,8 @@ BY_HAND = [
     ("tail", "--source", "s3://bucket"),
     ("tail", "--source", "kafka://127.0.0.1:9092"),
     ("run", "--rules", "/nonexistent/rules.yaml"),
+    ("run", "--shadow-max-rps", "nan"),
+    ("run", "--shadow-max-rps", "inf"),
     ("replay", "--rules", "/nonexistent/rules.yaml"),
 ]
 CASES = sorted({*introspected(), *BY_HAND})

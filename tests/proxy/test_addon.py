@@ -51,6 +51,25 @@ async def test_configure_rejects_an_unknown_sink_scheme() -> None:
         tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_sink="s3://bucket")
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
+async def test_configure_rejects_a_max_rps_that_is_not_a_positive_number(value: str) -> None:
+    addon = ShadowAddon()
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="shadow_max_rps"):
+        tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_max_rps=value)
+
+
+async def test_max_rps_option_sets_the_global_rate_and_skips_the_excess_as_rate_limited() -> None:
+    """`--set shadow_max_rps=0.5` under plain mitmdump: a string, parsed once in configure()."""
+    addon = ShadowAddon()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_max_rps="0.5")
+        assert addon.switch.max_rps == 0.5
+        assert [addon.job_for(flow()) is not None for _ in range(3)] == [True, False, False]
+        assert addon.stats.totals["/users/{id}"].skipped_by == {"rate_limited": 2}
+        tctx.configure(addon, shadow_max_rps=None)
+        assert addon.switch.max_rps is None
+
+
 async def test_safe_request_becomes_a_job_with_the_live_response() -> None:
     addon = ShadowAddon()
     with taddons.context(addon) as tctx:
@@ -115,6 +134,8 @@ def test_addon_script_runs_under_plain_mitmdump(tmp_path: Path) -> None:
                 f"shadow_sink=jsonl:{out}",
                 "--set",
                 "shadow_stats_interval=0",
+                "--set",
+                "shadow_max_rps=50",  # a number given as --set text: parsed by the addon
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
