@@ -16,17 +16,20 @@ The report (and `--format json`) is a dict with these stable keys:
     thresholds      {mismatch_rate: {warn, fail}, latency: {warn, fail}}
     verdict         overall: pass | warn | fail | no_data (worst route with data)
     totals          {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
-                     mismatch_rate, latency}: all routes together
+                     eligible, mismatch_rate, traffic_mismatch_rate, latency}: all routes
+                     together; traffic_mismatch_rate weighs each route by 1 / its sample_rate
     routes          list, sorted by route name, of:
       route               route name
       verdict             pass | warn | fail | no_data
       checks              {mismatch_rate, shadow_errors, latency}: each check's level, or null
       reasons             why the verdict is not pass, in words
-      counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped}:
-                          sums over the stats records
-      skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error)
+      counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
+                          eligible}: sums over the stats records
+      skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,
+                          grpc_streaming, rate_limited)
       mismatch_rate       mismatched / compared, null when nothing was compared
       shadow_error_rate   shadow_errors / (compared + shadow_errors), or null
+      sample_rate         (eligible - sampled_out - rate_limited) / eligible, or null
       records             {mismatch, shadow_error, too_large}: records of each outcome seen
       shadow_error_kinds  {kind: count} from the shadow_error records
       latency             {live: Q, shadow: Q, ratio: {p50, p95, p99}, slowdown}; Q is
