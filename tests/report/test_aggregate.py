@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from shadowproxy.engine.record import validate_record
-from shadowproxy.engine.stats import Histogram
+from shadowproxy.engine.stats import Histogram, RouteStats
 from shadowproxy.report.aggregate import Aggregator
 from tests.report.records import make_record, mismatch, route_stats, shadow_error, stats
 
@@ -221,3 +221,30 @@ def test_overall_verdict_is_the_worst_route_and_no_data_routes_do_not_count() ->
 def test_routes_are_sorted_by_name_in_the_data() -> None:
     report = _agg([stats({n: route_stats(compared=1) for n in ("zeta", "alpha", "mid")}, "s")])
     assert [r["route"] for r in report["routes"]] == ["alpha", "mid", "zeta"]  # type: ignore[attr-defined]
+
+
+def test_sample_rate_sums_the_records_and_traffic_mismatch_rate_weighs_routes_by_it() -> None:
+    """A budget keeps 1 in 10 busy requests and every rare one: per-route sample rates are the
+    records' rates weighted by their eligible counts, and the traffic-weighted mismatch rate
+    counts each busy comparison ten times."""
+
+    def sampled(compared: int, mismatched: int, eligible: int, out: int, limited: int = 0) -> RouteStats:
+        rs = route_stats(compared=compared, mismatched=mismatched,
+                         skipped_by={"sampled_out": out, "rate_limited": limited})
+        rs.counts["skipped"] = out + limited
+        rs.counts["eligible"] = eligible
+        return rs
+
+    records = [
+        stats({"busy": sampled(10, 0, 100, 90), "rare": sampled(2, 1, 2, 0)}, "s1"),
+        stats({"busy": sampled(10, 1, 100, 85, 5), "rare": sampled(2, 1, 2, 0)}, "s2"),
+    ]
+    assert [r["routes"]["busy"]["sample_rate"] for r in records] == [0.1, 0.1]  # type: ignore[index]
+    report = _agg(records)  # type: ignore[arg-type]
+    routes = {r["route"]: r for r in report["routes"]}  # type: ignore[attr-defined]
+    assert routes["busy"]["sample_rate"] == 20 / 200
+    assert routes["rare"]["sample_rate"] == 1.0
+    assert routes["busy"]["skipped_by"] == {"sampled_out": 175, "rate_limited": 5}
+    totals = report["totals"]
+    assert totals["mismatch_rate"] == 3 / 24  # type: ignore[index]
+    assert totals["traffic_mismatch_rate"] == (1 * 10 + 2) / (20 * 10 + 4)  # type: ignore[index]
