@@ -23,6 +23,9 @@ COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too
 # streaming). Those not skipped as sampled_out or rate_limited were copied to the shadow, so
 # with the skips it gives the effective sample rate of each interval and route.
 SAMPLING_SKIPS = ("sampled_out", "rate_limited")
+HIST_BASE_MS = 0.01
+HIST_GROWTH = 1.02
+_LOG_GROWTH = math.log(HIST_GROWTH)
 
 
 def sample_rate(eligible: int, skipped_by: dict[str, int]) -> float | None:
@@ -31,9 +34,6 @@ def sample_rate(eligible: int, skipped_by: dict[str, int]) -> float | None:
         return None
     kept = eligible - sum(skipped_by.get(k, 0) for k in SAMPLING_SKIPS)
     return max(0, kept) / eligible
-HIST_BASE_MS = 0.01
-HIST_GROWTH = 1.02
-_LOG_GROWTH = math.log(HIST_GROWTH)
 
 
 def bucket_of(ms: float) -> int:

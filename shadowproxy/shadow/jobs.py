@@ -58,5 +58,6 @@ def build_job(policy: Policy, stats: Stats, request: Request, live: Response) ->
         return None
     if streaming_grpc(decision, live):
         stats.skip(decision.route, "grpc_streaming")
+        stats.count(decision.route, "eligible", -1)  # not copied after all: out of the sample rate
         return None
     return job_of(request, live, decision, request_id)
