@@ -16,7 +16,7 @@ minimum over several timed runs, and each case's ratio to `no_limits` measured i
   without limits / with a budget that keeps them all (compare these two with each other).
 
 The cases take turns within each round (so a busy machine slows them alike), and each keeps
-its best round. Bounded: ROUNDS x RUN_SECONDS per case (about 3 s in all with --quick).
+its best round. Bounded: ROUNDS batches of BATCH calls per case (a few seconds in all).
 
 `us_per_call_of_the_limits_alone` times the token bucket and the budget by themselves (each
 with its clock reading; `clock_only` is that reading): on a shared machine these are steadier
@@ -42,8 +42,9 @@ from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.sampling import Budget, TokenBucket
 from shadowproxy.shadow.jobs import decide
 
-ROUNDS, ROUNDS_QUICK = 15, 5
-RUN_SECONDS = 0.05
+ROUNDS, ROUNDS_QUICK = 400, 150
+BATCH = 100  # calls per timed batch: short batches, many rounds, keep the best (a shared machine
+# interrupts long batches; the minimum of short ones is the undisturbed cost)
 HEADERS = (("host", "example"), ("accept", "application/json"), ("user-agent", "bench"))
 ROUTES = [{"name": "users", "match": {"path": "/users/{id}"}}]
 
@@ -75,9 +76,7 @@ def timer_for(policy: Policy, requests: list[Request]) -> tuple[timeit.Timer, in
         i = state["i"] = (state["i"] + 1) % n
         decide(policy, stats, requests[i])
 
-    timer = timeit.Timer(call)
-    calls = max(100, int(RUN_SECONDS / max(timer.timeit(200) / 200, 1e-9)))
-    return timer, calls
+    return timeit.Timer(call), BATCH
 
 
 def parts() -> dict[str, tuple[timeit.Timer, int]]:
@@ -104,11 +103,7 @@ def parts() -> dict[str, tuple[timeit.Timer, int]]:
         "budget_keep_down_sampling": lambda: tight.keep("users", clock(), draw),
         "budget_keep_200_routes": spread_keep,
     }
-    out = {}
-    for name, fn in fns.items():
-        timer = timeit.Timer(fn)
-        out[name] = (timer, max(1000, int(RUN_SECONDS / max(timer.timeit(1000) / 1000, 1e-9))))
-    return out
+    return {name: (timeit.Timer(fn), BATCH) for name, fn in fns.items()}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
