@@ -108,3 +108,22 @@ def test_ruleset_keeps_its_source_and_model(rules: RuleSet) -> None:
     assert rules.source == "test.yaml"
     assert [r.name for r in rules.rules.routes][:2] == ["user-exact", "user"]
     assert "test.yaml" in repr(rules)
+
+
+def test_max_rps_of_a_route_overrides_the_defaults_and_a_budget_is_the_rule_sets() -> None:
+    rs = load_rules_text(
+        "version: 1\n"
+        "defaults:\n  max_rps: 50\n  sample: {mode: budget, rps: 20}\n"
+        "routes:\n  - name: a\n    match: {path: /a}\n    max_rps: 2.5\n  - name: b\n    match: {path: /b}\n",
+        "rules.yaml",
+    )
+    a, _ = rs.route_for("GET", "/a", {})
+    b, _ = rs.route_for("GET", "/b", {})
+    assert (a.max_rps, b.max_rps, rs.defaults.max_rps) == (2.5, 50, 50)
+    assert rs.budget is not None and (rs.budget.rps, rs.budget.window_s) == (20, 10)
+    assert a.sample == b.sample == rs.defaults.sample == 1.0  # the budget samples instead
+
+
+def test_a_plain_fraction_leaves_no_budget_and_no_limit() -> None:
+    rs = load_rules_text("version: 1\ndefaults:\n  sample: 0.25\n", "rules.yaml")
+    assert rs.budget is None and rs.defaults.max_rps is None and rs.defaults.sample == 0.25
