@@ -283,6 +283,9 @@ class RedactSpec(_Strict):
     )
 
 
+ShadowHost = Literal["shadow", "live", "client"]
+
+
 class NoiseSpec(_Strict):
     """How noise (nondeterministic fields: timestamps, ids) is learned and cancelled.
 
@@ -339,6 +342,16 @@ class Defaults(_Strict):
         default_factory=RedactSpec, description="secrets kept out of records (applies to every route)"
     )
     noise: NoiseSpec = Field(default_factory=NoiseSpec, description="learn and cancel noisy fields")
+    request_delta: bool = Field(
+        default=True,
+        description="differences explained by how the shadow's request differed from the live's "
+        "(its Host, the shadow header, a rewrite) are counted as request_delta, never a mismatch",
+    )
+    shadow_host: ShadowHost = Field(
+        default="shadow",
+        description="the Host the shadow gets: shadow (its URL's), live (the live request's) or "
+        "client (the one the client addressed); virtual-hosted shadows need live or client",
+    )
 
 
 class Match(_Strict):
@@ -443,6 +456,8 @@ class Route(_Strict):
         default=None, description="the keys given override the defaults' compare"
     )
     noise: NoiseSpec | None = Field(default=None, description="the keys given override the defaults' noise")
+    request_delta: bool | None = Field(default=None, description="overrides defaults.request_delta")
+    shadow_host: ShadowHost | None = Field(default=None, description="overrides defaults.shadow_host")
 
     @model_validator(mode="after")
     def _rewrite_goes_with_action(self) -> Route:

@@ -45,6 +45,8 @@ class RouteSettings:
     grpc_method: str | None = None  # a grpc_method route: its calls are mirrored although they are POSTs
     redact: Redactor = field(default_factory=Redactor)  # one for the whole file (defaults.redact)
     noise: NoiseConfig = DEFAULT_NOISE  # defaults.noise, with the route's keys over it
+    request_delta: bool = True  # cancel differences the shadow's own request explains (engine.reqdelta)
+    shadow_host: str = "shadow"  # the Host the shadow gets: shadow | live | client
 
 
 def redactor_of(spec: RedactSpec) -> Redactor:
@@ -135,6 +137,8 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> R
         grpc_method=r.match.grpc_method if r else None,
         redact=redact or Redactor(),
         noise=_noise(d.noise, r.noise if r else None),
+        request_delta=r.request_delta if r and r.request_delta is not None else d.request_delta,
+        shadow_host=r.shadow_host if r and r.shadow_host is not None else d.shadow_host,
     )
 
 
