@@ -24,7 +24,8 @@ The report (and `--format json`) is a dict with these stable keys:
       reasons             why the verdict is not pass, in words
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped}:
                           sums over the stats records
-      skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error)
+      skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,
+                          client_aborted; replay: not_http, not_on_wire)
       mismatch_rate       mismatched / compared, null when nothing was compared
       shadow_error_rate   shadow_errors / (compared + shadow_errors), or null
       records             {mismatch, shadow_error, too_large}: records of each outcome seen
@@ -44,6 +45,8 @@ The report (and `--format json`) is a dict with these stable keys:
       noise               fields judged noise, apart from the differences that count: {compared,
                           pairs, noise_only, fields: [{field, kind, raw, noise, cancelled,
                           raw_rate, noise_rate}]} (docs/noise.md)
+      request_delta       {exchanges, fields: {field: count}}: differences explained by how the
+                          shadow's request differed from the live's, never mismatches (docs/noise.md)
     notes           things a reader should know (missing stats records, invalid records)
 """
 

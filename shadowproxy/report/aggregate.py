@@ -303,6 +303,12 @@ class Aggregator:
             ],
             "examples": list(agg.examples),
             "noise": _noise_report(agg, top),
+            # differences the shadow's own request explains (docs/noise.md): never mismatches
+            "request_delta": {
+                "exchanges": agg.stats.counts.get("request_delta", 0),
+                "fields": dict(sorted(agg.stats.request_delta_fields.items(),
+                                      key=lambda kv: (-kv[1], kv[0]))),
+            },
         }
 
     def _notes(self) -> list[str]:
