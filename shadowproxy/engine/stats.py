@@ -18,7 +18,7 @@ from typing import Any
 from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
-          "request_delta")
+          "request_delta", "adjusted")
 HIST_BASE_MS = 0.01
 HIST_GROWTH = 1.02
 _LOG_GROWTH = math.log(HIST_GROWTH)

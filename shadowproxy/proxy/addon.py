@@ -53,6 +53,7 @@ class ShadowConfig:
     worker_nice: int = DEFAULT_WORKER_NICE
     secondary_url: str | None = None
     noise_state: str | None = None
+    keep_host_header: bool = False  # mitmproxy's option: the live gets the client's Host
 
 
 def options_error(msg: str) -> Exception:
@@ -105,11 +106,11 @@ def client_aborted(flow: http.HTTPFlow) -> bool:
         flow.server_conn is None or flow.server_conn.timestamp_end is None) and "server" not in msg.lower()
 
 
-def client_host_of(flow: http.HTTPFlow) -> str | None:
+def client_host_of(flow: http.HTTPFlow, keep_host_header: bool = False) -> str | None:
     """The Host the client addressed, for `shadow_host: client`. With keep_host_header the
     request still carries it; in plain reverse mode mitmproxy replaced it before any addon ran,
     so it is the proxy's own address as the client reached it."""
-    if ctx.options.keep_host_header:
+    if keep_host_header:
         return flow.request.host_header
     sock = flow.client_conn.sockname
     if not sock:
@@ -186,6 +187,7 @@ class ShadowAddon:
             worker_nice=o.shadow_worker_nice,
             secondary_url=o.shadow_secondary_url,
             noise_state=o.shadow_noise_state,
+            keep_host_header=bool(getattr(o, "keep_host_header", False)),
         )
         self.policy = Policy(rules, self.switch)
 
@@ -272,8 +274,9 @@ class ShadowAddon:
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
         assert self.policy is not None
+        keep = self.config.keep_host_header if self.config is not None else False
         return build_job(self.policy, self.stats, request_of(flow.request), live_response_of(flow),
-                         client_host_of(flow), flow.request.scheme)
+                         client_host_of(flow, keep), flow.request.scheme)
 
     @property
     def ready(self) -> bool:

@@ -47,6 +47,8 @@ The report (and `--format json`) is a dict with these stable keys:
                           raw_rate, noise_rate}]} (docs/noise.md)
       request_delta       {exchanges, fields: {field: count}}: differences explained by how the
                           shadow's request differed from the live's, never mismatches (docs/noise.md)
+      adjusted            replay: recorded revalidations whose shadow 304 was judged against the
+                          recorded validators (docs/replay.md)
     notes           things a reader should know (missing stats records, invalid records)
 """
 

@@ -309,6 +309,8 @@ class Aggregator:
                 "fields": dict(sorted(agg.stats.request_delta_fields.items(),
                                       key=lambda kv: (-kv[1], kv[0]))),
             },
+            # replay: recorded revalidations whose shadow 304 was judged against the validators
+            "adjusted": agg.stats.counts.get("adjusted", 0),
         }
 
     def _notes(self) -> list[str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 
+from shadowproxy.engine.conditional import apply_not_modified
 from shadowproxy.engine.diff import Comparison, compare_responses
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response
 from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
@@ -179,6 +180,8 @@ class Pipeline:
             await self.sink.write(build_record(ex, outcome, result, shadow_request=self._shadow_request(job),
                                                redactor=s.redact))
             return
+        if result.status == 304 and ex.live.status != 304 and ex.annotations.get("revalidation"):
+            result = apply_not_modified(ex.live, result)  # a replayed recorded revalidation
         self.stats.latency(ex.route, ex.live.latency_ms, result.latency_ms)
         if self._compare_slots <= 0:
             self.stats.count(ex.route, "dropped")  # comparisons shed; the shadow still got its copy
