@@ -220,3 +220,17 @@ def test_overall_verdict_is_the_worst_route_and_no_data_routes_do_not_count() ->
 def test_routes_are_sorted_by_name_in_the_data() -> None:
     report = _agg([stats({n: route_stats(compared=1) for n in ("zeta", "alpha", "mid")}, "s")])
     assert [r["route"] for r in report["routes"]] == ["alpha", "mid", "zeta"]  # type: ignore[attr-defined]
+
+
+def test_request_delta_and_adjusted_are_summed_per_route_and_field() -> None:
+    def rs(n: int) -> object:
+        r = route_stats(compared=n)
+        r.counts.update(equal=0, request_delta=n, adjusted=1)
+        r.request_delta_fields = {"body:/url": n, "header:/location": 1}
+        return r
+
+    report = _agg([stats({"echo": rs(3)}, "s1"), stats({"echo": rs(2)}, "s2")])  # type: ignore[dict-item]
+    echo = {r["route"]: r for r in report["routes"]}["echo"]  # type: ignore[attr-defined]
+    assert echo["request_delta"] == {"exchanges": 5, "fields": {"body:/url": 5, "header:/location": 2}}
+    assert echo["adjusted"] == 2
+    assert echo["mismatch_rate"] == 0.0
