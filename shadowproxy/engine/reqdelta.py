@@ -16,7 +16,9 @@ A difference is explained when, and only when:
   so a scheme change between the two backends is explained too) and percent-encoded; the path
   when a rewrite changed it; each changed query value and request header value. An item
   shorter than 4 characters only explains a value that is the whole item (`"1"` -> `"2"`), so a
-  short query value cannot explain a digit anywhere in a text;
+  short query value cannot explain a digit anywhere in a text. Echoes of the items only one
+  request had (below) inside such a string (`"X-Shadow-Request": "1"` in a serialised object
+  or an NDJSON line) are taken out first;
 - or it was added on the shadow's side (removed on the live's) under a name that is a request
   header or query parameter only the shadow's (only the live's) request had, with that
   request's value: an echoed `X-Shadow-Request: 1` as a JSON member, a `[name, value]` pair,
@@ -41,8 +43,7 @@ __all__ = ["MIN_TOKEN", "RequestDelta", "request_delta"]
 
 MIN_TOKEN = 4  # shorter request items explain only a whole value, never a part of one
 _PLACEHOLDER = "\x00{}\x00"
-# what the proxy itself changes or drops on the way to the shadow; a value difference is not
-# "explained" by a request header unless the header differs between the two requests
+# a text line that echoes one header or parameter: `Name: value`, `"name": "value",`, `name=value`
 _LINE = re.compile(r"^\s*\"?(?P<name>[A-Za-z0-9_.-]+)\"?\s*[:=]\s*\"?(?P<value>[^\"]*?)\"?\s*,?\s*$")
 
 
