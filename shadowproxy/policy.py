@@ -40,7 +40,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "rate_limited")
+SKIP_REASONS = (
+    "method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "rate_limited",
+    "client_aborted",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +86,28 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def shadow_headers(headers: Headers, settings: RouteSettings, extra: dict[str, str] | None = None) -> Headers:
-    """The client's headers minus hop-by-hop and stripped ones, plus the shadow marker."""
+def shadow_headers(headers: Headers, settings: RouteSettings, extra: dict[str, str] | None = None,
+                   client_host: str | None = None) -> Headers:
+    """The client's headers minus hop-by-hop and stripped ones, plus the shadow marker, and the
+    Host the route's `shadow_host` chooses (none: the shadow client sets its URL's)."""
     drop = HOP_BY_HOP | settings.strip_headers
     replaced = {k.lower() for k in (extra or {})} | {settings.shadow_header.lower()}
     kept = [(k, v) for k, v in headers if k.lower() not in drop and k.lower() not in replaced]
+    host = _shadow_host(headers, settings.shadow_host, client_host)
+    if host and "host" not in replaced:
+        kept.insert(0, ("Host", host))
     kept.extend((extra or {}).items())
     kept.append((settings.shadow_header, "1"))
     return tuple(kept)
+
+
+def _shadow_host(headers: Headers, choice: str, client_host: str | None) -> str | None:
+    """live: the Host the live backend got; client: the one the client addressed (the proxy
+    passes it: in reverse mode mitmproxy rewrites Host before any addon sees it)."""
+    if choice == "shadow":
+        return None
+    live = next((v for k, v in headers if k.lower() in ("host", ":authority")), None)
+    return (client_host or live) if choice == "client" else live
 
 
 def grpc_streaming(req: Request, settings: RouteSettings) -> bool:
@@ -107,7 +124,8 @@ def grpc_streaming(req: Request, settings: RouteSettings) -> bool:
     return grpc.frame_count(req.body) > 1
 
 
-def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], request_id: str) -> Request:
+def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], request_id: str,
+             client_host: str | None = None) -> Request:
     rw = settings.rewrite
     assert rw is not None
     values = {**params, "request_hash": request_hash(req), "request_id": request_id}
@@ -118,7 +136,7 @@ def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], requ
         method=rw.method or req.method,
         path=fill(rw.path, values) if rw.path else req.path,
         query=tuple(query.items()),
-        headers=shadow_headers(req.headers, settings, headers),
+        headers=shadow_headers(req.headers, settings, headers, client_host),
         body=req.body,
         http_version=req.http_version,
     )
@@ -157,7 +175,7 @@ class Policy:
         self.budget = Budget(budget.rps, budget.window_s, now) if limits and budget is not None else None
         self._global: TokenBucket | None = None
 
-    def decide(self, req: Request, request_id: str = "") -> Decision:
+    def decide(self, req: Request, request_id: str = "", client_host: str | None = None) -> Decision:
         headers = {k.lower(): v for k, v in req.headers}
         settings, params = self.rules.route_for(req.method, req.path, headers)
         route = settings.name or path_template(req.path)
@@ -188,11 +206,12 @@ class Policy:
         if self._limits and not self._within_limits(settings.name, now):
             return skip("rate_limited")
         if rewriting:
-            shadow_req = _rewrite(req, settings, params, request_id)
+            shadow_req = _rewrite(req, settings, params, request_id, client_host)
             target = settings.rewrite.target if settings.rewrite else None
             return Decision("mirror", "rewrite", route, settings.name, settings, shadow_req, target)
         shadow_req = Request(
-            req.method, req.path, req.query, shadow_headers(req.headers, settings), req.body, req.http_version
+            req.method, req.path, req.query, shadow_headers(req.headers, settings, None, client_host),
+            req.body, req.http_version,
         )
         return Decision("mirror", "", route, settings.name, settings, shadow_req)
 

@@ -49,7 +49,8 @@ class StatsCollector(Collector):
         )
         outcomes = CounterMetricFamily(
             "shadowproxy_shadow_outcomes",
-            "Mirrored requests by outcome: equal, mismatched, shadow_errors, too_large, noise_only",
+            "Mirrored requests by outcome: equal, mismatched, shadow_errors, too_large, noise_only, "
+            "request_delta",
             labels=["route", "outcome"],
         )
         dispatched = CounterMetricFamily(
@@ -76,7 +77,7 @@ class StatsCollector(Collector):
             requests.add_metric([route, "mirrored"], mirrored)
             for reason, n in sorted(rs.skipped_by.items()):
                 requests.add_metric([route, f"skipped_{reason}"], n)
-            for name in ("equal", "mismatched", "shadow_errors", "too_large", "noise_only"):
+            for name in ("equal", "mismatched", "shadow_errors", "too_large", "noise_only", "request_delta"):
                 outcomes.add_metric([route, name], c.get(name, 0))
             dispatched.add_metric([route], mirrored)
             dropped.add_metric([route], c["dropped"])

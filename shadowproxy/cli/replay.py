@@ -99,6 +99,8 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
         f"  too large       {s.too_large}",
         f"  skipped         {sum(s.skipped.values())}{_by(s.skipped)}",
         f"  not replayable  {sum(s.unreplayable.values())}{_by(s.unreplayable)}",
+        f"  adjusted        {s.adjusted}" + ("  (recorded revalidations: a shadow 304 judged against the "
+                                             "recorded validators)" if s.adjusted else ""),
     ]
     overall, routes = judging.verdict()
     lines.append(f"verdict: {overall}" + (f" (--fail-on {fail_on})" if fail_on else ""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from shadowproxy.engine.decode import (
 from shadowproxy.engine.exchange import Headers, Response
 from shadowproxy.engine.jsondiff import Emit, JsonRules, canonical, compile_rules, diff_json
 from shadowproxy.engine.options import CompareOptions
+from shadowproxy.engine.reqdelta import RequestDelta
 
 MAX_DIFFERENCES = 100
 MAX_VALUE_BYTES = 256  # a difference value serialising longer than this becomes an excerpt
@@ -77,6 +79,9 @@ class Comparison:
     live_body: bytes | None = None
     shadow_body: bytes | None = None
     too_large: bool = False  # a body exceeded opts.max_body_bytes: body not diffed
+    # differences explained by how the shadow's request differed from the live's (engine.reqdelta):
+    # never a mismatch, counted as `request_delta`
+    request_delta: tuple[Difference, ...] = ()
 
     @property
     def equal(self) -> bool:
@@ -90,8 +95,15 @@ class _Collector:
     limit: int = MAX_DIFFERENCES
     found: list[Difference] = field(default_factory=list)
     more: int = 0
+    # (part, path, kind, live, shadow) -> True when the request delta explains it (values whole)
+    explain: Callable[[str, str, str, Any, Any], bool] | None = None
+    explained: list[Difference] = field(default_factory=list)
 
     def add(self, part: str, path: str, kind: str, live: Any, shadow: Any) -> None:
+        if self.explain is not None and self.explain(part, path, kind, live, shadow):
+            if len(self.explained) < self.limit:
+                self.explained.append(Difference(part, path, kind, json_ready(live), json_ready(shadow)))
+            return
         if len(self.found) < self.limit:
             self.found.append(Difference(part, path, kind, json_ready(live), json_ready(shadow)))
         else:
@@ -129,18 +141,25 @@ def json_ready(value: Any) -> Any:
     return text[: EXCERPT_CHARS * 2].decode("utf-8", errors="ignore")[:EXCERPT_CHARS] + ELLIPSIS
 
 
-def compare_responses(live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
-    """Every difference between the two responses that `opts` does not ignore."""
+def compare_responses(
+    live: Response, shadow: Response, opts: CompareOptions, delta: RequestDelta | None = None
+) -> Comparison:
+    """Every difference between the two responses that `opts` does not ignore.
+
+    With `delta` (how the shadow's request differed from the live's), the differences it
+    explains are kept apart in `Comparison.request_delta`."""
     try:
-        return _compare(live, shadow, opts)
+        return _compare(live, shadow, opts, delta or None)
     except Exception as exc:  # one odd response must never stop the mirroring
         return _fallback(live, shadow, opts, exc)
 
 
-def _compare(live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
+def _compare(
+    live: Response, shadow: Response, opts: CompareOptions, delta: RequestDelta | None = None
+) -> Comparison:
     if grpc.is_grpc(live.headers):
         return _compare_grpc(live, shadow, opts)
-    out = _Collector()
+    out = _Collector(explain=delta.explains if delta is not None else None)
     notes: list[str] = []
     _compare_status(live, shadow, out)
     if live.trailers or shadow.trailers:  # trailers are headers sent late: compared as headers
@@ -150,7 +169,8 @@ def _compare(live: Response, shadow: Response, opts: CompareOptions) -> Comparis
         _compare_headers(live.headers, shadow.headers, opts.ignore_headers, out)
     bodies = _compare_bodies(live, shadow, opts, out, notes)
     return Comparison(
-        tuple(out.found), (*notes, *out.notes()), bodies.kind, bodies.live, bodies.shadow, bodies.too_large
+        tuple(out.found), (*notes, *out.notes()), bodies.kind, bodies.live, bodies.shadow, bodies.too_large,
+        tuple(out.explained),
     )
 
 
@@ -375,16 +395,18 @@ def _compare_text_or_bytes(
         _compare_bytes(lb, sb, out)
         return "bytes"
     if a != b:
-        diff_text(a, b, out.body)
+        diff_text(a, b, out.body, whole=out.explain is not None)
     return "text"
 
 
-def diff_text(a: str, b: str, emit: Emit) -> None:
+def diff_text(a: str, b: str, emit: Emit, *, whole: bool = False) -> None:
     """One difference per changed hunk of lines, at /lines/<1-based live line>.
 
     Splitting on "\\n" alone keeps "\\r" and a missing final newline visible, so two texts
-    that differ always yield at least one hunk.
+    that differ always yield at least one hunk. `whole`: hunks are emitted whole, not cut to
+    an excerpt (the request delta judges them; the record still keeps an excerpt).
     """
+    hunk = _whole_hunk if whole else _hunk
     la, lb = a.split("\n"), b.split("\n")
     head = 0
     while head < len(la) and head < len(lb) and la[head] == lb[head]:
@@ -397,16 +419,20 @@ def diff_text(a: str, b: str, emit: Emit) -> None:
         # difflib's matching grows quadratically on shuffled lines: past this size one hunk
         # spanning the differing middle says as much as a slow list of small ones.
         kind = "changed" if mid_a and mid_b else "removed" if mid_a else "added"
-        emit(f"/lines/{head + 1}", kind, _hunk(mid_a) if mid_a else None, _hunk(mid_b) if mid_b else None)
+        emit(f"/lines/{head + 1}", kind, hunk(mid_a) if mid_a else None, hunk(mid_b) if mid_b else None)
         return
     matcher = difflib.SequenceMatcher(None, mid_a, mid_b)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             continue
         kind = {"replace": "changed", "delete": "removed", "insert": "added"}[tag]
-        live_text = _hunk(mid_a[i1:i2]) if tag != "insert" else None
-        shadow_text = _hunk(mid_b[j1:j2]) if tag != "delete" else None
+        live_text = hunk(mid_a[i1:i2]) if tag != "insert" else None
+        shadow_text = hunk(mid_b[j1:j2]) if tag != "delete" else None
         emit(f"/lines/{head + i1 + 1}", kind, live_text, shadow_text)
+
+
+def _whole_hunk(lines: list[str]) -> str:
+    return "\n".join(lines)
 
 
 def _hunk(lines: list[str]) -> str:

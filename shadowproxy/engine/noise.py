@@ -20,7 +20,10 @@ its noise rate, the relative gap |r-n|/(r+n) is above `relative_gap` and the abs
 Value shapes lower the bar: when both sides hold a UUID, an opaque hex token or a timestamp
 near now (of the same form), the field is noise as soon as one pair has seen it differ, and a
 timestamp that moved no further than the clock did between the two answers is noise at once.
-The status line is never noise.
+A shape carries its format (`format_change`): a UUID's case and version, a hex token's length,
+case and prefix, a timestamp's encoding (epoch s/ms/us/ns, RFC 3339/ISO 8601 and its layout,
+HTTP-date) and fraction precision. When live's and shadow's values are both shaped and differ
+in format, the difference is real, whatever the counts say. The status line is never noise.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
@@ -50,8 +54,10 @@ __all__ = [
     "field_name",
     "fields_of",
     "fold",
+    "format_change",
     "is_reported",
     "parse_field_name",
+    "same_form",
     "shape_of",
     "shared_shape",
 ]
@@ -194,6 +200,14 @@ def _exact(gap: float) -> Fraction:
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TOKEN = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9]*[_:.-])?(?P<hex>[0-9a-fA-F]{16,})")
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+# RFC 9110's IMF-fixdate (Last-Modified, Expires, Date), and the obsolete RFC 850 and asctime forms
+_HTTP_DATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT"
+    r"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d{2}-[A-Z][a-z]{2}-\d{2} "
+    r"\d{2}:\d{2}:\d{2} GMT"
+    r"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4}"
+)
+_FRACTION = re.compile(r"[.,](\d+)")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 # epoch units by magnitude: seconds, milliseconds, microseconds, nanoseconds
 _EPOCH_UNITS = ((1e9, 1e10, 1.0), (1e12, 1e13, 1e3), (1e15, 1e16, 1e6), (1e18, 1e19, 1e9))
@@ -201,8 +215,8 @@ _EPOCH_UNITS = ((1e9, 1e10, 1.0), (1e12, 1e13, 1e3), (1e15, 1e16, 1e6), (1e18, 1
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """What a value looks like. `form` must match on both sides (a format change is real);
-    `seconds` is a timestamp's value as unix time."""
+    """What a value looks like. `form` must match on both sides (a format change is real,
+    see `same_form`); `seconds` is a timestamp's value as unix time."""
 
     kind: str  # uuid | token | timestamp
     form: str
@@ -211,8 +225,36 @@ class Shape:
 
 def _case(text: str) -> str:
     if any(c in "ABCDEF" for c in text):
-        return "upper"
+        return "upper" if not any(c in "abcdef" for c in text) else "mixed"
     return "lower" if any(c in "abcdef" for c in text) else "digits"
+
+
+# A fraction's precision class. Encoders that trim trailing zeros (Go's RFC3339Nano; Python's
+# isoformat drops ".000000") vary the digit count from value to value, nearly always within a
+# class; a whole second (no fraction) matches any class. ms -> us is a format change.
+def _precision(digits: int) -> str:
+    if digits == 0:
+        return "s"
+    return "ms" if digits <= 3 else "us" if digits <= 6 else "ns"
+
+
+def same_form(a: Shape, b: Shape) -> bool:
+    """Both shapes in one format: same kind and form, where a hex value without letters
+    (`digits`) fits either case, and a timestamp without fraction fits any precision."""
+    if a.kind != b.kind:
+        return False
+    if a.form == b.form:
+        return True
+    fa, sep_a, pa = a.form.rpartition("|")
+    fb, sep_b, pb = b.form.rpartition("|")
+    if a.kind == "timestamp":
+        return bool(sep_a and sep_b) and fa == fb and "s" in (pa, pb)
+    # uuid: case|version; token: prefix+length|case
+    if a.kind == "uuid":
+        ca, va = a.form.split("|")
+        cb, vb = b.form.split("|")
+        return va == vb and "digits" in (ca, cb)
+    return fa == fb and "digits" in (pa, pb)
 
 
 def _timestamp_seconds(value: Any) -> tuple[float, str] | None:
@@ -226,12 +268,24 @@ def _timestamp_seconds(value: Any) -> tuple[float, str] | None:
                 return None
             if ts.tzinfo is None:
                 ts = ts.replace(tzinfo=UTC)
-            # the form without the fraction: many encoders drop trailing zeros (Go, Python's
-            # isoformat at .000000), so its length varies from value to value
-            return ts.timestamp(), "iso:" + re.sub(r"\d", "9", re.sub(r"[.,]\d+", "", value))
+            # the layout without the fraction, then the fraction's precision class (_precision)
+            frac = _FRACTION.search(value[16:])
+            layout = re.sub(r"\d", "9", _FRACTION.sub("", value))
+            return ts.timestamp(), f"iso:{layout}|{_precision(len(frac.group(1)) if frac else 0)}"
+        if _HTTP_DATE.fullmatch(value):
+            try:
+                hd = parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            if hd.tzinfo is None:
+                hd = hd.replace(tzinfo=UTC)
+            return hd.timestamp(), "http-date|s"
         if _NUMBER.fullmatch(value):
             found = _timestamp_seconds(float(value))
-            return (found[0], "string-" + found[1]) if found else None
+            if found is None:
+                return None
+            frac = _FRACTION.search(value)
+            return found[0], f"string-{found[1]}|{_precision(len(frac.group(1)) if frac else 0)}"
         return None
     if isinstance(value, int | float) and math.isfinite(value):
         for lo, hi, per_second in _EPOCH_UNITS:
@@ -251,12 +305,23 @@ def shape_of(value: Any, now: float) -> Shape | None:
     if not isinstance(value, str):
         return None
     if _UUID.fullmatch(value):
-        return Shape("uuid", _case(value))
+        return Shape("uuid", f"{_case(value)}|v{value[14]}")
     m = _TOKEN.fullmatch(value)
     if m is not None and not m.group("hex").isdigit():
         hex_part = m.group("hex")
-        return Shape("token", f"{m.group('prefix') or ''}{len(hex_part)}{_case(hex_part)}")
+        return Shape("token", f"{m.group('prefix') or ''}{len(hex_part)}|{_case(hex_part)}")
     return None
+
+
+def format_change(live: Any, shadow: Any, now: float, live_now: float | None = None) -> bool:
+    """Both values have a volatile shape and they differ in format: a UUID's case or version, a
+    hex token's length, case or prefix, a timestamp's encoding or precision (docs/noise.md).
+    Such a difference is real even in a field whose values are noise."""
+    a = shape_of(live, now if live_now is None else live_now)
+    if a is None:
+        return False
+    b = shape_of(shadow, now)
+    return b is not None and not same_form(a, b)
 
 
 def shared_shape(live: Any, shadow: Any, now: float, live_now: float | None = None) -> Shape | None:
@@ -268,7 +333,7 @@ def shared_shape(live: Any, shadow: Any, now: float, live_now: float | None = No
     if a is None:
         return None
     b = shape_of(shadow, now)
-    if b is None or (a.kind, a.form) != (b.kind, b.form):
+    if b is None or not same_form(a, b):
         return None
     return a
 
@@ -277,7 +342,7 @@ def _clock_like(live: Any, shadow: Any, now: float, elapsed_s: float) -> bool:
     """Both are timestamps near their own answer's time (the shadow's now, the live's
     `elapsed_s` earlier) that moved no further apart than the clock did in between."""
     a, b = shape_of(live, now - elapsed_s), shape_of(shadow, now)
-    if a is None or b is None or a.seconds is None or b.seconds is None or a.form != b.form:
+    if a is None or b is None or a.seconds is None or b.seconds is None or not same_form(a, b):
         return False
     return abs(a.seconds - b.seconds) <= max(elapsed_s, 0.0) + CLOCK_SLACK_S
 
@@ -469,7 +534,10 @@ class NoiseState:
         noise: set[FieldKey] = set()
         for d in comparison.differences:
             f = field_of(d, comparison.body_kind)
-            if f is not None and (
+            if f is not None and d.kind == "changed" and format_change(d.live, d.shadow, now,
+                                                                       now - elapsed_s):
+                real.append(d)  # a changed format is real, whatever the counts say
+            elif f is not None and (
                 f in noise
                 or self.judged_noise(route, f, cfg)
                 or (cfg.shapes and self._noise_by_shape(route, f, d, now, elapsed_s))

@@ -101,6 +101,7 @@ def build_record(
     live_decoded: bytes | None = None,
     shadow_decoded: bytes | None = None,
     noise: Iterable[str] = (),
+    request_delta: Iterable[str] = (),
     shadow_request: dict[str, Any] | None = None,
     redactor: Redactor | None = None,
 ) -> dict[str, Any]:
@@ -133,6 +134,9 @@ def build_record(
         "noise": sorted(noise),
         "notes": notes,
     }
+    explained = sorted(request_delta)
+    if explained:  # fields that differed only as the two requests did (docs/noise.md)
+        record["request_delta"] = explained
     if shadow_request is not None:
         record["shadow_request"] = shadow_request
     return redactor.record(record)

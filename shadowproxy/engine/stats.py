@@ -18,7 +18,7 @@ from typing import Any
 from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
-          "eligible")
+          "eligible", "request_delta", "adjusted")
 # `eligible`: requests that reached sampling (not skipped for method, route, kill switch or gRPC
 # streaming). Those not skipped as sampled_out or rate_limited were copied to the shadow, so
 # with the skips it gives the effective sample rate of each interval and route.
@@ -107,12 +107,16 @@ class RouteStats:
     skipped_by: dict[str, int] = field(default_factory=dict)
     live_latency: Histogram = field(default_factory=Histogram)
     shadow_latency: Histogram = field(default_factory=Histogram)
+    # field (where:pointer) -> exchanges where the request delta explained its difference
+    request_delta_fields: dict[str, int] = field(default_factory=dict)
 
     def merge(self, other: RouteStats) -> None:
         for k, v in other.counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
         for k, v in other.skipped_by.items():
             self.skipped_by[k] = self.skipped_by.get(k, 0) + v
+        for k, v in other.request_delta_fields.items():
+            self.request_delta_fields[k] = self.request_delta_fields.get(k, 0) + v
         self.live_latency.merge(other.live_latency)
         self.shadow_latency.merge(other.shadow_latency)
 
@@ -127,6 +131,7 @@ class RouteStats:
             "skipped_by": dict(self.skipped_by),
             "live_latency_ms": self.live_latency.to_dict(),
             "shadow_latency_ms": self.shadow_latency.to_dict(),
+            "request_delta_fields": dict(sorted(self.request_delta_fields.items())),
         }
 
     @classmethod
@@ -135,6 +140,7 @@ class RouteStats:
         for k in COUNTS:
             rs.counts[k] = int(d.get(k, 0))
         rs.skipped_by = {str(k): int(v) for k, v in d.get("skipped_by", {}).items()}
+        rs.request_delta_fields = {str(k): int(v) for k, v in d.get("request_delta_fields", {}).items()}
         rs.live_latency = Histogram.from_dict(d.get("live_latency_ms", {}))
         rs.shadow_latency = Histogram.from_dict(d.get("shadow_latency_ms", {}))
         return rs
@@ -167,6 +173,12 @@ class Stats:
         for rs in self._route(route):
             rs.counts["skipped"] += n
             rs.skipped_by[reason] = rs.skipped_by.get(reason, 0) + n
+
+    def request_delta(self, route: str, fields: tuple[str, ...]) -> None:
+        """One compared exchange's fields whose differences the request delta explained."""
+        for rs in self._route(route):
+            for f in fields:
+                rs.request_delta_fields[f] = rs.request_delta_fields.get(f, 0) + 1
 
     def latency(self, route: str, live_ms: float, shadow_ms: float) -> None:
         for rs in self._route(route):

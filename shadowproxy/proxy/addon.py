@@ -53,6 +53,7 @@ class ShadowConfig:
     worker_nice: int = DEFAULT_WORKER_NICE
     secondary_url: str | None = None
     noise_state: str | None = None
+    keep_host_header: bool = False  # mitmproxy's option: the live gets the client's Host
 
 
 def options_error(msg: str) -> Exception:
@@ -100,6 +101,35 @@ def _check_noise(rules: RuleSet, secondary: str | None, state: str | None) -> No
         if not Path(state).parent.is_dir():
             raise ConfigError(f"shadow_noise_state {state!r}: its directory does not exist")
         load_noise_state(state)  # a file that is not a noise state fails here, not in the worker
+
+
+# mitmproxy's messages when the client, not the live backend, ended the exchange (HTTP/1: it
+# closed its connection before the answer; HTTP/2: it reset the stream)
+_CLIENT_GONE = ("Client disconnected", "stream reset by client")
+
+
+def client_aborted(flow: http.HTTPFlow) -> bool:
+    """The client went away before its answer: the backend did not fail (`client_aborted`,
+    not `live_error`). Either mitmproxy says so, or the client's connection closed while the
+    live backend's is still open."""
+    msg = flow.error.msg if flow.error is not None else ""
+    if msg.startswith(_CLIENT_GONE):
+        return True
+    return flow.client_conn.timestamp_end is not None and (
+        flow.server_conn is None or flow.server_conn.timestamp_end is None) and "server" not in msg.lower()
+
+
+def client_host_of(flow: http.HTTPFlow, keep_host_header: bool = False) -> str | None:
+    """The Host the client addressed, for `shadow_host: client`. With keep_host_header the
+    request still carries it; in plain reverse mode mitmproxy replaced it before any addon ran,
+    so it is the proxy's own address as the client reached it."""
+    if keep_host_header:
+        return flow.request.host_header
+    sock = flow.client_conn.sockname
+    if not sock:
+        return None
+    host, port = sock[0], sock[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ShadowAddon:
@@ -176,6 +206,7 @@ class ShadowAddon:
             worker_nice=o.shadow_worker_nice,
             secondary_url=o.shadow_secondary_url,
             noise_state=o.shadow_noise_state,
+            keep_host_header=bool(getattr(o, "keep_host_header", False)),
         )
         if "shadow_max_rps" in updated:  # else keep what the admin API may have set since
             self.switch.max_rps = max_rps
@@ -259,12 +290,14 @@ class ShadowAddon:
         self._answered(flow)
         if self.dispatcher is not None and unanswered:
             path = flow.request.path.partition("?")[0]
-            self.stats.skip(path_template(path), "live_error")
+            self.stats.skip(path_template(path), "client_aborted" if client_aborted(flow) else "live_error")
 
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
         assert self.policy is not None
-        return build_job(self.policy, self.stats, request_of(flow.request), live_response_of(flow))
+        keep = self.config.keep_host_header if self.config is not None else False
+        return build_job(self.policy, self.stats, request_of(flow.request), live_response_of(flow),
+                         client_host_of(flow, keep), flow.request.scheme)
 
     @property
     def ready(self) -> bool:

@@ -10,7 +10,10 @@ Flow files are read with mitmproxy's own `FlowReader`. Every problem becomes one
 
 An entry is either replayable (a request and the live response that was recorded) or not, with
 a reason: `not_http` (TCP, UDP, DNS flows), `live_error` (an HTTP flow or HAR entry without a
-response, as the proxy counts a live failure).
+response, as the proxy counts a live failure), `not_on_wire` (an answer that never came from the
+network: a browser cache hit, `_transferSize: 0` with a cache marker, or a flow without a server
+connection). A replayable entry may be `adjusted`: `revalidation`, a conditional request whose
+recorded non-304 answer is the representation its validators name (engine.conditional).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlsplit
 
+from shadowproxy.engine.conditional import is_recorded_revalidation
 from shadowproxy.engine.exchange import Headers, Request, Response
 from shadowproxy.errors import InputFileError
 
@@ -45,8 +49,14 @@ class Entry:
     index: int
     request: Request | None
     live: Response | None  # None: not replayable, see `unreplayable`
-    unreplayable: str = ""  # "" | not_http | live_error
+    unreplayable: str = ""  # "" | not_http | live_error | not_on_wire
     ts: float = 0.0  # unix time it was recorded
+    adjusted: str = ""  # "" | revalidation: a shadow 304 is judged against the recorded validators
+
+
+def _replayable(index: int, request: Request, live: Response, ts: float) -> Entry:
+    revalidation = is_recorded_revalidation(request, live)
+    return Entry(index, request, live, "", ts, "revalidation" if revalidation else "")
 
 
 @dataclass(slots=True)
@@ -126,9 +136,13 @@ def _read_flows(path: Path) -> Iterator[Entry]:
                 yield Entry(index, None, None, "not_http")
             elif flow.response is None:
                 yield Entry(index, request_of(flow.request), None, "live_error", flow.request.timestamp_start)
+            elif flow.server_conn is None or flow.server_conn.timestamp_start is None:
+                # answered without a server (mitmproxy itself, a replay, a script): not live traffic
+                yield Entry(index, request_of(flow.request), None, "not_on_wire",
+                            flow.request.timestamp_start)
             else:
-                yield Entry(index, request_of(flow.request), live_response_of(flow), "",
-                            flow.response.timestamp_end or flow.request.timestamp_start)
+                yield _replayable(index, request_of(flow.request), live_response_of(flow),
+                                  flow.response.timestamp_end or flow.request.timestamp_start)
             index += 1
 
 
@@ -310,10 +324,22 @@ def _har_entry(index: int, item: Any, mitm: bool) -> Entry:
     status = _get(resp, "status", rwhere, int)
     if status == 0:  # how HAR writers (mitmproxy's savehar, browsers) say "no response"
         return Entry(index, request, None, "live_error", _har_ts(item))
+    if _from_cache(item, resp):
+        return Entry(index, request, None, "not_on_wire", _har_ts(item))
     if not 100 <= status <= 999:
         raise _HarProblem(f"{rwhere}.status", f"not an HTTP status: {status}")
     headers = _headers(resp, rwhere)
     content = _get(resp, "content", rwhere, dict, required=False, default={})
     body = _body(content, f"{rwhere}.content", headers, mitm)
     headers = tuple((k, v) for k, v in headers if k.lower() not in _HAR_DROP_HEADERS)
-    return Entry(index, request, Response(status, headers, body, _har_latency(item)), "", _har_ts(item))
+    return _replayable(index, request, Response(status, headers, body, _har_latency(item)), _har_ts(item))
+
+
+def _from_cache(item: dict[str, Any], resp: dict[str, Any]) -> bool:
+    """A browser cache hit: nothing went over the network. DevTools marks it `_fromCache`;
+    Chromium via Playwright records `_transferSize: 0` and no wait for a server (-1)."""
+    if item.get("_fromCache") or resp.get("_fromCache"):
+        return True
+    timings = item.get("timings")
+    wait = timings.get("wait") if isinstance(timings, dict) else None
+    return resp.get("_transferSize") == 0 and isinstance(wait, int | float) and wait < 0

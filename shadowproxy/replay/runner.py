@@ -63,6 +63,7 @@ class ReplaySummary:
     shadow_errors: int = 0
     too_large: int = 0
     dropped: int = 0
+    adjusted: int = 0  # replayed entries adjusted: recorded revalidations (docs/replay.md)
     skipped: Counter[str] = field(default_factory=Counter)
     unreplayable: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
@@ -74,6 +75,7 @@ class ReplaySummary:
         self.shadow_errors = stats.total("shadow_errors")
         self.too_large = stats.total("too_large")
         self.dropped = stats.total("dropped")
+        self.adjusted = stats.total("adjusted")
         self.skipped = Counter()
         for rs in stats.totals.values():
             self.skipped.update(rs.skipped_by)
@@ -219,6 +221,11 @@ class Replayer:
         if self.live is None and entry.ts:
             # the live side was answered when recorded: noise shapes judge its clock by that
             job.exchange.annotations["recorded_at"] = repr(entry.ts)
+        if self.live is None and entry.adjusted == "revalidation":
+            # a browser's 200 that was a 304 on the wire: a shadow 304 is judged against the
+            # recorded validators (engine.conditional), so the pipeline applies it to the recording
+            job.exchange.annotations["revalidation"] = "1"
+            self.stats.count(decision.route, "adjusted")
         await self.pipeline.process(job)
 
     async def _call_live(self, request: Request, decision: Decision) -> Response | None:

@@ -26,7 +26,7 @@ The report (and `--format json`) is a dict with these stable keys:
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
                           eligible}: sums over the stats records
       skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,
-                          grpc_streaming, rate_limited)
+                          grpc_streaming, rate_limited, client_aborted; replay: not_http, not_on_wire)
       mismatch_rate       mismatched / compared, null when nothing was compared
       shadow_error_rate   shadow_errors / (compared + shadow_errors), or null
       sample_rate         (eligible - sampled_out - rate_limited) / eligible, or null
@@ -47,6 +47,10 @@ The report (and `--format json`) is a dict with these stable keys:
       noise               fields judged noise, apart from the differences that count: {compared,
                           pairs, noise_only, fields: [{field, kind, raw, noise, cancelled,
                           raw_rate, noise_rate}]} (docs/noise.md)
+      request_delta       {exchanges, fields: {field: count}}: differences explained by how the
+                          shadow's request differed from the live's, never mismatches (docs/noise.md)
+      adjusted            replay: recorded revalidations whose shadow 304 was judged against the
+                          recorded validators (docs/replay.md)
     notes           things a reader should know (missing stats records, invalid records)
 """
 

@@ -307,6 +307,14 @@ class Aggregator:
             ],
             "examples": list(agg.examples),
             "noise": _noise_report(agg, top),
+            # differences the shadow's own request explains (docs/noise.md): never mismatches
+            "request_delta": {
+                "exchanges": agg.stats.counts.get("request_delta", 0),
+                "fields": dict(sorted(agg.stats.request_delta_fields.items(),
+                                      key=lambda kv: (-kv[1], kv[0]))),
+            },
+            # replay: recorded revalidations whose shadow 304 was judged against the validators
+            "adjusted": agg.stats.counts.get("adjusted", 0),
         }
 
     def _notes(self) -> list[str]:

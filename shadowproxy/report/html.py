@@ -323,6 +323,16 @@ def _noise_table(r: dict[str, Any]) -> str:
     )
 
 
+def _request_delta(r: dict[str, Any]) -> str:
+    """The fields whose differences the shadow's own request explained (never mismatches)."""
+    rd = r.get("request_delta") or {}
+    if not rd.get("fields"):
+        return ""
+    fields = ", ".join(f"<code>{_e(name)}</code> {_e(n)}" for name, n in rd["fields"].items())
+    return (f'<p class="meta">Request delta, not counted as mismatches: {_e(rd["exchanges"])} exchanges '
+            f"differed only as the shadow's request did; fields: {fields}</p>")
+
+
 def _route_section(r: dict[str, Any]) -> str:
     parts = [
         f'<section class="route" data-route="{_e(r["route"])}"><h3><code>{_e(r["route"])}</code> '
@@ -336,6 +346,7 @@ def _route_section(r: dict[str, Any]) -> str:
     if r["fields"]:
         parts.append(_fields_table(r))
     parts.append(_noise_table(r))
+    parts.append(_request_delta(r))
     if r["examples"]:
         parts.append("".join(_example(ex) for ex in r["examples"]))
     parts.append("</section>")

@@ -112,6 +112,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         for reason in r["reasons"]:
             console.print(Text(f"{r['route']}: {reason}", style=VERDICT_STYLE[r["verdict"]]))
         _noise_table(r, console)
+        _request_delta_line(r, console)
         if not r["fields"]:
             continue
         ft = Table(title=f"Top differing fields: {r['route']}", title_justify="left", header_style="bold")
@@ -139,6 +140,21 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         console.print(ft)
     for note in report["notes"]:
         console.print(f"note: {note}", style="yellow")
+
+
+def _request_delta_text(r: dict[str, Any]) -> str | None:
+    rd = r.get("request_delta") or {}
+    if not rd.get("fields"):
+        return None
+    fields = ", ".join(f"{name} ({n})" for name, n in rd["fields"].items())
+    return (f"Request delta (not counted as mismatches): {r['route']}, {rd['exchanges']} exchanges "
+            f"differed only as the shadow's request did; fields: {fields}")
+
+
+def _request_delta_line(r: dict[str, Any], console: Console) -> None:
+    text = _request_delta_text(r)
+    if text is not None:
+        console.print(Text(text))
 
 
 def _noise_table(r: dict[str, Any], console: Console) -> None:
@@ -245,6 +261,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         lines += [f"## `{r['route']}`: {VERDICT_LABEL[r['verdict']]}", ""]
         lines += _md_noise(r)
+        rd_text = _request_delta_text(r)
+        if rd_text is not None:
+            lines += [_md(rd_text), ""]
         lines += [f"- {reason}" for reason in r["reasons"]]
         if r["reasons"]:
             lines.append("")

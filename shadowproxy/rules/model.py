@@ -298,6 +298,9 @@ class RedactSpec(_Strict):
     )
 
 
+ShadowHost = Literal["shadow", "live", "client"]
+
+
 class NoiseSpec(_Strict):
     """How noise (nondeterministic fields: timestamps, ids) is learned and cancelled.
 
@@ -391,6 +394,16 @@ class Defaults(_Strict):
         description="copies per second each route (and all unmatched requests together) sends the "
         "shadow at most (a token bucket with a burst of 0.2 s); more are skipped as rate_limited. "
         "Unset: no limit",
+    )
+    request_delta: bool = Field(
+        default=True,
+        description="differences explained by how the shadow's request differed from the live's "
+        "(its Host, the shadow header, a rewrite) are counted as request_delta, never a mismatch",
+    )
+    shadow_host: ShadowHost = Field(
+        default="shadow",
+        description="the Host the shadow gets: shadow (its URL's), live (the live request's) or "
+        "client (the one the client addressed); virtual-hosted shadows need live or client",
     )
 
 
@@ -501,6 +514,8 @@ class Route(_Strict):
     max_rps: Rps | None = Field(
         default=None, description="copies per second this route sends the shadow at most"
     )
+    request_delta: bool | None = Field(default=None, description="overrides defaults.request_delta")
+    shadow_host: ShadowHost | None = Field(default=None, description="overrides defaults.shadow_host")
 
     @model_validator(mode="after")
     def _rewrite_goes_with_action(self) -> Route:

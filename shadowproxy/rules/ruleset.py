@@ -47,6 +47,8 @@ class RouteSettings:
     redact: Redactor = field(default_factory=Redactor)  # one for the whole file (defaults.redact)
     noise: NoiseConfig = DEFAULT_NOISE  # defaults.noise, with the route's keys over it
     max_rps: float | None = None  # copies/s to the shadow at most (one token bucket per route)
+    request_delta: bool = True  # cancel differences the shadow's own request explains (engine.reqdelta)
+    shadow_host: str = "shadow"  # the Host the shadow gets: shadow | live | client
 
 
 def redactor_of(spec: RedactSpec) -> Redactor:
@@ -139,6 +141,8 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> R
         redact=redact or Redactor(),
         noise=_noise(d.noise, r.noise if r else None),
         max_rps=r.max_rps if r and r.max_rps is not None else d.max_rps,
+        request_delta=r.request_delta if r and r.request_delta is not None else d.request_delta,
+        shadow_host=r.shadow_host if r and r.shadow_host is not None else d.shadow_host,
     )
 
 

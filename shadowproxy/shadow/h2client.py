@@ -196,10 +196,12 @@ class H2Connection:
         self, method: str, path: str, headers: Headers, body: bytes, max_body_bytes: int
     ) -> H2Response:
         grpc = False
+        # a Host in the request (a route's shadow_host: live or client) becomes :authority
+        host = next((v for k, v in headers if k.lower() == "host"), None)
         out = [
             (b":method", method.encode()),
             (b":scheme", self.scheme),
-            (b":authority", self.authority),
+            (b":authority", host.strip().encode("idna") if host else self.authority),
             (b":path", path.encode("latin-1")),
         ]
         for k, v in headers:

@@ -23,10 +23,11 @@ from shadowproxy.shadow.pipeline import ShadowJob
 __all__ = ["build_job", "decide", "job_of", "streaming_grpc"]
 
 
-def decide(policy: Policy, stats: Stats, request: Request) -> tuple[Decision, str]:
+def decide(policy: Policy, stats: Stats, request: Request,
+           client_host: str | None = None) -> tuple[Decision, str]:
     """The policy's decision and the request id it was made with; a skip is counted here."""
     request_id = uuid.uuid4().hex
-    decision = policy.decide(request, request_id)
+    decision = policy.decide(request, request_id, client_host)
     if decision.shadow_request is None:
         stats.skip(decision.route, decision.reason)
         if decision.reason in SAMPLING_SKIPS:
@@ -51,13 +52,17 @@ def job_of(request: Request, live: Response, decision: Decision, request_id: str
                      decision.reason == "rewrite")
 
 
-def build_job(policy: Policy, stats: Stats, request: Request, live: Response) -> ShadowJob | None:
+def build_job(policy: Policy, stats: Stats, request: Request, live: Response,
+              client_host: str | None = None, live_scheme: str = "") -> ShadowJob | None:
     """The shadow job for a completed exchange, or None (counted) when it is not mirrored."""
-    decision, request_id = decide(policy, stats, request)
+    decision, request_id = decide(policy, stats, request, client_host)
     if decision.shadow_request is None:
         return None
     if streaming_grpc(decision, live):
         stats.skip(decision.route, "grpc_streaming")
         stats.count(decision.route, "eligible", -1)  # not copied after all: out of the sample rate
         return None
-    return job_of(request, live, decision, request_id)
+    job = job_of(request, live, decision, request_id)
+    if live_scheme:
+        job.exchange.annotations["live_scheme"] = live_scheme
+    return job

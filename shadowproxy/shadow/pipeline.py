@@ -29,11 +29,13 @@ from pathlib import Path
 
 import orjson
 
+from shadowproxy.engine.conditional import apply_not_modified
 from shadowproxy.engine.diff import Comparison, compare_responses
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response
-from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError
+from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import build_record, iso_ts
+from shadowproxy.engine.reqdelta import RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
@@ -178,34 +180,54 @@ class Pipeline:
             await self.sink.write(build_record(ex, outcome, result, shadow_request=self._shadow_request(job),
                                                redactor=s.redact))
             return
+        if result.status == 304 and ex.live.status != 304 and ex.annotations.get("revalidation"):
+            result = apply_not_modified(ex.live, result)  # a replayed recorded revalidation
         self.stats.latency(ex.route, ex.live.latency_ms, result.latency_ms)
         if self._compare_slots <= 0:
             self.stats.count(ex.route, "dropped")  # comparisons shed; the shadow still got its copy
             return
         self._compare_slots -= 1
         try:
-            comparison = await self._compare(ex.live, result, s.compare)
+            comparison = await self._compare(ex.live, result, s.compare, self._delta(job))
             pair: Comparison | None = None
             if isinstance(second, Response):
-                # shadow twice: the two shadow answers; a secondary: live and secondary (Diffy's)
+                # shadow twice: the two shadow answers (one request: no delta); a secondary: live
+                # and secondary (Diffy's), whose requests differ as live's and shadow's do
                 first = result if partner == "shadow" else ex.live
-                pair = await self._compare(first, second, s.compare)
+                pair_delta = self._delta(job, secondary=True) if partner == "secondary" else None
+                pair = await self._compare(first, second, s.compare, pair_delta)
                 if pair.too_large:
                     pair = None
         finally:
             self._compare_slots += 1
         await self._conclude(job, result, comparison, pair)
 
-    async def _compare(self, live: Response, shadow: Response, opts: CompareOptions) -> Comparison:
+    def _delta(self, job: ShadowJob, secondary: bool = False) -> RequestDelta | None:
+        """How the shadow's (or the secondary's) request differed from the live's; None when the
+        route turned request-delta cancellation off."""
+        if not job.settings.request_delta:
+            return None
+        client = self.secondary if secondary and self.secondary is not None else self.client
+        url = client.url_for(job.shadow_request, None if secondary else job.target)
+        default_port = {"http": 80, "https": 443}.get(url.scheme)
+        authority = url.raw_host or ""
+        if url.port is not None and url.port != default_port:
+            authority = f"{authority}:{url.port}"
+        return request_delta(job.exchange.request, job.shadow_request, shadow_authority=authority,
+                             live_scheme=job.exchange.annotations.get("live_scheme", "http"),
+                             shadow_scheme=url.scheme)
+
+    async def _compare(self, live: Response, shadow: Response, opts: CompareOptions,
+                       delta: RequestDelta | None = None) -> Comparison:
         start = time.perf_counter()
         if len(live.body) + len(shadow.body) < HEAVY_DIFF_BYTES:
-            result = compare_responses(live, shadow, opts)
+            result = compare_responses(live, shadow, opts, delta)
         else:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadowproxy-diff")
                 self._own_executor = True
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, compare_responses, live, shadow, opts)
+            result = await loop.run_in_executor(self._executor, compare_responses, live, shadow, opts, delta)
         self.stats.diff_latency.observe((time.perf_counter() - start) * 1000)
         return result
 
@@ -230,6 +252,9 @@ class Pipeline:
             outcome = "too_large"
         else:
             self.stats.count(ex.route, "compared")
+            explained = self._request_delta_fields(comparison)
+            if explained:
+                self.stats.request_delta(ex.route, explained)
             if job.settings.noise.enabled:
                 split = self._split_noise(job, comparison, pair)
                 self._maybe_save_noise()
@@ -240,7 +265,8 @@ class Pipeline:
                     comparison = dataclasses.replace(comparison, differences=split.real)
                     noise = split.noise
             if comparison.equal:
-                self.stats.count(ex.route, "equal")
+                # differed only where the request delta explains it: never a mismatch
+                self.stats.count(ex.route, "request_delta" if explained else "equal")
                 return
             self.stats.count(ex.route, "mismatched")
             outcome = "mismatch"
@@ -254,8 +280,19 @@ class Pipeline:
             shadow_request=self._shadow_request(job),
             redactor=job.settings.redact,
             noise=noise,
+            request_delta=explained,
         )
         await self.sink.write(record)
+
+    @staticmethod
+    def _request_delta_fields(comparison: Comparison) -> tuple[str, ...]:
+        """The fields (`where:pointer`, as noise names them) the request delta explained."""
+        names = set()
+        for d in comparison.request_delta:
+            f = field_of(d, comparison.body_kind)
+            if f is not None:
+                names.add(field_name(f))
+        return tuple(sorted(names))
 
     @staticmethod
     def _shadow_request(job: ShadowJob) -> dict[str, str] | None:

@@ -130,8 +130,10 @@ def route_delta(now: RouteStats, before: RouteStats) -> RouteStats:
     counts = {k: v - before.counts.get(k, 0) for k, v in now.counts.items()}
     skipped = {k: v - before.skipped_by.get(k, 0) for k, v in now.skipped_by.items()
                if v != before.skipped_by.get(k, 0)}
+    fields = {k: v - before.request_delta_fields.get(k, 0) for k, v in now.request_delta_fields.items()
+              if v != before.request_delta_fields.get(k, 0)}
     return RouteStats(counts, skipped, _hist_delta(now.live_latency, before.live_latency),
-                      _hist_delta(now.shadow_latency, before.shadow_latency))
+                      _hist_delta(now.shadow_latency, before.shadow_latency), fields)
 
 
 def _copy(rs: RouteStats) -> RouteStats:

@@ -20,6 +20,7 @@ from shadowproxy.engine.noise import (
     field_name,
     fields_of,
     fold,
+    format_change,
     is_reported,
     parse_field_name,
     shape_of,
@@ -199,6 +200,68 @@ def test_shapes_must_match_in_form_on_both_sides() -> None:
     assert shared_shape(iso(NOW), iso(NOW).replace("+00:00", "Z"), NOW) is None  # format changed
     assert shared_shape("req_" + "a1" * 10, "ord_" + "b2" * 10, NOW) is None  # prefix changed
     assert shared_shape(str(uuid.uuid4()), "Ada", NOW) is None
+
+
+def http_date(ts: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(ts, usegmt=True)
+
+
+def uuid_v7() -> str:
+    u = uuid.uuid4().hex
+    return f"{u[:8]}-{u[8:12]}-7{u[13:16]}-{u[16:20]}-{u[20:]}"
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        (str(uuid.uuid4()), str(uuid.uuid4()).upper()),  # UUID case
+        (str(uuid.uuid4()), uuid_v7()),  # UUID version
+        (uuid.uuid4().hex, uuid.uuid4().hex[:24]),  # hex length
+        (uuid.uuid4().hex, uuid.uuid4().hex.upper()),  # hex case
+        (int(NOW), int(NOW * 1000)),  # epoch seconds became milliseconds
+        (str(int(NOW)), str(int(NOW * 1000))),  # the same as strings
+        (iso(NOW), http_date(NOW)),  # RFC 3339 became an HTTP-date
+        (http_date(NOW), int(NOW)),  # an HTTP-date became epoch seconds
+        (iso(NOW).replace("+00:00", "Z"), iso(NOW)),  # Z became +00:00
+        ("2026-09-21T12:00:00.123Z", "2026-09-21T12:00:00.123456Z"),  # ms became us
+        ("2026-09-21T12:00:00.123456Z", "2026-09-21T12:00:00.123456789Z"),  # us became ns
+    ],
+)
+def test_a_changed_format_is_real_even_where_values_are_noise(live: Any, shadow: Any) -> None:
+    assert format_change(live, shadow, NOW)
+    state = NoiseState()
+    d = changed("/v", live, shadow)
+    for _ in range(10):  # the pairs see the field vary every time: by the counts it is noise
+        state.observe("r", comp(d), comp(changed("/v", live, live)))
+    assert state.judged_noise("r", ("body", "/v", "changed"), AUTO)
+    split = state.split("r", comp(d), AUTO, now=NOW, elapsed_s=0.5)
+    assert split.real == (d,) and split.noise == ()
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow"),
+    [
+        (str(uuid.uuid4()), str(uuid.uuid4())),
+        ("12345678-1234-4234-9234-123456789012", str(uuid.uuid4())),  # no hex letters: fits either case
+        ("2026-09-21T12:00:00.12345678Z", "2026-09-21T12:00:00.123456789Z"),  # trailing zero trimmed
+        ("2026-09-21T12:00:00Z", "2026-09-21T12:00:00.5Z"),  # a whole second has no fraction
+        (http_date(NOW), http_date(NOW + 1)),
+        (int(NOW), int(NOW) + 1),
+    ],
+)
+def test_the_same_format_with_other_values_is_not_a_format_change(live: Any, shadow: Any) -> None:
+    assert not format_change(live, shadow, NOW)
+
+
+def test_http_date_is_a_timestamp_shape_and_moves_with_the_clock() -> None:
+    shape = shape_of(http_date(NOW), NOW)
+    assert shape is not None and shape.kind == "timestamp" and shape.seconds == int(NOW)
+    state = NoiseState()
+    d = changed("/last-modified", http_date(NOW - 1), http_date(NOW), part="header")
+    state.observe("r", comp(d))
+    assert state.split("r", comp(d), AUTO, now=NOW, elapsed_s=1.0).noise == ("header:/last-modified",)
 
 
 def test_uuid_field_is_noise_once_a_pair_saw_it_vary() -> None:

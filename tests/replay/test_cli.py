@@ -60,7 +60,7 @@ def test_the_summary_lists_every_total(recording: Recording, tmp_path: Path) -> 
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"replay of {recording.har} (HAR): 8 of 8 entries in ")
-    assert lines[1:8] == [
+    assert lines[1:9] == [
         "  replayed        7",
         "  equal           4",
         "  mismatched      3",
@@ -68,6 +68,7 @@ def test_the_summary_lists_every_total(recording: Recording, tmp_path: Path) -> 
         "  too large       0",
         "  skipped         1  (method: 1)",
         "  not replayable  0",
+        "  adjusted        0",
     ]
     assert lines[-1] == f"records: jsonl:{tmp_path / 'o.jsonl'}"
 

@@ -158,3 +158,34 @@ def test_pacer_spaces_starts_evenly_and_never_bursts() -> None:
     now[0] = 101.0  # idle for a while: no saved-up burst
     assert [pacer.delay() for _ in range(2)] == pytest.approx([0.0, 0.1])
     assert Pacer(None).delay() == 0.0
+
+
+def test_a_flow_answered_without_a_server_connection_is_not_on_wire(tmp_path: Path) -> None:
+    local = tflow.tflow(resp=True)
+    local.server_conn.timestamp_start = None  # mitmproxy (a script, server replay) answered it
+    path = tmp_path / "local.mitm"
+    with path.open("wb") as f:
+        w = FlowWriter(f)  # type: ignore[no-untyped-call]
+        w.add(tflow.tflow(resp=True))
+        w.add(local)
+    found = scan(path)
+    assert (found.replayable, dict(found.unreplayable)) == (1, {"not_on_wire": 1})
+
+
+def test_har_cache_hits_are_not_on_wire_and_revalidations_recorded_as_200_are_adjusted(
+    tmp_path: Path,
+) -> None:
+    etag = [{"name": "ETag", "value": '"v1"'}]
+    hit = entry("http://example.test/app.js")
+    hit["response"]["_transferSize"], hit["timings"]["wait"] = 0, -1
+    devtools_hit = entry("http://example.test/logo.svg")
+    devtools_hit["_fromCache"] = "memory"
+    revalidated = entry("http://example.test/", req_headers=[{"name": "If-None-Match", "value": '"v1"'}],
+                        resp_headers=etag)
+    changed = entry("http://example.test/", req_headers=[{"name": "If-None-Match", "value": '"v0"'}],
+                    resp_headers=etag)  # the live's content had changed: a real 200, left alone
+    not_modified = entry("http://example.test/", status=304,
+                         req_headers=[{"name": "If-None-Match", "value": '"v1"'}], resp_headers=etag)
+    path = write_har(tmp_path, har(hit, devtools_hit, revalidated, changed, not_modified))
+    got = [(e.unreplayable, e.adjusted) for e in read_entries(path)]
+    assert got == [("not_on_wire", ""), ("not_on_wire", ""), ("", "revalidation"), ("", ""), ("", "")]

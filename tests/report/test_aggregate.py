@@ -248,3 +248,17 @@ def test_sample_rate_sums_the_records_and_traffic_mismatch_rate_weighs_routes_by
     totals = report["totals"]
     assert totals["mismatch_rate"] == 3 / 24  # type: ignore[index]
     assert totals["traffic_mismatch_rate"] == (1 * 10 + 2) / (20 * 10 + 4)  # type: ignore[index]
+
+
+def test_request_delta_and_adjusted_are_summed_per_route_and_field() -> None:
+    def rs(n: int) -> object:
+        r = route_stats(compared=n)
+        r.counts.update(equal=0, request_delta=n, adjusted=1)
+        r.request_delta_fields = {"body:/url": n, "header:/location": 1}
+        return r
+
+    report = _agg([stats({"echo": rs(3)}, "s1"), stats({"echo": rs(2)}, "s2")])  # type: ignore[dict-item]
+    echo = {r["route"]: r for r in report["routes"]}["echo"]  # type: ignore[attr-defined]
+    assert echo["request_delta"] == {"exchanges": 5, "fields": {"body:/url": 5, "header:/location": 2}}
+    assert echo["adjusted"] == 2
+    assert echo["mismatch_rate"] == 0.0

@@ -86,6 +86,8 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "fields",
         "examples",
         "noise",
+        "request_delta",
+        "adjusted",
     ]
     assert list(data["routes"][0]["latency"]) == ["live", "shadow", "ratio", "slowdown"]
     assert data["schema"] == "shadowproxy.report/1"

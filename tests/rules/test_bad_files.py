@@ -45,7 +45,7 @@ CASES: list[tuple[str, int, str, str]] = [
     # unknown keys, each level
     ("unknown_key_defaults", 3, "defaults.smaple", "unknown key 'smaple' (did you mean 'sample'? "
      "allowed: mirror_methods, sample, timeout_ms, max_body_bytes, shadow_header, strip_headers, ignore, "
-     "compare, redact, noise, max_rps)"),
+     "compare, redact, noise, max_rps, request_delta, shadow_host)"),
     ("unknown_key_route", 5, "routes[0].timeout", "unknown key 'timeout' (did you mean 'timeout_ms'?"),
     ("unknown_key_match", 6, "routes[0].match.method", "allowed: methods, path, headers"),
     ("unknown_key_rewrite", 8, "routes[0].rewrite.querry", "allowed: method, path, query, headers, target"),

@@ -1,0 +1,247 @@
+"""Differences the proxy caused itself: explained by how the shadow's request differs from the live's.
+
+Pure engine code. The shadow's copy of a request is not the live's: another authority (Host),
+the shadow header (`X-Shadow-Request: 1`), a rewrite's path, query and headers, hop-by-hop
+headers the proxy drops. An API that echoes its request (echo endpoints, absolute URLs in
+`Location`/`Link` headers, HATEOAS and pagination links) answers differently for exactly
+that reason on every request. Such a difference is classified `request_delta`: counted and
+shown per route and field, never a mismatch.
+
+A difference is explained when, and only when:
+
+- both values are strings (or header values) that become equal once every request item that
+  differs between the two requests is replaced by one placeholder per item on each side: the
+  live request's value in the live answer, the shadow request's in the shadow answer. Items:
+  the authority (`Host`), as `host:port`, as a base URL (`http://` or `https://` before it,
+  so a scheme change between the two backends is explained too) and percent-encoded; the path
+  when a rewrite changed it; each changed query value and request header value. An item
+  shorter than 4 characters only explains a value that is the whole item (`"1"` -> `"2"`), so a
+  short query value cannot explain a digit anywhere in a text. Echoes of the items only one
+  request had (below) inside such a string (`"X-Shadow-Request": "1"` in a serialised object
+  or an NDJSON line) are taken out first;
+- or it was added on the shadow's side (removed on the live's) under a name that is a request
+  header or query parameter only the shadow's (only the live's) request had, with that
+  request's value: an echoed `X-Shadow-Request: 1` as a JSON member, a `[name, value]` pair,
+  a text line `X-Shadow-Request: 1`, or a response header of that name.
+
+Anything else is a real difference: a changed value next to the echoed URL, a status, a
+different number of items.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from shadowproxy.engine.exchange import Headers, Request
+from shadowproxy.engine.pointer import unescape
+
+__all__ = ["MIN_TOKEN", "RequestDelta", "request_delta"]
+
+MIN_TOKEN = 4  # shorter request items explain only a whole value, never a part of one
+_PLACEHOLDER = "\x00{}\x00"
+# a text line that echoes one header or parameter: `Name: value`, `"name": "value",`, `name=value`
+_LINE = re.compile(r"^\s*\"?(?P<name>[A-Za-z0-9_.-]+)\"?\s*[:=]\s*\"?(?P<value>[^\"]*?)\"?\s*,?\s*$")
+
+
+def _norm_name(name: str) -> str:
+    """A header or parameter name as echoes spell it: any case, `_` for `-`, CGI's `HTTP_` prefix."""
+    n = name.strip().lower().replace("_", "-")
+    return n.removeprefix("http-")
+
+
+def _headers(hs: Headers) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in hs:
+        lk = k.lower()
+        out[lk] = f"{out[lk]}, {v}" if lk in out else v
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDelta:
+    """What differs between the two requests, ready to explain differences between the answers."""
+
+    pairs: tuple[tuple[str, str], ...]  # (live item, shadow item): changed values, longest first
+    only_shadow: tuple[tuple[str, str], ...]  # (normalised name, value) only the shadow's request had
+    only_live: tuple[tuple[str, str], ...]  # (normalised name, value) only the live's request had
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs or self.only_shadow or self.only_live)
+
+    # -- explaining ---------------------------------------------------------------------------
+
+    def explains(self, part: str, path: str, kind: str, live: Any, shadow: Any) -> bool:
+        """Whether this one difference (as the diff emits it, values whole) is the request delta's."""
+        if part == "status":
+            return False
+        if kind == "changed":
+            if part == "header":
+                return self._substituted_equal(live, shadow)
+            if isinstance(live, str) and isinstance(shadow, str):
+                return self._substituted_equal(live, shadow)
+            return False
+        if kind == "added" and live is None:
+            return self._echo(path, shadow, self.only_shadow)
+        if kind == "removed" and shadow is None:
+            return self._echo(path, live, self.only_live)
+        return False
+
+    def _substituted_equal(self, live: Any, shadow: Any) -> bool:
+        if not isinstance(live, str) or not isinstance(shadow, str):
+            return False
+        if (live, shadow) in self.pairs:  # the whole value is one item (short ones too)
+            return True
+        la = _drop_echoes(_substitute(live, self.pairs, 0), self.only_live)
+        sa = _drop_echoes(_substitute(shadow, self.pairs, 1), self.only_shadow)
+        return la == sa  # (they differed before: equal only thanks to the delta)
+
+    def _echo(self, path: str, value: Any, items: tuple[tuple[str, str], ...]) -> bool:
+        if not items:
+            return False
+        last = unescape(path.rsplit("/", 1)[-1]) if path else ""
+        name = _norm_name(last)
+        for n, v in items:
+            if name == n and _same_value(value, v):
+                return True
+            # a [name, value] pair or {"name":..., "value":...} in a list of headers
+            if isinstance(value, list) and len(value) == 2 and all(isinstance(x, str) for x in value) \
+                    and _norm_name(value[0]) == n and value[1] == v:
+                return True
+            if isinstance(value, dict) and len(value) == 2 and isinstance(value.get("name"), str) \
+                    and _norm_name(value["name"]) == n and _same_value(value.get("value"), v):
+                return True
+        # text: a hunk of lines `Name: value` (or `name=value`)
+        return isinstance(value, str) and _all_lines_echo(value, items)
+
+
+def _same_value(value: Any, want: str) -> bool:
+    if isinstance(value, str):
+        return value == want
+    if isinstance(value, list):  # some echoes give every header as a list of its values
+        return value == [want]
+    return False
+
+
+def _all_lines_echo(text: str, items: tuple[tuple[str, str], ...]) -> bool:
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if not lines:
+        return False
+    for ln in lines:
+        m = _LINE.match(ln)
+        if m is None or (_norm_name(m.group("name")), m.group("value")) not in items:
+            return False
+    return True
+
+
+def _drop_echoes(text: str, items: tuple[tuple[str, str], ...]) -> str:
+    """`text` without echoes of these request items (`"X-Shadow-Request": "1"`, `x_shadow_request=1`
+    inside a serialised object or a line), with the separator next to them."""
+    for name, value in items:
+        if name.lower() not in text.lower().replace("_", "-"):
+            continue
+        rx = _echo_rx(name, value)
+        text = rx.sub("", text)
+    return text
+
+
+_ECHO_CACHE: dict[tuple[str, str], re.Pattern[str]] = {}
+
+
+def _echo_rx(name: str, value: str) -> re.Pattern[str]:
+    rx = _ECHO_CACHE.get((name, value))
+    if rx is None:
+        if len(_ECHO_CACHE) > 256:
+            _ECHO_CACHE.clear()
+        n = "(?:http[-_])?" + "[-_]".join(re.escape(part) for part in name.split("-"))
+        pair = rf"[\"']?{n}[\"']?\s*[:=]\s*(?:\[\s*)?[\"']?{re.escape(value)}[\"']?(?:\s*\])?"
+        # with the comma before it, or else the one after it (an object's first member)
+        rx = re.compile(rf"\s*,\s*{pair}|{pair}\s*,?\s?", re.IGNORECASE)
+        _ECHO_CACHE[(name, value)] = rx
+    return rx
+
+
+def _substitute(text: str, pairs: tuple[tuple[str, str], ...], side: int) -> str:
+    """`text` with each pair's item (its live or its shadow side) replaced by the pair's placeholder,
+    in one pass (longest items first), so one replacement never feeds another."""
+    items = [(p[side], i) for i, p in enumerate(pairs) if len(p[side]) >= MIN_TOKEN]
+    if not items:
+        return text
+    index = {item: i for item, i in reversed(items)}  # the first (longest) pair wins a shared item
+    rx = _compiled(tuple(sorted(index, key=len, reverse=True)))
+    return rx.sub(lambda m: _PLACEHOLDER.format(index[m.group(0)]), text)
+
+
+_RX_CACHE: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _compiled(items: tuple[str, ...]) -> re.Pattern[str]:
+    rx = _RX_CACHE.get(items)
+    if rx is None:
+        if len(_RX_CACHE) > 256:
+            _RX_CACHE.clear()
+        rx = _RX_CACHE[items] = re.compile("|".join(re.escape(i) for i in items))
+    return rx
+
+
+def _authority_forms(
+    live: str, shadow: str, live_scheme: str, shadow_scheme: str
+) -> Iterable[tuple[str, str]]:
+    """The authority as echoes carry it: a base URL, host:port, percent-encoded, the host alone."""
+    yield f"{live_scheme}://{live}", f"{shadow_scheme}://{shadow}"
+    other = {"http": "https", "https": "http"}
+    yield f"{other.get(live_scheme, live_scheme)}://{live}", f"{other.get(shadow_scheme, shadow_scheme)}://{shadow}"
+    yield quote(f"{live_scheme}://{live}", safe=""), quote(f"{shadow_scheme}://{shadow}", safe="")
+    yield live, shadow
+    yield quote(live, safe=""), quote(shadow, safe="")
+
+
+def request_delta(
+    live: Request,
+    shadow: Request,
+    *,
+    shadow_authority: str | None = None,
+    live_scheme: str = "http",
+    shadow_scheme: str = "http",
+) -> RequestDelta:
+    """The delta between the request the live backend got and the one the shadow got.
+
+    `shadow_authority`: the Host the shadow was sent when its request carries none (the
+    client then takes it from the shadow's URL)."""
+    lh, sh = _headers(live.headers), _headers(shadow.headers)
+    la = lh.get("host") or lh.get(":authority") or ""
+    sa = sh.get("host") or sh.get(":authority") or shadow_authority or ""
+    pairs: list[tuple[str, str]] = []
+    if la and sa and la != sa:
+        pairs.extend(_authority_forms(la, sa, live_scheme, shadow_scheme))
+    if live.path != shadow.path:
+        pairs.append((live.path, shadow.path))
+    lq: dict[str, str] = {}
+    for k, v in live.query:
+        lq.setdefault(k, v)
+    sq: dict[str, str] = {}
+    for k, v in shadow.query:
+        sq.setdefault(k, v)
+    only_shadow: list[tuple[str, str]] = []
+    only_live: list[tuple[str, str]] = []
+    for k, v in sq.items():
+        if k not in lq:
+            only_shadow.append((_norm_name(k), v))
+        elif lq[k] != v:
+            pairs.append((lq[k], v))
+    only_live.extend((_norm_name(k), v) for k, v in lq.items() if k not in sq)
+    for k, v in sh.items():
+        if k in ("host", ":authority"):
+            continue
+        if k not in lh:
+            only_shadow.append((_norm_name(k), v))
+        elif lh[k] != v:
+            pairs.append((lh[k], v))
+    only_live.extend((_norm_name(k), v) for k, v in lh.items()
+                     if k not in sh and k not in ("host", ":authority"))
+    unique = [p for p in dict.fromkeys(pairs) if p[0] != p[1]]
+    unique.sort(key=lambda p: -max(len(p[0]), len(p[1])))
+    return RequestDelta(tuple(unique), tuple(only_shadow), tuple(only_live))

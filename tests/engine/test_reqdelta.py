@@ -1,0 +1,75 @@
+"""Request delta alone: which answer differences the two requests' own differences explain."""
+
+from __future__ import annotations
+
+from shadowproxy.engine.diff import compare_responses
+from shadowproxy.engine.exchange import Request, Response
+from shadowproxy.engine.options import CompareOptions
+from shadowproxy.engine.reqdelta import request_delta
+
+LIVE = Request("GET", "/items", (("page", "2"),),
+               (("Host", "live.internal:8001"), ("Connection", "keep-alive")))
+SHADOW = Request("GET", "/items", (("page", "2"),), (("X-Shadow-Request", "1"),))
+DELTA = request_delta(LIVE, SHADOW, shadow_authority="shadow.internal:9001")
+JSON = (("content-type", "application/json"),)
+
+
+def explains(live: object, shadow: object, kind: str = "changed", path: str = "/next") -> bool:
+    return DELTA.explains("body", path, kind, live, shadow)
+
+
+def test_an_absolute_url_with_each_side_s_authority_is_explained() -> None:
+    assert explains("http://live.internal:8001/items?page=3", "http://shadow.internal:9001/items?page=3")
+    assert explains("live.internal:8001", "shadow.internal:9001")
+    assert explains("/r?to=http%3A%2F%2Flive.internal%3A8001", "/r?to=http%3A%2F%2Fshadow.internal%3A9001")
+
+
+def test_a_scheme_change_between_the_backends_is_explained_with_the_authority() -> None:
+    delta = request_delta(LIVE, SHADOW, shadow_authority="shadow.internal", shadow_scheme="https")
+    assert delta.explains("header", "/location", "changed", "http://live.internal:8001/a", "https://shadow.internal/a")
+
+
+def test_a_real_change_next_to_the_authority_is_not_explained() -> None:
+    assert not explains("http://live.internal:8001/items?page=3", "http://shadow.internal:9001/items?page=4")
+    assert not explains("http://live.internal:8001/a", "http://other.internal:9001/a")
+    assert not explains(1, 2)
+
+
+def test_an_echoed_shadow_header_is_explained_in_any_spelling() -> None:
+    assert explains(None, "1", "added", "/headers/X-Shadow-Request")
+    assert explains(None, ["1"], "added", "/headers/x_shadow_request")
+    assert explains(None, "1", "added", "/env/HTTP_X_SHADOW_REQUEST")
+    assert explains(None, ["X-Shadow-Request", "1"], "added", "/headers/4")
+    assert explains(None, "X-Shadow-Request: 1", "added", "/lines/7")
+    assert not explains(None, "2", "added", "/headers/X-Shadow-Request")  # not the value sent
+    assert not explains(None, "1", "added", "/headers/X-Other")
+
+
+def test_a_hop_by_hop_header_only_the_live_got_is_explained_when_echoed() -> None:
+    assert explains("keep-alive", None, "removed", "/headers/Connection")
+    assert not explains("close", None, "removed", "/headers/Connection")
+
+
+def test_echoes_inside_one_text_value_are_explained() -> None:
+    live = '{"url": "http://live.internal:8001/s", "headers": {"Host": "live.internal:8001"}}'
+    shadow = ('{"url": "http://shadow.internal:9001/s", "headers": {"Host": "shadow.internal:9001", '
+              '"X-Shadow-Request": "1"}}')
+    assert explains(live, shadow)
+    assert not explains(live, shadow.replace("/s", "/t"))
+
+
+def test_a_short_rewritten_value_explains_only_a_whole_value() -> None:
+    rewritten = Request("GET", "/items", (("page", "3"),), SHADOW.headers)
+    delta = request_delta(LIVE, rewritten, shadow_authority="shadow.internal:9001")
+    assert delta.explains("body", "/page", "changed", "2", "3")
+    assert not delta.explains("body", "/title", "changed", "page 2 of 9", "page 3 of 9")
+
+
+def test_compare_keeps_explained_differences_apart_and_counts_only_the_rest() -> None:
+    live = Response(200, JSON, b'{"self": "http://live.internal:8001/items", "n": 1}')
+    shadow = Response(200, JSON, b'{"self": "http://shadow.internal:9001/items", "n": 2}')
+    c = compare_responses(live, shadow, CompareOptions(), DELTA)
+    assert [d.path for d in c.differences] == ["/n"]
+    assert [d.path for d in c.request_delta] == ["/self"]
+    plain = compare_responses(live, shadow, CompareOptions())
+    assert [d.path for d in plain.differences] == ["/self", "/n"]
