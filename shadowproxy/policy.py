@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shadowproxy.engine import grpc
 from shadowproxy.engine.exchange import Headers, Request
-from shadowproxy.rules.matcher import path_template
+from shadowproxy.rules.matcher import RouteNames
 from shadowproxy.rules.ruleset import RouteSettings, RuleSet
 
 # Never forwarded to the shadow: they describe one hop, or the shadow's client sets them itself.
@@ -33,7 +33,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming")
+SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "too_large")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +125,16 @@ class Policy:
         self.rules = rules
         self.switch = switch or Switch()
         self._random = (rng or random.Random()).random
+        self.route_names = RouteNames()
+
+    def route_name(self, path: str) -> str:
+        """The stats route of a path no route names: its template, bounded in number."""
+        return self.route_names.name(path)
 
     def decide(self, req: Request, request_id: str = "") -> Decision:
         headers = {k.lower(): v for k, v in req.headers}
         settings, params = self.rules.route_for(req.method, req.path, headers)
-        route = settings.name or path_template(req.path)
+        route = settings.name or self.route_name(req.path)
 
         def skip(reason: str) -> Decision:
             return Decision("skip", reason, route, settings.name, settings)
