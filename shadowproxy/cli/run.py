@@ -97,6 +97,15 @@ def setup_logging(verbose: int) -> None:
     show_default=True,
     help="Seconds between stats records (the report's denominators); 0: at exit only.",
 )
+@click.option(
+    "--max-copy-bytes",
+    type=click.IntRange(1),
+    default=8 * 1024 * 1024,
+    envvar="SHADOWPROXY_MAX_COPY_BYTES",
+    show_default=True,
+    help="A request or response body larger than this is streamed between client and live, never "
+    "held in memory, and not mirrored (counted as skipped: too_large); so is a header block over 64 KiB.",
+)
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
               show_envvar=True,
               help="A second instance of the live version (Diffy's secondary): with noise mode auto or "
@@ -184,6 +193,7 @@ def run_cmd(
     queue_size: int,
     concurrency: int,
     stats_interval: int,
+    max_copy_bytes: int,
     secondary: str | None,
     noise_state: str | None,
     dispatch: str | None,
@@ -228,6 +238,7 @@ def run_cmd(
         "shadow_queue_size": queue_size,
         "shadow_concurrency": concurrency,
         "shadow_stats_interval": stats_interval,
+        "shadow_max_copy_bytes": max_copy_bytes,
         "shadow_ca_file": ca_file,
         "shadow_insecure": insecure,
         "shadow_h2c": upstream_h2c,
