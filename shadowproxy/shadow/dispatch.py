@@ -99,7 +99,7 @@ class Dispatcher:
         while True:
             job = await self._queue.get()
             try:
-                await self.pipeline.process(job)
+                await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
             finally:
                 self._queue.task_done()
 
@@ -125,6 +125,9 @@ class Dispatcher:
                     self.pipeline.stats.count(job.exchange.route, "dropped")
                     self._queue.task_done()
         await self._tasks.cancel_all()
+        if self.pipeline.cut_off:
+            log.warning("shadow drain timed out; %d copies in flight cut off and counted as dropped",
+                        self.pipeline.cut_off)
         await self.pipeline.emit_stats()
         await self.pipeline.close()
         await self.pipeline.sink.stop()
