@@ -33,7 +33,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "too_large")
+SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "too_large",
+                "stopping")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,8 @@ log = logging.getLogger("shadowproxy")
 _IN_FLIGHT = "shadowproxy.in_flight"
 _GRPC_STREAM = "shadowproxy.grpc_stream"
 _TOO_LARGE = "shadowproxy.too_large"
+_REFUSED = "shadowproxy.refused"
+STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 DEFAULT_MAX_COPY_BYTES = 8 * 1024 * 1024
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
@@ -108,6 +110,12 @@ class ShadowAddon:
         self.dispatcher: ShadowDispatcher | None = None
         self.stats = Stats("proxy")
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
+        # graceful stop (proxy.master.request_stop): first every answer closes its HTTP/1
+        # connection (keep-alive clients move off), then new requests are answered 503 here,
+        # never forwarded, so closing the last idle connections cannot cut off processed work
+        self.stopping = False
+        self.refusing = False
+        self.refused = 0
 
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
@@ -217,6 +225,12 @@ class ShadowAddon:
             flow.metadata[_TOO_LARGE] = True
             flow.request.stream = True
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.refusing:
+            flow.metadata[_REFUSED] = True
+            flow.response = http.Response.make(
+                503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None:
             return
@@ -225,6 +239,12 @@ class ShadowAddon:
         elif self._over_cap(flow.response.headers):
             flow.metadata[_TOO_LARGE] = True
             flow.response.stream = True
+        if flow.response.stream:
+            self._close_when_stopping(flow)  # its headers leave now, before the response hook
+
+    def _close_when_stopping(self, flow: http.HTTPFlow) -> None:
+        if self.stopping and flow.response is not None and flow.request.http_version.startswith("HTTP/1"):
+            flow.response.headers["Connection"] = "close"
 
     def _over_cap(self, headers: http.Headers) -> bool:
         """A body (by its Content-Length) or header block too large to hold and copy."""
@@ -265,8 +285,14 @@ class ShadowAddon:
     def response(self, flow: http.HTTPFlow) -> None:
         self._answered(flow)
         if self.dispatcher is None or self.policy is None or flow.response is None:
+            self._close_when_stopping(flow)
             return
-        job = self.job_for(flow)
+        if flow.metadata.get(_REFUSED):
+            self.refused += 1
+            self.stats.skip(self.policy.route_name(flow.request.path), "stopping")
+            return
+        job = self.job_for(flow)  # before the Connection header changes: the record shows live's
+        self._close_when_stopping(flow)
         if job is not None:
             self.dispatcher.submit(job)
 
