@@ -155,3 +155,17 @@ def test_four_concurrent_50mb_bodies_are_streamed_to_live_not_mirrored_and_memor
     records = h.read_jsonl(out)
     assert not [r for r in records if r.get("path") == "/big" and r["outcome"] != "stats"]
     assert h.stats_totals(records)["skipped_by.too_large"] == 4
+
+
+def test_a_response_body_over_the_cap_is_streamed_to_the_client_and_counted_too_large(tmp_path: Path) -> None:
+    size = 20 * 1024 * 1024
+    out = tmp_path / "out.jsonl"
+    with h.RawServer(h.huge_body(size)) as live, h.Proxy(
+        live.url, live.url, f"jsonl:{out}", stderr_path=tmp_path / "stderr"
+    ) as proxy:
+        status, body, _ = h.get(proxy.url + "/download", timeout=60)
+        assert proxy.terminate() == 0, proxy.stderr()
+    assert (status, len(body)) == (200, size)
+    records = h.read_jsonl(out)
+    assert [r["outcome"] for r in records] == ["stats"]
+    assert h.stats_totals(records)["skipped_by.too_large"] == 1
