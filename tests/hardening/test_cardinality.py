@@ -71,6 +71,11 @@ def send_paths(port: int, paths: list[str], threads: int = 4) -> int:
     return sum(ok)
 
 
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+
+
 def live_latency(port: int) -> float:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
@@ -91,7 +96,10 @@ def test_twenty_thousand_distinct_paths_keep_metrics_small_and_a_scrape_never_de
     out = tmp_path / "out.jsonl"
     paths = [f"/u/x{i}" if i % 2 else f"/w/{word(i)}" for i in range(PATHS)]
     with h.Proxy(live.url, shadow.url, f"jsonl:{out}", stderr_path=tmp_path / "stderr") as proxy:
+        assert proxy.proc is not None
+        before = rss_mb(proxy.proc.pid)
         assert send_paths(proxy.port, paths) == PATHS
+        after = rss_mb(proxy.proc.pid)
         baseline = sorted(live_latency(proxy.port) for _ in range(20))[10]
 
         scraped: list[tuple[bytes, float]] = []
@@ -116,7 +124,8 @@ def test_twenty_thousand_distinct_paths_keep_metrics_small_and_a_scrape_never_de
     stats = [line for line in out.read_bytes().splitlines() if b'"outcome":"stats"' in line]
     print(f"\n/metrics {len(body)} bytes in {took:.3f}s; live p50 {baseline * 1000:.1f} ms, "
           f"max during scrapes {max(during) * 1000:.1f} ms over {len(during)} requests; "
-          f"largest stats record {max((len(s) for s in stats), default=0)} bytes")
+          f"largest stats record {max((len(s) for s in stats), default=0)} bytes; "
+          f"proxy RSS {before:.0f} -> {after:.0f} MB")
     assert len(body) < METRICS_MAX_BYTES, (len(body), took)
     assert f'route="{OVERFLOW_ROUTE}"' in text  # the letter-only walk went over the cap
     assert 'route="/u/{id}"' in text  # mixed letters and digits are values, not names

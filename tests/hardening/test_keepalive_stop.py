@@ -119,3 +119,34 @@ def test_sigterm_with_keep_alive_clients_answers_what_live_processed_and_records
     totals = h.stats_totals(records)
     assert totals["mismatched"] == len(load.ok)
     assert totals.get("dropped", 0) == 0
+
+
+def test_while_stopping_answers_close_the_connection_then_late_requests_get_503_never_forwarded(
+    backends: tuple[Backend, Backend],
+) -> None:
+    """The phases of a stop, on one keep-alive client: an answer closes its connection; later, a
+    request on a still-open connection gets a local 503 (Connection: close), live never sees it,
+    and it is counted as skipped (stopping)."""
+    from shadowproxy.proxy.addon import STOPPING_BODY
+    from shadowproxy.testing import ProxyThread
+
+    live, shadow = backends
+    with ProxyThread(live.url, shadow.url, shadow_dispatch="inline") as proxy:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            conn.request("GET", "/users/before")
+            first = conn.getresponse()
+            assert (first.status, first.read(), first.getheader("Connection")) == (200, LIVE, None)
+            proxy.addon.stopping = True
+            conn.request("GET", "/users/last")
+            last = conn.getresponse()
+            assert (last.status, last.read(), last.getheader("Connection")) == (200, LIVE, "close")
+            proxy.addon.refusing = True
+            conn.request("GET", "/users/refused")
+            r = conn.getresponse()
+            assert (r.status, r.read(), r.getheader("Connection")) == (503, STOPPING_BODY, "close")
+        finally:
+            conn.close()
+        assert "/users/refused" not in {s.path for s in live.seen}
+        assert proxy.addon.stats.totals["/users/refused"].skipped_by == {"stopping": 1}
+        assert proxy.addon.in_flight == 0
