@@ -133,7 +133,7 @@ def test_twenty_thousand_distinct_paths_keep_metrics_small_and_a_scrape_never_de
     routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in text.splitlines() if 'route="' in line}
     assert len(routes) <= DEFAULT_MAX_ROUTES + 1
     # generous: a scrape rendered on the proxy's loop delayed a live request by ~10 s
-    assert max(during) < max(0.5, 20 * baseline), (max(during), baseline, took)
+    assert max(during) < max(1.0, 20 * baseline), (max(during), baseline, took)
 
     assert stats
     assert max(len(line) for line in stats) < STATS_RECORD_MAX_BYTES
