@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils import human
 
 from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
 from shadowproxy.engine.stats import Stats
@@ -183,8 +184,11 @@ class ShadowAddon:
         )
         self.policy = Policy(rules, self.switch)
         if "stream_large_bodies" in o and "shadow_max_copy_bytes" in updated:
-            # mitmproxy's own check streams a chunked body (no Content-Length) once it passes the cap
-            o.update(stream_large_bodies=str(o.shadow_max_copy_bytes))
+            # mitmproxy's own check streams a chunked body (no Content-Length) once it passes the
+            # cap; a lower stream_large_bodies set by hand (mitmdump --set) is kept
+            current = human.parse_size(o.stream_large_bodies) if o.stream_large_bodies else None
+            if current is None or current > o.shadow_max_copy_bytes:
+                o.update(stream_large_bodies=str(o.shadow_max_copy_bytes))
 
     async def running(self) -> None:
         cfg = self.config
