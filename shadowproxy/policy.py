@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from shadowproxy.engine import grpc
 from shadowproxy.engine.exchange import Headers, Request
-from shadowproxy.rules.matcher import path_template
+from shadowproxy.rules.matcher import RouteNames
 from shadowproxy.rules.ruleset import RouteSettings, RuleSet
 from shadowproxy.sampling import Budget, Clock, TokenBucket
 
@@ -42,7 +42,7 @@ HOP_BY_HOP = frozenset(
 
 SKIP_REASONS = (
     "method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "rate_limited",
-    "client_aborted",
+    "client_aborted", "too_large", "stopping",
 )
 
 
@@ -174,11 +174,16 @@ class Policy:
         budget = rules.budget
         self.budget = Budget(budget.rps, budget.window_s, now) if limits and budget is not None else None
         self._global: TokenBucket | None = None
+        self.route_names = RouteNames()
+
+    def route_name(self, path: str) -> str:
+        """The stats route of a path no route names: its template, bounded in number."""
+        return self.route_names.name(path)
 
     def decide(self, req: Request, request_id: str = "", client_host: str | None = None) -> Decision:
         headers = {k.lower(): v for k, v in req.headers}
         settings, params = self.rules.route_for(req.method, req.path, headers)
-        route = settings.name or path_template(req.path)
+        route = settings.name or self.route_name(req.path)
 
         def skip(reason: str) -> Decision:
             return Decision("skip", reason, route, settings.name, settings)

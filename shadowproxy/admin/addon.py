@@ -27,6 +27,7 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from shadowproxy.admin.metrics import StatsCollector, make_registry
 from shadowproxy.engine.stats import Histogram, RouteStats
@@ -68,14 +69,35 @@ class AdminAddon:
         self.registry = make_registry(
             StatsCollector(self._totals, self._gauges, self._sink_counters, self._diff_latency)
         )
+        self._scrape = asyncio.Lock()  # one rendering at a time: scrapes never pile up threads
 
     # -- what the metrics read -------------------------------------------------------------
     def _totals(self) -> dict[str, RouteStats]:
-        return dict(self.shadow.stats.totals)
+        # copies: /metrics renders them in a thread while the proxy's loop keeps counting
+        out: dict[str, RouteStats] = {}
+        for route, rs in list(self.shadow.stats.totals.items()):
+            copy = RouteStats()
+            copy.merge(rs)
+            out[route] = copy
+        return out
 
     def _diff_latency(self) -> Histogram | None:
         h = self.shadow.stats.diff_latency
-        return h if h.count else None
+        if not h.count:
+            return None
+        copy = Histogram()
+        copy.merge(h)
+        return copy
+
+    def snapshot_registry(self) -> CollectorRegistry:
+        """A registry over a copy of everything /metrics shows, taken now (on the proxy's loop).
+
+        Copying a few hundred routes takes about a millisecond; turning them into text takes far
+        longer, and runs in a thread on this copy, so a scrape never holds the live path up.
+        """
+        totals, gauges = self._totals(), self._gauges()
+        sink, diff = dict(self._sink_counters()), self._diff_latency()
+        return make_registry(StatsCollector(lambda: totals, lambda: gauges, lambda: sink, lambda: diff))
 
     def _gauges(self) -> dict[str, float]:
         d = self.shadow.dispatcher
@@ -119,7 +141,8 @@ class AdminAddon:
 
     # -- handlers ----------------------------------------------------------------------------
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        async with self._scrape:
+            body = await asyncio.to_thread(generate_latest, self.snapshot_registry())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:

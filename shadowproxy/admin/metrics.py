@@ -22,8 +22,11 @@ def fold(h: Histogram, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> list[tu
     """Cumulative (le, count) pairs in seconds, as Prometheus wants them."""
     out: list[tuple[str, float]] = []
     items = sorted(h.buckets.items())
-    for le in bounds:
-        n = sum(c for i, c in items if bucket_upper(i) / 1000 <= le * 1.0000001)
+    n, j = 0, 0
+    for le in bounds:  # one pass: both the fine buckets and the bounds are in increasing order
+        while j < len(items) and bucket_upper(items[j][0]) / 1000 <= le * 1.0000001:
+            n += items[j][1]
+            j += 1
         out.append((repr(le), float(n)))
     out.append(("+Inf", float(h.count)))
     return out

@@ -107,6 +107,15 @@ def setup_logging(verbose: int) -> None:
     "0.2 s); more are skipped and counted rate_limited. Per proxy process. Changed at runtime with "
     "PUT /shadow/rate. Default: no limit (rules may still set max_rps per route).",
 )
+@click.option(
+    "--max-copy-bytes",
+    type=click.IntRange(1),
+    default=8 * 1024 * 1024,
+    envvar="SHADOWPROXY_MAX_COPY_BYTES",
+    show_default=True,
+    help="A request or response body larger than this is streamed between client and live, never "
+    "held in memory, and not mirrored (counted as skipped: too_large); so is a header block over 64 KiB.",
+)
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
               show_envvar=True,
               help="A second instance of the live version (Diffy's secondary): with noise mode auto or "
@@ -195,6 +204,7 @@ def run_cmd(
     concurrency: int,
     stats_interval: int,
     shadow_max_rps: float | None,
+    max_copy_bytes: int,
     secondary: str | None,
     noise_state: str | None,
     dispatch: str | None,
@@ -239,6 +249,7 @@ def run_cmd(
         "shadow_queue_size": queue_size,
         "shadow_concurrency": concurrency,
         "shadow_stats_interval": stats_interval,
+        "shadow_max_copy_bytes": max_copy_bytes,
         "shadow_ca_file": ca_file,
         "shadow_insecure": insecure,
         "shadow_h2c": upstream_h2c,

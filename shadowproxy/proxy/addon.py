@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils import human
 
 from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy.convert import live_response_of, request_of
-from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher, ShadowDispatcher
-from shadowproxy.shadow.jobs import build_job
+from shadowproxy.shadow.jobs import build_job, decide
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 from shadowproxy.shadow.worker import DEFAULT_WORKER_NICE, ProcessDispatcher, WorkerConfig
 from shadowproxy.sinks.base import Sink
@@ -32,6 +32,12 @@ log = logging.getLogger("shadowproxy")
 
 _IN_FLIGHT = "shadowproxy.in_flight"
 _GRPC_STREAM = "shadowproxy.grpc_stream"
+_TOO_LARGE = "shadowproxy.too_large"
+_REFUSED = "shadowproxy.refused"
+STOPPING_BODY = b"shadowproxy is stopping; retry\n"
+
+DEFAULT_MAX_COPY_BYTES = 8 * 1024 * 1024
+MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
 
 DISPATCH_MODES = ["process", "inline"]
 DISPATCH_DEFAULT = "process"  # bench/README.md: the numbers behind this choice
@@ -54,6 +60,11 @@ class ShadowConfig:
     secondary_url: str | None = None
     noise_state: str | None = None
     keep_host_header: bool = False  # mitmproxy's option: the live gets the client's Host
+    max_copy_bytes: int = DEFAULT_MAX_COPY_BYTES
+
+
+def _head_bytes(headers: http.Headers) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in headers.fields)
 
 
 def options_error(msg: str) -> Exception:
@@ -143,6 +154,12 @@ class ShadowAddon:
         self.dispatcher: ShadowDispatcher | None = None
         self.stats = Stats("proxy")
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
+        # graceful stop (proxy.master.request_stop): first every answer closes its HTTP/1
+        # connection (keep-alive clients move off), then new requests are answered 503 here,
+        # never forwarded, so closing the last idle connections cannot cut off processed work
+        self.stopping = False
+        self.refusing = False
+        self.refused = 0
 
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
@@ -177,6 +194,10 @@ class ShadowAddon:
         loader.add_option("shadow_noise_state", OptStr, None,
                           "File that keeps learned noise across restarts (JSON, written atomically "
                           "with each stats record, every 30 s and at stop); unset: kept in memory.")
+        loader.add_option("shadow_max_copy_bytes", int, DEFAULT_MAX_COPY_BYTES,
+                          "A request or response body larger than this is streamed between client and "
+                          "live (never held in memory) and not mirrored: counted as skipped (too_large). "
+                          "So is a header block over 64 KiB.")
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadow_") for name in updated):
@@ -187,6 +208,8 @@ class ShadowAddon:
                 raise options_error(f"shadow_url {o.shadow_url!r}: must be an http:// or https:// URL")
             if o.shadow_queue_size < 1 or o.shadow_concurrency < 1:
                 raise options_error("shadow_queue_size and shadow_concurrency must be at least 1")
+            if o.shadow_max_copy_bytes < 1:
+                raise options_error("shadow_max_copy_bytes must be at least 1")
             parse_uri(o.shadow_sink, flag="shadow_sink")
             max_rps = parse_rate(o.shadow_max_rps)
             rules = _load_rules(o.shadow_rules)
@@ -207,10 +230,17 @@ class ShadowAddon:
             secondary_url=o.shadow_secondary_url,
             noise_state=o.shadow_noise_state,
             keep_host_header=bool(getattr(o, "keep_host_header", False)),
+            max_copy_bytes=o.shadow_max_copy_bytes,
         )
         if "shadow_max_rps" in updated:  # else keep what the admin API may have set since
             self.switch.max_rps = max_rps
         self.policy = Policy(rules, self.switch)
+        if "stream_large_bodies" in o and "shadow_max_copy_bytes" in updated:
+            # mitmproxy's own check streams a chunked body (no Content-Length) once it passes the
+            # cap; a lower stream_large_bodies set by hand (mitmdump --set) is kept
+            current = human.parse_size(o.stream_large_bodies) if o.stream_large_bodies else None
+            if current is None or current > o.shadow_max_copy_bytes:
+                o.update(stream_large_bodies=str(o.shadow_max_copy_bytes))
 
     async def running(self) -> None:
         cfg = self.config
@@ -247,10 +277,44 @@ class ShadowAddon:
             # until it ends (mitmproxy buffers whole bodies by default)
             flow.metadata[_GRPC_STREAM] = True
             flow.request.stream = True
+        elif self._over_cap(flow.request.headers):
+            flow.metadata[_TOO_LARGE] = True
+            flow.request.stream = True
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.refusing:
+            flow.metadata[_REFUSED] = True
+            flow.response = http.Response.make(
+                503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(_GRPC_STREAM) and flow.response is not None:
+        if flow.response is None:
+            return
+        if flow.metadata.get(_GRPC_STREAM):
             flow.response.stream = True
+        elif self._over_cap(flow.response.headers):
+            flow.metadata[_TOO_LARGE] = True
+            flow.response.stream = True
+        if flow.response.stream:
+            self._close_when_stopping(flow)  # its headers leave now, before the response hook
+
+    def _close_when_stopping(self, flow: http.HTTPFlow) -> None:
+        if self.stopping and flow.response is not None and flow.request.http_version.startswith("HTTP/1"):
+            flow.response.headers["Connection"] = "close"
+
+    def _over_cap(self, headers: http.Headers) -> bool:
+        """A body (by its Content-Length) or header block too large to hold and copy."""
+        cap = self.config.max_copy_bytes if self.config is not None else DEFAULT_MAX_COPY_BYTES
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > cap:
+            return True
+        return _head_bytes(headers) > MAX_COPY_HEADER_BYTES
+
+    @staticmethod
+    def _too_large(flow: http.HTTPFlow) -> bool:
+        """Not held whole: over the cap by its headers, or streamed by mitmproxy once it passed it."""
+        streamed = flow.request.stream or (flow.response is not None and flow.response.stream)
+        return bool(flow.metadata.get(_TOO_LARGE) or streamed)
 
     def _grpc_passthrough(self, flow: http.HTTPFlow) -> bool:
         """A gRPC call no route mirrors, or a streaming method by the route's descriptor set."""
@@ -277,8 +341,14 @@ class ShadowAddon:
     def response(self, flow: http.HTTPFlow) -> None:
         self._answered(flow)
         if self.dispatcher is None or self.policy is None or flow.response is None:
+            self._close_when_stopping(flow)
             return
-        job = self.job_for(flow)
+        if flow.metadata.get(_REFUSED):
+            self.refused += 1
+            self.stats.skip(self.policy.route_name(flow.request.path), "stopping")
+            return
+        job = self.job_for(flow)  # before the Connection header changes: the record shows live's
+        self._close_when_stopping(flow)
         if job is not None:
             self.dispatcher.submit(job)
 
@@ -288,13 +358,20 @@ class ShadowAddon:
         # live body broke off mid-way, and that request is not mirrored either.
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
-        if self.dispatcher is not None and unanswered:
-            path = flow.request.path.partition("?")[0]
-            self.stats.skip(path_template(path), "client_aborted" if client_aborted(flow) else "live_error")
+        if self.dispatcher is not None and self.policy is not None and unanswered:
+            reason = "client_aborted" if client_aborted(flow) else "live_error"
+            self.stats.skip(self.policy.route_name(flow.request.path), reason)
 
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
         assert self.policy is not None
+        if self._too_large(flow):
+            # its body went by without being kept: the policy still decides (a skip for another
+            # reason is counted as that); what it would have mirrored is counted as too_large
+            decision, _ = decide(self.policy, self.stats, request_of(flow.request))
+            if decision.shadow_request is not None:
+                self.stats.skip(decision.route, "too_large")
+            return None
         keep = self.config.keep_host_header if self.config is not None else False
         return build_job(self.policy, self.stats, request_of(flow.request), live_response_of(flow),
                          client_host_of(flow, keep), flow.request.scheme)

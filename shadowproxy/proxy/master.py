@@ -185,17 +185,43 @@ def check_listen(host: str, port: int, *, flag: str = "--listen", reuse_port: bo
 
 
 STOP_SETTLE_S = 0.25
+REFUSE_SETTLE_S = 0.2
+
+
+def close_client_connections(master: Master) -> int:
+    """Close every client connection still open (idle keep-alive ones, once nothing is in flight)."""
+    ps = master.addons.get("proxyserver")
+    n = 0
+    for handler in list(getattr(ps, "connections", {}).values()):
+        io = handler.transports.get(handler.client)
+        if io is not None and io.handler is not None and not io.handler.done():
+            io.handler.cancel("shadowproxy is stopping")
+            n += 1
+    return n
 
 
 def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> None:
     """Graceful stop: stop accepting, let in-flight requests finish (bounded), then shut down,
-    which drains the shadow queue and flushes the sink (the addon's done hook)."""
+    which drains the shadow queue and flushes the sink (the addon's done hook).
+
+    Keep-alive clients keep their connections after the listeners close, and may send another
+    request at any moment. So: every answer from now on closes its HTTP/1 connection; once
+    nothing is in flight, requests still arriving are answered 503 by the addon (never
+    forwarded to live); then the remaining (idle) connections are closed, and only then does
+    the shutdown stop the dispatcher, so no answered request misses its record or its count,
+    and no request live processed misses its answer."""
     if getattr(master, "_shadowproxy_stopping", False):
         master.shutdown()  # a second signal: stop now
         return
     master._shadowproxy_stopping = True  # type: ignore[attr-defined]
 
+    async def wait_idle(deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while addon.in_flight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
     async def stop() -> None:
+        addon.stopping = True
         # mitmproxy 11's proxyserver never closes its listeners itself
         ps = master.addons.get("proxyserver")
         if ps is not None:
@@ -205,12 +231,18 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
         await asyncio.sleep(STOP_SETTLE_S)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while addon.in_flight > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_idle(deadline)
+        addon.refusing = True
+        await asyncio.sleep(REFUSE_SETTLE_S)  # a request read just before is answered (or refused)
+        await wait_idle(deadline)
         if addon.in_flight:
             log.warning(
                 "%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace
             )
+        closed = close_client_connections(master)
+        if closed or addon.refused:
+            log.info("stopping: closed %d idle client connections; %d requests refused (503)",
+                     closed, addon.refused)
         master.shutdown()
 
     _stopping.spawn(stop())

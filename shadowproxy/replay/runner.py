@@ -26,7 +26,6 @@ from shadowproxy.engine.exchange import Failure, Request, Response
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Decision, Policy
 from shadowproxy.replay.inputs import Entry
-from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.jobs import decide, job_of, streaming_grpc
@@ -191,7 +190,7 @@ class Replayer:
             self.summary.unreplayable[entry.unreplayable or "not_http"] += 1
             return None
         if entry.live is None:  # recorded without a response: the proxy would count the same
-            self.stats.skip(path_template(entry.request.path), entry.unreplayable or "live_error")
+            self.stats.skip(self.policy.route_name(entry.request.path), entry.unreplayable or "live_error")
             return None
         decision, request_id = decide(self.policy, self.stats, entry.request)
         if decision.shadow_request is None:

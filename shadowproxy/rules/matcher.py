@@ -40,20 +40,56 @@ def compile_path(pattern: str) -> PathMatcher:
     return PathMatcher(pattern, re.compile("".join(parts) or "/"))
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_NUM = re.compile(r"-?\d+")
-_HEX = re.compile(r"[0-9a-fA-F]{16,}")
+# A segment is kept in a route name only when it reads like a word of an API's vocabulary:
+# lower-case words joined by - or _, camelCase or PascalCase, a version (v2), with at most a
+# short extension (.json). Anything else (numbers, UUIDs, hex, mixed letters and digits, tokens,
+# percent-escapes, long runs) is a value, not a name: it becomes `{id}`, so a route name neither
+# grows with every distinct request nor carries what a client put in its path.
+_WORD = re.compile(
+    r"(?:[a-z]+(?:[-_][a-z]+)*|[a-z]+(?:[A-Z][a-z]+)+|[A-Z][a-z]+(?:[A-Z][a-z]+)*|v\d{1,3})"
+    r"(?:\.[a-z]{1,5})?"
+)
+_MAX_WORD = 32
+_HEX = re.compile(r"[0-9a-fA-F]{16,}")  # letters only, yet an id: deadbeefdeadbeef...
+
+OVERFLOW_ROUTE = "(other)"
+DEFAULT_MAX_ROUTES = 200
+
+
+def _is_word(seg: str) -> bool:
+    return len(seg) <= _MAX_WORD and _WORD.fullmatch(seg) is not None and _HEX.fullmatch(seg) is None
 
 
 def path_template(path: str) -> str:
-    """The route name for a path no route names: numeric, UUID and long hex segments become `{id}`.
+    """The route name for a path no route names: every segment that is not a word becomes `{id}`.
 
     The query string is dropped: a name must not grow with every distinct request.
     """
     out = []
     for seg in path.split("?", 1)[0].split("/"):
-        if seg and (_NUM.fullmatch(seg) or _UUID.fullmatch(seg) or _HEX.fullmatch(seg)):
-            out.append("{id}")
-        else:
-            out.append(seg)
+        out.append(seg if not seg or _is_word(seg) else "{id}")
     return "/".join(out) or "/"
+
+
+class RouteNames:
+    """Names for paths no route names, at most `limit` distinct ones; the rest share OVERFLOW_ROUTE.
+
+    Every name is a stats route, a `/metrics` label set and a key in each stats record: without a
+    bound, a client walking `/a/b/c...` paths grows all three without end (memory, scrape time,
+    a stats record the sink refuses). The first `limit` templates seen keep their name.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_ROUTES) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self.overflowed = 0  # requests named OVERFLOW_ROUTE
+
+    def name(self, path: str) -> str:
+        template = path_template(path)
+        if template in self._seen:
+            return template
+        if len(self._seen) < self.limit:
+            self._seen.add(template)
+            return template
+        self.overflowed += 1
+        return OVERFLOW_ROUTE

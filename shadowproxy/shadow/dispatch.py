@@ -59,6 +59,7 @@ class Dispatcher:
         self._stopped = False
         self.dispatched = 0
         self.dropped = 0
+        self.active = 0  # copies being processed now (taken from the queue, not yet ended)
 
     @property
     def stats(self) -> Stats:
@@ -98,9 +99,11 @@ class Dispatcher:
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
+            self.active += 1
             try:
-                await self.pipeline.process(job)
+                await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
             finally:
+                self.active -= 1
                 self._queue.task_done()
 
     async def _stats_loop(self) -> None:
@@ -125,6 +128,9 @@ class Dispatcher:
                     self.pipeline.stats.count(job.exchange.route, "dropped")
                     self._queue.task_done()
         await self._tasks.cancel_all()
+        if self.pipeline.cut_off:
+            log.warning("shadow drain timed out; %d copies in flight cut off and counted as dropped",
+                        self.pipeline.cut_off)
         await self.pipeline.emit_stats()
         await self.pipeline.close()
         await self.pipeline.sink.stop()

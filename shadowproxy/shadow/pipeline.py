@@ -26,6 +26,7 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -131,10 +132,20 @@ class Pipeline:
         self._noise_saved = time.monotonic()
         self._noise_dirty = False
         self.pair_failures = 0  # noise pairs whose second call failed (the pair is left out)
+        self.cut_off = 0  # copies cancelled in flight (a drain that timed out), counted as dropped
+        self._cut_writing: set[int] = set()  # ids of jobs cancelled in sink.write: already counted
 
     async def process(self, job: ShadowJob) -> None:
         try:
             await self._process(job)
+        except asyncio.CancelledError:
+            # a stop whose drain timed out cancels copies in flight: each still ends in one counter
+            if id(job) in self._cut_writing:
+                self._cut_writing.discard(id(job))  # its outcome was counted before the write
+            else:
+                self.stats.count(job.exchange.route, "dropped")
+                self.cut_off += 1
+            raise
         except Exception:  # a bug here must never take the proxy down; say it loudly
             log.exception(
                 "shadow pipeline failed for %s %s", job.exchange.request.method, job.exchange.request.path
@@ -177,8 +188,8 @@ class Pipeline:
         if isinstance(result, Failure):
             outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
-            await self.sink.write(build_record(ex, outcome, result, shadow_request=self._shadow_request(job),
-                                               redactor=s.redact))
+            await self._write(job, build_record(ex, outcome, result, shadow_request=self._shadow_request(job),
+                                                redactor=s.redact))
             return
         if result.status == 304 and ex.live.status != 304 and ex.annotations.get("revalidation"):
             result = apply_not_modified(ex.live, result)  # a replayed recorded revalidation
@@ -282,7 +293,14 @@ class Pipeline:
             noise=noise,
             request_delta=explained,
         )
-        await self.sink.write(record)
+        await self._write(job, record)
+
+    async def _write(self, job: ShadowJob, record: dict[str, Any]) -> None:
+        try:
+            await self.sink.write(record)
+        except asyncio.CancelledError:
+            self._cut_writing.add(id(job))
+            raise
 
     @staticmethod
     def _request_delta_fields(comparison: Comparison) -> tuple[str, ...]:

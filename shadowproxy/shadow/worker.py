@@ -8,7 +8,7 @@ waits. Backpressure is the transport's write buffer: when the worker has not rea
     proxy process                                    worker process (python -m ...worker FD)
     ShadowAddon.response -> ProcessDispatcher.submit ──frames──> Dispatcher (queue_size bound,
     skip/drop counts, shipped every second ─────────────────────>  concurrency) -> Pipeline
-                                       <── ready / status (received, depth) / error
+                                       <── ready / status (received, depth, active) / error
 
 Frames (pickle, after a 4-byte big-endian length), proxy -> worker:
     ("config", WorkerConfig)          first
@@ -17,7 +17,7 @@ Frames (pickle, after a 4-byte big-endian length), proxy -> worker:
     ("counts", {route: RouteStats})   counts made in the proxy (skips, drops), merged into the
                                       worker's stats interval (its records), not its totals
     ("stop", None)                    drain, write the final stats record, flush the sink, exit
-and worker -> proxy: ("ready", None), ("error", message), ("status", (received, depth)), and
+and worker -> proxy: ("ready", None), ("error", message), ("status", (received, depth, active)), and
 ("totals", (routes, diff_latency, sink_counters)): what the worker counted since the last one,
 folded into the proxy's `Stats.totals` so /metrics sees the whole picture.
 
@@ -213,6 +213,7 @@ class ProcessDispatcher:
         self._tasks = BackgroundTasks()
         self._worker_received = 0
         self._worker_depth = 0
+        self._worker_active = 0  # copies the worker was processing at its last status report
         self._alive = False
         self._stopped = False
         self._closed: asyncio.Future[None] | None = None
@@ -271,7 +272,7 @@ class ProcessDispatcher:
 
     def _on_frame(self, kind: str, payload: Any) -> None:
         if kind == "status":
-            self._worker_received, self._worker_depth = payload
+            self._worker_received, self._worker_depth, self._worker_active = payload
         elif kind == "totals":
             routes, diff_latency, self.sink_counters = payload
             for route, delta in routes.items():
@@ -304,7 +305,9 @@ class ProcessDispatcher:
         Copies the dead worker held are lost with it; they are counted as dropped (from its
         last status report, so approximately), and the new worker is sent the route settings
         again before any job refers to them."""
-        lost = max(0, self.dispatched - self._dispatched_base - self._worker_received) + self._worker_depth
+        # unread in the channel, queued in the worker, and in flight there (its shadow calls)
+        lost = (max(0, self.dispatched - self._dispatched_base - self._worker_received)
+                + self._worker_depth + self._worker_active)
         if lost:
             self.stats.count("(worker restart)", "dropped", lost)
         while not self._stopped:
@@ -317,7 +320,8 @@ class ProcessDispatcher:
             if self._transport is not None:
                 self._transport.close()
             self.proc, self._transport, self._settings = None, None, {}
-            self._dispatched_base, self._worker_received, self._worker_depth = self.dispatched, 0, 0
+            self._dispatched_base, self._worker_received = self.dispatched, 0
+            self._worker_depth = self._worker_active = 0
             try:
                 await self.start()
                 return
@@ -489,8 +493,8 @@ class _Worker:
         ticks = 0
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
-            depth = self.dispatcher.depth() if self.dispatcher is not None else 0
-            self.send("status", (self.received, depth))
+            d = self.dispatcher
+            self.send("status", (self.received, d.depth() if d else 0, d.active if d else 0))
             ticks += 1
             if ticks % round(COUNTS_INTERVAL / STATUS_INTERVAL) == 0:
                 self.ship_totals()
@@ -534,7 +538,7 @@ async def _serve(sock: socket.socket) -> int:
     status.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await status
-    w.send("status", (w.received, 0))
+    w.send("status", (w.received, 0, 0))
     w.ship_totals()
     transport.close()
     return 0

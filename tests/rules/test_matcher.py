@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shadowproxy.rules.matcher import compile_path, path_template
+from shadowproxy.rules.matcher import OVERFLOW_ROUTE, RouteNames, compile_path, path_template
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,28 @@ def test_plain_pattern_must_match_the_whole_path_but_re_is_searched() -> None:
 )
 def test_path_template_replaces_ids_with_a_placeholder(path: str, template: str) -> None:
     assert path_template(path) == template
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/u/x1", "/u/{id}"),  # mixed letters and digits: a value
+        ("/u/a1b2c3", "/u/{id}"),
+        ("/reset/eyJhbGciOiJIUzI1NiJ9", "/reset/{id}"),  # a token is never a label
+        ("/caf%C3%A9", "/{id}"),
+        ("/files/report.json", "/files/report.json"),
+        ("/api/getUserById", "/api/getUserById"),
+        ("/Accounts/Settings", "/Accounts/Settings"),
+        ("/order-items/line_items", "/order-items/line_items"),
+        ("/x/" + "a" * 40, "/x/{id}"),  # too long for a name
+    ],
+)
+def test_path_template_keeps_only_word_like_segments(path: str, template: str) -> None:
+    assert path_template(path) == template
+
+
+def test_route_names_are_bounded_and_the_rest_share_one_overflow_route() -> None:
+    names = RouteNames(limit=3)
+    got = [names.name(f"/w/{w}") for w in ("alpha", "beta", "gamma", "delta", "alpha", "epsilon")]
+    assert got == ["/w/alpha", "/w/beta", "/w/gamma", OVERFLOW_ROUTE, "/w/alpha", OVERFLOW_ROUTE]
+    assert names.overflowed == 2

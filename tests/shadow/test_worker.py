@@ -334,3 +334,72 @@ async def test_a_worker_that_dies_is_replaced_and_mirroring_goes_on(live: Backen
     recs = records(sink)
     assert "/users/2" in [r["path"] for r in recs if r["outcome"] == "mismatch"]
     assert d.proc is not None and d.proc.returncode == 0
+
+
+async def test_copies_in_flight_when_the_drain_times_out_are_each_counted_as_dropped(
+    live: Backend, tmp_path: Path
+) -> None:
+    """A shadow that never answers: at stop, the `concurrency` copies in flight and the queued
+    ones each end in exactly one counter (dropped), in the worker's final stats record."""
+    from shadowproxy.rules import default_ruleset
+    from shadowproxy.shadow.pipeline import ShadowJob
+
+    gate = Gate()  # never opened: the shadow holds every call
+    sink = tmp_path / "r.jsonl"
+    settings, _ = default_ruleset().route_for("GET", "/users/1", {})
+    n, concurrency = 6, 2
+    with Backend(gate.handler) as shadow:
+        cfg = WorkerConfig(shadow.url, f"jsonl:{sink}", dispatch=DispatchConfig(
+            queue_size=10, concurrency=concurrency, stats_interval=0, drain_timeout=0.5))
+        d = ProcessDispatcher(cfg, Stats())
+        await d.start()
+        for i in range(n):
+            ex = make_exchange(path=f"/users/{i}")
+            assert d.submit(ShadowJob(ex, ex.request, settings))
+        deadline = time.monotonic() + 20
+        while len(shadow.seen) < concurrency and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(shadow.seen) == concurrency
+        await d.stop()
+        gate.open.set()
+    t = totals(records(sink))
+    assert t.get("dropped", 0) == n, t  # queued (4) and in flight (2): none silently lost
+    assert t.get("compared", 0) + t.get("shadow_errors", 0) == 0
+    assert d.stats.total("dropped") == n  # /metrics sees them too
+
+
+async def test_copies_in_flight_in_a_worker_killed_with_sigkill_are_counted_as_dropped(
+    live: Backend, tmp_path: Path
+) -> None:
+    """SIGKILL of the worker while its shadow calls hang: those copies are counted (dropped)
+    by the proxy, not lost with the worker; the next worker's final stats record has them."""
+    from shadowproxy.rules import default_ruleset
+    from shadowproxy.shadow.pipeline import ShadowJob
+
+    gate = Gate()
+    sink = tmp_path / "r.jsonl"
+    settings, _ = default_ruleset().route_for("GET", "/users/1", {})
+    n = 3
+    with Backend(gate.handler) as shadow:
+        dispatch = DispatchConfig(concurrency=n, stats_interval=0)
+        cfg = WorkerConfig(shadow.url, f"jsonl:{sink}", dispatch=dispatch)
+        d = ProcessDispatcher(cfg, Stats())
+        await d.start()
+        first = d.pid
+        for i in range(n):
+            ex = make_exchange(path=f"/users/{i}")
+            assert d.submit(ShadowJob(ex, ex.request, settings))
+        deadline = time.monotonic() + 20
+        while len(shadow.seen) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # a status report or two
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (d.restarts < 1 or d.pid in (None, first)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert d.restarts == 1
+        gate.open.set()
+        await d.stop()
+    assert d.stats.total("dropped") == n
+    assert totals(records(sink)).get("dropped", 0) == n
