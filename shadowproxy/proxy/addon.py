@@ -100,6 +100,7 @@ class ShadowAddon:
         self.dispatcher: ShadowDispatcher | None = None
         self.stats = Stats("proxy")
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
+        self._dispatching = False  # the dispatcher has started (readiness)
 
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
@@ -179,8 +180,14 @@ class ShadowAddon:
             self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
             uri = sink.uri
         await self.dispatcher.start()
+        self._dispatching = True
         log.info("shadowing to %s, records to %s (%s dispatch)", cfg.shadow_url, uri,
                  "inline" if isinstance(self.dispatcher, Dispatcher) else "process")
+
+    def stopping(self) -> None:
+        """A graceful stop has begun (the proxy's SIGTERM/SIGINT); `done` follows."""
+        if isinstance(self.dispatcher, ProcessDispatcher):
+            self.dispatcher.stopping()
 
     async def done(self) -> None:
         if self.dispatcher is not None:
@@ -249,7 +256,7 @@ class ShadowAddon:
     def ready(self) -> bool:
         """True once the proxy listens and, when shadowing, the dispatcher runs."""
         cfg = self.config
-        return cfg is not None and (cfg.shadow_url is None or self.dispatcher is not None)
+        return cfg is not None and (cfg.shadow_url is None or self._dispatching)
 
     def sink_counters(self) -> dict[str, int]:
         """The sink's counters (process dispatch: as the worker last reported them)."""

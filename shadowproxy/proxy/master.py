@@ -194,6 +194,7 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
         master.shutdown()  # a second signal: stop now
         return
     master._shadowproxy_stopping = True  # type: ignore[attr-defined]
+    addon.stopping()  # the shadow worker got the same SIGTERM when it went to the process group
 
     async def stop() -> None:
         # mitmproxy 11's proxyserver never closes its listeners itself
