@@ -53,5 +53,8 @@ def _register() -> None:
 
 
 def main() -> None:
+    from shadowproxy.sinks.kafka import quiet_aiokafka
+
+    quiet_aiokafka()
     _register()
     cli(prog_name="shadowproxy")

@@ -26,6 +26,9 @@ def setup_logging(verbose: int) -> None:
     ours.handlers[:] = [handler]
     ours.setLevel(level)
     ours.propagate = False
+    from shadowproxy.sinks.kafka import quiet_aiokafka
+
+    quiet_aiokafka(debug=verbose > 1)
     mitm = logging.getLogger("mitmproxy")
     mitm.addHandler(handler)
     mitm.setLevel(logging.INFO if verbose else logging.WARNING)

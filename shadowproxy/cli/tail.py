@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 import click
@@ -52,8 +51,6 @@ def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> 
     Ctrl-C stops and exits 0. Exit 2: the source cannot be read (bad URI, bad line,
     unknown topic, Kafka unreachable).
     """
-    # aiokafka logs each failed connection attempt; the one error line below says it all.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         asyncio.run(_tail(source, from_beginning=from_beginning, group=group, follow=follow))
     except KeyboardInterrupt:

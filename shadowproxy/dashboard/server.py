@@ -81,12 +81,14 @@ class Dashboard:
                     if n % 1000 == 0:
                         await asyncio.sleep(0)  # a long backlog must not starve the page
                     if self.error is not None:
+                        log.warning("dashboard source: reading again")
                         self.error, attempt = None, 0
                 return
             except SourceError as e:
                 # Re-reading from the start is safe: records are de-duplicated by id.
+                if self.error != str(e):  # once per outage, not once per retry
+                    log.warning("dashboard source: %s; retrying", e)
                 self.error = str(e)
-                log.warning("dashboard source: %s", e)
                 await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
                 attempt += 1
 

@@ -60,6 +60,7 @@ from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.sinks.kafka import quiet_aiokafka
 
 log = logging.getLogger("shadowproxy")
 
@@ -555,6 +556,7 @@ async def _serve(sock: socket.socket) -> int:
     except asyncio.CancelledError:
         return 0  # the proxy went away before configuring us
     logging.getLogger("shadowproxy").setLevel(cfg.log_level)
+    quiet_aiokafka(debug=cfg.log_level <= logging.DEBUG)
     _renice(cfg.nice)
     stats = Stats(cfg.stats_source)
     try:
@@ -609,6 +611,7 @@ def _setup_logging() -> None:
     ours = logging.getLogger("shadowproxy")
     ours.handlers[:] = [handler]
     ours.propagate = False
+    quiet_aiokafka()  # until the config says the log level
 
 
 def main(argv: list[str] | None = None) -> int:
