@@ -9,14 +9,19 @@ import click
 import orjson
 
 from shadowproxy.cli import cli
+from shadowproxy.cli.params import SINK_URI
+from shadowproxy.sinks.uri import DEFAULT_SINK
 
 
 @cli.command("tail")
 @click.option(
     "--source",
-    required=True,
+    type=SINK_URI,
+    default=DEFAULT_SINK,
+    show_default=True,
     metavar="URI",
-    help="Where to read records: kafka://HOST:PORT/TOPIC (security options as for --sink) or jsonl:PATH.",
+    help="Where to read records: kafka://HOST:PORT/TOPIC (security options as for --sink) or jsonl:PATH;"
+    " the default is where `run`, `demo` and `replay` write by default.",
 )
 @click.option(
     "--from-beginning",
@@ -46,8 +51,8 @@ def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> 
       shadowproxy tail --source kafka://127.0.0.1:9092/shadow.mismatches --from-beginning
       shadowproxy tail --source jsonl:./shadowproxy-mismatches.jsonl --from-beginning --no-follow
     \b
-    Every option can come from the environment: SHADOWPROXY_TAIL_SOURCE,
-    SHADOWPROXY_TAIL_FROM_BEGINNING, SHADOWPROXY_TAIL_GROUP, SHADOWPROXY_TAIL_FOLLOW.
+    Every option can come from the environment: SHADOWPROXY_SOURCE,
+    SHADOWPROXY_FROM_BEGINNING, SHADOWPROXY_GROUP, SHADOWPROXY_FOLLOW.
     Ctrl-C stops and exits 0. Exit 2: the source cannot be read (bad URI, bad line,
     unknown topic, Kafka unreachable).
     """
