@@ -202,8 +202,8 @@ def test_run_mirrors_records_and_exits_0_on_sigterm_with_sink_flushed(
         assert orjson.loads(wait_until_serving(port, proc)) == {"id": 1, "name": "Ada"}
         for _ in range(4):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/users/2", timeout=5).read()
-        ready = urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5)
-        assert ready.status == 200
+        # ready once the shadow worker runs (copies sent before that wait in its channel)
+        wait_until_serving(admin, proc, "/readyz")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
