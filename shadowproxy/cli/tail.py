@@ -28,7 +28,8 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
     is_flag=True,
     default=False,
     help="Start with the oldest record (Kafka: earliest offset; with --group, only when the group"
-    " has no committed offset). Without it, only records that arrive from now on are printed.",
+    " has no committed offset). Without it, only records that arrive from now on are printed;"
+    " --no-follow without --group implies it (else there would be nothing to print).",
 )
 @click.option(
     "--group",
@@ -41,7 +42,8 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
     "--follow/--no-follow",
     default=True,
     show_default=True,
-    help="Keep waiting for new records; --no-follow stops at the end of what is there now.",
+    help="Keep waiting for new records; --no-follow prints what is there now (from the oldest, or"
+    " with --group from its committed offset) and stops.",
 )
 def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> None:
     """Print records from a sink's topic or file, one JSON object per line, as they arrive.
@@ -56,6 +58,8 @@ def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> 
     Ctrl-C stops and exits 0. Exit 2: the source cannot be read (bad URI, bad line,
     unknown topic, Kafka unreachable).
     """
+    if not follow and group is None:
+        from_beginning = True  # from the end and stopping there would print nothing, always
     try:
         asyncio.run(_tail(source, from_beginning=from_beginning, group=group, follow=follow))
     except KeyboardInterrupt:

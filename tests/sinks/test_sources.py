@@ -128,3 +128,13 @@ def test_tail_cli_unreachable_kafka_is_one_red_line() -> None:
     assert result.exit_code == 2
     reason = "cannot reach Kafka (connection refused or unreachable)"
     assert result.stderr == f"error: --source {source}: {reason}\n"
+
+
+def test_tail_no_follow_alone_prints_what_is_there(tmp_path: Path) -> None:
+    """`--no-follow` without `--from-beginning` used to start at the end and print nothing."""
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"id": "a"}\n{"id": "b"}\n')
+    _register()
+    result = CliRunner().invoke(cli, ["tail", "--source", f"jsonl:{f}", "--no-follow"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["id"] for x in result.stdout.splitlines()] == ["a", "b"]
