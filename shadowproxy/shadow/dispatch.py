@@ -2,7 +2,9 @@
 
 `submit` never waits: when the queue is full the copy is dropped and counted (the live
 response must never wait for the shadow). `concurrency` bounds the shadow calls in flight.
-Stats records are emitted every `stats_interval` seconds and once more at the end.
+Stats records are emitted every `stats_interval` seconds and once more at the end. Records
+reach the sink's destination within `FLUSH_INTERVAL_S` (a buffered JSONL file is flushed that
+often when something was written), whatever the stats interval and however the proxy runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 
 log = logging.getLogger("shadowproxy")
+
+FLUSH_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class Dispatcher:
             self._spawn(self._worker())
         if self.cfg.stats_interval > 0:
             self._spawn(self._stats_loop())
+        self._spawn(self._flush_loop())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.spawn(coro)
@@ -108,6 +113,16 @@ class Dispatcher:
             await asyncio.sleep(self.cfg.stats_interval)
             await self.pipeline.emit_stats()
             await self.pipeline.sink.flush()
+
+    async def _flush_loop(self) -> None:
+        sink = self.pipeline.sink
+        flushed = sink.counters().get("written", 0)
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            written = sink.counters().get("written", 0)
+            if written != flushed:
+                flushed = written
+                await sink.flush()
 
     async def stop(self) -> None:
         """Finish what is queued or in flight (bounded by drain_timeout), emit stats, flush the sink."""
