@@ -250,6 +250,10 @@ class ProcessDispatcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sndbuf = self.socket_buffer_bytes
         _grow_send_buffer(ours, SOCKET_BUFFER_BYTES if sndbuf is None else sndbuf)
+        # The worker starts with SIGINT and SIGTERM blocked (the mask survives exec) and unblocks
+        # them once its handlers are in place: a Ctrl-C or SIGTERM to the process group while its
+        # interpreter starts stays pending instead of killing it half-started.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shadowproxy.shadow.worker", str(theirs.fileno())],
@@ -257,6 +261,7 @@ class ProcessDispatcher:
                 stdin=subprocess.DEVNULL,
             )
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
         self._ready = loop.create_future()
         self._closed = loop.create_future()
@@ -622,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy says when to stop
     signal.signal(signal.SIGTERM, _note_early_sigterm)  # until the event loop handles it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the proxy
     _setup_logging()
     sock = socket.socket(fileno=int(args[0]))
     os.set_inheritable(sock.fileno(), False)

@@ -73,3 +73,27 @@ def test_sigterm_to_the_worker_alone_stops_it_and_a_new_one_takes_over(tmp_path:
         assert "shadow worker stopped on SIGTERM (not the proxy's stop); starting another" in err, err
         assert "unexpectedly" not in err, err
         assert sum(r["outcome"] == "mismatch" for r in h.read_jsonl(sink)) == 3, err
+
+
+def test_sigterm_to_the_group_while_the_worker_starts_is_a_clean_stop(tmp_path: Path) -> None:
+    """The signal lands while the worker's interpreter is still starting (before its handlers)."""
+    import subprocess
+    import time
+
+    err_path = tmp_path / "err.log"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [h.EXE, "run", "--listen", f"127.0.0.1:{h.free_port()}", "--live", "http://127.0.0.1:1",
+             "--shadow", "http://127.0.0.1:2", "--admin", "off", "--sink", f"jsonl:{tmp_path / 'o.jsonl'}"],
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while not subprocess.run(["pgrep", "-g", str(proc.pid), "-f", "shadowproxy.shadow.worker"],
+                             capture_output=True).stdout.strip():
+        assert time.monotonic() < deadline and proc.poll() is None, err_path.read_text()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)
+    rc = proc.wait(60)
+    text = err_path.read_text()
+    assert rc == 0, text
+    assert "Traceback" not in text and "ERROR" not in text, text
