@@ -192,7 +192,18 @@ class ShadowAddon:
     async def done(self) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+            self._log_stopped(self.dispatcher)
             self.dispatcher = None
+
+    def _log_stopped(self, d: ShadowDispatcher) -> None:
+        """One line that says what the stop drained and where it flushed."""
+        counters = self.sink_counters()
+        uri = self.config.sink_uri if self.config is not None else "?"
+        if isinstance(d, Dispatcher):
+            uri = d.pipeline.sink.uri
+        shown = ", ".join(f"{k} {v}" for k, v in counters.items() if v or k == "written")
+        log.info("stopped: drained %d copies in flight (%d dropped at the drain timeout); sink %s flushed"
+                 " and closed (%s)", d.drained, d.drain_dropped, uri.partition("?")[0], shown)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_IN_FLIGHT] = True

@@ -38,6 +38,8 @@ class ShadowDispatcher(Protocol):
 
     dispatched: int
     dropped: int
+    drained: int  # copies queued or in flight when stop() began that finished during it
+    drain_dropped: int  # queued copies the drain timeout cut off
 
     @property
     def stats(self) -> Stats: ...
@@ -63,6 +65,9 @@ class Dispatcher:
         self._stopped = False
         self.dispatched = 0
         self.dropped = 0
+        self.drained = 0
+        self.drain_dropped = 0
+        self._finished = 0  # jobs the pipeline finished (drained = those finished during stop)
 
     @property
     def stats(self) -> Stats:
@@ -106,6 +111,7 @@ class Dispatcher:
             try:
                 await self.pipeline.process(job)
             finally:
+                self._finished += 1
                 self._queue.task_done()
 
     async def _stats_loop(self) -> None:
@@ -129,6 +135,7 @@ class Dispatcher:
         if self._stopped:
             return
         self._stopped = True
+        finished_before = self._finished
         if self._started:
             try:
                 await asyncio.wait_for(self._queue.join(), self.cfg.drain_timeout)
@@ -139,6 +146,8 @@ class Dispatcher:
                     job = self._queue.get_nowait()
                     self.pipeline.stats.count(job.exchange.route, "dropped")
                     self._queue.task_done()
+                self.drain_dropped = left
+        self.drained = self._finished - finished_before
         await self._tasks.cancel_all()
         await self.pipeline.emit_stats()
         await self.pipeline.close()

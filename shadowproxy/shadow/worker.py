@@ -21,6 +21,7 @@ Frames (pickle, after a 4-byte big-endian length), proxy -> worker:
                                       too (sent to the whole process group) is that same stop
     ("stop", None)                    drain, write the final stats record, flush the sink, exit
 and worker -> proxy: ("ready", None), ("error", message), ("status", (received, depth)),
+("drained", (drained, drain_dropped)) at its stop,
 ("stopping", reason) (it stops on its own: SIGTERM and no word from the proxy), and
 ("totals", (routes, diff_latency, sink_counters)): what the worker counted since the last one,
 folded into the proxy's `Stats.totals` so /metrics sees the whole picture.
@@ -227,6 +228,8 @@ class ProcessDispatcher:
         self._closed: asyncio.Future[None] | None = None
         self.sink_counters: dict[str, int] = {}  # the worker's sink, as of its last report
         self.restarts = 0  # workers started again after one died
+        self.drained = 0  # as the worker reported at its stop
+        self.drain_dropped = 0
         self._dispatched_base = 0  # `dispatched` when the current worker started
         self._counts_shipping = False
         self._generation = 0  # which worker this is (1 for the first)
@@ -295,6 +298,8 @@ class ProcessDispatcher:
             self.stats.diff_latency.merge(diff_latency)
         elif kind == "stopping":
             self._worker_stopping = str(payload)
+        elif kind == "drained":
+            self.drained, self.drain_dropped = payload
         elif kind == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -587,6 +592,7 @@ async def _serve(sock: socket.socket) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await status
     w.send("status", (w.received, 0))
+    w.send("drained", (dispatcher.drained, dispatcher.drain_dropped))
     w.ship_totals()
     transport.close()
     return 0

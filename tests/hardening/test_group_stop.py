@@ -97,3 +97,27 @@ def test_sigterm_to_the_group_while_the_worker_starts_is_a_clean_stop(tmp_path: 
     text = err_path.read_text()
     assert rc == 0, text
     assert "Traceback" not in text and "ERROR" not in text, text
+
+
+def test_a_stop_logs_one_line_with_what_was_drained_and_flushed(tmp_path: Path) -> None:
+    import re
+
+    async def live_h(request: web.Request) -> web.Response:
+        return web.json_response({"a": 1})
+
+    async def shadow_h(request: web.Request) -> web.Response:
+        return web.json_response({"a": 2})
+
+    sink = tmp_path / "out.jsonl"
+    with Backend(live_h) as live, Backend(shadow_h) as shadow:
+        proxy = h.Proxy(live.url, shadow.url, f"jsonl:{sink}", stderr_path=tmp_path / "err.log")
+        with proxy:
+            for n in range(4):
+                assert h.get(f"{proxy.url}/r/{n}")[0] == 200
+            assert proxy.terminate() == 0
+    lines = [line for line in proxy.stderr().splitlines() if "stopped:" in line]
+    assert len(lines) == 1, proxy.stderr()
+    written = len(h.read_jsonl(sink))
+    pattern = (r"stopped: drained \d+ copies in flight \(0 dropped at the drain timeout\); "
+               rf"sink jsonl:{re.escape(str(sink))} flushed and closed \(written {written}\)")
+    assert re.search(pattern, lines[0]), lines[0]
