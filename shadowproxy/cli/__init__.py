@@ -93,6 +93,9 @@ def cli() -> None:
     """Shadow-traffic mirroring proxy: the live backend answers every client, a copy of each safe
     request goes to the shadow backend, the two responses are diffed, and every mismatch becomes a
     record in a sink (JSON Lines or Kafka)."""
+    from shadowproxy.sinks.kafka import quiet_aiokafka
+
+    quiet_aiokafka()  # our own lines say when Kafka is away; `run -vv` lets aiokafka's through
 
 
 def _register() -> None:
@@ -122,8 +125,5 @@ def _env_scheme(cmd: click.Command) -> None:
 
 
 def main() -> None:
-    from shadowproxy.sinks.kafka import quiet_aiokafka
-
-    quiet_aiokafka()
     _register()
     cli(prog_name="shadowproxy")

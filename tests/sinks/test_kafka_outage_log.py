@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,3 +97,16 @@ def test_run_with_kafka_unreachable_writes_a_few_lines_not_a_flood(tmp_path: Pat
     assert len(err.splitlines()) <= 12, err
     assert f"wait in the spool {(spool / 't').resolve()}" in err, err
     assert err.count("Kafka unreachable") == 1, err
+
+
+@pytest.mark.parametrize("command", ["report", "tail"])
+def test_report_and_tail_on_unreachable_kafka_print_only_the_clean_error(command: str) -> None:
+    import sys
+
+    exe = str(Path(sys.executable).parent / "shadowproxy")
+    result = subprocess.run([exe, command, "--source", f"kafka://127.0.0.1:{free_port()}/t"],
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: --source {result.args[3]}: cannot reach Kafka (connection refused or unreachable)"
+    ], result.stderr
