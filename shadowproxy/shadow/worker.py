@@ -324,6 +324,16 @@ class ProcessDispatcher:
                 log.error("shadow worker exited unexpectedly; starting another (copies meanwhile are"
                           " dropped and counted)")
             self._restarting = asyncio.ensure_future(self._restart())
+        elif not self._stopped:
+            log.warning("shadow worker exited while the proxy was stopping; not replaced (copies it held"
+                        " are counted as dropped)")
+            lost = self._held()
+            if lost:
+                self.stats.count("(worker restart)", "dropped", lost)
+
+    def _held(self) -> int:
+        """Copies the current worker held, as of its last status report."""
+        return max(0, self.dispatched - self._dispatched_base - self._worker_received) + self._worker_depth
 
     async def _restart(self) -> None:
         """Start a new worker after one died: with backoff, until it runs or the proxy stops.
@@ -331,7 +341,7 @@ class ProcessDispatcher:
         Copies the dead worker held are lost with it; they are counted as dropped (from its
         last status report, so approximately), and the new worker is sent the route settings
         again before any job refers to them."""
-        lost = max(0, self.dispatched - self._dispatched_base - self._worker_received) + self._worker_depth
+        lost = self._held()
         if lost:
             self.stats.count("(worker restart)", "dropped", lost)
         while not self._stopped:
