@@ -71,7 +71,10 @@ class _Group(click.Group):
         try:
             rv = super().main(*args, **kwargs)
         except click.ClickException as e:
-            click.secho(f"error: {usage_error_line(e)}", fg="red", err=True)
+            if type(e).__name__ == "NoArgsIsHelpError":  # a group without a command: its help, as click does
+                e.show()
+            else:
+                click.secho(f"error: {usage_error_line(e)}", fg="red", err=True)
             sys.exit(e.exit_code)
         except click.Abort:
             click.echo("Aborted!", err=True)

@@ -159,6 +159,15 @@ def test_click_usage_errors_are_one_line_naming_flag_and_value_exit_2(
         assert w in lines[0], result.output
 
 
+@pytest.mark.parametrize("args", [[], ["rules"], ["noise"]])
+def test_a_group_without_a_command_prints_its_help_not_an_error_line(args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, args, prog_name="shadowproxy")
+    assert result.output.startswith("Usage: shadowproxy"), result.output
+    assert "error:" not in result.output
+
+
 def test_a_missing_required_flag_names_it_and_its_environment_variable() -> None:
     from click.testing import CliRunner
 
