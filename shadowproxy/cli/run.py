@@ -206,8 +206,9 @@ def run_cmd(
 
     Clients get exactly what the live backend answers. Each eligible request is copied to the
     shadow in the background; the two responses are diffed and every mismatch, shadow failure or
-    oversized body becomes one record in the sink. SIGINT/SIGTERM: stop accepting, finish what is
-    in flight, flush the sink, exit 0.
+    oversized body becomes one record in the sink. SIGINT/SIGTERM (to this process or its whole
+    process group): stop accepting, finish what is in flight, flush the sink, log one `stopped:`
+    line, exit 0.
     """
     from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon
