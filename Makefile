@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test chromium lint typecheck bench kafka-start kafka-stop clean
+.PHONY: demo test chromium lint typecheck audit audit-or-skip bench kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,27 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || \
 		($(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: $(STAMP) chromium lint typecheck
-	# known-vulnerable dependencies fail the build; no --ignore-vuln entries today. It needs PyPI's
-	# JSON API: where only the package index is reachable it lists every package as not audited.
-	$(BIN)/pip-audit --skip-editable --progress-spinner off
+# Known-vulnerable dependencies fail the build; no --ignore-vuln entries today. pip-audit needs
+# PyPI's JSON API: where only the package index is reachable it lists every package as "could not
+# be audited" and still prints "No known vulnerabilities found". Here that is one NOT AUDITED line
+# instead: `make audit` (the gate) then fails, since it checked nothing; inside `make test`
+# (audit-or-skip) it says SKIPPED and the tests go on.
+PIP_AUDIT ?= $(BIN)/pip-audit
+AUDIT_STRICT ?= 1
+
+audit: $(STAMP)
+	@out=$$($(PIP_AUDIT) --skip-editable --progress-spinner off 2>&1); rc=$$?; \
+	skipped=$$(printf '%s\n' "$$out" | grep -c 'could not be audited'); \
+	if [ $$rc -ne 0 ]; then printf '%s\n' "$$out"; exit $$rc; fi; \
+	if [ $$skipped -eq 0 ]; then printf '%s\n' "$$out"; exit 0; fi; \
+	echo "pip-audit: NOT AUDITED: $$skipped dependencies could not be audited (is PyPI's JSON API reachable?); no vulnerability check was made"; \
+	if [ "$(AUDIT_STRICT)" = 1 ]; then exit 1; fi; \
+	echo "pip-audit: SKIPPED in make test; run 'make audit' where PyPI's JSON API is reachable"
+
+audit-or-skip: $(STAMP)
+	@$(MAKE) -s audit AUDIT_STRICT=0 PIP_AUDIT=$(PIP_AUDIT)
+
+test: $(STAMP) chromium lint typecheck audit-or-skip
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -118,6 +118,26 @@ class DemoResult:
     client_statuses: list[tuple[str, str, int]] = field(default_factory=list)
     shadow_saw: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    kept_previous: str | None = None  # the file an earlier demo left, moved aside
+
+
+def start_fresh(sink_uri: str) -> str | None:
+    """Each demo run gets a file of its own, so the next report counts this run only: a JSONL
+    file an earlier run left is renamed to PATH.<UTC time> (nothing is deleted). Returns it."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from shadowproxy.sinks.uri import parse_uri
+
+    parsed = parse_uri(sink_uri, flag="--sink")
+    if parsed.scheme != "jsonl" or not parsed.path:
+        return None
+    path = Path(parsed.path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    kept = path.with_name(f"{path.name}.{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}")
+    path.rename(kept)
+    return str(kept)
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
@@ -139,6 +159,7 @@ async def run_demo(sink_uri: str) -> DemoResult:
     from shadowproxy.testing import free_port
 
     load_rules_text(DEMO_RULES, "<demo rules>")  # fail early and clearly if the rules were broken
+    kept_previous = start_fresh(sink_uri)
     started_at = time.perf_counter()
     shadow_app = make_app(2)
     shadow_saw: list[str] = []
@@ -190,7 +211,8 @@ async def run_demo(sink_uri: str) -> DemoResult:
     await live_runner.cleanup()
     await shadow_runner.cleanup()
     stats = {route: rs.to_dict() for route, rs in addon.stats.totals.items()}
-    return DemoResult(memory.records, stats, sink_uri, statuses, shadow_saw, time.perf_counter() - started_at)
+    return DemoResult(memory.records, stats, sink_uri, statuses, shadow_saw, time.perf_counter() - started_at,
+                      kept_previous)
 
 
 def render(result: DemoResult) -> None:
@@ -235,3 +257,9 @@ def render(result: DemoResult) -> None:
         "Ignored by the rules, never reported: /generated_at, /items/*/updated_at, date/server headers; "
         "gzip vs plain bodies compared after decoding."
     )
+    if result.kept_previous:
+        console.print(f"An earlier demo's file was kept as {result.kept_previous}; this run's records "
+                      "are alone in the file, so the next report counts this run only.", soft_wrap=True)
+    elif result.sink_uri.startswith("kafka:"):
+        console.print("Records were appended to the topic, after those of earlier runs: "
+                      "`shadowproxy report --since 10m` counts this run only.")

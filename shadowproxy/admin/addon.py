@@ -200,7 +200,12 @@ class AdminAddon:
                 {"error": "body must be a fraction between 0 and 1, or null"}, status=400
             )
         self.shadow.switch.sample = None if value is None else float(value)
-        log.warning("shadow sample set to %s through the admin API", self.shadow.switch.sample)
+        if value is None:
+            log.warning("shadow sample override cleared through the admin API: each route's own sample"
+                        " applies again")
+        else:
+            log.warning("shadow sample override set to %g (%g%% of eligible requests) through the admin API",
+                        float(value), float(value) * 100)
         return await self.switch_state(request)
 
     async def rate(self, request: web.Request) -> web.Response:

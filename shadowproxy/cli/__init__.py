@@ -1,7 +1,14 @@
 """The `shadowproxy` command. Each command group lives in its own module and registers here.
 
 Errors a user can cause (ShadowProxyError) become one red line on stderr and an exit code;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. So do click's own usage errors (a bad value, a
+missing or unknown flag, an unknown command): one `error:` line naming the flag (or its
+environment variable) and the value, exit 2, instead of click's three-line Usage/Try/Error.
+
+Every flag of every command can come from the environment as `SHADOWPROXY_<FLAG>` (the long
+flag, upper case, `-` as `_`: `--from-beginning` is SHADOWPROXY_FROM_BEGINNING), set here once
+for all commands (`_env_scheme`) and shown in each `--help`. One name per flag whatever the
+command, so one SHADOWPROXY_SOURCE serves `report`, `tail` and `dashboard`.
 """
 
 from __future__ import annotations
@@ -24,8 +31,55 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _flag(param: click.Parameter, ctx: click.Context | None) -> str:
+    """How the user gave the parameter: --flag, or the environment variable that set it."""
+    name = max(param.opts, key=len) if param.opts else (param.name or "?")
+    if isinstance(param, click.Argument):
+        return (param.name or "argument").upper()
+    if ctx is not None and param.name is not None:
+        source = ctx.get_parameter_source(param.name)
+        if source == click.core.ParameterSource.ENVIRONMENT and isinstance(param.envvar, str):
+            return f"{param.envvar} ({name})"
+    return name
+
+
+def usage_error_line(e: click.ClickException) -> str:
+    """click's usage errors as one line: `--top: 0 is not in the range x>=1`."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "shadowproxy"
+    if isinstance(e, click.MissingParameter) and e.param is not None:
+        env = e.param.envvar if isinstance(e.param, click.Option) else None
+        env = env if isinstance(env, str) else None
+        also = f" (or {env})" if env else ""
+        return f"{where}: {_flag(e.param, None)}{also} is required"
+    if isinstance(e, click.BadParameter) and e.param is not None:
+        message = e.message.rstrip(".")
+        sep = " " if message.startswith("'") else ": "  # "--format 'nope' is not one of ..."
+        return f"{_flag(e.param, ctx)}{sep}{message}"
+    if isinstance(e, click.UsageError):
+        return f"{where}: {e.format_message().rstrip('.')} (see {where} --help)"
+    return e.format_message()
+
+
 class _Group(click.Group):
-    """Turns ShadowProxyError into one red line and its exit code."""
+    """Turns ShadowProxyError and click's usage errors into one red line and an exit code."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # a group without a command: its help, as click does
+                e.show()
+            else:
+                click.secho(f"error: {usage_error_line(e)}", fg="red", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -36,20 +90,41 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
 
 
-@click.group(
-    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SHADOWPROXY"}
-)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="shadowproxy")
 def cli() -> None:
     """Shadow-traffic mirroring proxy: the live backend answers every client, a copy of each safe
     request goes to the shadow backend, the two responses are diffed, and every mismatch becomes a
     record in a sink (JSON Lines or Kafka)."""
+    from shadowproxy.sinks.kafka import quiet_aiokafka
+
+    quiet_aiokafka()  # our own lines say when Kafka is away; `run -vv` lets aiokafka's through
 
 
 def _register() -> None:
     # Each module defines its commands and adds them to `cli` at import.
     # one module per command group; add yours to this import
     from shadowproxy.cli import dashboard, demo, noise, replay, report, rules, run, tail  # noqa: F401
+
+    _env_scheme(cli)
+
+
+def env_name(option: click.Option) -> str:
+    """SHADOWPROXY_<FLAG> for an option: its longest flag, upper case, `-` as `_`."""
+    flag = max(option.opts, key=len)
+    return "SHADOWPROXY_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _env_scheme(cmd: click.Command) -> None:
+    """Give every option of every command its SHADOWPROXY_<FLAG> and show it in --help."""
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _env_scheme(sub)
+        return
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.hidden and p.name not in ("help", "version"):
+            p.envvar = env_name(p)
+            p.show_envvar = True
 
 
 def main() -> None:

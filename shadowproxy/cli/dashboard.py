@@ -12,6 +12,7 @@ import click
 
 from shadowproxy.cli import cli
 from shadowproxy.cli.params import HOST_PORT, SINK_URI
+from shadowproxy.sinks.uri import DEFAULT_SINK
 
 if TYPE_CHECKING:
     from shadowproxy.dashboard import Dashboard
@@ -20,10 +21,12 @@ if TYPE_CHECKING:
 @cli.command("dashboard")
 @click.option(
     "--source",
-    required=True,
     type=SINK_URI,
+    default=DEFAULT_SINK,
+    show_default=True,
     metavar="URI",
-    help="Where the records are: kafka://HOST:PORT/TOPIC or jsonl:PATH (followed as it grows).",
+    help="Where the records are: kafka://HOST:PORT/TOPIC or jsonl:PATH (followed as it grows); the"
+    " default is where `run`, `demo` and `replay` write by default.",
 )
 @click.option(
     "--listen",

@@ -21,8 +21,10 @@ class HostPort(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
         text = str(value)
         host, sep, port = text.rpartition(":")
         host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not host or not port.isdigit():
             self.fail(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)", param, ctx)
+        if not 0 <= int(port) <= 65535:
+            self.fail(f"{text!r}: port {port} out of range (0-65535)", param, ctx)
         return host, int(port)
 
 
@@ -34,8 +36,10 @@ class HttpURL(click.ParamType):  # type: ignore[type-arg]  # generic only in new
 
         text = str(value)
         parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.fail(f"{text!r} is not an http:// or https:// URL with a host", param, ctx)
+        if parts.scheme not in ("http", "https"):
+            self.fail(f"{text!r}: unknown scheme {parts.scheme!r} (use http:// or https://)", param, ctx)
+        if not parts.hostname:
+            self.fail(f"{text!r} has no host", param, ctx)
         try:
             _ = parts.port
         except ValueError:
@@ -52,7 +56,7 @@ class SinkURI(click.ParamType):  # type: ignore[type-arg]  # generic only in new
         try:
             parse_uri(text, flag=flag)
         except SinkURIError as e:
-            self.fail(str(e).split(": ", 1)[-1], param, ctx)
+            self.fail(f"{text!r}: {str(e).split(': ', 1)[-1]}", param, ctx)
         return text
 
 

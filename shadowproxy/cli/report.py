@@ -11,15 +11,18 @@ import click
 
 from shadowproxy.cli import cli
 from shadowproxy.cli.params import SINK_URI
+from shadowproxy.sinks.uri import DEFAULT_SINK
 
 
 @cli.command("report")
 @click.option(
     "--source",
-    required=True,
     type=SINK_URI,
+    default=DEFAULT_SINK,
+    show_default=True,
     metavar="URI",
-    help="Where the records are: jsonl:PATH or kafka://HOST:PORT/TOPIC (read to its current end).",
+    help="Where the records are: jsonl:PATH or kafka://HOST:PORT/TOPIC (read to its current end);"
+    " the default is where `run`, `demo` and `replay` write by default.",
 )
 @click.option(
     "--since",

@@ -26,6 +26,9 @@ def setup_logging(verbose: int) -> None:
     ours.handlers[:] = [handler]
     ours.setLevel(level)
     ours.propagate = False
+    from shadowproxy.sinks.kafka import quiet_aiokafka
+
+    quiet_aiokafka(debug=verbose > 1)
     mitm = logging.getLogger("mitmproxy")
     mitm.addHandler(handler)
     mitm.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -224,8 +227,9 @@ def run_cmd(
 
     Clients get exactly what the live backend answers. Each eligible request is copied to the
     shadow in the background; the two responses are diffed and every mismatch, shadow failure or
-    oversized body becomes one record in the sink. SIGINT/SIGTERM: stop accepting, finish what is
-    in flight, flush the sink, exit 0.
+    oversized body becomes one record in the sink. SIGINT/SIGTERM (to this process or its whole
+    process group): stop accepting, finish what is in flight, flush the sink, log one `stopped:`
+    line, exit 0.
     """
     from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon
@@ -268,18 +272,18 @@ def run_cmd(
     settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
                              h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1,
                              live_h2c=upstream_h2c)
-    logging.getLogger("shadowproxy").info(
-        "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
-    )
     shadow_addon = ShadowAddon()
     extra: tuple[Any, ...] = ()
-    if admin is not None:
+    if admin is not None:  # its errors come before the `listening` line: nothing has started
         from shadowproxy.admin import AdminAddon
         from shadowproxy.admin.addon import check_admin
 
         check_admin(admin[0], admin_token)
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
+    logging.getLogger("shadowproxy").info(
+        "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
+    )
     if reuse_port > 1 and not sibling:
         asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1))
     else:

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 import click
 import orjson
 
 from shadowproxy.cli import cli
+from shadowproxy.cli.params import SINK_URI
+from shadowproxy.sinks.uri import DEFAULT_SINK
 
 
 @cli.command("tail")
 @click.option(
     "--source",
-    required=True,
+    type=SINK_URI,
+    default=DEFAULT_SINK,
+    show_default=True,
     metavar="URI",
-    help="Where to read records: kafka://HOST:PORT/TOPIC (security options as for --sink) or jsonl:PATH.",
+    help="Where to read records: kafka://HOST:PORT/TOPIC (security options as for --sink) or jsonl:PATH;"
+    " the default is where `run`, `demo` and `replay` write by default.",
 )
 @click.option(
     "--from-beginning",
     is_flag=True,
     default=False,
     help="Start with the oldest record (Kafka: earliest offset; with --group, only when the group"
-    " has no committed offset). Without it, only records that arrive from now on are printed.",
+    " has no committed offset). Without it, only records that arrive from now on are printed;"
+    " --no-follow without --group implies it (else there would be nothing to print).",
 )
 @click.option(
     "--group",
@@ -37,7 +42,8 @@ from shadowproxy.cli import cli
     "--follow/--no-follow",
     default=True,
     show_default=True,
-    help="Keep waiting for new records; --no-follow stops at the end of what is there now.",
+    help="Keep waiting for new records; --no-follow prints what is there now (from the oldest, or"
+    " with --group from its committed offset) and stops.",
 )
 def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> None:
     """Print records from a sink's topic or file, one JSON object per line, as they arrive.
@@ -47,13 +53,13 @@ def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> 
       shadowproxy tail --source kafka://127.0.0.1:9092/shadow.mismatches --from-beginning
       shadowproxy tail --source jsonl:./shadowproxy-mismatches.jsonl --from-beginning --no-follow
     \b
-    Every option can come from the environment: SHADOWPROXY_TAIL_SOURCE,
-    SHADOWPROXY_TAIL_FROM_BEGINNING, SHADOWPROXY_TAIL_GROUP, SHADOWPROXY_TAIL_FOLLOW.
+    Every option can come from the environment: SHADOWPROXY_SOURCE,
+    SHADOWPROXY_FROM_BEGINNING, SHADOWPROXY_GROUP, SHADOWPROXY_FOLLOW.
     Ctrl-C stops and exits 0. Exit 2: the source cannot be read (bad URI, bad line,
     unknown topic, Kafka unreachable).
     """
-    # aiokafka logs each failed connection attempt; the one error line below says it all.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    if not follow and group is None:
+        from_beginning = True  # from the end and stopping there would print nothing, always
     try:
         asyncio.run(_tail(source, from_beginning=from_beginning, group=group, follow=follow))
     except KeyboardInterrupt:

@@ -1,9 +1,15 @@
 """The live dashboard: a consumer that keeps the report's aggregates, and an aiohttp server.
 
     GET /             the page: the HTML report, updated in place through /events
-    GET /events       server-sent events: `event: report`, data {version, verdict, used, html}
-                      on connect and whenever records changed the aggregates (at most every
-                      `push_interval` seconds); a comment line every 15 s keeps proxies open
+    GET /events       server-sent events, answered at once and ended: `event: report`, data
+                      {version, verdict, used, html}, with `id:` the state it shows, when the state
+                      changed since the browser's Last-Event-ID (always on its first request);
+                      then `retry:` makes the EventSource ask again after `push_interval` seconds.
+                      No request is held open: a long-lived one stalls headless Chromium's
+                      --virtual-time-budget (it waits for the network to be idle) and buffering
+                      proxies; a poll that answers at once costs nothing and carries no HTML
+                      when nothing changed.
+    GET /favicon.ico  a small icon (else every browser logs a 404)
     GET /api/report   the report as JSON (the keys of `report --format json`)
     GET /healthz      {"ok": true, "records": n, "error": null | "what the source said"}
 
@@ -34,7 +40,21 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP = "shadowproxy-dashboard"
 TITLE = "shadowproxy dashboard"
 PUSH_INTERVAL_S = 0.5
-HEARTBEAT_S = 15.0
+
+def _favicon() -> bytes:
+    """A 16x16 PNG in the report's blue, made here (nothing is loaded from the internet)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x25\x63\xeb" * 16 for _ in range(16))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+FAVICON = _favicon()
 RETRY_S = (1.0, 2.0, 5.0, 10.0)
 
 
@@ -81,12 +101,14 @@ class Dashboard:
                     if n % 1000 == 0:
                         await asyncio.sleep(0)  # a long backlog must not starve the page
                     if self.error is not None:
+                        log.warning("dashboard source: reading again")
                         self.error, attempt = None, 0
                 return
             except SourceError as e:
                 # Re-reading from the start is safe: records are de-duplicated by id.
+                if self.error != str(e):  # once per outage, not once per retry
+                    log.warning("dashboard source: %s; retrying", e)
                 self.error = str(e)
-                log.warning("dashboard source: %s", e)
                 await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
                 attempt += 1
 
@@ -104,6 +126,7 @@ class Dashboard:
         app.router.add_get("/events", self._events)
         app.router.add_get("/api/report", self._api)
         app.router.add_get("/healthz", self._health)
+        app.router.add_get("/favicon.ico", self._favicon)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
@@ -115,7 +138,7 @@ class Dashboard:
         task.add_done_callback(self._tasks.discard)
 
     async def _shutdown(self, app: web.Application) -> None:
-        self._stopping.set()  # lets every open /events stream end
+        self._stopping.set()  # ends the consumer
 
     async def _cleanup(self, app: web.Application) -> None:
         for task in list(self._tasks):
@@ -137,6 +160,16 @@ class Dashboard:
         body = {"ok": True, "records": self.aggregator.counters["used"], "error": self.error}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
+    async def _favicon(self, request: web.Request) -> web.Response:
+        return web.Response(body=FAVICON, content_type="image/png",
+                            headers={"Cache-Control": "max-age=86400"})
+
+    def _state_id(self) -> str:
+        """What the page shows: the aggregates' version and the source's error, if any."""
+        import zlib
+
+        return f"{self.aggregator.version}-{zlib.crc32((self.error or '').encode()):x}"
+
     def _event(self) -> bytes:
         report = self.snapshot()
         data = {
@@ -145,34 +178,12 @@ class Dashboard:
             "used": report["records"]["used"],
             "html": render_body(report, heading=TITLE),
         }
-        return b"event: report\ndata: " + orjson.dumps(data) + b"\n\n"
+        return f"id: {self._state_id()}\nevent: report\ndata: ".encode() + orjson.dumps(data) + b"\n\n"
 
-    async def _events(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-store",
-                "X-Accel-Buffering": "no",
-            }
+    async def _events(self, request: web.Request) -> web.Response:
+        retry = f"retry: {max(50, round(self.push_interval * 1000))}\n\n".encode()
+        changed = request.headers.get("Last-Event-ID") != self._state_id()
+        return web.Response(
+            body=retry + (self._event() if changed else b""),
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"},
         )
-        await resp.prepare(request)
-        loop = asyncio.get_running_loop()
-        try:
-            await resp.write(b"retry: 2000\n\n" + self._event())
-            sent = (self.aggregator.version, self.error)
-            last_beat = loop.time()
-            while not self._stopping.is_set():
-                # at most one push per interval, however fast records come
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.push_interval)
-                now = (self.aggregator.version, self.error)
-                if now != sent:
-                    sent = now
-                    await resp.write(self._event())
-                    last_beat = loop.time()
-                elif loop.time() - last_beat >= HEARTBEAT_S:
-                    await resp.write(b": keep-alive\n\n")
-                    last_beat = loop.time()
-        except (ConnectionResetError, ConnectionError):
-            pass  # the browser went away
-        return resp

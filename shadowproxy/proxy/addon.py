@@ -160,6 +160,7 @@ class ShadowAddon:
         self.stopping = False
         self.refusing = False
         self.refused = 0
+        self._dispatching = False  # the dispatcher has started (readiness)
 
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
@@ -261,13 +262,30 @@ class ShadowAddon:
             self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
             uri = sink.uri
         await self.dispatcher.start()
+        self._dispatching = True
         log.info("shadowing to %s, records to %s (%s dispatch)", cfg.shadow_url, uri,
                  "inline" if isinstance(self.dispatcher, Dispatcher) else "process")
+
+    def stop_begun(self) -> None:
+        """A graceful stop has begun (the proxy's SIGTERM/SIGINT); `done` follows."""
+        if isinstance(self.dispatcher, ProcessDispatcher):
+            self.dispatcher.stopping()
 
     async def done(self) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+            self._log_stopped(self.dispatcher)
             self.dispatcher = None
+
+    def _log_stopped(self, d: ShadowDispatcher) -> None:
+        """One line that says what the stop drained and where it flushed."""
+        counters = self.sink_counters()
+        uri = self.config.sink_uri if self.config is not None else "?"
+        if isinstance(d, Dispatcher):
+            uri = d.pipeline.sink.uri
+        shown = ", ".join(f"{k} {v}" for k, v in counters.items() if v or k == "written")
+        log.info("stopped: drained %d copies in flight (%d dropped at the drain timeout); sink %s flushed"
+                 " and closed (%s)", d.drained, d.drain_dropped, uri.partition("?")[0], shown)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_IN_FLIGHT] = True
@@ -380,7 +398,7 @@ class ShadowAddon:
     def ready(self) -> bool:
         """True once the proxy listens and, when shadowing, the dispatcher runs."""
         cfg = self.config
-        return cfg is not None and (cfg.shadow_url is None or self.dispatcher is not None)
+        return cfg is not None and (cfg.shadow_url is None or self._dispatching)
 
     def sink_counters(self) -> dict[str, int]:
         """The sink's counters (process dispatch: as the worker last reported them)."""

@@ -214,6 +214,7 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
         master.shutdown()  # a second signal: stop now
         return
     master._shadowproxy_stopping = True  # type: ignore[attr-defined]
+    addon.stop_begun()  # the shadow worker got the same SIGTERM when it went to the process group
 
     async def wait_idle(deadline: float) -> None:
         loop = asyncio.get_running_loop()

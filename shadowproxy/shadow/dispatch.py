@@ -2,7 +2,9 @@
 
 `submit` never waits: when the queue is full the copy is dropped and counted (the live
 response must never wait for the shadow). `concurrency` bounds the shadow calls in flight.
-Stats records are emitted every `stats_interval` seconds and once more at the end.
+Stats records are emitted every `stats_interval` seconds and once more at the end. Records
+reach the sink's destination within `FLUSH_INTERVAL_S` (a buffered JSONL file is flushed that
+often when something was written), whatever the stats interval and however the proxy runs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 
 log = logging.getLogger("shadowproxy")
 
+FLUSH_INTERVAL_S = 0.5
+
 
 @dataclass(frozen=True, slots=True)
 class DispatchConfig:
@@ -34,6 +38,8 @@ class ShadowDispatcher(Protocol):
 
     dispatched: int
     dropped: int
+    drained: int  # copies queued or in flight when stop() began that finished during it
+    drain_dropped: int  # queued copies the drain timeout cut off
 
     @property
     def stats(self) -> Stats: ...
@@ -60,6 +66,9 @@ class Dispatcher:
         self.dispatched = 0
         self.dropped = 0
         self.active = 0  # copies being processed now (taken from the queue, not yet ended)
+        self.drained = 0
+        self.drain_dropped = 0
+        self._finished = 0  # jobs the pipeline finished (drained = those finished during stop)
 
     @property
     def stats(self) -> Stats:
@@ -77,6 +86,7 @@ class Dispatcher:
             self._spawn(self._worker())
         if self.cfg.stats_interval > 0:
             self._spawn(self._stats_loop())
+        self._spawn(self._flush_loop())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.spawn(coro)
@@ -104,6 +114,7 @@ class Dispatcher:
                 await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
             finally:
                 self.active -= 1
+                self._finished += 1
                 self._queue.task_done()
 
     async def _stats_loop(self) -> None:
@@ -112,11 +123,22 @@ class Dispatcher:
             await self.pipeline.emit_stats()
             await self.pipeline.sink.flush()
 
+    async def _flush_loop(self) -> None:
+        sink = self.pipeline.sink
+        flushed = sink.counters().get("written", 0)
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            written = sink.counters().get("written", 0)
+            if written != flushed:
+                flushed = written
+                await sink.flush()
+
     async def stop(self) -> None:
         """Finish what is queued or in flight (bounded by drain_timeout), emit stats, flush the sink."""
         if self._stopped:
             return
         self._stopped = True
+        finished_before = self._finished
         if self._started:
             try:
                 await asyncio.wait_for(self._queue.join(), self.cfg.drain_timeout)
@@ -127,7 +149,11 @@ class Dispatcher:
                     job = self._queue.get_nowait()
                     self.pipeline.stats.count(job.exchange.route, "dropped")
                     self._queue.task_done()
+                self.drain_dropped = left
         await self._tasks.cancel_all()
+        # copies cut off in flight ended their task too, but they were dropped, not drained
+        self.drained = self._finished - finished_before - self.pipeline.cut_off
+        self.drain_dropped += self.pipeline.cut_off
         if self.pipeline.cut_off:
             log.warning("shadow drain timed out; %d copies in flight cut off and counted as dropped",
                         self.pipeline.cut_off)

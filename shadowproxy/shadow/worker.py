@@ -16,17 +16,25 @@ Frames (pickle, after a 4-byte big-endian length), proxy -> worker:
     ("job", encode_job(job, n))       plain tuples: pickled by C code, ~5x cheaper than dataclasses
     ("counts", {route: RouteStats})   counts made in the proxy (skips, drops), merged into the
                                       worker's stats interval (its records), not its totals
+    ("stopping", None)                the proxy got SIGTERM/SIGINT and will send "stop" once its own
+                                      in-flight requests are answered: a SIGTERM the worker got
+                                      too (sent to the whole process group) is that same stop
     ("stop", None)                    drain, write the final stats record, flush the sink, exit
-and worker -> proxy: ("ready", None), ("error", message), ("status", (received, depth, active)), and
+and worker -> proxy: ("ready", None), ("error", message), ("status", (received, depth, active)),
+("drained", (drained, drain_dropped)) at its stop,
+("stopping", reason) (it stops on its own: SIGTERM and no word from the proxy), and
 ("totals", (routes, diff_latency, sink_counters)): what the worker counted since the last one,
 folded into the proxy's `Stats.totals` so /metrics sees the whole picture.
 
 The worker treats end-of-file like "stop": when the proxy dies, the kernel closes its end of
 the socket, and the worker drains what it holds, writes the final stats record and exits; no
 orphans. It ignores SIGINT (a Ctrl-C reaches the whole process group; the proxy tells it when
-to stop) and takes SIGTERM as "stop". When the worker dies instead, the proxy starts another
-(backoff 0.2 s, 1 s, 2 s, 5 s, then every 10 s); copies meanwhile, and those the dead worker
-held, are dropped and counted.
+to stop). SIGTERM usually reaches the whole process group too (`timeout`, systemd, Kubernetes):
+the worker then waits `SIGTERM_GRACE_S` for the proxy's "stopping", and keeps mirroring until
+the proxy's "stop"; only a SIGTERM meant for the worker alone (no word from the proxy) makes it
+stop by itself, and the proxy, told why, starts another. When the worker dies instead, the
+proxy starts another (backoff 0.2 s, 1 s, 2 s, 5 s, then every 10 s); copies meanwhile, and
+those the dead worker held, are dropped and counted.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.sinks.kafka import quiet_aiokafka
 
 log = logging.getLogger("shadowproxy")
 
@@ -71,6 +80,9 @@ RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)  # waits before restarting a work
 # (one copy per live response), so it cannot starve the proxy; at the same priority, on a
 # saturated machine the greedy proxy starves it and its queue overflows (bench/README.md).
 DEFAULT_WORKER_NICE = -5
+# A SIGTERM to the process group reaches the proxy too, whose handler says "stopping" within
+# milliseconds; this long without it, the SIGTERM was for the worker alone.
+SIGTERM_GRACE_S = 2.0
 
 
 class WorkerError(ShadowProxyError):
@@ -219,11 +231,15 @@ class ProcessDispatcher:
         self._closed: asyncio.Future[None] | None = None
         self.sink_counters: dict[str, int] = {}  # the worker's sink, as of its last report
         self.restarts = 0  # workers started again after one died
+        self.drained = 0  # as the worker reported at its stop
+        self.drain_dropped = 0
         self._dispatched_base = 0  # `dispatched` when the current worker started
         self._counts_shipping = False
         self._generation = 0  # which worker this is (1 for the first)
         self._lost = 0  # the generation whose loss was handled
         self._restarting: asyncio.Future[None] | None = None
+        self._stopping = False  # the proxy is stopping: a worker that ends now is not replaced
+        self._worker_stopping: str | None = None  # why the current worker said it stops on its own
 
     @property
     def pid(self) -> int | None:
@@ -240,6 +256,10 @@ class ProcessDispatcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sndbuf = self.socket_buffer_bytes
         _grow_send_buffer(ours, SOCKET_BUFFER_BYTES if sndbuf is None else sndbuf)
+        # The worker starts with SIGINT and SIGTERM blocked (the mask survives exec) and unblocks
+        # them once its handlers are in place: a Ctrl-C or SIGTERM to the process group while its
+        # interpreter starts stays pending instead of killing it half-started.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shadowproxy.shadow.worker", str(theirs.fileno())],
@@ -247,6 +267,7 @@ class ProcessDispatcher:
                 stdin=subprocess.DEVNULL,
             )
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
         self._ready = loop.create_future()
         self._closed = loop.create_future()
@@ -278,6 +299,10 @@ class ProcessDispatcher:
             for route, delta in routes.items():
                 self.stats.totals.setdefault(route, RouteStats()).merge(delta)
             self.stats.diff_latency.merge(diff_latency)
+        elif kind == "stopping":
+            self._worker_stopping = str(payload)
+        elif kind == "drained":
+            self.drained, self.drain_dropped = payload
         elif kind == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -294,10 +319,26 @@ class ProcessDispatcher:
             self._closed.set_result(None)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerError("shadow worker exited before it was ready"))
-        elif not self._stopped:
-            log.error("shadow worker exited unexpectedly; starting another (copies meanwhile are dropped"
-                      " and counted)")
+        elif not self._stopped and not self._stopping:
+            if self._worker_stopping is not None:
+                log.warning("shadow worker stopped on %s (not the proxy's stop); starting another",
+                            self._worker_stopping)
+            else:
+                log.error("shadow worker exited unexpectedly; starting another (copies meanwhile are"
+                          " dropped and counted)")
             self._restarting = asyncio.ensure_future(self._restart())
+        elif not self._stopped:
+            log.warning("shadow worker exited while the proxy was stopping; not replaced (copies it held"
+                        " are counted as dropped)")
+            lost = self._held()
+            if lost:
+                self.stats.count("(worker restart)", "dropped", lost)
+
+    def _held(self) -> int:
+        """Copies the current worker held (unread in the channel, queued in it, and in flight in its
+        shadow calls), as of its last status report."""
+        return (max(0, self.dispatched - self._dispatched_base - self._worker_received)
+                + self._worker_depth + self._worker_active)
 
     async def _restart(self) -> None:
         """Start a new worker after one died: with backoff, until it runs or the proxy stops.
@@ -305,9 +346,7 @@ class ProcessDispatcher:
         Copies the dead worker held are lost with it; they are counted as dropped (from its
         last status report, so approximately), and the new worker is sent the route settings
         again before any job refers to them."""
-        # unread in the channel, queued in the worker, and in flight there (its shadow calls)
-        lost = (max(0, self.dispatched - self._dispatched_base - self._worker_received)
-                + self._worker_depth + self._worker_active)
+        lost = self._held()
         if lost:
             self.stats.count("(worker restart)", "dropped", lost)
         while not self._stopped:
@@ -320,6 +359,7 @@ class ProcessDispatcher:
             if self._transport is not None:
                 self._transport.close()
             self.proc, self._transport, self._settings = None, None, {}
+            self._worker_stopping = None
             self._dispatched_base, self._worker_received = self.dispatched, 0
             self._worker_depth = self._worker_active = 0
             try:
@@ -357,6 +397,15 @@ class ProcessDispatcher:
         while True:
             await asyncio.sleep(COUNTS_INTERVAL)
             self._ship_counts()
+
+    def stopping(self) -> None:
+        """The proxy is stopping (a signal): `stop` follows once live requests are answered.
+
+        Tells the worker, so that the SIGTERM it got with the proxy's (sent to the process group)
+        reads as this stop, and no worker that ends from now on is replaced."""
+        self._stopping = True
+        if self._alive and self._transport is not None:
+            self._transport.write(frame("stopping", None))
 
     async def stop(self) -> None:
         """Ship the last counts, let the worker drain and write its final stats record, wait for it."""
@@ -427,6 +476,21 @@ class _Worker:
         self._early: list[tuple[str, Any]] = []
         self._shipped: dict[str, RouteStats] = {}
         self._shipped_diff = Histogram()
+        self.proxy_stopping = False  # the proxy said "stopping": its "stop" follows
+        self._sigterm: asyncio.TimerHandle | None = None
+
+    def on_sigterm(self) -> None:
+        """SIGTERM: the proxy's stop when it says so within SIGTERM_GRACE_S, else ours alone."""
+        if self.proxy_stopping or self.finished.is_set() or self._sigterm is not None:
+            return
+        self._sigterm = asyncio.get_running_loop().call_later(SIGTERM_GRACE_S, self._sigterm_alone)
+
+    def _sigterm_alone(self) -> None:
+        if self.proxy_stopping or self.finished.is_set():
+            return
+        log.warning("shadow worker: SIGTERM and no stop from the proxy in %.0fs; stopping", SIGTERM_GRACE_S)
+        self.send("stopping", "SIGTERM")
+        self.finish()
 
     def on_frame(self, kind: str, payload: Any) -> None:
         if kind == "config":
@@ -434,6 +498,8 @@ class _Worker:
                 self.config.set_result(payload)
         elif kind == "stop":
             self.finish()
+        elif kind == "stopping":
+            self.proxy_stopping = True
         elif self.dispatcher is None:
             self._early.append((kind, payload))  # before the pipeline is up; replayed by attach()
         else:
@@ -508,12 +574,15 @@ async def _serve(sock: socket.socket) -> int:
     reader = FrameReader(w.on_frame, w.finish)
     transport, _ = await loop.connect_accepted_socket(lambda: reader, sock=sock)
     w.transport = transport
-    loop.add_signal_handler(signal.SIGTERM, w.finish)
+    loop.add_signal_handler(signal.SIGTERM, w.on_sigterm)
+    if _early_sigterm:
+        w.on_sigterm()
     try:
         cfg = await w.config
     except asyncio.CancelledError:
         return 0  # the proxy went away before configuring us
     logging.getLogger("shadowproxy").setLevel(cfg.log_level)
+    quiet_aiokafka(debug=cfg.log_level <= logging.DEBUG)
     _renice(cfg.nice)
     stats = Stats(cfg.stats_source)
     try:
@@ -539,9 +608,18 @@ async def _serve(sock: socket.socket) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await status
     w.send("status", (w.received, 0, 0))
+    w.send("drained", (dispatcher.drained, dispatcher.drain_dropped))
     w.ship_totals()
     transport.close()
     return 0
+
+
+_early_sigterm = False
+
+
+def _note_early_sigterm(signum: int, frame: Any) -> None:
+    global _early_sigterm
+    _early_sigterm = True
 
 
 def _renice(delta: int) -> None:
@@ -560,6 +638,7 @@ def _setup_logging() -> None:
     ours = logging.getLogger("shadowproxy")
     ours.handlers[:] = [handler]
     ours.propagate = False
+    quiet_aiokafka()  # until the config says the log level
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m shadowproxy.shadow.worker FD (started by the proxy)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy says when to stop
+    signal.signal(signal.SIGTERM, _note_early_sigterm)  # until the event loop handles it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the proxy
     _setup_logging()
     sock = socket.socket(fileno=int(args[0]))
     os.set_inheritable(sock.fileno(), False)

@@ -64,9 +64,29 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 DEFAULT_SPOOL_DIR = "./shadowproxy-spool"
 STATS_KEY = b"stats"
 _DROP_LOG_INTERVAL_S = 60.0
+OUTAGE_REMINDER_S = 60.0  # while spooling, one line this often: how much waits, and where
 _DRAIN_BATCH = 2000
 _DRAIN_DEPTH = 3
 _POLL_S = 0.25
+
+
+def quiet_aiokafka(*, debug: bool = False) -> None:
+    """aiokafka logs every failed connection attempt (33,328 lines in a 34 s outage, through
+    Python's last-resort handler); the sink and the sources say it once, in their own words.
+    With debug (-vv) aiokafka's log goes through the `shadowproxy` handlers instead."""
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+    if debug:
+        aiokafka.handlers[:] = logging.getLogger("shadowproxy").handlers
+        aiokafka.propagate = False
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"
 
 
 def default_compression() -> str:
@@ -355,6 +375,7 @@ class KafkaSink:
         self._last_drop_log = -_DROP_LOG_INTERVAL_S
         self._unsent_since_log = 0
         self._outage_logged = False
+        self._reminded_at = 0.0
         self._c = dict.fromkeys(("written", "produced", "spooled", "drained", "deduplicated", "dropped"), 0)
 
     @classmethod
@@ -369,6 +390,8 @@ class KafkaSink:
             return
         await asyncio.to_thread(self.spool.open)
         self._started = True
+        log.info("%s: records Kafka cannot take now wait in the spool %s (at most %s)", self.uri,
+                 self.spool.directory.resolve(), _human_bytes(self.spool.max_bytes))
         try:
             connected = await self._connect(at_start=True)
         except BaseException:
@@ -500,10 +523,22 @@ class KafkaSink:
                     return
                 if time.monotonic() >= self._next_retry and await self._drain():
                     continue
+                self._remind()
             timeout = _POLL_S if (self._inflight or self._degraded) else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    def _remind(self) -> None:
+        """While spooling: a rate-limited line with what waits in the spool and where."""
+        now = time.monotonic()
+        if not self._reminded_at:
+            self._reminded_at = now  # the outage's first line was the reminder's start
+        elif now - self._reminded_at >= OUTAGE_REMINDER_S:
+            self._reminded_at = now
+            backlog = self.spool.count - len(self._skip)
+            log.warning("%s: Kafka still unreachable; %d records (%s) waiting in the spool %s",
+                        self.uri, backlog, _human_bytes(self.spool.bytes), self.spool.directory.resolve())
 
     def _unsettled(self) -> bool:
         return bool(self._pending) or self._in_transit > 0 or any(
@@ -716,6 +751,7 @@ class KafkaSink:
             return False  # the rest stays in the spool for the next start
         self._degraded = False
         self._backoff = 0.1
+        self._reminded_at = 0.0
         if self._outage_logged:
             log.warning("%s: Kafka is back; the spool is drained", self.uri)
             self._outage_logged = False

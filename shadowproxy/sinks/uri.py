@@ -47,7 +47,8 @@ def parse_uri(uri: str, *, flag: str = "--sink") -> ParsedURI:
             msg = f"{flag} {shown!r}: kafka needs exactly one topic after the address"
             raise SinkURIError(msg)
         return ParsedURI("kafka", bootstrap=parts.netloc, topic=topic, options=dict(parse_qsl(parts.query)))
-    msg = f"{flag} {uri!r}: unknown scheme (use jsonl:PATH or kafka://HOST:PORT/TOPIC)"
+    scheme = uri.partition(":")[0] if ":" in uri else ""
+    msg = f"{flag} {uri!r}: unknown scheme {scheme!r} (use jsonl:PATH or kafka://HOST:PORT/TOPIC)"
     raise SinkURIError(msg)
 
 

@@ -160,3 +160,18 @@ def test_non_loopback_admin_without_token_is_refused() -> None:
     check_admin("0.0.0.0", "token")
     check_admin("127.0.0.1", None)
     assert is_loopback("::1") and is_loopback("localhost") and not is_loopback("10.0.0.1")
+
+
+def test_sample_changes_are_logged_in_words_not_as_none(
+    proxy: ProxyThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="shadowproxy")
+    assert call(proxy.admin.port, "PUT", "/shadow/sample", b"0.25")[0] == 200
+    assert call(proxy.admin.port, "PUT", "/shadow/sample", b"null")[0] == 200
+    lines = [r.getMessage() for r in caplog.records if "sample" in r.getMessage()]
+    assert lines == [
+        "shadow sample override set to 0.25 (25% of eligible requests) through the admin API",
+        "shadow sample override cleared through the admin API: each route's own sample applies again",
+    ], lines

@@ -69,22 +69,6 @@ async def _until(predicate: Any, what: str) -> None:
         raise AssertionError(f"not within {WAIT_S:g}s: {what}") from None
 
 
-async def next_event(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    """The next `event: report` of an SSE stream, its data decoded (comments and retry skipped)."""
-    event, data = None, []
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            line = (await resp.content.readline()).decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif line == "" and event == "report":
-                return json.loads("\n".join(data))  # type: ignore[no-any-return]
-            elif line == "":
-                event, data = None, []
-
-
 async def test_api_report_is_the_report_of_what_was_read(running: Running) -> None:
     async with aiohttp.ClientSession() as s:
         await _until(lambda: _count(s, running.url), "3 records read")
@@ -113,23 +97,47 @@ async def test_page_is_self_contained_and_listens_to_events(running: Running) ->
         assert external not in html
 
 
-async def test_events_push_the_report_again_when_records_arrive(running: Running) -> None:
+async def _events(s: aiohttp.ClientSession, url: str, last_id: str | None) -> tuple[str, str]:
+    """One /events answer, read to its end (the server never holds it open): (its id, its text)."""
+    headers = {"Last-Event-ID": last_id} if last_id else {}
+    async with asyncio.timeout(WAIT_S), s.get(url + "events", headers=headers) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+        text = await resp.text()
+    ids = [line[4:] for line in text.splitlines() if line.startswith("id: ")]
+    return (ids[-1] if ids else (last_id or "")), text
+
+
+def _report(text: str) -> dict[str, Any]:
+    (data,) = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+async def test_events_answer_at_once_and_send_the_report_only_when_it_changed(running: Running) -> None:
+    """No long-lived request (it stalls headless Chromium's --virtual-time-budget): each /events
+    answer ends at once; the browser's EventSource asks again after `retry`, with Last-Event-ID."""
     async with aiohttp.ClientSession() as s:
         await _until(lambda: _count(s, running.url), "3 records read")
-        async with s.get(running.url + "events") as resp:
-            assert resp.headers["Content-Type"] == "text/event-stream"
-            first = await next_event(resp)
-            assert first["used"] == 3 and first["verdict"] == "fail"
-            assert 'data-route="users"' in first["html"]
-            write_jsonl(
-                Path(running.board.source.removeprefix("jsonl:")),
-                [
-                    stats({"orders": route_stats(compared=7)}, "s2"),
-                ],
-            )
-            second = await next_event(resp)
+        first_id, text = await _events(s, running.url, None)
+        first = _report(text)
+        assert first["used"] == 3 and first["verdict"] == "fail"
+        assert 'data-route="users"' in first["html"]
+        assert "retry: " in text
+        same_id, text = await _events(s, running.url, first_id)
+        assert "data: " not in text and same_id == first_id  # nothing changed: nothing sent
+        source = Path(running.board.source.removeprefix("jsonl:"))
+        write_jsonl(source, [stats({"orders": route_stats(compared=7)}, "s2")])
+        await _until(lambda: _count(s, running.url, 4), "the 4th record read")
+        second_id, text = await _events(s, running.url, first_id)
+    second = _report(text)
+    assert second_id != first_id
     assert second["used"] == 4 and second["version"] > first["version"]
     assert 'data-route="orders"' in second["html"]
+
+
+async def test_favicon_is_served_so_the_browser_console_has_no_404(running: Running) -> None:
+    async with aiohttp.ClientSession() as s, s.get(running.url + "favicon.ico") as resp:
+        assert resp.status == 200 and resp.content_type == "image/png"
+        assert (await resp.read()).startswith(b"\x89PNG\r\n\x1a\n")
 
 
 async def test_stop_ends_open_event_streams_and_the_server(tmp_path: Path) -> None:
@@ -141,10 +149,10 @@ async def test_stop_ends_open_event_streams_and_the_server(tmp_path: Path) -> No
         serve_dashboard(board, "127.0.0.1", free_port(), stop=stop, on_ready=ready.set_result)
     )
     url = await asyncio.wait_for(ready, WAIT_S)
-    async with aiohttp.ClientSession() as s, s.get(url + "events") as resp:
-        await next_event(resp)
+    async with aiohttp.ClientSession() as s:
+        await _events(s, url, None)
         stop.set()
-        await asyncio.wait_for(task, WAIT_S)  # an open SSE stream does not hold the server up
+        await asyncio.wait_for(task, WAIT_S)
     assert not board._tasks  # the consumer was cancelled and awaited
 
 

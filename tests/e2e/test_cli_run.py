@@ -202,8 +202,8 @@ def test_run_mirrors_records_and_exits_0_on_sigterm_with_sink_flushed(
         assert orjson.loads(wait_until_serving(port, proc)) == {"id": 1, "name": "Ada"}
         for _ in range(4):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/users/2", timeout=5).read()
-        ready = urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5)
-        assert ready.status == 200
+        # ready once the shadow worker runs (copies sent before that wait in its channel)
+        wait_until_serving(admin, proc, "/readyz")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
@@ -247,3 +247,17 @@ def test_demo_runs_and_reports_the_renamed_field(tmp_path: Path) -> None:
     assert "updated_at" not in result.stdout.split("Ignored by")[0]
     records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert {r["outcome"] for r in records} == {"mismatch", "stats"}
+
+
+def test_a_second_demo_starts_its_own_file_and_keeps_the_first(tmp_path: Path) -> None:
+    """`make demo` twice used to append, doubling the counts of the next report."""
+    out = tmp_path / "demo.jsonl"
+    first = run_cli("demo", "--sink", f"jsonl:{out}", timeout=120)
+    assert first.returncode == 0, first.stderr
+    first_records = out.read_bytes()
+    second = run_cli("demo", "--sink", f"jsonl:{out}", timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert len(out.read_bytes().splitlines()) == len(first_records.splitlines())
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("demo.jsonl.")]
+    assert len(kept) == 1 and kept[0].read_bytes() == first_records
+    assert f"kept as {kept[0]};" in second.stdout

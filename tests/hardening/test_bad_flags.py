@@ -130,10 +130,79 @@ def test_bad_flag_value_is_one_error_line_naming_the_flag_and_exit_2(
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out
-    errors = [line for line in out.splitlines() if line.lower().startswith("error")]
-    assert len(errors) == 1, out  # click's usage lines may precede it; one line says what is wrong
-    named = value if flag == "--rules" else flag  # a rules file is named by its path and line
-    assert named in errors[0], out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out  # no Usage/Try lines around it
+    if flag != "--rules":  # a rules file is named by its path and line
+        assert flag in lines[0], out
+    assert value in lines[0], out
+
+
+USAGE_CASES = [
+    (["run", "--listen", "127.0.0.1:99999"], ["--listen", "127.0.0.1:99999", "port 99999 out of range"]),
+    (["run", "--live", "foo://x"], ["--live", "foo://x", "unknown scheme 'foo'"]),
+    (["report", "--source", "s3://bucket"], ["--source", "s3://bucket", "unknown scheme 's3'"]),
+    (["run", "--bogus"], ["shadowproxy run", "--bogus"]),
+    (["nosuch"], ["nosuch"]),
+    (["report", "--top", "0"], ["--top", "0"]),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), USAGE_CASES, ids=[" ".join(a) for a, _ in USAGE_CASES])
+def test_click_usage_errors_are_one_line_naming_flag_and_value_exit_2(
+    args: list[str], words: list[str]
+) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, args, env={"SHADOWPROXY_LISTEN": None}, prog_name="shadowproxy")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for w in words:
+        assert w in lines[0], result.output
+
+
+@pytest.mark.parametrize("args", [[], ["rules"], ["noise"]])
+def test_a_group_without_a_command_prints_its_help_not_an_error_line(args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, args, prog_name="shadowproxy")
+    assert result.output.startswith("Usage: shadowproxy"), result.output
+    assert "error:" not in result.output
+
+
+def test_a_missing_required_flag_names_it_and_its_environment_variable() -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, ["run", "--live", "http://127.0.0.1:1", "--shadow", "http://127.0.0.1:2"],
+                                env={"SHADOWPROXY_LISTEN": None}, prog_name="shadowproxy")
+    assert result.exit_code == 2
+    assert result.output == "error: shadowproxy run: --listen (or SHADOWPROXY_LISTEN) is required\n"
+
+
+def test_a_bad_value_from_the_environment_names_the_variable() -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, ["report"], env={"SHADOWPROXY_TOP": "0"})
+    assert result.exit_code == 2
+    expected = "error: SHADOWPROXY_TOP (--top): 0 is not in the range x>=1"
+    assert result.output.strip().splitlines() == [expected]
+
+
+@pytest.mark.parametrize("admin", ["busy", "10.0.0.1:9090", "127.0.0.1:99999"])
+def test_admin_failures_come_before_any_listening_line(admin: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        if admin == "busy":
+            admin = f"127.0.0.1:{s.getsockname()[1]}"
+        proc = subprocess.run(
+            [EXE, "run", *base_args("run")[:-4], "--sink", "jsonl:/dev/null", "--admin", admin],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "listening" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--admin" in lines[0] and admin.split(":")[0] in lines[0], proc.stderr
 
 
 def test_a_busy_listen_port_is_one_line_for_dashboard() -> None:

@@ -33,14 +33,13 @@ def load_yaml_all(path: Path) -> list[Any]:
 
 
 def envvars(command: str) -> dict[str, click.Option]:
-    """SHADOWPROXY_* name -> option, for a command (explicit envvar, else click's auto envvar)."""
+    """SHADOWPROXY_* name -> option, for a command (every option has its SHADOWPROXY_<FLAG>)."""
     cmd = cli.commands[command]
     out: dict[str, click.Option] = {}
     for p in cmd.params:
         if not isinstance(p, click.Option) or p.name is None:
             continue
         names = [p.envvar] if isinstance(p.envvar, str) else list(p.envvar or [])
-        names.append(f"SHADOWPROXY_{command.upper()}_{p.name.upper()}")  # auto_envvar_prefix
         for n in names:
             out[n] = p
     return out
@@ -49,7 +48,7 @@ def envvars(command: str) -> dict[str, click.Option]:
 def check_env(command: str, env: dict[str, str], *, unresolved: frozenset[str] = frozenset()) -> None:
     """Every SHADOWPROXY_* name is an option of `command`, and its value parses with its type."""
     known = envvars(command)
-    parent = click.Context(cli, info_name="shadowproxy", auto_envvar_prefix="SHADOWPROXY")
+    parent = click.Context(cli, info_name="shadowproxy")
     ctx = click.Context(cli.commands[command], info_name=command, parent=parent)
     for name, value in env.items():
         if not name.startswith("SHADOWPROXY_"):
@@ -163,9 +162,9 @@ def test_compose_has_kafka_in_kraft_mode_the_proxy_demo_backends_and_dashboard()
     assert dash["command"] == ["dashboard"] and dash["command"][0] in cli.commands
     denv = {k: str(v) for k, v in dash["environment"].items()}
     check_env("dashboard", denv)
-    assert urlsplit(denv["SHADOWPROXY_DASHBOARD_SOURCE"]).netloc == sink.netloc
-    assert urlsplit(denv["SHADOWPROXY_DASHBOARD_SOURCE"]).path == sink.path
-    assert container_ports(dash) == {port_of(denv["SHADOWPROXY_DASHBOARD_LISTEN"])}
+    assert urlsplit(denv["SHADOWPROXY_SOURCE"]).netloc == sink.netloc
+    assert urlsplit(denv["SHADOWPROXY_SOURCE"]).path == sink.path
+    assert container_ports(dash) == {port_of(denv["SHADOWPROXY_LISTEN"])}
 
 
 # -- Kubernetes sidecar -----------------------------------------------------------------------

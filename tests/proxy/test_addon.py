@@ -171,3 +171,52 @@ def test_proxy_thread_surfaces_a_configuration_error_at_once(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match=r"bad\.yaml:2"):
         ProxyThread("http://127.0.0.1:1", "http://127.0.0.1:2", rules=str(bad)).start()
     assert time.monotonic() - started < 20
+
+
+def test_plain_mitmdump_addon_writes_records_within_a_second_not_at_shutdown(tmp_path: Path) -> None:
+    """`mitmdump -s addons/shadow.py` used to hold JSONL records in a buffer until it stopped."""
+    import urllib.request
+
+    async def live_app(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1})
+
+    async def shadow_app(request: web.Request) -> web.Response:
+        return web.json_response({"v": 2})
+
+    out = tmp_path / "records.jsonl"
+    port = free_port()
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+
+    def mismatches() -> int:
+        return out.read_bytes().count(b'"outcome":"mismatch"') if out.exists() else 0
+
+    def wait_for(n: int, seconds: float) -> float:
+        start = time.monotonic()
+        while mismatches() < n:
+            assert time.monotonic() - start < seconds, f"{mismatches()} records after {seconds}s, want {n}"
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    with Backend(live_app) as live, Backend(shadow_app) as shadow:
+        proc = subprocess.Popen(
+            [str(mitmdump), "-q", "-s", str(ROOT / "addons" / "shadow.py"),
+             "--mode", f"reverse:{live.url}@127.0.0.1:{port}",
+             "--set", f"shadow_url={shadow.url}", "--set", f"shadow_sink=jsonl:{out}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/first", timeout=5).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.2)
+            wait_for(1, 8)  # the first may wait for the shadow worker to start; not for shutdown
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/second", timeout=5).read()
+            assert wait_for(2, 2.0) < 2.0
+        finally:
+            proc.terminate()
+            proc.wait(15)

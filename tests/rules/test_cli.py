@@ -60,7 +60,7 @@ def test_check_dash_reads_the_rules_from_stdin() -> None:
 def test_check_without_a_file_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["rules", "check"])
     assert result.exit_code == 2
-    assert "Missing argument" in result.output
+    assert result.output.strip().splitlines() == ["error: cli rules check: FILES is required"]
 
 
 def test_check_help_says_what_it_prints_and_the_exit_codes() -> None:

@@ -92,8 +92,8 @@ def test_tail_cli_takes_its_options_from_the_environment(tmp_path: Path) -> None
     f = tmp_path / "r.jsonl"
     f.write_text('{"id": "a"}\n')
     _register()
-    env = {"SHADOWPROXY_TAIL_SOURCE": f"jsonl:{f}", "SHADOWPROXY_TAIL_FROM_BEGINNING": "1",
-           "SHADOWPROXY_TAIL_FOLLOW": "0"}
+    env = {"SHADOWPROXY_SOURCE": f"jsonl:{f}", "SHADOWPROXY_FROM_BEGINNING": "1",
+           "SHADOWPROXY_FOLLOW": "0"}
     result = CliRunner().invoke(cli, ["tail"], env=env)
     assert result.exit_code == 0, result.output
     assert result.stdout == '{"id":"a"}\n'
@@ -114,7 +114,7 @@ def test_tail_help_says_it_all() -> None:
     result = CliRunner().invoke(cli, ["tail", "--help"])
     assert result.exit_code == 0
     for word in ("--source", "--from-beginning", "--group", "--follow / --no-follow",
-                 "SHADOWPROXY_TAIL_SOURCE", "Ctrl-C", "kafka://", "jsonl:"):
+                 "SHADOWPROXY_SOURCE", "Ctrl-C", "kafka://", "jsonl:"):
         assert word in result.output
 
 
@@ -128,3 +128,13 @@ def test_tail_cli_unreachable_kafka_is_one_red_line() -> None:
     assert result.exit_code == 2
     reason = "cannot reach Kafka (connection refused or unreachable)"
     assert result.stderr == f"error: --source {source}: {reason}\n"
+
+
+def test_tail_no_follow_alone_prints_what_is_there(tmp_path: Path) -> None:
+    """`--no-follow` without `--from-beginning` used to start at the end and print nothing."""
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"id": "a"}\n{"id": "b"}\n')
+    _register()
+    result = CliRunner().invoke(cli, ["tail", "--source", f"jsonl:{f}", "--no-follow"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["id"] for x in result.stdout.splitlines()] == ["a", "b"]

@@ -26,5 +26,14 @@
       " · updated " + new Date().toLocaleTimeString();
     status.dataset.version = String(data.version);
   });
-  events.onerror = function () { status.textContent = "disconnected, reconnecting…"; };
+  // Each answer ends at once (the server holds no request open) and the EventSource asks again
+  // after the server's `retry`: an error then is the normal end of an answer. Only when no answer
+  // has come for a few seconds is the dashboard really unreachable.
+  var lastAnswer = Date.now();
+  events.addEventListener("open", function () { lastAnswer = Date.now(); });
+  events.onerror = function () {
+    if (events.readyState === EventSource.CLOSED || Date.now() - lastAnswer > 5000) {
+      status.textContent = "disconnected, reconnecting…";
+    }
+  };
 })();
