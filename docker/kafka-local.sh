@@ -148,7 +148,11 @@ format_storage() {
   [[ -f "$KAFKA_DATA_DIR/logs/meta.properties" ]] && return 0
   local cluster_id
   # A Kafka cluster id is 16 random bytes, base64url without padding.
-  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  # One starting with '-' would be read as an option by kafka-storage's parser: draw again.
+  cluster_id="-"
+  while [[ "$cluster_id" == -* ]]; do
+    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  done
   # shellcheck disable=SC2046
   if ! java $(java_opts) -cp "$LIB_DIR/*" kafka.tools.StorageTool format \
       -t "$cluster_id" -c "$KAFKA_DATA_DIR/server.properties" >>"$OUT_FILE" 2>&1; then

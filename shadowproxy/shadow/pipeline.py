@@ -258,6 +258,7 @@ class Pipeline:
     ) -> None:
         ex = job.exchange
         noise: tuple[str, ...] = ()
+        explained: tuple[str, ...] = ()
         if comparison.too_large:
             self.stats.count(ex.route, "too_large")
             outcome = "too_large"
