@@ -210,7 +210,8 @@ class Pipeline:
         client = self.secondary if secondary and self.secondary is not None else self.client
         url = client.url_for(job.shadow_request, None if secondary else job.target)
         default_port = {"http": 80, "https": 443}.get(url.scheme)
-        authority = url.raw_host or ""
+        host = url.raw_host or ""
+        authority = f"[{host}]" if ":" in host else host  # an IPv6 literal, as a Host header has it
         if url.port is not None and url.port != default_port:
             authority = f"{authority}:{url.port}"
         return request_delta(job.exchange.request, job.shadow_request, shadow_authority=authority,
