@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import Any
 
 from shadowproxy.engine.diff import Comparison, Difference
-from shadowproxy.engine.shapes import clock_like, format_change, same_form, shape_of, shared_shape
+from shadowproxy.engine.shapes import clock_like, format_change, same_form, shape_of, shared_shape, zone_shift
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -57,6 +57,7 @@ __all__ = [
     "same_form",
     "shape_of",
     "shared_shape",
+    "zone_shift",
 ]
 
 MODES = ("off", "auto", "secondary")
@@ -377,9 +378,10 @@ class NoiseState:
         noise: set[FieldKey] = set()
         for d in comparison.differences:
             f = field_of(d, comparison.body_kind)
-            if f is not None and d.kind == "changed" and format_change(d.live, d.shadow, now,
-                                                                       now - elapsed_s):
-                real.append(d)  # a changed format is real, whatever the counts say
+            if f is not None and d.kind == "changed" and (
+                    format_change(d.live, d.shadow, now, now - elapsed_s)
+                    or zone_shift(d.live, d.shadow, now, elapsed_s)):
+                real.append(d)  # a changed format or a shifted clock is real, whatever the counts say
             elif f is not None and (
                 f in noise
                 or self.judged_noise(route, f, cfg)

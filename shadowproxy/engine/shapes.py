@@ -21,11 +21,14 @@ from typing import Any
 
 __all__ = [
     "CLOCK_SLACK_S", "NEAR_NOW_S", "Shape", "clock_like", "format_change", "same_form", "shape_of",
-    "shared_shape",
+    "shared_shape", "zone_shift",
 ]
 
 NEAR_NOW_S = 86_400.0  # a timestamp within a day of now may be a clock reading
 CLOCK_SLACK_S = 2.0  # rounding to whole seconds on both sides, and clock skew between hosts
+ZONE_STEP_S = 900.0  # time zone offsets are whole quarter hours (+05:45, +05:30, +01:00)
+MAX_ZONE_S = 26 * 3600.0  # UTC-12 to UTC+14
+MAX_ZONE_ELAPSED_S = 60.0  # beyond this between the answers (a replayed recording) no shift is told
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TOKEN = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9]*[_:.-])?(?P<hex>[0-9a-fA-F]{16,})")
@@ -175,3 +178,28 @@ def clock_like(live: Any, shadow: Any, now: float, elapsed_s: float) -> bool:
     if a is None or b is None or a.seconds is None or b.seconds is None or not same_form(a, b):
         return False
     return abs(a.seconds - b.seconds) <= max(elapsed_s, 0.0) + CLOCK_SLACK_S
+
+
+def zone_shift(live: Any, shadow: Any, now: float, elapsed_s: float) -> bool:
+    """Both are timestamps in one format whose difference is a whole number of quarter hours
+    (give or take what the clock moved between the answers, plus 2 s), not zero: one side
+    wrote its clock in another time zone, or shifted it (`…T01:00:00.123Z` vs `…T02:00:00.124Z`).
+    That is a real change even in a field whose values are clock readings (noise).
+
+    Not told: when the two answers are more than a minute apart (a replayed recording, whose
+    clock moved by far more than any slack), and when both values sit on quarter hours
+    themselves (a slot or an expiry rounded to the hour: such values differ by whole quarter
+    hours when they differ at all). A value that varies at random within a day is taken for a
+    shift in about 2 * (slack) / 900 of its exchanges (0.5 % with the 2 s slack)."""
+    if not 0.0 <= elapsed_s <= MAX_ZONE_ELAPSED_S:
+        return False
+    a, b = shape_of(live, now - elapsed_s), shape_of(shadow, now)
+    if a is None or b is None or a.seconds is None or b.seconds is None or a.kind != "timestamp" \
+            or not same_form(a, b):
+        return False
+    if a.seconds % ZONE_STEP_S == 0 and b.seconds % ZONE_STEP_S == 0:
+        return False
+    slack = elapsed_s + CLOCK_SLACK_S
+    delta = b.seconds - a.seconds
+    steps = round(delta / ZONE_STEP_S)
+    return steps != 0 and abs(steps) * ZONE_STEP_S <= MAX_ZONE_S and abs(delta - steps * ZONE_STEP_S) <= slack
