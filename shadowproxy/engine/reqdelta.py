@@ -23,6 +23,9 @@ A difference is explained when, and only when:
   (`/get?url=http://live/x`) is echoed unchanged next to the replaced authority. Echoes of the items only one
   request had (below) inside such a string (`"X-Shadow-Request": "1"` in a serialised object
   or an NDJSON line) are taken out first;
+- or it is a member removed on the live's side and one added on the shadow's under the same
+  parent whose keys are equal once substituted (the authority as a JSON object key) and whose
+  values are equal or explained;
 - or it was added on the shadow's side (removed on the live's) under a name that is a request
   header or query parameter only the shadow's (only the live's) request had, with that
   request's value: an echoed `X-Shadow-Request: 1` as a JSON member, a `[name, value]` pair,
@@ -93,6 +96,13 @@ class RequestDelta:
         if kind == "removed" and shadow is None:
             return self._echo(path, live, self.only_live)
         return False
+
+    def explains_key(self, live_path: str, shadow_path: str) -> bool:
+        """Whether a member removed at `live_path` and one added at `shadow_path` have one
+        parent and keys equal once substituted (the authority as a JSON object key)."""
+        lp, _, lk = live_path.rpartition("/")
+        sp, _, sk = shadow_path.rpartition("/")
+        return lp == sp and self._substituted_equal(unescape(lk), unescape(sk))
 
     def _substituted_equal(self, live: Any, shadow: Any) -> bool:
         if not isinstance(live, str) or not isinstance(shadow, str):

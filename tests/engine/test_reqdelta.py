@@ -114,3 +114,16 @@ def test_the_authority_replaced_in_some_places_and_not_others_is_explained() -> 
                           "see http://shadow.internal:9001/a from live.internal:8001")
     assert not delta.explains("body", "/note", "changed", "see http://live.internal:8001/a from x",
                               "see http://shadow.internal:9001/a from y")
+
+
+def test_the_authority_as_a_json_object_key_is_one_member_explained() -> None:
+    live = Response(200, JSON, b'{"upstreams": {"live.internal:8001": "up", "db": "up"}}')
+    shadow = Response(200, JSON, b'{"upstreams": {"shadow.internal:9001": "up", "db": "up"}}')
+    c = compare_responses(live, shadow, CompareOptions(), DELTA)
+    assert c.differences == ()
+    assert sorted(d.kind for d in c.request_delta) == ["added", "removed"]
+    # another value under the substituted key is a real change; so is any other key
+    changed = Response(200, JSON, b'{"upstreams": {"shadow.internal:9001": "down", "db": "up"}}')
+    assert len(compare_responses(live, changed, CompareOptions(), DELTA).differences) == 2
+    other = Response(200, JSON, b'{"upstreams": {"other.internal:9001": "up", "db": "up"}}')
+    assert len(compare_responses(live, other, CompareOptions(), DELTA).differences) == 2
