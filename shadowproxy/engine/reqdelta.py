@@ -38,6 +38,7 @@ different number of items.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -227,7 +228,8 @@ def _some_substituted_equal(live: str, shadow: str, pairs: tuple[tuple[str, str]
         if len(seen) > MAX_STATES:
             return False
         # run on equal characters up to the next position where an item starts in live
-        k = next((p for p in positions if p >= i), n)  # (few positions: a linear scan is enough)
+        at = bisect_left(positions, i)
+        k = positions[at] if at < len(positions) else n
         run = k - i
         if live[i:k] != shadow[j:j + run]:
             continue
