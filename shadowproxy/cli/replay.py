@@ -99,8 +99,7 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
         f"  too large       {s.too_large}",
         f"  skipped         {sum(s.skipped.values())}{_by(s.skipped)}",
         f"  not replayable  {sum(s.unreplayable.values())}{_by(s.unreplayable)}",
-        f"  adjusted        {s.adjusted}" + ("  (recorded revalidations: a shadow 304 judged against the "
-                                             "recorded validators)" if s.adjusted else ""),
+        f"  adjusted        {s.adjusted}{_adjusted(s.adjusted_by)}",
     ]
     overall, routes = judging.verdict()
     lines.append(f"verdict: {overall}" + (f" (--fail-on {fail_on})" if fail_on else ""))
@@ -112,6 +111,14 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
         sys.exit(EXIT_INTERRUPTED)
     if gate_fails(overall, "fail" if fail_on == "fail" else "warn" if fail_on == "warn" else None):
         sys.exit(1)
+
+
+_ADJUSTED = {"revalidation": "recorded revalidations: a shadow 304 judged against the recorded validators",
+             "body_not_recorded": "bodies not recorded: status and headers compared"}
+
+
+def _adjusted(counts: Counter[str]) -> str:
+    return f"  ({'; '.join(f'{_ADJUSTED[k]}: {v}' for k, v in sorted(counts.items()))})" if counts else ""
 
 
 def _by(counts: Counter[str]) -> str:

@@ -168,10 +168,36 @@ def _compare(
     else:
         _compare_headers(live.headers, shadow.headers, opts.ignore_headers, out)
     bodies = _compare_bodies(live, shadow, opts, out, notes)
+    if delta is not None:
+        _pair_keys(out, delta)
     return Comparison(
         tuple(out.found), (*notes, *out.notes()), bodies.kind, bodies.live, bodies.shadow, bodies.too_large,
         tuple(out.explained),
     )
+
+
+def _pair_keys(out: _Collector, delta: RequestDelta) -> None:
+    """A member removed and one added whose keys differ only as the requests did (the
+    authority as a JSON object key) are one member: moved to the explained ones."""
+    removed = [d for d in out.found if d.part == "body" and d.kind == "removed"]
+    added = [d for d in out.found if d.part == "body" and d.kind == "added"]
+    if not removed or not added:
+        return
+    paired: set[int] = set()
+    for r in removed:
+        for a in added:
+            if id(a) not in paired and delta.explains_key(r.path, a.path) and _same_member(delta, r, a):
+                paired.update((id(r), id(a)))
+                break
+    if paired:
+        out.explained.extend(d for d in out.found if id(d) in paired)
+        out.found = [d for d in out.found if id(d) not in paired]
+
+
+def _same_member(delta: RequestDelta, removed: Difference, added: Difference) -> bool:
+    if removed.live == added.shadow:  # (an excerpt, cut to its first characters, proves nothing)
+        return not (isinstance(removed.live, str) and removed.live.endswith(ELLIPSIS))
+    return delta.explains("body", removed.path, "changed", removed.live, added.shadow)
 
 
 def _fallback(live: Response, shadow: Response, opts: CompareOptions, exc: Exception) -> Comparison:

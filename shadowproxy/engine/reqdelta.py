@@ -13,12 +13,19 @@ A difference is explained when, and only when:
   differs between the two requests is replaced by one placeholder per item on each side: the
   live request's value in the live answer, the shadow request's in the shadow answer. Items:
   the authority (`Host`), as `host:port`, as a base URL (`http://` or `https://` before it,
-  so a scheme change between the two backends is explained too) and percent-encoded; the path
-  when a rewrite changed it; each changed query value and request header value. An item
-  shorter than 4 characters only explains a value that is the whole item (`"1"` -> `"2"`), so a
-  short query value cannot explain a digit anywhere in a text. Echoes of the items only one
+  so a scheme change between the two backends is explained too) and percent-encoded; each
+  request's own URL (absolute, path and query, the query string alone) when they differ, so
+  an echoed URL that a rewrite changed is explained as a whole, short query values inside it
+  too; the path when a rewrite changed it; each changed query value (also as `name=value`) and
+  request header value. An item shorter than 4 characters only explains a value that is the
+  whole item (`"1"` -> `"2"`), so a short query value cannot explain a digit anywhere in a
+  text. Some occurrences may stay unreplaced: the live's URL carried in the query
+  (`/get?url=http://live/x`) is echoed unchanged next to the replaced authority. Echoes of the items only one
   request had (below) inside such a string (`"X-Shadow-Request": "1"` in a serialised object
   or an NDJSON line) are taken out first;
+- or it is a member removed on the live's side and one added on the shadow's under the same
+  parent whose keys are equal once substituted (the authority as a JSON object key) and whose
+  values are equal or explained;
 - or it was added on the shadow's side (removed on the live's) under a name that is a request
   header or query parameter only the shadow's (only the live's) request had, with that
   request's value: an echoed `X-Shadow-Request: 1` as a JSON member, a `[name, value]` pair,
@@ -31,6 +38,7 @@ different number of items.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -90,14 +98,25 @@ class RequestDelta:
             return self._echo(path, live, self.only_live)
         return False
 
+    def explains_key(self, live_path: str, shadow_path: str) -> bool:
+        """Whether a member removed at `live_path` and one added at `shadow_path` have one
+        parent and keys equal once substituted (the authority as a JSON object key)."""
+        lp, _, lk = live_path.rpartition("/")
+        sp, _, sk = shadow_path.rpartition("/")
+        return lp == sp and self._substituted_equal(unescape(lk), unescape(sk))
+
     def _substituted_equal(self, live: Any, shadow: Any) -> bool:
         if not isinstance(live, str) or not isinstance(shadow, str):
             return False
         if (live, shadow) in self.pairs:  # the whole value is one item (short ones too)
             return True
-        la = _drop_echoes(_substitute(live, self.pairs, 0), self.only_live)
-        sa = _drop_echoes(_substitute(shadow, self.pairs, 1), self.only_shadow)
-        return la == sa  # (they differed before: equal only thanks to the delta)
+        la = _drop_echoes(live, self.only_live)
+        sa = _drop_echoes(shadow, self.only_shadow)
+        if la == sa:  # (they differed before: equal only thanks to the delta)
+            return True
+        if _substitute(la, self.pairs, 0) == _substitute(sa, self.pairs, 1):  # every occurrence
+            return True
+        return _some_substituted_equal(la, sa, self.pairs)
 
     def _echo(self, path: str, value: Any, items: tuple[tuple[str, str], ...]) -> bool:
         if not items:
@@ -175,6 +194,58 @@ def _substitute(text: str, pairs: tuple[tuple[str, str], ...], side: int) -> str
     return rx.sub(lambda m: _PLACEHOLDER.format(index[m.group(0)]), text)
 
 
+MAX_STATES = 20_000  # a bound on the search below; beyond it a value is not explained
+
+
+def _some_substituted_equal(live: str, shadow: str, pairs: tuple[tuple[str, str], ...]) -> bool:
+    """Whether replacing some occurrences (not necessarily all) of items by their pair's other
+    side makes `live` equal to `shadow`: the authority echoed in the URL of a request whose query
+    carries the live's own URL (`/get?url=http://live/x`) changes in one place, not in both.
+
+    A search over positions (i in live, j in shadow): equal characters advance both, an item of
+    a pair at i whose other side stands at j advances both past it. Only items of at least
+    MIN_TOKEN characters on both sides take part."""
+    usable = [(a, b) for a, b in pairs if len(a) >= MIN_TOKEN and len(b) >= MIN_TOKEN]
+    if not usable:
+        return False
+    starts: dict[int, list[tuple[str, str]]] = {}
+    for a, b in usable:
+        k = live.find(a)
+        while k >= 0:
+            starts.setdefault(k, []).append((a, b))
+            k = live.find(a, k + 1)
+    if not starts:
+        return False
+    positions = sorted(starts)
+    seen: set[tuple[int, int]] = set()
+    todo = [(0, 0)]
+    n, m = len(live), len(shadow)
+    while todo:
+        i, j = todo.pop()
+        if (i, j) in seen:
+            continue
+        seen.add((i, j))
+        if len(seen) > MAX_STATES:
+            return False
+        # run on equal characters up to the next position where an item starts in live
+        at = bisect_left(positions, i)
+        k = positions[at] if at < len(positions) else n
+        run = k - i
+        if live[i:k] != shadow[j:j + run]:
+            continue
+        i, j = k, j + run
+        if i == n:
+            if j == m:
+                return True
+            continue
+        for a, b in starts.get(i, ()):
+            if shadow.startswith(b, j):
+                todo.append((i + len(a), j + len(b)))
+        if j < m and live[i] == shadow[j]:
+            todo.append((i + 1, j + 1))
+    return False
+
+
 _RX_CACHE: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
@@ -199,6 +270,10 @@ def _authority_forms(
     yield quote(live, safe=""), quote(shadow, safe="")
 
 
+def _query_item(name: str, value: str) -> str:
+    return Request("GET", "", ((name, value),)).query_string
+
+
 def request_delta(
     live: Request,
     shadow: Request,
@@ -217,6 +292,16 @@ def request_delta(
     pairs: list[tuple[str, str]] = []
     if la and sa and la != sa:
         pairs.extend(_authority_forms(la, sa, live_scheme, shadow_scheme))
+    if live.target != shadow.target:
+        # the request's own URL as echoes build it (a rewrite's path and query inside it, the
+        # short values too): absolute, path and query alone, the query string alone
+        if la and sa:
+            pairs.append((f"{live_scheme}://{la}{live.target}", f"{shadow_scheme}://{sa}{shadow.target}"))
+        pairs.append((live.target, shadow.target))
+        if live.query_string != shadow.query_string and live.query_string and shadow.query_string:
+            pairs.append((live.query_string, shadow.query_string))
+    elif la and sa and la != sa:
+        pairs.append((f"{live_scheme}://{la}{live.target}", f"{shadow_scheme}://{sa}{shadow.target}"))
     if live.path != shadow.path:
         pairs.append((live.path, shadow.path))
     lq: dict[str, str] = {}
@@ -232,6 +317,8 @@ def request_delta(
             only_shadow.append((_norm_name(k), v))
         elif lq[k] != v:
             pairs.append((lq[k], v))
+            # as a URL's query carries it: `page=2` stands for the parameter, short value or not
+            pairs.append((_query_item(k, lq[k]), _query_item(k, v)))
     only_live.extend((_norm_name(k), v) for k, v in lq.items() if k not in sq)
     for k, v in sh.items():
         if k in ("host", ":authority"):

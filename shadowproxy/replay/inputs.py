@@ -13,13 +13,16 @@ a reason: `not_http` (TCP, UDP, DNS flows), `live_error` (an HTTP flow or HAR en
 response, as the proxy counts a live failure), `not_on_wire` (an answer that never came from the
 network: a browser cache hit, `_transferSize: 0` with a cache marker, or a flow without a server
 connection). A replayable entry may be `adjusted`: `revalidation`, a conditional request whose
-recorded non-304 answer is the representation its validators name (engine.conditional).
+recorded non-304 answer is the representation its validators name (engine.conditional); and
+its body may be unrecorded (`body_recorded` False: a HAR entry without `content.text` and
+`content.size: -1`), then only its status and headers are compared.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -52,6 +55,9 @@ class Entry:
     unreplayable: str = ""  # "" | not_http | live_error | not_on_wire
     ts: float = 0.0  # unix time it was recorded
     adjusted: str = ""  # "" | revalidation: a shadow 304 is judged against the recorded validators
+    # False: the recording holds no body for this answer (a browser that never read it): its
+    # body is not compared, only its status and headers (docs/replay.md)
+    body_recorded: bool = True
 
 
 def _replayable(index: int, request: Request, live: Response, ts: float) -> Entry:
@@ -332,7 +338,23 @@ def _har_entry(index: int, item: Any, mitm: bool) -> Entry:
     content = _get(resp, "content", rwhere, dict, required=False, default={})
     body = _body(content, f"{rwhere}.content", headers, mitm)
     headers = tuple((k, v) for k, v in headers if k.lower() not in _HAR_DROP_HEADERS)
-    return _replayable(index, request, Response(status, headers, body, _har_latency(item)), _har_ts(item))
+    entry = _replayable(index, request, Response(status, headers, body, _har_latency(item)), _har_ts(item))
+    if not _body_recorded(request, status, content, resp):
+        entry = dataclasses.replace(entry, body_recorded=False)
+    return entry
+
+
+def _body_recorded(request: Request, status: int, content: dict[str, Any], resp: dict[str, Any]) -> bool:
+    """Whether the HAR holds the answer's body (an empty one counts). Chromium records none for
+    a body the page never read (a fetch whose response was dropped, a load cut by a reload):
+    `content.size: -1` with no `content.text`, often `_failureText: net::ERR_ABORTED`. An
+    answer that has no body by protocol (HEAD, 1xx, 204, 304) always counts as recorded."""
+    if request.method == "HEAD" or status < 200 or status in (204, 304):
+        return True
+    if "text" in content:
+        return True
+    size = content.get("size")
+    return not ((isinstance(size, int) and size < 0) or resp.get("_failureText"))
 
 
 def _from_cache(item: dict[str, Any], resp: dict[str, Any]) -> bool:

@@ -62,7 +62,9 @@ class ReplaySummary:
     shadow_errors: int = 0
     too_large: int = 0
     dropped: int = 0
-    adjusted: int = 0  # replayed entries adjusted: recorded revalidations (docs/replay.md)
+    # replayed entries adjusted (docs/replay.md): recorded revalidations, bodies not recorded
+    adjusted: int = 0
+    adjusted_by: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     unreplayable: Counter[str] = field(default_factory=Counter)
     interrupted: bool = False
@@ -225,6 +227,13 @@ class Replayer:
             # recorded validators (engine.conditional), so the pipeline applies it to the recording
             job.exchange.annotations["revalidation"] = "1"
             self.stats.count(decision.route, "adjusted")
+            self.summary.adjusted_by["revalidation"] += 1
+        if self.live is None and not entry.body_recorded:
+            # the recording holds no body (a browser never read it): status and headers only
+            job.exchange.annotations["body_not_recorded"] = "1"
+            if entry.adjusted != "revalidation":
+                self.stats.count(decision.route, "adjusted")
+            self.summary.adjusted_by["body_not_recorded"] += 1
         await self.pipeline.process(job)
 
     async def _call_live(self, request: Request, decision: Decision) -> Response | None:

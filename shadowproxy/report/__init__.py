@@ -50,7 +50,8 @@ The report (and `--format json`) is a dict with these stable keys:
       request_delta       {exchanges, fields: {field: count}}: differences explained by how the
                           shadow's request differed from the live's, never mismatches (docs/noise.md)
       adjusted            replay: recorded revalidations whose shadow 304 was judged against the
-                          recorded validators (docs/replay.md)
+                          recorded validators, and answers whose body the recording does not
+                          hold, compared on status and headers only (docs/replay.md)
     notes           things a reader should know (missing stats records, invalid records)
 """
 

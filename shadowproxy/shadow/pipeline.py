@@ -193,13 +193,17 @@ class Pipeline:
             return
         if result.status == 304 and ex.live.status != 304 and ex.annotations.get("revalidation"):
             result = apply_not_modified(ex.live, result)  # a replayed recorded revalidation
+        compared = result
+        if ex.annotations.get("body_not_recorded"):
+            # replay of an answer whose body the recording does not hold: status and headers only
+            compared = dataclasses.replace(result, body=ex.live.body)
         self.stats.latency(ex.route, ex.live.latency_ms, result.latency_ms)
         if self._compare_slots <= 0:
             self.stats.count(ex.route, "dropped")  # comparisons shed; the shadow still got its copy
             return
         self._compare_slots -= 1
         try:
-            comparison = await self._compare(ex.live, result, s.compare, self._delta(job))
+            comparison = await self._compare(ex.live, compared, s.compare, self._delta(job))
             pair: Comparison | None = None
             if isinstance(second, Response):
                 # shadow twice: the two shadow answers (one request: no delta); a secondary: live
@@ -221,7 +225,8 @@ class Pipeline:
         client = self.secondary if secondary and self.secondary is not None else self.client
         url = client.url_for(job.shadow_request, None if secondary else job.target)
         default_port = {"http": 80, "https": 443}.get(url.scheme)
-        authority = url.raw_host or ""
+        host = url.raw_host or ""
+        authority = f"[{host}]" if ":" in host else host  # an IPv6 literal, as a Host header has it
         if url.port is not None and url.port != default_port:
             authority = f"{authority}:{url.port}"
         return request_delta(job.exchange.request, job.shadow_request, shadow_authority=authority,

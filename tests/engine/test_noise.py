@@ -25,6 +25,7 @@ from shadowproxy.engine.noise import (
     parse_field_name,
     shape_of,
     shared_shape,
+    zone_shift,
 )
 
 NOW = 1_790_000_000.0
@@ -467,3 +468,17 @@ def test_recorded_timestamp_is_judged_by_when_it_was_recorded() -> None:
     stored = changed("/created_at", iso(NOW - 2 * year), iso(NOW))  # not the recording's time
     state.observe("r", comp(stored))
     assert state.split("r", comp(stored), AUTO, now=NOW, elapsed_s=year).real == (stored,)
+
+
+def test_a_timestamp_shifted_by_whole_quarter_hours_is_a_zone_shift_not_a_clock_reading() -> None:
+    def z(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    t = NOW + 0.123
+    assert zone_shift(z(t), z(t + 3600.004), NOW, 0.01)  # one hour off
+    assert zone_shift(z(t), z(t - 5.5 * 3600), NOW, 0.01)  # UTC+05:30 written as UTC
+    assert not zone_shift(z(t), z(t + 0.5), NOW, 0.6)  # the clock moved
+    assert not zone_shift(z(t), z(t + 1234.5), NOW, 0.01)  # no whole quarter hour
+    assert not zone_shift(z(t), z(t + 3600.004), NOW, 3600.0)  # a recording an hour old
+    top = NOW - NOW % 3600  # both rounded to the hour: an expiry slot, not a shifted clock
+    assert not zone_shift(z(top), z(top + 3600), NOW, 0.01)

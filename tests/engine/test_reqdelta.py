@@ -73,3 +73,57 @@ def test_compare_keeps_explained_differences_apart_and_counts_only_the_rest() ->
     assert [d.path for d in c.request_delta] == ["/self"]
     plain = compare_responses(live, shadow, CompareOptions())
     assert [d.path for d in plain.differences] == ["/self", "/n"]
+
+
+def test_an_echoed_url_of_a_rewritten_path_and_query_is_explained_whole() -> None:
+    live = Request("POST", "/anything/orders", (), (("Host", "live.internal:8001"),))
+    rewritten = Request("POST", "/anything/orders/dry-run", (("dry_run", "1"),),
+                        (("X-Shadow-Request", "1"), ("Idempotency-Key", "abc123")))
+    delta = request_delta(live, rewritten, shadow_authority="shadow.internal:9001")
+    assert delta.explains("body", "/url", "changed", "http://live.internal:8001/anything/orders",
+                          "http://shadow.internal:9001/anything/orders/dry-run?dry_run=1")
+    assert delta.explains("header", "/location", "changed", "/anything/orders",
+                          "/anything/orders/dry-run?dry_run=1")
+    assert not delta.explains("body", "/url", "changed", "http://live.internal:8001/anything/orders",
+                              "http://shadow.internal:9001/anything/orders/dry-run?dry_run=2")
+
+
+def test_an_echoed_url_with_a_short_rewritten_query_value_is_explained() -> None:
+    live = Request("GET", "/anything/page", (("page", "2"), ("x", "2")), (("Host", "live.internal:8001"),))
+    rewritten = Request("GET", "/anything/page", (("page", "3"), ("x", "2")), SHADOW.headers)
+    delta = request_delta(live, rewritten, shadow_authority="shadow.internal:9001")
+    assert delta.explains("body", "/url", "changed", "http://live.internal:8001/anything/page?page=2&x=2",
+                          "http://shadow.internal:9001/anything/page?page=3&x=2")
+    assert delta.explains("body", "/next", "changed", "/anything/page?page=2&x=2",
+                          "/anything/page?page=3&x=2")
+    assert not delta.explains("body", "/url", "changed", "http://live.internal:8001/anything/page?page=2&x=2",
+                              "http://shadow.internal:9001/anything/page?page=3&x=3")
+    assert not delta.explains("body", "/title", "changed", "page 2 of 9", "page 3 of 9")
+
+
+def test_the_authority_replaced_in_some_places_and_not_others_is_explained() -> None:
+    live = Request("GET", "/get", (("url", "http://live.internal:8001/x"),),
+                   (("Host", "live.internal:8001"),))
+    shadow = Request("GET", "/get", live.query, SHADOW.headers)
+    delta = request_delta(live, shadow, shadow_authority="shadow.internal:9001")
+    assert delta.explains("body", "/url", "changed", "http://live.internal:8001/get?url=http://live.internal:8001/x",
+                          "http://shadow.internal:9001/get?url=http://live.internal:8001/x")
+    # in a text that is no one URL, too
+    assert delta.explains("body", "/note", "changed",
+                          "see http://live.internal:8001/a from live.internal:8001",
+                          "see http://shadow.internal:9001/a from live.internal:8001")
+    assert not delta.explains("body", "/note", "changed", "see http://live.internal:8001/a from x",
+                              "see http://shadow.internal:9001/a from y")
+
+
+def test_the_authority_as_a_json_object_key_is_one_member_explained() -> None:
+    live = Response(200, JSON, b'{"upstreams": {"live.internal:8001": "up", "db": "up"}}')
+    shadow = Response(200, JSON, b'{"upstreams": {"shadow.internal:9001": "up", "db": "up"}}')
+    c = compare_responses(live, shadow, CompareOptions(), DELTA)
+    assert c.differences == ()
+    assert sorted(d.kind for d in c.request_delta) == ["added", "removed"]
+    # another value under the substituted key is a real change; so is any other key
+    changed = Response(200, JSON, b'{"upstreams": {"shadow.internal:9001": "down", "db": "up"}}')
+    assert len(compare_responses(live, changed, CompareOptions(), DELTA).differences) == 2
+    other = Response(200, JSON, b'{"upstreams": {"other.internal:9001": "up", "db": "up"}}')
+    assert len(compare_responses(live, other, CompareOptions(), DELTA).differences) == 2

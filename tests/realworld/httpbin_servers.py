@@ -33,11 +33,12 @@ PLANTED = {
 class HttpbinServer:
     """`with HttpbinServer() as s: s.url` serves httpbin (or `app`) until the block ends."""
 
-    def __init__(self, app: WsgiApp | None = None) -> None:
+    def __init__(self, app: WsgiApp | None = None, host: str = "127.0.0.1") -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-        self._server = make_server("127.0.0.1", 0, app or httpbin.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self.authority = f"127.0.0.1:{self._server.server_port}"
+        self._server = make_server(host, 0, app or httpbin.app, threaded=True)
+        name = f"[{host}]" if ":" in host else host  # an IPv6 literal in a URL
+        self.url = f"http://{name}:{self._server.server_port}"
+        self.authority = f"{name}:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name=self.url)
 
     def __enter__(self) -> HttpbinServer:

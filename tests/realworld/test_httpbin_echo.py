@@ -218,3 +218,60 @@ def test_request_delta_fields_are_counted_per_route_in_stats_and_listed_in_recor
             for name, n in r["routes"]["anything"]["request_delta_fields"].items():
                 counted[name] = counted.get(name, 0) + n
     assert counted["body:/headers/Host"] == counted["body:/url"] == 4
+
+
+def send(proxy: ProxyThread, method: str, paths: list[str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    try:
+        for path in paths:
+            conn.request(method, path, body=b'{"sku": 7}' if method == "POST" else None,
+                         headers={"Content-Type": "application/json"} if method == "POST" else {})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200, (path, resp.status)
+    finally:
+        conn.close()
+
+
+def test_an_echoed_rewritten_path_and_query_is_request_delta_not_a_mismatch(
+    live: HttpbinServer, shadow: HttpbinServer, tmp_path: Path
+) -> None:
+    routes = ('  - name: rw\n    match: {methods: [POST], path: "/anything/orders"}\n    action: rewrite\n'
+              '    rewrite: {path: "/anything/orders/dry-run", query: {dry_run: "1"},'
+              ' headers: {Idempotency-Key: "{request_hash}"}}\n'
+              '  - name: rwq\n    match: {path: "/anything/page"}\n    action: rewrite\n'
+              '    rewrite: {query: {page: "3"}}\n')
+    path = tmp_path / "rules-rw.yaml"
+    path.write_text(f"version: 1\nroutes:\n{routes}")
+    sink = MemorySink()
+    with ProxyThread(live.url, shadow.url, rules=str(path), sink=sink) as proxy:
+        send(proxy, "POST", ["/anything/orders"] * 5)
+        send(proxy, "GET", ["/anything/page?page=2&x=2"] * 5)
+    recs = exchanges(sink.records)
+    assert recs == [], [(r["path"], r["differences"]) for r in recs]
+    t = totals(sink.records)
+    assert t["compared"] == t["request_delta"] == 10
+
+
+def test_the_live_authority_in_the_query_keeps_its_place_in_the_echoed_url(
+    live: HttpbinServer, shadow: HttpbinServer
+) -> None:
+    sink = MemorySink()
+    with ProxyThread(live.url, shadow.url, sink=sink) as proxy:
+        drive(proxy, [f"/get?url=http://{live.authority}/x",
+                      f"/redirect-to?url=http://{live.authority}/get"] * 3)
+    recs = exchanges(sink.records)
+    assert recs == [], [(r["path"], r["differences"]) for r in recs]
+    assert totals(sink.records)["request_delta"] == 3  # /get; the redirect's Location is the query's
+
+
+def test_an_ipv6_literal_shadow_is_recognised_as_the_shadow_s_authority(live: HttpbinServer) -> None:
+    sink = MemorySink()
+    with HttpbinServer(host="::1") as v6, ProxyThread(live.url, v6.url, sink=sink) as proxy:
+        drive(proxy, ["/get?a=1", "/anything/x", "/absolute-redirect/1", "/headers"] * 2)
+    for r in exchanges(sink.records):
+        # what is left is the address the proxy connected from (::1 for the shadow): not the
+        # authority, nor the Host, /url or Location that carry it
+        assert fields(r) == {"body:/origin"}, (r["path"], r["differences"])
+        assert {"body:/headers/Host", "body:/url"} <= set(r["request_delta"])
+    assert totals(sink.records)["request_delta"] == 4  # /absolute-redirect and /headers

@@ -189,3 +189,14 @@ def test_har_cache_hits_are_not_on_wire_and_revalidations_recorded_as_200_are_ad
     path = write_har(tmp_path, har(hit, devtools_hit, revalidated, changed, not_modified))
     got = [(e.unreplayable, e.adjusted) for e in read_entries(path)]
     assert got == [("not_on_wire", ""), ("not_on_wire", ""), ("", "revalidation"), ("", ""), ("", "")]
+
+
+def test_a_har_answer_whose_body_was_never_recorded_is_marked_so_its_body_is_not_compared(
+    tmp_path: Path,
+) -> None:
+    unread = entry(content={"size": -1, "mimeType": "application/json"})
+    unread["response"]["_failureText"] = "net::ERR_ABORTED"
+    empty = entry(content={"size": 0, "mimeType": "text/plain", "text": ""})
+    not_modified = entry(status=304, content={"size": -1})
+    got = list(read_entries(write_har(tmp_path, har(unread, empty, not_modified, entry()))))
+    assert [e.body_recorded for e in got] == [False, True, True, True]
