@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import mmap
 import os
 import signal
 import subprocess
@@ -260,7 +261,8 @@ def run_cmd(
     logging.getLogger("shadowproxy").info(
         "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
     )
-    shadow_addon = ShadowAddon()
+    switch, switch_fd = _shared_switch(sibling, reuse_port, shadow_max_rps) if reuse_port > 1 else (None, -1)
+    shadow_addon = ShadowAddon(switch=switch)
     extra: tuple[Any, ...] = ()
     if admin is not None:
         from shadowproxy.admin import AdminAddon
@@ -270,32 +272,53 @@ def run_cmd(
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
     if reuse_port > 1 and not sibling:
-        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1))
+        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1, switch_fd))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra))
 
 
 SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
+SWITCH_FD_ENV = "SHADOWPROXY_REUSE_PORT_SWITCH_FD"  # the shared switch's memfd, inherited by siblings
 
 
-def _spawn_siblings(n: int) -> list[subprocess.Popen[bytes]]:
+def _shared_switch(sibling: int, processes: int, max_rps: float | None) -> tuple[Any, int]:
+    """The kill switch, sample override and global rate in shared memory (an anonymous memfd
+    the first process creates and its siblings inherit), so the admin API in the first process
+    acts on all N processes with their next request; and the memfd (-1 in a sibling)."""
+    from shadowproxy.policy import SWITCH_BYTES, SharedSwitch
+
+    if sibling:
+        fd = int(os.environ.get(SWITCH_FD_ENV, "-1"))
+        if fd < 0:
+            return None, -1
+        return SharedSwitch(mmap.mmap(fd, SWITCH_BYTES), processes, init=False, options=False), -1
+    fd = os.memfd_create("shadowproxy-switch", 0)
+    os.ftruncate(fd, SWITCH_BYTES)
+    return SharedSwitch(mmap.mmap(fd, SWITCH_BYTES), processes, init=True, max_rps=max_rps), fd
+
+
+def _spawn_siblings(n: int, switch_fd: int = -1) -> list[subprocess.Popen[bytes]]:
     """The same command in n more processes; each dies with this one (PR_SET_PDEATHSIG)."""
 
     def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
     cmd = [sys.executable, "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
+    fds = (switch_fd,) if switch_fd >= 0 else ()
     return [
-        subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i)}, preexec_fn=die_with_parent)
+        subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i), SWITCH_FD_ENV: str(switch_fd)},
+                         preexec_fn=die_with_parent, pass_fds=fds)
         for i in range(1, n + 1)
     ]
 
 
-async def _serve_with_siblings(settings: Any, addon: Any, extra: tuple[Any, ...], n: int) -> None:
+async def _serve_with_siblings(
+    settings: Any, addon: Any, extra: tuple[Any, ...], n: int, switch_fd: int = -1
+) -> None:
     """Serve here and in n sibling processes; SIGTERM here reaches them, and they end with us."""
     from shadowproxy.proxy.master import request_stop, serve
 
-    siblings = _spawn_siblings(n)
+    siblings = _spawn_siblings(n, switch_fd)
     loop = asyncio.get_running_loop()
     started: asyncio.Future[Any] = loop.create_future()
     task = asyncio.ensure_future(serve(settings, addon, extra_addons=extra, started=started))

@@ -177,7 +177,9 @@ class ShadowAddon:
             secondary_url=o.shadow_secondary_url,
             noise_state=o.shadow_noise_state,
         )
-        if "shadow_max_rps" in updated:  # else keep what the admin API may have set since
+        # else keep what the admin API may have set since; a --reuse-port sibling's switch is the
+        # first process's (shared memory), set from the same flags there
+        if "shadow_max_rps" in updated and self.switch.options:
             self.switch.max_rps = max_rps
         self.policy = Policy(rules, self.switch)
 
