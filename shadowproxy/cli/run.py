@@ -104,8 +104,9 @@ def setup_logging(verbose: int) -> None:
     default=None,
     envvar="SHADOWPROXY_SHADOW_MAX_RPS",
     show_envvar=True,
-    help="Copies per second sent to the shadow at most, all routes together (token bucket, burst "
-    "0.2 s); more are skipped and counted rate_limited. Per proxy process. Changed at runtime with "
+    help="Copies per second sent to the shadow at most, all routes together, for the whole proxy "
+    "(with --reuse-port N each process gets 1/N; token bucket, burst max(2, 0.2 s)); more are skipped "
+    "and counted rate_limited. A budget in the rules spends at most this. Changed at runtime with "
     "PUT /shadow/rate. Default: no limit (rules may still set max_rps per route).",
 )
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
@@ -143,7 +144,8 @@ def setup_logging(verbose: int) -> None:
     show_default=True,
     help="Run N proxy processes on --listen (SO_REUSEPORT: the kernel spreads connections), each with "
     "its own shadow worker. With a jsonl sink, process i > 0 writes PATH.i; the admin API runs in the "
-    "first process only (its /metrics counts that process).",
+    "first process (its /metrics counts that process; its kill switch, sample override and rate act "
+    "on all N). Rate limits and the budget are for the whole proxy: each process gets 1/N.",
 )
 @click.option(
     "--ca-file",
