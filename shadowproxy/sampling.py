@@ -147,7 +147,11 @@ class Budget:
         """Count one request of `route` and say whether it is copied; `draw()` is in [0, 1)."""
         if now >= self._next:
             self._step(now)
-        pool = self._refill(now)
+        pool = self._pool + (now - self._filled) * self.rps  # _refill, inlined: this runs per request
+        self._filled = now
+        if pool > self._burst:
+            pool = self._burst
+        self._pool = pool
         w = self._routes.get(route)
         if w is None:
             w = self._new(route, now)
