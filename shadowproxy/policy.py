@@ -12,10 +12,12 @@ global token buckets -> `rate_limited`, then mirror.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from shadowproxy.engine import grpc
 from shadowproxy.engine.exchange import Headers, Request
@@ -65,7 +67,59 @@ class Switch:
 
     enabled: bool = True
     sample: float | None = None  # overrides every route's sample (and the budget) when set
-    max_rps: float | None = None  # copies/s to the shadow at most, all routes together; None: no limit
+    max_rps: float | None = None  # copies/s to the shadow at most, the whole proxy; None: no limit
+    processes: int = 1  # proxy processes sharing this switch (--reuse-port N): each gets 1/N of the limits
+    options: bool = True  # the addon's shadow_max_rps option sets max_rps (False: a --reuse-port sibling)
+
+
+SWITCH_BYTES = 24  # SharedSwitch's block: three doubles (enabled, sample, max_rps; NaN is None)
+
+
+class SharedSwitch(Switch):
+    """A Switch kept in a block of shared memory, so every process of `run --reuse-port N` sees
+    what the admin API (in the first process) sets, with the next request, and without a lock.
+
+    Each value is one aligned 8-byte double, written and read whole; a reader sees the old or
+    the new value of a field, never a mix. `init=True` (the creating process) writes the
+    starting values; a sibling attaching to the block (`init=False`) reads what is there.
+    """
+
+    __slots__ = ("_cells",)
+
+    def __init__(
+        self, buffer: Any, processes: int, *, init: bool, options: bool = True, max_rps: float | None = None
+    ) -> None:
+        self._cells = memoryview(buffer).cast("B")[:SWITCH_BYTES].cast("d")
+        self.processes = processes
+        self.options = options
+        if init:
+            self.enabled, self.sample, self.max_rps = True, None, max_rps
+
+    @property
+    def enabled(self) -> bool:
+        return self._cells[0] != 0.0
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._cells[0] = 1.0 if value else 0.0
+
+    @property
+    def sample(self) -> float | None:
+        v: float = self._cells[1]
+        return None if v != v else v
+
+    @sample.setter
+    def sample(self, value: float | None) -> None:
+        self._cells[1] = math.nan if value is None else value
+
+    @property
+    def max_rps(self) -> float | None:
+        v: float = self._cells[2]
+        return None if v != v else v
+
+    @max_rps.setter
+    def max_rps(self, value: float | None) -> None:
+        self._cells[2] = math.nan if value is None else value
 
 
 def request_hash(req: Request) -> str:
@@ -164,15 +218,20 @@ class Policy:
         self._clock = clock
         self._limits = limits
         now = clock()
+        # every limit is for the whole proxy: with --reuse-port N, each process gets 1/N of it
+        self._share = share = 1.0 / max(1, self.switch.processes)
         # one bucket per route (the defaults' limit applies to each route, and to the unmatched
         # requests together), keyed by route name: None is the defaults
         self._buckets: dict[str | None, TokenBucket] = {}
         if limits:
             for s in (rules.defaults, *(r.settings for r in rules.routes)):
                 if s.max_rps is not None:
-                    self._buckets[s.name] = TokenBucket(s.max_rps, now)
+                    self._buckets[s.name] = TokenBucket(s.max_rps * share, now)
         budget = rules.budget
-        self.budget = Budget(budget.rps, budget.window_s, now) if limits and budget is not None else None
+        self._budget_rps = budget.rps * share if budget is not None else 0.0
+        self.budget = (
+            Budget(self._budget_rps, budget.window_s, now) if limits and budget is not None else None
+        )
         self._global: TokenBucket | None = None
         self.route_names = RouteNames()
 
@@ -200,15 +259,23 @@ class Policy:
             return skip("disabled")
         now = self._clock()
         sample = self.switch.sample
+        metered = False  # the budget already spends at the global rate: its bucket is not asked again
         if sample is None and self.budget is not None:
-            if not self.budget.keep(route, now, self._random):
+            budget = self.budget
+            cap = self.switch.max_rps  # the budget spends no more than the global rate
+            rps = self._budget_rps
+            if cap is not None and cap * self._share <= rps:
+                rps, metered = cap * self._share, True
+            if rps != budget.rps:
+                budget.set_rps(rps, now)
+            if not budget.keep(route, now, self._random):
                 return skip("sampled_out")
         else:
             if sample is None:
                 sample = settings.sample
             if sample < 1.0 and self._random() >= sample:
                 return skip("sampled_out")
-        if self._limits and not self._within_limits(settings.name, now):
+        if self._limits and not self._within_limits(settings.name, now, metered):
             return skip("rate_limited")
         if rewriting:
             shadow_req = _rewrite(req, settings, params, request_id, client_host)
@@ -220,14 +287,19 @@ class Policy:
         )
         return Decision("mirror", "", route, settings.name, settings, shadow_req)
 
-    def _within_limits(self, name: str | None, now: float) -> bool:
-        """A token from the route's bucket and from the global one (runtime rate), or False."""
+    def _within_limits(self, name: str | None, now: float, metered: bool = False) -> bool:
+        """A token from the route's bucket and from the global one (runtime rate), or False.
+
+        `metered`: the budget, capped at the global rate, kept this copy; a second meter at the
+        same rate would refuse the rare routes' copies the budget lets overdraw its pool.
+        """
         bucket = self._buckets.get(name)
         if bucket is not None and not bucket.take(now):
             return False
         rate = self.switch.max_rps
-        if rate is None:
+        if rate is None or metered:
             return True
+        rate *= self._share
         overall = self._global
         if overall is None or overall.rate != rate:  # set or changed at runtime
             overall = self._global = TokenBucket(rate, now)

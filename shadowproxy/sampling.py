@@ -14,16 +14,17 @@ from collections.abc import Callable
 
 Clock = Callable[[], float]
 
-BURST_S = 0.2  # a bucket holds this many seconds of its rate (at least one token): a small burst
+BURST_S = 0.2  # a bucket holds this many seconds of its rate, at least MIN_BURST tokens: a small burst
+MIN_BURST = 2.0  # with one token, a slow rate under jittery arrivals lost about a fifth of its copies
 SLOT_S = 1.0  # the budget's window moves in steps of one second
 MAX_BUDGET_ROUTES = 1000  # routes tracked by name; more share one window (unmatched paths are unbounded)
 OTHER = ""  # the shared window's key
-CAP = 1.2  # a down-sampled route keeps at most CAP x level + 1 copies in one second
 FIRST_S = 0.25  # in the first second, a route's rate is its count over the time so far, at least this
 
 
 def burst_for(rate: float) -> float:
-    return max(1.0, rate * BURST_S)
+    """max(2, 0.2 s x rate): 2 tokens up to 10/s, then 0.2 s of the rate."""
+    return max(MIN_BURST, rate * BURST_S)
 
 
 class TokenBucket:
@@ -57,13 +58,12 @@ class TokenBucket:
 class _Window:
     """One route's request counts: per second over the window, and in the current second."""
 
-    __slots__ = ("current", "kept", "rate", "slots", "total")
+    __slots__ = ("current", "rate", "slots", "total")
 
     def __init__(self, size: int) -> None:
         self.slots = [0] * size
         self.total = 0  # sum of slots
         self.current = 0  # requests in the second under way
-        self.kept = 0  # of them, kept while down-sampled
         self.rate = 0.0  # requests/s, as estimated at the last step
 
     def step(self, index: int, count: int) -> None:
@@ -94,11 +94,19 @@ class Budget:
     a second and forgotten slowly). Once a second the fair level c is computed from the rates
     (`water_level`): a route at or below c keeps every request, a busier one keeps c/rate of
     them. Within a second, a route that already sent more than its estimate is treated as
-    that busy (and, when every route fitted, may take only the budget left over), and a
-    down-sampled route keeps at most CAP x c + 1 copies in one second, so a burst cannot
-    spend the budget unchecked. The window starts with the first request
-    (and again after a whole window without any): before its first second ends, a route's
-    rate is its count over the time so far, and the budget is shared by the routes seen.
+    that busy (and, when every route fitted, may take only the budget left over). The window
+    starts with the first request (and again after a whole window without any): before its
+    first second ends, a route's rate is its count over the time so far, and the budget is
+    shared by the routes seen.
+
+    What is spent is metered by a pool of credit that fills at `rps` and holds `burst_for(rps)`
+    copies (the global token bucket's burst at the same rate, so a budget capped by the global
+    rate stays within that bucket). Every copy kept takes one. A busy route's copy needs two in
+    the pool (one is left for a rare route's next copy), and takes it either by its c/rate draw
+    or because the pool is nearly full: what the rare routes and the estimates leave unspent
+    goes to the busy routes within a fraction of a second, so under demand the budget spends
+    close to `rps` (within a burst over any period). A rare route's copy is kept while the pool
+    is above minus one burst, so rare routes stay at 100% unless their own rates overspend it.
     """
 
     def __init__(self, rps: float, window_s: int, now: float, max_routes: int = MAX_BUDGET_ROUTES) -> None:
@@ -112,11 +120,38 @@ class Budget:
         self._start = now  # when the window started (its first request)
         self._next = now + SLOT_S  # when the second under way ends
         self._started = False  # a step has estimated the rates
+        self._burst = burst_for(rps)
+        self._pool = self._burst  # credit: copies that may be kept now (starts full, like a bucket)
+        self._filled = now  # when the pool was last refilled
+
+    def set_rps(self, rps: float, now: float) -> None:
+        """Spend `rps` from now on (the global rate caps the budget, and changes at runtime)."""
+        self._refill(now)
+        self.rps = rps
+        self._burst = burst_for(rps)
+        self._pool = min(self._pool, self._burst)
+        if self._started:
+            rates = [w.rate for w in self._routes.values()]
+            self.level = water_level(rates, rps)
+            self._slack = max(0.0, rps - sum(rates))
+
+    def _refill(self, now: float) -> float:
+        pool = self._pool + (now - self._filled) * self.rps
+        self._filled = now
+        if pool > self._burst:
+            pool = self._burst
+        self._pool = pool
+        return pool
 
     def keep(self, route: str, now: float, draw: Callable[[], float]) -> bool:
         """Count one request of `route` and say whether it is copied; `draw()` is in [0, 1)."""
         if now >= self._next:
             self._step(now)
+        pool = self._pool + (now - self._filled) * self.rps  # _refill, inlined: this runs per request
+        self._filled = now
+        if pool > self._burst:
+            pool = self._burst
+        self._pool = pool
         w = self._routes.get(route)
         if w is None:
             w = self._new(route, now)
@@ -131,13 +166,16 @@ class Budget:
             if level == math.inf:  # all fitted: the budget left over is what it may take
                 level = rate + self._slack
             rate = w.current / SLOT_S
-        if rate <= level:
+        if rate <= level:  # a rare route: every request, unless the budget is overspent by a burst
+            if pool <= -self._burst:
+                return False
+            self._pool = pool - 1.0
             return True
-        # down-sampled: at most a little over the level in one second, however bursty the arrivals
-        if w.kept >= level * CAP + 1 or draw() * rate >= level:
-            return False
-        w.kept += 1
-        return True
+        # down-sampled: level/rate of the requests, or the credit left unspent (the pool nearly full)
+        if pool >= 2.0 and (pool >= self._burst - 1.0 or draw() * rate < level):
+            self._pool = pool - 1.0
+            return True
+        return False
 
     def keep_probability(self, route: str) -> float:
         """The share of `route`'s requests kept at the current level (for tests and docs)."""
@@ -174,7 +212,7 @@ class Budget:
                 index = (index + 1) % self.size
                 w.step(index, 0)
                 last = 0.0
-            w.current = w.kept = 0
+            w.current = 0
             w.rate = max(w.total / span, last)
             if w.total == 0:
                 gone.append(name)

@@ -3,17 +3,22 @@
     GET  /metrics            Prometheus text format
     GET  /healthz            200 while the process serves
     GET  /readyz             200 once the proxy listens and the shadow dispatcher runs, else 503
-    GET  /shadow             {"enabled": bool, "sample": float | null, "max_rps": float | null}
+    GET  /shadow             {"enabled": bool, "sample": float | null, "max_rps": float | null,
+                              "processes": int}
     POST /shadow/disable     stop mirroring now (counted as skipped: disabled)
     POST /shadow/enable      mirror again
-    PUT  /shadow/sample      body: a fraction in [0, 1] (plain number or {"sample": x}); "null" clears it
-    PUT  /shadow/rate        body: copies/s above 0, all routes together (plain number or
-                             {"max_rps": x}); "null" removes the global limit (counted as
-                             skipped: rate_limited)
+    PUT  /shadow/sample      body: x, null, {"sample": x} or {"sample": null}, x a fraction in
+                             [0, 1]; null clears the override
+    PUT  /shadow/rate        body: x, null, {"max_rps": x} or {"max_rps": null}, x copies/s above
+                             0 for the whole proxy (each of `processes` gets x / processes);
+                             null removes the global limit (counted as skipped: rate_limited)
 
-The switch is read by the policy on every request, so a change takes effect with the next
-request, without a restart. Calls that change something need `Authorization: Bearer TOKEN`
-when a token is set; a token is required when the admin address is not loopback.
+Any other body (another key, a missing key, more keys) gets 400 with a one-line message and
+changes nothing. The switch is read by the policy on every request, so a change takes effect
+with the next request, without a restart; with `run --reuse-port N` it lives in memory shared by
+the N processes, so it acts on all of them. Calls that change something need
+`Authorization: Bearer TOKEN` when a token is set; a token is required when the admin address
+is not loopback.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -154,7 +161,9 @@ class AdminAddon:
 
     async def switch_state(self, request: web.Request) -> web.Response:
         sw = self.shadow.switch
-        return web.json_response({"enabled": sw.enabled, "sample": sw.sample, "max_rps": sw.max_rps})
+        return web.json_response(
+            {"enabled": sw.enabled, "sample": sw.sample, "max_rps": sw.max_rps, "processes": sw.processes}
+        )
 
     def _authorized(self, request: web.Request) -> bool:
         if not self.token:
@@ -184,48 +193,48 @@ class AdminAddon:
     async def sample(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._deny()
-        raw = await request.read()
-        try:
-            value: Any = orjson.loads(raw)
-            if isinstance(value, dict):
-                value = value.get("sample")
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0.0 <= float(value) <= 1.0
-            ):
-                raise ValueError
-        except (orjson.JSONDecodeError, ValueError):
-            return web.json_response(
-                {"error": "body must be a fraction between 0 and 1, or null"}, status=400
-            )
-        self.shadow.switch.sample = None if value is None else float(value)
+        value = parse_body(await request.read(), "sample", lambda x: 0.0 <= x <= 1.0, "a fraction in [0, 1]")
+        if isinstance(value, str):
+            return web.json_response({"error": value}, status=400)
+        self.shadow.switch.sample = value
         if value is None:
             log.warning("shadow sample override cleared through the admin API: each route's own sample"
                         " applies again")
         else:
             log.warning("shadow sample override set to %g (%g%% of eligible requests) through the admin API",
-                        float(value), float(value) * 100)
+                        value, value * 100)
         return await self.switch_state(request)
 
     async def rate(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._deny()
-        raw = await request.read()
-        try:
-            value: Any = orjson.loads(raw)
-            if isinstance(value, dict):
-                value = value.get("max_rps")
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0.0 < float(value) < float("inf")
-            ):
-                raise ValueError
-        except (orjson.JSONDecodeError, ValueError):
-            return web.json_response(
-                {"error": "body must be a number of copies per second above 0, or null"}, status=400
-            )
-        self.shadow.switch.max_rps = None if value is None else float(value)
+        value = parse_body(
+            await request.read(), "max_rps", lambda x: 0.0 < x < math.inf, "copies/s above 0, the whole proxy"
+        )
+        if isinstance(value, str):
+            return web.json_response({"error": value}, status=400)
+        self.shadow.switch.max_rps = value
         log.warning("shadow max_rps set to %s through the admin API", self.shadow.switch.max_rps)
         return await self.switch_state(request)
+
+
+def parse_body(raw: bytes, key: str, valid: Callable[[float], bool], what: str) -> float | str | None:
+    """A PUT body: a number, null, or an object with exactly `key` (number or null).
+
+    Returns the value (None: clear), or a one-line message saying what is wrong.
+    """
+    shape = f'body must be x, null, {{"{key}": x}} or {{"{key}": null}} with x {what}'
+    try:
+        value: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"{shape} (not JSON)"
+    if isinstance(value, dict):
+        if set(value) != {key}:
+            keys = ", ".join(sorted(map(str, value))) or "none"
+            return f"{shape} (got keys: {keys})"
+        value = value[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not valid(float(value)):
+        return f"{shape} (got {orjson.dumps(value).decode()[:40]})"
+    return float(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import mmap
 import os
 import signal
 import subprocess
@@ -106,8 +107,9 @@ def setup_logging(verbose: int) -> None:
     default=None,
     envvar="SHADOWPROXY_SHADOW_MAX_RPS",
     show_envvar=True,
-    help="Copies per second sent to the shadow at most, all routes together (token bucket, burst "
-    "0.2 s); more are skipped and counted rate_limited. Per proxy process. Changed at runtime with "
+    help="Copies per second sent to the shadow at most, all routes together, for the whole proxy "
+    "(with --reuse-port N each process gets 1/N; token bucket, burst max(2, 0.2 s)); more are skipped "
+    "and counted rate_limited. A budget in the rules spends at most this. Changed at runtime with "
     "PUT /shadow/rate. Default: no limit (rules may still set max_rps per route).",
 )
 @click.option(
@@ -154,7 +156,8 @@ def setup_logging(verbose: int) -> None:
     show_default=True,
     help="Run N proxy processes on --listen (SO_REUSEPORT: the kernel spreads connections), each with "
     "its own shadow worker. With a jsonl sink, process i > 0 writes PATH.i; the admin API runs in the "
-    "first process only (its /metrics counts that process).",
+    "first process (its /metrics counts that process; its kill switch, sample override and rate act "
+    "on all N). Rate limits and the budget are for the whole proxy: each process gets 1/N.",
 )
 @click.option(
     "--ca-file",
@@ -272,7 +275,8 @@ def run_cmd(
     settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
                              h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1,
                              live_h2c=upstream_h2c)
-    shadow_addon = ShadowAddon()
+    switch, switch_fd = _shared_switch(sibling, reuse_port, shadow_max_rps) if reuse_port > 1 else (None, -1)
+    shadow_addon = ShadowAddon(switch=switch)
     extra: tuple[Any, ...] = ()
     if admin is not None:  # its errors come before the `listening` line: nothing has started
         from shadowproxy.admin import AdminAddon
@@ -285,32 +289,53 @@ def run_cmd(
         "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
     )
     if reuse_port > 1 and not sibling:
-        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1))
+        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1, switch_fd))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra))
 
 
 SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
+SWITCH_FD_ENV = "SHADOWPROXY_REUSE_PORT_SWITCH_FD"  # the shared switch's memfd, inherited by siblings
 
 
-def _spawn_siblings(n: int) -> list[subprocess.Popen[bytes]]:
+def _shared_switch(sibling: int, processes: int, max_rps: float | None) -> tuple[Any, int]:
+    """The kill switch, sample override and global rate in shared memory (an anonymous memfd
+    the first process creates and its siblings inherit), so the admin API in the first process
+    acts on all N processes with their next request; and the memfd (-1 in a sibling)."""
+    from shadowproxy.policy import SWITCH_BYTES, SharedSwitch
+
+    if sibling:
+        fd = int(os.environ.get(SWITCH_FD_ENV, "-1"))
+        if fd < 0:
+            return None, -1
+        return SharedSwitch(mmap.mmap(fd, SWITCH_BYTES), processes, init=False, options=False), -1
+    fd = os.memfd_create("shadowproxy-switch", 0)
+    os.ftruncate(fd, SWITCH_BYTES)
+    return SharedSwitch(mmap.mmap(fd, SWITCH_BYTES), processes, init=True, max_rps=max_rps), fd
+
+
+def _spawn_siblings(n: int, switch_fd: int = -1) -> list[subprocess.Popen[bytes]]:
     """The same command in n more processes; each dies with this one (PR_SET_PDEATHSIG)."""
 
     def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
     cmd = [sys.executable, "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
+    fds = (switch_fd,) if switch_fd >= 0 else ()
     return [
-        subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i)}, preexec_fn=die_with_parent)
+        subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i), SWITCH_FD_ENV: str(switch_fd)},
+                         preexec_fn=die_with_parent, pass_fds=fds)
         for i in range(1, n + 1)
     ]
 
 
-async def _serve_with_siblings(settings: Any, addon: Any, extra: tuple[Any, ...], n: int) -> None:
+async def _serve_with_siblings(
+    settings: Any, addon: Any, extra: tuple[Any, ...], n: int, switch_fd: int = -1
+) -> None:
     """Serve here and in n sibling processes; SIGTERM here reaches them, and they end with us."""
     from shadowproxy.proxy.master import request_stop, serve
 
-    siblings = _spawn_siblings(n)
+    siblings = _spawn_siblings(n, switch_fd)
     loop = asyncio.get_running_loop()
     started: asyncio.Future[Any] = loop.create_future()
     task = asyncio.ensure_future(serve(settings, addon, extra_addons=extra, started=started))

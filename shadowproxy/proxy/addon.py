@@ -180,9 +180,9 @@ class ShadowAddon:
                           "CAP_SYS_NICE) lets it keep up with a busy proxy on a saturated machine.")
         loader.add_option("shadow_max_rps", OptStr, None,
                           "Copies per second sent to the shadow at most, all routes together (a number "
-                          "above 0, e.g. 20 or 0.5; a token bucket with a burst of 0.2 s); more are skipped "
-                          "and counted rate_limited. Unset: no global limit. The admin API changes it at "
-                          "runtime (PUT /shadow/rate).")
+                          "above 0, e.g. 20 or 0.5; a token bucket with a burst of max(2, 0.2 s x rate)); "
+                          "more are skipped and counted rate_limited. Unset: no global limit. The admin API "
+                          "changes it at runtime (PUT /shadow/rate).")
         loader.add_option("shadow_ca_file", OptStr, None, "Extra CA bundle to verify an https shadow.")
         loader.add_option("shadow_insecure", bool, False, "Do not verify the shadow's TLS certificate.")
         loader.add_option("shadow_h2c", bool, False,
@@ -233,7 +233,9 @@ class ShadowAddon:
             keep_host_header=bool(getattr(o, "keep_host_header", False)),
             max_copy_bytes=o.shadow_max_copy_bytes,
         )
-        if "shadow_max_rps" in updated:  # else keep what the admin API may have set since
+        # else keep what the admin API may have set since; a --reuse-port sibling's switch is the
+        # first process's (shared memory), set from the same flags there
+        if "shadow_max_rps" in updated and self.switch.options:
             self.switch.max_rps = max_rps
         self.policy = Policy(rules, self.switch)
         if "stream_large_bodies" in o and "shadow_max_copy_bytes" in updated:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -103,7 +104,7 @@ def test_sample_override_applies_at_once_and_can_be_cleared(proxy: ProxyThread) 
     assert proxy.addon.stats.totals["/s"].skipped_by == {"sampled_out": 1}
     assert call(proxy.admin.port, "PUT", "/shadow/sample", b'{"sample": null}') == (
         200,
-        b'{"enabled": true, "sample": null, "max_rps": null}',
+        b'{"enabled": true, "sample": null, "max_rps": null, "processes": 1}',
     )
 
 
@@ -115,27 +116,50 @@ def test_sample_rejects_what_is_not_a_fraction(proxy: ProxyThread, body: bytes) 
 def test_global_rate_applies_with_the_next_request_and_shows_in_metrics(proxy: ProxyThread) -> None:
     assert call(proxy.admin.port, "PUT", "/shadow/rate", b"0.01") == (
         200,
-        b'{"enabled": true, "sample": null, "max_rps": 0.01}',
+        b'{"enabled": true, "sample": null, "max_rps": 0.01, "processes": 1}',
     )
     assert [get(proxy, "/r") for _ in range(4)] == [200] * 4  # live answers every one
-    assert proxy.addon.stats.totals["/r"].skipped_by == {"rate_limited": 3}  # burst: one copy
+    assert proxy.addon.stats.totals["/r"].skipped_by == {"rate_limited": 2}  # burst: two copies
     assert proxy.addon.stats.totals["/r"].counts["eligible"] == 4
     scrape = call(proxy.admin.port, "GET", "/metrics")[1].decode()
     families = {f.name: f for f in text_string_to_metric_families(scrape)}
     requests = {(s.labels["route"], s.labels["action"]): s.value
                 for s in families["shadowproxy_requests"].samples if s.name.endswith("_total")}
-    assert requests[("/r", "skipped_rate_limited")] == 3.0
+    assert requests[("/r", "skipped_rate_limited")] == 2.0
     assert families["shadowproxy_shadow_max_rps"].samples[0].value == 0.01
     assert call(proxy.admin.port, "PUT", "/shadow/rate", b'{"max_rps": null}')[0] == 200
     assert proxy.addon.switch.max_rps is None
     state = call(proxy.admin.port, "GET", "/shadow")[1]
-    assert state == b'{"enabled": true, "sample": null, "max_rps": null}'
+    assert state == b'{"enabled": true, "sample": null, "max_rps": null, "processes": 1}'
 
 
 @pytest.mark.parametrize("body", [b"0", b"-1", b"true", b"abc", b'"5"', b"1e999", b'{"max_rps": 0}'])
 def test_rate_rejects_what_is_not_a_positive_number(proxy: ProxyThread, body: bytes) -> None:
     assert call(proxy.admin.port, "PUT", "/shadow/rate", body)[0] == 400
     assert proxy.addon.switch.max_rps is None
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"rps": 7}', b'{"foo": 1}', b'{"max_rps": 9, "extra": 1}', b"[5]"])
+def test_rate_with_an_unknown_or_missing_key_is_refused_and_changes_nothing(
+    proxy: ProxyThread, body: bytes
+) -> None:
+    assert call(proxy.admin.port, "PUT", "/shadow/rate", b"5")[0] == 200
+    status, answer = call(proxy.admin.port, "PUT", "/shadow/rate", body)
+    assert status == 400
+    error = orjson.loads(answer)["error"]
+    assert "\n" not in error and '{"max_rps": x}' in error
+    assert proxy.addon.switch.max_rps == 5.0
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"foo": 1}', b'{"sample": 0.5, "extra": 1}', b'{"rate": 0.5}'])
+def test_sample_with_an_unknown_or_missing_key_is_refused_and_changes_nothing(
+    proxy: ProxyThread, body: bytes
+) -> None:
+    assert call(proxy.admin.port, "PUT", "/shadow/sample", b"0.25")[0] == 200
+    status, answer = call(proxy.admin.port, "PUT", "/shadow/sample", body)
+    assert status == 400
+    assert '{"sample": x}' in orjson.loads(answer)["error"]
+    assert proxy.addon.switch.sample == 0.25
 
 
 def test_token_guards_changes_but_not_reads(backends: tuple[Backend, Backend]) -> None:

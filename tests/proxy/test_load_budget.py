@@ -118,6 +118,9 @@ async def test_budget_gives_the_rare_route_every_copy_and_the_report_matches_the
     assert seen.count("rare") == 5
     # about 19/s (the rare route takes 1/s) for as long as the sending took (slower on a busy machine)
     assert 60 <= seen.count("busy") <= 20 * max(5.0, took) * 1.1 + 10, (seen.count("busy"), took)
+    # the budget is spent: about 20 x 5 copies in all (it spent 81-87 before the unspent share was
+    # carried to the busy route)
+    assert len(seen) >= 20 * 5 * 0.9, (seen.count("busy"), took)
     records = read_jsonl(out)
     report = await build_report(f"jsonl:{out}", progress=False)
     routes = {r["route"]: r for r in report["routes"]}
@@ -129,3 +132,43 @@ async def test_budget_gives_the_rare_route_every_copy_and_the_report_matches_the
         assert routes[name]["sample_rate"] == pytest.approx(copies / routes[name]["counts"]["eligible"])
     assert routes["rare"]["sample_rate"] == 1.0
     assert routes["busy"]["skipped_by"] == {"sampled_out": 500 - seen.count("busy")}
+
+
+def test_a_slow_route_limit_under_steady_traffic_sends_its_whole_rate(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """`max_rps: 5` under a smooth 10 req/s: with a burst of one token it sent about 80% of 5/s."""
+    live, shadow = backends
+    shadow.seen.clear()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nroutes:\n  - name: slow\n    match: {path: /slow/**}\n    max_rps: 5\n")
+    with ProxyThread(live.url, shadow.url, rules=str(rules), sink=None,
+                     sink_uri=f"jsonl:{tmp_path / 'r.jsonl'}") as proxy:
+        answers, took = send_paced(proxy.url, [f"/slow/{i}" for i in range(60)], 6.0)
+    assert [status for status, _ in answers] == [200] * 60
+    copies = len(shadow.seen)
+    assert 5 * took * 0.9 <= copies <= 5 * took + burst_for(5), (copies, took)
+
+
+def test_budget_under_the_global_rate_spends_that_rate_and_rare_routes_are_not_rate_limited(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """Budget 20 and shadow_max_rps 20: rare routes were rate_limited and 12.8 copies/s got through."""
+    live, shadow = backends
+    shadow.seen.clear()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\ndefaults:\n  sample: {mode: budget, rps: 20}\n")
+    out = tmp_path / "records.jsonl"
+    paths = [f"/busy/{i}" for i in range(400)]
+    for k in range(16):
+        paths.insert(k * 25 + 12, f"/rare{k % 4}/{k}")
+    with ProxyThread(live.url, shadow.url, rules=str(rules), sink=None, sink_uri=f"jsonl:{out}",
+                     shadow_max_rps="20") as proxy:
+        answers, took = send_paced(proxy.url, paths, 4.0)
+    assert [status for status, _ in answers] == [200] * len(paths)
+    seen = [s.path.split("/")[1] for s in shadow.seen]
+    assert sum(1 for s in seen if s.startswith("rare")) == 16  # every rare copy
+    assert 20 * took * 0.85 <= len(seen) <= 20 * took + 2 * burst_for(20), (len(seen), took)
+    for route in ("/rare0/{id}", "/busy/{id}"):
+        got = summed(read_jsonl(out), route)
+        assert got["eligible"] > 0 and "rate_limited" not in got["skipped_by"], (route, got)

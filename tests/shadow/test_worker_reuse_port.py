@@ -114,3 +114,70 @@ def test_two_processes_share_the_port_and_each_writes_its_own_sink(
     assert first["compared"] + second["compared"] == n
     assert first["mismatched"] + second["mismatched"] == n
     assert len(shadow.seen) == n
+
+
+def admin_call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def get_on_new_connections(port: int, n: int) -> None:
+    for i in range(n):  # a new connection each: the kernel spreads them over both listeners
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", f"/items/{i}")
+        assert conn.getresponse().read() == b'{"v": 1}'
+        conn.close()
+
+
+def test_admin_changes_reach_every_process_of_reuse_port(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """The kill switch, the sample override and the global rate act on both processes (before:
+    the first one only, and 265 of 400 copies still reached the shadow after a disable)."""
+    live, shadow = backends
+    port, admin = free_port(), free_port()
+    cmd = [sys.executable, "-c", "from shadowproxy.cli import main; main()", "run",
+           "--listen", f"127.0.0.1:{port}", "--live", live.url, "--shadow", shadow.url,
+           "--sink", f"jsonl:{tmp_path / 'records.jsonl'}", "--admin", f"127.0.0.1:{admin}",
+           "--stats-interval", "0", "--reuse-port", "2", "--dispatch", "inline"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        def ready() -> bool:
+            try:
+                return admin_call(admin, "GET", "/readyz")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready)
+        wait_until((tmp_path / "records.jsonl.1").exists)  # the sibling's sink: it runs too
+        get_on_new_connections(port, 10)
+        wait_until(lambda: len(shadow.seen) >= 10)
+        assert admin_call(admin, "POST", "/shadow/disable")[0] == 200
+        seen = len(shadow.seen)
+        get_on_new_connections(port, 60)
+        assert len(shadow.seen) == seen  # no process mirrors any more
+
+        assert admin_call(admin, "POST", "/shadow/enable")[0] == 200
+        assert admin_call(admin, "PUT", "/shadow/sample", b"0")[0] == 200
+        get_on_new_connections(port, 60)
+        assert len(shadow.seen) == seen
+
+        assert admin_call(admin, "PUT", "/shadow/sample", b"null")[0] == 200
+        status, state = admin_call(admin, "PUT", "/shadow/rate", b"0.02")  # 0.01/s in each process
+        assert status == 200
+        assert state == {"enabled": True, "sample": None, "max_rps": 0.02, "processes": 2}
+        started = time.monotonic()
+        get_on_new_connections(port, 100)
+        took = time.monotonic() - started
+        time.sleep(0.5)  # copies are sent in the background
+        # each process: its burst (2) plus 0.01/s; without sharing, the sibling sent all its ~50
+        assert len(shadow.seen) - seen <= 2 * 2 + 0.02 * took + 1, (len(shadow.seen) - seen, took)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
