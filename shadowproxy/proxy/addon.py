@@ -17,7 +17,7 @@ from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
-from shadowproxy.proxy.convert import live_response_of, request_of
+from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.rules.matcher import path_template
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
@@ -237,8 +237,7 @@ class ShadowAddon:
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         if self.dispatcher is not None and unanswered:
-            path = flow.request.path.partition("?")[0]
-            self.stats.skip(path_template(path), "live_error")
+            self.stats.skip(path_template(path_of(flow.request)), "live_error")
 
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
@@ -255,7 +254,7 @@ class ShadowAddon:
         """The sink's counters (process dispatch: as the worker last reported them)."""
         d = self.dispatcher
         if isinstance(d, Dispatcher):
-            return d.pipeline.sink.counters()
+            return d.pipeline.sink_counters()
         if isinstance(d, ProcessDispatcher):
             return dict(d.sink_counters)
         return {}

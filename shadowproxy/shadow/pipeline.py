@@ -23,6 +23,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import orjson
 
 from shadowproxy.engine.diff import Comparison, compare_responses
-from shadowproxy.engine.exchange import Exchange, Failure, Request, Response
+from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, escape_surrogates
 from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import build_record, iso_ts
@@ -38,7 +39,7 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowClient
-from shadowproxy.sinks.base import Sink
+from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")
 
@@ -129,14 +130,14 @@ class Pipeline:
         self._noise_saved = time.monotonic()
         self._noise_dirty = False
         self.pair_failures = 0  # noise pairs whose second call failed (the pair is left out)
+        self.unwritten = 0  # records that could not be built or written (each copy still counted once)
 
     async def process(self, job: ShadowJob) -> None:
         try:
             await self._process(job)
         except Exception:  # a bug here must never take the proxy down; say it loudly
-            log.exception(
-                "shadow pipeline failed for %s %s", job.exchange.request.method, job.exchange.request.path
-            )
+            log.exception("shadow pipeline failed for %s %s", job.exchange.request.method,
+                          escape_surrogates(job.exchange.request.path))
             self.stats.count(job.exchange.route, "shadow_errors")
 
     def _pair_partner(self, job: ShadowJob) -> str | None:
@@ -175,8 +176,8 @@ class Pipeline:
         if isinstance(result, Failure):
             outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
-            await self.sink.write(build_record(ex, outcome, result, shadow_request=self._shadow_request(job),
-                                               redactor=s.redact))
+            await self._write(job, lambda: build_record(ex, outcome, result, redactor=s.redact,
+                                                        shadow_request=self._shadow_request(job)))
             return
         self.stats.latency(ex.route, ex.live.latency_ms, result.latency_ms)
         if self._compare_slots <= 0:
@@ -244,7 +245,7 @@ class Pipeline:
                 return
             self.stats.count(ex.route, "mismatched")
             outcome = "mismatch"
-        record = build_record(
+        await self._write(job, lambda: build_record(
             ex,
             outcome,
             shadow,
@@ -254,8 +255,20 @@ class Pipeline:
             shadow_request=self._shadow_request(job),
             redactor=job.settings.redact,
             noise=noise,
-        )
-        await self.sink.write(record)
+        ))
+
+    async def _write(self, job: ShadowJob, make: Callable[[], Record]) -> None:
+        """Build and write one record. The copy is already counted (equal, mismatched...): a
+        failure here loses this record only, said in the log and counted in `unwritten`, and
+        never counts the copy a second time."""
+        try:
+            await self.sink.write(make())
+        except Exception as e:
+            self.unwritten += 1
+            if self.unwritten <= 10 or self.unwritten % 1000 == 0:
+                req = job.exchange.request
+                log.error("record for %s %s not written (%d so far): %s: %s", req.method,
+                          escape_surrogates(req.path), self.unwritten, type(e).__name__, e)
 
     @staticmethod
     def _shadow_request(job: ShadowJob) -> dict[str, str] | None:
@@ -265,6 +278,13 @@ class Pipeline:
         if job.target:
             out["base"] = job.target
         return out
+
+    def sink_counters(self) -> dict[str, int]:
+        """The sink's counters, plus `unwritten` when a record could not be built or written."""
+        c = self.sink.counters()
+        if self.unwritten:
+            c["unwritten"] = self.unwritten
+        return c
 
     async def emit_stats(self) -> None:
         record = self.stats.stats_record()

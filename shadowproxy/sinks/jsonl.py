@@ -8,6 +8,7 @@ from typing import IO
 
 import orjson
 
+from shadowproxy.engine.record import dumps_record
 from shadowproxy.errors import SinkError
 from shadowproxy.sinks.base import Record
 
@@ -35,7 +36,7 @@ class JsonlSink:
         if self._fh is None:
             await self.start()
         assert self._fh is not None
-        self._fh.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._fh.write(dumps_record(record, option=orjson.OPT_APPEND_NEWLINE))
         self._written += 1
 
     async def flush(self) -> None:

@@ -51,6 +51,8 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.engine.exchange import escape_surrogates
+from shadowproxy.engine.record import dumps_record
 from shadowproxy.errors import SinkError, SinkURIError
 from shadowproxy.sinks.base import Record
 from shadowproxy.sinks.spool import DEFAULT_MAX_BYTES, FSYNC_POLICIES, Frame, FsyncPolicy, Position, Spool
@@ -301,7 +303,7 @@ def _key_and_headers(record: Record) -> tuple[bytes, list[tuple[str, bytes]]]:
         return _HEADER_CACHE[cache_key]
     except (KeyError, TypeError):  # TypeError: an unhashable value in a malformed record
         pass
-    key = route.encode() if isinstance(route, str) and route else STATS_KEY
+    key = escape_surrogates(route).encode() if isinstance(route, str) and route else STATS_KEY
     headers = [
         ("schema", str(schema).encode()),
         ("route", key if isinstance(route, str) and route else b""),
@@ -390,7 +392,7 @@ class KafkaSink:
             msg = f"{self.uri}: the sender task died ({self._sender_failure()}); nothing is being sent"
             raise SinkError(msg)
         key, headers = _key_and_headers(record)
-        value = orjson.dumps(record)
+        value = dumps_record(record)
         self._c["written"] += 1
         if len(value) + len(key) + 200 > self.options.max_request_size:
             self._drop(1, f"a record of {len(value)} bytes is larger than max_request_size")
