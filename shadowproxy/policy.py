@@ -129,7 +129,8 @@ class Policy:
     def decide(self, req: Request, request_id: str = "") -> Decision:
         headers = {k.lower(): v for k, v in req.headers}
         settings, params = self.rules.route_for(req.method, req.path, headers)
-        route = settings.name or path_template(req.path)
+        # a card number or a `name=secret` in the path must not become a route (a label)
+        route = settings.name or settings.redact.text(path_template(req.path))
 
         def skip(reason: str) -> Decision:
             return Decision("skip", reason, route, settings.name, settings)

@@ -110,8 +110,9 @@ def build_record(
 
     Every record leaves through `redactor` (default: credential headers only), so no sink ever
     sees a secret it names: in headers, query, excerpts, differences, notes or messages."""
-    redactor = redactor or DEFAULT_REDACTOR
     req = exchange.request
+    # the request's own credentials too, wherever a backend echoes them back
+    redactor = (redactor or DEFAULT_REDACTOR).with_request(req.headers, req.query)
     diffs: tuple[Difference, ...] = comparison.differences if comparison else ()
     notes = list(comparison.notes) if comparison else []
     if len(diffs) > MAX_DIFFERENCES:

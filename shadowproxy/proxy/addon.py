@@ -14,6 +14,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, http
 
 from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
+from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
@@ -237,7 +238,7 @@ class ShadowAddon:
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         if self.dispatcher is not None and unanswered:
-            self.stats.skip(path_template(path_of(flow.request)), "live_error")
+            self.stats.skip(DEFAULT_REDACTOR.text(path_template(path_of(flow.request))), "live_error")
 
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""

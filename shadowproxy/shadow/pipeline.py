@@ -137,7 +137,7 @@ class Pipeline:
             await self._process(job)
         except Exception:  # a bug here must never take the proxy down; say it loudly
             log.exception("shadow pipeline failed for %s %s", job.exchange.request.method,
-                          escape_surrogates(job.exchange.request.path))
+                          job.settings.redact.text(escape_surrogates(job.exchange.request.path)))
             self.stats.count(job.exchange.route, "shadow_errors")
 
     def _pair_partner(self, job: ShadowJob) -> str | None:
@@ -267,8 +267,9 @@ class Pipeline:
             self.unwritten += 1
             if self.unwritten <= 10 or self.unwritten % 1000 == 0:
                 req = job.exchange.request
-                log.error("record for %s %s not written (%d so far): %s: %s", req.method,
-                          escape_surrogates(req.path), self.unwritten, type(e).__name__, e)
+                log.error("record for %s %s not written (%d so far): %s", req.method,
+                          job.settings.redact.text(escape_surrogates(req.path)), self.unwritten,
+                          type(e).__name__)
 
     @staticmethod
     def _shadow_request(job: ShadowJob) -> dict[str, str] | None:
