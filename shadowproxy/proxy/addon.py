@@ -67,14 +67,15 @@ def _load_rules(path: str | None) -> RuleSet:
     return load_rules(path) if path else default_ruleset()
 
 
-def _check_noise(rules: RuleSet, secondary: str | None, state: str | None) -> None:
+def check_noise(rules: RuleSet, secondary: str | None, state: str | None, *,
+                secondary_flag: str = "shadow_secondary_url", state_flag: str = "shadow_noise_state") -> None:
     """Noise options that cannot work, as one clear error before anything starts."""
     from pathlib import Path
 
     from shadowproxy.shadow.pipeline import load_noise_state
 
     if secondary is not None and not secondary.startswith(("http://", "https://")):
-        raise ConfigError(f"shadow_secondary_url {secondary!r}: must be an http:// or https:// URL")
+        raise ConfigError(f"{secondary_flag} {secondary!r}: must be an http:// or https:// URL")
     modes = {(r.settings.name or "defaults"): r.settings.noise.mode for r in rules.routes}
     modes["defaults"] = rules.defaults.noise.mode
     wants = sorted(name for name, mode in modes.items() if mode == "secondary")
@@ -86,7 +87,7 @@ def _check_noise(rules: RuleSet, secondary: str | None, state: str | None) -> No
                     "in the rules to use it")
     if state is not None:
         if not Path(state).parent.is_dir():
-            raise ConfigError(f"shadow_noise_state {state!r}: its directory does not exist")
+            raise ConfigError(f"{state_flag} {state!r}: its directory does not exist")
         load_noise_state(state)  # a file that is not a noise state fails here, not in the worker
 
 
@@ -138,11 +139,11 @@ class ShadowAddon:
         try:
             if o.shadow_url is not None and not o.shadow_url.startswith(("http://", "https://")):
                 raise options_error(f"shadow_url {o.shadow_url!r}: must be an http:// or https:// URL")
-            if o.shadow_queue_size < 1 or o.shadow_concurrency < 1:
-                raise options_error("shadow_queue_size and shadow_concurrency must be at least 1")
+            if not 1 <= o.shadow_queue_size <= 1_000_000 or not 1 <= o.shadow_concurrency <= 10_000:
+                raise options_error("shadow_queue_size must be 1 to 1000000, shadow_concurrency 1 to 10000")
             parse_uri(o.shadow_sink, flag="shadow_sink")
             rules = _load_rules(o.shadow_rules)
-            _check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
+            check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
         except ShadowProxyError as e:
             raise options_error(str(e)) from e
         if o.shadow_insecure:

@@ -13,6 +13,16 @@ from shadowproxy.errors import SinkError
 from shadowproxy.sinks.base import Record
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def open_private(path: str | os.PathLike[str]) -> IO[bytes]:
+    """`path` opened for append, created 0600 when new: records are data of the live traffic,
+    readable by their owner only (as the spool)."""
+    return open(path, "ab", buffering=1 << 16, opener=_private)
+
+
 class JsonlSink:
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.path = Path(path)
@@ -27,7 +37,7 @@ class JsonlSink:
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - closed in stop()
+            self._fh = open_private(self.path)  # closed in stop()
         except OSError as e:
             msg = f"--sink {self.uri}: cannot open for append: {e.strerror or e}"
             raise SinkError(msg) from None

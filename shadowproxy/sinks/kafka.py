@@ -127,6 +127,18 @@ OPTION_HELP: dict[str, str] = {
 }
 
 
+_INT32 = 2**31 - 1
+_INT_RANGES = {  # the Java client's int settings; a linger beyond a minute is a typo, not a choice
+    "linger_ms": (0, 60_000),
+    "batch_size": (1, _INT32),
+    "max_request_size": (1, _INT32),
+    "request_timeout_ms": (1, _INT32),
+    "stall_ms": (1, _INT32),
+}
+MAX_PARTITIONS = 10_000
+MAX_REPLICATION = 100
+
+
 def _size(value: str) -> int:
     units = {"": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
              "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
@@ -156,10 +168,10 @@ def parse_options(parsed: ParsedURI, *, flag: str = "--sink") -> KafkaOptions:
     if unknown:
         msg = f"{where}: unknown option {unknown[0]!r} (known: {', '.join(OPTION_HELP)})"
         raise SinkURIError(msg)
-    for name in ("linger_ms", "batch_size", "max_request_size", "request_timeout_ms", "stall_ms"):
+    for name, (low, high) in _INT_RANGES.items():
         if name in opts:
-            if not opts[name].isdigit() or (name != "linger_ms" and int(opts[name]) == 0):
-                raise bad(name, "a whole number" + ("" if name == "linger_ms" else " above 0"))
+            if not opts[name].isdigit() or not low <= int(opts[name]) <= high:
+                raise bad(name, f"a whole number from {low} to {high}")
             out[name] = int(opts[name])
     for name in ("buffer_bytes", "spool_max_bytes"):
         if name in opts:
@@ -231,8 +243,10 @@ def parse_options(parsed: ParsedURI, *, flag: str = "--sink") -> KafkaOptions:
         out["client_id"] = opts["client_id"]
     if "create_topic" in opts:
         parts = opts["create_topic"].split(":")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise bad("create_topic", "PARTITIONS:REPLICATION, e.g. 3:1")
+        if (len(parts) != 2 or not all(p.isdigit() for p in parts)
+                or not 1 <= int(parts[0]) <= MAX_PARTITIONS or not 1 <= int(parts[1]) <= MAX_REPLICATION):
+            raise bad("create_topic", f"PARTITIONS:REPLICATION, e.g. 3:1 (partitions 1 to {MAX_PARTITIONS}, "
+                      f"replication 1 to {MAX_REPLICATION})")
         out["create_topic"] = (int(parts[0]), int(parts[1]))
     if "spool_dir" in opts:
         if not opts["spool_dir"]:
