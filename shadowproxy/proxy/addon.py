@@ -192,6 +192,11 @@ class ShadowAddon:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_IN_FLIGHT] = True
         self.in_flight += 1
+        req = flow.request
+        if req.authority and req.method != "CONNECT" and req.http_version.startswith("HTTP/1"):
+            # an absolute-form target (`GET http://other-host/x`): reverse mode names its backend
+            # itself, so the live gets origin-form (`GET /x`), as the shadow always does
+            req.authority = ""
         if self._grpc_passthrough(flow):
             # never mirrored: stream it both ways, so a long-lived gRPC stream is not held back
             # until it ends (mitmproxy buffers whole bodies by default)
