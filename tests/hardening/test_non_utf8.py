@@ -107,6 +107,7 @@ def test_non_utf8_bytes_are_recorded_once_and_stats_and_flush_go_on(tmp_path: Pa
     _, stderr = run_proxy(f"jsonl:{out}", tmp_path, flushed)
     check(h.read_jsonl(out), stderr)
     assert seen_while_running
+    assert out.stat().st_mode & 0o777 == 0o600  # created readable by its owner only, as the spool
 
 
 @pytest.mark.kafka
