@@ -27,7 +27,7 @@ from shadowproxy.shadow.jobs import build_job
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 from shadowproxy.shadow.worker import DEFAULT_WORKER_NICE, ProcessDispatcher, WorkerConfig
 from shadowproxy.sinks.base import Sink
-from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink, parse_uri
+from shadowproxy.sinks.uri import DEFAULT_SINK, check_sink, open_sink, parse_uri
 
 log = logging.getLogger("shadowproxy")
 
@@ -141,7 +141,12 @@ class ShadowAddon:
                 raise options_error(f"shadow_url {o.shadow_url!r}: must be an http:// or https:// URL")
             if not 1 <= o.shadow_queue_size <= 1_000_000 or not 1 <= o.shadow_concurrency <= 10_000:
                 raise options_error("shadow_queue_size must be 1 to 1000000, shadow_concurrency 1 to 10000")
-            parse_uri(o.shadow_sink, flag="shadow_sink")
+            if self._injected_sink is None:  # the sink the worker will open: can it? (one line, now)
+                check_sink(o.shadow_sink, flag="shadow_sink")
+            if o.shadow_ca_file:
+                from shadowproxy.proxy.master import check_ca_file  # master imports this module
+
+                check_ca_file(o.shadow_ca_file, flag="shadow_ca_file")
             rules = _load_rules(o.shadow_rules)
             check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
         except ShadowProxyError as e:
