@@ -242,7 +242,8 @@ class Policy:
     def decide(self, req: Request, request_id: str = "", client_host: str | None = None) -> Decision:
         headers = {k.lower(): v for k, v in req.headers}
         settings, params = self.rules.route_for(req.method, req.path, headers)
-        route = settings.name or self.route_name(req.path)
+        # a card number or a `name=secret` in the path must not become a route (a label)
+        route = settings.name or settings.redact.text(self.route_name(req.path))
 
         def skip(reason: str) -> Decision:
             return Decision("skip", reason, route, settings.name, settings)

@@ -19,6 +19,11 @@ with the next request, without a restart; with `run --reuse-port N` it lives in 
 the N processes, so it acts on all of them. Calls that change something need
 `Authorization: Bearer TOKEN` when a token is set; a token is required when the admin address
 is not loopback.
+
+A web page must not be able to drive the API from a browser (CSRF, DNS rebinding): on a
+loopback address every request must name a loopback host in `Host` (a rebinding attacker's page
+sends its own name), and a call that changes something is refused when its `Origin` is not the
+admin address itself (a cross-origin `POST` with `text/plain` needs no preflight). Both are 403.
 """
 
 from __future__ import annotations
@@ -61,6 +66,13 @@ def check_admin(host: str, token: str | None) -> None:
             "(--admin-token or SHADOWPROXY_ADMIN_TOKEN)"
         )
         raise ConfigError(msg)
+
+
+def _host_of(value: str) -> str:
+    """The host part of a Host header or of an Origin's authority (no port, no brackets)."""
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
 
 
 class AdminAddon:
@@ -124,7 +136,7 @@ class AdminAddon:
     async def running(self) -> None:
         if self._runner is not None:
             return
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -165,34 +177,66 @@ class AdminAddon:
             {"enabled": sw.enabled, "sample": sw.sample, "max_rps": sw.max_rps, "processes": sw.processes}
         )
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _allowed_host(self, host: str) -> bool:
+        """On a loopback address, only loopback names; elsewhere any (a token guards changes)."""
+        if not is_loopback(self.host) or not host.strip():  # no Host (HTTP/1.0): not a browser
+            return True
+        name = _host_of(host.strip().lower())
+        return is_loopback(name) or name == self.host.strip("[]").lower()
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not self._allowed_host(request.headers.get("Host", "")):
+            return web.json_response({"error": "Host is not this admin address"}, status=403)
+        origin = request.headers.get("Origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(origin)
+            port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+            same = (parts.scheme == "http" and port == self.port and parts.hostname is not None
+                    and self._allowed_host(parts.hostname) and _host_of(request.headers.get("Host", ""))
+                    .lower() == parts.hostname.lower())
+            if not same:
+                return web.json_response({"error": "cross-origin call refused"}, status=403)
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    def _authorized(self, request: web.Request) -> bool | None:
+        """True or False; None when the Authorization header is not valid UTF-8 (a 400)."""
         if not self.token:
             return True
         got = request.headers.get("Authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode())
+        try:
+            raw = got.encode()
+        except UnicodeEncodeError:
+            return None
+        return hmac.compare_digest(raw, f"Bearer {self.token}".encode())
 
-    def _deny(self) -> web.Response:
+    def _deny(self, request: web.Request) -> web.Response:
+        if self._authorized(request) is None:
+            return web.json_response({"error": "the Authorization header is not valid UTF-8"}, status=400)
         return web.json_response(
             {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
         )
 
     async def disable(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return self._deny()
+            return self._deny(request)
         self.shadow.switch.enabled = False
         log.warning("shadowing disabled through the admin API")
         return await self.switch_state(request)
 
     async def enable(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return self._deny()
+            return self._deny(request)
         self.shadow.switch.enabled = True
         log.warning("shadowing enabled through the admin API")
         return await self.switch_state(request)
 
     async def sample(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return self._deny()
+            return self._deny(request)
         value = parse_body(await request.read(), "sample", lambda x: 0.0 <= x <= 1.0, "a fraction in [0, 1]")
         if isinstance(value, str):
             return web.json_response({"error": value}, status=400)
@@ -207,7 +251,7 @@ class AdminAddon:
 
     async def rate(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return self._deny()
+            return self._deny(request)
         value = parse_body(
             await request.read(), "max_rps", lambda x: 0.0 < x < math.inf, "copies/s above 0, the whole proxy"
         )

@@ -44,6 +44,9 @@ class HttpURL(click.ParamType):  # type: ignore[type-arg]  # generic only in new
             _ = parts.port
         except ValueError:
             self.fail(f"{text!r} has a bad port", param, ctx)
+        if parts.query or parts.fragment or "?" in text or "#" in text:
+            # a base URL: each request's path and query are appended to it
+            self.fail(f"{text!r}: a base URL has no query string or fragment", param, ctx)
         return text.rstrip("/")
 
 

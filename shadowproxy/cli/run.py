@@ -18,6 +18,9 @@ from shadowproxy.cli import cli
 from shadowproxy.cli.params import ADMIN_ADDR, HOST_PORT, HTTP_URL, RATE, SINK_URI
 from shadowproxy.sinks.uri import DEFAULT_SINK
 
+MAX_QUEUE_SIZE = 1_000_000
+MAX_CONCURRENCY = 10_000
+
 
 def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO
@@ -79,7 +82,7 @@ def setup_logging(verbose: int) -> None:
 )
 @click.option(
     "--queue-size",
-    type=click.IntRange(1),
+    type=click.IntRange(1, MAX_QUEUE_SIZE),
     default=1000,
     envvar="SHADOWPROXY_QUEUE_SIZE",
     show_default=True,
@@ -87,7 +90,7 @@ def setup_logging(verbose: int) -> None:
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(1),
+    type=click.IntRange(1, MAX_CONCURRENCY),
     default=64,
     envvar="SHADOWPROXY_CONCURRENCY",
     show_default=True,
@@ -235,9 +238,10 @@ def run_cmd(
     line, exit 0.
     """
     from shadowproxy.errors import ConfigError
-    from shadowproxy.proxy.addon import ShadowAddon
-    from shadowproxy.proxy.master import ProxySettings, check_listen, check_tls_files, serve
+    from shadowproxy.proxy.addon import ShadowAddon, check_noise
+    from shadowproxy.proxy.master import ProxySettings, check_ca_file, check_listen, check_tls_files, serve
     from shadowproxy.rules import default_ruleset, load_rules
+    from shadowproxy.sinks.uri import check_sink
 
     setup_logging(verbose)
     ruleset = load_rules(rules) if rules else default_ruleset()  # a bad file: one line per problem, exit 2
@@ -248,6 +252,12 @@ def run_cmd(
         noise_state = f"{noise_state}.{sibling}"  # one writer per file; `noise export` merges them
     if sibling:
         admin = None
+    # everything the worker would find wrong later, checked now: one line and exit 2, never a
+    # worker that fails to start again and again while live traffic passes unmirrored
+    check_sink(sink, flag="--sink")
+    check_noise(ruleset, secondary, noise_state, secondary_flag="--secondary", state_flag="--noise-state")
+    if ca_file:
+        check_ca_file(ca_file)
     check_listen(*listen, reuse_port=reuse_port > 1)
     shadow_options: dict[str, Any] = {
         "shadow_url": shadow,

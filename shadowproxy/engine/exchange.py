@@ -6,9 +6,25 @@ case-insensitive. Bodies are the bytes as they were on the wire (still content-e
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 Headers = tuple[tuple[str, str], ...]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"%{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else "\ufffd"
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` as valid Unicode: bytes that were not UTF-8, carried as surrogate escapes
+    (`"/caf\\udce9"` from `decode("utf-8", "surrogateescape")`), become `%E9`; any other lone
+    surrogate becomes U+FFFD. Such bytes are data: they must never make a record, a route name
+    or a metrics label unencodable."""
+    return _SURROGATE.sub(_escaped, text) if _SURROGATE.search(text) else text
 
 
 def header(headers: Headers, name: str, default: str | None = None) -> str | None:
@@ -35,7 +51,8 @@ class Request:
     def query_string(self) -> str:
         from urllib.parse import quote, urlencode
 
-        return urlencode(self.query, quote_via=quote, safe="/:@,")
+        # surrogateescape: a query byte that was not UTF-8 goes back as the same byte (%XX)
+        return urlencode(self.query, quote_via=quote, safe="/:@,", errors="surrogateescape")
 
     @property
     def target(self) -> str:

@@ -18,8 +18,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import orjson
+
 from shadowproxy.engine.diff import Comparison, Difference
-from shadowproxy.engine.exchange import Exchange, Failure, Headers, Response
+from shadowproxy.engine.exchange import Exchange, Failure, Headers, Response, escape_surrogates
 from shadowproxy.engine.redact import CREDENTIAL_HEADERS, DEFAULT_REDACTOR, Redactor
 
 SCHEMA = "shadowproxy.mismatch/1"
@@ -50,7 +52,7 @@ def redact_headers(headers: Headers, sensitive: frozenset[str] = SENSITIVE_HEADE
 
 def query_dict(query: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
     out: dict[str, str | list[str]] = {}
-    for k, v in query:
+    for k, v in ((escape_surrogates(k), escape_surrogates(v)) for k, v in query):
         if k in out:
             prev = out[k]
             out[k] = [*prev, v] if isinstance(prev, list) else [prev, v]
@@ -109,8 +111,9 @@ def build_record(
 
     Every record leaves through `redactor` (default: credential headers only), so no sink ever
     sees a secret it names: in headers, query, excerpts, differences, notes or messages."""
-    redactor = redactor or DEFAULT_REDACTOR
     req = exchange.request
+    # the request's own credentials too, wherever a backend echoes them back
+    redactor = (redactor or DEFAULT_REDACTOR).with_request(req.headers, req.query)
     diffs: tuple[Difference, ...] = comparison.differences if comparison else ()
     notes = list(comparison.notes) if comparison else []
     if len(diffs) > MAX_DIFFERENCES:
@@ -140,6 +143,26 @@ def build_record(
     if shadow_request is not None:
         record["shadow_request"] = shadow_request
     return redactor.record(record)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every string (keys too) made valid Unicode (`escape_surrogates`)."""
+    if isinstance(value, str):
+        return escape_surrogates(value)
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps_record(record: dict[str, Any], option: int = 0) -> bytes:
+    """The record as JSON bytes, whatever strings it holds: a string that is not valid Unicode
+    (bytes of a request that were not UTF-8) is escaped rather than losing the record."""
+    try:
+        return orjson.dumps(record, option=option)
+    except TypeError:
+        return orjson.dumps(json_safe(record), option=option)
 
 
 @cache

@@ -2,10 +2,16 @@
 
 Pure and small. `Redactor` knows what is secret:
 
-- header names (always the credentials in `CREDENTIAL_HEADERS`, plus the rules' `redact.headers`),
-- query parameter names (`redact.query`),
-- JSON (and form) field names (`redact.body_fields`),
-- value patterns (`redact.patterns`, regexes such as card numbers) searched in every string.
+- header names (always the credentials in `CREDENTIAL_HEADERS` and any name that says credential,
+  `SECRET_NAME`: X-Auth-Token, X-Csrf-Token..., plus the rules' `redact.headers`),
+- query parameter names (always `SECRET_NAME`: token, access_token, password, api_key, secret...,
+  plus `redact.query`),
+- JSON (and form) field names (always `SECRET_NAME`, plus `redact.body_fields`),
+- card numbers, always: 13 to 19 digits, plain or grouped by spaces or dashes, that pass the
+  Luhn check, in every string and JSON number,
+- the request's own credentials (`with_request`): the values of its secret headers, cookies and
+  query parameters, wherever a backend echoes them back,
+- value patterns (`redact.patterns`, regexes) searched in every string.
 
 Names are matched case-insensitively; a name written `re:REGEX` is a regex searched in the name.
 A secret becomes `"[redacted]"`, or with a key `"[redacted:hmac:<8 hex>]"` (HMAC-SHA256 of the
@@ -33,6 +39,33 @@ _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256",
 _JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
 _MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
 _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
+# A name that says credential (searched in the lower-cased name): redacted with any rules.
+SECRET_NAME = re.compile(
+    r"passw(?:or)?d|passphrase|^pass$|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
+    r"|credential|signature|session[-_]?id|^sid$|(?:^|[-_])auth(?:$|[-_])|authorization|^cookie$"
+    r"|^key$|^jwt$|bearer|^otp$",
+    re.IGNORECASE,
+)
+# 13 to 19 digits, grouped by single spaces or dashes (or + and %20 in a form) or not at all; a card
+# when Luhn says so.
+_CARD = re.compile(r"(?<![\d])\d(?:(?:[ +-]|%20)?\d){12,18}(?![\d])")  # "+", %20: form-encoded
+MIN_ECHO_CHARS = 6  # a request credential shorter than this is not searched for in answers
+
+
+def luhn(digits: str) -> bool:
+    """The Luhn checksum every payment card number satisfies."""
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = ord(c) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _is_card(text: str) -> bool:
+    digits = re.sub(r"[ +-]|%20", "", text)
+    return 13 <= len(digits) <= 19 and luhn(digits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +76,10 @@ class Names:
     regexes: tuple[re.Pattern[str], ...] = ()
 
     @classmethod
-    def of(cls, names: Iterable[str]) -> Names:
+    def of(cls, names: Iterable[str], *, secret_names: bool = True) -> Names:
+        """These names; with `secret_names`, also every name `SECRET_NAME` matches."""
         exact: set[str] = set()
-        regexes: list[re.Pattern[str]] = []
+        regexes: list[re.Pattern[str]] = [SECRET_NAME] if secret_names else []
         for n in names:
             if n.startswith("re:"):
                 regexes.append(re.compile(n[3:], re.IGNORECASE))
@@ -67,11 +101,12 @@ class Names:
 class Redactor:
     """What is secret, and how a secret is replaced. Picklable (it crosses into the worker)."""
 
-    headers: Names = field(default_factory=lambda: Names(CREDENTIAL_HEADERS))
-    query: Names = field(default_factory=Names)
-    body_fields: Names = field(default_factory=Names)
+    headers: Names = field(default_factory=lambda: Names.of(CREDENTIAL_HEADERS))
+    query: Names = field(default_factory=lambda: Names.of(()))
+    body_fields: Names = field(default_factory=lambda: Names.of(()))
     patterns: tuple[re.Pattern[str], ...] = ()
     hash_key: bytes | None = field(default=None, repr=False)  # never in a repr or a log line
+    echoes: tuple[str, ...] = field(default=(), repr=False)  # this request's credentials (with_request)
 
     @classmethod
     def build(
@@ -104,11 +139,43 @@ class Redactor:
         digest = hmac.new(self.hash_key, data, hashlib.sha256).hexdigest()
         return f"[redacted:hmac:{digest[:8]}]"
 
+    def with_request(self, headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> Redactor:
+        """This redactor, also replacing the request's own credentials wherever they appear: the
+        values of its secret headers (and the token after `Bearer `), cookies and secret query
+        parameters, so a backend that echoes them back does not put them in a record."""
+        found: set[str] = set()
+        for name, value in headers:
+            low = name.lower()
+            if low in ("cookie", "set-cookie"):
+                for part in value.split(";"):
+                    found.add(part.partition("=")[2].strip())
+            elif low in self.headers:
+                found.add(value.strip())
+                found.add(value.strip().partition(" ")[2].strip())  # "Bearer <token>"
+        for name, value in query:
+            if name in self.query:
+                found.add(value)
+        echoes = tuple(sorted((v for v in found if len(v) >= MIN_ECHO_CHARS and not _MARKER.fullmatch(v)),
+                              key=len, reverse=True))
+        if not echoes:
+            return self
+        return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key, echoes)
+
     def text(self, text: str) -> str:
-        """A string with named fields (JSON or form) and pattern matches replaced."""
+        """A string with named fields (JSON or form), card numbers, the request's credentials
+        and pattern matches replaced."""
         if self.body_fields:
             text = self._json_fields(text)
             text = _FORM_PAIR.sub(self._form_pair, text)
+        return self._values(text)
+
+    def _values(self, text: str) -> str:
+        """Card numbers, the request's credentials and the rules' patterns replaced in `text`."""
+        if _CARD.search(text):
+            text = _CARD.sub(lambda m: self.secret(m.group(0)) if _is_card(m.group(0)) else m.group(0), text)
+        for echo in self.echoes:
+            if echo in text:
+                text = text.replace(echo, self.secret(echo))
         for rx in self.patterns:
             text = rx.sub(lambda m: self.secret(m.group(0)), text)
         return text
@@ -120,7 +187,7 @@ class Redactor:
         if isinstance(value, bool) or value is None or isinstance(value, float):
             return value
         if isinstance(value, int):
-            return self.secret(value) if any(rx.search(str(value)) for rx in self.patterns) else value
+            return self.secret(value) if self._values(str(value)) != str(value) else value
         if isinstance(value, dict):
             return {
                 self.text(k) if isinstance(k, str) else k: self.secret(v)
@@ -211,12 +278,8 @@ class Redactor:
     # -- helpers ----------------------------------------------------------------------------
 
     def _patterns_deep(self, value: Any) -> Any:
-        if not self.patterns:
-            return value
         if isinstance(value, str):
-            for rx in self.patterns:
-                value = rx.sub(lambda m: self.secret(m.group(0)), value)
-            return value
+            return self._values(value)
         if isinstance(value, dict):
             return {k: v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in value.items()}
         if isinstance(value, list):

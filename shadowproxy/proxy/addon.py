@@ -15,10 +15,11 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
 from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
+from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
-from shadowproxy.proxy.convert import live_response_of, request_of
+from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher, ShadowDispatcher
@@ -26,7 +27,7 @@ from shadowproxy.shadow.jobs import build_job, decide
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 from shadowproxy.shadow.worker import DEFAULT_WORKER_NICE, ProcessDispatcher, WorkerConfig
 from shadowproxy.sinks.base import Sink
-from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink, parse_uri
+from shadowproxy.sinks.uri import DEFAULT_SINK, check_sink, open_sink, parse_uri
 
 log = logging.getLogger("shadowproxy")
 
@@ -91,14 +92,15 @@ def _load_rules(path: str | None) -> RuleSet:
     return load_rules(path) if path else default_ruleset()
 
 
-def _check_noise(rules: RuleSet, secondary: str | None, state: str | None) -> None:
+def check_noise(rules: RuleSet, secondary: str | None, state: str | None, *,
+                secondary_flag: str = "shadow_secondary_url", state_flag: str = "shadow_noise_state") -> None:
     """Noise options that cannot work, as one clear error before anything starts."""
     from pathlib import Path
 
     from shadowproxy.shadow.pipeline import load_noise_state
 
     if secondary is not None and not secondary.startswith(("http://", "https://")):
-        raise ConfigError(f"shadow_secondary_url {secondary!r}: must be an http:// or https:// URL")
+        raise ConfigError(f"{secondary_flag} {secondary!r}: must be an http:// or https:// URL")
     modes = {(r.settings.name or "defaults"): r.settings.noise.mode for r in rules.routes}
     modes["defaults"] = rules.defaults.noise.mode
     wants = sorted(name for name, mode in modes.items() if mode == "secondary")
@@ -110,7 +112,7 @@ def _check_noise(rules: RuleSet, secondary: str | None, state: str | None) -> No
                     "in the rules to use it")
     if state is not None:
         if not Path(state).parent.is_dir():
-            raise ConfigError(f"shadow_noise_state {state!r}: its directory does not exist")
+            raise ConfigError(f"{state_flag} {state!r}: its directory does not exist")
         load_noise_state(state)  # a file that is not a noise state fails here, not in the worker
 
 
@@ -207,14 +209,19 @@ class ShadowAddon:
         try:
             if o.shadow_url is not None and not o.shadow_url.startswith(("http://", "https://")):
                 raise options_error(f"shadow_url {o.shadow_url!r}: must be an http:// or https:// URL")
-            if o.shadow_queue_size < 1 or o.shadow_concurrency < 1:
-                raise options_error("shadow_queue_size and shadow_concurrency must be at least 1")
+            if not 1 <= o.shadow_queue_size <= 1_000_000 or not 1 <= o.shadow_concurrency <= 10_000:
+                raise options_error("shadow_queue_size must be 1 to 1000000, shadow_concurrency 1 to 10000")
             if o.shadow_max_copy_bytes < 1:
                 raise options_error("shadow_max_copy_bytes must be at least 1")
-            parse_uri(o.shadow_sink, flag="shadow_sink")
+            if self._injected_sink is None:  # the sink the worker will open: can it? (one line, now)
+                check_sink(o.shadow_sink, flag="shadow_sink")
+            if o.shadow_ca_file:
+                from shadowproxy.proxy.master import check_ca_file  # master imports this module
+
+                check_ca_file(o.shadow_ca_file, flag="shadow_ca_file")
             max_rps = parse_rate(o.shadow_max_rps)
             rules = _load_rules(o.shadow_rules)
-            _check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
+            check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
         except ShadowProxyError as e:
             raise options_error(str(e)) from e
         if o.shadow_insecure:
@@ -292,6 +299,11 @@ class ShadowAddon:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_IN_FLIGHT] = True
         self.in_flight += 1
+        req = flow.request
+        if req.authority and req.method != "CONNECT" and req.http_version.startswith("HTTP/1"):
+            # an absolute-form target (`GET http://other-host/x`): reverse mode names its backend
+            # itself, so the live gets origin-form (`GET /x`), as the shadow always does
+            req.authority = ""
         if self._grpc_passthrough(flow):
             # never mirrored: stream it both ways, so a long-lived gRPC stream is not held back
             # until it ends (mitmproxy buffers whole bodies by default)
@@ -380,7 +392,7 @@ class ShadowAddon:
         self._answered(flow)
         if self.dispatcher is not None and self.policy is not None and unanswered:
             reason = "client_aborted" if client_aborted(flow) else "live_error"
-            self.stats.skip(self.policy.route_name(flow.request.path), reason)
+            self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), reason)
 
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
@@ -406,7 +418,7 @@ class ShadowAddon:
         """The sink's counters (process dispatch: as the worker last reported them)."""
         d = self.dispatcher
         if isinstance(d, Dispatcher):
-            return d.pipeline.sink.counters()
+            return d.pipeline.sink_counters()
         if isinstance(d, ProcessDispatcher):
             return dict(d.sink_counters)
         return {}

@@ -6,18 +6,24 @@ import time
 
 from mitmproxy import http
 
-from shadowproxy.engine.exchange import Request, Response
+from shadowproxy.engine.exchange import Request, Response, escape_surrogates
 
 
 def _fields(headers: http.Headers) -> tuple[tuple[str, str], ...]:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.fields)
 
 
-def request_of(req: http.Request) -> Request:
+def path_of(req: http.Request) -> str:
+    """The path without the query; bytes that are not UTF-8 percent-encoded (`/caf%E9`), which is
+    what the shadow receives and the record shows (mitmproxy carries them as surrogate escapes)."""
     path, _, _ = req.path.partition("?")
+    return escape_surrogates(path) or "/"
+
+
+def request_of(req: http.Request) -> Request:
     return Request(
         method=req.method,
-        path=path or "/",
+        path=path_of(req),
         query=tuple(req.query.items(multi=True)),
         headers=_fields(req.headers),
         body=req.raw_content or b"",

@@ -250,6 +250,9 @@ class _Loader:
         if self.nodes > MAX_NODES:
             raise _Stop(self.problem(line, loc, f"too large: more than {MAX_NODES} values (aliases?)"))
         if isinstance(node, dict | list):
+            tag = getattr(getattr(node, "tag", None), "value", None)
+            if tag is not None:  # `x: !foo [1]`: ruamel keeps the tag on the collection
+                raise _Stop(self.problem(line, loc, f"unsupported YAML tag {tag!r}"))
             if id(node) in self.active:
                 raise _Stop(self.problem(line, loc, "YAML alias refers to itself"))
             self.active.add(id(node))
@@ -277,7 +280,7 @@ class _Loader:
         return node  # dates, sets, binary: pydantic says they are the wrong type
 
     def plain_map(self, node: dict[Any, Any], loc: Loc, line: int) -> dict[Any, Any]:
-        lc = node.lc.data if isinstance(node, CommentedMap) else {}
+        lc = (node.lc.data if isinstance(node, CommentedMap) else None) or {}
         out: dict[Any, Any] = {}
         for k, v in node.items():
             key = _plain_key(k)
@@ -288,7 +291,7 @@ class _Loader:
         return out
 
     def plain_seq(self, node: list[Any], loc: Loc, line: int) -> list[Any]:
-        lc = node.lc.data if isinstance(node, CommentedSeq) else {}
+        lc = (node.lc.data if isinstance(node, CommentedSeq) else None) or {}
         out: list[Any] = []
         for i, v in enumerate(node):
             at = lc.get(i)

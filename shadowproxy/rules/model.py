@@ -279,7 +279,10 @@ EnvName = Annotated[
 class RedactSpec(_Strict):
     """Secrets replaced by "[redacted]" before a record reaches any sink.
 
-    Authorization, Proxy-Authorization, Cookie, Set-Cookie and X-Api-Key are always redacted.
+    Always redacted, with or without this section: Authorization, Proxy-Authorization, Cookie,
+    Set-Cookie, X-Api-Key, any header, query parameter or JSON/form field named like a credential
+    (token, password, secret, api_key...), Luhn-valid card numbers, and the request's own
+    credentials echoed back (docs/reliability.md, "Redaction").
     Names match in any case; a name written "re:REGEX" is a regex searched in the name.
     """
 

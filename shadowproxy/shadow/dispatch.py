@@ -120,8 +120,12 @@ class Dispatcher:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.stats_interval)
-            await self.pipeline.emit_stats()
-            await self.pipeline.sink.flush()
+            try:  # one bad interval must not end the stats records and flushes for the whole run
+                await self.pipeline.emit_stats()
+                await self.pipeline.sink.flush()
+            except Exception as e:
+                log.error("stats record or sink flush failed (next try in %gs): %s: %s",
+                          self.cfg.stats_interval, type(e).__name__, e)
 
     async def _flush_loop(self) -> None:
         sink = self.pipeline.sink

@@ -23,16 +23,16 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from shadowproxy.engine.conditional import apply_not_modified
 from shadowproxy.engine.diff import Comparison, compare_responses
-from shadowproxy.engine.exchange import Exchange, Failure, Request, Response
+from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, escape_surrogates
 from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import build_record, iso_ts
@@ -41,7 +41,7 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowClient
-from shadowproxy.sinks.base import Sink
+from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")
 
@@ -134,6 +134,7 @@ class Pipeline:
         self.pair_failures = 0  # noise pairs whose second call failed (the pair is left out)
         self.cut_off = 0  # copies cancelled in flight (a drain that timed out), counted as dropped
         self._cut_writing: set[int] = set()  # ids of jobs cancelled in sink.write: already counted
+        self.unwritten = 0  # records that could not be built or written (each copy still counted once)
 
     async def process(self, job: ShadowJob) -> None:
         try:
@@ -147,9 +148,8 @@ class Pipeline:
                 self.cut_off += 1
             raise
         except Exception:  # a bug here must never take the proxy down; say it loudly
-            log.exception(
-                "shadow pipeline failed for %s %s", job.exchange.request.method, job.exchange.request.path
-            )
+            log.exception("shadow pipeline failed for %s %s", job.exchange.request.method,
+                          job.settings.redact.text(escape_surrogates(job.exchange.request.path)))
             self.stats.count(job.exchange.route, "shadow_errors")
 
     def _pair_partner(self, job: ShadowJob) -> str | None:
@@ -188,8 +188,8 @@ class Pipeline:
         if isinstance(result, Failure):
             outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
-            await self._write(job, build_record(ex, outcome, result, shadow_request=self._shadow_request(job),
-                                                redactor=s.redact))
+            await self._write(job, lambda: build_record(ex, outcome, result, redactor=s.redact,
+                                                        shadow_request=self._shadow_request(job)))
             return
         if result.status == 304 and ex.live.status != 304 and ex.annotations.get("revalidation"):
             result = apply_not_modified(ex.live, result)  # a replayed recorded revalidation
@@ -287,7 +287,7 @@ class Pipeline:
                 return
             self.stats.count(ex.route, "mismatched")
             outcome = "mismatch"
-        record = build_record(
+        await self._write(job, lambda: build_record(
             ex,
             outcome,
             shadow,
@@ -298,15 +298,25 @@ class Pipeline:
             redactor=job.settings.redact,
             noise=noise,
             request_delta=explained,
-        )
-        await self._write(job, record)
+        ))
 
-    async def _write(self, job: ShadowJob, record: dict[str, Any]) -> None:
+    async def _write(self, job: ShadowJob, make: Callable[[], Record]) -> None:
+        """Build and write one record. The copy is already counted (equal, mismatched...): a
+        failure here loses this record only, said in the log and counted in `unwritten`, and
+        never counts the copy a second time. A cancel (a drain that timed out) while writing is
+        noted, so `process` does not count the copy again as dropped."""
         try:
-            await self.sink.write(record)
+            await self.sink.write(make())
         except asyncio.CancelledError:
             self._cut_writing.add(id(job))
             raise
+        except Exception as e:
+            self.unwritten += 1
+            if self.unwritten <= 10 or self.unwritten % 1000 == 0:
+                req = job.exchange.request
+                log.error("record for %s %s not written (%d so far): %s", req.method,
+                          job.settings.redact.text(escape_surrogates(req.path)), self.unwritten,
+                          type(e).__name__)
 
     @staticmethod
     def _request_delta_fields(comparison: Comparison) -> tuple[str, ...]:
@@ -326,6 +336,13 @@ class Pipeline:
         if job.target:
             out["base"] = job.target
         return out
+
+    def sink_counters(self) -> dict[str, int]:
+        """The sink's counters, plus `unwritten` when a record could not be built or written."""
+        c = self.sink.counters()
+        if self.unwritten:
+            c["unwritten"] = self.unwritten
+        return c
 
     async def emit_stats(self) -> None:
         record = self.stats.stats_record()

@@ -553,7 +553,7 @@ class _Worker:
         diff = _hist_delta(self.stats.diff_latency, self._shipped_diff)
         self._shipped_diff = Histogram()
         self._shipped_diff.merge(self.stats.diff_latency)
-        self.send("totals", (routes, diff, self.dispatcher.pipeline.sink.counters()))
+        self.send("totals", (routes, diff, self.dispatcher.pipeline.sink_counters()))
 
     async def status_loop(self) -> None:
         ticks = 0

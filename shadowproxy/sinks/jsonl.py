@@ -8,8 +8,19 @@ from typing import IO
 
 import orjson
 
+from shadowproxy.engine.record import dumps_record
 from shadowproxy.errors import SinkError
 from shadowproxy.sinks.base import Record
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def open_private(path: str | os.PathLike[str]) -> IO[bytes]:
+    """`path` opened for append, created 0600 when new: records are data of the live traffic,
+    readable by their owner only (as the spool)."""
+    return open(path, "ab", buffering=1 << 16, opener=_private)
 
 
 class JsonlSink:
@@ -26,7 +37,7 @@ class JsonlSink:
         try:
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - closed in stop()
+            self._fh = open_private(self.path)  # closed in stop()
         except OSError as e:
             msg = f"--sink {self.uri}: cannot open for append: {e.strerror or e}"
             raise SinkError(msg) from None
@@ -35,7 +46,7 @@ class JsonlSink:
         if self._fh is None:
             await self.start()
         assert self._fh is not None
-        self._fh.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._fh.write(dumps_record(record, option=orjson.OPT_APPEND_NEWLINE))
         self._written += 1
 
     async def flush(self) -> None:

@@ -51,6 +51,8 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.engine.exchange import escape_surrogates
+from shadowproxy.engine.record import dumps_record
 from shadowproxy.errors import SinkError, SinkURIError
 from shadowproxy.sinks.base import Record
 from shadowproxy.sinks.spool import DEFAULT_MAX_BYTES, FSYNC_POLICIES, Frame, FsyncPolicy, Position, Spool
@@ -145,6 +147,18 @@ OPTION_HELP: dict[str, str] = {
 }
 
 
+_INT32 = 2**31 - 1
+_INT_RANGES = {  # the Java client's int settings; a linger beyond a minute is a typo, not a choice
+    "linger_ms": (0, 60_000),
+    "batch_size": (1, _INT32),
+    "max_request_size": (1, _INT32),
+    "request_timeout_ms": (1, _INT32),
+    "stall_ms": (1, _INT32),
+}
+MAX_PARTITIONS = 10_000
+MAX_REPLICATION = 100
+
+
 def _size(value: str) -> int:
     units = {"": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
              "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
@@ -174,10 +188,10 @@ def parse_options(parsed: ParsedURI, *, flag: str = "--sink") -> KafkaOptions:
     if unknown:
         msg = f"{where}: unknown option {unknown[0]!r} (known: {', '.join(OPTION_HELP)})"
         raise SinkURIError(msg)
-    for name in ("linger_ms", "batch_size", "max_request_size", "request_timeout_ms", "stall_ms"):
+    for name, (low, high) in _INT_RANGES.items():
         if name in opts:
-            if not opts[name].isdigit() or (name != "linger_ms" and int(opts[name]) == 0):
-                raise bad(name, "a whole number" + ("" if name == "linger_ms" else " above 0"))
+            if not opts[name].isdigit() or not low <= int(opts[name]) <= high:
+                raise bad(name, f"a whole number from {low} to {high}")
             out[name] = int(opts[name])
     for name in ("buffer_bytes", "spool_max_bytes"):
         if name in opts:
@@ -249,8 +263,10 @@ def parse_options(parsed: ParsedURI, *, flag: str = "--sink") -> KafkaOptions:
         out["client_id"] = opts["client_id"]
     if "create_topic" in opts:
         parts = opts["create_topic"].split(":")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise bad("create_topic", "PARTITIONS:REPLICATION, e.g. 3:1")
+        if (len(parts) != 2 or not all(p.isdigit() for p in parts)
+                or not 1 <= int(parts[0]) <= MAX_PARTITIONS or not 1 <= int(parts[1]) <= MAX_REPLICATION):
+            raise bad("create_topic", f"PARTITIONS:REPLICATION, e.g. 3:1 (partitions 1 to {MAX_PARTITIONS}, "
+                      f"replication 1 to {MAX_REPLICATION})")
         out["create_topic"] = (int(parts[0]), int(parts[1]))
     if "spool_dir" in opts:
         if not opts["spool_dir"]:
@@ -321,7 +337,7 @@ def _key_and_headers(record: Record) -> tuple[bytes, list[tuple[str, bytes]]]:
         return _HEADER_CACHE[cache_key]
     except (KeyError, TypeError):  # TypeError: an unhashable value in a malformed record
         pass
-    key = route.encode() if isinstance(route, str) and route else STATS_KEY
+    key = escape_surrogates(route).encode() if isinstance(route, str) and route else STATS_KEY
     headers = [
         ("schema", str(schema).encode()),
         ("route", key if isinstance(route, str) and route else b""),
@@ -413,7 +429,7 @@ class KafkaSink:
             msg = f"{self.uri}: the sender task died ({self._sender_failure()}); nothing is being sent"
             raise SinkError(msg)
         key, headers = _key_and_headers(record)
-        value = orjson.dumps(record)
+        value = dumps_record(record)
         self._c["written"] += 1
         if len(value) + len(key) + 200 > self.options.max_request_size:
             self._drop(1, f"a record of {len(value)} bytes is larger than max_request_size")

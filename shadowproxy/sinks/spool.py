@@ -6,11 +6,19 @@ Layout of a spool directory (one per topic; the Kafka sink uses `<spool_dir>/<to
     head                 "SEGMENT OFFSET": where the next unread frame starts (replaced atomically)
     0000000001.seg ...   append-only segment files, read and deleted oldest first
 
-A segment is a sequence of frames, each `length (u32 LE) | crc32 of payload (u32 LE) | payload`.
-The payload is the record exactly as it goes to Kafka (orjson bytes). A write torn by SIGKILL or
-a power cut leaves a short or checksum-failing frame at a segment's end: `open()` detects it,
-truncates the segment there (keeping every frame before it), logs it and counts it in `corrupt`.
+A segment starts with `SEGMENT_HEADER` and is a sequence of frames, each
+`MAGIC (4 bytes) | length (u32 LE) | crc32 of length and payload (u32 LE) | payload`. The payload
+is the record exactly as it goes to Kafka (orjson bytes). A damaged frame (a flipped byte on
+disk, a write torn by SIGKILL or a power cut) fails its checksum: the reader resynchronises at
+the next `MAGIC` that starts a valid frame, so one bad record never takes the ones after it.
+`MAGIC` holds the bytes 0xFE 0xFF, which never occur in UTF-8 (every record is JSON), so each
+MAGIC skipped on the way is a record lost: `corrupt` counts exactly the records lost. `open()`
+rewrites a damaged segment without its bad frames (atomically) and logs how many were lost.
 A process that restarts never appends to an old segment: it starts a new one.
+
+Segments written before this framing (no header, frames `length | crc32 of payload | payload`)
+are still read; damage in one of them still cuts that segment at the bad frame (that format has
+nothing to resynchronise on), counted as one corrupt record.
 
 The bound (`max_bytes`) is on frames not yet consumed. `append` refuses a frame that would pass
 it (the caller drops the newest record and counts it): what is already spooled is older and
@@ -52,8 +60,47 @@ FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("never", "batch", "always")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 
-_FRAME = struct.Struct("<II")
+_FRAME = struct.Struct("<4sII")  # MAGIC | length | crc32(length bytes + payload)
+_FRAME_V1 = struct.Struct("<II")  # segments written before the header: length | crc32(payload)
+_LEN = struct.Struct("<I")
+MAGIC = b"\xfe\xffSP"  # 0xFE and 0xFF never occur in UTF-8: a record cannot contain it
+SEGMENT_HEADER = b"shadowproxy spool 2\n"
 _MAX_FRAME = 64 * 1024 * 1024  # a length beyond this is garbage, not a record
+
+
+def _frame_end(data: bytes | memoryview, pos: int, v1: bool = False) -> int | None:
+    """Where the frame at `pos` ends, or None when it is short or fails its magic or checksum."""
+    head = _FRAME_V1 if v1 else _FRAME
+    if pos + head.size > len(data):
+        return None
+    if v1:
+        length, crc = _FRAME_V1.unpack_from(data, pos)
+        checked = zlib.crc32(data[pos + head.size : pos + head.size + length])
+    else:
+        magic, length, crc = _FRAME.unpack_from(data, pos)
+        if magic != MAGIC:
+            return None
+        length_crc = zlib.crc32(data[pos + 4 : pos + 8])
+        checked = zlib.crc32(data[pos + head.size : pos + head.size + length], length_crc)
+    end: int = pos + head.size + length
+    if length > _MAX_FRAME or end > len(data) or checked != crc:
+        return None
+    return end
+
+
+def _resync(data: bytes | memoryview, pos: int) -> tuple[int | None, int]:
+    """After a bad frame at `pos`: (where the next valid frame starts or None, records lost).
+
+    Every MAGIC before the next valid frame started a record that is damaged too."""
+    lost = 1
+    raw = bytes(data)
+    i = raw.find(MAGIC, pos + 1)
+    while i != -1:
+        if _frame_end(raw, i) is not None:
+            return i, lost
+        lost += 1
+        i = raw.find(MAGIC, i + 1)
+    return None, lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +142,11 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.count = 0  # frames not yet consumed
         self.bytes = 0  # their size on disk, headers included
-        self.corrupt = 0  # torn or damaged frames found and cut off
+        self.corrupt = 0  # records lost to torn or damaged frames (skipped, counted exactly)
         self.recovered = 0  # frames found at open (left by an earlier process)
         self._lock_fh: IO[bytes] | None = None
         self._segments: list[int] = []  # on disk, oldest first
+        self._v1: set[int] = set()  # segments in the format before SEGMENT_HEADER
         self._head = Position(0, 0)
         self._write_fd: int | None = None
         self._write_seg = 0
@@ -127,6 +175,11 @@ class Spool:
         self._segments = sorted(
             int(p.stem) for p in self.directory.glob("*.seg") if p.stem.isdigit()
         )
+        for seg in self._segments:
+            with open(self.directory / _segment_name(seg), "rb") as fh:
+                first = fh.read(len(SEGMENT_HEADER))
+            if first and not SEGMENT_HEADER.startswith(first):
+                self._v1.add(seg)
         self._head = self._read_head()
         # Segments before the head are fully consumed leftovers.
         for seg in [s for s in self._segments if s < self._head.segment]:
@@ -153,46 +206,71 @@ class Spool:
         except (OSError, ValueError, IndexError):
             return Position(self._segments[0], 0) if self._segments else Position(0, 0)
 
+    def _first(self, seg: int) -> int:
+        """The offset of a segment's first frame."""
+        return 0 if seg in self._v1 else len(SEGMENT_HEADER)
+
+    def _frame_end(self, seg: int, data: bytes | memoryview, pos: int) -> int | None:
+        return _frame_end(data, pos, seg in self._v1)
+
     def _check_segment(self, seg: int, start: int) -> tuple[int, int]:
-        """Count the valid frames from `start`; truncate the segment at the first bad one."""
+        """Count the valid frames from `start`. A damaged frame is skipped (the segment is
+        rewritten without it) and the records lost are counted; in an old-format segment the
+        segment is cut at the first bad frame."""
         path = self.directory / _segment_name(seg)
         data = path.read_bytes()
-        pos, n = start, 0
+        start = max(start, self._first(seg))
+        pos, n, size, lost = start, 0, 0, 0
+        good: list[tuple[int, int]] = []
         while pos < len(data):
-            frame_end = self._frame_end(data, pos)
-            if frame_end is None:
-                log.warning(
-                    "spool %s: %s has a torn or damaged record at byte %d; %d bytes after it discarded",
-                    self.directory, path.name, pos, len(data) - pos,
-                )
+            frame_end = self._frame_end(seg, data, pos)
+            if frame_end is not None:
+                good.append((pos, frame_end))
+                n += 1
+                size += frame_end - pos
+                pos = frame_end
+                continue
+            if seg in self._v1:
+                log.warning("spool %s: %s has a torn or damaged record at byte %d; %d bytes after it "
+                            "discarded (a segment in the old format)", self.directory, path.name, pos,
+                            len(data) - pos)
                 self.corrupt += 1
                 with open(path, "r+b") as fh:
                     fh.truncate(pos)
                     os.fsync(fh.fileno())
+                return n, size
+            nxt, k = _resync(data, pos)
+            lost += k
+            if nxt is None:
                 break
-            n += 1
-            pos = frame_end
-        return n, pos - start
+            pos = nxt
+        if lost:
+            log.warning("spool %s: %s had %d torn or damaged record(s); skipped, the %d valid ones kept",
+                        self.directory, path.name, lost, n)
+            self.corrupt += lost
+            self._rewrite(seg, b"".join(data[a:b] for a, b in good))
+        return n, size
 
-    @staticmethod
-    def _frame_end(data: bytes | memoryview, pos: int) -> int | None:
-        """Where the frame at `pos` ends, or None when it is short or fails its checksum."""
-        if pos + _FRAME.size > len(data):
-            return None
-        length: int
-        crc: int
-        length, crc = _FRAME.unpack_from(data, pos)
-        end: int = pos + _FRAME.size + length
-        if length > _MAX_FRAME or end > len(data):
-            return None
-        if zlib.crc32(data[pos + _FRAME.size : end]) != crc:
-            return None
-        return end
+    def _rewrite(self, seg: int, frames: bytes) -> None:
+        """Replace a segment by its header and `frames`, atomically; the head moves to its start."""
+        path = self.directory / _segment_name(seg)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(SEGMENT_HEADER + frames)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        if self._head.segment == seg:
+            self._head = Position(seg, len(SEGMENT_HEADER))
+            self._write_head()
 
     def _open_write_segment(self) -> None:
         path = self.directory / _segment_name(self._write_seg)
         self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._write_size = os.fstat(self._write_fd).st_size
+        if self._write_size == 0:
+            self._write(SEGMENT_HEADER)
         if self._write_seg not in self._segments:
             self._segments.append(self._write_seg)
         if self.fsync != "never":
@@ -215,7 +293,8 @@ class Spool:
                 buf.clear()
                 self._rotate()
             out.append(Position(self._write_seg, self._write_size + len(buf)))
-            buf += _FRAME.pack(len(payload), zlib.crc32(payload))
+            length = _LEN.pack(len(payload))
+            buf += _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload, zlib.crc32(length)))
             buf += payload
             self.count += 1
             self.bytes += size
@@ -257,18 +336,20 @@ class Spool:
         pos = self._head if start is None else start
         taken = 0
         while len(frames) < max_records and taken < max_bytes and pos.segment in self._segments:
+            if pos.offset < self._first(pos.segment):
+                pos = Position(pos.segment, self._first(pos.segment))
             path = self.directory / _segment_name(pos.segment)
+            head = _FRAME_V1 if pos.segment in self._v1 else _FRAME
             with open(path, "rb") as fh:
                 fh.seek(pos.offset)
                 data = fh.read(max(max_bytes - taken, 1))
             off = 0
             while len(frames) < max_records and off < len(data):
-                end = self._frame_end(data, off)
+                end = self._frame_end(pos.segment, data, off)
                 if end is None:
                     break  # the rest of this chunk is a partial frame: read it next time
-                length = end - off - _FRAME.size
                 start = Position(pos.segment, pos.offset + off)
-                payload = bytes(data[off + _FRAME.size : end])
+                payload = bytes(data[off + head.size : end])
                 frames.append(Frame(start, payload, Position(pos.segment, pos.offset + end)))
                 taken += end - off
                 off = end
@@ -276,16 +357,17 @@ class Spool:
                 # A frame bigger than the read size: read it whole.
                 with open(path, "rb") as fh:
                     fh.seek(pos.offset)
-                    (length, _crc) = _FRAME.unpack(fh.read(_FRAME.size))
+                    fields = fh.read(head.size)
+                    length = _LEN.unpack_from(fields, head.size - 8)[0] if len(fields) == head.size else 0
                     fh.seek(pos.offset)
-                    data = fh.read(_FRAME.size + length)
-                end = self._frame_end(data, 0)
+                    data = fh.read(head.size + min(length, _MAX_FRAME))
+                end = self._frame_end(pos.segment, data, 0)
                 if end is None:
                     if start is not None and start != self._head:
                         return []  # reading ahead: deal with it when the head gets here
                     self._skip_damaged(pos)
                     return self.read(max_records, max_bytes)
-                frames.append(Frame(pos, data[_FRAME.size : end], Position(pos.segment, pos.offset + end)))
+                frames.append(Frame(pos, data[head.size : end], Position(pos.segment, pos.offset + end)))
                 return frames
             if off < len(data) or len(frames) >= max_records or taken >= max_bytes:
                 break
@@ -297,12 +379,21 @@ class Spool:
         return frames
 
     def _skip_damaged(self, pos: Position) -> None:
-        """A frame that went bad after open(): skip the rest of its segment."""
-        log.error("spool %s: damaged record in segment %d at byte %d; skipping the rest of it",
-                  self.directory, pos.segment, pos.offset)
-        self.corrupt += 1
+        """A frame that went bad after open(): resynchronise at the next valid frame (an old-format
+        segment: skip the rest of it), counting the records lost."""
         nxt = [s for s in self._segments if s > pos.segment]
-        self._head = Position(nxt[0], 0) if nxt else Position(pos.segment, self._write_size)
+        at: int | None = None
+        lost = 1
+        if pos.segment not in self._v1:
+            data = (self.directory / _segment_name(pos.segment)).read_bytes()
+            at, lost = _resync(data, pos.offset)
+        log.error("spool %s: %d damaged record(s) in segment %d at byte %d; skipped",
+                  self.directory, lost, pos.segment, pos.offset)
+        self.corrupt += lost
+        if at is not None:
+            self._head = Position(pos.segment, at)
+        else:
+            self._head = Position(nxt[0], 0) if nxt else Position(pos.segment, self._write_size)
         self._recount()
 
     def _recount(self) -> None:
@@ -311,8 +402,17 @@ class Spool:
             if seg < self._head.segment:
                 continue
             data = (self.directory / _segment_name(seg)).read_bytes()
-            pos = self._head.offset if seg == self._head.segment else 0
-            while (end := self._frame_end(data, pos)) is not None:
+            pos = max(self._head.offset if seg == self._head.segment else 0, self._first(seg))
+            while pos < len(data):
+                end = self._frame_end(seg, data, pos)
+                if end is None:
+                    if seg in self._v1:
+                        break
+                    nxt, _ = _resync(data, pos)
+                    if nxt is None:
+                        break
+                    pos = nxt
+                    continue
                 count += 1
                 size += end - pos
                 pos = end

@@ -199,3 +199,54 @@ def test_sample_changes_are_logged_in_words_not_as_none(
         "shadow sample override set to 0.25 (25% of eligible requests) through the admin API",
         "shadow sample override cleared through the admin API: each route's own sample applies again",
     ], lines
+
+
+def raw_call(port: int, head: bytes) -> tuple[int, bytes]:
+    """A request written byte for byte (headers a browser or an attacker would send)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+def test_cross_origin_and_rebinding_calls_are_refused(backends: tuple[Backend, Backend]) -> None:
+    """A web page cannot flip the kill switch: a cross-origin text/plain POST (no preflight) and a
+    request naming another host (DNS rebinding) get 403; the admin's own origin still works."""
+    live, shadow = backends
+    with ProxyThread(live.url, shadow.url, sink=MemorySink(), admin=True) as p:
+        assert p.admin is not None
+        port = p.admin.port
+        here = f"127.0.0.1:{port}".encode()
+        csrf = (b"POST /shadow/disable HTTP/1.1\r\nHost: " + here + b"\r\nOrigin: http://evil.example\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+        assert raw_call(port, csrf)[0] == 403
+        rebinding = (b"POST /shadow/disable HTTP/1.1\r\nHost: evil.example:" + str(port).encode()
+                     + b"\r\nOrigin: http://evil.example:" + str(port).encode()
+                     + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        assert raw_call(port, rebinding)[0] == 403
+        read = b"GET /metrics HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+        assert raw_call(port, read)[0] == 403
+        assert p.addon.switch.enabled
+        own = (b"POST /shadow/disable HTTP/1.1\r\nHost: " + here + b"\r\nOrigin: http://" + here
+               + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        assert raw_call(port, own)[0] == 200
+        assert not p.addon.switch.enabled
+        assert call(port, "POST", "/shadow/enable")[0] == 200  # curl-like: no Origin
+        assert call(port, "GET", "/healthz", headers={"Host": "localhost"})[0] == 200
+
+
+def test_a_non_utf8_authorization_is_a_400_not_a_500(backends: tuple[Backend, Backend]) -> None:
+    live, shadow = backends
+    with ProxyThread(live.url, shadow.url, sink=MemorySink(), admin=True, admin_token="s3cret") as p:
+        assert p.admin is not None
+        port = p.admin.port
+        head = (b"POST /shadow/disable HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\r\n"
+                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        status, body = raw_call(port, head)
+        assert status == 400 and b"UTF-8" in body
+        assert p.addon.switch.enabled

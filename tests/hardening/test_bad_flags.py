@@ -64,7 +64,8 @@ def bad_values(param: click.Option) -> list[str]:
         return ["nope"]
     if isinstance(t, click.IntRange):
         below = [str(int(t.min) - 1)] if t.min is not None else []
-        return ["x", "1.5", *below]
+        above = [str(int(t.max) + 1)] if t.max is not None else []
+        return ["x", "1.5", *below, *above]
     if isinstance(t, click.FloatRange):
         low = [str(t.min)] if t.min is not None and t.min_open else []
         return ["x", *low]
@@ -93,6 +94,20 @@ BY_HAND = [
     ("run", "--rules", "/nonexistent/rules.yaml"),
     ("run", "--shadow-max-rps", "nan"),
     ("run", "--shadow-max-rps", "inf"),
+    # issue 12: each of these started and left the worker failing (or was a traceback)
+    ("run", "--sink", f"jsonl:{tempfile.gettempdir()}"),  # a directory
+    ("run", "--sink", "jsonl:/proc/version"),  # not writable
+    ("run", "--sink", "kafka://127.0.0.1:9/t?spool_max_bytes=0"),
+    ("run", "--sink", "kafka://127.0.0.1:9/.."),
+    ("run", "--sink", "kafka://127.0.0.1:9/a b"),
+    ("run", "--sink", "kafka://127.0.0.1:9/t?linger_ms=99999999999"),
+    ("run", "--sink", "kafka://127.0.0.1:9/t?create_topic=99999999:1"),
+    ("run", "--sink", "kafka://:9092/t"),
+    ("run", "--concurrency", "100000000"),
+    ("run", "--ca-file", str(RECORDS)),  # a file, but not PEM
+    ("run", "--live", "http://127.0.0.1:1/?q=1"),
+    ("run", "--shadow", "http://127.0.0.1:2/#frag"),
+    ("run", "--noise-state", "/nonexistent/dir/noise.json"),
     ("replay", "--rules", "/nonexistent/rules.yaml"),
 ]
 CASES = sorted({*introspected(), *BY_HAND})

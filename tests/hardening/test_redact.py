@@ -132,3 +132,29 @@ def test_redacting_any_json_value_or_text_never_raises(value: object) -> None:
     """Any parsed JSON value and its text form go through without an exception."""
     R.value(value)
     K.text(repr(value))
+
+
+def test_default_redactor_knows_credential_names_cards_and_echoes_without_rules() -> None:
+    """No rules: query and JSON/form fields named like credentials, X-Auth-Token-like headers,
+    Luhn-valid card numbers in any common spacing, and the request's own credentials echoed back."""
+    from urllib.parse import parse_qsl
+
+    d = Redactor()
+    assert d.query_map({"token": "a", "access_token": "b", "api_key": "c", "password": "d", "page": "2"}) == {
+        **dict.fromkeys(["token", "access_token", "api_key", "password"], REDACTED), "page": "2"}
+    assert d.header_map({"x-auth-token": "t", "x-csrf-token": "u", "content-type": "v"}) == {
+        "x-auth-token": REDACTED, "x-csrf-token": REDACTED, "content-type": "v"}
+    assert d.value({"secret": 1, "accessToken": "x", "nested": [{"client_secret": "y"}], "name": "ada"}) == {
+        "secret": REDACTED, "accessToken": REDACTED, "nested": [{"client_secret": REDACTED}], "name": "ada"}
+    for card in ("4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "3782 822463 10005",
+                 "4111+1111+1111+1111", "4111%201111%201111%201111"):
+        assert d.text(f"card {card} ok") == f"card {REDACTED} ok", card
+    assert d.text("order 4111111111111112 at 1712345678901") == "order 4111111111111112 at 1712345678901"
+    assert d.value(4111111111111111) == REDACTED and d.value(1712345678901) == 1712345678901
+    form = d.text("user=ada&password=a%26b&token=t1&card=4111+1111+1111+1111&page=2")
+    assert parse_qsl(form, strict_parsing=True) == [
+        ("user", "ada"), ("password", REDACTED), ("token", REDACTED), ("card", REDACTED), ("page", "2")]
+    echo = d.with_request([("Authorization", "Bearer sk-abcdef123"), ("Cookie", "s=cookieval1")],
+                          [("token", "qtok12345")])
+    got = echo.text("got Bearer sk-abcdef123 cookieval1 qtok12345")
+    assert got == f"got {REDACTED} {REDACTED} {REDACTED}"

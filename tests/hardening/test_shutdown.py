@@ -137,16 +137,18 @@ def test_sigterm_under_load_completes_in_flight_requests_and_flushes_jsonl(
 
 def spooled(spool_dir: Path, topic: str) -> int:
     """Records waiting in a spool (read without taking its lock)."""
+    from shadowproxy.sinks.spool import MAGIC, SEGMENT_HEADER
+
     frames = 0
     for seg in sorted((spool_dir / topic).glob("*.seg")):
         data = seg.read_bytes()
-        pos = 0
-        while pos + 8 <= len(data):
-            size = int.from_bytes(data[pos : pos + 4], "little")
-            if pos + 8 + size > len(data):
+        pos = len(SEGMENT_HEADER)  # then frames: MAGIC | length | crc | payload
+        while pos + 12 <= len(data) and data[pos : pos + 4] == MAGIC:
+            size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+            if pos + 12 + size > len(data):
                 break
             frames += 1
-            pos += 8 + size
+            pos += 12 + size
     return frames
 
 

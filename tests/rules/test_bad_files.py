@@ -32,6 +32,8 @@ CASES: list[tuple[str, int, str, str]] = [
     ("yaml_two_documents", 2, "", "expected a single document in the stream at line 1"),
     ("duplicate_yaml_key", 5, "defaults.sample", "duplicate key 'sample' (first at line 3)"),
     ("unsupported_tag", 3, "defaults.sample", "unsupported YAML tag '!half'"),
+    ("unsupported_tag_on_list", 3, "defaults.mirror_methods", "unsupported YAML tag '!foo'"),
+    ("unsupported_tag_on_mapping", 2, "defaults", "unsupported YAML tag '!bar'"),
     ("alias_loop", 2, "routes[0]", "must be a mapping, got null"),
     # the top level
     ("top_level_list", 1, "", "the top level must be a mapping starting with 'version: 1', got a list"),

@@ -36,3 +36,21 @@ async def test_jsonl_sink_appends_across_runs_and_stop_twice(tmp_path: Path) -> 
         await sink.stop()
         await sink.stop()
     assert [r["id"] async for r in iter_records(f"jsonl:{path}")] == ["rec-00000000", "rec-00000001"]
+
+
+async def test_the_jsonl_file_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Records are live traffic: the file is created 0600, like the spool's segments, whatever
+    the umask; the check before start creates it the same way."""
+    import os
+
+    from shadowproxy.sinks.uri import check_sink
+
+    old = os.umask(0o022)
+    try:
+        async with JsonlSink(tmp_path / "a.jsonl") as sink:
+            await sink.write({"n": 1})
+        check_sink(f"jsonl:{tmp_path / 'b.jsonl'}")
+    finally:
+        os.umask(old)
+    for name in ("a.jsonl", "b.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name

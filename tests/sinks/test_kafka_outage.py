@@ -255,3 +255,31 @@ async def test_a_dead_sender_is_loud_and_keeps_the_records(
     await sink.stop()  # still safe twice
     with Spool(tmp_path / kafka_topic) as spool:
         assert spool.recovered == 10
+
+
+async def test_a_damaged_spooled_record_costs_only_itself_and_is_counted(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    """500 spooled records, one byte flipped in the middle one: 499 reach the topic, corrupt=1."""
+    import struct
+
+    from shadowproxy.sinks.spool import SEGMENT_HEADER, Spool
+
+    records = [make_record(i) for i in range(500)]
+    with Spool(tmp_path / kafka_topic) as spool:
+        spool.append([json.dumps(r).encode() for r in records])
+    seg = sorted((tmp_path / kafka_topic).glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    pos = len(SEGMENT_HEADER)
+    for _ in range(250):
+        pos += 12 + struct.unpack_from("<I", data, pos + 4)[0]
+    data[pos + 40] ^= 0x40
+    seg.write_bytes(bytes(data))
+    uri = f"kafka://{kafka_bootstrap}/{kafka_topic}?create_topic=1:1&spool_dir={tmp_path}"
+    async with kafka_sink(uri) as sink:
+        await wait_until(lambda: not sink.spooling, 60, "the drain")
+    c = sink.counters()
+    assert (c["recovered"], c["corrupt"], c["drained"], c["backlog"]) == (499, 1, 499, 0)
+    messages = await consume_all(kafka_bootstrap, kafka_topic)
+    got = [json.loads(m.value)["id"] for m in messages]  # type: ignore[attr-defined]
+    assert got == [r["id"] for i, r in enumerate(records) if i != 250]

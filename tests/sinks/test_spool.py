@@ -114,3 +114,81 @@ def test_large_frame_is_read_whole(tmp_path: Path) -> None:
         assert frames[0].payload == big
         spool.consume(frames)
         assert [f.payload for f in spool.read(10)] == [b"small"]
+
+
+def _frame_offsets(seg: Path) -> list[int]:
+    """Where each frame starts in a segment (the new format: header, then MAGIC-framed records)."""
+    from shadowproxy.sinks.spool import MAGIC, SEGMENT_HEADER
+
+    data = seg.read_bytes()
+    out, pos = [], len(SEGMENT_HEADER)
+    while pos < len(data):
+        assert data[pos : pos + 4] == MAGIC
+        out.append(pos)
+        pos += 12 + struct.unpack_from("<I", data, pos + 4)[0]
+    return out
+
+
+def _flip(seg: Path, at: int) -> None:
+    with open(seg, "r+b") as fh:
+        fh.seek(at)
+        b = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("where", ["payload", "length", "checksum", "magic"])
+def test_a_flipped_byte_mid_segment_loses_only_that_record_and_counts_it(tmp_path: Path, where: str) -> None:
+    """One damaged record in the middle of 500: the 499 others come back in order, corrupt=1."""
+    with Spool(tmp_path) as spool:
+        spool.append(payloads(500))
+    seg = sorted(tmp_path.glob("*.seg"))[0]
+    start = _frame_offsets(seg)[250]
+    _flip(seg, start + {"magic": 1, "length": 5, "checksum": 9, "payload": 40}[where])
+    with Spool(tmp_path) as spool:
+        assert (spool.recovered, spool.corrupt) == (499, 1)
+        frames = spool.read(1000)
+        assert [f.payload for f in frames] == payloads(250) + payloads(249, start=251)
+        spool.consume(frames)
+        assert spool.count == 0
+
+
+def test_damage_after_open_is_skipped_by_the_reader_and_counted(tmp_path: Path) -> None:
+    """A record that goes bad while the spool is open: the reader resyncs at the next one."""
+    with Spool(tmp_path) as spool:
+        spool.append(payloads(500))
+        seg = sorted(tmp_path.glob("*.seg"))[0]
+        _flip(seg, _frame_offsets(seg)[100] + 30)
+        got: list[bytes] = []
+        while frames := spool.read(64):
+            got += [f.payload for f in frames]
+            spool.consume(frames)
+        assert got == payloads(100) + payloads(399, start=101)
+        assert (spool.corrupt, spool.count) == (1, 0)
+
+
+def test_three_damaged_records_in_a_row_are_three_lost(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:
+        spool.append(payloads(50))
+    seg = sorted(tmp_path.glob("*.seg"))[0]
+    offsets = _frame_offsets(seg)
+    for i in (10, 11, 12):
+        _flip(seg, offsets[i] + 20)
+    with Spool(tmp_path) as spool:
+        assert (spool.recovered, spool.corrupt) == (47, 3)
+        assert [f.payload for f in spool.read(100)] == payloads(10) + payloads(37, start=13)
+
+
+def test_segments_in_the_old_format_are_still_read(tmp_path: Path) -> None:
+    """A spool left by an earlier version (frames `length | crc32 | payload`, no header)."""
+    import zlib
+
+    old = b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in payloads(20))
+    (tmp_path / "0000000001.seg").write_bytes(old)
+    with Spool(tmp_path) as spool:
+        assert (spool.recovered, spool.corrupt) == (20, 0)
+        spool.append(payloads(5, start=20))
+        frames = spool.read(100)
+        assert [f.payload for f in frames] == payloads(25)
+        spool.consume(frames)
+    assert list(tmp_path.glob("*.seg")) == []
