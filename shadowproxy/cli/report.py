@@ -52,6 +52,13 @@ from shadowproxy.cli.params import SINK_URI
     " at all (verdict no_data). Without it the exit code is 0 whatever the verdict.",
 )
 @click.option(
+    "--fail-on-insufficient",
+    is_flag=True,
+    default=False,
+    help="With --fail-on: also exit 1 when the overall verdict is insufficient (a route's latency"
+    " rests on fewer than verdict.min_samples compared exchanges). Default: not a failure.",
+)
+@click.option(
     "--rules",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -77,6 +84,7 @@ def report(
     fmt: str,
     out: Path | None,
     fail_on: str | None,
+    fail_on_insufficient: bool,
     rules: Path | None,
     top: int,
     progress: bool | None,
@@ -85,10 +93,12 @@ def report(
     fields that differ (with example record ids), live vs shadow latency, and a verdict.
 
     \b
-    Verdict per route, from the `verdict:` thresholds of the rules file:
-      mismatch rate   mismatched / compared           PASS < warn <= WARN <= fail < FAIL
-      shadow errors   errors / (compared + errors)    same thresholds as the mismatch rate
-      latency         shadow p99 / live p99 - 1       PASS < warn <= WARN <= fail < FAIL
+    Verdict per route, from the `verdict:` thresholds of the rules file (PASS < warn <= WARN
+    <= fail < FAIL), each judged with its 95% interval (docs/report.md):
+      mismatch rate   mismatched / compared           upper bound, once one mismatch is seen
+      shadow errors   errors / (compared + errors)    the same rule and thresholds
+      latency         shadow slowdown at median, p99  lower bound, only when p < verdict.alpha
+    Latency with fewer than verdict.min_samples (30) compared exchanges is INSUFFICIENT.
     The route's verdict is its worst check; a route with nothing compared is NO DATA.
     Overall is the worst route with data (NO DATA when no route has any).
 
@@ -134,6 +144,9 @@ def report(
                 msg = f"--out {out}: cannot write: {e.strerror or e}"
                 raise ConfigError(msg) from None
             click.echo(f"report written to {out} (verdict {data['verdict']})", err=True)
-    if gate_fails(data["verdict"], fail_on):  # type: ignore[arg-type]
-        click.secho(f"verdict {data['verdict']}: at or above --fail-on {fail_on}", fg="red", err=True)
+    if gate_fails(data["verdict"], fail_on, fail_on_insufficient):  # type: ignore[arg-type]
+        why = f"at or above --fail-on {fail_on}"
+        if data["verdict"] == "insufficient":
+            why = "--fail-on-insufficient"
+        click.secho(f"verdict {data['verdict']}: {why}", fg="red", err=True)
         sys.exit(1)

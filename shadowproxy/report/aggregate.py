@@ -29,6 +29,7 @@ import orjson
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
 from shadowproxy.engine.stats import Histogram, RouteStats
 from shadowproxy.report import verdict as _verdict
+from shadowproxy.report.inference import Estimate
 from shadowproxy.rules.model import Verdict
 
 __all__ = ["REPORT_SCHEMA", "Aggregator", "parse_ts"]
@@ -280,6 +281,7 @@ class Aggregator:
                 "latency": judged.latency,
             },
             "reasons": list(judged.reasons),
+            "estimates": _estimates(judged),
             "counts": counts,
             "skipped_by": dict(sorted(agg.stats.skipped_by.items())),
             "mismatch_rate": _rate(counts["mismatched"], compared),
@@ -348,6 +350,21 @@ def _noise_report(agg: RouteAgg, top: int | None) -> dict[str, Any]:
             }
             for key, c in (cancelled if top is None else cancelled[:top])
         ],
+    }
+
+
+def _estimates(j: _verdict.Judgement) -> dict[str, Any]:
+    """What each check used: n, the estimate, its 95% interval and (latency) the p-value."""
+    lt = j.latency_test
+
+    def d(e: Estimate | None) -> dict[str, Any] | None:
+        return None if e is None or e.value is None else e.to_dict()
+
+    return {
+        "mismatch_rate": d(j.mismatch_estimate),
+        "shadow_error_rate": d(j.error_estimate),
+        "slowdown_median": d(lt.median) if lt else None,
+        "slowdown_p99": d(lt.p99) if lt else None,
     }
 
 

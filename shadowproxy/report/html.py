@@ -12,8 +12,11 @@ from typing import Any
 import orjson
 
 from shadowproxy.report.text import (
+    CHECK_HEADER,
     VERDICT_LABEL,
     by_severity,
+    check_rows,
+    fmt_ci,
     fmt_ms,
     fmt_pct,
     fmt_ratio,
@@ -21,7 +24,13 @@ from shadowproxy.report.text import (
 
 __all__ = ["CSS", "render_body", "render_html"]
 
-COLORS = {"fail": "#c62828", "warn": "#ef8f00", "pass": "#2e7d32", "no_data": "#9e9e9e"}
+COLORS = {
+    "fail": "#c62828",
+    "warn": "#ef8f00",
+    "pass": "#2e7d32",
+    "no_data": "#9e9e9e",
+    "insufficient": "#00838f",
+}
 LIVE_COLOR = ("#1565c0", "#5e92d8", "#a9c4ec")  # p50, p95, p99: darker is lower
 SHADOW_COLOR = ("#6a1b9a", "#9c5cb8", "#d1b1e0")
 
@@ -35,6 +44,7 @@ h3 { font-size: 1.05rem; margin: 18px 0 6px; }
   font-size: .85rem; letter-spacing: .03em; white-space: nowrap; }
 .badge.fail { background: #c62828; } .badge.warn { background: #ef8f00; }
 .badge.pass { background: #2e7d32; } .badge.no_data { background: #9e9e9e; }
+.badge.insufficient { background: #00838f; }
 table { border-collapse: collapse; width: 100%; background: #fff; font-size: .85rem; margin: 6px 0 12px; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; font-weight: 600; }
@@ -262,7 +272,8 @@ def _example(ex: dict[str, Any]) -> str:
 def _routes_table(routes: list[dict[str, Any]]) -> str:
     head = (
         "<tr><th>route</th><th>verdict</th><th class=n>compared</th><th class=n>mismatched</th>"
-        "<th class=n>rate</th><th class=n>shadow err</th><th class=n>too large</th><th class=n>skipped</th>"
+        "<th class=n>rate (95% CI, n)</th><th class=n>shadow err</th><th class=n>too large</th>"
+        "<th class=n>skipped</th>"
         "<th class=n>dropped</th><th class=n>live ms p50/p95/p99</th><th class=n>shadow ms p50/p95/p99</th>"
         "<th class=n>p99 ratio</th></tr>"
     )
@@ -274,13 +285,32 @@ def _routes_table(routes: list[dict[str, Any]]) -> str:
             f'<tr data-route="{_e(r["route"])}"><td><code>{_e(r["route"])}</code></td>'
             f"<td>{_badge(r['verdict'])}</td>"
             f"<td class=n>{c['compared']}</td><td class=n>{c['mismatched']}</td>"
-            f"<td class=n>{fmt_pct(r['mismatch_rate'])}</td><td class=n>{c['shadow_errors']}</td>"
+            f"<td class=n>{_e(fmt_ci((r.get('estimates') or {}).get('mismatch_rate')))}</td>"
+            f"<td class=n>{c['shadow_errors']}</td>"
             f"<td class=n>{c['too_large']}</td><td class=n>{c['skipped']}</td><td class=n>{c['dropped']}</td>"
             f"<td class=n>{q['live']}</td><td class=n>{q['shadow']}</td>"
             f"<td class=n>{fmt_ratio(lat['ratio']['p99'])}"
             "</td></tr>"
         )
     return f'<table id="routes">{head}{"".join(rows)}</table>'
+
+
+def _checks_table(routes: list[dict[str, Any]]) -> str:
+    """Each check's n, estimate, 95% interval and p-value (docs/report.md)."""
+    rows = check_rows(routes)
+    if not rows:
+        return ""
+    def cells(tag: str, row: list[str]) -> str:
+        cls = (" class=n" if 2 <= i <= 5 else "" for i in range(len(row)))
+        return "".join(f"<{tag}{k}>{_e(c)}</{tag}>" for k, c in zip(cls, row, strict=True))
+
+    head = cells("th", CHECK_HEADER)
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return (
+        '<h2>Checks</h2><p class="meta">Estimates with 95% intervals; for latency, the one-sided p-value '
+        'of "the shadow is no slower". A check warns or fails only on what the interval rules out.</p>'
+        f'<table id="checks"><tr>{head}</tr>{body}</table>'
+    )
 
 
 def _fields_table(r: dict[str, Any]) -> str:
@@ -357,8 +387,9 @@ def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") 
         f"(stats {rec['stats']}, mismatch {rec['mismatch']}, shadow_error {rec['shadow_error']}, too_large "
         f"{rec['too_large']}, duplicates {rec['duplicates']}, outside window {rec['outside_window']}).</p>",
         f'<p class="meta">thresholds: mismatch rate warn {fmt_pct(t["mismatch_rate"]["warn"])}, fail above '
-        f"{fmt_pct(t['mismatch_rate']['fail'])}; latency (shadow p99 / live p99 - 1) warn "
-        f"{fmt_pct(t['latency']['warn'])}, fail above {fmt_pct(t['latency']['fail'])}. Total: "
+        f"{fmt_pct(t['mismatch_rate']['fail'])} (95% upper bound); latency slowdown at median and p99 warn "
+        f"{fmt_pct(t['latency']['warn'])}, fail above {fmt_pct(t['latency']['fail'])} (95% lower bound, "
+        f"p &lt; {_e(t.get('alpha', 0.01))}, at least {_e(t.get('min_samples', 30))} compared). Total: "
         f"{totals['compared']} compared, {totals['mismatched']} mismatched "
         f"({fmt_pct(totals['mismatch_rate'])}).</p>",
         '<div class="charts">',
@@ -367,6 +398,7 @@ def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") 
         "</div>",
         "<h2>Routes</h2>",
         _routes_table(routes),
+        _checks_table(routes),
         "<h2>Differences by route</h2>",
         "".join(_route_section(r) for r in routes),
     ]

@@ -25,14 +25,15 @@ def iso(dt: datetime) -> str:
 
 @pytest.fixture
 def source(tmp_path: Path) -> str:
-    """users: 1000 compared, 5 mismatched (0.5%: WARN); orders: 200 compared (PASS); admin: skipped only."""
+    """users: 3000 compared, 5 mismatched (0.17%, 95% CI 0.07%-0.39%: WARN); orders: 200 compared, one
+    latency sample (INSUFFICIENT); admin: skipped only."""
     return write_jsonl(
         tmp_path / "r.jsonl",
         [
             stats(
                 {
                     "users": route_stats(
-                        compared=1000, mismatched=5, live_ms=[10.0] * 10, shadow_ms=[10.0] * 10
+                        compared=3000, mismatched=5, live_ms=[10.0] * 10, shadow_ms=[10.0] * 10
                     ),
                     "orders": route_stats(compared=200, live_ms=[20.0], shadow_ms=[20.0]),
                     "admin": route_stats(skipped=3),
@@ -73,6 +74,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "verdict",
         "checks",
         "reasons",
+        "estimates",
         "counts",
         "skipped_by",
         "mismatch_rate",
@@ -90,7 +92,12 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
     assert data["schema"] == "shadowproxy.report/1"
     assert data["verdict"] == "warn"
     users = {r["route"]: r for r in data["routes"]}["users"]
-    assert users["counts"]["compared"] == 1000 and users["mismatch_rate"] == 0.005
+    assert users["counts"]["compared"] == 3000 and users["mismatch_rate"] == 5 / 3000
+    estimates = ["mismatch_rate", "shadow_error_rate", "slowdown_median", "slowdown_p99"]
+    assert list(users["estimates"]) == estimates
+    assert users["estimates"]["mismatch_rate"] == {
+        "n": 3000, "estimate": 0.001667, "low": 0.000712, "high": 0.003896, "p_value": None
+    }
     assert list(users["fields"][0]) == ["part", "path", "kind", "count", "share", "examples", "example"]
 
 
@@ -100,16 +107,20 @@ def test_table_format_lists_routes_worst_first_with_fields(source: str) -> None:
     assert out.index("users") < out.index("orders") < out.index("admin")
     assert "WARN" in out and "PASS" in out and "NO DATA" in out
     assert "Top differing fields: users" in out
-    assert "/name" in out and "0.50%" in out
-    assert "users: mismatch rate 0.50% (warn from 0.10%)" in out
+    assert "/name" in out and "0.17% (0.07%-0.39%, 3000)" in out
+    assert "users: mismatch rate 0.17% (0.07% to 0.39%, n=3000) (95% upper bound from warn 0.10%)" in out
+    assert "orders: latency: 1 compared exchanges, fewer than min_samples 30" in out
+    assert "INSUFFICIENT" in out
 
 
 def test_markdown_format_is_pipe_tables(source: str) -> None:
     code, out, _ = run("report", "--source", source, "--format", "markdown")
     assert code == 0
     assert out.startswith("# shadowproxy report: WARN\n")
-    assert "| `users` | **WARN** | 1000 | 5 | 0.50% | 0 | 0 | 0 | 0 |" in out
-    assert "| `body /name`" not in out and "| `/name` | changed | 5 | 0.50% |" in out
+    assert "| `users` | **WARN** | 3000 | 5 | 0.17% (0.07%-0.39%, 3000) | 0 | 0 | 0 | 0 |" in out
+    assert "| `body /name`" not in out and "| `/name` | changed | 5 | 0.17% |" in out
+    assert "| `users` | mismatch rate | 3000 | 0.17% | 0.07% - 0.39% | — | WARN |" in out
+    assert "| route | check | n | estimate | 95% interval | p-value | level |" in out
     assert out.endswith("\n")
 
 
@@ -151,15 +162,15 @@ def test_fail_on_exit_codes_for_an_overall_warn(source: str, fail_on: str | None
 @pytest.mark.parametrize(
     ("mismatched", "fail_on", "code"),
     [
-        (10, "fail", 0),  # 1.0%: at the fail threshold is warn
-        (11, "fail", 1),  # 1.1%: fail
+        (50, "fail", 0),  # 0.5% (0.38%-0.66%): warn
+        (90, "fail", 1),  # 0.9% (0.73%-1.10%): a rate above 1% not ruled out: fail
         (0, "warn", 0),  # pass
-        (1, "warn", 1),  # 0.1%: at warn
+        (10, "warn", 1),  # 0.1% (0.05%-0.18%): warn
     ],
 )
 def test_fail_on_follows_the_thresholds(tmp_path: Path, mismatched: int, fail_on: str, code: int) -> None:
     src = write_jsonl(
-        tmp_path / "r.jsonl", [stats({"r": route_stats(compared=1000, mismatched=mismatched)}, "s")]
+        tmp_path / "r.jsonl", [stats({"r": route_stats(compared=10_000, mismatched=mismatched)}, "s")]
     )
     assert run("report", "--source", src, "--format", "json", "--fail-on", fail_on)[0] == code
 
@@ -179,7 +190,9 @@ def test_rules_file_sets_the_thresholds(source: str, tmp_path: Path) -> None:
     )
     assert code == 0
     data = json.loads(out)
-    assert data["verdict"] == "pass"
+    assert data["verdict"] == "insufficient"  # users' mismatch rate passes; too few latency samples
+    users = {r["route"]: r for r in data["routes"]}["users"]
+    assert users["checks"] == {"mismatch_rate": "pass", "shadow_errors": "pass", "latency": "insufficient"}
     assert data["thresholds"]["mismatch_rate"] == {"warn": 0.01, "fail": 0.05}
 
 
@@ -301,3 +314,15 @@ def test_progress_bar_goes_to_stderr_only_when_asked(source: str) -> None:
         asyncio.run(read_source(source, agg, stream=stream))
         assert agg.counters["used"] == 6
         assert ("reading" in stream.getvalue()) is expect
+
+
+def test_insufficient_latency_fails_the_gate_only_with_fail_on_insufficient(tmp_path: Path) -> None:
+    src = write_jsonl(
+        tmp_path / "r.jsonl",
+        [stats({"r": route_stats(compared=5, live_ms=[10.0] * 5, shadow_ms=[30.0] * 5)}, "s")],
+    )
+    code, out, _ = run("report", "--source", src, "--format", "json", "--fail-on", "warn")
+    assert code == 0 and json.loads(out)["verdict"] == "insufficient"
+    args = ("--format", "json", "--fail-on", "warn", "--fail-on-insufficient")
+    code, _, err = run("report", "--source", src, *args)
+    assert code == 1 and "verdict insufficient" in err
