@@ -33,7 +33,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming")
+SKIP_REASONS = ("method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "not_ready")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,16 @@ Background work starts in `running()` and is drained in `done()`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 
+from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
@@ -32,6 +36,10 @@ log = logging.getLogger("shadowproxy")
 
 _IN_FLIGHT = "shadowproxy.in_flight"
 _GRPC_STREAM = "shadowproxy.grpc_stream"
+_SENT_AT = "shadowproxy.sent_at"  # time.time() when the request goes upstream (the live latency's start)
+_SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
+HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
+HELD_PACE_S = 0.002  # held copies go to the dispatcher this far apart once it is ready
 
 DISPATCH_MODES = ["process", "inline"]
 DISPATCH_DEFAULT = "process"  # bench/README.md: the numbers behind this choice
@@ -98,6 +106,14 @@ class ShadowAddon:
         self.config: ShadowConfig | None = None
         self.policy: Policy | None = None
         self.dispatcher: ShadowDispatcher | None = None
+        # False until the dispatcher (the worker process) has started. Copies made before are
+        # held (at most HOLD_MAX, beyond: counted `not_ready`) and handed over at a bounded pace
+        # once it is ready, never in one burst the worker would time as the shadow's slowness
+        self.dispatcher_ready = False
+        self._held: deque[ShadowJob] = deque()
+        self._tasks = BackgroundTasks()
+        self._done = False  # done() ran: nothing more is mirrored
+        self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
         self.stats = Stats("proxy")
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
 
@@ -179,13 +195,26 @@ class ShadowAddon:
             self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
             uri = sink.uri
         await self.dispatcher.start()
+        self.dispatcher_ready = True
+        if self._held:
+            self._tasks.spawn(self._release_held())
         log.info("shadowing to %s, records to %s (%s dispatch)", cfg.shadow_url, uri,
                  "inline" if isinstance(self.dispatcher, Dispatcher) else "process")
 
     async def done(self) -> None:
+        self._done = True
+        await self._tasks.cancel_all()
+        while self._held:  # the worker never came up, or stop came first
+            self.stats.skip(self._held.popleft().exchange.route, "not_ready")
         if self.dispatcher is not None:
+            self.dispatcher_ready = False
             await self.dispatcher.stop()
             self.dispatcher = None
+
+    async def _release_held(self) -> None:
+        while self._held and self.dispatcher is not None:
+            self.dispatcher.submit(self._held.popleft())
+            await asyncio.sleep(HELD_PACE_S)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_IN_FLIGHT] = True
@@ -222,13 +251,28 @@ class ShadowAddon:
         if flow.metadata.pop(_IN_FLIGHT, False):
             self.in_flight -= 1
 
+    def request(self, flow: http.HTTPFlow) -> None:
+        # the last hook before mitmproxy writes the request upstream: the live latency starts
+        # here, as the shadow's starts when its request is written (proxy.convert)
+        flow.metadata[_SENT_AT] = time.time()
+
     def response(self, flow: http.HTTPFlow) -> None:
         self._answered(flow)
-        if self.dispatcher is None or self.policy is None or flow.response is None:
+        cfg = self.config
+        if cfg is None or cfg.shadow_url is None or self.policy is None or self._done:
+            return
+        if flow.response is None:
             return
         job = self.job_for(flow)
-        if job is not None:
-            self.dispatcher.submit(job)
+        if job is None:
+            return
+        if not self.dispatcher_ready or self.dispatcher is None:
+            if len(self._held) < HOLD_MAX:
+                self._held.append(job)
+            else:
+                self.stats.skip(job.exchange.route, "not_ready")
+            return
+        self.dispatcher.submit(job)
 
     def error(self, flow: http.HTTPFlow) -> None:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
@@ -243,13 +287,24 @@ class ShadowAddon:
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
         assert self.policy is not None
-        return build_job(self.policy, self.stats, request_of(flow.request), live_response_of(flow))
+        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT))
+        return build_job(self.policy, self.stats, request_of(flow.request), live)
+
+    def _first_use(self, conn_id: str) -> bool:
+        """Whether this is the first answer on that server connection (it was opened for it)."""
+        seen = self._server_conns
+        if conn_id in seen:
+            return False
+        seen[conn_id] = None
+        if len(seen) > _SEEN_CONNS:
+            seen.popitem(last=False)
+        return True
 
     @property
     def ready(self) -> bool:
-        """True once the proxy listens and, when shadowing, the dispatcher runs."""
+        """True once the proxy listens and, when shadowing, the dispatcher (worker) is ready."""
         cfg = self.config
-        return cfg is not None and (cfg.shadow_url is None or self.dispatcher is not None)
+        return cfg is not None and (cfg.shadow_url is None or self.dispatcher_ready)
 
     def sink_counters(self) -> dict[str, int]:
         """The sink's counters (process dispatch: as the worker last reported them)."""

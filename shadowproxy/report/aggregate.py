@@ -281,7 +281,7 @@ class Aggregator:
                 "latency": judged.latency,
             },
             "reasons": list(judged.reasons),
-            "estimates": _estimates(judged),
+            "estimates": _estimates(judged, self.thresholds),
             "counts": counts,
             "skipped_by": dict(sorted(agg.stats.skipped_by.items())),
             "mismatch_rate": _rate(counts["mismatched"], compared),
@@ -353,18 +353,23 @@ def _noise_report(agg: RouteAgg, top: int | None) -> dict[str, Any]:
     }
 
 
-def _estimates(j: _verdict.Judgement) -> dict[str, Any]:
-    """What each check used: n, the estimate, its 95% interval and (latency) the p-value."""
+def _estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
+    """What each check used: n, the estimate, its 95% interval, (latency) the p-value, and the
+    level that estimate alone gives."""
     lt = j.latency_test
 
-    def d(e: Estimate | None) -> dict[str, Any] | None:
-        return None if e is None or e.value is None else e.to_dict()
+    def d(e: Estimate | None, lv: str | None) -> dict[str, Any] | None:
+        return None if e is None or e.value is None else {**e.to_dict(), "level": lv}
+
+    def slow(e: Estimate) -> dict[str, Any] | None:
+        lv = "insufficient" if j.latency == "insufficient" else _verdict.slowdown_level(e, t)
+        return d(e, lv)
 
     return {
-        "mismatch_rate": d(j.mismatch_estimate),
-        "shadow_error_rate": d(j.error_estimate),
-        "slowdown_median": d(lt.median) if lt else None,
-        "slowdown_p99": d(lt.p99) if lt else None,
+        "mismatch_rate": d(j.mismatch_estimate, j.mismatch_rate),
+        "shadow_error_rate": d(j.error_estimate, j.shadow_errors),
+        "slowdown_median": slow(lt.median) if lt else None,
+        "slowdown_p99": slow(lt.p99) if lt else None,
     }
 
 

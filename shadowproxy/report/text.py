@@ -38,7 +38,7 @@ VERDICT_LABEL = {
     "insufficient": "INSUFFICIENT",
 }
 CHECK_HEADER = ["route", "check", "n", "estimate", "95% interval", "p-value", "level"]
-_CHECKS = (  # (estimates key, checks key, label, signed)
+_CHECKS = (  # (estimates key, checks key, label, signed): the checks key for records without a level
     ("mismatch_rate", "mismatch_rate", "mismatch rate", False),
     ("shadow_error_rate", "shadow_errors", "shadow errors", False),
     ("slowdown_median", "latency", "latency: median slowdown", True),
@@ -102,7 +102,7 @@ def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
             interval = _bound(est["low"], signed, "-inf") + (" to " if signed else " - ") + _bound(
                 est["high"], signed, "+inf"
             )
-            lv = r["checks"].get(check)
+            lv = est.get("level", r["checks"].get(check))
             rows.append([
                 r["route"],
                 label,

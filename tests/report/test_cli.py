@@ -96,7 +96,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
     estimates = ["mismatch_rate", "shadow_error_rate", "slowdown_median", "slowdown_p99"]
     assert list(users["estimates"]) == estimates
     assert users["estimates"]["mismatch_rate"] == {
-        "n": 3000, "estimate": 0.001667, "low": 0.000712, "high": 0.003896, "p_value": None
+        "n": 3000, "estimate": 0.001667, "low": 0.000712, "high": 0.003896, "p_value": None, "level": "warn"
     }
     assert list(users["fields"][0]) == ["part", "path", "kind", "count", "share", "examples", "example"]
 
@@ -257,7 +257,8 @@ def test_bad_source_uri_is_a_usage_error() -> None:
 def test_help_documents_the_verdict_and_exit_codes() -> None:
     code, out, _ = run("report", "--help")
     assert code == 0
-    for text in ("shadow p99 / live p99 - 1", "--fail-on", "NO DATA", "Exit codes", "--since", "--rules"):
+    for text in ("shadow slowdown at median, p99", "95% interval", "INSUFFICIENT", "--fail-on-insufficient",
+                 "--fail-on", "NO DATA", "Exit codes", "--since", "--rules"):
         assert text in out
 
 
