@@ -13,18 +13,22 @@ The report (and `--format json`) is a dict with these stable keys:
     window          {first_ts, last_ts}: ts of the first and last record used
     records         {read, used, duplicates, outside_window, invalid, mismatch, shadow_error,
                      too_large, stats}: how many records of each were read / used / left out
-    thresholds      {mismatch_rate: {warn, fail}, latency: {warn, fail}}
-    verdict         overall: pass | warn | fail | no_data (worst route with data)
+    thresholds      {mismatch_rate: {warn, fail}, latency: {warn, fail}, alpha, min_samples}
+    verdict         overall: pass | warn | fail | insufficient | no_data (worst route with data)
     totals          {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
                      mismatch_rate, latency}: all routes together
     routes          list, sorted by route name, of:
       route               route name
-      verdict             pass | warn | fail | no_data
+      verdict             pass | warn | fail | insufficient | no_data
       checks              {mismatch_rate, shadow_errors, latency}: each check's level, or null
       reasons             why the verdict is not pass, in words
+      estimates           {mismatch_rate, shadow_error_rate, slowdown_median, slowdown_p99}: what
+                          each check used, each {n, estimate, low, high, p_value, level} or null;
+                          low/high: the 95% interval (null: open on that side); p_value: latency only
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped}:
                           sums over the stats records
-      skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error)
+      skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,
+                          grpc_streaming, not_ready)
       mismatch_rate       mismatched / compared, null when nothing was compared
       shadow_error_rate   shadow_errors / (compared + shadow_errors), or null
       records             {mismatch, shadow_error, too_large}: records of each outcome seen
