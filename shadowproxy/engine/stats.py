@@ -95,6 +95,11 @@ class Histogram:
         )
 
 
+def ratio_bucket(live_ms: float, shadow_ms: float) -> int:
+    """The RatioHistogram bucket of one exchange's ln(shadow / live)."""
+    return round(math.log(max(shadow_ms, HIST_BASE_MS) / max(live_ms, HIST_BASE_MS)) / RATIO_WIDTH)
+
+
 @dataclass(slots=True)
 class RatioHistogram:
     """Paired log-ratios ln(shadow ms / live ms), one per compared exchange, in 0.01-wide buckets.
@@ -107,8 +112,9 @@ class RatioHistogram:
     count: int = 0
 
     def observe(self, live_ms: float, shadow_ms: float) -> None:
-        r = math.log(max(shadow_ms, HIST_BASE_MS) / max(live_ms, HIST_BASE_MS))
-        i = round(r / RATIO_WIDTH)
+        self.add(ratio_bucket(live_ms, shadow_ms))
+
+    def add(self, i: int) -> None:
         self.buckets[i] = self.buckets.get(i, 0) + 1
         self.count += 1
 
@@ -200,10 +206,11 @@ class Stats:
             rs.skipped_by[reason] = rs.skipped_by.get(reason, 0) + n
 
     def latency(self, route: str, live_ms: float, shadow_ms: float) -> None:
+        ratio = ratio_bucket(live_ms, shadow_ms)
         for rs in self._route(route):
             rs.live_latency.observe(live_ms)
             rs.shadow_latency.observe(shadow_ms)
-            rs.latency_log_ratio.observe(live_ms, shadow_ms)
+            rs.latency_log_ratio.add(ratio)
 
     def merge_interval(self, routes: dict[str, RouteStats]) -> None:
         """Fold counts made elsewhere (another process) into this interval and the totals."""
