@@ -59,6 +59,14 @@ from shadowproxy.cli.params import SINK_URI
     " rests on fewer than verdict.min_samples compared exchanges). Default: not a failure.",
 )
 @click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="OLD.json",
+    help="An earlier `report --format json`: per route, what got worse since, and whether"
+    " significantly (docs/report.md). With --fail-on, a significant regression also exits 1.",
+)
+@click.option(
     "--rules",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -85,6 +93,7 @@ def report(
     out: Path | None,
     fail_on: str | None,
     fail_on_insufficient: bool,
+    baseline: Path | None,
     rules: Path | None,
     top: int,
     progress: bool | None,
@@ -104,7 +113,8 @@ def report(
 
     \b
     Exit codes: 0 report written (and the gate passed); 1 --fail-on: the overall verdict is
-    at or above the level given, or NO DATA; 2 bad option, unreadable source or rules file.
+    at or above the level given, or NO DATA, or (with --baseline) a significant regression;
+    2 bad option, unreadable source, rules or baseline file.
 
     \b
     Examples:
@@ -123,9 +133,18 @@ def report(
         from shadowproxy.rules import load_rules
 
         thresholds = load_rules(rules).rules.verdict
+    old = None
+    if baseline is not None:
+        from shadowproxy.report.baseline import load_baseline
+
+        old = load_baseline(baseline)  # a bad file fails before the source is read
     data: dict[str, Any] = asyncio.run(
         build_report(source, since=cutoff, thresholds=thresholds, top=top, progress=progress)
     )
+    if old is not None:
+        from shadowproxy.report.baseline import compare
+
+        data["baseline"] = compare(data, old, thresholds.alpha, str(baseline))
     if out is None and fmt == "table":
         from rich.console import Console
 
@@ -144,6 +163,11 @@ def report(
                 msg = f"--out {out}: cannot write: {e.strerror or e}"
                 raise ConfigError(msg) from None
             click.echo(f"report written to {out} (verdict {data['verdict']})", err=True)
+    regressions = (data.get("baseline") or {}).get("regressions", 0)
+    if fail_on is not None and regressions:
+        msg = f"{regressions} significant regressions against --baseline {baseline}"
+        click.secho(msg, fg="red", err=True)
+        sys.exit(1)
     if gate_fails(data["verdict"], fail_on, fail_on_insufficient):  # type: ignore[arg-type]
         why = f"at or above --fail-on {fail_on}"
         if data["verdict"] == "insufficient":

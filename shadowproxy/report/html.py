@@ -12,8 +12,10 @@ from typing import Any
 import orjson
 
 from shadowproxy.report.text import (
+    BASELINE_HEADER,
     CHECK_HEADER,
     VERDICT_LABEL,
+    baseline_rows,
     by_severity,
     check_rows,
     fmt_ci,
@@ -313,6 +315,21 @@ def _checks_table(routes: list[dict[str, Any]]) -> str:
     )
 
 
+def _baseline_table(report: dict[str, Any]) -> str:
+    """`--baseline`: what got worse since the earlier report, and whether significantly."""
+    b = report.get("baseline")
+    if not b:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in BASELINE_HEADER)
+    rows = baseline_rows(report)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (
+        f'<h2>Against baseline</h2><p class="meta">baseline <code>{_e(b["source"])}</code>: '
+        f"{_e(b['regressions'])} significant regressions</p>"
+        f'<table id="baseline"><tr>{head}</tr>{body}</table>'
+    )
+
+
 def _fields_table(r: dict[str, Any]) -> str:
     top = max([f["share"] or 0.0 for f in r["fields"]] + [1e-12])
     rows = []
@@ -399,6 +416,7 @@ def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") 
         "<h2>Routes</h2>",
         _routes_table(routes),
         _checks_table(routes),
+        _baseline_table(report),
         "<h2>Differences by route</h2>",
         "".join(_route_section(r) for r in routes),
     ]

@@ -10,7 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = [
+    "BASELINE_HEADER",
     "CHECK_HEADER",
+    "baseline_rows",
     "by_severity",
     "check_rows",
     "fmt_ci",
@@ -112,6 +114,26 @@ def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt_p(est["p_value"]),
                 VERDICT_LABEL[lv] if lv else "—",
             ])
+    return rows
+
+
+BASELINE_HEADER = ["route", "check", "before", "now", "worse", "significant", "p-value"]
+
+
+def baseline_rows(report: dict[str, Any]) -> list[list[str]]:
+    """`--baseline`: per route and check, before and now (BASELINE_HEADER's columns)."""
+    rows = []
+    for row in (report.get("baseline") or {}).get("rows", []):
+        signed = row["check"].startswith("slowdown")
+        rows.append([
+            row["route"],
+            row["check"],
+            _bound(row["before"], signed, "—"),
+            _bound(row["now"], signed, "—"),
+            "yes" if row["worse"] else "no",
+            "REGRESSION" if row["significant"] else "no",
+            _fmt_p(row["p_value"]),
+        ])
     return rows
 
 
@@ -218,6 +240,15 @@ def render_table(report: dict[str, Any], console: Console) -> None:
                 _value(ex.get("shadow")),
             )
         console.print(ft)
+    if report.get("baseline"):
+        b = report["baseline"]
+        bt = Table(title=f"Against baseline {b['source']} ({b['regressions']} significant regressions)",
+                   title_justify="left", header_style="bold")
+        for name in BASELINE_HEADER:
+            bt.add_column(name, overflow="fold")
+        for row in baseline_rows(report):
+            bt.add_row(*row)
+        console.print(bt)
     for note in report["notes"]:
         console.print(f"note: {note}", style="yellow")
 
@@ -358,6 +389,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ["field", "kind", "count", "share", "example ids", "live", "shadow"], frows, right={2, 3}
             )
             lines.append("")
+    if report.get("baseline"):
+        b = report["baseline"]
+        lines += ["## Against baseline", "",
+                  f"Baseline `{_md(b['source'])}`: {b['regressions']} significant regressions.", ""]
+        lines += _md_table(BASELINE_HEADER, baseline_rows(report), right={2, 3, 6})
+        lines.append("")
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {_md(n)}" for n in report["notes"]] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -327,3 +327,42 @@ def test_insufficient_latency_fails_the_gate_only_with_fail_on_insufficient(tmp_
     args = ("--format", "json", "--fail-on", "warn", "--fail-on-insufficient")
     code, _, err = run("report", "--source", src, *args)
     assert code == 1 and "verdict insufficient" in err
+
+
+def _src(tmp_path: Path, name: str, mismatched: int) -> str:
+    records = [stats({"r": route_stats(compared=3000, mismatched=mismatched)}, "s")]
+    return write_jsonl(tmp_path / name, records)
+
+
+def test_baseline_names_a_significant_regression_and_fail_on_gates_on_it(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"
+    code, out, _ = run("report", "--source", _src(tmp_path, "a.jsonl", 0), "--format", "json")
+    old.write_text(out)
+    now = _src(tmp_path, "b.jsonl", 10)  # 0.33% (0.18%-0.61%): WARN, below --fail-on fail by itself
+    assert run("report", "--source", now, "--format", "json", "--fail-on", "fail")[0] == 0
+    code, out, err = run(
+        "report", "--source", now, "--format", "json", "--fail-on", "fail", "--baseline", str(old)
+    )
+    assert code == 1 and "1 significant regressions against --baseline" in err
+    b = json.loads(out)["baseline"]
+    assert b["regressions"] == 1
+    (row,) = [row for row in b["rows"] if row["check"] == "mismatch_rate"]
+    assert row["before"] == 0 and row["now"] == 10 / 3000 and row["significant"] and row["p_value"] < 0.01
+    code, md, _ = run("report", "--source", now, "--format", "markdown", "--baseline", str(old))
+    assert code == 0 and "## Against baseline" in md
+    assert "| r | mismatch_rate | 0% | 0.33% | yes | REGRESSION |" in md
+
+
+def test_baseline_equal_to_this_run_has_no_regression(tmp_path: Path) -> None:
+    src = _src(tmp_path, "a.jsonl", 2)
+    old = tmp_path / "old.json"
+    old.write_text(run("report", "--source", src, "--format", "json")[1])
+    code, out, _ = run("report", "--source", src, "--format", "json", "--baseline", str(old))
+    assert code == 0 and json.loads(out)["baseline"]["regressions"] == 0
+
+
+def test_a_baseline_that_is_not_a_json_report_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "old.json"
+    bad.write_text('{"not": "a report"}')
+    code, _, err = run("report", "--source", _src(tmp_path, "a.jsonl", 0), "--baseline", str(bad))
+    assert code == 2 and f"--baseline {bad}: not a shadowproxy JSON report" in err
