@@ -48,6 +48,9 @@ The report (and `--format json`) is a dict with these stable keys:
       noise               fields judged noise, apart from the differences that count: {compared,
                           pairs, noise_only, fields: [{field, kind, raw, noise, cancelled,
                           raw_rate, noise_rate}]} (docs/noise.md)
+      trend               one point per stats record (the last 200), by time: {ts, compared,
+                          mismatch_rate, latency_ratio}; latency_ratio is that interval's median
+                          shadow/live ratio (1: alike), null without latencies
     notes           things a reader should know (missing stats records, invalid records)
 """
 

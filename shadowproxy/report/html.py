@@ -192,6 +192,46 @@ def latency_chart(routes: list[dict[str, Any]]) -> str:
 # -- side by side ----------------------------------------------------------------------------
 
 
+def trend_chart(r: dict[str, Any]) -> str:
+    """Two small line charts over the route's stats intervals (one point each): the mismatch rate,
+    and the median latency ratio shadow/live with a dashed line at 1 (alike)."""
+    points = r.get("trend") or []
+    if len(points) < 2:
+        return ""
+    w, h, pad = 300, 90, 6
+    parts = []
+    for key, title, color, base in (
+        ("mismatch_rate", "mismatch rate per interval", COLORS["fail"], None),
+        ("latency_ratio", "median latency ratio shadow/live per interval", SHADOW_COLOR[0], 1.0),
+    ):
+        vals = [p[key] for p in points]
+        known = [v for v in vals if v is not None]
+        if not known:
+            continue
+        lo = min([*known, *([base] if base else []), 0.0 if base is None else min(known)])
+        hi = max([*known, *([base] if base else [])])
+        span = (hi - lo) or 1.0
+        step = (w - 2 * pad) / (len(vals) - 1)
+
+        def y(v: float, lo: float = lo, span: float = span) -> float:
+            return h - pad - (h - 2 * pad) * (v - lo) / span
+
+        xy = " ".join(f"{pad + i * step:.1f},{y(v):.1f}" for i, v in enumerate(vals) if v is not None)
+        ref = ""
+        if base is not None:
+            ref = (f'<line x1="{pad}" y1="{y(base):.1f}" x2="{w - pad}" y2="{y(base):.1f}" stroke="#999" '
+                   'stroke-dasharray="4 3"/>')
+        last = known[-1]
+        label = fmt_pct(last) if base is None else fmt_ratio(last)
+        parts.append(
+            f'<div class="chart"><h4>{_e(title)}</h4><svg class="chart-svg trend" data-series="{key}" '
+            f'width="{w}" height="{h}" role="img" aria-label="{_e(title)}" xmlns="http://www.w3.org/2000/svg">'
+            f'{ref}<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}"/>'
+            f'<text x="{w - pad}" y="12" font-size="10" text-anchor="end">last {_e(label)}</text></svg></div>'
+        )
+    return f'<div class="charts">{"".join(parts)}</div>' if parts else ""
+
+
 def _needles(differences: list[dict[str, Any]], side: str) -> list[str]:
     """Text to mark in a body excerpt: `"key": value` where it can, else the JSON value."""
     out: list[str] = []
@@ -377,6 +417,7 @@ def _route_section(r: dict[str, Any]) -> str:
     ]
     if r["reasons"]:
         parts.append('<ul class="reasons">' + "".join(f"<li>{_e(x)}</li>" for x in r["reasons"]) + "</ul>")
+    parts.append(trend_chart(r))
     if r["shadow_error_kinds"]:
         kinds = ", ".join(f"{_e(k)} {n}" for k, n in r["shadow_error_kinds"].items())
         parts.append(f'<p class="meta">shadow errors by kind: {kinds}</p>')

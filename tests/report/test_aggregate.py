@@ -220,3 +220,21 @@ def test_overall_verdict_is_the_worst_route_and_no_data_routes_do_not_count() ->
 def test_routes_are_sorted_by_name_in_the_data() -> None:
     report = _agg([stats({n: route_stats(compared=1) for n in ("zeta", "alpha", "mid")}, "s")])
     assert [r["route"] for r in report["routes"]] == ["alpha", "mid", "zeta"]  # type: ignore[attr-defined]
+
+
+def test_trend_has_one_point_per_stats_record_and_the_html_charts_it() -> None:
+    from shadowproxy.report.html import render_html
+
+    agg = Aggregator()
+    for k, (mismatched, shadow_ms) in enumerate([(0, 10.0), (2, 13.0), (1, 20.0)]):
+        rs = route_stats(compared=100, mismatched=mismatched)
+        for _ in range(5):
+            rs.latency_log_ratio.observe(10.0, shadow_ms)
+        assert agg.add(stats({"r": rs}, f"s{k}", ts=f"2026-01-01T00:00:{10 * (3 - k):02d}.000Z"))
+    report = agg.snapshot()
+    trend = report["routes"][0]["trend"]
+    assert [p["ts"] for p in trend] == sorted(p["ts"] for p in trend)  # by time, not by arrival
+    assert [p["mismatch_rate"] for p in trend] == [0.01, 0.02, 0.0]
+    assert [p["latency_ratio"] for p in trend] == [1.9937, 1.2969, 1.0]  # ln-ratio buckets 1% wide
+    html = render_html(report)
+    assert 'data-series="mismatch_rate"' in html and 'data-series="latency_ratio"' in html

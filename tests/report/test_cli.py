@@ -87,6 +87,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "fields",
         "examples",
         "noise",
+        "trend",
     ]
     assert list(data["routes"][0]["latency"]) == ["live", "shadow", "ratio", "slowdown"]
     assert data["schema"] == "shadowproxy.report/1"
