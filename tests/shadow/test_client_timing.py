@@ -71,12 +71,13 @@ async def test_new_connections_to_the_shadow_open_at_a_bounded_pace() -> None:
         client = ShadowClient(shadow.url, ClientConfig(concurrency=n))
         try:
             req = Request("GET", "/")
+            start = time.perf_counter()
             results = await asyncio.gather(
                 *(client.call(req, timeout_ms=5000, max_body_bytes=100) for _ in range(n))
             )
         finally:
             await client.close()
     assert all(isinstance(r, Response) and r.new_connection for r in results)
-    # a burst of n copies: the last connection starts (n - 1) intervals after the first (give
-    # or take the event loop's lag); unpaced, all n arrive within a few milliseconds
-    assert max(arrived) - min(arrived) >= 0.6 * (n - 1) * CONNECT_INTERVAL_S
+    # a burst of n copies: the last connection cannot start before (n - 1) intervals have passed
+    # (unpaced, all n arrive within a few milliseconds)
+    assert max(arrived) - start >= (n - 1) * CONNECT_INTERVAL_S
