@@ -55,6 +55,21 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
     " at all (verdict no_data). Without it the exit code is 0 whatever the verdict.",
 )
 @click.option(
+    "--fail-on-insufficient",
+    is_flag=True,
+    default=False,
+    help="With --fail-on: also exit 1 when the overall verdict is insufficient (a route's latency"
+    " rests on fewer than verdict.min_samples compared exchanges). Default: not a failure.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="OLD.json",
+    help="An earlier `report --format json`: per route, what got worse since, and whether"
+    " significantly (docs/report.md). With --fail-on, a significant regression also exits 1.",
+)
+@click.option(
     "--rules",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -80,6 +95,8 @@ def report(
     fmt: str,
     out: Path | None,
     fail_on: str | None,
+    fail_on_insufficient: bool,
+    baseline: Path | None,
     rules: Path | None,
     top: int,
     progress: bool | None,
@@ -88,16 +105,19 @@ def report(
     fields that differ (with example record ids), live vs shadow latency, and a verdict.
 
     \b
-    Verdict per route, from the `verdict:` thresholds of the rules file:
-      mismatch rate   mismatched / compared           PASS < warn <= WARN <= fail < FAIL
-      shadow errors   errors / (compared + errors)    same thresholds as the mismatch rate
-      latency         shadow p99 / live p99 - 1       PASS < warn <= WARN <= fail < FAIL
+    Verdict per route, from the `verdict:` thresholds of the rules file (PASS < warn <= WARN
+    <= fail < FAIL), each judged with its 95% interval (docs/report.md):
+      mismatch rate   mismatched / compared           upper bound, once one mismatch is seen
+      shadow errors   errors / (compared + errors)    the same rule and thresholds
+      latency         shadow slowdown at median, p99  lower bound, only when p < verdict.alpha
+    Latency with fewer than verdict.min_samples (30) compared exchanges is INSUFFICIENT.
     The route's verdict is its worst check; a route with nothing compared is NO DATA.
     Overall is the worst route with data (NO DATA when no route has any).
 
     \b
     Exit codes: 0 report written (and the gate passed); 1 --fail-on: the overall verdict is
-    at or above the level given, or NO DATA; 2 bad option, unreadable source or rules file.
+    at or above the level given, or NO DATA, or (with --baseline) a significant regression;
+    2 bad option, unreadable source, rules or baseline file.
 
     \b
     Examples:
@@ -116,9 +136,18 @@ def report(
         from shadowproxy.rules import load_rules
 
         thresholds = load_rules(rules).rules.verdict
+    old = None
+    if baseline is not None:
+        from shadowproxy.report.baseline import load_baseline
+
+        old = load_baseline(baseline)  # a bad file fails before the source is read
     data: dict[str, Any] = asyncio.run(
         build_report(source, since=cutoff, thresholds=thresholds, top=top, progress=progress)
     )
+    if old is not None:
+        from shadowproxy.report.baseline import compare
+
+        data["baseline"] = compare(data, old, thresholds.alpha, str(baseline))
     if out is None and fmt == "table":
         from rich.console import Console
 
@@ -137,6 +166,14 @@ def report(
                 msg = f"--out {out}: cannot write: {e.strerror or e}"
                 raise ConfigError(msg) from None
             click.echo(f"report written to {out} (verdict {data['verdict']})", err=True)
-    if gate_fails(data["verdict"], fail_on):  # type: ignore[arg-type]
-        click.secho(f"verdict {data['verdict']}: at or above --fail-on {fail_on}", fg="red", err=True)
+    regressions = (data.get("baseline") or {}).get("regressions", 0)
+    if fail_on is not None and regressions:
+        msg = f"{regressions} significant regressions against --baseline {baseline}"
+        click.secho(msg, fg="red", err=True)
+        sys.exit(1)
+    if gate_fails(data["verdict"], fail_on, fail_on_insufficient):  # type: ignore[arg-type]
+        why = f"at or above --fail-on {fail_on}"
+        if data["verdict"] == "insufficient":
+            why = "--fail-on-insufficient"
+        click.secho(f"verdict {data['verdict']}: {why}", fg="red", err=True)
         sys.exit(1)

@@ -71,6 +71,11 @@ class Response:
     latency_ms: float = 0.0
     truncated: bool = False  # the body was larger than max_body_bytes and was not read whole
     trailers: Headers = ()  # HTTP/2 trailers (gRPC carries its status here); empty for most answers
+    # Both sides are timed alike: latency_ms runs from the request written to the response
+    # read whole, without waiting for a pooled connection or opening one; that is connect_ms,
+    # kept apart (None: a reused connection, or not known), with whether the connection was new.
+    connect_ms: float | None = None
+    new_connection: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None
     With a `redactor`, headers are left for `Redactor.record` (which may hash them) and the
     excerpt is redacted before it is cut."""
     body = decoded if decoded is not None else resp.body
-    return {
+    out: dict[str, Any] = {
         "status": resp.status,
         "latency_ms": round(resp.latency_ms, 3),
         # trailers (gRPC's status) are headers sent late: shown, compared and redacted with them
@@ -84,6 +84,11 @@ def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None
         "body_sha256": hashlib.sha256(resp.body).hexdigest(),
         "body_excerpt": excerpt(body, redactor=redactor),
     }
+    if resp.new_connection is not None:
+        out["new_connection"] = resp.new_connection
+    if resp.connect_ms is not None:
+        out["connect_ms"] = round(resp.connect_ms, 3)
+    return out
 
 
 def failure_side(failure: Failure) -> dict[str, Any]:

@@ -6,6 +6,12 @@ record holds one interval's counts: a reader sums them.
 
 Latency histograms use fixed log-spaced buckets (2% wide), so histograms from many intervals
 and many processes merge exactly and quantiles are within about 1%.
+
+Each compared exchange also adds its paired ratio, ln(shadow ms / live ms), to a histogram of
+fixed 0.01-wide buckets (`RatioHistogram`): the report's latency test runs on these, because
+a ratio of two answers to the same request at the same moment cancels load that varies over
+time. Buckets are integers, so merged histograms are exactly the histogram of the union and
+a test on them gives the same answer whichever way the intervals were cut.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ SAMPLING_SKIPS = ("sampled_out", "rate_limited")
 HIST_BASE_MS = 0.01
 HIST_GROWTH = 1.02
 _LOG_GROWTH = math.log(HIST_GROWTH)
+RATIO_WIDTH = 0.01  # ln-ratio bucket width: bucket i holds ln(shadow/live) in [(i-0.5)w, (i+0.5)w)
 
 
 def sample_rate(eligible: int, skipped_by: dict[str, int]) -> float | None:
@@ -101,6 +108,47 @@ class Histogram:
         )
 
 
+def ratio_bucket(live_ms: float, shadow_ms: float) -> int:
+    """The RatioHistogram bucket of one exchange's ln(shadow / live)."""
+    return round(math.log(max(shadow_ms, HIST_BASE_MS) / max(live_ms, HIST_BASE_MS)) / RATIO_WIDTH)
+
+
+@dataclass(slots=True)
+class RatioHistogram:
+    """Paired log-ratios ln(shadow ms / live ms), one per compared exchange, in 0.01-wide buckets.
+
+    Bucket 0 holds ratios within 0.5% of 1 (a tie for the sign test); bucket i's value is i * 0.01.
+    Counts only, so merging is exact integer addition.
+    """
+
+    buckets: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+
+    def observe(self, live_ms: float, shadow_ms: float) -> None:
+        self.add(ratio_bucket(live_ms, shadow_ms))
+
+    def add(self, i: int) -> None:
+        self.buckets[i] = self.buckets.get(i, 0) + 1
+        self.count += 1
+
+    def merge(self, other: RatioHistogram) -> None:
+        for i, n in other.buckets.items():
+            self.buckets[i] = self.buckets.get(i, 0) + n
+        self.count += other.count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": RATIO_WIDTH,
+            "buckets": {str(i): n for i, n in sorted(self.buckets.items())},
+            "count": self.count,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RatioHistogram:
+        buckets = {int(i): int(n) for i, n in d.get("buckets", {}).items()}
+        return cls(buckets, int(d.get("count", sum(buckets.values()))))
+
+
 @dataclass(slots=True)
 class RouteStats:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
@@ -109,6 +157,7 @@ class RouteStats:
     shadow_latency: Histogram = field(default_factory=Histogram)
     # field (where:pointer) -> exchanges where the request delta explained its difference
     request_delta_fields: dict[str, int] = field(default_factory=dict)
+    latency_log_ratio: RatioHistogram = field(default_factory=RatioHistogram)
 
     def merge(self, other: RouteStats) -> None:
         for k, v in other.counts.items():
@@ -119,6 +168,7 @@ class RouteStats:
             self.request_delta_fields[k] = self.request_delta_fields.get(k, 0) + v
         self.live_latency.merge(other.live_latency)
         self.shadow_latency.merge(other.shadow_latency)
+        self.latency_log_ratio.merge(other.latency_log_ratio)
 
     def empty(self) -> bool:
         return not any(self.counts.values())
@@ -132,6 +182,7 @@ class RouteStats:
             "live_latency_ms": self.live_latency.to_dict(),
             "shadow_latency_ms": self.shadow_latency.to_dict(),
             "request_delta_fields": dict(sorted(self.request_delta_fields.items())),
+            "latency_log_ratio": self.latency_log_ratio.to_dict(),
         }
 
     @classmethod
@@ -143,6 +194,7 @@ class RouteStats:
         rs.request_delta_fields = {str(k): int(v) for k, v in d.get("request_delta_fields", {}).items()}
         rs.live_latency = Histogram.from_dict(d.get("live_latency_ms", {}))
         rs.shadow_latency = Histogram.from_dict(d.get("shadow_latency_ms", {}))
+        rs.latency_log_ratio = RatioHistogram.from_dict(d.get("latency_log_ratio", {}))
         return rs
 
 
@@ -181,9 +233,11 @@ class Stats:
                 rs.request_delta_fields[f] = rs.request_delta_fields.get(f, 0) + 1
 
     def latency(self, route: str, live_ms: float, shadow_ms: float) -> None:
+        ratio = ratio_bucket(live_ms, shadow_ms)
         for rs in self._route(route):
             rs.live_latency.observe(live_ms)
             rs.shadow_latency.observe(shadow_ms)
+            rs.latency_log_ratio.add(ratio)
 
     def merge_interval(self, routes: dict[str, RouteStats]) -> None:
         """Fold counts made elsewhere (another process) into this interval and the totals."""

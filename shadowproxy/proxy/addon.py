@@ -7,13 +7,17 @@ Background work starts in `running()` and is drained in `done()`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils import human
 
+from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
@@ -39,6 +43,10 @@ STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 DEFAULT_MAX_COPY_BYTES = 8 * 1024 * 1024
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
+_SENT_AT = "shadowproxy.sent_at"  # time.time() when the request goes upstream (the live latency's start)
+_SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
+HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
+HELD_PACE_S = 0.002  # held copies go to the dispatcher this far apart once it is ready
 
 DISPATCH_MODES = ["process", "inline"]
 DISPATCH_DEFAULT = "process"  # bench/README.md: the numbers behind this choice
@@ -154,6 +162,14 @@ class ShadowAddon:
         self.config: ShadowConfig | None = None
         self.policy: Policy | None = None
         self.dispatcher: ShadowDispatcher | None = None
+        # False until the dispatcher (the worker process) has started. Copies made before are
+        # held (at most HOLD_MAX, beyond: counted `not_ready`) and handed over at a bounded pace
+        # once it is ready, never in one burst the worker would time as the shadow's slowness
+        self.dispatcher_ready = False
+        self._held: deque[ShadowJob] = deque()
+        self._tasks = BackgroundTasks()
+        self._done = False  # done() ran: nothing more is mirrored
+        self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
         self.stats = Stats("proxy")
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
         # graceful stop (proxy.master.request_stop): first every answer closes its HTTP/1
@@ -162,7 +178,6 @@ class ShadowAddon:
         self.stopping = False
         self.refusing = False
         self.refused = 0
-        self._dispatching = False  # the dispatcher has started (readiness)
 
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
@@ -271,7 +286,9 @@ class ShadowAddon:
             self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
             uri = sink.uri
         await self.dispatcher.start()
-        self._dispatching = True
+        self.dispatcher_ready = True
+        if self._held:
+            self._tasks.spawn(self._release_held())
         log.info("shadowing to %s, records to %s (%s dispatch)", cfg.shadow_url, uri,
                  "inline" if isinstance(self.dispatcher, Dispatcher) else "process")
 
@@ -281,7 +298,12 @@ class ShadowAddon:
             self.dispatcher.stopping()
 
     async def done(self) -> None:
+        self._done = True
+        await self._tasks.cancel_all()
+        while self._held:  # the worker never came up, or stop came first
+            self.stats.skip(self._held.popleft().exchange.route, "not_ready")
         if self.dispatcher is not None:
+            self.dispatcher_ready = False
             await self.dispatcher.stop()
             self._log_stopped(self.dispatcher)
             self.dispatcher = None
@@ -295,6 +317,11 @@ class ShadowAddon:
         shown = ", ".join(f"{k} {v}" for k, v in counters.items() if v or k == "written")
         log.info("stopped: drained %d copies in flight (%d dropped at the drain timeout); sink %s flushed"
                  " and closed (%s)", d.drained, d.drain_dropped, uri.partition("?")[0], shown)
+
+    async def _release_held(self) -> None:
+        while self._held and self.dispatcher is not None:
+            self.dispatcher.submit(self._held.popleft())
+            await asyncio.sleep(HELD_PACE_S)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         flow.metadata[_IN_FLIGHT] = True
@@ -318,6 +345,10 @@ class ShadowAddon:
             flow.metadata[_REFUSED] = True
             flow.response = http.Response.make(
                 503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
+            return
+        # the last hook before mitmproxy writes the request upstream: the live latency starts
+        # here, as the shadow's starts when its request is written (proxy.convert)
+        flow.metadata[_SENT_AT] = time.time()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None:
@@ -372,17 +403,26 @@ class ShadowAddon:
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._answered(flow)
-        if self.dispatcher is None or self.policy is None or flow.response is None:
+        cfg = self.config
+        if (cfg is None or cfg.shadow_url is None or self.policy is None or self._done
+                or flow.response is None):
             self._close_when_stopping(flow)
             return
         if flow.metadata.get(_REFUSED):
             self.refused += 1
-            self.stats.skip(self.policy.route_name(flow.request.path), "stopping")
+            self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), "stopping")
             return
         job = self.job_for(flow)  # before the Connection header changes: the record shows live's
         self._close_when_stopping(flow)
-        if job is not None:
-            self.dispatcher.submit(job)
+        if job is None:
+            return
+        if not self.dispatcher_ready or self.dispatcher is None:
+            if len(self._held) < HOLD_MAX:
+                self._held.append(job)
+            else:
+                self.stats.skip(job.exchange.route, "not_ready")
+            return
+        self.dispatcher.submit(job)
 
     def error(self, flow: http.HTTPFlow) -> None:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
@@ -405,14 +445,25 @@ class ShadowAddon:
                 self.stats.skip(decision.route, "too_large")
             return None
         keep = self.config.keep_host_header if self.config is not None else False
-        return build_job(self.policy, self.stats, request_of(flow.request), live_response_of(flow),
+        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT))
+        return build_job(self.policy, self.stats, request_of(flow.request), live,
                          client_host_of(flow, keep), flow.request.scheme)
+
+    def _first_use(self, conn_id: str) -> bool:
+        """Whether this is the first answer on that server connection (it was opened for it)."""
+        seen = self._server_conns
+        if conn_id in seen:
+            return False
+        seen[conn_id] = None
+        if len(seen) > _SEEN_CONNS:
+            seen.popitem(last=False)
+        return True
 
     @property
     def ready(self) -> bool:
-        """True once the proxy listens and, when shadowing, the dispatcher runs."""
+        """True once the proxy listens and, when shadowing, the dispatcher (worker) is ready."""
         cfg = self.config
-        return cfg is not None and (cfg.shadow_url is None or self._dispatching)
+        return cfg is not None and (cfg.shadow_url is None or self.dispatcher_ready)
 
     def sink_counters(self) -> dict[str, int]:
         """The sink's counters (process dispatch: as the worker last reported them)."""

@@ -31,15 +31,28 @@ def request_of(req: http.Request) -> Request:
     )
 
 
-def live_response_of(flow: http.HTTPFlow) -> Response:
+def live_response_of(
+    flow: http.HTTPFlow, new_connection: bool | None = None, sent_at: float | None = None
+) -> Response:
+    """The live answer, timed as the shadow client times its own (shadow.client): from the
+    request written upstream to the response read whole; opening the connection is
+    `connect_ms`, apart. `sent_at` is when the request hooks ended (mitmproxy writes the
+    request then, once its server connection is up); without it, when the request was read."""
     resp = flow.response
     assert resp is not None
     end = resp.timestamp_end or time.time()
-    start = flow.request.timestamp_end or flow.request.timestamp_start
+    sc = flow.server_conn
+    up = sc.timestamp_tls_setup or sc.timestamp_tcp_setup
+    start = max(sent_at or flow.request.timestamp_end or flow.request.timestamp_start, up or 0.0)
+    connect_ms = None
+    if new_connection and up and sc.timestamp_start:
+        connect_ms = max(0.0, (up - sc.timestamp_start) * 1000)
     return Response(
         status=resp.status_code,
         headers=_fields(resp.headers),
         body=resp.raw_content or b"",
         latency_ms=max(0.0, (end - start) * 1000),
         trailers=_fields(resp.trailers) if resp.trailers else (),  # gRPC's status lives there
+        connect_ms=connect_ms,
+        new_connection=new_connection,
     )

@@ -303,6 +303,9 @@ async def serve(
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, request_stop, master, addon)
+        # the shadow side (the worker process) starts before the proxy listens: no copy is made
+        # before it is ready, so none waits and none reaches it in a burst (running() is then a no-op)
+        await addon.running()
         await master.run()
     finally:
         shutil.rmtree(confdir, ignore_errors=True)

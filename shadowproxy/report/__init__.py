@@ -13,20 +13,24 @@ The report (and `--format json`) is a dict with these stable keys:
     window          {first_ts, last_ts}: ts of the first and last record used
     records         {read, used, duplicates, outside_window, invalid, mismatch, shadow_error,
                      too_large, stats}: how many records of each were read / used / left out
-    thresholds      {mismatch_rate: {warn, fail}, latency: {warn, fail}}
-    verdict         overall: pass | warn | fail | no_data (worst route with data)
+    thresholds      {mismatch_rate: {warn, fail}, latency: {warn, fail}, alpha, min_samples}
+    verdict         overall: pass | warn | fail | insufficient | no_data (worst route with data)
     totals          {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
                      eligible, mismatch_rate, traffic_mismatch_rate, latency}: all routes
                      together; traffic_mismatch_rate weighs each route by 1 / its sample_rate
     routes          list, sorted by route name, of:
       route               route name
-      verdict             pass | warn | fail | no_data
+      verdict             pass | warn | fail | insufficient | no_data
       checks              {mismatch_rate, shadow_errors, latency}: each check's level, or null
       reasons             why the verdict is not pass, in words
+      estimates           {mismatch_rate, shadow_error_rate, slowdown_median, slowdown_p99}: what
+                          each check used, each {n, estimate, low, high, p_value, level} or null;
+                          low/high: the 95% interval (null: open on that side); p_value: latency only
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
                           eligible}: sums over the stats records
       skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,
-                          grpc_streaming, rate_limited, client_aborted; replay: not_http, not_on_wire)
+                          grpc_streaming, rate_limited, client_aborted, too_large, stopping,
+                          not_ready; replay: not_http, not_on_wire)
       mismatch_rate       mismatched / compared, null when nothing was compared
       shadow_error_rate   shadow_errors / (compared + shadow_errors), or null
       sample_rate         (eligible - sampled_out - rate_limited) / eligible, or null
@@ -52,6 +56,9 @@ The report (and `--format json`) is a dict with these stable keys:
       adjusted            replay: recorded revalidations whose shadow 304 was judged against the
                           recorded validators, and answers whose body the recording does not
                           hold, compared on status and headers only (docs/replay.md)
+      trend               one point per stats record (the last 200), by time: {ts, compared,
+                          mismatch_rate, latency_ratio}; latency_ratio is that interval's median
+                          shadow/live ratio (1: alike), null without latencies
     notes           things a reader should know (missing stats records, invalid records)
 """
 

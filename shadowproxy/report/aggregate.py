@@ -19,6 +19,7 @@ The snapshot's keys are documented in `shadowproxy.report` and docs/report.md.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,8 +28,9 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
-from shadowproxy.engine.stats import Histogram, RouteStats, sample_rate
+from shadowproxy.engine.stats import RATIO_WIDTH, Histogram, RouteStats, sample_rate
 from shadowproxy.report import verdict as _verdict
+from shadowproxy.report.inference import Estimate
 from shadowproxy.rules.model import Verdict
 
 __all__ = ["REPORT_SCHEMA", "Aggregator", "parse_ts"]
@@ -52,6 +54,7 @@ MAX_FIELDS_PER_ROUTE = 2000
 ROUTE_EXAMPLES = 5
 EXAMPLE_DIFFERENCES = 20
 DEDUPE_CAPACITY = 1_000_000
+TREND_POINTS = 200  # per route: the last stats records' points kept for the trend charts
 
 
 def parse_ts(value: Any) -> datetime | None:
@@ -103,6 +106,10 @@ class RouteAgg:
     noise_compared: int = 0
     noise_pairs: int = 0
     noise_fields: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    # one point per stats record: (ts, compared, mismatched, median shadow/live latency ratio)
+    trend: deque[tuple[str, int, int, float | None]] = field(
+        default_factory=lambda: deque(maxlen=TREND_POINTS)
+    )
 
 
 class Aggregator:
@@ -187,8 +194,11 @@ class Aggregator:
     def _add_stats(self, record: dict[str, Any]) -> None:
         routes = record["routes"]
         parsed = {str(name): RouteStats.from_dict(counts) for name, counts in routes.items()}
+        ts = str(record["ts"])
         for name, rs in parsed.items():
-            self._route(name).stats.merge(rs)
+            agg = self._route(name)
+            agg.stats.merge(rs)
+            agg.trend.append((ts, rs.counts["compared"], rs.counts["mismatched"], _median_ratio(rs)))
         for name, counts in (record.get("noise") or {}).items():
             self._add_noise(self._route(str(name)), counts)
 
@@ -282,6 +292,7 @@ class Aggregator:
                 "latency": judged.latency,
             },
             "reasons": list(judged.reasons),
+            "estimates": _estimates(judged, self.thresholds),
             "counts": counts,
             "skipped_by": dict(sorted(agg.stats.skipped_by.items())),
             "mismatch_rate": _rate(counts["mismatched"], compared),
@@ -315,6 +326,11 @@ class Aggregator:
             },
             # replay: recorded revalidations whose shadow 304 was judged against the validators
             "adjusted": agg.stats.counts.get("adjusted", 0),
+            "trend": [
+                {"ts": ts, "compared": n, "mismatch_rate": _rate(m, n),
+                 "latency_ratio": None if lr is None else round(lr, 4)}
+                for ts, n, m, lr in sorted(agg.trend, key=lambda p: p[0])
+            ],
         }
 
     def _notes(self) -> list[str]:
@@ -373,6 +389,39 @@ def _traffic_mismatch_rate(routes: list[dict[str, Any]]) -> float | None:
         mismatched += r["counts"]["mismatched"] / rate
         compared += r["counts"]["compared"] / rate
     return mismatched / compared if compared > 0 else None
+
+
+def _estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
+    """What each check used: n, the estimate, its 95% interval, (latency) the p-value, and the
+    level that estimate alone gives."""
+    lt = j.latency_test
+
+    def d(e: Estimate | None, lv: str | None) -> dict[str, Any] | None:
+        return None if e is None or e.value is None else {**e.to_dict(), "level": lv}
+
+    def slow(e: Estimate) -> dict[str, Any] | None:
+        lv = "insufficient" if j.latency == "insufficient" else _verdict.slowdown_level(e, t)
+        return d(e, lv)
+
+    return {
+        "mismatch_rate": d(j.mismatch_estimate, j.mismatch_rate),
+        "shadow_error_rate": d(j.error_estimate, j.shadow_errors),
+        "slowdown_median": slow(lt.median) if lt else None,
+        "slowdown_p99": slow(lt.p99) if lt else None,
+    }
+
+
+def _median_ratio(rs: RouteStats) -> float | None:
+    """One interval's median shadow/live latency ratio, from its paired log-ratio histogram."""
+    h = rs.latency_log_ratio
+    if h.count == 0:
+        return None
+    rank, seen = (h.count + 1) // 2, 0
+    for i in sorted(h.buckets):
+        seen += h.buckets[i]
+        if seen >= rank:
+            return math.exp(i * RATIO_WIDTH)
+    return None
 
 
 def _rate(n: int, d: int) -> float | None:

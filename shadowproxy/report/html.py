@@ -12,8 +12,13 @@ from typing import Any
 import orjson
 
 from shadowproxy.report.text import (
+    BASELINE_HEADER,
+    CHECK_HEADER,
     VERDICT_LABEL,
+    baseline_rows,
     by_severity,
+    check_rows,
+    fmt_ci,
     fmt_ms,
     fmt_pct,
     fmt_ratio,
@@ -21,7 +26,13 @@ from shadowproxy.report.text import (
 
 __all__ = ["CSS", "render_body", "render_html"]
 
-COLORS = {"fail": "#c62828", "warn": "#ef8f00", "pass": "#2e7d32", "no_data": "#9e9e9e"}
+COLORS = {
+    "fail": "#c62828",
+    "warn": "#ef8f00",
+    "pass": "#2e7d32",
+    "no_data": "#9e9e9e",
+    "insufficient": "#00838f",
+}
 LIVE_COLOR = ("#1565c0", "#5e92d8", "#a9c4ec")  # p50, p95, p99: darker is lower
 SHADOW_COLOR = ("#6a1b9a", "#9c5cb8", "#d1b1e0")
 
@@ -35,6 +46,7 @@ h3 { font-size: 1.05rem; margin: 18px 0 6px; }
   font-size: .85rem; letter-spacing: .03em; white-space: nowrap; }
 .badge.fail { background: #c62828; } .badge.warn { background: #ef8f00; }
 .badge.pass { background: #2e7d32; } .badge.no_data { background: #9e9e9e; }
+.badge.insufficient { background: #00838f; }
 table { border-collapse: collapse; width: 100%; background: #fff; font-size: .85rem; margin: 6px 0 12px; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; font-weight: 600; }
@@ -180,6 +192,46 @@ def latency_chart(routes: list[dict[str, Any]]) -> str:
 # -- side by side ----------------------------------------------------------------------------
 
 
+def trend_chart(r: dict[str, Any]) -> str:
+    """Two small line charts over the route's stats intervals (one point each): the mismatch rate,
+    and the median latency ratio shadow/live with a dashed line at 1 (alike)."""
+    points = r.get("trend") or []
+    if len(points) < 2:
+        return ""
+    w, h, pad = 300, 90, 6
+    parts = []
+    for key, title, color, base in (
+        ("mismatch_rate", "mismatch rate per interval", COLORS["fail"], None),
+        ("latency_ratio", "median latency ratio shadow/live per interval", SHADOW_COLOR[0], 1.0),
+    ):
+        vals = [p[key] for p in points]
+        known = [v for v in vals if v is not None]
+        if not known:
+            continue
+        lo = min([*known, *([base] if base else []), 0.0 if base is None else min(known)])
+        hi = max([*known, *([base] if base else [])])
+        span = (hi - lo) or 1.0
+        step = (w - 2 * pad) / (len(vals) - 1)
+
+        def y(v: float, lo: float = lo, span: float = span) -> float:
+            return h - pad - (h - 2 * pad) * (v - lo) / span
+
+        xy = " ".join(f"{pad + i * step:.1f},{y(v):.1f}" for i, v in enumerate(vals) if v is not None)
+        ref = ""
+        if base is not None:
+            ref = (f'<line x1="{pad}" y1="{y(base):.1f}" x2="{w - pad}" y2="{y(base):.1f}" stroke="#999" '
+                   'stroke-dasharray="4 3"/>')
+        last = known[-1]
+        label = fmt_pct(last) if base is None else fmt_ratio(last)
+        parts.append(
+            f'<div class="chart"><h4>{_e(title)}</h4><svg class="chart-svg trend" data-series="{key}" '
+            f'width="{w}" height="{h}" role="img" aria-label="{_e(title)}" xmlns="http://www.w3.org/2000/svg">'
+            f'{ref}<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}"/>'
+            f'<text x="{w - pad}" y="12" font-size="10" text-anchor="end">last {_e(label)}</text></svg></div>'
+        )
+    return f'<div class="charts">{"".join(parts)}</div>' if parts else ""
+
+
 def _needles(differences: list[dict[str, Any]], side: str) -> list[str]:
     """Text to mark in a body excerpt: `"key": value` where it can, else the JSON value."""
     out: list[str] = []
@@ -262,7 +314,8 @@ def _example(ex: dict[str, Any]) -> str:
 def _routes_table(routes: list[dict[str, Any]]) -> str:
     head = (
         "<tr><th>route</th><th>verdict</th><th class=n>compared</th><th class=n>mismatched</th>"
-        "<th class=n>rate</th><th class=n>shadow err</th><th class=n>too large</th><th class=n>skipped</th>"
+        "<th class=n>rate (95% CI, n)</th><th class=n>shadow err</th><th class=n>too large</th>"
+        "<th class=n>skipped</th>"
         "<th class=n>dropped</th><th class=n>live ms p50/p95/p99</th><th class=n>shadow ms p50/p95/p99</th>"
         "<th class=n>p99 ratio</th></tr>"
     )
@@ -274,13 +327,47 @@ def _routes_table(routes: list[dict[str, Any]]) -> str:
             f'<tr data-route="{_e(r["route"])}"><td><code>{_e(r["route"])}</code></td>'
             f"<td>{_badge(r['verdict'])}</td>"
             f"<td class=n>{c['compared']}</td><td class=n>{c['mismatched']}</td>"
-            f"<td class=n>{fmt_pct(r['mismatch_rate'])}</td><td class=n>{c['shadow_errors']}</td>"
+            f"<td class=n>{_e(fmt_ci((r.get('estimates') or {}).get('mismatch_rate')))}</td>"
+            f"<td class=n>{c['shadow_errors']}</td>"
             f"<td class=n>{c['too_large']}</td><td class=n>{c['skipped']}</td><td class=n>{c['dropped']}</td>"
             f"<td class=n>{q['live']}</td><td class=n>{q['shadow']}</td>"
             f"<td class=n>{fmt_ratio(lat['ratio']['p99'])}"
             "</td></tr>"
         )
     return f'<table id="routes">{head}{"".join(rows)}</table>'
+
+
+def _checks_table(routes: list[dict[str, Any]]) -> str:
+    """Each check's n, estimate, 95% interval and p-value (docs/report.md)."""
+    rows = check_rows(routes)
+    if not rows:
+        return ""
+    def cells(tag: str, row: list[str]) -> str:
+        cls = (" class=n" if 2 <= i <= 5 else "" for i in range(len(row)))
+        return "".join(f"<{tag}{k}>{_e(c)}</{tag}>" for k, c in zip(cls, row, strict=True))
+
+    head = cells("th", CHECK_HEADER)
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return (
+        '<h2>Checks</h2><p class="meta">Estimates with 95% intervals; for latency, the one-sided p-value '
+        'of "the shadow is no slower". A check warns or fails only on what the interval rules out.</p>'
+        f'<table id="checks"><tr>{head}</tr>{body}</table>'
+    )
+
+
+def _baseline_table(report: dict[str, Any]) -> str:
+    """`--baseline`: what got worse since the earlier report, and whether significantly."""
+    b = report.get("baseline")
+    if not b:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in BASELINE_HEADER)
+    rows = baseline_rows(report)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (
+        f'<h2>Against baseline</h2><p class="meta">baseline <code>{_e(b["source"])}</code>: '
+        f"{_e(b['regressions'])} significant regressions</p>"
+        f'<table id="baseline"><tr>{head}</tr>{body}</table>'
+    )
 
 
 def _fields_table(r: dict[str, Any]) -> str:
@@ -340,6 +427,7 @@ def _route_section(r: dict[str, Any]) -> str:
     ]
     if r["reasons"]:
         parts.append('<ul class="reasons">' + "".join(f"<li>{_e(x)}</li>" for x in r["reasons"]) + "</ul>")
+    parts.append(trend_chart(r))
     if r["shadow_error_kinds"]:
         kinds = ", ".join(f"{_e(k)} {n}" for k, n in r["shadow_error_kinds"].items())
         parts.append(f'<p class="meta">shadow errors by kind: {kinds}</p>')
@@ -368,8 +456,9 @@ def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") 
         f"(stats {rec['stats']}, mismatch {rec['mismatch']}, shadow_error {rec['shadow_error']}, too_large "
         f"{rec['too_large']}, duplicates {rec['duplicates']}, outside window {rec['outside_window']}).</p>",
         f'<p class="meta">thresholds: mismatch rate warn {fmt_pct(t["mismatch_rate"]["warn"])}, fail above '
-        f"{fmt_pct(t['mismatch_rate']['fail'])}; latency (shadow p99 / live p99 - 1) warn "
-        f"{fmt_pct(t['latency']['warn'])}, fail above {fmt_pct(t['latency']['fail'])}. Total: "
+        f"{fmt_pct(t['mismatch_rate']['fail'])} (95% upper bound); latency slowdown at median and p99 warn "
+        f"{fmt_pct(t['latency']['warn'])}, fail above {fmt_pct(t['latency']['fail'])} (95% lower bound, "
+        f"p &lt; {_e(t.get('alpha', 0.01))}, at least {_e(t.get('min_samples', 30))} compared). Total: "
         f"{totals['compared']} compared, {totals['mismatched']} mismatched "
         f"({fmt_pct(totals['mismatch_rate'])}).</p>",
         '<div class="charts">',
@@ -378,6 +467,8 @@ def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") 
         "</div>",
         "<h2>Routes</h2>",
         _routes_table(routes),
+        _checks_table(routes),
+        _baseline_table(report),
         "<h2>Differences by route</h2>",
         "".join(_route_section(r) for r in routes),
     ]

@@ -9,11 +9,43 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["by_severity", "fmt_ms", "fmt_pct", "fmt_ratio", "render_json", "render_markdown", "render_table"]
+__all__ = [
+    "BASELINE_HEADER",
+    "CHECK_HEADER",
+    "baseline_rows",
+    "by_severity",
+    "check_rows",
+    "fmt_ci",
+    "fmt_ms",
+    "fmt_pct",
+    "fmt_ratio",
+    "render_json",
+    "render_markdown",
+    "render_table",
+]
 
-SEVERITY = {"fail": 3, "warn": 2, "pass": 1, "no_data": 0}
-VERDICT_STYLE = {"fail": "bold red", "warn": "bold yellow", "pass": "bold green", "no_data": "dim"}
-VERDICT_LABEL = {"fail": "FAIL", "warn": "WARN", "pass": "PASS", "no_data": "NO DATA"}
+SEVERITY = {"fail": 4, "warn": 3, "insufficient": 2, "pass": 1, "no_data": 0}
+VERDICT_STYLE = {
+    "fail": "bold red",
+    "warn": "bold yellow",
+    "pass": "bold green",
+    "no_data": "dim",
+    "insufficient": "bold cyan",
+}
+VERDICT_LABEL = {
+    "fail": "FAIL",
+    "warn": "WARN",
+    "pass": "PASS",
+    "no_data": "NO DATA",
+    "insufficient": "INSUFFICIENT",
+}
+CHECK_HEADER = ["route", "check", "n", "estimate", "95% interval", "p-value", "level"]
+_CHECKS = (  # (estimates key, checks key, label, signed): the checks key for records without a level
+    ("mismatch_rate", "mismatch_rate", "mismatch rate", False),
+    ("shadow_error_rate", "shadow_errors", "shadow errors", False),
+    ("slowdown_median", "latency", "latency: median slowdown", True),
+    ("slowdown_p99", "latency", "latency: p99 slowdown", True),
+)
 
 
 def by_severity(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -37,6 +69,72 @@ def fmt_ms(ms: float | None) -> str:
 
 def fmt_ratio(ratio: float | None) -> str:
     return "—" if ratio is None else f"\u00d7{ratio:.2f}"  # multiplication sign: "x1.05"
+
+
+def _bound(x: float | None, signed: bool, open_: str) -> str:
+    if x is None:
+        return open_
+    return f"{x:+.1%}" if signed else fmt_pct(x)
+
+
+def fmt_ci(est: dict[str, Any] | None, signed: bool = False) -> str:
+    """`rate (low-high, n)`: the estimate, its 95% interval and how many it rests on."""
+    if not est:
+        return "—"
+    sep = " to " if signed else "-"
+    interval = _bound(est["low"], signed, "-inf") + sep + _bound(est["high"], signed, "+inf")
+    return f"{_bound(est['estimate'], signed, '?')} ({interval}, {est['n']})"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return "<0.0001" if p < 0.0001 else f"{p:.2g}"
+
+
+def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
+    """Per route and check: n, estimate, 95% interval, p-value, level (CHECK_HEADER's columns)."""
+    rows = []
+    for r in routes:
+        ests = r.get("estimates") or {}
+        for key, check, label, signed in _CHECKS:
+            est = ests.get(key)
+            if not est:
+                continue
+            interval = _bound(est["low"], signed, "-inf") + (" to " if signed else " - ") + _bound(
+                est["high"], signed, "+inf"
+            )
+            lv = est.get("level", r["checks"].get(check))
+            rows.append([
+                r["route"],
+                label,
+                str(est["n"]),
+                _bound(est["estimate"], signed, "?"),
+                interval,
+                _fmt_p(est["p_value"]),
+                VERDICT_LABEL[lv] if lv else "—",
+            ])
+    return rows
+
+
+BASELINE_HEADER = ["route", "check", "before", "now", "worse", "significant", "p-value"]
+
+
+def baseline_rows(report: dict[str, Any]) -> list[list[str]]:
+    """`--baseline`: per route and check, before and now (BASELINE_HEADER's columns)."""
+    rows = []
+    for row in (report.get("baseline") or {}).get("rows", []):
+        signed = row["check"].startswith("slowdown")
+        rows.append([
+            row["route"],
+            row["check"],
+            _bound(row["before"], signed, "—"),
+            _bound(row["now"], signed, "—"),
+            "yes" if row["worse"] else "no",
+            "REGRESSION" if row["significant"] else "no",
+            _fmt_p(row["p_value"]),
+        ])
+    return rows
 
 
 def _quantiles(side: dict[str, Any]) -> str:
@@ -81,7 +179,8 @@ def render_table(report: dict[str, Any], console: Console) -> None:
     table = Table(title="Routes", title_justify="left", header_style="bold")
     table.add_column("route", overflow="fold")
     table.add_column("verdict", no_wrap=True)
-    for name in ("compared", "mismatched", "rate", "shadow err", "too large", "skipped", "dropped"):
+    names = ("compared", "mismatched", "rate (95% CI, n)", "shadow err", "too large", "skipped", "dropped")
+    for name in names:
         table.add_column(name, justify="right", no_wrap=True)
     for r in routes:
         c = r["counts"]
@@ -89,10 +188,17 @@ def render_table(report: dict[str, Any], console: Console) -> None:
             r["route"],
             Text(VERDICT_LABEL[r["verdict"]], style=VERDICT_STYLE[r["verdict"]]),
             *(str(c[k]) for k in ("compared", "mismatched")),
-            fmt_pct(r["mismatch_rate"]),
+            fmt_ci((r.get("estimates") or {}).get("mismatch_rate")),
             *(str(c[k]) for k in ("shadow_errors", "too_large", "skipped", "dropped")),
         )
     console.print(table)
+    ct = Table(title="Checks (95% intervals; latency: one-sided p-value of \"no slower\")",
+               title_justify="left", header_style="bold")
+    for i, name in enumerate(CHECK_HEADER):
+        ct.add_column(name, justify="right" if 2 <= i <= 5 else "left", overflow="fold")
+    for row in check_rows(routes):
+        ct.add_row(*row[:-1], Text(row[-1], style=VERDICT_STYLE.get(_level_key(row[-1]), "")))
+    console.print(ct)
     lt = Table(title="Latency (ms)", title_justify="left", header_style="bold")
     lt.add_column("route", overflow="fold")
     for name in ("live p50", "live p95", "live p99", "shadow p50", "shadow p95", "shadow p99", "p99 ratio"):
@@ -138,6 +244,15 @@ def render_table(report: dict[str, Any], console: Console) -> None:
                 _value(ex.get("shadow")),
             )
         console.print(ft)
+    if report.get("baseline"):
+        b = report["baseline"]
+        bt = Table(title=f"Against baseline {b['source']} ({b['regressions']} significant regressions)",
+                   title_justify="left", header_style="bold")
+        for name in BASELINE_HEADER:
+            bt.add_column(name, overflow="fold")
+        for row in baseline_rows(report):
+            bt.add_row(*row)
+        console.print(bt)
     for note in report["notes"]:
         console.print(f"note: {note}", style="yellow")
 
@@ -155,6 +270,10 @@ def _request_delta_line(r: dict[str, Any], console: Console) -> None:
     text = _request_delta_text(r)
     if text is not None:
         console.print(Text(text))
+
+
+def _level_key(label: str) -> str:
+    return next((k for k, v in VERDICT_LABEL.items() if v == label), "")
 
 
 def _noise_table(r: dict[str, Any], console: Console) -> None:
@@ -226,7 +345,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"**{VERDICT_LABEL[r['verdict']]}**",
                 str(c["compared"]),
                 str(c["mismatched"]),
-                fmt_pct(r["mismatch_rate"]),
+                fmt_ci((r.get("estimates") or {}).get("mismatch_rate")),
                 str(c["shadow_errors"]),
                 str(c["too_large"]),
                 str(c["skipped"]),
@@ -243,7 +362,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "verdict",
             "compared",
             "mismatched",
-            "rate",
+            "rate (95% CI, n)",
             "shadow err",
             "too large",
             "skipped",
@@ -256,6 +375,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         right=set(range(2, 12)),
     )
     lines.append("")
+    checks = check_rows(routes)
+    if checks:
+        lines += ["## Checks", "", "Estimates with 95% intervals; for latency, the one-sided p-value of "
+                  "\"the shadow is no slower\" (docs/report.md).", ""]
+        lines += _md_table(CHECK_HEADER, [[f"`{row[0]}`", *row[1:]] for row in checks], right={2, 3, 4, 5})
+        lines.append("")
     for r in routes:
         if not r["fields"] and not r["reasons"] and not (r.get("noise") or {}).get("fields"):
             continue
@@ -286,6 +411,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ["field", "kind", "count", "share", "example ids", "live", "shadow"], frows, right={2, 3}
             )
             lines.append("")
+    if report.get("baseline"):
+        b = report["baseline"]
+        lines += ["## Against baseline", "",
+                  f"Baseline `{_md(b['source'])}`: {b['regressions']} significant regressions.", ""]
+        lines += _md_table(BASELINE_HEADER, baseline_rows(report), right={2, 3, 6})
+        lines.append("")
     if report["notes"]:
         lines += ["## Notes", ""] + [f"- {_md(n)}" for n in report["notes"]] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,27 +1,37 @@
 """The regression gate: may the shadow version go live? One pure function per route, one for all.
 
-    evaluate(compared, mismatched, shadow_errors, live_p99_ms, shadow_p99_ms, thresholds) -> Judgement
+    evaluate(compared, mismatched, shadow_errors, latency, thresholds) -> Judgement
     evaluate_stats(route_stats, thresholds) -> Judgement      the same from a RouteStats
     overall(levels) -> Level
-    gate_fails(overall_level, fail_on) -> bool
+    gate_fails(overall_level, fail_on, fail_on_insufficient=False) -> bool
 
 Three checks per route, each PASS, WARN or FAIL against a pair of thresholds (`warn`, `fail`):
-below `warn` passes, from `warn` up to and including `fail` warns, above `fail` fails.
+below `warn` passes, from `warn` up to and including `fail` warns, above `fail` fails. Each
+check judges an estimate with its 95% interval (`report.inference`), not a bare number:
 
-- mismatch rate: mismatched / compared, against `verdict.mismatch_rate`.
-- shadow errors: shadow_errors / (compared + shadow_errors), against the same thresholds. A
+- mismatch rate: mismatched / compared, against `verdict.mismatch_rate`. With no mismatch it
+  passes. With at least one, the level is that of the UPPER end of the Wilson 95% interval:
+  a mismatch is a real defect seen, and the check fails while the data cannot rule out a rate
+  above `fail`. So 1 mismatch in 20 (interval 0.9%-23.6%) FAILs, 1 in 300 (0.06%-1.87%) FAILs,
+  and 1 in 2,000 (0.01%-0.28%) WARNs. Above a few hundred compared exchanges this is the point
+  rate's level give or take the interval's width.
+- shadow errors: shadow_errors / (compared + shadow_errors), the same rule and thresholds. A
   shadow that times out or refuses connections is not "no data": it is the worst regression.
-- latency: shadow p99 / live p99 - 1 (the fraction by which the shadow is slower at the tail),
-  against `verdict.latency`. p99 because a regression that matters to users shows in the tail
-  first and the gate should catch it; p50 hides it. The ratio is rounded to 9 decimals before
-  it is compared, so a value computed as 1.05 - 1 is exactly at the 0.05 threshold.
+- latency: the shadow's slowdown at the median (from the per-exchange ratios shadow/live) and
+  at p99 (from the two histograms), each with a 95% interval and a one-sided p-value against
+  "no slower". A slowdown WARNs or FAILs only when it is significant (p < `verdict.alpha`,
+  default 0.01) AND the LOWER end of its interval is at or past the threshold; otherwise it
+  passes. Below `verdict.min_samples` compared exchanges (default 30) the check is
+  `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9 decimals before they
+  are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold.
 
-The route's verdict is the worst of its checks. A route with nothing compared and no shadow
-error has the verdict `no_data` (no check can run). Overall is the worst verdict among routes
-that have data; `no_data` counts for nothing there, unless no route has data at all, when the
-overall verdict is `no_data`. A gate (`--fail-on warn|fail`) fails when the overall verdict is
-at or above its level, and also when it is `no_data`: a run that compared nothing proves
-nothing.
+The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
+`insufficient` is `insufficient`. A route with nothing compared and no shadow error has the
+verdict `no_data` (no check can run). Overall is the worst verdict among routes that have data
+(fail > warn > insufficient > pass); `no_data` counts for nothing there, unless no route has
+data at all, when the overall verdict is `no_data`. A gate (`--fail-on warn|fail`) fails when
+the overall verdict is at or above its level, and also when it is `no_data`: a run that
+compared nothing proves nothing. `insufficient` fails a gate only with `fail_on_insufficient`.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from shadowproxy.report.inference import Estimate, median_slowdown, p99_slowdown, rate
 from shadowproxy.rules.model import Thresholds, Verdict
 
 if TYPE_CHECKING:
@@ -39,31 +50,46 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "LEVELS",
     "Judgement",
+    "LatencyTest",
     "Level",
     "evaluate",
     "evaluate_stats",
     "gate_fails",
+    "latency_test",
     "level",
     "overall",
 ]
 
-Level = Literal["pass", "warn", "fail", "no_data"]
+Level = Literal["pass", "warn", "fail", "no_data", "insufficient"]
 FailOn = Literal["warn", "fail"]
-LEVELS: tuple[Level, ...] = ("no_data", "pass", "warn", "fail")  # mildest first
-_RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
+LEVELS: tuple[Level, ...] = ("no_data", "pass", "insufficient", "warn", "fail")  # mildest first
+_RANK: dict[str, int] = {"pass": 0, "insufficient": 1, "warn": 2, "fail": 3}
 DEFAULT_THRESHOLDS = Verdict()
 RATIO_DIGITS = 9
 
 
 @dataclass(frozen=True, slots=True)
+class LatencyTest:
+    """A route's latency estimates: the slowdown at the median (paired ratios) and at p99."""
+
+    n: int  # compared exchanges with both latencies
+    median: Estimate
+    p99: Estimate
+
+
+@dataclass(frozen=True, slots=True)
 class Judgement:
-    """One route's verdict, each check's level (None: could not run) and why, in words."""
+    """One route's verdict, each check's level (None: could not run), why in words, and the
+    estimates the checks used (None when a check could not run)."""
 
     verdict: Level
     mismatch_rate: Level | None
     shadow_errors: Level | None
     latency: Level | None
     reasons: tuple[str, ...]
+    mismatch_estimate: Estimate | None = None
+    error_estimate: Estimate | None = None
+    latency_test: LatencyTest | None = None
 
 
 def level(value: float, t: Thresholds) -> Level:
@@ -90,36 +116,93 @@ def slowdown(live_p99_ms: float | None, shadow_p99_ms: float | None) -> float | 
     return round(shadow_p99_ms / live_p99_ms - 1, RATIO_DIGITS)
 
 
+def rate_level(est: Estimate, events: int, t: Thresholds) -> Level:
+    """PASS with no event; else the level of the Wilson interval's upper end."""
+    if events <= 0 or est.high is None:
+        return "pass"
+    return level(round(est.high, RATIO_DIGITS), t)
+
+
+def slowdown_level(est: Estimate, thresholds: Verdict) -> Level:
+    """WARN/FAIL only when significant at alpha and the interval's lower end passes the threshold."""
+    if est.p_value is None or est.p_value >= thresholds.alpha or est.low is None:
+        return "pass"
+    return level(round(est.low, RATIO_DIGITS), thresholds.latency)
+
+
+def latency_test(rs: RouteStats) -> LatencyTest | None:
+    """The latency estimates of a route's merged histograms; None without latencies on both sides."""
+    p99 = p99_slowdown(rs.live_latency, rs.shadow_latency)
+    median = median_slowdown(rs.latency_log_ratio)
+    n = median.n or p99.n  # records from before paired ratios: the histograms' count
+    if n == 0:
+        return None
+    return LatencyTest(n, median, p99)
+
+
+def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
+    """`value (low-high, n=N)` as the reasons and the text formats print it."""
+    def f(x: float | None, open_: str) -> str:
+        if x is None:
+            return open_
+        return f"{x:+.1%}" if signed else (f"{x:.2%}" if pct else f"{x:g}")
+
+    return f"{f(est.value, '?')} ({f(est.low, '-inf')} to {f(est.high, '+inf')}, n={est.n})"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "p=-"
+    return "p<0.0001" if p < 0.0001 else f"p={p:.2g}"
+
+
 def evaluate(
     compared: int,
     mismatched: int,
     shadow_errors: int = 0,
-    live_p99_ms: float | None = None,
-    shadow_p99_ms: float | None = None,
+    latency: LatencyTest | None = None,
     thresholds: Verdict = DEFAULT_THRESHOLDS,
 ) -> Judgement:
-    """The verdict of one route from its counts and p99 latencies (pure: no I/O, no clock)."""
+    """The verdict of one route from its counts and latency estimates (pure: no I/O, no clock)."""
     if compared <= 0 and shadow_errors <= 0:
         return Judgement("no_data", None, None, None, ("nothing compared",))
+    t = thresholds
     reasons: list[str] = []
-    rate_level: Level | None = None
+    rate_level_: Level | None = None
+    mm: Estimate | None = None
     if compared > 0:
-        rate = mismatched / compared
-        rate_level = level(rate, thresholds.mismatch_rate)
-        if rate_level != "pass":
-            reasons.append(f"mismatch rate {rate:.2%} ({_limit(rate_level, thresholds.mismatch_rate)})")
-    error_rate = shadow_errors / (compared + shadow_errors)
-    error_level = level(error_rate, thresholds.mismatch_rate)
+        mm = rate(mismatched, compared)
+        rate_level_ = rate_level(mm, mismatched, t.mismatch_rate)
+        if rate_level_ != "pass":
+            why = _limit(rate_level_, t.mismatch_rate, "upper")
+            reasons.append(f"mismatch rate {fmt_interval(mm)} ({why})")
+    errs = rate(shadow_errors, compared + shadow_errors)
+    error_level = rate_level(errs, shadow_errors, t.mismatch_rate)
     if error_level != "pass":
-        reasons.append(f"shadow errors {error_rate:.2%} ({_limit(error_level, thresholds.mismatch_rate)})")
+        why = _limit(error_level, t.mismatch_rate, "upper")
+        reasons.append(f"shadow errors {fmt_interval(errs)} ({why})")
     latency_level: Level | None = None
-    slower = slowdown(live_p99_ms, shadow_p99_ms)
-    if slower is not None:
-        latency_level = level(slower, thresholds.latency)
-        if latency_level != "pass":
-            reasons.append(f"shadow p99 {slower:+.1%} vs live ({_limit(latency_level, thresholds.latency)})")
-    checks = [lv for lv in (rate_level, error_level, latency_level) if lv is not None]
-    return Judgement(_worst(checks), rate_level, error_level, latency_level, tuple(reasons))
+    if latency is not None:
+        if latency.n < t.min_samples:
+            latency_level = "insufficient"
+            reasons.append(f"latency: {latency.n} compared exchanges, fewer than min_samples {t.min_samples}")
+        else:
+            levels: list[Level] = []
+            for name, est in (("median", latency.median), ("p99", latency.p99)):
+                if est.value is None:
+                    continue
+                lv = slowdown_level(est, t)
+                levels.append(lv)
+                if lv != "pass":
+                    reasons.append(
+                        f"shadow {name} {fmt_interval(est, signed=True)} vs live, {fmt_p(est.p_value)} "
+                        f"({_limit(lv, t.latency, 'lower')})"
+                    )
+            latency_level = _worst(levels) if levels else None
+    checks = [lv for lv in (rate_level_, error_level, latency_level) if lv is not None]
+    worst = _worst(lv for lv in checks if lv != "insufficient")
+    verdict: Level = "insufficient" if worst == "pass" and "insufficient" in checks else worst
+    return Judgement(verdict, rate_level_, error_level, latency_level, tuple(reasons), mm, errs, latency)
 
 
 def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS) -> Judgement:
@@ -128,14 +211,15 @@ def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS) -> 
         rs.counts.get("compared", 0),
         rs.counts.get("mismatched", 0),
         rs.counts.get("shadow_errors", 0),
-        rs.live_latency.quantile(0.99),
-        rs.shadow_latency.quantile(0.99),
+        latency_test(rs),
         thresholds,
     )
 
 
-def _limit(lv: Level, t: Thresholds) -> str:
-    return f"fail above {t.fail:.2%}" if lv == "fail" else f"warn from {t.warn:.2%}"
+def _limit(lv: Level, t: Thresholds, bound: str) -> str:
+    if lv == "fail":
+        return f"95% {bound} bound above fail {t.fail:.2%}"
+    return f"95% {bound} bound from warn {t.warn:.2%}"
 
 
 def overall(levels: Iterable[Level]) -> Level:
@@ -144,10 +228,13 @@ def overall(levels: Iterable[Level]) -> Level:
     return _worst(with_data) if with_data else "no_data"
 
 
-def gate_fails(overall_level: Level, fail_on: FailOn | None) -> bool:
-    """Whether `--fail-on` should exit 1: at or above its level, or nothing compared at all."""
+def gate_fails(overall_level: Level, fail_on: FailOn | None, fail_on_insufficient: bool = False) -> bool:
+    """Whether `--fail-on` should exit 1: at or above its level, or nothing compared at all;
+    `insufficient` only when `fail_on_insufficient`."""
     if fail_on is None:
         return False
     if overall_level == "no_data":
         return True
+    if overall_level == "insufficient":
+        return fail_on_insufficient
     return _RANK[overall_level] >= _RANK[fail_on]

@@ -560,11 +560,25 @@ class Verdict(_Strict):
 
     mismatch_rate: Thresholds = Field(
         default_factory=lambda: Thresholds(warn=0.001, fail=0.01),
-        description="mismatched / compared (also applied to shadow errors / mirrored)",
+        description="mismatched / compared (also applied to shadow errors / mirrored); judged by the"
+        " upper end of the 95% Wilson interval once at least one happened (docs/report.md)",
     )
     latency: Thresholds = Field(
         default_factory=lambda: Thresholds(warn=0.05, fail=0.15),
-        description="shadow p99 / live p99 - 1 (0.05: the shadow is 5% slower)",
+        description="slowdown of the shadow at the median and at p99 (0.05: 5% slower); judged by the"
+        " lower end of its 95% interval, only when significant at `alpha`",
+    )
+    alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="significance level of the latency test: a slowdown WARNs or FAILs only when its"
+        " p-value is below this",
+    )
+    min_samples: int = Field(
+        default=30,
+        ge=1,
+        description="compared exchanges a route needs before its latency is judged (fewer: insufficient)",
     )
 
 

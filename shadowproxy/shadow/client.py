@@ -4,6 +4,13 @@ An https shadow is called over HTTP/2 when its TLS handshake chooses h2 (`h2clie
 keeps trailers, where gRPC puts its status), an http one too when configured for h2c; plain
 http and https without h2 go through aiohttp (HTTP/1.1), the fast path.
 
+Latency is timed as the live hop's (`proxy.convert`): from the request written to the response
+read whole. Waiting for a pooled connection, and opening one, come before the request is
+written and are not in it; opening time is `connect_ms`, with `new_connection` (aiohttp's
+trace hooks say which). New connections to the shadow are opened at a bounded pace
+(`CONNECT_INTERVAL_S` apart) and kept alive for reuse, so a burst of copies cannot
+overflow a small shadow's listen backlog and turn into timeouts made by the proxy itself.
+
 Nothing in a request can steer it elsewhere: the URL is always the configured base plus the
 request's path, and redirects are returned as responses, never followed. Bodies are read raw
 (still content-encoded: the engine decodes both sides the same way) and at most
@@ -16,6 +23,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import h2.exceptions  # type: ignore[import-untyped]
@@ -35,6 +43,17 @@ from shadowproxy.shadow.h2client import (
 
 # aiohttp adds these when absent; the shadow should see what the client sent.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
+CONNECT_INTERVAL_S = 0.005  # new shadow connections start at most this often (200 a second)
+
+
+@dataclass(slots=True)
+class _Timing:
+    """One call's timestamps, filled by aiohttp's trace hooks (perf_counter seconds)."""
+
+    sent: float = 0.0  # request headers written
+    connect_start: float = 0.0
+    connect_ms: float | None = None
+    new_connection: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +124,41 @@ class ShadowClient:
         self._session: aiohttp.ClientSession | None = None
         self._h2: H2Pool | None = None
         self._h2c: H2Pool | None = None
+        self._next_connect = 0.0  # loop time before which no new connection starts
+
+    def _trace(self) -> aiohttp.TraceConfig:
+        trace = aiohttp.TraceConfig()
+
+        async def create_start(_s: Any, ctx: Any, _p: Any) -> None:
+            await self._pace()
+            t: _Timing = ctx.trace_request_ctx
+            t.connect_start = time.perf_counter()
+
+        async def create_end(_s: Any, ctx: Any, _p: Any) -> None:
+            t: _Timing = ctx.trace_request_ctx
+            t.connect_ms = (time.perf_counter() - t.connect_start) * 1000
+            t.new_connection = True
+
+        async def reuse(_s: Any, ctx: Any, _p: Any) -> None:
+            ctx.trace_request_ctx.new_connection = False
+
+        async def headers_sent(_s: Any, ctx: Any, _p: Any) -> None:
+            ctx.trace_request_ctx.sent = time.perf_counter()
+
+        trace.on_connection_create_start.append(create_start)
+        trace.on_connection_create_end.append(create_end)
+        trace.on_connection_reuseconn.append(reuse)
+        trace.on_request_headers_sent.append(headers_sent)
+        return trace
+
+    async def _pace(self) -> None:
+        """Wait for this new connection's turn: at most one starts per CONNECT_INTERVAL_S."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next_connect)
+        self._next_connect = slot + CONNECT_INTERVAL_S
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -114,6 +168,7 @@ class ShadowClient:
                 auto_decompress=False,
                 skip_auto_headers=_SKIP_AUTO,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=[self._trace()],
             )
         return self._session
 
@@ -151,12 +206,14 @@ class ShadowClient:
             except H2Unsupported:
                 pass  # the shadow offers HTTP/1.1 only
         session = self._get_session()
+        timing = _Timing()
         async with session.request(
             req.method,
             url,
             headers=CIMultiDict(req.headers),
             data=req.body or None,
             allow_redirects=False,
+            trace_request_ctx=timing,
         ) as resp:
             chunks: list[bytes] = []
             size = 0
@@ -170,8 +227,10 @@ class ShadowClient:
                         (time.perf_counter() - start) * 1000,
                     )
                 chunks.append(chunk)
+            end = time.perf_counter()
             headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
-            return Response(resp.status, headers, b"".join(chunks), (time.perf_counter() - start) * 1000)
+            return Response(resp.status, headers, b"".join(chunks), (end - (timing.sent or start)) * 1000,
+                            connect_ms=timing.connect_ms, new_connection=timing.new_connection)
 
     async def _call_h2(self, url: URL, req: Request, max_body_bytes: int, start: float) -> Response | Failure:
         if url.scheme == "https":
@@ -186,9 +245,11 @@ class ShadowClient:
         try:
             try:
                 conn = await pool.connection(url.host, url.port)
+                sent = time.perf_counter()  # the connection is there: timed from here, as aiohttp's
                 resp = await conn.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
             except StreamRefused:  # never processed (an idle connection's GOAWAY raced us): once more
                 conn = await pool.connection(url.host, url.port)
+                sent = time.perf_counter()
                 resp = await conn.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
         except BodyTooLarge:
             return Failure(
@@ -196,5 +257,5 @@ class ShadowClient:
                 f"shadow body larger than max_body_bytes ({max_body_bytes})",
                 (time.perf_counter() - start) * 1000,
             )
-        latency = (time.perf_counter() - start) * 1000
+        latency = (time.perf_counter() - sent) * 1000
         return Response(resp.status, resp.headers, resp.body, latency, trailers=resp.trailers)

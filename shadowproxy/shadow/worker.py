@@ -119,7 +119,8 @@ def encode_job(job: ShadowJob, settings_ref: int) -> tuple[Any, ...]:
     ex, live = job.exchange, job.exchange.live
     return (
         _request_tuple(ex.request),
-        (live.status, live.headers, live.body, live.latency_ms, live.truncated, live.trailers),
+        (live.status, live.headers, live.body, live.latency_ms, live.truncated, live.trailers,
+         live.connect_ms, live.new_connection),
         ex.id, ex.ts, ex.route, ex.rule, ex.annotations or None,
         _request_tuple(job.shadow_request), settings_ref, job.target, job.rewritten,
     )

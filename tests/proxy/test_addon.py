@@ -5,6 +5,7 @@ The taddons tests are async: without a running loop, taddons.context makes one i
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -220,3 +221,44 @@ def test_plain_mitmdump_addon_writes_records_within_a_second_not_at_shutdown(tmp
         finally:
             proc.terminate()
             proc.wait(15)
+
+
+async def test_copies_made_before_the_worker_is_ready_are_held_then_mirrored_and_readyz_waits() -> None:
+    async def shadow_app(request: web.Request) -> web.Response:
+        return web.Response(body=b"message")
+
+    sink = MemorySink()
+    addon = ShadowAddon(sink=sink)
+    with Backend(shadow_app) as shadow, taddons.context(addon) as tctx:
+        tctx.configure(addon, shadow_url=shadow.url, shadow_stats_interval=0)
+        assert not addon.ready  # /readyz says 503 until the dispatcher runs
+        for _ in range(3):
+            addon.response(flow())  # before running(): nothing sent yet
+        assert shadow.seen == []
+        await addon.running()
+        assert addon.ready
+        for _ in range(100):
+            if len(shadow.seen) == 3:
+                break
+            await asyncio.sleep(0.02)
+        await addon.done()
+    assert len(shadow.seen) == 3
+    stats = [r for r in sink.records if r["outcome"] == "stats"]
+    assert stats[0]["routes"]["/users/{id}"]["compared"] == 3
+    assert "not_ready" not in stats[0]["routes"]["/users/{id}"]["skipped_by"]
+
+
+async def test_copies_beyond_the_hold_bound_or_never_released_are_counted_not_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shadowproxy.proxy.addon as addon_module
+
+    monkeypatch.setattr(addon_module, "HOLD_MAX", 2)
+    addon = ShadowAddon(sink=MemorySink())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, shadow_url="http://127.0.0.1:1", shadow_stats_interval=0)
+        for _ in range(5):
+            addon.response(flow())
+        assert addon.stats.totals["/users/{id}"].skipped_by == {"not_ready": 3}
+        await addon.done()  # stopped before the worker came up: the two held copies too
+    assert addon.stats.totals["/users/{id}"].skipped_by == {"not_ready": 5}

@@ -262,3 +262,21 @@ def test_request_delta_and_adjusted_are_summed_per_route_and_field() -> None:
     assert echo["request_delta"] == {"exchanges": 5, "fields": {"body:/url": 5, "header:/location": 2}}
     assert echo["adjusted"] == 2
     assert echo["mismatch_rate"] == 0.0
+
+
+def test_trend_has_one_point_per_stats_record_and_the_html_charts_it() -> None:
+    from shadowproxy.report.html import render_html
+
+    agg = Aggregator()
+    for k, (mismatched, shadow_ms) in enumerate([(0, 10.0), (2, 13.0), (1, 20.0)]):
+        rs = route_stats(compared=100, mismatched=mismatched)
+        for _ in range(5):
+            rs.latency_log_ratio.observe(10.0, shadow_ms)
+        assert agg.add(stats({"r": rs}, f"s{k}", ts=f"2026-01-01T00:00:{10 * (3 - k):02d}.000Z"))
+    report = agg.snapshot()
+    trend = report["routes"][0]["trend"]
+    assert [p["ts"] for p in trend] == sorted(p["ts"] for p in trend)  # by time, not by arrival
+    assert [p["mismatch_rate"] for p in trend] == [0.01, 0.02, 0.0]
+    assert [p["latency_ratio"] for p in trend] == [1.9937, 1.2969, 1.0]  # ln-ratio buckets 1% wide
+    html = render_html(report)
+    assert 'data-series="mismatch_rate"' in html and 'data-series="latency_ratio"' in html

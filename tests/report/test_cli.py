@@ -25,14 +25,15 @@ def iso(dt: datetime) -> str:
 
 @pytest.fixture
 def source(tmp_path: Path) -> str:
-    """users: 1000 compared, 5 mismatched (0.5%: WARN); orders: 200 compared (PASS); admin: skipped only."""
+    """users: 3000 compared, 5 mismatched (0.17%, 95% CI 0.07%-0.39%: WARN); orders: 200 compared, one
+    latency sample (INSUFFICIENT); admin: skipped only."""
     return write_jsonl(
         tmp_path / "r.jsonl",
         [
             stats(
                 {
                     "users": route_stats(
-                        compared=1000, mismatched=5, live_ms=[10.0] * 10, shadow_ms=[10.0] * 10
+                        compared=3000, mismatched=5, live_ms=[10.0] * 10, shadow_ms=[10.0] * 10
                     ),
                     "orders": route_stats(compared=200, live_ms=[20.0], shadow_ms=[20.0]),
                     "admin": route_stats(skipped=3),
@@ -73,6 +74,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "verdict",
         "checks",
         "reasons",
+        "estimates",
         "counts",
         "skipped_by",
         "mismatch_rate",
@@ -88,12 +90,18 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "noise",
         "request_delta",
         "adjusted",
+        "trend",
     ]
     assert list(data["routes"][0]["latency"]) == ["live", "shadow", "ratio", "slowdown"]
     assert data["schema"] == "shadowproxy.report/1"
     assert data["verdict"] == "warn"
     users = {r["route"]: r for r in data["routes"]}["users"]
-    assert users["counts"]["compared"] == 1000 and users["mismatch_rate"] == 0.005
+    assert users["counts"]["compared"] == 3000 and users["mismatch_rate"] == 5 / 3000
+    estimates = ["mismatch_rate", "shadow_error_rate", "slowdown_median", "slowdown_p99"]
+    assert list(users["estimates"]) == estimates
+    assert users["estimates"]["mismatch_rate"] == {
+        "n": 3000, "estimate": 0.001667, "low": 0.000712, "high": 0.003896, "p_value": None, "level": "warn"
+    }
     assert list(users["fields"][0]) == ["part", "path", "kind", "count", "share", "examples", "example"]
 
 
@@ -103,16 +111,20 @@ def test_table_format_lists_routes_worst_first_with_fields(source: str) -> None:
     assert out.index("users") < out.index("orders") < out.index("admin")
     assert "WARN" in out and "PASS" in out and "NO DATA" in out
     assert "Top differing fields: users" in out
-    assert "/name" in out and "0.50%" in out
-    assert "users: mismatch rate 0.50% (warn from 0.10%)" in out
+    assert "/name" in out and "0.17% (0.07%-0.39%, 3000)" in out
+    assert "users: mismatch rate 0.17% (0.07% to 0.39%, n=3000) (95% upper bound from warn 0.10%)" in out
+    assert "orders: latency: 1 compared exchanges, fewer than min_samples 30" in out
+    assert "INSUFFICIENT" in out
 
 
 def test_markdown_format_is_pipe_tables(source: str) -> None:
     code, out, _ = run("report", "--source", source, "--format", "markdown")
     assert code == 0
     assert out.startswith("# shadowproxy report: WARN\n")
-    assert "| `users` | **WARN** | 1000 | 5 | 0.50% | 0 | 0 | 0 | 0 |" in out
-    assert "| `body /name`" not in out and "| `/name` | changed | 5 | 0.50% |" in out
+    assert "| `users` | **WARN** | 3000 | 5 | 0.17% (0.07%-0.39%, 3000) | 0 | 0 | 0 | 0 |" in out
+    assert "| `body /name`" not in out and "| `/name` | changed | 5 | 0.17% |" in out
+    assert "| `users` | mismatch rate | 3000 | 0.17% | 0.07% - 0.39% | — | WARN |" in out
+    assert "| route | check | n | estimate | 95% interval | p-value | level |" in out
     assert out.endswith("\n")
 
 
@@ -154,15 +166,15 @@ def test_fail_on_exit_codes_for_an_overall_warn(source: str, fail_on: str | None
 @pytest.mark.parametrize(
     ("mismatched", "fail_on", "code"),
     [
-        (10, "fail", 0),  # 1.0%: at the fail threshold is warn
-        (11, "fail", 1),  # 1.1%: fail
+        (50, "fail", 0),  # 0.5% (0.38%-0.66%): warn
+        (90, "fail", 1),  # 0.9% (0.73%-1.10%): a rate above 1% not ruled out: fail
         (0, "warn", 0),  # pass
-        (1, "warn", 1),  # 0.1%: at warn
+        (10, "warn", 1),  # 0.1% (0.05%-0.18%): warn
     ],
 )
 def test_fail_on_follows_the_thresholds(tmp_path: Path, mismatched: int, fail_on: str, code: int) -> None:
     src = write_jsonl(
-        tmp_path / "r.jsonl", [stats({"r": route_stats(compared=1000, mismatched=mismatched)}, "s")]
+        tmp_path / "r.jsonl", [stats({"r": route_stats(compared=10_000, mismatched=mismatched)}, "s")]
     )
     assert run("report", "--source", src, "--format", "json", "--fail-on", fail_on)[0] == code
 
@@ -182,7 +194,9 @@ def test_rules_file_sets_the_thresholds(source: str, tmp_path: Path) -> None:
     )
     assert code == 0
     data = json.loads(out)
-    assert data["verdict"] == "pass"
+    assert data["verdict"] == "insufficient"  # users' mismatch rate passes; too few latency samples
+    users = {r["route"]: r for r in data["routes"]}["users"]
+    assert users["checks"] == {"mismatch_rate": "pass", "shadow_errors": "pass", "latency": "insufficient"}
     assert data["thresholds"]["mismatch_rate"] == {"warn": 0.01, "fail": 0.05}
 
 
@@ -247,7 +261,8 @@ def test_bad_source_uri_is_a_usage_error() -> None:
 def test_help_documents_the_verdict_and_exit_codes() -> None:
     code, out, _ = run("report", "--help")
     assert code == 0
-    for text in ("shadow p99 / live p99 - 1", "--fail-on", "NO DATA", "Exit codes", "--since", "--rules"):
+    for text in ("shadow slowdown at median, p99", "95% interval", "INSUFFICIENT", "--fail-on-insufficient",
+                 "--fail-on", "NO DATA", "Exit codes", "--since", "--rules"):
         assert text in out
 
 
@@ -304,3 +319,54 @@ def test_progress_bar_goes_to_stderr_only_when_asked(source: str) -> None:
         asyncio.run(read_source(source, agg, stream=stream))
         assert agg.counters["used"] == 6
         assert ("reading" in stream.getvalue()) is expect
+
+
+def test_insufficient_latency_fails_the_gate_only_with_fail_on_insufficient(tmp_path: Path) -> None:
+    src = write_jsonl(
+        tmp_path / "r.jsonl",
+        [stats({"r": route_stats(compared=5, live_ms=[10.0] * 5, shadow_ms=[30.0] * 5)}, "s")],
+    )
+    code, out, _ = run("report", "--source", src, "--format", "json", "--fail-on", "warn")
+    assert code == 0 and json.loads(out)["verdict"] == "insufficient"
+    args = ("--format", "json", "--fail-on", "warn", "--fail-on-insufficient")
+    code, _, err = run("report", "--source", src, *args)
+    assert code == 1 and "verdict insufficient" in err
+
+
+def _src(tmp_path: Path, name: str, mismatched: int) -> str:
+    records = [stats({"r": route_stats(compared=3000, mismatched=mismatched)}, "s")]
+    return write_jsonl(tmp_path / name, records)
+
+
+def test_baseline_names_a_significant_regression_and_fail_on_gates_on_it(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"
+    code, out, _ = run("report", "--source", _src(tmp_path, "a.jsonl", 0), "--format", "json")
+    old.write_text(out)
+    now = _src(tmp_path, "b.jsonl", 10)  # 0.33% (0.18%-0.61%): WARN, below --fail-on fail by itself
+    assert run("report", "--source", now, "--format", "json", "--fail-on", "fail")[0] == 0
+    code, out, err = run(
+        "report", "--source", now, "--format", "json", "--fail-on", "fail", "--baseline", str(old)
+    )
+    assert code == 1 and "1 significant regressions against --baseline" in err
+    b = json.loads(out)["baseline"]
+    assert b["regressions"] == 1
+    (row,) = [row for row in b["rows"] if row["check"] == "mismatch_rate"]
+    assert row["before"] == 0 and row["now"] == 10 / 3000 and row["significant"] and row["p_value"] < 0.01
+    code, md, _ = run("report", "--source", now, "--format", "markdown", "--baseline", str(old))
+    assert code == 0 and "## Against baseline" in md
+    assert "| r | mismatch_rate | 0% | 0.33% | yes | REGRESSION |" in md
+
+
+def test_baseline_equal_to_this_run_has_no_regression(tmp_path: Path) -> None:
+    src = _src(tmp_path, "a.jsonl", 2)
+    old = tmp_path / "old.json"
+    old.write_text(run("report", "--source", src, "--format", "json")[1])
+    code, out, _ = run("report", "--source", src, "--format", "json", "--baseline", str(old))
+    assert code == 0 and json.loads(out)["baseline"]["regressions"] == 0
+
+
+def test_a_baseline_that_is_not_a_json_report_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "old.json"
+    bad.write_text('{"not": "a report"}')
+    code, _, err = run("report", "--source", _src(tmp_path, "a.jsonl", 0), "--baseline", str(bad))
+    assert code == 2 and f"--baseline {bad}: not a shadowproxy JSON report" in err

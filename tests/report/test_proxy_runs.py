@@ -19,7 +19,7 @@ from aiohttp import web
 from shadowproxy.engine.record import validate_record
 from shadowproxy.engine.stats import RouteStats
 from shadowproxy.report import Aggregator, build_report, evaluate
-from shadowproxy.report.verdict import evaluate_stats
+from shadowproxy.report.verdict import evaluate_stats, latency_test
 from shadowproxy.testing import Backend, ProxyThread, free_port
 from tests.report.records import read_jsonl
 
@@ -167,7 +167,7 @@ async def test_verdicts_of_a_real_run(one_run: Path, rules_file: str) -> None:
     routes = _routes(report)
     assert {k: v["verdict"] for k, v in routes.items()} == {
         "users": "fail",
-        "/same": "pass",
+        "/same": "insufficient",  # equal answers, but fewer than 30 latency samples
         "gone": "fail",
         "/orders": "no_data",
     }
@@ -176,9 +176,12 @@ async def test_verdicts_of_a_real_run(one_run: Path, rules_file: str) -> None:
     rs = RouteStats.from_dict(
         next(r for r in read_jsonl(one_run) if r["outcome"] == "stats")["routes"]["users"]
     )
-    j = evaluate(20, 5, 0, rs.live_latency.quantile(0.99), rs.shadow_latency.quantile(0.99), thresholds)
+    j = evaluate(20, 5, 0, latency_test(rs), thresholds)
     assert u["verdict"] == j.verdict == evaluate_stats(rs, thresholds).verdict == "fail"
-    assert u["reasons"] == list(j.reasons) == ["mismatch rate 25.00% (fail above 1.00%)"]
+    assert u["reasons"] == list(j.reasons) == [
+        "mismatch rate 25.00% (11.19% to 46.87%, n=20) (95% upper bound above fail 1.00%)",
+        "latency: 20 compared exchanges, fewer than min_samples 30",
+    ]
 
 
 async def test_two_runs_into_one_file_sum_their_stats_records(

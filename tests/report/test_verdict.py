@@ -5,68 +5,125 @@ from __future__ import annotations
 import pytest
 
 from shadowproxy.engine.stats import RouteStats
-from shadowproxy.report.verdict import evaluate, evaluate_stats, gate_fails, level, overall, slowdown
+from shadowproxy.report.inference import wilson
+from shadowproxy.report.verdict import (
+    DEFAULT_THRESHOLDS,
+    evaluate,
+    evaluate_stats,
+    gate_fails,
+    latency_test,
+    level,
+    overall,
+    slowdown,
+)
 from shadowproxy.rules import load_rules_text
 from shadowproxy.rules.model import Thresholds, Verdict
 
 
 @pytest.mark.parametrize(
-    ("mismatched", "expected"),
+    ("mismatched", "compared", "expected"),
     [
-        (0, "pass"),
-        (9, "pass"),  # 0.0009: just below warn 0.001
-        (10, "warn"),  # 0.001: at warn
-        (11, "warn"),  # just above warn
-        (99, "warn"),  # just below fail 0.01
-        (100, "warn"),  # 0.01: at fail is still warn ("> 1% fails")
-        (101, "fail"),  # just above fail
-        (10_000, "fail"),
+        (0, 10_000, "pass"),
+        (0, 5, "pass"),  # no mismatch seen: nothing to judge, however few were compared
+        (1, 20, "fail"),  # one real mismatch in 20 (0.9%-23.6%) stays a FAIL
+        (1, 300, "fail"),  # 0.06%-1.87%: a rate above 1% is not ruled out
+        (1, 2_000, "warn"),  # 0.01%-0.28%
+        (1, 100_000, "pass"),  # upper bound 0.006%: well below warn 0.1%
+        (3, 10_000, "pass"),  # 0.03% (0.01%-0.09%): below warn 0.1% with 95% confidence
+        (50, 10_000, "warn"),  # 0.5% (0.38%-0.66%)
+        (90, 10_000, "fail"),  # 0.9%, upper bound 1.1%: above 1% not ruled out
+        (10_000, 10_000, "fail"),
     ],
 )
-def test_mismatch_rate_thresholds_at_and_around_each_limit(mismatched: int, expected: str) -> None:
-    j = evaluate(10_000, mismatched)
+def test_mismatch_rate_is_judged_by_the_upper_end_of_its_wilson_interval(
+    mismatched: int, compared: int, expected: str
+) -> None:
+    j = evaluate(compared, mismatched)
+    est = j.mismatch_estimate
+    assert est is not None and est.high is not None
+    if mismatched:
+        assert j.mismatch_rate == level(round(est.high, 9), DEFAULT_THRESHOLDS.mismatch_rate) == expected
     assert j.mismatch_rate == expected
     assert j.verdict == expected
 
 
+def test_wilson_interval_matches_published_values() -> None:
+    # Newcombe (1998), table I: 0/10 -> 0-0.2775, 1/29 -> 0.0061-0.1718, 81/263 -> 0.2553-0.3662
+    published = {(0, 10): (0.0, 0.2775), (1, 29): (0.0061, 0.1718), (81, 263): (0.2553, 0.3662)}
+    for (x, n), (lo, hi) in published.items():
+        assert wilson(x, n) == pytest.approx((lo, hi), abs=1e-4)
+
+
+def _paired(n: int, live: float, shadow: float) -> RouteStats:
+    rs = RouteStats()
+    rs.counts["compared"] = n
+    for i in range(n):
+        wobble = 1 + 0.01 * ((i * 7) % 11 - 5)  # the same request load on both sides
+        rs.live_latency.observe(live * wobble)
+        rs.shadow_latency.observe(shadow * wobble)
+        rs.latency_log_ratio.observe(live * wobble, shadow * wobble)
+    return rs
+
+
 @pytest.mark.parametrize(
-    ("shadow_p99", "expected"),
+    ("shadow_ms", "expected"),
     [
         (90.0, "pass"),  # faster
-        (104.99, "pass"),  # just below 5% slower
-        (105.0, "warn"),  # at 5% (105/100 - 1 is 0.05000000000000004 before rounding)
-        (105.01, "warn"),
-        (114.99, "warn"),
-        (115.0, "warn"),  # at 15% (0.1499999999999999 before rounding)
-        (115.01, "fail"),  # just above 15%
-        (300.0, "fail"),
+        (103.0, "pass"),  # 3% slower: significant but below warn
+        (110.0, "warn"),
+        (130.0, "fail"),
     ],
 )
-def test_latency_thresholds_use_shadow_p99_over_live_p99_minus_one(shadow_p99: float, expected: str) -> None:
-    j = evaluate(1000, 0, 0, 100.0, shadow_p99)
+def test_latency_is_judged_by_the_lower_bound_of_a_significant_slowdown(
+    shadow_ms: float, expected: str
+) -> None:
+    j = evaluate_stats(_paired(300, 100.0, shadow_ms))
     assert j.latency == expected
     assert j.verdict == expected
+    assert j.latency_test is not None and j.latency_test.n == 300
 
 
-def test_slowdown_is_rounded_so_exact_ratios_land_on_the_threshold() -> None:
-    assert slowdown(100.0, 105.0) == 0.05
-    assert slowdown(100.0, 115.0) == 0.15
-    assert slowdown(None, 1.0) is None
-    assert slowdown(1.0, None) is None
-    assert slowdown(0.0, 1.0) is None
+def test_latency_below_min_samples_is_insufficient_not_pass_not_fail() -> None:
+    j = evaluate_stats(_paired(5, 100.0, 300.0))
+    assert (j.latency, j.verdict) == ("insufficient", "insufficient")
+    assert j.reasons == ("latency: 5 compared exchanges, fewer than min_samples 30",)
+    assert evaluate_stats(_paired(10, 100.0, 300.0), Verdict(min_samples=10)).latency == "fail"
+
+
+def test_a_slowdown_that_is_not_significant_at_alpha_passes() -> None:
+    rs = RouteStats()
+    rs.counts["compared"] = 40
+    for i in range(40):  # 22 slower by 30%, 18 faster by 30%: the median moves, the sign test does not
+        live = 100.0
+        shadow = 130.0 if i < 22 else 70.0
+        rs.live_latency.observe(live)
+        rs.shadow_latency.observe(shadow)
+        rs.latency_log_ratio.observe(live, shadow)
+    j = evaluate_stats(rs)
+    assert j.latency_test is not None
+    assert j.latency_test.median.p_value is not None and j.latency_test.median.p_value > 0.01
+    assert j.latency == "pass"
 
 
 def test_route_verdict_is_its_worst_check_and_says_why() -> None:
-    j = evaluate(1000, 2, 0, 100.0, 120.0)  # mismatch warn (0.2%), latency fail (+20%)
+    rs = _paired(1000, 100.0, 130.0)
+    rs.counts["mismatched"] = 2
+    j = evaluate_stats(rs)
     assert (j.mismatch_rate, j.latency, j.verdict) == ("warn", "fail", "fail")
-    assert j.reasons == (
-        "mismatch rate 0.20% (warn from 0.10%)",
-        "shadow p99 +20.0% vs live (fail above 15.00%)",
-    )
+    assert j.reasons[0] == "mismatch rate 0.20% (0.05% to 0.73%, n=1000) (95% upper bound from warn 0.10%)"
+    assert j.reasons[1].startswith("shadow median +29.7% (+")  # ln-ratio buckets are 1% wide
+    assert j.reasons[1].endswith("n=1000) vs live, p<0.0001 (95% lower bound above fail 15.00%)")
+
+
+def test_p99_slowdown_in_the_report_is_rounded_so_exact_ratios_land_on_the_threshold() -> None:
+    assert slowdown(100.0, 105.0) == 0.05
+    assert slowdown(100.0, 115.0) == 0.15
+    assert slowdown(None, 1.0) is None
+    assert slowdown(0.0, 1.0) is None
 
 
 def test_nothing_compared_and_no_error_is_no_data() -> None:
-    j = evaluate(0, 0, 0, None, None)
+    j = evaluate(0, 0, 0, None)
     assert j.verdict == "no_data"
     assert (j.mismatch_rate, j.shadow_errors, j.latency) == (None, None, None)
 
@@ -76,16 +133,16 @@ def test_shadow_errors_without_comparisons_fail_instead_of_no_data() -> None:
     assert (j.verdict, j.mismatch_rate, j.shadow_errors) == ("fail", None, "fail")
 
 
-@pytest.mark.parametrize(("errors", "expected"), [(0, "pass"), (1, "warn"), (10, "warn"), (11, "fail")])
-def test_shadow_error_rate_uses_the_mismatch_rate_thresholds(errors: int, expected: str) -> None:
-    # errors / (compared + errors) with compared + errors == 1000
-    j = evaluate(1000 - errors, 0, errors)
+@pytest.mark.parametrize(("errors", "expected"), [(0, "pass"), (1, "warn"), (11, "warn"), (30, "fail")])
+def test_shadow_error_rate_uses_the_mismatch_rate_rule_and_thresholds(errors: int, expected: str) -> None:
+    # errors / (compared + errors) with compared + errors == 3000
+    j = evaluate(3000 - errors, 0, errors)
     assert j.shadow_errors == expected
 
 
 def test_latency_not_judged_without_histograms() -> None:
-    assert evaluate(100, 0, 0, None, None).latency is None
-    assert evaluate(100, 0, 0, None, None).verdict == "pass"
+    assert evaluate(100, 0, 0, None).latency is None
+    assert evaluate(100, 0, 0, None).verdict == "pass"
 
 
 def test_thresholds_come_from_the_rules_file_verdict_block() -> None:
@@ -95,9 +152,10 @@ def test_thresholds_come_from_the_rules_file_verdict_block() -> None:
     )
     t = rules.rules.verdict
     assert t == Verdict(mismatch_rate=Thresholds(warn=0.1, fail=0.5), latency=Thresholds(warn=1.0, fail=2.0))
-    assert evaluate(100, 10, 0, 100.0, 299.0, t).verdict == "warn"
-    assert evaluate(100, 51, 0, 100.0, 100.0, t).verdict == "fail"
-    assert evaluate(100, 9, 0, 100.0, 199.0, t).verdict == "pass"
+    assert evaluate(1000, 150, 0, None, t).verdict == "warn"
+    assert evaluate(100, 51, 0, None, t).verdict == "fail"
+    assert evaluate_stats(_paired(100, 100.0, 290.0), t).verdict == "warn"
+    assert evaluate_stats(_paired(100, 100.0, 190.0), t).verdict == "pass"
 
 
 def test_default_thresholds_are_the_documented_ones() -> None:
@@ -105,6 +163,8 @@ def test_default_thresholds_are_the_documented_ones() -> None:
     assert v.model_dump() == {
         "mismatch_rate": {"warn": 0.001, "fail": 0.01},
         "latency": {"warn": 0.05, "fail": 0.15},
+        "alpha": 0.01,
+        "min_samples": 30,
     }
 
 
@@ -127,6 +187,8 @@ def test_overall_is_the_worst_route_with_data() -> None:
     assert overall(["pass", "fail", "warn"]) == "fail"
     assert overall(["pass", "no_data"]) == "pass"
     assert overall(["no_data", "no_data"]) == "no_data"
+    assert overall(["pass", "insufficient"]) == "insufficient"
+    assert overall(["insufficient", "warn"]) == "warn"
     assert overall([]) == "no_data"
 
 
@@ -144,6 +206,8 @@ def test_overall_is_the_worst_route_with_data() -> None:
         ("no_data", "warn", True),
         ("no_data", "fail", True),
         ("no_data", None, False),
+        ("insufficient", "warn", False),  # not a failure unless asked for
+        ("insufficient", "fail", False),
     ],
 )
 def test_gate_fails_at_or_above_its_level_and_on_no_data(
@@ -152,13 +216,15 @@ def test_gate_fails_at_or_above_its_level_and_on_no_data(
     assert gate_fails(verdict, fail_on) is fails  # type: ignore[arg-type]
 
 
+def test_gate_fails_on_insufficient_only_when_asked() -> None:
+    assert gate_fails("insufficient", "fail", fail_on_insufficient=True)
+    assert not gate_fails("insufficient", None, fail_on_insufficient=True)
+
+
 def test_evaluate_stats_judges_summed_counts_and_merged_histograms() -> None:
-    rs = RouteStats()
+    rs = _paired(100, 100.0, 110.0)
     rs.counts.update(compared=1000, mismatched=1, shadow_errors=0)
-    for _ in range(100):
-        rs.live_latency.observe(100.0)
-        rs.shadow_latency.observe(110.0)
     j = evaluate_stats(rs)
     assert (j.mismatch_rate, j.latency, j.verdict) == ("warn", "warn", "warn")
-    assert j == evaluate(1000, 1, 0, rs.live_latency.quantile(0.99), rs.shadow_latency.quantile(0.99))
+    assert j == evaluate(1000, 1, 0, latency_test(rs))
     assert evaluate_stats(RouteStats()).verdict == "no_data"

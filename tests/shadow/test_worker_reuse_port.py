@@ -60,6 +60,15 @@ def wait_until(predicate: Any, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:port (two with SO_REUSEPORT and two processes)."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        n += local.endswith(f":{port:04X}") and state == "0A"
+    return n
+
+
 def stats_totals(path: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in path.read_bytes().splitlines():
@@ -95,8 +104,8 @@ def test_two_processes_share_the_port_and_each_writes_its_own_sink(
            "--sink", f"jsonl:{sink}", "--admin", "off", "--stats-interval", "0", "--reuse-port", "2"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     try:
-        # two proxies, each with its worker: the second listens before its worker starts
-        wait_until(lambda: len(tree(proc.pid)) >= 4)
+        # two proxies, each with its worker; each listens once its worker is ready
+        wait_until(lambda: len(tree(proc.pid)) >= 4 and listeners(port) >= 2)
         pids = tree(proc.pid)
         n = 60
         for i in range(n):  # a new connection each: the kernel spreads them over both listeners

@@ -1,0 +1,101 @@
+"""`report --baseline OLD.json`: this run against an earlier JSON report, route by route.
+
+    compare(report, baseline, alpha) -> dict      the report's `baseline` section
+
+For each route in both reports, what got worse, and whether the change is significant:
+
+- mismatch rate and shadow-error rate: one-sided Fisher exact test of "this run's rate is higher
+  than the baseline's" on the two (events, non-events) counts; significant when p < alpha.
+- latency (median and p99 slowdown): worse when the estimate grew; significant when this run's 95%
+  interval lies wholly above the baseline's (its lower end above the baseline's upper end), a
+  conservative test that needs no samples the JSON report does not keep.
+
+A significant worsening is a regression; `--fail-on` fails on any regression.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from scipy import stats as _st
+
+from shadowproxy.errors import ConfigError
+
+__all__ = ["compare", "load_baseline"]
+
+_RATES = (("mismatch_rate", "mismatched", "compared"), ("shadow_error_rate", "shadow_errors", None))
+_SLOWDOWNS = ("slowdown_median", "slowdown_p99")
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """An earlier `report --format json`; a ConfigError naming the file when it is not one."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as e:
+        msg = f"--baseline {path}: cannot read it: {e.strerror or e}"
+        raise ConfigError(msg) from None
+    except orjson.JSONDecodeError as e:
+        msg = f"--baseline {path}: not JSON ({e})"
+        raise ConfigError(msg) from None
+    if not isinstance(data, dict) or data.get("schema") != "shadowproxy.report/1" or "routes" not in data:
+        msg = f"--baseline {path}: not a shadowproxy JSON report (report --format json)"
+        raise ConfigError(msg)
+    return data
+
+
+def _events(r: dict[str, Any], key: str, total: str | None) -> tuple[int, int]:
+    c = r.get("counts") or {}
+    x = int(c.get(key, 0))
+    n = int(c.get(total, 0)) if total else int(c.get("compared", 0)) + x
+    return x, n
+
+
+def _rate_row(route: str, name: str, now: dict[str, Any], before: dict[str, Any], key: str,
+              total: str | None, alpha: float) -> dict[str, Any] | None:
+    x1, n1 = _events(now, key, total)
+    x0, n0 = _events(before, key, total)
+    if n1 == 0 or n0 == 0:
+        return None
+    p = float(_st.fisher_exact([[x1, n1 - x1], [x0, n0 - x0]], alternative="greater").pvalue)
+    worse = x1 / n1 > x0 / n0
+    return {"route": route, "check": name, "before": x0 / n0, "now": x1 / n1, "worse": worse,
+            "significant": worse and p < alpha, "p_value": float(f"{p:.4g}")}
+
+
+def _slow_row(route: str, name: str, now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any] | None:
+    e1 = (now.get("estimates") or {}).get(name)
+    e0 = (before.get("estimates") or {}).get(name)
+    if not e1 or not e0 or e1.get("estimate") is None or e0.get("estimate") is None:
+        return None
+    worse = e1["estimate"] > e0["estimate"]
+    apart = e1.get("low") is not None and e0.get("high") is not None and e1["low"] > e0["high"]
+    return {"route": route, "check": name, "before": e0["estimate"], "now": e1["estimate"], "worse": worse,
+            "significant": worse and apart, "p_value": None}
+
+
+def compare(
+    report: dict[str, Any], baseline: dict[str, Any], alpha: float, source: str = ""
+) -> dict[str, Any]:
+    """The `baseline` section: one row per route and check found in both reports."""
+    before = {r["route"]: r for r in baseline.get("routes", [])}
+    rows: list[dict[str, Any]] = []
+    for r in report["routes"]:
+        b = before.get(r["route"])
+        if b is None:
+            continue
+        for name, key, total in _RATES:
+            row = _rate_row(r["route"], name, r, b, key, total, alpha)
+            if row is not None:
+                rows.append(row)
+        for name in _SLOWDOWNS:
+            row = _slow_row(r["route"], name, r, b)
+            if row is not None:
+                rows.append(row)
+    return {
+        "source": source,
+        "generated_at": baseline.get("generated_at"),
+        "rows": rows,
+        "regressions": sum(1 for row in rows if row["significant"]),
+    }

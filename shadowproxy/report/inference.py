@@ -1,0 +1,176 @@
+"""The estimators behind the verdict: rates with Wilson intervals, latency slowdowns with
+distribution-free intervals and p-values. Pure functions of the mergeable histograms the
+stats records carry, so a test on merged histograms is the test on the union of the samples.
+
+    rate(x, n)                       -> Estimate   x / n, its Wilson 95% interval
+    median_slowdown(ratio_hist)      -> Estimate   exp(median ln(shadow/live)) - 1, sign test
+    p99_slowdown(live, shadow)       -> Estimate   shadow p99 / live p99 - 1, tail test
+
+Why these (docs/report.md says it in plain words):
+
+- Wilson rather than the textbook `p +- 1.96 sqrt(p(1-p)/n)`: it stays inside [0, 1] and keeps
+  close to 95% coverage for rare events and small n, which is what mismatch rates are.
+- The median slowdown is read from the per-exchange ratios shadow/live. Both sides answered the
+  same request at about the same moment, so load that comes and goes cancels in the ratio.
+  Its interval is the order-statistic interval for a median (exact binomial, at least 95% for
+  any distribution); its p-value is the one-sided sign test of "the shadow is no slower"
+  (ratios within 0.5% of 1 are ties and left out).
+- The p99 slowdown compares the two latency histograms. Each side's p99 gets an order-statistic
+  interval at 97.5%, and the slowdown's interval is (shadow low / live high, shadow high /
+  live low): both hold together at least 95% of the time whatever the dependence between them.
+  With fewer than about 440 samples a p99 cannot be bounded from above at 97.5%, and the
+  interval is open (None). Its p-value is a tail test: of the pooled samples above the pooled
+  p99, how unlikely is it that at least as many came from the shadow if both sides were the
+  same (hypergeometric). A p99 test of a few hundred samples can hardly be significant: that
+  is the truth about p99s, and why the median test carries small runs.
+
+scipy is imported here only (the report side), never in the worker's stats path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from scipy import stats as _st
+
+from shadowproxy.engine.stats import HIST_BASE_MS, RATIO_WIDTH, Histogram, RatioHistogram, bucket_upper
+
+__all__ = ["CONFIDENCE", "Estimate", "median_slowdown", "p99_slowdown", "quantile_ranks", "rate", "wilson"]
+
+CONFIDENCE = 0.95
+_Z = float(_st.norm.ppf(0.5 + CONFIDENCE / 2))  # 1.959964
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A value with its 95% interval and, for a test, its p-value.
+
+    `low`/`high` None: the interval is open on that side (too few samples to bound it)."""
+
+    n: int
+    value: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None = None
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        def r(x: float | None, digits: int = 6) -> float | None:
+            return None if x is None else round(x, digits)
+
+        return {"n": self.n, "estimate": r(self.value), "low": r(self.low), "high": r(self.high),
+                "p_value": None if self.p_value is None else float(f"{self.p_value:.4g}")}
+
+
+def wilson(x: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval for x successes in n trials; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = _Z if confidence == CONFIDENCE else float(_st.norm.ppf(0.5 + confidence / 2))
+    p = x / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    low = 0.0 if x == 0 else max(0.0, centre - half)
+    high = 1.0 if x == n else min(1.0, centre + half)
+    return low, high
+
+
+def rate(x: int, n: int) -> Estimate:
+    """x / n with its Wilson 95% interval (value None when n is 0)."""
+    if n <= 0:
+        return Estimate(0, None, None, None)
+    low, high = wilson(x, n)
+    return Estimate(n, x / n, low, high)
+
+
+def quantile_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int | None, int | None]:
+    """1-based ranks (lo, hi) of the sorted sample whose values bound the q-quantile with at
+    least `confidence`; None on a side where n samples cannot bound it.
+
+    The number of samples at or below the true quantile is Binomial(n, q): the interval
+    [x_(lo), x_(hi)] misses it with probability at most (1 - confidence) / 2 on each side."""
+    if n <= 0:
+        return None, None
+    tail = (1 - confidence) / 2
+    b = _st.binom(n, q)
+    # lo: the largest rank with P(B <= lo - 1) <= tail
+    j = int(b.ppf(tail))
+    if b.cdf(j) > tail:
+        j -= 1
+    lo = j + 1 if j >= 0 else None
+    # hi: the smallest rank with P(B <= hi - 1) >= 1 - tail
+    k = int(b.ppf(1 - tail))
+    hi = k + 1 if k + 1 <= n else None
+    return lo, hi
+
+
+def _at_rank(buckets: dict[int, int], rank: int) -> int:
+    """The bucket holding the rank-th smallest sample (1-based)."""
+    seen = 0
+    for i in sorted(buckets):
+        seen += buckets[i]
+        if seen >= rank:
+            return i
+    return max(buckets)
+
+
+def _ms(i: int) -> float:
+    """A latency bucket's value: its geometric middle (as `Histogram.quantile`)."""
+    return HIST_BASE_MS if i == 0 else math.sqrt(bucket_upper(i - 1) * bucket_upper(i))
+
+
+def median_slowdown(h: RatioHistogram) -> Estimate:
+    """exp(median of ln(shadow/live)) - 1, its 95% interval, and the sign test's one-sided p-value."""
+    n = sum(h.buckets.values())
+    if n == 0:
+        return Estimate(0, None, None, None)
+
+    def slow(i: int) -> float:
+        return math.expm1(i * RATIO_WIDTH)
+
+    value = slow(_at_rank(h.buckets, math.ceil(n / 2)))
+    lo, hi = quantile_ranks(n, 0.5)
+    low = slow(_at_rank(h.buckets, lo)) if lo is not None else None
+    high = slow(_at_rank(h.buckets, hi)) if hi is not None else None
+    slower = sum(c for i, c in h.buckets.items() if i > 0)
+    faster = sum(c for i, c in h.buckets.items() if i < 0)
+    p = float(_st.binom.sf(slower - 1, slower + faster, 0.5)) if slower + faster else 1.0
+    return Estimate(n, value, low, high, p)
+
+
+def p99_slowdown(live: Histogram, shadow: Histogram, q: float = 0.99) -> Estimate:
+    """shadow p99 / live p99 - 1, an interval holding with at least 95%, and a tail test's p-value."""
+    n_l, n_s = sum(live.buckets.values()), sum(shadow.buckets.values())
+    if n_l == 0 or n_s == 0:
+        return Estimate(min(n_l, n_s), None, None, None)
+    each = 1 - (1 - CONFIDENCE) / 2  # 97.5% each: both hold at least 95% together
+    l_lo, l_hi = quantile_ranks(n_l, q, each)
+    s_lo, s_hi = quantile_ranks(n_s, q, each)
+    # bucket values only (not clamped to the max, which a stats record rounds): exactly mergeable
+    shadow_q = _ms(_at_rank(shadow.buckets, math.ceil(q * n_s)))
+    value = shadow_q / _ms(_at_rank(live.buckets, math.ceil(q * n_l))) - 1
+    if s_lo is None or l_hi is None:
+        low = -1.0  # the ratio is >= 0; no tighter bound
+    else:
+        low = _ms(_at_rank(shadow.buckets, s_lo)) / _ms(_at_rank(live.buckets, l_hi)) - 1
+    if s_hi is None or l_lo is None:
+        high = None
+    else:
+        high = _ms(_at_rank(shadow.buckets, s_hi)) / _ms(_at_rank(live.buckets, l_lo)) - 1
+    return Estimate(min(n_l, n_s), value, low, high, _tail_p(live.buckets, shadow.buckets, n_l, n_s, q))
+
+
+def _tail_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float) -> float:
+    """P(at least as many of the pooled samples above the pooled q-quantile come from the
+    shadow), if shadow and live latencies were exchangeable (hypergeometric)."""
+    pooled: dict[int, int] = dict(live)
+    for i, c in shadow.items():
+        pooled[i] = pooled.get(i, 0) + c
+    total = n_l + n_s
+    cut = _at_rank(pooled, max(1, math.ceil(q * total)))
+    above = sum(c for i, c in pooled.items() if i > cut)
+    from_shadow = sum(c for i, c in shadow.items() if i > cut)
+    if above == 0:
+        return 1.0
+    return float(_st.hypergeom.sf(from_shadow - 1, total, n_s, above))

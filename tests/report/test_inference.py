@@ -1,0 +1,143 @@
+"""The verdict's estimators on simulated data: intervals cover the truth at about their nominal
+rate, the sign test keeps its level, and a test on merged histograms is the test on the union."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shadowproxy.engine.stats import Histogram, RatioHistogram, RouteStats
+from shadowproxy.report.inference import median_slowdown, p99_slowdown, quantile_ranks, rate, wilson
+from shadowproxy.report.verdict import evaluate_stats
+
+TRIALS = 400
+# 400 trials of a 95% interval: the coverage seen has a standard deviation of about 1.1%
+LOW_COVERAGE = 0.91
+
+
+@settings(max_examples=6, deadline=None)
+@given(p=st.floats(0.02, 0.5), n=st.integers(20, 600), seed=st.integers(0, 2**32 - 1))
+def test_wilson_interval_covers_the_true_rate_about_95_percent_of_the_time(
+    p: float, n: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(TRIALS):
+        x = sum(rng.random() < p for _ in range(n))
+        low, high = wilson(x, n)
+        hits += low <= p <= high
+    assert LOW_COVERAGE <= hits / TRIALS <= 0.995
+
+
+def test_wilson_interval_of_no_event_starts_at_zero_and_of_all_events_ends_at_one() -> None:
+    assert wilson(0, 20)[0] == 0.0
+    assert wilson(20, 20)[1] == 1.0
+    assert rate(0, 0).value is None
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    k=st.integers(-20, 40),  # true median slowdown: exp(k / 100) - 1, on the bucket grid
+    sigma=st.floats(0.02, 0.5),
+    n=st.integers(30, 400),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_median_slowdown_interval_covers_the_true_median_at_least_nominally(
+    k: int, sigma: float, n: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    truth = math.expm1(k / 100)
+    hits = 0
+    for _ in range(TRIALS):
+        h = RatioHistogram()
+        for _ in range(n):
+            live = 10 * math.exp(rng.gauss(0, 0.5))  # load varies; the pair shares it
+            h.observe(live, live * math.exp(rng.gauss(k / 100, sigma)))
+        est = median_slowdown(h)
+        low = -1.0 if est.low is None else est.low
+        high = math.inf if est.high is None else est.high
+        hits += low - 1e-9 <= truth <= high + 1e-9
+    assert hits / TRIALS >= LOW_COVERAGE
+
+
+@settings(max_examples=4, deadline=None)
+@given(n=st.integers(30, 400), seed=st.integers(0, 2**32 - 1))
+def test_sign_test_on_identical_sides_is_significant_about_alpha_of_the_time(n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    significant = 0
+    for _ in range(TRIALS):
+        h = RatioHistogram()
+        for _ in range(n):
+            base = 10 * math.exp(rng.gauss(0, 0.5))
+            h.observe(base * math.exp(rng.gauss(0, 0.2)), base * math.exp(rng.gauss(0, 0.2)))
+        p = median_slowdown(h).p_value
+        assert p is not None
+        significant += p < 0.05
+    assert significant / TRIALS <= 0.05 + 0.035  # the level, give or take three standard deviations
+
+
+def test_quantile_ranks_are_open_when_too_few_samples_bound_the_quantile() -> None:
+    assert quantile_ranks(5, 0.5) == (None, None)  # 2 * 0.5^5 > 5%: no median interval at 95%
+    lo, hi = quantile_ranks(300, 0.99, 0.975)
+    assert lo is not None and hi is None  # a p99 of 300 samples has no upper bound at 97.5%
+    assert quantile_ranks(100, 0.5) == (40, 61)  # the textbook ranks for n = 100
+
+
+@settings(max_examples=3, deadline=None)
+@given(slow=st.floats(1.0, 1.5), n=st.integers(500, 1500), seed=st.integers(0, 2**32 - 1))
+def test_p99_slowdown_interval_covers_the_true_ratio_at_least_nominally(
+    slow: float, n: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    truth = slow - 1  # shadow = live * slow in distribution: every quantile's ratio is `slow`
+    hits = 0
+    trials = 150
+    for _ in range(trials):
+        live, shadow = Histogram(), Histogram()
+        for _ in range(n):
+            live.observe(10 * math.exp(rng.gauss(0, 0.5)))
+            shadow.observe(10 * slow * math.exp(rng.gauss(0, 0.5)))
+        est = p99_slowdown(live, shadow)
+        assert est.low is not None
+        high = math.inf if est.high is None else est.high
+        # buckets are 2% wide: a bound may sit up to one bucket off the sample's value
+        hits += est.low - 0.025 <= truth <= high + 0.025
+    assert hits / trials >= 0.9
+
+
+pairs = st.lists(
+    st.tuples(st.floats(0.05, 5000, allow_nan=False), st.floats(0.05, 5000, allow_nan=False)),
+    min_size=1,
+    max_size=300,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=pairs, cuts=st.lists(st.integers(0, 300), max_size=4), mismatched=st.integers(0, 5))
+def test_testing_merged_interval_histograms_equals_testing_the_union(
+    data: list[tuple[float, float]], cuts: list[int], mismatched: int
+) -> None:
+    whole = RouteStats()
+    for live, shadow in data:
+        whole.live_latency.observe(live)
+        whole.shadow_latency.observe(shadow)
+        whole.latency_log_ratio.observe(live, shadow)
+    whole.counts.update(compared=len(data), mismatched=min(mismatched, len(data)))
+    edges = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
+    merged = RouteStats()
+    for a, b in itertools.pairwise(edges):
+        part = RouteStats()
+        for live, shadow in data[a:b]:
+            part.live_latency.observe(live)
+            part.shadow_latency.observe(shadow)
+            part.latency_log_ratio.observe(live, shadow)
+        part.counts["compared"] = b - a
+        merged.merge(RouteStats.from_dict(part.to_dict()))  # through the stats record's JSON shape
+    merged.counts["mismatched"] = whole.counts["mismatched"]
+    assert merged.latency_log_ratio == whole.latency_log_ratio
+    assert merged.live_latency.buckets == whole.live_latency.buckets
+    assert evaluate_stats(merged) == evaluate_stats(whole)

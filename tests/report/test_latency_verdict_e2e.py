@@ -1,0 +1,61 @@
+"""The latency verdict of REAL runs: the same server code as live and shadow on two ports, the
+real proxy (worker process, JSON Lines sink), requests sent as soon as it listens, one at a time
+(as curl would). Identical backends never WARN or FAIL on latency; a shadow made slower by a
+fixed delay of a third of the answer time FAILs; a few requests are `insufficient`."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from shadowproxy.report import build_report
+from shadowproxy.testing import Backend, ProxyThread
+
+BASE_S = 0.025  # what the backend takes to answer
+
+
+def _server(extra_s: float):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(BASE_S + extra_s)
+        return web.json_response({"id": request.path.rsplit("/", 1)[-1], "name": "Ada"})
+
+    return handler
+
+
+def _run(tmp_path: Path, n: int, extra_s: float) -> dict[str, str | None]:
+    out = tmp_path / "records.jsonl"
+    with (
+        Backend(_server(0.0)) as live,
+        Backend(_server(extra_s)) as shadow,
+        ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{out}", shadow_stats_interval=0) as proxy,
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            for i in range(n):
+                conn.request("GET", f"/users/{i}")
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status == 200
+        finally:
+            conn.close()
+    report = asyncio.run(build_report(f"jsonl:{out}", progress=False))
+    (route,) = report["routes"]
+    assert route["counts"]["compared"] == n  # every copy compared: none lost to a cold start
+    return {"verdict": route["verdict"], "latency": route["checks"]["latency"]}
+
+
+def test_a_few_requests_on_identical_backends_are_insufficient_not_fail(tmp_path: Path) -> None:
+    assert _run(tmp_path, 5, 0.0) == {"verdict": "insufficient", "latency": "insufficient"}
+
+
+@pytest.mark.parametrize("n", [30, 120])
+def test_identical_backends_never_warn_or_fail_on_latency(tmp_path: Path, n: int) -> None:
+    assert _run(tmp_path, n, 0.0)["latency"] == "pass"
+
+
+def test_a_shadow_a_third_slower_fails_on_latency(tmp_path: Path) -> None:
+    assert _run(tmp_path, 60, BASE_S / 3) == {"verdict": "fail", "latency": "fail"}
