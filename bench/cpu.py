@@ -62,14 +62,14 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- CPU from /proc
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of the whole process (every thread), in clock ticks; 0 when it is gone."""
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of the whole process (every thread), in clock ticks; 0s when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
-        return int(fields[11]) + int(fields[12])
+        return int(fields[11]), int(fields[12])
     except (OSError, IndexError, ValueError):
-        return 0
+        return 0, 0
 
 
 def is_worker(pid: int) -> bool:
@@ -88,8 +88,13 @@ def roles(pid: int) -> dict[str, list[int]]:
     return out
 
 
-def snapshot(pids: dict[str, list[int]]) -> dict[str, int]:
-    return {role: sum(cpu_ticks(p) for p in ps) for role, ps in pids.items()}
+def snapshot(pids: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+    """(user, system) ticks per role."""
+    out = {}
+    for role, ps in pids.items():
+        ticks = [cpu_ticks(p) for p in ps]
+        out[role] = (sum(u for u, _ in ticks), sum(s for _, s in ticks))
+    return out
 
 
 # ---------------------------------------------------------------- the paced client
@@ -237,17 +242,33 @@ def start_target(t: Target, workdir: Path, ports: Ports, connections: int, path:
     t.client = PacedClient(t.port, path, connections)
 
 
-async def measure(t: Target, rate: float, duration: float, warmup: float) -> dict[str, Any]:
+def start_profilers(t: Target, pids: dict[str, list[int]], duration: float,
+                    out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy (collapsed stacks, idle frames left out) on every process of the target."""
+    spy = shutil.which("py-spy") or str(BIN / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([spy, "record", "--pid", str(p), "--duration", str(max(1, round(duration))),
+                              "--rate", "250", "--format", "raw", "--nonblocking",
+                              "-o", str(out / f"{t.name}-{role}-{p}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for role, ps in pids.items() for p in ps]
+
+
+async def measure(t: Target, rate: float, duration: float, warmup: float,
+                  profile: Path | None = None) -> dict[str, Any]:
     assert t.proc is not None and t.client is not None
     if warmup > 0:
         t.requests += (await t.client.run(rate, warmup)).sent
     pids = roles(t.proc.pid)
+    spies = start_profilers(t, pids, duration, profile) if profile is not None else []
     before = snapshot(pids)
     t0 = time.monotonic()
     w = await t.client.run(rate, duration)
     elapsed = time.monotonic() - t0
     await asyncio.sleep(SETTLE_S)
     after = snapshot(pids)
+    for spy in spies:
+        await asyncio.to_thread(spy.wait, 30)
     t.requests += w.sent
     ok = max(w.ok, 1)
     res: dict[str, Any] = {
@@ -255,10 +276,17 @@ async def measure(t: Target, rate: float, duration: float, warmup: float) -> dic
         "p50_ms": _r(quantile(w.latencies_ms, 0.5)), "p99_ms": _r(quantile(w.latencies_ms, 0.99)),
         "processes": {role: len(ps) for role, ps in pids.items() if ps},
     }
+    def per_req(ticks: int) -> float:
+        return round(ticks / CLK_TCK * 1000 / ok, 3)
+
+    total = 0
     for role in pids:
         if pids[role]:
-            res[f"{role}_ms_per_req"] = round((after[role] - before[role]) / CLK_TCK * 1000 / ok, 3)
-    res["cpu_ms_per_req"] = round((sum(after.values()) - sum(before.values())) / CLK_TCK * 1000 / ok, 3)
+            user, system = (after[role][i] - before[role][i] for i in (0, 1))
+            total += user + system
+            res[f"{role}_ms_per_req"] = per_req(user + system)
+            res[f"{role}_sys_ms_per_req"] = per_req(system)  # the kernel's share: syscalls, loopback TCP
+    res["cpu_ms_per_req"] = per_req(total)
     return res
 
 
@@ -282,7 +310,8 @@ def summarize(targets: list[Target]) -> dict[str, Any]:
     for t in targets:
         ws = t.windows
         s: dict[str, Any] = {}
-        for key in ("cpu_ms_per_req", "proxy_ms_per_req", "worker_ms_per_req", "p50_ms", "p99_ms", "rps"):
+        for key in ("cpu_ms_per_req", "proxy_ms_per_req", "worker_ms_per_req", "proxy_sys_ms_per_req",
+                    "worker_sys_ms_per_req", "p50_ms", "p99_ms", "rps"):
             vals = [w[key] for w in ws if isinstance(w.get(key), int | float)]
             if vals:
                 s[key] = _spread(vals)
@@ -355,6 +384,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse-port", type=lambda s: [int(x) for x in s.split(",")], default=[],
                    metavar="N,M", help="also run mirror_equal with --reuse-port N (and M ...)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, sinks)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="py-spy every process during the first round's windows: collapsed stacks in DIR "
+                   "(the profiler's own cost lands in that round's CPU figures)")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 5
@@ -374,10 +406,12 @@ async def run_rounds(args: argparse.Namespace, targets: list[Target]) -> None:
     for r in range(args.rounds):
         log(f"round {r + 1} of {args.rounds}")
         for t in targets:
-            res = await measure(t, args.rate, args.duration, args.warmup)
+            profile = args.profile if r == 0 and args.profile else None  # py-spy: first round only
+            res = await measure(t, args.rate, args.duration, args.warmup, profile)
             t.windows.append(res)
             log(f"  {t.name:<28} {res['cpu_ms_per_req']:.3f} ms CPU/req "
                 f"(proxy {res.get('proxy_ms_per_req', 0):.3f}, worker {res.get('worker_ms_per_req', 0):.3f})"
+                f", sys {res.get('proxy_sys_ms_per_req', 0):.3f}/{res.get('worker_sys_ms_per_req', 0):.3f}"
                 f", p99 {res['p99_ms']} ms, {res['rps']} req/s, {res['errors']} errors")
     for t in targets:
         assert t.client is not None

@@ -43,8 +43,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from shadowproxy._loop import run
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.stats import Histogram, RouteStats, Stats
@@ -150,8 +151,8 @@ class FrameReader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport; uvloop's are not asyncio.Transport subclasses, so no isinstance
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -569,10 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("SHADOWPROXY_WORKER_PROFILE"):
         import cProfile
         prof = cProfile.Profile()
-        rc = prof.runcall(asyncio.run, _serve(sock))
+        rc = prof.runcall(run, _serve(sock))
         prof.dump_stats(os.environ["SHADOWPROXY_WORKER_PROFILE"])
         return rc
-    return asyncio.run(_serve(sock))
+    return run(_serve(sock))
 
 
 if __name__ == "__main__":
