@@ -254,28 +254,42 @@ def start_profilers(t: Target, pids: dict[str, list[int]], duration: float,
             for role, ps in pids.items() for p in ps]
 
 
-async def measure(t: Target, rate: float, duration: float, warmup: float,
-                  profile: Path | None = None) -> dict[str, Any]:
-    assert t.proc is not None and t.client is not None
+async def measure(group: list[Target], rate: float, duration: float, warmup: float,
+                  profile: Path | None = None) -> list[dict[str, Any]]:
+    """One window for each target of `group`, all driven at the same time (usually one)."""
+    clients = [t.client for t in group]
+    assert all(c is not None for c in clients) and all(t.proc is not None for t in group)
     if warmup > 0:
-        t.requests += (await t.client.run(rate, warmup)).sent
-    pids = roles(t.proc.pid)
-    spies = start_profilers(t, pids, duration, profile) if profile is not None else []
-    before = snapshot(pids)
+        warm = await asyncio.gather(*(c.run(rate, warmup) for c in clients if c))
+        for t, w in zip(group, warm, strict=True):
+            t.requests += w.sent
+    pids = [roles(t.proc.pid) for t in group if t.proc]
+    spies = [s for t, p in zip(group, pids, strict=True) for s in start_profilers(t, p, duration, profile)
+             ] if profile is not None else []
+    before = [snapshot(p) for p in pids]
     t0 = time.monotonic()
-    w = await t.client.run(rate, duration)
+    windows = await asyncio.gather(*(c.run(rate, duration) for c in clients if c))
     elapsed = time.monotonic() - t0
     await asyncio.sleep(SETTLE_S)
-    after = snapshot(pids)
+    after = [snapshot(p) for p in pids]
     for spy in spies:
         await asyncio.to_thread(spy.wait, 30)
-    t.requests += w.sent
+    out = []
+    for t, w, p, b, a in zip(group, windows, pids, before, after, strict=True):
+        t.requests += w.sent
+        out.append(window_result(w, elapsed, p, b, a))
+    return out
+
+
+def window_result(w: Window, elapsed: float, pids: dict[str, list[int]], before: dict[str, tuple[int, int]],
+                  after: dict[str, tuple[int, int]]) -> dict[str, Any]:
     ok = max(w.ok, 1)
     res: dict[str, Any] = {
         "requests": w.sent, "errors": w.errors, "rps": round(w.ok / max(elapsed, 1e-9), 1),
         "p50_ms": _r(quantile(w.latencies_ms, 0.5)), "p99_ms": _r(quantile(w.latencies_ms, 0.99)),
         "processes": {role: len(ps) for role, ps in pids.items() if ps},
     }
+
     def per_req(ticks: int) -> float:
         return round(ticks / CLK_TCK * 1000 / ok, 3)
 
@@ -321,6 +335,12 @@ def summarize(targets: list[Target]) -> dict[str, Any]:
                 ratios = [a[key] / b[key] for a, b in zip(ws, base.windows, strict=False)
                           if a.get(key) and b.get(key)]
                 s[name] = _spread(ratios)
+        same = next((o for o in targets if "@" in t.name and o.name == t.name.partition("@")[0]), None)
+        if same is not None:  # a variant: the current checkout's CPU over this one's, round by round
+            key = "cpu_ms_per_req"
+            ratios = [a[key] / b[key] for a, b in zip(same.windows, ws, strict=False)
+                      if a.get(key) and b.get(key)]
+            s["current_cpu_vs_this"] = _spread(ratios)
         out[t.name] = s
     return out
 
@@ -383,6 +403,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also run the mirroring targets from the checkout DIR (before/after, same run)")
     p.add_argument("--reuse-port", type=lambda s: [int(x) for x in s.split(",")], default=[],
                    metavar="N,M", help="also run mirror_equal with --reuse-port N (and M ...)")
+    p.add_argument("--together", action="store_true",
+                   help="drive all targets at the same time in each window (each at --rate), so every "
+                   "ratio compares CPU spent under the very same machine load; default: one after another")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, sinks)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy every process during the first round's windows: collapsed stacks in DIR "
@@ -405,9 +428,13 @@ async def run_rounds(args: argparse.Namespace, targets: list[Target]) -> None:
         await t.client.open()
     for r in range(args.rounds):
         log(f"round {r + 1} of {args.rounds}")
-        for t in targets:
-            profile = args.profile if r == 0 and args.profile else None  # py-spy: first round only
-            res = await measure(t, args.rate, args.duration, args.warmup, profile)
+        profile = args.profile if r == 0 and args.profile else None  # py-spy: first round only
+        groups = [targets] if args.together else [[t] for t in targets]
+        results: list[tuple[Target, dict[str, Any]]] = []
+        for group in groups:
+            results += zip(group, await measure(group, args.rate, args.duration, args.warmup, profile),
+                           strict=True)
+        for t, res in results:
             t.windows.append(res)
             log(f"  {t.name:<28} {res['cpu_ms_per_req']:.3f} ms CPU/req "
                 f"(proxy {res.get('proxy_ms_per_req', 0):.3f}, worker {res.get('worker_ms_per_req', 0):.3f})"
@@ -428,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "settings": {"rate": args.rate, "rounds": args.rounds, "duration_s": args.duration,
                      "warmup_s": args.warmup, "connections": args.connections, "body": args.body,
-                     "proxy_args": args.proxy_args, "variants": args.variant},
+                     "proxy_args": args.proxy_args, "variants": args.variant,
+                     "together": args.together},
     }
     workdir = Path(tempfile.mkdtemp(prefix="shadowproxy-cpu-"))
     ports = Ports()
