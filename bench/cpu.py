@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -448,6 +449,7 @@ async def run_rounds(args: argparse.Namespace, targets: list[Target]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the targets and nginx on the way out
     ensure_tools()
     doc: dict[str, Any] = {
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
