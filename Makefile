@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test chromium lint typecheck bench kafka-start kafka-stop clean
+.PHONY: demo test chromium lint typecheck bench bench-cpu kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ test: $(STAMP) chromium lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-cpu: $(STAMP)
+	$(BIN)/python bench/cpu.py
 
 kafka-start:
 	./docker/kafka-local.sh start

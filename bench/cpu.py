@@ -430,7 +430,10 @@ async def run_rounds(args: argparse.Namespace, targets: list[Target]) -> None:
     for r in range(args.rounds):
         log(f"round {r + 1} of {args.rounds}")
         profile = args.profile if r == 0 and args.profile else None  # py-spy: first round only
-        groups = [targets] if args.together else [[t] for t in targets]
+        # odd rounds run the targets in reverse order: a drift of the machine within a round
+        # favours neither end of the list
+        order = targets if r % 2 == 0 else targets[::-1]
+        groups = [order] if args.together else [[t] for t in order]
         results: list[tuple[Target, dict[str, Any]]] = []
         for group in groups:
             results += zip(group, await measure(group, args.rate, args.duration, args.warmup, profile),
