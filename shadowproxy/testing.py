@@ -19,7 +19,6 @@ from typing import Any
 
 from aiohttp import web
 
-from shadowproxy._loop import run
 from shadowproxy.engine.diff import Comparison, Difference
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.record import build_record
@@ -210,8 +209,8 @@ class ProxyThread:
                 await task
 
             try:
-                # run() cancels and awaits what is left (open connections), on the CLI's loop (uvloop)
-                run(main())
+                # asyncio.run cancels and awaits what is left (open connections), like the CLI does
+                asyncio.run(main())
             except BaseException as e:  # surfaced by start()/stop()
                 self.error = e
                 ready.set()

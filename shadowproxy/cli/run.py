@@ -257,12 +257,10 @@ def run_cmd(
         check_admin(admin[0], admin_token)
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
-    from shadowproxy._loop import run
-
     if reuse_port > 1 and not sibling:
-        run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1))
+        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1))
     else:
-        run(serve(settings, shadow_addon, extra_addons=extra))
+        asyncio.run(serve(settings, shadow_addon, extra_addons=extra))
 
 
 SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"

@@ -37,7 +37,6 @@ from shadowproxy.shadow.h2client import (
 
 # aiohttp adds these when absent; the shadow should see what the client sent.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
-_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +45,6 @@ class ClientConfig:
     ca_file: str | None = None
     insecure: bool = False
     h2c: bool = False  # an http:// shadow speaks HTTP/2 with prior knowledge (a plain-text gRPC server)
-
-
-def _raw_headers(resp: aiohttp.ClientResponse) -> tuple[tuple[str, str], ...]:
-    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
 
 
 def _ssl_context(cfg: ClientConfig) -> ssl.SSLContext | bool:
@@ -126,8 +121,6 @@ class ShadowClient:
                 auto_decompress=False,
                 skip_auto_headers=_SKIP_AUTO,
                 cookie_jar=aiohttp.DummyCookieJar(),
-                # `call` bounds the whole exchange with asyncio.timeout: no second set of timers
-                timeout=_NO_TIMEOUT,
             )
         return self._session
 
@@ -177,10 +170,6 @@ class ShadowClient:
             data=req.body or None,
             allow_redirects=False,
         ) as resp:
-            length = resp.content_length
-            if length is not None and length <= max_body_bytes:  # the common case: one read
-                body = await resp.read()
-                return Response(resp.status, _raw_headers(resp), body, (time.perf_counter() - start) * 1000)
             chunks: list[bytes] = []
             size = 0
             async for chunk in resp.content.iter_chunked(65536):
@@ -193,8 +182,8 @@ class ShadowClient:
                         (time.perf_counter() - start) * 1000,
                     )
                 chunks.append(chunk)
-            return Response(resp.status, _raw_headers(resp), b"".join(chunks),
-                            (time.perf_counter() - start) * 1000)
+            headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers)
+            return Response(resp.status, headers, b"".join(chunks), (time.perf_counter() - start) * 1000)
 
     async def _call_h1(self, url: URL, req: Request, max_body_bytes: int, start: float) -> Response | Failure:
         assert url.host is not None and url.port is not None

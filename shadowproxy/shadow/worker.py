@@ -43,9 +43,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from shadowproxy._loop import run
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.stats import Histogram, RouteStats, Stats
@@ -151,8 +150,8 @@ class FrameReader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # a stream transport; uvloop's are not asyncio.Transport subclasses, so no isinstance
-        self.transport = cast(asyncio.Transport, transport)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -570,10 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("SHADOWPROXY_WORKER_PROFILE"):
         import cProfile
         prof = cProfile.Profile()
-        rc = prof.runcall(run, _serve(sock))
+        rc = prof.runcall(asyncio.run, _serve(sock))
         prof.dump_stats(os.environ["SHADOWPROXY_WORKER_PROFILE"])
         return rc
-    return run(_serve(sock))
+    return asyncio.run(_serve(sock))
 
 
 if __name__ == "__main__":
