@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 from shadowproxy.engine.exchange import Headers
 from shadowproxy.shadow.h2client import BodyTooLarge, ShadowConnectError
@@ -23,6 +24,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _DROP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
                    "content-length"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -44,6 +46,8 @@ def _request_head(method: str, target: str, headers: Headers, host: str, body: b
         low = name.lower()
         if low in _DROP:
             continue
+        if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):  # as aiohttp: never split a header
+            raise ValueError(f"header {name[:40]!r}: CR, LF or NUL in a request header")
         has_host = has_host or low == "host"
         lines.append(f"{name}: {value}")
     if not has_host:

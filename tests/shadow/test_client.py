@@ -1,5 +1,5 @@
-"""The HTTP/1.1 shadow client over real sockets: bodies of a known length are read in one go,
-bounded the same way as streamed ones."""
+"""The shadow client against a real aiohttp server on 127.0.0.1 (plain http: h1client): sized
+and chunked bodies are bounded alike, HEAD has no body, one keep-alive connection serves many."""
 
 from __future__ import annotations
 

@@ -165,3 +165,10 @@ async def test_malformed_or_cut_answers_are_classified(serve, answer: bytes, kin
     s = await serve(lambda head, n: answer)
     res = await _call(s.url, _req())
     assert isinstance(res, Failure) and res.kind == kind, res
+
+
+async def test_a_header_with_a_line_break_is_refused_not_sent(serve) -> None:  # type: ignore[no-untyped-def]
+    s = await serve(lambda head, n: OK)
+    res = await _call(s.url, _req(headers=(("Host", "shadow.test"), ("X-Evil", "a\r\nX-Injected: 1"))))
+    assert isinstance(res, Failure) and "CR, LF" in res.message
+    assert s.heads == []
