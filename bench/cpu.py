@@ -389,7 +389,7 @@ def targets_for(args: argparse.Namespace, ports: Ports) -> list[Target]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="2 rounds of 3 s, 1 s warm-up, mitmdump/equal/diff only (well under a minute)")
+                   help="2 rounds of 3 s, 1 s warm-up, mitmdump/equal/diff only (about a minute)")
     p.add_argument("--rate", type=float, default=200.0, help="requests per second (200)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5; --quick: 2)")
     p.add_argument("--duration", type=float, default=None, help="seconds measured per window (8; --quick: 3)")
