@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test chromium lint typecheck audit audit-or-skip bench kafka-start kafka-stop clean
+.PHONY: demo test chromium lint typecheck audit audit-or-skip bench bench-cpu kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ test: $(STAMP) chromium lint typecheck audit-or-skip
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-cpu: $(STAMP)
+	$(BIN)/python bench/cpu.py
 
 kafka-start:
 	./docker/kafka-local.sh start

@@ -1,0 +1,211 @@
+"""A lean HTTP/1.1 client for plain-http shadows: keep-alive connections on asyncio streams.
+
+Why not aiohttp here: per shadow call aiohttp spends ~200-400 us of CPU in its request and
+response objects, timers and multidicts; a call on a bare asyncio stream costs ~50-70 us
+(bench/README.md, "Levers"). The worker makes one call per mirrored request, so this is the
+largest share of its CPU. The client does only what a shadow call needs: one request on a
+pooled connection, the raw answer back (status, headers as sent, body still content-encoded),
+bounded by `max_body_bytes`. Failures are raised for `client.classify`; the caller bounds the
+whole exchange with a timeout and a connection interrupted by it is closed, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from shadowproxy.engine.exchange import Headers
+from shadowproxy.shadow.h2client import BodyTooLarge, ShadowConnectError
+
+MAX_HEAD_BYTES = 64 * 1024
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# connection-level and framing headers: this client frames the body it sends itself
+_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
+                   "content-length"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class ProtocolError(Exception):
+    """The shadow's answer is not well-formed HTTP/1.1."""
+
+
+class H1Response:
+    """An answer, with when its request was written and its body read (perf_counter seconds),
+    and whether its connection was opened for it (then how long opening took)."""
+
+    __slots__ = ("body", "connect_ms", "end", "headers", "new_connection", "sent", "status")
+
+    def __init__(self, status: int, headers: Headers, body: bytes, sent: float = 0.0, end: float = 0.0,
+                 new_connection: bool = False, connect_ms: float | None = None) -> None:
+        self.status, self.headers, self.body = status, headers, body
+        self.sent, self.end = sent, end
+        self.new_connection, self.connect_ms = new_connection, connect_ms
+
+
+def _request_head(method: str, target: str, headers: Headers, host: str, body: bytes) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    has_host = False
+    for name, value in headers:
+        low = name.lower()
+        if low in _DROP:
+            continue
+        if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):  # as aiohttp: never split a header
+            raise ValueError(f"header {name[:40]!r}: CR, LF or NUL in a request header")
+        has_host = has_host or low == "host"
+        lines.append(f"{name}: {value}")
+    if not has_host:
+        lines.insert(1, f"Host: {host}")
+    if body or method in _BODY_METHODS:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _parse_head(head: bytes) -> tuple[int, bool, Headers]:
+    """(status, HTTP/1.1?, headers) from the bytes up to and including the blank line."""
+    try:
+        text = head.decode("latin-1")
+        status_line, *lines = text[:-4].split("\r\n")
+        version, code, *_ = status_line.split(" ", 2)
+        if not version.startswith("HTTP/1.") or len(code) != 3:
+            raise ValueError(status_line)
+        status = int(code)
+        headers = []
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                raise ValueError(line)
+            headers.append((name, value.strip(" \t")))
+    except ValueError as e:
+        raise ProtocolError(f"malformed HTTP response head: {str(e)[:80]!r}") from None
+    return status, version == "HTTP/1.1", tuple(headers)
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        try:
+            n = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ProtocolError("malformed chunk size") from None
+        if n == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers: not kept in HTTP/1.1
+                pass
+            return b"".join(parts)
+        size += n
+        if size > limit:
+            raise BodyTooLarge
+        parts.append(await reader.readexactly(n))
+        if await reader.readexactly(2) != b"\r\n":
+            raise ProtocolError("chunk not followed by CRLF")
+
+
+class H1Pool:
+    """Keep-alive connections to one host:port; as many as calls run at once (the dispatcher's
+    concurrency bounds that)."""
+
+    def __init__(self, host: str, port: int, pace: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.host, self.port = host, port
+        self._pace = pace  # waits for a new connection's turn (the client opens them at a bounded pace)
+        self.authority = f"{host}:{port}"
+        self._idle: list[_Conn] = []
+
+    async def _connect(self) -> _Conn:
+        if self._pace is not None:
+            await self._pace()
+        try:
+            return await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
+        except OSError as e:
+            raise ShadowConnectError(f"cannot connect to {self.authority}: {e.strerror or e}") from None
+
+    async def request(self, method: str, target: str, headers: Headers, body: bytes,
+                      max_body_bytes: int) -> H1Response:
+        head = _request_head(method, target, headers, self.authority, body)
+        while self._idle:
+            conn = self._idle.pop()
+            if conn[0].at_eof() or conn[1].is_closing():
+                conn[1].close()
+                continue
+            try:
+                return await self._exchange(conn, head, body, method, max_body_bytes)
+            except _Stale:
+                if method not in IDEMPOTENT:
+                    raise ConnectionResetError("keep-alive connection closed before the answer") from None
+        opening = time.perf_counter()
+        conn = await self._connect()
+        connect_ms = (time.perf_counter() - opening) * 1000
+        resp = await self._exchange(conn, head, body, method, max_body_bytes, fresh=True)
+        resp.new_connection, resp.connect_ms = True, connect_ms
+        return resp
+
+    async def _exchange(self, conn: _Conn, head: bytes, body: bytes, method: str, limit: int,
+                        fresh: bool = False) -> H1Response:
+        reader, writer = conn
+        reusable = False
+        try:
+            writer.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                writer.write(body)
+            sent = time.perf_counter()
+            try:
+                raw = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as e:
+                if not e.partial and not fresh:
+                    raise _Stale from None  # the server closed an idle connection: try another
+                raise
+            except asyncio.LimitOverrunError:
+                raise ProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes") from None
+            status, http11, headers = _parse_head(raw)
+            while 100 <= status < 200:  # interim answers (100 Continue, 103 Early Hints)
+                status, http11, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+            keep = http11 and (_header(headers, "connection") or "").lower() != "close"
+            if method == "HEAD" or status in (204, 304):
+                data = b""
+            elif "chunked" in (_header(headers, "transfer-encoding") or "").lower():
+                data = await _read_chunked(reader, limit)
+            elif (length := _header(headers, "content-length")) is not None:
+                try:
+                    n = int(length)
+                except ValueError:
+                    raise ProtocolError(f"bad content-length {length[:40]!r}") from None
+                if n > limit:
+                    raise BodyTooLarge
+                data = await reader.readexactly(n)
+            else:  # the body runs until the server closes the connection
+                keep = False
+                data = await reader.read(limit + 1)
+                while data and not reader.at_eof() and len(data) <= limit:
+                    data += await reader.read(limit + 1 - len(data))
+                if len(data) > limit:
+                    raise BodyTooLarge
+            reusable = keep
+            return H1Response(status, headers, data, sent, time.perf_counter())
+        finally:
+            if reusable:
+                self._idle.append(conn)
+            else:
+                writer.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class _Stale(Exception):
+    """A reused keep-alive connection was closed by the server before any answer."""
