@@ -248,7 +248,8 @@ class ShadowClient:
         assert url.host is not None and url.port is not None
         pool = self._h1.get((url.host, url.port))
         if pool is None:
-            pool = self._h1[(url.host, url.port)] = H1Pool(url.host, url.port, pace=self._pace)
+            pool = self._h1[(url.host, url.port)] = H1Pool(url.host, url.port, pace=self._pace,
+                                                                 limit=self.cfg.concurrency)
         try:
             resp = await pool.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
         except BodyTooLarge:

@@ -117,8 +117,12 @@ class H1Pool:
     """Keep-alive connections to one host:port; as many as calls run at once (the dispatcher's
     concurrency bounds that)."""
 
-    def __init__(self, host: str, port: int, pace: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, host: str, port: int, pace: Callable[[], Awaitable[None]] | None = None,
+                 limit: int = 64) -> None:
         self.host, self.port = host, port
+        # at most `limit` connections (calls) at once, like aiohttp's connector limit; waiting for
+        # one comes before the request is written, so it is not in the call's latency
+        self._slots = asyncio.Semaphore(limit)
         self._pace = pace  # waits for a new connection's turn (the client opens them at a bounded pace)
         self.authority = f"{host}:{port}"
         self._idle: list[_Conn] = []
@@ -133,6 +137,11 @@ class H1Pool:
 
     async def request(self, method: str, target: str, headers: Headers, body: bytes,
                       max_body_bytes: int) -> H1Response:
+        async with self._slots:
+            return await self._request(method, target, headers, body, max_body_bytes)
+
+    async def _request(self, method: str, target: str, headers: Headers, body: bytes,
+                       max_body_bytes: int) -> H1Response:
         head = _request_head(method, target, headers, self.authority, body)
         while self._idle:
             conn = self._idle.pop()

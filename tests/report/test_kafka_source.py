@@ -37,12 +37,12 @@ def test_report_reads_a_kafka_topic_to_its_end_with_exact_numbers(
 
     asyncio.run(produce())  # the CLI runs its own loop: this test has none running
     result = CliRunner().invoke(cli, ["report", "--source", source, "--format", "json", "--fail-on", "fail"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the gate fails: see the verdict below
     from_kafka = json.loads(result.stdout)
     users = {r["route"]: r for r in from_kafka["routes"]}["users"]
     assert users["counts"]["compared"] == 1000 and users["counts"]["mismatched"] == 4
     assert users["counts"]["shadow_errors"] == 1 and users["shadow_error_kinds"] == {"reset": 1}
-    assert users["fields"][0]["count"] == 4 and users["verdict"] == "warn"  # 0.4%
+    assert users["fields"][0]["count"] == 4 and users["verdict"] == "fail"  # 0.4%, 95% interval up to 1.02%
     assert from_kafka["records"]["used"] == 7
 
     file_source = write_jsonl(tmp_path / "same.jsonl", records)
