@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -295,13 +296,19 @@ def run_cmd(
         check_admin(admin[0], admin_token)
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
-    logging.getLogger("shadowproxy").info(
-        "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow, ruleset.source
-    )
+
+    def say_listening() -> None:
+        # said once the socket is bound and the shadow worker is up: a client may connect now
+        logging.getLogger("shadowproxy").info(
+            "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow,
+            ruleset.source,
+        )
+
     if reuse_port > 1 and not sibling:
-        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1, switch_fd))
+        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1, switch_fd,
+                                         say_listening))
     else:
-        asyncio.run(serve(settings, shadow_addon, extra_addons=extra))
+        asyncio.run(serve(settings, shadow_addon, extra_addons=extra, on_listening=say_listening))
 
 
 SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
@@ -340,7 +347,8 @@ def _spawn_siblings(n: int, switch_fd: int = -1) -> list[subprocess.Popen[bytes]
 
 
 async def _serve_with_siblings(
-    settings: Any, addon: Any, extra: tuple[Any, ...], n: int, switch_fd: int = -1
+    settings: Any, addon: Any, extra: tuple[Any, ...], n: int, switch_fd: int = -1,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Serve here and in n sibling processes; SIGTERM here reaches them, and they end with us."""
     from shadowproxy.proxy.master import request_stop, serve
@@ -348,7 +356,8 @@ async def _serve_with_siblings(
     siblings = _spawn_siblings(n, switch_fd)
     loop = asyncio.get_running_loop()
     started: asyncio.Future[Any] = loop.create_future()
-    task = asyncio.ensure_future(serve(settings, addon, extra_addons=extra, started=started))
+    task = asyncio.ensure_future(serve(settings, addon, extra_addons=extra, started=started,
+                                       on_listening=on_listening))
 
     def on_term() -> None:
         for p in siblings:

@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,14 +264,20 @@ _stopping = BackgroundTasks()
 
 
 class _Started:
-    """Resolves a future once the proxy listens and every addon before it is running."""
+    """Once the proxy listens and every addon before it is running: resolves a future, and calls
+    `on_listening` (the `listening on` line is said only when a client can connect)."""
 
-    def __init__(self, future: asyncio.Future[Master], master: Master) -> None:
+    def __init__(self, future: asyncio.Future[Master] | None, master: Master,
+                 on_listening: Callable[[], None] | None = None) -> None:
         self.future = future
         self.master = master
+        self.on_listening = on_listening
 
     def running(self) -> None:
-        if not self.future.done():
+        if self.on_listening is not None:
+            self.on_listening()
+            self.on_listening = None
+        if self.future is not None and not self.future.done():
             self.future.set_result(self.master)
 
 
@@ -281,6 +288,7 @@ async def serve(
     install_signals: bool = True,
     started: asyncio.Future[Master] | None = None,
     extra_addons: tuple[Any, ...] = (),
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM (or `master.shutdown()`), then drain and return."""
     if settings.reuse_port:
@@ -289,8 +297,9 @@ async def serve(
     master = Master(opts, with_termlog=False)
     # extra addons (the admin API) first, so /readyz answers 503 while the shadow side starts
     master.addons.add(*lean_addons(h2c=settings.h2c, live_h2c=settings.live_h2c), *extra_addons, addon)
-    if started is not None:
-        master.addons.add(_Started(started, master))  # last: every other addon is running by then
+    if started is not None or on_listening is not None:
+        # last: every other addon (the proxyserver's listeners too) is running by then
+        master.addons.add(_Started(started, master, on_listening))
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"
     confdir = tempfile.mkdtemp(prefix="shadowproxy-mitm-")
     loop = asyncio.get_running_loop()
