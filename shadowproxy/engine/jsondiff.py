@@ -1,4 +1,10 @@
-"""The structural diff of two parsed JSON documents.
+"""Stage one of the JSON comparison: a fast structural walk of two parsed documents.
+
+The walk settles equal documents and locates the differing subtrees; `semantic` (DeepDiff)
+then explains only those, with the route's comparison options. So the walk must never call
+equal what DeepDiff would not: it is at least as strict as every DeepDiff option (an option
+only makes DeepDiff drop some of what the walk reports), and it honours the same ignore
+pointers and regexes.
 
 The walk is parallel and iterative (an explicit stack, so nesting depth is no concern) and
 descends only into subtrees that differ: Python's `==` on dicts and lists runs in C and
@@ -7,17 +13,18 @@ of a dict (keys in the same order, the usual case) or of an equal-length array a
 C too, with `map(operator.ne, ...)`; a list of same-shaped records is compared one field
 (column) at a time, so a field that an ignore rule names is never even compared.
 
-Order-insensitive arrays (`ignore_order`) are matched here rather than by DeepDiff: equal
-elements first (by canonical serialisation), then elements the rules make equal (ignored
-fields, tolerance, nested order); leftovers are paired by position. DeepDiff could not carry
-the pointer globs into its matching and skips `math_epsilon` for nested values there.
+Order-insensitive arrays (`ignore_order`): equal elements are matched first (by canonical
+serialisation), then elements the rules make equal (ignored fields, tolerance, nested order);
+leftovers are paired by position. That is enough to locate; DeepDiff pairs them by similarity.
 
-Differences are reported through `emit(pointer, kind, live, shadow)`; the caller caps and
-stores them. Kinds: changed, type_changed, added (only in shadow), removed (only in live),
-reordered (an array holding the same elements in another order, reported once).
+Differences are reported through `emit(pointer, kind, live, shadow)`. Kinds: changed,
+type_changed, added (only in shadow), removed (only in live), reordered (an array holding the
+same elements in another order, reported once).
 
 Known limit: Python holds `1 == True`. The walk checks types wherever it compares children,
-but a boolean that became 0/1 inside a subtree that is otherwise equal goes unseen.
+but a boolean that became 0/1 inside a subtree that is otherwise equal goes unseen (and so
+does 1 that became 1.0 when numeric types are compared: then the caller walks without
+trusting `==`).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ class JsonRules:
     regexes: tuple[re.Pattern[str], ...]
     ignore_order: bool
     tolerance: float
+    strict_numbers: bool  # 1 and 1.0 differ (ignore_numeric_type_changes off)
 
 
 @lru_cache(maxsize=512)
@@ -68,6 +76,7 @@ def compile_rules(opts: CompareOptions) -> JsonRules:
         regexes=tuple(re.compile(r) for r in opts.ignore_body_regex),
         ignore_order=opts.ignore_order,
         tolerance=opts.float_tolerance,
+        strict_numbers=not opts.ignore_numeric_type_changes,
     )
 
 
@@ -176,8 +185,9 @@ class _Walker:
         kind_a, kind_b = json_type(a), json_type(b)
         if kind_a != kind_b:
             self.emit(ptr, "type_changed", a, b)
-        elif a == b:
-            return  # 1 and 1.0: one JSON number
+        elif a == b:  # 1 and 1.0: one JSON number, unless numeric types are compared
+            if self.rules.strict_numbers and ta is not type(b):
+                self.emit(ptr, "type_changed", a, b)
         elif kind_a == "number" and abs(a - b) <= self.rules.tolerance:
             return
         else:
