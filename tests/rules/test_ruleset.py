@@ -108,3 +108,35 @@ def test_ruleset_keeps_its_source_and_model(rules: RuleSet) -> None:
     assert rules.source == "test.yaml"
     assert [r.name for r in rules.rules.routes][:2] == ["user-exact", "user"]
     assert "test.yaml" in repr(rules)
+
+
+def test_deepdiff_compare_options_reach_the_engine_per_route_over_the_defaults() -> None:
+    rules = load_rules_text(
+        """\
+version: 1
+defaults:
+  compare: {significant_digits: 3, ignore_string_case: true}
+routes:
+  - name: catalog
+    match: {path: /items}
+    compare:
+      ignore_order: true
+      report_repetition: true
+      ignore_numeric_type_changes: false
+      ignore_type_in_groups: [[int, str]]
+      cutoff_distance_for_pairs: 0.5
+      max_diffs: 20
+      max_depth: 10
+""",
+        "rules.yaml",
+    )
+    catalog = rules.route_for("GET", "/items", {})[0].compare
+    assert (catalog.significant_digits, catalog.ignore_string_case) == (3, True)
+    assert (catalog.ignore_order, catalog.report_repetition) == (True, True)
+    assert catalog.ignore_numeric_type_changes is False
+    assert catalog.ignore_type_in_groups == (("int", "str"),)
+    assert (catalog.cutoff_distance_for_pairs, catalog.cutoff_intersection_for_pairs) == (0.5, 0.7)
+    assert (catalog.max_diffs, catalog.max_depth) == (20, 10)
+    other = rules.route_for("GET", "/other", {})[0].compare
+    assert (other.significant_digits, other.ignore_order) == (3, False)
+    assert other.ignore_numeric_type_changes is True
