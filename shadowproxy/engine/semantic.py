@@ -58,7 +58,10 @@ KINDS = {
     "repetition_change": "repetition_changed",
 }
 _ADDED = frozenset({"dictionary_item_added", "iterable_item_added"})
-_BASIC = (str, int, float, type(None))  # DeepDiff diffs lists of only these as sequences
+_BASIC = (str, int, float, type(None))
+# Stands in for the elements of an order-insensitive array matched exactly before DeepDiff
+# (equal on both sides, so DeepDiff matches it too; a JSON body cannot hold this object)
+MATCHED = ("shadowproxy: matched before DeepDiff",)  # DeepDiff diffs lists of only these as sequences
 # DeepDiff stops comparing past this many comparisons per differing subtree and max_diffs
 WORK_PER_DIFF = 1000
 # ...and pairs order-insensitive arrays' leftovers at most this many times per max_diffs
@@ -102,6 +105,9 @@ def deepdiff_options(opts: CompareOptions) -> tuple[tuple[str, Any], ...]:
         ("math_epsilon", opts.float_tolerance or None),
         ("max_diffs", opts.max_diffs * WORK_PER_DIFF),
         ("max_passes", opts.max_diffs * PASSES_PER_DIFF),
+        # DeepDiff reports a whole dict as changed when few keys are shared; a record wants
+        # the pointer of each key added, removed or changed
+        ("threshold_to_diff_deeper", 0),
     )
 
 
@@ -116,12 +122,9 @@ def to_pointer(base: str, elements: Sequence[Any]) -> str:
     return base + "".join(f"/{escape(e)}" if isinstance(e, str) else f"/{e}" for e in elements)
 
 
-def excluder(
-    rules: JsonRules, base: str, max_depth: int, index: Callable[[int], int] | None = None
-) -> Callable[[Any, str], bool]:
+def excluder(rules: JsonRules, base: str, max_depth: int) -> Callable[[Any, str], bool]:
     """DeepDiff's `exclude_obj_callback` for the subtree at `base`: the ignore pointers and
-    regexes, and the depth bound. `index` maps the first index of a path (a leftover list)
-    back to the array's own index."""
+    regexes, and the depth bound."""
     room = max_depth - len(split(base))
     globs, regexes = rules.globs, rules.regexes
     ignores = bool(globs.globs or regexes)
@@ -134,17 +137,13 @@ def excluder(
             return True
         if not ignores:
             return False
-        if index is not None and elements and isinstance(elements[0], int):
-            elements = (index(elements[0]), *elements[1:])
         pointer = to_pointer(base, elements)
         return globs.matches(pointer) or any(r.search(pointer) for r in regexes)
 
     return exclude
 
 
-def deepdiff_found(
-    dd: DeepDiff, base: str, t1_index: Sequence[int] | None = None, t2_index: Sequence[int] | None = None
-) -> Found:
+def deepdiff_found(dd: DeepDiff, base: str) -> Found:
     """DeepDiff's tree view as (pointer, kind, live, shadow); added items at their shadow path."""
     found: Found = []
     for report, levels in dd.items():
@@ -153,10 +152,7 @@ def deepdiff_found(
             continue
         added = report in _ADDED
         for level in levels:
-            elements = list(level.path(output_format="list", use_t2=added))
-            mapping = t2_index if added else t1_index
-            if mapping is not None and elements:
-                elements[0] = mapping[elements[0]]
+            elements = level.path(output_format="list", use_t2=added)
             live = None if level.t1 is notpresent else level.t1
             shadow = None if level.t2 is notpresent else level.t2
             found.append((to_pointer(base, elements), kind, live, shadow))
@@ -195,8 +191,8 @@ def compare_documents(a: Any, b: Any, opts: CompareOptions) -> tuple[Found, int,
     found, unexplained, raw = explain(a, b, candidates, opts, rules)
     if raw:
         notes.append(
-            f"{raw} differing subtrees were too large to explain (over {MAX_EXPLAINED_BYTES} bytes"
-            " in all): reported as the fast walk found them"
+            f"{raw} differing subtrees were not explained by DeepDiff (over {MAX_EXPLAINED_BYTES}"
+            " bytes in all, or options it cannot apply to them): reported as the fast walk found them"
         )
     return found, unexplained, notes
 
@@ -244,13 +240,20 @@ def explain(
             found.append((pointer, kind, lv, sv))
             continue
         budget -= size
+        try:
+            if opts.ignore_order and depth < len(segments):
+                found.extend(_unordered(a, b, base, kwargs, rules, opts))
+            else:
+                exclude = excluder(rules, base, opts.max_depth)
+                dd = DeepDiff(a, b, view="tree", exclude_obj_callback=exclude, **kwargs)
+                found.extend(deepdiff_found(dd, base))
+        except (TypeError, ValueError, ArithmeticError):
+            # DeepDiff cannot compare some option mixes (math_epsilon or significant_digits
+            # over a type group of numbers and strings): the walk's finding stands
+            raw.add(base)
+            found.append((pointer, kind, lv, sv))
+            continue
         done.add(base)
-        if opts.ignore_order and depth < len(segments):
-            found.extend(_unordered(a, b, base, kwargs, rules, opts))
-        else:
-            exclude = excluder(rules, base, opts.max_depth)
-            dd = DeepDiff(a, b, view="tree", exclude_obj_callback=exclude, **kwargs)
-            found.extend(deepdiff_found(dd, base))
     return found, unexplained, len(raw)
 
 
@@ -294,7 +297,11 @@ def _resolve(doc: Any, segments: list[str]) -> Any:
 def _unordered(
     a: list[Any], b: list[Any], base: str, kwargs: dict[str, Any], rules: JsonRules, opts: CompareOptions
 ) -> Found:
-    """An order-insensitive array: exactly equal elements matched here, the rest by DeepDiff."""
+    """An order-insensitive array: exactly equal elements matched here, the rest by DeepDiff.
+
+    Matched elements are replaced by one placeholder on both sides rather than dropped, so
+    the leftovers keep their own indices: DeepDiff reports an element removed and one added
+    at the same index as one changed value, as it would over the whole array."""
     ca, cb = list(map(canonical, a)), list(map(canonical, b))
     count_a, count_b = Counter(ca), Counter(cb)
     found: Found = []
@@ -305,25 +312,16 @@ def _unordered(
         for c, n in count_a.items():
             if c in count_b and count_b[c] != n:
                 found.append((f"{base}/{first[c]}", "repetition_changed", a[first[c]], a[first[c]]))
-    left = [i for i, c in enumerate(ca) if c not in count_b]
-    right = [j for j, c in enumerate(cb) if c not in count_a]
-    if not left and not right:
-        return found
+    left = [x if c not in count_b else MATCHED for x, c in zip(a, ca, strict=True)]
+    right = [y if c not in count_a else MATCHED for y, c in zip(b, cb, strict=True)]
     # DeepDiff pairs leftovers only when few of the array's distinct elements differ: decided
     # here on the whole array, as DeepDiff alone would, not on the leftovers.
-    removed, added = len(set(ca) - count_b.keys()), len(set(cb) - count_a.keys())
+    removed, added = len(count_a.keys() - count_b.keys()), len(count_b.keys() - count_a.keys())
+    if not removed and not added:
+        return found
     pair = (removed + added) / (len(count_a) + len(count_b) + 1) <= opts.cutoff_intersection_for_pairs
     kwargs = {**kwargs, "cutoff_intersection_for_pairs": 1.0 if pair else 0.0}
-
-    def index(k: int) -> int:
-        return left[k] if k < len(left) else right[k] if k < len(right) else k
-
-    dd = DeepDiff(
-        [a[i] for i in left],
-        [b[j] for j in right],
-        view="tree",
-        exclude_obj_callback=excluder(rules, base, opts.max_depth, index),
-        **kwargs,
-    )
-    found.extend(deepdiff_found(dd, base, left, right))
+    exclude = excluder(rules, base, opts.max_depth)
+    dd = DeepDiff(left, right, view="tree", exclude_obj_callback=exclude, **kwargs)
+    found.extend(f for f in deepdiff_found(dd, base) if f[2] is not MATCHED and f[3] is not MATCHED)
     return found

@@ -226,6 +226,13 @@ def _type_group(value: list[str]) -> list[str]:
     return value
 
 
+def _above_zero_up_to_one(value: float) -> float:
+    if not 0 < value <= 1:  # DeepDiff divides by it
+        msg = f"must be above 0 and at most 1, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
 TypeName = Literal["int", "float", "str", "bool", "null", "list", "dict"]  # engine.options.TYPE_NAMES
 TypeGroup = Annotated[list[TypeName], AfterValidator(_type_group)]
 Digits = Annotated[
@@ -235,6 +242,11 @@ MaxDiffs = Annotated[
     int,
     AfterValidator(_between(1, 10_000)),
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 10_000}),
+]
+PairCutoff = Annotated[
+    float,
+    AfterValidator(_above_zero_up_to_one),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
 ]
 MaxDepth = Annotated[
     int, AfterValidator(_between(1, 200)), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 200})
@@ -275,8 +287,8 @@ class CompareSpec(_Strict):
     report_repetition: bool = Field(
         default=False, description="with ignore_order: a changed count of equal elements is reported"
     )
-    cutoff_distance_for_pairs: Fraction = Field(
-        default=0.3, description="with ignore_order: leftovers closer than this are paired (0: never)"
+    cutoff_distance_for_pairs: PairCutoff = Field(
+        default=0.3, description="with ignore_order: leftovers closer than this (0..1) are paired"
     )
     cutoff_intersection_for_pairs: Fraction = Field(
         default=0.7, description="with ignore_order: pair only when at most this share of elements differ"

@@ -71,6 +71,7 @@ CASES: list[tuple[str, int, str, str]] = [
     ("compare_significant_digits_negative", 4, "defaults.compare.significant_digits", "between 0 and 20"),
     ("compare_max_diffs_zero", 5, "routes[0].compare.max_diffs", "must be between 1 and 10000, got 0"),
     ("compare_report_repetition_string", 4, "defaults.compare.report_repetition", "must be true or false"),
+    ("compare_pair_cutoff_zero", 5, "defaults.compare.cutoff_distance_for_pairs", "above 0 and at most 1"),
     # DeepDiff's type groups: named JSON types, at least two per group
     ("compare_type_group_unknown", 6, "routes[0].compare.ignore_type_in_groups[1][1]",
      "must be 'int', 'float', 'str', 'bool', 'null', 'list' or 'dict', got string 'integer'"),
