@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test chromium lint typecheck bench kafka-start kafka-stop clean
+.PHONY: demo test test-differential chromium lint typecheck bench kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: $(STAMP) chromium lint typecheck
 	# JSON API: where only the package index is reachable it lists every package as not audited.
 	$(BIN)/pip-audit --skip-editable --progress-spinner off
 	$(BIN)/python -m pytest
+
+# The JSON comparison's two stages against DeepDiff alone (tests/engine/test_diff_deepdiff.py)
+# with thousands of drawn examples; `make test` runs a few hundred.
+test-differential: $(STAMP)
+	SHADOWPROXY_DIFFERENTIAL_EXAMPLES=5000 $(BIN)/python -m pytest tests/engine/test_diff_deepdiff.py -q -k two_stages
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -56,7 +56,7 @@ UNCOMPARED_HEADERS = frozenset(
 class Difference:
     part: str  # status | header | body
     path: str  # JSON Pointer ("" for the status or a whole body)
-    kind: str  # changed | added | removed | type_changed | reordered
+    kind: str  # changed | added | removed | type_changed | reordered | moved | repetition_changed
     live: Any = None
     shadow: Any = None
 

@@ -247,9 +247,10 @@ def explain(
                 exclude = excluder(rules, base, opts.max_depth)
                 dd = DeepDiff(a, b, view="tree", exclude_obj_callback=exclude, **kwargs)
                 found.extend(deepdiff_found(dd, base))
-        except (TypeError, ValueError, ArithmeticError):
-            # DeepDiff cannot compare some option mixes (math_epsilon or significant_digits
-            # over a type group of numbers and strings): the walk's finding stands
+        except Exception:
+            # DeepDiff cannot compare some option mixes (math_epsilon, significant_digits or
+            # ignore_string_case over a type group of numbers and strings raise TypeError,
+            # AttributeError...) or too deep a subtree: the walk's finding stands
             raw.add(base)
             found.append((pointer, kind, lv, sv))
             continue
