@@ -189,3 +189,16 @@ def test_documents_equal_after_ignores_never_reach_deepdiff(monkeypatch: pytest.
     shadow = {"items": [{"id": i, "updated_at": "t2"} for i in range(20)]}
     opts = CompareOptions(ignore_body=("/items/*/updated_at",))
     assert compare_documents(live, shadow, opts) == ([], 0, [])
+
+
+def test_subtrees_over_the_size_budget_keep_the_walks_findings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(semantic, "MAX_EXPLAINED_BYTES", 100)
+    live = {"items": [{"id": i, "tags": ["a", "b"]} for i in range(30)], "n": 1}
+    shadow = {"items": list(reversed(live["items"])), "n": 2}
+    found, unexplained, notes = compare_documents(live, shadow, CompareOptions())
+    assert {(p, kind) for p, kind, *_ in found} == {("/items", "reordered"), ("/n", "changed")}
+    assert unexplained == 0
+    assert notes == [
+        "1 differing subtrees were not explained by DeepDiff (over 100 bytes in all, or options it"
+        " cannot apply to them): reported as the fast walk found them"
+    ]
