@@ -108,6 +108,9 @@ def deepdiff_options(opts: CompareOptions) -> tuple[tuple[str, Any], ...]:
         # DeepDiff reports a whole dict as changed when few keys are shared; a record wants
         # the pointer of each key added, removed or changed
         ("threshold_to_diff_deeper", 0),
+        # one process (the worker's): saying so spares DeepDiff an os.cpu_count() per call
+        ("multiprocessing", False),
+        ("multiprocessing_workers", 1),
     )
 
 
@@ -130,6 +133,8 @@ def excluder(rules: JsonRules, base: str, max_depth: int) -> Callable[[Any, str]
     ignores = bool(globs.globs or regexes)
 
     def exclude(obj: Any, path: str) -> bool:
+        if path == "root":
+            return False  # the subtree itself: the walk checked it
         if not ignores and path.count("[") <= room:
             return False  # every element of a path has a "[": no deeper than `room`
         elements = path_elements(path)
