@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Any
 
 from deepdiff import DeepDiff
-from deepdiff.helper import notpresent
+from deepdiff.helper import CannotCompare, notpresent
 from deepdiff.path import parse_path
 
 from shadowproxy.engine.jsondiff import JsonRules, canonical, compile_rules, diff_json
@@ -103,6 +103,7 @@ def deepdiff_options(opts: CompareOptions) -> tuple[tuple[str, Any], ...]:
         ("cutoff_distance_for_pairs", opts.cutoff_distance_for_pairs),
         ("cutoff_intersection_for_pairs", opts.cutoff_intersection_for_pairs),
         ("math_epsilon", opts.float_tolerance or None),
+        ("iterable_compare_func", similar_records(opts.cutoff_distance_for_pairs) if opts.ignore_order else None),  # noqa: E501
         ("max_diffs", opts.max_diffs * WORK_PER_DIFF),
         ("max_passes", opts.max_diffs * PASSES_PER_DIFF),
         # DeepDiff reports a whole dict as changed when few keys are shared; a record wants
@@ -112,6 +113,32 @@ def deepdiff_options(opts: CompareOptions) -> tuple[tuple[str, Any], ...]:
         ("multiprocessing", False),
         ("multiprocessing_workers", 1),
     )
+
+
+@lru_cache(maxsize=64)
+def similar_records(cutoff: float) -> Callable[..., bool]:
+    """DeepDiff's `iterable_compare_func` for order-insensitive arrays: whether two leftover
+    objects are one record edited.
+
+    DeepDiff's own similarity runs a nested DeepDiff per pair of leftovers (about 100x parsing
+    them); this decides the clear cases by counting equal fields: paired when at least
+    1 - cutoff of the fields are equal, apart when fewer than 1 - 2 x cutoff are. In between,
+    and for anything but two objects, it raises CannotCompare and DeepDiff's distance decides.
+    """
+
+    def similar(x: Any, y: Any, level: Any = None) -> bool:
+        if type(x) is not dict or type(y) is not dict or not x or not y:
+            raise CannotCompare
+        keys = x.keys() | y.keys()
+        same = sum(1 for k in keys if k in x and k in y and type(x[k]) is type(y[k]) and x[k] == y[k])
+        share = same / len(keys)
+        if share >= 1 - cutoff:
+            return True
+        if share < 1 - 2 * cutoff:
+            return False
+        raise CannotCompare
+
+    return similar
 
 
 @lru_cache(maxsize=8192)
@@ -125,9 +152,13 @@ def to_pointer(base: str, elements: Sequence[Any]) -> str:
     return base + "".join(f"/{escape(e)}" if isinstance(e, str) else f"/{e}" for e in elements)
 
 
-def excluder(rules: JsonRules, base: str, max_depth: int) -> Callable[[Any, str], bool]:
+def excluder(
+    rules: JsonRules, base: str, max_depth: int, index: Sequence[int] | None = None
+) -> Callable[[Any, str], bool]:
     """DeepDiff's `exclude_obj_callback` for the subtree at `base`: the ignore pointers and
-    regexes, and the depth bound."""
+    regexes, and the depth bound. `index` maps the first index of a path in a list of
+    leftovers back to the array's own index (the live side's: under ignore_order a pointer
+    glob naming an index has no stable meaning anyway)."""
     room = max_depth - len(split(base))
     globs, regexes = rules.globs, rules.regexes
     ignores = bool(globs.globs or regexes)
@@ -142,13 +173,17 @@ def excluder(rules: JsonRules, base: str, max_depth: int) -> Callable[[Any, str]
             return True
         if not ignores:
             return False
+        if index is not None and elements and isinstance(elements[0], int) and elements[0] < len(index):
+            elements = (index[elements[0]], *elements[1:])
         pointer = to_pointer(base, elements)
         return globs.matches(pointer) or any(r.search(pointer) for r in regexes)
 
     return exclude
 
 
-def deepdiff_found(dd: DeepDiff, base: str) -> Found:
+def deepdiff_found(
+    dd: DeepDiff, base: str, t1_index: Sequence[int] | None = None, t2_index: Sequence[int] | None = None
+) -> Found:
     """DeepDiff's tree view as (pointer, kind, live, shadow); added items at their shadow path."""
     found: Found = []
     for report, levels in dd.items():
@@ -158,6 +193,9 @@ def deepdiff_found(dd: DeepDiff, base: str) -> Found:
         added = report in _ADDED
         for level in levels:
             elements = level.path(output_format="list", use_t2=added)
+            mapping = t2_index if added else t1_index
+            if mapping is not None and elements:
+                elements = [mapping[elements[0]], *elements[1:]]
             live = None if level.t1 is notpresent else level.t1
             shadow = None if level.t2 is notpresent else level.t2
             found.append((to_pointer(base, elements), kind, live, shadow))
@@ -303,11 +341,7 @@ def _resolve(doc: Any, segments: list[str]) -> Any:
 def _unordered(
     a: list[Any], b: list[Any], base: str, kwargs: dict[str, Any], rules: JsonRules, opts: CompareOptions
 ) -> Found:
-    """An order-insensitive array: exactly equal elements matched here, the rest by DeepDiff.
-
-    Matched elements are replaced by one placeholder on both sides rather than dropped, so
-    the leftovers keep their own indices: DeepDiff reports an element removed and one added
-    at the same index as one changed value, as it would over the whole array."""
+    """An order-insensitive array: exactly equal elements matched here, the rest by DeepDiff."""
     ca, cb = list(map(canonical, a)), list(map(canonical, b))
     count_a, count_b = Counter(ca), Counter(cb)
     found: Found = []
@@ -318,16 +352,46 @@ def _unordered(
         for c, n in count_a.items():
             if c in count_b and count_b[c] != n:
                 found.append((f"{base}/{first[c]}", "repetition_changed", a[first[c]], a[first[c]]))
-    left = [x if c not in count_b else MATCHED for x, c in zip(a, ca, strict=True)]
-    right = [y if c not in count_a else MATCHED for y, c in zip(b, cb, strict=True)]
-    # DeepDiff pairs leftovers only when few of the array's distinct elements differ: decided
-    # here on the whole array, as DeepDiff alone would, not on the leftovers.
     removed, added = len(count_a.keys() - count_b.keys()), len(count_b.keys() - count_a.keys())
     if not removed and not added:
         return found
+    # DeepDiff pairs leftovers only when few of the array's distinct elements differ: decided
+    # here on the whole array, as DeepDiff alone would, not on the leftovers.
     pair = (removed + added) / (len(count_a) + len(count_b) + 1) <= opts.cutoff_intersection_for_pairs
     kwargs = {**kwargs, "cutoff_intersection_for_pairs": 1.0 if pair else 0.0}
-    exclude = excluder(rules, base, opts.max_depth)
-    dd = DeepDiff(left, right, view="tree", exclude_obj_callback=exclude, **kwargs)
-    found.extend(f for f in deepdiff_found(dd, base) if f[2] is not MATCHED and f[3] is not MATCHED)
+    left = [i for i, c in enumerate(ca) if c not in count_b]
+    right = [j for j, c in enumerate(cb) if c not in count_a]
+    exclude = excluder(rules, base, opts.max_depth, left)
+    t1, t2 = [a[i] for i in left], [b[j] for j in right]
+    dd = DeepDiff(t1, t2, view="tree", exclude_obj_callback=exclude, **kwargs)
+    leftovers = deepdiff_found(dd, base, left, right)
+    if _index_ambiguous(leftovers, base, left, right):
+        # DeepDiff turns an element removed and one added at the same index into one changed
+        # value; in the lists of leftovers the indices are not the array's own, so ask again
+        # with the matched elements left in place (exact, and slower: each is hashed)
+        pad = [x if c not in count_b else MATCHED for x, c in zip(a, ca, strict=True)]
+        pad_b = [y if c not in count_a else MATCHED for y, c in zip(b, cb, strict=True)]
+        exclude = excluder(rules, base, opts.max_depth)
+        dd = DeepDiff(pad, pad_b, view="tree", exclude_obj_callback=exclude, **kwargs)
+        leftovers = [f for f in deepdiff_found(dd, base) if f[2] is not MATCHED and f[3] is not MATCHED]
+    found.extend(leftovers)
     return found
+
+
+def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int]) -> bool:
+    """Whether DeepDiff's merging of a removal and an addition at one index could have gone
+    another way over the whole array: a changed element itself (not a field of it) where the
+    two sides' indices differ, or a removal and an addition at the same index."""
+    depth = base.count("/") + 1
+    removed, added = set(), set()
+    for pointer, kind, *_ in found:
+        if pointer.count("/") != depth:
+            continue
+        index = int(pointer.rsplit("/", 1)[1])
+        if kind == "removed":
+            removed.add(index)
+        elif kind == "added":
+            added.add(index)
+        elif kind == "changed" and right[left.index(index)] != index:
+            return True
+    return bool(removed & added)
