@@ -43,6 +43,7 @@ from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import GlobState, PointerGlobs, escape
 
 Emit = Callable[[str, str, Any, Any], None]
+Key = Callable[[Any], bytes]
 
 # Order-insensitive matching tries every leftover live element against every leftover shadow
 # element; past this many tries it pairs them by position instead.
@@ -107,13 +108,16 @@ def canonical(value: Any) -> bytes:
         return b"\xff%d" % id(value)
 
 
-def diff_json(live: Any, shadow: Any, rules: JsonRules, emit: Emit, *, trust_eq: bool = True) -> None:
+def diff_json(
+    live: Any, shadow: Any, rules: JsonRules, emit: Emit, *, trust_eq: bool = True, key: Key = canonical
+) -> None:
     """Report every difference between two parsed documents that the rules do not ignore.
 
     `trust_eq=False` descends even where `==` says equal: Python holds `1 == True`, and the
-    caller asks for this when two documents compare equal but serialise differently.
+    caller asks for this when two documents compare equal but serialise differently. `key`:
+    `canonical`, or a memo of it shared with the caller.
     """
-    _Walker(rules, emit, trust_eq).walk("", live, shadow, rules.globs.start)
+    _Walker(rules, emit, trust_eq, key=key).walk("", live, shadow, rules.globs.start)
 
 
 class _Stop(Exception):
@@ -125,7 +129,7 @@ def _stop(pointer: str, kind: str, live: Any, shadow: Any) -> None:
 
 
 class _Walker:
-    __slots__ = ("emit", "nesting", "probes", "regexes", "rules", "stack", "trust_eq")
+    __slots__ = ("emit", "key", "nesting", "probes", "regexes", "rules", "stack", "trust_eq")
 
     def __init__(
         self,
@@ -134,8 +138,10 @@ class _Walker:
         trust_eq: bool = True,
         nesting: int = 0,
         probes: list[int] | None = None,
+        key: Key = canonical,
     ) -> None:
         self.rules = rules
+        self.key = key
         self.emit = emit
         self.regexes = rules.regexes
         self.trust_eq = trust_eq
@@ -305,7 +311,7 @@ class _Walker:
         (under the live element's index); what remains is removed (live index) or added
         (shadow index).
         """
-        left, right = _match_exact(a, b)
+        left, right = _match_exact(a, b, self.key)
         if left and right:
             left, right = self._match_under_rules(ptr, a, b, left, right, state)
         for i, j in zip(left, right, strict=False):
@@ -348,7 +354,7 @@ class _Walker:
 
     def _equivalent(self, ptr: str, a: Any, b: Any, state: GlobState) -> bool:
         """Whether the rules (ignores, tolerance, order) leave no difference between a and b."""
-        probe = _Walker(self.rules, _stop, self.trust_eq, self.nesting + 1, self.probes)
+        probe = _Walker(self.rules, _stop, self.trust_eq, self.nesting + 1, self.probes, self.key)
         try:
             probe.walk(ptr, a, b, state)
         except _Stop:
@@ -432,14 +438,14 @@ def _all_hold(a: list[Any], b: list[Any], keys: frozenset[str]) -> bool:
     )
 
 
-def _match_exact(a: list[Any], b: list[Any]) -> tuple[list[int], list[int]]:
+def _match_exact(a: list[Any], b: list[Any], key: Key) -> tuple[list[int], list[int]]:
     """Indices of a and of b left over after pairing exactly equal elements."""
     waiting: dict[bytes, list[int]] = {}
     for j in range(len(b) - 1, -1, -1):
-        waiting.setdefault(canonical(b[j]), []).append(j)
+        waiting.setdefault(key(b[j]), []).append(j)
     left: list[int] = []
     for i, x in enumerate(a):
-        candidates = waiting.get(canonical(x))
+        candidates = waiting.get(key(x))
         if candidates:
             candidates.pop()
         else:

@@ -31,7 +31,7 @@ from deepdiff import DeepDiff
 from deepdiff.helper import CannotCompare, notpresent
 from deepdiff.path import parse_path
 
-from shadowproxy.engine.jsondiff import JsonRules, canonical, compile_rules, diff_json
+from shadowproxy.engine.jsondiff import JsonRules, Key, canonical, compile_rules, diff_json
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import escape, split
 
@@ -202,6 +202,22 @@ def deepdiff_found(
     return found
 
 
+class CanonicalMemo:
+    """`canonical` of each element of the two documents, computed once for both stages (the
+    documents are alive meanwhile, so ids stay theirs)."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: dict[int, bytes] = {}
+
+    def __call__(self, value: Any) -> bytes:
+        found = self.known.get(id(value))
+        if found is None:
+            found = self.known[id(value)] = canonical(value)
+        return found
+
+
 class _Enough(Exception):
     """Raised by the walk's emit once it has found enough differing places."""
 
@@ -210,6 +226,7 @@ def compare_documents(a: Any, b: Any, opts: CompareOptions) -> tuple[Found, int,
     """Both stages over two parsed documents: the differences found, how many more were left
     unexplained (max_diffs), and notes on what was cut short."""
     rules = compile_rules(opts)
+    memo = CanonicalMemo()
     candidates: Found = []
     cap = opts.max_diffs * CANDIDATES_PER_DIFF
 
@@ -222,16 +239,16 @@ def compare_documents(a: Any, b: Any, opts: CompareOptions) -> tuple[Found, int,
     try:
         if a != b:
             # 1 == 1.0 in Python: when numeric types count, == cannot settle a subtree
-            diff_json(a, b, rules, collect, trust_eq=not rules.strict_numbers)
+            diff_json(a, b, rules, collect, trust_eq=not rules.strict_numbers, key=memo)
         elif canonical(a) != canonical(b):
             # Python holds 1 == True: documents that are == but serialise differently are
             # walked without trusting ==, so a number that became a boolean still shows.
-            diff_json(a, b, rules, collect, trust_eq=False)
+            diff_json(a, b, rules, collect, trust_eq=False, key=memo)
     except _Enough:
         notes.append(f"the bodies differ in more than {cap} places: only those were explained")
     if not candidates:
         return [], 0, notes
-    found, unexplained, raw = explain(a, b, candidates, opts, rules)
+    found, unexplained, raw = explain(a, b, candidates, opts, rules, memo)
     if raw:
         notes.append(
             f"{raw} differing subtrees were not explained by DeepDiff (over {MAX_EXPLAINED_BYTES}"
@@ -241,7 +258,7 @@ def compare_documents(a: Any, b: Any, opts: CompareOptions) -> tuple[Found, int,
 
 
 def explain(
-    live: Any, shadow: Any, candidates: Found, opts: CompareOptions, rules: JsonRules
+    live: Any, shadow: Any, candidates: Found, opts: CompareOptions, rules: JsonRules, key: Key = canonical
 ) -> tuple[Found, int, int]:
     """The differences DeepDiff finds in the subtrees holding the walk's `candidates`, how
     many candidates were left unexplained because `opts.max_diffs` were found, and how many
@@ -285,7 +302,7 @@ def explain(
         budget -= size
         try:
             if opts.ignore_order and depth < len(segments):
-                found.extend(_unordered(a, b, base, kwargs, rules, opts))
+                found.extend(_unordered(a, b, base, kwargs, rules, opts, key))
             else:
                 exclude = excluder(rules, base, opts.max_depth)
                 dd = DeepDiff(a, b, view="tree", exclude_obj_callback=exclude, **kwargs)
@@ -339,10 +356,16 @@ def _resolve(doc: Any, segments: list[str]) -> Any:
 
 
 def _unordered(
-    a: list[Any], b: list[Any], base: str, kwargs: dict[str, Any], rules: JsonRules, opts: CompareOptions
+    a: list[Any],
+    b: list[Any],
+    base: str,
+    kwargs: dict[str, Any],
+    rules: JsonRules,
+    opts: CompareOptions,
+    key: Key,
 ) -> Found:
     """An order-insensitive array: exactly equal elements matched here, the rest by DeepDiff."""
-    ca, cb = list(map(canonical, a)), list(map(canonical, b))
+    ca, cb = list(map(key, a)), list(map(key, b))
     count_a, count_b = Counter(ca), Counter(cb)
     found: Found = []
     if opts.report_repetition:
@@ -361,8 +384,18 @@ def _unordered(
     kwargs = {**kwargs, "cutoff_intersection_for_pairs": 1.0 if pair else 0.0}
     left = [i for i, c in enumerate(ca) if c not in count_b]
     right = [j for j, c in enumerate(cb) if c not in count_a]
-    exclude = excluder(rules, base, opts.max_depth, left)
     t1, t2 = [a[i] for i in left], [b[j] for j in right]
+    partner = _paired_clearly(t1, t2, kwargs["iterable_compare_func"]) if pair else None
+    if partner is not None and len(set(map(key, t1))) == len(t1) and len(set(map(key, t2))) == len(t2):
+        # Each leftover has exactly one clear partner (DeepDiff's pairing would find the same
+        # pairs, at the distance the compare function gives): only the pairs are diffed
+        for k, j in enumerate(partner):
+            at = f"{base}/{left[k]}"
+            exclude = excluder(rules, at, opts.max_depth)
+            dd = DeepDiff(t1[k], t2[j], view="tree", exclude_obj_callback=exclude, **kwargs)
+            found.extend(deepdiff_found(dd, at))
+        return found
+    exclude = excluder(rules, base, opts.max_depth, left)
     dd = DeepDiff(t1, t2, view="tree", exclude_obj_callback=exclude, **kwargs)
     leftovers = deepdiff_found(dd, base, left, right)
     if _index_ambiguous(leftovers, base, left, right):
@@ -376,6 +409,29 @@ def _unordered(
         leftovers = [f for f in deepdiff_found(dd, base) if f[2] is not MATCHED and f[3] is not MATCHED]
     found.extend(leftovers)
     return found
+
+
+def _paired_clearly(t1: list[Any], t2: list[Any], similar: Callable[..., bool]) -> list[int] | None:
+    """The index in t2 of each element's partner when `similar` pairs t1 and t2 one to one
+    and says a clear no to every other pair; else None."""
+    if len(t1) != len(t2):
+        return None
+    partner: list[int] = []
+    for x in t1:
+        match = None
+        for j, y in enumerate(t2):
+            try:
+                close = similar(y, x)
+            except CannotCompare:
+                return None
+            if close:
+                if match is not None:
+                    return None
+                match = j
+        if match is None or match in partner:
+            return None
+        partner.append(match)
+    return partner
 
 
 def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int]) -> bool:
