@@ -189,15 +189,10 @@ class _Walker:
         if self.trust_eq and ta is type(b) and a == b:
             return
         kind_a, kind_b = json_type(a), json_type(b)
-        if kind_a != kind_b:
-            self.emit(ptr, "type_changed", a, b)
-        elif a == b:  # 1 and 1.0: one JSON number, unless numeric types are compared
-            if self.rules.strict_numbers and ta is not type(b):
-                self.emit(ptr, "type_changed", a, b)
-        elif kind_a == "number" and abs(a - b) <= self.rules.tolerance:
-            return
-        else:
-            self.emit(ptr, "changed", a, b)
+        if kind_a != kind_b or (self.rules.strict_numbers and ta is not type(b)):
+            self.emit(ptr, "type_changed", a, b)  # int vs float when numeric types are compared
+        elif a != b and not (kind_a == "number" and abs(a - b) <= self.rules.tolerance):
+            self.emit(ptr, "changed", a, b)  # (1 and 1.0 are one JSON number)
 
     def _only_in(self, ptr: str, key: str, value: Any, state: GlobState, kind: str) -> None:
         child_state = state.step(key)

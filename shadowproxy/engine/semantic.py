@@ -385,7 +385,10 @@ def _unordered(
     left = [i for i, c in enumerate(ca) if c not in count_b]
     right = [j for j, c in enumerate(cb) if c not in count_a]
     t1, t2 = [a[i] for i in left], [b[j] for j in right]
-    partner = _paired_clearly(t1, t2, kwargs["iterable_compare_func"]) if pair else None
+    # DeepDiff puts a pair the compare function accepts at distance math_epsilon (or 1e-6):
+    # only below the cutoff does it pair them at all
+    close = (opts.float_tolerance or 1e-6) < opts.cutoff_distance_for_pairs
+    partner = _paired_clearly(t1, t2, kwargs["iterable_compare_func"]) if pair and close else None
     if partner is not None and len(set(map(key, t1))) == len(t1) and len(set(map(key, t2))) == len(t2):
         # Each leftover has exactly one clear partner (DeepDiff's pairing would find the same
         # pairs, at the distance the compare function gives): only the pairs are diffed

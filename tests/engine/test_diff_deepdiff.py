@@ -44,6 +44,10 @@ documents = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=4),
     max_leaves=16,
 )
+# arrays of records where one field was edited: leftovers with one clear partner each
+records = st.lists(
+    st.fixed_dictionaries({"a": scalars, "b": scalars, "c": scalars, "t~": scalars}), max_size=5
+)
 
 options = st.builds(
     CompareOptions,
@@ -116,7 +120,7 @@ def check(a: Any, b: Any, opts: CompareOptions) -> None:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True)
-@given(documents, options, st.data())
+@given(st.one_of(documents, records), options, st.data())
 def test_two_stages_report_where_deepdiff_alone_does(
     doc: Any, opts: CompareOptions, data: st.DataObject
 ) -> None:
@@ -137,6 +141,8 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
         ({"a": [1, 2, 3]}, {"a": [2, 3, 4]}, opts_with()),
         ([{"id": 1, "n": "x"}, {"id": 2, "n": "y"}], [{"id": 2, "n": "y"}, {"id": 1, "n": "z"}], opts_with()),
         ({"a": 2}, {"a": 2.0}, opts_with(ignore_numeric_type_changes=False)),
+        # found: int vs float within float_tolerance is still a type change when types count
+        ([{"a": 2.5}], [{"a": 2}], opts_with(ignore_numeric_type_changes=False, float_tolerance=0.5)),
         ({}, {"a": None, "b": None}, opts_with()),  # DeepDiff's threshold_to_diff_deeper is off
         ({"a": {"b": [2]}, "c": 1}, {"a": {"b": [2.0]}, "c": 3}, opts_with(ignore_numeric_type_changes=False)),  # noqa: E501
         ({"s": "Abc"}, {"s": "aBC"}, opts_with(ignore_string_case=True)),
@@ -149,6 +155,14 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
         # changed value, so leftovers of an order-insensitive array keep their own indices
         ([None, False], [True, None], opts_with(ignore_order=True)),
         ([None, None, None, False], [-3, None, None, None], opts_with(ignore_order=True)),
+        # found by reading DeepDiff: a pair its compare function accepts sits at distance
+        # math_epsilon, so a float_tolerance above the pairing cutoff pairs nothing
+        (
+            [{"a": 1, "b": 2, "c": 3, "x": "p"}, "z", "y"],
+            ["y", {"a": 1, "b": 2, "c": 3, "x": "q"}, "z"],
+            opts_with(ignore_order=True, float_tolerance=0.5),
+        ),
+        ([{"a": 1, "b": 2, "c": 3, "x": "p"}, "z", "y"], ["y", {"a": 1, "b": 2, "c": 3, "x": "q"}, "z"], opts_with(ignore_order=True)),  # noqa: E501
     ],
 )
 def test_pinned_examples_agree_with_deepdiff_alone(a: Any, b: Any, opts: CompareOptions) -> None:
