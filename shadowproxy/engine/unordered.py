@@ -76,6 +76,12 @@ def explain_unordered(
     kwargs = {**kwargs, "cutoff_intersection_for_pairs": 1.0 if pair else 0.0}
     left = [i for i, c in enumerate(ca) if c not in count_b]
     right = [j for j, c in enumerate(cb) if c not in count_a]
+    if _may_collapse(opts, rules):
+        # ignore rules and these options make some different elements equal: DeepDiff alone
+        # matches those by hash, so leftovers equal to any element of the other side go
+        left, right = _not_hash_matched(a, b, left, right, base, kwargs, rules, opts)
+        if not left and not right:
+            return found
     t1, t2 = [a[i] for i in left], [b[j] for j in right]
     # DeepDiff puts a pair the compare function accepts at distance math_epsilon (or 1e-6):
     # only below the cutoff does it pair them at all
@@ -104,6 +110,39 @@ def explain_unordered(
         leftovers = [f for f in deepdiff_found(dd, base) if f[2] is not MATCHED and f[3] is not MATCHED]
     found.extend(_without_collapsed(leftovers, base, a, b, kwargs, rules, opts))
     return found
+
+
+def _may_collapse(opts: CompareOptions, rules: JsonRules) -> bool:
+    return bool(
+        rules.globs.globs
+        or rules.regexes
+        or opts.ignore_string_case
+        or opts.significant_digits is not None
+        or opts.ignore_type_in_groups
+    )
+
+
+def _not_hash_matched(
+    a: list[Any],
+    b: list[Any],
+    left: list[int],
+    right: list[int],
+    base: str,
+    kwargs: dict[str, Any],
+    rules: JsonRules,
+    opts: CompareOptions,
+) -> tuple[list[int], list[int]]:
+    """The leftovers whose DeepDiff hash (under the options and ignore rules) no element of
+    the other side shares. Hashes every element: the price of ignore rules inside elements."""
+    exclude = excluder(rules, base, opts.max_depth)
+    params = DeepDiff([], [], exclude_obj_callback=exclude, **kwargs).deephash_parameters
+
+    def digests(values: list[Any]) -> list[Any]:
+        return [DeepHash(v, parent=f"root[{i}]", apply_hash=True, **params)[v] for i, v in enumerate(values)]
+
+    ha, hb = digests(a), digests(b)
+    in_a, in_b = set(ha), set(hb)
+    return [i for i in left if ha[i] not in in_b], [j for j in right if hb[j] not in in_a]
 
 
 def _without_collapsed(

@@ -159,6 +159,12 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
         ([None, None, None, False], [-3, None, None, None], opts_with(ignore_order=True)),
         # found: an element equal under the ignore rules to one matched exactly elsewhere
         (RECORDS_5, [*RECORDS_5[:3], {"a": None, "c": None}], IGNORE_B_UNORDERED),
+        # found: an edited element equal, under an ignore rule, to an unedited one elsewhere
+        (
+            [{"a": False, "c": None}, {"a": None, "c": False}],
+            [{"a": None, "c": False}, {"a": None, "c": None}],
+            opts_with(ignore_order=True, ignore_body_regex=("/c$",)),
+        ),
         # found by reading DeepDiff: a pair its compare function accepts sits at distance
         # math_epsilon, so a float_tolerance above the pairing cutoff pairs nothing
         (
