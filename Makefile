@@ -39,7 +39,7 @@ test: $(STAMP) chromium lint typecheck
 # The JSON comparison's two stages against DeepDiff alone (tests/engine/test_diff_deepdiff.py)
 # with thousands of drawn examples; `make test` runs a few hundred.
 test-differential: $(STAMP)
-	SHADOWPROXY_DIFFERENTIAL_EXAMPLES=5000 $(BIN)/python -m pytest tests/engine/test_diff_deepdiff.py -q -k two_stages
+	SHADOWPROXY_DIFFERENTIAL_EXAMPLES=5000 $(BIN)/python -m pytest tests/engine/test_diff_deepdiff.py -q -k two_stages --timeout 0
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
