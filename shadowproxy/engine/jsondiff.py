@@ -13,9 +13,10 @@ of a dict (keys in the same order, the usual case) or of an equal-length array a
 C too, with `map(operator.ne, ...)`; a list of same-shaped records is compared one field
 (column) at a time, so a field that an ignore rule names is never even compared.
 
-Order-insensitive arrays (`ignore_order`): equal elements are matched first (by canonical
-serialisation), then elements the rules make equal (ignored fields, tolerance, nested order);
-leftovers are paired by position. That is enough to locate; DeepDiff pairs them by similarity.
+Order-insensitive arrays (`ignore_order`): equal elements are matched first (flat records by
+a key built in C, others by canonical serialisation), then elements the rules make equal
+(ignored fields, tolerance, nested order; not tried for flat records under no ignore rules or
+tolerance); leftovers are paired by position: enough to locate, DeepDiff pairs by similarity.
 
 Differences are reported through `emit(pointer, kind, live, shadow)`. Kinds: changed,
 type_changed, added (only in shadow), removed (only in live), reordered (an array holding the
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress, repeat
@@ -39,6 +40,7 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.engine.elementkey import flat_keys
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import GlobState, PointerGlobs, escape
 
@@ -306,8 +308,10 @@ class _Walker:
         (under the live element's index); what remains is removed (live index) or added
         (shadow index).
         """
-        left, right = _match_exact(a, b, self.key)
-        if left and right:
+        left, right, flat = _match_exact(a, b, self.key)
+        # flat records (scalars only) are equal under no rules but ignores and tolerance
+        plain = flat and not (self.rules.globs.globs or self.regexes or self.rules.tolerance)
+        if left and right and not plain:
             left, right = self._match_under_rules(ptr, a, b, left, right, state)
         for i, j in zip(left, right, strict=False):
             self._child(ptr, str(i), a[i], b[j], state, unequal=False)
@@ -433,17 +437,19 @@ def _all_hold(a: list[Any], b: list[Any], keys: frozenset[str]) -> bool:
     )
 
 
-def _match_exact(a: list[Any], b: list[Any], key: Key) -> tuple[list[int], list[int]]:
+def _match_exact(a: list[Any], b: list[Any], key: Key) -> tuple[list[int], list[int], bool]:
     """Indices of a and of b left over after pairing exactly equal elements."""
-    waiting: dict[bytes, list[int]] = {}
+    flat = flat_keys(a, b)  # flat records: keyed in C
+    keys = flat or (list(map(key, a)), list(map(key, b)))
+    waiting: dict[Hashable, list[int]] = {}
     for j in range(len(b) - 1, -1, -1):
-        waiting.setdefault(key(b[j]), []).append(j)
+        waiting.setdefault(keys[1][j], []).append(j)
     left: list[int] = []
-    for i, x in enumerate(a):
-        candidates = waiting.get(key(x))
+    for i, x in enumerate(keys[0]):
+        candidates = waiting.get(x)
         if candidates:
             candidates.pop()
         else:
             left.append(i)
     right = sorted(j for js in waiting.values() for j in js)
-    return left, right
+    return left, right, flat is not None

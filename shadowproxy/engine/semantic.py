@@ -11,9 +11,9 @@ Which subtree: the differing pair itself, except where DeepDiff does not pair ar
 by position. An order-insensitive array, an ordered array whose lengths differ or that holds
 only scalars (DeepDiff diffs those as sequences) is explained whole, so DeepDiff's pairing
 decides, exactly as if it had seen the whole document. An order-insensitive array is first
-cut down to its leftovers: elements with an exactly equal element on the other side are
-matched here (in C, by canonical serialisation); DeepDiff pairs the rest by similarity
-(`cutoff_distance_for_pairs`), so one edited element reports that element's field.
+cut down to its leftovers: elements DeepDiff's hash would match are matched (`unordered`:
+keyed in C where that is exact, else hashed as DeepDiff would); DeepDiff pairs the rest by
+similarity (`cutoff_distance_for_pairs`), so one edited element reports that element's field.
 
 Modules: `deeppath` turns DeepDiff's paths and reports into pointers and kinds (and the ignore
 rules into its exclude callback), `unordered` handles order-insensitive arrays.

@@ -4,8 +4,9 @@ array (see semantic.py and docs/comparison.md)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from functools import lru_cache
 from typing import Any
 
@@ -13,8 +14,10 @@ from deepdiff import DeepDiff, DeepHash
 from deepdiff.helper import CannotCompare
 
 from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder
-from shadowproxy.engine.jsondiff import JsonRules, Key
+from shadowproxy.engine.elementkey import flat_keys
+from shadowproxy.engine.jsondiff import JsonRules, Key, canonical
 from shadowproxy.engine.options import CompareOptions
+from shadowproxy.engine.pointer import escape, split
 
 # Stands in for the elements of an order-insensitive array matched exactly before DeepDiff
 # (equal on both sides, so DeepDiff matches it too; a JSON body cannot hold this object)
@@ -56,12 +59,13 @@ def explain_unordered(
     opts: CompareOptions,
     key: Key,
 ) -> Found:
-    """An order-insensitive array: exactly equal elements matched here, the rest by DeepDiff."""
-    ca, cb = list(map(key, a)), list(map(key, b))
+    """An order-insensitive array: elements equal as DeepDiff would hash them matched here
+    (exactly the elements DeepDiff alone matches), the rest explained by DeepDiff."""
+    ca, cb = _element_keys(a, b, base, kwargs, rules, opts, key)
     count_a, count_b = Counter(ca), Counter(cb)
     found: Found = []
     if opts.report_repetition:
-        first: dict[bytes, int] = {}
+        first: dict[Hashable, int] = {}
         for i, c in enumerate(ca):
             first.setdefault(c, i)
         for c, n in count_a.items():
@@ -76,25 +80,24 @@ def explain_unordered(
     kwargs = {**kwargs, "cutoff_intersection_for_pairs": 1.0 if pair else 0.0}
     left = [i for i, c in enumerate(ca) if c not in count_b]
     right = [j for j, c in enumerate(cb) if c not in count_a]
-    if _may_collapse(opts, rules):
-        # ignore rules and these options make some different elements equal: DeepDiff alone
-        # matches those by hash, so leftovers equal to any element of the other side go
-        left, right = _not_hash_matched(a, b, left, right, base, kwargs, rules, opts)
-        if not left and not right:
-            return found
     t1, t2 = [a[i] for i in left], [b[j] for j in right]
     # DeepDiff puts a pair the compare function accepts at distance math_epsilon (or 1e-6):
     # only below the cutoff does it pair them at all
     close = (opts.float_tolerance or 1e-6) < opts.cutoff_distance_for_pairs
     partner = _paired_clearly(t1, t2, kwargs["iterable_compare_func"]) if pair and close else None
-    if partner is not None and len(set(map(key, t1))) == len(t1) and len(set(map(key, t2))) == len(t2):
+    distinct = len({ca[i] for i in left}) == len(left) and len({cb[j] for j in right}) == len(right)
+    if partner is not None and distinct:
         # Each leftover has exactly one clear partner (DeepDiff's pairing would find the same
-        # pairs, at the distance the compare function gives): only the pairs are diffed
+        # pairs, at the distance the compare function gives): only the pairs are diffed, field
+        # by field where that gives DeepDiff's answer, else by DeepDiff
         for k, j in enumerate(partner):
             at = f"{base}/{left[k]}"
-            exclude = excluder(rules, at, opts.max_depth)
-            dd = DeepDiff(t1[k], t2[j], view="tree", exclude_obj_callback=exclude, **kwargs)
-            found.extend(deepdiff_found(dd, at))
+            direct = pair_fields(t1[k], t2[j], at, rules, opts)
+            if direct is None:
+                exclude = excluder(rules, at, opts.max_depth)
+                dd = DeepDiff(t1[k], t2[j], view="tree", exclude_obj_callback=exclude, **kwargs)
+                direct = deepdiff_found(dd, at)
+            found.extend(direct)
         return found
     exclude = excluder(rules, base, opts.max_depth, left)
     dd = DeepDiff(t1, t2, view="tree", exclude_obj_callback=exclude, **kwargs)
@@ -108,7 +111,7 @@ def explain_unordered(
         exclude = excluder(rules, base, opts.max_depth)
         dd = DeepDiff(pad, pad_b, view="tree", exclude_obj_callback=exclude, **kwargs)
         leftovers = [f for f in deepdiff_found(dd, base) if f[2] is not MATCHED and f[3] is not MATCHED]
-    found.extend(_without_collapsed(leftovers, base, a, b, kwargs, rules, opts))
+    found.extend(leftovers)
     return found
 
 
@@ -122,61 +125,40 @@ def _may_collapse(opts: CompareOptions, rules: JsonRules) -> bool:
     )
 
 
-def _not_hash_matched(
+# A number in a serialisation that DeepHash (ignore_numeric_type_changes: floats to 12
+# decimals) may take for another: an integral float (2.0, -0.0), an exponent, 13+ decimals
+_NUMBER_FORM = re.compile(rb"[0-9]\.0(?![0-9])|[0-9][eE]|[0-9]\.[0-9]{13}")
+
+
+def _element_keys(
     a: list[Any],
     b: list[Any],
-    left: list[int],
-    right: list[int],
     base: str,
     kwargs: dict[str, Any],
     rules: JsonRules,
     opts: CompareOptions,
-) -> tuple[list[int], list[int]]:
-    """The leftovers whose DeepDiff hash (under the options and ignore rules) no element of
-    the other side shares. Hashes every element: the price of ignore rules inside elements."""
+    key: Key,
+) -> tuple[list[Hashable], list[Hashable]]:
+    """One key per element, equal exactly when DeepDiff alone hashes the elements alike.
+
+    Flat records and scalars are keyed in C (elementkey); canonical serialisation serves
+    where nothing makes different elements hash alike. Where ignore rules, string case,
+    significant digits, type groups or a number's form can, every element is hashed as
+    DeepDiff would (exact, and slower)."""
+    if not _may_collapse(opts, rules):
+        keys = flat_keys(a, b, opts.ignore_numeric_type_changes)
+        if keys is not None:
+            return keys
+        ka, kb = list(map(key, a)), list(map(key, b))
+        if not opts.ignore_numeric_type_changes or not any(map(_NUMBER_FORM.search, ka + kb)):
+            return ka, kb  # type: ignore[return-value]
     exclude = excluder(rules, base, opts.max_depth)
     params = DeepDiff([], [], exclude_obj_callback=exclude, **kwargs).deephash_parameters
 
-    def digests(values: list[Any]) -> list[Any]:
+    def digests(values: list[Any]) -> list[Hashable]:
         return [DeepHash(v, parent=f"root[{i}]", apply_hash=True, **params)[v] for i, v in enumerate(values)]
 
-    ha, hb = digests(a), digests(b)
-    in_a, in_b = set(ha), set(hb)
-    return [i for i in left if ha[i] not in in_b], [j for j in right if hb[j] not in in_a]
-
-
-def _without_collapsed(
-    found: Found,
-    base: str,
-    a: list[Any],
-    b: list[Any],
-    kwargs: dict[str, Any],
-    rules: JsonRules,
-    opts: CompareOptions,
-) -> Found:
-    """Drop an element reported removed (added) whole when, under the options and ignore
-    rules, it equals an element of the other side that was matched exactly and so never
-    reached DeepDiff: DeepDiff alone would have matched the two by hash."""
-    depth = base.count("/") + 1
-    whole = [f for f in found if f[1] in ("removed", "added") and f[0].count("/") == depth]
-    if not whole:
-        return found
-    exclude = excluder(rules, base, opts.max_depth)
-    params = DeepDiff([], [], exclude_obj_callback=exclude, **kwargs).deephash_parameters
-
-    def digest(values: list[Any], i: int) -> Any:
-        return DeepHash(values[i], parent=f"root[{i}]", apply_hash=True, **params)[values[i]]
-
-    other: dict[str, set[Any]] = {}
-    drop: set[str] = set()
-    for pointer, kind, *_ in whole:
-        i = int(pointer.rsplit("/", 1)[1])
-        mine, theirs = (a, b) if kind == "removed" else (b, a)
-        if kind not in other:
-            other[kind] = {digest(theirs, j) for j in range(len(theirs))}
-        if digest(mine, i) in other[kind]:
-            drop.add(pointer)
-    return [f for f in found if f[0] not in drop or f[1] not in ("removed", "added")]
+    return digests(a), digests(b)
 
 
 def _paired_clearly(t1: list[Any], t2: list[Any], similar: Callable[..., bool]) -> list[int] | None:
@@ -219,3 +201,48 @@ def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int])
         elif kind == "changed" and right[left.index(index)] != index:
             return True
     return bool(removed & added)
+
+
+_CONTAINERS = (dict, list)
+_NUMBERS = (int, float)
+
+
+def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions) -> Found | None:
+    """Two paired records compared field by field, or None where that might not give
+    DeepDiff's answer (nested values that differ or may differ by type alone; tolerance,
+    significant digits or type groups): then DeepDiff compares the pair."""
+    if type(x) is not dict or type(y) is not dict:
+        return None
+    if opts.float_tolerance or opts.significant_digits is not None or opts.ignore_type_in_groups:
+        return None
+    if len(split(at)) + 1 > opts.max_depth:
+        return None
+    globs, regexes = rules.globs, rules.regexes
+    found: Found = []
+    for name in x.keys() | y.keys():
+        pointer = f"{at}/{escape(name)}"
+        if (globs.globs or regexes) and (globs.matches(pointer) or any(r.search(pointer) for r in regexes)):
+            continue
+        if name not in y:
+            found.append((pointer, "removed", x[name], None))
+            continue
+        if name not in x:
+            found.append((pointer, "added", None, y[name]))
+            continue
+        u, v = x[name], y[name]
+        tu, tv = type(u), type(v)
+        if tu in _CONTAINERS or tv in _CONTAINERS:
+            if u is v or (tu is tv and not (globs.globs or regexes) and canonical(u) == canonical(v)):
+                continue
+            return None
+        if tu is tv or (tu in _NUMBERS and tv in _NUMBERS):
+            if tu is not tv and not opts.ignore_numeric_type_changes:
+                found.append((pointer, "type_changed", u, v))
+            elif tu is str and opts.ignore_string_case:
+                if u.lower() != v.lower():
+                    found.append((pointer, "changed", u, v))
+            elif u != v:
+                found.append((pointer, "changed", u, v))
+        else:
+            found.append((pointer, "type_changed", u, v))
+    return found
