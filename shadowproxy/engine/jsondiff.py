@@ -308,7 +308,7 @@ class _Walker:
         (under the live element's index); what remains is removed (live index) or added
         (shadow index).
         """
-        left, right, flat = _match_exact(a, b, self.key)
+        left, right, flat = _match_exact(a, b, self.key, not self.rules.strict_numbers)
         # flat records (scalars only) are equal under no rules but ignores and tolerance
         plain = flat and not (self.rules.globs.globs or self.regexes or self.rules.tolerance)
         if left and right and not plain:
@@ -437,9 +437,9 @@ def _all_hold(a: list[Any], b: list[Any], keys: frozenset[str]) -> bool:
     )
 
 
-def _match_exact(a: list[Any], b: list[Any], key: Key) -> tuple[list[int], list[int], bool]:
-    """Indices of a and of b left over after pairing exactly equal elements."""
-    flat = flat_keys(a, b)  # flat records: keyed in C
+def _match_exact(a: list[Any], b: list[Any], key: Key, as_one: bool) -> tuple[list[int], list[int], bool]:
+    """Indices of a and of b left over after pairing equal elements (`as_one`: 2 and 2.0 too)."""
+    flat = flat_keys(a, b, as_one, getattr(key, "flat", None))  # flat records: keyed in C
     keys = flat or (list(map(key, a)), list(map(key, b)))
     waiting: dict[Hashable, list[int]] = {}
     for j in range(len(b) - 1, -1, -1):

@@ -100,13 +100,14 @@ def deepdiff_options(opts: CompareOptions) -> tuple[tuple[str, Any], ...]:
 
 
 class CanonicalMemo:
-    """`canonical` of each element of the two documents, computed once for both stages (the
-    documents are alive meanwhile, so ids stay theirs)."""
+    """`canonical` of each element of the two documents, and `flat_keys` of their arrays,
+    computed once for both stages (the documents are alive meanwhile, so ids stay theirs)."""
 
-    __slots__ = ("known",)
+    __slots__ = ("flat", "known")
 
     def __init__(self) -> None:
         self.known: dict[int, bytes] = {}
+        self.flat: dict[Any, Any] = {}
 
     def __call__(self, value: Any) -> bytes:
         found = self.known.get(id(value))

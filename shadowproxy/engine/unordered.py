@@ -146,7 +146,7 @@ def _element_keys(
     significant digits, type groups or a number's form can, every element is hashed as
     DeepDiff would (exact, and slower)."""
     if not _may_collapse(opts, rules):
-        keys = flat_keys(a, b, opts.ignore_numeric_type_changes)
+        keys = flat_keys(a, b, opts.ignore_numeric_type_changes, getattr(key, "flat", None))
         if keys is not None:
             return keys
         ka, kb = list(map(key, a)), list(map(key, b))
