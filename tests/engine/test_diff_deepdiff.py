@@ -133,6 +133,7 @@ def opts_with(**kwargs: Any) -> CompareOptions:
 
 RECORDS_5 = [{"a": None, "b": None, "c": None}] * 5
 IGNORE_B_UNORDERED = opts_with(ignore_order=True, ignore_body=("/**/b",))
+PAIRED = {"k": 1, "p": 2.5, "q": "x", "r": 1, "s": 1, "u": 1, "w": 1}
 CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("int", "str"),))
 
 
@@ -223,6 +224,12 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
             ),
         ),
         ([{}], [{}, {}], opts_with(ignore_order=True, report_repetition=True)),  # records without keys
+        # a clearly paired record compared field by field: numbers to 12 decimals, as DeepDiff
+        (
+            [PAIRED, {**PAIRED, "k": 2}],
+            [{**PAIRED, "k": 2}, {**PAIRED, "p": 2.5000000000001, "q": "y"}],
+            opts_with(ignore_order=True),
+        ),
         # formerly a documented limit: an element equal to another only by number form
         # (2 vs 2.0, floats equal to 12 decimals) is matched as DeepDiff's hash matches it
         ([{"a": 2, "b": 1}, {"a": 5, "b": 1}], [{"a": 2, "b": 1}, {"a": 2.0, "b": 1}], opts_with(ignore_order=True)),  # noqa: E501
