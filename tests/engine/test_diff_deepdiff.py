@@ -224,6 +224,10 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
             ),
         ),
         ([{}], [{}, {}], opts_with(ignore_order=True, report_repetition=True)),  # records without keys
+        # numbers DeepHash takes as one inside nested values: 1e-13 is 0, -0.0 is 0, 1e16 is 10**16
+        ([{"a": [1e-13], "b": 1}, {"a": [1], "b": 1}], [{"a": [0], "b": 1}, {"a": [2], "b": 1}], opts_with(ignore_order=True)),  # noqa: E501
+        ([{"a": {"p": -0.0}, "b": 1}, {"a": {"p": 3}, "b": 1}], [{"a": {"p": 0}, "b": 1}, {"a": {"p": 4}, "b": 1}], opts_with(ignore_order=True)),  # noqa: E501
+        ([{"a": [1e16], "b": 1}, {"a": [1], "b": 1}], [{"a": [10**16], "b": 1}, {"a": [2], "b": 1}], opts_with(ignore_order=True)),  # noqa: E501
         # a clearly paired record compared field by field: numbers to 12 decimals, as DeepDiff
         (
             [PAIRED, {**PAIRED, "k": 2}],
