@@ -1,5 +1,5 @@
-"""Order-insensitive arrays for stage two: exact matches settled here, leftovers paired by
-similarity and explained by DeepDiff, with what DeepDiff alone would report over the whole
+"""Order-insensitive arrays for stage two: elements DeepDiff's hash would match are settled
+here (by keys from `elementkey`, or DeepHash), leftovers paired by similarity and explained, with what DeepDiff alone would report over the whole
 array (see semantic.py and docs/comparison.md)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from shadowproxy.engine.jsondiff import JsonRules, Key, canonical
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import escape, split
 
-# Stands in for the elements of an order-insensitive array matched exactly before DeepDiff
-# (equal on both sides, so DeepDiff matches it too; a JSON body cannot hold this object)
+# Stands in for the elements of an order-insensitive array matched before DeepDiff (the same
+# on both sides, so DeepDiff matches it too; a JSON body cannot hold this object)
 MATCHED = ("shadowproxy: matched before DeepDiff",)
 
 
