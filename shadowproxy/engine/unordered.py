@@ -1,6 +1,7 @@
 """Order-insensitive arrays for stage two: elements DeepDiff's hash would match are settled
-here (by keys from `elementkey`, or DeepHash), leftovers paired by similarity and explained, with what DeepDiff alone would report over the whole
-array (see semantic.py and docs/comparison.md)."""
+here (by keys from `elementkey`, or DeepHash), leftovers paired by similarity and explained,
+with what DeepDiff alone would report over the whole array (see semantic.py and
+docs/comparison.md)."""
 
 from __future__ import annotations
 
