@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test chromium lint typecheck audit audit-or-skip bench bench-cpu kafka-start kafka-stop clean
+.PHONY: demo test test-differential chromium lint typecheck audit audit-or-skip bench bench-cpu kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ audit-or-skip: $(STAMP)
 
 test: $(STAMP) chromium lint typecheck audit-or-skip
 	$(BIN)/python -m pytest
+
+# The JSON comparison's two stages against DeepDiff alone (tests/engine/test_diff_deepdiff.py)
+# with thousands of drawn examples; `make test` runs a few hundred.
+test-differential: $(STAMP)
+	SHADOWPROXY_DIFFERENTIAL_EXAMPLES=5000 $(BIN)/python -m pytest tests/engine/test_diff_deepdiff.py -q -k two_stages --timeout 0
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -1,6 +1,8 @@
 """Compare a live and a shadow response: status, headers, then the content-decoded body.
 
-Bodies are compared by kind: JSON structurally (see `jsondiff`), text line by line, anything
+Bodies are compared by kind: JSON structurally in two stages (`jsondiff` settles equal
+documents and finds the differing subtrees, `semantic` has DeepDiff explain those with the
+route's options), text line by line, anything
 else by its bytes. `compare_responses` never raises: a failure inside becomes a note and a
 plain byte comparison, because one odd response must not take the mirroring down.
 """
@@ -25,9 +27,10 @@ from shadowproxy.engine.decode import (
     decode_body,
 )
 from shadowproxy.engine.exchange import Headers, Response
-from shadowproxy.engine.jsondiff import Emit, JsonRules, canonical, compile_rules, diff_json
+from shadowproxy.engine.jsondiff import Emit
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.reqdelta import RequestDelta
+from shadowproxy.engine.semantic import compare_documents
 
 MAX_DIFFERENCES = 100
 MAX_VALUE_BYTES = 256  # a difference value serialising longer than this becomes an excerpt
@@ -55,7 +58,7 @@ UNCOMPARED_HEADERS = frozenset(
 class Difference:
     part: str  # status | header | body
     path: str  # JSON Pointer ("" for the status or a whole body)
-    kind: str  # changed | added | removed | type_changed | reordered
+    kind: str  # changed | added | removed | type_changed | reordered | moved | repetition_changed
     live: Any = None
     shadow: Any = None
 
@@ -159,7 +162,7 @@ def _compare(
 ) -> Comparison:
     if grpc.is_grpc(live.headers):
         return _compare_grpc(live, shadow, opts)
-    out = _Collector(explain=delta.explains if delta is not None else None)
+    out = _Collector(opts.max_diffs, explain=delta.explains if delta is not None else None)
     notes: list[str] = []
     _compare_status(live, shadow, out)
     if live.trailers or shadow.trailers:  # trailers are headers sent late: compared as headers
@@ -201,7 +204,7 @@ def _same_member(delta: RequestDelta, removed: Difference, added: Difference) ->
 
 
 def _fallback(live: Response, shadow: Response, opts: CompareOptions, exc: Exception) -> Comparison:
-    out = _Collector()
+    out = _Collector(opts.max_diffs)
     _compare_status(live, shadow, out)
     note = f"comparison failed ({type(exc).__name__}: {exc}): bodies compared as raw bytes"
     try:
@@ -224,7 +227,7 @@ def _compare_grpc(live: Response, shadow: Response, opts: CompareOptions) -> Com
     """A gRPC answer: HTTP status, the call status (grpc-status, grpc-message, as part "status"
     at /grpc-status), other headers and trailers, then the messages (decoded when the route
     names a descriptor set and a method, else as bytes)."""
-    out = _Collector()
+    out = _Collector(opts.max_diffs)
     notes: list[str] = []
     _compare_status(live, shadow, out)
     a, b = grpc.status_of(live), grpc.status_of(shadow)
@@ -269,7 +272,7 @@ def _compare_grpc_bodies(
                 sa = grpc.decode_body(descriptor, info.output_type, shadow.body)
                 # one message each (a unary call): pointers start at its fields, like a JSON body
                 lv, sv = (la[0], sa[0]) if len(la) == len(sa) == 1 else (la, sa)
-                _diff_parsed(lv, sv, compile_rules(opts), out)
+                _diff_parsed(lv, sv, opts, out, notes)
                 return _Bodies("protobuf", orjson.dumps(lv), orjson.dumps(sv))
         except grpc.GrpcError as e:
             notes.append(f"gRPC messages not decoded ({e}): compared as bytes")
@@ -373,10 +376,9 @@ def _compare_json(
                 return "bytes"
             notes.append(f"{label} body is not valid JSON ({exc}): compared as text")
             return _compare_text_or_bytes(lb, sb, live.headers, shadow.headers, out, notes)
-    rules = compile_rules(opts)
     kept, more = len(out.found), out.more
     try:
-        _diff_parsed(parsed[0], parsed[1], rules, out)
+        _diff_parsed(parsed[0], parsed[1], opts, out, notes)
     except RecursionError:
         # The walk itself is iterative, but == on two subtrees recurses in C, and near the
         # parser's depth limit that can exceed Python's recursion limit.
@@ -388,13 +390,12 @@ def _compare_json(
     return "json"
 
 
-def _diff_parsed(a: Any, b: Any, rules: JsonRules, out: _Collector) -> None:
-    if a != b:
-        diff_json(a, b, rules, out.body)
-    elif canonical(a) != canonical(b):
-        # Python holds 1 == True: documents that are == but serialise differently are walked
-        # without trusting ==, so a number that became a boolean still shows.
-        diff_json(a, b, rules, out.body, trust_eq=False)
+def _diff_parsed(a: Any, b: Any, opts: CompareOptions, out: _Collector, notes: list[str]) -> None:
+    found, unexplained, cut_short = compare_documents(a, b, opts)
+    for path, kind, live, shadow in found:
+        out.body(path, kind, live, shadow)
+    out.more += unexplained
+    notes.extend(cut_short)
 
 
 def _decode_text(body: bytes, headers: Headers) -> str | None:

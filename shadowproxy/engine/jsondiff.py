@@ -1,4 +1,10 @@
-"""The structural diff of two parsed JSON documents.
+"""Stage one of the JSON comparison: a fast structural walk of two parsed documents.
+
+The walk settles equal documents and locates the differing subtrees; `semantic` (DeepDiff)
+then explains only those, with the route's comparison options. So the walk must never call
+equal what DeepDiff would not: it is at least as strict as every DeepDiff option (an option
+only makes DeepDiff drop some of what the walk reports), and it honours the same ignore
+pointers and regexes.
 
 The walk is parallel and iterative (an explicit stack, so nesting depth is no concern) and
 descends only into subtrees that differ: Python's `==` on dicts and lists runs in C and
@@ -7,24 +13,26 @@ of a dict (keys in the same order, the usual case) or of an equal-length array a
 C too, with `map(operator.ne, ...)`; a list of same-shaped records is compared one field
 (column) at a time, so a field that an ignore rule names is never even compared.
 
-Order-insensitive arrays (`ignore_order`) are matched here rather than by DeepDiff: equal
-elements first (by canonical serialisation), then elements the rules make equal (ignored
-fields, tolerance, nested order); leftovers are paired by position. DeepDiff could not carry
-the pointer globs into its matching and skips `math_epsilon` for nested values there.
+Order-insensitive arrays (`ignore_order`): equal elements are matched first (flat records by
+a key built in C, others by canonical serialisation), then elements the rules make equal
+(ignored fields, tolerance, nested order; not tried for flat records under no ignore rules or
+tolerance); leftovers are paired by position: enough to locate, DeepDiff pairs by similarity.
 
-Differences are reported through `emit(pointer, kind, live, shadow)`; the caller caps and
-stores them. Kinds: changed, type_changed, added (only in shadow), removed (only in live),
-reordered (an array holding the same elements in another order, reported once).
+Differences are reported through `emit(pointer, kind, live, shadow)`. Kinds: changed,
+type_changed, added (only in shadow), removed (only in live), reordered (an array holding the
+same elements in another order, reported once).
 
 Known limit: Python holds `1 == True`. The walk checks types wherever it compares children,
-but a boolean that became 0/1 inside a subtree that is otherwise equal goes unseen.
+but a boolean that became 0/1 inside a subtree that is otherwise equal goes unseen (and so
+does 1 that became 1.0 when numeric types are compared: then the caller walks without
+trusting `==`).
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress, repeat
@@ -32,10 +40,12 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.engine.elementkey import flat_keys
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import GlobState, PointerGlobs, escape
 
 Emit = Callable[[str, str, Any, Any], None]
+Key = Callable[[Any], bytes]
 
 # Order-insensitive matching tries every leftover live element against every leftover shadow
 # element; past this many tries it pairs them by position instead.
@@ -55,6 +65,7 @@ class JsonRules:
     regexes: tuple[re.Pattern[str], ...]
     ignore_order: bool
     tolerance: float
+    strict_numbers: bool  # 1 and 1.0 differ (ignore_numeric_type_changes off)
 
 
 @lru_cache(maxsize=512)
@@ -68,6 +79,7 @@ def compile_rules(opts: CompareOptions) -> JsonRules:
         regexes=tuple(re.compile(r) for r in opts.ignore_body_regex),
         ignore_order=opts.ignore_order,
         tolerance=opts.float_tolerance,
+        strict_numbers=not opts.ignore_numeric_type_changes,
     )
 
 
@@ -98,13 +110,16 @@ def canonical(value: Any) -> bytes:
         return b"\xff%d" % id(value)
 
 
-def diff_json(live: Any, shadow: Any, rules: JsonRules, emit: Emit, *, trust_eq: bool = True) -> None:
+def diff_json(
+    live: Any, shadow: Any, rules: JsonRules, emit: Emit, *, trust_eq: bool = True, key: Key = canonical
+) -> None:
     """Report every difference between two parsed documents that the rules do not ignore.
 
     `trust_eq=False` descends even where `==` says equal: Python holds `1 == True`, and the
-    caller asks for this when two documents compare equal but serialise differently.
+    caller asks for this when two documents compare equal but serialise differently. `key`:
+    `canonical`, or a memo of it shared with the caller.
     """
-    _Walker(rules, emit, trust_eq).walk("", live, shadow, rules.globs.start)
+    _Walker(rules, emit, trust_eq, key=key).walk("", live, shadow, rules.globs.start)
 
 
 class _Stop(Exception):
@@ -116,7 +131,7 @@ def _stop(pointer: str, kind: str, live: Any, shadow: Any) -> None:
 
 
 class _Walker:
-    __slots__ = ("emit", "nesting", "probes", "regexes", "rules", "stack", "trust_eq")
+    __slots__ = ("emit", "key", "nesting", "probes", "regexes", "rules", "stack", "trust_eq")
 
     def __init__(
         self,
@@ -125,8 +140,10 @@ class _Walker:
         trust_eq: bool = True,
         nesting: int = 0,
         probes: list[int] | None = None,
+        key: Key = canonical,
     ) -> None:
         self.rules = rules
+        self.key = key
         self.emit = emit
         self.regexes = rules.regexes
         self.trust_eq = trust_eq
@@ -174,14 +191,10 @@ class _Walker:
         if self.trust_eq and ta is type(b) and a == b:
             return
         kind_a, kind_b = json_type(a), json_type(b)
-        if kind_a != kind_b:
-            self.emit(ptr, "type_changed", a, b)
-        elif a == b:
-            return  # 1 and 1.0: one JSON number
-        elif kind_a == "number" and abs(a - b) <= self.rules.tolerance:
-            return
-        else:
-            self.emit(ptr, "changed", a, b)
+        if kind_a != kind_b or (self.rules.strict_numbers and ta is not type(b)):
+            self.emit(ptr, "type_changed", a, b)  # int vs float when numeric types are compared
+        elif a != b and not (kind_a == "number" and abs(a - b) <= self.rules.tolerance):
+            self.emit(ptr, "changed", a, b)  # (1 and 1.0 are one JSON number)
 
     def _only_in(self, ptr: str, key: str, value: Any, state: GlobState, kind: str) -> None:
         child_state = state.step(key)
@@ -295,8 +308,10 @@ class _Walker:
         (under the live element's index); what remains is removed (live index) or added
         (shadow index).
         """
-        left, right = _match_exact(a, b)
-        if left and right:
+        left, right, flat = _match_exact(a, b, self.key, not self.rules.strict_numbers)
+        # flat records (scalars only) are equal under no rules but ignores and tolerance
+        plain = flat and not (self.rules.globs.globs or self.regexes or self.rules.tolerance)
+        if left and right and not plain:
             left, right = self._match_under_rules(ptr, a, b, left, right, state)
         for i, j in zip(left, right, strict=False):
             self._child(ptr, str(i), a[i], b[j], state, unequal=False)
@@ -338,7 +353,7 @@ class _Walker:
 
     def _equivalent(self, ptr: str, a: Any, b: Any, state: GlobState) -> bool:
         """Whether the rules (ignores, tolerance, order) leave no difference between a and b."""
-        probe = _Walker(self.rules, _stop, self.trust_eq, self.nesting + 1, self.probes)
+        probe = _Walker(self.rules, _stop, self.trust_eq, self.nesting + 1, self.probes, self.key)
         try:
             probe.walk(ptr, a, b, state)
         except _Stop:
@@ -422,17 +437,19 @@ def _all_hold(a: list[Any], b: list[Any], keys: frozenset[str]) -> bool:
     )
 
 
-def _match_exact(a: list[Any], b: list[Any]) -> tuple[list[int], list[int]]:
-    """Indices of a and of b left over after pairing exactly equal elements."""
-    waiting: dict[bytes, list[int]] = {}
+def _match_exact(a: list[Any], b: list[Any], key: Key, as_one: bool) -> tuple[list[int], list[int], bool]:
+    """Indices of a and of b left over after pairing equal elements (`as_one`: 2 and 2.0 too)."""
+    flat = flat_keys(a, b, as_one, getattr(key, "flat", None))  # flat records: keyed in C
+    keys = flat or (list(map(key, a)), list(map(key, b)))
+    waiting: dict[Hashable, list[int]] = {}
     for j in range(len(b) - 1, -1, -1):
-        waiting.setdefault(canonical(b[j]), []).append(j)
+        waiting.setdefault(keys[1][j], []).append(j)
     left: list[int] = []
-    for i, x in enumerate(a):
-        candidates = waiting.get(canonical(x))
+    for i, x in enumerate(keys[0]):
+        candidates = waiting.get(x)
         if candidates:
             candidates.pop()
         else:
             left.append(i)
     right = sorted(j for js in waiting.values() for j in js)
-    return left, right
+    return left, right, flat is not None

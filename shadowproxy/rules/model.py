@@ -234,11 +234,84 @@ class IgnoreSpec(_Strict):
     )
 
 
-class CompareSpec(_Strict):
-    """How bodies are compared. In a route, only the keys given override the defaults."""
+def _type_group(value: list[str]) -> list[str]:
+    if len(set(value)) < 2:
+        msg = f"a type group needs at least two different type names, got {value!r}"
+        raise ValueError(msg)
+    return value
 
-    ignore_order: bool = Field(default=False, description="arrays compared as multisets")
-    float_tolerance: Tolerance = Field(default=0.0, description="numbers closer than this are equal")
+
+def _above_zero_up_to_one(value: float) -> float:
+    if not 0 < value <= 1:  # DeepDiff divides by it
+        msg = f"must be above 0 and at most 1, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+TypeName = Literal["int", "float", "str", "bool", "null", "list", "dict"]  # engine.options.TYPE_NAMES
+TypeGroup = Annotated[list[TypeName], AfterValidator(_type_group)]
+Digits = Annotated[
+    int, AfterValidator(_between(0, 20)), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 20})
+]
+MaxDiffs = Annotated[
+    int,
+    AfterValidator(_between(1, 10_000)),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 10_000}),
+]
+PairCutoff = Annotated[
+    float,
+    AfterValidator(_above_zero_up_to_one),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+]
+MaxDepth = Annotated[
+    int, AfterValidator(_between(1, 200)), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 200})
+]
+
+
+class CompareSpec(_Strict):
+    """How bodies are compared. In a route, only the keys given override the defaults.
+
+    JSON bodies are compared in two stages: a fast walk finds the differing subtrees, then
+    DeepDiff explains them with these options (DeepDiff's own names and meanings)."""
+
+    ignore_order: bool = Field(
+        default=False,
+        description="arrays compared as multisets; leftovers paired by similarity (cutoff_*_for_pairs)",
+    )
+    float_tolerance: Tolerance = Field(
+        default=0.0, description="numbers closer than this are equal (DeepDiff's math_epsilon)"
+    )
+    significant_digits: Digits | None = Field(
+        default=None, description="numbers equal when they agree to this many digits after the point"
+    )
+    ignore_string_case: bool = Field(default=False, description='"Abc" equals "abc"')
+    ignore_numeric_type_changes: bool = Field(
+        default=True, description="1 equals 1.0 (JSON has one number type); false reports int vs float"
+    )
+    ignore_string_type_changes: bool = Field(
+        default=False, description="str and bytes are one type (no effect on JSON, which has only str)"
+    )
+    ignore_nan_inequality: bool = Field(
+        default=False, description="NaN equals NaN (no effect on JSON, which has no NaN)"
+    )
+    ignore_type_in_groups: list[TypeGroup] = Field(
+        default_factory=list,
+        description="groups of type names (int, float, str, bool, null, list, dict) whose changes "
+        "among each other are not type changes, e.g. [[int, str]]: 1 vs \"1\" is a changed value",
+    )
+    report_repetition: bool = Field(
+        default=False, description="with ignore_order: a changed count of equal elements is reported"
+    )
+    cutoff_distance_for_pairs: PairCutoff = Field(
+        default=0.3, description="with ignore_order: leftovers closer than this (0..1) are paired"
+    )
+    cutoff_intersection_for_pairs: Fraction = Field(
+        default=0.7, description="with ignore_order: pair only when at most this share of elements differ"
+    )
+    max_diffs: MaxDiffs = Field(default=100, description="differences kept per exchange; more are counted")
+    max_depth: MaxDepth = Field(
+        default=64, description="a difference deeper than this many levels is reported whole at this depth"
+    )
     protobuf_descriptor: DescriptorFile | None = Field(
         default=None,
         description="a protobuf FileDescriptorSet (protoc --include_imports --descriptor_set_out): "

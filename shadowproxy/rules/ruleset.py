@@ -156,6 +156,17 @@ def _compare_options(
         ignore_order=compare.ignore_order,
         float_tolerance=compare.float_tolerance,
         max_body_bytes=max_body,
+        significant_digits=compare.significant_digits,
+        ignore_string_case=compare.ignore_string_case,
+        ignore_numeric_type_changes=compare.ignore_numeric_type_changes,
+        ignore_string_type_changes=compare.ignore_string_type_changes,
+        ignore_nan_inequality=compare.ignore_nan_inequality,
+        ignore_type_in_groups=tuple(tuple(group) for group in compare.ignore_type_in_groups),
+        report_repetition=compare.report_repetition,
+        cutoff_distance_for_pairs=compare.cutoff_distance_for_pairs,
+        cutoff_intersection_for_pairs=compare.cutoff_intersection_for_pairs,
+        max_diffs=compare.max_diffs,
+        max_depth=compare.max_depth,
     )
     if compare.protobuf_descriptor is None and grpc_method is None:
         return base

@@ -70,6 +70,15 @@ CASES: list[tuple[str, int, str, str]] = [
     ("max_body_negative", 3, "defaults.max_body_bytes", "must be at least 1, got -1"),
     ("float_tolerance_negative", 4, "defaults.compare.float_tolerance", "must be at least 0, got -1e-09"),
     ("verdict_warn_above_fail", 4, "verdict.mismatch_rate.warn", "warn (0.1) must not be above fail (0.01)"),
+    ("compare_significant_digits_negative", 4, "defaults.compare.significant_digits", "between 0 and 20"),
+    ("compare_max_diffs_zero", 5, "routes[0].compare.max_diffs", "must be between 1 and 10000, got 0"),
+    ("compare_report_repetition_string", 4, "defaults.compare.report_repetition", "must be true or false"),
+    ("compare_pair_cutoff_zero", 5, "defaults.compare.cutoff_distance_for_pairs", "above 0 and at most 1"),
+    # DeepDiff's type groups: named JSON types, at least two per group
+    ("compare_type_group_unknown", 6, "routes[0].compare.ignore_type_in_groups[1][1]",
+     "must be 'int', 'float', 'str', 'bool', 'null', 'list' or 'dict', got string 'integer'"),
+    ("compare_type_group_single", 5, "defaults.compare.ignore_type_in_groups[0]",
+     "a type group needs at least two different type names"),
     # methods, regexes, pointers, path patterns, header names
     ("unknown_method_defaults", 5, "defaults.mirror_methods[1]", "unknown HTTP method 'FETCH' (one of GET,"),
     ("unknown_method_match", 4, "routes[0].match.methods[1]", "unknown HTTP method 'YEET'"),

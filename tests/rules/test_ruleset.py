@@ -127,3 +127,35 @@ def test_max_rps_of_a_route_overrides_the_defaults_and_a_budget_is_the_rule_sets
 def test_a_plain_fraction_leaves_no_budget_and_no_limit() -> None:
     rs = load_rules_text("version: 1\ndefaults:\n  sample: 0.25\n", "rules.yaml")
     assert rs.budget is None and rs.defaults.max_rps is None and rs.defaults.sample == 0.25
+
+
+def test_deepdiff_compare_options_reach_the_engine_per_route_over_the_defaults() -> None:
+    rules = load_rules_text(
+        """\
+version: 1
+defaults:
+  compare: {significant_digits: 3, ignore_string_case: true}
+routes:
+  - name: catalog
+    match: {path: /items}
+    compare:
+      ignore_order: true
+      report_repetition: true
+      ignore_numeric_type_changes: false
+      ignore_type_in_groups: [[int, str]]
+      cutoff_distance_for_pairs: 0.5
+      max_diffs: 20
+      max_depth: 10
+""",
+        "rules.yaml",
+    )
+    catalog = rules.route_for("GET", "/items", {})[0].compare
+    assert (catalog.significant_digits, catalog.ignore_string_case) == (3, True)
+    assert (catalog.ignore_order, catalog.report_repetition) == (True, True)
+    assert catalog.ignore_numeric_type_changes is False
+    assert catalog.ignore_type_in_groups == (("int", "str"),)
+    assert (catalog.cutoff_distance_for_pairs, catalog.cutoff_intersection_for_pairs) == (0.5, 0.7)
+    assert (catalog.max_diffs, catalog.max_depth) == (20, 10)
+    other = rules.route_for("GET", "/other", {})[0].compare
+    assert (other.significant_digits, other.ignore_order) == (3, False)
+    assert other.ignore_numeric_type_changes is True

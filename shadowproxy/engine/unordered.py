@@ -1,0 +1,296 @@
+"""Order-insensitive arrays for stage two: elements DeepDiff's hash would match are settled
+here (by keys from `elementkey`, or DeepHash), leftovers paired by similarity and explained,
+with what DeepDiff alone would report over the whole array (see semantic.py and
+docs/comparison.md)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Hashable
+from functools import lru_cache
+from typing import Any
+
+from deepdiff import DeepDiff, DeepHash
+from deepdiff.helper import CannotCompare, number_to_string
+
+from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder
+from shadowproxy.engine.elementkey import NUMBER_DECIMALS, flat_keys
+from shadowproxy.engine.jsondiff import JsonRules, Key, canonical
+from shadowproxy.engine.options import CompareOptions
+from shadowproxy.engine.pointer import escape, split
+
+# Stands in for the elements of an order-insensitive array matched before DeepDiff (the same
+# on both sides, so DeepDiff matches it too; a JSON body cannot hold this object)
+MATCHED = ("shadowproxy: matched before DeepDiff",)
+
+
+@lru_cache(maxsize=64)
+def similar_records(cutoff: float) -> Callable[..., bool]:
+    """DeepDiff's `iterable_compare_func` for order-insensitive arrays: whether two leftover
+    objects are one record edited.
+
+    DeepDiff's own similarity runs a nested DeepDiff per pair of leftovers (about 100x parsing
+    them); this decides the clear cases by counting equal fields: paired when at least
+    1 - cutoff of the fields are equal, apart when fewer than 1 - 2 x cutoff are. In between,
+    and for anything but two objects, it raises CannotCompare and DeepDiff's distance decides.
+    """
+
+    def similar(x: Any, y: Any, level: Any = None) -> bool:
+        if type(x) is not dict or type(y) is not dict or not x or not y:
+            raise CannotCompare
+        keys = x.keys() | y.keys()
+        same = sum(1 for k in keys if k in x and k in y and type(x[k]) is type(y[k]) and x[k] == y[k])
+        share = same / len(keys)
+        if share >= 1 - cutoff:
+            return True
+        if share < 1 - 2 * cutoff:
+            return False
+        raise CannotCompare
+
+    return similar
+
+
+def explain_unordered(
+    a: list[Any],
+    b: list[Any],
+    base: str,
+    kwargs: dict[str, Any],
+    rules: JsonRules,
+    opts: CompareOptions,
+    key: Key,
+) -> Found:
+    """An order-insensitive array: elements equal as DeepDiff would hash them matched here
+    (exactly the elements DeepDiff alone matches), the rest explained by DeepDiff."""
+    ca, cb = _element_keys(a, b, base, kwargs, rules, opts, key)
+    count_a, count_b = Counter(ca), Counter(cb)
+    found: Found = []
+    if opts.report_repetition:
+        first: dict[Hashable, int] = {}
+        for i, c in enumerate(ca):
+            first.setdefault(c, i)
+        for c, n in count_a.items():
+            if c in count_b and count_b[c] != n:
+                found.append((f"{base}/{first[c]}", "repetition_changed", a[first[c]], a[first[c]]))
+    removed, added = len(count_a.keys() - count_b.keys()), len(count_b.keys() - count_a.keys())
+    if not removed and not added:
+        return found
+    # DeepDiff pairs leftovers only when few of the array's distinct elements differ: decided
+    # here on the whole array, as DeepDiff alone would, not on the leftovers.
+    pair = (removed + added) / (len(count_a) + len(count_b) + 1) <= opts.cutoff_intersection_for_pairs
+    kwargs = {**kwargs, "cutoff_intersection_for_pairs": 1.0 if pair else 0.0}
+    left = [i for i, c in enumerate(ca) if c not in count_b]
+    right = [j for j, c in enumerate(cb) if c not in count_a]
+    t1, t2 = [a[i] for i in left], [b[j] for j in right]
+    # DeepDiff puts a pair the compare function accepts at distance math_epsilon (or 1e-6):
+    # only below the cutoff does it pair them at all
+    close = (opts.float_tolerance or 1e-6) < opts.cutoff_distance_for_pairs
+    partner = _paired_clearly(t1, t2, kwargs["iterable_compare_func"]) if pair and close else None
+    distinct = len({ca[i] for i in left}) == len(left) and len({cb[j] for j in right}) == len(right)
+    if partner is not None and distinct:
+        # Each leftover has exactly one clear partner (DeepDiff's pairing would find the same
+        # pairs, at the distance the compare function gives): only the pairs are diffed, field
+        # by field where that gives DeepDiff's answer, else by DeepDiff
+        for k, j in enumerate(partner):
+            at = f"{base}/{left[k]}"
+            direct = pair_fields(t1[k], t2[j], at, rules, opts)
+            if direct is None:
+                exclude = excluder(rules, at, opts.max_depth)
+                dd = DeepDiff(t1[k], t2[j], view="tree", exclude_obj_callback=exclude, **kwargs)
+                direct = deepdiff_found(dd, at)
+            found.extend(direct)
+        return found
+    exclude = excluder(rules, base, opts.max_depth, left)
+    dd = DeepDiff(t1, t2, view="tree", exclude_obj_callback=exclude, **kwargs)
+    leftovers = deepdiff_found(dd, base, left, right)
+    if _index_ambiguous(leftovers, base, left, right):
+        # DeepDiff turns an element removed and one added at the same index into one changed
+        # value; in the lists of leftovers the indices are not the array's own, so ask again
+        # with the matched elements left in place (exact, and slower: each is hashed)
+        pad = [x if c not in count_b else MATCHED for x, c in zip(a, ca, strict=True)]
+        pad_b = [y if c not in count_a else MATCHED for y, c in zip(b, cb, strict=True)]
+        exclude = excluder(rules, base, opts.max_depth)
+        dd = DeepDiff(pad, pad_b, view="tree", exclude_obj_callback=exclude, **kwargs)
+        leftovers = [f for f in deepdiff_found(dd, base) if f[2] is not MATCHED and f[3] is not MATCHED]
+    found.extend(leftovers)
+    return found
+
+
+def _may_collapse(opts: CompareOptions, rules: JsonRules) -> bool:
+    return bool(
+        rules.globs.globs
+        or rules.regexes
+        or opts.ignore_string_case
+        or opts.significant_digits is not None
+        or opts.ignore_type_in_groups
+    )
+
+
+# A number in a serialisation that DeepHash (ignore_numeric_type_changes: floats to 12
+# decimals) may take for another: an integral float (2.0, -0.0), an exponent, 13+ decimals
+# (each pattern starts with a literal: an alternation starting with [0-9] scans 15x slower)
+_NUMBER_FORMS = (re.compile(rb"[.]0(?![0-9])"), re.compile(rb"e[-+0-9]"), re.compile(rb"[.][0-9]{13}"))
+
+
+def _element_keys(
+    a: list[Any],
+    b: list[Any],
+    base: str,
+    kwargs: dict[str, Any],
+    rules: JsonRules,
+    opts: CompareOptions,
+    key: Key,
+) -> tuple[list[Hashable], list[Hashable]]:
+    """One key per element, equal exactly when DeepDiff alone hashes the elements alike.
+
+    Flat records and scalars are keyed in C (elementkey); other elements by canonical
+    serialisation, of their numbers as DeepHash sees them where a number's form (2.0, an
+    exponent, 13+ decimals) could make it equal to another. Where ignore rules, string case,
+    significant digits or type groups can, every element is hashed as DeepDiff would (exact,
+    and about 100x slower)."""
+    if not _may_collapse(opts, rules):
+        keys = flat_keys(a, b, opts.ignore_numeric_type_changes, getattr(key, "flat", None))
+        if keys is not None:
+            return keys
+        ka, kb = list(map(key, a)), list(map(key, b))
+        if not opts.ignore_numeric_type_changes or not _number_form(b"\n".join(ka + kb)):
+            return ka, kb  # type: ignore[return-value]
+        # an element holding such a number is keyed by its numbers as DeepHash sees them
+        return _as_one(a, ka), _as_one(b, kb)
+    exclude = excluder(rules, base, opts.max_depth)
+    params = DeepDiff([], [], exclude_obj_callback=exclude, **kwargs).deephash_parameters
+
+    def digests(values: list[Any]) -> list[Hashable]:
+        return [DeepHash(v, parent=f"root[{i}]", apply_hash=True, **params)[v] for i, v in enumerate(values)]
+
+    return digests(a), digests(b)
+
+
+def _number_form(serialised: bytes) -> bool:
+    return any(form.search(serialised) for form in _NUMBER_FORMS)
+
+
+def _as_one(values: list[Any], keys: list[bytes]) -> list[Hashable]:
+    pairs = zip(values, keys, strict=True)
+    return [canonical(_numbers_as_one(v)) if _number_form(k) else k for v, k in pairs]
+
+
+def _numbers_as_one(value: Any) -> Any:
+    """`value` with each float as DeepHash (ignore_numeric_type_changes) sees it: integral
+    ones as ints (2.0 is 2), the rest to 12 decimals. Recursive: elements are small."""
+    kind = type(value)
+    if kind is float:
+        rounded = round(value, NUMBER_DECIMALS)
+        return int(rounded) if rounded.is_integer() and abs(rounded) < 2**63 else rounded
+    if kind is dict:
+        return {k: _numbers_as_one(v) for k, v in value.items()}
+    if kind is list:
+        return [_numbers_as_one(v) for v in value]
+    return value
+
+
+def _paired_clearly(t1: list[Any], t2: list[Any], similar: Callable[..., bool]) -> list[int] | None:
+    """The index in t2 of each element's partner when `similar` pairs t1 and t2 one to one
+    and says a clear no to every other pair; else None."""
+    if len(t1) != len(t2):
+        return None
+    partner: list[int] = []
+    for x in t1:
+        match = None
+        for j, y in enumerate(t2):
+            try:
+                close = similar(y, x)
+            except CannotCompare:
+                return None
+            if close:
+                if match is not None:
+                    return None
+                match = j
+        if match is None or match in partner:
+            return None
+        partner.append(match)
+    return partner
+
+
+def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int]) -> bool:
+    """Whether DeepDiff's merging of a removal and an addition at one index could have gone
+    another way over the whole array: a changed element itself (not a field of it) where the
+    two sides' indices differ, or a removal and an addition at the same index."""
+    depth = base.count("/") + 1
+    removed, added = set(), set()
+    for pointer, kind, *_ in found:
+        if pointer.count("/") != depth:
+            continue
+        index = int(pointer.rsplit("/", 1)[1])
+        if kind == "removed":
+            removed.add(index)
+        elif kind == "added":
+            added.add(index)
+        elif kind == "changed" and right[left.index(index)] != index:
+            return True
+    return bool(removed & added)
+
+
+_CONTAINERS = (dict, list)
+_NUMBERS = (int, float)
+
+
+def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions) -> Found | None:
+    """Two paired records compared field by field, or None where that might not give
+    DeepDiff's answer (nested values that differ or may differ by type alone; tolerance,
+    significant digits or type groups): then DeepDiff compares the pair."""
+    if type(x) is not dict or type(y) is not dict:
+        return None
+    if not compares_directly(opts):
+        return None
+    if len(split(at)) + 1 > opts.max_depth:
+        return None
+    globs, regexes = rules.globs, rules.regexes
+    found: Found = []
+    for name in x.keys() | y.keys():
+        pointer = f"{at}/{escape(name)}"
+        if (globs.globs or regexes) and (globs.matches(pointer) or any(r.search(pointer) for r in regexes)):
+            continue
+        if name not in y:
+            found.append((pointer, "removed", x[name], None))
+            continue
+        if name not in x:
+            found.append((pointer, "added", None, y[name]))
+            continue
+        u, v = x[name], y[name]
+        tu, tv = type(u), type(v)
+        if tu in _CONTAINERS or tv in _CONTAINERS:
+            if u is v or (tu is tv and not (globs.globs or regexes) and canonical(u) == canonical(v)):
+                continue
+            return None
+        difference = scalar_difference(pointer, u, v, opts)
+        if difference is not None:
+            found.append(difference)
+    return found
+
+
+def compares_directly(opts: CompareOptions) -> bool:
+    """Whether `scalar_difference` gives DeepDiff's answer under these options."""
+    return not (opts.float_tolerance or opts.significant_digits is not None or opts.ignore_type_in_groups)
+
+
+def scalar_difference(pointer: str, u: Any, v: Any, opts: CompareOptions) -> tuple[str, str, Any, Any] | None:
+    """Two scalars (not containers) compared as DeepDiff would under options that pass
+    `compares_directly`: a difference, or None (a DeepDiff call costs about 100 us each)."""
+    tu, tv = type(u), type(v)
+    if tu is tv or (tu in _NUMBERS and tv in _NUMBERS):
+        if tu is not tv and not opts.ignore_numeric_type_changes:
+            return (pointer, "type_changed", u, v)
+        if u == v:
+            return None
+        if tu is str and opts.ignore_string_case:
+            return (pointer, "changed", u, v) if u.lower() != v.lower() else None
+        # DeepDiff compares numbers to 12 decimals (formatted) when numeric types are one
+        if tu in _NUMBERS and opts.ignore_numeric_type_changes and _as_number(u) == _as_number(v):
+            return None
+        return (pointer, "changed", u, v)
+    return (pointer, "type_changed", u, v)
+
+
+def _as_number(value: Any) -> Any:
+    return number_to_string(value, significant_digits=NUMBER_DECIMALS, number_format_notation="f")
