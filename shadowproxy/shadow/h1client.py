@@ -124,7 +124,8 @@ class H1Pool:
         # one comes before the request is written, so it is not in the call's latency
         self._slots = asyncio.Semaphore(limit)
         self._pace = pace  # waits for a new connection's turn (the client opens them at a bounded pace)
-        self.authority = f"{host}:{port}"
+        # the Host header: an IPv6 literal in brackets (RFC 9110 uri-host), as aiohttp sends it
+        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._idle: list[_Conn] = []
 
     async def _connect(self) -> _Conn:
