@@ -161,7 +161,7 @@ def test_budget_under_the_global_rate_spends_that_rate_and_rare_routes_are_not_r
     out = tmp_path / "records.jsonl"
     paths = [f"/busy/{i}" for i in range(400)]
     for k in range(16):
-        paths.insert(k * 25 + 12, f"/rare{k % 4}/{k}")
+        paths.insert(k * 25 + 12, f"/rare-{'abcd'[k % 4]}/{k}")
     with ProxyThread(live.url, shadow.url, rules=str(rules), sink=None, sink_uri=f"jsonl:{out}",
                      shadow_max_rps="20") as proxy:
         answers, took = send_paced(proxy.url, paths, 4.0)
@@ -169,6 +169,6 @@ def test_budget_under_the_global_rate_spends_that_rate_and_rare_routes_are_not_r
     seen = [s.path.split("/")[1] for s in shadow.seen]
     assert sum(1 for s in seen if s.startswith("rare")) == 16  # every rare copy
     assert 20 * took * 0.85 <= len(seen) <= 20 * took + 2 * burst_for(20), (len(seen), took)
-    for route in ("/rare0/{id}", "/busy/{id}"):
+    for route in ("/rare-a/{id}", "/busy/{id}"):
         got = summed(read_jsonl(out), route)
         assert got["eligible"] > 0 and "rate_limited" not in got["skipped_by"], (route, got)
