@@ -51,13 +51,19 @@ _WORD = re.compile(
 )
 _MAX_WORD = 32
 _HEX = re.compile(r"[0-9a-fA-F]{16,}")  # letters only, yet an id: deadbeefdeadbeef...
+# a gRPC service (`/package.Service/Method`): lower-case package parts, then a PascalCase name;
+# a token (a JWT's `eyJ...` parts have capitals and digits mixed) does not read like one
+_GRPC_SERVICE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*")
+_MAX_SERVICE = 100
 
 OVERFLOW_ROUTE = "(other)"
 DEFAULT_MAX_ROUTES = 200
 
 
 def _is_word(seg: str) -> bool:
-    return len(seg) <= _MAX_WORD and _WORD.fullmatch(seg) is not None and _HEX.fullmatch(seg) is None
+    if len(seg) <= _MAX_WORD and _WORD.fullmatch(seg) is not None and _HEX.fullmatch(seg) is None:
+        return True
+    return len(seg) <= _MAX_SERVICE and _GRPC_SERVICE.fullmatch(seg) is not None
 
 
 def path_template(path: str) -> str:

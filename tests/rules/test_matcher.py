@@ -86,6 +86,8 @@ def test_path_template_replaces_ids_with_a_placeholder(path: str, template: str)
         ("/Accounts/Settings", "/Accounts/Settings"),
         ("/order-items/line_items", "/order-items/line_items"),
         ("/x/" + "a" * 40, "/x/{id}"),  # too long for a name
+        ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Check"),  # a gRPC method
+        ("/x/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "/x/{id}"),  # a JWT is not a service
     ],
 )
 def test_path_template_keeps_only_word_like_segments(path: str, template: str) -> None:
