@@ -293,6 +293,9 @@ def run_cmd(
         from shadowproxy.admin.addon import check_admin
 
         check_admin(admin[0], admin_token)
+        if _same_address(admin, listen):  # each binds alone, so check_listen would pass both
+            raise ConfigError(f"--admin {admin[0]}:{admin[1]}: the same address as --listen; give the admin"
+                              " API a port of its own (or --admin off)")
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
     logging.getLogger("shadowproxy").info(
@@ -302,6 +305,13 @@ def run_cmd(
         asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1, switch_fd))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra))
+
+
+def _same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listeners would want the same port on an overlapping address (a wildcard
+    address overlaps every other; port 0 is a fresh port each time)."""
+    wildcard = ("0.0.0.0", "::", "")
+    return a[1] == b[1] != 0 and (a[0] == b[0] or a[0] in wildcard or b[0] in wildcard)
 
 
 SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
