@@ -211,7 +211,8 @@ def test_a_bad_value_from_the_environment_names_the_variable() -> None:
 def test_a_bad_since_from_the_environment_names_the_variable_as_other_flags_do() -> None:
     from click.testing import CliRunner
 
-    result = CliRunner().invoke(cli, ["report", "--source", f"jsonl:{RECORDS}"], env={"SHADOWPROXY_SINCE": "5x"})
+    env = {"SHADOWPROXY_SINCE": "5x"}
+    result = CliRunner().invoke(cli, ["report", "--source", f"jsonl:{RECORDS}"], env=env)
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: SHADOWPROXY_SINCE (--since) '5x': not a duration (e.g. 15m, 2h, 1d, 1h30m; units s m h d w)"]
