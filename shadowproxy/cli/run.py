@@ -237,6 +237,46 @@ def run_cmd(
     process group): stop accepting, finish what is in flight, flush the sink, log one `stopped:`
     line, exit 0.
     """
+    params = dict(locals())
+    # SIGINT/SIGTERM before the proxy serves: a clean stop, not a kill (143) or "Aborted!"; this
+    # also undoes the SIGINT that a shell's `run &` leaves ignored
+    from shadowproxy.proxy.master import StoppedBeforeServing, stop_before_serving
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop_before_serving)
+    try:
+        _run(**params)
+    except StoppedBeforeServing as e:
+        setup_logging(verbose)
+        e.log_line()
+
+
+def _run(
+    listen: tuple[str, int],
+    live: str,
+    shadow: str,
+    rules: str | None,
+    sink: str,
+    queue_size: int,
+    concurrency: int,
+    stats_interval: int,
+    shadow_max_rps: float | None,
+    max_copy_bytes: int,
+    secondary: str | None,
+    noise_state: str | None,
+    dispatch: str | None,
+    worker_nice: int | None,
+    reuse_port: int,
+    ca_file: str | None,
+    insecure: bool,
+    admin: tuple[str, int] | None,
+    admin_token: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    h2c: bool,
+    upstream_h2c: bool,
+    verbose: int,
+) -> None:
     from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon, check_noise
     from shadowproxy.proxy.master import ProxySettings, check_ca_file, check_listen, check_tls_files, serve
