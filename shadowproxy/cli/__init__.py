@@ -128,5 +128,20 @@ def _env_scheme(cmd: click.Command) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["run"]:  # a signal while the modules load: a clean stop too (see `run`)
+        import signal
+
+        from shadowproxy.proxy.master import StoppedBeforeServing, stop_before_serving
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop_before_serving)
+        try:
+            _register()
+        except StoppedBeforeServing as e:
+            from shadowproxy.cli.run import setup_logging
+
+            setup_logging(0)
+            e.log_line()
+            sys.exit(0)
     _register()
     cli(prog_name="shadowproxy")

@@ -35,7 +35,10 @@ class HttpURL(click.ParamType):  # type: ignore[type-arg]  # generic only in new
         from urllib.parse import urlsplit
 
         text = str(value)
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError as e:  # `http://[::1`: urllib's "Invalid IPv6 URL"
+            self.fail(f"{text!r} is not a URL ({e})", param, ctx)
         if parts.scheme not in ("http", "https"):
             self.fail(f"{text!r}: unknown scheme {parts.scheme!r} (use http:// or https://)", param, ctx)
         if not parts.hostname:
@@ -59,6 +62,24 @@ class SinkURI(click.ParamType):  # type: ignore[type-arg]  # generic only in new
         try:
             parse_uri(text, flag=flag)
         except SinkURIError as e:
+            self.fail(f"{text!r}: {str(e).split(': ', 1)[-1]}", param, ctx)
+        return text
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """`90s`, `15m`, `1h30m`: checked here, so a bad value names its flag or environment
+    variable as every other bad value does; the text itself is passed on."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from shadowproxy.errors import ConfigError
+        from shadowproxy.report.read import parse_duration
+
+        text = str(value)
+        try:
+            parse_duration(text)
+        except ConfigError as e:
             self.fail(f"{text!r}: {str(e).split(': ', 1)[-1]}", param, ctx)
         return text
 
@@ -98,3 +119,4 @@ ADMIN_ADDR = AdminAddr()
 HTTP_URL = HttpURL()
 SINK_URI = SinkURI()
 RATE = Rate()
+DURATION = Duration()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from shadowproxy.cli import cli
-from shadowproxy.cli.params import SINK_URI
+from shadowproxy.cli.params import DURATION, SINK_URI
 from shadowproxy.sinks.uri import DEFAULT_SINK
 
 
@@ -26,7 +26,7 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
 )
 @click.option(
     "--since",
-    metavar="DURATION",
+    type=DURATION,
     default=None,
     help="Only records whose ts is within this long before now: 90s, 15m, 2h, 1d, 1h30m. A stats"
     " record counts when its interval ends within the window.",

@@ -238,6 +238,46 @@ def run_cmd(
     process group): stop accepting, finish what is in flight, flush the sink, log one `stopped:`
     line, exit 0.
     """
+    params = dict(locals())
+    # SIGINT/SIGTERM before the proxy serves: a clean stop, not a kill (143) or "Aborted!"; this
+    # also undoes the SIGINT that a shell's `run &` leaves ignored
+    from shadowproxy.proxy.master import StoppedBeforeServing, stop_before_serving
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop_before_serving)
+    try:
+        _run(**params)
+    except StoppedBeforeServing as e:
+        setup_logging(verbose)
+        e.log_line()
+
+
+def _run(
+    listen: tuple[str, int],
+    live: str,
+    shadow: str,
+    rules: str | None,
+    sink: str,
+    queue_size: int,
+    concurrency: int,
+    stats_interval: int,
+    shadow_max_rps: float | None,
+    max_copy_bytes: int,
+    secondary: str | None,
+    noise_state: str | None,
+    dispatch: str | None,
+    worker_nice: int | None,
+    reuse_port: int,
+    ca_file: str | None,
+    insecure: bool,
+    admin: tuple[str, int] | None,
+    admin_token: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    h2c: bool,
+    upstream_h2c: bool,
+    verbose: int,
+) -> None:
     from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon, check_noise
     from shadowproxy.proxy.master import ProxySettings, check_ca_file, check_listen, check_tls_files, serve
@@ -294,6 +334,9 @@ def run_cmd(
         from shadowproxy.admin.addon import check_admin
 
         check_admin(admin[0], admin_token)
+        if _same_address(admin, listen):  # each binds alone, so check_listen would pass both
+            raise ConfigError(f"--admin {admin[0]}:{admin[1]}: the same address as --listen; give the admin"
+                              " API a port of its own (or --admin off)")
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
 
@@ -309,6 +352,13 @@ def run_cmd(
                                          say_listening))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra, on_listening=say_listening))
+
+
+def _same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listeners would want the same port on an overlapping address (a wildcard
+    address overlaps every other; port 0 is a fresh port each time)."""
+    wildcard = ("0.0.0.0", "::", "")
+    return a[1] == b[1] != 0 and (a[0] == b[0] or a[0] in wildcard or b[0] in wildcard)
 
 
 SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"

@@ -281,6 +281,25 @@ class _Started:
             self.future.set_result(self.master)
 
 
+class StoppedBeforeServing(BaseException):  # not an error: a stop, as KeyboardInterrupt
+    """SIGINT or SIGTERM came while the proxy was starting, before it served anything.
+
+    A BaseException, so no `except Exception` on the way turns it into something else."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def log_line(self) -> None:
+        log.info("stopped before serving: %s during start-up; nothing was proxied or mirrored",
+                 signal.Signals(self.signum).name)
+
+
+def stop_before_serving(signum: int, _frame: Any = None) -> None:
+    """Signal handler for start-up (`signal.signal`): end it as a clean stop, not a kill."""
+    raise StoppedBeforeServing(signum)
+
+
 async def serve(
     settings: ProxySettings,
     addon: ShadowAddon,
@@ -309,12 +328,23 @@ async def serve(
         # client a 502 (eager, mitmproxy's default, closes the connection without an answer)
         extra = {"connection_strategy": "lazy", **settings.extra_options}
         opts.update(mode=[mode], **tls, **settings.shadow_options, **extra)
+        early: list[int] = []  # a signal while the shadow side starts: stop once it is up (or failed)
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, early.append, sig)
+        # the shadow side (the worker process) starts before the proxy listens: no copy is made
+        # before it is ready, so none waits and none reaches it in a burst (running() is then a no-op)
+        try:
+            await addon.running()
+        except Exception:
+            if not early:
+                raise  # else the worker got the process group's signal too: it is the stop
+        if early:
+            await addon.done()  # stops the worker it started
+            raise StoppedBeforeServing(early[0])
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, request_stop, master, addon)
-        # the shadow side (the worker process) starts before the proxy listens: no copy is made
-        # before it is ready, so none waits and none reaches it in a burst (running() is then a no-op)
-        await addon.running()
         await master.run()
     finally:
         shutil.rmtree(confdir, ignore_errors=True)

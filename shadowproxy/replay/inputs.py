@@ -284,7 +284,10 @@ def _har_request(item: dict[str, Any], where: str, mitm: bool) -> Request:
     where = f"{where}.request"
     method = _get(req, "method", where, str)
     url = _get(req, "url", where, str)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # `http://[::1`
+        raise _HarProblem(f"{where}.url", f"not an absolute http(s) URL: {url[:80]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise _HarProblem(f"{where}.url", f"not an absolute http(s) URL: {url[:80]!r}")
     headers = _headers(req, where)

@@ -20,7 +20,8 @@ Frames (pickle, after a 4-byte big-endian length), proxy -> worker:
                                       in-flight requests are answered: a SIGTERM the worker got
                                       too (sent to the whole process group) is that same stop
     ("stop", None)                    drain, write the final stats record, flush the sink, exit
-and worker -> proxy: ("ready", None), ("error", message), ("status", (received, depth, active)),
+and worker -> proxy: ("ready", None), ("error", message), ("config_error", message) (a ConfigError:
+the proxy exits 2 with it, no restart), ("status", (received, depth, active)),
 ("drained", (drained, drain_dropped)) at its stop,
 ("stopping", reason) (it stops on its own: SIGTERM and no word from the proxy), and
 ("totals", (routes, diff_latency, sink_counters)): what the worker counted since the last one,
@@ -56,7 +57,7 @@ from typing import Any
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.stats import Histogram, RouteStats, Stats
-from shadowproxy.errors import ShadowProxyError
+from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
@@ -87,6 +88,11 @@ SIGTERM_GRACE_S = 2.0
 
 class WorkerError(ShadowProxyError):
     """The shadow worker process could not start or died."""
+
+
+class WorkerConfigError(ConfigError):
+    """The shadow worker could not start because its configuration is wrong (exit 2): the line
+    it gave, as the same check before start would have given it. Never retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +315,8 @@ class ProcessDispatcher:
                 self._ready.set_result(None)
         elif kind == "error" and self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerError(f"shadow worker failed to start: {payload}"))
+        elif kind == "config_error" and self._ready is not None and not self._ready.done():
+            self._ready.set_exception(WorkerConfigError(str(payload)))
 
     def _on_lost(self, generation: int) -> None:
         # once per worker (end-of-file and connection loss both report), never for an old one
@@ -320,6 +328,8 @@ class ProcessDispatcher:
             self._closed.set_result(None)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(WorkerError("shadow worker exited before it was ready"))
+        elif self._ready is not None and not self._ready.cancelled() and self._ready.exception() is not None:
+            pass  # it never started: start() raised why, and its caller decides (`_restart` tries again)
         elif not self._stopped and not self._stopping:
             if self._worker_stopping is not None:
                 log.warning("shadow worker stopped on %s (not the proxy's stop); starting another",
@@ -593,6 +603,11 @@ async def _serve(sock: socket.socket) -> int:
                             secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state)
         dispatcher = Dispatcher(pipeline, cfg.dispatch)
         await dispatcher.start()
+    except ConfigError as e:  # the configuration is wrong: starting another worker would fail alike
+        w.send("config_error", str(e))
+        await asyncio.sleep(0.1)  # let the error frame leave
+        transport.close()
+        return 2
     except Exception as e:
         w.send("error", str(e) or type(e).__name__)
         await asyncio.sleep(0.1)  # let the error frame leave

@@ -45,7 +45,11 @@ def parse_uri(uri: str, *, flag: str = "--sink") -> ParsedURI:
     if uri.startswith("memory:"):
         return ParsedURI("memory")
     if uri.startswith("kafka://"):
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError as e:  # `kafka://[::1/t`: urllib's "Invalid IPv6 URL"
+            msg = f"{flag} {uri.split('?', 1)[0]!r}: not a URI ({e})"
+            raise SinkURIError(msg) from None
         topic = parts.path.lstrip("/")
         shown = uri.split("?", 1)[0]  # never the options in an error: they may name secrets
         if "@" in parts.netloc:

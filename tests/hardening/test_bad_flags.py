@@ -57,9 +57,9 @@ def bad_values(param: click.Option) -> list[str]:
     if isinstance(t, AdminAddr | HostPort):
         return ["nonsense", "127.0.0.1:99999"]
     if isinstance(t, HttpURL):
-        return ["ftp://x", "http://"]
+        return ["ftp://x", "http://", "http://[::1"]  # the last: urllib's ValueError, once a traceback
     if isinstance(t, SinkURI):
-        return ["s3://bucket", "kafka://127.0.0.1:9092"]
+        return ["s3://bucket", "kafka://127.0.0.1:9092", "kafka://[::1/t"]
     if isinstance(t, click.Choice):
         return ["nope"]
     if isinstance(t, click.IntRange):
@@ -109,6 +109,10 @@ BY_HAND = [
     ("run", "--shadow", "http://127.0.0.1:2/#frag"),
     ("run", "--noise-state", "/nonexistent/dir/noise.json"),
     ("replay", "--rules", "/nonexistent/rules.yaml"),
+    # issue 16's tester: these started the proxy and left the worker crash-looping, or were tracebacks
+    ("run", "--sink", "kafka://127.0.0.1:9/t?compression=bogus"),
+    ("run", "--sink", "kafka://127.0.0.1:99999/t"),
+    ("run", "--secondary", "http://[::1"),
 ]
 CASES = sorted({*introspected(), *BY_HAND})
 
@@ -210,15 +214,28 @@ def test_a_bad_value_from_the_environment_names_the_variable() -> None:
     assert result.output.strip().splitlines() == [expected]
 
 
-@pytest.mark.parametrize("admin", ["busy", "10.0.0.1:9090", "127.0.0.1:99999"])
+def test_a_bad_since_from_the_environment_names_the_variable_as_other_flags_do() -> None:
+    from click.testing import CliRunner
+
+    env = {"SHADOWPROXY_SINCE": "5x"}
+    result = CliRunner().invoke(cli, ["report", "--source", f"jsonl:{RECORDS}"], env=env)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: SHADOWPROXY_SINCE (--since) '5x': not a duration (e.g. 15m, 2h, 1d, 1h30m; units s m h d w)"]
+
+
+@pytest.mark.parametrize("admin", ["busy", "10.0.0.1:9090", "127.0.0.1:99999", "same as --listen"])
 def test_admin_failures_come_before_any_listening_line(admin: str) -> None:
+    args = base_args("run")[:-4]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         if admin == "busy":
             admin = f"127.0.0.1:{s.getsockname()[1]}"
+        if admin == "same as --listen":
+            admin = args[args.index("--listen") + 1]
         proc = subprocess.run(
-            [EXE, "run", *base_args("run")[:-4], "--sink", "jsonl:/dev/null", "--admin", admin],
+            [EXE, "run", *args, "--sink", "jsonl:/dev/null", "--admin", admin],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )
     assert proc.returncode == 2, proc.stderr

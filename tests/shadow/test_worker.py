@@ -302,6 +302,24 @@ async def test_a_sink_that_cannot_open_fails_start_with_its_message(tmp_path: Pa
     assert d.proc is not None and d.proc.poll() is not None
 
 
+async def test_a_worker_with_a_bad_configuration_fails_start_with_exit_2_and_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    """Defence in depth behind the checks before start: a configuration error the worker meets
+    (here a Kafka option that got past them) is a ConfigError (`run` exits 2 with its one line),
+    not a worker started again and again."""
+    from shadowproxy.errors import ConfigError
+
+    cfg = WorkerConfig("http://127.0.0.1:9", "kafka://127.0.0.1:9/t?compression=bogus")
+    d = ProcessDispatcher(cfg, Stats(), start_timeout=30)
+    with pytest.raises(ConfigError, match="option compression") as info:
+        await d.start()
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    assert d.proc is not None and d.proc.poll() is not None
+    await asyncio.sleep(0.5)
+    assert d.restarts == 0 and d._restarting is None
+
+
 async def test_a_worker_that_dies_is_replaced_and_mirroring_goes_on(live: Backend, tmp_path: Path) -> None:
     async def shadow_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'{"v": 2}', headers=JSON)
