@@ -36,6 +36,10 @@ class HttpURL(click.ParamType):  # type: ignore[type-arg]  # generic only in new
 
         text = str(value)
         parts = urlsplit(text)
+        if "@" in parts.netloc:
+            # never echoed: the part before `@` is a password; nor forwarded (it would be sent on)
+            shown = f"{parts.scheme}://[credentials]@{parts.netloc.rpartition('@')[2]}"
+            self.fail(f"{shown!r}: credentials in the URL are not supported", param, ctx)
         if parts.scheme not in ("http", "https"):
             self.fail(f"{text!r}: unknown scheme {parts.scheme!r} (use http:// or https://)", param, ctx)
         if not parts.hostname:

@@ -240,7 +240,14 @@ def run_cmd(
     """
     from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon, check_noise
-    from shadowproxy.proxy.master import ProxySettings, check_ca_file, check_listen, check_tls_files, serve
+    from shadowproxy.proxy.master import (
+        ProxySettings,
+        check_ca_file,
+        check_listen,
+        check_not_self,
+        check_tls_files,
+        serve,
+    )
     from shadowproxy.rules import default_ruleset, load_rules
     from shadowproxy.sinks.uri import check_sink
 
@@ -260,6 +267,9 @@ def run_cmd(
     if ca_file:
         check_ca_file(ca_file)
     check_listen(*listen, reuse_port=reuse_port > 1)
+    for flag, url in (("--live", live), ("--shadow", shadow), ("--secondary", secondary)):
+        if url:
+            check_not_self(*listen, url, flag)
     shadow_options: dict[str, Any] = {
         "shadow_url": shadow,
         "shadow_rules": rules,
@@ -337,7 +347,7 @@ def _spawn_siblings(n: int, switch_fd: int = -1) -> list[subprocess.Popen[bytes]
     def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
-    cmd = [sys.executable, "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
+    cmd = [sys.executable, "-P", "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
     fds = (switch_fd,) if switch_fd >= 0 else ()
     return [
         subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i), SWITCH_FD_ENV: str(switch_fd)},
