@@ -262,14 +262,14 @@ def run_cmd(
         admin = None
     # everything the worker would find wrong later, checked now: one line and exit 2, never a
     # worker that fails to start again and again while live traffic passes unmirrored
+    for flag, url in (("--live", live), ("--shadow", shadow), ("--secondary", secondary)):
+        if url:
+            check_not_self(*listen, url, flag)
     check_sink(sink, flag="--sink")
     check_noise(ruleset, secondary, noise_state, secondary_flag="--secondary", state_flag="--noise-state")
     if ca_file:
         check_ca_file(ca_file)
     check_listen(*listen, reuse_port=reuse_port > 1)
-    for flag, url in (("--live", live), ("--shadow", shadow), ("--secondary", secondary)):
-        if url:
-            check_not_self(*listen, url, flag)
     shadow_options: dict[str, Any] = {
         "shadow_url": shadow,
         "shadow_rules": rules,
