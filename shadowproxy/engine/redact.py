@@ -5,7 +5,7 @@ Pure and small. `Redactor` knows what is secret:
 - header names (always the credentials in `CREDENTIAL_HEADERS` and any name that says credential,
   `SECRET_NAME`: X-Auth-Token, X-Csrf-Token..., plus the rules' `redact.headers`),
 - query parameter names (always `SECRET_NAME`: token, access_token, password, api_key, secret...,
-  plus `redact.query`),
+  and `QUERY_CREDENTIALS`: code, session, sig, plus `redact.query`),
 - JSON (and form) field names (always `SECRET_NAME`, plus `redact.body_fields`),
 - card numbers, always: 13 to 19 digits, plain or grouped by spaces or dashes, that pass the
   Luhn check, in every string and JSON number,
@@ -36,6 +36,10 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 REDACTED = "[redacted]"
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+# Query parameters that carry credentials under everyday names (OAuth's `code`, a `session`, a
+# URL signature's `sig`): redacted in queries only, where these names mean it (a JSON `code` is
+# usually an error code, left alone).
+QUERY_CREDENTIALS = frozenset({"code", "session", "sig"})
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
 _JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
@@ -107,7 +111,7 @@ class Redactor:
     """What is secret, and how a secret is replaced. Picklable (it crosses into the worker)."""
 
     headers: Names = field(default_factory=lambda: Names.of(CREDENTIAL_HEADERS))
-    query: Names = field(default_factory=lambda: Names.of(()))
+    query: Names = field(default_factory=lambda: Names.of(QUERY_CREDENTIALS))
     body_fields: Names = field(default_factory=lambda: Names.of(()))
     patterns: tuple[re.Pattern[str], ...] = ()
     hash_key: bytes | None = field(default=None, repr=False)  # never in a repr or a log line
@@ -127,7 +131,7 @@ class Redactor:
         """A redactor for these names and patterns; the credential headers are always included."""
         return cls(
             Names.of([*CREDENTIAL_HEADERS, *headers]),
-            Names.of(query),
+            Names.of([*QUERY_CREDENTIALS, *query]),
             Names.of(body_fields),
             tuple(re.compile(p) for p in patterns),
             hash_key or None,
@@ -164,6 +168,9 @@ class Redactor:
         for name, value in query:
             if name in self.query:
                 found.add(value)
+            elif ";" in value:  # `?x=1;token=...`: `;` is no separator to the parser, but to some backends
+                found.update(unquote_plus(m.group(3)) for m in _FORM_PAIR.finditer(value)
+                             if unquote_plus(m.group(2)) in self.query)
         if body and self.body_fields:
             found.update(self._body_credentials(body))
         variants: set[str] = set()

@@ -224,3 +224,24 @@ def test_a_kafka_spool_dir_that_cannot_be_made_is_refused_before_start() -> None
                             "--sink", "kafka://127.0.0.1:1/t?spool_dir=/proc/nope")
     assert code == 2, out
     assert len(out.strip().splitlines()) == 1 and "spool_dir" in out, out
+
+
+# -- default credential names in queries ---------------------------------------------------------
+
+
+def test_code_session_and_sig_query_parameters_are_credentials_by_default() -> None:
+    from shadowproxy.engine.redact import Redactor
+
+    for r in (Redactor(), Redactor.build()):
+        q = r.query_map({"code": "OAUTHCODE1", "session": "SESSVAL123", "sig": "SIGVAL1234", "page": "2"})
+        assert q == {"code": "[redacted]", "session": "[redacted]", "sig": "[redacted]", "page": "2"}
+        assert r.target("/cb?code=OAUTHCODE1&page=2") == "/cb?code=[redacted]&page=2"
+    assert Redactor().value({"code": "NOT_FOUND"}) == {"code": "NOT_FOUND"}  # an error code, not a secret
+
+
+def test_a_credential_after_a_semicolon_in_a_query_value_is_redacted_where_echoed() -> None:
+    from shadowproxy.engine.redact import Redactor
+
+    r = Redactor().with_request([], [("x", "1;token=SEMISECRET1")])
+    text = '{"echo": "SEMISECRET1", "lower": "semisecret1"}'
+    assert r.text(text) == '{"echo": "[redacted]", "lower": "[redacted]"}'
