@@ -4,7 +4,8 @@ Cheap and pure: it runs in the proxy's hook for every request, so it only matche
 samples, applies the load limits (shadowproxy.sampling), and builds the request the shadow
 will get. No I/O, no waiting.
 
-The order: route and method, gRPC streaming, kill switch (these requests are not "eligible"),
+The order: shadow traffic (the shadow header already there), route and method, gRPC streaming,
+kill switch (these requests are not "eligible"),
 then sampling (a fraction, or the rarity budget) -> `sampled_out`, then the route's and the
 global token buckets -> `rate_limited`, then mirror.
 """
@@ -44,7 +45,7 @@ HOP_BY_HOP = frozenset(
 
 SKIP_REASONS = (
     "method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "rate_limited",
-    "client_aborted", "too_large", "stopping", "not_ready",
+    "client_aborted", "too_large", "stopping", "not_ready", "shadow_traffic",
 )
 
 
@@ -248,6 +249,10 @@ class Policy:
         def skip(reason: str) -> Decision:
             return Decision("skip", reason, route, settings.name, settings)
 
+        if settings.shadow_header.lower() in headers:
+            # a copy we (or another shadowproxy) sent, come back through us: a shadow URL that is
+            # this proxy or a balancer in front of it. Answered from live, never mirrored again.
+            return skip("shadow_traffic")
         if settings.action == "skip":
             return skip("route")
         rewriting = settings.action == "rewrite"

@@ -38,7 +38,13 @@ class HttpURL(click.ParamType):  # type: ignore[type-arg]  # generic only in new
         try:
             parts = urlsplit(text)
         except ValueError as e:  # `http://[::1`: urllib's "Invalid IPv6 URL"
+            if "@" in text:  # never echo what may be a password
+                self.fail(f"not a URL ({e}); credentials in the URL are not supported", param, ctx)
             self.fail(f"{text!r} is not a URL ({e})", param, ctx)
+        if "@" in parts.netloc:
+            # never echoed: the part before `@` is a password; nor forwarded (it would be sent on)
+            shown = f"{parts.scheme}://[credentials]@{parts.netloc.rpartition('@')[2]}"
+            self.fail(f"{shown!r}: credentials in the URL are not supported", param, ctx)
         if parts.scheme not in ("http", "https"):
             self.fail(f"{text!r}: unknown scheme {parts.scheme!r} (use http:// or https://)", param, ctx)
         if not parts.hostname:

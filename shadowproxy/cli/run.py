@@ -280,7 +280,14 @@ def _run(
 ) -> None:
     from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon, check_noise
-    from shadowproxy.proxy.master import ProxySettings, check_ca_file, check_listen, check_tls_files, serve
+    from shadowproxy.proxy.master import (
+        ProxySettings,
+        check_ca_file,
+        check_listen,
+        check_not_self,
+        check_tls_files,
+        serve,
+    )
     from shadowproxy.rules import default_ruleset, load_rules
     from shadowproxy.sinks.uri import check_sink
 
@@ -295,6 +302,9 @@ def _run(
         admin = None
     # everything the worker would find wrong later, checked now: one line and exit 2, never a
     # worker that fails to start again and again while live traffic passes unmirrored
+    for flag, url in (("--live", live), ("--shadow", shadow), ("--secondary", secondary)):
+        if url:
+            check_not_self(*listen, url, flag)
     check_sink(sink, flag="--sink")
     check_noise(ruleset, secondary, noise_state, secondary_flag="--secondary", state_flag="--noise-state")
     if ca_file:
@@ -387,7 +397,7 @@ def _spawn_siblings(n: int, switch_fd: int = -1) -> list[subprocess.Popen[bytes]
     def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
-    cmd = [sys.executable, "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
+    cmd = [sys.executable, "-P", "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
     fds = (switch_fd,) if switch_fd >= 0 else ()
     return [
         subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i), SWITCH_FD_ENV: str(switch_fd)},

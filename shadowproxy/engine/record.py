@@ -118,7 +118,7 @@ def build_record(
     sees a secret it names: in headers, query, excerpts, differences, notes or messages."""
     req = exchange.request
     # the request's own credentials too, wherever a backend echoes them back
-    redactor = (redactor or DEFAULT_REDACTOR).with_request(req.headers, req.query)
+    redactor = (redactor or DEFAULT_REDACTOR).with_request(req.headers, req.query, req.body)
     diffs: tuple[Difference, ...] = comparison.differences if comparison else ()
     notes = list(comparison.notes) if comparison else []
     if len(diffs) > MAX_DIFFERENCES:

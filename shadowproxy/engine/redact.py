@@ -5,12 +5,13 @@ Pure and small. `Redactor` knows what is secret:
 - header names (always the credentials in `CREDENTIAL_HEADERS` and any name that says credential,
   `SECRET_NAME`: X-Auth-Token, X-Csrf-Token..., plus the rules' `redact.headers`),
 - query parameter names (always `SECRET_NAME`: token, access_token, password, api_key, secret...,
-  plus `redact.query`),
+  and `QUERY_CREDENTIALS`: code, session, sig, plus `redact.query`),
 - JSON (and form) field names (always `SECRET_NAME`, plus `redact.body_fields`),
 - card numbers, always: 13 to 19 digits, plain or grouped by spaces or dashes, that pass the
   Luhn check, in every string and JSON number,
-- the request's own credentials (`with_request`): the values of its secret headers, cookies and
-  query parameters, wherever a backend echoes them back,
+- the request's own credentials (`with_request`): the values of its secret headers, cookies,
+  query parameters and JSON or form body fields, wherever a backend echoes them back (any case,
+  percent-encoded or decoded; values under MIN_ECHO_CHARS are not searched),
 - value patterns (`redact.patterns`, regexes) searched in every string.
 
 Names are matched case-insensitively; a name written `re:REGEX` is a regex searched in the name.
@@ -26,14 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 REDACTED = "[redacted]"
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
+# Query parameters that carry credentials under everyday names (OAuth's `code`, a `session`, a
+# URL signature's `sig`): redacted in queries only, where these names mean it (a JSON `code` is
+# usually an error code, left alone).
+QUERY_CREDENTIALS = frozenset({"code", "session", "sig"})
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
 _JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
@@ -50,6 +56,9 @@ SECRET_NAME = re.compile(
 # when Luhn says so.
 _CARD = re.compile(r"(?<![\d])\d(?:(?:[ +-]|%20)?\d){12,18}(?![\d])")  # "+", %20: form-encoded
 MIN_ECHO_CHARS = 6  # a request credential shorter than this is not searched for in answers
+MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
+MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
+_PRINTABLE_RUN = re.compile(r"[\x21-\x7e]+")
 
 
 def luhn(digits: str) -> bool:
@@ -102,11 +111,12 @@ class Redactor:
     """What is secret, and how a secret is replaced. Picklable (it crosses into the worker)."""
 
     headers: Names = field(default_factory=lambda: Names.of(CREDENTIAL_HEADERS))
-    query: Names = field(default_factory=lambda: Names.of(()))
+    query: Names = field(default_factory=lambda: Names.of(QUERY_CREDENTIALS))
     body_fields: Names = field(default_factory=lambda: Names.of(()))
     patterns: tuple[re.Pattern[str], ...] = ()
     hash_key: bytes | None = field(default=None, repr=False)  # never in a repr or a log line
     echoes: tuple[str, ...] = field(default=(), repr=False)  # this request's credentials (with_request)
+    echo_rx: re.Pattern[str] | None = field(default=None, repr=False)  # any of them, in any case
 
     @classmethod
     def build(
@@ -121,7 +131,7 @@ class Redactor:
         """A redactor for these names and patterns; the credential headers are always included."""
         return cls(
             Names.of([*CREDENTIAL_HEADERS, *headers]),
-            Names.of(query),
+            Names.of([*QUERY_CREDENTIALS, *query]),
             Names.of(body_fields),
             tuple(re.compile(p) for p in patterns),
             hash_key or None,
@@ -139,10 +149,13 @@ class Redactor:
         digest = hmac.new(self.hash_key, data, hashlib.sha256).hexdigest()
         return f"[redacted:hmac:{digest[:8]}]"
 
-    def with_request(self, headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]]) -> Redactor:
+    def with_request(self, headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]],
+                     body: bytes = b"") -> Redactor:
         """This redactor, also replacing the request's own credentials wherever they appear: the
-        values of its secret headers (and the token after `Bearer `), cookies and secret query
-        parameters, so a backend that echoes them back does not put them in a record."""
+        values of its secret headers (and the token after `Bearer `), cookies, secret query
+        parameters and secret JSON or form fields of its body, so a backend that echoes them back
+        does not put them in a record. Each is searched in any case, also percent-encoded or
+        decoded; a value with bytes that are not UTF-8 is searched by its printable runs too."""
         found: set[str] = set()
         for name, value in headers:
             low = name.lower()
@@ -155,11 +168,44 @@ class Redactor:
         for name, value in query:
             if name in self.query:
                 found.add(value)
-        echoes = tuple(sorted((v for v in found if len(v) >= MIN_ECHO_CHARS and not _MARKER.fullmatch(v)),
-                              key=len, reverse=True))
+            elif ";" in value:  # `?x=1;token=...`: `;` is no separator to the parser, but to some backends
+                found.update(unquote_plus(m.group(3)) for m in _FORM_PAIR.finditer(value)
+                             if unquote_plus(m.group(2)) in self.query)
+        if body and self.body_fields:
+            found.update(self._body_credentials(body))
+        variants: set[str] = set()
+        for v in found:
+            if len(v) < MIN_ECHO_CHARS or _MARKER.fullmatch(v):
+                continue
+            esc = "surrogateescape"
+            variants.update((v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
+                             quote_plus(v, safe="", errors=esc)))
+            if not v.isascii() or not v.isprintable():  # how a backend shows an odd byte varies
+                variants.update(_PRINTABLE_RUN.findall(v))
+        echoes = tuple(sorted((v for v in variants if len(v) >= MIN_ECHO_CHARS), key=len, reverse=True))
+        echoes = echoes[:MAX_ECHOES]
         if not echoes:
             return self
-        return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key, echoes)
+        return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key, echoes,
+                        re.compile("|".join(map(re.escape, echoes)), re.IGNORECASE))
+
+    def _body_credentials(self, body: bytes) -> set[str]:
+        """The values of the secret JSON (`"password": ...`) and form (`password=...`) fields of a
+        request body (its first MAX_ECHO_BODY bytes)."""
+        text = body[:MAX_ECHO_BODY].decode("utf-8", errors="surrogateescape")
+        found: set[str] = set()
+        for m in _JSON_KEY.finditer(text):
+            if m.group(1) in self.body_fields:
+                raw = text[m.end() : _value_end(text, m.end())]
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    value = raw.strip('"')
+                found.add(value if isinstance(value, str) else raw)
+        for m in _FORM_PAIR.finditer(text):
+            if unquote_plus(m.group(2)) in self.body_fields:
+                found.add(unquote_plus(m.group(3), errors="surrogateescape"))
+        return found
 
     def text(self, text: str) -> str:
         """A string with named fields (JSON or form), card numbers, the request's credentials
@@ -173,9 +219,8 @@ class Redactor:
         """Card numbers, the request's credentials and the rules' patterns replaced in `text`."""
         if _CARD.search(text):
             text = _CARD.sub(lambda m: self.secret(m.group(0)) if _is_card(m.group(0)) else m.group(0), text)
-        for echo in self.echoes:
-            if echo in text:
-                text = text.replace(echo, self.secret(echo))
+        if self.echo_rx is not None:
+            text = self.echo_rx.sub(self._echo, text)
         for rx in self.patterns:
             text = rx.sub(lambda m: self.secret(m.group(0)), text)
         return text
@@ -285,6 +330,11 @@ class Redactor:
         if isinstance(value, list):
             return [self._patterns_deep(v) for v in value]
         return value  # numbers here are ours (status, sizes, latencies); body numbers went through value()
+
+    def _echo(self, m: re.Match[str]) -> str:
+        """An echoed request credential: replaced as its own spelling, so hashes stay equal."""
+        low = m.group(0).lower()
+        return self.secret(next((e for e in self.echoes if e.lower() == low), m.group(0)))
 
     def _form_pair(self, m: re.Match[str]) -> str:
         if unquote_plus(m.group(2)) in self.body_fields:

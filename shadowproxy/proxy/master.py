@@ -195,6 +195,34 @@ def check_listen(host: str, port: int, *, flag: str = "--listen", reuse_port: bo
             raise ConfigError(msg) from None
 
 
+def _same_endpoint(listen_host: str, host: str) -> bool:
+    """Whether `host` names the address `listen_host` binds (for the same port): the same
+    address, or loopback/wildcard spellings of it (0.0.0.0 and :: take every local address)."""
+    import ipaddress
+
+    def norm(h: str) -> str:
+        h = h.strip("[]").lower().rstrip(".")
+        with contextlib.suppress(ValueError):
+            h = str(ipaddress.ip_address(h))
+        return "loopback" if h in ("localhost", "127.0.0.1", "::1") else h
+
+    a, b = norm(listen_host), norm(host)
+    wildcard = ("0.0.0.0", "::")
+    return a == b or b in wildcard or (a in wildcard and b == "loopback")
+
+
+def check_not_self(listen_host: str, listen_port: int, url: str, flag: str) -> None:
+    """Refuse a live, shadow or secondary URL that is this proxy's own --listen address: every
+    request would come back through the proxy and be copied again, without end."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if port == listen_port and parts.hostname and _same_endpoint(listen_host, parts.hostname):
+        raise ConfigError(f"{flag} {url} is this proxy's own --listen address "
+                          f"({listen_host}:{listen_port}): its requests would loop back through it")
+
+
 STOP_SETTLE_S = 0.25
 REFUSE_SETTLE_S = 0.2
 

@@ -269,7 +269,8 @@ class ProcessDispatcher:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shadowproxy.shadow.worker", str(theirs.fileno())],
+                # -P: the working directory is not put on sys.path (its `shadowproxy/` would be run)
+                [sys.executable, "-P", "-m", "shadowproxy.shadow.worker", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +104,14 @@ def check_sink(uri: str, *, flag: str = "--sink") -> None:
                 where = f"kafka://{parsed.bootstrap}/{parsed.topic}"
                 msg = f"{flag} {where}: option spool_dir: {p} is not a directory"
                 raise SinkURIError(msg)
+        try:  # as the spool makes it, and a file can be made in it
+            spool.mkdir(parents=True, exist_ok=True)
+            if not os.access(spool, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
+        except OSError as e:
+            where = f"kafka://{parsed.bootstrap}/{parsed.topic}"
+            msg = f"{flag} {where}: option spool_dir: cannot use {spool}: {e.strerror or e}"
+            raise SinkURIError(msg) from None
 
 
 def open_sink(uri: str, *, flag: str = "--sink") -> Sink:
