@@ -172,7 +172,11 @@ def test_sigterm_with_kafka_down_spools_and_exits_0(
     finally:
         proxy.__exit__()
     assert codes == [0], proxy.stderr()
-    assert load.broken == []
+    # as with JSONL: a connection still in the listen backlog when the listener closes is reset by
+    # the kernel, its request never read nor forwarded; a broken answer to a forwarded one may not be
+    forwarded = {s.path for s in live.seen}
+    assert [b for b in load.broken if b.split(":", 1)[0] in forwarded] == []
+    assert len(load.broken) <= load.threads
     assert len(load.ok) > 20
     assert spooled(spool, kafka_topic) == len(load.ok) + 1  # every mismatch and the final stats record
 
