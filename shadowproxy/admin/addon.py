@@ -33,6 +33,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -47,6 +48,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import ShadowAddon
 
 log = logging.getLogger("shadowproxy")
+SCRAPE_SWITCH_INTERVAL_S = 0.0005
 
 
 def is_loopback(host: str) -> bool:
@@ -161,7 +163,15 @@ class AdminAddon:
     # -- handlers ----------------------------------------------------------------------------
     async def metrics(self, request: web.Request) -> web.Response:
         async with self._scrape:
-            body = await asyncio.to_thread(generate_latest, self.snapshot_registry())
+            snapshot = self.snapshot_registry()
+            # while the text is made, hand the interpreter lock back to the proxy's loop every
+            # 0.5 ms instead of every 5 ms: a live request waits for it several times
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(SCRAPE_SWITCH_INTERVAL_S)
+            try:
+                body = await asyncio.to_thread(generate_latest, snapshot)
+            finally:
+                sys.setswitchinterval(interval)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
