@@ -225,6 +225,10 @@ def check_not_self(listen_host: str, listen_port: int, url: str, flag: str) -> N
 
 STOP_SETTLE_S = 0.25
 REFUSE_SETTLE_S = 0.2
+# the last answers' bytes leave before connections are closed: an answer's hook has run (it is no
+# longer in flight) a moment before mitmproxy has written it; answered connections then close
+# themselves (Connection: close), and what is left open is idle
+FLUSH_SETTLE_S = 0.2
 
 
 def close_client_connections(master: Master) -> int:
@@ -279,6 +283,7 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
             log.warning(
                 "%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace
             )
+        await asyncio.sleep(FLUSH_SETTLE_S)
         closed = close_client_connections(master)
         if closed or addon.refused:
             log.info("stopping: closed %d idle client connections; %d requests refused (503)",
