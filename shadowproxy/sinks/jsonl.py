@@ -9,8 +9,9 @@ from typing import IO
 import orjson
 
 from shadowproxy.engine.record import dumps_record
-from shadowproxy.errors import SinkError
+from shadowproxy.errors import SinkError, SinkURIError
 from shadowproxy.sinks.base import Record
+from shadowproxy.sinks.uri import ParsedURI, register_scheme
 
 
 def _private(path: str, flags: int) -> int:
@@ -71,3 +72,24 @@ class JsonlSink:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _open(parsed: ParsedURI, *, flag: str) -> JsonlSink:
+    return JsonlSink(parsed.path)
+
+
+def _check(parsed: ParsedURI, *, uri: str, flag: str) -> None:
+    """The path is a file that can be opened for append (created 0600, as the sink opens it)."""
+    path = Path(parsed.path)
+    if path.is_dir():
+        msg = f"{flag} {uri!r}: is a directory, not a file"
+        raise SinkURIError(msg)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        open_private(path).close()
+    except OSError as e:
+        msg = f"{flag} {uri!r}: cannot open for append: {e.strerror or e}"
+        raise SinkURIError(msg) from None
+
+
+register_scheme("jsonl", open=_open, check=_check)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shadowproxy.sinks.base import Record, SinkContext
+from shadowproxy.sinks.uri import ParsedURI, register_scheme
 
 
 class MemorySink(SinkContext):
@@ -66,3 +67,10 @@ class TeeSink(SinkContext):
                 out[k] = out.get(k, 0) + v
         return out
 
+
+
+def _open(parsed: ParsedURI, *, flag: str) -> MemorySink:
+    return MemorySink()
+
+
+register_scheme("memory", open=_open)

@@ -1,12 +1,15 @@
-"""Sink and source URIs, parsed in one place: `jsonl:PATH`, `kafka://HOST:PORT/TOPIC?opt=v`, `memory:`."""
+"""Sink and source URIs, parsed in one place: `jsonl:PATH`, `kafka://HOST:PORT/TOPIC?opt=v`, `memory:`.
+
+Each sink module registers its scheme (`register_scheme`): how to open its sink and how to
+check its URI before anything starts. `open_sink` and `check_sink` look the scheme up.
+"""
 
 from __future__ import annotations
 
-import errno
-import os
+import importlib
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from shadowproxy.errors import SinkURIError
@@ -77,54 +80,54 @@ def parse_uri(uri: str, *, flag: str = "--sink") -> ParsedURI:
     raise SinkURIError(msg)
 
 
+class SinkOpener(Protocol):
+    def __call__(self, parsed: ParsedURI, *, flag: str) -> Sink: ...
+
+
+class SinkCheck(Protocol):
+    def __call__(self, parsed: ParsedURI, *, uri: str, flag: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """What a sink module registers for its scheme: how to open a sink and how to check one early."""
+
+    open: SinkOpener
+    check: SinkCheck | None = None
+
+
+_SCHEMES: dict[str, Scheme] = {}
+# The module that registers each scheme, imported on first use: parsing a URI (or reading a
+# source) loads no sink, and this module imports none, so no sink module imports it back in a circle.
+_SCHEME_MODULES = {
+    "jsonl": "shadowproxy.sinks.jsonl",
+    "memory": "shadowproxy.sinks.memory",
+    "kafka": "shadowproxy.sinks.kafka",
+}
+
+
+def register_scheme(name: str, *, open: SinkOpener, check: SinkCheck | None = None) -> None:
+    """Called by a sink module at import: `open_sink` and `check_sink` find it by `name`."""
+    _SCHEMES[name] = Scheme(open, check)
+
+
+def _scheme(name: str) -> Scheme:
+    if name not in _SCHEMES:
+        importlib.import_module(_SCHEME_MODULES[name])
+    return _SCHEMES[name]
+
+
 def check_sink(uri: str, *, flag: str = "--sink") -> None:
     """Before anything starts: the sink can be opened (a JSONL path is a writable file, a Kafka
     URI's options are valid), else SinkURIError naming the flag. A sink that fails only later, in
     the worker process, would leave live traffic passing unmirrored."""
     parsed = parse_uri(uri, flag=flag)
-    if parsed.scheme == "jsonl":
-        path = Path(parsed.path)
-        if path.is_dir():
-            msg = f"{flag} {uri!r}: is a directory, not a file"
-            raise SinkURIError(msg)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            from shadowproxy.sinks.jsonl import open_private
-
-            open_private(path).close()  # as the sink opens it (created 0600)
-        except OSError as e:
-            msg = f"{flag} {uri!r}: cannot open for append: {e.strerror or e}"
-            raise SinkURIError(msg) from None
-    elif parsed.scheme == "kafka":
-        from shadowproxy.sinks.kafka import parse_options
-
-        spool = Path(parse_options(parsed, flag=flag).spool_dir) / parsed.topic
-        for p in (spool.parent, spool):
-            if p.exists() and not p.is_dir():
-                where = f"kafka://{parsed.bootstrap}/{parsed.topic}"
-                msg = f"{flag} {where}: option spool_dir: {p} is not a directory"
-                raise SinkURIError(msg)
-        try:  # as the spool makes it, and a file can be made in it
-            spool.mkdir(parents=True, exist_ok=True)
-            if not os.access(spool, os.W_OK | os.X_OK):
-                raise PermissionError(errno.EACCES, "Permission denied")
-        except OSError as e:
-            where = f"kafka://{parsed.bootstrap}/{parsed.topic}"
-            msg = f"{flag} {where}: option spool_dir: cannot use {spool}: {e.strerror or e}"
-            raise SinkURIError(msg) from None
+    check = _scheme(parsed.scheme).check
+    if check is not None:
+        check(parsed, uri=uri, flag=flag)
 
 
 def open_sink(uri: str, *, flag: str = "--sink") -> Sink:
     """A sink for `uri`, not yet started."""
     parsed = parse_uri(uri, flag=flag)
-    if parsed.scheme == "jsonl":
-        from shadowproxy.sinks.jsonl import JsonlSink
-
-        return JsonlSink(parsed.path)
-    if parsed.scheme == "memory":
-        from shadowproxy.sinks.memory import MemorySink
-
-        return MemorySink()
-    from shadowproxy.sinks.kafka import KafkaSink  # written in the Kafka work
-
-    return KafkaSink.from_uri(parsed, flag=flag)
+    return _scheme(parsed.scheme).open(parsed, flag=flag)

@@ -242,12 +242,13 @@ async def test_a_dead_sender_is_loud_and_keeps_the_records(
     async def boom() -> bool:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(sink, "_drain", boom)
+    monkeypatch.setattr(sink._sender, "_drain", boom)
     await sink.start()
     for i in range(10):
         await sink.write(make_record(i))
-    assert sink._sender is not None
-    await wait_until(sink._sender.done, 10, "the sender to die")
+    task = sink._sender.task
+    assert task is not None
+    await wait_until(task.done, 10, "the sender to die")
     with pytest.raises(SinkError, match=r"sender task died \(RuntimeError: boom\)"):
         await sink.write(make_record(10))
     with pytest.raises(SinkError, match="sender task failed"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shadowproxy.sinks import kafka as kafka_sink_module
+from shadowproxy.sinks import kafka_sender
 from shadowproxy.sinks.kafka import KafkaSink, quiet_aiokafka
 from shadowproxy.testing import free_port
 from tests.fixtures.kafka import LocalBroker, kafka_sink, make_record
@@ -40,7 +40,7 @@ async def test_an_outage_logs_one_line_away_reminders_with_the_spool_and_one_lin
     kafka_broker: Callable[[], LocalBroker], kafka_topic: str, tmp_path: Path,
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, quiet: None,
 ) -> None:
-    monkeypatch.setattr(kafka_sink_module, "OUTAGE_REMINDER_S", 0.5)
+    monkeypatch.setattr(kafka_sender, "OUTAGE_REMINDER_S", 0.5)
     caplog.set_level(logging.DEBUG, logger="shadowproxy")
     caplog.set_level(logging.DEBUG)
     broker = kafka_broker()  # not started: Kafka is away
