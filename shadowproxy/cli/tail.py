@@ -70,7 +70,7 @@ def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> 
 
 
 async def _tail(source: str, *, from_beginning: bool, group: str | None, follow: bool) -> None:
-    from shadowproxy.sources import iter_records
+    from shadowproxy.sinks.sources import iter_records
 
     out = sys.stdout.buffer
     async for record in iter_records(source, from_beginning=from_beginning, follow=follow, group=group):

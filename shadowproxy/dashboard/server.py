@@ -87,7 +87,7 @@ class Dashboard:
 
     async def consume(self) -> None:
         """Follow the source until cancelled; on a source error, say so on the page and retry."""
-        from shadowproxy.sources import SourceError, iter_records
+        from shadowproxy.sinks.sources import SourceError, iter_records
 
         attempt = 0
         while not self._stopping.is_set():

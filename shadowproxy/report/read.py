@@ -59,7 +59,7 @@ async def read_source(
     A progress bar goes to stderr (or `stream`) when `progress` is True, or when it is None
     and that stream is a terminal.
     """
-    from shadowproxy.sources import iter_records
+    from shadowproxy.sinks.sources import iter_records
 
     out = stream or sys.stderr
     show = out.isatty() if progress is None else progress

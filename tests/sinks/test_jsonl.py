@@ -7,7 +7,7 @@ from pathlib import Path
 from shadowproxy.engine.record import validate_record
 from shadowproxy.sinks import open_sink
 from shadowproxy.sinks.jsonl import JsonlSink
-from shadowproxy.sources import iter_records
+from shadowproxy.sinks.sources import iter_records
 from tests.fixtures.kafka import make_record, stats_record
 
 

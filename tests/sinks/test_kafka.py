@@ -16,7 +16,7 @@ from shadowproxy.cli import _register, cli
 from shadowproxy.engine.record import validate_record
 from shadowproxy.errors import SinkError
 from shadowproxy.sinks.kafka import KafkaSink
-from shadowproxy.sources import iter_records
+from shadowproxy.sinks.sources import iter_records
 from tests.fixtures.kafka import consume_all, kafka_sink, make_record, stats_record
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]  # the first test may wait for the jars

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from shadowproxy.cli import _register, cli
 from shadowproxy.errors import InputFileError, SinkURIError
-from shadowproxy.sources import SourceError, iter_records
+from shadowproxy.sinks.sources import SourceError, iter_records
 
 
 async def collect(uri: str, **kw: Any) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ To stop early, close the iterator (`async with contextlib.aclosing(iter_records(
 so the Kafka consumer is stopped at once rather than when the generator is collected.
 
 Used by `shadowproxy tail`, and by `report` and `dashboard`. The URI is the sink's URI (sink
-options such as spool_dir are accepted and ignored; security options are used).
+options such as spool_dir are accepted and ignored; security options are used): it lives
+beside the sinks and shares their URI parsing and Kafka client settings, not the sinks.
 
 - jsonl: the file, line by line. `from_beginning=False` starts at its current end; `follow`
   keeps reading what is appended (like `tail -f`; a shortened file is read again from the top).
@@ -133,7 +134,7 @@ async def _iter_kafka(
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    from shadowproxy.sinks.kafka import client_kwargs, describe_error, parse_options
+    from shadowproxy.sinks.kafka_options import client_kwargs, describe_error, parse_options
 
     where = f"{flag} kafka://{parsed.bootstrap}/{parsed.topic}"
     options = parse_options(parsed, flag=flag)
