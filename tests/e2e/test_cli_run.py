@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +14,7 @@ from aiohttp import web
 from shadowproxy import __version__
 from shadowproxy.engine.record import validate_record
 from shadowproxy.testing import Backend, free_port
-
-EXE = str(Path(sys.executable).parent / "shadowproxy")
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [EXE, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
+from tests.kit import ProxyProcess, read_records, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +27,6 @@ def backends() -> Iterator[tuple[Backend, Backend]]:
 
     with Backend(live) as lv, Backend(shadow) as sh:
         yield lv, sh
-
-
-def wait_until_serving(port: int, proc: subprocess.Popen[bytes], path: str = "/users/1") -> bytes:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()  # type: ignore[no-any-return]
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_version_prints_the_package_version() -> None:
@@ -179,36 +155,15 @@ def test_run_mirrors_records_and_exits_0_on_sigterm_with_sink_flushed(
 ) -> None:
     live, shadow = backends
     out = tmp_path / "mismatches.jsonl"
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            EXE,
-            "run",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--live",
-            live.url,
-            "--shadow",
-            shadow.url,
-            "--sink",
-            f"jsonl:{out}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert orjson.loads(wait_until_serving(port, proc)) == {"id": 1, "name": "Ada"}
+    proxy = ProxyProcess(live.url, shadow.url, f"jsonl:{out}", stats_interval=None)
+    with proxy:  # ready once the shadow worker runs
+        assert orjson.loads(urllib.request.urlopen(f"{proxy.url}/users/1", timeout=5).read()) == {
+            "id": 1, "name": "Ada"}
         for _ in range(4):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/users/2", timeout=5).read()
-        # ready once the shadow worker runs (copies sent before that wait in its channel)
-        wait_until_serving(admin, proc, "/readyz")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(30)
+            urllib.request.urlopen(f"{proxy.url}/users/2", timeout=5).read()
+        code = proxy.terminate(30)
     assert code == 0
-    records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    records = read_records(out)
     for rec in records:
         validate_record(rec)
     mismatches = [r for r in records if r["outcome"] == "mismatch"]
@@ -222,19 +177,18 @@ def test_flags_can_come_from_environment(backends: tuple[Backend, Backend], tmp_
     out = tmp_path / "env.jsonl"
     port = free_port()
     env = {
-        **os.environ,
         "SHADOWPROXY_LISTEN": f"127.0.0.1:{port}",
         "SHADOWPROXY_LIVE": live.url,
         "SHADOWPROXY_SHADOW": shadow.url,
         "SHADOWPROXY_SINK": f"jsonl:{out}",
         "SHADOWPROXY_ADMIN": "off",
     }
-    proc = subprocess.Popen([EXE, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_serving(port, proc)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+    proxy = ProxyProcess(env=env, port=port, admin_port=None, flags=False)
+    with proxy:
+        urllib.request.urlopen(f"{proxy.url}/users/1", timeout=5).read()
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGINT)
+        assert proxy.proc.wait(30) == 0
     assert b'"outcome":"mismatch"' in out.read_bytes()
 
 

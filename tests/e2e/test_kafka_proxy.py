@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -13,11 +10,9 @@ import orjson
 from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
-from shadowproxy.testing import Backend, free_port
-from tests.e2e.test_cli_run import wait_until_serving
+from shadowproxy.testing import Backend
 from tests.fixtures.kafka import consume_all
-
-EXE = str(Path(sys.executable).parent / "shadowproxy")
+from tests.kit import ProxyProcess
 
 
 def test_n_mismatches_through_the_proxy_are_exactly_n_records_on_the_topic(
@@ -30,21 +25,16 @@ def test_n_mismatches_through_the_proxy_are_exactly_n_records_on_the_topic(
         return web.json_response({"id": request.match_info.get("tail"), "full_name": "Ada"})
 
     paths = [f"/users/{i}" for i in range(12)] + [f"/orders/{i}/items" for i in range(8)]
-    port = free_port()
     sink = f"kafka://{kafka_bootstrap}/{kafka_topic}?create_topic=3:1&spool_dir={tmp_path / 'spool'}"
-    with Backend(live) as lv, Backend(shadow) as sh:
-        proc = subprocess.Popen(
-            [EXE, "run", "--listen", f"127.0.0.1:{port}", "--live", lv.url, "--shadow", sh.url,
-             "--sink", sink, "--admin", "off"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_until_serving(port, proc, "/health")  # a mismatch too: counted below
-            for p in paths:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{p}", timeout=5).read()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(60) == 0
+    with (
+        Backend(live) as lv,
+        Backend(shadow) as sh,
+        ProxyProcess(lv.url, sh.url, sink, admin_port=None, stats_interval=None) as proxy,
+    ):
+        urllib.request.urlopen(f"{proxy.url}/health", timeout=5).read()  # a mismatch too: counted below
+        for p in paths:
+            urllib.request.urlopen(f"{proxy.url}{p}", timeout=5).read()
+        assert proxy.terminate(60) == 0
     messages = asyncio.run(consume_all(kafka_bootstrap, kafka_topic))
     values = [orjson.loads(m.value) for m in messages]  # type: ignore[attr-defined]
     for v in values:

@@ -2,35 +2,33 @@
 
 `RawServer(behaviour)` listens on 127.0.0.1 and treats each connection with one of the
 behaviours below (after reading the request head): the shadows that the proxy must survive.
-`Proxy` starts the real CLI (`shadowproxy run`) in its own process group, waits until it serves,
-stops it with SIGTERM and reads the JSONL sink.
+`Proxy` (tests.kit's ProxyProcess) starts the real CLI (`shadowproxy run`) in its own process
+group, waits until it serves and stops it with SIGTERM; `read_jsonl` reads the JSONL sink.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import os
-import signal
 import socket
 import statistics
 import struct
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import orjson
+# The kit's names under the ones these tests use: `Proxy` is `shadowproxy run` as a process.
+from tests.kit import EXE, free_port
+from tests.kit import ProxyProcess as Proxy
+from tests.kit import read_records as read_jsonl
 
-from shadowproxy.testing import free_port
-
-EXE = str(Path(sys.executable).parent / "shadowproxy")
+__all__ = [
+    "EXE", "Proxy", "RawServer", "free_port", "garbage", "get", "huge_body", "never_answers", "p50",
+    "raw_get", "read_jsonl", "reset", "resets_mid_body", "server_error", "slowloris", "write_rules",
+]
 
 Behaviour = Callable[[socket.socket], None]
 
@@ -169,98 +167,6 @@ def write_rules(path: Path, text: str) -> str:
     return str(path)
 
 
-@dataclass
-class Proxy:
-    """`shadowproxy run` in its own process group. Use as a context manager."""
-
-    live: str
-    shadow: str
-    sink: str
-    rules: str | None = None
-    extra: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
-    stderr_path: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def args(self) -> list[str]:
-        a = [
-            EXE,
-            "run",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--live",
-            self.live,
-            "--shadow",
-            self.shadow,
-            "--sink",
-            self.sink,
-            "--admin",
-            f"127.0.0.1:{self.admin_port}",
-            "--stats-interval",
-            "0",
-        ]
-        if self.rules:
-            a += ["--rules", self.rules]
-        return a + self.extra
-
-    def start(self) -> Proxy:
-        err = open(self.stderr_path, "wb") if self.stderr_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            self.args(),
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        if self.stderr_path:
-            err.close()  # type: ignore[union-attr]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"shadowproxy run exited with {self.proc.returncode}: {self.stderr()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"shadowproxy run not ready after 60s: {self.stderr()}")
-            time.sleep(0.1)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")[-4000:] if self.stderr_path else ""
-
-    def terminate(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill_group(self) -> None:
-        """SIGKILL the proxy and its shadow worker at once, as an OOM killer or `kill -9` would."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def __enter__(self) -> Proxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.terminate(30)
-            except subprocess.TimeoutExpired:
-                self.kill_group()
-
-
 def get(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, bytes, float]:
     """(status, body bytes, seconds) for one GET; an HTTP error status is a result, not an exception."""
     req = urllib.request.Request(url, headers=headers or {})
@@ -290,36 +196,3 @@ def raw_get(port: int, target: str, headers: dict[str, str] | None = None) -> tu
 
 def p50(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def stats_totals(records: list[dict[str, Any]]) -> dict[str, int]:
-    """Counts summed over every route of every stats record."""
-    out: dict[str, int] = {}
-    for r in records:
-        if r["outcome"] != "stats":
-            continue
-        for counts in r["routes"].values():
-            for k, v in counts.items():
-                if isinstance(v, int):
-                    out[k] = out.get(k, 0) + v
-                elif isinstance(v, dict):
-                    for kk, vv in v.items():
-                        if isinstance(vv, int):
-                            out[f"{k}.{kk}"] = out.get(f"{k}.{kk}", 0) + vv
-    return out
-
-
-@contextlib.contextmanager
-def stopping() -> Iterator[threading.Event]:
-    """An event set on exit: behaviours that hold connections open end with the test."""
-    ev = threading.Event()
-    try:
-        yield ev
-    finally:
-        ev.set()

@@ -162,10 +162,6 @@ def record(live_url: str, out_dir: Path, traffic: list[tuple[str, str, bytes, di
     return Recording(flows, har)
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 @pytest.fixture(scope="session")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     with Backend(app(1)) as v1:

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from shadowproxy.cli import cli
 from shadowproxy.cli import replay as _replay_cli  # noqa: F401  (registers `replay` on cli)
 from shadowproxy.testing import Backend
-from tests.replay.conftest import read_records
+from tests.kit import read_records
 from tests.report.browser import launch_kwargs
 
 DATA = {"name": "Ada", "version": 1, "items": [1, 2, 3]}

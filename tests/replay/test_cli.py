@@ -21,7 +21,8 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.replay import ReplaySummary
 from shadowproxy.replay.progress import ReplayProgress
 from shadowproxy.testing import Backend
-from tests.replay.conftest import SHADOWPROXY, Load, Recording, app, read_records, record
+from tests.kit import read_records
+from tests.replay.conftest import SHADOWPROXY, Load, Recording, app, record
 
 
 @pytest.mark.parametrize(("candidate_version", "exit_code"), [(2, 1), (1, 0)])

@@ -14,7 +14,8 @@ from shadowproxy.cli import cli
 from shadowproxy.cli import replay as _replay_cli  # noqa: F401  (registers `replay` on cli)
 from shadowproxy.engine.record import validate_record
 from shadowproxy.testing import Backend
-from tests.replay.conftest import EQUAL, LOGO, PLANTED, REWRITE_RULES, Recording, app, read_records
+from tests.kit import read_records
+from tests.replay.conftest import EQUAL, LOGO, PLANTED, REWRITE_RULES, Recording, app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

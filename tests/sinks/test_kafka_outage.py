@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,13 @@ import pytest
 
 from shadowproxy.sinks.kafka import KafkaSink
 from tests.fixtures.kafka import REPO, LocalBroker, consume_all, free_port, kafka_sink, make_record
+from tests.kit import await_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
 ROUTES = ["users.get", "orders.list", "search"]
 # Fast outage detection for the tests; the defaults are 3000 and 10000 ms.
 FAST = "&stall_ms=1000&request_timeout_ms=3000"
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def check_in_order_and_complete(messages: list[Any], expected_ids: list[str]) -> int:
@@ -78,12 +70,12 @@ async def test_broker_stopped_mid_stream_and_restarted_loses_nothing(
         assert sink.counters()["produced"] == 400
         await asyncio.to_thread(broker.stop)
         await write(400, 600, 0.01)  # written while Kafka is away
-        await wait_until(lambda: sink.spooling, 15, "the sink to start spooling")
+        await await_until(lambda: sink.spooling, 15, "the sink to start spooling")
         await sink.flush()
         assert sink.counters()["backlog"] > 0
         await asyncio.to_thread(broker.start)
         await write(1000, 300, 0.01)  # written while the spool drains
-        await wait_until(lambda: not sink.spooling and sink.counters()["backlog"] == 0, 60, "the drain")
+        await await_until(lambda: not sink.spooling and sink.counters()["backlog"] == 0, 60, "the drain")
         await write(1300, 100, 0.0)
     c = sink.counters()
     n = len(ids)
@@ -118,7 +110,7 @@ async def test_sink_started_while_broker_down_spools_then_drains(
         assert (c["written"], c["spooled"], c["backlog"]) == (250, 250, 250)
         assert (c["produced"], c["drained"]) == (0, 0)
         await asyncio.to_thread(broker.start)
-        await wait_until(lambda: not sink.spooling, 60, "the drain")
+        await await_until(lambda: not sink.spooling, 60, "the drain")
     c = sink.counters()
     assert (c["drained"], c["backlog"], c["dropped"], c["produced"]) == (250, 0, 0, 0)
     messages = await consume_all(broker.bootstrap, kafka_topic)
@@ -173,7 +165,7 @@ async def test_sink_killed_with_sigkill_leaves_a_spool_the_next_one_drains(
     async with kafka_sink(uri) as sink:
         assert isinstance(sink, KafkaSink)
         assert sink.counters()["recovered"] == n
-        await wait_until(lambda: not sink.spooling, 60, "the drain")
+        await await_until(lambda: not sink.spooling, 60, "the drain")
     c = sink.counters()
     assert (c["recovered"], c["drained"], c["backlog"], c["dropped"]) == (n, n, 0, 0)
     messages = await consume_all(kafka_bootstrap, kafka_topic)
@@ -217,8 +209,8 @@ async def test_send_buffer_full_spills_to_the_spool_and_order_holds(
             await sink.write(record)
         # The first send on a new topic waits for its metadata, so the sender may see the full
         # buffer only after the last write: wait (bounded) for the spill rather than race it.
-        await wait_until(lambda: sink.counters()["spooled"] > 0, 30, "the spill")
-        await wait_until(lambda: not sink.spooling, 60, "the drain")
+        await await_until(lambda: sink.counters()["spooled"] > 0, 30, "the spill")
+        await await_until(lambda: not sink.spooling, 60, "the drain")
     c = sink.counters()
     assert c["produced"] + c["drained"] == 1500
     assert (c["dropped"], c["backlog"], c["buffered"]) == (0, 0, 0)
@@ -248,7 +240,7 @@ async def test_a_dead_sender_is_loud_and_keeps_the_records(
         await sink.write(make_record(i))
     task = sink._sender.task
     assert task is not None
-    await wait_until(task.done, 10, "the sender to die")
+    await await_until(task.done, 10, "the sender to die")
     with pytest.raises(SinkError, match=r"sender task died \(RuntimeError: boom\)"):
         await sink.write(make_record(10))
     with pytest.raises(SinkError, match="sender task failed"):
@@ -278,7 +270,7 @@ async def test_a_damaged_spooled_record_costs_only_itself_and_is_counted(
     seg.write_bytes(bytes(data))
     uri = f"kafka://{kafka_bootstrap}/{kafka_topic}?create_topic=1:1&spool_dir={tmp_path}"
     async with kafka_sink(uri) as sink:
-        await wait_until(lambda: not sink.spooling, 60, "the drain")
+        await await_until(lambda: not sink.spooling, 60, "the drain")
     c = sink.counters()
     assert (c["recovered"], c["corrupt"], c["drained"], c["backlog"]) == (499, 1, 499, 0)
     messages = await consume_all(kafka_bootstrap, kafka_topic)

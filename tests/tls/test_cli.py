@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,9 +12,8 @@ from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
 from shadowproxy.testing import Backend, free_port
+from tests.kit import EXE, ProxyProcess, wait_until
 from tests.tls.helpers import Pki, TlsBackend, json_answer
-
-EXE = str(Path(sys.executable).parent / "shadowproxy")
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -62,37 +57,18 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(pki: Pki) -> None:
     assert "Traceback" not in r.stderr
 
 
-def _serve(args: list[str], home: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [EXE, "run", "--admin", "off", "--stats-interval", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HOME": str(home)},
-    )
+def _serve(live: str, shadow: str, sink: str, extra: list[str], home: Path) -> ProxyProcess:
+    """`shadowproxy run` with a HOME of its own (nothing may land in ~/.mitmproxy), started."""
+    return ProxyProcess(
+        live, shadow, sink, extra=extra, env={"HOME": str(home)}, admin_port=None, stderr_path=home / "stderr"
+    ).start()
 
 
-def _first_get(client: httpx.Client, url: str, proc: subprocess.Popen[str]) -> httpx.Response:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return client.get(url)
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline, "proxy did not start"
-            time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+def _stop(proxy: ProxyProcess) -> str:
+    code = proxy.terminate(30)
+    err = proxy.stderr(full=True)
+    assert code == 0, err
     return err
-
-
-def _wait(predicate: object, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:  # type: ignore[operator]
-        time.sleep(0.05)
 
 
 def test_run_serves_https_and_h2_and_mirrors_to_an_https_shadow(pki: Pki, tmp_path: Path) -> None:
@@ -103,36 +79,23 @@ def test_run_serves_https_and_h2_and_mirrors_to_an_https_shadow(pki: Pki, tmp_pa
         return web.Response(body=b'{"id": 7, "v": 1}', headers={"content-type": "application/json"})
 
     sink = tmp_path / "out.jsonl"
-    port = free_port()
     with (
         Backend(live) as lv,
         TlsBackend(lambda m, p: json_answer(b'{"id": 7, "v": 2}'), pki.leaf, h2=True) as sh,
     ):
-        proc = _serve(
-            [
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--live",
-                lv.url,
-                "--shadow",
-                sh.url,
-                "--sink",
-                f"jsonl:{sink}",
-                "--tls-cert",
-                str(pki.leaf.cert),
-                "--tls-key",
-                str(pki.leaf.key),
-                "--ca-file",
-                str(pki.ca),
-            ],
+        proxy = _serve(
+            lv.url,
+            sh.url,
+            f"jsonl:{sink}",
+            ["--tls-cert", str(pki.leaf.cert), "--tls-key", str(pki.leaf.key), "--ca-file", str(pki.ca)],
             tmp_path,
         )
         try:
             with httpx.Client(verify=ssl.create_default_context(cafile=str(pki.ca)), timeout=5) as c:
-                assert _first_get(c, f"https://127.0.0.1:{port}/users/7", proc).json() == {"id": 7, "v": 1}
-            _wait(lambda: sh.hits)
+                assert c.get(f"https://127.0.0.1:{proxy.port}/users/7").json() == {"id": 7, "v": 1}
+            wait_until(lambda: sh.hits, 10, "the shadow's request")
         finally:
-            err = _stop(proc)
+            err = _stop(proxy)
     assert "insecure" not in err.lower()
     assert [h.protocol for h in sh.hits] == ["HTTP/2"]
     records = [orjson.loads(line) for line in sink.read_bytes().splitlines()]
@@ -146,32 +109,18 @@ def test_run_serves_https_and_h2_and_mirrors_to_an_https_shadow(pki: Pki, tmp_pa
 def test_insecure_reaches_both_upstreams_and_is_logged(pki: Pki, tmp_path: Path) -> None:
     """Self-signed https live and shadow: --insecure is needed, and it says so on stderr."""
     answer = json_answer(b'{"ok": true}')
-    port = free_port()
     with (
         TlsBackend(lambda m, p: answer, pki.self_signed) as lv,
         TlsBackend(lambda m, p: answer, pki.self_signed) as sh,
     ):
-        proc = _serve(
-            [
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--live",
-                lv.url,
-                "--shadow",
-                sh.url,
-                "--sink",
-                f"jsonl:{tmp_path / 'out.jsonl'}",
-                "--insecure",
-            ],
-            tmp_path,
-        )
+        proxy = _serve(lv.url, sh.url, f"jsonl:{tmp_path / 'out.jsonl'}", ["--insecure"], tmp_path)
         try:
             with httpx.Client(timeout=5) as c:
-                r = _first_get(c, f"http://127.0.0.1:{port}/x", proc)
+                r = c.get(f"http://127.0.0.1:{proxy.port}/x")
                 assert (r.status_code, r.json()) == (200, {"ok": True})
-            _wait(lambda: sh.hits)
+            wait_until(lambda: sh.hits, 10, "the shadow's request")
         finally:
-            err = _stop(proc)
+            err = _stop(proxy)
     assert (len(lv.hits), len(sh.hits)) == (1, 1), (err, lv.hits, sh.hits, lv.port, sh.port)
     assert "--insecure: the live backend's TLS certificate is NOT verified" in err
     assert "the shadow's TLS certificate is NOT verified" in err
