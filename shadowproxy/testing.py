@@ -2,6 +2,8 @@
 
 - `MemorySink`: a sink that keeps records in a list.
 - `make_exchange` / `make_record`: realistic records without a proxy.
+- `MockClient`: a shadow client answering from a function (httpx `MockTransport` style), so a
+  `Pipeline` runs with no socket.
 - `Backend`: a real HTTP server on 127.0.0.1 in a background thread, answering with a function
   of the request, and remembering every request it saw.
 - `ProxyThread`: the real proxy (lean master + addon) in a background thread on a free port.
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import threading
 import time
@@ -18,13 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from shadowproxy.engine.diff import Comparison, Difference
-from shadowproxy.engine.exchange import Exchange, Request, Response
+from shadowproxy.engine.exchange import Exchange, Failure, Request, Response
 from shadowproxy.engine.record import build_record
+from shadowproxy.shadow.client import ClientConfig, classify
 from shadowproxy.sinks.memory import MemorySink
 
-__all__ = ["Backend", "MemorySink", "ProxyThread", "Seen", "free_port", "make_exchange", "make_record"]
+__all__ = [
+    "Backend", "MemorySink", "MockClient", "ProxyThread", "Seen", "free_port", "make_exchange", "make_record",
+]
 
 
 def free_port() -> int:
@@ -52,6 +59,51 @@ def make_record(route: str = "/users/{id}", outcome: str = "mismatch", **kw: Any
     shadow = Response(200, (("content-type", "application/json"),), b'{"id": 2}', 14.0)
     comp = Comparison((Difference("body", "/id", "changed", 1, 2),), (), "json")
     return build_record(ex, outcome, shadow, comp)
+
+
+class MockClient:
+    """A shadow client that answers from a function, in the style of httpx's `MockTransport`:
+    `handler(request)` returns the shadow's `Response` (or an awaitable of one), with no socket.
+
+    What the handler raises becomes a `Failure`, classified as the real client classifies it
+    (`TimeoutError` -> timeout, `ConnectionError` -> reset, anything else -> error), and a body
+    larger than `max_body_bytes` is a too_large failure: `call` never raises, as `ShadowClient`.
+    `calls` keeps every request asked, in order. Pass it to `Pipeline` as its client.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Request], Response | Awaitable[Response]],
+        base_url: str = "http://shadow.invalid",
+    ) -> None:
+        self.handler = handler
+        self.base_url = base_url.rstrip("/")
+        self.cfg = ClientConfig()
+        self.calls: list[Request] = []
+        self.closed = False
+
+    def url_for(self, req: Request, base: str | None = None) -> URL:
+        return URL((base or self.base_url).rstrip("/") + req.target, encoded=True)
+
+    async def call(
+        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None
+    ) -> Response | Failure:
+        self.calls.append(req)
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                answer = self.handler(req)
+                response = await answer if inspect.isawaitable(answer) else answer
+        except Exception as e:
+            kind, message = classify(e)
+            return Failure(kind, message, (time.perf_counter() - start) * 1000)
+        if len(response.body) > max_body_bytes:
+            message = f"shadow body larger than max_body_bytes ({max_body_bytes})"
+            return Failure("too_large", message, (time.perf_counter() - start) * 1000)
+        return response
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import h2.exceptions  # type: ignore[import-untyped]
@@ -289,3 +289,19 @@ class ShadowClient:
             )
         latency = (time.perf_counter() - sent) * 1000
         return Response(resp.status, resp.headers, resp.body, latency, trailers=resp.trailers)
+
+
+class ShadowCaller(Protocol):
+    """What the pipeline asks of a shadow client: `ShadowClient` over the network, or a fake
+    (`shadowproxy.testing.MockClient`) that answers from a function, with no socket.
+    `call` never raises: every failure comes back as a `Failure`."""
+
+    cfg: ClientConfig
+
+    def url_for(self, req: Request, base: str | None = None) -> URL: ...
+
+    async def call(
+        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None
+    ) -> Response | Failure: ...
+
+    async def close(self) -> None: ...

@@ -40,7 +40,7 @@ from shadowproxy.engine.reqdelta import RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
-from shadowproxy.shadow.client import ShadowClient
+from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")
@@ -105,7 +105,7 @@ class ShadowJob:
 class Pipeline:
     def __init__(
         self,
-        client: ShadowClient,
+        client: ShadowCaller,
         sink: Sink,
         stats: Stats,
         *,
@@ -123,7 +123,9 @@ class Pipeline:
         self._executor = diff_executor
         self._own_executor = False
         # the secondary: a second instance of the live version (Diffy's noise pair)
-        self.secondary = ShadowClient(secondary_url, client.cfg) if secondary_url else None
+        self.secondary: ShadowCaller | None = None
+        if secondary_url:
+            self.secondary = ShadowClient(secondary_url, client.cfg)
         self.noise_state_path = noise_state_path
         if noise_state is None:
             noise_state = load_noise_state(noise_state_path) if noise_state_path else NoiseState()
