@@ -17,8 +17,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # The kit's names under the ones these tests use: `Proxy` is `shadowproxy run` as a process.
 from tests.kit import EXE, free_port
@@ -26,8 +27,9 @@ from tests.kit import ProxyProcess as Proxy
 from tests.kit import read_records as read_jsonl
 
 __all__ = [
-    "EXE", "Proxy", "RawServer", "free_port", "garbage", "get", "huge_body", "never_answers", "p50",
-    "raw_get", "read_jsonl", "reset", "resets_mid_body", "server_error", "slowloris", "write_rules",
+    "EXE", "Behaviour", "Proxy", "RawServer", "free_port", "garbage", "get", "huge_body", "never_answers",
+    "p50", "raw_get", "read_jsonl", "reset", "resets_mid_body", "server_error", "slowloris",
+    "stats_totals", "stopping", "write_rules",
 ]
 
 Behaviour = Callable[[socket.socket], None]
@@ -196,3 +198,30 @@ def raw_get(port: int, target: str, headers: dict[str, str] | None = None) -> tu
 
 def p50(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def stats_totals(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts summed over every route of every stats record."""
+    out: dict[str, int] = {}
+    for r in records:
+        if r["outcome"] != "stats":
+            continue
+        for counts in r["routes"].values():
+            for k, v in counts.items():
+                if isinstance(v, int):
+                    out[k] = out.get(k, 0) + v
+                elif isinstance(v, dict):
+                    for kk, vv in v.items():
+                        if isinstance(vv, int):
+                            out[f"{k}.{kk}"] = out.get(f"{k}.{kk}", 0) + vv
+    return out
+
+
+@contextlib.contextmanager
+def stopping() -> Iterator[threading.Event]:
+    """An event set on exit: behaviours that hold connections open end with the test."""
+    ev = threading.Event()
+    try:
+        yield ev
+    finally:
+        ev.set()
