@@ -22,11 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowproxy.engine import semantic
+from shadowproxy.engine.deeppath import deepdiff_found, excluder
 from shadowproxy.engine.diff import compare_responses
 from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.jsondiff import compile_rules
 from shadowproxy.engine.options import CompareOptions
-from shadowproxy.engine.semantic import compare_documents, deepdiff_found, deepdiff_options, excluder
+from shadowproxy.engine.semantic import compare_documents, deepdiff_options
 
 EXAMPLES = int(os.environ.get("SHADOWPROXY_DIFFERENTIAL_EXAMPLES", "300"))
 UNBOUNDED = {"max_diffs": 10_000, "max_depth": 200}
@@ -257,7 +258,7 @@ def test_pinned_examples_agree_with_deepdiff_alone(a: Any, b: Any, opts: Compare
 
 def test_deepdiff_runs_for_a_differing_json_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, Any]] = []
-    real = semantic.DeepDiff
+    real = semantic.DeepDiff  # type: ignore[attr-defined]
 
     def spy(t1: Any, t2: Any, **kwargs: Any) -> Any:
         calls.append((t1, t2))
@@ -275,7 +276,7 @@ def test_deepdiff_runs_for_a_differing_json_exchange(monkeypatch: pytest.MonkeyP
 
 
 def test_an_edited_element_of_an_order_insensitive_array_reports_its_field() -> None:
-    live = [{"id": i, "name": f"n{i}", "qty": i % 7} for i in range(200)]
+    live: list[dict[str, Any]] = [{"id": i, "name": f"n{i}", "qty": i % 7} for i in range(200)]
     shadow = list(reversed([dict(x) for x in live]))
     for i in (10, 20, 30):
         shadow[i]["qty"] += 1
@@ -293,7 +294,7 @@ def test_documents_equal_after_ignores_never_reach_deepdiff(monkeypatch: pytest.
 
 def test_subtrees_over_the_size_budget_keep_the_walks_findings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(semantic, "MAX_EXPLAINED_BYTES", 100)
-    live = {"items": [{"id": i, "tags": ["a", "b"]} for i in range(30)], "n": 1}
+    live: dict[str, Any] = {"items": [{"id": i, "tags": ["a", "b"]} for i in range(30)], "n": 1}
     shadow = {"items": list(reversed(live["items"])), "n": 2}
     found, unexplained, notes = compare_documents(live, shadow, CompareOptions())
     assert {(p, kind) for p, kind, *_ in found} == {("/items", "reordered"), ("/n", "changed")}

@@ -7,6 +7,7 @@ of these requests; the proxy keeps serving and exits 0.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
 
 
-def live_500(conn: h.socket.socket) -> None:
+def live_500(conn: socket.socket) -> None:
     body = b'{"error": "boom"}'
     conn.sendall(
         b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"

@@ -7,6 +7,7 @@ import http.client
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -123,7 +124,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyp
 
 
 def run_traffic(
-    live: Backend, shadow: Backend, rules: str | None, calls: list[tuple[str, str]], **options: object
+    live: Backend, shadow: Backend, rules: str | None, calls: list[tuple[str, str]], **options: Any
 ) -> tuple[MemorySink, list[tuple[int, list[tuple[str, str]], bytes]], ProxyThread]:
     sink = MemorySink()
     shadow.seen.clear()

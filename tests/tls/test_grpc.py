@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from shadowproxy.engine.record import validate_record
-from shadowproxy.testing import MemorySink
+from shadowproxy.testing import MemorySink, ProxyThread
 from tests.tls import grpc_demo
 from tests.tls.helpers import Pki, TlsProxy, wait_for
 
@@ -68,7 +68,7 @@ def _proxy(servers: Any, pki: Pki, sink: MemorySink, rules: str, *, h2c: bool = 
     )
 
 
-def _channel(proxy: TlsProxy, pki: Pki, *, h2c: bool = False) -> grpc.Channel:
+def _channel(proxy: ProxyThread, pki: Pki, *, h2c: bool = False) -> grpc.Channel:
     target = f"127.0.0.1:{proxy.port}"
     if h2c:
         return grpc.insecure_channel(target)
