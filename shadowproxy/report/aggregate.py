@@ -280,6 +280,7 @@ class Aggregator:
     def _route_report(self, name: str, agg: RouteAgg, top: int | None) -> dict[str, Any]:
         counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
         latency = _latency(agg.stats.live_latency, agg.stats.shadow_latency)
+        latency.update(_timings(agg.stats))
         judged = _verdict.evaluate_stats(agg.stats, self.thresholds)  # the same call replay makes
         fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
         compared = counts["compared"]
@@ -447,6 +448,17 @@ def _latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
     # from the unrounded quantiles, as the verdict computes it
     slower = _verdict.slowdown(live.quantile(0.99), shadow.quantile(0.99))
     return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": slower}
+
+
+def _timings(rs: RouteStats) -> dict[str, Any]:
+    """The proxy loop's lag during live calls, and each side's time to open a connection on
+    exchanges that opened one: information beside the latency check (docs/report.md)."""
+    live, shadow = _hist(rs.live_connect), _hist(rs.shadow_connect)
+    ratio = round(shadow["p50"] / live["p50"], 4) if live["p50"] and shadow["p50"] is not None else None
+    return {
+        "loop_lag": _hist(rs.live_loop_lag),
+        "connect": {"live": live, "shadow": shadow, "ratio_p50": ratio},
+    }
 
 
 def _example(record: dict[str, Any], outcome: str, differences: list[dict[str, Any]]) -> dict[str, Any]:
