@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
-from shadowproxy.engine.stats import RATIO_WIDTH, Histogram, RouteStats, sample_rate
+from shadowproxy.engine.stats import RATIO_WIDTH, Histogram, RatioHistogram, RouteStats, sample_rate
 from shadowproxy.report import verdict as _verdict
 from shadowproxy.report.inference import Estimate
 from shadowproxy.rules.model import Verdict
@@ -95,6 +95,24 @@ class FieldAgg:
 
 
 @dataclass(slots=True)
+class TrendPoint:
+    """One stats interval of a route: its counts and paired latency ratios."""
+
+    ts: str
+    at: datetime | None
+    interval_s: float
+    compared: int
+    mismatched: int
+    ratios: RatioHistogram | None  # only the last point keeps its histogram (it may still grow)
+    median_ratio: float | None = None
+
+    def settle(self) -> None:
+        """Keep only the median of the ratios: this point will not grow any more."""
+        if self.ratios is not None:
+            self.median_ratio, self.ratios = _median_ratio(self.ratios), None
+
+
+@dataclass(slots=True)
 class RouteAgg:
     stats: RouteStats = field(default_factory=RouteStats)
     records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCHANGE_OUTCOMES, 0))
@@ -106,10 +124,8 @@ class RouteAgg:
     noise_compared: int = 0
     noise_pairs: int = 0
     noise_fields: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    # one point per stats record: (ts, compared, mismatched, median shadow/live latency ratio)
-    trend: deque[tuple[str, int, int, float | None]] = field(
-        default_factory=lambda: deque(maxlen=TREND_POINTS)
-    )
+    # one point per stats interval (`_add_trend`), by arrival
+    trend: deque[TrendPoint] = field(default_factory=lambda: deque(maxlen=TREND_POINTS))
 
 
 class Aggregator:
@@ -195,10 +211,12 @@ class Aggregator:
         routes = record["routes"]
         parsed = {str(name): RouteStats.from_dict(counts) for name, counts in routes.items()}
         ts = str(record["ts"])
+        at, interval = parse_ts(ts), float(record.get("interval_s") or 0.0)
         for name, rs in parsed.items():
             agg = self._route(name)
             agg.stats.merge(rs)
-            agg.trend.append((ts, rs.counts["compared"], rs.counts["mismatched"], _median_ratio(rs)))
+            _add_trend(agg.trend, TrendPoint(ts, at, interval, rs.counts["compared"],
+                                             rs.counts["mismatched"], rs.latency_log_ratio))
         for name, counts in (record.get("noise") or {}).items():
             self._add_noise(self._route(str(name)), counts)
 
@@ -328,9 +346,9 @@ class Aggregator:
             # replay: recorded revalidations whose shadow 304 was judged against the validators
             "adjusted": agg.stats.counts.get("adjusted", 0),
             "trend": [
-                {"ts": ts, "compared": n, "mismatch_rate": _rate(m, n),
-                 "latency_ratio": None if lr is None else round(lr, 4)}
-                for ts, n, m, lr in sorted(agg.trend, key=lambda p: p[0])
+                {"ts": p.ts, "compared": p.compared, "mismatch_rate": _rate(p.mismatched, p.compared),
+                 "latency_ratio": None if (lr := _point_ratio(p)) is None else round(lr, 4)}
+                for p in sorted(agg.trend, key=lambda p: p.ts)
             ],
         }
 
@@ -412,9 +430,42 @@ def _estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
     }
 
 
-def _median_ratio(rs: RouteStats) -> float | None:
+def _add_trend(trend: deque[TrendPoint], point: TrendPoint) -> None:
+    """Append one stats record's point, or fold it into the last one when it belongs to the
+    same interval: another process's record for that interval (`--reuse-port N` writes N, at
+    most half an interval apart), or a short tail (the record written at exit, under half an
+    interval long, right after the last). Else a trend would zig-zag between each process's
+    share of the traffic and end on a point of a few requests."""
+    last = trend[-1] if trend else None
+    if last is None or last.ratios is None or point.at is None or last.at is None or last.interval_s <= 0:
+        if last is not None:
+            last.settle()
+        trend.append(point)
+        return
+    apart = (point.at - last.at).total_seconds()
+    same = abs(apart) < last.interval_s / 2
+    tail = 0 <= apart <= last.interval_s * 1.5 and point.interval_s < last.interval_s / 2
+    if not (same or tail):
+        last.settle()
+        trend.append(point)
+        return
+    last.compared += point.compared
+    last.mismatched += point.mismatched
+    merged = RatioHistogram()
+    merged.merge(last.ratios)
+    if point.ratios is not None:
+        merged.merge(point.ratios)
+    last.ratios = merged
+    if apart > 0:
+        last.ts, last.at = point.ts, point.at
+
+
+def _point_ratio(p: TrendPoint) -> float | None:
+    return _median_ratio(p.ratios) if p.ratios is not None else p.median_ratio
+
+
+def _median_ratio(h: RatioHistogram) -> float | None:
     """One interval's median shadow/live latency ratio, from its paired log-ratio histogram."""
-    h = rs.latency_log_ratio
     if h.count == 0:
         return None
     rank, seen = (h.count + 1) // 2, 0

@@ -310,3 +310,26 @@ def test_connect_times_of_new_connections_and_the_loop_lag_are_reported_per_rout
     markdown = render(report, "markdown")
     assert "new connections: connect p50 live 0.50 ms (n=1), shadow" in markdown
     assert "proxy loop lag mean 0.20 ms" in render(report, "table")
+
+
+def test_trend_folds_records_of_one_interval_from_several_processes_and_a_short_exit_tail() -> None:
+    def record(rid: str, second: int, compared: int, mismatched: int, interval_s: float) -> dict[str, object]:
+        rec = stats({"r": route_stats(compared=compared, mismatched=mismatched)}, rid,
+                    ts=f"2026-01-01T00:00:{second:02d}.000Z")
+        rec["interval_s"] = interval_s
+        return rec
+
+    agg = Aggregator()
+    for rec in (
+        record("p1-a", 10, 50, 0, 10.0),  # two proxy processes (--reuse-port 2), one interval
+        record("p2-a", 12, 40, 4, 10.0),
+        record("p1-b", 20, 50, 0, 10.0),
+        record("p2-b", 22, 40, 0, 10.0),
+        record("p1-exit", 23, 2, 1, 3.0),  # written at exit: 3 s of traffic
+    ):
+        assert agg.add(rec)
+    trend = agg.snapshot()["routes"][0]["trend"]
+    assert [(p["ts"][17:19], p["compared"], p["mismatch_rate"]) for p in trend] == [
+        ("12", 90, 4 / 90),
+        ("23", 92, 1 / 92),
+    ]
