@@ -23,7 +23,9 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   default 0.01) AND the LOWER end of its interval is at or past the threshold; otherwise it
   passes. Below `verdict.min_samples` compared exchanges (default 30) the check is
   `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9 decimals before they
-  are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold.
+  are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold. A PASS is
+  `insufficient` too when the proxy's own event-loop lag (in the live side's time, not in the
+  shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live median - lag).
 
 The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
 `insufficient` is `insufficient`. A route with nothing compared and no shadow error has the
