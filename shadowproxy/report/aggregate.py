@@ -19,7 +19,6 @@ The snapshot's keys are documented in `shadowproxy.report` and docs/report.md.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,9 +27,10 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
-from shadowproxy.engine.stats import RATIO_WIDTH, Histogram, RatioHistogram, RouteStats, sample_rate
+from shadowproxy.engine.stats import Histogram, RouteStats, sample_rate
 from shadowproxy.report import verdict as _verdict
 from shadowproxy.report.inference import Estimate
+from shadowproxy.report.trend import TrendPoint, add_trend, point_ratio
 from shadowproxy.rules.model import Verdict
 
 __all__ = ["REPORT_SCHEMA", "Aggregator", "parse_ts"]
@@ -92,24 +92,6 @@ class FieldAgg:
     count: int = 0
     examples: list[str] = field(default_factory=list)
     example: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class TrendPoint:
-    """One stats interval of a route: its counts and paired latency ratios."""
-
-    ts: str
-    at: datetime | None
-    interval_s: float
-    compared: int
-    mismatched: int
-    ratios: RatioHistogram | None  # only the last point keeps its histogram (it may still grow)
-    median_ratio: float | None = None
-
-    def settle(self) -> None:
-        """Keep only the median of the ratios: this point will not grow any more."""
-        if self.ratios is not None:
-            self.median_ratio, self.ratios = _median_ratio(self.ratios), None
 
 
 @dataclass(slots=True)
@@ -215,7 +197,7 @@ class Aggregator:
         for name, rs in parsed.items():
             agg = self._route(name)
             agg.stats.merge(rs)
-            _add_trend(agg.trend, TrendPoint(ts, at, interval, rs.counts["compared"],
+            add_trend(agg.trend, TrendPoint(ts, at, interval, rs.counts["compared"],
                                              rs.counts["mismatched"], rs.latency_log_ratio))
         for name, counts in (record.get("noise") or {}).items():
             self._add_noise(self._route(str(name)), counts)
@@ -347,7 +329,7 @@ class Aggregator:
             "adjusted": agg.stats.counts.get("adjusted", 0),
             "trend": [
                 {"ts": p.ts, "compared": p.compared, "mismatch_rate": _rate(p.mismatched, p.compared),
-                 "latency_ratio": None if (lr := _point_ratio(p)) is None else round(lr, 4)}
+                 "latency_ratio": None if (lr := point_ratio(p)) is None else round(lr, 4)}
                 for p in sorted(agg.trend, key=lambda p: p.ts)
             ],
         }
@@ -428,52 +410,6 @@ def _estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
         "slowdown_median": slow(lt.median) if lt else None,
         "slowdown_p99": slow(lt.p99) if lt else None,
     }
-
-
-def _add_trend(trend: deque[TrendPoint], point: TrendPoint) -> None:
-    """Append one stats record's point, or fold it into the last one when it belongs to the
-    same interval: another process's record for that interval (`--reuse-port N` writes N, at
-    most half an interval apart), or a short tail (the record written at exit, under half an
-    interval long, right after the last). Else a trend would zig-zag between each process's
-    share of the traffic and end on a point of a few requests."""
-    last = trend[-1] if trend else None
-    if last is None or last.ratios is None or point.at is None or last.at is None or last.interval_s <= 0:
-        if last is not None:
-            last.settle()
-        trend.append(point)
-        return
-    apart = (point.at - last.at).total_seconds()
-    same = abs(apart) < last.interval_s / 2
-    tail = 0 <= apart <= last.interval_s * 1.5 and point.interval_s < last.interval_s / 2
-    if not (same or tail):
-        last.settle()
-        trend.append(point)
-        return
-    last.compared += point.compared
-    last.mismatched += point.mismatched
-    merged = RatioHistogram()
-    merged.merge(last.ratios)
-    if point.ratios is not None:
-        merged.merge(point.ratios)
-    last.ratios = merged
-    if apart > 0:
-        last.ts, last.at = point.ts, point.at
-
-
-def _point_ratio(p: TrendPoint) -> float | None:
-    return _median_ratio(p.ratios) if p.ratios is not None else p.median_ratio
-
-
-def _median_ratio(h: RatioHistogram) -> float | None:
-    """One interval's median shadow/live latency ratio, from its paired log-ratio histogram."""
-    if h.count == 0:
-        return None
-    rank, seen = (h.count + 1) // 2, 0
-    for i in sorted(h.buckets):
-        seen += h.buckets[i]
-        if seen >= rank:
-            return math.exp(i * RATIO_WIDTH)
-    return None
 
 
 def _rate(n: int, d: int) -> float | None:
