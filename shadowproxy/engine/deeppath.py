@@ -88,3 +88,20 @@ def deepdiff_found(
             shadow = None if level.t2 is notpresent else level.t2
             found.append((to_pointer(base, elements), kind, live, shadow))
     return found
+
+
+def explain_leaves(leaves: Found, kwargs: dict[str, Any]) -> Found:
+    """DeepDiff's word on places the walk located exactly: fields of clearly paired records
+    and keys on one side only. One DeepDiff call over all of them, each place a key of two
+    flat dicts, so DeepDiff decides with the route's options whether each one differs and
+    how (changed, type_changed, added, removed) for the price of one small call (about 1x
+    parsing a 20 KB body), where diffing each record or parent object would cost a call each."""
+    if not leaves:
+        return []
+    t1 = {str(n): lv for n, (_, kind, lv, _) in enumerate(leaves) if kind != "added"}
+    t2 = {str(n): sv for n, (_, kind, _, sv) in enumerate(leaves) if kind != "removed"}
+    found: Found = []
+    for pointer, kind, live, shadow in deepdiff_found(DeepDiff(t1, t2, view="tree", **kwargs), ""):
+        _, n, *rest = pointer.split("/", 2)
+        found.append((leaves[int(n)][0] + "".join(f"/{r}" for r in rest), kind, live, shadow))
+    return found

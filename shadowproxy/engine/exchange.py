@@ -76,6 +76,9 @@ class Response:
     # kept apart (None: a reused connection, or not known), with whether the connection was new.
     connect_ms: float | None = None
     new_connection: bool | None = None
+    # live only: the proxy's event-loop lag (ms) while the exchange was in flight (proxy.looplag);
+    # its clock includes that queueing, the shadow's (timed in the worker) does not
+    loop_lag_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

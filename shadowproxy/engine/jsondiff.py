@@ -11,7 +11,8 @@ descends only into subtrees that differ: Python's `==` on dicts and lists runs i
 settles equal subtrees far faster than any Python-level walk could. The differing children
 of a dict (keys in the same order, the usual case) or of an equal-length array are found in
 C too, with `map(operator.ne, ...)`; a list of same-shaped records is compared one field
-(column) at a time, so a field that an ignore rule names is never even compared.
+(column) at a time, so a field that an ignore rule names is never even compared. (Those
+helpers, and `canonical`, are in `arrays`.)
 
 Order-insensitive arrays (`ignore_order`): equal elements are matched first (flat records by
 a key built in C, others by canonical serialisation), then elements the rules make equal
@@ -30,22 +31,33 @@ trusting `==`).
 
 from __future__ import annotations
 
-import operator
 import re
-from collections.abc import Callable, Collection, Hashable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import compress, repeat
+from itertools import compress
 from typing import Any
 
-import orjson
-
-from shadowproxy.engine.elementkey import flat_keys
+from shadowproxy.engine.arrays import (
+    Key as Key,
+)
+from shadowproxy.engine.arrays import (
+    _all_hold,
+    _column_differences,
+    _common_head,
+    _common_tail,
+    _is_permutation,
+    _match_exact,
+    _record_keys,
+    _unequal,
+)
+from shadowproxy.engine.arrays import (
+    canonical as canonical,
+)
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import GlobState, PointerGlobs, escape
 
 Emit = Callable[[str, str, Any, Any], None]
-Key = Callable[[Any], bytes]
 
 # Order-insensitive matching tries every leftover live element against every leftover shadow
 # element; past this many tries it pairs them by position instead.
@@ -96,18 +108,6 @@ def json_type(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return "object"
-
-
-def canonical(value: Any) -> bytes:
-    """A hashable, key-order-independent identity for a parsed JSON value.
-
-    orjson serialises at most 255 levels; a deeper value gets an identity of its own, so it
-    equals nothing here and is left to the walk (which has no depth limit) to compare.
-    """
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        return b"\xff%d" % id(value)
 
 
 def diff_json(
@@ -359,97 +359,3 @@ class _Walker:
         except _Stop:
             return False
         return True
-
-
-def _unequal(xs: Collection[Any], ys: Collection[Any]) -> Iterator[bool]:
-    """Pairwise: the values differ, or their types do. Python holds 1 == True; JSON does not.
-
-    All of it runs in C, and the per-pair type check only when the type sequences differ.
-    It sees these values themselves only: a boolean that became a number deeper inside two
-    subtrees that are otherwise == stays unseen.
-    """
-    types_x, types_y = list(map(type, xs)), list(map(type, ys))
-    if types_x == types_y:
-        return map(operator.ne, xs, ys)
-    return map(operator.or_, map(operator.ne, xs, ys), map(operator.is_not, types_x, types_y))
-
-
-def _common_head(a: list[Any], b: list[Any]) -> int:
-    """How many leading elements are equal (and of the same type)."""
-    for n, same in enumerate(map(operator.not_, _unequal(a, b))):
-        if not same:
-            return n
-    return min(len(a), len(b))
-
-
-def _common_tail(a: list[Any], b: list[Any], head: int) -> int:
-    """How many trailing elements, not counting the common head, are equal."""
-    limit = min(len(a), len(b)) - head
-    return _common_head(a[: -limit - 1 : -1], b[: -limit - 1 : -1]) if limit > 0 else 0
-
-
-def _is_permutation(
-    a: list[Any], b: list[Any], rows: list[int], ignored: frozenset[str] = frozenset()
-) -> bool:
-    """Whether positions `rows` of a and b hold the same elements in another order, the
-    `ignored` fields of records left out (they may differ in every record)."""
-    xs = [a[i] for i in rows]
-    ys = [b[i] for i in rows]
-    if ignored:
-        xs = [{k: v for k, v in x.items() if k not in ignored} for x in xs]
-        ys = [{k: v for k, v in y.items() if k not in ignored} for y in ys]
-    if xs[0] not in ys:  # cheap rejection, in C, before serialising anything
-        return False
-    return sorted(map(canonical, xs)) == sorted(map(canonical, ys))
-
-
-def _record_keys(a: list[Any], b: list[Any]) -> list[str] | None:
-    """The keys of the first record when every element of a and b is a dict of that size."""
-    kinds = set(map(type, a))
-    kinds.update(map(type, b))
-    if kinds != {dict}:
-        return None
-    keys = list(a[0])
-    sizes = set(map(len, a))
-    sizes.update(map(len, b))
-    return keys if sizes == {len(keys)} else None
-
-
-def _column_differences(a: list[Any], b: list[Any], keys: list[str]) -> list[tuple[int, str]] | None:
-    """(record index, key) of every differing field, in document order; None when a record
-    lacks one of `keys`."""
-    found: list[tuple[int, int, str]] = []
-    try:
-        for column, key in enumerate(keys):
-            get = operator.itemgetter(key)
-            unequal = _unequal(list(map(get, a)), list(map(get, b)))
-            found.extend((i, column, key) for i in compress(range(len(a)), unequal))
-    except KeyError:
-        return None
-    found.sort()
-    return [(i, key) for i, _, key in found]
-
-
-def _all_hold(a: list[Any], b: list[Any], keys: frozenset[str]) -> bool:
-    return all(
-        all(map(operator.contains, a, repeat(key))) and all(map(operator.contains, b, repeat(key)))
-        for key in keys
-    )
-
-
-def _match_exact(a: list[Any], b: list[Any], key: Key, as_one: bool) -> tuple[list[int], list[int], bool]:
-    """Indices of a and of b left over after pairing equal elements (`as_one`: 2 and 2.0 too)."""
-    flat = flat_keys(a, b, as_one, getattr(key, "flat", None))  # flat records: keyed in C
-    keys = flat or (list(map(key, a)), list(map(key, b)))
-    waiting: dict[Hashable, list[int]] = {}
-    for j in range(len(b) - 1, -1, -1):
-        waiting.setdefault(keys[1][j], []).append(j)
-    left: list[int] = []
-    for i, x in enumerate(keys[0]):
-        candidates = waiting.get(x)
-        if candidates:
-            candidates.pop()
-        else:
-            left.append(i)
-    right = sorted(j for js in waiting.values() for j in js)
-    return left, right, flat is not None

@@ -88,6 +88,8 @@ def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None
         out["new_connection"] = resp.new_connection
     if resp.connect_ms is not None:
         out["connect_ms"] = round(resp.connect_ms, 3)
+    if resp.loop_lag_ms is not None:
+        out["loop_lag_ms"] = round(resp.loop_lag_ms, 3)
     return out
 
 

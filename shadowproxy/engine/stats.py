@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
@@ -158,6 +159,11 @@ class RouteStats:
     # field (where:pointer) -> exchanges where the request delta explained its difference
     request_delta_fields: dict[str, int] = field(default_factory=dict)
     latency_log_ratio: RatioHistogram = field(default_factory=RatioHistogram)
+    # the proxy loop's lag while each compared exchange was in flight (it inflates the live side)
+    live_loop_lag: Histogram = field(default_factory=Histogram)
+    # time to open a connection, exchanges on new connections only (information: not judged)
+    live_connect: Histogram = field(default_factory=Histogram)
+    shadow_connect: Histogram = field(default_factory=Histogram)
 
     def merge(self, other: RouteStats) -> None:
         for k, v in other.counts.items():
@@ -169,6 +175,9 @@ class RouteStats:
         self.live_latency.merge(other.live_latency)
         self.shadow_latency.merge(other.shadow_latency)
         self.latency_log_ratio.merge(other.latency_log_ratio)
+        self.live_loop_lag.merge(other.live_loop_lag)
+        self.live_connect.merge(other.live_connect)
+        self.shadow_connect.merge(other.shadow_connect)
 
     def empty(self) -> bool:
         return not any(self.counts.values())
@@ -183,6 +192,15 @@ class RouteStats:
             "shadow_latency_ms": self.shadow_latency.to_dict(),
             "request_delta_fields": dict(sorted(self.request_delta_fields.items())),
             "latency_log_ratio": self.latency_log_ratio.to_dict(),
+            **{
+                key: hist.to_dict()
+                for key, hist in (
+                    ("live_loop_lag_ms", self.live_loop_lag),
+                    ("live_connect_ms", self.live_connect),
+                    ("shadow_connect_ms", self.shadow_connect),
+                )
+                if hist.count
+            },
         }
 
     @classmethod
@@ -195,6 +213,9 @@ class RouteStats:
         rs.live_latency = Histogram.from_dict(d.get("live_latency_ms", {}))
         rs.shadow_latency = Histogram.from_dict(d.get("shadow_latency_ms", {}))
         rs.latency_log_ratio = RatioHistogram.from_dict(d.get("latency_log_ratio", {}))
+        rs.live_loop_lag = Histogram.from_dict(d.get("live_loop_lag_ms", {}))
+        rs.live_connect = Histogram.from_dict(d.get("live_connect_ms", {}))
+        rs.shadow_connect = Histogram.from_dict(d.get("shadow_connect_ms", {}))
         return rs
 
 
@@ -238,6 +259,18 @@ class Stats:
             rs.live_latency.observe(live_ms)
             rs.shadow_latency.observe(shadow_ms)
             rs.latency_log_ratio.add(ratio)
+
+    def exchange(self, route: str, live: Response, shadow: Response) -> None:
+        """One compared exchange's timings: `latency`, and apart, the proxy loop's lag during
+        the live call and each side's connect time when its connection was new."""
+        self.latency(route, live.latency_ms, shadow.latency_ms)
+        for rs in self._route(route):
+            if live.loop_lag_ms is not None:
+                rs.live_loop_lag.observe(live.loop_lag_ms)
+            if live.new_connection and live.connect_ms is not None:
+                rs.live_connect.observe(live.connect_ms)
+            if shadow.new_connection and shadow.connect_ms is not None:
+                rs.shadow_connect.observe(shadow.connect_ms)
 
     def merge_interval(self, routes: dict[str, RouteStats]) -> None:
         """Fold counts made elsewhere (another process) into this interval and the totals."""

@@ -12,9 +12,9 @@ from functools import lru_cache
 from typing import Any
 
 from deepdiff import DeepDiff, DeepHash
-from deepdiff.helper import CannotCompare, number_to_string
+from deepdiff.helper import CannotCompare
 
-from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder
+from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder, explain_leaves
 from shadowproxy.engine.elementkey import NUMBER_DECIMALS, flat_keys
 from shadowproxy.engine.jsondiff import JsonRules, Key, canonical
 from shadowproxy.engine.options import CompareOptions
@@ -89,16 +89,20 @@ def explain_unordered(
     distinct = len({ca[i] for i in left}) == len(left) and len({cb[j] for j in right}) == len(right)
     if partner is not None and distinct:
         # Each leftover has exactly one clear partner (DeepDiff's pairing would find the same
-        # pairs, at the distance the compare function gives): only the pairs are diffed, field
-        # by field where that gives DeepDiff's answer, else by DeepDiff
+        # pairs, at the distance the compare function gives): only the pairs are diffed. The
+        # fields that may differ are located here and DeepDiff judges them all in one call;
+        # a pair where locating fields might not give DeepDiff's answer is diffed by DeepDiff
+        leaves: Found = []
         for k, j in enumerate(partner):
             at = f"{base}/{left[k]}"
-            direct = pair_fields(t1[k], t2[j], at, rules, opts)
-            if direct is None:
+            fields = pair_fields(t1[k], t2[j], at, rules, opts)
+            if fields is None:
                 exclude = excluder(rules, at, opts.max_depth)
                 dd = DeepDiff(t1[k], t2[j], view="tree", exclude_obj_callback=exclude, **kwargs)
-                direct = deepdiff_found(dd, at)
-            found.extend(direct)
+                found.extend(deepdiff_found(dd, at))
+            else:
+                leaves.extend(fields)
+        found.extend(explain_leaves(leaves, kwargs))
         return found
     exclude = excluder(rules, base, opts.max_depth, left)
     dd = DeepDiff(t1, t2, view="tree", exclude_obj_callback=exclude, **kwargs)
@@ -232,13 +236,13 @@ def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int])
 
 
 _CONTAINERS = (dict, list)
-_NUMBERS = (int, float)
 
 
 def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions) -> Found | None:
-    """Two paired records compared field by field, or None where that might not give
-    DeepDiff's answer (nested values that differ or may differ by type alone; tolerance,
-    significant digits or type groups): then DeepDiff compares the pair."""
+    """The fields of two paired records that may differ (keys on one side, scalars not equal
+    with their types), for DeepDiff to judge (`explain_leaves`); or None where judging the
+    fields apart might not give DeepDiff's answer over the records (nested values that
+    differ or may differ by type alone; tolerance, significant digits or type groups)."""
     if type(x) is not dict or type(y) is not dict:
         return None
     if not compares_directly(opts):
@@ -263,34 +267,12 @@ def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions)
             if u is v or (tu is tv and not (globs.globs or regexes) and canonical(u) == canonical(v)):
                 continue
             return None
-        difference = scalar_difference(pointer, u, v, opts)
-        if difference is not None:
-            found.append(difference)
+        if tu is not tv or u != v:
+            found.append((pointer, "changed", u, v))
     return found
 
 
 def compares_directly(opts: CompareOptions) -> bool:
-    """Whether `scalar_difference` gives DeepDiff's answer under these options."""
+    """Whether DeepDiff judges a record's scalar fields apart as it would within the record
+    (its tolerance, significant digits and type groups are not left to a flat comparison)."""
     return not (opts.float_tolerance or opts.significant_digits is not None or opts.ignore_type_in_groups)
-
-
-def scalar_difference(pointer: str, u: Any, v: Any, opts: CompareOptions) -> tuple[str, str, Any, Any] | None:
-    """Two scalars (not containers) compared as DeepDiff would under options that pass
-    `compares_directly`: a difference, or None (a DeepDiff call costs about 100 us each)."""
-    tu, tv = type(u), type(v)
-    if tu is tv or (tu in _NUMBERS and tv in _NUMBERS):
-        if tu is not tv and not opts.ignore_numeric_type_changes:
-            return (pointer, "type_changed", u, v)
-        if u == v:
-            return None
-        if tu is str and opts.ignore_string_case:
-            return (pointer, "changed", u, v) if u.lower() != v.lower() else None
-        # DeepDiff compares numbers to 12 decimals (formatted) when numeric types are one
-        if tu in _NUMBERS and opts.ignore_numeric_type_changes and _as_number(u) == _as_number(v):
-            return None
-        return (pointer, "changed", u, v)
-    return (pointer, "type_changed", u, v)
-
-
-def _as_number(value: Any) -> Any:
-    return number_to_string(value, significant_digits=NUMBER_DECIMALS, number_format_notation="f")

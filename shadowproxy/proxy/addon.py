@@ -24,6 +24,7 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
+from shadowproxy.proxy.looplag import LoopLag
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher, ShadowDispatcher
@@ -171,6 +172,7 @@ class ShadowAddon:
         self._done = False  # done() ran: nothing more is mirrored
         self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
         self.stats = Stats("proxy")
+        self.loop_lag = LoopLag()  # the live side's time includes it (proxy.looplag)
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
         # graceful stop (proxy.master.request_stop): first every answer closes its HTTP/1
         # connection (keep-alive clients move off), then new requests are answered 503 here,
@@ -271,6 +273,7 @@ class ShadowAddon:
         cfg = self.config
         if cfg is None or cfg.shadow_url is None or self.dispatcher is not None:
             return
+        self.loop_lag.start()
         in_process = self._injected_sink is not None or parse_uri(cfg.sink_uri).scheme == "memory"
         if cfg.dispatch_mode == "process" and not in_process:
             worker = WorkerConfig(cfg.shadow_url, cfg.sink_uri, cfg.client, cfg.dispatch,
@@ -299,6 +302,7 @@ class ShadowAddon:
 
     async def done(self) -> None:
         self._done = True
+        self.loop_lag.stop()
         await self._tasks.cancel_all()
         while self._held:  # the worker never came up, or stop came first
             self.stats.skip(self._held.popleft().exchange.route, "not_ready")
@@ -445,7 +449,8 @@ class ShadowAddon:
                 self.stats.skip(decision.route, "too_large")
             return None
         keep = self.config.keep_host_header if self.config is not None else False
-        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT))
+        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT),
+                                self.loop_lag)
         return build_job(self.policy, self.stats, request_of(flow.request), live,
                          client_host_of(flow, keep), flow.request.scheme)
 

@@ -7,6 +7,7 @@ import time
 from mitmproxy import http
 
 from shadowproxy.engine.exchange import Request, Response, escape_surrogates
+from shadowproxy.proxy.looplag import LoopLag
 
 
 def _fields(headers: http.Headers) -> tuple[tuple[str, str], ...]:
@@ -32,12 +33,16 @@ def request_of(req: http.Request) -> Request:
 
 
 def live_response_of(
-    flow: http.HTTPFlow, new_connection: bool | None = None, sent_at: float | None = None
+    flow: http.HTTPFlow,
+    new_connection: bool | None = None,
+    sent_at: float | None = None,
+    loop_lag: LoopLag | None = None,
 ) -> Response:
     """The live answer, timed as the shadow client times its own (shadow.client): from the
     request written upstream to the response read whole; opening the connection is
     `connect_ms`, apart. `sent_at` is when the request hooks ended (mitmproxy writes the
-    request then, once its server connection is up); without it, when the request was read."""
+    request then, once its server connection is up); without it, when the request was read.
+    `loop_lag`: the proxy loop's sampler; the exchange gets the lag while it was in flight."""
     resp = flow.response
     assert resp is not None
     end = resp.timestamp_end or time.time()
@@ -55,4 +60,5 @@ def live_response_of(
         trailers=_fields(resp.trailers) if resp.trailers else (),  # gRPC's status lives there
         connect_ms=connect_ms,
         new_connection=new_connection,
+        loop_lag_ms=loop_lag.during(start, end) if loop_lag is not None else None,
     )

@@ -36,9 +36,12 @@ The report (and `--format json`) is a dict with these stable keys:
       sample_rate         (eligible - sampled_out - rate_limited) / eligible, or null
       records             {mismatch, shadow_error, too_large}: records of each outcome seen
       shadow_error_kinds  {kind: count} from the shadow_error records
-      latency             {live: Q, shadow: Q, ratio: {p50, p95, p99}, slowdown}; Q is
+      latency             {live: Q, shadow: Q, ratio: {p50, p95, p99}, slowdown, loop_lag: Q,
+                          connect: {live: Q, shadow: Q, ratio_p50}}; Q is
                           {count, p50, p95, p99, mean, max} in ms (nulls when empty); ratio is
-                          shadow / live per quantile; slowdown is shadow p99 / live p99 - 1
+                          shadow / live per quantile; slowdown is shadow p99 / live p99 - 1;
+                          loop_lag: the proxy's event-loop lag during the live calls; connect:
+                          time to open a connection, exchanges that opened one (not judged)
       fields_total        distinct differing fields seen
       fields_not_kept     field occurrences not kept (more than 2000 distinct fields)
       fields              top fields, most frequent first, each {part, path, kind, count, share,
@@ -56,7 +59,7 @@ The report (and `--format json`) is a dict with these stable keys:
       adjusted            replay: recorded revalidations whose shadow 304 was judged against the
                           recorded validators, and answers whose body the recording does not
                           hold, compared on status and headers only (docs/replay.md)
-      trend               one point per stats record (the last 200), by time: {ts, compared,
+      trend               one point per stats interval (the last 200), by time: {ts, compared,
                           mismatch_rate, latency_ratio}; latency_ratio is that interval's median
                           shadow/live ratio (1: alike), null without latencies
     notes           things a reader should know (missing stats records, invalid records)

@@ -19,7 +19,6 @@ The snapshot's keys are documented in `shadowproxy.report` and docs/report.md.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,9 +27,10 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
-from shadowproxy.engine.stats import RATIO_WIDTH, Histogram, RouteStats, sample_rate
+from shadowproxy.engine.stats import Histogram, RouteStats, sample_rate
 from shadowproxy.report import verdict as _verdict
 from shadowproxy.report.inference import Estimate
+from shadowproxy.report.trend import TrendPoint, add_trend, point_ratio
 from shadowproxy.rules.model import Verdict
 
 __all__ = ["REPORT_SCHEMA", "Aggregator", "parse_ts"]
@@ -106,10 +106,8 @@ class RouteAgg:
     noise_compared: int = 0
     noise_pairs: int = 0
     noise_fields: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    # one point per stats record: (ts, compared, mismatched, median shadow/live latency ratio)
-    trend: deque[tuple[str, int, int, float | None]] = field(
-        default_factory=lambda: deque(maxlen=TREND_POINTS)
-    )
+    # one point per stats interval (`_add_trend`), by arrival
+    trend: deque[TrendPoint] = field(default_factory=lambda: deque(maxlen=TREND_POINTS))
 
 
 class Aggregator:
@@ -195,10 +193,12 @@ class Aggregator:
         routes = record["routes"]
         parsed = {str(name): RouteStats.from_dict(counts) for name, counts in routes.items()}
         ts = str(record["ts"])
+        at, interval = parse_ts(ts), float(record.get("interval_s") or 0.0)
         for name, rs in parsed.items():
             agg = self._route(name)
             agg.stats.merge(rs)
-            agg.trend.append((ts, rs.counts["compared"], rs.counts["mismatched"], _median_ratio(rs)))
+            add_trend(agg.trend, TrendPoint(ts, at, interval, rs.counts["compared"],
+                                             rs.counts["mismatched"], rs.latency_log_ratio))
         for name, counts in (record.get("noise") or {}).items():
             self._add_noise(self._route(str(name)), counts)
 
@@ -280,6 +280,7 @@ class Aggregator:
     def _route_report(self, name: str, agg: RouteAgg, top: int | None) -> dict[str, Any]:
         counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
         latency = _latency(agg.stats.live_latency, agg.stats.shadow_latency)
+        latency.update(_timings(agg.stats))
         judged = _verdict.evaluate_stats(agg.stats, self.thresholds)  # the same call replay makes
         fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
         compared = counts["compared"]
@@ -327,9 +328,9 @@ class Aggregator:
             # replay: recorded revalidations whose shadow 304 was judged against the validators
             "adjusted": agg.stats.counts.get("adjusted", 0),
             "trend": [
-                {"ts": ts, "compared": n, "mismatch_rate": _rate(m, n),
-                 "latency_ratio": None if lr is None else round(lr, 4)}
-                for ts, n, m, lr in sorted(agg.trend, key=lambda p: p[0])
+                {"ts": p.ts, "compared": p.compared, "mismatch_rate": _rate(p.mismatched, p.compared),
+                 "latency_ratio": None if (lr := point_ratio(p)) is None else round(lr, 4)}
+                for p in sorted(agg.trend, key=lambda p: p.ts)
             ],
         }
 
@@ -411,19 +412,6 @@ def _estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
     }
 
 
-def _median_ratio(rs: RouteStats) -> float | None:
-    """One interval's median shadow/live latency ratio, from its paired log-ratio histogram."""
-    h = rs.latency_log_ratio
-    if h.count == 0:
-        return None
-    rank, seen = (h.count + 1) // 2, 0
-    for i in sorted(h.buckets):
-        seen += h.buckets[i]
-        if seen >= rank:
-            return math.exp(i * RATIO_WIDTH)
-    return None
-
-
 def _rate(n: int, d: int) -> float | None:
     return n / d if d > 0 else None
 
@@ -447,6 +435,17 @@ def _latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
     # from the unrounded quantiles, as the verdict computes it
     slower = _verdict.slowdown(live.quantile(0.99), shadow.quantile(0.99))
     return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": slower}
+
+
+def _timings(rs: RouteStats) -> dict[str, Any]:
+    """The proxy loop's lag during live calls, and each side's time to open a connection on
+    exchanges that opened one: information beside the latency check (docs/report.md)."""
+    live, shadow = _hist(rs.live_connect), _hist(rs.shadow_connect)
+    ratio = round(shadow["p50"] / live["p50"], 4) if live["p50"] and shadow["p50"] is not None else None
+    return {
+        "loop_lag": _hist(rs.live_loop_lag),
+        "connect": {"live": live, "shadow": shadow, "ratio_p50": ratio},
+    }
 
 
 def _example(record: dict[str, Any], outcome: str, differences: list[dict[str, Any]]) -> dict[str, Any]:

@@ -141,6 +141,25 @@ def _quantiles(side: dict[str, Any]) -> str:
     return " / ".join(fmt_ms(side[k]) for k in ("p50", "p95", "p99"))
 
 
+def timing_line(r: dict[str, Any]) -> str | None:
+    """Information beside the latency check: each side's time to open a connection (exchanges
+    that opened one) and the proxy's event-loop lag during the live calls; None without either."""
+    lat = r["latency"]
+    parts = []
+    connect = lat.get("connect") or {}
+    live, shadow = connect.get("live") or {}, connect.get("shadow") or {}
+    if live.get("count") or shadow.get("count"):
+        parts.append(
+            f"new connections: connect p50 live {fmt_ms(live.get('p50'))} ms (n={live.get('count', 0)}), "
+            f"shadow {fmt_ms(shadow.get('p50'))} ms (n={shadow.get('count', 0)}), "
+            f"ratio {fmt_ratio(connect.get('ratio_p50'))}"
+        )
+    lag = lat.get("loop_lag") or {}
+    if lag.get("count"):
+        parts.append(f"proxy loop lag mean {fmt_ms(lag.get('mean'))} ms")
+    return f"{r['route']}: " + "; ".join(parts) if parts else None
+
+
 def _field(f: dict[str, Any]) -> str:
     return f"{f['part']} {f['path'] or '(status)'}" if f["part"] != "body" else (f["path"] or "/")
 
@@ -212,6 +231,9 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         )
     console.print(lt)
     for r in routes:
+        timing = timing_line(r)
+        if timing is not None:
+            console.print(timing, style="dim")
         if r.get("sample_rate") is not None and r["sample_rate"] < 1.0:
             console.print(f"{r['route']}: {fmt_pct(r['sample_rate'])} of eligible requests copied to the "
                           "shadow (sampling and rate limits)", style="dim")
@@ -375,6 +397,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         right=set(range(2, 12)),
     )
     lines.append("")
+    timings = [line for line in map(timing_line, routes) if line is not None]
+    if timings:
+        lines += [f"- {_md(line)}" for line in timings] + [""]
     checks = check_rows(routes)
     if checks:
         lines += ["## Checks", "", "Estimates with 95% intervals; for latency, the one-sided p-value of "

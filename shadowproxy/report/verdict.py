@@ -23,7 +23,9 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   default 0.01) AND the LOWER end of its interval is at or past the threshold; otherwise it
   passes. Below `verdict.min_samples` compared exchanges (default 30) the check is
   `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9 decimals before they
-  are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold.
+  are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold. A PASS is
+  `insufficient` too when the proxy's own event-loop lag (in the live side's time, not in the
+  shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live median - lag).
 
 The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
 `insufficient` is `insufficient`. A route with nothing compared and no shadow error has the
@@ -66,6 +68,9 @@ LEVELS: tuple[Level, ...] = ("no_data", "pass", "insufficient", "warn", "fail") 
 _RANK: dict[str, int] = {"pass": 0, "insufficient": 1, "warn": 2, "fail": 3}
 DEFAULT_THRESHOLDS = Verdict()
 RATIO_DIGITS = 9
+# A latency check that would pass is `insufficient` when the proxy's loop lag could hide a
+# slowdown of at least this share of the live latency (docs/report.md, "How latency is measured")
+LOOP_LAG_LIMIT = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,10 @@ class LatencyTest:
     n: int  # compared exchanges with both latencies
     median: Estimate
     p99: Estimate
+    # the proxy loop's mean lag during the live calls (ms), and the slowdown it could hide:
+    # lag / (live median - lag); None when not measured (older records, replay)
+    loop_lag_ms: float | None = None
+    hidden: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +146,13 @@ def latency_test(rs: RouteStats) -> LatencyTest | None:
     n = median.n or p99.n  # records from before paired ratios: the histograms' count
     if n == 0:
         return None
-    return LatencyTest(n, median, p99)
+    lag = rs.live_loop_lag
+    live_p50 = rs.live_latency.quantile(0.5)
+    if not lag.count or live_p50 is None:
+        return LatencyTest(n, median, p99)
+    lag_ms = lag.sum / lag.count
+    hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
+    return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS))
 
 
 def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
@@ -199,6 +214,13 @@ def evaluate(
                         f"({_limit(lv, t.latency, 'lower')})"
                     )
             latency_level = _worst(levels) if levels else None
+            if latency_level == "pass" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
+                # the live side is inflated by the proxy's own queueing: a PASS could be false
+                latency_level = "insufficient"
+                reasons.append(
+                    f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per exchange, "
+                    f"{latency.hidden:.0%} of the live time without it: a slowdown that size would not show"
+                )
     checks = [lv for lv in (rate_level_, error_level, latency_level) if lv is not None]
     worst = _worst(lv for lv in checks if lv != "insufficient")
     verdict: Level = "insufficient" if worst == "pass" and "insufficient" in checks else worst

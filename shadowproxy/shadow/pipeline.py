@@ -199,7 +199,7 @@ class Pipeline:
         if ex.annotations.get("body_not_recorded"):
             # replay of an answer whose body the recording does not hold: status and headers only
             compared = dataclasses.replace(result, body=ex.live.body)
-        self.stats.latency(ex.route, ex.live.latency_ms, result.latency_ms)
+        self.stats.exchange(ex.route, ex.live, result)
         if self._compare_slots <= 0:
             self.stats.count(ex.route, "dropped")  # comparisons shed; the shadow still got its copy
             return

@@ -126,7 +126,7 @@ def encode_job(job: ShadowJob, settings_ref: int) -> tuple[Any, ...]:
     return (
         _request_tuple(ex.request),
         (live.status, live.headers, live.body, live.latency_ms, live.truncated, live.trailers,
-         live.connect_ms, live.new_connection),
+         live.connect_ms, live.new_connection, live.loop_lag_ms),
         ex.id, ex.ts, ex.route, ex.rule, ex.annotations or None,
         _request_tuple(job.shadow_request), settings_ref, job.target, job.rewritten,
     )

@@ -275,6 +275,58 @@ def test_deepdiff_runs_for_a_differing_json_exchange(monkeypatch: pytest.MonkeyP
     assert all(t1 != orjson.loads(live.body) for t1, _ in calls)
 
 
+UNORDERED_RECORDS = [{"sku": f"S{i}", "qty": i, "wh": "ams", "name": f"n{i}", "ok": True} for i in range(8)]
+
+
+def _edited(records: list[dict[str, Any]], **change: Any) -> list[dict[str, Any]]:
+    out = [dict(r) for r in reversed(records)]
+    out[2].update(change)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "opts", "expected"),
+    [
+        ({"a": 1, "b": "x"}, {"a": 2, "b": "x"}, CompareOptions(), [("/a", "changed")]),
+        ({"a": 1}, {"a": 1, "b": "x"}, CompareOptions(), [("/b", "added")]),
+        ({"a": 1, "b": "x"}, {"a": 1}, CompareOptions(), [("/b", "removed")]),
+        ({"a": 1}, {"a": "1"}, CompareOptions(), [("/a", "type_changed")]),
+        ([{"id": 1, "n": "a"}, {"id": 2, "n": "b"}], [{"id": 1, "n": "a"}, {"id": 2, "n": "c"}], CompareOptions(), [("/1/n", "changed")]),  # noqa: E501
+        ([1, 2, 3], [1, 2, 4], CompareOptions(), [("/2", "changed")]),
+        (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, qty=50), CompareOptions(ignore_order=True), [("/5/qty", "changed")]),  # noqa: E501
+        (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, qty="4"), CompareOptions(ignore_order=True), [("/5/qty", "type_changed")]),  # noqa: E501
+        (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, extra=1), CompareOptions(ignore_order=True), [("/5/extra", "added")]),  # noqa: E501
+        ([1, 2, 3], [3, 2, 5], CompareOptions(ignore_order=True), [("/0", "changed")]),
+    ],
+    ids=[
+        "object-field", "object-key-added", "object-key-removed", "type-change", "array-positional",
+        "scalar-array", "unordered-pair-field", "unordered-pair-type-change", "unordered-pair-key-added",
+        "unordered-scalars",
+    ],
+)
+def test_deepdiff_judges_every_kind_of_differing_json_exchange(
+    monkeypatch: pytest.MonkeyPatch,
+    live: Any,
+    shadow: Any,
+    opts: CompareOptions,
+    expected: list[tuple[str, str]],
+) -> None:
+    calls: list[int] = []
+    real = DeepDiff.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepDiff, "__init__", spy)
+    headers = (("content-type", "application/json"),)
+    live_response, shadow_response = (Response(200, headers, orjson.dumps(d)) for d in (live, shadow))
+    c = compare_responses(live_response, shadow_response, opts)
+    assert [(d.path, d.kind) for d in c.differences] == expected
+    assert calls, "DeepDiff did not run for a differing JSON exchange"
+    assert not c.notes
+
+
 def test_an_edited_element_of_an_order_insensitive_array_reports_its_field() -> None:
     live: list[dict[str, Any]] = [{"id": i, "name": f"n{i}", "qty": i % 7} for i in range(200)]
     shadow = list(reversed([dict(x) for x in live]))

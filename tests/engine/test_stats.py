@@ -51,3 +51,29 @@ def test_route_stats_round_trip() -> None:
     rs.live_latency.observe(5.0)
     again = RouteStats.from_dict(rs.to_dict())
     assert again.to_dict() == rs.to_dict()
+
+
+def test_an_exchange_adds_the_loop_lag_and_new_connections_connect_times_to_its_route() -> None:
+    from shadowproxy.engine.exchange import Response
+
+    s = Stats()
+    live = Response(200, latency_ms=3.0, connect_ms=0.4, new_connection=True, loop_lag_ms=0.5)
+    shadow = Response(200, latency_ms=4.0, connect_ms=9.0, new_connection=True)
+    reused = Response(200, latency_ms=4.0, new_connection=False)
+    s.exchange("/a", live, shadow)
+    s.exchange("/a", Response(200, latency_ms=3.0, new_connection=False, loop_lag_ms=1.5), reused)
+    s.count("/a", "compared", 2)
+    rec = s.stats_record()
+    assert rec is not None
+    validate_record(rec)
+    a = rec["routes"]["/a"]
+    assert (a["live_latency_ms"]["count"], a["live_loop_lag_ms"]["count"]) == (2, 2)
+    assert a["live_loop_lag_ms"]["sum"] == 2.0
+    assert (a["live_connect_ms"]["count"], a["shadow_connect_ms"]["count"]) == (1, 1)  # new connections only
+    assert a["shadow_connect_ms"]["max"] == 9.0
+    again = RouteStats.from_dict(a)
+    assert again.to_dict() == RouteStats.from_dict(again.to_dict()).to_dict()
+    s.exchange("/b", Response(200, latency_ms=1.0), Response(200, latency_ms=1.0))
+    s.count("/b", "compared")
+    b = s.stats_record()["routes"]["/b"]  # type: ignore[index]
+    assert not {"live_loop_lag_ms", "live_connect_ms", "shadow_connect_ms"} & b.keys()  # not measured

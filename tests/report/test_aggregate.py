@@ -280,3 +280,56 @@ def test_trend_has_one_point_per_stats_record_and_the_html_charts_it() -> None:
     assert [p["latency_ratio"] for p in trend] == [1.9937, 1.2969, 1.0]  # ln-ratio buckets 1% wide
     html = render_html(report)
     assert 'data-series="mismatch_rate"' in html and 'data-series="latency_ratio"' in html
+
+
+def test_connect_times_of_new_connections_and_the_loop_lag_are_reported_per_route() -> None:
+    from shadowproxy.engine.exchange import Response
+    from shadowproxy.engine.stats import Stats
+    from shadowproxy.report import render
+
+    s = Stats()
+    for i in range(4):
+        new = i == 0
+        live = Response(
+            200, latency_ms=2.0, new_connection=new, connect_ms=0.5 if new else None, loop_lag_ms=0.2
+        )
+        shadow = Response(200, latency_ms=2.0, new_connection=i < 2, connect_ms=40.0 if i < 2 else None)
+        s.exchange("users", live, shadow)
+    s.count("users", "compared", 4)
+    record = s.stats_record()
+    assert record is not None
+    agg = Aggregator()
+    agg.add(record)
+    report = agg.snapshot()
+    lat = report["routes"][0]["latency"]
+    assert (lat["connect"]["live"]["count"], lat["connect"]["shadow"]["count"]) == (1, 2)
+    connect = lat["connect"]
+    assert connect["ratio_p50"] == round(connect["shadow"]["p50"] / connect["live"]["p50"], 4)
+    assert lat["connect"]["ratio_p50"] > 50  # a shadow slow only on new connections shows here
+    assert lat["loop_lag"]["count"] == 4
+    markdown = render(report, "markdown")
+    assert "new connections: connect p50 live 0.50 ms (n=1), shadow" in markdown
+    assert "proxy loop lag mean 0.20 ms" in render(report, "table")
+
+
+def test_trend_folds_records_of_one_interval_from_several_processes_and_a_short_exit_tail() -> None:
+    def record(rid: str, second: int, compared: int, mismatched: int, interval_s: float) -> dict[str, object]:
+        rec = stats({"r": route_stats(compared=compared, mismatched=mismatched)}, rid,
+                    ts=f"2026-01-01T00:00:{second:02d}.000Z")
+        rec["interval_s"] = interval_s
+        return rec
+
+    agg = Aggregator()
+    for rec in (
+        record("p1-a", 10, 50, 0, 10.0),  # two proxy processes (--reuse-port 2), one interval
+        record("p2-a", 12, 40, 4, 10.0),
+        record("p1-b", 20, 50, 0, 10.0),
+        record("p2-b", 22, 40, 0, 10.0),
+        record("p1-exit", 23, 2, 1, 3.0),  # written at exit: 3 s of traffic
+    ):
+        assert agg.add(rec)
+    trend = agg.snapshot()["routes"][0]["trend"]
+    assert [(p["ts"][17:19], p["compared"], p["mismatch_rate"]) for p in trend] == [
+        ("12", 90, 4 / 90),
+        ("23", 92, 1 / 92),
+    ]

@@ -92,7 +92,8 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "adjusted",
         "trend",
     ]
-    assert list(data["routes"][0]["latency"]) == ["live", "shadow", "ratio", "slowdown"]
+    latency_keys = ["live", "shadow", "ratio", "slowdown", "loop_lag", "connect"]
+    assert list(data["routes"][0]["latency"]) == latency_keys
     assert data["schema"] == "shadowproxy.report/1"
     assert data["verdict"] == "warn"
     users = {r["route"]: r for r in data["routes"]}["users"]

@@ -228,3 +228,26 @@ def test_evaluate_stats_judges_summed_counts_and_merged_histograms() -> None:
     assert (j.mismatch_rate, j.latency, j.verdict) == ("warn", "warn", "warn")
     assert j == evaluate(1000, 1, 0, latency_test(rs))
     assert evaluate_stats(RouteStats()).verdict == "no_data"
+
+
+def test_a_pass_the_proxys_loop_lag_could_hide_is_insufficient_with_the_reason() -> None:
+    rs = _paired(300, 10.0, 10.0)
+    for _ in range(300):
+        rs.live_loop_lag.observe(2.0)  # 2 ms of a 10 ms live time is the proxy's own queueing
+    j = evaluate_stats(rs)
+    assert j.latency_test is not None and j.latency_test.hidden == pytest.approx(2.0 / 8.0, rel=0.03)
+    assert (j.latency, j.verdict) == ("insufficient", "insufficient")
+    assert j.reasons == (
+        "latency: the proxy's event loop lagged 2.00 ms per exchange, 25% of the live time without it:"
+        " a slowdown that size would not show",
+    )
+
+
+def test_a_slowdown_seen_despite_the_loop_lag_still_fails_and_a_small_lag_still_passes() -> None:
+    slow = _paired(300, 10.0, 20.0)
+    fine = _paired(300, 10.0, 10.0)
+    for _ in range(300):
+        slow.live_loop_lag.observe(2.0)
+        fine.live_loop_lag.observe(0.05)  # 0.5%: below LOOP_LAG_LIMIT
+    assert evaluate_stats(slow).latency == "fail"  # the lag only ever hides a slowdown
+    assert evaluate_stats(fine).latency == "pass"
