@@ -59,9 +59,9 @@ from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.stats import Histogram, RouteStats, Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.rules.ruleset import RouteSettings
-from shadowproxy.shadow.client import ClientConfig, ShadowClient
+from shadowproxy.shadow.config import PipelineConfig, build_pipeline
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
-from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.sinks.kafka import quiet_aiokafka
 
 log = logging.getLogger("shadowproxy")
@@ -97,17 +97,13 @@ class WorkerConfigError(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """What the worker needs to build its pipeline; picklable."""
+    """What the worker process needs: its pipeline (built here with `build_pipeline`), how it
+    dispatches, and how the process runs; picklable."""
 
-    shadow_url: str
-    sink_uri: str
-    client: ClientConfig = field(default_factory=ClientConfig)
+    pipeline: PipelineConfig
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
-    max_pending_compares: int = 256
     stats_source: str = "proxy"
     log_level: int = logging.INFO
-    secondary_url: str | None = None  # noise pairs: a second instance of the live version
-    noise_state: str | None = None  # learned noise is loaded from and saved to this file here
     nice: int = DEFAULT_WORKER_NICE
 
 
@@ -579,8 +575,6 @@ class _Worker:
 
 
 async def _serve(sock: socket.socket) -> int:
-    from shadowproxy.sinks.uri import open_sink
-
     loop = asyncio.get_running_loop()
     w = _Worker()
     reader = FrameReader(w.on_frame, w.finish)
@@ -598,11 +592,7 @@ async def _serve(sock: socket.socket) -> int:
     _renice(cfg.nice)
     stats = Stats(cfg.stats_source)
     try:
-        sink = open_sink(cfg.sink_uri, flag="shadow_sink")
-        pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, stats,
-                            max_pending_compares=cfg.max_pending_compares,
-                            secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state)
-        dispatcher = Dispatcher(pipeline, cfg.dispatch)
+        dispatcher = Dispatcher(build_pipeline(cfg.pipeline, stats), cfg.dispatch)
         await dispatcher.start()
     except ConfigError as e:  # the configuration is wrong: starting another worker would fail alike
         w.send("config_error", str(e))
