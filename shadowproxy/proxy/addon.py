@@ -23,11 +23,12 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
+from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher, ShadowDispatcher
 from shadowproxy.shadow.jobs import build_job, decide
 from shadowproxy.shadow.pipeline import ShadowJob
-from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+from shadowproxy.shadow.process_dispatch import ProcessDispatcher
 from shadowproxy.sinks.base import Sink
 from shadowproxy.sinks.uri import parse_uri
 

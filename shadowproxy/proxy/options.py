@@ -18,10 +18,10 @@ from mitmproxy import exceptions
 
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.rules.ruleset import RuleSet
+from shadowproxy.shadow.channel import DEFAULT_WORKER_NICE
 from shadowproxy.shadow.client import ClientConfig
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
-from shadowproxy.shadow.worker import DEFAULT_WORKER_NICE
 from shadowproxy.sinks.uri import DEFAULT_SINK, check_sink
 
 log = logging.getLogger("shadowproxy")

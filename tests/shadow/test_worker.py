@@ -21,10 +21,11 @@ from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
 from shadowproxy.engine.stats import Stats
-from shadowproxy.shadow import worker
+from shadowproxy.shadow import process_dispatch
+from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
-from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+from shadowproxy.shadow.process_dispatch import ProcessDispatcher
 from shadowproxy.testing import Backend, ProxyThread, make_exchange
 
 JSON = {"Content-Type": "application/json"}
@@ -160,7 +161,8 @@ def test_channel_full_drops_and_counts_while_live_is_unaffected(
     live: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the worker frozen (SIGSTOP) the channel fills; the proxy sheds copies and counts them."""
-    monkeypatch.setattr(worker, "SOCKET_BUFFER_BYTES", 64 * 1024)  # a small channel: a few copies fill it
+    # a small channel: a few copies fill it
+    monkeypatch.setattr(process_dispatch, "SOCKET_BUFFER_BYTES", 64 * 1024)
     gate = Gate()
     gate.open.set()
     sink = tmp_path / "records.jsonl"
@@ -231,7 +233,8 @@ PARENT = textwrap.dedent("""
     from shadowproxy.engine.stats import Stats
     from shadowproxy.shadow.dispatch import DispatchConfig
     from shadowproxy.shadow.config import PipelineConfig
-    from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+    from shadowproxy.shadow.channel import WorkerConfig
+    from shadowproxy.shadow.process_dispatch import ProcessDispatcher
     from shadowproxy.testing import make_exchange
     from shadowproxy.shadow.pipeline import ShadowJob
     from shadowproxy.rules import default_ruleset
