@@ -25,7 +25,7 @@ from yarl import URL
 
 from shadowproxy.engine.diff import Comparison, Difference
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response
-from shadowproxy.engine.record import build_record
+from shadowproxy.engine.record import Outcome, build_record
 from shadowproxy.shadow.client import ClientConfig, classify
 from shadowproxy.sinks.memory import MemorySink
 
@@ -53,7 +53,7 @@ def make_exchange(
     return Exchange(req, live, id="", ts=time.time(), route=route, rule=None)
 
 
-def make_record(route: str = "/users/{id}", outcome: str = "mismatch", **kw: Any) -> dict[str, Any]:
+def make_record(route: str = "/users/{id}", outcome: Outcome = "mismatch", **kw: Any) -> dict[str, Any]:
     """A valid mismatch record with one body difference, for sink and report tests."""
     ex = make_exchange(route=route, **kw)
     shadow = Response(200, (("content-type", "application/json"),), b'{"id": 2}', 14.0)

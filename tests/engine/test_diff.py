@@ -13,11 +13,12 @@ import orjson
 import pytest
 
 from shadowproxy.engine import diff as diff_module
-from shadowproxy.engine.diff import Comparison, Difference, compare_responses, json_ready
+from shadowproxy.engine.diff import Comparison, Difference, compare_responses
 from shadowproxy.engine.exchange import Exchange, Headers, Request, Response
 from shadowproxy.engine.jsondiff import compile_rules
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import build_record, validate_record
+from shadowproxy.engine.textdiff import json_ready
 
 JSON: Headers = (("Content-Type", "application/json"),)
 TEXT: Headers = (("Content-Type", "text/plain; charset=utf-8"),)

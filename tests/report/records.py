@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.diff import Comparison, Difference
-from shadowproxy.engine.exchange import Failure, Response
+from shadowproxy.engine.exchange import Failure, FailureKind, Response
 from shadowproxy.engine.record import SCHEMA, build_record
 from shadowproxy.engine.stats import RouteStats, Stats
 from shadowproxy.testing import make_exchange, make_record
@@ -37,7 +37,7 @@ def mismatch(
 
 
 def shadow_error(
-    route: str, rid: str, kind: str = "timeout", ts: str = "2026-01-01T00:00:00.000Z"
+    route: str, rid: str, kind: FailureKind = "timeout", ts: str = "2026-01-01T00:00:00.000Z"
 ) -> dict[str, Any]:
     ex = make_exchange(route=route)
     return at(build_record(ex, "shadow_error", Failure(kind, f"shadow {kind}", 2000.0)), ts, rid)

@@ -60,6 +60,7 @@ def _run(tmp_path: Path, extra_s: float) -> dict[str, Any]:
             t.join(60)
     assert not failures
     report = asyncio.run(build_report(f"jsonl:{out}", progress=False))
+    route: dict[str, Any]
     (route,) = report["routes"]
     lat = route["latency"]
     print(  # the figures behind the verdict, for the log
