@@ -125,6 +125,16 @@ def setup_logging(verbose: int) -> None:
     help="A request or response body larger than this is streamed between client and live, never "
     "held in memory, and not mirrored (counted as skipped: too_large); so is a header block over 64 KiB.",
 )
+@click.option(
+    "--max-header-bytes",
+    type=click.IntRange(1024, 16 * 1024 * 1024),
+    default=64 * 1024,
+    envvar="SHADOWPROXY_MAX_HEADER_BYTES",
+    show_default=True,
+    help="An HTTP/1 request head (request line and headers) larger than this is answered 431 by the "
+    "proxy and its connection closed: never forwarded to live nor mirrored (counted as skipped: "
+    "header_too_large).",
+)
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
               show_envvar=True,
               help="A second instance of the live version (Diffy's secondary): with noise mode auto or "
@@ -215,6 +225,7 @@ def run_cmd(
     stats_interval: int,
     shadow_max_rps: float | None,
     max_copy_bytes: int,
+    max_header_bytes: int,
     secondary: str | None,
     noise_state: str | None,
     dispatch: str | None,
@@ -263,6 +274,7 @@ def _run(
     stats_interval: int,
     shadow_max_rps: float | None,
     max_copy_bytes: int,
+    max_header_bytes: int,
     secondary: str | None,
     noise_state: str | None,
     dispatch: str | None,
@@ -318,6 +330,7 @@ def _run(
         "shadow_concurrency": concurrency,
         "shadow_stats_interval": stats_interval,
         "shadow_max_copy_bytes": max_copy_bytes,
+        "shadow_max_header_bytes": max_header_bytes,
         "shadow_ca_file": ca_file,
         "shadow_insecure": insecure,
         "shadow_h2c": upstream_h2c,

@@ -23,6 +23,7 @@ from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
+from shadowproxy.proxy import headlimit
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
@@ -43,6 +44,7 @@ STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 DEFAULT_MAX_COPY_BYTES = 8 * 1024 * 1024
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
+HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
 _SENT_AT = "shadowproxy.sent_at"  # time.time() when the request goes upstream (the live latency's start)
 _SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
@@ -216,6 +218,11 @@ class ShadowAddon:
                           "A request or response body larger than this is streamed between client and "
                           "live (never held in memory) and not mirrored: counted as skipped (too_large). "
                           "So is a header block over 64 KiB.")
+        loader.add_option(headlimit.OPTION, int, headlimit.DEFAULT_MAX_HEADER_BYTES,
+                          "A request head (request line and headers, HTTP/1) larger than this is "
+                          "answered 431 by the proxy, never forwarded nor mirrored, and counted "
+                          "(skipped: header_too_large); mitmproxy alone buffers heads of any size.")
+        headlimit.install()
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadow_") for name in updated):
@@ -228,6 +235,8 @@ class ShadowAddon:
                 raise options_error("shadow_queue_size must be 1 to 1000000, shadow_concurrency 1 to 10000")
             if o.shadow_max_copy_bytes < 1:
                 raise options_error("shadow_max_copy_bytes must be at least 1")
+            if not 1024 <= o.shadow_max_header_bytes <= 16 * 1024 * 1024:
+                raise options_error("shadow_max_header_bytes must be 1024 to 16777216")
             if self._injected_sink is None:  # the sink the worker will open: can it? (one line, now)
                 check_sink(o.shadow_sink, flag="shadow_sink")
             if o.shadow_ca_file:
@@ -266,6 +275,10 @@ class ShadowAddon:
             current = human.parse_size(o.stream_large_bodies) if o.stream_large_bodies else None
             if current is None or current > o.shadow_max_copy_bytes:
                 o.update(stream_large_bodies=str(o.shadow_max_copy_bytes))
+
+    def shadow_header_too_large(self, client: Any) -> None:
+        """mitmproxy answered a request head over the limit with 431 (proxy.headlimit): count it."""
+        self.stats.skip(HEADER_TOO_LARGE_ROUTE, "header_too_large")
 
     async def running(self) -> None:
         cfg = self.config
