@@ -363,7 +363,8 @@ async def serve(
     master = Master(opts, with_termlog=False)
     # extra addons (the admin API) first, so /readyz answers 503 while the shadow side starts
     master.addons.add(*lean_addons(h2c=settings.h2c, live_h2c=settings.live_h2c), *extra_addons, addon)
-    master.addons.add(_FreezeHeap())
+    if install_signals:  # the process is ours (`shadowproxy run`), not a host's (tests, the demo)
+        master.addons.add(_FreezeHeap())
     if started is not None or on_listening is not None:
         # last: every other addon (the proxyserver's listeners too) is running by then
         master.addons.add(_Started(started, master, on_listening))
