@@ -174,7 +174,7 @@ class RouteText:
             one = StatsCollector(functools.partial(dict, {route: rs}), dict, dict, lambda: None)
             self._cache[route] = (fingerprint(rs), _by_family(generate_latest(one).decode()))
         for gone in set(self._cache) - routes:
-            del self._cache[gone]
+            self._cache.pop(gone, None)
         self.rendered = len(stale)
         order = sorted(routes)
         parts: list[str] = []
