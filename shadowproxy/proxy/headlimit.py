@@ -64,7 +64,26 @@ def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent) -> Ge
     yield from _original(self, event)
 
 
+_original_wait = _http1.Http1Server.wait
+
+
+def _wait(self: _http1.Http1Server, event: events.Event) -> Generator[Any, Any, None]:
+    """While an answer is pending, mitmproxy keeps what the client sends next (pipelining) in the
+    buffer without looking at it. A next head already over the limit will be refused with 431
+    once the answer is sent: keep only enough of it to know that (limit + 1 bytes), so the
+    buffer stays bounded. Not for an upgrade or CONNECT, whose next bytes are not HTTP."""
+    if isinstance(event, events.DataReceived) and self.request is not None \
+            and self.request.method != "CONNECT" and "upgrade" not in self.request.headers:
+        limit = getattr(self.context.options, OPTION, DEFAULT_MAX_HEADER_BYTES)
+        if head_too_large(self.buf, limit):
+            keep = bytes(self.buf)[: limit + 1]
+            self.buf = ReceiveBuffer()
+            self.buf += keep
+    yield from _original_wait(self, event)
+
+
 def install() -> None:
-    """Wrap mitmproxy's HTTP/1 server head reader once (idempotent)."""
+    """Wrap mitmproxy's HTTP/1 server head reader (and its wait for an answer) once (idempotent)."""
     if _http1.Http1Server.read_headers is not _read_headers:
         _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
+        _http1.Http1Server.wait = _wait  # type: ignore[method-assign,assignment]

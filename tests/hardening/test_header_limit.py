@@ -7,6 +7,7 @@ held all of it in the proxy (and a complete 1 MB head reached the live backend).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -27,6 +28,8 @@ LINE = b"X-Pad: " + b"a" * 1000 + b"\r\n"  # ~1 KiB per header line
 @pytest.fixture
 def backends() -> Iterator[tuple[Backend, Backend]]:
     async def answer(request: web.Request) -> web.Response:
+        if request.path == "/slow":
+            await asyncio.sleep(3)
         return web.json_response({"ok": True})
 
     with Backend(answer) as lv, Backend(answer) as sh:
@@ -108,3 +111,36 @@ def test_a_request_head_over_the_limit_is_answered_431_never_forwarded_counted_a
     totals = h.stats_totals(h.read_jsonl(out))
     assert totals["skipped_by.header_too_large"] == 5, totals
     assert "X-Pad" not in out.read_text()
+
+
+def test_a_huge_head_pipelined_behind_a_slow_answer_is_not_held_and_gets_431_after_that_answer(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """While an answer is pending mitmproxy keeps reading what the client sends next (pipelining):
+    16 MB of a next head that never ends was held whole in the proxy until the answer went out."""
+    live, shadow = backends
+    out = tmp_path / "out.jsonl"
+    with h.Proxy(live.url, shadow.url, f"jsonl:{out}", stderr_path=tmp_path / "stderr") as proxy:
+        assert proxy.proc is not None
+        before = rss_mb(proxy.proc.pid)
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+        try:
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(16 * 1024 // 64):  # 16 MB, while live takes 3 s to answer /slow
+                s.sendall(LINE * 64)
+            peak = rss_mb(proxy.proc.pid)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+                peak = max(peak, rss_mb(proxy.proc.pid))
+        except OSError:
+            data = b""
+        finally:
+            s.close()
+        assert proxy.terminate() == 0, proxy.stderr()
+    print(f"\nproxy RSS {before:.0f} MB before, peak {peak:.0f} MB")
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]  # the pending answer is not cut
+    assert b"HTTP/1.1 431 " in data, data[:400]
+    assert peak - before < 10, (before, peak)
+    assert [x.path for x in live.seen] == ["/slow"]
+    assert h.stats_totals(h.read_jsonl(out))["skipped_by.header_too_large"] == 1
