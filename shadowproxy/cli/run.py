@@ -54,6 +54,7 @@ class RunFlags:
     stats_interval: int
     shadow_max_rps: float | None
     max_copy_bytes: int
+    max_header_bytes: int
     secondary: str | None
     noise_state: str | None
     dispatch: str | None
@@ -155,6 +156,16 @@ class RunFlags:
     show_default=True,
     help="A request or response body larger than this is streamed between client and live, never "
     "held in memory, and not mirrored (counted as skipped: too_large); so is a header block over 64 KiB.",
+)
+@click.option(
+    "--max-header-bytes",
+    type=click.IntRange(1024, 16 * 1024 * 1024),
+    default=64 * 1024,
+    envvar="SHADOWPROXY_MAX_HEADER_BYTES",
+    show_default=True,
+    help="An HTTP/1 request head (request line and headers) larger than this is answered 431 by the "
+    "proxy and its connection closed: never forwarded to live nor mirrored (counted as skipped: "
+    "header_too_large).",
 )
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
               show_envvar=True,
@@ -301,6 +312,7 @@ def _run(f: RunFlags) -> None:
         "shadow_concurrency": f.concurrency,
         "shadow_stats_interval": f.stats_interval,
         "shadow_max_copy_bytes": f.max_copy_bytes,
+        "shadow_max_header_bytes": f.max_header_bytes,
         "shadow_ca_file": f.ca_file,
         "shadow_insecure": f.insecure,
         "shadow_h2c": f.upstream_h2c,

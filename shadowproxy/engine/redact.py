@@ -7,8 +7,9 @@ Pure and small. `Redactor` knows what is secret:
 - query parameter names (always `SECRET_NAME`: token, access_token, password, api_key, secret...,
   and `QUERY_CREDENTIALS`: code, session, sig, plus `redact.query`),
 - JSON (and form) field names (always `SECRET_NAME`, plus `redact.body_fields`),
-- card numbers, always: 13 to 19 digits, plain or grouped by spaces or dashes, that pass the
-  Luhn check, in every string and JSON number,
+- card numbers, always: 13 to 19 digits, plain or grouped by spaces or dashes (or, in card
+  groupings, by dots, underscores or slashes), that pass the Luhn check, in every string and
+  JSON number,
 - the request's own credentials (`with_request`): the values of its secret headers, cookies,
   query parameters and JSON or form body fields, wherever a backend echoes them back (any case,
   percent-encoded or decoded; values under MIN_ECHO_CHARS are not searched),
@@ -55,6 +56,13 @@ SECRET_NAME = re.compile(
 # 13 to 19 digits, grouped by single spaces or dashes (or + and %20 in a form) or not at all; a card
 # when Luhn says so.
 _CARD = re.compile(r"(?<![\d])\d(?:(?:[ +-]|%20)?\d){12,18}(?![\d])")  # "+", %20: form-encoded
+# grouped by ".", "_" or "/" (4111.1111.1111.1111): only in the groupings cards are printed in
+# (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4), one separator throughout, and not inside a longer
+# dotted or slashed run of numbers, so versions, IPs (at most 12 digits), dates and dotted ids are
+# not taken for cards; Luhn decides as above.
+_CARD_GROUPED = re.compile(
+    r"(?<!\d)(?<!\d[._/])\d{4}([._/])(?:\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{6}\1\d{4,5})(?!\d)(?![._/]\d)"
+)
 MIN_ECHO_CHARS = 6  # a request credential shorter than this is not searched for in answers
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
@@ -219,6 +227,10 @@ class Redactor:
         """Card numbers, the request's credentials and the rules' patterns replaced in `text`."""
         if _CARD.search(text):
             text = _CARD.sub(lambda m: self.secret(m.group(0)) if _is_card(m.group(0)) else m.group(0), text)
+        if _CARD_GROUPED.search(text):
+            text = _CARD_GROUPED.sub(
+                lambda m: self.secret(m.group(0)) if luhn(re.sub(r"\D", "", m.group(0))) else m.group(0), text
+            )
         if self.echo_rx is not None:
             text = self.echo_rx.sub(self._echo, text)
         for rx in self.patterns:

@@ -21,6 +21,7 @@ from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
+from shadowproxy.proxy import headlimit
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.proxy.looplag import LoopLag
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
@@ -42,6 +43,7 @@ _REFUSED = "shadowproxy.refused"
 STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
+HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
 _SENT_AT = "shadowproxy.sent_at"  # time.time() when the request goes upstream (the live latency's start)
 _SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
@@ -110,6 +112,7 @@ class ShadowAddon:
 
     def load(self, loader: Any) -> None:
         declare_options(loader)
+        headlimit.install()
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadow_") for name in updated):
@@ -127,6 +130,10 @@ class ShadowAddon:
             current = human.parse_size(o.stream_large_bodies) if o.stream_large_bodies else None
             if current is None or current > o.shadow_max_copy_bytes:
                 o.update(stream_large_bodies=str(o.shadow_max_copy_bytes))
+
+    def shadow_header_too_large(self, client: Any) -> None:
+        """mitmproxy answered a request head over the limit with 431 (proxy.headlimit): count it."""
+        self.stats.skip(HEADER_TOO_LARGE_ROUTE, "header_too_large")
 
     async def running(self) -> None:
         cfg = self.config

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from mitmproxy import exceptions
 
 from shadowproxy.errors import ConfigError, ShadowProxyError
+from shadowproxy.proxy import headlimit
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.channel import DEFAULT_WORKER_NICE
 from shadowproxy.shadow.client import ClientConfig
@@ -142,6 +143,10 @@ def declare_options(loader: Any) -> None:
                       "A request or response body larger than this is streamed between client and "
                       "live (never held in memory) and not mirrored: counted as skipped (too_large). "
                       "So is a header block over 64 KiB.")
+    loader.add_option(headlimit.OPTION, int, headlimit.DEFAULT_MAX_HEADER_BYTES,
+                      "A request head (request line and headers, HTTP/1) larger than this is "
+                      "answered 431 by the proxy, never forwarded nor mirrored, and counted "
+                      "(skipped: header_too_large); mitmproxy alone buffers heads of any size.")
 
 
 def pipeline_config_of(o: Any) -> PipelineConfig | None:
@@ -169,6 +174,8 @@ def parse_options(o: Any, *, sink_injected: bool = False) -> tuple[ShadowConfig,
             raise options_error("shadow_queue_size must be 1 to 1000000, shadow_concurrency 1 to 10000")
         if o.shadow_max_copy_bytes < 1:
             raise options_error("shadow_max_copy_bytes must be at least 1")
+        if not 1024 <= o.shadow_max_header_bytes <= 16 * 1024 * 1024:
+            raise options_error("shadow_max_header_bytes must be 1024 to 16777216")
         if not sink_injected:  # the sink the worker will open: can it? (one line, now)
             check_sink(o.shadow_sink, flag="shadow_sink")
         if o.shadow_ca_file:

@@ -49,7 +49,11 @@ _WORD = re.compile(
     r"(?:[a-z]+(?:[-_][a-z]+)*|[a-z]+(?:[A-Z][a-z]+)+|[A-Z][a-z]+(?:[A-Z][a-z]+)*|v\d{1,3})"
     r"(?:\.[a-z]{1,5})?"
 )
-_MAX_WORD = 32
+_MAX_WORD = 24  # "correcthorsebatterystaple" (25) is a passphrase, not a name
+# the parts of a word: runs of lower-case letters, each capitalised hump, and single capitals
+_PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]")
+_VOWEL = re.compile(r"[aeiouyAEIOUY]")
+_CONSONANTS = re.compile(r"[b-df-hj-np-tv-xzB-DF-HJ-NP-TV-XZ]{5,}")
 _HEX = re.compile(r"[0-9a-fA-F]{16,}")  # letters only, yet an id: deadbeefdeadbeef...
 # a gRPC service (`/package.Service/Method`): lower-case package parts, then a PascalCase name;
 # a token (a JWT's `eyJ...` parts have capitals and digits mixed) does not read like one
@@ -60,10 +64,25 @@ OVERFLOW_ROUTE = "(other)"
 DEFAULT_MAX_ROUTES = 200
 
 
+def _reads_like_words(seg: str) -> bool:
+    """Letters that read like words, not like a random token: every part of three letters or more
+    has a vowel, no run of five consonants, and most camelCase humps longer than two letters
+    (`getUserById` yes; `kXqzPwLmTrBv`, `aBcDeFgHiJkL`, `xkcdqzrtpw` no: tokens, never labels)."""
+    parts = _PART.findall(seg)
+    if any(len(p) >= 3 and _VOWEL.search(p) is None for p in parts) or _CONSONANTS.search(seg):
+        return False
+    return len(parts) < 3 or sum(len(p) <= 2 for p in parts) * 2 <= len(parts)
+
+
 def _is_word(seg: str) -> bool:
     if len(seg) <= _MAX_WORD and _WORD.fullmatch(seg) is not None and _HEX.fullmatch(seg) is None:
-        return True
-    return len(seg) <= _MAX_SERVICE and _GRPC_SERVICE.fullmatch(seg) is not None
+        return (seg[0] == "v" and seg[1:].isdigit()) or _reads_like_words(seg.rsplit(".", 1)[0])
+    if len(seg) <= _MAX_SERVICE and _GRPC_SERVICE.fullmatch(seg) is not None:
+        *package, service = seg.split(".")
+        # package parts are often abbreviations (grpc, pb): lower-case letters, or a version
+        return all(re.fullmatch(r"[a-z_]{1,24}|v\d{1,3}", p) for p in package) \
+            and service.isalpha() and _reads_like_words(service)
+    return False
 
 
 def path_template(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -158,3 +159,27 @@ def test_default_redactor_knows_credential_names_cards_and_echoes_without_rules(
                           [("token", "qtok12345")])
     got = echo.text("got Bearer sk-abcdef123 cookieval1 qtok12345")
     assert got == f"got {REDACTED} {REDACTED} {REDACTED}"
+
+
+@pytest.mark.parametrize("card", [
+    "4111.1111.1111.1111", "4111_1111_1111_1111", "4111/1111/1111/1111", "3782.822463.10005",
+    "3056_930902_5904", "4111.1111.1111.1111.110",
+])
+def test_card_numbers_grouped_by_dots_underscores_or_slashes_are_redacted(card: str) -> None:
+    d = Redactor()
+    assert d.text(f"card {card} ok") == f"card {REDACTED} ok"
+    assert d.text(f"/cards/{card}/charge") == f"/cards/{REDACTED}/charge"
+    assert d.text(f'{{"c":"{card}"}}') == f'{{"c":"{REDACTED}"}}'
+    assert d.text(f"end {card}.") == f"end {REDACTED}."
+
+
+@pytest.mark.parametrize("text", [
+    "1.2.3.4", "192.168.100.200", "10.0.0.1 192.168.100.200", "2026/11/30", "2026.11.30", "30/11/2026",
+    "v1.2.3", "3.11.11", "10.15.7_build_4111", "mitmproxy 11.0.4/4111.1111",
+    "1234.5678.9012.3456",  # card-grouped, fails Luhn
+    "order 1234_5678_9012_3456", "ORD_2026_1130_000123456",
+    "4111.1111.1111.1111.2",  # a card-valid run inside a longer dotted run: a version or an id
+    "1.4111.1111.1111.1111", "2026/4111/1111/1111/1111", "41111.1111.1111.1111",
+])
+def test_dotted_versions_ips_dates_and_ids_that_are_not_cards_stay(text: str) -> None:
+    assert Redactor().text(f"x {text} y") == f"x {text} y"

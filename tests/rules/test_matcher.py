@@ -94,6 +94,14 @@ def test_path_template_keeps_only_word_like_segments(path: str, template: str) -
     assert path_template(path) == template
 
 
+@pytest.mark.parametrize("segment", [
+    "s3cr3tT0ken9", "alice-smith-1984", "kXqzPwLmTrBvNcYd", "aBcDeFgHiJkL", "xkcdqzrtpw",
+    "correcthorsebatterystaple", "QmFzZTY0VG9rZW4", "ab.Zq9Xk2", "q.Zqxvbn", "Zm9vYmFy",
+])
+def test_a_segment_that_looks_like_an_identifier_or_a_secret_is_never_kept(segment: str) -> None:
+    assert path_template(f"/reset/{segment}") == "/reset/{id}"
+
+
 def test_route_names_are_bounded_and_the_rest_share_one_overflow_route() -> None:
     names = RouteNames(limit=3)
     got = [names.name(f"/w/{w}") for w in ("alpha", "beta", "gamma", "delta", "alpha", "epsilon")]

@@ -1,0 +1,89 @@
+"""A bound on the HTTP/1 request head mitmproxy buffers: beyond it, 431 from here, never forwarded.
+
+mitmproxy 11 keeps every byte of a request head until its blank line arrives, whatever the size
+(`# FIXME: protect against header size DoS` in `proxy/layers/http/_http1.py`), and no addon hook
+runs before the head is complete: a client sending a 1 MB header block (or one without end) holds
+that much of the proxy's memory per connection. mitmproxy has no option for it, so this wraps
+`Http1Server.read_headers` (pinned: mitmproxy >=11.0,<11.1): while the head is incomplete and the
+buffer holds more than `shadow_max_header_bytes`, or once a complete head turns out larger, the
+client gets `431 Request Header Fields Too Large` and its connection is closed. The live backend
+never sees the request; addons hear of it through the `shadow_header_too_large` hook (counted).
+mitmproxy reads at most 64 KiB per receive, so a connection holds at most limit + 64 KiB.
+
+HTTP/2 heads are bounded by the h2 library's own settings, not by this.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from h11._receivebuffer import ReceiveBuffer
+from mitmproxy import connection
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.layers.http import _http1
+
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # nginx: 4 x 8 KiB lines by default; Node.js: 16 KiB; we: 64 KiB total
+OPTION = "shadow_max_header_bytes"
+_HEAD_END = re.compile(rb"\n\r?\n")  # what h11 (and so mitmproxy) takes for the end of a head
+
+
+@dataclass
+class ShadowHeaderTooLargeHook(commands.StartHook):
+    """A client's request head was over the limit: answered 431, its connection closed.
+
+    (mitmproxy derives the addon method's name from this class: `shadow_header_too_large`; its
+    hooks carry one argument.)"""
+
+    client: connection.Client
+
+
+def head_too_large(buf: ReceiveBuffer, limit: int) -> bool:
+    """The buffered bytes hold no end of head within the first `limit` bytes, and more than that."""
+    if len(buf) <= limit:
+        return False
+    return _HEAD_END.search(bytes(buf), 0, limit + 2) is None
+
+
+_original = _http1.Http1Server.read_headers
+
+
+def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent) -> Generator[Any, Any, None]:
+    limit = getattr(self.context.options, OPTION, DEFAULT_MAX_HEADER_BYTES)
+    if isinstance(event, events.DataReceived) and head_too_large(self.buf, limit):
+        self.buf = ReceiveBuffer()  # let go of it now: the connection is closing
+        yield commands.SendData(
+            self.conn, _http1.make_error_response(431, f"Request header block over {limit} bytes"))
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done
+        if isinstance(self.conn, connection.Client):
+            yield ShadowHeaderTooLargeHook(self.conn)
+        return
+    yield from _original(self, event)
+
+
+_original_wait = _http1.Http1Server.wait
+
+
+def _wait(self: _http1.Http1Server, event: events.Event) -> Generator[Any, Any, None]:
+    """While an answer is pending, mitmproxy keeps what the client sends next (pipelining) in the
+    buffer without looking at it. A next head already over the limit will be refused with 431
+    once the answer is sent: keep only enough of it to know that (limit + 1 bytes), so the
+    buffer stays bounded. Not for an upgrade or CONNECT, whose next bytes are not HTTP."""
+    if isinstance(event, events.DataReceived) and self.request is not None \
+            and self.request.method != "CONNECT" and "upgrade" not in self.request.headers:
+        limit = getattr(self.context.options, OPTION, DEFAULT_MAX_HEADER_BYTES)
+        if head_too_large(self.buf, limit):
+            keep = bytes(self.buf)[: limit + 1]
+            self.buf = ReceiveBuffer()
+            self.buf += keep
+    yield from _original_wait(self, event)
+
+
+def install() -> None:
+    """Wrap mitmproxy's HTTP/1 server head reader (and its wait for an answer) once (idempotent)."""
+    if _http1.Http1Server.read_headers is not _read_headers:
+        _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
+        _http1.Http1Server.wait = _wait  # type: ignore[method-assign,assignment]
