@@ -62,3 +62,10 @@ def test_any_json_object_has_exactly_its_secret_keys_redacted(doc: dict[str, str
     out = R.text(json.dumps(doc))
     assert R.text(json.dumps(doc)) == out  # remembered verdicts answer as the first pass did
     assert json.loads(out) == {k: REDACTED if k in R.body_fields else v for k, v in doc.items()}
+
+
+def test_card_numbers_are_found_at_either_end_and_grouped_but_not_inside_longer_digit_runs() -> None:
+    card = "4111111111111111"
+    for text in (card, f"x{card}", f"{card}.", "4111 1111 1111 1111", "4111-1111-1111-1111", f"a={card}&b"):
+        assert "1111" not in R.text(text).replace("a=", ""), text
+    assert R.text(f"9{card}") == f"9{card}"  # 17 digits that fail Luhn: one number, not a card
