@@ -356,7 +356,7 @@ class Redactor:
     def _json_fields(self, text: str) -> str:
         """Replace the value of every `"name": value` whose name is a body field, in JSON text
         that may be cut short (an excerpt): a value running off the end is replaced to the end."""
-        if not any(k in self.body_fields for k in set(_JSON_KEY.findall(text))):
+        if '"' not in text or not any(k in self.body_fields for k in set(_JSON_KEY.findall(text))):
             return text  # the usual case, found in C: no key is secret (one check per distinct key)
         out: list[str] = []
         pos = 0

@@ -146,3 +146,12 @@ def test_a_lazy_delta_is_worked_out_only_when_a_difference_asks_and_then_explain
     assert len(made) == 1
     assert lazy.differences == eager.differences == ()
     assert lazy.request_delta == eager.request_delta and len(lazy.request_delta) == 1
+
+
+def test_a_lazy_delta_is_not_worked_out_for_a_difference_no_delta_could_explain() -> None:
+    made: list[RequestDelta] = []
+    lazy = LazyRequestDelta(lambda: made.append(DELTA) or DELTA)
+    live = Response(200, JSON, b'{"price": 13.74}')
+    out = compare_responses(live, Response(200, JSON, b'{"price": 14.74}'), CompareOptions(), lazy)
+    assert [d.path for d in out.differences] == ["/price"] and made == []
+    assert not lazy.explains("status", "", "changed", 200, 500) and made == []
