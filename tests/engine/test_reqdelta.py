@@ -5,7 +5,7 @@ from __future__ import annotations
 from shadowproxy.engine.diff import compare_responses
 from shadowproxy.engine.exchange import Request, Response
 from shadowproxy.engine.options import CompareOptions
-from shadowproxy.engine.reqdelta import request_delta
+from shadowproxy.engine.reqdelta import LazyRequestDelta, RequestDelta, request_delta
 
 LIVE = Request("GET", "/items", (("page", "2"),),
                (("Host", "live.internal:8001"), ("Connection", "keep-alive")))
@@ -127,3 +127,36 @@ def test_the_authority_as_a_json_object_key_is_one_member_explained() -> None:
     assert len(compare_responses(live, changed, CompareOptions(), DELTA).differences) == 2
     other = Response(200, JSON, b'{"upstreams": {"other.internal:9001": "up", "db": "up"}}')
     assert len(compare_responses(live, other, CompareOptions(), DELTA).differences) == 2
+
+
+def test_a_lazy_delta_is_worked_out_only_when_a_difference_asks_and_then_explains_as_the_eager_one() -> None:
+    made: list[RequestDelta] = []
+
+    def make() -> RequestDelta:
+        made.append(DELTA)
+        return DELTA
+
+    body = b'{"next": "http://live.internal:8001/items?page=3"}'
+    live = Response(200, JSON, body)
+    equal = compare_responses(live, Response(200, JSON, body), CompareOptions(), LazyRequestDelta(make))
+    assert equal.differences == () and made == []  # equal answers: never worked out
+    echoed = Response(200, JSON, body.replace(b"live.internal:8001", b"shadow.internal:9001"))
+    lazy = compare_responses(live, echoed, CompareOptions(), LazyRequestDelta(make))
+    eager = compare_responses(live, echoed, CompareOptions(), DELTA)
+    assert len(made) == 1
+    assert lazy.differences == eager.differences == ()
+    assert lazy.request_delta == eager.request_delta and len(lazy.request_delta) == 1
+
+
+def test_a_lazy_delta_is_not_worked_out_for_a_difference_no_delta_could_explain() -> None:
+    made: list[RequestDelta] = []
+
+    def work_out() -> RequestDelta:
+        made.append(DELTA)
+        return DELTA
+
+    lazy = LazyRequestDelta(work_out)
+    live = Response(200, JSON, b'{"price": 13.74}')
+    out = compare_responses(live, Response(200, JSON, b'{"price": 14.74}'), CompareOptions(), lazy)
+    assert [d.path for d in out.differences] == ["/price"] and made == []
+    assert not lazy.explains("status", "", "changed", 200, 500) and made == []
