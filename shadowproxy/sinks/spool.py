@@ -6,19 +6,8 @@ Layout of a spool directory (one per topic; the Kafka sink uses `<spool_dir>/<to
     head                 "SEGMENT OFFSET": where the next unread frame starts (replaced atomically)
     0000000001.seg ...   append-only segment files, read and deleted oldest first
 
-A segment starts with `SEGMENT_HEADER` and is a sequence of frames, each
-`MAGIC (4 bytes) | length (u32 LE) | crc32 of length and payload (u32 LE) | payload`. The payload
-is the record exactly as it goes to Kafka (orjson bytes). A damaged frame (a flipped byte on
-disk, a write torn by SIGKILL or a power cut) fails its checksum: the reader resynchronises at
-the next `MAGIC` that starts a valid frame, so one bad record never takes the ones after it.
-`MAGIC` holds the bytes 0xFE 0xFF, which never occur in UTF-8 (every record is JSON), so each
-MAGIC skipped on the way is a record lost: `corrupt` counts exactly the records lost. `open()`
-rewrites a damaged segment without its bad frames (atomically) and logs how many were lost.
-A process that restarts never appends to an old segment: it starts a new one.
-
-Segments written before this framing (no header, frames `length | crc32 of payload | payload`)
-are still read; damage in one of them still cuts that segment at the bad frame (that format has
-nothing to resynchronise on), counted as one corrupt record.
+A segment starts with `SEGMENT_HEADER` and is a sequence of frames (`spool_frames`: each with its
+length and a checksum, so a damaged frame costs that record only).
 
 The bound (`max_bytes`) is on frames not yet consumed. `append` refuses a frame that would pass
 it (the caller drops the newest record and counts it): what is already spooled is older and
@@ -45,13 +34,22 @@ import contextlib
 import fcntl
 import logging
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
 from shadowproxy.errors import SinkError
+from shadowproxy.sinks.spool_frames import (
+    FRAME,
+    FRAME_SIZE,
+    FRAME_V1,
+    LEN,
+    MAX_FRAME,
+    SEGMENT_HEADER,
+    frame_end,
+    frame_head,
+    resync,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,49 +57,6 @@ FsyncPolicy = Literal["never", "batch", "always"]
 FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("never", "batch", "always")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
-
-_FRAME = struct.Struct("<4sII")  # MAGIC | length | crc32(length bytes + payload)
-_FRAME_V1 = struct.Struct("<II")  # segments written before the header: length | crc32(payload)
-_LEN = struct.Struct("<I")
-MAGIC = b"\xfe\xffSP"  # 0xFE and 0xFF never occur in UTF-8: a record cannot contain it
-SEGMENT_HEADER = b"shadowproxy spool 2\n"
-_MAX_FRAME = 64 * 1024 * 1024  # a length beyond this is garbage, not a record
-
-
-def _frame_end(data: bytes | memoryview, pos: int, v1: bool = False) -> int | None:
-    """Where the frame at `pos` ends, or None when it is short or fails its magic or checksum."""
-    head = _FRAME_V1 if v1 else _FRAME
-    if pos + head.size > len(data):
-        return None
-    if v1:
-        length, crc = _FRAME_V1.unpack_from(data, pos)
-        checked = zlib.crc32(data[pos + head.size : pos + head.size + length])
-    else:
-        magic, length, crc = _FRAME.unpack_from(data, pos)
-        if magic != MAGIC:
-            return None
-        length_crc = zlib.crc32(data[pos + 4 : pos + 8])
-        checked = zlib.crc32(data[pos + head.size : pos + head.size + length], length_crc)
-    end: int = pos + head.size + length
-    if length > _MAX_FRAME or end > len(data) or checked != crc:
-        return None
-    return end
-
-
-def _resync(data: bytes | memoryview, pos: int) -> tuple[int | None, int]:
-    """After a bad frame at `pos`: (where the next valid frame starts or None, records lost).
-
-    Every MAGIC before the next valid frame started a record that is damaged too."""
-    lost = 1
-    raw = bytes(data)
-    i = raw.find(MAGIC, pos + 1)
-    while i != -1:
-        if _frame_end(raw, i) is not None:
-            return i, lost
-        lost += 1
-        i = raw.find(MAGIC, i + 1)
-    return None, lost
-
 
 @dataclass(frozen=True, slots=True)
 class Position:
@@ -211,7 +166,7 @@ class Spool:
         return 0 if seg in self._v1 else len(SEGMENT_HEADER)
 
     def _frame_end(self, seg: int, data: bytes | memoryview, pos: int) -> int | None:
-        return _frame_end(data, pos, seg in self._v1)
+        return frame_end(data, pos, seg in self._v1)
 
     def _check_segment(self, seg: int, start: int) -> tuple[int, int]:
         """Count the valid frames from `start`. A damaged frame is skipped (the segment is
@@ -239,7 +194,7 @@ class Spool:
                     fh.truncate(pos)
                     os.fsync(fh.fileno())
                 return n, size
-            nxt, k = _resync(data, pos)
+            nxt, k = resync(data, pos)
             lost += k
             if nxt is None:
                 break
@@ -284,7 +239,7 @@ class Spool:
         out: list[Position | None] = []
         buf = bytearray()
         for payload in payloads:
-            size = _FRAME.size + len(payload)
+            size = FRAME_SIZE + len(payload)
             if self.bytes + size > self.max_bytes:
                 out.append(None)
                 continue
@@ -293,8 +248,7 @@ class Spool:
                 buf.clear()
                 self._rotate()
             out.append(Position(self._write_seg, self._write_size + len(buf)))
-            length = _LEN.pack(len(payload))
-            buf += _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload, zlib.crc32(length)))
+            buf += frame_head(payload)
             buf += payload
             self.count += 1
             self.bytes += size
@@ -339,7 +293,7 @@ class Spool:
             if pos.offset < self._first(pos.segment):
                 pos = Position(pos.segment, self._first(pos.segment))
             path = self.directory / _segment_name(pos.segment)
-            head = _FRAME_V1 if pos.segment in self._v1 else _FRAME
+            head = FRAME_V1 if pos.segment in self._v1 else FRAME
             with open(path, "rb") as fh:
                 fh.seek(pos.offset)
                 data = fh.read(max(max_bytes - taken, 1))
@@ -358,9 +312,9 @@ class Spool:
                 with open(path, "rb") as fh:
                     fh.seek(pos.offset)
                     fields = fh.read(head.size)
-                    length = _LEN.unpack_from(fields, head.size - 8)[0] if len(fields) == head.size else 0
+                    length = LEN.unpack_from(fields, head.size - 8)[0] if len(fields) == head.size else 0
                     fh.seek(pos.offset)
-                    data = fh.read(head.size + min(length, _MAX_FRAME))
+                    data = fh.read(head.size + min(length, MAX_FRAME))
                 end = self._frame_end(pos.segment, data, 0)
                 if end is None:
                     if start is not None and start != self._head:
@@ -386,7 +340,7 @@ class Spool:
         lost = 1
         if pos.segment not in self._v1:
             data = (self.directory / _segment_name(pos.segment)).read_bytes()
-            at, lost = _resync(data, pos.offset)
+            at, lost = resync(data, pos.offset)
         log.error("spool %s: %d damaged record(s) in segment %d at byte %d; skipped",
                   self.directory, lost, pos.segment, pos.offset)
         self.corrupt += lost
@@ -408,7 +362,7 @@ class Spool:
                 if end is None:
                     if seg in self._v1:
                         break
-                    nxt, _ = _resync(data, pos)
+                    nxt, _ = resync(data, pos)
                     if nxt is None:
                         break
                     pos = nxt

@@ -137,7 +137,7 @@ def test_sigterm_under_load_completes_in_flight_requests_and_flushes_jsonl(
 
 def spooled(spool_dir: Path, topic: str) -> int:
     """Records waiting in a spool (read without taking its lock)."""
-    from shadowproxy.sinks.spool import MAGIC, SEGMENT_HEADER
+    from shadowproxy.sinks.spool_frames import MAGIC, SEGMENT_HEADER
 
     frames = 0
     for seg in sorted((spool_dir / topic).glob("*.seg")):

@@ -256,7 +256,8 @@ async def test_a_damaged_spooled_record_costs_only_itself_and_is_counted(
     """500 spooled records, one byte flipped in the middle one: 499 reach the topic, corrupt=1."""
     import struct
 
-    from shadowproxy.sinks.spool import SEGMENT_HEADER, Spool
+    from shadowproxy.sinks.spool import Spool
+    from shadowproxy.sinks.spool_frames import SEGMENT_HEADER
 
     records = [make_record(i) for i in range(500)]
     with Spool(tmp_path / kafka_topic) as spool:

@@ -118,7 +118,7 @@ def test_large_frame_is_read_whole(tmp_path: Path) -> None:
 
 def _frame_offsets(seg: Path) -> list[int]:
     """Where each frame starts in a segment (the new format: header, then MAGIC-framed records)."""
-    from shadowproxy.sinks.spool import MAGIC, SEGMENT_HEADER
+    from shadowproxy.sinks.spool_frames import MAGIC, SEGMENT_HEADER
 
     data = seg.read_bytes()
     out, pos = [], len(SEGMENT_HEADER)
