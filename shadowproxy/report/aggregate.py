@@ -27,9 +27,9 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
-from shadowproxy.engine.stats import Histogram, RouteStats, sample_rate
+from shadowproxy.engine.stats import RouteStats, sample_rate
+from shadowproxy.report import measures
 from shadowproxy.report import verdict as _verdict
-from shadowproxy.report.inference import Estimate
 from shadowproxy.report.trend import TrendPoint, add_trend, point_ratio
 from shadowproxy.rules.model import Verdict
 
@@ -46,7 +46,6 @@ REPORT_COUNTS = (  # the stats records' names
     "dropped",
     "eligible",
 )
-QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 EXCHANGE_OUTCOMES = ("mismatch", "shadow_error", "too_large")
 FIELD_EXAMPLE_IDS = 3
 VALUE_CHARS = 300
@@ -260,9 +259,9 @@ class Aggregator:
         for agg in self.routes.values():
             total.merge(agg.stats)
         totals: dict[str, Any] = {k: total.counts.get(k, 0) for k in REPORT_COUNTS}
-        totals["mismatch_rate"] = _rate(totals["mismatched"], totals["compared"])
-        totals["traffic_mismatch_rate"] = _traffic_mismatch_rate(routes)
-        totals["latency"] = _latency(total.live_latency, total.shadow_latency)
+        totals["mismatch_rate"] = measures.rate(totals["mismatched"], totals["compared"])
+        totals["traffic_mismatch_rate"] = measures.traffic_mismatch_rate(routes)
+        totals["latency"] = measures.latency(total.live_latency, total.shadow_latency)
         return {
             "schema": REPORT_SCHEMA,
             "generated_at": iso(now or datetime.now(UTC)),
@@ -279,8 +278,8 @@ class Aggregator:
 
     def _route_report(self, name: str, agg: RouteAgg, top: int | None) -> dict[str, Any]:
         counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
-        latency = _latency(agg.stats.live_latency, agg.stats.shadow_latency)
-        latency.update(_timings(agg.stats))
+        latency = measures.latency(agg.stats.live_latency, agg.stats.shadow_latency)
+        latency.update(measures.timings(agg.stats))
         judged = _verdict.evaluate_stats(agg.stats, self.thresholds)  # the same call replay makes
         fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
         compared = counts["compared"]
@@ -293,11 +292,11 @@ class Aggregator:
                 "latency": judged.latency,
             },
             "reasons": list(judged.reasons),
-            "estimates": _estimates(judged, self.thresholds),
+            "estimates": measures.estimates(judged, self.thresholds),
             "counts": counts,
             "skipped_by": dict(sorted(agg.stats.skipped_by.items())),
-            "mismatch_rate": _rate(counts["mismatched"], compared),
-            "shadow_error_rate": _rate(counts["shadow_errors"], compared + counts["shadow_errors"]),
+            "mismatch_rate": measures.rate(counts["mismatched"], compared),
+            "shadow_error_rate": measures.rate(counts["shadow_errors"], compared + counts["shadow_errors"]),
             # copied / eligible, summed over the stats records: each record's sample_rate, weighted
             "sample_rate": sample_rate(counts["eligible"], agg.stats.skipped_by),
             "records": dict(agg.records),
@@ -311,7 +310,7 @@ class Aggregator:
                     "path": f.path,
                     "kind": f.kind,
                     "count": f.count,
-                    "share": _rate(f.count, compared),
+                    "share": measures.rate(f.count, compared),
                     "examples": list(f.examples),
                     "example": f.example,
                 }
@@ -328,7 +327,7 @@ class Aggregator:
             # replay: recorded revalidations whose shadow 304 was judged against the validators
             "adjusted": agg.stats.counts.get("adjusted", 0),
             "trend": [
-                {"ts": p.ts, "compared": p.compared, "mismatch_rate": _rate(p.mismatched, p.compared),
+                {"ts": p.ts, "compared": p.compared, "mismatch_rate": measures.rate(p.mismatched, p.compared),
                  "latency_ratio": None if (lr := point_ratio(p)) is None else round(lr, 4)}
                 for p in sorted(agg.trend, key=lambda p: p.ts)
             ],
@@ -372,79 +371,11 @@ def _noise_report(agg: RouteAgg, top: int | None) -> dict[str, Any]:
                 "raw": c[0],
                 "noise": c[1],
                 "cancelled": c[2],
-                "raw_rate": _rate(c[0], agg.noise_compared),
-                "noise_rate": _rate(c[1], agg.noise_pairs),
+                "raw_rate": measures.rate(c[0], agg.noise_compared),
+                "noise_rate": measures.rate(c[1], agg.noise_pairs),
             }
             for key, c in (cancelled if top is None else cancelled[:top])
         ],
-    }
-
-
-def _traffic_mismatch_rate(routes: list[dict[str, Any]]) -> float | None:
-    """The mismatch rate of the live traffic: each route's compared and mismatched counts scaled
-    by 1 / its sample rate, so routes sampled less (a budget favours rare ones) weigh what their
-    traffic weighs. Equal to mismatch_rate when every route is sampled alike."""
-    mismatched = compared = 0.0
-    for r in routes:
-        rate = r["sample_rate"] or 1.0  # None: no eligible counts (older records); 0: nothing compared
-        mismatched += r["counts"]["mismatched"] / rate
-        compared += r["counts"]["compared"] / rate
-    return mismatched / compared if compared > 0 else None
-
-
-def _estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
-    """What each check used: n, the estimate, its 95% interval, (latency) the p-value, and the
-    level that estimate alone gives."""
-    lt = j.latency_test
-
-    def d(e: Estimate | None, lv: str | None) -> dict[str, Any] | None:
-        return None if e is None or e.value is None else {**e.to_dict(), "level": lv}
-
-    def slow(e: Estimate) -> dict[str, Any] | None:
-        lv = "insufficient" if j.latency == "insufficient" else _verdict.slowdown_level(e, t)
-        return d(e, lv)
-
-    return {
-        "mismatch_rate": d(j.mismatch_estimate, j.mismatch_rate),
-        "shadow_error_rate": d(j.error_estimate, j.shadow_errors),
-        "slowdown_median": slow(lt.median) if lt else None,
-        "slowdown_p99": slow(lt.p99) if lt else None,
-    }
-
-
-def _rate(n: int, d: int) -> float | None:
-    return n / d if d > 0 else None
-
-
-def _hist(h: Histogram) -> dict[str, Any]:
-    out: dict[str, Any] = {"count": h.count}
-    for key, q in QUANTILES:
-        v = h.quantile(q)
-        out[key] = None if v is None else round(v, 3)
-    out["mean"] = round(h.sum / h.count, 3) if h.count else None
-    out["max"] = round(h.max, 3) if h.count else None
-    return out
-
-
-def _latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
-    lv, sv = _hist(live), _hist(shadow)
-    ratio = {
-        key: (round(sv[key] / lv[key], 4) if lv[key] and sv[key] is not None else None)
-        for key, _ in QUANTILES
-    }
-    # from the unrounded quantiles, as the verdict computes it
-    slower = _verdict.slowdown(live.quantile(0.99), shadow.quantile(0.99))
-    return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": slower}
-
-
-def _timings(rs: RouteStats) -> dict[str, Any]:
-    """The proxy loop's lag during live calls, and each side's time to open a connection on
-    exchanges that opened one: information beside the latency check (docs/report.md)."""
-    live, shadow = _hist(rs.live_connect), _hist(rs.shadow_connect)
-    ratio = round(shadow["p50"] / live["p50"], 4) if live["p50"] and shadow["p50"] is not None else None
-    return {
-        "loop_lag": _hist(rs.live_loop_lag),
-        "connect": {"live": live, "shadow": shadow, "ratio_p50": ratio},
     }
 
 

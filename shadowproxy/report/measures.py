@@ -1,0 +1,83 @@
+"""A route's figures in the report's JSON, from its merged stats: latency quantiles and ratios,
+connect times, loop lag, rates, and what each verdict check used (estimates and intervals)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shadowproxy.engine.stats import Histogram, RouteStats
+from shadowproxy.report import verdict as _verdict
+from shadowproxy.report.inference import Estimate
+from shadowproxy.rules.model import Verdict
+
+__all__ = ["QUANTILES", "estimates", "latency", "rate", "timings", "traffic_mismatch_rate"]
+
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+def traffic_mismatch_rate(routes: list[dict[str, Any]]) -> float | None:
+    """The mismatch rate of the live traffic: each route's compared and mismatched counts scaled
+    by 1 / its sample rate, so routes sampled less (a budget favours rare ones) weigh what their
+    traffic weighs. Equal to mismatch_rate when every route is sampled alike."""
+    mismatched = compared = 0.0
+    for r in routes:
+        rate = r["sample_rate"] or 1.0  # None: no eligible counts (older records); 0: nothing compared
+        mismatched += r["counts"]["mismatched"] / rate
+        compared += r["counts"]["compared"] / rate
+    return mismatched / compared if compared > 0 else None
+
+
+def estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
+    """What each check used: n, the estimate, its 95% interval, (latency) the p-value, and the
+    level that estimate alone gives."""
+    lt = j.latency_test
+
+    def d(e: Estimate | None, lv: str | None) -> dict[str, Any] | None:
+        return None if e is None or e.value is None else {**e.to_dict(), "level": lv}
+
+    def slow(e: Estimate) -> dict[str, Any] | None:
+        lv = "insufficient" if j.latency == "insufficient" else _verdict.slowdown_level(e, t)
+        return d(e, lv)
+
+    return {
+        "mismatch_rate": d(j.mismatch_estimate, j.mismatch_rate),
+        "shadow_error_rate": d(j.error_estimate, j.shadow_errors),
+        "slowdown_median": slow(lt.median) if lt else None,
+        "slowdown_p99": slow(lt.p99) if lt else None,
+    }
+
+
+def rate(n: int, d: int) -> float | None:
+    return n / d if d > 0 else None
+
+
+def _hist(h: Histogram) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": h.count}
+    for key, q in QUANTILES:
+        v = h.quantile(q)
+        out[key] = None if v is None else round(v, 3)
+    out["mean"] = round(h.sum / h.count, 3) if h.count else None
+    out["max"] = round(h.max, 3) if h.count else None
+    return out
+
+
+def latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
+    lv, sv = _hist(live), _hist(shadow)
+    ratio = {
+        key: (round(sv[key] / lv[key], 4) if lv[key] and sv[key] is not None else None)
+        for key, _ in QUANTILES
+    }
+    # from the unrounded quantiles, as the verdict computes it
+    slower = _verdict.slowdown(live.quantile(0.99), shadow.quantile(0.99))
+    return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": slower}
+
+
+def timings(rs: RouteStats) -> dict[str, Any]:
+    """The proxy loop's lag during live calls, and each side's time to open a connection on
+    exchanges that opened one: information beside the latency check (docs/report.md)."""
+    live, shadow = _hist(rs.live_connect), _hist(rs.shadow_connect)
+    ratio = round(shadow["p50"] / live["p50"], 4) if live["p50"] and shadow["p50"] is not None else None
+    return {
+        "loop_lag": _hist(rs.live_loop_lag),
+        "connect": {"live": live, "shadow": shadow, "ratio_p50": ratio},
+    }
