@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from shadowproxy.rules.egress import EgressSpec, check_write_routes
+
 HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "CONNECT"})
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 PLACEHOLDERS = ("request_hash", "request_id")  # always available in rewrite values
@@ -662,6 +664,14 @@ class RulesFile(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     routes: list[Route] = Field(default_factory=list, description="tried in order; the first match wins")
     verdict: Verdict = Field(default_factory=Verdict, description="report and replay verdict thresholds")
+    egress: EgressSpec | None = Field(
+        default=None, description="the shadow's outbound calls: stubbed, passed, replayed or blocked, "
+        "and compared with the live's (docs/egress.md); required by a route that mirrors a write")
+
+    @model_validator(mode="after")
+    def _writes_need_egress(self) -> RulesFile:
+        check_write_routes(self)
+        return self
 
     @model_validator(mode="after")
     def _unique_route_names(self) -> RulesFile:
