@@ -24,9 +24,12 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
+from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon
+from shadowproxy.rules.egress import mirrors_writes
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher, ShadowDispatcher
+from shadowproxy.shadow.egress import egress_store
 from shadowproxy.shadow.jobs import build_job, decide
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 from shadowproxy.shadow.worker import DEFAULT_WORKER_NICE, ProcessDispatcher, WorkerConfig
@@ -178,6 +181,9 @@ class ShadowAddon:
         self.stopping = False
         self.refusing = False
         self.refused = 0
+        # the egress listeners' flows are its own (proxy/egress.py); every hook here leaves them alone
+        self.egress = EgressAddon(self)
+        self.addons = [self.egress]
 
     def load(self, loader: Any) -> None:
         loader.add_option("shadow_url", OptStr, None, "Shadow (candidate) base URL; unset: mirroring off.")
@@ -237,6 +243,9 @@ class ShadowAddon:
             max_rps = parse_rate(o.shadow_max_rps)
             rules = _load_rules(o.shadow_rules)
             check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
+            if mirrors_writes(rules.rules) and not getattr(o, "shadow_egress", None):
+                raise ConfigError(f"{rules.source}: a route mirrors writes as is; the shadow never gets a "
+                                  "write without egress protection: give --egress HOST:PORT (shadow_egress)")
         except ShadowProxyError as e:
             raise options_error(str(e)) from e
         if o.shadow_insecure:
@@ -276,13 +285,14 @@ class ShadowAddon:
             worker = WorkerConfig(cfg.shadow_url, cfg.sink_uri, cfg.client, cfg.dispatch,
                                   log_level=logging.getLogger("shadowproxy").getEffectiveLevel(),
                                   nice=cfg.worker_nice, secondary_url=cfg.secondary_url,
-                                  noise_state=cfg.noise_state)
+                                  noise_state=cfg.noise_state, egress=self.egress.mode)
             self.dispatcher = ProcessDispatcher(worker, self.stats)
             uri = cfg.sink_uri
         else:
             sink = self._injected_sink or open_sink(cfg.sink_uri, flag="shadow_sink")
             pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, self.stats,
-                                secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state)
+                                secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state,
+                                egress=egress_store(self.egress.mode))
             self.dispatcher = Dispatcher(pipeline, cfg.dispatch)
             uri = sink.uri
         await self.dispatcher.start()
@@ -324,6 +334,8 @@ class ShadowAddon:
             await asyncio.sleep(HELD_PACE_S)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.egress.side(flow):
+            return
         flow.metadata[_IN_FLIGHT] = True
         self.in_flight += 1
         req = flow.request
@@ -339,8 +351,12 @@ class ShadowAddon:
         elif self._over_cap(flow.request.headers):
             flow.metadata[_TOO_LARGE] = True
             flow.request.stream = True
+        if self.egress.correlate_live:
+            self.egress.tag_live(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if self.egress.side(flow):
+            return
         if self.refusing:
             flow.metadata[_REFUSED] = True
             flow.response = http.Response.make(
@@ -351,7 +367,7 @@ class ShadowAddon:
         flow.metadata[_SENT_AT] = time.time()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
+        if flow.response is None or self.egress.side(flow):
             return
         if flow.metadata.get(_GRPC_STREAM):
             flow.response.stream = True
@@ -402,6 +418,8 @@ class ShadowAddon:
             self.in_flight -= 1
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if self.egress.side(flow):
+            return
         self._answered(flow)
         cfg = self.config
         if (cfg is None or cfg.shadow_url is None or self.policy is None or self._done
@@ -428,6 +446,8 @@ class ShadowAddon:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
         # Counted once, while still unanswered: flow.response already holds the headers when the
         # live body broke off mid-way, and that request is not mirrored either.
+        if self.egress.side(flow):
+            return
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         if self.dispatcher is not None and self.policy is not None and unanswered:
@@ -447,7 +467,7 @@ class ShadowAddon:
         keep = self.config.keep_host_header if self.config is not None else False
         live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT))
         return build_job(self.policy, self.stats, request_of(flow.request), live,
-                         client_host_of(flow, keep), flow.request.scheme)
+                         client_host_of(flow, keep), flow.request.scheme, flow.metadata.get(EXCHANGE_ID))
 
     def _first_use(self, conn_id: str) -> bool:
         """Whether this is the first answer on that server connection (it was opened for it)."""

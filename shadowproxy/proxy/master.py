@@ -28,6 +28,7 @@ from mitmproxy.proxy.layers import modes
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import ShadowAddon
+from shadowproxy.proxy.egress import egress_modes
 
 log = logging.getLogger("shadowproxy")
 
@@ -46,6 +47,7 @@ class ProxySettings:
     insecure: bool = False  # do not verify the live backend's certificate
     live_h2c: bool = False  # speak HTTP/2 with prior knowledge to an http:// live backend
     reuse_port: bool = False  # SO_REUSEPORT: several processes listen on the same address
+    egress_ca: str | None = None  # PEM, CA certificate and key: the egress listener signs with it
 
 
 class _ReusePortAsyncio:
@@ -111,7 +113,8 @@ class H2cUpstream:
     """
 
     def server_connected(self, data: Any) -> None:
-        if not data.server.tls:
+        # only the reverse listener's: an egress listener's upstream is some dependency (proxy/egress.py)
+        if not data.server.tls and isinstance(data.client.proxy_mode, mode_specs.ReverseMode):
             data.server.alpn = b"h2"
 
 
@@ -137,6 +140,36 @@ def check_tls_files(cert: str, key: str) -> None:
         reason = getattr(e, "reason", None) or e.strerror or str(e)
         msg = f"--tls-cert {cert} / --tls-key {key}: cannot serve TLS with them: {reason}"
         raise ConfigError(msg) from None
+
+
+def check_egress_ca(path: str, flag: str = "--egress-ca") -> bytes:
+    """The PEM (a CA certificate and its private key) the egress listener signs with, checked."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot read it: {e.strerror or e}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"{flag} {path}: no PEM certificate in it (want the CA certificate and its "
+                          "key in one file)") from None
+    try:
+        key = load_pem_private_key(data, None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{flag} {path}: no unencrypted PEM private key in it ({e})") from None
+    if certs[0].public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ConfigError(f"{flag} {path}: the key does not belong to the first certificate")
+    try:
+        ca = certs[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    if not ca:
+        raise ConfigError(f"{flag} {path}: the certificate is not a CA (basicConstraints CA:TRUE)")
+    return data
 
 
 def check_ca_file(path: str, flag: str = "--ca-file") -> None:
@@ -166,6 +199,13 @@ def tls_options(settings: ProxySettings, confdir: str) -> dict[str, Any]:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         out["certs"] = [f"*={pem}"]
+    if settings.egress_ca:
+        # mitmproxy signs the certificates it shows an intercepting CONNECT client with the CA it
+        # finds in its confdir: the user's, which the shadow trusts (docs/egress.md)
+        data = check_egress_ca(settings.egress_ca)
+        fd = os.open(os.path.join(confdir, "mitmproxy-ca.pem"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
     if settings.ca_file:
         import certifi
 
@@ -353,6 +393,7 @@ async def serve(
         # last: every other addon (the proxyserver's listeners too) is running by then
         master.addons.add(_Started(started, master, on_listening))
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"
+    modes = [mode, *egress_modes(settings.shadow_options)]
     confdir = tempfile.mkdtemp(prefix="shadowproxy-mitm-")
     loop = asyncio.get_running_loop()
     try:
@@ -360,7 +401,7 @@ async def serve(
         # lazy: read the request before connecting upstream, so a live backend that is down gets the
         # client a 502 (eager, mitmproxy's default, closes the connection without an answer)
         extra = {"connection_strategy": "lazy", **settings.extra_options}
-        opts.update(mode=[mode], **tls, **settings.shadow_options, **extra)
+        opts.update(mode=modes, **tls, **settings.shadow_options, **extra)
         early: list[int] = []  # a signal while the shadow side starts: stop once it is up (or failed)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -79,13 +79,15 @@ def _path(value: str) -> str:
 
 def _host(value: str) -> str:
     if not value or any(c.isspace() for c in value) or "/" in value:
-        raise ValueError(f"bad host pattern {value!r}: a host name or glob, e.g. payments.internal or *.stripe.com")
+        msg = f"bad host pattern {value!r}: a host name or glob, e.g. payments.internal or *.stripe.com"
+        raise ValueError(msg)
     return value.lower()
 
 
 def _template(value: str) -> str:
     for name in _PLACEHOLDER.findall(value):
-        if name not in _KNOWN and not (name.startswith(_PREFIXES) and len(name) > len(name.split(".")[0]) + 1):
+        prefixed = name.startswith(_PREFIXES) and not name.endswith(".")
+        if name not in _KNOWN and not prefixed:
             raise ValueError(f"unknown placeholder {{{name}}} (known: {', '.join(_KNOWN)}, "
                              "query.NAME, header.NAME, json.FIELD[.FIELD...])")
     return value
@@ -131,7 +133,8 @@ class EgressMatch(_Strict):
     host: list[HostGlob] | HostGlob | None = Field(
         default=None, description='host glob(s), e.g. "payments.internal" or "*.stripe.com" (port optional)')
     path: PathGlob | None = Field(
-        default=None, description='"/v1/charges/{id}" ({name} or "*" one segment, "**" any depth) or "re:REGEX"')
+        default=None,
+        description='"/v1/charges/{id}" ({name} or "*" one segment, "**" any depth) or "re:REGEX"')
     headers: dict[HeaderName, Regex] | None = Field(
         default=None, description="header name (any case) -> regex searched in the value")
 
@@ -190,7 +193,8 @@ class EgressRule(_Strict):
 class EgressIgnore(_Strict):
     """What the comparison of live and shadow outbound calls leaves out."""
 
-    body: list[Pointer] = Field(default_factory=list, description="JSON Pointers into the calls' request bodies")
+    body: list[Pointer] = Field(
+        default_factory=list, description="JSON Pointers into the calls' request bodies")
 
 
 class EgressSpec(_Strict):
@@ -405,3 +409,8 @@ def render_stub(stub: Stub, values: CallValues) -> tuple[int, list[tuple[str, st
     else:
         body = _fill(str(stub.body), values).encode()
     return stub.status, headers, body
+
+
+def mirrors_writes(rules: Any) -> bool:
+    """Whether any route of a rules file (`RulesFile`) mirrors a write as is."""
+    return any(write_methods(r, rules.defaults.mirror_methods) for r in rules.routes)

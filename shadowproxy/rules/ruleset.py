@@ -133,7 +133,7 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None,
         action=r.action if r else "mirror",
         rewrite=r.rewrite if r else None,
         # a write route mirrors its writes as is only with an egress section (checked by the model)
-        mirror_methods=frozenset(d.mirror_methods) | frozenset(write_methods(r, d.mirror_methods) if r else ()),
+        mirror_methods=frozenset(d.mirror_methods).union(write_methods(r, d.mirror_methods) if r else ()),
         # a budget (RuleSet.budget) samples instead; a route's own fraction is refused with it
         sample=r.sample if r and r.sample is not None else (d.sample if isinstance(d.sample, float) else 1.0),
         timeout_ms=r.timeout_ms if r and r.timeout_ms is not None else d.timeout_ms,

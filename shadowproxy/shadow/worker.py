@@ -14,6 +14,7 @@ Frames (pickle, after a 4-byte big-endian length), proxy -> worker:
     ("config", WorkerConfig)          first
     ("settings", n, RouteSettings)    once per route settings object; jobs refer to n
     ("job", encode_job(job, n))       plain tuples: pickled by C code, ~5x cheaper than dataclasses
+    ("egress", OutboundCall)          an outbound call the egress listener captured (shadow/egress.py)
     ("counts", {route: RouteStats})   counts made in the proxy (skips, drops), merged into the
                                       worker's stats interval (its records), not its totals
     ("stopping", None)                the proxy got SIGTERM/SIGINT and will send "stop" once its own
@@ -55,12 +56,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowproxy._tasks import BackgroundTasks
+from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.stats import Histogram, RouteStats, Stats
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
+from shadowproxy.shadow.egress import egress_store
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 from shadowproxy.sinks.kafka import quiet_aiokafka
 
@@ -109,6 +112,7 @@ class WorkerConfig:
     secondary_url: str | None = None  # noise pairs: a second instance of the live version
     noise_state: str | None = None  # learned noise is loaded from and saved to this file here
     nice: int = DEFAULT_WORKER_NICE
+    egress: str = "off"  # off | shadow | live: which outbound calls reach the pipeline (shadow/egress.py)
 
 
 def frame(kind: str, payload: Any) -> bytes:
@@ -400,6 +404,15 @@ class ProcessDispatcher:
         self.dispatched += 1
         return True
 
+    def egress(self, call: OutboundCall) -> None:
+        """Hand an outbound call to the worker, behind the jobs already written; dropped (the
+        exchange's record then lacks it) when the channel is full or the worker is gone."""
+        t = self._transport
+        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+            self.stats.count("(egress)", "egress_dropped")
+            return
+        t.write(frame("egress", call))
+
     def _ship_counts(self) -> None:
         _, routes = self.stats.take_interval()
         if routes and self._alive and self._transport is not None:
@@ -526,6 +539,8 @@ class _Worker:
                 if self.dropped == 1:
                     log.warning("shadow worker queue full (%d); dropping and counting copies",
                                 self.dispatcher.cfg.queue_size)
+        elif kind == "egress":
+            self.dispatcher.pipeline.add_call(payload)
         elif kind == "settings":
             n, settings = payload
             self._settings[n] = settings
@@ -601,7 +616,8 @@ async def _serve(sock: socket.socket) -> int:
         sink = open_sink(cfg.sink_uri, flag="shadow_sink")
         pipeline = Pipeline(ShadowClient(cfg.shadow_url, cfg.client), sink, stats,
                             max_pending_compares=cfg.max_pending_compares,
-                            secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state)
+                            secondary_url=cfg.secondary_url, noise_state_path=cfg.noise_state,
+                            egress=egress_store(cfg.egress))
         dispatcher = Dispatcher(pipeline, cfg.dispatch)
         await dispatcher.start()
     except ConfigError as e:  # the configuration is wrong: starting another worker would fail alike
