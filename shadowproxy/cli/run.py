@@ -203,6 +203,19 @@ def setup_logging(verbose: int) -> None:
 @click.option("--upstream-h2c", is_flag=True, envvar="SHADOWPROXY_UPSTREAM_H2C", show_envvar=True,
               help="Speak plain-text HTTP/2 with prior knowledge (h2c) to an http:// live and shadow, "
               "e.g. gRPC servers without TLS.")
+@click.option("--egress", type=HOST_PORT, default=None, envvar="SHADOWPROXY_EGRESS", show_envvar=True,
+              help="Also serve a forward proxy here for the shadow's outbound calls (start the shadow with "
+              "HTTP_PROXY/HTTPS_PROXY pointing at it): the rules' egress: section stubs, replays, blocks or "
+              "passes each call; by default safe methods pass and every other call is stubbed, never "
+              "executed. Required when a route mirrors writes. See docs/egress.md.")
+@click.option("--egress-live", type=HOST_PORT, default=None, envvar="SHADOWPROXY_EGRESS_LIVE",
+              show_envvar=True,
+              help="A pass-through forward proxy for the live service's outbound calls (executed for real, "
+              "recorded); with egress: {correlate_live: true} they are compared with the shadow's.")
+@click.option("--egress-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="SHADOWPROXY_EGRESS_CA", show_envvar=True,
+              help="PEM file with a CA certificate and its key: --egress intercepts HTTPS (CONNECT) with "
+              "certificates it signs; the shadow must trust it (docs/egress.md).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def run_cmd(
     listen: tuple[str, int],
@@ -228,6 +241,9 @@ def run_cmd(
     tls_key: str | None,
     h2c: bool,
     upstream_h2c: bool,
+    egress: tuple[str, int] | None,
+    egress_live: tuple[str, int] | None,
+    egress_ca: str | None,
     verbose: int,
 ) -> None:
     """Run the shadow proxy in front of LIVE, mirroring safe requests to SHADOW.
@@ -276,6 +292,9 @@ def _run(
     tls_key: str | None,
     h2c: bool,
     upstream_h2c: bool,
+    egress: tuple[str, int] | None,
+    egress_live: tuple[str, int] | None,
+    egress_ca: str | None,
     verbose: int,
 ) -> None:
     from shadowproxy.errors import ConfigError
@@ -310,6 +329,7 @@ def _run(
     if ca_file:
         check_ca_file(ca_file)
     check_listen(*listen, reuse_port=reuse_port > 1)
+    _check_egress(ruleset, listen, egress, egress_live, egress_ca, tls_cert, reuse_port)
     shadow_options: dict[str, Any] = {
         "shadow_url": shadow,
         "shadow_rules": rules,
@@ -325,6 +345,10 @@ def _run(
         "shadow_noise_state": noise_state,
         "shadow_max_rps": None if shadow_max_rps is None else repr(shadow_max_rps),
     }
+    if egress is not None:
+        shadow_options["shadow_egress"] = f"{egress[0]}:{egress[1]}"
+    if egress_live is not None:
+        shadow_options["shadow_egress_live"] = f"{egress_live[0]}:{egress_live[1]}"
     if dispatch is not None:
         shadow_options["shadow_dispatch"] = dispatch
     if worker_nice is not None:
@@ -335,7 +359,7 @@ def _run(
         check_tls_files(tls_cert, tls_key)
     settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
                              h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1,
-                             live_h2c=upstream_h2c)
+                             live_h2c=upstream_h2c, egress_ca=egress_ca)
     switch, switch_fd = _shared_switch(sibling, reuse_port, shadow_max_rps) if reuse_port > 1 else (None, -1)
     shadow_addon = ShadowAddon(switch=switch)
     extra: tuple[Any, ...] = ()
@@ -362,6 +386,40 @@ def _run(
                                          say_listening))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra, on_listening=say_listening))
+
+
+def _check_egress(ruleset: Any, listen: tuple[str, int], egress: tuple[str, int] | None,
+                  egress_live: tuple[str, int] | None, egress_ca: str | None, tls_cert: str | None,
+                  reuse_port: int) -> None:
+    """The egress flags, checked before anything starts: one line naming the flag, exit 2."""
+    from shadowproxy.errors import ConfigError
+    from shadowproxy.proxy.master import check_egress_ca, check_listen
+    from shadowproxy.rules.egress import mirrors_writes
+
+    if egress is None:
+        if mirrors_writes(ruleset.rules):
+            raise ConfigError(f"--rules {ruleset.source}: a route mirrors writes as is; the shadow never "
+                              "gets a write without egress protection: give --egress HOST:PORT")
+        for flag, value in (("--egress-live", egress_live), ("--egress-ca", egress_ca)):
+            if value is not None:
+                raise ConfigError(f"{flag} needs --egress HOST:PORT (the shadow's egress listener)")
+        return
+    if reuse_port > 1:
+        raise ConfigError("--egress with --reuse-port: not supported (one egress listener per proxy)")
+    if egress_ca and tls_cert:
+        raise ConfigError("--egress-ca with --tls-cert: not supported yet (the listener's certificate would "
+                          "be shown to the shadow's HTTPS calls too)")
+    taken = [("--listen", listen)]
+    for flag, addr in (("--egress", egress), ("--egress-live", egress_live)):
+        if addr is None:
+            continue
+        for other_flag, other in taken:
+            if _same_address(addr, other):
+                raise ConfigError(f"{flag} {addr[0]}:{addr[1]}: the same address as {other_flag}")
+        check_listen(*addr, flag=flag)
+        taken.append((flag, addr))
+    if egress_ca:
+        check_egress_ca(egress_ca)
 
 
 def _same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
