@@ -152,11 +152,12 @@ class StubSpec(_Strict):
 
     status: Status = 200
     headers: dict[HeaderName, Template] = Field(default_factory=dict)
-    body: Template | dict[str, Any] | list[Any] = Field(
-        default_factory=dict, description="a string, or a mapping/list sent as JSON")
+    body: Any = Field(default_factory=dict, description="a string, or a mapping/list sent as JSON")
 
     @model_validator(mode="after")
     def _templates(self) -> StubSpec:
+        if not isinstance(self.body, str | dict | list):
+            raise _problem("must be a string, or a mapping or list (sent as JSON)", "body")
         for at, value in _strings(self.body, ("body",)):
             try:
                 _template(value)
