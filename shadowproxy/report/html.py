@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.report.egress import summary as egress_summary
 from shadowproxy.report.text import (
     BASELINE_HEADER,
     CHECK_HEADER,
@@ -435,6 +436,8 @@ def _route_section(r: dict[str, Any]) -> str:
         parts.append(_fields_table(r))
     parts.append(_noise_table(r))
     parts.append(_request_delta(r))
+    if (side_effects := egress_summary(r)) is not None:
+        parts.append(f'<p class="meta egress">{_e(side_effects)}</p>')
     if r["examples"]:
         parts.append("".join(_example(ex) for ex in r["examples"]))
     parts.append("</section>")
