@@ -176,6 +176,12 @@ class EgressAddon:
 
     # -- hooks ------------------------------------------------------------------------------
 
+    def tls_clienthello(self, data: Any) -> None:
+        """The live's HTTPS calls are tunnelled untouched (the live does not trust our CA): the
+        live's outbound calls are compared when they are plain HTTP."""
+        if self.specs.get(data.context.client.proxy_mode.full_spec) == "live":
+            data.ignore_connection = True
+
     def request(self, flow: http.HTTPFlow) -> None:
         side = self.side(flow)
         if side is None:
