@@ -73,6 +73,8 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     from shadowproxy.replay import JudgingSink, ReplayConfig, Replayer, gate_fails, read_entries, scan
     from shadowproxy.replay.progress import ReplayProgress
     from shadowproxy.rules import default_ruleset, load_rules
+    from shadowproxy.shadow.client import ClientConfig
+    from shadowproxy.shadow.config import PipelineConfig
     from shadowproxy.sinks.uri import open_sink
 
     ruleset = load_rules(rules) if rules else default_ruleset()
@@ -80,7 +82,9 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     fmt = "mitmproxy flows" if found.format == "mitmproxy" else "HAR"
     target = f"{shadow} (live: {live})" if live else f"{shadow} (live: the recording)"
     click.echo(f"replaying {found.entries} entries ({fmt}) from {input_file} against {target}", err=True)
-    config = ReplayConfig(shadow, live, rate, concurrency, ca_file, insecure, secondary, noise_state)
+    client = ClientConfig(concurrency, ca_file, insecure)
+    pipeline = PipelineConfig(shadow, sink, client, secondary_url=secondary, noise_state=noise_state)
+    config = ReplayConfig(pipeline, live, rate, concurrency)
     judging = JudgingSink(open_sink(sink), ruleset.rules.verdict)
     replayer = Replayer(config, judging, ruleset)
 

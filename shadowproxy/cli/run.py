@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -37,6 +38,39 @@ def setup_logging(verbose: int) -> None:
     mitm = logging.getLogger("mitmproxy")
     mitm.addHandler(handler)
     mitm.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFlags:
+    """`run`'s flags as click parsed them: one field per option, named as its parameter."""
+
+    listen: tuple[str, int]
+    live: str
+    shadow: str
+    rules: str | None
+    sink: str
+    queue_size: int
+    concurrency: int
+    stats_interval: int
+    shadow_max_rps: float | None
+    max_copy_bytes: int
+    secondary: str | None
+    noise_state: str | None
+    dispatch: str | None
+    worker_nice: int | None
+    reuse_port: int
+    ca_file: str | None
+    insecure: bool
+    admin: tuple[str, int] | None
+    admin_token: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    h2c: bool
+    upstream_h2c: bool
+    egress: tuple[str, int] | None
+    egress_live: tuple[str, int] | None
+    egress_ca: str | None
+    verbose: int
 
 
 @cli.command("run")
@@ -217,35 +251,7 @@ def setup_logging(verbose: int) -> None:
               help="PEM file with a CA certificate and its key: --egress intercepts HTTPS (CONNECT) with "
               "certificates it signs; the shadow must trust it (docs/egress.md).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def run_cmd(
-    listen: tuple[str, int],
-    live: str,
-    shadow: str,
-    rules: str | None,
-    sink: str,
-    queue_size: int,
-    concurrency: int,
-    stats_interval: int,
-    shadow_max_rps: float | None,
-    max_copy_bytes: int,
-    secondary: str | None,
-    noise_state: str | None,
-    dispatch: str | None,
-    worker_nice: int | None,
-    reuse_port: int,
-    ca_file: str | None,
-    insecure: bool,
-    admin: tuple[str, int] | None,
-    admin_token: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    h2c: bool,
-    upstream_h2c: bool,
-    egress: tuple[str, int] | None,
-    egress_live: tuple[str, int] | None,
-    egress_ca: str | None,
-    verbose: int,
-) -> None:
+def run_cmd(**flags: Any) -> None:
     """Run the shadow proxy in front of LIVE, mirroring safe requests to SHADOW.
 
     Clients get exactly what the live backend answers. Each eligible request is copied to the
@@ -254,7 +260,7 @@ def run_cmd(
     process group): stop accepting, finish what is in flight, flush the sink, log one `stopped:`
     line, exit 0.
     """
-    params = dict(locals())
+    f = RunFlags(**flags)
     # SIGINT/SIGTERM before the proxy serves: a clean stop, not a kill (143) or "Aborted!"; this
     # also undoes the SIGINT that a shell's `run &` leaves ignored
     from shadowproxy.proxy.master import StoppedBeforeServing, stop_before_serving
@@ -262,43 +268,15 @@ def run_cmd(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop_before_serving)
     try:
-        _run(**params)
+        _run(f)
     except StoppedBeforeServing as e:
-        setup_logging(verbose)
+        setup_logging(f.verbose)
         e.log_line()
 
 
-def _run(
-    listen: tuple[str, int],
-    live: str,
-    shadow: str,
-    rules: str | None,
-    sink: str,
-    queue_size: int,
-    concurrency: int,
-    stats_interval: int,
-    shadow_max_rps: float | None,
-    max_copy_bytes: int,
-    secondary: str | None,
-    noise_state: str | None,
-    dispatch: str | None,
-    worker_nice: int | None,
-    reuse_port: int,
-    ca_file: str | None,
-    insecure: bool,
-    admin: tuple[str, int] | None,
-    admin_token: str | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    h2c: bool,
-    upstream_h2c: bool,
-    egress: tuple[str, int] | None,
-    egress_live: tuple[str, int] | None,
-    egress_ca: str | None,
-    verbose: int,
-) -> None:
+def _run(f: RunFlags) -> None:
     from shadowproxy.errors import ConfigError
-    from shadowproxy.proxy.addon import ShadowAddon, check_noise
+    from shadowproxy.proxy.addon import ShadowAddon
     from shadowproxy.proxy.master import (
         ProxySettings,
         check_ca_file,
@@ -307,12 +285,15 @@ def _run(
         check_tls_files,
         serve,
     )
+    from shadowproxy.proxy.options import check_noise
     from shadowproxy.rules import default_ruleset, load_rules
     from shadowproxy.sinks.uri import check_sink
 
-    setup_logging(verbose)
-    ruleset = load_rules(rules) if rules else default_ruleset()  # a bad file: one line per problem, exit 2
+    setup_logging(f.verbose)
+    # a bad rules file: one line per problem, exit 2
+    ruleset = load_rules(f.rules) if f.rules else default_ruleset()
     sibling = int(os.environ.get(SIBLING_ENV, "0"))  # > 0: started by the first of --reuse-port N
+    sink, noise_state, admin = f.sink, f.noise_state, f.admin
     if sibling and sink.startswith("jsonl:"):
         sink = f"{sink}.{sibling}"  # appends from several processes would interleave inside lines
     if sibling and noise_state:
@@ -321,68 +302,69 @@ def _run(
         admin = None
     # everything the worker would find wrong later, checked now: one line and exit 2, never a
     # worker that fails to start again and again while live traffic passes unmirrored
-    for flag, url in (("--live", live), ("--shadow", shadow), ("--secondary", secondary)):
+    for flag, url in (("--live", f.live), ("--shadow", f.shadow), ("--secondary", f.secondary)):
         if url:
-            check_not_self(*listen, url, flag)
+            check_not_self(*f.listen, url, flag)
     check_sink(sink, flag="--sink")
-    check_noise(ruleset, secondary, noise_state, secondary_flag="--secondary", state_flag="--noise-state")
-    if ca_file:
-        check_ca_file(ca_file)
-    check_listen(*listen, reuse_port=reuse_port > 1)
-    _check_egress(ruleset, listen, egress, egress_live, egress_ca, tls_cert, reuse_port)
+    check_noise(ruleset, f.secondary, noise_state, secondary_flag="--secondary", state_flag="--noise-state")
+    if f.ca_file:
+        check_ca_file(f.ca_file)
+    check_listen(*f.listen, reuse_port=f.reuse_port > 1)
+    _check_egress(ruleset, f.listen, f.egress, f.egress_live, f.egress_ca, f.tls_cert, f.reuse_port)
     shadow_options: dict[str, Any] = {
-        "shadow_url": shadow,
-        "shadow_rules": rules,
+        "shadow_url": f.shadow,
+        "shadow_rules": f.rules,
         "shadow_sink": sink,
-        "shadow_queue_size": queue_size,
-        "shadow_concurrency": concurrency,
-        "shadow_stats_interval": stats_interval,
-        "shadow_max_copy_bytes": max_copy_bytes,
-        "shadow_ca_file": ca_file,
-        "shadow_insecure": insecure,
-        "shadow_h2c": upstream_h2c,
-        "shadow_secondary_url": secondary,
+        "shadow_queue_size": f.queue_size,
+        "shadow_concurrency": f.concurrency,
+        "shadow_stats_interval": f.stats_interval,
+        "shadow_max_copy_bytes": f.max_copy_bytes,
+        "shadow_ca_file": f.ca_file,
+        "shadow_insecure": f.insecure,
+        "shadow_h2c": f.upstream_h2c,
+        "shadow_secondary_url": f.secondary,
         "shadow_noise_state": noise_state,
-        "shadow_max_rps": None if shadow_max_rps is None else repr(shadow_max_rps),
+        "shadow_max_rps": None if f.shadow_max_rps is None else repr(f.shadow_max_rps),
     }
-    if egress is not None:
-        shadow_options["shadow_egress"] = f"{egress[0]}:{egress[1]}"
-    if egress_live is not None:
-        shadow_options["shadow_egress_live"] = f"{egress_live[0]}:{egress_live[1]}"
-    if dispatch is not None:
-        shadow_options["shadow_dispatch"] = dispatch
-    if worker_nice is not None:
-        shadow_options["shadow_worker_nice"] = worker_nice
-    if (tls_cert is None) != (tls_key is None):
+    if f.egress is not None:
+        shadow_options["shadow_egress"] = f"{f.egress[0]}:{f.egress[1]}"
+    if f.egress_live is not None:
+        shadow_options["shadow_egress_live"] = f"{f.egress_live[0]}:{f.egress_live[1]}"
+    if f.dispatch is not None:
+        shadow_options["shadow_dispatch"] = f.dispatch
+    if f.worker_nice is not None:
+        shadow_options["shadow_worker_nice"] = f.worker_nice
+    if (f.tls_cert is None) != (f.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
-    if tls_cert and tls_key:
-        check_tls_files(tls_cert, tls_key)
-    settings = ProxySettings(listen[0], listen[1], live, shadow_options, tls_cert=tls_cert, tls_key=tls_key,
-                             h2c=h2c, ca_file=ca_file, insecure=insecure, reuse_port=reuse_port > 1,
-                             live_h2c=upstream_h2c, egress_ca=egress_ca)
-    switch, switch_fd = _shared_switch(sibling, reuse_port, shadow_max_rps) if reuse_port > 1 else (None, -1)
+    if f.tls_cert and f.tls_key:
+        check_tls_files(f.tls_cert, f.tls_key)
+    settings = ProxySettings(f.listen[0], f.listen[1], f.live, shadow_options, tls_cert=f.tls_cert,
+                             tls_key=f.tls_key, h2c=f.h2c, ca_file=f.ca_file, insecure=f.insecure,
+                             reuse_port=f.reuse_port > 1, live_h2c=f.upstream_h2c, egress_ca=f.egress_ca)
+    switch, switch_fd = (_shared_switch(sibling, f.reuse_port, f.shadow_max_rps) if f.reuse_port > 1
+                         else (None, -1))
     shadow_addon = ShadowAddon(switch=switch)
     extra: tuple[Any, ...] = ()
     if admin is not None:  # its errors come before the `listening` line: nothing has started
         from shadowproxy.admin import AdminAddon
         from shadowproxy.admin.addon import check_admin
 
-        check_admin(admin[0], admin_token)
-        if _same_address(admin, listen):  # each binds alone, so check_listen would pass both
+        check_admin(admin[0], f.admin_token)
+        if _same_address(admin, f.listen):  # each binds alone, so check_listen would pass both
             raise ConfigError(f"--admin {admin[0]}:{admin[1]}: the same address as --listen; give the admin"
                               " API a port of its own (or --admin off)")
         check_listen(*admin, flag="--admin")
-        extra = (AdminAddon(shadow_addon, admin[0], admin[1], admin_token),)
+        extra = (AdminAddon(shadow_addon, admin[0], admin[1], f.admin_token),)
 
     def say_listening() -> None:
         # said once the socket is bound and the shadow worker is up: a client may connect now
         logging.getLogger("shadowproxy").info(
-            "listening on %s:%d, live %s, shadow %s, rules %s", listen[0], listen[1], live, shadow,
+            "listening on %s:%d, live %s, shadow %s, rules %s", f.listen[0], f.listen[1], f.live, f.shadow,
             ruleset.source,
         )
 
-    if reuse_port > 1 and not sibling:
-        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, reuse_port - 1, switch_fd,
+    if f.reuse_port > 1 and not sibling:
+        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, f.reuse_port - 1, switch_fd,
                                          say_listening))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra, on_listening=say_listening))

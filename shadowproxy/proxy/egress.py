@@ -150,14 +150,6 @@ class EgressAddon:
         return found if found is not None else DEFAULT_EGRESS
 
     @property
-    def mode(self) -> str:
-        """What the pipeline gets: off, shadow (the shadow's calls) or live (both, compared)."""
-        sides = set(self.specs.values())
-        if "shadow" not in sides:
-            return "off"
-        return "live" if "live" in sides and self.rules.settings.correlate_live else "shadow"
-
-    @property
     def correlate_live(self) -> bool:
         return "live" in self.specs.values() and self.rules.settings.correlate_live
 

@@ -27,9 +27,9 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Decision, Policy
 from shadowproxy.replay.inputs import Entry
 from shadowproxy.rules.ruleset import RuleSet
-from shadowproxy.shadow.client import ClientConfig, ShadowClient
+from shadowproxy.shadow.client import ShadowClient
+from shadowproxy.shadow.config import PipelineConfig, build_pipeline
 from shadowproxy.shadow.jobs import decide, job_of, streaming_grpc
-from shadowproxy.shadow.pipeline import Pipeline
 from shadowproxy.sinks.base import Sink
 
 _Item = tuple[Entry, Decision, str]  # an entry, its decision and the request id it was made with
@@ -39,14 +39,12 @@ __all__ = ["Pacer", "ReplayConfig", "ReplayStats", "ReplaySummary", "Replayer"]
 
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
-    shadow_url: str
+    """The pipeline (the shadow, its client, noise: as `run` has them) and replay's own load."""
+
+    pipeline: PipelineConfig  # its client settings (TLS, concurrency) also call --live
     live_url: str | None = None  # None: the recorded response is the live side
     rate: float | None = None  # requests started per second at most; None: no limit
     concurrency: int = 16  # requests in flight at most (per side)
-    ca_file: str | None = None
-    insecure: bool = False
-    secondary_url: str | None = None  # noise pairs from a second live instance, as `run --secondary`
-    noise_state: str | None = None  # learned noise loaded from and saved to this file
 
 
 @dataclass(slots=True)
@@ -131,10 +129,8 @@ class Replayer:
         self.sink = sink
         self.stats = ReplayStats(live_latency=config.live_url is not None)
         self.policy = Policy(rules, limits=False)  # the load limits are for live traffic; --rate paces replay
-        client_cfg = ClientConfig(config.concurrency, config.ca_file, config.insecure)
-        self.pipeline = Pipeline(ShadowClient(config.shadow_url, client_cfg), sink, self.stats,
-                                 secondary_url=config.secondary_url, noise_state_path=config.noise_state)
-        self.live = ShadowClient(config.live_url, client_cfg) if config.live_url else None
+        self.pipeline = build_pipeline(config.pipeline, self.stats, sink=sink)
+        self.live = ShadowClient(config.live_url, config.pipeline.client) if config.live_url else None
         self.summary = ReplaySummary()
         self.on_progress = on_progress
         self._stop = asyncio.Event()

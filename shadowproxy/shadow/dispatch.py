@@ -35,7 +35,7 @@ class DispatchConfig:
 
 class ShadowDispatcher(Protocol):
     """What the addon needs from a dispatcher: `Dispatcher` (this event loop) or
-    `ProcessDispatcher` (a worker process, shadowproxy.shadow.worker)."""
+    `ProcessDispatcher` (a worker process, shadowproxy.shadow.process_dispatch)."""
 
     dispatched: int
     dropped: int

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from shadowproxy.engine.egress import OutboundCall
 
@@ -86,8 +87,15 @@ class EgressCalls:
             self.expired += 1
 
 
-EgressMode = str  # "off" | "shadow" (the shadow's calls captured) | "live" (the live's too: compared)
-EGRESS_MODES = ("off", "shadow", "live")
+# off; shadow: the shadow's calls captured; live: the live's too (compared when correlate_live)
+EgressMode = Literal["off", "shadow", "live"]
+
+
+def egress_mode(egress: str | None, egress_live: str | None) -> EgressMode:
+    """The mode the egress listener options (shadow_egress, shadow_egress_live) give."""
+    if not egress:
+        return "off"
+    return "live" if egress_live else "shadow"
 
 
 def egress_store(mode: EgressMode) -> EgressCalls | None:

@@ -356,7 +356,8 @@ async def test_secondary_mode_without_a_secondary_is_refused(tmp_path: Path) -> 
     rules = rules_file(tmp_path, mode="secondary")
     configure(r"noise mode 'secondary' \(defaults, feed\) needs a secondary", shadow_rules=rules)
     addon = configure(shadow_rules=rules, shadow_secondary_url="http://127.0.0.1:8")
-    assert addon.config is not None and addon.config.secondary_url == "http://127.0.0.1:8"
+    assert addon.config is not None and addon.config.pipeline is not None
+    assert addon.config.pipeline.secondary_url == "http://127.0.0.1:8"
 
 
 async def test_a_secondary_that_is_no_url_is_refused() -> None:
@@ -397,6 +398,8 @@ async def test_replay_learns_noise_from_the_shadow_asked_twice(shadow: Backend, 
     from shadowproxy.replay import ReplayConfig, Replayer
     from shadowproxy.replay.inputs import Entry
     from shadowproxy.rules import load_rules
+    from shadowproxy.shadow.client import ClientConfig
+    from shadowproxy.shadow.config import PipelineConfig
 
     at = 1_704_164_645.678901  # recorded 2024-01-02T03:04:05.678901Z
     recorded = {"id": str(uuid.uuid4()), "request_id": "req_" + uuid.uuid4().hex,
@@ -408,7 +411,8 @@ async def test_replay_learns_noise_from_the_shadow_asked_twice(shadow: Backend, 
     entries = [Entry(i, Request("GET", "/users/7", (("n", str(i)),)), live, ts=at) for i in range(60)]
     state = tmp_path / "noise.json"
     sink = MemorySink()
-    config = ReplayConfig(shadow.url, concurrency=1, noise_state=str(state))
+    config = ReplayConfig(PipelineConfig(shadow.url, client=ClientConfig(1), noise_state=str(state)),
+                          concurrency=1)
     summary = await Replayer(config, sink, load_rules(rules_file(tmp_path))).run(entries, len(entries))
     assert summary.replayed == 60
     recs = [r for r in sink.records if r["outcome"] == "mismatch"]

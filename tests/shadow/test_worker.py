@@ -21,9 +21,11 @@ from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
 from shadowproxy.engine.stats import Stats
-from shadowproxy.shadow import worker
+from shadowproxy.shadow import process_dispatch
+from shadowproxy.shadow.channel import WorkerConfig
+from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
-from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+from shadowproxy.shadow.process_dispatch import ProcessDispatcher
 from shadowproxy.testing import Backend, ProxyThread, make_exchange
 
 JSON = {"Content-Type": "application/json"}
@@ -159,7 +161,8 @@ def test_channel_full_drops_and_counts_while_live_is_unaffected(
     live: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the worker frozen (SIGSTOP) the channel fills; the proxy sheds copies and counts them."""
-    monkeypatch.setattr(worker, "SOCKET_BUFFER_BYTES", 64 * 1024)  # a small channel: a few copies fill it
+    # a small channel: a few copies fill it
+    monkeypatch.setattr(process_dispatch, "SOCKET_BUFFER_BYTES", 64 * 1024)
     gate = Gate()
     gate.open.set()
     sink = tmp_path / "records.jsonl"
@@ -229,13 +232,16 @@ PARENT = textwrap.dedent("""
     import asyncio, sys
     from shadowproxy.engine.stats import Stats
     from shadowproxy.shadow.dispatch import DispatchConfig
-    from shadowproxy.shadow.worker import ProcessDispatcher, WorkerConfig
+    from shadowproxy.shadow.config import PipelineConfig
+    from shadowproxy.shadow.channel import WorkerConfig
+    from shadowproxy.shadow.process_dispatch import ProcessDispatcher
     from shadowproxy.testing import make_exchange
     from shadowproxy.shadow.pipeline import ShadowJob
     from shadowproxy.rules import default_ruleset
 
     async def main():
-        cfg = WorkerConfig(sys.argv[1], "jsonl:" + sys.argv[2], dispatch=DispatchConfig(stats_interval=0))
+        cfg = WorkerConfig(PipelineConfig(sys.argv[1], "jsonl:" + sys.argv[2]),
+                           dispatch=DispatchConfig(stats_interval=0))
         d = ProcessDispatcher(cfg, Stats())
         await d.start()
         settings, _ = default_ruleset().route_for("GET", "/users/1", {})
@@ -275,7 +281,7 @@ def test_worker_exits_when_the_proxy_process_dies(tmp_path: Path) -> None:
 
 async def test_submit_before_start_and_after_stop_is_dropped_and_counted(tmp_path: Path) -> None:
     stats = Stats()
-    cfg = WorkerConfig("http://127.0.0.1:9", f"jsonl:{tmp_path / 'r.jsonl'}",
+    cfg = WorkerConfig(PipelineConfig("http://127.0.0.1:9", f"jsonl:{tmp_path / 'r.jsonl'}"),
                        dispatch=DispatchConfig(stats_interval=0))
     d = ProcessDispatcher(cfg, stats)
     from shadowproxy.rules import default_ruleset
@@ -295,7 +301,7 @@ async def test_submit_before_start_and_after_stop_is_dropped_and_counted(tmp_pat
 async def test_a_sink_that_cannot_open_fails_start_with_its_message(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    cfg = WorkerConfig("http://127.0.0.1:9", f"jsonl:{blocker}/sub/r.jsonl")
+    cfg = WorkerConfig(PipelineConfig("http://127.0.0.1:9", f"jsonl:{blocker}/sub/r.jsonl"))
     d = ProcessDispatcher(cfg, Stats())
     with pytest.raises(Exception, match="cannot open"):
         await d.start()
@@ -310,7 +316,7 @@ async def test_a_worker_with_a_bad_configuration_fails_start_with_exit_2_and_is_
     not a worker started again and again."""
     from shadowproxy.errors import ConfigError
 
-    cfg = WorkerConfig("http://127.0.0.1:9", "kafka://127.0.0.1:9/t?compression=bogus")
+    cfg = WorkerConfig(PipelineConfig("http://127.0.0.1:9", "kafka://127.0.0.1:9/t?compression=bogus"))
     d = ProcessDispatcher(cfg, Stats(), start_timeout=30)
     with pytest.raises(ConfigError, match="option compression") as info:
         await d.start()
@@ -330,7 +336,8 @@ async def test_a_worker_that_dies_is_replaced_and_mirroring_goes_on(live: Backen
     sink = tmp_path / "r.jsonl"
     settings, _ = default_ruleset().route_for("GET", "/users/1", {})
     with Backend(shadow_handler) as shadow:
-        cfg = WorkerConfig(shadow.url, f"jsonl:{sink}", dispatch=DispatchConfig(stats_interval=0))
+        cfg = WorkerConfig(PipelineConfig(shadow.url, f"jsonl:{sink}"),
+                           dispatch=DispatchConfig(stats_interval=0))
         d = ProcessDispatcher(cfg, Stats())
         await d.start()
         first = d.pid
@@ -367,7 +374,7 @@ async def test_copies_in_flight_when_the_drain_times_out_are_each_counted_as_dro
     settings, _ = default_ruleset().route_for("GET", "/users/1", {})
     n, concurrency = 6, 2
     with Backend(gate.handler) as shadow:
-        cfg = WorkerConfig(shadow.url, f"jsonl:{sink}", dispatch=DispatchConfig(
+        cfg = WorkerConfig(PipelineConfig(shadow.url, f"jsonl:{sink}"), dispatch=DispatchConfig(
             queue_size=10, concurrency=concurrency, stats_interval=0, drain_timeout=0.5))
         d = ProcessDispatcher(cfg, Stats())
         await d.start()
@@ -400,7 +407,7 @@ async def test_copies_in_flight_in_a_worker_killed_with_sigkill_are_counted_as_d
     n = 3
     with Backend(gate.handler) as shadow:
         dispatch = DispatchConfig(concurrency=n, stats_interval=0)
-        cfg = WorkerConfig(shadow.url, f"jsonl:{sink}", dispatch=dispatch)
+        cfg = WorkerConfig(PipelineConfig(shadow.url, f"jsonl:{sink}"), dispatch=dispatch)
         d = ProcessDispatcher(cfg, Stats())
         await d.start()
         first = d.pid

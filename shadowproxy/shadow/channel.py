@@ -1,0 +1,134 @@
+"""The channel between the proxy and its shadow worker process: messages and their framing.
+
+One Unix socketpair carries frames both ways: pickle, after a 4-byte big-endian length. The
+proxy side is `shadow.process_dispatch` (ProcessDispatcher), the worker side `shadow.worker`.
+
+Frames, proxy -> worker:
+    ("config", WorkerConfig)          first
+    ("settings", n, RouteSettings)    once per route settings object; jobs refer to n
+    ("job", encode_job(job, n))       plain tuples: pickled by C code, ~5x cheaper than dataclasses
+    ("egress", OutboundCall)          an outbound call the egress listener captured (shadow/egress.py)
+    ("counts", {route: RouteStats})   counts made in the proxy (skips, drops), merged into the
+                                      worker's stats interval (its records), not its totals
+    ("stopping", None)                the proxy got SIGTERM/SIGINT and will send "stop" once its own
+                                      in-flight requests are answered: a SIGTERM the worker got
+                                      too (sent to the whole process group) is that same stop
+    ("stop", None)                    drain, write the final stats record, flush the sink, exit
+and worker -> proxy: ("ready", None), ("error", message), ("config_error", message) (a ConfigError:
+the proxy exits 2 with it, no restart), ("status", (received, depth, active)),
+("drained", (drained, drain_dropped)) at its stop,
+("stopping", reason) (it stops on its own: SIGTERM and no word from the proxy), and
+("totals", (routes, diff_latency, sink_counters)): what the worker counted since the last one,
+folded into the proxy's `Stats.totals` so /metrics sees the whole picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shadowproxy.engine.exchange import Exchange, Request, Response
+from shadowproxy.errors import ConfigError, ShadowProxyError
+from shadowproxy.rules.ruleset import RouteSettings
+from shadowproxy.shadow.config import PipelineConfig
+from shadowproxy.shadow.dispatch import DispatchConfig
+from shadowproxy.shadow.pipeline import ShadowJob
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 256 * 1024 * 1024
+COUNTS_INTERVAL = 1.0  # seconds between shipping the proxy's counts to the worker
+STATUS_INTERVAL = 0.2  # seconds between the worker's status frames
+# The worker runs ahead of the proxy in the CPU queue. Its demand is bounded by the proxy's
+# (one copy per live response), so it cannot starve the proxy; at the same priority, on a
+# saturated machine the greedy proxy starves it and its queue overflows (bench/README.md).
+DEFAULT_WORKER_NICE = -5
+
+
+class WorkerError(ShadowProxyError):
+    """The shadow worker process could not start or died."""
+
+
+class WorkerConfigError(ConfigError):
+    """The shadow worker could not start because its configuration is wrong (exit 2): the line
+    it gave, as the same check before start would have given it. Never retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What the worker process needs: its pipeline (built here with `build_pipeline`), how it
+    dispatches, and how the process runs; picklable."""
+
+    pipeline: PipelineConfig
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    stats_source: str = "proxy"
+    log_level: int = logging.INFO
+    nice: int = DEFAULT_WORKER_NICE
+
+
+def frame(kind: str, payload: Any) -> bytes:
+    data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def _request_tuple(r: Request) -> tuple[Any, ...]:
+    return (r.method, r.path, r.query, r.headers, r.body, r.http_version)
+
+
+def encode_job(job: ShadowJob, settings_ref: int) -> tuple[Any, ...]:
+    """A job as nested tuples of builtins; the body is pickled once (pickle memoizes it)."""
+    ex, live = job.exchange, job.exchange.live
+    return (
+        _request_tuple(ex.request),
+        (live.status, live.headers, live.body, live.latency_ms, live.truncated, live.trailers,
+         live.connect_ms, live.new_connection),
+        ex.id, ex.ts, ex.route, ex.rule, ex.annotations or None,
+        _request_tuple(job.shadow_request), settings_ref, job.target, job.rewritten,
+    )
+
+
+def decode_job(t: tuple[Any, ...], settings: dict[int, RouteSettings]) -> ShadowJob:
+    req, live, id_, ts, route, rule, annotations, shadow_req, ref, target, rewritten = t
+    exchange = Exchange(Request(*req), Response(*live), id_, ts, route, rule, dict(annotations or {}))
+    return ShadowJob(exchange, Request(*shadow_req), settings[ref], target, rewritten)
+
+
+
+class FrameReader(asyncio.Protocol):
+    """Splits the byte stream into frames and hands each (kind, payload) to `on_frame`."""
+
+    def __init__(self, on_frame: Callable[[str, Any], None], on_lost: Callable[[], None]) -> None:
+        self._buf = bytearray()
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if size > MAX_FRAME:
+                msg = f"shadow worker channel: frame of {size} bytes; the stream is corrupt"
+                raise WorkerError(msg)
+            if len(buf) - pos - 4 < size:
+                break
+            kind, payload = pickle.loads(memoryview(buf)[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+            self._on_frame(kind, payload)
+        del buf[:pos]
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()

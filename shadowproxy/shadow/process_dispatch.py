@@ -1,0 +1,336 @@
+"""Process dispatch, the proxy's side: the pipeline runs in a worker process (shadow.worker).
+
+The proxy's event loop only decides and hands off: `ProcessDispatcher.submit` pickles the job
+and writes one length-prefixed frame to a Unix socketpair shared with the worker. It never
+waits. Backpressure is the transport's write buffer: when the worker has not read
+`buffer_bytes` of frames, copies are dropped and counted in the proxy.
+
+    proxy process                                    worker process (python -m ...worker FD)
+    ShadowAddon.response -> ProcessDispatcher.submit ──frames──> Dispatcher (queue_size bound,
+    skip/drop counts, shipped every second ─────────────────────>  concurrency) -> Pipeline
+                                       <── ready / status (received, depth, active) / error
+
+When the worker dies, the proxy starts another (backoff 0.2 s, 1 s, 2 s, 5 s, then every 10 s);
+copies meanwhile, and those the dead worker held, are dropped and counted. A worker that says
+it stops on its own (a SIGTERM meant for it alone) is replaced too; one that ends while the
+proxy is stopping is not. The frames are in shadow.channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from shadowproxy._tasks import BackgroundTasks
+from shadowproxy.engine.egress import OutboundCall
+from shadowproxy.engine.stats import RouteStats, Stats
+from shadowproxy.rules.ruleset import RouteSettings
+from shadowproxy.shadow.channel import (
+    COUNTS_INTERVAL,
+    FrameReader,
+    WorkerConfig,
+    WorkerConfigError,
+    WorkerError,
+    encode_job,
+    frame,
+)
+from shadowproxy.shadow.egress import EGRESS_ROUTE
+from shadowproxy.shadow.pipeline import ShadowJob
+
+log = logging.getLogger("shadowproxy")
+
+DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024  # unread frames held in the proxy before copies are dropped
+# The kernel's socket buffer is the first stage of the channel. At the default (~200 KB, ten
+# 20 KB copies) the proxy's event loop, which refills it once per iteration, cannot move 20 MB/s
+# to the worker: the worker idles while the proxy's user-space buffer grows until copies drop.
+SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+_SO_SNDBUFFORCE = 32  # Linux: may exceed net.core.wmem_max (root or CAP_NET_ADMIN)
+RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)  # waits before restarting a worker that died
+
+
+def _grow_send_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for `size` bytes of kernel send buffer; the kernel caps it unless we may force it."""
+    for opt in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            return
+        except OSError:
+            continue
+
+
+class ProcessDispatcher:
+    """The Dispatcher interface, with the pipeline in a worker process.
+
+    `submit` never blocks; a copy is dropped (and counted in `stats`, which is shipped to the
+    worker's stats records) when the channel holds `buffer_bytes` unread, before `start`, after
+    `stop`, or when the worker is gone. `stop` lets the worker drain, write the final stats
+    record and flush the sink, and waits for it to exit.
+    """
+
+    def __init__(self, cfg: WorkerConfig, stats: Stats, *, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                 socket_buffer_bytes: int | None = None, start_timeout: float = 60.0) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.buffer_bytes = buffer_bytes  # user-space bound, on top of the kernel's socket buffer
+        self.socket_buffer_bytes = socket_buffer_bytes  # None: SOCKET_BUFFER_BYTES
+        self.start_timeout = start_timeout
+        self.dispatched = 0
+        self.dropped = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._settings: dict[int, tuple[RouteSettings, int]] = {}
+        self._ready: asyncio.Future[None] | None = None
+        self._tasks = BackgroundTasks()
+        self._worker_received = 0
+        self._worker_depth = 0
+        self._worker_active = 0  # copies the worker was processing at its last status report
+        self._alive = False
+        self._stopped = False
+        self._closed: asyncio.Future[None] | None = None
+        self.sink_counters: dict[str, int] = {}  # the worker's sink, as of its last report
+        self.restarts = 0  # workers started again after one died
+        self.drained = 0  # as the worker reported at its stop
+        self.drain_dropped = 0
+        self._dispatched_base = 0  # `dispatched` when the current worker started
+        self._counts_shipping = False
+        self._generation = 0  # which worker this is (1 for the first)
+        self._lost = 0  # the generation whose loss was handled
+        self._restarting: asyncio.Future[None] | None = None
+        self._stopping = False  # the proxy is stopping: a worker that ends now is not replaced
+        self._worker_stopping: str | None = None  # why the current worker said it stops on its own
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def depth(self) -> int:
+        """Copies handed over and not yet picked up by a worker's shadow call (approximate)."""
+        return max(0, self.dispatched - self._dispatched_base - self._worker_received) + self._worker_depth
+
+    async def start(self) -> None:
+        if self.proc is not None or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sndbuf = self.socket_buffer_bytes
+        _grow_send_buffer(ours, SOCKET_BUFFER_BYTES if sndbuf is None else sndbuf)
+        # The worker starts with SIGINT and SIGTERM blocked (the mask survives exec) and unblocks
+        # them once its handlers are in place: a Ctrl-C or SIGTERM to the process group while its
+        # interpreter starts stays pending instead of killing it half-started.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.proc = subprocess.Popen(
+                # -P: the working directory is not put on sys.path (its `shadowproxy/` would be run)
+                [sys.executable, "-P", "-m", "shadowproxy.shadow.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            theirs.close()
+        self._ready = loop.create_future()
+        self._closed = loop.create_future()
+        self._generation += 1
+        gen = self._generation
+        reader = FrameReader(self._on_frame, lambda: self._on_lost(gen))
+        transport, _ = await loop.connect_accepted_socket(lambda: reader, sock=ours)
+        self._transport = transport
+        self._alive = True
+        transport.write(frame("config", self.cfg))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout)
+        except BaseException:
+            await self._kill()
+            raise
+        if not self._counts_shipping:
+            self._counts_shipping = True
+            self._spawn(self._ship_counts_loop())
+        log.info("shadow worker started (pid %d)", self.proc.pid)
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.spawn(coro)
+
+    def _on_frame(self, kind: str, payload: Any) -> None:
+        if kind == "status":
+            self._worker_received, self._worker_depth, self._worker_active = payload
+        elif kind == "totals":
+            routes, diff_latency, self.sink_counters = payload
+            for route, delta in routes.items():
+                self.stats.totals.setdefault(route, RouteStats()).merge(delta)
+            self.stats.diff_latency.merge(diff_latency)
+        elif kind == "stopping":
+            self._worker_stopping = str(payload)
+        elif kind == "drained":
+            self.drained, self.drain_dropped = payload
+        elif kind == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+        elif kind == "error" and self._ready is not None and not self._ready.done():
+            self._ready.set_exception(WorkerError(f"shadow worker failed to start: {payload}"))
+        elif kind == "config_error" and self._ready is not None and not self._ready.done():
+            self._ready.set_exception(WorkerConfigError(str(payload)))
+
+    def _on_lost(self, generation: int) -> None:
+        # once per worker (end-of-file and connection loss both report), never for an old one
+        if generation != self._generation or self._lost == generation:
+            return
+        self._lost = generation
+        self._alive = False
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(WorkerError("shadow worker exited before it was ready"))
+        elif self._ready is not None and not self._ready.cancelled() and self._ready.exception() is not None:
+            pass  # it never started: start() raised why, and its caller decides (`_restart` tries again)
+        elif not self._stopped and not self._stopping:
+            if self._worker_stopping is not None:
+                log.warning("shadow worker stopped on %s (not the proxy's stop); starting another",
+                            self._worker_stopping)
+            else:
+                log.error("shadow worker exited unexpectedly; starting another (copies meanwhile are"
+                          " dropped and counted)")
+            self._restarting = asyncio.ensure_future(self._restart())
+        elif not self._stopped:
+            log.warning("shadow worker exited while the proxy was stopping; not replaced (copies it held"
+                        " are counted as dropped)")
+            lost = self._held()
+            if lost:
+                self.stats.count("(worker restart)", "dropped", lost)
+
+    def _held(self) -> int:
+        """Copies the current worker held (unread in the channel, queued in it, and in flight in its
+        shadow calls), as of its last status report."""
+        return (max(0, self.dispatched - self._dispatched_base - self._worker_received)
+                + self._worker_depth + self._worker_active)
+
+    async def _restart(self) -> None:
+        """Start a new worker after one died: with backoff, until it runs or the proxy stops.
+
+        Copies the dead worker held are lost with it; they are counted as dropped (from its
+        last status report, so approximately), and the new worker is sent the route settings
+        again before any job refers to them."""
+        lost = self._held()
+        if lost:
+            self.stats.count("(worker restart)", "dropped", lost)
+        while not self._stopped:
+            await asyncio.sleep(RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)])
+            if self._stopped:
+                return
+            self.restarts += 1
+            if self.proc is not None and self.proc.poll() is None:
+                await self._kill()
+            if self._transport is not None:
+                self._transport.close()
+            self.proc, self._transport, self._settings = None, None, {}
+            self._worker_stopping = None
+            self._dispatched_base, self._worker_received = self.dispatched, 0
+            self._worker_depth = self._worker_active = 0
+            try:
+                await self.start()
+                return
+            except Exception as e:  # a worker that cannot start now may later: keep trying, say why
+                log.error("shadow worker restart %d failed: %s", self.restarts, e)
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
+        t = self._transport
+        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+            self.stats.count(job.exchange.route, "dropped")
+            self.dropped += 1
+            if self.dropped == 1 and self._alive and not self._stopped:
+                log.warning("shadow worker channel full (%d bytes unread); dropping and counting copies",
+                            self.buffer_bytes)
+            return False
+        key = id(job.settings)
+        known = self._settings.get(key)
+        if known is None:
+            # keep a reference: the id stays unique while we remember it
+            known = self._settings[key] = (job.settings, len(self._settings))
+            t.write(frame("settings", (known[1], job.settings)))
+        t.write(frame("job", encode_job(job, known[1])))
+        self.dispatched += 1
+        return True
+
+    def egress(self, call: OutboundCall) -> None:
+        """Hand an outbound call to the worker, behind the jobs already written; dropped (the
+        exchange's record then lacks it) when the channel is full or the worker is gone."""
+        t = self._transport
+        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+            self.stats.count(EGRESS_ROUTE, "egress_dropped")
+            return
+        t.write(frame("egress", call))
+
+    def _ship_counts(self) -> None:
+        _, routes = self.stats.take_interval()
+        if routes and self._alive and self._transport is not None:
+            self._transport.write(frame("counts", routes))
+
+    async def _ship_counts_loop(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL)
+            self._ship_counts()
+
+    def stopping(self) -> None:
+        """The proxy is stopping (a signal): `stop` follows once live requests are answered.
+
+        Tells the worker, so that the SIGTERM it got with the proxy's (sent to the process group)
+        reads as this stop, and no worker that ends from now on is replaced."""
+        self._stopping = True
+        if self._alive and self._transport is not None:
+            self._transport.write(frame("stopping", None))
+
+    async def stop(self) -> None:
+        """Ship the last counts, let the worker drain and write its final stats record, wait for it."""
+        if self._stopped:
+            return
+        if self._restarting is not None and not self._restarting.done():
+            # a worker being started again may already hold copies: let it come up, then drain it
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._restarting), self.start_timeout)
+        self._stopped = True
+        if self._restarting is not None and not self._restarting.done():
+            self._restarting.cancel()
+        await self._tasks.cancel_all()
+        if self.proc is None:
+            return
+        if self._alive and self._transport is not None:
+            self._ship_counts()
+            self._transport.write(frame("stop", None))
+        timeout = self.cfg.dispatch.drain_timeout + 20.0
+        if self._closed is not None:
+            # the worker's last frames (final totals) arrive before its end of the socket closes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        if not await self._wait_exit(10.0):
+            log.warning("shadow worker (pid %d) did not stop in time; killed", self.proc.pid)
+            await self._kill()
+        if self._transport is not None:
+            self._transport.close()
+        if self.dropped:
+            log.warning("dropped %d of %d copies in the proxy (channel full or worker gone)",
+                        self.dropped, self.dropped + self.dispatched)
+        if self.proc.returncode not in (0, None):
+            log.warning("shadow worker exited with %s", self.proc.returncode)
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.proc.poll() is None:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            await self._wait_exit(10.0)
+        if self._transport is not None:
+            self._transport.close()
