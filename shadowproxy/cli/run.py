@@ -328,6 +328,8 @@ def _run(f: RunFlags) -> None:
     }
     if f.egress is not None:
         shadow_options["shadow_egress"] = f"{f.egress[0]}:{f.egress[1]}"
+    if f.egress_ca is not None:
+        shadow_options["shadow_egress_ca"] = f.egress_ca
     if f.egress_live is not None:
         shadow_options["shadow_egress_live"] = f"{f.egress_live[0]}:{f.egress_live[1]}"
     if f.dispatch is not None:
@@ -340,7 +342,7 @@ def _run(f: RunFlags) -> None:
         check_tls_files(f.tls_cert, f.tls_key)
     settings = ProxySettings(f.listen[0], f.listen[1], f.live, shadow_options, tls_cert=f.tls_cert,
                              tls_key=f.tls_key, h2c=f.h2c, ca_file=f.ca_file, insecure=f.insecure,
-                             reuse_port=f.reuse_port > 1, live_h2c=f.upstream_h2c, egress_ca=f.egress_ca)
+                             reuse_port=f.reuse_port > 1, live_h2c=f.upstream_h2c)
     switch, switch_fd = (_shared_switch(sibling, f.reuse_port, f.shadow_max_rps) if f.reuse_port > 1
                          else (None, -1))
     shadow_addon = ShadowAddon(switch=switch)
@@ -375,7 +377,8 @@ def _check_egress(ruleset: Any, listen: tuple[str, int], egress: tuple[str, int]
                   reuse_port: int) -> None:
     """The egress flags, checked before anything starts: one line naming the flag, exit 2."""
     from shadowproxy.errors import ConfigError
-    from shadowproxy.proxy.master import check_egress_ca, check_listen
+    from shadowproxy.proxy.egress import check_egress_ca
+    from shadowproxy.proxy.master import check_listen
     from shadowproxy.rules.egress import mirrors_writes
 
     if egress is None:

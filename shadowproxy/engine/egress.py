@@ -22,6 +22,8 @@ from shadowproxy.engine.exchange import Headers, Response
 from shadowproxy.engine.options import CompareOptions
 
 Side = Literal["live", "shadow"]
+# an answer as it went on the wire: status, header fields (bytes), body (still content-encoded)
+Answer = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]
 # headers that say how a body is to be read: the only ones the body comparison sees
 _BODY_HEADERS = frozenset({"content-type", "content-encoding"})
 URL_PATH = "url"
@@ -44,6 +46,7 @@ class OutboundCall:
     action: str = "pass"  # pass | stub | replay | block (the live's: always pass)
     rule: str | None = None  # the egress rule that decided it; None: the default
     ts: float = 0.0
+    answer: Answer | None = None  # a live call's answer, kept when a rule replays it to the shadow
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -22,7 +22,7 @@ from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
-from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon
+from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost, server_config
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
 from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
@@ -107,7 +107,7 @@ class ShadowAddon:
         self.refusing = False
         self.refused = 0
         # the egress listeners' flows are its own (proxy/egress.py); every hook here leaves them alone
-        self.egress = EgressAddon(self)
+        self.egress = EgressAddon(ProxyEgressHost(self))
         self.addons = [self.egress]
 
     def load(self, loader: Any) -> None:
@@ -135,10 +135,12 @@ class ShadowAddon:
         if cfg is None or cfg.pipeline is None or self.dispatcher is not None:
             return
         pc = cfg.pipeline
-        in_process = self._injected_sink is not None or parse_uri(pc.sink_uri).scheme == "memory"
-        if cfg.dispatch_mode == "process" and not in_process:
+        if not self.inline_dispatch():
+            # the shadow's egress listener runs beside the pipeline, off this event loop
+            egress = server_config(self.egress, getattr(ctx.options, "shadow_egress_ca", None))
             worker = WorkerConfig(pc, cfg.dispatch, nice=cfg.worker_nice,
-                                  log_level=logging.getLogger("shadowproxy").getEffectiveLevel())
+                                  log_level=logging.getLogger("shadowproxy").getEffectiveLevel(),
+                                  egress_server=egress)
             self.dispatcher = ProcessDispatcher(worker, self.stats)
             uri = pc.sink_uri
         else:
@@ -151,6 +153,14 @@ class ShadowAddon:
             self._tasks.spawn(self._release_held())
         log.info("shadowing to %s, records to %s (%s dispatch)", pc.shadow_url, uri,
                  "inline" if isinstance(self.dispatcher, Dispatcher) else "process")
+
+    def inline_dispatch(self) -> bool:
+        """Whether the pipeline runs on this event loop (else in a worker process)."""
+        cfg = self.config
+        if cfg is None or cfg.pipeline is None:
+            return True
+        in_process = self._injected_sink is not None or parse_uri(cfg.pipeline.sink_uri).scheme == "memory"
+        return cfg.dispatch_mode != "process" or in_process
 
     def stop_begun(self) -> None:
         """A graceful stop has begun (the proxy's SIGTERM/SIGINT); `done` follows."""

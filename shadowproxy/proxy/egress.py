@@ -14,20 +14,24 @@ record is made there, after the shadow answered and the settle time passed. A ca
 no id is still intercepted, and counted `uncorrelated`.
 
 This addon is nested in ShadowAddon (`addons`), which leaves every flow of these listeners to it.
+With process dispatch the shadow's listener runs in the worker process instead (a lean master of
+its own, proxy/egress_server.py, beside the pipeline): the shadow's calls never cost the live's
+event loop anything. The live's listener stays here (it is on the live's path either way).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from mitmproxy import ctx, exceptions, http
 
-from shadowproxy.engine.egress import OutboundCall, Side, exchange_id_of, with_baggage
+from shadowproxy.engine.egress import Answer, OutboundCall, Side, exchange_id_of, with_baggage
+from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.convert import path_of
 from shadowproxy.rules.egress import (
@@ -39,7 +43,7 @@ from shadowproxy.rules.egress import (
     render_stub,
 )
 from shadowproxy.rules.matcher import path_template
-from shadowproxy.shadow.egress import EGRESS_ROUTE
+from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressServerConfig
 
 if TYPE_CHECKING:
     from shadowproxy.proxy.addon import ShadowAddon
@@ -51,8 +55,6 @@ _SIDE = "shadowproxy.egress"
 _DECISION = "shadowproxy.egress_decision"
 EXCHANGE_ID = "shadowproxy.exchange_id"  # the id a live request carries (correlate_live)
 _BODY_HEADERS = frozenset({"content-type", "content-encoding"})
-MAX_REPLAY_EXCHANGES = 1000  # live answers kept for replay, by exchange (the oldest go first)
-MAX_REPLAY_ANSWERS = 100  # ... and per exchange
 MAX_REPLAY_BODY = 1024 * 1024  # a larger live answer is not kept (a replay of it is a miss)
 
 
@@ -66,14 +68,6 @@ def parse_host_port(value: str, flag: str) -> tuple[str, int]:
 
 def mode_spec(host: str, port: int) -> str:
     return f"regular@{f'[{host}]' if ':' in host else host}:{port}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    key: tuple[str, str, str]
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
 
 
 def _authority(req: http.Request) -> str:
@@ -94,13 +88,29 @@ def _make(status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) ->
     return resp
 
 
+class EgressHost(Protocol):
+    """What the egress addon needs from where it runs: the proxy (ShadowAddon) or the worker."""
+
+    @property
+    def stats(self) -> Stats: ...
+
+    def egress_rules(self) -> EgressRules | None: ...
+
+    def shadow_header(self) -> str | None: ...
+
+    def shadow_egress_here(self) -> bool: ...  # the shadow's listener runs in this process
+
+    def hand_over(self, call: OutboundCall) -> None: ...
+
+    def replay_answer(self, exchange_id: str, key: tuple[str, str, str]) -> Answer | None: ...
+
+
 class EgressAddon:
     """The egress listeners' flows: decide, answer or pass, capture, hand over."""
 
-    def __init__(self, shadow: ShadowAddon) -> None:
-        self.shadow = shadow
+    def __init__(self, host: EgressHost) -> None:
+        self.host = host
         self.specs: dict[str, Side] = {}  # mitmproxy mode spec -> whose outbound calls it carries
-        self._answers: OrderedDict[str, list[_Answer]] = OrderedDict()
         self.captured = 0
         self.uncorrelated = 0
 
@@ -111,6 +121,10 @@ class EgressAddon:
             "shadow's outbound calls; start the shadow with HTTP_PROXY/HTTPS_PROXY pointing at it. "
             "The rules' egress: section decides each call (default: safe methods pass, others are "
             "stubbed, never executed). Required by a rules file whose routes mirror writes.")
+        loader.add_option(
+            "shadow_egress_ca", OptStr, None,
+            "PEM file, a CA certificate and its key: the shadow's egress listener intercepts HTTPS "
+            "(CONNECT) with certificates it signs (the shadow must trust it; docs/egress.md).")
         loader.add_option(
             "shadow_egress_live", OptStr, None,
             "HOST:PORT: a pass-through forward proxy for the live service's outbound calls (executed "
@@ -131,9 +145,18 @@ class EgressAddon:
         if len(set(specs)) < sum(1 for n in ("shadow_egress", "shadow_egress_live") if getattr(o, n)):
             raise exceptions.OptionsError("shadow_egress and shadow_egress_live must be different addresses")
         self.specs = specs
-        missing = [s for s in specs if s not in o.mode]
+        missing = [s for s in self.local_modes() if s not in o.mode]
         if missing:
             o.update(mode=[*o.mode, *missing])
+
+    def local_modes(self) -> list[str]:
+        """The listeners this process serves: the live's, and the shadow's unless the worker does."""
+        here = self.host.shadow_egress_here()
+        return [spec for spec, side in self.specs.items() if side == "live" or here]
+
+    def shadow_listen(self) -> str | None:
+        """The shadow's listener's mode spec, if one is configured."""
+        return next((spec for spec, side in self.specs.items() if side == "shadow"), None)
 
     # -- what the shadow addon asks ---------------------------------------------------------
 
@@ -145,8 +168,7 @@ class EgressAddon:
 
     @property
     def rules(self) -> EgressRules:
-        policy = self.shadow.policy
-        found = policy.rules.egress if policy is not None else None
+        found = self.host.egress_rules()
         return found if found is not None else DEFAULT_EGRESS
 
     @property
@@ -193,8 +215,11 @@ class EgressAddon:
         if side is None or flow.request.method == "CONNECT":
             return
         call = self._call(flow, side)
-        if side == "live" and call.exchange_id is not None and flow.response is not None:
-            self._keep_answer(call, flow.response)
+        resp = flow.response
+        if side == "live" and call.exchange_id is not None and resp is not None and self.rules.replays:
+            body = resp.raw_content or b""
+            if len(body) <= MAX_REPLAY_BODY:  # kept with the call: the shadow's replay answer
+                call = dataclasses.replace(call, answer=(resp.status_code, tuple(resp.headers.fields), body))
         self._hand_over(call)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -205,9 +230,7 @@ class EgressAddon:
     # -- the work ---------------------------------------------------------------------------
 
     def _exchange_id(self, flow: http.HTTPFlow) -> str | None:
-        policy = self.shadow.policy
-        marker = policy.rules.defaults.shadow_header if policy is not None else None
-        return exchange_id_of(flow.request.headers.items(multi=True), marker)
+        return exchange_id_of(flow.request.headers.items(multi=True), self.host.shadow_header())
 
     def _answer(self, flow: http.HTTPFlow, decision: EgressDecision) -> http.Response:
         req = flow.request
@@ -219,9 +242,9 @@ class EgressAddon:
             status, headers, body = render_stub(decision.stub, values)
             return _make(status, tuple((k.encode(), v.encode()) for k, v in headers), body)
         if decision.action == "replay":
-            got = self._replay(xid, (req.method, _authority(req), path_template(path_of(req))))
+            got = self.host.replay_answer(xid, (req.method, _authority(req), path_template(path_of(req))))
             if got is not None:
-                return _make(got.status, got.headers, got.body)
+                return _make(*got)
             note = "no live answer to replay for this call (live capture off, or the live did not make it)"
         else:
             note = f"blocked by egress rule {decision.rule}"
@@ -248,43 +271,91 @@ class EgressAddon:
 
     def _hand_over(self, call: OutboundCall) -> None:
         self.captured += 1
-        stats = self.shadow.stats
         if call.exchange_id is None:
             self.uncorrelated += 1
-            stats.count(EGRESS_ROUTE, "uncorrelated")
+            self.host.stats.count(EGRESS_ROUTE, "uncorrelated")
             return
+        self.host.hand_over(call)
+
+
+class ProxyEgressHost:
+    """The egress addon's host in the proxy process: the shadow addon's rules, stats and dispatcher."""
+
+    def __init__(self, shadow: ShadowAddon) -> None:
+        self.shadow = shadow
+
+    @property
+    def stats(self) -> Stats:
+        return self.shadow.stats
+
+    def egress_rules(self) -> EgressRules | None:
+        policy = self.shadow.policy
+        return policy.rules.egress if policy is not None else None
+
+    def shadow_header(self) -> str | None:
+        policy = self.shadow.policy
+        return policy.rules.defaults.shadow_header if policy is not None else None
+
+    def shadow_egress_here(self) -> bool:
+        return self.shadow.inline_dispatch()
+
+    def hand_over(self, call: OutboundCall) -> None:
         d = self.shadow.dispatcher
         if d is None or not self.shadow.dispatcher_ready:
-            stats.count(EGRESS_ROUTE, "egress_dropped")
+            self.stats.count(EGRESS_ROUTE, "egress_dropped")
             return
         d.egress(call)
 
-    def _keep_answer(self, call: OutboundCall, resp: http.Response) -> None:
-        body = resp.raw_content or b""
-        if len(body) > MAX_REPLAY_BODY:
-            return
-        assert call.exchange_id is not None
-        kept = self._answers.get(call.exchange_id)
-        if kept is None:
-            kept = self._answers[call.exchange_id] = []
-            if len(self._answers) > MAX_REPLAY_EXCHANGES:
-                self._answers.popitem(last=False)
-        if len(kept) < MAX_REPLAY_ANSWERS:
-            kept.append(_Answer(call.key, resp.status_code, tuple(resp.headers.fields), body))
+    def replay_answer(self, exchange_id: str, key: tuple[str, str, str]) -> Answer | None:
+        d = self.shadow.dispatcher
+        store = getattr(getattr(d, "pipeline", None), "egress", None)  # inline dispatch only
+        return store.replay(exchange_id, key) if store is not None else None
 
-    def _replay(self, xid: str, key: tuple[str, str, str]) -> _Answer | None:
-        """The live's answer to the same call of the same exchange (each answer replayed once,
-        in order: a second identical call gets the live's second answer)."""
-        kept = self._answers.get(xid)
-        if not kept:
-            return None
-        for i, a in enumerate(kept):
-            if a.key == key:
-                return kept.pop(i)
+
+def server_config(addon: EgressAddon, ca_file: str | None) -> EgressServerConfig | None:
+    """The worker's egress listener (process dispatch), or None: no shadow egress listener."""
+    spec = addon.shadow_listen()
+    if spec is None:
         return None
+    host, _, port = spec.removeprefix("regular@").rpartition(":")
+    return EgressServerConfig(host.strip("[]"), int(port), addon.rules if addon.host.egress_rules() else None,
+                              addon.host.shadow_header() or "X-Shadow-Request", ca_file)
 
 
-def egress_modes(options: dict[str, Any]) -> list[str]:
-    """The mitmproxy modes of the egress listeners named in these shadow_* options."""
-    return [mode_spec(*parse_host_port(options[n], n))
-            for n in ("shadow_egress", "shadow_egress_live") if options.get(n)]
+def check_egress_ca(path: str, flag: str = "--egress-ca") -> bytes:
+    """The PEM (a CA certificate and its private key) the egress listener signs with, checked."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot read it: {e.strerror or e}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"{flag} {path}: no PEM certificate in it (want the CA certificate and its "
+                          "key in one file)") from None
+    try:
+        key = load_pem_private_key(data, None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{flag} {path}: no unencrypted PEM private key in it ({e})") from None
+    if certs[0].public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ConfigError(f"{flag} {path}: the key does not belong to the first certificate")
+    try:
+        ca = certs[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    if not ca:
+        raise ConfigError(f"{flag} {path}: the certificate is not a CA (basicConstraints CA:TRUE)")
+    return data
+
+
+def install_egress_ca(path: str, confdir: str) -> None:
+    """Make the user's CA mitmproxy's in `confdir`: it signs the certificates an intercepting
+    CONNECT client is shown (the shadow trusts this CA; docs/egress.md)."""
+    data = check_egress_ca(path)
+    fd = os.open(os.path.join(confdir, "mitmproxy-ca.pem"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

@@ -28,7 +28,7 @@ from mitmproxy.proxy.layers import modes
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import ShadowAddon
-from shadowproxy.proxy.egress import egress_modes
+from shadowproxy.proxy.egress import install_egress_ca
 
 log = logging.getLogger("shadowproxy")
 
@@ -142,36 +142,6 @@ def check_tls_files(cert: str, key: str) -> None:
         raise ConfigError(msg) from None
 
 
-def check_egress_ca(path: str, flag: str = "--egress-ca") -> bytes:
-    """The PEM (a CA certificate and its private key) the egress listener signs with, checked."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(f"{flag} {path}: cannot read it: {e.strerror or e}") from None
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ConfigError(f"{flag} {path}: no PEM certificate in it (want the CA certificate and its "
-                          "key in one file)") from None
-    try:
-        key = load_pem_private_key(data, None)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{flag} {path}: no unencrypted PEM private key in it ({e})") from None
-    if certs[0].public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
-        raise ConfigError(f"{flag} {path}: the key does not belong to the first certificate")
-    try:
-        ca = certs[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        ca = False
-    if not ca:
-        raise ConfigError(f"{flag} {path}: the certificate is not a CA (basicConstraints CA:TRUE)")
-    return data
-
-
 def check_ca_file(path: str, flag: str = "--ca-file") -> None:
     """Fail with one clear line when `path` holds no PEM CA certificate."""
     try:
@@ -199,13 +169,9 @@ def tls_options(settings: ProxySettings, confdir: str) -> dict[str, Any]:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         out["certs"] = [f"*={pem}"]
-    if settings.egress_ca:
-        # mitmproxy signs the certificates it shows an intercepting CONNECT client with the CA it
-        # finds in its confdir: the user's, which the shadow trusts (docs/egress.md)
-        data = check_egress_ca(settings.egress_ca)
-        fd = os.open(os.path.join(confdir, "mitmproxy-ca.pem"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+    egress_ca = settings.egress_ca or settings.shadow_options.get("shadow_egress_ca")
+    if egress_ca:  # the shadow's egress listener serves here with inline dispatch (proxy/egress.py)
+        install_egress_ca(egress_ca, confdir)
     if settings.ca_file:
         import certifi
 
@@ -393,7 +359,7 @@ async def serve(
         # last: every other addon (the proxyserver's listeners too) is running by then
         master.addons.add(_Started(started, master, on_listening))
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"
-    modes = [mode, *egress_modes(settings.shadow_options)]
+    modes = [mode]  # the egress listeners' modes: added by the egress addon (proxy/egress.py)
     confdir = tempfile.mkdtemp(prefix="shadowproxy-mitm-")
     loop = asyncio.get_running_loop()
     try:

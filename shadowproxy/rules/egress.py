@@ -296,6 +296,11 @@ class EgressRules:
     rules: tuple[_Rule, ...] = ()
     settings: EgressSettings = field(default_factory=EgressSettings)
 
+    @property
+    def replays(self) -> bool:
+        """Whether a rule replays live answers (then the live's calls carry theirs)."""
+        return any(r.decision.action == "replay" for r in self.rules)
+
     def decide(self, method: str, host: str, port: int | None, path: str,
                headers: Mapping[str, str]) -> EgressDecision:
         """`headers` keyed by lower-case name; `path` without the query."""

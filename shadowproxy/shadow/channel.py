@@ -37,6 +37,7 @@ from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
+from shadowproxy.shadow.egress import EgressServerConfig
 from shadowproxy.shadow.pipeline import ShadowJob
 
 _HEADER = struct.Struct("!I")
@@ -68,6 +69,7 @@ class WorkerConfig:
     stats_source: str = "proxy"
     log_level: int = logging.INFO
     nice: int = DEFAULT_WORKER_NICE
+    egress_server: EgressServerConfig | None = None  # the shadow's egress listener runs in the worker
 
 
 def frame(kind: str, payload: Any) -> bytes:

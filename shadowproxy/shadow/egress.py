@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shadowproxy.engine.egress import OutboundCall
+from shadowproxy.engine.egress import Answer, OutboundCall
+from shadowproxy.rules.egress import EgressRules
 
 MAX_EXCHANGES = 10_000
 MAX_CALLS = 100
@@ -32,6 +33,7 @@ class _Held:
     since: float
     live: list[OutboundCall] = field(default_factory=list)
     shadow: list[OutboundCall] = field(default_factory=list)
+    replayed: dict[tuple[str, str, str], int] = field(default_factory=dict)  # key -> answers replayed
 
 
 class EgressCalls:
@@ -78,6 +80,19 @@ class EgressCalls:
             return [], []
         return held.live, held.shadow
 
+    def replay(self, exchange_id: str, key: tuple[str, str, str]) -> Answer | None:
+        """The live's answer to the same call (method, host, template) of the exchange: the
+        first not yet replayed, so a second identical call gets the live's second answer."""
+        held = self._held.get(exchange_id)
+        if held is None:
+            return None
+        answers = [c.answer for c in held.live if c.key == key and c.answer is not None]
+        n = held.replayed.get(key, 0)
+        if n >= len(answers):
+            return None
+        held.replayed[key] = n + 1
+        return answers[n]
+
     def _expire(self, now: float) -> None:
         while self._held:
             key, oldest = next(iter(self._held.items()))
@@ -103,3 +118,14 @@ def egress_store(mode: EgressMode) -> EgressCalls | None:
     if mode == "off":
         return None
     return EgressCalls(compare_live=mode == "live")
+
+
+@dataclass(frozen=True, slots=True)
+class EgressServerConfig:
+    """The shadow's egress listener when it runs in the worker process (picklable)."""
+
+    host: str
+    port: int
+    rules: EgressRules | None  # the rules file's egress: section (None: the defaults)
+    shadow_header: str
+    ca_file: str | None = None  # --egress-ca: PEM, CA certificate and key

@@ -123,6 +123,9 @@ def test_a_v2_that_charges_another_amount_is_an_egress_difference_and_nothing_re
         proxy.stop()
         live.stop()
         shadow.stop()
+    # process dispatch: the shadow's listener is served by the worker, only the live's by the proxy
+    egress = proxy.addon.egress
+    assert egress.local_modes() == [spec for spec, side in egress.specs.items() if side == "live"]
     assert len(found) == 1, records(sink)
     rec = found[0]
     validate_record(rec)
@@ -241,7 +244,7 @@ def test_the_shadows_https_call_through_connect_is_captured_with_a_test_ca(
     rules.write_text(RULES.replace("correlate_live: true", "correlate_live: false"))
     sink = tmp_path / "records.jsonl"
     proxy = ProxyThread(live.url, shadow.url, rules=str(rules), sink_uri=f"jsonl:{sink}",
-                        shadow_egress=f"127.0.0.1:{egress}", settings={"egress_ca": str(ca)}).start()
+                        shadow_egress=f"127.0.0.1:{egress}", shadow_egress_ca=str(ca)).start()
     try:
         assert post(f"{proxy.url}/orders", {"amount": 5.0, "email": "bob@example.com"})[0] == 200
         found = wait_for(sink, lambda r: r.get("outcome") == "mismatch")
