@@ -29,6 +29,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
 from shadowproxy.engine.egress import Answer, OutboundCall, Side, exchange_id_of, with_baggage
 from shadowproxy.engine.stats import Stats
@@ -153,6 +154,10 @@ class EgressAddon:
         """The listeners this process serves: the live's, and the shadow's unless the worker does."""
         here = self.host.shadow_egress_here()
         return [spec for spec, side in self.specs.items() if side == "live" or here]
+
+    def live_modes(self) -> list[mode_specs.ProxyMode]:
+        """The live's listener, as mitmproxy's server manager knows it (kept open while stopping)."""
+        return [mode_specs.ProxyMode.parse(spec) for spec, side in self.specs.items() if side == "live"]
 
     def shadow_listen(self) -> str | None:
         """The shadow's listener's mode spec, if one is configured."""

@@ -275,7 +275,9 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
         # mitmproxy 11's proxyserver never closes its listeners itself
         ps = master.addons.get("proxyserver")
         if ps is not None:
-            await ps.servers.update([])
+            # the live's egress listener stays open until the end: a live request still in flight
+            # may call its dependencies through it (proxy/egress.py)
+            await ps.servers.update(addon.egress.live_modes())
         # a connection accepted just before the listeners closed may not have had its request
         # read yet (in_flight counts from the request headers): give it a moment to be counted
         await asyncio.sleep(STOP_SETTLE_S)

@@ -259,3 +259,33 @@ def test_the_shadows_https_call_through_connect_is_captured_with_a_test_ca(
         ("shadow", f"http://127.0.0.1:{email.port}/send", 200, "stub"),
     }
     assert payment.seen == [] and email.seen == []
+
+
+def test_a_live_request_in_flight_at_stop_still_reaches_its_dependencies(deps: tuple[Backend, Backend]) -> None:
+    """A graceful stop closes the client listener at once, but the live's egress listener only at
+    the end: a live request still being served may call its dependencies through it."""
+    import threading
+
+    payment, _ = deps
+    egress_live = free_port()
+
+    async def slow_live(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.8)  # the stop begins meanwhile
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{payment.url}/charge", json={"amount": 1}, proxy=f"http://127.0.0.1:{egress_live}") as r:
+            return web.json_response({"charged": r.status})
+
+    live = Backend(slow_live).start()
+    proxy = ProxyThread(live.url, None, shadow_egress=f"127.0.0.1:{free_port()}",
+                        shadow_egress_live=f"127.0.0.1:{egress_live}").start()
+    got: list[tuple[int, bytes]] = []
+    client = threading.Thread(target=lambda: got.append(post(f"{proxy.url}/orders", {})))
+    try:
+        client.start()
+        time.sleep(0.3)
+        proxy.stop()
+        client.join(10)
+    finally:
+        live.stop()
+    assert got and got[0][0] == 200 and orjson.loads(got[0][1]) == {"charged": 200}
+    assert [s.path for s in payment.seen] == ["/charge"]
