@@ -261,7 +261,9 @@ def test_the_shadows_https_call_through_connect_is_captured_with_a_test_ca(
     assert payment.seen == [] and email.seen == []
 
 
-def test_a_live_request_in_flight_at_stop_still_reaches_its_dependencies(deps: tuple[Backend, Backend]) -> None:
+def test_a_live_request_in_flight_at_stop_still_reaches_its_dependencies(
+    deps: tuple[Backend, Backend],
+) -> None:
     """A graceful stop closes the client listener at once, but the live's egress listener only at
     the end: a live request still being served may call its dependencies through it."""
     import threading

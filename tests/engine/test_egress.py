@@ -65,3 +65,25 @@ def test_baggage_is_added_or_joined_and_read_back() -> None:
     assert exchange_id_of((("X-Shadow-Request", "e9"),), "x-shadow-request") == "e9"
     assert exchange_id_of((("X-Shadow-Request", "1"),), "x-shadow-request") is None
     assert exchange_id_of((("accept", "*/*"),)) is None
+
+
+def test_secrets_in_captured_calls_are_redacted_in_the_record() -> None:
+    from shadowproxy.engine.diff import Comparison, Difference
+    from shadowproxy.engine.exchange import Response
+    from shadowproxy.engine.record import build_record, validate_record
+    from shadowproxy.engine.redact import Redactor
+    from shadowproxy.testing import make_exchange
+
+    card = "4111111111111111"
+    diffs = (Difference("egress", "/password", "changed", "hunter2", "hunter3", call="POST pay/login"),
+             Difference("egress", "/card", "changed", card, "4012888888881881", call="POST pay/charge"),
+             Difference("egress", "", "added", None, "http://pay/x?api_key=s3cret&n=1", call="POST pay/x"))
+    egress = [{"side": "shadow", "method": "POST", "url": "http://pay/x?api_key=s3cret&n=1", "status": 200,
+               "action": "stub"}]
+    rec = build_record(make_exchange(), "mismatch", Response(200), Comparison(diffs, (), "json"),
+                       redactor=Redactor.build(body_fields=["password"]), egress=egress)
+    validate_record(rec)
+    text = str(rec)
+    for secret in ("hunter2", "hunter3", card, "s3cret"):
+        assert secret not in text
+    assert rec["egress"][0]["url"] == "http://pay/x?api_key=[redacted]&n=1"

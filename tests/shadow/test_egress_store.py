@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.shadow.egress import EgressCalls
 
@@ -39,3 +41,17 @@ def test_old_exchanges_are_let_go() -> None:
     now[0] = 11.0
     store.add(call("b"))
     assert store.take("a") == ([], []) and store.expired == 1
+
+
+def test_replay_gives_the_lives_answers_to_the_same_call_in_order_once_each() -> None:
+    store = EgressCalls()
+    for n in (1, 2):
+        answer = (200, ((b"x-n", str(n).encode()),), b"%d" % n)
+        store.add(dataclasses.replace(call("a", "live"), answer=answer))
+    key = ("POST", "pay", "/charge")
+    assert [store.replay("a", key) for _ in range(3)] == [
+        (200, ((b"x-n", b"1"),), b"1"), (200, ((b"x-n", b"2"),), b"2"), None]
+    assert store.replay("a", ("GET", "pay", "/charge")) is None
+    assert store.replay("nope", key) is None
+    live, _ = store.take("a")
+    assert len(live) == 2  # replayed calls are still compared
