@@ -18,11 +18,11 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from shadowproxy.engine import grpc
 from shadowproxy.engine.egress import with_baggage
-from shadowproxy.engine.exchange import Headers, Request
+from shadowproxy.engine.exchange import Headers, Request, Response
 from shadowproxy.rules.matcher import RouteNames
 from shadowproxy.rules.ruleset import RouteSettings, RuleSet
 from shadowproxy.sampling import Budget, Clock, TokenBucket
@@ -50,17 +50,26 @@ SKIP_REASONS = (
 )
 
 
+Action = Literal["mirror", "skip"]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What to do with one request. `shadow_request` is set when action is "mirror"."""
 
-    action: str  # mirror | skip
+    action: Action
     reason: str  # why it was skipped (one of SKIP_REASONS), or "" / "rewrite" when mirrored
     route: str  # the route name, or the path template when no route matched
     rule: str | None
     settings: RouteSettings
     shadow_request: Request | None = None
     target: str | None = None  # a rewrite's own shadow base URL
+
+    def streamed_answer(self, live: Response) -> bool:
+        """The last word on gRPC streaming, once the live answer is there: a gRPC route's call
+        the policy let through (neither its descriptor nor its request said it streams) whose
+        answer holds more than one message is a server-streaming call after all: not mirrored."""
+        return self.settings.grpc_method is not None and grpc.frame_count(live.body) > 1
 
 
 @dataclass(slots=True)
@@ -173,18 +182,36 @@ def _shadow_host(headers: Headers, choice: str, client_host: str | None) -> str 
     return (client_host or live) if choice == "client" else live
 
 
+def declared_streaming(settings: RouteSettings) -> bool:
+    """The route's descriptor set says its gRPC method streams (an unreadable one: not known)."""
+    opts = settings.compare
+    if settings.grpc_method is None or not isinstance(opts, grpc.GrpcCompareOptions):
+        return False
+    if not opts.protobuf_descriptor:
+        return False
+    try:
+        info = grpc.method_info(opts.protobuf_descriptor, settings.grpc_method)
+    except grpc.GrpcError:
+        return False
+    return info is not None and info.streaming
+
+
 def grpc_streaming(req: Request, settings: RouteSettings) -> bool:
     """A streaming gRPC call (never mirrored): the descriptor says so, or the request holds
-    more than one message."""
-    descriptor: str | None = getattr(settings.compare, "protobuf_descriptor", None)
-    if descriptor and settings.grpc_method:
-        try:
-            info = grpc.method_info(descriptor, settings.grpc_method)
-        except grpc.GrpcError:
-            info = None
-        if info is not None and info.streaming:
-            return True
-    return grpc.frame_count(req.body) > 1
+    more than one message. (Its answer is judged later: `Decision.streamed_answer`.)"""
+    if settings.grpc_method is None:
+        return False
+    return declared_streaming(settings) or grpc.frame_count(req.body) > 1
+
+
+def _not_mirrored(method: str, settings: RouteSettings) -> str | None:
+    """The skip reason the route alone gives a request ("route", "method"), or None."""
+    if settings.action == "skip":
+        return "route"
+    # a grpc_method route with action mirror says its (POST) calls are read-safe
+    if settings.action == "mirror" and settings.grpc_method is None and method not in settings.mirror_methods:
+        return "method"
+    return None
 
 
 def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], request_id: str,
@@ -248,6 +275,13 @@ class Policy:
         """The stats route of a path no route names: its template, bounded in number."""
         return self.route_names.name(path)
 
+    def passes_through(self, method: str, path: str, headers: dict[str, str]) -> bool:
+        """Known from a gRPC call's headers alone (`headers` lower-cased): never mirrored, as
+        `decide` would find (its route skips it, its method is not mirrored, or its descriptor
+        says it streams). The proxy streams such a call both ways instead of holding it whole."""
+        settings, _ = self.rules.route_for(method, path, headers)
+        return _not_mirrored(method, settings) is not None or declared_streaming(settings)
+
     def decide(self, req: Request, request_id: str = "", client_host: str | None = None) -> Decision:
         headers = {k.lower(): v for k, v in req.headers}
         settings, params = self.rules.route_for(req.method, req.path, headers)
@@ -261,13 +295,11 @@ class Policy:
             # a copy we (or another shadowproxy) sent, come back through us: a shadow URL that is
             # this proxy or a balancer in front of it. Answered from live, never mirrored again.
             return skip("shadow_traffic")
-        if settings.action == "skip":
-            return skip("route")
+        reason = _not_mirrored(req.method, settings)
+        if reason is not None:
+            return skip(reason)
         rewriting = settings.action == "rewrite"
-        # a grpc_method route with action mirror says its (POST) calls are read-safe
-        if not rewriting and req.method not in settings.mirror_methods and settings.grpc_method is None:
-            return skip("method")
-        if settings.grpc_method is not None and grpc_streaming(req, settings):
+        if grpc_streaming(req, settings):
             return skip("grpc_streaming")
         if not self.switch.enabled:
             return skip("disabled")

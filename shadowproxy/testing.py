@@ -21,7 +21,7 @@ from aiohttp import web
 
 from shadowproxy.engine.diff import Comparison, Difference
 from shadowproxy.engine.exchange import Exchange, Request, Response
-from shadowproxy.engine.record import build_record
+from shadowproxy.engine.record import Outcome, build_record
 from shadowproxy.sinks.memory import MemorySink
 
 __all__ = ["Backend", "MemorySink", "ProxyThread", "Seen", "free_port", "make_exchange", "make_record"]
@@ -46,7 +46,7 @@ def make_exchange(
     return Exchange(req, live, id="", ts=time.time(), route=route, rule=None)
 
 
-def make_record(route: str = "/users/{id}", outcome: str = "mismatch", **kw: Any) -> dict[str, Any]:
+def make_record(route: str = "/users/{id}", outcome: Outcome = "mismatch", **kw: Any) -> dict[str, Any]:
     """A valid mismatch record with one body difference, for sink and report tests."""
     ex = make_exchange(route=route, **kw)
     shadow = Response(200, (("content-type", "application/json"),), b'{"id": 2}', 14.0)

@@ -279,13 +279,12 @@ def _run(f: RunFlags) -> None:
     from shadowproxy.proxy.addon import ShadowAddon
     from shadowproxy.proxy.master import (
         ProxySettings,
-        check_ca_file,
         check_listen,
         check_not_self,
         check_tls_files,
         serve,
     )
-    from shadowproxy.proxy.options import check_noise
+    from shadowproxy.proxy.options import check_ca_file, check_noise
     from shadowproxy.rules import default_ruleset, load_rules
     from shadowproxy.sinks.uri import check_sink
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -78,11 +79,14 @@ class Response:
     new_connection: bool | None = None
 
 
+FailureKind = Literal["timeout", "connect", "reset", "protocol", "tls", "redirect", "too_large", "error"]
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """A shadow call that produced no response. `kind` is a short machine word."""
 
-    kind: str  # timeout | connect | reset | protocol | tls | redirect | too_large | error
+    kind: FailureKind
     message: str
     latency_ms: float = 0.0
 

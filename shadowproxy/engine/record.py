@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -99,9 +99,12 @@ def failure_side(failure: Failure) -> dict[str, Any]:
     }
 
 
+Outcome = Literal["mismatch", "shadow_error", "too_large"]  # of a compared exchange's record
+
+
 def build_record(
     exchange: Exchange,
-    outcome: str,
+    outcome: Outcome,
     shadow: Response | Failure,
     comparison: Comparison | None = None,
     *,

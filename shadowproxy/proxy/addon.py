@@ -17,7 +17,7 @@ from mitmproxy import ctx, http
 from mitmproxy.utils import human
 
 from shadowproxy._tasks import BackgroundTasks
-from shadowproxy.engine.grpc import GrpcError, is_grpc_type, method_info
+from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
@@ -257,22 +257,12 @@ class ShadowAddon:
         return bool(flow.metadata.get(_TOO_LARGE) or streamed)
 
     def _grpc_passthrough(self, flow: http.HTTPFlow) -> bool:
-        """A gRPC call no route mirrors, or a streaming method by the route's descriptor set."""
+        """A gRPC call the policy says, from its headers, is never mirrored."""
         req = flow.request
         if self.policy is None or not is_grpc_type(req.headers.get("content-type")):
             return False
         headers = {k.lower(): v for k, v in req.headers.items()}
-        settings, _ = self.policy.rules.route_for(req.method, req.path, headers)
-        if settings.action == "skip":
-            return True
-        if settings.grpc_method is None:  # as the policy: only a rewrite or a listed method mirrors it
-            return settings.action != "rewrite" and req.method not in settings.mirror_methods
-        descriptor: str | None = getattr(settings.compare, "protobuf_descriptor", None)
-        try:
-            info = method_info(descriptor, settings.grpc_method) if descriptor else None
-        except GrpcError:
-            return False
-        return info is not None and info.streaming
+        return self.policy.passes_through(req.method, req.path, headers)
 
     def _answered(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop(_IN_FLIGHT, False):

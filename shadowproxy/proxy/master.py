@@ -142,16 +142,6 @@ def check_tls_files(cert: str, key: str) -> None:
         raise ConfigError(msg) from None
 
 
-def check_ca_file(path: str, flag: str = "--ca-file") -> None:
-    """Fail with one clear line when `path` holds no PEM CA certificate."""
-    try:
-        ssl.create_default_context(cafile=path)
-    except (OSError, ssl.SSLError) as e:
-        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
-        msg = f"{flag} {path}: not a PEM file of CA certificates ({reason})"
-        raise ConfigError(msg) from None
-
-
 def tls_options(settings: ProxySettings, confdir: str) -> dict[str, Any]:
     """mitmproxy options for the listener's certificate and the live backend's verification.
 

@@ -10,6 +10,7 @@ what only the proxy uses. A bad value is one line naming the option (mitmproxy's
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -65,6 +66,16 @@ def parse_rate(value: str | None, name: str = "shadow_max_rps") -> float | None:
     if not 0 < rate < float("inf"):
         raise ConfigError(f"{name} {value!r}: must be a number of copies per second above 0")
     return rate
+
+
+def check_ca_file(path: str, flag: str = "--ca-file") -> None:
+    """Fail with one clear line when `path` holds no PEM CA certificate."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        msg = f"{flag} {path}: not a PEM file of CA certificates ({reason})"
+        raise ConfigError(msg) from None
 
 
 def load_rules_option(path: str | None) -> RuleSet:
@@ -164,8 +175,6 @@ def parse_options(o: Any, *, sink_injected: bool = False) -> tuple[ShadowConfig,
         if not sink_injected:  # the sink the worker will open: can it? (one line, now)
             check_sink(o.shadow_sink, flag="shadow_sink")
         if o.shadow_ca_file:
-            from shadowproxy.proxy.master import check_ca_file  # master imports the addon, which imports us
-
             check_ca_file(o.shadow_ca_file, flag="shadow_ca_file")
         max_rps = parse_rate(o.shadow_max_rps)
         rules = load_rules_option(o.shadow_rules)

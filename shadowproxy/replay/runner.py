@@ -29,7 +29,7 @@ from shadowproxy.replay.inputs import Entry
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.client import ShadowClient
 from shadowproxy.shadow.config import PipelineConfig, build_pipeline
-from shadowproxy.shadow.jobs import decide, job_of, streaming_grpc
+from shadowproxy.shadow.jobs import decide, job_of
 from shadowproxy.sinks.base import Sink
 
 _Item = tuple[Entry, Decision, str]  # an entry, its decision and the request id it was made with
@@ -211,7 +211,7 @@ class Replayer:
                 return
             live = fresh
         self.summary.replayed += 1
-        if streaming_grpc(decision, live):
+        if decision.streamed_answer(live):
             self.stats.skip(decision.route, "grpc_streaming")
             return
         job = job_of(entry.request, live, decision, request_id)

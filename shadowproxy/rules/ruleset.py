@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from shadowproxy.engine.grpc import GrpcCompareOptions, is_grpc_type
 from shadowproxy.engine.noise import DEFAULT_NOISE, NoiseConfig
@@ -30,12 +31,15 @@ from shadowproxy.rules.model import (
 log = logging.getLogger("shadowproxy")
 
 
+RouteAction = Literal["mirror", "rewrite", "skip"]  # rules.model's `action`
+
+
 @dataclass(frozen=True, slots=True)
 class RouteSettings:
     """Everything the proxy needs for one request once its route is known."""
 
     name: str | None  # None: no route matched, the defaults apply
-    action: str  # mirror | rewrite | skip
+    action: RouteAction
     rewrite: Rewrite | None
     mirror_methods: frozenset[str]
     sample: float

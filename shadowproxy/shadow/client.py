@@ -31,7 +31,7 @@ import h2.exceptions  # type: ignore[import-untyped]
 from multidict import CIMultiDict
 from yarl import URL
 
-from shadowproxy.engine.exchange import Failure, Request, Response
+from shadowproxy.engine.exchange import Failure, FailureKind, Request, Response
 from shadowproxy.shadow.h1client import H1Pool, ProtocolError
 from shadowproxy.shadow.h2client import (
     BodyTooLarge,
@@ -89,7 +89,7 @@ def _tls_reason(exc: BaseException) -> str:
     return str(exc) or "TLS handshake failed"
 
 
-def classify(exc: BaseException) -> tuple[str, str]:
+def classify(exc: BaseException) -> tuple[FailureKind, str]:
     """(kind, message) for a failed shadow call."""
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout", "no complete response before the timeout"

@@ -1,7 +1,7 @@
 """Request + live response -> ShadowJob, the one way: the proxy's addon and replay both use it.
 
     decide(policy, stats, request) -> (Decision, request_id), the skip already counted
-    streaming_grpc(decision, live) -> bool: a server-streaming gRPC answer, never mirrored
+    decision.streamed_answer(live) -> bool: a server-streaming gRPC answer, never mirrored
     job_of(request, live, decision, request_id) -> ShadowJob
     build_job(policy, stats, request, live) -> ShadowJob | None   all at once, as the proxy does
 
@@ -15,12 +15,11 @@ import time
 import uuid
 
 from shadowproxy.engine.exchange import Exchange, Request, Response
-from shadowproxy.engine.grpc import frame_count
 from shadowproxy.engine.stats import SAMPLING_SKIPS, Stats
 from shadowproxy.policy import Decision, Policy
 from shadowproxy.shadow.pipeline import ShadowJob
 
-__all__ = ["build_job", "decide", "job_of", "streaming_grpc"]
+__all__ = ["build_job", "decide", "job_of"]
 
 
 def decide(policy: Policy, stats: Stats, request: Request,
@@ -36,11 +35,6 @@ def decide(policy: Policy, stats: Stats, request: Request,
     else:
         stats.count(decision.route, "eligible")
     return decision, request_id
-
-
-def streaming_grpc(decision: Decision, live: Response) -> bool:
-    """A gRPC route answered with more than one message: a streaming call, not mirrored."""
-    return decision.settings.grpc_method is not None and frame_count(live.body) > 1
 
 
 def job_of(request: Request, live: Response, decision: Decision, request_id: str,
@@ -60,7 +54,7 @@ def build_job(policy: Policy, stats: Stats, request: Request, live: Response,
     decision, request_id = decide(policy, stats, request, client_host, request_id)
     if decision.shadow_request is None:
         return None
-    if streaming_grpc(decision, live):
+    if decision.streamed_answer(live):
         stats.skip(decision.route, "grpc_streaming")
         stats.count(decision.route, "eligible", -1)  # not copied after all: out of the sample rate
         return None

@@ -37,7 +37,7 @@ from shadowproxy.engine.egress import OutboundCall, compare_calls, egress_option
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, escape_surrogates
 from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
-from shadowproxy.engine.record import build_record, iso_ts
+from shadowproxy.engine.record import Outcome, build_record, iso_ts
 from shadowproxy.engine.reqdelta import RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
@@ -196,7 +196,7 @@ class Pipeline:
                                 partner, second.kind, second.message)
         outbound = await self._outbound(job)
         if isinstance(result, Failure):
-            outcome = "too_large" if result.kind == "too_large" else "shadow_error"
+            outcome: Outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
             await self._write(job, lambda: build_record(ex, outcome, result, redactor=s.redact,
                                                         shadow_request=self._shadow_request(job),
@@ -295,6 +295,7 @@ class Pipeline:
         ex = job.exchange
         noise: tuple[str, ...] = ()
         explained: tuple[str, ...] = ()
+        outcome: Outcome
         if comparison.too_large:
             self.stats.count(ex.route, "too_large")
             outcome = "too_large"

@@ -134,6 +134,33 @@ def test_a_grpc_call_is_mirrored_only_through_its_grpc_method_route(demo: grpc_d
     assert (two_messages.action, two_messages.reason) == ("skip", "grpc_streaming")
 
 
+def test_the_policy_alone_answers_whether_a_grpc_call_streams_at_headers_request_and_answer(
+    demo: grpc_demo.Demo,
+) -> None:
+    """The proxy's header-time passthrough, the request-time skip and the answer-time check are
+    all the policy's: they agree with each other and with `decide`."""
+    policy = _rules(
+        "version: 1\nroutes:\n"
+        "  - name: get\n    match: {grpc_method: spdemo.Things/GetThing}\n"
+        f"    compare: {{protobuf_descriptor: {demo.descriptor}}}\n"
+        "  - name: list\n    match: {grpc_method: spdemo.Things/ListThings}\n"
+        f"    compare: {{protobuf_descriptor: {demo.descriptor}}}\n"
+        "  - name: off\n    match: {grpc_method: spdemo.Things/Off}\n    action: skip\n"
+    )
+    headers = {"content-type": "application/grpc"}
+    for path in ("/spdemo.Things/ListThings", "/spdemo.Things/Off", "/spdemo.Things/DeleteThing"):
+        assert policy.passes_through("POST", path, headers), path
+        assert policy.decide(Request("POST", path, (), GRPC, grpc.frame(b""))).action == "skip"
+    assert not policy.passes_through("POST", "/spdemo.Things/GetThing", headers)
+    get = policy.decide(Request("POST", "/spdemo.Things/GetThing", (), GRPC, grpc.frame(b"\x08\x07")))
+    assert get.action == "mirror"
+    one, two = grpc.frame(b"\x08\x01"), grpc.frame(b"\x08\x01") * 2
+    assert not get.streamed_answer(Response(200, GRPC, one, trailers=OK))
+    assert get.streamed_answer(Response(200, GRPC, two, trailers=OK))
+    plain = _rules("version: 1\n").decide(Request("GET", "/x", (), (), b""))
+    assert not plain.streamed_answer(Response(200, GRPC, two))  # not a gRPC route: never judged so
+
+
 @pytest.mark.parametrize(
     ("match", "message"),
     [
