@@ -282,6 +282,8 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
                 "%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace
             )
         await asyncio.sleep(FLUSH_SETTLE_S)
+        if ps is not None:
+            await ps.servers.update([])  # the live's egress listener, kept open until now
         closed = close_client_connections(master)
         if closed or addon.refused:
             log.info("stopping: closed %d idle client connections; %d requests refused (503)",

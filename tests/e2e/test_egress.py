@@ -34,7 +34,7 @@ PROPAGATED = ("baggage", "x-shadow-request")  # what a service passes on, as Ope
 
 
 def orders(proxy: dict[str, str], *, factor: float = 1.0, scheme: str = "http",
-           ssl_ctx: ssl.SSLContext | None = None, version: int = 1) -> Any:
+           ssl_ctx: ssl.SSLContext | None = None, version: int = 1, echo: bool = False) -> Any:
     """An orders service: POST /orders charges the payment service and emails the customer,
     both through `proxy["url"]` (filled in once the proxy's ports are known)."""
 
@@ -45,10 +45,12 @@ def orders(proxy: dict[str, str], *, factor: float = 1.0, scheme: str = "http",
             charge = {"amount": round(order["amount"] * factor, 2), "currency": "EUR"}
             async with s.post(f"{scheme}://127.0.0.1:{proxy['payment']}/charge", json=charge,
                               headers=ctx, proxy=proxy["url"], ssl=ssl_ctx or True) as r:
-                await r.read()
+                paid = await r.json(content_type=None)
             async with s.post(f"http://127.0.0.1:{proxy['email']}/send", json={"to": order["email"]},
                               headers=ctx, proxy=proxy["url"]) as r:
                 await r.read()
+        if echo:  # what the payment service answered
+            return web.json_response({"ok": True, "payment": paid})
         return web.json_response({"ok": True, "version": version} if version > 1 else {"ok": True})
 
     return handler
@@ -93,18 +95,19 @@ def deps() -> Iterator[tuple[Backend, Backend]]:
         yield payment, email
 
 
-def start(tmp_path: Path, deps: tuple[Backend, Backend], factor: float, **settings: Any) -> Any:
+def start(tmp_path: Path, deps: tuple[Backend, Backend], factor: float, rules: str = RULES,
+          echo: bool = False, **settings: Any) -> Any:
     payment, email = deps
     egress, egress_live = free_port(), free_port()
     ports = {"payment": str(payment.port), "email": str(email.port)}
     to_live = {"url": f"http://127.0.0.1:{egress_live}", **ports}
     to_shadow = {**to_live, "url": f"http://127.0.0.1:{egress}"}
-    live = Backend(orders(to_live)).start()
-    shadow = Backend(orders(to_shadow, factor=factor)).start()
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
+    live = Backend(orders(to_live, echo=echo)).start()
+    shadow = Backend(orders(to_shadow, factor=factor, echo=echo)).start()
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules)
     sink = tmp_path / "records.jsonl"
-    proxy = ProxyThread(live.url, shadow.url, rules=str(rules), sink_uri=f"jsonl:{sink}",
+    proxy = ProxyThread(live.url, shadow.url, rules=str(path), sink_uri=f"jsonl:{sink}",
                         shadow_egress=f"127.0.0.1:{egress}", shadow_egress_live=f"127.0.0.1:{egress_live}",
                         **settings).start()
     return live, shadow, proxy, sink
@@ -291,3 +294,27 @@ def test_a_live_request_in_flight_at_stop_still_reaches_its_dependencies(
         live.stop()
     assert got and got[0][0] == 200 and orjson.loads(got[0][1]) == {"charged": 200}
     assert [s.path for s in payment.seen] == ["/charge"]
+
+
+def test_replay_answers_the_shadow_with_what_the_live_got_from_the_same_call(
+    tmp_path: Path, deps: tuple[Backend, Backend]
+) -> None:
+    """The orders service answers with what payment answered it: replayed, the shadow's answer
+    equals the live's (no record) although payment never saw the shadow's call; a stub's `{}`
+    would have been a difference."""
+    payment, email = deps
+    rules = RULES + "  rules:\n    - match: {path: /charge}\n      action: replay\n"
+    live, shadow, proxy, sink = start(tmp_path, deps, factor=1.0, rules=rules, echo=True)
+    try:
+        status, body = post(f"{proxy.url}/orders", {"amount": 10.0, "email": "ada@example.com"})
+        time.sleep(1.0)
+    finally:
+        proxy.stop()
+        live.stop()
+        shadow.stop()
+    assert (status, orjson.loads(body)) == (200, {"ok": True, "payment": {"id": "x1", "status": "ok"}})
+    recs = records(sink)
+    assert [r for r in recs if r["outcome"] != "stats"] == []
+    counts = [r for r in recs if r["outcome"] == "stats"][-1]["routes"]["orders"]
+    assert (counts["compared"], counts["equal"]) == (1, 1)
+    assert len(payment.seen) == len(email.seen) == 1  # the live's calls only
