@@ -100,7 +100,7 @@ async def load(url: str, n: int, rate: float) -> list[float]:
 
 
 def run_mode(mode: str, live: Backend, shadow: dict[str, Backend], egress: int, n: int, rate: float,
-             tmp: Path) -> dict[str, float]:
+             tmp: Path, extra: list[str]) -> dict[str, float]:
     rules = tmp / f"rules-{mode}.yaml"
     rules.write_text(RULES[mode])
     port = free_port()
@@ -108,6 +108,7 @@ def run_mode(mode: str, live: Backend, shadow: dict[str, Backend], egress: int, 
             "--rules", str(rules), "--sink", f"jsonl:{tmp / f'records-{mode}.jsonl'}", "--admin", "off"]
     if mode == "on":
         args += ["--egress", f"127.0.0.1:{egress}"]
+    args += extra
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -128,9 +129,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="measured requests per mode and round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=40.0, help="orders a second (paced, open loop)")
+    ap.add_argument("--worker-nice", type=int, default=None, help="passed to run (both modes)")
     a = ap.parse_args()
     n, rounds = max(10, min(a.requests, 5000)), max(1, min(a.rounds, 10))  # bounded
     rate = max(1.0, min(a.rate, 500.0))
+    extra = [] if a.worker_nice is None else ["--worker-nice", str(a.worker_nice)]
     egress = free_port()
     with tempfile.TemporaryDirectory(prefix="shadowproxy-bench-egress-") as d, \
             Backend(ok) as payment, Backend(ok) as email:
@@ -141,7 +144,7 @@ def main() -> None:
         try:
             for r in range(rounds):
                 for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
-                    results[mode].append(run_mode(mode, live, shadow, egress, n, rate, Path(d)))
+                    results[mode].append(run_mode(mode, live, shadow, egress, n, rate, Path(d), extra))
                     print(f"round {r + 1} {mode}: {results[mode][-1]}", file=sys.stderr)
         finally:
             for b in (live, *shadow.values()):
