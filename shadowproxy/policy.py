@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shadowproxy.engine import grpc
+from shadowproxy.engine.egress import with_baggage
 from shadowproxy.engine.exchange import Headers, Request, Response
 from shadowproxy.rules.matcher import RouteNames
 from shadowproxy.rules.ruleset import RouteSettings, RuleSet
@@ -151,9 +152,13 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 
 def shadow_headers(headers: Headers, settings: RouteSettings, extra: dict[str, str] | None = None,
-                   client_host: str | None = None) -> Headers:
+                   client_host: str | None = None, exchange_id: str = "") -> Headers:
     """The client's headers minus hop-by-hop and stripped ones, plus the shadow marker, and the
-    Host the route's `shadow_host` chooses (none: the shadow client sets its URL's)."""
+    Host the route's `shadow_host` chooses (none: the shadow client sets its URL's).
+
+    With an egress section the marker's value is the exchange id, also sent as the W3C baggage
+    entry `shadowproxy.id`: services pass baggage on to their outbound calls, which the egress
+    listener then attaches to this exchange (docs/egress.md)."""
     drop = HOP_BY_HOP | settings.strip_headers
     replaced = {k.lower() for k in (extra or {})} | {settings.shadow_header.lower()}
     kept = [(k, v) for k, v in headers if k.lower() not in drop and k.lower() not in replaced]
@@ -161,6 +166,9 @@ def shadow_headers(headers: Headers, settings: RouteSettings, extra: dict[str, s
     if host and "host" not in replaced:
         kept.insert(0, ("Host", host))
     kept.extend((extra or {}).items())
+    if settings.egress is not None and exchange_id:
+        kept.append((settings.shadow_header, exchange_id))
+        return with_baggage(tuple(kept), exchange_id)
     kept.append((settings.shadow_header, "1"))
     return tuple(kept)
 
@@ -218,7 +226,7 @@ def _rewrite(req: Request, settings: RouteSettings, params: dict[str, str], requ
         method=rw.method or req.method,
         path=fill(rw.path, values) if rw.path else req.path,
         query=tuple(query.items()),
-        headers=shadow_headers(req.headers, settings, headers, client_host),
+        headers=shadow_headers(req.headers, settings, headers, client_host, request_id),
         body=req.body,
         http_version=req.http_version,
     )
@@ -320,8 +328,8 @@ class Policy:
             target = settings.rewrite.target if settings.rewrite else None
             return Decision("mirror", "rewrite", route, settings.name, settings, shadow_req, target)
         shadow_req = Request(
-            req.method, req.path, req.query, shadow_headers(req.headers, settings, None, client_host),
-            req.body, req.http_version,
+            req.method, req.path, req.query,
+            shadow_headers(req.headers, settings, None, client_host, request_id), req.body, req.http_version,
         )
         return Decision("mirror", "", route, settings.name, settings, shadow_req)
 

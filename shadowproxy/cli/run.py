@@ -68,6 +68,9 @@ class RunFlags:
     tls_key: str | None
     h2c: bool
     upstream_h2c: bool
+    egress: tuple[str, int] | None
+    egress_live: tuple[str, int] | None
+    egress_ca: str | None
     verbose: int
 
 
@@ -245,6 +248,19 @@ class RunFlags:
 @click.option("--upstream-h2c", is_flag=True, envvar="SHADOWPROXY_UPSTREAM_H2C", show_envvar=True,
               help="Speak plain-text HTTP/2 with prior knowledge (h2c) to an http:// live and shadow, "
               "e.g. gRPC servers without TLS.")
+@click.option("--egress", type=HOST_PORT, default=None, envvar="SHADOWPROXY_EGRESS", show_envvar=True,
+              help="Also serve a forward proxy here for the shadow's outbound calls (start the shadow with "
+              "HTTP_PROXY/HTTPS_PROXY pointing at it): the rules' egress: section stubs, replays, blocks or "
+              "passes each call; by default safe methods pass and every other call is stubbed, never "
+              "executed. Required when a route mirrors writes. See docs/egress.md.")
+@click.option("--egress-live", type=HOST_PORT, default=None, envvar="SHADOWPROXY_EGRESS_LIVE",
+              show_envvar=True,
+              help="A pass-through forward proxy for the live service's outbound calls (executed for real, "
+              "recorded); with egress: {correlate_live: true} they are compared with the shadow's.")
+@click.option("--egress-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="SHADOWPROXY_EGRESS_CA", show_envvar=True,
+              help="PEM file with a CA certificate and its key: --egress intercepts HTTPS (CONNECT) with "
+              "certificates it signs; the shadow must trust it (docs/egress.md).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def run_cmd(**flags: Any) -> None:
     """Run the shadow proxy in front of LIVE, mirroring safe requests to SHADOW.
@@ -304,6 +320,7 @@ def _run(f: RunFlags) -> None:
     if f.ca_file:
         check_ca_file(f.ca_file)
     check_listen(*f.listen, reuse_port=f.reuse_port > 1)
+    _check_egress(ruleset, f.listen, f.egress, f.egress_live, f.egress_ca, f.tls_cert, f.reuse_port)
     shadow_options: dict[str, Any] = {
         "shadow_url": f.shadow,
         "shadow_rules": f.rules,
@@ -320,6 +337,12 @@ def _run(f: RunFlags) -> None:
         "shadow_noise_state": noise_state,
         "shadow_max_rps": None if f.shadow_max_rps is None else repr(f.shadow_max_rps),
     }
+    if f.egress is not None:
+        shadow_options["shadow_egress"] = f"{f.egress[0]}:{f.egress[1]}"
+    if f.egress_ca is not None:
+        shadow_options["shadow_egress_ca"] = f.egress_ca
+    if f.egress_live is not None:
+        shadow_options["shadow_egress_live"] = f"{f.egress_live[0]}:{f.egress_live[1]}"
     if f.dispatch is not None:
         shadow_options["shadow_dispatch"] = f.dispatch
     if f.worker_nice is not None:
@@ -358,6 +381,41 @@ def _run(f: RunFlags) -> None:
                                          say_listening))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra, on_listening=say_listening))
+
+
+def _check_egress(ruleset: Any, listen: tuple[str, int], egress: tuple[str, int] | None,
+                  egress_live: tuple[str, int] | None, egress_ca: str | None, tls_cert: str | None,
+                  reuse_port: int) -> None:
+    """The egress flags, checked before anything starts: one line naming the flag, exit 2."""
+    from shadowproxy.errors import ConfigError
+    from shadowproxy.proxy.egress import check_egress_ca
+    from shadowproxy.proxy.master import check_listen
+    from shadowproxy.rules.egress import mirrors_writes
+
+    if egress is None:
+        if mirrors_writes(ruleset.rules):
+            raise ConfigError(f"--rules {ruleset.source}: a route mirrors writes as is; the shadow never "
+                              "gets a write without egress protection: give --egress HOST:PORT")
+        for flag, value in (("--egress-live", egress_live), ("--egress-ca", egress_ca)):
+            if value is not None:
+                raise ConfigError(f"{flag} needs --egress HOST:PORT (the shadow's egress listener)")
+        return
+    if reuse_port > 1:
+        raise ConfigError("--egress with --reuse-port: not supported (one egress listener per proxy)")
+    if egress_ca and tls_cert:
+        raise ConfigError("--egress-ca with --tls-cert: not supported yet (the listener's certificate would "
+                          "be shown to the shadow's HTTPS calls too)")
+    taken = [("--listen", listen)]
+    for flag, addr in (("--egress", egress), ("--egress-live", egress_live)):
+        if addr is None:
+            continue
+        for other_flag, other in taken:
+            if _same_address(addr, other):
+                raise ConfigError(f"{flag} {addr[0]}:{addr[1]}: the same address as {other_flag}")
+        check_listen(*addr, flag=flag)
+        taken.append((flag, addr))
+    if egress_ca:
+        check_egress_ca(egress_ca)
 
 
 def _same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:

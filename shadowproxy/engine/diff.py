@@ -52,20 +52,24 @@ UNCOMPARED_HEADERS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Difference:
-    part: str  # status | header | body
+    part: str  # status | header | body | egress
     path: str  # JSON Pointer ("" for the status or a whole body)
     kind: str  # changed | added | removed | type_changed | reordered | moved | repetition_changed
     live: Any = None
     shadow: Any = None
+    call: str | None = None  # part egress: which outbound call (engine/egress.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "part": self.part,
             "path": self.path,
             "kind": self.kind,
             "live": self.live,
             "shadow": self.shadow,
         }
+        if self.call is not None:
+            out["call"] = self.call
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,6 +116,7 @@ def build_record(
     request_delta: Iterable[str] = (),
     shadow_request: dict[str, Any] | None = None,
     redactor: Redactor | None = None,
+    egress: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One record for a compared exchange. `outcome` is mismatch, shadow_error or too_large.
 
@@ -152,6 +153,8 @@ def build_record(
         record["request_delta"] = explained
     if shadow_request is not None:
         record["shadow_request"] = shadow_request
+    if egress is not None:  # the exchange's outbound calls, live's and shadow's (engine/egress.py)
+        record["egress"] = egress
     return redactor.record(record)
 
 

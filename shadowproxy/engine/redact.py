@@ -306,11 +306,13 @@ class Redactor:
         segments = [s.replace("~1", "/").replace("~0", "~") for s in path.split("/")[1:]]
         part = diff.get("part")
         named = (part == "header" and bool(segments) and segments[0] in self.headers) or (
-            part == "body" and any(s in self.body_fields for s in segments)
+            part in ("body", "egress") and any(s in self.body_fields for s in segments)
         )
         for side in ("live", "shadow"):
             v = diff.get(side)
-            if v is not None:
+            if part == "egress" and isinstance(v, str) and "://" in v:  # an outbound call's URL
+                out[side] = self.target(v)
+            elif v is not None:
                 out[side] = self.secret(v) if named else self.value(v)
         out["path"] = self.text(path)
         return out
@@ -334,6 +336,11 @@ class Redactor:
         if isinstance(out.get("differences"), list):
             out["differences"] = [
                 self.difference(d) if isinstance(d, dict) else d for d in out["differences"]
+            ]
+        if isinstance(out.get("egress"), list):  # outbound calls: their URLs' query secrets
+            out["egress"] = [
+                {**c, "url": self.target(c["url"])} if isinstance(c, dict) and isinstance(c.get("url"), str)
+                else c for c in out["egress"]
             ]
         sreq = out.get("shadow_request")
         if isinstance(sreq, dict):

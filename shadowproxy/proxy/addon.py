@@ -23,6 +23,7 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy import headlimit
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
+from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost, server_config
 from shadowproxy.proxy.looplag import LoopLag
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
 from shadowproxy.shadow.channel import WorkerConfig
@@ -109,6 +110,9 @@ class ShadowAddon:
         self.stopping = False
         self.refusing = False
         self.refused = 0
+        # the egress listeners' flows are its own (proxy/egress.py); every hook here leaves them alone
+        self.egress = EgressAddon(ProxyEgressHost(self))
+        self.addons = [self.egress]
 
     def load(self, loader: Any) -> None:
         declare_options(loader)
@@ -141,10 +145,12 @@ class ShadowAddon:
             return
         self.loop_lag.start()
         pc = cfg.pipeline
-        in_process = self._injected_sink is not None or parse_uri(pc.sink_uri).scheme == "memory"
-        if cfg.dispatch_mode == "process" and not in_process:
+        if not self.inline_dispatch():
+            # the shadow's egress listener runs beside the pipeline, off this event loop
+            egress = server_config(self.egress, getattr(ctx.options, "shadow_egress_ca", None))
             worker = WorkerConfig(pc, cfg.dispatch, nice=cfg.worker_nice,
-                                  log_level=logging.getLogger("shadowproxy").getEffectiveLevel())
+                                  log_level=logging.getLogger("shadowproxy").getEffectiveLevel(),
+                                  egress_server=egress)
             self.dispatcher = ProcessDispatcher(worker, self.stats)
             uri = pc.sink_uri
         else:
@@ -157,6 +163,14 @@ class ShadowAddon:
             self._tasks.spawn(self._release_held())
         log.info("shadowing to %s, records to %s (%s dispatch)", pc.shadow_url, uri,
                  "inline" if isinstance(self.dispatcher, Dispatcher) else "process")
+
+    def inline_dispatch(self) -> bool:
+        """Whether the pipeline runs on this event loop (else in a worker process)."""
+        cfg = self.config
+        if cfg is None or cfg.pipeline is None:
+            return True
+        in_process = self._injected_sink is not None or parse_uri(cfg.pipeline.sink_uri).scheme == "memory"
+        return cfg.dispatch_mode != "process" or in_process
 
     def stop_begun(self) -> None:
         """A graceful stop has begun (the proxy's SIGTERM/SIGINT); `done` follows."""
@@ -192,6 +206,8 @@ class ShadowAddon:
             await asyncio.sleep(HELD_PACE_S)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.egress.side(flow):
+            return
         flow.metadata[_IN_FLIGHT] = True
         self.in_flight += 1
         req = flow.request
@@ -207,8 +223,12 @@ class ShadowAddon:
         elif self._over_cap(flow.request.headers):
             flow.metadata[_TOO_LARGE] = True
             flow.request.stream = True
+        if self.egress.correlate_live:
+            self.egress.tag_live(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if self.egress.side(flow):
+            return
         if self.refusing:
             flow.metadata[_REFUSED] = True
             flow.response = http.Response.make(
@@ -219,7 +239,7 @@ class ShadowAddon:
         flow.metadata[_SENT_AT] = time.time()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
+        if flow.response is None or self.egress.side(flow):
             return
         if flow.metadata.get(_GRPC_STREAM):
             flow.response.stream = True
@@ -260,6 +280,8 @@ class ShadowAddon:
             self.in_flight -= 1
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if self.egress.side(flow):
+            return
         self._answered(flow)
         cfg = self.config
         if (cfg is None or cfg.pipeline is None or self.policy is None or self._done
@@ -286,6 +308,8 @@ class ShadowAddon:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
         # Counted once, while still unanswered: flow.response already holds the headers when the
         # live body broke off mid-way, and that request is not mirrored either.
+        if self.egress.side(flow):
+            return
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         if self.dispatcher is not None and self.policy is not None and unanswered:
@@ -306,7 +330,8 @@ class ShadowAddon:
         live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT),
                                 self.loop_lag)
         return build_job(self.policy, self.stats, request_of(flow.request), live,
-                         client_host_of(flow, keep), flow.request.scheme)
+                         client_host_of(flow, keep), flow.request.scheme,
+                         flow.metadata.get(EXCHANGE_ID))
 
     def _first_use(self, conn_id: str) -> bool:
         """Whether this is the first answer on that server connection (it was opened for it)."""

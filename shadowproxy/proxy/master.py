@@ -29,6 +29,7 @@ from mitmproxy.proxy.layers import modes
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import ShadowAddon
+from shadowproxy.proxy.egress import install_egress_ca
 from shadowproxy.proxy.fasthooks import skip_message_type_checks, table_addons
 
 log = logging.getLogger("shadowproxy")
@@ -48,6 +49,7 @@ class ProxySettings:
     insecure: bool = False  # do not verify the live backend's certificate
     live_h2c: bool = False  # speak HTTP/2 with prior knowledge to an http:// live backend
     reuse_port: bool = False  # SO_REUSEPORT: several processes listen on the same address
+    egress_ca: str | None = None  # PEM, CA certificate and key: the egress listener signs with it
 
 
 class _ReusePortAsyncio:
@@ -113,7 +115,8 @@ class H2cUpstream:
     """
 
     def server_connected(self, data: Any) -> None:
-        if not data.server.tls:
+        # only the reverse listener's: an egress listener's upstream is some dependency (proxy/egress.py)
+        if not data.server.tls and isinstance(data.client.proxy_mode, mode_specs.ReverseMode):
             data.server.alpn = b"h2"
 
 
@@ -158,6 +161,9 @@ def tls_options(settings: ProxySettings, confdir: str) -> dict[str, Any]:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         out["certs"] = [f"*={pem}"]
+    egress_ca = settings.egress_ca or settings.shadow_options.get("shadow_egress_ca")
+    if egress_ca:  # the shadow's egress listener serves here with inline dispatch (proxy/egress.py)
+        install_egress_ca(egress_ca, confdir)
     if settings.ca_file:
         import certifi
 
@@ -261,7 +267,9 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
         # mitmproxy 11's proxyserver never closes its listeners itself
         ps = master.addons.get("proxyserver")
         if ps is not None:
-            await ps.servers.update([])
+            # the live's egress listener stays open until the end: a live request still in flight
+            # may call its dependencies through it (proxy/egress.py)
+            await ps.servers.update(addon.egress.live_modes())
         # a connection accepted just before the listeners closed may not have had its request
         # read yet (in_flight counts from the request headers): give it a moment to be counted
         await asyncio.sleep(STOP_SETTLE_S)
@@ -276,6 +284,8 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
                 "%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace
             )
         await asyncio.sleep(FLUSH_SETTLE_S)
+        if ps is not None:
+            await ps.servers.update([])  # the live's egress listener, kept open until now
         closed = close_client_connections(master)
         if closed or addon.refused:
             log.info("stopping: closed %d idle client connections; %d requests refused (503)",
@@ -362,6 +372,7 @@ async def serve(
         # last: every other addon (the proxyserver's listeners too) is running by then
         master.addons.add(_Started(started, master, on_listening))
     mode = f"reverse:{settings.live_url}@{settings.listen_host}:{settings.listen_port}"
+    modes = [mode]  # the egress listeners' modes: added by the egress addon (proxy/egress.py)
     confdir = tempfile.mkdtemp(prefix="shadowproxy-mitm-")
     loop = asyncio.get_running_loop()
     try:
@@ -369,7 +380,7 @@ async def serve(
         # lazy: read the request before connecting upstream, so a live backend that is down gets the
         # client a 502 (eager, mitmproxy's default, closes the connection without an answer)
         extra = {"connection_strategy": "lazy", **settings.extra_options}
-        opts.update(mode=[mode], **tls, **settings.shadow_options, **extra)
+        opts.update(mode=modes, **tls, **settings.shadow_options, **extra)
         early: list[int] = []  # a signal while the shadow side starts: stop once it is up (or failed)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):

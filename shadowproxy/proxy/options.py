@@ -19,11 +19,13 @@ from mitmproxy import exceptions
 
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.proxy import headlimit
+from shadowproxy.rules.egress import mirrors_writes
 from shadowproxy.rules.ruleset import RuleSet
 from shadowproxy.shadow.channel import DEFAULT_WORKER_NICE
 from shadowproxy.shadow.client import ClientConfig
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
+from shadowproxy.shadow.egress import egress_mode
 from shadowproxy.sinks.uri import DEFAULT_SINK, check_sink
 
 log = logging.getLogger("shadowproxy")
@@ -159,6 +161,7 @@ def pipeline_config_of(o: Any) -> PipelineConfig | None:
         client=ClientConfig(o.shadow_concurrency, o.shadow_ca_file, o.shadow_insecure, o.shadow_h2c),
         secondary_url=o.shadow_secondary_url,
         noise_state=o.shadow_noise_state,
+        egress=egress_mode(getattr(o, "shadow_egress", None), getattr(o, "shadow_egress_live", None)),
     )
 
 
@@ -183,6 +186,9 @@ def parse_options(o: Any, *, sink_injected: bool = False) -> tuple[ShadowConfig,
         max_rps = parse_rate(o.shadow_max_rps)
         rules = load_rules_option(o.shadow_rules)
         check_noise(rules, o.shadow_secondary_url, o.shadow_noise_state)
+        if mirrors_writes(rules.rules) and not getattr(o, "shadow_egress", None):
+            raise ConfigError(f"{rules.source}: a route mirrors writes as is; the shadow never gets a "
+                              "write without egress protection: give --egress HOST:PORT (shadow_egress)")
     except ShadowProxyError as e:
         raise options_error(str(e)) from e
     if o.shadow_insecure:

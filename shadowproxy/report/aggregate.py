@@ -28,6 +28,7 @@ import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
 from shadowproxy.engine.stats import RouteStats, sample_rate
+from shadowproxy.report import egress as _egress
 from shadowproxy.report import measures
 from shadowproxy.report import verdict as _verdict
 from shadowproxy.report.trend import TrendPoint, add_trend, point_ratio
@@ -107,6 +108,7 @@ class RouteAgg:
     noise_fields: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     # one point per stats interval (`_add_trend`), by arrival
     trend: deque[TrendPoint] = field(default_factory=lambda: deque(maxlen=TREND_POINTS))
+    egress: dict[str, int] = field(default_factory=dict)  # dependency -> exchanges whose calls differed
 
 
 class Aggregator:
@@ -228,11 +230,12 @@ class Aggregator:
         if outcome == "mismatch":
             seen: set[tuple[str, str, str]] = set()
             for d in differences:
-                key = (str(d["part"]), str(d["path"]), str(d["kind"]))
+                key = (str(d["part"]), _egress.field_path(d), str(d["kind"]))
                 if key in seen:
                     continue
                 seen.add(key)
                 self._add_field(agg, key, d, record["id"])
+            _egress.note_exchange(agg.egress, differences)
         agg.examples.append(_example(record, outcome, differences))
 
     @staticmethod
@@ -324,6 +327,7 @@ class Aggregator:
                 "fields": dict(sorted(agg.stats.request_delta_fields.items(),
                                       key=lambda kv: (-kv[1], kv[0]))),
             },
+            "egress": _egress.route_report(agg.egress),  # side-effect differences by dependency
             # replay: recorded revalidations whose shadow 304 was judged against the validators
             "adjusted": agg.stats.counts.get("adjusted", 0),
             "trend": [

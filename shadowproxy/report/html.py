@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.report.charts import latency_chart, mismatch_chart, trend_chart
+from shadowproxy.report.egress import summary as egress_summary
 from shadowproxy.report.text import (
     BASELINE_HEADER,
     CHECK_HEADER,
@@ -276,6 +277,8 @@ def _route_section(r: dict[str, Any]) -> str:
         parts.append(_fields_table(r))
     parts.append(_noise_table(r))
     parts.append(_request_delta(r))
+    if (side_effects := egress_summary(r)) is not None:
+        parts.append(f'<p class="meta egress">{_e(side_effects)}</p>')
     if r["examples"]:
         parts.append("".join(_example(ex) for ex in r["examples"]))
     parts.append("</section>")

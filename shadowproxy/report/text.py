@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from shadowproxy.report.egress import summary as egress_summary
+
 __all__ = [
     "BASELINE_HEADER",
     "CHECK_HEADER",
@@ -241,6 +243,8 @@ def render_table(report: dict[str, Any], console: Console) -> None:
             console.print(Text(f"{r['route']}: {reason}", style=VERDICT_STYLE[r["verdict"]]))
         _noise_table(r, console)
         _request_delta_line(r, console)
+        if (side_effects := egress_summary(r)) is not None:
+            console.print(Text(side_effects))
         if not r["fields"]:
             continue
         ft = Table(title=f"Top differing fields: {r['route']}", title_justify="left", header_style="bold")
@@ -414,6 +418,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         rd_text = _request_delta_text(r)
         if rd_text is not None:
             lines += [_md(rd_text), ""]
+        if (side_effects := egress_summary(r)) is not None:
+            lines += [_md(side_effects), ""]
         lines += [f"- {reason}" for reason in r["reasons"]]
         if r["reasons"]:
             lines.append("")

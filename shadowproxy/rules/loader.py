@@ -374,7 +374,8 @@ def _message(err: Any, loc: Loc) -> str:
     if kind == "extra_forbidden":
         return _unknown_key(loc)
     if kind == "literal_error" and loc and loc[-1] == "action":
-        return f"unknown action {value!r} (one of mirror, rewrite, skip)"
+        actions = "pass, stub, replay, block" if loc[0] == "egress" else "mirror, rewrite, skip"
+        return f"unknown action {value!r} (one of {actions})"
     if kind == "literal_error":
         return f"must be {ctx.get('expected', '?')}, got {_show(value)}"
     if kind == "value_error" and "error" in ctx:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from shadowproxy.rules.egress import EgressSpec, check_write_routes
 from shadowproxy.rules.fields import (
     _PLACEHOLDER,
     HTTP_METHODS,
@@ -277,6 +278,14 @@ class RulesFile(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     routes: list[Route] = Field(default_factory=list, description="tried in order; the first match wins")
     verdict: Verdict = Field(default_factory=Verdict, description="report and replay verdict thresholds")
+    egress: EgressSpec | None = Field(
+        default=None, description="the shadow's outbound calls: stubbed, passed, replayed or blocked, "
+        "and compared with the live's (docs/egress.md); required by a route that mirrors a write")
+
+    @model_validator(mode="after")
+    def _writes_need_egress(self) -> RulesFile:
+        check_write_routes(self)
+        return self
 
     @model_validator(mode="after")
     def _unique_route_names(self) -> RulesFile:

@@ -13,6 +13,7 @@ from shadowproxy.engine.grpc import GrpcCompareOptions, is_grpc_type
 from shadowproxy.engine.noise import DEFAULT_NOISE, NoiseConfig
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.redact import Redactor
+from shadowproxy.rules.egress import EgressRules, EgressSettings, compile_egress, write_methods
 from shadowproxy.rules.matcher import PathMatcher, compile_path
 from shadowproxy.rules.model import (
     BudgetSample,
@@ -53,6 +54,7 @@ class RouteSettings:
     max_rps: float | None = None  # copies/s to the shadow at most (one token bucket per route)
     request_delta: bool = True  # cancel differences the shadow's own request explains (engine.reqdelta)
     shadow_host: str = "shadow"  # the Host the shadow gets: shadow | live | client
+    egress: EgressSettings | None = None  # the file's egress: section (settle, live, ignore), if any
 
 
 def redactor_of(spec: RedactSpec) -> Redactor:
@@ -124,7 +126,8 @@ def _noise(base: NoiseSpec, extra: NoiseSpec | None) -> NoiseConfig:
     return NoiseConfig(spec.mode, spec.sample, spec.warmup, spec.relative_gap, spec.absolute_gap, spec.shapes)
 
 
-def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> RouteSettings:
+def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None,
+              egress: EgressRules | None = None) -> RouteSettings:
     ignore = _merge_ignore(d.ignore, r.ignore if r else None)
     compare = _merge_compare(d.compare, r.compare if r else None)
     max_body = r.max_body_bytes if r and r.max_body_bytes is not None else d.max_body_bytes
@@ -133,7 +136,8 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> R
         name=r.name if r else None,
         action=r.action if r else "mirror",
         rewrite=r.rewrite if r else None,
-        mirror_methods=frozenset(d.mirror_methods),
+        # a write route mirrors its writes as is only with an egress section (checked by the model)
+        mirror_methods=frozenset(d.mirror_methods).union(write_methods(r, d.mirror_methods) if r else ()),
         # a budget (RuleSet.budget) samples instead; a route's own fraction is refused with it
         sample=r.sample if r and r.sample is not None else (d.sample if isinstance(d.sample, float) else 1.0),
         timeout_ms=r.timeout_ms if r and r.timeout_ms is not None else d.timeout_ms,
@@ -147,6 +151,7 @@ def _settings(d: Defaults, r: Route | None, redact: Redactor | None = None) -> R
         max_rps=r.max_rps if r and r.max_rps is not None else d.max_rps,
         request_delta=r.request_delta if r and r.request_delta is not None else d.request_delta,
         shadow_host=r.shadow_host if r and r.shadow_host is not None else d.shadow_host,
+        egress=egress.settings if egress is not None else None,
     )
 
 
@@ -196,9 +201,10 @@ class RuleSet:
         self.rules = rules
         self.source = source
         redact = redactor_of(rules.defaults.redact)
-        self.defaults = _settings(rules.defaults, None, redact)
+        self.egress = compile_egress(rules.egress)  # None: the file has no egress section
+        self.defaults = _settings(rules.defaults, None, redact, self.egress)
         self.routes = tuple(
-            CompiledRoute(_settings(rules.defaults, r, redact), *_compile_match(r.match))
+            CompiledRoute(_settings(rules.defaults, r, redact, self.egress), *_compile_match(r.match))
             for r in rules.routes
         )
         self._wants_headers = any(r.headers or r.grpc_path for r in self.routes)

@@ -7,6 +7,7 @@ Frames, proxy -> worker:
     ("config", WorkerConfig)          first
     ("settings", n, RouteSettings)    once per route settings object; jobs refer to n
     ("job", encode_job(job, n))       plain tuples: pickled by C code, ~5x cheaper than dataclasses
+    ("egress", OutboundCall)          an outbound call the egress listener captured (shadow/egress.py)
     ("counts", {route: RouteStats})   counts made in the proxy (skips, drops), merged into the
                                       worker's stats interval (its records), not its totals
     ("stopping", None)                the proxy got SIGTERM/SIGINT and will send "stop" once its own
@@ -36,6 +37,7 @@ from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
+from shadowproxy.shadow.egress import EgressServerConfig
 from shadowproxy.shadow.pipeline import ShadowJob
 
 _HEADER = struct.Struct("!I")
@@ -67,6 +69,7 @@ class WorkerConfig:
     stats_source: str = "proxy"
     log_level: int = logging.INFO
     nice: int = DEFAULT_WORKER_NICE
+    egress_server: EgressServerConfig | None = None  # the shadow's egress listener runs in the worker
 
 
 def frame(kind: str, payload: Any) -> bytes:

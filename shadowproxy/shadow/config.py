@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
+from shadowproxy.shadow.egress import EgressMode, egress_store
 from shadowproxy.shadow.pipeline import Pipeline
 from shadowproxy.sinks.base import Sink
 from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink
@@ -38,6 +39,7 @@ class PipelineConfig:
     secondary_url: str | None = None  # noise pairs: a second instance of the live version
     noise_state: str | None = None  # learned noise is loaded from and saved to this file
     max_pending_compares: int = DEFAULT_MAX_PENDING_COMPARES  # comparisons in flight; beyond: shed
+    egress: EgressMode = "off"  # the egress listeners: off | shadow | live (shadow/egress.py)
 
 
 def build_pipeline(
@@ -61,4 +63,4 @@ def build_pipeline(
         client = ShadowClient(config.shadow_url, config.client)
     return Pipeline(client, sink, stats, max_pending_compares=config.max_pending_compares,
                     diff_executor=diff_executor, secondary_url=config.secondary_url,
-                    noise_state_path=config.noise_state, rng=rng)
+                    noise_state_path=config.noise_state, rng=rng, egress=egress_store(config.egress))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shadowproxy._tasks import BackgroundTasks
+from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 
@@ -49,6 +50,8 @@ class ShadowDispatcher(Protocol):
     def submit(self, job: ShadowJob) -> bool: ...
 
     def depth(self) -> int: ...
+
+    def egress(self, call: OutboundCall) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -105,6 +108,10 @@ class Dispatcher:
             return False
         self.dispatched += 1
         return True
+
+    def egress(self, call: OutboundCall) -> None:
+        """An outbound call the egress listener captured, for its exchange's record."""
+        self.pipeline.add_call(call)
 
     async def _worker(self) -> None:
         while True:

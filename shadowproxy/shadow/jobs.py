@@ -23,9 +23,10 @@ __all__ = ["build_job", "decide", "job_of"]
 
 
 def decide(policy: Policy, stats: Stats, request: Request,
-           client_host: str | None = None) -> tuple[Decision, str]:
-    """The policy's decision and the request id it was made with; a skip is counted here."""
-    request_id = uuid.uuid4().hex
+           client_host: str | None = None, request_id: str | None = None) -> tuple[Decision, str]:
+    """The policy's decision and the request id it was made with (given: the id the live request
+    already carried, egress correlate_live); a skip is counted here."""
+    request_id = request_id or uuid.uuid4().hex
     decision = policy.decide(request, request_id, client_host)
     if decision.shadow_request is None:
         stats.skip(decision.route, decision.reason)
@@ -47,9 +48,10 @@ def job_of(request: Request, live: Response, decision: Decision, request_id: str
 
 
 def build_job(policy: Policy, stats: Stats, request: Request, live: Response,
-              client_host: str | None = None, live_scheme: str = "") -> ShadowJob | None:
+              client_host: str | None = None, live_scheme: str = "",
+              request_id: str | None = None) -> ShadowJob | None:
     """The shadow job for a completed exchange, or None (counted) when it is not mirrored."""
-    decision, request_id = decide(policy, stats, request, client_host)
+    decision, request_id = decide(policy, stats, request, client_host, request_id)
     if decision.shadow_request is None:
         return None
     if decision.streamed_answer(live):

@@ -27,11 +27,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from shadowproxy.engine.conditional import apply_not_modified
-from shadowproxy.engine.diff import Comparison, compare_responses
+from shadowproxy.engine.diff import Comparison, Difference, compare_responses
+from shadowproxy.engine.egress import OutboundCall, compare_calls, egress_options
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, escape_surrogates
 from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
@@ -41,6 +43,7 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
+from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
 from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")
@@ -91,6 +94,10 @@ def save_noise_state(path: str | os.PathLike[str], state: NoiseState) -> None:
         raise
 
 
+# an exchange's egress differences, and its outbound calls as the record lists them
+Outbound = tuple[tuple[Difference, ...], list[dict[str, Any]]]
+
+
 @dataclass(slots=True)
 class ShadowJob:
     """Everything the pipeline needs: picklable, so it can cross into a worker process."""
@@ -115,8 +122,10 @@ class Pipeline:
         noise_state: NoiseState | None = None,
         noise_state_path: str | None = None,
         rng: random.Random | None = None,
+        egress: EgressCalls | None = None,
     ) -> None:
         self.client = client
+        self.egress = egress  # the shadow's outbound calls, when the egress listener is on
         self.sink = sink
         self.stats = stats
         self._compare_slots = max_pending_compares
@@ -187,11 +196,13 @@ class Pipeline:
                 if self.pair_failures == 1:  # once: a down secondary must not flood the log
                     log.warning("noise pair: the %s call failed (%s: %s); such pairs are left out",
                                 partner, second.kind, second.message)
+        outbound = await self._outbound(job)
         if isinstance(result, Failure):
             outcome: Outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
             await self._write(job, lambda: build_record(ex, outcome, result, redactor=s.redact,
-                                                        shadow_request=self._shadow_request(job)))
+                                                        shadow_request=self._shadow_request(job),
+                                                        egress=outbound[1] if outbound else None))
             return
         if result.status == 304 and ex.live.status != 304 and ex.annotations.get("revalidation"):
             result = apply_not_modified(ex.live, result)  # a replayed recorded revalidation
@@ -217,7 +228,26 @@ class Pipeline:
                     pair = None
         finally:
             self._compare_slots += 1
-        await self._conclude(job, result, comparison, pair)
+        await self._conclude(job, result, comparison, pair, outbound)
+
+    def add_call(self, call: OutboundCall) -> None:
+        """An outbound call the egress listener captured (correlated): held for its exchange."""
+        if self.egress is not None and not self.egress.add(call):
+            self.stats.count(EGRESS_ROUTE, "egress_dropped")
+
+    async def _outbound(self, job: ShadowJob) -> Outbound | None:
+        """After the shadow answered: wait the settle time, take the exchange's outbound calls, and
+        (live capture on) diff them with the live's. None when egress is off for this job."""
+        eg, s = self.egress, job.settings.egress
+        if eg is None or s is None:
+            return None
+        if s.settle_ms:
+            await asyncio.sleep(s.settle_ms / 1000)  # holds this copy's slot, never anything live
+        live, shadow = eg.take(job.exchange.id)
+        diffs: tuple[Difference, ...] = ()
+        if eg.compare_live and s.correlate_live:
+            diffs = compare_calls(live, shadow, egress_options(job.settings.compare, s.ignore_body))
+        return diffs, [c.summary() for c in (*live, *shadow)]
 
     def _delta(self, job: ShadowJob, secondary: bool = False) -> LazyRequestDelta | None:
         """How the shadow's (or the secondary's) request differed from the live's, worked out if
@@ -264,7 +294,8 @@ class Pipeline:
         return self.noise.split(ex.route, comparison, cfg, now=now, elapsed_s=elapsed)
 
     async def _conclude(
-        self, job: ShadowJob, shadow: Response, comparison: Comparison, pair: Comparison | None = None
+        self, job: ShadowJob, shadow: Response, comparison: Comparison, pair: Comparison | None = None,
+        outbound: Outbound | None = None,
     ) -> None:
         ex = job.exchange
         noise: tuple[str, ...] = ()
@@ -287,6 +318,8 @@ class Pipeline:
                 if split.noise:
                     comparison = dataclasses.replace(comparison, differences=split.real)
                     noise = split.noise
+            if outbound is not None and outbound[0]:  # side effects differ: after noise, never noise
+                comparison = dataclasses.replace(comparison, differences=comparison.differences + outbound[0])
             if comparison.equal:
                 # differed only where the request delta explains it: never a mismatch
                 self.stats.count(ex.route, "request_delta" if explained else "equal")
@@ -304,6 +337,7 @@ class Pipeline:
             redactor=job.settings.redact,
             noise=noise,
             request_delta=explained,
+            egress=outbound[1] if outbound is not None else None,
         ))
 
     async def _write(self, job: ShadowJob, make: Callable[[], Record]) -> None:

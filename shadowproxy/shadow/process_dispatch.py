@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 from shadowproxy._tasks import BackgroundTasks
+from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.engine.stats import RouteStats, Stats
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.channel import (
@@ -39,6 +40,7 @@ from shadowproxy.shadow.channel import (
     encode_job,
     frame,
 )
+from shadowproxy.shadow.egress import EGRESS_ROUTE
 from shadowproxy.shadow.pipeline import ShadowJob
 
 log = logging.getLogger("shadowproxy")
@@ -254,6 +256,15 @@ class ProcessDispatcher:
         t.write(frame("job", encode_job(job, known[1])))
         self.dispatched += 1
         return True
+
+    def egress(self, call: OutboundCall) -> None:
+        """Hand an outbound call to the worker, behind the jobs already written; dropped (the
+        exchange's record then lacks it) when the channel is full or the worker is gone."""
+        t = self._transport
+        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+            self.stats.count(EGRESS_ROUTE, "egress_dropped")
+            return
+        t.write(frame("egress", call))
 
     def _ship_counts(self) -> None:
         _, routes = self.stats.take_interval()

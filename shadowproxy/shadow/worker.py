@@ -123,6 +123,8 @@ class _Worker:
                 if self.dropped == 1:
                     log.warning("shadow worker queue full (%d); dropping and counting copies",
                                 self.dispatcher.cfg.queue_size)
+        elif kind == "egress":  # an outbound call the egress listener captured (shadow/egress.py)
+            self.dispatcher.pipeline.add_call(payload)
         elif kind == "settings":
             n, settings = payload
             self._settings[n] = settings
@@ -205,11 +207,27 @@ async def _serve(sock: socket.socket) -> int:
         await asyncio.sleep(0.1)  # let the error frame leave
         transport.close()
         return 1
+    egress = None
+    if cfg.egress_server is not None:
+        # lazily: mitmproxy is imported only by a worker that serves the shadow's egress listener
+        from shadowproxy.proxy.egress_server import EgressServer
+
+        egress = EgressServer(cfg.egress_server, dispatcher.pipeline)
+        try:
+            await egress.start()
+        except Exception as e:
+            w.send("error", f"egress listener: {e}")
+            await dispatcher.stop()
+            await asyncio.sleep(0.1)
+            transport.close()
+            return 1
     w.attach(dispatcher, stats)
     w.send("ready", None)
     status = asyncio.ensure_future(w.status_loop())
     await w.finished.wait()
     await dispatcher.stop()  # drain (bounded), final stats record, flush and close the sink
+    if egress is not None:  # after the drain: a shadow call in flight during it still had it
+        await egress.stop()
     if w.dropped:
         log.warning("shadow worker dropped %d of %d copies: its queue was full", w.dropped, w.received)
     status.cancel()

@@ -26,10 +26,11 @@ async def test_every_pipeline_option_of_the_addon_lands_in_its_pipeline_config(t
     with taddons.context(addon) as tctx:
         tctx.configure(addon, shadow_url="http://127.0.0.1:9", shadow_sink=sink, shadow_concurrency=7,
                        shadow_insecure=True, shadow_h2c=True, shadow_secondary_url="http://127.0.0.1:8",
-                       shadow_noise_state=str(tmp_path / "noise.json"))
+                       shadow_noise_state=str(tmp_path / "noise.json"), shadow_egress="127.0.0.1:7",
+                       shadow_egress_live="127.0.0.1:6")
         assert addon.config is not None
         expected = PipelineConfig("http://127.0.0.1:9", sink, ClientConfig(7, None, True, True),
-                                  "http://127.0.0.1:8", str(tmp_path / "noise.json"))
+                                  "http://127.0.0.1:8", str(tmp_path / "noise.json"), egress="live")
         assert addon.config.pipeline == expected
         # every field but the compare bound (no option: its default everywhere) differs from its default
         defaults = PipelineConfig("http://127.0.0.1:9")
