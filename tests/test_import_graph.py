@@ -97,3 +97,28 @@ def test_the_sinks_have_no_import_circle_even_through_late_imports() -> None:
     graph = {n: _imports(n, p, set(modules), late=True) for n, p in modules.items()}
     assert "shadowproxy.sinks.kafka" in graph
     assert _circles(graph) == []
+
+
+LOWER_LAYERS = ("shadowproxy.engine", "shadowproxy.rules", "shadowproxy.sinks", "shadowproxy.shadow")
+
+
+def test_the_lower_layers_never_import_the_proxy_nor_mitmproxy_even_late() -> None:
+    """engine, rules, sinks and shadow run in the worker and in replay: mitmproxy stays in
+    proxy/, and an upper layer hands a lower one what it needs (the worker's egress listener
+    arrives as a class in its picklable config), never the other way round."""
+    modules = _modules()
+    offenders = []
+    for name, path in modules.items():
+        if not name.startswith(LOWER_LAYERS):
+            continue
+        tree = ast.parse(path.read_text("utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{name} imports {t}" for t in targets
+                          if t.split(".")[0] == "mitmproxy" or t.startswith("shadowproxy.proxy")]
+    assert offenders == []

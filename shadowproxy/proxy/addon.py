@@ -23,7 +23,8 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy import headlimit
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
-from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost, server_config
+from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
+from shadowproxy.proxy.egress_server import server_config
 from shadowproxy.proxy.looplag import LoopLag
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
 from shadowproxy.shadow.channel import WorkerConfig

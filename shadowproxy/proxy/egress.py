@@ -44,7 +44,7 @@ from shadowproxy.rules.egress import (
     render_stub,
 )
 from shadowproxy.rules.matcher import path_template
-from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressServerConfig
+from shadowproxy.shadow.egress import EGRESS_ROUTE
 
 if TYPE_CHECKING:
     from shadowproxy.proxy.addon import ShadowAddon
@@ -315,16 +315,6 @@ class ProxyEgressHost:
         d = self.shadow.dispatcher
         store = getattr(getattr(d, "pipeline", None), "egress", None)  # inline dispatch only
         return store.replay(exchange_id, key) if store is not None else None
-
-
-def server_config(addon: EgressAddon, ca_file: str | None) -> EgressServerConfig | None:
-    """The worker's egress listener (process dispatch), or None: no shadow egress listener."""
-    spec = addon.shadow_listen()
-    if spec is None:
-        return None
-    host, _, port = spec.removeprefix("regular@").rpartition(":")
-    return EgressServerConfig(host.strip("[]"), int(port), addon.rules if addon.host.egress_rules() else None,
-                              addon.host.shadow_header() or "X-Shadow-Request", ca_file)
 
 
 def check_egress_ca(path: str, flag: str = "--egress-ca") -> bytes:

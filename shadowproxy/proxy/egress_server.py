@@ -105,3 +105,13 @@ class EgressServer:
         if self._confdir is not None:
             shutil.rmtree(self._confdir, ignore_errors=True)
             self._confdir = None
+
+
+def server_config(addon: EgressAddon, ca_file: str | None) -> EgressServerConfig | None:
+    """The worker's egress listener (process dispatch), or None: no shadow egress listener."""
+    spec = addon.shadow_listen()
+    if spec is None:
+        return None
+    host, _, port = spec.removeprefix("regular@").rpartition(":")
+    return EgressServerConfig(host.strip("[]"), int(port), addon.rules if addon.host.egress_rules() else None,
+                              addon.host.shadow_header() or "X-Shadow-Request", ca_file, EgressServer)

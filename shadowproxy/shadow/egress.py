@@ -17,10 +17,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from shadowproxy.engine.egress import Answer, OutboundCall
 from shadowproxy.rules.egress import EgressRules
+
+if TYPE_CHECKING:
+    from shadowproxy.shadow.pipeline import Pipeline
 
 MAX_EXCHANGES = 10_000
 MAX_CALLS = 100
@@ -122,10 +125,25 @@ def egress_store(mode: EgressMode) -> EgressCalls | None:
 
 @dataclass(frozen=True, slots=True)
 class EgressServerConfig:
-    """The shadow's egress listener when it runs in the worker process (picklable)."""
+    """The shadow's egress listener when it runs in the worker process (picklable).
+
+    `server` is the listener's class, given by the proxy layer (mitmproxy lives there): it
+    crosses into the worker by reference, so this layer runs it without importing upward."""
 
     host: str
     port: int
     rules: EgressRules | None  # the rules file's egress: section (None: the defaults)
     shadow_header: str
     ca_file: str | None = None  # --egress-ca: PEM, CA certificate and key
+    server: type[EgressService] | None = None
+
+
+class EgressService(Protocol):
+    """What the worker needs of an egress listener: built beside the pipeline, started after
+    it, stopped after the pipeline's drain."""
+
+    def __init__(self, cfg: EgressServerConfig, pipeline: Pipeline) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -208,11 +208,9 @@ async def _serve(sock: socket.socket) -> int:
         transport.close()
         return 1
     egress = None
-    if cfg.egress_server is not None:
-        # lazily: mitmproxy is imported only by a worker that serves the shadow's egress listener
-        from shadowproxy.proxy.egress_server import EgressServer
-
-        egress = EgressServer(cfg.egress_server, dispatcher.pipeline)
+    if cfg.egress_server is not None and cfg.egress_server.server is not None:
+        # the proxy layer's class (mitmproxy is imported only by a worker that serves the listener)
+        egress = cfg.egress_server.server(cfg.egress_server, dispatcher.pipeline)
         try:
             await egress.start()
         except Exception as e:
