@@ -15,19 +15,16 @@ a user's mistake. The steps, each of which can stop with problems:
 from __future__ import annotations
 
 import codecs
-import difflib
 import functools
 import json
 import os
 import re
-import types
 import warnings
 from collections.abc import Sequence
-from datetime import date
 from importlib import resources
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.constructor import DuplicateKeyError
@@ -36,6 +33,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
 from shadowproxy.errors import Problem, RulesError
+from shadowproxy.rules.messages import Loc, message, show
 from shadowproxy.rules.model import PROBLEM, SAMPLE_TAGS, RulesFile
 from shadowproxy.rules.ruleset import RuleSet
 
@@ -45,7 +43,6 @@ SCHEMA_ID = "https://shadowproxy.dev/schemas/rules/1"
 DEFAULT_SOURCE = "<embedded default rules>"
 MAX_NODES = 100_000  # aliases can make a small file huge ("billion laughs"); no real rules file is near
 
-Loc = tuple[str | int, ...]
 # a YAML 1.2 float with an exponent; YAML 1.1 (`%YAML 1.1`) resolves `1e-9` to a string
 _EXP_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
 _KEY_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -132,7 +129,7 @@ class _Loader:
             self.lines[()] = doc.lc.line + 1
         data = self.plain(doc, (), self.lines[()])
         if not isinstance(data, dict):
-            msg = f"the top level must be a mapping starting with 'version: 1', got {_show(data)}"
+            msg = f"the top level must be a mapping starting with 'version: 1', got {show(data)}"
             raise _Stop(self.problem(1, (), msg))
         try:
             rules = RulesFile.model_validate(data)
@@ -315,7 +312,7 @@ class _Loader:
                 loc = loc[:i] + loc[i + 1 :]
         if err["type"] == PROBLEM:
             loc = (*loc, *ctx.get("at", ()))
-        return self.problem(self.line_of(loc), loc, _message(err, loc))
+        return self.problem(self.line_of(loc), loc, message(err, loc))
 
     def line_of(self, loc: Loc) -> int:
         for n in range(len(loc), -1, -1):
@@ -347,110 +344,3 @@ def _plain_key(key: Any) -> Any:
     if isinstance(key, Sequence):  # a complex key, `? [a, b]`
         return tuple(_plain_key(k) for k in key)
     return str(key)
-
-
-# -- messages ---------------------------------------------------------------------------------
-
-_MUST_BE = {
-    "float_type": "a number",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "bool_type": "true or false",
-    "string_type": "a string",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-    "invalid_key": "a string key",
-}
-
-
-def _message(err: Any, loc: Loc) -> str:
-    kind: str = err["type"]
-    ctx: dict[str, Any] = err.get("ctx") or {}
-    value = err.get("input")
-    if kind == "missing":
-        return f"missing required key {loc[-1]!r}" if loc else "missing"
-    if kind == "extra_forbidden":
-        return _unknown_key(loc)
-    if kind == "literal_error" and loc and loc[-1] == "action":
-        actions = "pass, stub, replay, block" if loc[0] == "egress" else "mirror, rewrite, skip"
-        return f"unknown action {value!r} (one of {actions})"
-    if kind == "literal_error":
-        return f"must be {ctx.get('expected', '?')}, got {_show(value)}"
-    if kind == "value_error" and "error" in ctx:
-        return str(ctx["error"])
-    if kind in _MUST_BE:
-        hint = ""
-        if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
-            hint = f' (quote it: "{value}")'
-        if kind == "list_type" and isinstance(value, str):
-            hint = f" (write [{value}])"
-        if loc and loc[-1] == "sample" and kind == "float_type" and len(loc) == 2 and loc[0] == "defaults":
-            hint = " (a fraction between 0 and 1, or {mode: budget, rps: N})"
-        return f"must be {_MUST_BE[kind]}, got {_show(value)}{hint}"
-    msg: str = err["msg"]
-    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-
-
-def _unknown_key(loc: Loc) -> str:
-    key = loc[-1]
-    model = _model_at(loc[:-1])
-    if model is None:
-        return f"unknown key {key!r}"
-    allowed = list(model.model_fields)
-    near = difflib.get_close_matches(str(key), allowed, n=1)
-    maybe = f"did you mean {near[0]!r}? " if near else ""
-    return f"unknown key {key!r} ({maybe}allowed: {', '.join(allowed)})"
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model class whose mapping sits at `loc` in a rules file, if any."""
-    t: Any = RulesFile
-    for part in loc:
-        if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
-            field = t.model_fields.get(part)
-            if field is None:
-                return None
-            t = field.annotation
-        elif get_origin(t) is list and isinstance(part, int):
-            t = get_args(t)[0]
-        else:
-            return None
-        t = _unwrap(t)
-    return t if isinstance(t, type) and issubclass(t, BaseModel) else None
-
-
-def _unwrap(t: Any) -> Any:
-    while True:
-        origin = get_origin(t)
-        if origin is Annotated:
-            t = get_args(t)[0]
-        elif origin in (Union, types.UnionType):
-            args = [a for a in get_args(t) if a is not type(None)]
-            if len(args) != 1:  # a union of one model and plain values: the model has the keys
-                models = [a for a in map(_unwrap, args) if isinstance(a, type) and issubclass(a, BaseModel)]
-                return models[0] if len(models) == 1 else t
-            t = args[0]
-        else:
-            return t
-
-
-def _show(value: Any) -> str:
-    """A value as a YAML user would name it: string 'x', number 1.5, true, null, a list."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return f"string {shown!r}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, date):
-        return f"date {value.isoformat()}"
-    return f"a {type(value).__name__}"
