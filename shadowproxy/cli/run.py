@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import mmap
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +14,7 @@ import click
 
 from shadowproxy.cli import cli
 from shadowproxy.cli.params import ADMIN_ADDR, HOST_PORT, HTTP_URL, RATE, SINK_URI
+from shadowproxy.cli.siblings import SIBLING_ENV, serve_with_siblings, shared_switch
 from shadowproxy.sinks.uri import DEFAULT_SINK
 
 MAX_QUEUE_SIZE = 1_000_000
@@ -354,7 +351,7 @@ def _run(f: RunFlags) -> None:
     settings = ProxySettings(f.listen[0], f.listen[1], f.live, shadow_options, tls_cert=f.tls_cert,
                              tls_key=f.tls_key, h2c=f.h2c, ca_file=f.ca_file, insecure=f.insecure,
                              reuse_port=f.reuse_port > 1, live_h2c=f.upstream_h2c)
-    switch, switch_fd = (_shared_switch(sibling, f.reuse_port, f.shadow_max_rps) if f.reuse_port > 1
+    switch, switch_fd = (shared_switch(sibling, f.reuse_port, f.shadow_max_rps) if f.reuse_port > 1
                          else (None, -1))
     shadow_addon = ShadowAddon(switch=switch)
     extra: tuple[Any, ...] = ()
@@ -377,7 +374,7 @@ def _run(f: RunFlags) -> None:
         )
 
     if f.reuse_port > 1 and not sibling:
-        asyncio.run(_serve_with_siblings(settings, shadow_addon, extra, f.reuse_port - 1, switch_fd,
+        asyncio.run(serve_with_siblings(settings, shadow_addon, extra, f.reuse_port - 1, switch_fd,
                                          say_listening))
     else:
         asyncio.run(serve(settings, shadow_addon, extra_addons=extra, on_listening=say_listening))
@@ -423,77 +420,3 @@ def _same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
     address overlaps every other; port 0 is a fresh port each time)."""
     wildcard = ("0.0.0.0", "::", "")
     return a[1] == b[1] != 0 and (a[0] == b[0] or a[0] in wildcard or b[0] in wildcard)
-
-
-SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
-SWITCH_FD_ENV = "SHADOWPROXY_REUSE_PORT_SWITCH_FD"  # the shared switch's memfd, inherited by siblings
-
-
-def _shared_switch(sibling: int, processes: int, max_rps: float | None) -> tuple[Any, int]:
-    """The kill switch, sample override and global rate in shared memory (an anonymous memfd
-    the first process creates and its siblings inherit), so the admin API in the first process
-    acts on all N processes with their next request; and the memfd (-1 in a sibling)."""
-    from shadowproxy.policy import SWITCH_BYTES, SharedSwitch
-
-    if sibling:
-        fd = int(os.environ.get(SWITCH_FD_ENV, "-1"))
-        if fd < 0:
-            return None, -1
-        return SharedSwitch(mmap.mmap(fd, SWITCH_BYTES), processes, init=False, options=False), -1
-    fd = os.memfd_create("shadowproxy-switch", 0)
-    os.ftruncate(fd, SWITCH_BYTES)
-    return SharedSwitch(mmap.mmap(fd, SWITCH_BYTES), processes, init=True, max_rps=max_rps), fd
-
-
-def _spawn_siblings(n: int, switch_fd: int = -1) -> list[subprocess.Popen[bytes]]:
-    """The same command in n more processes; each dies with this one (PR_SET_PDEATHSIG)."""
-
-    def die_with_parent() -> None:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    cmd = [sys.executable, "-P", "-c", "from shadowproxy.cli import main; main()", *sys.argv[1:]]
-    fds = (switch_fd,) if switch_fd >= 0 else ()
-    return [
-        subprocess.Popen(cmd, env={**os.environ, SIBLING_ENV: str(i), SWITCH_FD_ENV: str(switch_fd)},
-                         preexec_fn=die_with_parent, pass_fds=fds)
-        for i in range(1, n + 1)
-    ]
-
-
-async def _serve_with_siblings(
-    settings: Any, addon: Any, extra: tuple[Any, ...], n: int, switch_fd: int = -1,
-    on_listening: Callable[[], None] | None = None,
-) -> None:
-    """Serve here and in n sibling processes; SIGTERM here reaches them, and they end with us."""
-    from shadowproxy.proxy.master import request_stop, serve
-
-    siblings = _spawn_siblings(n, switch_fd)
-    loop = asyncio.get_running_loop()
-    started: asyncio.Future[Any] = loop.create_future()
-    task = asyncio.ensure_future(serve(settings, addon, extra_addons=extra, started=started,
-                                       on_listening=on_listening))
-
-    def on_term() -> None:
-        for p in siblings:
-            p.send_signal(signal.SIGTERM)
-        request_stop(started.result(), addon)
-
-    try:
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        if started.done():
-            loop.add_signal_handler(signal.SIGTERM, on_term)  # replaces serve's: forward, then stop
-        await task
-    finally:
-        for p in siblings:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in siblings:
-            await loop.run_in_executor(None, _reap, p)
-
-
-def _reap(p: subprocess.Popen[bytes]) -> None:
-    try:
-        p.wait(60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
