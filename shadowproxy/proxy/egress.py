@@ -29,7 +29,8 @@ import uuid
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy import layers, mode_specs
+from mitmproxy.proxy.layers.http import HTTPMode
 
 from shadowproxy.engine.egress import Answer, OutboundCall, Side, exchange_id_of, with_baggage
 from shadowproxy.engine.stats import Stats
@@ -78,6 +79,18 @@ def _authority(req: http.Request) -> str:
 
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+
+
+METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+def effective_method(method: str, headers: dict[str, str]) -> str:
+    """The method a dependency may act on: a method-override header (a GET that says POST)
+    counts, so a stubbed write cannot pass as a read."""
+    for name in METHOD_OVERRIDES:
+        if (value := headers.get(name, "").strip().upper()):
+            return value
+    return method
 
 
 def _make(status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> http.Response:
@@ -201,6 +214,15 @@ class EgressAddon:
         if self.specs.get(data.context.client.proxy_mode.full_spec) == "live":
             data.ignore_connection = True
 
+    def next_layer(self, nextlayer: Any) -> None:
+        """A tunnel through the shadow's listener whose first bytes do not read as HTTP or TLS (a
+        leading blank line, a request written a few bytes at a time, another protocol) would be
+        forwarded as raw bytes (mitmproxy's rawtcp): the dependency would get them, unseen by any
+        rule. The shadow's tunnels are parsed as HTTP instead: what is not HTTP fails there."""
+        if (isinstance(nextlayer.layer, layers.TCPLayer)
+                and self.specs.get(nextlayer.context.client.proxy_mode.full_spec) == "shadow"):
+            nextlayer.layer = layers.HttpLayer(nextlayer.context, HTTPMode.transparent)
+
     def request(self, flow: http.HTTPFlow) -> None:
         side = self.side(flow)
         if side is None:
@@ -210,7 +232,11 @@ class EgressAddon:
             return
         req = flow.request
         headers = {k.lower(): v for k, v in req.headers.items()}
-        decision = self.rules.decide(req.method, req.host, req.port, path_of(req), headers)
+        decision = self.rules.decide(effective_method(req.method, headers), req.host, req.port,
+                                     path_of(req), headers)
+        if decision.action == "pass" and decision.rule is None and "upgrade" in headers:
+            # what follows an upgrade (WebSocket messages) is never seen by a rule: not by default
+            decision = EgressDecision("block", None)
         flow.metadata[_DECISION] = decision
         if decision.action != "pass":
             flow.response = self._answer(flow, decision)
@@ -251,6 +277,8 @@ class EgressAddon:
             if got is not None:
                 return _make(*got)
             note = "no live answer to replay for this call (live capture off, or the live did not make it)"
+        elif decision.rule is None:
+            note = "an upgrade (e.g. WebSocket) is blocked by default: add an egress rule to pass it"
         else:
             note = f"blocked by egress rule {decision.rule}"
         return http.Response.make(503, f"shadowproxy: {note}\n".encode(),

@@ -53,6 +53,7 @@ class EgressCalls:
         self._held: OrderedDict[str, _Held] = OrderedDict()
         self.dropped = 0  # calls refused: over max_calls for their exchange
         self.expired = 0  # exchanges let go untaken (age or max_exchanges)
+        self.unclaimed = 0  # calls in them: an id no mirrored exchange took (made up, or late)
 
     def __len__(self) -> int:
         return len(self._held)
@@ -67,8 +68,9 @@ class EgressCalls:
         if held is None:
             held = self._held[call.exchange_id] = _Held(now)
             if len(self._held) > self.max_exchanges:
-                self._held.popitem(last=False)
+                _, gone = self._held.popitem(last=False)
                 self.expired += 1
+                self.unclaimed += len(gone.live) + len(gone.shadow)
         calls = held.live if call.side == "live" else held.shadow
         if len(held.live) + len(held.shadow) >= self.max_calls:
             self.dropped += 1
@@ -103,6 +105,7 @@ class EgressCalls:
                 return
             del self._held[key]
             self.expired += 1
+            self.unclaimed += len(oldest.live) + len(oldest.shadow)
 
 
 # off; shadow: the shadow's calls captured; live: the live's too (compared when correlate_live)

@@ -232,8 +232,13 @@ class Pipeline:
 
     def add_call(self, call: OutboundCall) -> None:
         """An outbound call the egress listener captured (correlated): held for its exchange."""
-        if self.egress is not None and not self.egress.add(call):
+        if self.egress is None:
+            return
+        before = self.egress.unclaimed
+        if not self.egress.add(call):
             self.stats.count(EGRESS_ROUTE, "egress_dropped")
+        if self.egress.unclaimed > before:  # let go untaken: their id was no exchange's, or came late
+            self.stats.count(EGRESS_ROUTE, "egress_unclaimed", self.egress.unclaimed - before)
 
     async def _outbound(self, job: ShadowJob) -> Outbound | None:
         """After the shadow answered: wait the settle time, take the exchange's outbound calls, and

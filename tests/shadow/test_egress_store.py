@@ -55,3 +55,22 @@ def test_replay_gives_the_lives_answers_to_the_same_call_in_order_once_each() ->
     assert store.replay("nope", key) is None
     live, _ = store.take("a")
     assert len(live) == 2  # replayed calls are still compared
+
+
+async def test_calls_with_an_id_no_exchange_takes_are_counted_unclaimed_when_let_go() -> None:
+    from shadowproxy.engine.exchange import Response
+    from shadowproxy.engine.stats import Stats
+    from shadowproxy.shadow.egress import EGRESS_ROUTE
+    from shadowproxy.shadow.pipeline import Pipeline
+    from shadowproxy.testing import MemorySink, MockClient
+
+    now = [0.0]
+    stats = Stats()
+    pipeline = Pipeline(MockClient(lambda r: Response(200, (), b"")), MemorySink(), stats,
+                        egress=EgressCalls(max_age_s=10, clock=lambda: now[0]))
+    pipeline.add_call(call("made-up"))
+    pipeline.add_call(call("made-up"))
+    now[0] = 11.0
+    pipeline.add_call(call("another"))  # the first two are let go now
+    assert stats.totals[EGRESS_ROUTE].counts.get("egress_unclaimed") == 2
+    await pipeline.close()
