@@ -24,6 +24,8 @@ A web page must not be able to drive the API from a browser (CSRF, DNS rebinding
 loopback address every request must name a loopback host in `Host` (a rebinding attacker's page
 sends its own name), and a call that changes something is refused when its `Origin` is not the
 admin address itself (a cross-origin `POST` with `text/plain` needs no preflight). Both are 403.
+On a loopback address, `http://localhost:PORT` and `http://127.0.0.1:PORT` (or `[::1]`) are the
+same origin: a browser on the same machine may name it either way.
 """
 
 from __future__ import annotations
@@ -213,10 +215,16 @@ class AdminAddon:
             from urllib.parse import urlsplit
 
             parts = urlsplit(origin)
-            port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
-            same = (parts.scheme == "http" and port == self.port and parts.hostname is not None
-                    and self._allowed_host(parts.hostname) and _host_of(request.headers.get("Host", ""))
-                    .lower() == parts.hostname.lower())
+            try:  # `http://127.0.0.1:9090.evil.com`: no port at all (urlsplit raises), not ours
+                port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+            except ValueError:
+                port = None
+            asked = _host_of(request.headers.get("Host", "")).lower()
+            name = (parts.hostname or "").lower()
+            # on a loopback address, `localhost` and 127.0.0.1 (or ::1) are the same origin
+            loopback_pair = is_loopback(self.host) and is_loopback(asked) and is_loopback(name)
+            same = (parts.scheme == "http" and port == self.port and bool(name) and self._allowed_host(name)
+                    and (asked == name or loopback_pair))
             if not same:
                 return web.json_response({"error": "cross-origin call refused"}, status=403)
         result: web.StreamResponse = await handler(request)

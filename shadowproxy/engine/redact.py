@@ -35,6 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from shadowproxy.engine.secret_formats import (
+    CARD_SEP,
+    CARD_SEP_STRIP,
+    KNOWN_SECRET,
+    KNOWN_SECRET_HINTS,
+    PATH_PAIR,
+)
+
 REDACTED = "[redacted]"
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
 # Query parameters that carry credentials under everyday names (OAuth's `code`, a `session`, a
@@ -50,14 +58,14 @@ _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
 SECRET_NAME = re.compile(
     r"passw(?:or)?d|passphrase|^pass$|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
     r"|credential|signature|session[-_]?id|^sid$|(?:^|[-_])auth(?:$|[-_])|authorization|^cookie$"
-    r"|^key$|^jwt$|bearer|^otp$",
+    r"|^key$|^jwt$|bearer|^otp$|passwor?t|(?:^|[-_])pin(?:$|[-_])|^refresh$",
     re.IGNORECASE,
 )
-# 13 to 19 digits, grouped by single spaces or dashes (or + and %20 in a form) or not at all; a card
-# when Luhn says so.
+# 13 to 19 digits, grouped by spaces (also no-break, narrow, thin or two), tabs, dashes (or + and
+# percent-encoded spaces in a form; see CARD_SEP) or not at all; a card when Luhn says so.
 # It starts with \d, not the look-behind, so the search skips non-digits in C (40% faster over JSON
 # full of numbers).
-_CARD = re.compile(r"\d(?<!\d\d)(?:(?:[ +-]|%20)?\d){12,18}(?!\d)")
+_CARD = re.compile(r"\d(?<!\d\d)(?:" + CARD_SEP + r"?\d){12,18}(?!\d)")
 # grouped by ".", "_" or "/" (4111.1111.1111.1111): only in the groupings cards are printed in
 # (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4), one separator throughout, and not inside a longer
 # dotted or slashed run of numbers, so versions, IPs (at most 12 digits), dates and dotted ids are
@@ -84,7 +92,7 @@ def luhn(digits: str) -> bool:
 
 
 def _is_card(text: str) -> bool:
-    digits = re.sub(r"[ +-]|%20", "", text)
+    digits = CARD_SEP_STRIP.sub("", text)
     return 13 <= len(digits) <= 19 and luhn(digits)
 
 
@@ -232,11 +240,15 @@ class Redactor:
         if self.body_fields:
             text = self._json_fields(text)
             if "=" in text:  # a form pair has one; JSON text seldom does (the search costs ~50 us per 2 KB)
-                text = _FORM_PAIR.sub(self._form_pair, text)
+                text = _FORM_PAIR.sub(self._form_pair, self._path_pairs(text))
         return self._values(text)
 
     def _values(self, text: str) -> str:
-        """Card numbers, the request's credentials and the rules' patterns replaced in `text`."""
+        """Card numbers, token formats (KNOWN_SECRET), `name=value` path segments named like
+        credentials, the request's credentials and the rules' patterns replaced in `text`."""
+        if (len(text) < 256 or any(h in text for h in KNOWN_SECRET_HINTS)) and KNOWN_SECRET.search(text):
+            text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
+        text = self._path_pairs(text)
         if _CARD.search(text):
             text = _CARD.sub(lambda m: self.secret(m.group(0)) if _is_card(m.group(0)) else m.group(0), text)
         if _CARD_GROUPED.search(text):
@@ -367,7 +379,22 @@ class Redactor:
         low = m.group(0).lower()
         return self.secret(next((e for e in self.echoes if e.lower() == low), m.group(0)))
 
+    def _path_pairs(self, text: str) -> str:
+        if ("=" in text or ":" in text) and ("/" in text or ";" in text) and PATH_PAIR.search(text):
+            return PATH_PAIR.sub(self._path_pair, text)
+        return text
+
+    def _path_pair(self, m: re.Match[str]) -> str:
+        """`/password=X`, `;jsessionid=X`, `/token:X`: the value replaced when the name is a
+        credential's (the query's names: SECRET_NAME, QUERY_CREDENTIALS and the rules')."""
+        if unquote(m.group(2)) in self.query:
+            return f"{m.group(1)}{m.group(2)}{m.group(3)}{self.secret(unquote(m.group(4)))}"
+        return m.group(0)
+
     def _form_pair(self, m: re.Match[str]) -> str:
+        done = _MARKER.match(m.group(3))
+        if done and m.group(3)[done.end() : done.end() + 1] in ('"', "'", "\\", "/"):
+            return m.group(0)  # a path pair already replaced: keep the next segment and the quote
         if unquote_plus(m.group(2)) in self.body_fields:
             return f"{m.group(1)}{m.group(2)}={self.secret(unquote_plus(m.group(3)))}"
         return m.group(0)

@@ -10,6 +10,12 @@ client gets `431 Request Header Fields Too Large` and its connection is closed. 
 never sees the request; addons hear of it through the `shadow_header_too_large` hook (counted).
 mitmproxy reads at most 64 KiB per receive, so a connection holds at most limit + 64 KiB.
 
+While an answer is pending, mitmproxy also keeps whatever complete requests the client pipelines
+behind it, without bound (800 heads of 60 KB: 48 MB held). Past MAX_PIPELINED_BYTES (1 MiB, or
+twice the head limit if larger) they are let go and the connection is closed once the pending
+answer is sent: none of them was read as a request, so none reached live (a pipelining client
+retries what got no answer, as HTTP/1.1 asks of it).
+
 HTTP/2 heads are bounded by the h2 library's own settings, not by this.
 """
 
@@ -18,15 +24,19 @@ from __future__ import annotations
 import re
 from collections.abc import Generator
 from dataclasses import dataclass
+from logging import WARNING
 from typing import Any
 
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.utils.human import format_address as human_address
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # nginx: 4 x 8 KiB lines by default; Node.js: 16 KiB; we: 64 KiB total
 OPTION = "shadow_max_header_bytes"
+MAX_PIPELINED_BYTES = 1024 * 1024  # held behind a pending answer, at most (then: closed after it)
+_OVERFLOW = "_shadow_pipeline_overflow"  # set on an Http1Server whose pipelined bytes were let go
 _HEAD_END = re.compile(rb"\n\r?\n")  # what h11 (and so mitmproxy) takes for the end of a head
 
 
@@ -75,11 +85,33 @@ def _wait(self: _http1.Http1Server, event: events.Event) -> Generator[Any, Any, 
     if isinstance(event, events.DataReceived) and self.request is not None \
             and self.request.method != "CONNECT" and "upgrade" not in self.request.headers:
         limit = getattr(self.context.options, OPTION, DEFAULT_MAX_HEADER_BYTES)
-        if head_too_large(self.buf, limit):
+        if getattr(self, _OVERFLOW, False) or len(self.buf) > max(MAX_PIPELINED_BYTES, 2 * limit):
+            if not getattr(self, _OVERFLOW, False):
+                setattr(self, _OVERFLOW, True)
+                yield commands.Log(f"{human_address(self.conn.peername)}: more than "
+                                   f"{max(MAX_PIPELINED_BYTES, 2 * limit)} bytes pipelined behind a "
+                                   "pending answer; closing the connection after that answer", WARNING)
+            self.buf = ReceiveBuffer()  # nothing of it was read as a request: let it go
+        elif head_too_large(self.buf, limit):
             keep = bytes(self.buf)[: limit + 1]
             self.buf = ReceiveBuffer()
             self.buf += keep
     yield from _original_wait(self, event)
+
+
+_original_mark_done = _http1.Http1Server.mark_done
+
+
+def _mark_done(self: _http1.Http1Server, *, request: bool = False,
+               response: bool = False) -> Generator[Any, Any, None]:
+    """The pending answer is sent: a connection whose pipelined bytes were let go is closed now."""
+    done = (response or self.response_done) and (request or self.request_done)
+    if done and getattr(self, _OVERFLOW, False):
+        self.buf = ReceiveBuffer()
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done
+        return
+    yield from _original_mark_done(self, request=request, response=response)
 
 
 def install() -> None:
@@ -87,3 +119,4 @@ def install() -> None:
     if _http1.Http1Server.read_headers is not _read_headers:
         _http1.Http1Server.read_headers = _read_headers  # type: ignore[method-assign]
         _http1.Http1Server.wait = _wait  # type: ignore[method-assign,assignment]
+        _http1.Http1Server.mark_done = _mark_done  # type: ignore[method-assign]

@@ -85,14 +85,33 @@ def _is_word(seg: str) -> bool:
     return False
 
 
+# A route name is a `/metrics` label on ~40 lines and a key in every stats record: its length is
+# bounded too, not only the number of names. Past MAX_NAME_SEGMENTS segments or MAX_NAME_CHARS
+# characters, the rest of the path is one `{rest}` (a client's 60 KB path of words made a 60 KB
+# label: 40 of them, a 103 MB `/metrics`).
+MAX_NAME_SEGMENTS = 8
+MAX_NAME_CHARS = 128
+REST = "{rest}"
+
+
 def path_template(path: str) -> str:
-    """The route name for a path no route names: every segment that is not a word becomes `{id}`.
+    """The route name for a path no route names: every segment that is not a word becomes `{id}`,
+    and past 8 segments or 128 characters the tail becomes `/{rest}`.
 
     The query string is dropped: a name must not grow with every distinct request.
     """
-    out = []
-    for seg in path.split("?", 1)[0].split("/"):
-        out.append(seg if not seg or _is_word(seg) else "{id}")
+    segs = path.split("?", 1)[0].split("/")
+    out: list[str] = []
+    size = 0
+    for i, seg in enumerate(segs):
+        name = seg if not seg or _is_word(seg) else "{id}"
+        room = MAX_NAME_CHARS - (0 if i == len(segs) - 1 else len(REST) + 1)
+        # the first segment is always kept whole (a gRPC service name is at most 100 characters)
+        if i > MAX_NAME_SEGMENTS or (i > 1 and size + 1 + len(name) > room):
+            out.append(REST)
+            break
+        out.append(name)
+        size += len(name) + (i > 0)
     return "/".join(out) or "/"
 
 

@@ -240,6 +240,32 @@ def test_cross_origin_and_rebinding_calls_are_refused(backends: tuple[Backend, B
         assert call(port, "GET", "/healthz", headers={"Host": "localhost"})[0] == 200
 
 
+def test_an_origin_with_a_bad_port_is_a_403_and_localhost_is_the_admins_own_loopback_origin(
+    backends: tuple[Backend, Backend]
+) -> None:
+    """`Origin: http://127.0.0.1:PORT.evil.com` made urlsplit raise (a 500); now a 403. On a
+    loopback address, `http://localhost:PORT` is the admin's own origin like 127.0.0.1's."""
+    live, shadow = backends
+    with ProxyThread(live.url, shadow.url, sink=MemorySink(), admin=True) as p:
+        assert p.admin is not None
+        port = p.admin.port
+        here = f"127.0.0.1:{port}".encode()
+
+        def post(origin: bytes, host: bytes = here, path: bytes = b"/shadow/disable") -> int:
+            return raw_call(port, b"POST " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\nOrigin: " + origin
+                            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")[0]
+
+        for bad in (f"http://127.0.0.1:{port}.evil.com", f"http://127.0.0.1:{port}x", "http://127.0.0.1:99999",
+                    f"http://localhost:{port}.evil.com", f"http://evil.localhost:{port}"):
+            assert post(bad.encode()) == 403, bad
+        assert p.addon.switch.enabled
+        assert post(f"http://localhost:{port}".encode()) == 200
+        assert not p.addon.switch.enabled
+        assert post(f"http://127.0.0.1:{port}".encode(), host=f"localhost:{port}".encode(),
+                    path=b"/shadow/enable") == 200
+        assert p.addon.switch.enabled
+
+
 def test_a_non_utf8_authorization_is_a_400_not_a_500(backends: tuple[Backend, Backend]) -> None:
     live, shadow = backends
     with ProxyThread(live.url, shadow.url, sink=MemorySink(), admin=True, admin_token="s3cret") as p:

@@ -152,3 +152,34 @@ def test_twenty_thousand_distinct_paths_keep_metrics_small_and_a_scrape_never_de
     assert max(len(line) for line in stats) < STATS_RECORD_MAX_BYTES
     totals = h.stats_totals([orjson.loads(line) for line in stats])
     assert totals["compared"] + totals.get("dropped", 0) + totals.get("shadow_errors", 0) >= PATHS
+
+
+def test_long_paths_of_words_give_short_route_labels_and_metrics_stays_small(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """40 paths of ~50 KB made of word-like segments (`/bado/alpha/beta/...`): each was a route
+    label on ~42 `/metrics` lines (a 103 MB scrape with 60 KB paths); now each name stops after
+    8 segments or 128 characters with `/{rest}`."""
+    live, shadow = backends
+    out = tmp_path / "out.jsonl"
+    words = ["alpha", "beta", "gamma", "delta", "omega", "users", "orders", "items"]
+    tail = "/" + "/".join(words[i % 8] for i in range(50_000 // 6))
+    firsts = [c + v + d + w for c in "bdfgk" for v in "ae" for d in "lmnp" for w in "o"][:40]
+    paths = [f"/{f}{tail}" for f in firsts]
+    with h.Proxy(live.url, shadow.url, f"jsonl:{out}", stderr_path=tmp_path / "stderr") as proxy:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        for path in paths:  # the backends' parser refuses such long lines (400): any answer will do
+            conn.request("GET", path)
+            conn.getresponse().read()
+        conn.close()
+        body = h.get(f"http://127.0.0.1:{proxy.admin_port}/metrics", timeout=120)[1]
+        assert proxy.terminate() == 0, proxy.stderr()
+    stats = [line for line in out.read_bytes().splitlines() if b'"outcome":"stats"' in line]
+    print(f"\n/metrics {len(body)} bytes; largest stats record {max(len(s) for s in stats)} bytes")
+    assert len(body) < 1024 * 1024, len(body)
+    assert max(len(s) for s in stats) < 64 * 1024
+    lines = body.decode().splitlines()
+    routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in lines if 'route="' in line}
+    assert f"/{firsts[0]}/alpha/beta/gamma/delta/omega/users/orders/{{rest}}" in routes
+    assert all(len(r) <= 128 for r in routes)
+    assert all(len(r) <= 128 for s in stats for r in orjson.loads(s)["routes"])

@@ -145,3 +145,51 @@ def test_a_huge_head_pipelined_behind_a_slow_answer_is_not_held_and_gets_431_aft
     assert peak - before < 10, (before, peak)
     assert [x.path for x in live.seen] == ["/slow"]
     assert h.stats_totals(h.read_jsonl(out))["skipped_by.header_too_large"] == 1
+
+
+def test_complete_heads_pipelined_behind_a_slow_answer_are_let_go_past_1_mib_and_closed_after_it(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """800 complete 60 KB heads pipelined behind a request live answers in 3 s: mitmproxy held
+    all 48 MB (RSS +85 MB, never returned). Past 1 MiB they are let go, the pending answer
+    arrives whole, then the connection closes; none of them reaches live."""
+    live, shadow = backends
+    out = tmp_path / "out.jsonl"
+    one = b"GET /p HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"v" * 60_000 + b"\r\n\r\n"
+    with h.Proxy(live.url, shadow.url, f"jsonl:{out}", stderr_path=tmp_path / "stderr") as proxy:
+        assert proxy.proc is not None
+        before = rss_mb(proxy.proc.pid)
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+        sent = [0]
+
+        def send() -> None:
+            try:
+                s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                for _ in range(800):
+                    s.sendall(one)
+                    sent[0] += 1
+            except OSError:
+                pass  # closed after the answer: what we wanted
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        peak = before
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+                peak = max(peak, rss_mb(proxy.proc.pid))
+        except OSError:
+            pass
+        sender.join(30)
+        peak = max(peak, rss_mb(proxy.proc.pid))
+        s.close()
+        after = rss_mb(proxy.proc.pid)
+        log = proxy.stderr(full=True)
+        assert proxy.terminate() == 0, proxy.stderr()
+    print(f"\n{sent[0]} heads sent; proxy RSS {before:.0f} MB before, peak {peak:.0f}, after {after:.0f} MB")
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]  # the pending answer is not cut
+    assert data.count(b"HTTP/1.1 ") == 1, data[:400]
+    assert peak - before < 20, (before, peak)
+    assert [x.path for x in live.seen] == ["/slow"]
+    assert "pipelined behind a pending answer" in log

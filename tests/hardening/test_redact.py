@@ -183,3 +183,79 @@ def test_card_numbers_grouped_by_dots_underscores_or_slashes_are_redacted(card: 
 ])
 def test_dotted_versions_ips_dates_and_ids_that_are_not_cards_stay(text: str) -> None:
     assert Redactor().text(f"x {text} y") == f"x {text} y"
+
+
+@pytest.mark.parametrize("path, redacted", [
+    ("/app;jsessionid=JSESS12345", f"/app;jsessionid={REDACTED}"),
+    ("/x;token=TOKMATRIX1/y", f"/x;token={REDACTED}/y"),
+    ("/reset/password=PWSEG12345/confirm", f"/reset/password={REDACTED}/confirm"),
+    ("/api/key=KEYSEG12345/v", f"/api/key={REDACTED}/v"),
+    ("/login/token:TOKCOLON123", f"/login/token:{REDACTED}"),
+    ("/a/refresh_token=RT1234567/b;pin=9876", f"/a/refresh_token={REDACTED}/b;pin={REDACTED}"),
+    ("/u/Passwort=PWDE123456", f"/u/Passwort={REDACTED}"),
+])
+def test_path_segments_and_matrix_parameters_named_like_credentials_are_redacted_in_the_record_path(
+    path: str, redacted: str
+) -> None:
+    d = Redactor()
+    assert d.record({"path": path})["path"] == redacted
+    # wherever the path is echoed: a body excerpt, JSON-escaped or not
+    assert d.text(f'{{"you_asked":"{path}"}}') == f'{{"you_asked":"{redacted}"}}'
+    assert d.text(path.replace("/", "\\/")) == redacted.replace("/", "\\/")
+
+
+@pytest.mark.parametrize("path", ["/users/name=ada/x", "/a;v=1", "/files/report:2026/x", "http://host:8080/a"])
+def test_name_value_path_segments_not_named_like_credentials_stay(path: str) -> None:
+    assert Redactor().record({"path": path})["path"] == path
+
+
+@pytest.mark.parametrize("token", [
+    "ghp_" + "a1B2c3D4e5" * 4, "gho_" + "Z9y8X7w6V5" * 4, "github_pat_11ABCDEFG0" + "x_Y1" * 15,
+    "AKIAIOSFODNN7EXAMPLE", "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc", "rk_live_" + "51Habcdefghijklmnop",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.", "xoxb-" + "123456789012-1234567890123-AbCdEfGhIjKl",
+])
+def test_well_known_secret_formats_are_redacted_in_paths_queries_headers_and_bodies(token: str) -> None:
+    d = Redactor()
+    rec = d.record({
+        "path": f"/reset/{token}/confirm",
+        "query": {"q": token},
+        "live": {"headers": {"x-note": f"t {token}"}, "body_excerpt": f'{{"v":"{token}","w":"a {token}"}}'},
+        "shadow_request": {"target": f"/p/{token}?x={token}"},
+    })
+    assert token not in repr(rec)
+    assert rec["path"] == f"/reset/{REDACTED}/confirm"
+
+
+@pytest.mark.parametrize("card", [
+    "4012\u00a08888\u00a08888\u00a01881", "4111\u202f1111\u202f1111\u202f1111",
+    "4111\u20091111\u20091111\u20091111",
+    "4111  1111  1111  1111", "4000\t0000\t0000\t0002", "4111 - 1111 - 1111 - 1111",
+    "4012%C2%A08888%C2%A08888%C2%A01881", "4111%E2%80%AF1111%E2%80%AF1111%E2%80%AF1111",
+    "4111%c2%a01111%c2%a01111%c2%a01111", "5500%E2%80%890055%E2%80%895555%E2%80%895559",
+    "6011%20%201111%20%201111%20%201117",
+    "5105%091051%090510%095100", "3782%20-%20822463%20-%2010005",
+])
+def test_card_numbers_separated_by_no_break_thin_double_spaces_tabs_or_their_percent_forms_are_redacted(
+    card: str
+) -> None:
+    d = Redactor()
+    assert d.text(f"card {card} ok") == f"card {REDACTED} ok"
+    assert d.record({"path": f"/cards/{card}/view"})["path"] == f"/cards/{REDACTED}/view"
+
+
+@pytest.mark.parametrize("text", [
+    "4111 - 1111 - 1111 - 1112", "2026 - 11 - 30", "10.0.0.1 - 10.0.0.2", "1  2  3  4  5  6  7  8  9  10",
+    "4012\u00a08888\u00a08888\u00a01882", "v1.2.3\t4.5.6",
+])
+def test_digit_runs_with_the_new_separators_that_fail_luhn_or_are_too_short_stay(text: str) -> None:
+    assert Redactor().text(f"x {text} y") == f"x {text} y"
+
+
+def test_pin_refresh_and_german_password_names_are_credentials() -> None:
+    d = Redactor()
+    assert d.query_map({"pin": "1", "refresh": "2", "refresh_token": "3", "passwort": "4", "passwd": "5",
+                        "pwd": "6", "spinner": "7", "pinned": "8"}) == {
+        **dict.fromkeys(["pin", "refresh", "refresh_token", "passwort", "passwd", "pwd"], REDACTED),
+        "spinner": "7", "pinned": "8"}
+    assert d.value({"Passwort": "x", "user_pin": "1234"}) == {"Passwort": REDACTED, "user_pin": REDACTED}

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from shadowproxy.rules.matcher import OVERFLOW_ROUTE, RouteNames, compile_path, path_template
+from shadowproxy.rules.matcher import (
+    MAX_NAME_CHARS,
+    MAX_NAME_SEGMENTS,
+    OVERFLOW_ROUTE,
+    RouteNames,
+    compile_path,
+    path_template,
+)
 
 
 @pytest.mark.parametrize(
@@ -107,3 +114,17 @@ def test_route_names_are_bounded_and_the_rest_share_one_overflow_route() -> None
     got = [names.name(f"/w/{w}") for w in ("alpha", "beta", "gamma", "delta", "alpha", "epsilon")]
     assert got == ["/w/alpha", "/w/beta", "/w/gamma", OVERFLOW_ROUTE, "/w/alpha", OVERFLOW_ROUTE]
     assert names.overflowed == 2
+
+
+@pytest.mark.parametrize("path, template", [
+    ("/a/b/c/d/e/f/g/h", "/a/b/c/d/e/f/g/h"),
+    ("/a/b/c/d/e/f/g/h/i", "/a/b/c/d/e/f/g/h/{rest}"),
+    ("/bado" + "/alpha/beta/gamma" * 3000, "/bado/alpha/beta/gamma/alpha/beta/gamma/alpha/{rest}"),
+    ("/" + "/".join(["alphabetagammadelta"] * 7), "/" + "/".join(["alphabetagammadelta"] * 6) + "/{rest}"),
+])
+def test_a_route_name_is_bounded_in_segments_and_characters_whatever_the_path(
+    path: str, template: str
+) -> None:
+    got = path_template(path)
+    assert got == template
+    assert len(got) <= MAX_NAME_CHARS and got.count("/") <= MAX_NAME_SEGMENTS + 1
