@@ -32,7 +32,14 @@ import orjson
 from deepdiff import DeepDiff
 
 from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder, explain_leaves, to_pointer
-from shadowproxy.engine.jsondiff import JsonRules, Key, canonical, compile_rules, diff_json
+from shadowproxy.engine.jsondiff import (
+    JsonRules,
+    Key,
+    canonical,
+    compile_rules,
+    diff_json,
+    unordered_leftovers,
+)
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import split
 from shadowproxy.engine.unordered import explain_unordered, similar_records
@@ -183,20 +190,30 @@ def explain(
             continue
         depth = _whole_array(live, shadow, segments, opts.ignore_order)
         if depth is None:
-            if kind in ("added", "removed"):  # a key on one side only: no subtree to diff
-                one_sided.append((pointer, kind, lv, sv))
+            if kind in ("added", "removed") and not opts.ignore_string_case:
+                one_sided.append((pointer, kind, lv, sv))  # a key on one side only
                 continue
-            depth = len(segments)
+            # DeepDiff folds the case of keys too ({"Name": 1} is {"name": 1}): the parent
+            # object of a key on one side goes to DeepDiff whole
+            depth = len(segments) - 1 if kind in ("added", "removed") else len(segments)
         base = to_pointer("", segments[:depth])
+        if base in done:
+            continue
         if base in raw:
             found.append((pointer, kind, lv, sv))
-            continue
-        if base in done:
             continue
         a, b = _resolve(live, segments[:depth]), _resolve(shadow, segments[:depth])
         size = _size(a) + _size(b)
         if size > budget:
             raw.add(base)
+            if opts.ignore_order and depth < len(segments) and type(a) is list and type(b) is list:
+                # an order-insensitive array is never compared by position: as multisets
+                done.add(base)
+                multiset = _multiset_found(a, b, base, segments[:depth], rules, key)
+                room = max(0, opts.max_diffs - len(found) - len(one_sided))
+                found.extend(multiset[:room])
+                unexplained += len(multiset[room:])
+                continue
             found.append((pointer, kind, lv, sv))
             continue
         budget -= size
@@ -221,6 +238,18 @@ def explain(
         found.extend(one_sided)
         raw.update(pointer for pointer, *_ in one_sided)
     return found, unexplained, len(raw)
+
+
+def _multiset_found(
+    a: list[Any], b: list[Any], base: str, segments: list[str], rules: JsonRules, key: Key
+) -> Found:
+    """Over the size budget, an order-insensitive array's elements without an equal on the
+    other side (ignored fields left out, nested arrays sorted): removed at the live index,
+    added at the shadow index."""
+    left, right = unordered_leftovers(a, b, base, segments, rules, key)
+    found: Found = [(f"{base}/{i}", "removed", a[i], None) for i in left]
+    found.extend((f"{base}/{j}", "added", None, b[j]) for j in right)
+    return found
 
 
 def _size(value: Any) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from deepdiff import DeepDiff, DeepHash
 from deepdiff.helper import CannotCompare
 
+from shadowproxy.engine.arrays import canonical_unordered
 from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder, explain_leaves
 from shadowproxy.engine.elementkey import NUMBER_DECIMALS, flat_keys
 from shadowproxy.engine.jsondiff import JsonRules, Key, canonical
@@ -156,7 +157,9 @@ def _element_keys(
         keys = flat_keys(a, b, opts.ignore_numeric_type_changes, getattr(key, "flat", None))
         if keys is not None:
             return keys
-        ka, kb = list(map(key, a)), list(map(key, b))
+        # nested arrays sorted: DeepDiff ignores order at every level
+        ka = [canonical_unordered(x, key) for x in a]
+        kb = [canonical_unordered(y, key) for y in b]
         if not opts.ignore_numeric_type_changes or not _number_form(b"\n".join(ka + kb)):
             return ka, kb  # type: ignore[return-value]
         # an element holding such a number is keyed by its numbers as DeepHash sees them
@@ -176,7 +179,7 @@ def _number_form(serialised: bytes) -> bool:
 
 def _as_one(values: list[Any], keys: list[bytes]) -> list[Hashable]:
     pairs = zip(values, keys, strict=True)
-    return [canonical(_numbers_as_one(v)) if _number_form(k) else k for v, k in pairs]
+    return [canonical_unordered(_numbers_as_one(v)) if _number_form(k) else k for v, k in pairs]
 
 
 def _numbers_as_one(value: Any) -> Any:

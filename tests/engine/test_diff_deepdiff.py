@@ -150,6 +150,16 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
         ({}, {"a": None, "b": None}, opts_with()),  # DeepDiff's threshold_to_diff_deeper is off
         ({"a": {"b": [2]}, "c": 1}, {"a": {"b": [2.0]}, "c": 3}, opts_with(ignore_numeric_type_changes=False)),  # noqa: E501
         ({"s": "Abc"}, {"s": "aBC"}, opts_with(ignore_string_case=True)),
+        # found (attack a14): DeepDiff folds the case of keys too
+        ({"Name": 1}, {"name": 1}, opts_with(ignore_string_case=True)),
+        ({"Name": {"x": "A"}}, {"name": {"x": "a"}}, opts_with(ignore_string_case=True)),
+        ({"Name": 1, "k": 1}, {"name": 2, "k": 1}, opts_with(ignore_string_case=True)),
+        # found (attack a14): ignore_order applies at every level ([2, 1] is [1, 2])
+        ([[1, 2], [2, 1]], [[1, 2]], opts_with(ignore_order=True)),
+        ([{"a": [1, 2]}, {"a": [2, 1]}], [{"a": [1, 2]}], opts_with(ignore_order=True)),
+        ({"x": [[1, 2], [2, 1]], "y": 1}, {"x": [[1, 2]], "y": 2}, opts_with(ignore_order=True)),
+        ([[1, 2], [2, 1]], [[1, 2]], opts_with(ignore_order=True, report_repetition=True)),
+        ([[1, 2], [2, 1]], [[1, 2], [1, 2]], opts_with(ignore_order=True, report_repetition=True)),
         ({"n": 7}, {"n": "7"}, opts_with(ignore_type_in_groups=(("int", "str"),))),
         # found: DeepDiff raises for ignore_string_case over an int/str group (checked by check())
         ({"b": None}, {"b": -3, "c": "a"}, CASE_OVER_INT_STR),
@@ -355,3 +365,28 @@ def test_subtrees_over_the_size_budget_keep_the_walks_findings(monkeypatch: pyte
         "1 differing subtrees were not explained by DeepDiff (over 100 bytes in all, or options it"
         " cannot apply to them): reported as the fast walk found them"
     ]
+
+
+def test_an_order_insensitive_array_over_the_size_budget_is_compared_as_a_multiset() -> None:
+    # attack a14: 3,000 records reversed, each with an ignored etag changed, is equal for
+    # DeepDiff; over the budget it used to be compared by position (hundreds of differences)
+    live = {"items": [{"id": i, "etag": f"a{i}"} for i in range(3000)]}
+    shadow = {"items": [{"id": i, "etag": f"b{i}"} for i in reversed(range(3000))]}
+    opts = CompareOptions(ignore_order=True, ignore_body=("/items/*/etag",))
+    assert compare_documents(live, shadow, opts) == ([], 0, [])
+    shadow["items"][5]["id"] = -1  # live /items/2994 has no equal left
+    found, unexplained, notes = compare_documents(live, shadow, opts)
+    assert {(p, kind) for p, kind, *_ in found} == {("/items/2994", "removed"), ("/items/5", "added")}
+    assert unexplained == 0 and len(notes) == 1
+
+
+def test_over_the_size_budget_unmatched_elements_are_added_and_removed_never_paired_by_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(semantic, "MAX_EXPLAINED_BYTES", 100)
+    live = [{"id": i, "v": [i, "x"]} for i in range(30)]
+    shadow = [{"id": i, "v": ["x", i]} for i in reversed(range(30))]
+    shadow[0]["id"] = 99  # was live /29
+    found, unexplained, _ = compare_documents(live, shadow, CompareOptions(ignore_order=True, max_diffs=1))
+    assert [(p, kind) for p, kind, *_ in found] == [("/29", "removed")]
+    assert unexplained == 1  # the addition at /0, counted
