@@ -42,7 +42,7 @@ from shadowproxy.engine.jsondiff import (
 )
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import split
-from shadowproxy.engine.unordered import explain_unordered, similar_records
+from shadowproxy.engine.unordered import explain_unordered
 
 PYTHON_TYPES: dict[str, type] = {
     "int": int,
@@ -95,7 +95,6 @@ def deepdiff_options(opts: CompareOptions) -> tuple[tuple[str, Any], ...]:
         ("cutoff_distance_for_pairs", opts.cutoff_distance_for_pairs),
         ("cutoff_intersection_for_pairs", opts.cutoff_intersection_for_pairs),
         ("math_epsilon", opts.float_tolerance or None),
-        ("iterable_compare_func", similar_records(opts.cutoff_distance_for_pairs) if opts.ignore_order else None),  # noqa: E501
         ("max_diffs", opts.max_diffs * WORK_PER_DIFF),
         ("max_passes", opts.max_diffs * PASSES_PER_DIFF),
         # DeepDiff reports a whole dict as changed when few keys are shared; a record wants

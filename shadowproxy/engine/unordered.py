@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable
-from functools import lru_cache
+from collections.abc import Hashable
 from typing import Any
 
 from deepdiff import DeepDiff, DeepHash
-from deepdiff.helper import CannotCompare
 
 from shadowproxy.engine.arrays import canonical_unordered
 from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder, explain_leaves
@@ -26,30 +24,38 @@ from shadowproxy.engine.pointer import escape, split
 MATCHED = ("shadowproxy: matched before DeepDiff",)
 
 
-@lru_cache(maxsize=64)
-def similar_records(cutoff: float) -> Callable[..., bool]:
-    """DeepDiff's `iterable_compare_func` for order-insensitive arrays: whether two leftover
-    objects are one record edited.
+_FLAT_SCALARS = (str, int, float, bool, type(None))
+_NUMBERS = (int, float)
 
-    DeepDiff's own similarity runs a nested DeepDiff per pair of leftovers (about 100x parsing
-    them); this decides the clear cases by counting equal fields: paired when at least
-    1 - cutoff of the fields are equal, apart when fewer than 1 - 2 x cutoff are. In between,
-    and for anything but two objects, it raises CannotCompare and DeepDiff's distance decides.
-    """
 
-    def similar(x: Any, y: Any, level: Any = None) -> bool:
-        if type(x) is not dict or type(y) is not dict or not x or not y:
-            raise CannotCompare
-        keys = x.keys() | y.keys()
-        same = sum(1 for k in keys if k in x and k in y and type(x[k]) is type(y[k]) and x[k] == y[k])
-        share = same / len(keys)
-        if share >= 1 - cutoff:
-            return True
-        if share < 1 - 2 * cutoff:
-            return False
-        raise CannotCompare
-
-    return similar
+def flat_distance(x: Any, y: Any, numbers_as_one: bool) -> float | None:
+    """DeepDiff's own rough distance between two objects of scalars (what it pairs leftovers
+    by, below `cutoff_distance_for_pairs`), computed without a nested DeepDiff: its edit
+    operations (a changed value 1, a type change 2, a key on one side 1) over the objects'
+    rough lengths (an object of n scalars: 2n + 1). None for anything else."""
+    if type(x) is not dict or type(y) is not dict or not x or not y:
+        return None
+    ops = 0
+    for name, u in x.items():
+        if type(u) not in _FLAT_SCALARS:
+            return None
+        if name not in y:
+            ops += 1
+            continue
+        v = y[name]
+        tu, tv = type(u), type(v)
+        if tv not in _FLAT_SCALARS:
+            return None
+        if tu is tv or (numbers_as_one and tu in _NUMBERS and tv in _NUMBERS):
+            ops += u != v
+        else:
+            ops += 2
+    for name, v in y.items():
+        if name not in x:
+            if type(v) not in _FLAT_SCALARS:
+                return None
+            ops += 1
+    return ops / (2 * len(x) + 2 * len(y) + 2)
 
 
 def explain_unordered(
@@ -83,24 +89,25 @@ def explain_unordered(
     left = [i for i, c in enumerate(ca) if c not in count_b]
     right = [j for j, c in enumerate(cb) if c not in count_a]
     t1, t2 = [a[i] for i in left], [b[j] for j in right]
-    # DeepDiff puts a pair the compare function accepts at distance math_epsilon (or 1e-6):
-    # only below the cutoff does it pair them at all
-    close = (opts.float_tolerance or 1e-6) < opts.cutoff_distance_for_pairs
-    partner = _paired_clearly(t1, t2, kwargs["iterable_compare_func"]) if pair and close else None
+    # leftover objects of scalars: DeepDiff's pairing computed here, where it is clear
+    fast = pair and compares_directly(opts) and not _may_collapse(opts, rules)
+    partner = _paired_clearly(t1, t2, opts) if fast else None
     distinct = len({ca[i] for i in left}) == len(left) and len({cb[j] for j in right}) == len(right)
     if partner is not None and distinct:
         # Each leftover has exactly one clear partner (DeepDiff's pairing would find the same
-        # pairs, at the distance the compare function gives): only the pairs are diffed. The
+        # pairs): only the pairs are diffed, a key added at the shadow's index. The
         # fields that may differ are located here and DeepDiff judges them all in one call;
         # a pair where locating fields might not give DeepDiff's answer is diffed by DeepDiff
         leaves: Found = []
         for k, j in enumerate(partner):
-            at = f"{base}/{left[k]}"
-            fields = pair_fields(t1[k], t2[j], at, rules, opts)
+            at, added_at = f"{base}/{left[k]}", f"{base}/{right[j]}"
+            fields = pair_fields(t1[k], t2[j], at, rules, opts, added_at)
             if fields is None:
                 exclude = excluder(rules, at, opts.max_depth)
                 dd = DeepDiff(t1[k], t2[j], view="tree", exclude_obj_callback=exclude, **kwargs)
-                found.extend(deepdiff_found(dd, at))
+                for pointer, kind, lv, sv in deepdiff_found(dd, at):
+                    pointer = added_at + pointer[len(at) :] if kind == "added" else pointer
+                    found.append((pointer, kind, lv, sv))
             else:
                 leaves.extend(fields)
         found.extend(explain_leaves(leaves, kwargs))
@@ -196,20 +203,21 @@ def _numbers_as_one(value: Any) -> Any:
     return value
 
 
-def _paired_clearly(t1: list[Any], t2: list[Any], similar: Callable[..., bool]) -> list[int] | None:
-    """The index in t2 of each element's partner when `similar` pairs t1 and t2 one to one
-    and says a clear no to every other pair; else None."""
+def _paired_clearly(t1: list[Any], t2: list[Any], opts: CompareOptions) -> list[int] | None:
+    """The index in t2 of each element's partner when DeepDiff's distance pairs t1 and t2
+    one to one (each has exactly one counterpart closer than the cutoff, so DeepDiff's
+    greedy pairing by distance finds exactly these pairs); else None."""
     if len(t1) != len(t2):
         return None
+    cutoff, as_one = opts.cutoff_distance_for_pairs, opts.ignore_numeric_type_changes
     partner: list[int] = []
     for x in t1:
         match = None
         for j, y in enumerate(t2):
-            try:
-                close = similar(y, x)
-            except CannotCompare:
+            distance = flat_distance(x, y, as_one)
+            if distance is None:
                 return None
-            if close:
+            if distance < cutoff:
                 if match is not None:
                     return None
                 match = j
@@ -241,9 +249,12 @@ def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int])
 _CONTAINERS = (dict, list)
 
 
-def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions) -> Found | None:
+def pair_fields(
+    x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions, added_at: str | None = None
+) -> Found | None:
     """The fields of two paired records that may differ (keys on one side, scalars not equal
-    with their types), for DeepDiff to judge (`explain_leaves`); or None where judging the
+    with their types), for DeepDiff to judge (`explain_leaves`), a key added under
+    `added_at` (the shadow's index, as DeepDiff reports it); or None where judging the
     fields apart might not give DeepDiff's answer over the records (nested values that
     differ or may differ by type alone; tolerance, significant digits or type groups)."""
     if type(x) is not dict or type(y) is not dict:
@@ -262,7 +273,7 @@ def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions)
             found.append((pointer, "removed", x[name], None))
             continue
         if name not in x:
-            found.append((pointer, "added", None, y[name]))
+            found.append((f"{added_at or at}/{escape(name)}", "added", None, y[name]))
             continue
         u, v = x[name], y[name]
         tu, tv = type(u), type(v)

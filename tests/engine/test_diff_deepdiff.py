@@ -154,6 +154,20 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
         ({"Name": 1}, {"name": 1}, opts_with(ignore_string_case=True)),
         ({"Name": {"x": "A"}}, {"name": {"x": "a"}}, opts_with(ignore_string_case=True)),
         ({"Name": 1, "k": 1}, {"name": 2, "k": 1}, opts_with(ignore_string_case=True)),
+        # found (attack a14): DeepDiff's own distance pairs the leftovers (one edited field is
+        # that field, not the whole element or a removal and an addition); a key added to a
+        # paired record is at the shadow's index, as every addition
+        ([{"a": 1}, {"a": 2}], [{"a": 2}, {"a": 3}], opts_with(ignore_order=True)),
+        ([{"a": 1}], [{"a": 2}], opts_with(ignore_order=True)),
+        ([{"a": "x"}], [{"a": "y"}], opts_with(ignore_order=True)),
+        ({"a": [{"n": {"p": 1, "q": 2}}]}, {"a": [{"n": {"p": 1, "q": 3}}]}, opts_with(ignore_order=True)),
+        ([{"a": 1, "b": 2}, {"z": 0}], [{"z": 0}, {"b": 2, "c": 3}], opts_with(ignore_order=True)),
+        ([{"a": 1, "b": 2, "c": 3}], [{"b": 2, "c": "x"}], opts_with(ignore_order=True)),
+        (
+            {"items": [{"id": 1, "etag": "a", "v": 1}]},
+            {"items": [{"id": 1, "etag": "b", "v": 2}]},
+            opts_with(ignore_order=True, ignore_body=("/items/*/etag",)),
+        ),
         # found (attack a14): ignore_order applies at every level ([2, 1] is [1, 2])
         ([[1, 2], [2, 1]], [[1, 2]], opts_with(ignore_order=True)),
         ([{"a": [1, 2]}, {"a": [2, 1]}], [{"a": [1, 2]}], opts_with(ignore_order=True)),
@@ -305,7 +319,7 @@ def _edited(records: list[dict[str, Any]], **change: Any) -> list[dict[str, Any]
         ([1, 2, 3], [1, 2, 4], CompareOptions(), [("/2", "changed")]),
         (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, qty=50), CompareOptions(ignore_order=True), [("/5/qty", "changed")]),  # noqa: E501
         (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, qty="4"), CompareOptions(ignore_order=True), [("/5/qty", "type_changed")]),  # noqa: E501
-        (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, extra=1), CompareOptions(ignore_order=True), [("/5/extra", "added")]),  # noqa: E501
+        (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, extra=1), CompareOptions(ignore_order=True), [("/2/extra", "added")]),  # noqa: E501
         ([1, 2, 3], [3, 2, 5], CompareOptions(ignore_order=True), [("/0", "changed")]),
     ],
     ids=[
@@ -390,3 +404,28 @@ def test_over_the_size_budget_unmatched_elements_are_added_and_removed_never_pai
     found, unexplained, _ = compare_documents(live, shadow, CompareOptions(ignore_order=True, max_diffs=1))
     assert [(p, kind) for p, kind, *_ in found] == [("/29", "removed")]
     assert unexplained == 1  # the addition at /0, counted
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "ignore", "expected"),
+    [
+        ([{"a": 1}, {"a": 2}], [{"a": 2}, {"a": 3}], (), {("/0/a", "changed")}),
+        ([{"a": 1}], [{"a": 2}], (), {("/0/a", "changed")}),
+        ([{"a": "x"}], [{"a": "y"}], (), {("/0/a", "changed")}),
+        ({"a": [{"n": {"p": 1, "q": 2}}]}, {"a": [{"n": {"p": 1, "q": 3}}]}, (), {("/a/0/n/q", "changed")}),
+        ([{"a": 1, "b": 2, "c": 3}], [{"b": 2, "c": "x"}], (), {("/0/a", "removed"), ("/0/c", "type_changed")}),  # noqa: E501
+        (
+            {"items": [{"id": 1, "etag": "a", "v": 1}]},
+            {"items": [{"id": 1, "etag": "b", "v": 2}]},
+            ("/items/*/etag",),
+            {("/items/0/v", "changed")},
+        ),
+    ],
+)
+def test_deepdiffs_own_distance_pairs_an_edited_element_and_reports_its_field(
+    live: Any, shadow: Any, ignore: tuple[str, ...], expected: set[tuple[str, str]]
+) -> None:
+    # attack a14: DeepDiff alone (no pairing function of ours) pairs these and reports the field
+    opts = CompareOptions(ignore_order=True, ignore_body=ignore)
+    found, _, _ = compare_documents(live, shadow, opts)
+    assert {(p, kind) for p, kind, *_ in found} == expected
