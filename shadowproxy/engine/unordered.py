@@ -24,6 +24,8 @@ from shadowproxy.engine.pointer import escape, split
 MATCHED = ("shadowproxy: matched before DeepDiff",)
 
 
+# Leftover pairs whose distance is computed here at most (DeepDiff weighs them all too)
+MAX_WEIGHED_PAIRS = 10_000
 _FLAT_SCALARS = (str, int, float, bool, type(None))
 _NUMBERS = (int, float)
 
@@ -204,27 +206,34 @@ def _numbers_as_one(value: Any) -> Any:
 
 
 def _paired_clearly(t1: list[Any], t2: list[Any], opts: CompareOptions) -> list[int] | None:
-    """The index in t2 of each element's partner when DeepDiff's distance pairs t1 and t2
-    one to one (each has exactly one counterpart closer than the cutoff, so DeepDiff's
-    greedy pairing by distance finds exactly these pairs); else None."""
-    if len(t1) != len(t2):
+    """The index in t2 of each element's partner as DeepDiff pairs them: greedily, closest
+    first, only closer than the cutoff (its `_get_most_in_common_pairs_in_iterables`). None
+    where that is not certain: an element that is not an object of scalars, a tie at one
+    distance between pairs sharing an element (DeepDiff's order decides), an element left
+    without a partner, or too many pairs to weigh."""
+    if len(t1) != len(t2) or len(t1) * len(t2) > MAX_WEIGHED_PAIRS:
         return None
     cutoff, as_one = opts.cutoff_distance_for_pairs, opts.ignore_numeric_type_changes
-    partner: list[int] = []
-    for x in t1:
-        match = None
+    by_distance: dict[float, list[tuple[int, int]]] = {}
+    for i, x in enumerate(t1):
         for j, y in enumerate(t2):
             distance = flat_distance(x, y, as_one)
             if distance is None:
                 return None
             if distance < cutoff:
-                if match is not None:
-                    return None
-                match = j
-        if match is None or match in partner:
-            return None
-        partner.append(match)
-    return partner
+                by_distance.setdefault(distance, []).append((i, j))
+    partner: list[int | None] = [None] * len(t1)
+    taken: set[int] = set()
+    for distance in sorted(by_distance):
+        open_pairs = [(i, j) for i, j in by_distance[distance] if partner[i] is None and j not in taken]
+        if len(dict(open_pairs)) != len(open_pairs) or len({j for _, j in open_pairs}) != len(open_pairs):
+            return None  # a tie sharing an element
+        for i, j in open_pairs:
+            partner[i] = j
+            taken.add(j)
+    if None in partner:
+        return None
+    return partner  # type: ignore[return-value]
 
 
 def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int]) -> bool:
