@@ -33,8 +33,8 @@ _NUMBERS = (int, float)
 def flat_distance(x: Any, y: Any, numbers_as_one: bool) -> float | None:
     """DeepDiff's own rough distance between two objects of scalars (what it pairs leftovers
     by, below `cutoff_distance_for_pairs`), computed without a nested DeepDiff: its edit
-    operations (a changed value 1, a type change 2, a key on one side 1) over the objects'
-    rough lengths (an object of n scalars: 2n + 1). None for anything else."""
+    operations (a changed value 1, a key on one side 1) over the objects' rough lengths (an
+    object of n scalars: 2n + 1). None for anything else, and for a type change."""
     if type(x) is not dict or type(y) is not dict or not x or not y:
         return None
     ops = 0
@@ -51,7 +51,7 @@ def flat_distance(x: Any, y: Any, numbers_as_one: bool) -> float | None:
         if tu is tv or (numbers_as_one and tu in _NUMBERS and tv in _NUMBERS):
             ops += u != v
         else:
-            ops += 2
+            return None  # how much a type change weighs depends on the values: DeepDiff's call
     for name, v in y.items():
         if name not in x:
             if type(v) not in _FLAT_SCALARS:

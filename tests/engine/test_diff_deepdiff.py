@@ -28,6 +28,7 @@ from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.jsondiff import compile_rules
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.semantic import compare_documents, deepdiff_options
+from shadowproxy.engine.unordered import flat_distance
 
 EXAMPLES = int(os.environ.get("SHADOWPROXY_DIFFERENTIAL_EXAMPLES", "300"))
 UNBOUNDED = {"max_diffs": 10_000, "max_depth": 200}
@@ -429,3 +430,25 @@ def test_deepdiffs_own_distance_pairs_an_edited_element_and_reports_its_field(
     opts = CompareOptions(ignore_order=True, ignore_body=ignore)
     found, _, _ = compare_documents(live, shadow, opts)
     assert {(p, kind) for p, kind, *_ in found} == expected
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "as_one"),
+    [
+        ({"a": 1}, {"a": 2}, True),
+        ({"a": 1, "b": 2, "c": 3}, {"b": 2, "c": 4}, True),
+        ({"a": 1, "z": 0}, {"z": 0, "b": 2}, True),
+        ({"a": "x", "b": None, "c": True}, {"a": "y", "b": None, "c": False}, True),
+        ({"a": 1, "b": 2.5}, {"a": 1.0, "b": 3}, True),
+        ({"a": 1, "b": 2.5, "c": "s"}, {"a": 2, "b": 2.5, "d": "s"}, False),
+    ],
+)
+def test_the_distance_of_two_objects_of_scalars_is_deepdiffs_own(x: Any, y: Any, as_one: bool) -> None:
+    opts = CompareOptions(ignore_order=True, ignore_numeric_type_changes=as_one)
+    kwargs = dict(deepdiff_options(opts))
+    dd = DeepDiff(x, y, get_deep_distance=True, cache_purge_level=0, **kwargs)
+    assert flat_distance(x, y, as_one) == dd.get("deep_distance", 0)
+
+
+def test_a_type_change_leaves_the_distance_to_deepdiff() -> None:
+    assert flat_distance({"a": 1, "b": 2}, {"a": 1, "b": "2"}, True) is None
