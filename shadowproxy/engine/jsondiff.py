@@ -17,7 +17,8 @@ helpers, and `canonical`, are in `arrays`.)
 Order-insensitive arrays (`ignore_order`): equal elements are matched first (flat records by
 a key built in C, others by canonical serialisation), then elements the rules make equal
 (ignored fields, tolerance, nested order; not tried for flat records under no ignore rules or
-tolerance); leftovers are paired by position: enough to locate, DeepDiff pairs by similarity.
+tolerance; past MAX_PAIR_TRIES by keys with the ignored fields left out, never by position);
+leftovers are paired by position only to locate them: DeepDiff pairs them by its distance.
 
 Differences are reported through `emit(pointer, kind, live, shadow)`. Kinds: changed,
 type_changed, added (only in shadow), removed (only in live), reordered (an array holding the

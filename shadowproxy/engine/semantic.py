@@ -12,8 +12,10 @@ by position. An order-insensitive array, an ordered array whose lengths differ o
 only scalars (DeepDiff diffs those as sequences) is explained whole, so DeepDiff's pairing
 decides, exactly as if it had seen the whole document. An order-insensitive array is first
 cut down to its leftovers: elements DeepDiff's hash would match are matched (`unordered`:
-keyed in C where that is exact, else hashed as DeepDiff would); DeepDiff pairs the rest by
-similarity (`cutoff_distance_for_pairs`), so one edited element reports that element's field.
+keyed in C where that is exact, else hashed as DeepDiff would; nested arrays sorted); the
+rest are paired by DeepDiff's own distance (`cutoff_distance_for_pairs`), so one edited
+element reports that element's field. Over the size budget such an array is compared as a
+multiset (`jsondiff.unordered_leftovers`), never by position.
 
 Modules: `deeppath` turns DeepDiff's paths and reports into pointers and kinds (and the ignore
 rules into its exclude callback), `unordered` handles order-insensitive arrays.
@@ -217,7 +219,7 @@ def explain(
             continue
         budget -= size
         try:
-            if opts.ignore_order and depth < len(segments):
+            if opts.ignore_order and depth < len(segments) and type(a) is list:
                 found.extend(explain_unordered(a, b, base, kwargs, rules, opts, key))
             else:
                 exclude = excluder(rules, base, opts.max_depth)
