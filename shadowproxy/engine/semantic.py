@@ -195,8 +195,9 @@ def explain(
                 one_sided.append((pointer, kind, lv, sv))  # a key on one side only
                 continue
             # DeepDiff folds the case of keys too ({"Name": 1} is {"name": 1}): the parent
-            # object of a key on one side goes to DeepDiff whole
-            depth = len(segments) - 1 if kind in ("added", "removed") else len(segments)
+            # object of a key on one side, or of keys one in case, goes to DeepDiff whole
+            folded = kind in ("added", "removed") or _keys_fold(live, shadow, segments, opts)
+            depth = len(segments) - 1 if folded else len(segments)
         base = to_pointer("", segments[:depth])
         if base in done:
             continue
@@ -239,6 +240,18 @@ def explain(
         found.extend(one_sided)
         raw.update(pointer for pointer, *_ in one_sided)
     return found, unexplained, len(raw)
+
+
+def _keys_fold(live: Any, shadow: Any, segments: list[str], opts: CompareOptions) -> bool:
+    """Under ignore_string_case, whether the object holding the pointer's last key has keys
+    that are one when their case is folded (DeepDiff then sees one of them)."""
+    if not opts.ignore_string_case or not segments:
+        return False
+    for doc in (live, shadow):
+        parent = _resolve(doc, segments[:-1])
+        if type(parent) is dict and len({str(k).lower() for k in parent}) != len(parent):
+            return True
+    return False
 
 
 def _multiset_found(
