@@ -378,6 +378,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _orjson_int(text: str) -> int | float:
+    """An integer as orjson parses it: past the 64-bit range, a float."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
+
+
 def _loads(body: bytes) -> Any:
     """orjson, or the stdlib's parser for a number orjson refuses: a literal past the float
     range (1e309) is valid JSON, and parses to inf as in DeepDiff's world (NaN and Infinity,
@@ -388,7 +394,7 @@ def _loads(body: bytes) -> Any:
         if "depth limit" in str(exc):
             raise
         try:
-            return json.loads(body, parse_constant=_reject_constant)
+            return json.loads(body, parse_constant=_reject_constant, parse_int=_orjson_int)
         except (ValueError, RecursionError):
             raise exc from None
 

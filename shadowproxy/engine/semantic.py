@@ -177,6 +177,9 @@ def explain(
     budget = MAX_EXPLAINED_BYTES
     unexplained = 0
     one_sided: Found = []  # keys on one side only: DeepDiff judges them all in one call
+    # ignore_string_case: objects holding a key on one side are diffed whole (DeepDiff folds
+    # key case), and so is everything found under them
+    parents = {tuple(split(p)[:-1]) for p, kind, *_ in candidates if kind in ("added", "removed")}
     for pointer, kind, lv, sv in candidates:
         if len(found) + len(one_sided) >= opts.max_diffs:
             unexplained += 1
@@ -196,8 +199,9 @@ def explain(
                 continue
             # DeepDiff folds the case of keys too ({"Name": 1} is {"name": 1}): the parent
             # object of a key on one side, or of keys one in case, goes to DeepDiff whole
-            folded = kind in ("added", "removed") or _keys_fold(live, shadow, segments, opts)
-            depth = len(segments) - 1 if folded else len(segments)
+            depth = len(segments) - 1 if kind in ("added", "removed") else len(segments)
+        if opts.ignore_string_case:
+            depth = min(depth, _folded_depth(live, shadow, segments, parents))
         base = to_pointer("", segments[:depth])
         if base in done:
             continue
@@ -242,16 +246,27 @@ def explain(
     return found, unexplained, len(raw)
 
 
-def _keys_fold(live: Any, shadow: Any, segments: list[str], opts: CompareOptions) -> bool:
-    """Under ignore_string_case, whether the object holding the pointer's last key has keys
-    that are one when their case is folded (DeepDiff then sees one of them)."""
-    if not opts.ignore_string_case or not segments:
-        return False
-    for doc in (live, shadow):
-        parent = _resolve(doc, segments[:-1])
-        if type(parent) is dict and len({str(k).lower() for k in parent}) != len(parent):
-            return True
-    return False
+def _folded_depth(live: Any, shadow: Any, segments: list[str], parents: set[tuple[str, ...]]) -> int:
+    """Under ignore_string_case, the depth of the outermost object along the pointer that
+    DeepDiff must see whole: one holding a key on one side (`parents`), or keys that are one
+    when their case is folded (DeepDiff sees one of them); else the pointer's own depth."""
+    a, b = live, shadow
+    for depth in range(len(segments)):
+        if tuple(segments[:depth]) in parents:
+            return depth
+        for doc in (a, b):
+            if type(doc) is dict and len({k.lower() for k in doc}) != len(doc):
+                return depth
+        a, b = _step(a, segments[depth]), _step(b, segments[depth])
+    return len(segments)
+
+
+def _step(doc: Any, segment: str) -> Any:
+    if type(doc) is dict:
+        return doc.get(segment)
+    if type(doc) is list and segment.isdigit() and int(segment) < len(doc):
+        return doc[int(segment)]
+    return None
 
 
 def _multiset_found(

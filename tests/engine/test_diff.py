@@ -401,6 +401,9 @@ def test_a_number_past_the_float_range_is_json_and_parses_to_infinity() -> None:
     assert c.body_kind == "json"
     assert [(d.path, d.kind) for d in c.differences] == [("/a", "changed")]
     assert c.notes == ()
+    # an integer past 64 bits parses as orjson parses it (a float), so it can be compared
+    c = compare(b'{"a": 1e309, "b": 100000000000000000000}', b'{"a": 1e309, "b": 100000000000000000001}')
+    assert c.body_kind == "json" and c.equal
 
 
 def test_duplicate_keys_last_one_wins_without_a_note() -> None:

@@ -157,6 +157,12 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
         ({"Name": 1, "k": 1}, {"name": 2, "k": 1}, opts_with(ignore_string_case=True)),
         ({"a": None}, {}, opts_with(ignore_string_case=True, ignore_order=True)),
         ({"m": {"Name": 1, "name": "x"}}, {"m": {"Name": "y", "name": 2}}, opts_with(ignore_string_case=True)),  # noqa: E501
+        ({"m": {"": 3, "Name": 3}}, {"m": {"Name": "X"}}, opts_with(ignore_string_case=True)),
+        (
+            {"m": {"Name": [1, "a"], "name": "x"}},
+            {"m": {"Name": ["A", 2], "name": 2}},
+            opts_with(ignore_string_case=True, ignore_order=True),
+        ),
         # found (attack a14): DeepDiff's own distance pairs the leftovers (one edited field is
         # that field, not the whole element or a removal and an addition); a key added to a
         # paired record is at the shadow's index, as every addition
