@@ -179,7 +179,11 @@ def explain(
     one_sided: Found = []  # keys on one side only: DeepDiff judges them all in one call
     # ignore_string_case: objects holding a key on one side are diffed whole (DeepDiff folds
     # key case), and so is everything found under them
-    parents = {tuple(split(p)[:-1]) for p, kind, *_ in candidates if kind in ("added", "removed")}
+    parents = (
+        {tuple(split(p)[:-1]) for p, kind, *_ in candidates if kind in ("added", "removed")}
+        if opts.ignore_string_case
+        else set()
+    )
     for pointer, kind, lv, sv in candidates:
         if len(found) + len(one_sided) >= opts.max_diffs:
             unexplained += 1
