@@ -29,6 +29,27 @@ def canonical(value: Any) -> bytes:
         return b"\xff%d" % id(value)
 
 
+def canonical_unordered(value: Any, key: Key = canonical) -> bytes:
+    """`canonical`, but with every array inside sorted: the identity of an element of an
+    order-insensitive array, where DeepDiff ignores order at every level ([1, 2] is [2, 1]).
+    Arrays are only re-serialised where the value holds one (`key`: canonical or a memo)."""
+    found = key(value)
+    if b"[" not in found or found.startswith(b"\xff"):
+        return found
+    return _sorted_form(value)
+
+
+def _sorted_form(value: Any) -> bytes:
+    """Recursive, within orjson's 255 levels (`canonical` serialised the value whole)."""
+    kind = type(value)
+    if kind is list:
+        return b"[" + b",".join(sorted(map(_sorted_form, value))) + b"]"
+    if kind is dict:
+        items = sorted(value.items())
+        return b"{" + b",".join(orjson.dumps(k) + b":" + _sorted_form(v) for k, v in items) + b"}"
+    return orjson.dumps(value)
+
+
 def _unequal(xs: Collection[Any], ys: Collection[Any]) -> Iterator[bool]:
     """Pairwise: the values differ, or their types do. Python holds 1 == True; JSON does not.
 

@@ -10,6 +10,7 @@ plain byte comparison, because one odd response must not take the mirroring down
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -351,7 +352,7 @@ def _compare_json(
     parsed: list[Any] = []
     for label, body in (("live", lb), ("shadow", sb)):
         try:
-            parsed.append(orjson.loads(body.removeprefix(b"\xef\xbb\xbf")))
+            parsed.append(_loads(body.removeprefix(b"\xef\xbb\xbf")))
         except orjson.JSONDecodeError as exc:
             if "depth limit" in str(exc):
                 notes.append(f"{label} body nests deeper than the JSON parser allows: compared as bytes")
@@ -371,6 +372,31 @@ def _compare_json(
         _compare_bytes(lb, sb, out)
         return "bytes"
     return "json"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _orjson_int(text: str) -> int | float:
+    """An integer as orjson parses it: past the 64-bit range, a float."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
+
+
+def _loads(body: bytes) -> Any:
+    """orjson, or the stdlib's parser for a number orjson refuses: a literal past the float
+    range (1e309) is valid JSON, and parses to inf as in DeepDiff's world (NaN and Infinity,
+    which are not JSON, stay refused). The stdlib runs only after orjson refused the body."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise
+        try:
+            return json.loads(body, parse_constant=_reject_constant, parse_int=_orjson_int)
+        except (ValueError, RecursionError):
+            raise exc from None
 
 
 def _diff_parsed(a: Any, b: Any, opts: CompareOptions, out: _Collector, notes: list[str]) -> None:

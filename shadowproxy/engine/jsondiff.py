@@ -17,7 +17,8 @@ helpers, and `canonical`, are in `arrays`.)
 Order-insensitive arrays (`ignore_order`): equal elements are matched first (flat records by
 a key built in C, others by canonical serialisation), then elements the rules make equal
 (ignored fields, tolerance, nested order; not tried for flat records under no ignore rules or
-tolerance); leftovers are paired by position: enough to locate, DeepDiff pairs by similarity.
+tolerance; past MAX_PAIR_TRIES by keys with the ignored fields left out, never by position);
+leftovers are paired by position only to locate them: DeepDiff pairs them by its distance.
 
 Differences are reported through `emit(pointer, kind, live, shadow)`. Kinds: changed,
 type_changed, added (only in shadow), removed (only in live), reordered (an array holding the
@@ -50,6 +51,7 @@ from shadowproxy.engine.arrays import (
     _match_exact,
     _record_keys,
     _unequal,
+    canonical_unordered,
 )
 from shadowproxy.engine.arrays import (
     canonical as canonical,
@@ -64,6 +66,8 @@ Emit = Callable[[str, str, Any, Any], None]
 MAX_PAIR_TRIES = 4096
 # Each order-insensitive array nested inside another one's candidates costs a Python frame.
 MAX_UNORDERED_NESTING = 64
+# Removing ignored fields from an element, to key it, recurses at most this deep.
+MAX_STRIP_DEPTH = 200
 # Trying candidates recurses into nested order-insensitive arrays, which try candidates of
 # their own: without a shared budget the work grows exponentially with nesting.
 MAX_PROBES = 20_000
@@ -93,6 +97,20 @@ def compile_rules(opts: CompareOptions) -> JsonRules:
         tolerance=opts.float_tolerance,
         strict_numbers=not opts.ignore_numeric_type_changes,
     )
+
+
+def unordered_leftovers(
+    a: list[Any], b: list[Any], ptr: str, segments: list[str], rules: JsonRules, key: Key = canonical
+) -> tuple[list[int], list[int]]:
+    """Indices of the elements of two order-insensitive arrays (at `ptr`, whose `segments`
+    these are) left unmatched when they are compared as multisets of their elements, the
+    ignored fields left out and nested arrays sorted: what stands in for DeepDiff over its
+    size budget (never a comparison by position)."""
+    state = rules.globs.start
+    for segment in segments:
+        state = state.step(segment)
+    walker = _Walker(rules, _stop, key=key)
+    return walker.keyed_leftovers(ptr, a, b, list(range(len(a))), list(range(len(b))), state)
 
 
 def json_type(value: Any) -> str:
@@ -324,6 +342,10 @@ class _Walker:
         self, ptr: str, a: list[Any], b: list[Any], left: list[int], right: list[int], state: GlobState
     ) -> tuple[list[int], list[int]]:
         """Pair leftovers that the rules make equal (ignored fields, tolerance, nested order)."""
+        if len(left) * len(right) > MAX_PAIR_TRIES:
+            # Too many to try pair by pair: match them as multisets of their keys with the
+            # ignored fields left out and nested arrays sorted (never by position)
+            left, right = self.keyed_leftovers(ptr, a, b, left, right, state)
         if len(left) * len(right) > MAX_PAIR_TRIES or self.nesting >= MAX_UNORDERED_NESTING:
             return left, right
         free = list(right)
@@ -338,6 +360,48 @@ class _Walker:
             else:
                 unmatched.append(i)
         return unmatched, free
+
+    def keyed_leftovers(
+        self, ptr: str, a: list[Any], b: list[Any], left: list[int], right: list[int], state: GlobState
+    ) -> tuple[list[int], list[int]]:
+        """The elements of `left` (of a) and `right` (of b) that stay unmatched when each is
+        keyed by `canonical_unordered` of itself without the fields the rules ignore."""
+        waiting: dict[bytes, list[int]] = {}
+        for j in reversed(right):
+            waiting.setdefault(self._rule_key(f"{ptr}/{j}", b[j], state.step(str(j))), []).append(j)
+        unmatched: list[int] = []
+        for i in left:
+            candidates = waiting.get(self._rule_key(f"{ptr}/{i}", a[i], state.step(str(i))))
+            if candidates:
+                candidates.pop()
+            else:
+                unmatched.append(i)
+        return unmatched, sorted(j for js in waiting.values() for j in js)
+
+    def _rule_key(self, ptr: str, value: Any, state: GlobState) -> bytes:
+        if not (self.rules.globs.globs or self.regexes):
+            return canonical_unordered(value, self.key)
+        try:
+            return canonical_unordered(self._strip(ptr, value, state, 0))
+        except RecursionError:
+            return b"\xff%d" % id(value)  # too deep to strip: equal to nothing here
+
+    def _strip(self, ptr: str, value: Any, state: GlobState, depth: int) -> Any:
+        """`value` without the children the ignore pointers and regexes name."""
+        kind = type(value)
+        if kind is not dict and kind is not list:
+            return value
+        if depth > MAX_STRIP_DEPTH:
+            raise RecursionError
+        items = value.items() if kind is dict else zip(map(str, range(len(value))), value, strict=True)
+        kept: dict[str, Any] = {}
+        for key, child in items:
+            child_state = state.step(key)
+            child_ptr = f"{ptr}/{escape(key)}"
+            if child_state.accept or (self.regexes and self._regex_ignored(child_ptr)):
+                continue
+            kept[key] = self._strip(child_ptr, child, child_state, depth + 1)
+        return kept if kind is dict else list(kept.values())
 
     def _find_equivalent(
         self, ptr: str, x: Any, index: str, b: list[Any], free: list[int], state: GlobState

@@ -12,8 +12,10 @@ by position. An order-insensitive array, an ordered array whose lengths differ o
 only scalars (DeepDiff diffs those as sequences) is explained whole, so DeepDiff's pairing
 decides, exactly as if it had seen the whole document. An order-insensitive array is first
 cut down to its leftovers: elements DeepDiff's hash would match are matched (`unordered`:
-keyed in C where that is exact, else hashed as DeepDiff would); DeepDiff pairs the rest by
-similarity (`cutoff_distance_for_pairs`), so one edited element reports that element's field.
+keyed in C where that is exact, else hashed as DeepDiff would; nested arrays sorted); the
+rest are paired by DeepDiff's own distance (`cutoff_distance_for_pairs`), so one edited
+element reports that element's field. Over the size budget such an array is compared as a
+multiset (`jsondiff.unordered_leftovers`), never by position.
 
 Modules: `deeppath` turns DeepDiff's paths and reports into pointers and kinds (and the ignore
 rules into its exclude callback), `unordered` handles order-insensitive arrays.
@@ -32,10 +34,17 @@ import orjson
 from deepdiff import DeepDiff
 
 from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder, explain_leaves, to_pointer
-from shadowproxy.engine.jsondiff import JsonRules, Key, canonical, compile_rules, diff_json
+from shadowproxy.engine.jsondiff import (
+    JsonRules,
+    Key,
+    canonical,
+    compile_rules,
+    diff_json,
+    unordered_leftovers,
+)
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.pointer import split
-from shadowproxy.engine.unordered import explain_unordered, similar_records
+from shadowproxy.engine.unordered import explain_unordered
 
 PYTHON_TYPES: dict[str, type] = {
     "int": int,
@@ -88,7 +97,6 @@ def deepdiff_options(opts: CompareOptions) -> tuple[tuple[str, Any], ...]:
         ("cutoff_distance_for_pairs", opts.cutoff_distance_for_pairs),
         ("cutoff_intersection_for_pairs", opts.cutoff_intersection_for_pairs),
         ("math_epsilon", opts.float_tolerance or None),
-        ("iterable_compare_func", similar_records(opts.cutoff_distance_for_pairs) if opts.ignore_order else None),  # noqa: E501
         ("max_diffs", opts.max_diffs * WORK_PER_DIFF),
         ("max_passes", opts.max_diffs * PASSES_PER_DIFF),
         # DeepDiff reports a whole dict as changed when few keys are shared; a record wants
@@ -169,6 +177,13 @@ def explain(
     budget = MAX_EXPLAINED_BYTES
     unexplained = 0
     one_sided: Found = []  # keys on one side only: DeepDiff judges them all in one call
+    # ignore_string_case: objects holding a key on one side are diffed whole (DeepDiff folds
+    # key case), and so is everything found under them
+    parents = (
+        {tuple(split(p)[:-1]) for p, kind, *_ in candidates if kind in ("added", "removed")}
+        if opts.ignore_string_case
+        else set()
+    )
     for pointer, kind, lv, sv in candidates:
         if len(found) + len(one_sided) >= opts.max_diffs:
             unexplained += 1
@@ -183,25 +198,37 @@ def explain(
             continue
         depth = _whole_array(live, shadow, segments, opts.ignore_order)
         if depth is None:
-            if kind in ("added", "removed"):  # a key on one side only: no subtree to diff
-                one_sided.append((pointer, kind, lv, sv))
+            if kind in ("added", "removed") and not opts.ignore_string_case:
+                one_sided.append((pointer, kind, lv, sv))  # a key on one side only
                 continue
-            depth = len(segments)
+            # DeepDiff folds the case of keys too ({"Name": 1} is {"name": 1}): the parent
+            # object of a key on one side, or of keys one in case, goes to DeepDiff whole
+            depth = len(segments) - 1 if kind in ("added", "removed") else len(segments)
+        if opts.ignore_string_case:
+            depth = min(depth, _folded_depth(live, shadow, segments, parents))
         base = to_pointer("", segments[:depth])
+        if base in done:
+            continue
         if base in raw:
             found.append((pointer, kind, lv, sv))
-            continue
-        if base in done:
             continue
         a, b = _resolve(live, segments[:depth]), _resolve(shadow, segments[:depth])
         size = _size(a) + _size(b)
         if size > budget:
             raw.add(base)
+            if opts.ignore_order and depth < len(segments) and type(a) is list and type(b) is list:
+                # an order-insensitive array is never compared by position: as multisets
+                done.add(base)
+                multiset = _multiset_found(a, b, base, segments[:depth], rules, key)
+                room = max(0, opts.max_diffs - len(found) - len(one_sided))
+                found.extend(multiset[:room])
+                unexplained += len(multiset[room:])
+                continue
             found.append((pointer, kind, lv, sv))
             continue
         budget -= size
         try:
-            if opts.ignore_order and depth < len(segments):
+            if opts.ignore_order and depth < len(segments) and type(a) is list:
                 found.extend(explain_unordered(a, b, base, kwargs, rules, opts, key))
             else:
                 exclude = excluder(rules, base, opts.max_depth)
@@ -221,6 +248,41 @@ def explain(
         found.extend(one_sided)
         raw.update(pointer for pointer, *_ in one_sided)
     return found, unexplained, len(raw)
+
+
+def _folded_depth(live: Any, shadow: Any, segments: list[str], parents: set[tuple[str, ...]]) -> int:
+    """Under ignore_string_case, the depth of the outermost object along the pointer that
+    DeepDiff must see whole: one holding a key on one side (`parents`), or keys that are one
+    when their case is folded (DeepDiff sees one of them); else the pointer's own depth."""
+    a, b = live, shadow
+    for depth in range(len(segments)):
+        if tuple(segments[:depth]) in parents:
+            return depth
+        for doc in (a, b):
+            if type(doc) is dict and len({k.lower() for k in doc}) != len(doc):
+                return depth
+        a, b = _step(a, segments[depth]), _step(b, segments[depth])
+    return len(segments)
+
+
+def _step(doc: Any, segment: str) -> Any:
+    if type(doc) is dict:
+        return doc.get(segment)
+    if type(doc) is list and segment.isdigit() and int(segment) < len(doc):
+        return doc[int(segment)]
+    return None
+
+
+def _multiset_found(
+    a: list[Any], b: list[Any], base: str, segments: list[str], rules: JsonRules, key: Key
+) -> Found:
+    """Over the size budget, an order-insensitive array's elements without an equal on the
+    other side (ignored fields left out, nested arrays sorted): removed at the live index,
+    added at the shadow index."""
+    left, right = unordered_leftovers(a, b, base, segments, rules, key)
+    found: Found = [(f"{base}/{i}", "removed", a[i], None) for i in left]
+    found.extend((f"{base}/{j}", "added", None, b[j]) for j in right)
+    return found
 
 
 def _size(value: Any) -> int:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable
-from functools import lru_cache
+from collections.abc import Hashable
 from typing import Any
 
 from deepdiff import DeepDiff, DeepHash
-from deepdiff.helper import CannotCompare
 
+from shadowproxy.engine.arrays import canonical_unordered
 from shadowproxy.engine.deeppath import Found, deepdiff_found, excluder, explain_leaves
 from shadowproxy.engine.elementkey import NUMBER_DECIMALS, flat_keys
 from shadowproxy.engine.jsondiff import JsonRules, Key, canonical
@@ -25,30 +24,40 @@ from shadowproxy.engine.pointer import escape, split
 MATCHED = ("shadowproxy: matched before DeepDiff",)
 
 
-@lru_cache(maxsize=64)
-def similar_records(cutoff: float) -> Callable[..., bool]:
-    """DeepDiff's `iterable_compare_func` for order-insensitive arrays: whether two leftover
-    objects are one record edited.
+# Leftover pairs whose distance is computed here at most (DeepDiff weighs them all too)
+MAX_WEIGHED_PAIRS = 10_000
+_FLAT_SCALARS = (str, int, float, bool, type(None))
+_NUMBERS = (int, float)
 
-    DeepDiff's own similarity runs a nested DeepDiff per pair of leftovers (about 100x parsing
-    them); this decides the clear cases by counting equal fields: paired when at least
-    1 - cutoff of the fields are equal, apart when fewer than 1 - 2 x cutoff are. In between,
-    and for anything but two objects, it raises CannotCompare and DeepDiff's distance decides.
-    """
 
-    def similar(x: Any, y: Any, level: Any = None) -> bool:
-        if type(x) is not dict or type(y) is not dict or not x or not y:
-            raise CannotCompare
-        keys = x.keys() | y.keys()
-        same = sum(1 for k in keys if k in x and k in y and type(x[k]) is type(y[k]) and x[k] == y[k])
-        share = same / len(keys)
-        if share >= 1 - cutoff:
-            return True
-        if share < 1 - 2 * cutoff:
-            return False
-        raise CannotCompare
-
-    return similar
+def flat_distance(x: Any, y: Any, numbers_as_one: bool) -> float | None:
+    """DeepDiff's own rough distance between two objects of scalars (what it pairs leftovers
+    by, below `cutoff_distance_for_pairs`), computed without a nested DeepDiff: its edit
+    operations (a changed value 1, a key on one side 1) over the objects' rough lengths (an
+    object of n scalars: 2n + 1). None for anything else, and for a type change."""
+    if type(x) is not dict or type(y) is not dict or not x or not y:
+        return None
+    ops = 0
+    for name, u in x.items():
+        if type(u) not in _FLAT_SCALARS:
+            return None
+        if name not in y:
+            ops += 1
+            continue
+        v = y[name]
+        tu, tv = type(u), type(v)
+        if tv not in _FLAT_SCALARS:
+            return None
+        if tu is tv or (numbers_as_one and tu in _NUMBERS and tv in _NUMBERS):
+            ops += u != v
+        else:
+            return None  # how much a type change weighs depends on the values: DeepDiff's call
+    for name, v in y.items():
+        if name not in x:
+            if type(v) not in _FLAT_SCALARS:
+                return None
+            ops += 1
+    return ops / (2 * len(x) + 2 * len(y) + 2)
 
 
 def explain_unordered(
@@ -82,24 +91,25 @@ def explain_unordered(
     left = [i for i, c in enumerate(ca) if c not in count_b]
     right = [j for j, c in enumerate(cb) if c not in count_a]
     t1, t2 = [a[i] for i in left], [b[j] for j in right]
-    # DeepDiff puts a pair the compare function accepts at distance math_epsilon (or 1e-6):
-    # only below the cutoff does it pair them at all
-    close = (opts.float_tolerance or 1e-6) < opts.cutoff_distance_for_pairs
-    partner = _paired_clearly(t1, t2, kwargs["iterable_compare_func"]) if pair and close else None
+    # leftover objects of scalars: DeepDiff's pairing computed here, where it is clear
+    fast = pair and compares_directly(opts) and not _may_collapse(opts, rules)
+    partner = _paired_clearly(t1, t2, opts) if fast else None
     distinct = len({ca[i] for i in left}) == len(left) and len({cb[j] for j in right}) == len(right)
     if partner is not None and distinct:
         # Each leftover has exactly one clear partner (DeepDiff's pairing would find the same
-        # pairs, at the distance the compare function gives): only the pairs are diffed. The
+        # pairs): only the pairs are diffed, a key added at the shadow's index. The
         # fields that may differ are located here and DeepDiff judges them all in one call;
         # a pair where locating fields might not give DeepDiff's answer is diffed by DeepDiff
         leaves: Found = []
         for k, j in enumerate(partner):
-            at = f"{base}/{left[k]}"
-            fields = pair_fields(t1[k], t2[j], at, rules, opts)
+            at, added_at = f"{base}/{left[k]}", f"{base}/{right[j]}"
+            fields = pair_fields(t1[k], t2[j], at, rules, opts, added_at)
             if fields is None:
                 exclude = excluder(rules, at, opts.max_depth)
                 dd = DeepDiff(t1[k], t2[j], view="tree", exclude_obj_callback=exclude, **kwargs)
-                found.extend(deepdiff_found(dd, at))
+                for pointer, kind, lv, sv in deepdiff_found(dd, at):
+                    pointer = added_at + pointer[len(at) :] if kind == "added" else pointer
+                    found.append((pointer, kind, lv, sv))
             else:
                 leaves.extend(fields)
         found.extend(explain_leaves(leaves, kwargs))
@@ -156,7 +166,9 @@ def _element_keys(
         keys = flat_keys(a, b, opts.ignore_numeric_type_changes, getattr(key, "flat", None))
         if keys is not None:
             return keys
-        ka, kb = list(map(key, a)), list(map(key, b))
+        # nested arrays sorted: DeepDiff ignores order at every level
+        ka = [canonical_unordered(x, key) for x in a]
+        kb = [canonical_unordered(y, key) for y in b]
         if not opts.ignore_numeric_type_changes or not _number_form(b"\n".join(ka + kb)):
             return ka, kb  # type: ignore[return-value]
         # an element holding such a number is keyed by its numbers as DeepHash sees them
@@ -176,7 +188,7 @@ def _number_form(serialised: bytes) -> bool:
 
 def _as_one(values: list[Any], keys: list[bytes]) -> list[Hashable]:
     pairs = zip(values, keys, strict=True)
-    return [canonical(_numbers_as_one(v)) if _number_form(k) else k for v, k in pairs]
+    return [canonical_unordered(_numbers_as_one(v)) if _number_form(k) else k for v, k in pairs]
 
 
 def _numbers_as_one(value: Any) -> Any:
@@ -193,27 +205,35 @@ def _numbers_as_one(value: Any) -> Any:
     return value
 
 
-def _paired_clearly(t1: list[Any], t2: list[Any], similar: Callable[..., bool]) -> list[int] | None:
-    """The index in t2 of each element's partner when `similar` pairs t1 and t2 one to one
-    and says a clear no to every other pair; else None."""
-    if len(t1) != len(t2):
+def _paired_clearly(t1: list[Any], t2: list[Any], opts: CompareOptions) -> list[int] | None:
+    """The index in t2 of each element's partner as DeepDiff pairs them: greedily, closest
+    first, only closer than the cutoff (its `_get_most_in_common_pairs_in_iterables`). None
+    where that is not certain: an element that is not an object of scalars, a tie at one
+    distance between pairs sharing an element (DeepDiff's order decides), an element left
+    without a partner, or too many pairs to weigh."""
+    if len(t1) != len(t2) or len(t1) * len(t2) > MAX_WEIGHED_PAIRS:
         return None
-    partner: list[int] = []
-    for x in t1:
-        match = None
+    cutoff, as_one = opts.cutoff_distance_for_pairs, opts.ignore_numeric_type_changes
+    by_distance: dict[float, list[tuple[int, int]]] = {}
+    for i, x in enumerate(t1):
         for j, y in enumerate(t2):
-            try:
-                close = similar(y, x)
-            except CannotCompare:
+            distance = flat_distance(x, y, as_one)
+            if distance is None:
                 return None
-            if close:
-                if match is not None:
-                    return None
-                match = j
-        if match is None or match in partner:
-            return None
-        partner.append(match)
-    return partner
+            if distance < cutoff:
+                by_distance.setdefault(distance, []).append((i, j))
+    partner: list[int | None] = [None] * len(t1)
+    taken: set[int] = set()
+    for distance in sorted(by_distance):
+        open_pairs = [(i, j) for i, j in by_distance[distance] if partner[i] is None and j not in taken]
+        if len(dict(open_pairs)) != len(open_pairs) or len({j for _, j in open_pairs}) != len(open_pairs):
+            return None  # a tie sharing an element
+        for i, j in open_pairs:
+            partner[i] = j
+            taken.add(j)
+    if None in partner:
+        return None
+    return partner  # type: ignore[return-value]
 
 
 def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int]) -> bool:
@@ -238,9 +258,12 @@ def _index_ambiguous(found: Found, base: str, left: list[int], right: list[int])
 _CONTAINERS = (dict, list)
 
 
-def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions) -> Found | None:
+def pair_fields(
+    x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions, added_at: str | None = None
+) -> Found | None:
     """The fields of two paired records that may differ (keys on one side, scalars not equal
-    with their types), for DeepDiff to judge (`explain_leaves`); or None where judging the
+    with their types), for DeepDiff to judge (`explain_leaves`), a key added under
+    `added_at` (the shadow's index, as DeepDiff reports it); or None where judging the
     fields apart might not give DeepDiff's answer over the records (nested values that
     differ or may differ by type alone; tolerance, significant digits or type groups)."""
     if type(x) is not dict or type(y) is not dict:
@@ -259,7 +282,7 @@ def pair_fields(x: Any, y: Any, at: str, rules: JsonRules, opts: CompareOptions)
             found.append((pointer, "removed", x[name], None))
             continue
         if name not in x:
-            found.append((pointer, "added", None, y[name]))
+            found.append((f"{added_at or at}/{escape(name)}", "added", None, y[name]))
             continue
         u, v = x[name], y[name]
         tu, tv = type(u), type(v)

@@ -395,6 +395,17 @@ def test_nan_is_not_json_so_the_bodies_are_compared_as_text() -> None:
     assert any("not valid JSON" in n for n in c.notes)
 
 
+def test_a_number_past_the_float_range_is_json_and_parses_to_infinity() -> None:
+    assert compare(b'{"a": 1e309}', b'{"a": 1e310}').equal  # both inf
+    c = compare(b'{"a": 1e309, "b": 1}', b'{"a": 1.79e308, "b": 1}')
+    assert c.body_kind == "json"
+    assert [(d.path, d.kind) for d in c.differences] == [("/a", "changed")]
+    assert c.notes == ()
+    # an integer past 64 bits parses as orjson parses it (a float), so it can be compared
+    c = compare(b'{"a": 1e309, "b": 100000000000000000000}', b'{"a": 1e309, "b": 100000000000000000001}')
+    assert c.body_kind == "json" and c.equal
+
+
 def test_duplicate_keys_last_one_wins_without_a_note() -> None:
     c = compare(b'{"a": 1, "a": 2}', b'{"a": 2}')
     assert c.equal

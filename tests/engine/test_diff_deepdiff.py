@@ -28,6 +28,7 @@ from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.jsondiff import compile_rules
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.semantic import compare_documents, deepdiff_options
+from shadowproxy.engine.unordered import flat_distance
 
 EXAMPLES = int(os.environ.get("SHADOWPROXY_DIFFERENTIAL_EXAMPLES", "300"))
 UNBOUNDED = {"max_diffs": 10_000, "max_depth": 200}
@@ -150,6 +151,38 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
         ({}, {"a": None, "b": None}, opts_with()),  # DeepDiff's threshold_to_diff_deeper is off
         ({"a": {"b": [2]}, "c": 1}, {"a": {"b": [2.0]}, "c": 3}, opts_with(ignore_numeric_type_changes=False)),  # noqa: E501
         ({"s": "Abc"}, {"s": "aBC"}, opts_with(ignore_string_case=True)),
+        # found (attack a14): DeepDiff folds the case of keys too
+        ({"Name": 1}, {"name": 1}, opts_with(ignore_string_case=True)),
+        ({"Name": {"x": "A"}}, {"name": {"x": "a"}}, opts_with(ignore_string_case=True)),
+        ({"Name": 1, "k": 1}, {"name": 2, "k": 1}, opts_with(ignore_string_case=True)),
+        ({"a": None}, {}, opts_with(ignore_string_case=True, ignore_order=True)),
+        ({"m": {"Name": 1, "name": "x"}}, {"m": {"Name": "y", "name": 2}}, opts_with(ignore_string_case=True)),  # noqa: E501
+        ({"m": {"": 3, "Name": 3}}, {"m": {"Name": "X"}}, opts_with(ignore_string_case=True)),
+        (
+            {"m": {"Name": [1, "a"], "name": "x"}},
+            {"m": {"Name": ["A", 2], "name": 2}},
+            opts_with(ignore_string_case=True, ignore_order=True),
+        ),
+        # found (attack a14): DeepDiff's own distance pairs the leftovers (one edited field is
+        # that field, not the whole element or a removal and an addition); a key added to a
+        # paired record is at the shadow's index, as every addition
+        ([{"a": 1}, {"a": 2}], [{"a": 2}, {"a": 3}], opts_with(ignore_order=True)),
+        ([{"a": 1}], [{"a": 2}], opts_with(ignore_order=True)),
+        ([{"a": "x"}], [{"a": "y"}], opts_with(ignore_order=True)),
+        ({"a": [{"n": {"p": 1, "q": 2}}]}, {"a": [{"n": {"p": 1, "q": 3}}]}, opts_with(ignore_order=True)),
+        ([{"a": 1, "b": 2}, {"z": 0}], [{"z": 0}, {"b": 2, "c": 3}], opts_with(ignore_order=True)),
+        ([{"a": 1, "b": 2, "c": 3}], [{"b": 2, "c": "x"}], opts_with(ignore_order=True)),
+        (
+            {"items": [{"id": 1, "etag": "a", "v": 1}]},
+            {"items": [{"id": 1, "etag": "b", "v": 2}]},
+            opts_with(ignore_order=True, ignore_body=("/items/*/etag",)),
+        ),
+        # found (attack a14): ignore_order applies at every level ([2, 1] is [1, 2])
+        ([[1, 2], [2, 1]], [[1, 2]], opts_with(ignore_order=True)),
+        ([{"a": [1, 2]}, {"a": [2, 1]}], [{"a": [1, 2]}], opts_with(ignore_order=True)),
+        ({"x": [[1, 2], [2, 1]], "y": 1}, {"x": [[1, 2]], "y": 2}, opts_with(ignore_order=True)),
+        ([[1, 2], [2, 1]], [[1, 2]], opts_with(ignore_order=True, report_repetition=True)),
+        ([[1, 2], [2, 1]], [[1, 2], [1, 2]], opts_with(ignore_order=True, report_repetition=True)),
         ({"n": 7}, {"n": "7"}, opts_with(ignore_type_in_groups=(("int", "str"),))),
         # found: DeepDiff raises for ignore_string_case over an int/str group (checked by check())
         ({"b": None}, {"b": -3, "c": "a"}, CASE_OVER_INT_STR),
@@ -167,8 +200,7 @@ CASE_OVER_INT_STR = opts_with(ignore_string_case=True, ignore_type_in_groups=(("
             [{"a": None, "c": False}, {"a": None, "c": None}],
             opts_with(ignore_order=True, ignore_body_regex=("/c$",)),
         ),
-        # found by reading DeepDiff: a pair its compare function accepts sits at distance
-        # math_epsilon, so a float_tolerance above the pairing cutoff pairs nothing
+        # found by reading DeepDiff (when a pairing function of ours was passed): kept
         (
             [{"a": 1, "b": 2, "c": 3, "x": "p"}, "z", "y"],
             ["y", {"a": 1, "b": 2, "c": 3, "x": "q"}, "z"],
@@ -295,7 +327,7 @@ def _edited(records: list[dict[str, Any]], **change: Any) -> list[dict[str, Any]
         ([1, 2, 3], [1, 2, 4], CompareOptions(), [("/2", "changed")]),
         (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, qty=50), CompareOptions(ignore_order=True), [("/5/qty", "changed")]),  # noqa: E501
         (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, qty="4"), CompareOptions(ignore_order=True), [("/5/qty", "type_changed")]),  # noqa: E501
-        (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, extra=1), CompareOptions(ignore_order=True), [("/5/extra", "added")]),  # noqa: E501
+        (UNORDERED_RECORDS, _edited(UNORDERED_RECORDS, extra=1), CompareOptions(ignore_order=True), [("/2/extra", "added")]),  # noqa: E501
         ([1, 2, 3], [3, 2, 5], CompareOptions(ignore_order=True), [("/0", "changed")]),
     ],
     ids=[
@@ -355,3 +387,75 @@ def test_subtrees_over_the_size_budget_keep_the_walks_findings(monkeypatch: pyte
         "1 differing subtrees were not explained by DeepDiff (over 100 bytes in all, or options it"
         " cannot apply to them): reported as the fast walk found them"
     ]
+
+
+def test_an_order_insensitive_array_over_the_size_budget_is_compared_as_a_multiset() -> None:
+    # attack a14: 3,000 records reversed, each with an ignored etag changed, is equal for
+    # DeepDiff; over the budget it used to be compared by position (hundreds of differences)
+    live = {"items": [{"id": i, "etag": f"a{i}"} for i in range(3000)]}
+    shadow = {"items": [{"id": i, "etag": f"b{i}"} for i in reversed(range(3000))]}
+    opts = CompareOptions(ignore_order=True, ignore_body=("/items/*/etag",))
+    assert compare_documents(live, shadow, opts) == ([], 0, [])
+    shadow["items"][5]["id"] = -1  # live /items/2994 has no equal left
+    found, unexplained, notes = compare_documents(live, shadow, opts)
+    assert {(p, kind) for p, kind, *_ in found} == {("/items/2994", "removed"), ("/items/5", "added")}
+    assert unexplained == 0 and len(notes) == 1
+
+
+def test_over_the_size_budget_unmatched_elements_are_added_and_removed_never_paired_by_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(semantic, "MAX_EXPLAINED_BYTES", 100)
+    live = [{"id": i, "v": [i, "x"]} for i in range(30)]
+    shadow = [{"id": i, "v": ["x", i]} for i in reversed(range(30))]
+    shadow[0]["id"] = 99  # was live /29
+    found, unexplained, _ = compare_documents(live, shadow, CompareOptions(ignore_order=True, max_diffs=1))
+    assert [(p, kind) for p, kind, *_ in found] == [("/29", "removed")]
+    assert unexplained == 1  # the addition at /0, counted
+
+
+@pytest.mark.parametrize(
+    ("live", "shadow", "ignore", "expected"),
+    [
+        ([{"a": 1}, {"a": 2}], [{"a": 2}, {"a": 3}], (), {("/0/a", "changed")}),
+        ([{"a": 1}], [{"a": 2}], (), {("/0/a", "changed")}),
+        ([{"a": "x"}], [{"a": "y"}], (), {("/0/a", "changed")}),
+        ({"a": [{"n": {"p": 1, "q": 2}}]}, {"a": [{"n": {"p": 1, "q": 3}}]}, (), {("/a/0/n/q", "changed")}),
+        ([{"a": 1, "b": 2, "c": 3}], [{"b": 2, "c": "x"}], (), {("/0/a", "removed"), ("/0/c", "type_changed")}),  # noqa: E501
+        (
+            {"items": [{"id": 1, "etag": "a", "v": 1}]},
+            {"items": [{"id": 1, "etag": "b", "v": 2}]},
+            ("/items/*/etag",),
+            {("/items/0/v", "changed")},
+        ),
+    ],
+)
+def test_deepdiffs_own_distance_pairs_an_edited_element_and_reports_its_field(
+    live: Any, shadow: Any, ignore: tuple[str, ...], expected: set[tuple[str, str]]
+) -> None:
+    # attack a14: DeepDiff alone (no pairing function of ours) pairs these and reports the field
+    opts = CompareOptions(ignore_order=True, ignore_body=ignore)
+    found, _, _ = compare_documents(live, shadow, opts)
+    assert {(p, kind) for p, kind, *_ in found} == expected
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "as_one"),
+    [
+        ({"a": 1}, {"a": 2}, True),
+        ({"a": 1, "b": 2, "c": 3}, {"b": 2, "c": 4}, True),
+        ({"a": 1, "z": 0}, {"z": 0, "b": 2}, True),
+        ({"a": "x", "b": None, "c": True}, {"a": "y", "b": None, "c": False}, True),
+        ({"a": 1, "b": 2.5}, {"a": 1.0, "b": 3}, True),
+        ({"a": 1, "b": 2.5, "c": "s"}, {"a": 2, "b": 2.5, "d": "s"}, False),
+    ],
+)
+def test_the_distance_of_two_objects_of_scalars_is_deepdiffs_own(x: Any, y: Any, as_one: bool) -> None:
+    opts = CompareOptions(ignore_order=True, ignore_numeric_type_changes=as_one)
+    kwargs = dict(deepdiff_options(opts))
+    dd = DeepDiff(x, y, get_deep_distance=True, cache_purge_level=0, **kwargs)
+    assert flat_distance(x, y, as_one) == dd.get("deep_distance", 0)
+
+
+def test_a_type_change_leaves_the_distance_to_deepdiff() -> None:
+    assert flat_distance({"a": 1, "b": 2}, {"a": 1, "b": "2"}, True) is None
