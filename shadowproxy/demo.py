@@ -119,6 +119,7 @@ class DemoResult:
     shadow_saw: list[str] = field(default_factory=list)
     seconds: float = 0.0
     kept_previous: str | None = None  # the file an earlier demo left, moved aside
+    spooled: str | None = None  # Kafka unreachable: how many records wait in the spool, and where
 
 
 def start_fresh(sink_uri: str) -> str | None:
@@ -175,7 +176,8 @@ async def run_demo(sink_uri: str) -> DemoResult:
     live_runner, live_port = await _serve(make_app(1))
     shadow_runner, shadow_port = await _serve(shadow_app)
     memory = MemorySink()
-    addon = ShadowAddon(sink=TeeSink(open_sink(sink_uri), memory))
+    real_sink = open_sink(sink_uri)
+    addon = ShadowAddon(sink=TeeSink(real_sink, memory))
     import tempfile
     from pathlib import Path
 
@@ -211,8 +213,10 @@ async def run_demo(sink_uri: str) -> DemoResult:
     await live_runner.cleanup()
     await shadow_runner.cleanup()
     stats = {route: rs.to_dict() for route, rs in addon.stats.totals.items()}
+    from shadowproxy.sinks.kafka import spool_backlog_note
+
     return DemoResult(memory.records, stats, sink_uri, statuses, shadow_saw, time.perf_counter() - started_at,
-                      kept_previous)
+                      kept_previous, spool_backlog_note(real_sink))
 
 
 def render(result: DemoResult) -> None:
@@ -252,6 +256,11 @@ def render(result: DemoResult) -> None:
         if not line.startswith("GET"):
             console.print(f"  {line}")
     mismatches = sum(1 for r in result.records if r["outcome"] == "mismatch")
+    if result.spooled:
+        Console(stderr=True).print(f"warning: {result.spooled}", soft_wrap=True, markup=False)
+        console.print(f"\n{mismatches} mismatch records made; Kafka was unreachable, so they wait in the "
+                      "spool (see the warning), not on the topic.", soft_wrap=True)
+        return
     console.print(
         f"\n{mismatches} mismatch records written to [bold]{result.sink_uri}[/]. "
         "Ignored by the rules, never reported: /generated_at, /items/*/updated_at, date/server headers; "

@@ -85,7 +85,8 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     client = ClientConfig(concurrency, ca_file, insecure)
     pipeline = PipelineConfig(shadow, sink, client, secondary_url=secondary, noise_state=noise_state)
     config = ReplayConfig(pipeline, live, rate, concurrency)
-    judging = JudgingSink(open_sink(sink), ruleset.rules.verdict)
+    real_sink = open_sink(sink)
+    judging = JudgingSink(real_sink, ruleset.rules.verdict)
     replayer = Replayer(config, judging, ruleset)
 
     with ReplayProgress(found.entries, enabled=progress) as bar:
@@ -109,8 +110,14 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     lines.append(f"verdict: {overall}" + (f" (--fail-on {fail_on})" if fail_on else ""))
     lines.extend(f"  {r.route}: {r.verdict}: {'; '.join(r.reasons)}" for r in routes
                  if r.verdict in ("warn", "fail"))
-    lines.append(f"records: {sink}")
+    from shadowproxy.sinks.kafka import spool_backlog_note
+
+    spooled = spool_backlog_note(real_sink)
+    lines.append(f"records: {sink}" + (" (not on the topic: Kafka was unreachable; see the warning)"
+                                       if spooled else ""))
     click.echo("\n".join(lines))
+    if spooled:
+        click.echo(f"warning: {spooled}", err=True)
     if s.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if gate_fails(overall, "fail" if fail_on == "fail" else "warn" if fail_on == "warn" else None):

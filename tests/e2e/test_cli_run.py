@@ -215,3 +215,14 @@ def test_a_second_demo_starts_its_own_file_and_keeps_the_first(tmp_path: Path) -
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("demo.jsonl.")]
     assert len(kept) == 1 and kept[0].read_bytes() == first_records
     assert f"kept as {kept[0]};" in second.stdout
+
+
+def test_demo_with_kafka_unreachable_says_so_and_where_the_spool_is(tmp_path: Path) -> None:
+    """It used to say `9 mismatch records written ... appended to the topic`, exit 0, silent."""
+    spool = tmp_path / "spool"
+    result = run_cli("demo", "--sink", f"kafka://127.0.0.1:{free_port()}/t?spool_dir={spool}", timeout=120)
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "Kafka was unreachable" in line]
+    assert len(warning) == 1, result.stderr
+    assert "10 records (" in warning[0] and f"wait in the spool {(spool / 't').resolve()}" in warning[0]
+    assert "appended to the topic" not in result.stdout and "records written to" not in result.stdout
