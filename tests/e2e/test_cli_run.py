@@ -226,3 +226,17 @@ def test_demo_with_kafka_unreachable_says_so_and_where_the_spool_is(tmp_path: Pa
     assert len(warning) == 1, result.stderr
     assert "10 records (" in warning[0] and f"wait in the spool {(spool / 't').resolve()}" in warning[0]
     assert "appended to the topic" not in result.stdout and "records written to" not in result.stdout
+
+
+def test_demo_never_moves_or_writes_into_a_file_it_did_not_write(tmp_path: Path) -> None:
+    """With a proxy's SHADOWPROXY_SINK exported, demo used to rename prod.jsonl and fill it."""
+    prod = tmp_path / "prod.jsonl"
+    prod.write_bytes(b'{"outcome":"stats","source":"proxy"}\n')
+    before = prod.read_bytes()
+    result = run_cli("demo", env={"SHADOWPROXY_SINK": f"jsonl:{prod}"}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: --sink jsonl:{prod}: {prod} holds records the demo did not write; the demo neither moves "
+        "nor writes into it (give it a file of its own: --sink jsonl:./shadowproxy-demo.jsonl)"
+    ]
+    assert prod.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["prod.jsonl"]
