@@ -366,10 +366,11 @@ def _run(f: RunFlags) -> None:
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], f.admin_token),)
 
-    def say_listening() -> None:
-        # said once the socket is bound and the shadow worker is up: a client may connect now
+    def say_listening(port: int) -> None:
+        # said once the socket is bound and the shadow worker is up: a client may connect now;
+        # the bound port (with --listen HOST:0, the one the system chose)
         logging.getLogger("shadowproxy").info(
-            "listening on %s:%d, live %s, shadow %s, rules %s", f.listen[0], f.listen[1], f.live, f.shadow,
+            "listening on %s:%d, live %s, shadow %s, rules %s", f.listen[0], port, f.live, f.shadow,
             ruleset.source,
         )
 

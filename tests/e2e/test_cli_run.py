@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from aiohttp import web
 from shadowproxy import __version__
 from shadowproxy.engine.record import validate_record
 from shadowproxy.testing import Backend, free_port
-from tests.kit import ProxyProcess, read_records, run_cli
+from tests.kit import EXE, ProxyProcess, read_records, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +243,48 @@ def test_demo_never_moves_or_writes_into_a_file_it_did_not_write(tmp_path: Path)
         "nor writes into it (give it a file of its own: --sink jsonl:./shadowproxy-demo.jsonl)"
     ]
     assert prod.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["prod.jsonl"]
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.json_response({"a": 1})
+
+
+def _first_line_with(proc: subprocess.Popen[str], needle: str, timeout: float = 60) -> str:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if needle in line:
+            return line
+        assert line or proc.poll() is None, f"exited {proc.returncode} before {needle!r}"
+    raise AssertionError(f"no {needle!r} within {timeout} s")
+
+
+def test_run_and_dashboard_with_port_0_say_the_port_they_are_bound_to(tmp_path: Path) -> None:
+    """They used to print `listening on 127.0.0.1:0` and `http://127.0.0.1:0/`."""
+    out = tmp_path / "out.jsonl"
+    out.touch()
+    with Backend(_ok) as backend:
+        run = subprocess.Popen([EXE, "run", "--listen", "127.0.0.1:0", "--live", backend.url, "--shadow",
+                                backend.url, "--admin", "off", "--sink", f"jsonl:{out}"],
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+        board = subprocess.Popen([EXE, "dashboard", "--listen", "127.0.0.1:0", "--source", f"jsonl:{out}"],
+                                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                 start_new_session=True)
+        try:
+            line = _first_line_with(run, "listening on 127.0.0.1:")
+            port = int(re.search(r"listening on 127\.0\.0\.1:(\d+),", line)[1])  # type: ignore[index]
+            assert port != 0
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=10) as resp:
+                assert resp.status == 200
+            url = re.search(r"(http://127\.0\.0\.1:\d+/)", _first_line_with(board, "dashboard on"))[1]  # type: ignore[index]
+            assert not url.endswith(":0/")
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                assert resp.status == 200
+        finally:
+            for proc in (run, board):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+                assert proc.stderr is not None
+                proc.stderr.close()
