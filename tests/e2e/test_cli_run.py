@@ -38,6 +38,18 @@ def test_version_prints_the_package_version() -> None:
     assert __version__ in result.stdout
 
 
+def test_the_version_comes_from_pyproject_and_matches_the_newest_changelog_entry() -> None:
+    """`--version` said 0.1.0 while the CHANGELOG's newest entry was 0.3.0."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    newest = re.search(r"^## (\S+)", (root / "CHANGELOG.md").read_text(), re.M)
+    assert newest is not None
+    assert __version__ == declared == newest[1]
+    assert run_cli("--version").stdout.strip() == f"shadowproxy, version {declared}"
+
+
 @pytest.mark.parametrize(
     "command",
     [
