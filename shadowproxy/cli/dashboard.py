@@ -81,9 +81,9 @@ def dashboard(source: str, listen: tuple[str, int], group: str | None, rules: Pa
         raise ConfigError(msg)
     thresholds = Verdict()
     if rules is not None:
-        from shadowproxy.rules import load_rules
+        from shadowproxy.cli.params import load_rules_for
 
-        thresholds = load_rules(rules).rules.verdict
+        thresholds = load_rules_for(rules).rules.verdict
     board = Dashboard(
         source, group=(group or DEFAULT_GROUP) if kafka else None, thresholds=thresholds, top=top
     )

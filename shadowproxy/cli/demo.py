@@ -29,5 +29,7 @@ def demo_cmd(sink: str) -> None:
     A non-empty file the demo did not write (a running proxy's, say, through an exported
     SHADOWPROXY_SINK) is never moved nor written into: one error line, exit 2."""
     from shadowproxy.demo import render, run_demo
+    from shadowproxy.sinks.uri import check_sink
 
+    check_sink(sink, flag="--sink")  # as `run` does: one line, before anything starts
     render(asyncio.run(run_demo(sink)))

@@ -133,9 +133,9 @@ def report(
     cutoff = since_cutoff(since)
     thresholds = Verdict()
     if rules is not None:
-        from shadowproxy.rules import load_rules
+        from shadowproxy.cli.params import load_rules_for
 
-        thresholds = load_rules(rules).rules.verdict
+        thresholds = load_rules_for(rules).rules.verdict
     old = None
     if baseline is not None:
         from shadowproxy.report.baseline import load_baseline
