@@ -43,6 +43,9 @@ def _flag(param: click.Parameter, ctx: click.Context | None) -> str:
     return name
 
 
+EXIT_CLOSED_PIPE = 141  # stdout's reader went away (see _Group.invoke)
+
+
 def usage_error_line(e: click.ClickException, command: str = "shadowproxy") -> str:
     """click's usage errors as one line: `--top: 0 is not in the range x>=1`. `command`: the
     command being parsed, for the errors click raises without a context (a missing value)."""
@@ -95,6 +98,16 @@ class _Group(click.Group):
             for line in str(e).splitlines() or [type(e).__name__]:
                 click.secho(f"error: {line}", fg="red", err=True)
             sys.exit(e.exit_code)
+        except BrokenPipeError:
+            # The reader closed our stdout (`report | head -2`): not an error of ours, and never
+            # exit 1, which means a failed --fail-on gate. 141 (128 + SIGPIPE), as a shell tool
+            # killed by SIGPIPE, without a word; stdout goes to /dev/null so the flush at exit
+            # does not print "Exception ignored" either.
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(EXIT_CLOSED_PIPE)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

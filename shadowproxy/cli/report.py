@@ -117,7 +117,8 @@ def report(
     \b
     Exit codes: 0 report written (and the gate passed); 1 --fail-on: the overall verdict is
     at or above the level given, or NO DATA, or (with --baseline) a significant regression;
-    2 bad option, unreadable source, rules or baseline file.
+    2 bad option, unreadable source, rules or baseline file; 141 stdout's reader went away
+    (`| head`), nothing said.
 
     \b
     Examples:
