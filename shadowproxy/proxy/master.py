@@ -404,6 +404,7 @@ async def serve(
             if not early:
                 raise  # else the worker got the process group's signal too: it is the stop
         if early:
+            addon.log_stop = False  # one line for this stop: "stopped before serving" (log_line)
             await addon.done()  # stops the worker it started
             raise StoppedBeforeServing(early[0])
         if install_signals:
