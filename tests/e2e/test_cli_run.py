@@ -300,3 +300,16 @@ def test_run_and_dashboard_with_port_0_say_the_port_they_are_bound_to(tmp_path: 
                 proc.wait(60)
                 assert proc.stderr is not None
                 proc.stderr.close()
+
+
+def test_an_unset_hash_key_env_is_warned_about_once_at_start(tmp_path: Path) -> None:
+    """The warning used to come twice: the rules are loaded to check them and again to serve."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\ndefaults:\n  redact:\n    hash_key_env: SHADOWPROXY_TEST_UNSET_KEY\n")
+    err = tmp_path / "err.log"
+    env = {"SHADOWPROXY_TEST_UNSET_KEY": ""}
+    with Backend(_ok) as backend, ProxyProcess(backend.url, backend.url, f"jsonl:{tmp_path / 'o.jsonl'}",
+                                               rules=str(rules), env=env, stderr_path=err) as proxy:
+        assert proxy.proc is not None
+    text = err.read_text()
+    assert text.count("redact.hash_key_env: $SHADOWPROXY_TEST_UNSET_KEY is unset") == 1, text
