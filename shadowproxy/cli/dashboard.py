@@ -96,14 +96,25 @@ async def _serve(board: Dashboard, host: str, port: int) -> None:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stopped_by: list[str] = []
+    served: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        stopped_by.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
     def ready(url: str) -> None:
+        served.append(url)
         click.echo(f"dashboard on {url} reading {board.source}", err=True)
 
     try:
         await serve_dashboard(board, host, port, stop=stop, on_ready=ready)
+        if served:  # one line, as `run` says its stop
+            click.echo(f"stopped: dashboard on {served[0]} ({stopped_by[0] if stopped_by else 'stop'})",
+                       err=True)
     except OSError as e:
         from shadowproxy.errors import ConfigError
 

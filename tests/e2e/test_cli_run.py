@@ -284,6 +284,7 @@ def test_run_and_dashboard_with_port_0_say_the_port_they_are_bound_to(tmp_path: 
         board = subprocess.Popen([EXE, "dashboard", "--listen", "127.0.0.1:0", "--source", f"jsonl:{out}"],
                                  stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                  start_new_session=True)
+        url = ""
         try:
             line = _first_line_with(run, "listening on 127.0.0.1:")
             port = int(re.search(r"listening on 127\.0\.0\.1:(\d+),", line)[1])  # type: ignore[index]
@@ -298,6 +299,10 @@ def test_run_and_dashboard_with_port_0_say_the_port_they_are_bound_to(tmp_path: 
             for proc in (run, board):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
+            assert board.stderr is not None
+            # the dashboard used to stop without a word on SIGTERM
+            assert board.stderr.read().strip().splitlines() == [f"stopped: dashboard on {url} (SIGTERM)"]
+            for proc in (run, board):
                 assert proc.stderr is not None
                 proc.stderr.close()
 
