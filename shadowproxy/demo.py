@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -119,14 +120,43 @@ class DemoResult:
     shadow_saw: list[str] = field(default_factory=list)
     seconds: float = 0.0
     kept_previous: str | None = None  # the file an earlier demo left, moved aside
+    spooled: str | None = None  # Kafka unreachable: how many records wait in the spool, and where
+
+
+DEMO_SOURCE = "demo"  # the `source` of the stats record that closes every file a demo writes
+_DEMO_FILE_MAX_BYTES = 16 * 1024 * 1024  # a demo run writes a few KiB; anything this big is not one
+
+
+def written_by_demos(path: Path) -> bool:
+    """True when every stats record in the file says `source: demo` and the last record is one:
+    the file holds demo runs only (a proxy writing to it afterwards would leave its own last)."""
+    import orjson
+
+    if path.stat().st_size > _DEMO_FILE_MAX_BYTES:
+        return False
+    last: Any = None
+    try:
+        with path.open("rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                last = orjson.loads(line)
+                if not isinstance(last, dict):
+                    return False
+                if last.get("outcome") == "stats" and last.get("source") != DEMO_SOURCE:
+                    return False
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return isinstance(last, dict) and last.get("outcome") == "stats" and last.get("source") == DEMO_SOURCE
 
 
 def start_fresh(sink_uri: str) -> str | None:
     """Each demo run gets a file of its own, so the next report counts this run only: a JSONL
-    file an earlier run left is renamed to PATH.<UTC time> (nothing is deleted). Returns it."""
-    from datetime import UTC, datetime
-    from pathlib import Path
+    file an earlier demo left is renamed to PATH.<UTC time> (nothing is deleted). Returns it.
 
+    Only a file a demo wrote is ever moved (see `written_by_demos`); any other non-empty file,
+    say a running proxy's records through an exported SHADOWPROXY_SINK, is left alone: SinkURIError."""
+    from shadowproxy.errors import SinkURIError
     from shadowproxy.sinks.uri import parse_uri
 
     parsed = parse_uri(sink_uri, flag="--sink")
@@ -135,6 +165,10 @@ def start_fresh(sink_uri: str) -> str | None:
     path = Path(parsed.path)
     if not path.is_file() or path.stat().st_size == 0:
         return None
+    if not written_by_demos(path):
+        msg = (f"--sink {sink_uri}: {path} holds records the demo did not write; the demo neither moves "
+               "nor writes into it (give it a file of its own: --sink jsonl:./shadowproxy-demo.jsonl)")
+        raise SinkURIError(msg)
     kept = path.with_name(f"{path.name}.{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}")
     path.rename(kept)
     return str(kept)
@@ -175,9 +209,10 @@ async def run_demo(sink_uri: str) -> DemoResult:
     live_runner, live_port = await _serve(make_app(1))
     shadow_runner, shadow_port = await _serve(shadow_app)
     memory = MemorySink()
-    addon = ShadowAddon(sink=TeeSink(open_sink(sink_uri), memory))
+    real_sink = open_sink(sink_uri)
+    addon = ShadowAddon(sink=TeeSink(real_sink, memory))
+    addon.stats.source = DEMO_SOURCE  # marks the file as a demo's: the next demo may move it aside
     import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         rules_path = Path(tmp) / "demo-rules.yaml"
@@ -211,8 +246,10 @@ async def run_demo(sink_uri: str) -> DemoResult:
     await live_runner.cleanup()
     await shadow_runner.cleanup()
     stats = {route: rs.to_dict() for route, rs in addon.stats.totals.items()}
+    from shadowproxy.sinks.kafka import spool_backlog_note
+
     return DemoResult(memory.records, stats, sink_uri, statuses, shadow_saw, time.perf_counter() - started_at,
-                      kept_previous)
+                      kept_previous, spool_backlog_note(real_sink))
 
 
 def render(result: DemoResult) -> None:
@@ -252,6 +289,11 @@ def render(result: DemoResult) -> None:
         if not line.startswith("GET"):
             console.print(f"  {line}")
     mismatches = sum(1 for r in result.records if r["outcome"] == "mismatch")
+    if result.spooled:
+        Console(stderr=True).print(f"warning: {result.spooled}", soft_wrap=True, markup=False)
+        console.print(f"\n{mismatches} mismatch records made; Kafka was unreachable, so they wait in the "
+                      "spool (see the warning), not on the topic.", soft_wrap=True)
+        return
     console.print(
         f"\n{mismatches} mismatch records written to [bold]{result.sink_uri}[/]. "
         "Ignored by the rules, never reported: /generated_at, /items/*/updated_at, date/server headers; "

@@ -43,10 +43,14 @@ def _flag(param: click.Parameter, ctx: click.Context | None) -> str:
     return name
 
 
-def usage_error_line(e: click.ClickException) -> str:
-    """click's usage errors as one line: `--top: 0 is not in the range x>=1`."""
+EXIT_CLOSED_PIPE = 141  # stdout's reader went away (see _Group.invoke)
+
+
+def usage_error_line(e: click.ClickException, command: str = "shadowproxy") -> str:
+    """click's usage errors as one line: `--top: 0 is not in the range x>=1`. `command`: the
+    command being parsed, for the errors click raises without a context (a missing value)."""
     ctx = getattr(e, "ctx", None)
-    where = ctx.command_path if ctx is not None else "shadowproxy"
+    where = ctx.command_path if ctx is not None else command
     if isinstance(e, click.MissingParameter) and e.param is not None:
         env = e.param.envvar if isinstance(e.param, click.Option) else None
         env = env if isinstance(env, str) else None
@@ -74,12 +78,18 @@ class _Group(click.Group):
             if type(e).__name__ == "NoArgsIsHelpError":  # a group without a command: its help, as click does
                 e.show()
             else:
-                click.secho(f"error: {usage_error_line(e)}", fg="red", err=True)
+                command = " ".join(filter(None, ["shadowproxy", getattr(self, "_parsing", None)]))
+                click.secho(f"error: {usage_error_line(e, command)}", fg="red", err=True)
             sys.exit(e.exit_code)
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        self._parsing = cmd.name if cmd is not None else name  # for usage_error_line
+        return name, cmd, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -88,6 +98,16 @@ class _Group(click.Group):
             for line in str(e).splitlines() or [type(e).__name__]:
                 click.secho(f"error: {line}", fg="red", err=True)
             sys.exit(e.exit_code)
+        except BrokenPipeError:
+            # The reader closed our stdout (`report | head -2`): not an error of ours, and never
+            # exit 1, which means a failed --fail-on gate. 141 (128 + SIGPIPE), as a shell tool
+            # killed by SIGPIPE, without a word; stdout goes to /dev/null so the flush at exit
+            # does not print "Exception ignored" either.
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(EXIT_CLOSED_PIPE)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

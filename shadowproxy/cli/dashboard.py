@@ -81,9 +81,9 @@ def dashboard(source: str, listen: tuple[str, int], group: str | None, rules: Pa
         raise ConfigError(msg)
     thresholds = Verdict()
     if rules is not None:
-        from shadowproxy.rules import load_rules
+        from shadowproxy.cli.params import load_rules_for
 
-        thresholds = load_rules(rules).rules.verdict
+        thresholds = load_rules_for(rules).rules.verdict
     board = Dashboard(
         source, group=(group or DEFAULT_GROUP) if kafka else None, thresholds=thresholds, top=top
     )
@@ -96,14 +96,25 @@ async def _serve(board: Dashboard, host: str, port: int) -> None:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stopped_by: list[str] = []
+    served: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        stopped_by.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
     def ready(url: str) -> None:
+        served.append(url)
         click.echo(f"dashboard on {url} reading {board.source}", err=True)
 
     try:
         await serve_dashboard(board, host, port, stop=stop, on_ready=ready)
+        if served:  # one line, as `run` says its stop
+            click.echo(f"stopped: dashboard on {served[0]} ({stopped_by[0] if stopped_by else 'stop'})",
+                       err=True)
     except OSError as e:
         from shadowproxy.errors import ConfigError
 

@@ -23,7 +23,13 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
 def demo_cmd(sink: str) -> None:
     """Start a live service (v1) and a shadow service (v2) on free loopback ports, run the proxy
     between them, send a traffic mix through it (reads, writes, a gzip answer, a renamed field, a
-    volatile timestamp the demo's rules ignore), and print what the comparison found."""
-    from shadowproxy.demo import render, run_demo
+    volatile timestamp the demo's rules ignore), and print what the comparison found.
 
+    Each run starts its own JSONL file: one an earlier demo wrote is kept as FILE.<UTC time>.
+    A non-empty file the demo did not write (a running proxy's, say, through an exported
+    SHADOWPROXY_SINK) is never moved nor written into: one error line, exit 2."""
+    from shadowproxy.demo import render, run_demo
+    from shadowproxy.sinks.uri import check_sink
+
+    check_sink(sink, flag="--sink")  # as `run` does: one line, before anything starts
     render(asyncio.run(run_demo(sink)))

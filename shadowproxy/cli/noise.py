@@ -53,10 +53,10 @@ def export(state_paths: tuple[str, ...], rules_path: str | None) -> None:
     route matching that path. `shadowproxy rules check` accepts the output:
       shadowproxy noise export --state noise.json --rules rules.yaml > rules/learned.yaml
     """
-    from shadowproxy.rules import load_rules
+    from shadowproxy.cli.params import load_rules_for
 
     state = _load(state_paths)
-    ruleset = load_rules(rules_path) if rules_path else None
+    ruleset = load_rules_for(rules_path) if rules_path else None
     click.echo(export_rules(state, ruleset, source=", ".join(state_paths)), nl=False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -104,19 +105,20 @@ class AdminAddr(HostPort):
 
 
 class Rate(click.FloatRange):
-    """Copies per second: a finite number above 0."""
+    """Copies (or requests) per second: a finite number above 0; nan and inf are refused."""
 
     name = "RPS"
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "copies") -> None:
         super().__init__(min=0, min_open=True)
+        self.unit = unit
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         import math
 
         rate = super().convert(value, param, ctx)
         if not math.isfinite(rate):
-            self.fail(f"{value!r} is not a finite number of copies per second", param, ctx)
+            self.fail(f"{value!r} is not a finite number of {self.unit} per second", param, ctx)
         return rate
 
 
@@ -125,4 +127,18 @@ ADMIN_ADDR = AdminAddr()
 HTTP_URL = HttpURL()
 SINK_URI = SinkURI()
 RATE = Rate()
+REQUEST_RATE = Rate("requests")
 DURATION = Duration()
+
+
+def load_rules_for(path: str | os.PathLike[str], flag: str = "--rules") -> Any:
+    """`load_rules`, its problems named by the flag that gave the file: `--rules PATH:LINE: ...`."""
+    from shadowproxy.errors import RulesError
+    from shadowproxy.rules import load_rules
+
+    try:
+        return load_rules(path)
+    except RulesError as e:
+        named = RulesError(e.problems)
+        named.args = ("\n".join(f"{flag} {p}" for p in e.problems),)
+        raise named from None

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shadowproxy.cli import cli
-from shadowproxy.cli.params import HTTP_URL, SINK_URI
+from shadowproxy.cli.params import HTTP_URL, REQUEST_RATE, SINK_URI
 from shadowproxy.sinks.uri import DEFAULT_SINK
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: an interrupted replay checked only part 
               help="Rules file (YAML, version 1), as for `run`. Default: the embedded default.")
 @click.option("--sink", type=SINK_URI, default=DEFAULT_SINK, envvar="SHADOWPROXY_SINK", show_envvar=True,
               show_default=True, help="Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC[?options].")
-@click.option("--rate", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--rate", type=REQUEST_RATE, default=None,
               help="Replayed requests started per second at most, evenly spaced. Default: no limit.")
 @click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True,
               help="Requests in flight at most (to the shadow, and to the live with --live).")
@@ -70,22 +70,25 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     interrupted (first Ctrl-C: finish what is in flight, write stats, flush the sink; a
     second: abandon what is in flight, still write stats and flush).
     """
+    from shadowproxy.cli.params import load_rules_for
     from shadowproxy.replay import JudgingSink, ReplayConfig, Replayer, gate_fails, read_entries, scan
     from shadowproxy.replay.progress import ReplayProgress
-    from shadowproxy.rules import default_ruleset, load_rules
+    from shadowproxy.rules import default_ruleset
     from shadowproxy.shadow.client import ClientConfig
     from shadowproxy.shadow.config import PipelineConfig
-    from shadowproxy.sinks.uri import open_sink
+    from shadowproxy.sinks.uri import check_sink, open_sink
 
-    ruleset = load_rules(rules) if rules else default_ruleset()
+    ruleset = load_rules_for(rules) if rules else default_ruleset()
     found = scan(input_file)
+    check_sink(sink, flag="--sink")  # as `run` does: one line, before anything is sent
     fmt = "mitmproxy flows" if found.format == "mitmproxy" else "HAR"
     target = f"{shadow} (live: {live})" if live else f"{shadow} (live: the recording)"
     click.echo(f"replaying {found.entries} entries ({fmt}) from {input_file} against {target}", err=True)
     client = ClientConfig(concurrency, ca_file, insecure)
     pipeline = PipelineConfig(shadow, sink, client, secondary_url=secondary, noise_state=noise_state)
     config = ReplayConfig(pipeline, live, rate, concurrency)
-    judging = JudgingSink(open_sink(sink), ruleset.rules.verdict)
+    real_sink = open_sink(sink)
+    judging = JudgingSink(real_sink, ruleset.rules.verdict)
     replayer = Replayer(config, judging, ruleset)
 
     with ReplayProgress(found.entries, enabled=progress) as bar:
@@ -109,8 +112,14 @@ def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None
     lines.append(f"verdict: {overall}" + (f" (--fail-on {fail_on})" if fail_on else ""))
     lines.extend(f"  {r.route}: {r.verdict}: {'; '.join(r.reasons)}" for r in routes
                  if r.verdict in ("warn", "fail"))
-    lines.append(f"records: {sink}")
+    from shadowproxy.sinks.kafka import spool_backlog_note
+
+    spooled = spool_backlog_note(real_sink)
+    lines.append(f"records: {sink}" + (" (not on the topic: Kafka was unreachable; see the warning)"
+                                       if spooled else ""))
     click.echo("\n".join(lines))
+    if spooled:
+        click.echo(f"warning: {spooled}", err=True)
     if s.interrupted:
         sys.exit(EXIT_INTERRUPTED)
     if gate_fails(overall, "fail" if fail_on == "fail" else "warn" if fail_on == "warn" else None):

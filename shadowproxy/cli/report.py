@@ -117,7 +117,8 @@ def report(
     \b
     Exit codes: 0 report written (and the gate passed); 1 --fail-on: the overall verdict is
     at or above the level given, or NO DATA, or (with --baseline) a significant regression;
-    2 bad option, unreadable source, rules or baseline file.
+    2 bad option, unreadable source, rules or baseline file; 141 stdout's reader went away
+    (`| head`), nothing said.
 
     \b
     Examples:
@@ -133,9 +134,9 @@ def report(
     cutoff = since_cutoff(since)
     thresholds = Verdict()
     if rules is not None:
-        from shadowproxy.rules import load_rules
+        from shadowproxy.cli.params import load_rules_for
 
-        thresholds = load_rules(rules).rules.verdict
+        thresholds = load_rules_for(rules).rules.verdict
     old = None
     if baseline is not None:
         from shadowproxy.report.baseline import load_baseline

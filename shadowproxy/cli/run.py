@@ -283,6 +283,7 @@ def run_cmd(**flags: Any) -> None:
 
 
 def _run(f: RunFlags) -> None:
+    from shadowproxy.cli.params import load_rules_for
     from shadowproxy.errors import ConfigError
     from shadowproxy.proxy.addon import ShadowAddon
     from shadowproxy.proxy.master import (
@@ -293,12 +294,12 @@ def _run(f: RunFlags) -> None:
         serve,
     )
     from shadowproxy.proxy.options import check_ca_file, check_noise
-    from shadowproxy.rules import default_ruleset, load_rules
+    from shadowproxy.rules import default_ruleset
     from shadowproxy.sinks.uri import check_sink
 
     setup_logging(f.verbose)
     # a bad rules file: one line per problem, exit 2
-    ruleset = load_rules(f.rules) if f.rules else default_ruleset()
+    ruleset = load_rules_for(f.rules) if f.rules else default_ruleset()
     sibling = int(os.environ.get(SIBLING_ENV, "0"))  # > 0: started by the first of --reuse-port N
     sink, noise_state, admin = f.sink, f.noise_state, f.admin
     if sibling and sink.startswith("jsonl:"):
@@ -366,10 +367,11 @@ def _run(f: RunFlags) -> None:
         check_listen(*admin, flag="--admin")
         extra = (AdminAddon(shadow_addon, admin[0], admin[1], f.admin_token),)
 
-    def say_listening() -> None:
-        # said once the socket is bound and the shadow worker is up: a client may connect now
+    def say_listening(port: int) -> None:
+        # said once the socket is bound and the shadow worker is up: a client may connect now;
+        # the bound port (with --listen HOST:0, the one the system chose)
         logging.getLogger("shadowproxy").info(
-            "listening on %s:%d, live %s, shadow %s, rules %s", f.listen[0], f.listen[1], f.live, f.shadow,
+            "listening on %s:%d, live %s, shadow %s, rules %s", f.listen[0], port, f.live, f.shadow,
             ruleset.source,
         )
 

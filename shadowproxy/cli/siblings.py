@@ -52,7 +52,7 @@ def _spawn_siblings(n: int, switch_fd: int = -1) -> list[subprocess.Popen[bytes]
 
 async def serve_with_siblings(
     settings: Any, addon: Any, extra: tuple[Any, ...], n: int, switch_fd: int = -1,
-    on_listening: Callable[[], None] | None = None,
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
     """Serve here and in n sibling processes; SIGTERM here reaches them, and they end with us."""
     from shadowproxy.proxy.master import request_stop, serve

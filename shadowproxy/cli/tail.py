@@ -29,7 +29,8 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
     default=False,
     help="Start with the oldest record (Kafka: earliest offset; with --group, only when the group"
     " has no committed offset). Without it, only records that arrive from now on are printed;"
-    " --no-follow without --group implies it (else there would be nothing to print).",
+    " --no-follow implies it (else there would be nothing to print; a new --group starts at the"
+    " oldest record, an existing one at its committed offset).",
 )
 @click.option(
     "--group",
@@ -58,8 +59,11 @@ def tail(source: str, from_beginning: bool, group: str | None, follow: bool) -> 
     Ctrl-C stops and exits 0. Exit 2: the source cannot be read (bad URI, bad line,
     unknown topic, Kafka unreachable).
     """
-    if not follow and group is None:
-        from_beginning = True  # from the end and stopping there would print nothing, always
+    if not follow:
+        # From the end and stopping there would print nothing, always; with --group it would
+        # also commit the end, losing the backlog for a new group. (An existing group resumes
+        # from its committed offset either way.)
+        from_beginning = True
     try:
         asyncio.run(_tail(source, from_beginning=from_beginning, group=group, follow=follow))
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -35,7 +36,9 @@ async def serve_dashboard(
         site = web.TCPSite(runner, host, port)
         await site.start()
         if on_ready is not None:
-            on_ready(f"http://{host}:{port}/")
+            server = cast(asyncio.Server | None, site._server)
+            bound = server.sockets[0].getsockname()[1] if server is not None else port  # --listen :0
+            on_ready(f"http://{host}:{bound}/")
         await stop.wait()
     finally:
         await runner.cleanup()

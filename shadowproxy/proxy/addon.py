@@ -111,6 +111,7 @@ class ShadowAddon:
         self.stopping = False
         self.refusing = False
         self.refused = 0
+        self.log_stop = True  # False: a stop during start-up, said by its own line (proxy.master)
         # the egress listeners' flows are its own (proxy/egress.py); every hook here leaves them alone
         self.egress = EgressAddon(ProxyEgressHost(self))
         self.addons = [self.egress]
@@ -187,7 +188,8 @@ class ShadowAddon:
         if self.dispatcher is not None:
             self.dispatcher_ready = False
             await self.dispatcher.stop()
-            self._log_stopped(self.dispatcher)
+            if self.log_stop:
+                self._log_stopped(self.dispatcher)
             self.dispatcher = None
 
     def _log_stopped(self, d: ShadowDispatcher) -> None:

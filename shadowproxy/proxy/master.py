@@ -298,19 +298,30 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
 _stopping = BackgroundTasks()
 
 
+def bound_port(master: Master) -> int:
+    """The port the proxy's own listener is bound to: the one asked for, or with port 0 the one
+    the system chose (what a client must connect to, so what `listening on` says)."""
+    mode = master.options.mode[0]
+    ps = master.addons.get("proxyserver")
+    for instance in ps.servers if ps is not None else ():
+        if instance.mode.full_spec == mode and instance.listen_addrs:
+            return int(instance.listen_addrs[0][1])
+    return int(mode.rsplit(":", 1)[1])
+
+
 class _Started:
     """Once the proxy listens and every addon before it is running: resolves a future, and calls
     `on_listening` (the `listening on` line is said only when a client can connect)."""
 
     def __init__(self, future: asyncio.Future[Master] | None, master: Master,
-                 on_listening: Callable[[], None] | None = None) -> None:
+                 on_listening: Callable[[int], None] | None = None) -> None:
         self.future = future
         self.master = master
         self.on_listening = on_listening
 
     def running(self) -> None:
         if self.on_listening is not None:
-            self.on_listening()
+            self.on_listening(bound_port(self.master))
             self.on_listening = None
         if self.future is not None and not self.future.done():
             self.future.set_result(self.master)
@@ -355,7 +366,7 @@ async def serve(
     install_signals: bool = True,
     started: asyncio.Future[Master] | None = None,
     extra_addons: tuple[Any, ...] = (),
-    on_listening: Callable[[], None] | None = None,
+    on_listening: Callable[[int], None] | None = None,
 ) -> None:
     """Run the proxy until SIGINT/SIGTERM (or `master.shutdown()`), then drain and return."""
     if settings.reuse_port:
@@ -393,6 +404,7 @@ async def serve(
             if not early:
                 raise  # else the worker got the process group's signal too: it is the stop
         if early:
+            addon.log_stop = False  # one line for this stop: "stopped before serving" (log_line)
             await addon.done()  # stops the worker it started
             raise StoppedBeforeServing(early[0])
         if install_signals:

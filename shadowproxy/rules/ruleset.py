@@ -57,12 +57,17 @@ class RouteSettings:
     egress: EgressSettings | None = None  # the file's egress: section (settle, live, ignore), if any
 
 
+_WARNED_UNSET: set[str] = set()  # hash_key_env names already warned about
+
+
 def redactor_of(spec: RedactSpec) -> Redactor:
     """The rules' redact section, compiled. A missing or empty key env var means plain "[redacted]"."""
     key: bytes | None = None
     if spec.hash_key_env is not None:
         key = os.environ.get(spec.hash_key_env, "").encode() or None
-        if key is None:
+        if key is None and spec.hash_key_env not in _WARNED_UNSET:
+            # once per process: `run` loads the rules to check them and again to serve
+            _WARNED_UNSET.add(spec.hash_key_env)
             log.warning("redact.hash_key_env: $%s is unset or empty; secrets become plain [redacted]",
                         spec.hash_key_env)
     return Redactor.build(headers=spec.headers, query=spec.query, body_fields=spec.body_fields,

@@ -36,6 +36,7 @@ class JsonlSink:
         if self._fh is not None:
             return
         try:
+            # (the CLI refuses a missing directory first, in _check; a library user gets it made)
             if self.path.parent and not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open_private(self.path)  # closed in stop()
@@ -84,8 +85,11 @@ def _check(parsed: ParsedURI, *, uri: str, flag: str) -> None:
     if path.is_dir():
         msg = f"{flag} {uri!r}: is a directory, not a file"
         raise SinkURIError(msg)
+    if not path.parent.is_dir():
+        # never made here: a typo in the path would scatter directories (run, demo and replay alike)
+        msg = f"{flag} {uri!r}: the directory {path.parent} does not exist"
+        raise SinkURIError(msg)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         open_private(path).close()
     except OSError as e:
         msg = f"{flag} {uri!r}: cannot open for append: {e.strerror or e}"

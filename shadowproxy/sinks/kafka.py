@@ -75,6 +75,7 @@ __all__ = [
     "describe_error",
     "parse_options",
     "quiet_aiokafka",
+    "spool_backlog_note",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,19 @@ class KafkaSink:
     def __del__(self) -> None:
         if getattr(self, "_started", False) and not getattr(self, "_stopped", True):
             warnings.warn(f"unclosed KafkaSink {self.uri}: call stop()", ResourceWarning, stacklevel=1)
+
+
+def spool_backlog_note(sink: object) -> str | None:
+    """For commands that end (`demo`, `replay`): when a Kafka sink could not deliver everything,
+    the one line that says so, where the spool is and how many records wait in it; else None."""
+    if not isinstance(sink, KafkaSink):
+        return None
+    c = sink.counters()
+    if c["backlog"] <= 0:
+        return None
+    return (f"{sink.uri}: Kafka was unreachable; {c['backlog']} records ({human_bytes(sink.spool.bytes)}) "
+            f"wait in the spool {sink.spool.directory.resolve()}; they go to the topic when a run with "
+            "this spool reaches Kafka")
 
 
 def _check(parsed: ParsedURI, *, uri: str, flag: str) -> None:

@@ -36,10 +36,41 @@ def quiet_aiokafka(*, debug: bool = False) -> None:
     With debug (-vv) aiokafka's log goes through the `shadowproxy` handlers instead."""
     aiokafka = logging.getLogger("aiokafka")
     aiokafka.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+    loop_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AiokafkaLoopReports) for f in loop_log.filters):
+        loop_log.addFilter(_AiokafkaLoopReports())
     if debug:
         aiokafka.handlers[:] = logging.getLogger("shadowproxy").handlers
         aiokafka.propagate = False
 
+
+
+class _AiokafkaLoopReports(logging.Filter):
+    """Route the event loop's reports about aiokafka's own internals to the `aiokafka` logger at
+    debug (shown with -vv only): a producer dying in an outage makes aiokafka's callbacks raise
+    (`Exception in callback Sender._fail_all ... AttributeError` in its transaction manager) and
+    leaves futures whose exceptions nobody retrieves. Only reports whose exception is aiokafka's
+    or raised inside aiokafka, with no frame of ours; everything else passes untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        import aiokafka
+
+        ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+        theirs = os.path.dirname(os.path.abspath(aiokafka.__file__)) + os.sep
+        files = []
+        tb = exc.__traceback__
+        while tb is not None:
+            files.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if any(f.startswith(ours) for f in files):
+            return True
+        if not (type(exc).__module__.startswith("aiokafka.") or any(f.startswith(theirs) for f in files)):
+            return True
+        logging.getLogger("aiokafka").debug("%s", record.getMessage(), exc_info=record.exc_info)
+        return False
 
 
 def default_compression() -> str:

@@ -40,6 +40,19 @@ def human_bytes(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
+def retrieve_failed_batches(accumulator: Any) -> None:
+    """Mark as seen the exceptions `fail_all` set on the producer's batch futures, drain waiters
+    and message futures: nobody else awaits them, and asyncio would print each one as
+    `Future exception was never retrieved` when it is collected."""
+    batches = [b for group in accumulator._batches.values() for b in group]
+    batches += list(accumulator._pending_batches)
+    for batch in batches:
+        futures = [batch.future, batch._drain_waiter, *(f for f, _ in batch._msg_futures)]
+        for fut in futures:
+            if fut.done() and not fut.cancelled():
+                fut.exception()
+
+
 class Sender:
     """The sink's state and the task that moves its records; `KafkaSink` is the front."""
 
@@ -323,7 +336,9 @@ class Sender:
         if abort:
             # Everything it still holds is in the spool already: fail it now rather than wait
             # request_timeout_ms for each batch to expire.
-            producer._message_accumulator.fail_all(KafkaConnectionError("sink spooled it"))
+            accumulator = producer._message_accumulator
+            accumulator.fail_all(KafkaConnectionError("sink spooled it"))
+            retrieve_failed_batches(accumulator)
         try:
             await producer.stop()
         except Exception as e:

@@ -46,6 +46,7 @@ def base_args(command: str) -> list[str]:
         ],
         "replay": [str(HAR), "--shadow", "http://127.0.0.1:1", "--sink", "jsonl:/dev/null"],
         "report": ["--source", f"jsonl:{RECORDS}"],
+        "demo": [],
         "tail": ["--source", f"jsonl:{RECORDS}", "--no-follow"],
         "dashboard": ["--source", f"jsonl:{RECORDS}", "--listen", f"127.0.0.1:{free_port()}"],
     }[command]
@@ -113,6 +114,12 @@ BY_HAND = [
     ("run", "--sink", "kafka://127.0.0.1:9/t?compression=bogus"),
     ("run", "--sink", "kafka://127.0.0.1:99999/t"),
     ("run", "--secondary", "http://[::1"),
+    # issue 16's second tester: accepted (nan/inf), or created the missing directory unlike `run`
+    ("replay", "--rate", "nan"),
+    ("replay", "--rate", "inf"),
+    ("run", "--sink", "jsonl:/nonexistent/dir/out.jsonl"),
+    ("replay", "--sink", "jsonl:/nonexistent/dir/out.jsonl"),
+    ("demo", "--sink", "jsonl:/nonexistent/dir/out.jsonl"),
 ]
 CASES = sorted({*introspected(), *BY_HAND})
 
@@ -151,8 +158,7 @@ def test_bad_flag_value_is_one_error_line_naming_the_flag_and_exit_2(
     assert "Traceback" not in out
     lines = out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), out  # no Usage/Try lines around it
-    if flag != "--rules":  # a rules file is named by its path and line
-        assert flag in lines[0], out
+    assert flag in lines[0], out  # a rules file too: `--rules PATH:LINE: ...`
     if "?" in value and "://" in value:
         # a URI with options: the line names the base and the one option that is wrong, with its
         # value (the other options are not echoed: they may hold secrets)
@@ -170,6 +176,9 @@ USAGE_CASES = [
     (["run", "--bogus"], ["shadowproxy run", "--bogus"]),
     (["nosuch"], ["nosuch"]),
     (["report", "--top", "0"], ["--top", "0"]),
+    # a missing value used to point at `shadowproxy --help`
+    (["run", "--live"],
+     ["shadowproxy run: Option '--live' requires an argument", "(see shadowproxy run --help)"]),
 ]
 
 

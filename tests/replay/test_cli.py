@@ -136,3 +136,19 @@ def test_the_progress_bar_is_silent_when_stderr_is_not_a_terminal() -> None:
     with ReplayProgress(7, console=Console(file=buf, force_terminal=False)) as bar:
         bar.update(ReplaySummary(total=7, done=7), Stats("replay"))
     assert buf.getvalue() == ""
+
+
+def test_replay_to_an_unreachable_kafka_names_the_spool_and_its_count(
+    recording: Recording, tmp_path: Path
+) -> None:
+    """It used to end `records: kafka://...` as if they were on the topic, never naming the spool."""
+    from shadowproxy.testing import free_port
+
+    spool = tmp_path / "spool"
+    sink = f"kafka://127.0.0.1:{free_port()}/t?spool_dir={spool}"
+    with Backend(app(2)) as candidate:
+        result = CliRunner().invoke(cli, ["replay", str(recording.har), "--shadow", candidate.url,
+                                          "--sink", sink, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "not on the topic: Kafka was unreachable" in result.stdout.splitlines()[-1]
+    assert "4 records (" in result.stderr and f"wait in the spool {(spool / 't').resolve()}" in result.stderr

@@ -371,3 +371,17 @@ def test_a_baseline_that_is_not_a_json_report_is_one_line_and_exit_2(tmp_path: P
     bad.write_text('{"not": "a report"}')
     code, _, err = run("report", "--source", _src(tmp_path, "a.jsonl", 0), "--baseline", str(bad))
     assert code == 2 and f"--baseline {bad}: not a shadowproxy JSON report" in err
+
+
+def test_a_closed_stdout_pipe_exits_141_quietly_never_1_like_a_failed_gate(tmp_path: Path) -> None:
+    """`report | head -2` used to exit 1 without a word: the same code as a failed --fail-on gate."""
+    source = write_jsonl(tmp_path / "r.jsonl", [stats({"/users/{id}": route_stats(compared=5)}, "s1")])
+    exe = str(Path(sys.executable).parent / "shadowproxy")
+    proc = subprocess.Popen([exe, "report", "--source", source, "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 141, err
+    assert err == b""

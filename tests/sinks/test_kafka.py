@@ -190,3 +190,27 @@ def test_tail_cli_unknown_topic_is_one_red_line(kafka_bootstrap: str, kafka_topi
     assert result.exit_code == 2
     assert f"topic '{kafka_topic}' does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tail_no_follow_with_a_new_group_prints_the_backlog_and_a_second_run_nothing(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    """A new group with --no-follow used to print nothing, exit 0, and commit the end: the backlog
+    was lost for that group. It reads from the oldest record; the group then resumes after it."""
+
+    async def produce() -> None:
+        async with kafka_sink(sink_uri(kafka_bootstrap, kafka_topic, tmp_path)) as sink:
+            for i in range(12):
+                await sink.write(make_record(i, ROUTES[i % 2]))
+
+    asyncio.run(produce())
+    _register()
+    args = ["tail", "--source", f"kafka://{kafka_bootstrap}/{kafka_topic}", "--group", "fresh", "--no-follow"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert sorted(json.loads(line)["id"] for line in first.stdout.splitlines()) == [
+        f"rec-{i:08d}" for i in range(12)
+    ]
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert again.stdout == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,30 @@ def test_uri_errors_do_not_echo_the_options() -> None:
         parse_uri("kafka://127.0.0.1:9092/?sasl_password=hunter2")
     assert "hunter2" not in str(e.value)
     assert "exactly one topic" in str(e.value)
+
+
+def test_loop_reports_about_aiokafka_internals_go_to_debug_and_ours_still_show(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The loop's `Future exception was never retrieved` for an aiokafka error is routed to the
+    `aiokafka` logger at debug; the same report for an error of ours is left alone."""
+    import asyncio
+    import gc
+
+    from aiokafka.errors import KafkaConnectionError
+
+    from shadowproxy.sinks.kafka_options import quiet_aiokafka
+
+    quiet_aiokafka()
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    loop = asyncio.new_event_loop()
+    try:
+        for exc in (KafkaConnectionError("sink spooled it"), ValueError("ours")):
+            fut = loop.create_future()
+            fut.set_exception(exc)
+            del fut
+            gc.collect()
+    finally:
+        loop.close()
+    errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert [str(r.exc_info[1]) for r in errors if r.exc_info] == ["ours"], caplog.text

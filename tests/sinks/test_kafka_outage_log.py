@@ -110,3 +110,48 @@ def test_report_and_tail_on_unreachable_kafka_print_only_the_clean_error(command
     assert result.stderr.strip().splitlines() == [
         f"error: --source {result.args[3]}: cannot reach Kafka (connection refused or unreachable)"
     ], result.stderr
+
+
+def test_run_through_a_kafka_outage_and_back_prints_no_aiokafka_traceback(
+    kafka_broker: Callable[[], LocalBroker], kafka_topic: str, tmp_path: Path
+) -> None:
+    """Kafka stops mid-run and comes back: our warning lines only, none of aiokafka's callback
+    tracebacks (`Exception in callback Sender._fail_all`) nor `Future exception was never retrieved`."""
+    from aiohttp import web
+
+    from shadowproxy.testing import Backend
+
+    async def one(request: web.Request) -> web.Response:
+        return web.json_response({"a": 1})
+
+    async def two(request: web.Request) -> web.Response:
+        return web.json_response({"a": 2})  # every copy a mismatch: a record each
+
+    broker = kafka_broker()
+    broker.start()
+    err_path = tmp_path / "err.log"
+    with Backend(one) as live, Backend(two) as shadow:
+        sink = f"kafka://{broker.bootstrap}/{kafka_topic}?create_topic=1:1&spool_dir={tmp_path}{FAST}"
+        proxy = h.Proxy(live.url, shadow.url, sink, stderr_path=err_path)
+        with proxy:
+            for n in range(5):
+                assert h.get(f"{proxy.url}/r/{n}")[0] == 200
+            time.sleep(1)
+            broker.stop()
+            for n in range(20):
+                assert h.get(f"{proxy.url}/s/{n}")[0] == 200
+                time.sleep(0.3)
+            broker.start()
+            deadline = time.monotonic() + 90
+            while "Kafka is back" not in err_path.read_text():
+                assert time.monotonic() < deadline, err_path.read_text()
+                assert h.get(f"{proxy.url}/t/0")[0] == 200
+                time.sleep(0.5)
+            time.sleep(3)
+            assert proxy.proc is not None
+            os.killpg(proxy.proc.pid, signal.SIGTERM)
+            assert proxy.proc.wait(60) == 0
+    err = err_path.read_text()
+    for noise in ("Traceback", "Exception in callback", "never retrieved", "aiokafka"):
+        assert noise not in err, err
+    assert err.count("Kafka is back") == 1, err
