@@ -89,6 +89,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "examples",
         "noise",
         "request_delta",
+        "egress",
         "adjusted",
         "trend",
     ]
