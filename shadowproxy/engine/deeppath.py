@@ -100,8 +100,9 @@ def explain_leaves(leaves: Found, kwargs: dict[str, Any]) -> Found:
         return []
     t1 = {str(n): lv for n, (_, kind, lv, _) in enumerate(leaves) if kind != "added"}
     t2 = {str(n): sv for n, (_, kind, _, sv) in enumerate(leaves) if kind != "removed"}
-    found: Found = []
+    found: list[tuple[int, tuple[str, str, Any, Any]]] = []
     for pointer, kind, live, shadow in deepdiff_found(DeepDiff(t1, t2, view="tree", **kwargs), ""):
         _, n, *rest = pointer.split("/", 2)
-        found.append((leaves[int(n)][0] + "".join(f"/{r}" for r in rest), kind, live, shadow))
-    return found
+        found.append((int(n), (leaves[int(n)][0] + "".join(f"/{r}" for r in rest), kind, live, shadow)))
+    # in the walk's order: DeepDiff's report groups (and the sets in them) have no stable order
+    return [f for _, f in sorted(found, key=lambda nf: nf[0])]
