@@ -53,7 +53,7 @@ _MAX_WORD = 24  # "correcthorsebatterystaple" (25) is a passphrase, not a name
 # the parts of a word: runs of lower-case letters, each capitalised hump, and single capitals
 _PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]")
 _VOWEL = re.compile(r"[aeiouyAEIOUY]")
-_CONSONANTS = re.compile(r"[b-df-hj-np-tv-xzB-DF-HJ-NP-TV-XZ]{5,}")
+_CONSONANTS = re.compile(r"[b-df-hj-np-tv-xzB-DF-HJ-NP-TV-XZ]{6,}")  # in one part: "strengths" has 5
 _HEX = re.compile(r"[0-9a-fA-F]{16,}")  # letters only, yet an id: deadbeefdeadbeef...
 # a gRPC service (`/package.Service/Method`): lower-case package parts, then a PascalCase name;
 # a token (a JWT's `eyJ...` parts have capitals and digits mixed) does not read like one
@@ -66,10 +66,11 @@ DEFAULT_MAX_ROUTES = 200
 
 def _reads_like_words(seg: str) -> bool:
     """Letters that read like words, not like a random token: every part of three letters or more
-    has a vowel, no run of five consonants, and most camelCase humps longer than two letters
-    (`getUserById` yes; `kXqzPwLmTrBv`, `aBcDeFgHiJkL`, `xkcdqzrtpw` no: tokens, never labels)."""
+    has a vowel, no part has a run of six consonants (within a part: `WatchThings` joins "tch"
+    and "Th"), and most camelCase humps are longer than two letters (`getUserById` yes;
+    `kXqzPwLmTrBv`, `aBcDeFgHiJkL`, `xkcdqzrtpw` no: tokens, never labels)."""
     parts = _PART.findall(seg)
-    if any(len(p) >= 3 and _VOWEL.search(p) is None for p in parts) or _CONSONANTS.search(seg):
+    if any((len(p) >= 3 and _VOWEL.search(p) is None) or _CONSONANTS.search(p) for p in parts):
         return False
     return len(parts) < 3 or sum(len(p) <= 2 for p in parts) * 2 <= len(parts)
 

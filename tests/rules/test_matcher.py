@@ -94,6 +94,8 @@ def test_path_template_replaces_ids_with_a_placeholder(path: str, template: str)
         ("/order-items/line_items", "/order-items/line_items"),
         ("/x/" + "a" * 40, "/x/{id}"),  # too long for a name
         ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Check"),  # a gRPC method
+        ("/spdemo.Things/WatchThings", "/spdemo.Things/WatchThings"),  # "tchTh" spans two humps
+        ("/api/strengths", "/api/strengths"),  # five consonants in a row, still a word
         ("/x/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "/x/{id}"),  # a JWT is not a service
     ],
 )
