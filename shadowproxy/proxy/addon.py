@@ -109,6 +109,7 @@ class ShadowAddon:
         # connection (keep-alive clients move off), then new requests are answered 503 here,
         # never forwarded, so closing the last idle connections cannot cut off processed work
         self.stopping = False
+        self.closing: set[str] = set()  # client connections answered with `Connection: close`
         self.refusing = False
         self.refused = 0
         self.log_stop = True  # False: a stop during start-up, said by its own line (proxy.master)
@@ -234,6 +235,7 @@ class ShadowAddon:
             return
         if self.refusing:
             flow.metadata[_REFUSED] = True
+            self.closing.add(flow.client_conn.id)
             flow.response = http.Response.make(
                 503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
             return
@@ -255,6 +257,7 @@ class ShadowAddon:
     def _close_when_stopping(self, flow: http.HTTPFlow) -> None:
         if self.stopping and flow.response is not None and flow.request.http_version.startswith("HTTP/1"):
             flow.response.headers["Connection"] = "close"
+            self.closing.add(flow.client_conn.id)  # it closes itself once the answer is written
 
     def _over_cap(self, headers: http.Headers) -> bool:
         """A body (by its Content-Length) or header block too large to hold and copy."""

@@ -227,6 +227,15 @@ REFUSE_SETTLE_S = 0.2
 # longer in flight) a moment before mitmproxy has written it; answered connections then close
 # themselves (Connection: close), and what is left open is idle
 FLUSH_SETTLE_S = 0.2
+# ...and on a starved machine writing them takes longer: the connections answered with
+# `Connection: close` are waited for (they close themselves once written), at most this long
+CLOSE_WAIT_S = 3.0
+
+
+def _answering(master: Master, ids: set[str]) -> bool:
+    """Whether a client connection answered with `Connection: close` is still open (writing)."""
+    ps = master.addons.get("proxyserver")
+    return any(h.client.id in ids for h in list(getattr(ps, "connections", {}).values()))
 
 
 def close_client_connections(master: Master) -> int:
@@ -284,6 +293,9 @@ def request_stop(master: Master, addon: ShadowAddon, grace: float = 10.0) -> Non
                 "%d client requests still in flight after %.0fs; stopping anyway", addon.in_flight, grace
             )
         await asyncio.sleep(FLUSH_SETTLE_S)
+        close_by = loop.time() + CLOSE_WAIT_S
+        while _answering(master, addon.closing) and loop.time() < close_by:
+            await asyncio.sleep(0.02)
         if ps is not None:
             await ps.servers.update([])  # the live's egress listener, kept open until now
         closed = close_client_connections(master)
