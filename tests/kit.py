@@ -9,6 +9,8 @@ Built on `shadowproxy.testing`, which ships what users' tests need too (`Backend
     run_cli(*args)                            `shadowproxy ARGS` to completion, output captured
     ProxyProcess(live, shadow, sink, ...)     `shadowproxy run` in its own process group, ready
                                               when started; a context manager that stops it
+    differing_backends()                      a live and a shadow Backend whose JSON differs
+                                              ({"v": 1} vs {"v": 2}): every copy is a mismatch
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 
-from shadowproxy.testing import free_port
+from shadowproxy.testing import Backend, free_port
 
-__all__ = ["EXE", "ProxyProcess", "await_until", "free_port", "read_records", "run_cli", "wait_until"]
+__all__ = [
+    "EXE", "ProxyProcess", "await_until", "differing_backends", "free_port", "read_records", "run_cli",
+    "wait_until",
+]
 
 EXE = str(Path(sys.executable).parent / "shadowproxy")
 
@@ -177,3 +183,17 @@ class ProxyProcess:
                 self.terminate(30)
             except subprocess.TimeoutExpired:
                 self.kill_group()
+
+
+@contextlib.contextmanager
+def differing_backends() -> Iterator[tuple[Backend, Backend]]:
+    """A live and a shadow backend whose every answer differs ({"v": 1} vs {"v": 2})."""
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1})
+
+    async def shadow(request: web.Request) -> web.Response:
+        return web.json_response({"v": 2})
+
+    with Backend(live) as lv, Backend(shadow) as sh:
+        yield lv, sh

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from shadowproxy.admin.addon import check_admin, is_loopback
 from shadowproxy.errors import ConfigError
 from shadowproxy.testing import Backend, MemorySink, ProxyThread
+from tests.kit import differing_backends
 
 
 def call(
@@ -29,14 +29,8 @@ def call(
 
 @pytest.fixture(scope="module")
 def backends() -> Iterator[tuple[Backend, Backend]]:
-    async def live(request: web.Request) -> web.Response:
-        return web.json_response({"v": 1})
-
-    async def shadow(request: web.Request) -> web.Response:
-        return web.json_response({"v": 2})
-
-    with Backend(live) as lv, Backend(shadow) as sh:
-        yield lv, sh
+    with differing_backends() as pair:
+        yield pair
 
 
 @pytest.fixture

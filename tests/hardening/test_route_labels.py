@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from shadowproxy.testing import Backend
 from tests.hardening import helpers as h
+from tests.kit import differing_backends
 
 PLANTED = ["s3cr3tT0ken9", "alice-smith-1984", "kXqzPwLmTrBvNcYd", "aBcDeFgHiJkL", "xkcdqzrtpw",
            "correcthorsebatterystaple", "Zm9vYmFyYmF6"]
@@ -24,14 +24,8 @@ EXPECTED = {"/reset/{id}", "/u/{id}/profile", "/users/{id}"}
 
 @pytest.fixture
 def backends() -> Iterator[tuple[Backend, Backend]]:
-    async def live(request: web.Request) -> web.Response:
-        return web.json_response({"v": 1})
-
-    async def shadow(request: web.Request) -> web.Response:
-        return web.json_response({"v": 2})
-
-    with Backend(live) as lv, Backend(shadow) as sh:
-        yield lv, sh
+    with differing_backends() as pair:
+        yield pair
 
 
 def test_secret_looking_path_segments_never_reach_routes_stats_or_metrics_labels(
