@@ -36,11 +36,13 @@ from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from shadowproxy.engine.secret_formats import (
-    CARD_SEP,
-    CARD_SEP_STRIP,
+    CARD,
+    CARD_GROUPED,
     KNOWN_SECRET,
     KNOWN_SECRET_HINTS,
     PATH_PAIR,
+    is_card,
+    luhn,
 )
 
 REDACTED = "[redacted]"
@@ -61,39 +63,11 @@ SECRET_NAME = re.compile(
     r"|^key$|^jwt$|bearer|^otp$|passwor?t|(?:^|[-_])pin(?:$|[-_])|^refresh$",
     re.IGNORECASE,
 )
-# 13 to 19 digits, grouped by spaces (also no-break, narrow, thin or two), tabs, dashes (or + and
-# percent-encoded spaces in a form; see CARD_SEP) or not at all; a card when Luhn says so.
-# It starts with \d, not the look-behind, so the search skips non-digits in C (40% faster over JSON
-# full of numbers).
-_CARD = re.compile(r"\d(?<!\d\d)(?:" + CARD_SEP + r"?\d){12,18}(?!\d)")
-# grouped by ".", "_" or "/" (4111.1111.1111.1111): only in the groupings cards are printed in
-# (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4), one separator throughout, and not inside a longer
-# dotted or slashed run of numbers, so versions, IPs (at most 12 digits), dates and dotted ids are
-# not taken for cards; Luhn decides as above.
-_CARD_GROUPED = re.compile(
-    r"(?<!\d)(?<!\d[._/])\d{4}([._/])(?:\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{6}\1\d{4,5})(?!\d)(?![._/]\d)"
-)
 MIN_ECHO_CHARS = 6  # a request credential shorter than this is not searched for in answers
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
 MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
 _PRINTABLE_RUN = re.compile(r"[\x21-\x7e]+")
-
-
-def luhn(digits: str) -> bool:
-    """The Luhn checksum every payment card number satisfies."""
-    total = 0
-    for i, c in enumerate(reversed(digits)):
-        d = ord(c) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _is_card(text: str) -> bool:
-    digits = CARD_SEP_STRIP.sub("", text)
-    return 13 <= len(digits) <= 19 and luhn(digits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,10 +223,10 @@ class Redactor:
         if (len(text) < 256 or any(h in text for h in KNOWN_SECRET_HINTS)) and KNOWN_SECRET.search(text):
             text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
         text = self._path_pairs(text)
-        if _CARD.search(text):
-            text = _CARD.sub(lambda m: self.secret(m.group(0)) if _is_card(m.group(0)) else m.group(0), text)
-        if _CARD_GROUPED.search(text):
-            text = _CARD_GROUPED.sub(
+        if CARD.search(text):
+            text = CARD.sub(lambda m: self.secret(m.group(0)) if is_card(m.group(0)) else m.group(0), text)
+        if CARD_GROUPED.search(text):
+            text = CARD_GROUPED.sub(
                 lambda m: self.secret(m.group(0)) if luhn(re.sub(r"\D", "", m.group(0))) else m.group(0), text
             )
         if self.echo_rx is not None:

@@ -1,5 +1,5 @@
 """Secrets known by their form, not their name: token formats, `name=value` path segments, and
-the separators card numbers are written with. Pure regexes, used by `redact.Redactor`.
+card numbers (their separators, groupings and the Luhn check). Used by `redact.Redactor`.
 
 Why here: `redact.py` knows names (headers, fields, parameters); these are what a secret looks
 like wherever it appears, in a path, a query, a header or a body, whatever it is called.
@@ -38,3 +38,32 @@ _SPACE = r"(?:[ \t\u00a0\u202f\u2009]|%20|%09|%[cC]2%[aA]0|%[eE]2%80%(?:[aA][fF]
 CARD_SEP = rf"(?:{_SPACE}{{1,2}}|{_SPACE}?[+\-]{_SPACE}?)"
 # the separators removed before the Luhn check (the percent forms first: they hold digits)
 CARD_SEP_STRIP = re.compile(r"%[cC]2%[aA]0|%[eE]2%80%(?:[aA][fF]|89)|%20|%09|\D")
+
+# 13 to 19 digits, grouped by spaces (also no-break, narrow, thin or two), tabs, dashes (or + and
+# percent-encoded spaces in a form; see CARD_SEP) or not at all; a card when Luhn says so.
+# It starts with \d, not the look-behind, so the search skips non-digits in C (40% faster over JSON
+# full of numbers).
+CARD = re.compile(r"\d(?<!\d\d)(?:" + CARD_SEP + r"?\d){12,18}(?!\d)")
+# grouped by ".", "_" or "/" (4111.1111.1111.1111): only in the groupings cards are printed in
+# (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4), one separator throughout, and not inside a longer
+# dotted or slashed run of numbers, so versions, IPs (at most 12 digits), dates and dotted ids are
+# not taken for cards; Luhn decides as above.
+CARD_GROUPED = re.compile(
+    r"(?<!\d)(?<!\d[._/])\d{4}([._/])(?:\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{6}\1\d{4,5})(?!\d)(?![._/]\d)"
+)
+
+
+def luhn(digits: str) -> bool:
+    """The Luhn checksum every payment card number satisfies."""
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = ord(c) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def is_card(text: str) -> bool:
+    digits = CARD_SEP_STRIP.sub("", text)
+    return 13 <= len(digits) <= 19 and luhn(digits)
