@@ -13,9 +13,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from shadowproxy.shadow.ledger import INSTANCE_ENV
+
 __all__ = ["SIBLING_ENV", "SWITCH_FD_ENV", "serve_with_siblings", "shared_switch"]
 
-SIBLING_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
+SIBLING_ENV = INSTANCE_ENV  # also names each process's crash ledger (shadow.ledger)
 SWITCH_FD_ENV = "SHADOWPROXY_REUSE_PORT_SWITCH_FD"  # the shared switch's memfd, inherited by siblings
 
 

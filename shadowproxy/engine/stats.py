@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
@@ -219,11 +219,20 @@ class RouteStats:
         return rs
 
 
+class Tally(Protocol):
+    """Told of every count as it is made (shadow.ledger: the crash ledger's memory stores)."""
+
+    def count(self, name: str, n: int) -> None: ...
+
+    def skip(self, reason: str, n: int) -> None: ...
+
+
 class Stats:
     """Counters for one interval plus running totals since start."""
 
     def __init__(self, source: str = "proxy") -> None:
         self.source = source
+        self.tally: Tally | None = None  # counts made here (not merged from elsewhere) go there too
         self.interval: dict[str, RouteStats] = {}
         self.totals: dict[str, RouteStats] = {}
         self.diff_latency = Histogram()  # time spent comparing two responses (all routes)
@@ -241,11 +250,15 @@ class Stats:
     def count(self, route: str, name: str, n: int = 1) -> None:
         for rs in self._route(route):
             rs.counts[name] = rs.counts.get(name, 0) + n
+        if self.tally is not None:
+            self.tally.count(name, n)
 
     def skip(self, route: str, reason: str, n: int = 1) -> None:
         for rs in self._route(route):
             rs.counts["skipped"] += n
             rs.skipped_by[reason] = rs.skipped_by.get(reason, 0) + n
+        if self.tally is not None:
+            self.tally.skip(reason, n)
 
     def request_delta(self, route: str, fields: tuple[str, ...]) -> None:
         """One compared exchange's fields whose differences the request delta explained."""

@@ -31,6 +31,7 @@ from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher, ShadowDispatcher
 from shadowproxy.shadow.jobs import build_job, decide
+from shadowproxy.shadow.ledger import ledger_path
 from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.shadow.process_dispatch import ProcessDispatcher
 from shadowproxy.sinks.base import Sink
@@ -153,7 +154,7 @@ class ShadowAddon:
             egress = server_config(self.egress, getattr(ctx.options, "shadow_egress_ca", None))
             worker = WorkerConfig(pc, cfg.dispatch, nice=cfg.worker_nice,
                                   log_level=logging.getLogger("shadowproxy").getEffectiveLevel(),
-                                  egress_server=egress)
+                                  egress_server=egress, ledger=ledger_path(pc.sink_uri))
             self.dispatcher = ProcessDispatcher(worker, self.stats)
             uri = pc.sink_uri
         else:

@@ -70,6 +70,7 @@ class WorkerConfig:
     log_level: int = logging.INFO
     nice: int = DEFAULT_WORKER_NICE
     egress_server: EgressServerConfig | None = None  # the shadow's egress listener runs in the worker
+    ledger: str | None = None  # the crash ledger's path (shadow.ledger), made by the proxy; None: none
 
 
 def frame(kind: str, payload: Any) -> bytes:

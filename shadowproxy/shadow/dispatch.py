@@ -19,6 +19,7 @@ from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.sinks.base import Record
 
 log = logging.getLogger("shadowproxy")
 
@@ -128,8 +129,7 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self.cfg.stats_interval)
             try:  # one bad interval must not end the stats records and flushes for the whole run
-                await self.pipeline.emit_stats()
-                await self.pipeline.sink.flush()
+                await self._flush(await self.pipeline.emit_stats())
             except Exception as e:
                 log.error("stats record or sink flush failed (next try in %gs): %s: %s",
                           self.cfg.stats_interval, type(e).__name__, e)
@@ -142,7 +142,16 @@ class Dispatcher:
             written = sink.counters().get("written", 0)
             if written != flushed:
                 flushed = written
-                await sink.flush()
+                await self._flush()
+
+    async def _flush(self, stats_record: Record | None = None) -> None:
+        """Flush the sink; then the crash ledger (if any) knows the records written before are
+        in it (and `stats_record`, when one was written just before)."""
+        ledger = self.pipeline.ledger
+        pending = ledger.take_pending() if ledger is not None else None
+        await self.pipeline.sink.flush()
+        if ledger is not None and pending is not None:
+            ledger.commit(pending, stats_record)
 
     async def stop(self) -> None:
         """Finish what is queued or in flight (bounded by drain_timeout), emit stats, flush the sink."""
@@ -168,6 +177,10 @@ class Dispatcher:
         if self.pipeline.cut_off:
             log.warning("shadow drain timed out; %d copies in flight cut off and counted as dropped",
                         self.pipeline.cut_off)
-        await self.pipeline.emit_stats()
+        final = await self.pipeline.emit_stats()
         await self.pipeline.close()
+        ledger = self.pipeline.ledger
+        pending = ledger.take_pending() if ledger is not None else None
         await self.pipeline.sink.stop()
+        if ledger is not None and pending is not None:
+            ledger.commit(pending, final)

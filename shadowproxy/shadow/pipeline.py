@@ -44,6 +44,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
+from shadowproxy.shadow.ledger import WorkerLedger
 from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")
@@ -146,6 +147,7 @@ class Pipeline:
         self.cut_off = 0  # copies cancelled in flight (a drain that timed out), counted as dropped
         self._cut_writing: set[int] = set()  # ids of jobs cancelled in sink.write: already counted
         self.unwritten = 0  # records that could not be built or written (each copy still counted once)
+        self.ledger: WorkerLedger | None = None  # the crash ledger (worker process): records not yet flushed
 
     async def process(self, job: ShadowJob) -> None:
         try:
@@ -350,12 +352,21 @@ class Pipeline:
         failure here loses this record only, said in the log and counted in `unwritten`, and
         never counts the copy a second time. A cancel (a drain that timed out) while writing is
         noted, so `process` does not count the copy again as dropped."""
+        ledger, outcome = self.ledger, ""
         try:
-            await self.sink.write(make())
+            record = make()
+            if ledger is not None:
+                outcome = record["outcome"]
+                ledger.written(outcome)  # its copy is finished when the record is flushed
+            await self.sink.write(record)
         except asyncio.CancelledError:
+            if ledger is not None and outcome:
+                ledger.unwritten(outcome)
             self._cut_writing.add(id(job))
             raise
         except Exception as e:
+            if ledger is not None and outcome:
+                ledger.unwritten(outcome)
             self.unwritten += 1
             if self.unwritten <= 10 or self.unwritten % 1000 == 0:
                 req = job.exchange.request
@@ -389,7 +400,8 @@ class Pipeline:
             c["unwritten"] = self.unwritten
         return c
 
-    async def emit_stats(self) -> None:
+    async def emit_stats(self) -> Record | None:
+        """Write the stats record of the interval just ended; it, or None when nothing happened."""
         record = self.stats.stats_record()
         noise = self.noise.take_interval()
         if record is not None:
@@ -397,6 +409,7 @@ class Pipeline:
                 record["noise"] = noise  # per route: this interval's noise counts (sum them)
             await self.sink.write(record)
         self.save_noise()
+        return record
 
     def _maybe_save_noise(self) -> None:
         if self.noise_state_path and time.monotonic() - self._noise_saved >= NOISE_SAVE_INTERVAL:

@@ -41,6 +41,7 @@ from shadowproxy.shadow.channel import (
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
+from shadowproxy.shadow.ledger import ProxyLedger
 from shadowproxy.shadow.pipeline import ShadowJob
 
 log = logging.getLogger("shadowproxy")
@@ -104,6 +105,8 @@ class ProcessDispatcher:
         self._restarting: asyncio.Future[None] | None = None
         self._stopping = False  # the proxy is stopping: a worker that ends now is not replaced
         self._worker_stopping: str | None = None  # why the current worker said it stops on its own
+        self.ledger: ProxyLedger | None = None  # the crash ledger (shadow.ledger), when cfg.ledger
+        self._drained_gen = 0  # the generation that said "drained" (its stop was whole)
 
     @property
     def pid(self) -> int | None:
@@ -116,6 +119,8 @@ class ProcessDispatcher:
     async def start(self) -> None:
         if self.proc is not None or self._stopped:
             return
+        if self._generation == 0 and self.cfg.ledger is not None:
+            await self._open_ledger(self.cfg.ledger)
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sndbuf = self.socket_buffer_bytes
@@ -153,6 +158,32 @@ class ProcessDispatcher:
             self._spawn(self._ship_counts_loop())
         log.info("shadow worker started (pid %d)", self.proc.pid)
 
+    async def _open_ledger(self, path: str) -> None:
+        """Start the crash ledger; fold into this run's first stats record what the previous
+        run's shows was never counted (it did not end clean). A worker of that run that still
+        drains (the proxy alone was killed) is waited for first: its last stats record counts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.dispatch.drain_timeout + 20.0
+        said = False
+        while (pid := ProxyLedger.previous_worker(path)) and loop.time() < deadline:
+            if not said:
+                said = True
+                log.info("crash ledger %s: waiting for the previous run's worker (pid %d) to end", path, pid)
+            await asyncio.sleep(0.2)
+        try:
+            self.ledger, recovery = ProxyLedger.start(path)
+        except OSError as e:
+            log.warning("crash ledger %s: cannot make it (%s); a crash would go uncounted", path,
+                        e.strerror or e)
+            return
+        self.stats.tally = self.ledger
+        if recovery is not None:
+            recovery.fold_into(self.stats)
+            log.warning("the previous run with this sink (pid %d) did not stop cleanly: %d copies it handed"
+                        " over never finished (counted skipped: lost_on_crash), %d more copies counted that"
+                        " never reached a stats record; both go in the next stats record (route %s)",
+                        recovery.pid, recovery.lost, recovery.copies() - recovery.lost, "(crash recovery)")
+
     def _spawn(self, coro: Any) -> None:
         self._tasks.spawn(coro)
 
@@ -168,6 +199,7 @@ class ProcessDispatcher:
             self._worker_stopping = str(payload)
         elif kind == "drained":
             self.drained, self.drain_dropped = payload
+            self._drained_gen = self._generation
         elif kind == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -199,9 +231,7 @@ class ProcessDispatcher:
         elif not self._stopped:
             log.warning("shadow worker exited while the proxy was stopping; not replaced (copies it held"
                         " are counted as dropped)")
-            lost = self._held()
-            if lost:
-                self.stats.count("(worker restart)", "dropped", lost)
+            self._take_back(self._held())
 
     def _held(self) -> int:
         """Copies the current worker held (unread in the channel, queued in it, and in flight in its
@@ -209,15 +239,20 @@ class ProcessDispatcher:
         return (max(0, self.dispatched - self._dispatched_base - self._worker_received)
                 + self._worker_depth + self._worker_active)
 
+    def _take_back(self, lost: int) -> None:
+        """Copies a dead worker held: counted dropped here (and no longer the worker's in the ledger)."""
+        if lost:
+            self.stats.count("(worker restart)", "dropped", lost)
+            if self.ledger is not None:
+                self.ledger.handed_back(lost)
+
     async def _restart(self) -> None:
         """Start a new worker after one died: with backoff, until it runs or the proxy stops.
 
         Copies the dead worker held are lost with it; they are counted as dropped (from its
         last status report, so approximately), and the new worker is sent the route settings
         again before any job refers to them."""
-        lost = self._held()
-        if lost:
-            self.stats.count("(worker restart)", "dropped", lost)
+        self._take_back(self._held())
         while not self._stopped:
             await asyncio.sleep(RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)])
             if self._stopped:
@@ -255,6 +290,8 @@ class ProcessDispatcher:
             t.write(frame("settings", (known[1], job.settings)))
         t.write(frame("job", encode_job(job, known[1])))
         self.dispatched += 1
+        if self.ledger is not None:
+            self.ledger.handed()
         return True
 
     def egress(self, call: OutboundCall) -> None:
@@ -298,6 +335,7 @@ class ProcessDispatcher:
             self._restarting.cancel()
         await self._tasks.cancel_all()
         if self.proc is None:
+            self._close_ledger(clean=True)
             return
         if self._alive and self._transport is not None:
             self._ship_counts()
@@ -317,6 +355,17 @@ class ProcessDispatcher:
                         self.dropped, self.dropped + self.dispatched)
         if self.proc.returncode not in (0, None):
             log.warning("shadow worker exited with %s", self.proc.returncode)
+        # clean: the last worker drained and wrote its final stats record; else the next start
+        # with this sink counts what is missing
+        self._close_ledger(clean=self.proc.returncode == 0 and self._drained_gen == self._generation)
+
+    def _close_ledger(self, *, clean: bool) -> None:
+        if self.ledger is not None:
+            if clean:
+                self.ledger.mark_clean()
+            self.ledger.close()
+            self.ledger = None
+            self.stats.tally = None
 
     async def _wait_exit(self, timeout: float) -> bool:
         assert self.proc is not None

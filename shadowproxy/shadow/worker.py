@@ -39,6 +39,7 @@ from shadowproxy.shadow.channel import (
 )
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher
+from shadowproxy.shadow.ledger import WorkerLedger
 from shadowproxy.sinks.kafka import quiet_aiokafka
 
 log = logging.getLogger("shadowproxy")
@@ -194,8 +195,11 @@ async def _serve(sock: socket.socket) -> int:
     quiet_aiokafka(debug=cfg.log_level <= logging.DEBUG)
     _renice(cfg.nice)
     stats = Stats(cfg.stats_source)
+    ledger = _open_ledger(cfg.ledger)
+    stats.tally = ledger
     try:
         dispatcher = Dispatcher(build_pipeline(cfg.pipeline, stats), cfg.dispatch)
+        dispatcher.pipeline.ledger = ledger
         await dispatcher.start()
     except ConfigError as e:  # the configuration is wrong: starting another worker would fail alike
         w.send("config_error", str(e))
@@ -236,6 +240,18 @@ async def _serve(sock: socket.socket) -> int:
     w.ship_totals()
     transport.close()
     return 0
+
+
+def _open_ledger(path: str | None) -> WorkerLedger | None:
+    """The crash ledger the proxy made (shadow.ledger); None (and said) when it cannot be opened:
+    mirroring goes on, only a crash would then go uncounted."""
+    if path is None:
+        return None
+    try:
+        return WorkerLedger.open(path)
+    except (OSError, ValueError) as e:
+        log.warning("crash ledger %s: cannot open it (%s); a crash would go uncounted", path, e)
+        return None
 
 
 _early_sigterm = False

@@ -1,0 +1,318 @@
+"""The crash ledger: what a SIGKILL of proxy and worker together would leave uncounted, counted.
+
+A small fixed-size file beside the sink's state (`<jsonl path>.ledger`; with Kafka
+`<spool_dir>/<topic>.ledger`, `.N` after it for the N-th `--reuse-port` process), created 0600
+and mapped with mmap (MAP_SHARED) by the proxy and by its worker. It holds cumulative counters
+as plain memory stores, no system call per copy: the pages are the kernel's page cache, so what
+was stored survives a SIGKILL of both processes (not a power cut: nothing is synced).
+
+Single writer per slot, so no locks: the proxy writes the header, its own counts (`P`: every
+skip and drop it counted) and the copies it handed to the worker (and those it took back as
+dropped when a worker died); the worker writes its counts (`D`: every outcome it counted),
+the records written and not yet flushed (`U`: their copies are not finished), and what the
+stats records already in the sink covered (`R`, double-buffered, flipped by one store, so a
+kill during an update leaves the old whole block or the new one).
+
+A clean stop (the worker drained and exited 0) marks the ledger clean. The next start with the
+same sink reads a ledger that is not clean and folds the difference into its first stats
+record, under the route `(crash recovery)`: the counts that never reached a stats record, and
+the copies handed over and never finished as `skipped_by.lost_on_crash`. Over the whole stream
+the counters then sum to the requests: what the sink holds (R) plus what is folded equals every
+copy the proxy saw (P's skips and drops, plus the copies handed over), whatever D and U say;
+they only decide which copies are a counted outcome and which are lost_on_crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shadowproxy.engine.stats import COUNTS, Stats
+from shadowproxy.policy import SKIP_REASONS
+from shadowproxy.sinks.uri import parse_uri
+
+log = logging.getLogger("shadowproxy")
+
+# The environment variable that tells a `--reuse-port` sibling its number (set by cli.siblings).
+INSTANCE_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
+RECOVERY_ROUTE = "(crash recovery)"
+DEFAULT_SPOOL_DIR = "./shadowproxy-spool"  # as sinks.kafka_options (not imported: it loads aiokafka)
+
+SIZE = 4096
+MAGIC = int.from_bytes(b"SPLEDGR1", "little")
+RUNNING, CLEAN = 1, 2
+OTHER_REASON = "(other)"
+NAMES = (*COUNTS, *(f"skipped_by.{r}" for r in SKIP_REASONS), f"skipped_by.{OTHER_REASON}")
+K = len(NAMES)
+_INDEX = {name: i for i, name in enumerate(NAMES)}
+LAYOUT = zlib.crc32(" ".join(NAMES).encode())  # a ledger of another version is not read
+# each copy ends in exactly one of these (the others are finer counts of the same copies)
+TERMINAL = ("compared", "shadow_errors", "too_large", "skipped", "dropped")
+_TERMINAL_IDX = tuple(_INDEX[n] for n in TERMINAL)
+_SKIPPED = _INDEX["skipped"]
+_OTHER = _INDEX[f"skipped_by.{OTHER_REASON}"]
+# what a record of each outcome was counted as (its copy is finished once the record is flushed)
+_RECORD_NAMES = {
+    "mismatch": (_INDEX["compared"], _INDEX["mismatched"]),
+    "shadow_error": (_INDEX["shadow_errors"],),
+    "too_large": (_INDEX["too_large"],),
+}
+
+# word offsets (unsigned 64-bit, native order)
+_MAGIC, _LAYOUT, _STATE, _PID, _WORKER_PID, _R_ACTIVE, _HANDED, _HANDED_BACK = range(8)
+_P = 16
+_D = _P + K
+_U = _D + K
+_R = (_U + K, _U + 2 * K)
+assert _U + 3 * K <= SIZE // 8
+
+
+def ledger_path(sink_uri: str) -> str | None:
+    """Where the ledger of this sink lives, or None (a sink with no state beside it: memory)."""
+    parsed = parse_uri(sink_uri)
+    if parsed.scheme == "jsonl":
+        return f"{parsed.path}.ledger"  # a --reuse-port sibling's JSONL path already has its `.N`
+    if parsed.scheme == "kafka":
+        n = os.environ.get(INSTANCE_ENV, "")
+        name = f"{parsed.topic}.ledger" + (f".{n}" if n and n != "0" else "")
+        return os.path.join(parsed.options.get("spool_dir") or DEFAULT_SPOOL_DIR, name)
+    return None
+
+
+class _Mapped:
+    """The file mapped, as an array of 64-bit words."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        os.close(fd)
+        self.w = memoryview(self._mm).cast("Q")
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError, ValueError):
+            self.w.release()
+            self._mm.close()
+
+    def _add(self, base: int, name: str, n: int) -> None:
+        i = _INDEX.get(name)
+        if i is not None:
+            self.w[base + i] += n
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What a previous run's ledger shows that never reached a stats record."""
+
+    pid: int
+    counts: dict[str, int] = field(default_factory=dict)  # NAMES -> count, only those > 0
+    lost: int = 0  # copies handed to the worker and never finished
+
+    def copies(self) -> int:
+        return self.lost + sum(self.counts.get(n, 0) for n in TERMINAL)
+
+    def fold_into(self, stats: Stats) -> None:
+        """Count it all in `stats` (its next stats record carries it) under RECOVERY_ROUTE."""
+        skipped = self.counts.get("skipped", 0)
+        for name, n in self.counts.items():
+            if name.startswith("skipped_by."):
+                stats.skip(RECOVERY_ROUTE, name.removeprefix("skipped_by."), n)
+                skipped -= n
+            elif name != "skipped":
+                stats.count(RECOVERY_ROUTE, name, n)
+        if skipped > 0:  # skips whose reason was not stored (never, unless a bug)
+            stats.skip(RECOVERY_ROUTE, OTHER_REASON, skipped)
+        if self.lost:
+            stats.skip(RECOVERY_ROUTE, "lost_on_crash", self.lost)
+
+
+def recovery_of(w: Any) -> Recovery | None:
+    """The recovery a ledger's words call for; None when it ended clean or is not a ledger."""
+    if w[_MAGIC] != MAGIC or w[_LAYOUT] != LAYOUT or w[_STATE] != RUNNING:
+        return None
+    r = _R[w[_R_ACTIVE] & 1]
+    missing = [w[_P + i] + w[_D + i] - w[_U + i] - w[r + i] for i in range(K)]
+    lost = w[_HANDED] - w[_HANDED_BACK] - sum(w[_D + i] - w[_U + i] for i in _TERMINAL_IDX)
+    for i in _TERMINAL_IDX:
+        # below 0: a kill between the stats block's flip and the unflushed records' release
+        # counted copies both in a stats record and as not finished; they are not lost
+        if missing[i] < 0:
+            lost += missing[i]
+    rec = Recovery(int(w[_PID]), {NAMES[i]: n for i, n in enumerate(missing) if n > 0}, max(0, lost))
+    return rec if rec.counts or rec.lost else None
+
+
+def _alive_worker(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"shadowproxy.shadow.worker" in cmdline
+
+
+class ProxyLedger(_Mapped):
+    """The proxy's side: its skips and drops (a Stats tally), copies handed over, the header."""
+
+    @classmethod
+    def previous_worker(cls, path: str) -> int:
+        """The pid of the worker of the run that wrote `path`, if that run did not end clean
+        and its worker still runs (the proxy alone was killed: the worker drains, then ends)."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(SIZE)
+        except OSError:
+            return 0
+        if len(data) < SIZE:
+            return 0
+        w = memoryview(data).cast("Q")
+        if w[_MAGIC] != MAGIC or w[_STATE] != RUNNING:
+            return 0
+        pid = int(w[_WORKER_PID])
+        return pid if _alive_worker(pid) else 0
+
+    @classmethod
+    def start(cls, path: str) -> tuple[ProxyLedger, Recovery | None]:
+        """Read what the previous run at `path` left, then a fresh ledger in its place (a new
+        file renamed over the old one: a worker of the old run still writes to the old one)."""
+        p = Path(path)
+        recovery = None
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        if len(data) >= SIZE:
+            recovery = recovery_of(memoryview(data[:SIZE]).cast("Q"))
+        if not p.parent.exists():
+            p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, SIZE)
+            ledger = cls(path, fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        w = ledger.w
+        w[_LAYOUT], w[_STATE], w[_PID] = LAYOUT, RUNNING, os.getpid()
+        w[_MAGIC] = MAGIC
+        os.replace(tmp, p)
+        return ledger, recovery
+
+    # Tally: every count the proxy makes (its stats interval, shipped to the worker each second)
+    def count(self, name: str, n: int) -> None:
+        self._add(_P, name, n)
+
+    def skip(self, reason: str, n: int) -> None:
+        w = self.w
+        w[_P + _SKIPPED] += n
+        w[_P + _INDEX.get(f"skipped_by.{reason}", _OTHER)] += n
+
+    def handed(self) -> None:
+        self.w[_HANDED] += 1
+
+    def handed_back(self, n: int) -> None:
+        """Copies a dead worker held, counted as dropped by the proxy (no longer the worker's)."""
+        self.w[_HANDED_BACK] += n
+
+    def mark_clean(self) -> None:
+        self.w[_STATE] = CLEAN
+
+
+class WorkerLedger(_Mapped):
+    """The worker's side: its counts (a Stats tally), records not yet flushed, and what the
+    stats records in the sink covered."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        super().__init__(path, fd)
+        self._pending = [0] * K  # records written since the last take_pending, by name
+        self.w[_WORKER_PID] = os.getpid()
+
+    @classmethod
+    def open(cls, path: str) -> WorkerLedger:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size < SIZE:
+                msg = f"{path}: not a ledger (too short)"
+                raise OSError(msg)
+            return cls(path, fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def count(self, name: str, n: int) -> None:
+        self._add(_D, name, n)
+
+    def skip(self, reason: str, n: int) -> None:
+        w = self.w
+        w[_D + _SKIPPED] += n
+        w[_D + _INDEX.get(f"skipped_by.{reason}", _OTHER)] += n
+
+    def written(self, outcome: str) -> None:
+        """A record of this outcome is being written: its copy is finished once it is flushed."""
+        w, pending = self.w, self._pending
+        for i in _RECORD_NAMES.get(outcome, ()):
+            w[_U + i] += 1
+            pending[i] += 1
+
+    def unwritten(self, outcome: str) -> None:
+        """The record could not be written after all: its copy is finished (counted, no record)."""
+        w, pending = self.w, self._pending
+        for i in _RECORD_NAMES.get(outcome, ()):
+            if pending[i] > 0:
+                w[_U + i] -= 1
+                pending[i] -= 1
+
+    def take_pending(self) -> list[int]:
+        """The records written so far, before a flush that covers them."""
+        out, self._pending = self._pending, [0] * K
+        return out
+
+    def commit(self, pending: list[int], stats_record: dict[str, Any] | None = None) -> None:
+        """After a flush: `stats_record` (written before it) is in the sink, and the records in
+        `pending` too. The stats block first (one store flips it), then the records."""
+        w = self.w
+        if stats_record is not None:
+            active = w[_R_ACTIVE] & 1
+            old, new = _R[active], _R[1 - active]
+            add = stats_counts(stats_record)
+            for i in range(K):
+                w[new + i] = w[old + i] + add[i]
+            w[_R_ACTIVE] = 1 - active
+        for i, n in enumerate(pending):
+            if n:
+                w[_U + i] -= n
+
+
+def stats_counts(record: dict[str, Any]) -> list[int]:
+    """A stats record's counts summed over its routes, by NAMES."""
+    out = [0] * K
+    for counts in record.get("routes", {}).values():
+        for name in COUNTS:
+            out[_INDEX[name]] += int(counts.get(name, 0))
+        for reason, n in counts.get("skipped_by", {}).items():
+            out[_INDEX.get(f"skipped_by.{reason}", _OTHER)] += int(n)
+    return out
+
+
+def read(path: str) -> dict[str, Any]:
+    """The ledger at `path` as a dict (for tests and for looking at one by hand)."""
+    data = Path(path).read_bytes()[:SIZE]
+    w = memoryview(data).cast("Q")
+    r = _R[w[_R_ACTIVE] & 1]
+    return {
+        "state": {RUNNING: "running", CLEAN: "clean"}.get(int(w[_STATE]), "?"),
+        "pid": int(w[_PID]), "worker_pid": int(w[_WORKER_PID]),
+        "handed": int(w[_HANDED]), "handed_back": int(w[_HANDED_BACK]),
+        **{f"{sec}.{NAMES[i]}": int(w[base + i]) for sec, base in (("proxy", _P), ("worker", _D),
+                                                                  ("unflushed", _U), ("reported", r))
+           for i in range(K) if w[base + i]},
+    }
