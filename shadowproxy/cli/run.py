@@ -111,7 +111,9 @@ class RunFlags:
     envvar="SHADOWPROXY_SINK",
     show_envvar=True,
     show_default=True,
-    help="Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC[?options].",
+    help="Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC[?options]. Beside it, a crash "
+    "ledger (PATH.ledger; with Kafka SPOOL_DIR/TOPIC.ledger) counts at the next start what a kill left "
+    "uncounted.",
 )
 @click.option(
     "--queue-size",

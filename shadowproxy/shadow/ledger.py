@@ -99,11 +99,6 @@ class _Mapped:
             self.w.release()
             self._mm.close()
 
-    def _add(self, base: int, name: str, n: int) -> None:
-        i = _INDEX.get(name)
-        if i is not None:
-            self.w[base + i] += n
-
 
 @dataclass(slots=True)
 class Recovery:
@@ -208,7 +203,9 @@ class ProxyLedger(_Mapped):
 
     # Tally: every count the proxy makes (its stats interval, shipped to the worker each second)
     def count(self, name: str, n: int) -> None:
-        self._add(_P, name, n)
+        i = _INDEX.get(name)
+        if i is not None:
+            self.w[_P + i] += n
 
     def skip(self, reason: str, n: int) -> None:
         w = self.w
@@ -249,7 +246,9 @@ class WorkerLedger(_Mapped):
             raise
 
     def count(self, name: str, n: int) -> None:
-        self._add(_D, name, n)
+        i = _INDEX.get(name)
+        if i is not None:
+            self.w[_D + i] += n
 
     def skip(self, reason: str, n: int) -> None:
         w = self.w
