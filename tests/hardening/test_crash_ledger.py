@@ -4,8 +4,9 @@
 are in flight when the whole process group is killed. Restarted with the same sink, the first
 stats record of the new run carries what the crash left uncounted (route `(crash recovery)`):
 the copies handed over and never finished as `skipped_by.lost_on_crash`, and the counts of the
-interrupted interval. Over the whole file, the stats records' counters sum to every request.
-A clean stop (SIGTERM) leaves the ledger clean: nothing is folded in at the next start.
+interrupted interval. Over the whole file (or topic, with Kafka), the stats records' counters
+sum to every request. A SIGKILL of the proxy alone: its worker drains and ends, the restart
+waits for it. A clean stop (SIGTERM) leaves the ledger clean: nothing is folded in at the next start.
 """
 
 from __future__ import annotations
@@ -15,21 +16,31 @@ import os
 import stat
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
 from shadowproxy.shadow import ledger
 from shadowproxy.testing import Backend
+from tests.fixtures.kafka import consume_all
 from tests.hardening import helpers as h
 from tests.kit import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
 TERMINAL = ("compared", "shadow_errors", "too_large", "skipped", "dropped")
+# the slow copies stay in flight until the kill, however slow the machine
+RULES = """\
+version: 1
+defaults:
+  timeout_ms: 30000
+"""
 
 
 @pytest.fixture(scope="module")
@@ -57,45 +68,71 @@ def copies(totals: dict[str, int]) -> int:
     return sum(totals.get(k, 0) for k in TERMINAL)
 
 
+@dataclass
+class Crash:
+    """One run killed with copies in flight, a restart with the same sink, a clean stop."""
+
+    live: Backend
+    shadow: Backend
+    sink: str
+    ledger_path: str
+    read: Callable[[], list[dict[str, Any]]]  # every record in the sink
+    tmp: Path
+    first: list[dict[str, Any]] = field(default_factory=list)  # the sink before the restart
+    stderr2: str = ""
+
+    def slow_seen(self) -> int:
+        return len([s for s in self.shadow.seen if s.path.startswith("/slow/")])
+
+    def run(self, kill: Callable[[h.Proxy], None]) -> list[dict[str, Any]]:
+        rules = h.write_rules(self.tmp / "rules.yaml", RULES)
+        proxy = h.Proxy(self.live.url, self.shadow.url, self.sink, rules, stats_interval=1,
+                        stderr_path=self.tmp / "stderr1").start()
+        slow_before = self.slow_seen()
+        try:
+            for i in range(12):  # answered by the shadow at once: records and a stats record before the kill
+                assert h.get(f"{proxy.url}/fast/{i}")[0] == 200
+            wait_until(lambda: copies(h.stats_totals(self.read())) >= 12, timeout=30,
+                       what="a stats record with the first copies")
+            for i in range(10):  # the shadow holds these 20 s: in flight at the kill
+                assert h.get(f"{proxy.url}/slow/{i}")[0] == 200
+            for i in range(5):  # skipped (method) by the proxy: shipped to the worker each second
+                assert post(f"{proxy.url}/form/{i}") == 200
+            wait_until(lambda: self.slow_seen() == slow_before + 10, timeout=20, what="the slow copies")
+        finally:
+            kill(proxy)
+        assert stat.S_IMODE(os.stat(self.ledger_path).st_mode) == 0o600
+        before = ledger.read(self.ledger_path)
+        assert before["state"] == "running" and before["handed"] == 22, before
+        self.first = self.read()
+        proxy2 = h.Proxy(self.live.url, self.shadow.url, self.sink, rules,
+                         stderr_path=self.tmp / "stderr2").start()
+        try:
+            for i in range(6):
+                assert h.get(f"{proxy2.url}/fast/after-{i}")[0] == 200
+            time.sleep(1.0)  # the records are flushed; the final stats record comes with the stop
+        finally:
+            assert proxy2.terminate() == 0, proxy2.stderr()
+        self.stderr2 = proxy2.stderr(full=True)
+        assert ledger.read(self.ledger_path)["state"] == "clean"
+        records = self.read()
+        for r in records:
+            validate_record(r)
+        return records
+
+
+def kill_group(proxy: h.Proxy) -> None:
+    proxy.kill_group()
+    assert proxy.proc is not None and proxy.proc.returncode == -9
+
+
 def test_sigkill_of_proxy_and_worker_is_counted_at_the_next_start(
     backends: tuple[Backend, Backend], tmp_path: Path
 ) -> None:
-    live, shadow = backends
     out = tmp_path / "records.jsonl"
-    sink = f"jsonl:{out}"
-    proxy = h.Proxy(live.url, shadow.url, sink, stats_interval=1, stderr_path=tmp_path / "stderr1").start()
-    try:
-        for i in range(12):  # answered by the shadow at once: records and a stats record before the kill
-            assert h.get(f"{proxy.url}/fast/{i}")[0] == 200
-        wait_until(lambda: copies(h.stats_totals(h.read_jsonl(out))) >= 12, timeout=20,
-                     what="a stats record with the first copies")
-        for i in range(10):  # the shadow holds these 20 s: in flight at the kill
-            assert h.get(f"{proxy.url}/slow/{i}")[0] == 200
-        for i in range(5):  # skipped (method) by the proxy: shipped to the worker each second
-            assert post(f"{proxy.url}/form/{i}") == 200
-        wait_until(lambda: len([s for s in shadow.seen if s.path.startswith("/slow/")]) == 10, timeout=20,
-                     what="the slow copies at the shadow")
-    finally:
-        proxy.kill_group()
-    assert proxy.proc is not None and proxy.proc.returncode == -9
-    path = f"{out}.ledger"
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    before = ledger.read(path)
-    assert before["state"] == "running" and before["handed"] == 22, before
-    first = h.read_jsonl(out)
-    assert copies(h.stats_totals(first)) < 27  # the crash left copies uncounted in the file
-
-    proxy2 = h.Proxy(live.url, shadow.url, sink, stderr_path=tmp_path / "stderr2").start()
-    try:
-        for i in range(6):
-            assert h.get(f"{proxy2.url}/fast/after-{i}")[0] == 200
-        time.sleep(1.0)  # the records are flushed; the final stats record comes with the stop
-    finally:
-        assert proxy2.terminate() == 0, proxy2.stderr()
-    assert ledger.read(path)["state"] == "clean"
-    records = h.read_jsonl(out)
-    for r in records:
-        validate_record(r)
+    crash = Crash(*backends, f"jsonl:{out}", f"{out}.ledger", lambda: h.read_jsonl(out), tmp_path)
+    records = crash.run(kill_group)
+    assert copies(h.stats_totals(crash.first)) < 27  # the crash left copies uncounted in the file
     totals = h.stats_totals(records)
     assert copies(totals) == 12 + 10 + 5 + 6, totals  # every request in exactly one counter
     assert totals["skipped_by.lost_on_crash"] == 10, totals  # the slow copies, in flight at the kill
@@ -104,7 +141,53 @@ def test_sigkill_of_proxy_and_worker_is_counted_at_the_next_start(
     assert len(mismatches) == totals["mismatched"] == 18, totals  # no count without its record
     recovered = [r for r in records if r["outcome"] == "stats" and "(crash recovery)" in r["routes"]]
     assert len(recovered) == 1
-    assert "did not stop cleanly" in proxy2.stderr(full=True)
+    assert "did not stop cleanly" in crash.stderr2
+
+
+def test_sigkill_of_the_proxy_alone_waits_for_its_draining_worker_then_counts_the_rest(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """The worker sees the proxy gone, drains (its drain timeout, 10 s, cuts the slow copies
+    off: `dropped`) and writes its last stats record; the restart waits for it, then folds in only
+    what the proxy alone held (its skips of the last second): nothing is counted twice."""
+    out = tmp_path / "records.jsonl"
+    crash = Crash(*backends, f"jsonl:{out}", f"{out}.ledger", lambda: h.read_jsonl(out), tmp_path)
+
+    def kill_proxy(proxy: h.Proxy) -> None:
+        assert proxy.proc is not None
+        proxy.proc.kill()
+        proxy.proc.wait(30)
+
+    records = crash.run(kill_proxy)
+    totals = h.stats_totals(records)
+    assert copies(totals) == 12 + 10 + 5 + 6, totals
+    assert totals.get("skipped_by.lost_on_crash", 0) == 0, totals
+    assert totals["dropped"] == 10, totals  # in flight: cut off by the old worker's drain timeout (10 s)
+    assert totals["skipped_by.method"] == 5, totals
+    assert "waiting for the previous run's worker" in crash.stderr2
+
+
+@pytest.mark.kafka
+def test_sigkill_of_proxy_and_worker_with_kafka_is_counted_at_the_next_start(
+    backends: tuple[Backend, Backend], kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    sink = f"kafka://{kafka_bootstrap}/{kafka_topic}?create_topic=1:1&spool_dir={spool}"
+
+    def read() -> list[dict[str, Any]]:
+        try:
+            messages = asyncio.run(consume_all(kafka_bootstrap, kafka_topic))
+        except Exception:  # the topic is not made yet
+            return []
+        return [orjson.loads(m.value) for m in messages]  # type: ignore[attr-defined]
+
+    crash = Crash(*backends, sink, str(spool / f"{kafka_topic}.ledger"), read, tmp_path)
+    records = crash.run(kill_group)
+    totals = h.stats_totals(records)
+    assert copies(totals) == 12 + 10 + 5 + 6, totals
+    assert totals["skipped_by.lost_on_crash"] == 10, totals
+    assert totals["skipped_by.method"] == 5, totals
+    assert len([r for r in records if r["outcome"] == "mismatch"]) == totals["mismatched"] == 18, totals
 
 
 def test_a_clean_stop_marks_the_ledger_clean_and_adds_nothing_at_the_next_start(
