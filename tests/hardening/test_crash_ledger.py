@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -48,13 +49,21 @@ def backends() -> Iterator[tuple[Backend, Backend]]:
     async def live(request: web.Request) -> web.Response:
         return web.json_response({"v": 1})
 
+    release = threading.Event()
+
     async def shadow(request: web.Request) -> web.Response:
         if request.path.startswith("/slow/"):
-            await asyncio.sleep(20)  # in flight when the kill comes
+            for _ in range(200):  # 20 s at most: in flight when the kill comes
+                if release.is_set():
+                    break
+                await asyncio.sleep(0.1)
         return web.json_response({"v": 2})  # every answer differs: a mismatch record each
 
     with Backend(live) as lv, Backend(shadow) as sh:
-        yield lv, sh
+        try:
+            yield lv, sh
+        finally:
+            release.set()  # the backend's stop waits for its handlers
 
 
 def post(url: str) -> int:
