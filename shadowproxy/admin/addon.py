@@ -47,7 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shadowproxy.admin.metrics import RouteText, StatsCollector, make_registry
 from shadowproxy.engine.stats import Histogram, RouteStats
 from shadowproxy.errors import ConfigError
-from shadowproxy.proxy.addon import ShadowAddon
+from shadowproxy.proxy.addon import PIPELINED_ROUTE, ShadowAddon
 
 log = logging.getLogger("shadowproxy")
 SCRAPE_SWITCH_INTERVAL_S = 0.0005
@@ -121,7 +121,9 @@ class AdminAddon:
         about a millisecond) and rendered again; the others' lines are reused."""
         stale, routes = self._text.changed(self.shadow.stats.totals)
         gauges, sink, diff = self._gauges(), dict(self._sink_counters()), self._diff_latency()
-        rest = make_registry(StatsCollector(dict, lambda: gauges, lambda: sink, lambda: diff, routes=False))
+        counters = self._counters()
+        rest = make_registry(StatsCollector(dict, lambda: gauges, lambda: sink, lambda: diff, routes=False,
+                                            counters=lambda: counters))
         return lambda: self._text.render(stale, routes).encode() + generate_latest(rest)
 
     def _gauges(self) -> dict[str, float]:
@@ -133,6 +135,16 @@ class AdminAddon:
             "shadow_enabled": 1.0 if sw.enabled else 0.0,
             "shadow_sample_override": -1.0 if sw.sample is None else sw.sample,
             "shadow_max_rps": -1.0 if sw.max_rps is None else sw.max_rps,
+        }
+
+    def _counters(self) -> dict[str, float]:
+        """Counters that are not by route: the bytes pipelined past the bound and let go, and
+        their connections (proxy.headlimit), never read as requests."""
+        let_go = self.shadow.stats.totals.get(PIPELINED_ROUTE)
+        c = let_go.counts if let_go is not None else {}
+        return {
+            "pipelined_let_go_connections": float(c.get("let_go_connections", 0)),
+            "pipelined_let_go_bytes": float(c.get("let_go_bytes", 0)),
         }
 
     def _sink_counters(self) -> dict[str, int]:

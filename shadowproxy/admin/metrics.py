@@ -43,8 +43,10 @@ class StatsCollector(Collector):
         diff_latency: Callable[[], Histogram | None],
         *,
         routes: bool = True,
+        counters: Callable[[], dict[str, float]] = dict,
     ) -> None:
         self._routes = routes  # False: only the families that are not by route
+        self._counters = counters  # counters not by route: shadowproxy_NAME_total
         self._totals = totals
         self._gauges = gauges
         self._sink = sink_counters
@@ -102,6 +104,8 @@ class StatsCollector(Collector):
             yield h
         for name, value in sorted(self._gauges().items()):
             yield GaugeMetricFamily(f"shadowproxy_{name}", name.replace("_", " "), value=value)
+        for name, value in sorted(self._counters().items()):
+            yield CounterMetricFamily(f"shadowproxy_{name}", name.replace("_", " "), value=value)
         sink = CounterMetricFamily(
             "shadowproxy_sink_records",
             "Records by sink state (written, produced, spooled, drained, dropped)",

@@ -47,6 +47,7 @@ STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
 HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
+PIPELINED_ROUTE = "(pipelined let go)"  # bytes pipelined past the bound: never read as requests
 _SENT_AT = "shadowproxy.sent_at"  # time.time() when the request goes upstream (the live latency's start)
 _SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
@@ -142,6 +143,13 @@ class ShadowAddon:
     def shadow_header_too_large(self, client: Any) -> None:
         """mitmproxy answered a request head over the limit with 431 (proxy.headlimit): count it."""
         self.stats.skip(HEADER_TOO_LARGE_ROUTE, "header_too_large")
+
+    def shadow_pipelined_let_go(self, let_go: headlimit.LetGo) -> None:
+        """mitmproxy let go of bytes pipelined behind a pending answer (proxy.headlimit): never
+        read as requests, so never copies; the connections and the bytes are counted."""
+        if let_go.first:
+            self.stats.count(PIPELINED_ROUTE, "let_go_connections")
+        self.stats.count(PIPELINED_ROUTE, "let_go_bytes", let_go.nbytes)
 
     async def running(self) -> None:
         cfg = self.config

@@ -14,7 +14,9 @@ While an answer is pending, mitmproxy also keeps whatever complete requests the 
 behind it, without bound (800 heads of 60 KB: 48 MB held). Past MAX_PIPELINED_BYTES (1 MiB, or
 twice the head limit if larger) they are let go and the connection is closed once the pending
 answer is sent: none of them was read as a request, so none reached live (a pipelining client
-retries what got no answer, as HTTP/1.1 asks of it).
+retries what got no answer, as HTTP/1.1 asks of it). Addons hear of each let-go through the
+`shadow_pipelined_let_go` hook (the connections and bytes are counted: never requests, which
+were not read).
 
 HTTP/2 heads are bounded by the h2 library's own settings, not by this.
 """
@@ -48,6 +50,23 @@ class ShadowHeaderTooLargeHook(commands.StartHook):
     hooks carry one argument.)"""
 
     client: connection.Client
+
+
+@dataclass(frozen=True, slots=True)
+class LetGo:
+    """Bytes a client pipelined behind a pending answer, let go (past MAX_PIPELINED_BYTES);
+    `first`: the first time on this connection (it is closed after the pending answer)."""
+
+    client: connection.Client
+    nbytes: int
+    first: bool
+
+
+@dataclass
+class ShadowPipelinedLetGoHook(commands.StartHook):
+    """Pipelined bytes were let go (a mitmproxy hook carries one argument: `LetGo`)."""
+
+    let_go: LetGo
 
 
 def head_too_large(buf: ReceiveBuffer, limit: int) -> bool:
@@ -86,12 +105,16 @@ def _wait(self: _http1.Http1Server, event: events.Event) -> Generator[Any, Any, 
             and self.request.method != "CONNECT" and "upgrade" not in self.request.headers:
         limit = getattr(self.context.options, OPTION, DEFAULT_MAX_HEADER_BYTES)
         if getattr(self, _OVERFLOW, False) or len(self.buf) > max(MAX_PIPELINED_BYTES, 2 * limit):
-            if not getattr(self, _OVERFLOW, False):
+            first = not getattr(self, _OVERFLOW, False)
+            if first:
                 setattr(self, _OVERFLOW, True)
                 yield commands.Log(f"{human_address(self.conn.peername)}: more than "
                                    f"{max(MAX_PIPELINED_BYTES, 2 * limit)} bytes pipelined behind a "
                                    "pending answer; closing the connection after that answer", WARNING)
+            nbytes = len(self.buf)
             self.buf = ReceiveBuffer()  # nothing of it was read as a request: let it go
+            if isinstance(self.conn, connection.Client):
+                yield ShadowPipelinedLetGoHook(LetGo(self.conn, nbytes, first))
         elif head_too_large(self.buf, limit):
             keep = bytes(self.buf)[: limit + 1]
             self.buf = ReceiveBuffer()

@@ -8,6 +8,7 @@ held all of it in the proxy (and a complete 1 MB head reached the live backend).
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -152,7 +153,8 @@ def test_complete_heads_pipelined_behind_a_slow_answer_are_let_go_past_1_mib_and
 ) -> None:
     """800 complete 60 KB heads pipelined behind a request live answers in 3 s: mitmproxy held
     all 48 MB (RSS +85 MB, never returned). Past 1 MiB they are let go, the pending answer
-    arrives whole, then the connection closes; none of them reaches live."""
+    arrives whole, then the connection closes; none of them reaches live. The connection and
+    the bytes let go are counted, in /metrics and in the stats record (never as requests)."""
     live, shadow = backends
     out = tmp_path / "out.jsonl"
     one = b"GET /p HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"v" * 60_000 + b"\r\n\r\n"
@@ -186,8 +188,16 @@ def test_complete_heads_pipelined_behind_a_slow_answer_are_let_go_past_1_mib_and
         s.close()
         after = rss_mb(proxy.proc.pid)
         log = proxy.stderr(full=True)
+        metrics = h.get(f"http://127.0.0.1:{proxy.admin_port}/metrics")[1].decode()
         assert proxy.terminate() == 0, proxy.stderr()
     print(f"\n{sent[0]} heads sent; proxy RSS {before:.0f} MB before, peak {peak:.0f}, after {after:.0f} MB")
+    assert "shadowproxy_pipelined_let_go_connections_total 1.0" in metrics
+    let_go = float(re.search(r"^shadowproxy_pipelined_let_go_bytes_total (\S+)$", metrics, re.M)[1])  # type: ignore[index]
+    assert let_go > 1024 * 1024, metrics
+    totals = h.stats_totals(h.read_jsonl(out))
+    assert totals["let_go_connections"] == 1, totals
+    assert totals["let_go_bytes"] == let_go, totals
+    assert totals["compared"] + totals["shadow_errors"] + totals["skipped"] + totals["dropped"] == 1, totals
     assert data.startswith(b"HTTP/1.1 200 "), data[:200]  # the pending answer is not cut
     assert data.count(b"HTTP/1.1 ") == 1, data[:400]
     assert peak - before < 20, (before, peak)
