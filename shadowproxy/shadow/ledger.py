@@ -142,14 +142,19 @@ def recovery_of(w: Any) -> Recovery | None:
     return rec if rec.counts or rec.lost else None
 
 
-def _alive_worker(pid: int) -> bool:
-    if pid <= 0:
+def _alive(pid: int, marker: bytes) -> bool:
+    """Whether process `pid` runs and its command line holds `marker` (not a reused pid)."""
+    if pid <= 0 or pid == os.getpid():
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"shadowproxy.shadow.worker" in cmdline
+    return marker in cmdline
+
+
+def _alive_worker(pid: int) -> bool:
+    return _alive(pid, b"shadowproxy.shadow.worker")
 
 
 class ProxyLedger(_Mapped):
@@ -184,6 +189,11 @@ class ProxyLedger(_Mapped):
             data = b""
         if len(data) >= SIZE:
             recovery = recovery_of(memoryview(data[:SIZE]).cast("Q"))
+        if recovery is not None and _alive(recovery.pid, b"shadow"):  # `shadowproxy run`, or mitmdump -s
+            # not a crash: another run writes to this sink now (its ledger is left to it)
+            log.warning("crash ledger %s: the run that made it (pid %d) still runs with this sink;"
+                        " nothing is folded in, and two runs should not share a sink", path, recovery.pid)
+            recovery = None
         if not p.parent.exists():
             p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")

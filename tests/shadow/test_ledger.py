@@ -1,0 +1,140 @@
+"""The crash ledger's arithmetic (shadow.ledger), in process: what a run that ended without a
+clean stop left uncounted. Over real processes and a SIGKILL: tests/hardening/test_crash_ledger.py."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from shadowproxy.engine.stats import Stats
+from shadowproxy.shadow import ledger
+from shadowproxy.shadow.ledger import RECOVERY_ROUTE, ProxyLedger, WorkerLedger, ledger_path
+
+
+def _run(path: str) -> tuple[ProxyLedger, WorkerLedger, Stats, Stats]:
+    proxy, recovery = ProxyLedger.start(path)
+    assert recovery is None
+    worker = WorkerLedger.open(path)
+    ps, ws = Stats(), Stats()
+    ps.tally, ws.tally = proxy, worker
+    return proxy, worker, ps, ws
+
+
+def _hand_over(proxy: ProxyLedger, ps: Stats, n: int) -> None:
+    for _ in range(n):
+        ps.count("/a", "eligible")
+        proxy.handed()
+
+
+def test_the_ledger_is_private_and_a_fresh_one_replaces_the_old_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "out.jsonl.ledger")
+    old, _ = ProxyLedger.start(path)
+    old.mark_clean()
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is None
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    old.handed()  # a worker of the old run writes to the old file, not the new one
+    assert ledger.read(path)["handed"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl.ledger"]
+
+
+def test_copies_in_flight_and_counts_not_in_a_stats_record_are_recovered(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    proxy, worker, ps, ws = _run(path)
+    _hand_over(proxy, ps, 10)
+    ps.skip("/a", "method", 3)
+    for _ in range(4):  # four copies answered equal: finished at once
+        ws.count("/a", "compared")
+        ws.count("/a", "equal")
+    # a stats record covering the proxy's counts so far (shipped) and the four, written and flushed
+    full = Stats()
+    full.count("/a", "eligible", 10)
+    full.skip("/a", "method", 3)
+    full.count("/a", "compared", 4)
+    full.count("/a", "equal", 4)
+    worker.commit(worker.take_pending(), full.stats_record())
+    # then: two mismatches written and not flushed, one more skip in the proxy, a kill
+    for _ in range(2):
+        ws.count("/a", "compared")
+        ws.count("/a", "mismatched")
+        worker.written("mismatch")
+    ps.skip("/a", "method")
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is not None
+    assert recovery.lost == 6  # 10 handed: 4 finished; 2 with their records unflushed, 4 never answered
+    assert recovery.counts == {"skipped": 1, "skipped_by.method": 1}  # no count without its record
+    assert recovery.copies() == 7
+    stats = Stats()
+    recovery.fold_into(stats)
+    routes = stats.totals[RECOVERY_ROUTE]
+    assert routes.skipped_by == {"method": 1, "lost_on_crash": 6}
+    assert routes.counts["skipped"] == 7
+
+
+def test_records_flushed_finish_their_copies(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    proxy, worker, ps, ws = _run(path)
+    _hand_over(proxy, ps, 3)
+    for _ in range(3):
+        ws.count("/a", "compared")
+        ws.count("/a", "mismatched")
+        worker.written("mismatch")
+    worker.commit(worker.take_pending())  # flushed, no stats record yet
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is not None
+    assert recovery.lost == 0
+    assert recovery.counts == {"compared": 3, "mismatched": 3, "eligible": 3}
+
+
+def test_a_record_that_could_not_be_written_finishes_its_copy(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    proxy, worker, ps, ws = _run(path)
+    _hand_over(proxy, ps, 1)
+    ws.count("/a", "shadow_errors")
+    worker.written("shadow_error")
+    worker.unwritten("shadow_error")
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is not None and recovery.lost == 0 and recovery.counts["shadow_errors"] == 1
+
+
+def test_a_clean_stop_folds_in_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    proxy, _, ps, _ = _run(path)
+    _hand_over(proxy, ps, 5)  # never finished: a clean stop counted them (drained or dropped)
+    proxy.mark_clean()
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is None
+
+
+def test_a_kill_between_the_stats_flip_and_the_records_release_counts_no_copy_twice(tmp_path: Path) -> None:
+    """The stats record is flushed and its block flipped; the kill comes before the records it
+    covered are released: they read as unfinished, but the stats record has them."""
+    path = str(tmp_path / "l")
+    proxy, worker, ps, ws = _run(path)
+    _hand_over(proxy, ps, 2)
+    for _ in range(2):
+        ws.count("/a", "compared")
+        ws.count("/a", "mismatched")
+        worker.written("mismatch")
+    pending = worker.take_pending()
+    full = Stats()
+    full.count("/a", "eligible", 2)
+    full.count("/a", "compared", 2)
+    full.count("/a", "mismatched", 2)
+    worker.commit([0] * len(pending), full.stats_record())  # the flip only: the kill comes here
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is None  # 2 copies, both in the stats record: nothing to add
+
+
+def test_the_ledger_lives_beside_the_sink() -> None:
+    assert ledger_path("jsonl:/data/out.jsonl") == "/data/out.jsonl.ledger"
+    assert ledger_path("jsonl:/data/out.jsonl.2") == "/data/out.jsonl.2.ledger"  # a --reuse-port sibling
+    assert ledger_path("kafka://127.0.0.1:9092/t?spool_dir=/var/spool") == "/var/spool/t.ledger"
+    assert ledger_path("kafka://127.0.0.1:9092/t") == "./shadowproxy-spool/t.ledger"
+    assert ledger_path("memory:") is None
+    os.environ[ledger.INSTANCE_ENV] = "3"
+    try:
+        assert ledger_path("kafka://127.0.0.1:9092/t?spool_dir=/s") == "/s/t.ledger.3"
+    finally:
+        del os.environ[ledger.INSTANCE_ENV]
