@@ -64,9 +64,11 @@ class LetGo:
 
 @dataclass
 class ShadowPipelinedLetGoHook(commands.StartHook):
-    """Pipelined bytes were let go (a mitmproxy hook carries one argument: `LetGo`)."""
+    """Pipelined bytes were let go (a mitmproxy hook carries one argument: `LetGo`). Not
+    blocking: the connection never waits for it to be counted."""
 
     let_go: LetGo
+    blocking = False
 
 
 def head_too_large(buf: ReceiveBuffer, limit: int) -> bool:

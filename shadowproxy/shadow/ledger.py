@@ -57,6 +57,7 @@ TERMINAL = ("compared", "shadow_errors", "too_large", "skipped", "dropped")
 _TERMINAL_IDX = tuple(_INDEX[n] for n in TERMINAL)
 _SKIPPED = _INDEX["skipped"]
 _OTHER = _INDEX[f"skipped_by.{OTHER_REASON}"]
+_REASON = {n.removeprefix("skipped_by."): i for i, n in enumerate(NAMES) if n.startswith("skipped_by.")}
 # what a record of each outcome was counted as (its copy is finished once the record is flushed)
 _RECORD_NAMES = {
     "mismatch": (_INDEX["compared"], _INDEX["mismatched"]),
@@ -220,7 +221,7 @@ class ProxyLedger(_Mapped):
     def skip(self, reason: str, n: int) -> None:
         w = self.w
         w[_P + _SKIPPED] += n
-        w[_P + _INDEX.get(f"skipped_by.{reason}", _OTHER)] += n
+        w[_P + _REASON.get(reason, _OTHER)] += n
 
     def handed(self) -> None:
         self.w[_HANDED] += 1
@@ -263,7 +264,7 @@ class WorkerLedger(_Mapped):
     def skip(self, reason: str, n: int) -> None:
         w = self.w
         w[_D + _SKIPPED] += n
-        w[_D + _INDEX.get(f"skipped_by.{reason}", _OTHER)] += n
+        w[_D + _REASON.get(reason, _OTHER)] += n
 
     def written(self, outcome: str) -> None:
         """A record of this outcome is being written: its copy is finished once it is flushed."""
@@ -308,7 +309,7 @@ def stats_counts(record: dict[str, Any]) -> list[int]:
         for name in COUNTS:
             out[_INDEX[name]] += int(counts.get(name, 0))
         for reason, n in counts.get("skipped_by", {}).items():
-            out[_INDEX.get(f"skipped_by.{reason}", _OTHER)] += int(n)
+            out[_REASON.get(reason, _OTHER)] += int(n)
     return out
 
 
