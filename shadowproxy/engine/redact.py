@@ -43,6 +43,7 @@ from shadowproxy.engine.secret_formats import (
     PATH_PAIR,
     is_card,
     luhn,
+    redact_path_secrets,
 )
 
 REDACTED = "[redacted]"
@@ -208,21 +209,25 @@ class Redactor:
                 found.add(unquote_plus(m.group(3), errors="surrogateescape"))
         return found
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, *, pointer: bool = False) -> str:
         """A string with named fields (JSON or form), card numbers, the request's credentials
-        and pattern matches replaced."""
+        and pattern matches replaced. A `pointer` (a difference's JSON Pointer) is no URL path:
+        its segments after `secret`, `tokens`... are keys, not values."""
         if self.body_fields:
             text = self._json_fields(text)
             if "=" in text:  # a form pair has one; JSON text seldom does (the search costs ~50 us per 2 KB)
                 text = _FORM_PAIR.sub(self._form_pair, self._path_pairs(text))
-        return self._values(text)
+        return self._values(text, pointer=pointer)
 
-    def _values(self, text: str) -> str:
+    def _values(self, text: str, *, pointer: bool = False) -> str:
         """Card numbers, token formats (KNOWN_SECRET), `name=value` path segments named like
-        credentials, the request's credentials and the rules' patterns replaced in `text`."""
+        credentials, path segments after a credential's or one-time link's name (`/token/X`),
+        the request's credentials and the rules' patterns replaced in `text`."""
         if (len(text) < 256 or any(h in text for h in KNOWN_SECRET_HINTS)) and KNOWN_SECRET.search(text):
             text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
         text = self._path_pairs(text)
+        if not pointer:
+            text = redact_path_secrets(text, self._path_secret)
         if CARD.search(text):
             text = CARD.sub(lambda m: self.secret(m.group(0)) if is_card(m.group(0)) else m.group(0), text)
         if CARD_GROUPED.search(text):
@@ -300,7 +305,7 @@ class Redactor:
                 out[side] = self.target(v)
             elif v is not None:
                 out[side] = self.secret(v) if named else self.value(v)
-        out["path"] = self.text(path)
+        out["path"] = self.text(path, pointer=True)
         return out
 
     def record(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +340,8 @@ class Redactor:
                 for k, v in sreq.items()
             }
         # Last, patterns over every other string (path, notes, noise, route...): fail closed.
-        return {k: v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in out.items()}
+        return {k: v if k in _OWN_KEYS else self._differences_deep(v) if k == "differences"
+                else self._patterns_deep(v) for k, v in out.items()}
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -348,6 +354,14 @@ class Redactor:
             return [self._patterns_deep(v) for v in value]
         return value  # numbers here are ours (status, sizes, latencies); body numbers went through value()
 
+    def _differences_deep(self, value: Any) -> Any:
+        """`_patterns_deep` over the differences, a difference's `path` read as a JSON Pointer."""
+        if not isinstance(value, list):
+            return self._patterns_deep(value)
+        return [{k: self._values(v, pointer=True) if k == "path" and isinstance(v, str)
+                 else v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in d.items()}
+                if isinstance(d, dict) else self._patterns_deep(d) for d in value]
+
     def _echo(self, m: re.Match[str]) -> str:
         """An echoed request credential: replaced as its own spelling, so hashes stay equal."""
         low = m.group(0).lower()
@@ -357,6 +371,10 @@ class Redactor:
         if ("=" in text or ":" in text) and ("/" in text or ";" in text) and PATH_PAIR.search(text):
             return PATH_PAIR.sub(self._path_pair, text)
         return text
+
+    def _path_secret(self, value: str) -> str:
+        """`/token/X`, `/reset/X/confirm`: the same decision as the route's `{secret}`."""
+        return value if _MARKER.search(value) else self.secret(unquote(value))
 
     def _path_pair(self, m: re.Match[str]) -> str:
         """`/password=X`, `;jsessionid=X`, `/token:X`: the value replaced when the name is a

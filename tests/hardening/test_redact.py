@@ -259,3 +259,54 @@ def test_pin_refresh_and_german_password_names_are_credentials() -> None:
         **dict.fromkeys(["pin", "refresh", "refresh_token", "passwort", "passwd", "pwd"], REDACTED),
         "spinner": "7", "pinned": "8"}
     assert d.value({"Passwort": "x", "user_pin": "1234"}) == {"Passwort": REDACTED, "user_pin": REDACTED}
+
+
+@pytest.mark.parametrize("path, redacted", [
+    ("/token/letmein", f"/token/{REDACTED}"),
+    ("/reset/letmein/confirm", f"/reset/{REDACTED}/confirm"),
+    ("/token/correcthorsebattery", f"/token/{REDACTED}"),
+    ("/api/key/openSesameBanana", f"/api/key/{REDACTED}"),
+    ("/password/reset/letmein", f"/password/reset/{REDACTED}"),
+    ("/verify/email/letmein;v=1", f"/verify/email/{REDACTED};v=1"),
+    ("/u/1/access-tokens/letmein", f"/u/1/access-tokens/{REDACTED}"),
+    ("/to%6Ben/let%6Dein", f"/to%6Ben/{REDACTED}"),
+])
+def test_a_path_segment_after_a_credential_or_one_time_link_name_is_redacted_wherever_the_path_goes(
+    path: str, redacted: str
+) -> None:
+    """The same decision as the route's `{secret}` (secret_segments): in the record's path and
+    route, in an excerpt echoing the path (JSON-escaped or not), a header, a difference."""
+    from shadowproxy.rules.matcher import path_template
+
+    d = Redactor()
+    secret = path.rsplit("/", 1)[-1].split(";")[0] if "confirm" not in path else "letmein"
+    rec = d.record({
+        "path": path, "route": path_template(path),
+        "live": {"headers": {"x-echo-path": path}, "body_excerpt": f'{{"you_asked":"{path}"}}'},
+        "shadow": {"body_excerpt": path.replace("/", "\\/")},
+        "differences": [{"part": "body", "path": "/asked", "kind": "changed", "live": path, "shadow": "x"}],
+    })
+    assert rec["path"] == redacted
+    assert rec["live"]["headers"]["x-echo-path"] == redacted
+    assert rec["live"]["body_excerpt"] == f'{{"you_asked":"{redacted}"}}'
+    assert rec["shadow"]["body_excerpt"] == redacted.replace("/", "\\/")
+    assert rec["differences"][0]["live"] == redacted
+    assert secret not in repr(rec)
+    assert "{secret}" in rec["route"]
+
+
+@pytest.mark.parametrize("path", [
+    "/auth/login", "/sessions/current", "/tokens/revoke", "/token/refresh", "/users/alice",
+    "/keyboard/layouts", "/pinned/items", "/api/keys", "/reset/password", "/reset/{secret}",
+    "/token-usage", "/profile/secret",
+])
+def test_a_credential_name_without_a_value_after_it_or_with_an_action_stays(path: str) -> None:
+    assert Redactor().record({"path": path})["path"] == path
+    assert Redactor().text(f"GET {path} HTTP/1.1") == f"GET {path} HTTP/1.1"
+
+
+def test_a_difference_pointer_is_no_url_path_its_keys_after_secret_names_stay() -> None:
+    """`/tokens/0/scope` points into a body: `0` is an index, not a token's value."""
+    rec = Redactor().record({"differences": [
+        {"part": "body", "path": "/tokens/0/scope", "kind": "changed", "live": "a", "shadow": "b"}]})
+    assert rec["differences"][0]["path"] == "/tokens/0/scope"
