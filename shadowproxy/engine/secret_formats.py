@@ -34,12 +34,22 @@ PATH_PAIR = re.compile(r"([/;])([A-Za-z_][A-Za-z0-9_.%-]{0,63})([=:])([^/;?&#\s\
 
 # What may stand between the digits of a card number: one or two spaces (also a tab, a no-break
 # space U+00A0, a narrow no-break space U+202F, a thin space U+2009, or their percent forms %20,
-# %09, %C2%A0, %E2%80%AF, %E2%80%89), or a `+` or `-` with a space on either side or none
-# (`4111 - 1111`). Luhn decides whether the digits are a card.
-_SPACE = r"(?:[ \t\u00a0\u202f\u2009]|%20|%09|%[cC]2%[aA]0|%[eE]2%80%(?:[aA][fF]|89))"
-CARD_SEP = rf"(?:{_SPACE}{{1,2}}|{_SPACE}?[+\-]{_SPACE}?)"
+# %09, %C2%A0, %E2%80%AF, %E2%80%89), or a `+`, a `-` or another dash (hyphen U+2010,
+# non-breaking hyphen U+2011, figure dash U+2012, en dash U+2013, em dash U+2014, minus sign
+# U+2212, or their percent forms %E2%80%90..%E2%80%94, %E2%88%92: what word processors and
+# keyboards put for a hyphen; every one of these also as a JSON escape, `\u2013`, as Python's
+# json.dumps writes them) with a space on either side or none (`4111 - 1111`, `4111\u20131111`).
+# Luhn decides whether the digits are a card. Not a newline, a colon or a comma: CSV rows, times
+# and lists of numbers would pass as cards one time in ten.
+_SPACE = (
+    r"(?:[ \t\u00a0\u202f\u2009]|%20|%09|%[cC]2%[aA]0|%[eE]2%80%(?:[aA][fF]|89)|\\u(?:00[aA]0|202[fF]|2009))"
+)
+_DASH = r"(?:[+\-\u2010-\u2014\u2212]|%[eE]2%80%9[0-4]|%[eE]2%88%92|\\u(?:201[0-4]|2212))"
+CARD_SEP = rf"(?:{_SPACE}{{1,2}}|{_SPACE}?{_DASH}{_SPACE}?)"
 # the separators removed before the Luhn check (the percent forms first: they hold digits)
-CARD_SEP_STRIP = re.compile(r"%[cC]2%[aA]0|%[eE]2%80%(?:[aA][fF]|89)|%20|%09|\D")
+CARD_SEP_STRIP = re.compile(
+    r"%[cC]2%[aA]0|%[eE]2%80%(?:[aA][fF]|89|9[0-4])|%[eE]2%88%92|%20|%09|\\u[0-9a-fA-F]{4}|\D"
+)
 
 # 13 to 19 digits, grouped by spaces (also no-break, narrow, thin or two), tabs, dashes (or + and
 # percent-encoded spaces in a form; see CARD_SEP) or not at all; a card when Luhn says so.

@@ -310,3 +310,42 @@ def test_a_difference_pointer_is_no_url_path_its_keys_after_secret_names_stay() 
     rec = Redactor().record({"differences": [
         {"part": "body", "path": "/tokens/0/scope", "kind": "changed", "live": "a", "shadow": "b"}]})
     assert rec["differences"][0]["path"] == "/tokens/0/scope"
+
+
+@pytest.mark.parametrize("dash", ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212"])
+@pytest.mark.parametrize("card", [
+    "5105{0}1051{0}0510{0}5100", "3782 {0} 822463 {0} 10005", "4111{0}1111{0}1111{0}1111",
+])
+def test_card_numbers_separated_by_unicode_dashes_are_redacted_as_text_percent_forms_and_json_escapes(
+    dash: str, card: str
+) -> None:
+    """En and em dashes, the minus sign, the figure dash, the (non-breaking) hyphen: what a word
+    processor or a keyboard layout puts for `-`; also percent-encoded (a path) and as JSON
+    escapes (`\\u2013`, Python's json.dumps)."""
+    import json
+    from urllib.parse import quote
+
+    d = Redactor()
+    text = card.format(dash)
+    assert d.text(f"card {text} ok") == f"card {REDACTED} ok"
+    assert d.record({"path": f"/cards/{quote(text)}/view"})["path"] == f"/cards/{REDACTED}/view"
+    assert d.text(json.dumps({"c": text})) == f'{{"c": "{REDACTED}"}}'
+
+
+@pytest.mark.parametrize("text", [
+    "2026\u201311\u201330", "1.2.3\u20134.5.6", "+44\u201320\u20137946\u20130958", "555\u2013123\u20134567",
+    "2026\u201311\u201330 \u2013 2026\u201312\u201301", "4111\u20131111\u20131111\u20131112",
+    "09:00\u201317:30",
+    "1999\u20142024", "\u2212273.15", "ISBN 978\u20110\u2011306\u201140615\u20117",
+    "4111,1111,1111,1111", "4111:1111:1111:1111", "4111\n1111\n1111\n1111",
+])
+def test_dates_versions_phones_with_unicode_dashes_and_digits_split_by_newlines_colons_commas_stay(
+    text: str
+) -> None:
+    """Not cards: too short, Luhn fails, or (newline, colon, comma: CSV rows, times, lists) not a
+    card separator at all. The ISBN is 13 digits that fail Luhn."""
+    from urllib.parse import quote
+
+    d = Redactor()
+    assert d.text(f"x {text} y") == f"x {text} y"
+    assert d.text(quote(text)) == quote(text)
