@@ -12,7 +12,8 @@ Pure and small. `Redactor` knows what is secret:
   JSON number,
 - the request's own credentials (`with_request`): the values of its secret headers, cookies,
   query parameters and JSON or form body fields, wherever a backend echoes them back (any case,
-  percent-encoded or decoded; values under MIN_ECHO_CHARS are not searched),
+  percent-encoded or decoded; values under MIN_ECHO_CHARS only as whole words, under
+  MIN_WORD_ECHO not at all),
 - value patterns (`redact.patterns`, regexes) searched in every string.
 
 Names are matched case-insensitively; a name written `re:REGEX` is a regex searched in the name.
@@ -64,7 +65,8 @@ SECRET_NAME = re.compile(
     r"|^key$|^jwt$|bearer|^otp$|passwor?t|(?:^|[-_])pin(?:$|[-_])|^refresh$",
     re.IGNORECASE,
 )
-MIN_ECHO_CHARS = 6  # a request credential shorter than this is not searched for in answers
+MIN_ECHO_CHARS = 6  # a request credential shorter than this is searched for as a whole word only,
+MIN_WORD_ECHO = 4  # and one shorter than this not at all (a 3-character word is in too much text)
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
 MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
@@ -157,13 +159,17 @@ class Redactor:
         values of its secret headers (and the token after `Bearer `), cookies, secret query
         parameters and secret JSON or form fields of its body, so a backend that echoes them back
         does not put them in a record. Each is searched in any case, also percent-encoded or
-        decoded; a value with bytes that are not UTF-8 is searched by its printable runs too."""
-        found: set[str] = set()
+        decoded; a value with bytes that are not UTF-8 is searched by its printable runs too.
+        A value named like a credential of MIN_WORD_ECHO to MIN_ECHO_CHARS - 1 characters (a
+        PIN, `JPIN4`) is searched as a whole word only (not next to a letter or a digit)."""
+        found: set[str] = set()  # named like credentials
+        cookies: set[str] = set()  # cookies not named so (`theme=dark`): searched at MIN_ECHO_CHARS only
         for name, value in headers:
             low = name.lower()
             if low in ("cookie", "set-cookie"):
                 for part in value.split(";"):
-                    found.add(part.partition("=")[2].strip())
+                    cname, _, cvalue = part.partition("=")
+                    (found if cname.strip() in self.query else cookies).add(cvalue.strip())
             elif low in self.headers:
                 found.add(value.strip())
                 found.add(value.strip().partition(" ")[2].strip())  # "Bearer <token>"
@@ -175,21 +181,28 @@ class Redactor:
                              if unquote_plus(m.group(2)) in self.query)
         if body and self.body_fields:
             found.update(self._body_credentials(body))
-        variants: set[str] = set()
-        for v in found:
-            if len(v) < MIN_ECHO_CHARS or _MARKER.fullmatch(v):
+        variants: set[str] = set()  # searched anywhere
+        words: set[str] = set()  # short: searched as whole words
+        for v in found | cookies:
+            if len(v) < MIN_WORD_ECHO or _MARKER.fullmatch(v):
                 continue
             esc = "surrogateescape"
-            variants.update((v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
-                             quote_plus(v, safe="", errors=esc)))
+            spellings = {v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
+                         quote_plus(v, safe="", errors=esc)}
             if not v.isascii() or not v.isprintable():  # how a backend shows an odd byte varies
-                variants.update(_PRINTABLE_RUN.findall(v))
-        echoes = tuple(sorted((v for v in variants if len(v) >= MIN_ECHO_CHARS), key=len, reverse=True))
-        echoes = echoes[:MAX_ECHOES]
-        if not echoes:
+                spellings.update(r for r in _PRINTABLE_RUN.findall(v) if len(r) >= MIN_ECHO_CHARS)
+            variants.update(x for x in spellings if len(x) >= MIN_ECHO_CHARS)
+            if v in found:
+                words.update(x for x in spellings if MIN_WORD_ECHO <= len(x) < MIN_ECHO_CHARS)
+        echoes = tuple(sorted(variants, key=len, reverse=True))[:MAX_ECHOES]
+        short = tuple(sorted(words, key=len, reverse=True))[: MAX_ECHOES - len(echoes)]
+        if not echoes and not short:
             return self
-        return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key, echoes,
-                        re.compile("|".join(map(re.escape, echoes)), re.IGNORECASE))
+        alternatives = list(map(re.escape, echoes))
+        if short:
+            alternatives.append(rf"(?<![0-9A-Za-z])(?:{'|'.join(map(re.escape, short))})(?![0-9A-Za-z])")
+        return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key,
+                        echoes + short, re.compile("|".join(alternatives), re.IGNORECASE))
 
     def _body_credentials(self, body: bytes) -> set[str]:
         """The values of the secret JSON (`"password": ...`) and form (`password=...`) fields of a

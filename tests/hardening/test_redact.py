@@ -349,3 +349,28 @@ def test_dates_versions_phones_with_unicode_dashes_and_digits_split_by_newlines_
     d = Redactor()
     assert d.text(f"x {text} y") == f"x {text} y"
     assert d.text(quote(text)) == quote(text)
+
+
+def test_short_request_credentials_echoed_back_are_redacted_as_whole_words() -> None:
+    """Four or five characters named like a credential (a PIN, the attacker's `JPIN4` echoed as
+    JSON inside a JSON string): redacted where they stand alone, in any case or encoding."""
+    d = Redactor().with_request(
+        [("X-Api-Key", "k3Y9"), ("Cookie", "sid=QZ7pw; theme=dark")],
+        [("token", "a b!")],
+        b'{"pin": "JPIN4", "name": "ada"}',
+    )
+    echo = ('{"echo": "{\\"pin\\": \\"JPIN4\\"}", "low": "jpin4", "key": "k3y9", "sid": "qz7pw", '
+            '"q": "a%20b%21"}')
+    out = d.text(echo)
+    for secret in ("JPIN4", "jpin4", "k3y9", "qz7pw", "a%20b%21"):
+        assert secret.lower() not in out.lower(), out
+    assert d.value(1234) == 1234 and d.text("mode dark, name ada") == "mode dark, name ada"
+
+
+def test_short_echoes_match_whole_words_only_and_shorter_ones_or_cookies_not_named_so_never() -> None:
+    d = Redactor().with_request([("X-Api-Key", "1234"), ("Cookie", "lang=de-DE; theme=dark")],
+                                [("pin", "abc")])
+    assert d.text("id 12345, a1234b, 1234-x") == f"id 12345, a1234b, {REDACTED}-x"
+    # too short, or a cookie not named like a credential
+    assert d.text("abc de-DE dark") == "abc de-DE dark"
+    assert d.value({"n": 1234}) == {"n": REDACTED}
