@@ -374,3 +374,13 @@ def test_short_echoes_match_whole_words_only_and_shorter_ones_or_cookies_not_nam
     # too short, or a cookie not named like a credential
     assert d.text("abc de-DE dark") == "abc de-DE dark"
     assert d.value({"n": 1234}) == {"n": REDACTED}
+
+
+def test_every_credential_or_one_time_link_name_passes_the_cheap_search_that_guards_the_decision() -> None:
+    """LINK_HINT skips texts with no name in them: it must find every name, alone or compound."""
+    from shadowproxy.engine.secret_formats import LINK_HINT, LINK_NAMES, secret_segments
+
+    for name in LINK_NAMES:
+        for seg in (name, name.upper(), f"my-{name}", f"{name}_x", f"{name};v=1"):
+            assert LINK_HINT.search(f"/{seg}/x".lower()), seg
+            assert secret_segments(["", seg, "letmein"]) == [False, False, True], seg
