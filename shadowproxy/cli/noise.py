@@ -107,12 +107,13 @@ def _merge_ignore(route: dict[str, Any], headers: list[str], body: list[str]) ->
 
 def _template_route(name: str, headers: list[str], body: list[str]) -> dict[str, Any] | None:
     """A new route for a path template (`/users/{id}`); None when no valid route can say it."""
-    seen = 0
+    seen = {"{id}": 0, "{secret}": 0}
     segments = []
     for seg in name.split("/"):
-        if seg == "{id}":
-            seen += 1
-            seg = "{id}" if seen == 1 else f"{{id{seen}}}"  # placeholders must be unique
+        if seg in seen:
+            seen[seg] += 1
+            n = seen[seg]
+            seg = seg if n == 1 else f"{seg[:-1]}{n}}}"  # placeholders must be unique
         segments.append(seg)
     route: dict[str, Any] = {"name": name, "match": {"path": "/".join(segments)}}
     _merge_ignore(route, headers, body)

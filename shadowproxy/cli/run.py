@@ -167,7 +167,7 @@ class RunFlags:
     show_default=True,
     help="An HTTP/1 request head (request line and headers) larger than this is answered 431 by the "
     "proxy and its connection closed: never forwarded to live nor mirrored (counted as skipped: "
-    "header_too_large).",
+    "header_too_large). So is a chunked request's trailer section over it.",
 )
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
               show_envvar=True,

@@ -12,7 +12,8 @@ Pure and small. `Redactor` knows what is secret:
   JSON number,
 - the request's own credentials (`with_request`): the values of its secret headers, cookies,
   query parameters and JSON or form body fields, wherever a backend echoes them back (any case,
-  percent-encoded or decoded; values under MIN_ECHO_CHARS are not searched),
+  percent-encoded or decoded; values under MIN_ECHO_CHARS only as whole words, under
+  MIN_WORD_ECHO not at all),
 - value patterns (`redact.patterns`, regexes) searched in every string.
 
 Names are matched case-insensitively; a name written `re:REGEX` is a regex searched in the name.
@@ -35,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from shadowproxy.engine.jsontext import JSON_KEY as _JSON_KEY
+from shadowproxy.engine.jsontext import value_end as _value_end
 from shadowproxy.engine.secret_formats import (
     CARD,
     CARD_GROUPED,
@@ -43,6 +46,7 @@ from shadowproxy.engine.secret_formats import (
     PATH_PAIR,
     is_card,
     luhn,
+    redact_path_secrets,
 )
 
 REDACTED = "[redacted]"
@@ -53,7 +57,6 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 QUERY_CREDENTIALS = frozenset({"code", "session", "sig"})
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
-_JSON_KEY = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"\s*:\s*')  # unrolled: a third faster
 _MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
 _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
 # A name that says credential (searched in the lower-cased name): redacted with any rules.
@@ -63,7 +66,8 @@ SECRET_NAME = re.compile(
     r"|^key$|^jwt$|bearer|^otp$|passwor?t|(?:^|[-_])pin(?:$|[-_])|^refresh$",
     re.IGNORECASE,
 )
-MIN_ECHO_CHARS = 6  # a request credential shorter than this is not searched for in answers
+MIN_ECHO_CHARS = 6  # a request credential shorter than this is searched for as a whole word only,
+MIN_WORD_ECHO = 4  # and one shorter than this not at all (a 3-character word is in too much text)
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
 MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
@@ -156,13 +160,17 @@ class Redactor:
         values of its secret headers (and the token after `Bearer `), cookies, secret query
         parameters and secret JSON or form fields of its body, so a backend that echoes them back
         does not put them in a record. Each is searched in any case, also percent-encoded or
-        decoded; a value with bytes that are not UTF-8 is searched by its printable runs too."""
-        found: set[str] = set()
+        decoded; a value with bytes that are not UTF-8 is searched by its printable runs too.
+        A value named like a credential of MIN_WORD_ECHO to MIN_ECHO_CHARS - 1 characters (a
+        PIN, `JPIN4`) is searched as a whole word only (not next to a letter or a digit)."""
+        found: set[str] = set()  # named like credentials
+        cookies: set[str] = set()  # cookies not named so (`theme=dark`): searched at MIN_ECHO_CHARS only
         for name, value in headers:
             low = name.lower()
             if low in ("cookie", "set-cookie"):
                 for part in value.split(";"):
-                    found.add(part.partition("=")[2].strip())
+                    cname, _, cvalue = part.partition("=")
+                    (found if cname.strip() in self.query else cookies).add(cvalue.strip())
             elif low in self.headers:
                 found.add(value.strip())
                 found.add(value.strip().partition(" ")[2].strip())  # "Bearer <token>"
@@ -174,21 +182,28 @@ class Redactor:
                              if unquote_plus(m.group(2)) in self.query)
         if body and self.body_fields:
             found.update(self._body_credentials(body))
-        variants: set[str] = set()
-        for v in found:
-            if len(v) < MIN_ECHO_CHARS or _MARKER.fullmatch(v):
+        variants: set[str] = set()  # searched anywhere
+        words: set[str] = set()  # short: searched as whole words
+        for v in found | cookies:
+            if len(v) < MIN_WORD_ECHO or _MARKER.fullmatch(v):
                 continue
             esc = "surrogateescape"
-            variants.update((v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
-                             quote_plus(v, safe="", errors=esc)))
+            spellings = {v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
+                         quote_plus(v, safe="", errors=esc)}
             if not v.isascii() or not v.isprintable():  # how a backend shows an odd byte varies
-                variants.update(_PRINTABLE_RUN.findall(v))
-        echoes = tuple(sorted((v for v in variants if len(v) >= MIN_ECHO_CHARS), key=len, reverse=True))
-        echoes = echoes[:MAX_ECHOES]
-        if not echoes:
+                spellings.update(r for r in _PRINTABLE_RUN.findall(v) if len(r) >= MIN_ECHO_CHARS)
+            variants.update(x for x in spellings if len(x) >= MIN_ECHO_CHARS)
+            if v in found:
+                words.update(x for x in spellings if MIN_WORD_ECHO <= len(x) < MIN_ECHO_CHARS)
+        echoes = tuple(sorted(variants, key=len, reverse=True))[:MAX_ECHOES]
+        short = tuple(sorted(words, key=len, reverse=True))[: MAX_ECHOES - len(echoes)]
+        if not echoes and not short:
             return self
-        return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key, echoes,
-                        re.compile("|".join(map(re.escape, echoes)), re.IGNORECASE))
+        alternatives = list(map(re.escape, echoes))
+        if short:
+            alternatives.append(rf"(?<![0-9A-Za-z])(?:{'|'.join(map(re.escape, short))})(?![0-9A-Za-z])")
+        return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key,
+                        echoes + short, re.compile("|".join(alternatives), re.IGNORECASE))
 
     def _body_credentials(self, body: bytes) -> set[str]:
         """The values of the secret JSON (`"password": ...`) and form (`password=...`) fields of a
@@ -208,21 +223,25 @@ class Redactor:
                 found.add(unquote_plus(m.group(3), errors="surrogateescape"))
         return found
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, *, pointer: bool = False) -> str:
         """A string with named fields (JSON or form), card numbers, the request's credentials
-        and pattern matches replaced."""
+        and pattern matches replaced. A `pointer` (a difference's JSON Pointer) is no URL path:
+        its segments after `secret`, `tokens`... are keys, not values."""
         if self.body_fields:
             text = self._json_fields(text)
             if "=" in text:  # a form pair has one; JSON text seldom does (the search costs ~50 us per 2 KB)
                 text = _FORM_PAIR.sub(self._form_pair, self._path_pairs(text))
-        return self._values(text)
+        return self._values(text, pointer=pointer)
 
-    def _values(self, text: str) -> str:
+    def _values(self, text: str, *, pointer: bool = False) -> str:
         """Card numbers, token formats (KNOWN_SECRET), `name=value` path segments named like
-        credentials, the request's credentials and the rules' patterns replaced in `text`."""
+        credentials, path segments after a credential's or one-time link's name (`/token/X`),
+        the request's credentials and the rules' patterns replaced in `text`."""
         if (len(text) < 256 or any(h in text for h in KNOWN_SECRET_HINTS)) and KNOWN_SECRET.search(text):
             text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
         text = self._path_pairs(text)
+        if not pointer:
+            text = redact_path_secrets(text, self._path_secret)
         if CARD.search(text):
             text = CARD.sub(lambda m: self.secret(m.group(0)) if is_card(m.group(0)) else m.group(0), text)
         if CARD_GROUPED.search(text):
@@ -300,7 +319,7 @@ class Redactor:
                 out[side] = self.target(v)
             elif v is not None:
                 out[side] = self.secret(v) if named else self.value(v)
-        out["path"] = self.text(path)
+        out["path"] = self.text(path, pointer=True)
         return out
 
     def record(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +354,8 @@ class Redactor:
                 for k, v in sreq.items()
             }
         # Last, patterns over every other string (path, notes, noise, route...): fail closed.
-        return {k: v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in out.items()}
+        return {k: v if k in _OWN_KEYS else self._differences_deep(v) if k == "differences"
+                else self._patterns_deep(v) for k, v in out.items()}
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -348,6 +368,14 @@ class Redactor:
             return [self._patterns_deep(v) for v in value]
         return value  # numbers here are ours (status, sizes, latencies); body numbers went through value()
 
+    def _differences_deep(self, value: Any) -> Any:
+        """`_patterns_deep` over the differences, a difference's `path` read as a JSON Pointer."""
+        if not isinstance(value, list):
+            return self._patterns_deep(value)
+        return [{k: self._values(v, pointer=True) if k == "path" and isinstance(v, str)
+                 else v if k in _OWN_KEYS else self._patterns_deep(v) for k, v in d.items()}
+                if isinstance(d, dict) else self._patterns_deep(d) for d in value]
+
     def _echo(self, m: re.Match[str]) -> str:
         """An echoed request credential: replaced as its own spelling, so hashes stay equal."""
         low = m.group(0).lower()
@@ -357,6 +385,10 @@ class Redactor:
         if ("=" in text or ":" in text) and ("/" in text or ";" in text) and PATH_PAIR.search(text):
             return PATH_PAIR.sub(self._path_pair, text)
         return text
+
+    def _path_secret(self, value: str) -> str:
+        """`/token/X`, `/reset/X/confirm`: the same decision as the route's `{secret}`."""
+        return value if _MARKER.search(value) else self.secret(unquote(value))
 
     def _path_pair(self, m: re.Match[str]) -> str:
         """`/password=X`, `;jsessionid=X`, `/token:X`: the value replaced when the name is a
@@ -392,49 +424,6 @@ class Redactor:
             pos = end
         out.append(text[pos:])
         return "".join(out)
-
-
-def _value_end(text: str, start: int) -> int:
-    """Where the JSON value starting at `start` ends (or len(text) when it is cut short)."""
-    n = len(text)
-    if start >= n:
-        return n
-    first = text[start]
-    if first == '"':
-        i = start + 1
-        while i < n:
-            if text[i] == "\\":
-                i += 2
-                continue
-            if text[i] == '"':
-                return i + 1
-            i += 1
-        return n
-    if first in "{[":
-        depth = 0
-        i = start
-        in_str = False
-        while i < n:
-            c = text[i]
-            if in_str:
-                if c == "\\":
-                    i += 1
-                elif c == '"':
-                    in_str = False
-            elif c == '"':
-                in_str = True
-            elif c in "{[":
-                depth += 1
-            elif c in "}]":
-                depth -= 1
-                if depth == 0:
-                    return i + 1
-            i += 1
-        return n
-    i = start
-    while i < n and text[i] not in ",}]\n\r\t ":
-        i += 1
-    return i
 
 
 DEFAULT_REDACTOR = Redactor()

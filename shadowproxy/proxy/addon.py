@@ -21,7 +21,7 @@ from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
-from shadowproxy.proxy import headlimit
+from shadowproxy.proxy import headlimit, trailers
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
 from shadowproxy.proxy.egress_server import server_config
@@ -122,6 +122,7 @@ class ShadowAddon:
     def load(self, loader: Any) -> None:
         declare_options(loader)
         headlimit.install()
+        trailers.install()
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadow_") for name in updated):
@@ -328,7 +329,8 @@ class ShadowAddon:
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         if self.dispatcher is not None and self.policy is not None and unanswered:
-            reason = "client_aborted" if client_aborted(flow) else "live_error"
+            reason = "client_aborted" if client_aborted(flow) \
+                else "header_too_large" if trailers.too_large(flow) else "live_error"
             self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), reason)
 
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:

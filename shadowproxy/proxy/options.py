@@ -148,7 +148,8 @@ def declare_options(loader: Any) -> None:
     loader.add_option(headlimit.OPTION, int, headlimit.DEFAULT_MAX_HEADER_BYTES,
                       "A request head (request line and headers, HTTP/1) larger than this is "
                       "answered 431 by the proxy, never forwarded nor mirrored, and counted "
-                      "(skipped: header_too_large); mitmproxy alone buffers heads of any size.")
+                      "(skipped: header_too_large); so is a chunked request's trailer section over "
+                      "it. mitmproxy alone buffers heads of any size.")
 
 
 def pipeline_config_of(o: Any) -> PipelineConfig | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from shadowproxy.engine.secret_formats import secret_segments
+
 
 @dataclass(frozen=True, slots=True)
 class PathMatcher:
@@ -93,19 +95,23 @@ def _is_word(seg: str) -> bool:
 MAX_NAME_SEGMENTS = 8
 MAX_NAME_CHARS = 128
 REST = "{rest}"
+SECRET = "{secret}"  # a segment after one naming a credential or a one-time link (secret_segments)
 
 
 def path_template(path: str) -> str:
-    """The route name for a path no route names: every segment that is not a word becomes `{id}`,
-    and past 8 segments or 128 characters the tail becomes `/{rest}`.
+    """The route name for a path no route names: a segment after one naming a credential or a
+    one-time link becomes `{secret}` (`/reset/{secret}/confirm`: the redactor hides the same
+    segments in the record), every other segment that is not a word becomes `{id}`, and past 8
+    segments or 128 characters the tail becomes `/{rest}`.
 
     The query string is dropped: a name must not grow with every distinct request.
     """
     segs = path.split("?", 1)[0].split("/")
     out: list[str] = []
     size = 0
+    secret = secret_segments(segs[: MAX_NAME_SEGMENTS + 2])
     for i, seg in enumerate(segs):
-        name = seg if not seg or _is_word(seg) else "{id}"
+        name = SECRET if i < len(secret) and secret[i] else seg if not seg or _is_word(seg) else "{id}"
         room = MAX_NAME_CHARS - (0 if i == len(segs) - 1 else len(REST) + 1)
         # the first segment is always kept whole (a gRPC service name is at most 100 characters)
         if i > MAX_NAME_SEGMENTS or (i > 1 and size + 1 + len(name) > room):

@@ -259,3 +259,128 @@ def test_pin_refresh_and_german_password_names_are_credentials() -> None:
         **dict.fromkeys(["pin", "refresh", "refresh_token", "passwort", "passwd", "pwd"], REDACTED),
         "spinner": "7", "pinned": "8"}
     assert d.value({"Passwort": "x", "user_pin": "1234"}) == {"Passwort": REDACTED, "user_pin": REDACTED}
+
+
+@pytest.mark.parametrize("path, redacted", [
+    ("/token/letmein", f"/token/{REDACTED}"),
+    ("/reset/letmein/confirm", f"/reset/{REDACTED}/confirm"),
+    ("/token/correcthorsebattery", f"/token/{REDACTED}"),
+    ("/api/key/openSesameBanana", f"/api/key/{REDACTED}"),
+    ("/password/reset/letmein", f"/password/reset/{REDACTED}"),
+    ("/verify/email/letmein;v=1", f"/verify/email/{REDACTED};v=1"),
+    ("/u/1/access-tokens/letmein", f"/u/1/access-tokens/{REDACTED}"),
+    ("/to%6Ben/let%6Dein", f"/to%6Ben/{REDACTED}"),
+])
+def test_a_path_segment_after_a_credential_or_one_time_link_name_is_redacted_wherever_the_path_goes(
+    path: str, redacted: str
+) -> None:
+    """The same decision as the route's `{secret}` (secret_segments): in the record's path and
+    route, in an excerpt echoing the path (JSON-escaped or not), a header, a difference."""
+    from shadowproxy.rules.matcher import path_template
+
+    d = Redactor()
+    secret = path.rsplit("/", 1)[-1].split(";")[0] if "confirm" not in path else "letmein"
+    rec = d.record({
+        "path": path, "route": path_template(path),
+        "live": {"headers": {"x-echo-path": path}, "body_excerpt": f'{{"you_asked":"{path}"}}'},
+        "shadow": {"body_excerpt": path.replace("/", "\\/")},
+        "differences": [{"part": "body", "path": "/asked", "kind": "changed", "live": path, "shadow": "x"}],
+    })
+    assert rec["path"] == redacted
+    assert rec["live"]["headers"]["x-echo-path"] == redacted
+    assert rec["live"]["body_excerpt"] == f'{{"you_asked":"{redacted}"}}'
+    assert rec["shadow"]["body_excerpt"] == redacted.replace("/", "\\/")
+    assert rec["differences"][0]["live"] == redacted
+    assert secret not in repr(rec)
+    assert "{secret}" in rec["route"]
+
+
+@pytest.mark.parametrize("path", [
+    "/auth/login", "/sessions/current", "/tokens/revoke", "/token/refresh", "/users/alice",
+    "/keyboard/layouts", "/pinned/items", "/api/keys", "/reset/password", "/reset/{secret}",
+    "/token-usage", "/profile/secret",
+])
+def test_a_credential_name_without_a_value_after_it_or_with_an_action_stays(path: str) -> None:
+    assert Redactor().record({"path": path})["path"] == path
+    assert Redactor().text(f"GET {path} HTTP/1.1") == f"GET {path} HTTP/1.1"
+
+
+def test_a_difference_pointer_is_no_url_path_its_keys_after_secret_names_stay() -> None:
+    """`/tokens/0/scope` points into a body: `0` is an index, not a token's value."""
+    rec = Redactor().record({"differences": [
+        {"part": "body", "path": "/tokens/0/scope", "kind": "changed", "live": "a", "shadow": "b"}]})
+    assert rec["differences"][0]["path"] == "/tokens/0/scope"
+
+
+@pytest.mark.parametrize("dash", ["\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2212"])
+@pytest.mark.parametrize("card", [
+    "5105{0}1051{0}0510{0}5100", "3782 {0} 822463 {0} 10005", "4111{0}1111{0}1111{0}1111",
+])
+def test_card_numbers_separated_by_unicode_dashes_are_redacted_as_text_percent_forms_and_json_escapes(
+    dash: str, card: str
+) -> None:
+    """En and em dashes, the minus sign, the figure dash, the (non-breaking) hyphen: what a word
+    processor or a keyboard layout puts for `-`; also percent-encoded (a path) and as JSON
+    escapes (`\\u2013`, Python's json.dumps)."""
+    import json
+    from urllib.parse import quote
+
+    d = Redactor()
+    text = card.format(dash)
+    assert d.text(f"card {text} ok") == f"card {REDACTED} ok"
+    assert d.record({"path": f"/cards/{quote(text)}/view"})["path"] == f"/cards/{REDACTED}/view"
+    assert d.text(json.dumps({"c": text})) == f'{{"c": "{REDACTED}"}}'
+
+
+@pytest.mark.parametrize("text", [
+    "2026\u201311\u201330", "1.2.3\u20134.5.6", "+44\u201320\u20137946\u20130958", "555\u2013123\u20134567",
+    "2026\u201311\u201330 \u2013 2026\u201312\u201301", "4111\u20131111\u20131111\u20131112",
+    "09:00\u201317:30",
+    "1999\u20142024", "\u2212273.15", "ISBN 978\u20110\u2011306\u201140615\u20117",
+    "4111,1111,1111,1111", "4111:1111:1111:1111", "4111\n1111\n1111\n1111",
+])
+def test_dates_versions_phones_with_unicode_dashes_and_digits_split_by_newlines_colons_commas_stay(
+    text: str
+) -> None:
+    """Not cards: too short, Luhn fails, or (newline, colon, comma: CSV rows, times, lists) not a
+    card separator at all. The ISBN is 13 digits that fail Luhn."""
+    from urllib.parse import quote
+
+    d = Redactor()
+    assert d.text(f"x {text} y") == f"x {text} y"
+    assert d.text(quote(text)) == quote(text)
+
+
+def test_short_request_credentials_echoed_back_are_redacted_as_whole_words() -> None:
+    """Four or five characters named like a credential (a PIN, the attacker's `JPIN4` echoed as
+    JSON inside a JSON string): redacted where they stand alone, in any case or encoding."""
+    d = Redactor().with_request(
+        [("X-Api-Key", "k3Y9"), ("Cookie", "sid=QZ7pw; theme=dark")],
+        [("token", "a b!")],
+        b'{"pin": "JPIN4", "name": "ada"}',
+    )
+    echo = ('{"echo": "{\\"pin\\": \\"JPIN4\\"}", "low": "jpin4", "key": "k3y9", "sid": "qz7pw", '
+            '"q": "a%20b%21"}')
+    out = d.text(echo)
+    for secret in ("JPIN4", "jpin4", "k3y9", "qz7pw", "a%20b%21"):
+        assert secret.lower() not in out.lower(), out
+    assert d.value(1234) == 1234 and d.text("mode dark, name ada") == "mode dark, name ada"
+
+
+def test_short_echoes_match_whole_words_only_and_shorter_ones_or_cookies_not_named_so_never() -> None:
+    d = Redactor().with_request([("X-Api-Key", "1234"), ("Cookie", "lang=de-DE; theme=dark")],
+                                [("pin", "abc")])
+    assert d.text("id 12345, a1234b, 1234-x") == f"id 12345, a1234b, {REDACTED}-x"
+    # too short, or a cookie not named like a credential
+    assert d.text("abc de-DE dark") == "abc de-DE dark"
+    assert d.value({"n": 1234}) == {"n": REDACTED}
+
+
+def test_every_credential_or_one_time_link_name_passes_the_cheap_search_that_guards_the_decision() -> None:
+    """LINK_HINT skips texts with no name in them: it must find every name, alone or compound."""
+    from shadowproxy.engine.secret_formats import LINK_HINT, LINK_NAMES, secret_segments
+
+    for name in LINK_NAMES:
+        for seg in (name, name.upper(), f"my-{name}", f"{name}_x", f"{name};v=1"):
+            assert LINK_HINT.search(f"/{seg}/x".lower()), seg
+            assert secret_segments(["", seg, "letmein"]) == [False, False, True], seg

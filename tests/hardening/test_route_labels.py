@@ -2,7 +2,8 @@
 
 Through `shadowproxy run` over real sockets, with the default rules: requests whose paths carry
 planted tokens; the route of every record (the Kafka message key), the routes of every stats
-record and every `/metrics` label show `{id}` in their place, never the token.
+record and every `/metrics` label show `{id}` (after `/reset`, a one-time link: `{secret}`) in
+their place, never the token.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.kit import differing_backends
 
 PLANTED = ["s3cr3tT0ken9", "alice-smith-1984", "kXqzPwLmTrBvNcYd", "aBcDeFgHiJkL", "xkcdqzrtpw",
            "correcthorsebatterystaple", "Zm9vYmFyYmF6"]
-EXPECTED = {"/reset/{id}", "/u/{id}/profile", "/users/{id}"}
+EXPECTED = {"/reset/{secret}", "/u/{id}/profile", "/users/{id}"}
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Secrets known by their form (issue 12, round two, the outside attacker's F2), with the default
 rules, over real sockets: credentials in `name=value`/`name:value` path segments and matrix
 parameters, well-known token formats (GitHub, AWS, Stripe, JWT, Slack) in paths, queries, headers
-and bodies, and card numbers separated by no-break, narrow, thin or double spaces, tabs, ` - ` and
+and bodies, and card numbers separated by no-break, narrow, thin or double spaces, tabs, ` - `,
+dashes other than the ASCII hyphen (en, em, minus sign, figure dash, non-breaking hyphen) and
 their percent forms. Each backend echoes the whole request back; zero found in the raw JSONL, in
 `/metrics` and in the proxy's log.
 """
@@ -40,6 +41,12 @@ CARDS = {  # Luhn-valid, each in one of the new spellings (as sent on the wire)
     "6011111111111117": "6011  1111  1111  1117",
     "5105105105105100": "5105\t1051\t0510\t5100",
     "378282246310005": "3782 - 822463 - 10005",
+    # dashes that are not the ASCII hyphen (fifth round): en, em, minus sign, figure, non-breaking
+    "4242424242424242": "4242\u20134242\u20134242\u20134242",
+    "4000056655665556": "4000\u20140566\u20145566\u20145556",
+    "5555555555554444": "5555 \u2212 5555 \u2212 5555 \u2212 4444",
+    "6011000990139424": "6011\u20120009\u20129013\u20129424",
+    "2223003122003222": "2223\u20110031\u20112200\u20113222",
 }
 
 

@@ -86,7 +86,7 @@ def test_path_template_replaces_ids_with_a_placeholder(path: str, template: str)
     [
         ("/u/x1", "/u/{id}"),  # mixed letters and digits: a value
         ("/u/a1b2c3", "/u/{id}"),
-        ("/reset/eyJhbGciOiJIUzI1NiJ9", "/reset/{id}"),  # a token is never a label
+        ("/u/eyJhbGciOiJIUzI1NiJ9", "/u/{id}"),  # a token is never a label
         ("/caf%C3%A9", "/{id}"),
         ("/files/report.json", "/files/report.json"),
         ("/api/getUserById", "/api/getUserById"),
@@ -108,7 +108,35 @@ def test_path_template_keeps_only_word_like_segments(path: str, template: str) -
     "correcthorsebatterystaple", "QmFzZTY0VG9rZW4", "ab.Zq9Xk2", "q.Zqxvbn", "Zm9vYmFy",
 ])
 def test_a_segment_that_looks_like_an_identifier_or_a_secret_is_never_kept(segment: str) -> None:
-    assert path_template(f"/reset/{segment}") == "/reset/{id}"
+    assert path_template(f"/u/{segment}") == "/u/{id}"
+    assert path_template(f"/reset/{segment}") == "/reset/{secret}"  # after a one-time link's name
+
+
+@pytest.mark.parametrize(("path", "template"), [
+    ("/token/letmein", "/token/{secret}"),  # a word, yet the value of a token
+    ("/reset/letmein/confirm", "/reset/{secret}/confirm"),
+    ("/token/correcthorsebattery", "/token/{secret}"),
+    ("/api/key/openSesameBanana", "/api/key/{secret}"),
+    ("/v1/api-keys/alpha", "/v1/api-keys/{secret}"),  # a compound name
+    ("/Sessions/42/devices", "/Sessions/{secret}/devices"),
+    ("/password/reset/letmein", "/password/reset/{secret}"),  # a name after a name: the next one
+    ("/verify/email/letmein", "/verify/email/{secret}"),  # a channel keeps the name's reach
+    ("/invite/welcome", "/invite/{secret}"),
+    ("/to%6Ben/letmein", "/{id}/{secret}"),  # a percent-encoded name is still one
+])
+def test_a_segment_after_a_credential_or_one_time_link_name_is_a_secret_in_the_route(
+    path: str, template: str
+) -> None:
+    assert path_template(path) == template
+
+
+@pytest.mark.parametrize("path", [
+    "/auth/login", "/sessions/current", "/tokens/revoke", "/token/refresh", "/users/alice",
+    "/password/forgot", "/keyboard/layouts", "/pinned/items", "/monkeys/george", "/api/keys",
+    "/reset/password", "/oauth/callback", "/signin/start",
+])
+def test_a_credential_name_with_no_value_or_an_action_after_it_keeps_its_route(path: str) -> None:
+    assert path_template(path) == path
 
 
 def test_route_names_are_bounded_and_the_rest_share_one_overflow_route() -> None:

@@ -297,6 +297,7 @@ def test_noise_export_without_rules_exports_path_template_routes(tmp_path: Path)
     state = NoiseState()
     diff = Comparison((Difference("body", "/items/2/etag", "changed", "a", "b"),), (), "json")
     state.observe("/users/{id}/posts/{id}", diff, diff)
+    state.observe("/token/{secret}/key/{secret}", diff, diff)  # a one-time link's value, twice
     state.observe("named", diff, diff)
     path = tmp_path / "noise.json"
     save_noise_state(path, state)
@@ -304,6 +305,7 @@ def test_noise_export_without_rules_exports_path_template_routes(tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "# named: not a route of the rules given" in result.stdout
     assert "path: /users/{id}/posts/{id2}" in result.stdout
+    assert "path: /token/{secret}/key/{secret2}" in result.stdout
     assert "- /items/*/etag" in result.stdout
     learned = tmp_path / "learned.yaml"
     learned.write_text(result.stdout)
