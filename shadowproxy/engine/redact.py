@@ -38,6 +38,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 from shadowproxy.engine.secret_formats import (
     CARD,
     CARD_GROUPED,
+    CARD_HINT,
     KNOWN_SECRET,
     KNOWN_SECRET_HINTS,
     PATH_PAIR,
@@ -225,7 +226,7 @@ class Redactor:
         if (len(text) < 256 or any(h in text for h in KNOWN_SECRET_HINTS)) and KNOWN_SECRET.search(text):
             text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
         text = self._path_pairs(text)
-        if CARD.search(text):
+        if CARD_HINT.search(text) and CARD.search(text):
             text = CARD.sub(lambda m: self.secret(m.group(0)) if is_card(m.group(0)) else m.group(0), text)
         if CARD_GROUPED.search(text):
             text = CARD_GROUPED.sub(

@@ -44,6 +44,11 @@ CARD_SEP_STRIP = re.compile(r"%[cC]2%[aA]0|%[eE]2%80%(?:[aA][fF]|89)|%20|%09|\D"
 # It starts with \d, not the look-behind, so the search skips non-digits in C (40% faster over JSON
 # full of numbers).
 CARD = re.compile(r"\d(?<!\d\d)(?:" + CARD_SEP + r"?\d){12,18}(?!\d)")
+# Looked for first: a digit and 12 more characters that CARD's digits and separators are made of
+# (digits, the spaces, %, + and -, and the letters of the percent forms). Every CARD match starts
+# so; plain JSON (numbers of a few digits between quotes, commas, dots) seldom does, and this
+# simple search costs a quarter of CARD's over such text.
+CARD_HINT = re.compile(r"\d[\d \t\u00a0\u202f\u2009%+\-aAcCeEfF]{12}")
 # grouped by ".", "_" or "/" (4111.1111.1111.1111): only in the groupings cards are printed in
 # (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4), one separator throughout, and not inside a longer
 # dotted or slashed run of numbers, so versions, IPs (at most 12 digits), dates and dotted ids are

@@ -18,6 +18,7 @@ from shadowproxy.engine.redact import (
     Names,
     Redactor,
 )
+from shadowproxy.engine.secret_formats import CARD, CARD_HINT
 
 R = Redactor.build(body_fields=["password", "re:^token"])
 
@@ -106,3 +107,15 @@ def test_a_record_needs_no_second_last_pass_without_echoes_or_patterns(a: str, b
         out = redactor.record(rec)
         again = {k: v if k in _OWN_KEYS else redactor._patterns_deep(v) for k, v in out.items()}
         assert again == out
+
+
+CARDISH = st.lists(st.sampled_from([
+    *"0123456789", " ", "\t", "\u00a0", "\u202f", "\u2009", "%20", "%09", "%C2%A0", "%c2%a0", "%E2%80%AF",
+    "%e2%80%89", "+", "-", " - ", "x", ",", '"', ".",
+]), max_size=40).map("".join)
+
+
+@given(CARDISH)
+def test_every_text_with_a_card_number_form_has_the_hint_the_search_looks_for_first(text: str) -> None:
+    if CARD.search(text):
+        assert CARD_HINT.search(text)
