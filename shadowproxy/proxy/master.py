@@ -30,7 +30,7 @@ from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import ShadowAddon
 from shadowproxy.proxy.egress import install_egress_ca
-from shadowproxy.proxy.fasthooks import lazy_hook_tasks, skip_message_type_checks, table_addons
+from shadowproxy.proxy.fasthooks import skip_message_type_checks, table_addons
 
 log = logging.getLogger("shadowproxy")
 
@@ -387,7 +387,6 @@ async def serve(
     master = Master(opts, with_termlog=False)
     table_addons(master)  # hooks dispatched from a table, and no debug type checks (proxy.fasthooks)
     skip_message_type_checks()
-    lazy_hook_tasks()  # a hook that never suspends runs without a task of its own
     # extra addons (the admin API) first, so /readyz answers 503 while the shadow side starts
     master.addons.add(*lean_addons(h2c=settings.h2c, live_h2c=settings.live_h2c), *extra_addons, addon)
     if install_signals:  # the process is ours (`shadowproxy run`), not a host's (tests, the demo)
