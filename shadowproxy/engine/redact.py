@@ -38,6 +38,7 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 from shadowproxy.engine.secret_formats import (
     CARD,
     CARD_GROUPED,
+    CARD_GROUPED_HINT,
     CARD_HINT,
     KNOWN_SECRET,
     KNOWN_SECRET_HINTS,
@@ -228,7 +229,7 @@ class Redactor:
         text = self._path_pairs(text)
         if CARD_HINT.search(text) and CARD.search(text):
             text = CARD.sub(lambda m: self.secret(m.group(0)) if is_card(m.group(0)) else m.group(0), text)
-        if CARD_GROUPED.search(text):
+        if CARD_GROUPED_HINT.search(text) and CARD_GROUPED.search(text):
             text = CARD_GROUPED.sub(
                 lambda m: self.secret(m.group(0)) if luhn(re.sub(r"\D", "", m.group(0))) else m.group(0), text
             )

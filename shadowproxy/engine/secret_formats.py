@@ -57,6 +57,8 @@ CARD_HINT = re.compile(r"\d[\d \t\u00a0\u202f\u2009%+\-aAcCeEfF]{12}")
 CARD_GROUPED = re.compile(
     r"\d(?<!\d\d)(?<!\d[._/]\d)\d{3}([._/])(?:\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{6}\1\d{4,5})(?!\d)(?![._/]\d)"
 )
+# in every CARD_GROUPED match (its first separator and the next group): looked for first, 4x cheaper
+CARD_GROUPED_HINT = re.compile(r"[._/]\d{4}")
 
 
 def luhn(digits: str) -> bool:

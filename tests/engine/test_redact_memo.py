@@ -18,7 +18,7 @@ from shadowproxy.engine.redact import (
     Names,
     Redactor,
 )
-from shadowproxy.engine.secret_formats import CARD, CARD_HINT
+from shadowproxy.engine.secret_formats import CARD, CARD_GROUPED, CARD_GROUPED_HINT, CARD_HINT
 
 R = Redactor.build(body_fields=["password", "re:^token"])
 
@@ -119,3 +119,13 @@ CARDISH = st.lists(st.sampled_from([
 def test_every_text_with_a_card_number_form_has_the_hint_the_search_looks_for_first(text: str) -> None:
     if CARD.search(text):
         assert CARD_HINT.search(text)
+
+
+GROUPED = st.lists(st.sampled_from([*"0123456789", ".", "_", "/", " ", "x", "1111", "4111", "-"]),
+                   max_size=30).map("".join)
+
+
+@given(GROUPED)
+def test_every_text_with_a_grouped_card_form_has_the_hint_the_search_looks_for_first(text: str) -> None:
+    if CARD_GROUPED.search(text):
+        assert CARD_GROUPED_HINT.search(text)
