@@ -37,10 +37,13 @@ from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from shadowproxy.engine.jsontext import JSON_KEY as _JSON_KEY
+from shadowproxy.engine.jsontext import PLAIN_JSON_KEY as _PLAIN_JSON_KEY
 from shadowproxy.engine.jsontext import value_end as _value_end
 from shadowproxy.engine.secret_formats import (
     CARD,
     CARD_GROUPED,
+    CARD_GROUPED_HINT,
+    CARD_HINT,
     KNOWN_SECRET,
     KNOWN_SECRET_HINTS,
     PATH_PAIR,
@@ -242,9 +245,9 @@ class Redactor:
         text = self._path_pairs(text)
         if not pointer:
             text = redact_path_secrets(text, self._path_secret)
-        if CARD.search(text):
+        if CARD_HINT.search(text) and CARD.search(text):
             text = CARD.sub(lambda m: self.secret(m.group(0)) if is_card(m.group(0)) else m.group(0), text)
-        if CARD_GROUPED.search(text):
+        if CARD_GROUPED_HINT.search(text) and CARD_GROUPED.search(text):
             text = CARD_GROUPED.sub(
                 lambda m: self.secret(m.group(0)) if luhn(re.sub(r"\D", "", m.group(0))) else m.group(0), text
             )
@@ -325,8 +328,14 @@ class Redactor:
     def record(self, rec: dict[str, Any]) -> dict[str, Any]:
         """The record with every secret replaced (a new dict; `rec` is left as it is)."""
         out = dict(rec)
+        # Without echoes or rules' patterns, `_values` changes nothing in its own output (a marker
+        # is kept as it is; none of the forms can be made of a marker): the last pass below then
+        # skips what `text`, `value` or `secret` already went through (a third of the time).
+        idempotent = self.echo_rx is None and not self.patterns
+        done: set[str] = set()
         if isinstance(out.get("query"), dict):
             out["query"] = self.query_map(out["query"])
+            done.add("query")
         for side in ("live", "shadow"):
             s = out.get(side)
             if isinstance(s, dict):
@@ -337,11 +346,20 @@ class Redactor:
                     s["body_excerpt"] = self.text(s["body_excerpt"])
                 if isinstance(s.get("error"), dict):
                     s["error"] = {k: self.text(v) if isinstance(v, str) else v for k, v in s["error"].items()}
+                if idempotent:
+                    s = self._rest(s, ("headers", "body_excerpt", "error"))
+                    done.add(side)
                 out[side] = s
         if isinstance(out.get("differences"), list):
             out["differences"] = [
                 self.difference(d) if isinstance(d, dict) else d for d in out["differences"]
             ]
+            if idempotent:
+                out["differences"] = [
+                    self._rest(d, ("live", "shadow", "path")) if isinstance(d, dict)
+                    else self._patterns_deep(d) for d in out["differences"]
+                ]
+                done.add("differences")
         if isinstance(out.get("egress"), list):  # outbound calls: their URLs' query secrets
             out["egress"] = [
                 {**c, "url": self.target(c["url"])} if isinstance(c, dict) and isinstance(c.get("url"), str)
@@ -354,8 +372,14 @@ class Redactor:
                 for k, v in sreq.items()
             }
         # Last, patterns over every other string (path, notes, noise, route...): fail closed.
-        return {k: v if k in _OWN_KEYS else self._differences_deep(v) if k == "differences"
+        if not idempotent:
+            done.clear()  # every string gets the last pass, as before
+        return {k: v if k in _OWN_KEYS or k in done else self._differences_deep(v) if k == "differences"
                 else self._patterns_deep(v) for k, v in out.items()}
+
+    def _rest(self, d: dict[str, Any], done: tuple[str, ...]) -> dict[str, Any]:
+        """`d` with the last pass over every value but those under `done` (already redacted)."""
+        return {k: v if k in _OWN_KEYS or k in done else self._patterns_deep(v) for k, v in d.items()}
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -408,7 +432,8 @@ class Redactor:
     def _json_fields(self, text: str) -> str:
         """Replace the value of every `"name": value` whose name is a body field, in JSON text
         that may be cut short (an excerpt): a value running off the end is replaced to the end."""
-        if '"' not in text or not any(k in self.body_fields for k in set(_JSON_KEY.findall(text))):
+        keys = (_JSON_KEY if "\\" in text else _PLAIN_JSON_KEY).findall(text) if '"' in text else ()
+        if not any(k in self.body_fields for k in set(keys)):
             return text  # the usual case, found in C: no key is secret (one check per distinct key)
         out: list[str] = []
         pos = 0

@@ -58,13 +58,22 @@ CARD_SEP_STRIP = re.compile(
 # It starts with \d, not the look-behind, so the search skips non-digits in C (40% faster over JSON
 # full of numbers).
 CARD = re.compile(r"\d(?<!\d\d)(?:" + CARD_SEP + r"?\d){12,18}(?!\d)")
+# Looked for first: a digit and 12 more characters that CARD's digits and separators are made of
+# (digits, the spaces, %, + and the dashes, the letters of the percent forms, and the backslash
+# and `u` of the JSON escapes). Every CARD match starts so; plain JSON (numbers of a few digits
+# between quotes, commas, dots) seldom does, and this simple search costs a quarter of CARD's
+# over such text. Keep it in step with _SPACE and _DASH (tests/engine/test_redact_memo.py).
+CARD_HINT = re.compile(r"\d[\d \t\u00a0\u202f\u2009\u2010-\u2014\u2212%+\-\\uaAcCeEfF]{12}")
 # grouped by ".", "_" or "/" (4111.1111.1111.1111): only in the groupings cards are printed in
 # (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4), one separator throughout, and not inside a longer
 # dotted or slashed run of numbers, so versions, IPs (at most 12 digits), dates and dotted ids are
-# not taken for cards; Luhn decides as above.
+# not taken for cards; Luhn decides as above. It starts with \d and looks behind from there (the
+# same matches as `(?<!\d)(?<!\d[._/])\d{4}`): the search skips non-digits in C, 4x faster over JSON.
 CARD_GROUPED = re.compile(
-    r"(?<!\d)(?<!\d[._/])\d{4}([._/])(?:\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{6}\1\d{4,5})(?!\d)(?![._/]\d)"
+    r"\d(?<!\d\d)(?<!\d[._/]\d)\d{3}([._/])(?:\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{6}\1\d{4,5})(?!\d)(?![._/]\d)"
 )
+# in every CARD_GROUPED match (its first separator and the next group): looked for first, 4x cheaper
+CARD_GROUPED_HINT = re.compile(r"[._/]\d{4}")
 
 
 def luhn(digits: str) -> bool:
