@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shadowproxy.engine.jsontext import JSON_KEY as _JSON_KEY
+from shadowproxy.engine.jsontext import PLAIN_JSON_KEY as _PLAIN_JSON_KEY
 from shadowproxy.engine.redact import (
-    _JSON_KEY,
     _OWN_KEYS,
-    _PLAIN_JSON_KEY,
     MAX_SEEN_NAMES,
     REDACTED,
     Names,
