@@ -159,6 +159,12 @@ class AdminAddon:
         except (OSError, EOFError, TimeoutError) as e:  # IncompleteReadError is an EOFError
             await self._renderer_failed(r, type(e).__name__)
             return None
+        except asyncio.CancelledError:
+            # its answer would be read by the next scrape: this renderer is out of step, let it go
+            self._renderer, self._lines_in = None, None
+            self._text.forget()
+            r.close()
+            raise
 
     async def _renderer_failed(self, r: Renderer, why: str) -> None:
         self.render_failures += 1

@@ -99,11 +99,15 @@ class Renderer:
         (size,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
         return await self._reader.readexactly(size)
 
-    async def stop(self, timeout: float = 2.0) -> None:
-        """Close our end (the renderer exits at end-of-file); kill it if it does not."""
+    def close(self) -> None:
+        """Close our end now (the renderer exits at end-of-file); not waited for."""
         if self._writer is not None:
             self._writer.close()
             self._writer = self._reader = None
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Close our end (the renderer exits at end-of-file); kill it if it does not."""
+        self.close()
         proc, self.proc = self.proc, None
         if proc is None:
             return
