@@ -42,9 +42,10 @@ from typing import Any, cast
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from shadowproxy.admin.metrics import RouteText, StatsCollector, make_registry
+from shadowproxy.admin.render import MAX_RESTARTS, RENDER_TIMEOUT_S, Renderer, render_body, request_frame
 from shadowproxy.engine.stats import Histogram, RouteStats
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import PIPELINED_ROUTE, ShadowAddon
@@ -94,6 +95,9 @@ class AdminAddon:
         )
         self._scrape = asyncio.Lock()  # one rendering at a time: scrapes never pile up threads
         self._text = RouteText()  # each route's lines, made again only when its counts change
+        self._renderer: Renderer | None = None  # the process that makes /metrics (admin.render)
+        self._lines_in: Renderer | None = None  # where the routes' lines are kept (None: here)
+        self.render_failures = 0
 
     # -- what the metrics read -------------------------------------------------------------
     def _totals(self) -> dict[str, RouteStats]:
@@ -113,18 +117,64 @@ class AdminAddon:
         copy.merge(h)
         return copy
 
+    def _changed(self, where: Renderer | None, *, copy: bool) -> tuple[dict[str, RouteStats], set[str]]:
+        """The routes to render again (RouteText.changed): all of them when their lines are kept
+        somewhere else than last time (a new renderer process, or this one's thread)."""
+        if where is not self._lines_in:
+            self._text.forget()
+            self._lines_in = where
+        return self._text.changed(self.shadow.stats.totals, copy=copy)
+
     def snapshot(self) -> Callable[[], bytes]:
         """A copy of what /metrics shows, taken now (on the proxy's loop), and the function that
-        turns it into text (in a thread: it reads only the copy).
+        turns it into text (in a thread: it reads only the copy). The fallback of the renderer
+        process (admin.render).
 
         Only the routes whose counts changed since the last scrape are copied (a few hundred take
         about a millisecond) and rendered again; the others' lines are reused."""
-        stale, routes = self._text.changed(self.shadow.stats.totals)
+        stale, routes = self._changed(None, copy=True)
         gauges, sink, diff = self._gauges(), dict(self._sink_counters()), self._diff_latency()
         counters = self._counters()
-        rest = make_registry(StatsCollector(dict, lambda: gauges, lambda: sink, lambda: diff, routes=False,
-                                            counters=lambda: counters))
-        return lambda: self._text.render(stale, routes).encode() + generate_latest(rest)
+        return lambda: render_body(self._text, stale, routes, gauges, sink, diff, counters)
+
+    async def _render_in_process(self) -> bytes | None:
+        """/metrics made by the renderer process; None when it cannot (then: a thread here)."""
+        r = self._renderer
+        if r is None or not r.alive():
+            if r is not None:
+                await self._renderer_failed(r, "it exited")
+            if self.render_failures > MAX_RESTARTS:
+                return None
+            r = self._renderer = Renderer()
+            try:
+                await r.start()
+            except OSError as e:
+                await self._renderer_failed(r, str(e))
+                return None
+        # the counters themselves, pickled now: nothing of the loop's runs before that
+        stale, routes = self._changed(r, copy=False)
+        gauges, sink = self._gauges(), dict(self._sink_counters())
+        request = request_frame(stale, routes, gauges, sink, self._diff_latency(), self._counters())
+        try:
+            return await asyncio.wait_for(r.render(request), RENDER_TIMEOUT_S)
+        except (OSError, EOFError, TimeoutError) as e:  # IncompleteReadError is an EOFError
+            await self._renderer_failed(r, type(e).__name__)
+            return None
+        except asyncio.CancelledError:
+            # its answer would be read by the next scrape: this renderer is out of step, let it go
+            self._renderer, self._lines_in = None, None
+            self._text.forget()
+            r.close()
+            raise
+
+    async def _renderer_failed(self, r: Renderer, why: str) -> None:
+        self.render_failures += 1
+        self._renderer = None
+        self._lines_in = None
+        self._text.forget()
+        log.warning("/metrics renderer process failed (%s); this scrape is rendered in the proxy%s", why,
+                    "" if self.render_failures <= MAX_RESTARTS else ", and so are the next ones")
+        await r.stop(timeout=0.5)
 
     def _gauges(self) -> dict[str, float]:
         d = self.shadow.dispatcher
@@ -169,9 +219,18 @@ class AdminAddon:
         await site.start()
         if self.port == 0 and site._server is not None:
             self.port = cast(asyncio.Server, site._server).sockets[0].getsockname()[1]
+        renderer = Renderer()  # started now: the first scrape does not wait for its interpreter
+        try:
+            await renderer.start()
+            self._renderer = renderer
+        except OSError as e:
+            await self._renderer_failed(renderer, str(e))
         log.info("admin API on http://%s:%d (metrics, health, kill switch)", self.host, self.port)
 
     async def done(self) -> None:
+        if self._renderer is not None:
+            r, self._renderer = self._renderer, None
+            await r.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -179,6 +238,9 @@ class AdminAddon:
     # -- handlers ----------------------------------------------------------------------------
     async def metrics(self, request: web.Request) -> web.Response:
         async with self._scrape:
+            made = await self._render_in_process()
+            if made is not None:
+                return web.Response(body=made, headers={"Content-Type": CONTENT_TYPE_LATEST})
             render = self.snapshot()
             # while the text is made, hand the interpreter lock back to the proxy's loop every
             # 0.5 ms instead of every 5 ms: a live request waits for it several times

@@ -149,42 +149,64 @@ class RouteText:
     """/metrics text made route by route, each route's lines kept until its counts change.
 
     After 20 000 distinct paths a scrape has ~200 routes of ~45 series each to turn into text:
-    ~0.2 s of CPU, run in a thread that shares the interpreter lock with the proxy's loop (a live
-    request sent during a scrape waited 2-3x longer). Most routes do not change between two
-    scrapes; only those that did are rendered again. The text is what generate_latest makes of
-    all routes at once, byte for byte (families in the same order, routes sorted in each).
+    ~0.2 s of CPU. Most routes do not change between two scrapes; only those that did are
+    rendered again. The text is what generate_latest makes of all routes at once, byte for byte
+    (families in the same order, routes sorted in each).
+
+    Two halves, which may live in two processes: `changed` (on the proxy's loop) remembers each
+    route's fingerprint and says which routes must be rendered again; `render` keeps each
+    route's lines. The proxy sends `changed`'s answer to the renderer process
+    (admin.render), which holds the lines; when that renderer is new (its lines are gone),
+    `forget` makes every route changed again.
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[tuple[Any, ...], dict[str, str]]] = {}
+        self._prints: dict[str, tuple[Any, ...]] = {}  # `changed`'s half
+        self._lines: dict[str, dict[str, str]] = {}  # `render`'s half
         empty = StatsCollector(dict, dict, dict, lambda: None)
         self._heads = [(block.split(" ", 3)[2], block) for block in _heads(generate_latest(empty))]
         self.rendered = 0  # routes rendered by the last call (tests, figures)
 
-    def changed(self, totals: dict[str, RouteStats]) -> tuple[dict[str, RouteStats], set[str]]:
-        """(copies of the routes whose lines must be made again, every route): on the proxy's loop."""
+    def changed(self, totals: dict[str, RouteStats], *, copy: bool = True
+                ) -> tuple[dict[str, RouteStats], set[str]]:
+        """(the routes whose lines must be made again, every route): on the proxy's loop.
+
+        `copy`: copies of them, for a thread that renders while the loop keeps counting; False:
+        the counters themselves, for a caller that pickles them before the loop moves on."""
         stale: dict[str, RouteStats] = {}
         for route, rs in list(totals.items()):
-            cached = self._cache.get(route)
-            if cached is None or cached[0] != fingerprint(rs):
-                copy = RouteStats()
-                copy.merge(rs)
-                stale[route] = copy
-        return stale, set(totals)
+            mark = fingerprint(rs)
+            if self._prints.get(route) != mark:
+                self._prints[route] = mark
+                if copy:
+                    rs, live = RouteStats(), rs
+                    rs.merge(live)
+                stale[route] = rs
+        routes = set(totals)
+        if len(self._prints) != len(routes):
+            for gone in set(self._prints) - routes:
+                del self._prints[gone]
+        return stale, routes
+
+    def forget(self) -> None:
+        """Every route is changed at the next `changed` (the lines were lost, or not made)."""
+        self._prints.clear()
 
     def render(self, stale: dict[str, RouteStats], routes: set[str]) -> str:
-        """The route families' text (in a thread: reads only the copies and its own cache)."""
+        """The route families' text (in a thread or another process: reads only what it is given
+        and its own lines)."""
         for route, rs in stale.items():
             one = StatsCollector(functools.partial(dict, {route: rs}), dict, dict, lambda: None)
-            self._cache[route] = (fingerprint(rs), _by_family(generate_latest(one).decode()))
-        for gone in set(self._cache) - routes:
-            self._cache.pop(gone, None)
+            self._lines[route] = _by_family(generate_latest(one).decode())
+        if len(self._lines) != len(routes):
+            for gone in set(self._lines) - routes:
+                self._lines.pop(gone, None)
         self.rendered = len(stale)
         order = sorted(routes)
         parts: list[str] = []
         for name, head in self._heads:
             parts.append(head)
-            parts.extend(self._cache[r][1].get(name, "") for r in order)
+            parts.extend(self._lines[r].get(name, "") for r in order)
         return "".join(parts)
 
 

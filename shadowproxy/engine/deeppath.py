@@ -29,10 +29,24 @@ KINDS = {
 }
 _ADDED = frozenset({"dictionary_item_added", "iterable_item_added"})
 
-@lru_cache(maxsize=8192)
+MAX_CACHED_PATH = 1024  # longer paths (a JSON key of 60 KB) are parsed each time, not remembered
+
+
 def path_elements(path: str) -> tuple[Any, ...]:
-    """DeepDiff's path string ("root['a'][0]") as its keys and indices."""
+    """DeepDiff's path string ("root['a'][0]") as its keys and indices.
+
+    Remembered (8 192 paths) when at most MAX_CACHED_PATH long: keys come from answers, and
+    8 192 of 60 KB would be ~500 MB."""
+    if len(path) > MAX_CACHED_PATH:
+        return _parse(path)
+    return _cached_elements(path)
+
+
+def _parse(path: str) -> tuple[Any, ...]:
     return tuple(parse_path(path))  # type: ignore[no-untyped-call]
+
+
+_cached_elements = lru_cache(maxsize=8192)(_parse)
 
 
 def to_pointer(base: str, elements: Sequence[Any]) -> str:

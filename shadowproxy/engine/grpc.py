@@ -140,7 +140,13 @@ def check_descriptor(path: str) -> None:
 
 def method_info(descriptor: str, method: str) -> MethodInfo | None:
     """The method's message types and streaming kind; None when the set does not define it."""
-    return _method_info(descriptor, method.strip("/"))
+    method = method.strip("/")
+    if len(method) > MAX_CACHED_METHOD:  # the path is the client's: 256 of 60 KB would be 15 MB
+        return _method_info.__wrapped__(descriptor, method)
+    return _method_info(descriptor, method)
+
+
+MAX_CACHED_METHOD = 256
 
 
 @lru_cache(maxsize=256)

@@ -67,6 +67,8 @@ SHADOW_TWICE_SAMPLE = 0.05  # default share of reads asked twice: each doubles t
 SECONDARY_SAMPLE = 1.0  # default share sent to a secondary: Diffy's way, every copy
 MAX_ROUTES = 1000  # beyond: new routes are not learned (memory stays bounded)
 MAX_FIELDS_PER_ROUTE = 2000
+MAX_FIELD_POINTER = 512  # a field whose pointer is longer (keys of 60 KB) is not learned: 2 000 such
+                         # fields would hold 120 MB per route, and the state file with them
 
 # (where, pointer, kind): where is body (a JSON pointer, indexes folded), text or bytes (the
 # body compared as lines or bytes: pointers kept as they are), header (/name) or status.
@@ -211,12 +213,12 @@ class RouteNoise:
     compared: int = 0
     pairs: int = 0
     fields: dict[FieldKey, FieldCounts] = field(default_factory=dict)
-    not_kept: int = 0  # field observations dropped past MAX_FIELDS_PER_ROUTE
+    not_kept: int = 0  # field observations dropped past MAX_FIELDS_PER_ROUTE or MAX_FIELD_POINTER
 
     def counts(self, f: FieldKey, create: bool = True) -> FieldCounts | None:
         c = self.fields.get(f)
         if c is None and create:
-            if len(self.fields) >= MAX_FIELDS_PER_ROUTE:
+            if len(self.fields) >= MAX_FIELDS_PER_ROUTE or len(f[1]) > MAX_FIELD_POINTER:
                 self.not_kept += 1
                 return None
             c = self.fields[f] = FieldCounts()

@@ -74,6 +74,7 @@ MIN_WORD_ECHO = 4  # and one shorter than this not at all (a 3-character word is
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
 MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
+MAX_SEEN_NAME_CHARS = 256  # and only names this short: 4 096 keys of 60 KB would be 250 MB
 _PRINTABLE_RUN = re.compile(r"[\x21-\x7e]+")
 
 
@@ -106,7 +107,7 @@ class Names:
         if found is None:
             low = name.lower()
             found = low in self.exact or any(r.search(low) for r in self.regexes)
-            if len(self._seen) < MAX_SEEN_NAMES:
+            if len(self._seen) < MAX_SEEN_NAMES and len(name) <= MAX_SEEN_NAME_CHARS:
                 self._seen[name] = found
         return found
 

@@ -51,6 +51,11 @@ __all__ = ["MIN_TOKEN", "RequestDelta", "request_delta"]
 
 MIN_TOKEN = 4  # shorter request items explain only a whole value, never a part of one
 _PLACEHOLDER = "\x00{}\x00"
+# Patterns built from request items are remembered (ours, and the re module's own cache of 512)
+# only up to this length. Items come from the request (a 60 KB path, its absolute URL): a
+# regex of two such URLs compiled to ~1 MB, and 512 of them held by re's cache grew the
+# worker by ~1.3 MB a request up to ~600 MB (issue 12, the attacker's 60 KB paths).
+MAX_CACHED_PATTERN = 2048
 # a text line that echoes one header or parameter: `Name: value`, `"name": "value",`, `name=value`
 _LINE = re.compile(r"^\s*\"?(?P<name>[A-Za-z0-9_.-]+)\"?\s*[:=]\s*\"?(?P<value>[^\"]*?)\"?\s*,?\s*$")
 
@@ -160,11 +165,21 @@ def _drop_echoes(text: str, items: tuple[tuple[str, str], ...]) -> str:
     """`text` without echoes of these request items (`"X-Shadow-Request": "1"`, `x_shadow_request=1`
     inside a serialised object or a line), with the separator next to them."""
     for name, value in items:
-        if name.lower() not in text.lower().replace("_", "-"):
+        if name.lower() not in text.lower().replace("_", "-") or len(name) > MAX_CACHED_PATTERN // 8:
+            continue
+        if len(value) > MAX_CACHED_PATTERN // 8:
+            # a long value (a client's 60 KB header) stands in the pattern as a token: a regex of
+            # the value itself took seconds to compile and ~1 MB; here the value matches exactly
+            if value not in text or _TOKEN in text:
+                continue
+            text = _echo_rx(name, _TOKEN).sub("", text.replace(value, _TOKEN)).replace(_TOKEN, value)
             continue
         rx = _echo_rx(name, value)
         text = rx.sub("", text)
     return text
+
+
+_TOKEN = "\x00echo\x00"
 
 
 _ECHO_CACHE: dict[tuple[str, str], re.Pattern[str]] = {}
@@ -178,8 +193,19 @@ def _echo_rx(name: str, value: str) -> re.Pattern[str]:
         n = "(?:http[-_])?" + "[-_]".join(re.escape(part) for part in name.split("-"))
         pair = rf"[\"']?{n}[\"']?\s*[:=]\s*(?:\[\s*)?[\"']?{re.escape(value)}[\"']?(?:\s*\])?"
         # with the comma before it, or else the one after it (an object's first member)
-        rx = re.compile(rf"\s*,\s*{pair}|{pair}\s*,?\s?", re.IGNORECASE)
-        _ECHO_CACHE[(name, value)] = rx
+        rx = _compile(rf"\s*,\s*{pair}|{pair}\s*,?\s?", re.IGNORECASE)
+        if len(rx.pattern) <= MAX_CACHED_PATTERN:
+            _ECHO_CACHE[(name, value)] = rx
+    return rx
+
+
+def _compile(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """re.compile; a pattern longer than MAX_CACHED_PATTERN is left out of the re module's cache,
+    which keeps 512 patterns whatever their size."""
+    rx = re.compile(pattern, flags)
+    if len(pattern) > MAX_CACHED_PATTERN:
+        cache: dict[Any, Any] = getattr(re, "_cache", {})  # CPython's, keyed like this in 3.11
+        cache.pop((str, pattern, int(flags)), None)
     return rx
 
 
@@ -190,8 +216,33 @@ def _substitute(text: str, pairs: tuple[tuple[str, str], ...], side: int) -> str
     if not items:
         return text
     index = {item: i for item, i in reversed(items)}  # the first (longest) pair wins a shared item
-    rx = _compiled(tuple(sorted(index, key=len, reverse=True)))
+    ordered = tuple(sorted(index, key=len, reverse=True))
+    if sum(map(len, ordered)) > MAX_CACHED_PATTERN:
+        return _replace_each(text, ordered, lambda item: _PLACEHOLDER.format(index[item]))
+    rx = _compiled(ordered)
     return rx.sub(lambda m: _PLACEHOLDER.format(index[m.group(0)]), text)
+
+
+def _replace_each(text: str, items: tuple[str, ...], repl: Callable[[str], str]) -> str:
+    """What the alternation of `items` (longest first) would replace in one pass, without a
+    regex: long items (a 60 KB URL) would compile to a regex of ~1 MB."""
+    out: list[str] = []
+    pos = 0
+    found = {item: text.find(item) for item in items}
+    while True:
+        best, at = "", -1
+        for item in items:  # longest first: at the same position, the longest wins
+            i = found[item]
+            if 0 <= i < pos:
+                i = found[item] = text.find(item, pos)
+            if i >= 0 and (at < 0 or i < at):
+                best, at = item, i
+        if at < 0:
+            break
+        out += (text[pos:at], repl(best))
+        pos = at + len(best)
+    out.append(text[pos:])
+    return "".join(out)
 
 
 MAX_STATES = 20_000  # a bound on the search below; beyond it a value is not explained

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shadowproxy.engine.exchange import Response
-from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
           "eligible", "request_delta", "adjusted")
@@ -300,6 +299,10 @@ class Stats:
 
     def stats_record(self) -> dict[str, Any] | None:
         """The record for the interval just ended, or None when nothing happened."""
+        # late: the /metrics renderer process reads these counters without the records' diff
+        # machinery (deepdiff, numpy: ~30 MB of its RSS)
+        from shadowproxy.engine.record import SCHEMA, iso_ts, new_id
+
         elapsed, routes = self.take_interval()
         if not routes:
             return None

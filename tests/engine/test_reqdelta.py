@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from shadowproxy.engine.diff import compare_responses
 from shadowproxy.engine.exchange import Request, Response
 from shadowproxy.engine.options import CompareOptions
@@ -160,3 +163,52 @@ def test_a_lazy_delta_is_not_worked_out_for_a_difference_no_delta_could_explain(
     out = compare_responses(live, Response(200, JSON, b'{"price": 14.74}'), CompareOptions(), lazy)
     assert [d.path for d in out.differences] == ["/price"] and made == []
     assert not lazy.explains("status", "", "changed", 200, 500) and made == []
+
+
+def long_path(i: int) -> str:
+    words = ("alpha", "beta", "gamma", "delta", "omega", "users", "orders", "items")
+    return f"/{i}x/" + "/".join(words[(i * 7 + k * k) % 8] for k in range(60_000 // 6))
+
+
+def test_request_items_of_60_kb_are_explained_and_no_pattern_that_long_stays_in_a_cache() -> None:
+    """Each 60 KB path's absolute URL made a regex of ~1 MB, kept by our cache (257 of them) and
+    by the re module's (512): the worker grew ~1.3 MB a request (334 MB after 200 requests)."""
+    import re
+    import tracemalloc
+
+    from shadowproxy.engine import reqdelta
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(40):
+            path = long_path(i)
+            live = Request("GET", path, (), (("Host", "live.internal:8001"), ("X-Long", path)))
+            shadow = Request("GET", path, (), ())
+            delta = request_delta(live, shadow, shadow_authority="shadow.internal:9001")
+            assert delta.explains("body", "/url", "changed", f"at http://live.internal:8001{path} .",
+                                  f"at http://shadow.internal:9001{path} .")
+            assert not delta.explains("body", "/url", "changed", f"at http://live.internal:8001{path} .",
+                                      f"at http://shadow.internal:9001{path}x .")
+            echoed = f'{{"a": 1, "X-Long": "{path}"}}'
+            assert delta.explains("body", "/headers", "changed", echoed, '{"a": 1}')
+            del live, shadow, delta
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    cache: dict[tuple[object, str, int], object] = getattr(re, "_cache", {})
+    assert max((len(key[1]) for key in cache), default=0) <= reqdelta.MAX_CACHED_PATTERN
+    ours = [*reqdelta._RX_CACHE.items(), *reqdelta._ECHO_CACHE.items()]
+    assert all(len(rx.pattern) <= reqdelta.MAX_CACHED_PATTERN for _, rx in ours)
+    assert grown < 8 * 1024 * 1024, grown  # 40 requests: ~50 MB before
+
+
+@given(st.text("abc", max_size=40), st.lists(st.text("abc", min_size=1, max_size=5), min_size=1, max_size=5))
+def test_replacing_items_without_a_regex_replaces_what_the_regex_did(text: str, items: list[str]) -> None:
+    import re
+
+    from shadowproxy.engine.reqdelta import _replace_each
+
+    ordered = tuple(sorted(set(items), key=len, reverse=True))
+    rx = re.compile("|".join(re.escape(i) for i in ordered))
+    assert _replace_each(text, ordered, lambda s: f"<{s}>") == rx.sub(lambda m: f"<{m.group(0)}>", text)

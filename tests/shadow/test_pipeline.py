@@ -68,3 +68,30 @@ async def test_a_raising_client_is_a_shadow_error_record_not_an_exception() -> N
     validate_record(record)
     assert record["outcome"] == "shadow_error"
     assert "refused" in orjson.dumps(record).decode()
+
+
+async def test_idle_dispatch_workers_keep_no_copy_once_it_is_done() -> None:
+    """Each of the `concurrency` workers held its last copy while it waited for the next: 64
+    copies, bodies of up to --max-copy-bytes each, pinned in the worker for nothing."""
+    import asyncio
+    import gc
+
+    from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
+
+    client = MockClient(lambda request: _json(LIVE_BODY))
+    stats = Stats()
+    d = Dispatcher(Pipeline(client, MemorySink(), stats), DispatchConfig(concurrency=8))
+    await d.start()
+    jobs = [_job() for _ in range(8)]
+    ours = {j.exchange.id for j in jobs}
+    assert all(d.submit(j) for j in jobs)
+    del jobs
+    for _ in range(500):
+        if stats.total("compared") == 8 and d.active == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert stats.total("compared") == 8
+    gc.collect()
+    held = [o for o in gc.get_objects() if isinstance(o, ShadowJob) and o.exchange.id in ours]
+    await d.stop()
+    assert held == []
