@@ -21,7 +21,7 @@ from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
-from shadowproxy.proxy import headlimit
+from shadowproxy.proxy import headlimit, wiretimes
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
 from shadowproxy.proxy.egress_server import server_config
@@ -120,6 +120,7 @@ class ShadowAddon:
     def load(self, loader: Any) -> None:
         declare_options(loader)
         headlimit.install()
+        wiretimes.install()  # the live hop timed at the socket (proxy.convert)
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadow_") for name in updated):
