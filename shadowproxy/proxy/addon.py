@@ -46,7 +46,7 @@ STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
 HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
-_SENT_AT = "shadowproxy.sent_at"  # time.time() when the request goes upstream (the live latency's start)
+_SENT_AT = "shadowproxy.sent_at"  # time.time() the request goes upstream (HTTP/2: the live latency's start)
 _SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
 HELD_PACE_S = 0.002  # held copies go to the dispatcher this far apart once it is ready
@@ -240,8 +240,8 @@ class ShadowAddon:
             flow.response = http.Response.make(
                 503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
             return
-        # the last hook before mitmproxy writes the request upstream: the live latency starts
-        # here, as the shadow's starts when its request is written (proxy.convert)
+        # the last hook before mitmproxy writes the request upstream: where the live latency
+        # starts when the connection has no socket stamps (HTTP/2; proxy.convert, proxy.wiretimes)
         flow.metadata[_SENT_AT] = time.time()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
