@@ -161,14 +161,16 @@ class H1Pool:
         self._idle: list[_Conn] = []
         self._max_idle = limit  # connections opened to follow live's new ones are kept up to this
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self) -> tuple[_Conn, float]:
+        """A new connection and how long opening it took (ms; the wait for its turn is not in it)."""
         if self._pace is not None:
             await self._pace()
+        opening = time.perf_counter()
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
         except OSError as e:
             raise ShadowConnectError(f"cannot connect to {self.authority}: {e.strerror or e}") from None
-        return reader, writer, _stamp_reads(writer)
+        return (reader, writer, _stamp_reads(writer)), (time.perf_counter() - opening) * 1000
 
     async def request(self, method: str, target: str, headers: Headers, body: bytes,
                       max_body_bytes: int, fresh: bool = False) -> H1Response:
@@ -190,9 +192,7 @@ class H1Pool:
             except _Stale:
                 if method not in IDEMPOTENT:
                     raise ConnectionResetError("keep-alive connection closed before the answer") from None
-        opening = time.perf_counter()
-        conn = await self._connect()
-        connect_ms = (time.perf_counter() - opening) * 1000
+        conn, connect_ms = await self._connect()
         resp = await self._exchange(conn, head, body, method, max_body_bytes, fresh=True)
         resp.new_connection, resp.connect_ms = True, connect_ms
         return resp
