@@ -39,13 +39,18 @@ def free_port() -> int:
         return port
 
 
-async def _serve(port: int, delay_s: float, new_conn_s: float) -> None:
+async def _serve(port: int, delay_s: float, new_conn_s: float, tenth_s: float) -> None:
+    n = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal n
         first = True
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
-                await asyncio.sleep(delay_s + (new_conn_s if first else 0.0))
+                n += 1
+                extra = (new_conn_s if first else 0.0) + (tenth_s if n % 10 == 0 else 0.0)
+                await asyncio.sleep(delay_s + extra)
                 first = False
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                              + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
@@ -94,8 +99,9 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
     base = args.base_ms / 1000
     me = [sys.executable, __file__, "serve"]
     backends = [
-        subprocess.Popen([*me, str(lp), str(base), str(args.new_conn_ms / 1000)]),
-        subprocess.Popen([*me, str(sp), str(base * (1 + extra_pct / 100)), str(args.new_conn_ms / 1000)]),
+        subprocess.Popen([*me, str(lp), str(base), str(args.new_conn_ms / 1000), "0"]),
+        subprocess.Popen([*me, str(sp), str(base * (1 + extra_pct / 100)), str(args.new_conn_ms / 1000),
+                          str(args.tenth_slow_ms / 1000)]),
     ]
     tmp = Path(tempfile.mkdtemp(prefix="latency-alike-"))
     out = tmp / "records.jsonl"
@@ -138,12 +144,14 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
         "live_p50": lat["live"]["p50"], "shadow_p50": lat["shadow"]["p50"],
         "median_slowdown": med.get("estimate"), "latency": route["checks"]["latency"],
         "verdict": route["verdict"],
+        "p95": (route["estimates"].get("slowdown_p95") or {}).get("level"),
+        "p99": (route["estimates"].get("slowdown_p99") or {}).get("level"),
     }
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        asyncio.run(_serve(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])))
+        asyncio.run(_serve(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shadowproxy", default=str(Path(sys.executable).parent / "shadowproxy"))
@@ -156,6 +164,8 @@ def main() -> None:
     ap.add_argument("--new-conn", action="store_true", help="a new connection per request")
     ap.add_argument("--new-conn-ms", type=float, default=0.0,
                     help="both backends take this much longer on a connection's first request")
+    ap.add_argument("--tenth-slow-ms", type=float, default=0.0,
+                    help="the shadow takes this much longer on every tenth request")
     args = ap.parse_args()
     args.requests = min(args.requests, 5000)
     for extra in args.extra_pct:
