@@ -16,9 +16,11 @@ the proxy itself.
 Connections follow the live hop's (`fresh`, plain http): a copy whose live request went on a
 new connection goes on a new one too, so a shadow is compared like for like with a live backend
 that is slower on a connection's first request (clients that open a connection per request:
-the live side pays that every time, a pooled shadow never did). When the pace is behind by more
-than FOLLOW_MAX_WAIT_S the copy takes an idle connection instead: the two sides' kinds then
-differ, and the stats leave such an exchange out of the latency comparison (engine.stats).
+the live side pays that every time, a pooled shadow never did), and a copy whose live request
+reused a connection waits briefly for a busy one rather than open one (h1client.REUSE_WAIT_S).
+When the pace is behind by more than FOLLOW_MAX_WAIT_S the copy takes an idle connection
+instead: the two sides' kinds then differ, and the stats leave such an exchange out of the
+latency comparison (engine.stats).
 
 Nothing in a request can steer it elsewhere: the URL is always the configured base plus the
 request's path, and redirects are returned as responses, never followed. Bodies are read raw

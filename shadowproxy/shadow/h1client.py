@@ -26,6 +26,7 @@ from shadowproxy.engine.exchange import Headers
 from shadowproxy.shadow.h2client import BodyTooLarge, ShadowConnectError
 
 MAX_HEAD_BYTES = 64 * 1024
+REUSE_WAIT_S = 0.1  # a call that should reuse a connection waits this long at most for one to come back
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # connection-level and framing headers: this client frames the body it sends itself
 _DROP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
@@ -160,6 +161,8 @@ class H1Pool:
         self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._idle: list[_Conn] = []
         self._max_idle = limit  # connections opened to follow live's new ones are kept up to this
+        self._busy = 0  # connections in an exchange now
+        self._returned = asyncio.Event()  # set when a connection goes back to the idle list
 
     async def _connect(self) -> tuple[_Conn, float]:
         """A new connection and how long opening it took (ms; the wait for its turn is not in it)."""
@@ -182,6 +185,8 @@ class H1Pool:
     async def _request(self, method: str, target: str, headers: Headers, body: bytes,
                        max_body_bytes: int, fresh: bool = False) -> H1Response:
         head = _request_head(method, target, headers, self.authority, body)
+        if not fresh and not self._idle and self._busy:
+            await self._await_idle()
         while self._idle and not fresh:
             conn = self._idle.pop()
             if conn[0].at_eof() or conn[1].is_closing():
@@ -197,10 +202,27 @@ class H1Pool:
         resp.new_connection, resp.connect_ms = True, connect_ms
         return resp
 
+    async def _await_idle(self) -> None:
+        """Wait (at most REUSE_WAIT_S) for a busy connection to come back. The live hop reused a
+        connection for this exchange: opening one here would compare a new shadow connection with
+        a reused live one (left out of the latency comparison, engine.stats), as happens when
+        copies overlap a little more than the live requests did. Not part of the latency."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REUSE_WAIT_S
+        while not self._idle and self._busy:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._returned.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._returned.wait()
+
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes, method: str, limit: int,
                         fresh: bool = False) -> H1Response:
         reader, writer, rx = conn
         reusable = False
+        self._busy += 1
         try:
             writer.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
@@ -243,8 +265,10 @@ class H1Pool:
             end = rx.at if rx.at >= sent else time.perf_counter()
             return H1Response(status, headers, data, sent, end)
         finally:
+            self._busy -= 1
             if reusable and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
+                self._returned.set()
             else:
                 writer.close()
 

@@ -160,3 +160,37 @@ async def test_a_fresh_call_opens_a_new_connection_even_when_one_is_idle() -> No
     assert (a.new_connection, b.new_connection, c.new_connection) == (True, True, False)
     assert b.connect_ms is not None
     assert server.connections == 2
+
+
+async def test_a_call_that_should_reuse_waits_briefly_for_a_busy_connection_instead_of_opening_one() -> None:
+    # copies overlap a little more than the live requests did: the second waits for the first's
+    # connection (the live hop reused one), so both sides of its exchange reuse
+    server = ThreadServer(0.05)
+    client = ShadowClient(f"http://127.0.0.1:{server.port}")
+    try:
+        first = asyncio.create_task(client.call(Request("GET", "/a"), timeout_ms=5000, max_body_bytes=1000))
+        await asyncio.sleep(0.01)
+        b = await client.call(Request("GET", "/b"), timeout_ms=5000, max_body_bytes=1000)
+        a = await first
+    finally:
+        await client.close()
+        server.close()
+    assert isinstance(a, Response) and isinstance(b, Response)
+    assert (a.new_connection, b.new_connection) == (True, False)
+    assert server.connections == 1
+    assert 50 <= b.latency_ms < 90  # the wait for the connection is not in it
+
+
+async def test_a_call_opens_a_connection_when_none_comes_back_in_time() -> None:
+    server = ThreadServer(0.3)  # longer than REUSE_WAIT_S
+    client = ShadowClient(f"http://127.0.0.1:{server.port}")
+    try:
+        first = asyncio.create_task(client.call(Request("GET", "/a"), timeout_ms=5000, max_body_bytes=1000))
+        await asyncio.sleep(0.01)
+        b = await client.call(Request("GET", "/b"), timeout_ms=5000, max_body_bytes=1000)
+        await first
+    finally:
+        await client.close()
+        server.close()
+    assert isinstance(b, Response) and b.new_connection is True
+    assert server.connections == 2
