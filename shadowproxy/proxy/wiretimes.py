@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from typing import Any
 
 from mitmproxy import connection
@@ -49,7 +48,7 @@ class WireTimes:
         self.read: float | None = None
 
 
-_TIMES: weakref.WeakKeyDictionary[connection.Server, WireTimes] = weakref.WeakKeyDictionary()
+_ATTR = "_shadowproxy_wire"  # the Server connection's WireTimes (an attribute: no hashing per flow)
 
 
 def instrument(writer: asyncio.StreamWriter) -> WireTimes | None:
@@ -86,17 +85,18 @@ class _Transports(dict[Any, Any]):
         super().__setitem__(key, value)
         writer = getattr(value, "writer", None)
         if (isinstance(key, connection.Server) and isinstance(writer, asyncio.StreamWriter)
-                and key not in _TIMES):
+                and getattr(key, _ATTR, None) is None):
             t = instrument(writer)
             if t is not None:
-                _TIMES[key] = t
+                setattr(key, _ATTR, t)
 
 
 def of(conn: connection.Server | None) -> WireTimes | None:
     """The stamps of a live HTTP/1 connection, None for HTTP/2 or one not instrumented."""
     if conn is None or conn.alpn == b"h2":
         return None
-    return _TIMES.get(conn)
+    t: WireTimes | None = getattr(conn, _ATTR, None)
+    return t
 
 
 _original_init = server.ConnectionHandler.__init__
