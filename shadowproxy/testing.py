@@ -86,7 +86,8 @@ class MockClient:
         return URL((base or self.base_url).rstrip("/") + req.target, encoded=True)
 
     async def call(
-        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None
+        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None,
+        fresh: bool = False,
     ) -> Response | Failure:
         self.calls.append(req)
         start = time.perf_counter()

@@ -274,8 +274,13 @@ class Stats:
 
     def exchange(self, route: str, live: Response, shadow: Response) -> None:
         """One compared exchange's timings: `latency`, and apart, the proxy loop's lag during
-        the live call and each side's connect time when its connection was new."""
-        self.latency(route, live.latency_ms, shadow.latency_ms)
+        the live call and each side's connect time when its connection was new. The latencies
+        are compared like for like: an exchange where one side's connection was new and the
+        other's reused (the shadow could not follow live's new connection in time) is left out
+        of them, since a connection's first request can be slower than the next ones."""
+        if live.new_connection is None or shadow.new_connection is None or (
+                live.new_connection == shadow.new_connection):
+            self.latency(route, live.latency_ms, shadow.latency_ms)
         for rs in self._route(route):
             if live.loop_lag_ms is not None:
                 rs.live_loop_lag.observe(live.loop_lag_ms)

@@ -21,7 +21,7 @@ from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.policy import Policy, Switch
-from shadowproxy.proxy import headlimit, trailers
+from shadowproxy.proxy import headlimit, trailers, wiretimes
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
 from shadowproxy.proxy.egress_server import server_config
@@ -48,7 +48,7 @@ STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
 HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
 PIPELINED_ROUTE = "(pipelined let go)"  # bytes pipelined past the bound: never read as requests
-_SENT_AT = "shadowproxy.sent_at"  # time.time() when the request goes upstream (the live latency's start)
+_SENT_AT = "shadowproxy.sent_at"  # time.time() the request goes upstream (HTTP/2: the live latency's start)
 _SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
 HELD_PACE_S = 0.002  # held copies go to the dispatcher this far apart once it is ready
@@ -123,6 +123,7 @@ class ShadowAddon:
         declare_options(loader)
         headlimit.install()
         trailers.install()
+        wiretimes.install()  # the live hop timed at the socket (proxy.convert)
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("shadow_") for name in updated):
@@ -249,8 +250,8 @@ class ShadowAddon:
             flow.response = http.Response.make(
                 503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
             return
-        # the last hook before mitmproxy writes the request upstream: the live latency starts
-        # here, as the shadow's starts when its request is written (proxy.convert)
+        # the last hook before mitmproxy writes the request upstream: where the live latency
+        # starts when the connection has no socket stamps (HTTP/2; proxy.convert, proxy.wiretimes)
         flow.metadata[_SENT_AT] = time.time()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

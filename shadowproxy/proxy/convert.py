@@ -7,6 +7,7 @@ import time
 from mitmproxy import http
 
 from shadowproxy.engine.exchange import Request, Response, escape_surrogates
+from shadowproxy.proxy import wiretimes
 from shadowproxy.proxy.looplag import LoopLag
 
 
@@ -38,17 +39,24 @@ def live_response_of(
     sent_at: float | None = None,
     loop_lag: LoopLag | None = None,
 ) -> Response:
-    """The live answer, timed as the shadow client times its own (shadow.client): from the
-    request written upstream to the response read whole; opening the connection is
-    `connect_ms`, apart. `sent_at` is when the request hooks ended (mitmproxy writes the
-    request then, once its server connection is up); without it, when the request was read.
+    """The live answer, timed as the shadow client times its own (shadow.h1client): from the
+    request's last bytes written to the live connection to the response's last bytes read from
+    its socket, both stamped at the socket (proxy.wiretimes), so the proxy loop's task queue
+    (mitmproxy's layers and hooks getting round to the bytes) is not in it. Opening the
+    connection is `connect_ms`, apart. Without socket stamps (an HTTP/2 live connection), from
+    `sent_at`, when the request hooks ended (mitmproxy writes the request then, once its server
+    connection is up), or when the request was read, to mitmproxy's `response.timestamp_end`.
     `loop_lag`: the proxy loop's sampler; the exchange gets the lag while it was in flight."""
     resp = flow.response
     assert resp is not None
-    end = resp.timestamp_end or time.time()
     sc = flow.server_conn
     up = sc.timestamp_tls_setup or sc.timestamp_tcp_setup
-    start = max(sent_at or flow.request.timestamp_end or flow.request.timestamp_start, up or 0.0)
+    wire = wiretimes.of(sc)
+    if wire is not None and wire.written is not None and wire.read is not None and wire.read >= wire.written:
+        start, end = wire.written, wire.read
+    else:
+        end = resp.timestamp_end or time.time()
+        start = max(sent_at or flow.request.timestamp_end or flow.request.timestamp_start, up or 0.0)
     connect_ms = None
     if new_connection and up and sc.timestamp_start:
         connect_ms = max(0.0, (up - sc.timestamp_start) * 1000)

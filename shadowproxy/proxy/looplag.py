@@ -1,13 +1,14 @@
 """The proxy's event-loop lag, sampled, so the report can tell when live latency is inflated.
 
-The live side is timed inside the proxy (proxy.convert): its clock stops when the proxy's event
-loop gets round to reading the end of the response. Under concurrency that loop is busy
-serving clients and every event waits its turn, so the live time includes the proxy's own
-queueing; the shadow is timed in the worker process, whose loop is quieter. All of mitmproxy's
-timestamps (`request.timestamp_*`, `response.timestamp_*`, `server_conn.timestamp_*`) are taken
-by that same loop when it handles the event, so none of them excludes the lag: it cannot be
-timed away, only measured. A slower shadow then hides behind it (a 2 ms backend, 8 clients:
-2x slower passed).
+The live side is timed inside the proxy (proxy.convert, proxy.wiretimes): its clock stops when
+the proxy's event loop reads the end of the response from the socket. That no longer includes
+the task queue behind the read (mitmproxy's layers and hooks), but under concurrency the loop
+is busy serving clients and a socket that became readable still waits for the callbacks of the
+current iteration before it is read, so the live time includes part of the proxy's own
+queueing; the shadow is timed in the worker process, whose loop is quieter. That part cannot be
+timed away from user space, only measured. (Before the socket stamps, when the live side was
+timed by mitmproxy's timestamps, a slower shadow hid behind it: a 2 ms backend, 8 clients: 2x
+slower passed.)
 
 Every `INTERVAL_S` a timer puts a probe at the back of the loop's ready queue and measures how
 long the probe waits there: the time a newly ready event waits for the callbacks ahead of it.

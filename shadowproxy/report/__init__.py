@@ -23,7 +23,8 @@ The report (and `--format json`) is a dict with these stable keys:
       verdict             pass | warn | fail | insufficient | no_data
       checks              {mismatch_rate, shadow_errors, latency}: each check's level, or null
       reasons             why the verdict is not pass, in words
-      estimates           {mismatch_rate, shadow_error_rate, slowdown_median, slowdown_p99}: what
+      estimates           {mismatch_rate, shadow_error_rate, slowdown_median, slowdown_p99,
+                          slowdown_p95}: what
                           each check used, each {n, estimate, low, high, p_value, level} or null;
                           low/high: the 95% interval (null: open on that side); p_value: latency only
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,

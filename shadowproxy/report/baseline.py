@@ -26,7 +26,7 @@ from shadowproxy.errors import ConfigError
 __all__ = ["compare", "load_baseline"]
 
 _RATES = (("mismatch_rate", "mismatched", "compared"), ("shadow_error_rate", "shadow_errors", None))
-_SLOWDOWNS = ("slowdown_median", "slowdown_p99")
+_SLOWDOWNS = ("slowdown_median", "slowdown_p99", "slowdown_p95")
 
 
 def load_baseline(path: Path) -> dict[str, Any]:

@@ -300,8 +300,9 @@ def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") 
         f"(stats {rec['stats']}, mismatch {rec['mismatch']}, shadow_error {rec['shadow_error']}, too_large "
         f"{rec['too_large']}, duplicates {rec['duplicates']}, outside window {rec['outside_window']}).</p>",
         f'<p class="meta">thresholds: mismatch rate warn {fmt_pct(t["mismatch_rate"]["warn"])}, fail above '
-        f"{fmt_pct(t['mismatch_rate']['fail'])} (95% upper bound); latency slowdown at median and p99 warn "
-        f"{fmt_pct(t['latency']['warn'])}, fail above {fmt_pct(t['latency']['fail'])} (95% lower bound, "
+        f"{fmt_pct(t['mismatch_rate']['fail'])} (95% upper bound); latency slowdown at median, p95 and "
+        f"p99 warn {fmt_pct(t['latency']['warn'])}, fail above {fmt_pct(t['latency']['fail'])} "
+        f"(95% lower bound, "
         f"p &lt; {_e(t.get('alpha', 0.01))}, at least {_e(t.get('min_samples', 30))} compared). Total: "
         f"{totals['compared']} compared, {totals['mismatched']} mismatched "
         f"({fmt_pct(totals['mismatch_rate'])}).</p>",

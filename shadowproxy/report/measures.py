@@ -44,6 +44,7 @@ def estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
         "shadow_error_rate": d(j.error_estimate, j.shadow_errors),
         "slowdown_median": slow(lt.median) if lt else None,
         "slowdown_p99": slow(lt.p99) if lt else None,
+        "slowdown_p95": slow(lt.p95) if lt and lt.p95 else None,
     }
 
 

@@ -46,6 +46,7 @@ _CHECKS = (  # (estimates key, checks key, label, signed): the checks key for re
     ("mismatch_rate", "mismatch_rate", "mismatch rate", False),
     ("shadow_error_rate", "shadow_errors", "shadow errors", False),
     ("slowdown_median", "latency", "latency: median slowdown", True),
+    ("slowdown_p95", "latency", "latency: p95 slowdown", True),
     ("slowdown_p99", "latency", "latency: p99 slowdown", True),
 )
 

@@ -17,8 +17,8 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   rate's level give or take the interval's width.
 - shadow errors: shadow_errors / (compared + shadow_errors), the same rule and thresholds. A
   shadow that times out or refuses connections is not "no data": it is the worst regression.
-- latency: the shadow's slowdown at the median (from the per-exchange ratios shadow/live) and
-  at p99 (from the two histograms), each with a 95% interval and a one-sided p-value against
+- latency: the shadow's slowdown at the median (from the per-exchange ratios shadow/live), at
+  p95 and at p99 (from the two histograms), each with a 95% interval and a one-sided p-value against
   "no slower". A slowdown WARNs or FAILs only when it is significant (p < `verdict.alpha`,
   default 0.01) AND the LOWER end of its interval is at or past the threshold; otherwise it
   passes. Below `verdict.min_samples` compared exchanges (default 30) the check is
@@ -75,7 +75,9 @@ LOOP_LAG_LIMIT = 0.05
 
 @dataclass(frozen=True, slots=True)
 class LatencyTest:
-    """A route's latency estimates: the slowdown at the median (paired ratios) and at p99."""
+    """A route's latency estimates: the slowdown at the median (paired ratios), at p99 and at
+    p95 (the two histograms; p95 is bounded from far fewer samples than p99, so a shadow slow
+    on a tenth of the requests shows at a few hundred)."""
 
     n: int  # compared exchanges with both latencies
     median: Estimate
@@ -84,6 +86,7 @@ class LatencyTest:
     # lag / (live median - lag); None when not measured (older records, replay)
     loop_lag_ms: float | None = None
     hidden: float | None = None
+    p95: Estimate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,7 @@ def slowdown_level(est: Estimate, thresholds: Verdict) -> Level:
 def latency_test(rs: RouteStats) -> LatencyTest | None:
     """The latency estimates of a route's merged histograms; None without latencies on both sides."""
     p99 = p99_slowdown(rs.live_latency, rs.shadow_latency)
+    p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95)
     median = median_slowdown(rs.latency_log_ratio)
     n = median.n or p99.n  # records from before paired ratios: the histograms' count
     if n == 0:
@@ -149,10 +153,10 @@ def latency_test(rs: RouteStats) -> LatencyTest | None:
     lag = rs.live_loop_lag
     live_p50 = rs.live_latency.quantile(0.5)
     if not lag.count or live_p50 is None:
-        return LatencyTest(n, median, p99)
+        return LatencyTest(n, median, p99, p95=p95)
     lag_ms = lag.sum / lag.count
     hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
-    return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS))
+    return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95)
 
 
 def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
@@ -203,8 +207,8 @@ def evaluate(
             reasons.append(f"latency: {latency.n} compared exchanges, fewer than min_samples {t.min_samples}")
         else:
             levels: list[Level] = []
-            for name, est in (("median", latency.median), ("p99", latency.p99)):
-                if est.value is None:
+            for name, est in (("median", latency.median), ("p95", latency.p95), ("p99", latency.p99)):
+                if est is None or est.value is None:
                     continue
                 lv = slowdown_level(est, t)
                 levels.append(lv)

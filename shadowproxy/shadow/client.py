@@ -6,11 +6,21 @@ http goes through `h1client` (keep-alive HTTP/1.1 on asyncio streams, the fast p
 fraction of aiohttp's CPU per call), and https without h2 through aiohttp (HTTP/1.1).
 
 Latency is timed as the live hop's (`proxy.convert`): from the request written to the response
-read whole. Waiting for a pooled connection, and opening one, come before the request is
-written and are not in it; opening time is `connect_ms`, with `new_connection` (aiohttp's
-trace hooks say which). New connections to the shadow are opened at a bounded pace
-(`CONNECT_INTERVAL_S` apart) and kept alive for reuse, so a burst of copies cannot
-overflow a small shadow's listen backlog and turn into timeouts made by the proxy itself.
+read whole (plain http: both stamped at the socket, `h1client`). Waiting for a pooled
+connection, and opening one, come before the request is written and are not in it; opening time
+is `connect_ms`, with `new_connection` (aiohttp's trace hooks say which). New connections to the
+shadow are opened at a bounded pace (`CONNECT_INTERVAL_S` apart) and kept alive for reuse, so a
+burst of copies cannot overflow a small shadow's listen backlog and turn into timeouts made by
+the proxy itself.
+
+Connections follow the live hop's (`fresh`, plain http): a copy whose live request went on a
+new connection goes on a new one too, so a shadow is compared like for like with a live backend
+that is slower on a connection's first request (clients that open a connection per request:
+the live side pays that every time, a pooled shadow never did), and a copy whose live request
+reused a connection waits briefly for a busy one rather than open one (h1client.REUSE_WAIT_S).
+When the pace is behind by more than FOLLOW_MAX_WAIT_S the copy takes an idle connection
+instead: the two sides' kinds then differ, and the stats leave such an exchange out of the
+latency comparison (engine.stats).
 
 Nothing in a request can steer it elsewhere: the URL is always the configured base plus the
 request's path, and redirects are returned as responses, never followed. Bodies are read raw
@@ -46,6 +56,7 @@ from shadowproxy.shadow.h2client import (
 # aiohttp adds these when absent; the shadow should see what the client sent.
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
 CONNECT_INTERVAL_S = 0.005  # new shadow connections start at most this often (200 a second)
+FOLLOW_MAX_WAIT_S = 0.05  # a copy waits at most this long for a new connection's turn to follow live's
 
 
 @dataclass(slots=True)
@@ -196,18 +207,19 @@ class ShadowClient:
         return URL((base or self.base_url).rstrip("/") + req.target, encoded=True)
 
     async def call(
-        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None
+        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None,
+        fresh: bool = False,
     ) -> Response | Failure:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                return await self._call(req, max_body_bytes, base, start)
+                return await self._call(req, max_body_bytes, base, start, fresh)
         except Exception as e:  # every failure is a record, never an exception out of here
             kind, message = classify(e)
             return Failure(kind, message, (time.perf_counter() - start) * 1000)
 
     async def _call(
-        self, req: Request, max_body_bytes: int, base: str | None, start: float
+        self, req: Request, max_body_bytes: int, base: str | None, start: float, fresh: bool = False
     ) -> Response | Failure:
         url = self.url_for(req, base)
         if url.scheme == "https" or self.cfg.h2c:
@@ -216,7 +228,7 @@ class ShadowClient:
             except H2Unsupported:
                 pass  # the shadow offers HTTP/1.1 only
         else:
-            return await self._call_h1(url, req, max_body_bytes, start)
+            return await self._call_h1(url, req, max_body_bytes, start, fresh)
         session = self._get_session()  # https without h2: aiohttp's TLS and HTTP/1.1
         timing = _Timing()
         async with session.request(
@@ -244,14 +256,20 @@ class ShadowClient:
             return Response(resp.status, headers, b"".join(chunks), (end - (timing.sent or start)) * 1000,
                             connect_ms=timing.connect_ms, new_connection=timing.new_connection)
 
-    async def _call_h1(self, url: URL, req: Request, max_body_bytes: int, start: float) -> Response | Failure:
+    def _pace_behind(self) -> float:
+        """How long a new connection asked for now would wait for its turn (seconds)."""
+        return max(0.0, self._next_connect - asyncio.get_running_loop().time())
+
+    async def _call_h1(self, url: URL, req: Request, max_body_bytes: int, start: float,
+                       fresh: bool = False) -> Response | Failure:
         assert url.host is not None and url.port is not None
         pool = self._h1.get((url.host, url.port))
         if pool is None:
             pool = self._h1[(url.host, url.port)] = H1Pool(url.host, url.port, pace=self._pace,
                                                                  limit=self.cfg.concurrency)
         try:
-            resp = await pool.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes)
+            resp = await pool.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes,
+                                      fresh=fresh and self._pace_behind() <= FOLLOW_MAX_WAIT_S)
         except BodyTooLarge:
             return Failure(
                 "too_large",
@@ -301,7 +319,8 @@ class ShadowCaller(Protocol):
     def url_for(self, req: Request, base: str | None = None) -> URL: ...
 
     async def call(
-        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None
+        self, req: Request, *, timeout_ms: int, max_body_bytes: int, base: str | None = None,
+        fresh: bool = False,
     ) -> Response | Failure: ...
 
     async def close(self) -> None: ...

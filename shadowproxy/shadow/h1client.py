@@ -7,6 +7,11 @@ largest share of its CPU. The client does only what a shadow call needs: one req
 pooled connection, the raw answer back (status, headers as sent, body still content-encoded),
 bounded by `max_body_bytes`. Failures are raised for `client.classify`; the caller bounds the
 whole exchange with a timeout and a connection interrupted by it is closed, never reused.
+
+Timed at the socket, as the live hop (proxy.wiretimes): from the request handed to the transport
+to the moment the loop read the response's last bytes from the socket (the protocol's
+`data_received`), not when this task got round to parsing them, so the worker loop's task queue
+is not in it.
 """
 
 from __future__ import annotations
@@ -21,13 +26,41 @@ from shadowproxy.engine.exchange import Headers
 from shadowproxy.shadow.h2client import BodyTooLarge, ShadowConnectError
 
 MAX_HEAD_BYTES = 64 * 1024
+REUSE_WAIT_S = 0.1  # a call that should reuse a connection waits this long at most for one to come back
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # connection-level and framing headers: this client frames the body it sends itself
 _DROP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
                    "content-length"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _Rx:
+    """When the loop last read bytes from a connection's socket (perf_counter seconds)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter, _Rx]
+
+
+def _stamp_reads(writer: asyncio.StreamWriter) -> _Rx:
+    """Stamp every `data_received` of the stream's protocol (an instance attribute shadows the
+    method: the selector transport looks it up on every read)."""
+    rx = _Rx()
+    proto = writer.transport.get_protocol()
+    if isinstance(proto, asyncio.StreamReaderProtocol):
+        received = proto.data_received
+
+        def data_received(data: bytes) -> None:
+            rx.at = time.perf_counter()
+            received(data)
+
+        proto.data_received = data_received  # type: ignore[method-assign]
+    return rx
 
 
 class ProtocolError(Exception):
@@ -127,24 +160,34 @@ class H1Pool:
         # the Host header: an IPv6 literal in brackets (RFC 9110 uri-host), as aiohttp sends it
         self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._idle: list[_Conn] = []
+        self._max_idle = limit  # connections opened to follow live's new ones are kept up to this
+        self._busy = 0  # connections in an exchange now
+        self._returned = asyncio.Event()  # set when a connection goes back to the idle list
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self) -> tuple[_Conn, float]:
+        """A new connection and how long opening it took (ms; the wait for its turn is not in it)."""
         if self._pace is not None:
             await self._pace()
+        opening = time.perf_counter()
         try:
-            return await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
+            reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
         except OSError as e:
             raise ShadowConnectError(f"cannot connect to {self.authority}: {e.strerror or e}") from None
+        return (reader, writer, _stamp_reads(writer)), (time.perf_counter() - opening) * 1000
 
     async def request(self, method: str, target: str, headers: Headers, body: bytes,
-                      max_body_bytes: int) -> H1Response:
+                      max_body_bytes: int, fresh: bool = False) -> H1Response:
+        """One exchange; `fresh`: on a new connection (as the live hop's was), else on an idle
+        one when there is one."""
         async with self._slots:
-            return await self._request(method, target, headers, body, max_body_bytes)
+            return await self._request(method, target, headers, body, max_body_bytes, fresh)
 
     async def _request(self, method: str, target: str, headers: Headers, body: bytes,
-                       max_body_bytes: int) -> H1Response:
+                       max_body_bytes: int, fresh: bool = False) -> H1Response:
         head = _request_head(method, target, headers, self.authority, body)
-        while self._idle:
+        if not fresh and not self._idle and self._busy:
+            await self._await_idle()
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if conn[0].at_eof() or conn[1].is_closing():
                 conn[1].close()
@@ -154,17 +197,32 @@ class H1Pool:
             except _Stale:
                 if method not in IDEMPOTENT:
                     raise ConnectionResetError("keep-alive connection closed before the answer") from None
-        opening = time.perf_counter()
-        conn = await self._connect()
-        connect_ms = (time.perf_counter() - opening) * 1000
+        conn, connect_ms = await self._connect()
         resp = await self._exchange(conn, head, body, method, max_body_bytes, fresh=True)
         resp.new_connection, resp.connect_ms = True, connect_ms
         return resp
 
+    async def _await_idle(self) -> None:
+        """Wait (at most REUSE_WAIT_S) for a busy connection to come back. The live hop reused a
+        connection for this exchange: opening one here would compare a new shadow connection with
+        a reused live one (left out of the latency comparison, engine.stats), as happens when
+        copies overlap a little more than the live requests did. Not part of the latency."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REUSE_WAIT_S
+        while not self._idle and self._busy:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._returned.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._returned.wait()
+
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes, method: str, limit: int,
                         fresh: bool = False) -> H1Response:
-        reader, writer = conn
+        reader, writer, rx = conn
         reusable = False
+        self._busy += 1
         try:
             writer.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
@@ -202,16 +260,21 @@ class H1Pool:
                 if len(data) > limit:
                     raise BodyTooLarge
             reusable = keep
-            return H1Response(status, headers, data, sent, time.perf_counter())
+            # the last bytes were read by the loop when their data_received ran (stamped),
+            # before this task was scheduled to parse them
+            end = rx.at if rx.at >= sent else time.perf_counter()
+            return H1Response(status, headers, data, sent, end)
         finally:
-            if reusable:
+            self._busy -= 1
+            if reusable and len(self._idle) < self._max_idle:
                 self._idle.append(conn)
+                self._returned.set()
             else:
                 writer.close()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for _, writer in idle:
+        for _, writer, _rx in idle:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

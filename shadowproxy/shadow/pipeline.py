@@ -182,8 +182,10 @@ class Pipeline:
             client, base = self.secondary, None
         else:
             client, base = self.client, job.target
+        # on a new connection when the live hop's was new (shadow.client: like for like)
         return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
-                                 max_body_bytes=s.max_body_bytes, base=base)
+                                 max_body_bytes=s.max_body_bytes, base=base,
+                                 fresh=bool(job.exchange.live.new_connection))
 
     async def _process(self, job: ShadowJob) -> None:
         ex, s = job.exchange, job.settings

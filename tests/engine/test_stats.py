@@ -77,3 +77,20 @@ def test_an_exchange_adds_the_loop_lag_and_new_connections_connect_times_to_its_
     s.count("/b", "compared")
     b = s.stats_record()["routes"]["/b"]  # type: ignore[index]
     assert not {"live_loop_lag_ms", "live_connect_ms", "shadow_connect_ms"} & b.keys()  # not measured
+
+
+def test_an_exchange_whose_sides_had_different_kinds_of_connection_is_left_out_of_the_latencies() -> None:
+    from shadowproxy.engine.exchange import Response
+
+    s = Stats()
+    new_live = Response(200, latency_ms=40.0, connect_ms=0.4, new_connection=True)
+    s.exchange("/a", new_live, Response(200, latency_ms=10.0, new_connection=False))  # not alike
+    s.exchange("/a", new_live, Response(200, latency_ms=41.0, connect_ms=0.3, new_connection=True))
+    s.exchange("/a", Response(200, latency_ms=10.0, new_connection=False),
+               Response(200, latency_ms=10.5, new_connection=False))
+    s.exchange("/a", Response(200, latency_ms=10.0), Response(200, latency_ms=11.0))  # kinds unknown: kept
+    s.count("/a", "compared", 4)
+    a = s.stats_record()["routes"]["/a"]  # type: ignore[index]
+    assert (a["live_latency_ms"]["count"], a["shadow_latency_ms"]["count"]) == (3, 3)
+    assert a["latency_log_ratio"]["count"] == 3
+    assert a["live_connect_ms"]["count"] == 2  # connect times are still kept

@@ -99,7 +99,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
     assert data["verdict"] == "warn"
     users = {r["route"]: r for r in data["routes"]}["users"]
     assert users["counts"]["compared"] == 3000 and users["mismatch_rate"] == 5 / 3000
-    estimates = ["mismatch_rate", "shadow_error_rate", "slowdown_median", "slowdown_p99"]
+    estimates = ["mismatch_rate", "shadow_error_rate", "slowdown_median", "slowdown_p99", "slowdown_p95"]
     assert list(users["estimates"]) == estimates
     assert users["estimates"]["mismatch_rate"] == {
         "n": 3000, "estimate": 0.001667, "low": 0.000712, "high": 0.003896, "p_value": None, "level": "warn"

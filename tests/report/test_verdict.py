@@ -251,3 +251,47 @@ def test_a_slowdown_seen_despite_the_loop_lag_still_fails_and_a_small_lag_still_
         fine.live_loop_lag.observe(0.05)  # 0.5%: below LOOP_LAG_LIMIT
     assert evaluate_stats(slow).latency == "fail"  # the lag only ever hides a slowdown
     assert evaluate_stats(fine).latency == "pass"
+
+
+def _tenth_slow(n: int, extra_ms: float, seed: int = 1, slow_ms: float | None = None) -> RouteStats:
+    """n exchanges of about 25 ms on both sides (the same jitter), the shadow `extra_ms` slower
+    on every tenth request: a slowness the median never sees."""
+    import random
+
+    from shadowproxy.engine.stats import ratio_bucket
+
+    rnd = random.Random(seed)
+    rs = RouteStats()
+    for i in range(n):
+        live = 25.0 * rnd.uniform(0.95, 1.08)
+        shadow = 25.0 * rnd.uniform(0.95, 1.08) + (extra_ms if i % 10 == 0 else 0.0)
+        if slow_ms is not None and i % 10 == 0:
+            shadow = slow_ms  # the slow requests all take the same time: one bucket
+        rs.live_latency.observe(live)
+        rs.shadow_latency.observe(shadow)
+        rs.latency_log_ratio.add(ratio_bucket(live, shadow))
+    rs.counts["compared"] = n
+    return rs
+
+
+def test_a_shadow_slow_on_a_tenth_of_the_requests_fails_at_300_requests() -> None:
+    j = evaluate_stats(_tenth_slow(300, 25.0))  # every tenth request twice as slow, all alike
+    assert j.latency == "fail", j.reasons
+    assert j.latency_test is not None and j.latency_test.p95 is not None
+    assert j.latency_test.p95.p_value is not None and j.latency_test.p95.p_value < 0.001
+    assert any(r.startswith("shadow p95 ") for r in j.reasons)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_identical_sides_do_not_warn_at_p95_or_p99(seed: int) -> None:
+    j = evaluate_stats(_tenth_slow(300, 0.0, seed))
+    assert j.latency == "pass", j.reasons
+
+
+def test_slow_requests_that_all_take_the_same_time_are_significant_at_p99() -> None:
+    # 100 of 1,000 shadow samples in one bucket, the pooled p99's: the tail test used to count
+    # only the samples above that bucket (none) and see nothing
+    j = evaluate_stats(_tenth_slow(1000, 0.0, slow_ms=50.0))
+    assert j.latency_test is not None
+    assert j.latency_test.p99.p_value is not None and j.latency_test.p99.p_value < 1e-6
+    assert j.latency == "fail"

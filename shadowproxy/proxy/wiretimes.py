@@ -1,0 +1,112 @@
+"""When the live request left the proxy and its answer arrived, stamped at the socket.
+
+Why: the live latency used to run from the end of the request hook to mitmproxy's
+`response.timestamp_end`, and every mitmproxy timestamp is taken when its layers get round to
+the event. Under concurrency the proxy's event loop is busy serving clients, so that time
+includes 3-8 ms of the proxy's own task queue (8 clients, 25 ms backends: a shadow 20% slower
+read +5% to +9%), while the shadow is timed in the quieter worker process. The loop-lag probe
+(proxy.looplag) saw only a fraction of it, so it cannot be subtracted: it has to be timed away.
+
+How: for each live (server) TCP connection, the asyncio stream mitmproxy opens is wrapped at
+its two ends. `StreamWriter.write` stamps when bytes were handed to the transport (the
+selector transport sends at once when its buffer is empty), and the protocol's `data_received`
+stamps when the loop read bytes from the socket, before they wait for mitmproxy's reader task,
+its layers and the response hook. On an HTTP/1 connection one exchange runs at a time (mitmproxy
+never pipelines upstream, and a server connection serves one client connection), so when the
+response hook runs, the last write was the request's last bytes and the last read the
+response's: `latency_ms = read - written` (proxy.convert). The shadow client stamps the same two
+points (shadow.h1client), so neither side includes its loop's task queue. Both still include the
+time an I/O event waits for the loop iteration that reads it; under load the proxy's is longer.
+
+Where: mitmproxy 11.0 (`mitmproxy/proxy/server.py`, pinned >=11.0,<11.1) opens a server
+connection with `asyncio.open_connection` inside `ConnectionHandler.open_connection` and stores
+the streams in `self.transports[connection]` before anything is written. There is no hook with
+the streams in hand, so `ConnectionHandler.__init__` is wrapped to make `transports` a dict
+that instruments a `Server` connection's streams as they are stored: no mitmproxy code copied,
+one extra check per connection, two Python calls per read or write of a live connection.
+HTTP/2 upstream connections multiplex exchanges, so there the stamps say nothing about one
+exchange: `of()` returns None and the live side is timed as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from mitmproxy import connection
+from mitmproxy.proxy import server
+
+
+class WireTimes:
+    """The last write to and the last read from one live connection (time.time())."""
+
+    __slots__ = ("read", "written")
+
+    def __init__(self) -> None:
+        self.written: float | None = None
+        self.read: float | None = None
+
+
+_ATTR = "_shadowproxy_wire"  # the Server connection's WireTimes (an attribute: no hashing per flow)
+
+
+def instrument(writer: asyncio.StreamWriter) -> WireTimes | None:
+    """Stamp every write to `writer` and every read by its protocol; None when its transport
+    does not carry a stream protocol (nothing is changed then)."""
+    transport = writer.transport
+    proto = transport.get_protocol()
+    if not isinstance(proto, asyncio.StreamReaderProtocol):
+        return None
+    t = WireTimes()
+    received = proto.data_received
+    write = writer.write
+
+    def data_received(data: bytes) -> None:
+        t.read = time.time()
+        received(data)
+
+    def stamped_write(data: Any) -> None:
+        write(data)
+        t.written = time.time()
+
+    # instance attributes shadow the methods: the selector transport looks up
+    # `self._protocol.data_received` on every read, mitmproxy calls `writer.write`
+    proto.data_received = data_received  # type: ignore[method-assign]
+    writer.write = stamped_write  # type: ignore[method-assign]
+    return t
+
+
+class _Transports(dict[Any, Any]):
+    """mitmproxy's `ConnectionHandler.transports`, instrumenting a live connection's streams
+    when they are stored (its `ConnectionIO` then has a writer)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        writer = getattr(value, "writer", None)
+        if (isinstance(key, connection.Server) and isinstance(writer, asyncio.StreamWriter)
+                and getattr(key, _ATTR, None) is None):
+            t = instrument(writer)
+            if t is not None:
+                setattr(key, _ATTR, t)
+
+
+def of(conn: connection.Server | None) -> WireTimes | None:
+    """The stamps of a live HTTP/1 connection, None for HTTP/2 or one not instrumented."""
+    if conn is None or conn.alpn == b"h2":
+        return None
+    t: WireTimes | None = getattr(conn, _ATTR, None)
+    return t
+
+
+_original_init = server.ConnectionHandler.__init__
+
+
+def _init(self: server.ConnectionHandler, *args: Any, **kwargs: Any) -> None:
+    _original_init(self, *args, **kwargs)
+    self.transports = _Transports(self.transports)
+
+
+def install() -> None:
+    """Wrap `ConnectionHandler.__init__` (idempotent)."""
+    server.ConnectionHandler.__init__ = _init  # type: ignore[method-assign]
