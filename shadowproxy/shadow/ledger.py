@@ -25,16 +25,22 @@ they only decide which copies are a counted outcome and which are lost_on_crash.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import mmap
 import os
+import secrets
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from shadowproxy.engine.stats import COUNTS, Stats
+from shadowproxy.errors import ConfigError
 from shadowproxy.policy import SKIP_REASONS
+from shadowproxy.sinks.jsonl import cut_partial_line
 from shadowproxy.sinks.uri import parse_uri
 
 log = logging.getLogger("shadowproxy")
@@ -67,6 +73,13 @@ _RECORD_NAMES = {
 
 # word offsets (unsigned 64-bit, native order)
 _MAGIC, _LAYOUT, _STATE, _PID, _WORKER_PID, _R_ACTIVE, _HANDED, _HANDED_BACK = range(8)
+# A stats record carries {"run": RUN as hex, "seq": n} (its "ledger" field). Before it is written
+# the worker stores its block (the covered counts with it added) in the inactive R block, that
+# block's index (_PENDING_BLOCK), then _PENDING_SEQ; after the flush that put it in the sink,
+# _COVERED_SEQ. At recovery, pending != covered means the kill hit in between: the record is
+# looked for in the sink, and the block that matches what the sink holds is used.
+_RUN, _PENDING_SEQ, _COVERED_SEQ, _PENDING_BLOCK = range(8, 12)
+SCAN_TAIL_BYTES = 8 << 20  # how far back from the end of a JSONL sink a pending stats record is looked for
 _P = 16
 _D = _P + K
 _U = _D + K
@@ -89,16 +102,21 @@ def ledger_path(sink_uri: str) -> str | None:
 class _Mapped:
     """The file mapped, as an array of 64-bit words."""
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, *, keep: bool = False) -> None:
         self.path = path
         self._mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        os.close(fd)
+        self._fd = fd if keep else -1  # kept open: it holds the run's lock (the proxy's)
+        if not keep:
+            os.close(fd)
         self.w = memoryview(self._mm).cast("Q")
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
             self.w.release()
             self._mm.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @dataclass(slots=True)
@@ -127,11 +145,53 @@ class Recovery:
             stats.skip(RECOVERY_ROUTE, "lost_on_crash", self.lost)
 
 
-def recovery_of(w: Any) -> Recovery | None:
-    """The recovery a ledger's words call for; None when it ended clean or is not a ledger."""
+class LedgerBusy(ConfigError):
+    """Another run holds this sink's ledger (two runs must not share a sink)."""
+
+
+def _in_jsonl(path: str, run: int, seq: int) -> bool:
+    """Whether the JSONL file at `path` holds, in a whole line near its end, the stats record
+    of ledger run `run` and sequence `seq`."""
+    tag = f"{run:016x}".encode()
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - SCAN_TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return False
+    at = data.rfind(tag)
+    while at >= 0:
+        start, end = data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at)
+        if end >= 0:  # a line without its newline is incomplete: not in the sink
+            with contextlib.suppress(orjson.JSONDecodeError):
+                record = orjson.loads(data[start:end])
+                if isinstance(record, dict) and record.get("ledger") == {"run": tag.decode(), "seq": seq}:
+                    return True
+        at = data.rfind(tag, 0, start)
+    return False
+
+
+def jsonl_of(sink_uri: str | None) -> str | None:
+    """The JSONL file of this sink; None for another scheme (Kafka's records are not read back)."""
+    if not sink_uri:
+        return None
+    parsed = parse_uri(sink_uri)
+    return parsed.path if parsed.scheme == "jsonl" else None
+
+
+def recovery_of(w: Any, sink: str | None = None) -> Recovery | None:
+    """The recovery a ledger's words call for; None when it ended clean or is not a ledger.
+    `sink`: the JSONL file to look in for a stats record written but not marked covered."""
     if w[_MAGIC] != MAGIC or w[_LAYOUT] != LAYOUT or w[_STATE] != RUNNING:
         return None
     r = _R[w[_R_ACTIVE] & 1]
+    pending, covered = int(w[_PENDING_SEQ]), int(w[_COVERED_SEQ])
+    if pending != covered:
+        # killed between a stats record's write and its mark: the sink says which block is true
+        new = int(w[_PENDING_BLOCK]) & 1
+        found = sink is not None and _in_jsonl(sink, int(w[_RUN]), pending)
+        r = _R[new] if found else _R[1 - new]
     missing = [w[_P + i] + w[_D + i] - w[_U + i] - w[r + i] for i in range(K)]
     lost = w[_HANDED] - w[_HANDED_BACK] - sum(w[_D + i] - w[_U + i] for i in _TERMINAL_IDX)
     for i in _TERMINAL_IDX:
@@ -158,6 +218,32 @@ def _alive_worker(pid: int) -> bool:
     return _alive(pid, b"shadowproxy.shadow.worker")
 
 
+def _lock(fd: int, path: str, sink_uri: str | None) -> None:
+    """Lock the ledger open at `fd` (held by the run that made it for its whole life); a second
+    run on the same sink stops here with one line (exit 2)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        data = os.pread(fd, SIZE, 0)
+        pid = int(memoryview(data).cast("Q")[_PID]) if len(data) == SIZE else 0
+        msg = (f"--sink {sink_uri or path}: another shadowproxy run (pid {pid}) uses this sink"
+               f" (its crash ledger {path} is locked); give each run its own sink")
+        raise LedgerBusy(msg) from None
+
+
+def check_free(path: str, sink_uri: str | None = None) -> None:
+    """Raise LedgerBusy when a running run holds the ledger at `path` (checked before waiting
+    for a previous run's worker; `ProxyLedger.start` takes the lock for good)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        _lock(fd, path, sink_uri)
+    finally:
+        os.close(fd)
+
+
 class ProxyLedger(_Mapped):
     """The proxy's side: its skips and drops (a Stats tally), copies handed over, the header."""
 
@@ -179,35 +265,56 @@ class ProxyLedger(_Mapped):
         return pid if _alive_worker(pid) else 0
 
     @classmethod
-    def start(cls, path: str) -> tuple[ProxyLedger, Recovery | None]:
+    def start(cls, path: str, sink_uri: str | None = None) -> tuple[ProxyLedger, Recovery | None]:
         """Read what the previous run at `path` left, then a fresh ledger in its place (a new
         file renamed over the old one: a worker of the old run still writes to the old one)."""
         p = Path(path)
         recovery = None
+        if not p.parent.exists():
+            p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
-            data = p.read_bytes()
+            old = os.open(p, os.O_RDONLY)
         except FileNotFoundError:
+            old = -1
+        try:
             data = b""
+            if old >= 0:
+                _lock(old, path, sink_uri)
+                data = os.pread(old, SIZE, 0)
+            jsonl = jsonl_of(sink_uri)
+            ledger, recovery = cls._replace(p, data, jsonl)
+            if jsonl is not None:  # after the recovery looked for its pending stats record in whole lines
+                with contextlib.suppress(OSError):
+                    cut_partial_line(jsonl)
+        finally:
+            if old >= 0:
+                os.close(old)  # its lock goes with it: the new file (renamed over it) is locked now
+        return ledger, recovery
+
+    @classmethod
+    def _replace(cls, p: Path, data: bytes, jsonl: str | None) -> tuple[ProxyLedger, Recovery | None]:
+        path = str(p)
+        recovery = None
         if len(data) >= SIZE:
-            recovery = recovery_of(memoryview(data[:SIZE]).cast("Q"))
+            recovery = recovery_of(memoryview(data[:SIZE]).cast("Q"), jsonl)
         if recovery is not None and _alive(recovery.pid, b"shadow"):  # `shadowproxy run`, or mitmdump -s
             # not a crash: another run writes to this sink now (its ledger is left to it)
             log.warning("crash ledger %s: the run that made it (pid %d) still runs with this sink;"
                         " nothing is folded in, and two runs should not share a sink", path, recovery.pid)
             recovery = None
-        if not p.parent.exists():
-            p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.ftruncate(fd, SIZE)
-            ledger = cls(path, fd)
+            ledger = cls(path, fd, keep=True)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
         w = ledger.w
         w[_LAYOUT], w[_STATE], w[_PID] = LAYOUT, RUNNING, os.getpid()
+        w[_RUN] = secrets.randbits(63) or 1
         w[_MAGIC] = MAGIC
         os.replace(tmp, p)
         return ledger, recovery
@@ -286,17 +393,31 @@ class WorkerLedger(_Mapped):
         out, self._pending = self._pending, [0] * K
         return out
 
-    def commit(self, pending: list[int], stats_record: dict[str, Any] | None = None) -> None:
-        """After a flush: `stats_record` (written before it) is in the sink, and the records in
-        `pending` too. The stats block first (one store flips it), then the records."""
+    def prepare(self, stats_record: dict[str, Any]) -> None:
+        """Before `stats_record` is written: tag it with this run and the next sequence number,
+        store the covered counts with it added in the inactive block, then mark it pending."""
         w = self.w
+        seq = int(w[_PENDING_SEQ]) + 1
+        stats_record["ledger"] = {"run": f"{int(w[_RUN]):016x}", "seq": seq}
+        active = w[_R_ACTIVE] & 1
+        old, new = _R[active], _R[1 - active]
+        add = stats_counts(stats_record)
+        for i in range(K):
+            w[new + i] = w[old + i] + add[i]
+        w[_PENDING_BLOCK] = 1 - active
+        w[_PENDING_SEQ] = seq
+
+    def commit(self, pending: list[int], stats_record: dict[str, Any] | None = None) -> None:
+        """After a flush: `stats_record` (prepared and written before it) is in the sink, and
+        the records in `pending` too. The stats block first (one store flips it), then the records."""
+        w = self.w
+        if stats_record is not None and "ledger" not in stats_record:
+            self.prepare(stats_record)  # (a caller that did not prepare it: tests)
         if stats_record is not None:
-            active = w[_R_ACTIVE] & 1
-            old, new = _R[active], _R[1 - active]
-            add = stats_counts(stats_record)
-            for i in range(K):
-                w[new + i] = w[old + i] + add[i]
-            w[_R_ACTIVE] = 1 - active
+            seq = int(stats_record["ledger"]["seq"])
+            if seq == w[_PENDING_SEQ]:
+                w[_R_ACTIVE] = w[_PENDING_BLOCK]
+                w[_COVERED_SEQ] = seq
         for i, n in enumerate(pending):
             if n:
                 w[_U + i] -= n
@@ -322,6 +443,8 @@ def read(path: str) -> dict[str, Any]:
         "state": {RUNNING: "running", CLEAN: "clean"}.get(int(w[_STATE]), "?"),
         "pid": int(w[_PID]), "worker_pid": int(w[_WORKER_PID]),
         "handed": int(w[_HANDED]), "handed_back": int(w[_HANDED_BACK]),
+        "run": f"{int(w[_RUN]):016x}",
+        "pending_seq": int(w[_PENDING_SEQ]), "covered_seq": int(w[_COVERED_SEQ]),
         **{f"{sec}.{NAMES[i]}": int(w[base + i]) for sec, base in (("proxy", _P), ("worker", _D),
                                                                   ("unflushed", _U), ("reported", r))
            for i in range(K) if w[base + i]},

@@ -409,6 +409,8 @@ class Pipeline:
         if record is not None:
             if noise:
                 record["noise"] = noise  # per route: this interval's noise counts (sum them)
+            if self.ledger is not None:
+                self.ledger.prepare(record)  # tagged; the ledger knows it may be in the sink from now
             await self.sink.write(record)
         self.save_noise()
         return record

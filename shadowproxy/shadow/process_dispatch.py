@@ -41,7 +41,7 @@ from shadowproxy.shadow.channel import (
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
-from shadowproxy.shadow.ledger import ProxyLedger
+from shadowproxy.shadow.ledger import ProxyLedger, check_free
 from shadowproxy.shadow.pipeline import ShadowJob
 
 log = logging.getLogger("shadowproxy")
@@ -162,6 +162,8 @@ class ProcessDispatcher:
         """Start the crash ledger; fold into this run's first stats record what the previous
         run's shows was never counted (it did not end clean). A worker of that run that still
         drains (the proxy alone was killed) is waited for first: its last stats record counts."""
+        with contextlib.suppress(OSError):
+            check_free(path, self.cfg.pipeline.sink_uri)  # another run on this sink: exit 2 at once
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.dispatch.drain_timeout + 20.0
         said = False
@@ -171,7 +173,7 @@ class ProcessDispatcher:
                 log.info("crash ledger %s: waiting for the previous run's worker (pid %d) to end", path, pid)
             await asyncio.sleep(0.2)
         try:
-            self.ledger, recovery = ProxyLedger.start(path)
+            self.ledger, recovery = ProxyLedger.start(path, self.cfg.pipeline.sink_uri)
         except OSError as e:
             log.warning("crash ledger %s: cannot make it (%s); a crash would go uncounted", path,
                         e.strerror or e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import IO
@@ -13,6 +14,8 @@ from shadowproxy.errors import SinkError, SinkURIError
 from shadowproxy.sinks.base import Record
 from shadowproxy.sinks.uri import ParsedURI, register_scheme
 
+log = logging.getLogger("shadowproxy")
+
 
 def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
@@ -22,6 +25,41 @@ def open_private(path: str | os.PathLike[str]) -> IO[bytes]:
     """`path` opened for append, created 0600 when new: records are data of the live traffic,
     readable by their owner only (as the spool)."""
     return open(path, "ab", buffering=1 << 16, opener=_private)
+
+
+def cut_partial_line(path: str | os.PathLike[str]) -> int:
+    """Cut a last line without its newline (a kill in the middle of a write left it); the
+    number of bytes cut. Called by the run that holds the sink's crash ledger (shadow.ledger),
+    before its worker opens the sink: never while another process may be writing that line.
+
+    Its content is incomplete: no reader can use it, and a record appended to it would glue to
+    it and be lost too. What it held was never counted as in the sink (the crash ledger marks a
+    stats record covered only after the flush that wrote it whole), so the next start's
+    recovery counts it; a record cut here had its copy counted `lost_on_crash` there."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return 0
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            at = os.pread(fd, end - start, start).rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            end = start
+        else:
+            keep = 0
+        os.ftruncate(fd, keep)
+        log.warning("%s: cut a partial last line of %d bytes (a kill in the middle of a write);"
+                    " its content was incomplete, counted by the crash ledger if any", path, size - keep)
+        return size - keep
+    finally:
+        os.close(fd)
 
 
 class JsonlSink:

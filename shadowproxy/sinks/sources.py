@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -33,6 +34,8 @@ from shadowproxy.errors import InputFileError
 from shadowproxy.sinks.uri import ParsedURI, parse_uri
 
 __all__ = ["SourceError", "iter_records"]
+
+log = logging.getLogger("shadowproxy")
 
 FOLLOW_POLL_S = 0.2
 CONNECT_TIMEOUT_S = 15.0
@@ -103,6 +106,21 @@ async def _iter_jsonl(
                 line, partial = partial, b""
             elif partial and not follow:
                 line, partial = partial, b""  # a last line without its newline
+                if lineno >= 0:
+                    lineno += 1
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    # a live file being written, or one a kill cut mid-write (the next run with
+                    # this sink cuts it): incomplete, so left out, said once
+                    log.warning("%s:%d: the last line has no newline and is not whole JSON (being"
+                                " written, or cut by a kill); left out", path, lineno)
+                    return
+                if isinstance(record, dict):
+                    yield record
+                    continue
+                yield _parse_line(line, f"{path}:{lineno}" if lineno > 0 else str(path))
+                continue
             elif not follow:
                 return
             else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import threading
 import time
 import urllib.request
@@ -217,3 +218,98 @@ def test_a_clean_stop_marks_the_ledger_clean_and_adds_nothing_at_the_next_start(
     assert copies(totals) == 10, totals
     assert totals.get("skipped_by.lost_on_crash", 0) == 0
     assert not any("(crash recovery)" in r["routes"] for r in records if r["outcome"] == "stats")
+
+
+def _killed_after_traffic(backends: tuple[Backend, Backend], tmp_path: Path, n: int) -> tuple[Path, str]:
+    """A run with a JSONL sink answers `n` requests, writes their stats record, is SIGKILLed."""
+    out = tmp_path / "records.jsonl"
+    rules = h.write_rules(tmp_path / "rules.yaml", RULES)
+    proxy = h.Proxy(backends[0].url, backends[1].url, f"jsonl:{out}", rules, stats_interval=1,
+                    stderr_path=tmp_path / "stderr1").start()
+    try:
+        for i in range(n):
+            assert h.get(f"{proxy.url}/fast/{i}")[0] == 200
+        wait_until(lambda: copies(h.stats_totals(h.read_jsonl(out))) >= n, timeout=30,
+                   what="a stats record with every copy")
+    finally:
+        kill_group(proxy)
+    return out, rules
+
+
+def _restart_and_stop(
+    backends: tuple[Backend, Backend], tmp_path: Path, out: Path, rules: str, n: int
+) -> str:
+    proxy = h.Proxy(backends[0].url, backends[1].url, f"jsonl:{out}", rules,
+                    stderr_path=tmp_path / "stderr2").start()
+    try:
+        for i in range(n):
+            assert h.get(f"{proxy.url}/fast/after-{i}")[0] == 200
+    finally:
+        assert proxy.terminate() == 0, proxy.stderr()
+    return proxy.stderr(full=True)
+
+
+def test_a_kill_in_the_middle_of_a_stats_record_leaves_no_glued_line_and_the_file_stays_readable(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """A SIGKILL during a large stats record's write leaves part of its line (here: the first
+    half of the last stats record, without its newline). `report` reads the file with a warning;
+    the restart cuts the partial line before it appends (it was never marked covered)."""
+    out, rules = _killed_after_traffic(backends, tmp_path, 8)
+    data = out.read_bytes()
+    last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    out.write_bytes(data + last[: len(last) // 2])
+    report = subprocess.run([h.EXE, "report", "--source", f"jsonl:{out}"], capture_output=True, text=True,
+                            timeout=60)
+    assert report.returncode == 0, report.stderr
+    assert "the last line has no newline" in report.stderr
+    stderr = _restart_and_stop(backends, tmp_path, out, rules, 3)
+    assert "cut a partial last line" in stderr
+    records = h.read_jsonl(out)  # every line whole JSON
+    for r in records:
+        validate_record(r)
+    assert copies(h.stats_totals(records)) == 8 + 3
+    report = subprocess.run([h.EXE, "report", "--source", f"jsonl:{out}"], capture_output=True, text=True,
+                            timeout=60)
+    assert report.returncode == 0, report.stderr
+
+
+def test_a_kill_after_a_stats_record_reached_the_file_but_before_the_ledger_marked_it_counts_it_once(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """The ledger is set back to the moment before the mark (what a kill right after the flush
+    leaves): the restart finds the record in the file by its run and sequence number."""
+    out, rules = _killed_after_traffic(backends, tmp_path, 8)
+    path = f"{out}.ledger"
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        w = memoryview(data).cast("Q")
+        assert w[ledger._PENDING_SEQ] == w[ledger._COVERED_SEQ] > 0
+        w[ledger._COVERED_SEQ] -= 1
+        w[ledger._R_ACTIVE] = 1 - w[ledger._PENDING_BLOCK]
+        w.release()
+        f.seek(0)
+        f.write(data)
+    _restart_and_stop(backends, tmp_path, out, rules, 3)
+    assert copies(h.stats_totals(h.read_jsonl(out))) == 8 + 3
+
+
+def test_a_second_run_on_the_same_sink_is_refused_naming_the_sink_and_the_first_runs_pid(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    out = tmp_path / "records.jsonl"
+    first = h.Proxy(backends[0].url, backends[1].url, f"jsonl:{out}",
+                    stderr_path=tmp_path / "stderr1").start()
+    try:
+        second = h.Proxy(backends[0].url, backends[1].url, f"jsonl:{out}", stderr_path=tmp_path / "stderr2")
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="exited with 2"):
+            second.start(timeout=20)
+        assert time.monotonic() - t0 < 15  # refused at once, not after the wait for a previous worker
+        err = second.stderr(full=True)
+        assert f"--sink jsonl:{out}" in err and f"(pid {first.proc.pid})" in err, err  # type: ignore[union-attr]
+        assert "Traceback" not in err
+        assert ledger.read(f"{out}.ledger")["pid"] == first.proc.pid  # type: ignore[union-attr]
+    finally:
+        assert first.terminate() == 0, first.stderr()
+    assert ledger.read(f"{out}.ledger")["state"] == "clean"

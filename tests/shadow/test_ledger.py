@@ -7,9 +7,13 @@ import os
 import stat
 from pathlib import Path
 
+import orjson
+import pytest
+
 from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow import ledger
 from shadowproxy.shadow.ledger import RECOVERY_ROUTE, ProxyLedger, WorkerLedger, ledger_path
+from shadowproxy.sinks.jsonl import cut_partial_line
 
 
 def _run(path: str) -> tuple[ProxyLedger, WorkerLedger, Stats, Stats]:
@@ -31,11 +35,13 @@ def test_the_ledger_is_private_and_a_fresh_one_replaces_the_old_file(tmp_path: P
     path = str(tmp_path / "out.jsonl.ledger")
     old, _ = ProxyLedger.start(path)
     old.mark_clean()
+    old_worker = WorkerLedger.open(path)
+    old.close()  # the old run's proxy ended (its lock with it)
     _, recovery = ProxyLedger.start(path)
     assert recovery is None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    old.handed()  # a worker of the old run writes to the old file, not the new one
-    assert ledger.read(path)["handed"] == 0
+    old_worker.count("compared", 1)  # a worker of the old run writes to the old file, not the new one
+    assert "worker.compared" not in ledger.read(path)
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl.ledger"]
 
 
@@ -60,6 +66,7 @@ def test_copies_in_flight_and_counts_not_in_a_stats_record_are_recovered(tmp_pat
         ws.count("/a", "mismatched")
         worker.written("mismatch")
     ps.skip("/a", "method")
+    proxy.close()  # a kill: its lock goes with it
     _, recovery = ProxyLedger.start(path)
     assert recovery is not None
     assert recovery.lost == 6  # 10 handed: 4 finished; 2 with their records unflushed, 4 never answered
@@ -81,6 +88,7 @@ def test_records_flushed_finish_their_copies(tmp_path: Path) -> None:
         ws.count("/a", "mismatched")
         worker.written("mismatch")
     worker.commit(worker.take_pending())  # flushed, no stats record yet
+    proxy.close()  # a kill: its lock goes with it
     _, recovery = ProxyLedger.start(path)
     assert recovery is not None
     assert recovery.lost == 0
@@ -94,6 +102,7 @@ def test_a_record_that_could_not_be_written_finishes_its_copy(tmp_path: Path) ->
     ws.count("/a", "shadow_errors")
     worker.written("shadow_error")
     worker.unwritten("shadow_error")
+    proxy.close()  # a kill: its lock goes with it
     _, recovery = ProxyLedger.start(path)
     assert recovery is not None and recovery.lost == 0 and recovery.counts["shadow_errors"] == 1
 
@@ -103,6 +112,7 @@ def test_a_clean_stop_folds_in_nothing(tmp_path: Path) -> None:
     proxy, _, ps, _ = _run(path)
     _hand_over(proxy, ps, 5)  # never finished: a clean stop counted them (drained or dropped)
     proxy.mark_clean()
+    proxy.close()  # its stop
     _, recovery = ProxyLedger.start(path)
     assert recovery is None
 
@@ -123,6 +133,7 @@ def test_a_kill_between_the_stats_flip_and_the_records_release_counts_no_copy_tw
     full.count("/a", "compared", 2)
     full.count("/a", "mismatched", 2)
     worker.commit([0] * len(pending), full.stats_record())  # the flip only: the kill comes here
+    proxy.close()  # a kill: its lock goes with it
     _, recovery = ProxyLedger.start(path)
     assert recovery is None  # 2 copies, both in the stats record: nothing to add
 
@@ -138,3 +149,68 @@ def test_the_ledger_lives_beside_the_sink() -> None:
         assert ledger_path("kafka://127.0.0.1:9092/t?spool_dir=/s") == "/s/t.ledger.3"
     finally:
         del os.environ[ledger.INSTANCE_ENV]
+
+
+def _stats_record(n: int) -> dict[str, object]:
+    s = Stats()
+    s.count("/a", "eligible", n)
+    s.count("/a", "compared", n)
+    s.count("/a", "equal", n)
+    record = s.stats_record()
+    assert record is not None
+    return record
+
+
+def _killed_between_write_and_mark(tmp_path: Path, *, in_sink: bool) -> ledger.Recovery | None:
+    """3 copies answered equal; their stats record is prepared and written; the kill comes
+    before the ledger marks it covered. `in_sink`: the flush had put it in the file."""
+    sink = tmp_path / "out.jsonl"
+    path = f"{sink}.ledger"
+    proxy, recovery = ProxyLedger.start(path, f"jsonl:{sink}")
+    assert recovery is None
+    worker = WorkerLedger.open(path)
+    ps, ws = Stats(), Stats()
+    ps.tally, ws.tally = proxy, worker
+    _hand_over(proxy, ps, 3)
+    for _ in range(3):
+        ws.count("/a", "compared")
+        ws.count("/a", "equal")
+    record = _stats_record(3)
+    worker.prepare(record)
+    line = orjson.dumps(record) + b"\n"
+    sink.write_bytes(b'{"outcome": "mismatch"}\n' + (line if in_sink else line[: len(line) // 2]))
+    proxy.close()  # the kill
+    _, recovery = ProxyLedger.start(path, f"jsonl:{sink}")
+    return recovery
+
+
+def test_a_stats_record_in_the_sink_but_not_marked_covered_is_not_counted_again(tmp_path: Path) -> None:
+    assert _killed_between_write_and_mark(tmp_path, in_sink=True) is None
+
+
+def test_a_stats_record_cut_by_the_kill_is_counted_at_the_restart_and_its_partial_line_cut(
+    tmp_path: Path,
+) -> None:
+    recovery = _killed_between_write_and_mark(tmp_path, in_sink=False)
+    assert recovery is not None and recovery.lost == 0 and recovery.counts["compared"] == 3
+    assert (tmp_path / "out.jsonl").read_bytes() == b'{"outcome": "mismatch"}\n'
+
+
+def test_cut_partial_line_keeps_whole_lines_and_cuts_only_the_unterminated_end(tmp_path: Path) -> None:
+    f = tmp_path / "f.jsonl"
+    f.write_bytes(b"{}\n" + b"x" * 200_000)  # longer than one read back
+    assert cut_partial_line(f) == 200_000 and f.read_bytes() == b"{}\n"
+    assert cut_partial_line(f) == 0 and f.read_bytes() == b"{}\n"
+    f.write_bytes(b"partial")
+    assert cut_partial_line(f) == 7 and f.read_bytes() == b""
+
+
+def test_a_second_run_on_a_sink_whose_ledger_is_held_is_refused_naming_the_sink_and_pid(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "out.jsonl.ledger")
+    first, _ = ProxyLedger.start(path, f"jsonl:{tmp_path / 'out.jsonl'}")
+    with pytest.raises(ledger.LedgerBusy, match=rf"--sink jsonl:.*out.jsonl: .*\(pid {os.getpid()}\)"):
+        ProxyLedger.start(path, f"jsonl:{tmp_path / 'out.jsonl'}")
+    assert ledger.read(path)["pid"] == os.getpid()  # left as it was
+    first.close()
