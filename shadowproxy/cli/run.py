@@ -15,6 +15,7 @@ import click
 from shadowproxy.cli import cli
 from shadowproxy.cli.params import ADMIN_ADDR, HOST_PORT, HTTP_URL, RATE, SINK_URI
 from shadowproxy.cli.siblings import SIBLING_ENV, serve_with_siblings, shared_switch
+from shadowproxy.shadow.ledger import PROCESSES_ENV
 from shadowproxy.sinks.uri import DEFAULT_SINK
 
 MAX_QUEUE_SIZE = 1_000_000
@@ -310,6 +311,8 @@ def _run(f: RunFlags) -> None:
         noise_state = f"{noise_state}.{sibling}"  # one writer per file; `noise export` merges them
     if sibling:
         admin = None
+    else:  # the first process folds in the crash ledgers of siblings this run will not start
+        os.environ[PROCESSES_ENV] = str(max(1, f.reuse_port))
     # everything the worker would find wrong later, checked now: one line and exit 2, never a
     # worker that fails to start again and again while live traffic passes unmirrored
     for flag, url in (("--live", f.live), ("--shadow", f.shadow), ("--secondary", f.secondary)):

@@ -30,6 +30,7 @@ import logging
 import mmap
 import os
 import secrets
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ log = logging.getLogger("shadowproxy")
 
 # The environment variable that tells a `--reuse-port` sibling its number (set by cli.siblings).
 INSTANCE_ENV = "SHADOWPROXY_REUSE_PORT_SIBLING"
+# How many processes this run has (`--reuse-port N`; set by cli.run): the first one folds in the
+# ledgers of siblings numbered N and above, left by an earlier run with more processes.
+PROCESSES_ENV = "SHADOWPROXY_REUSE_PORT_PROCESSES"
 RECOVERY_ROUTE = "(crash recovery)"
 DEFAULT_SPOOL_DIR = "./shadowproxy-spool"  # as sinks.kafka_options (not imported: it loads aiokafka)
 
@@ -242,6 +246,69 @@ def check_free(path: str, sink_uri: str | None = None) -> None:
         _lock(fd, path, sink_uri)
     finally:
         os.close(fd)
+
+
+def _orphans(path: str, sink_uri: str | None, processes: int) -> list[tuple[str, str | None]]:
+    """The ledgers (and their JSONL files) of `--reuse-port` siblings numbered `processes` and
+    above, beside the first process's ledger at `path`."""
+    p = Path(path)
+    jsonl = jsonl_of(sink_uri)
+    out: list[tuple[str, str | None]] = []
+    if jsonl is not None:  # <file>.N.ledger, the sibling's sink <file>.N
+        base = Path(jsonl)
+        for q in base.parent.glob(f"{glob_escape(base.name)}.*.ledger"):
+            n = q.name[len(base.name) + 1:-len(".ledger")]
+            if n.isdigit() and int(n) >= processes:
+                out.append((str(q), str(q)[:-len(".ledger")]))
+    else:  # <spool>/<topic>.ledger.N
+        for q in p.parent.glob(f"{glob_escape(p.name)}.*"):
+            n = q.name[len(p.name) + 1:]
+            if n.isdigit() and int(n) >= processes:
+                out.append((str(q), None))
+    return sorted(out)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def fold_orphans(path: str, sink_uri: str | None, processes: int) -> list[tuple[str, Recovery]]:
+    """Recover the ledgers of `--reuse-port` siblings that this run will not start (an earlier
+    run had more processes): each one whose owner is gone (its lock is free) and whose worker
+    ended is read, its JSONL file's partial last line cut, and marked clean; what it shows is
+    returned, for the first process to fold into its first stats record."""
+    out = []
+    for orphan, jsonl in _orphans(path, sink_uri, processes):
+        try:
+            fd = os.open(orphan, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("crash ledger %s: a sibling of another run still holds it; not folded in", orphan)
+                continue
+            data = os.pread(fd, SIZE, 0)
+            if len(data) < SIZE:
+                continue
+            w = memoryview(data).cast("Q")
+            if w[_MAGIC] != MAGIC or w[_STATE] != RUNNING:
+                continue
+            if _alive_worker(int(w[_WORKER_PID])):
+                log.warning("crash ledger %s: its worker (pid %d) still runs; folded in at a later start",
+                            orphan, w[_WORKER_PID])
+                continue
+            recovery = recovery_of(w, jsonl)
+            if jsonl is not None:
+                with contextlib.suppress(OSError):
+                    cut_partial_line(jsonl)
+            os.pwrite(fd, CLEAN.to_bytes(8, sys.byteorder), _STATE * 8)  # folded in: never again
+            if recovery is not None:
+                out.append((orphan, recovery))
+        finally:
+            os.close(fd)
+    return out
 
 
 class ProxyLedger(_Mapped):

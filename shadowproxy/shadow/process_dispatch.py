@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -41,7 +42,7 @@ from shadowproxy.shadow.channel import (
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
-from shadowproxy.shadow.ledger import ProxyLedger, check_free
+from shadowproxy.shadow.ledger import INSTANCE_ENV, PROCESSES_ENV, ProxyLedger, check_free, fold_orphans
 from shadowproxy.shadow.pipeline import ShadowJob
 
 log = logging.getLogger("shadowproxy")
@@ -179,6 +180,14 @@ class ProcessDispatcher:
                         e.strerror or e)
             return
         self.stats.tally = self.ledger
+        if os.environ.get(INSTANCE_ENV, "0") in ("", "0"):  # the first process: siblings no run starts now
+            processes = int(os.environ.get(PROCESSES_ENV, "1") or 1)
+            for orphan, rec in fold_orphans(path, self.cfg.pipeline.sink_uri, processes):
+                rec.fold_into(self.stats)
+                log.warning("crash ledger %s of a --reuse-port sibling this run does not start (pid %d) did"
+                            " not end clean: %d copies lost_on_crash and %d more counted folded into the"
+                            " next stats record (route %s)", orphan, rec.pid, rec.lost,
+                            rec.copies() - rec.lost, "(crash recovery)")
         if recovery is not None:
             recovery.fold_into(self.stats)
             log.warning("the previous run with this sink (pid %d) did not stop cleanly: %d copies it handed"

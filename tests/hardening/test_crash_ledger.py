@@ -313,3 +313,44 @@ def test_a_second_run_on_the_same_sink_is_refused_naming_the_sink_and_the_first_
     finally:
         assert first.terminate() == 0, first.stderr()
     assert ledger.read(f"{out}.ledger")["state"] == "clean"
+
+
+def test_a_reuse_port_sibling_this_run_does_not_start_has_its_ledger_folded_in(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """`--reuse-port 2`, copies in flight in both processes, SIGKILL of the group; restarted with
+    one process: the second process's ledger (`<sink>.1.ledger`) is folded in by the first."""
+    out = tmp_path / "records.jsonl"
+    rules = h.write_rules(tmp_path / "rules.yaml", RULES)
+    files = (out, Path(f"{out}.1"))
+
+    def read() -> list[dict[str, Any]]:
+        return [r for f in files if f.exists() for r in h.read_jsonl(f)]
+
+    proxy = h.Proxy(backends[0].url, backends[1].url, f"jsonl:{out}", rules, stats_interval=1,
+                    extra=["--reuse-port", "2"], stderr_path=tmp_path / "stderr1").start()
+    def slow() -> int:
+        return len([s for s in backends[1].seen if s.path.startswith("/slow/")])
+
+    slow_before = slow()
+    try:
+        # the sibling's worker opened its ledger: it listens right after
+        sib = f"{out}.1.ledger"
+        wait_until(lambda: Path(sib).exists() and ledger.read(sib)["worker_pid"] > 0, timeout=60,
+                   what="the sibling's worker")
+        time.sleep(1.0)
+        for i in range(20):  # a new connection each: the kernel spreads them over both processes
+            assert h.get(f"{proxy.url}/slow/rp-{i}")[0] == 200
+        wait_until(lambda: slow() == slow_before + 20, timeout=30, what="the slow copies")
+    finally:
+        kill_group(proxy)
+    wait_until(lambda: not any(ledger._alive_worker(ledger.read(f"{f}.ledger")["worker_pid"]) for f in files),
+               timeout=30, what="both workers gone")
+    sibling = ledger.read(f"{out}.1.ledger")
+    assert sibling["state"] == "running" and sibling["handed"] > 0, sibling  # it held copies
+    _restart_and_stop(backends, tmp_path, out, rules, 3)
+    totals = h.stats_totals(read())
+    assert copies(totals) == 20 + 3, totals
+    assert totals["skipped_by.lost_on_crash"] == 20, totals
+    assert ledger.read(f"{out}.1.ledger")["state"] == "clean"  # folded in once: never again
+    assert "--reuse-port sibling this run does not start" in (tmp_path / "stderr2").read_text()
