@@ -31,7 +31,8 @@ from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher, ShadowDispatcher
 from shadowproxy.shadow.jobs import build_job, decide
-from shadowproxy.shadow.ledger import ledger_path
+from shadowproxy.shadow.ledger import PIPELINED_ROUTE as PIPELINED_ROUTE  # bytes pipelined past the bound
+from shadowproxy.shadow.ledger import ProxyLedger, ledger_path
 from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.shadow.process_dispatch import ProcessDispatcher
 from shadowproxy.sinks.base import Sink
@@ -40,6 +41,7 @@ from shadowproxy.sinks.uri import parse_uri
 log = logging.getLogger("shadowproxy")
 
 _IN_FLIGHT = "shadowproxy.in_flight"
+_LEDGERED = "shadowproxy.ledgered"  # counted in the crash ledger as read and not yet answered
 _GRPC_STREAM = "shadowproxy.grpc_stream"
 _TOO_LARGE = "shadowproxy.too_large"
 _REFUSED = "shadowproxy.refused"
@@ -47,7 +49,7 @@ STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
 HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
-PIPELINED_ROUTE = "(pipelined let go)"  # bytes pipelined past the bound: never read as requests
+
 _SENT_AT = "shadowproxy.sent_at"  # time.time() the request goes upstream (HTTP/2: the live latency's start)
 _SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
@@ -225,6 +227,9 @@ class ShadowAddon:
             return
         flow.metadata[_IN_FLIGHT] = True
         self.in_flight += 1
+        if (led := self._ledger()) is not None:
+            led.live_in()
+            flow.metadata[_LEDGERED] = True
         req = flow.request
         if req.authority and req.method != "CONNECT" and req.http_version.startswith("HTTP/1"):
             # an absolute-form target (`GET http://other-host/x`): reverse mode names its backend
@@ -295,6 +300,13 @@ class ShadowAddon:
     def _answered(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop(_IN_FLIGHT, False):
             self.in_flight -= 1
+        if flow.metadata.pop(_LEDGERED, False) and (led := self._ledger()) is not None:
+            led.live_out()
+
+    def _ledger(self) -> ProxyLedger | None:
+        """The crash ledger (process dispatch, while it is open)."""
+        d = self.dispatcher
+        return d.ledger if isinstance(d, ProcessDispatcher) else None
 
     def response(self, flow: http.HTTPFlow) -> None:
         if self.egress.side(flow):

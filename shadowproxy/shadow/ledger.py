@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from shadowproxy.engine.stats import COUNTS, Stats
+from shadowproxy.engine.stats import COUNTS, RouteStats, Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.policy import SKIP_REASONS
 from shadowproxy.sinks.jsonl import cut_partial_line
@@ -58,7 +58,10 @@ SIZE = 4096
 MAGIC = int.from_bytes(b"SPLEDGR1", "little")
 RUNNING, CLEAN = 1, 2
 OTHER_REASON = "(other)"
-NAMES = (*COUNTS, *(f"skipped_by.{r}" for r in SKIP_REASONS), f"skipped_by.{OTHER_REASON}")
+# bytes pipelined past the head bound, let go unread (proxy.headlimit): counted under this route
+PIPELINED_ROUTE = "(pipelined let go)"
+LET_GO = ("let_go_connections", "let_go_bytes")
+NAMES = (*COUNTS, *LET_GO, *(f"skipped_by.{r}" for r in SKIP_REASONS), f"skipped_by.{OTHER_REASON}")
 K = len(NAMES)
 _INDEX = {name: i for i, name in enumerate(NAMES)}
 LAYOUT = zlib.crc32(" ".join(NAMES).encode())  # a ledger of another version is not read
@@ -83,6 +86,7 @@ _MAGIC, _LAYOUT, _STATE, _PID, _WORKER_PID, _R_ACTIVE, _HANDED, _HANDED_BACK = r
 # _COVERED_SEQ. At recovery, pending != covered means the kill hit in between: the record is
 # looked for in the sink, and the block that matches what the sink holds is used.
 _RUN, _PENDING_SEQ, _COVERED_SEQ, _PENDING_BLOCK = range(8, 12)
+_LIVE = 12  # requests the proxy read whose live answer (or failure) had not come: no counter has them yet
 SCAN_TAIL_BYTES = 8 << 20  # how far back from the end of a JSONL sink a pending stats record is looked for
 _P = 16
 _D = _P + K
@@ -134,19 +138,24 @@ class Recovery:
     def copies(self) -> int:
         return self.lost + sum(self.counts.get(n, 0) for n in TERMINAL)
 
-    def fold_into(self, stats: Stats) -> None:
-        """Count it all in `stats` (its next stats record carries it) under RECOVERY_ROUTE."""
+    def fold_into(self, stats: Stats, route: str = RECOVERY_ROUTE, *, lost_as_dropped: bool = False) -> None:
+        """Count it all in `stats` (its next stats record carries it) under `route`; the lost
+        copies as `skipped_by.lost_on_crash` (or `dropped`: a worker that died alone)."""
         skipped = self.counts.get("skipped", 0)
         for name, n in self.counts.items():
             if name.startswith("skipped_by."):
-                stats.skip(RECOVERY_ROUTE, name.removeprefix("skipped_by."), n)
+                stats.skip(route, name.removeprefix("skipped_by."), n)
                 skipped -= n
+            elif name in LET_GO:
+                stats.count(PIPELINED_ROUTE, name, n)  # where they are always counted: not copies
             elif name != "skipped":
-                stats.count(RECOVERY_ROUTE, name, n)
+                stats.count(route, name, n)
         if skipped > 0:  # skips whose reason was not stored (never, unless a bug)
-            stats.skip(RECOVERY_ROUTE, OTHER_REASON, skipped)
-        if self.lost:
-            stats.skip(RECOVERY_ROUTE, "lost_on_crash", self.lost)
+            stats.skip(route, OTHER_REASON, skipped)
+        if self.lost and lost_as_dropped:
+            stats.count(route, "dropped", self.lost)
+        elif self.lost:
+            stats.skip(route, "lost_on_crash", self.lost)
 
 
 class LedgerBusy(ConfigError):
@@ -184,20 +193,26 @@ def jsonl_of(sink_uri: str | None) -> str | None:
     return parsed.path if parsed.scheme == "jsonl" else None
 
 
+def _covered_block(w: Any, sink: str | None) -> int:
+    """The offset of the R block that matches what the sink holds."""
+    pending, covered = int(w[_PENDING_SEQ]), int(w[_COVERED_SEQ])
+    if pending == covered:
+        return _R[w[_R_ACTIVE] & 1]
+    # killed between a stats record's write and its mark: the sink says which block is true
+    new = int(w[_PENDING_BLOCK]) & 1
+    found = sink is not None and _in_jsonl(sink, int(w[_RUN]), pending)
+    return _R[new] if found else _R[1 - new]
+
+
 def recovery_of(w: Any, sink: str | None = None) -> Recovery | None:
     """The recovery a ledger's words call for; None when it ended clean or is not a ledger.
     `sink`: the JSONL file to look in for a stats record written but not marked covered."""
     if w[_MAGIC] != MAGIC or w[_LAYOUT] != LAYOUT or w[_STATE] != RUNNING:
         return None
-    r = _R[w[_R_ACTIVE] & 1]
-    pending, covered = int(w[_PENDING_SEQ]), int(w[_COVERED_SEQ])
-    if pending != covered:
-        # killed between a stats record's write and its mark: the sink says which block is true
-        new = int(w[_PENDING_BLOCK]) & 1
-        found = sink is not None and _in_jsonl(sink, int(w[_RUN]), pending)
-        r = _R[new] if found else _R[1 - new]
+    r = _covered_block(w, sink)
     missing = [w[_P + i] + w[_D + i] - w[_U + i] - w[r + i] for i in range(K)]
     lost = w[_HANDED] - w[_HANDED_BACK] - sum(w[_D + i] - w[_U + i] for i in _TERMINAL_IDX)
+    lost += w[_LIVE]  # read, live not yet answered: each would have been counted once answered
     for i in _TERMINAL_IDX:
         # below 0: a kill between the stats block's flip and the unflushed records' release
         # counted copies both in a stats record and as not finished; they are not lost
@@ -400,12 +415,47 @@ class ProxyLedger(_Mapped):
     def handed(self) -> None:
         self.w[_HANDED] += 1
 
+    def live_in(self) -> None:
+        """A request was read; until `live_out`, no counter has it (a kill now: lost_on_crash)."""
+        self.w[_LIVE] += 1
+
+    def live_out(self) -> None:
+        """Its live answer (or failure) came: the hook that counts it runs now."""
+        self.w[_LIVE] -= 1
+
     def handed_back(self, n: int) -> None:
         """Copies a dead worker held, counted as dropped by the proxy (no longer the worker's)."""
         self.w[_HANDED_BACK] += n
 
     def mark_clean(self) -> None:
         self.w[_STATE] = CLEAN
+
+    def fold_dead_worker(self, unshipped: dict[str, RouteStats], jsonl: str | None) -> Recovery | None:
+        """A worker died (it is gone, the next one not started): what it counted, and the proxy's
+        counts it had been sent, that no stats record in the sink has; and `lost`, the copies
+        handed over that no worker finished (in flight, unread, or their record unflushed).
+        `unshipped`: the proxy's counts not sent yet (the next worker writes them). The ledger
+        then reads as if a stats record covered it all, and no worker holds a copy."""
+        w = self.w
+        r = _covered_block(w, jsonl)
+        held = interval_counts(unshipped)
+        missing = [w[_P + i] + w[_D + i] - w[_U + i] - w[r + i] - held[i] for i in range(K)]
+        lost = w[_HANDED] - w[_HANDED_BACK] - sum(w[_D + i] - w[_U + i] for i in _TERMINAL_IDX)
+        for i in _TERMINAL_IDX:
+            if missing[i] < 0:
+                lost += missing[i]
+        active = w[_R_ACTIVE] & 1
+        new = _R[1 - active]
+        for i in range(K):
+            w[new + i] = w[_P + i] + w[_D + i] - held[i]
+            w[_U + i] = 0
+        w[_PENDING_BLOCK] = 1 - active
+        w[_R_ACTIVE] = 1 - active
+        w[_COVERED_SEQ] = w[_PENDING_SEQ]
+        w[_HANDED_BACK] = w[_HANDED] - sum(w[_D + i] for i in _TERMINAL_IDX)
+        counts = {NAMES[i]: n for i, n in enumerate(missing) if n > 0}
+        rec = Recovery(int(w[_WORKER_PID]), counts, max(0, lost))
+        return rec if rec.counts or rec.lost else None
 
 
 class WorkerLedger(_Mapped):
@@ -490,11 +540,23 @@ class WorkerLedger(_Mapped):
                 w[_U + i] -= n
 
 
+def interval_counts(routes: dict[str, RouteStats]) -> list[int]:
+    """Counts not yet in a record (a Stats interval) summed over their routes, by NAMES."""
+    out = [0] * K
+    for rs in routes.values():
+        for name, n in rs.counts.items():
+            if (i := _INDEX.get(name)) is not None:
+                out[i] += n
+        for reason, n in rs.skipped_by.items():
+            out[_REASON.get(reason, _OTHER)] += n
+    return out
+
+
 def stats_counts(record: dict[str, Any]) -> list[int]:
     """A stats record's counts summed over its routes, by NAMES."""
     out = [0] * K
     for counts in record.get("routes", {}).values():
-        for name in COUNTS:
+        for name in (*COUNTS, *LET_GO):
             out[_INDEX[name]] += int(counts.get(name, 0))
         for reason, n in counts.get("skipped_by", {}).items():
             out[_REASON.get(reason, _OTHER)] += int(n)
@@ -509,7 +571,7 @@ def read(path: str) -> dict[str, Any]:
     return {
         "state": {RUNNING: "running", CLEAN: "clean"}.get(int(w[_STATE]), "?"),
         "pid": int(w[_PID]), "worker_pid": int(w[_WORKER_PID]),
-        "handed": int(w[_HANDED]), "handed_back": int(w[_HANDED_BACK]),
+        "handed": int(w[_HANDED]), "handed_back": int(w[_HANDED_BACK]), "live_in_flight": int(w[_LIVE]),
         "run": f"{int(w[_RUN]):016x}",
         "pending_seq": int(w[_PENDING_SEQ]), "covered_seq": int(w[_COVERED_SEQ]),
         **{f"{sec}.{NAMES[i]}": int(w[base + i]) for sec, base in (("proxy", _P), ("worker", _D),

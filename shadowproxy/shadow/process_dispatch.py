@@ -42,8 +42,16 @@ from shadowproxy.shadow.channel import (
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
-from shadowproxy.shadow.ledger import INSTANCE_ENV, PROCESSES_ENV, ProxyLedger, check_free, fold_orphans
+from shadowproxy.shadow.ledger import (
+    INSTANCE_ENV,
+    PROCESSES_ENV,
+    ProxyLedger,
+    check_free,
+    fold_orphans,
+    jsonl_of,
+)
 from shadowproxy.shadow.pipeline import ShadowJob
+from shadowproxy.sinks.jsonl import cut_partial_line
 
 log = logging.getLogger("shadowproxy")
 
@@ -260,17 +268,23 @@ class ProcessDispatcher:
     async def _restart(self) -> None:
         """Start a new worker after one died: with backoff, until it runs or the proxy stops.
 
-        Copies the dead worker held are lost with it; they are counted as dropped (from its
-        last status report, so approximately), and the new worker is sent the route settings
+        Copies the dead worker held are lost with it; they are counted as dropped (with the
+        crash ledger exactly, with what it counted and never wrote; without, from its last
+        status report, so approximately), and the new worker is sent the route settings
         again before any job refers to them."""
-        self._take_back(self._held())
+        if self.ledger is None:
+            self._take_back(self._held())
+        folded = self.ledger is None
         while not self._stopped:
             await asyncio.sleep(RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)])
             if self._stopped:
-                return
+                break
             self.restarts += 1
             if self.proc is not None and self.proc.poll() is None:
                 await self._kill()
+            if not folded:
+                folded = True
+                self._fold_dead_worker()
             if self._transport is not None:
                 self._transport.close()
             self.proc, self._transport, self._settings = None, None, {}
@@ -282,6 +296,26 @@ class ProcessDispatcher:
                 return
             except Exception as e:  # a worker that cannot start now may later: keep trying, say why
                 log.error("shadow worker restart %d failed: %s", self.restarts, e)
+        if not folded:  # the proxy stops before the next worker: its dead worker's part, counted here
+            if self.proc is not None and self.proc.poll() is None:
+                await self._kill()
+            self._fold_dead_worker()
+
+    def _fold_dead_worker(self) -> None:
+        """The dead worker (gone now) left in the ledger what it counted and never wrote, and
+        the copies it held: counted here, exactly (route `(worker restart)`, held copies `dropped`)."""
+        if self.ledger is None:
+            return
+        jsonl = jsonl_of(self.cfg.pipeline.sink_uri)
+        rec = self.ledger.fold_dead_worker(self.stats.interval, jsonl)
+        if jsonl is not None:  # the dead worker may have died in the middle of a line
+            with contextlib.suppress(OSError):
+                cut_partial_line(jsonl)
+        if rec is not None:
+            rec.fold_into(self.stats, "(worker restart)", lost_as_dropped=True)
+            log.warning("the shadow worker that died (pid %d) held %d copies (counted dropped) and had"
+                        " counted %d more that no stats record has: counted now (route (worker restart))",
+                        rec.pid, rec.lost, rec.copies() - rec.lost)
 
     def submit(self, job: ShadowJob) -> bool:
         """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
@@ -315,8 +349,10 @@ class ProcessDispatcher:
         t.write(frame("egress", call))
 
     def _ship_counts(self) -> None:
+        if not self._alive or self._transport is None:
+            return  # kept for the next worker (they were taken and lost while none ran)
         _, routes = self.stats.take_interval()
-        if routes and self._alive and self._transport is not None:
+        if routes:
             self._transport.write(frame("counts", routes))
 
     async def _ship_counts_loop(self) -> None:

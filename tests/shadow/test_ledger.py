@@ -214,3 +214,61 @@ def test_a_second_run_on_a_sink_whose_ledger_is_held_is_refused_naming_the_sink_
         ProxyLedger.start(path, f"jsonl:{tmp_path / 'out.jsonl'}")
     assert ledger.read(path)["pid"] == os.getpid()  # left as it was
     first.close()
+
+
+def test_requests_read_whose_live_answer_had_not_come_are_lost_on_crash(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    proxy, _, _, _ = _run(path)
+    for _ in range(3):
+        proxy.live_in()
+    proxy.live_out()  # answered: its hook counts it (a skip, or a copy handed over)
+    proxy.close()  # a kill
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is not None and recovery.lost == 2 and recovery.copies() == 2
+
+
+def test_pipelined_bytes_let_go_are_recovered_under_their_own_route(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    proxy, _, ps, _ = _run(path)
+    ps.count(ledger.PIPELINED_ROUTE, "let_go_connections")
+    ps.count(ledger.PIPELINED_ROUTE, "let_go_bytes", 6_000_000)
+    proxy.close()  # a kill before any stats record
+    _, recovery = ProxyLedger.start(path)
+    assert recovery is not None and recovery.copies() == 0
+    folded = Stats()
+    recovery.fold_into(folded)
+    assert folded.totals[ledger.PIPELINED_ROUTE].counts["let_go_bytes"] == 6_000_000
+    assert folded.totals[ledger.PIPELINED_ROUTE].counts["let_go_connections"] == 1
+
+
+def test_a_worker_killed_alone_is_folded_in_exactly_and_not_again_at_a_later_crash(tmp_path: Path) -> None:
+    path = str(tmp_path / "l")
+    proxy, worker, ps, ws = _run(path)
+    _hand_over(proxy, ps, 5)
+    ps.take_interval()  # shipped to the worker (which dies before its stats record)
+    for _ in range(2):
+        ws.count("/a", "compared")
+        ws.count("/a", "equal")
+    ws.count("/a", "compared")
+    ws.count("/a", "mismatched")
+    worker.written("mismatch")  # its record never flushed: the worker dies
+    ps.skip("/a", "method", 1)  # not shipped yet: the next worker writes it
+    worker.close()
+    recovery = proxy.fold_dead_worker(ps.interval, None)
+    assert recovery is not None
+    assert recovery.lost == 3  # 2 in flight, 1 whose record died unflushed
+    assert recovery.counts == {"compared": 2, "equal": 2, "eligible": 5}
+    recovery.fold_into(ps, "(worker restart)", lost_as_dropped=True)
+    assert ledger.read(path)["handed_back"] == 5 - 3  # no worker holds a copy now
+    # the next worker writes the proxy's counts (all of it now) in a stats record: nothing is missing
+    nxt = WorkerLedger.open(path)
+    _, routes = ps.take_interval()
+    record = Stats()
+    for route, rs in routes.items():
+        record.interval.setdefault(route, type(rs)()).merge(rs)
+    stats_record = record.stats_record()
+    assert stats_record is not None
+    nxt.commit(nxt.take_pending(), stats_record)
+    proxy.close()  # a kill later
+    _, again = ProxyLedger.start(path)
+    assert again is None  # every copy counted once: 2 compared, 3 dropped, 1 skipped
