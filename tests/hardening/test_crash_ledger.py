@@ -12,7 +12,10 @@ waits for it. A clean stop (SIGTERM) leaves the ledger clean: nothing is folded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -47,10 +50,15 @@ defaults:
 
 @pytest.fixture(scope="module")
 def backends() -> Iterator[tuple[Backend, Backend]]:
-    async def live(request: web.Request) -> web.Response:
-        return web.json_response({"v": 1})
-
     release = threading.Event()
+
+    async def live(request: web.Request) -> web.Response:
+        if request.path.startswith("/lslow/"):
+            for _ in range(200):  # 20 s at most: the live side is answering when the kill comes
+                if release.is_set():
+                    break
+                await asyncio.sleep(0.1)
+        return web.json_response({"v": 1})
 
     async def shadow(request: web.Request) -> web.Response:
         if request.path.startswith("/slow/"):
@@ -354,3 +362,87 @@ def test_a_reuse_port_sibling_this_run_does_not_start_has_its_ledger_folded_in(
     assert totals["skipped_by.lost_on_crash"] == 20, totals
     assert ledger.read(f"{out}.1.ledger")["state"] == "clean"  # folded in once: never again
     assert "--reuse-port sibling this run does not start" in (tmp_path / "stderr2").read_text()
+
+
+def test_requests_live_was_answering_and_pipelined_bytes_let_go_at_a_sigkill_are_counted_at_the_next_start(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """Stats only at the stop: at the kill, no stats record has anything. 4 answered; 5 requests
+    the live backend holds (read, not answered); one connection whose request the live backend
+    holds with 100 heads of 60 KiB pipelined behind it (let go past 1 MiB). Restarted: the 4
+    under their outcome, the 6 held requests `lost_on_crash`, the bytes let go under their route."""
+    out = tmp_path / "records.jsonl"
+    rules = h.write_rules(tmp_path / "rules.yaml", RULES)
+    proxy = h.Proxy(backends[0].url, backends[1].url, f"jsonl:{out}", rules,
+                    stderr_path=tmp_path / "stderr1").start()
+    live_before = len(backends[0].seen)
+    threads = []
+    sock = None
+    try:
+        for i in range(4):
+            assert h.get(f"{proxy.url}/fast/{i}")[0] == 200
+
+        def held(i: int) -> None:
+            with contextlib.suppress(Exception):  # the kill resets it
+                h.get(f"{proxy.url}/lslow/{i}", timeout=30)
+
+        threads = [threading.Thread(target=held, args=(i,), daemon=True) for i in range(5)]
+        for t in threads:
+            t.start()
+        sock = socket.create_connection(("127.0.0.1", proxy.port))
+        sock.sendall(b"GET /lslow/pipelined HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b"GET /fast/p HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (60 * 1024) + b"\r\n\r\n"
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                sock.sendall(head)
+        wait_until(lambda: len(backends[0].seen) == live_before + 4 + 6, timeout=30, what="the held requests")
+        metrics = f"http://127.0.0.1:{proxy.admin_port}/metrics"
+        wait_until(lambda: b"shadowproxy_pipelined_let_go_connections_total 1"
+                   in urllib.request.urlopen(metrics, timeout=10).read(), timeout=30, what="the bytes let go")
+    finally:
+        kill_group(proxy)
+        if sock is not None:
+            sock.close()
+    _restart_and_stop(backends, tmp_path, out, rules, 3)
+    totals = h.stats_totals(h.read_jsonl(out))
+    assert copies(totals) == 4 + 6 + 3, totals
+    assert totals["skipped_by.lost_on_crash"] == 6, totals
+    assert totals["let_go_connections"] == 1 and totals["let_go_bytes"] > 1 << 20, totals
+
+
+def test_a_worker_killed_alone_is_counted_exactly_when_the_proxy_replaces_it(
+    backends: tuple[Backend, Backend], tmp_path: Path
+) -> None:
+    """Stats only at the stop: the worker killed alone had counted 12 copies no stats record
+    has, and held 10 in flight; its replacement's first record carries them."""
+    out = tmp_path / "records.jsonl"
+    rules = h.write_rules(tmp_path / "rules.yaml", RULES)
+    proxy = h.Proxy(backends[0].url, backends[1].url, f"jsonl:{out}", rules,
+                    stderr_path=tmp_path / "stderr1").start()
+    path = f"{out}.ledger"
+    def slow() -> int:
+        return len([s for s in backends[1].seen if s.path.startswith("/slow/")])
+
+    slow_before = slow()
+    try:
+        for i in range(12):
+            assert h.get(f"{proxy.url}/fast/{i}")[0] == 200
+        for i in range(10):
+            assert h.get(f"{proxy.url}/slow/w-{i}")[0] == 200
+        wait_until(lambda: slow() == slow_before + 10, timeout=30, what="the slow copies")
+        time.sleep(0.5)  # the worker flushed the records it wrote (every 0.5 s)
+        dead = ledger.read(path)["worker_pid"]
+        os.kill(dead, signal.SIGKILL)
+        wait_until(lambda: ledger.read(path)["worker_pid"] not in (0, dead), timeout=30, what="a new worker")
+        time.sleep(1.0)  # it is ready
+        for i in range(3):
+            assert h.get(f"{proxy.url}/fast/after-{i}")[0] == 200
+    finally:
+        assert proxy.terminate() == 0, proxy.stderr()
+    totals = h.stats_totals(h.read_jsonl(out))
+    assert copies(totals) == 12 + 10 + 3, totals
+    assert totals["dropped"] == 10, totals
+    mismatches = [r for r in h.read_jsonl(out) if r["outcome"] == "mismatch"]
+    assert totals["mismatched"] == 15 == len(mismatches), totals
+    assert ledger.read(path)["state"] == "clean"
