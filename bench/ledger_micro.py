@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shadowproxy.engine.stats import Stats
-from shadowproxy.shadow.ledger import ProxyLedger, WorkerLedger
+from shadowproxy.shadow.ledger import ProxyLedger
+from shadowproxy.shadow.ledger_worker import WorkerLedger
 
 ROUNDS = 30
 BATCH = 20_000
@@ -47,6 +48,7 @@ def main() -> None:
 
         cases = {
             "handed": proxy.handed,
+            "live_in_out": lambda: (proxy.live_in(), proxy.live_out()),  # per request read
             "count_without": lambda: plain.count("/users/{id}", "eligible"),
             "count_with": lambda: tallied_p.count("/users/{id}", "eligible"),
             "skip_without": lambda: plain.skip("/users/{id}", "method"),

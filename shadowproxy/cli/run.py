@@ -114,7 +114,7 @@ class RunFlags:
     show_default=True,
     help="Where records go: jsonl:PATH or kafka://HOST:PORT/TOPIC[?options]. Beside it, a crash "
     "ledger (PATH.ledger; with Kafka SPOOL_DIR/TOPIC.ledger) counts at the next start what a kill left "
-    "uncounted.",
+    "uncounted; it is locked while the run lasts: one run per sink.",
 )
 @click.option(
     "--queue-size",

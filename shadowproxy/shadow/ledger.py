@@ -20,6 +20,11 @@ the copies handed over and never finished as `skipped_by.lost_on_crash`. Over th
 the counters then sum to the requests: what the sink holds (R) plus what is folded equals every
 copy the proxy saw (P's skips and drops, plus the copies handed over), whatever D and U say;
 they only decide which copies are a counted outcome and which are lost_on_crash.
+
+Each stats record carries the ledger's run id and a sequence number, marked pending before its
+write and covered after its flush: a kill in between is resolved by looking for the record in
+the JSONL file (ledger_files). The proxy holds the ledger locked (flock) for the run's life: one
+run per sink. The worker's side is in ledger_worker.
 """
 
 from __future__ import annotations
@@ -36,11 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from shadowproxy.engine.stats import COUNTS, RouteStats, Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.policy import SKIP_REASONS
+from shadowproxy.shadow.ledger_files import in_jsonl, jsonl_of, orphan_ledgers
 from shadowproxy.sinks.jsonl import cut_partial_line
 from shadowproxy.sinks.uri import parse_uri
 
@@ -87,7 +91,6 @@ _MAGIC, _LAYOUT, _STATE, _PID, _WORKER_PID, _R_ACTIVE, _HANDED, _HANDED_BACK = r
 # looked for in the sink, and the block that matches what the sink holds is used.
 _RUN, _PENDING_SEQ, _COVERED_SEQ, _PENDING_BLOCK = range(8, 12)
 _LIVE = 12  # requests the proxy read whose live answer (or failure) had not come: no counter has them yet
-SCAN_TAIL_BYTES = 8 << 20  # how far back from the end of a JSONL sink a pending stats record is looked for
 _P = 16
 _D = _P + K
 _U = _D + K
@@ -162,37 +165,6 @@ class LedgerBusy(ConfigError):
     """Another run holds this sink's ledger (two runs must not share a sink)."""
 
 
-def _in_jsonl(path: str, run: int, seq: int) -> bool:
-    """Whether the JSONL file at `path` holds, in a whole line near its end, the stats record
-    of ledger run `run` and sequence `seq`."""
-    tag = f"{run:016x}".encode()
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - SCAN_TAIL_BYTES))
-            data = f.read()
-    except OSError:
-        return False
-    at = data.rfind(tag)
-    while at >= 0:
-        start, end = data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at)
-        if end >= 0:  # a line without its newline is incomplete: not in the sink
-            with contextlib.suppress(orjson.JSONDecodeError):
-                record = orjson.loads(data[start:end])
-                if isinstance(record, dict) and record.get("ledger") == {"run": tag.decode(), "seq": seq}:
-                    return True
-        at = data.rfind(tag, 0, start)
-    return False
-
-
-def jsonl_of(sink_uri: str | None) -> str | None:
-    """The JSONL file of this sink; None for another scheme (Kafka's records are not read back)."""
-    if not sink_uri:
-        return None
-    parsed = parse_uri(sink_uri)
-    return parsed.path if parsed.scheme == "jsonl" else None
-
-
 def _covered_block(w: Any, sink: str | None) -> int:
     """The offset of the R block that matches what the sink holds."""
     pending, covered = int(w[_PENDING_SEQ]), int(w[_COVERED_SEQ])
@@ -200,7 +172,7 @@ def _covered_block(w: Any, sink: str | None) -> int:
         return _R[w[_R_ACTIVE] & 1]
     # killed between a stats record's write and its mark: the sink says which block is true
     new = int(w[_PENDING_BLOCK]) & 1
-    found = sink is not None and _in_jsonl(sink, int(w[_RUN]), pending)
+    found = sink is not None and in_jsonl(sink, int(w[_RUN]), pending)
     return _R[new] if found else _R[1 - new]
 
 
@@ -263,37 +235,13 @@ def check_free(path: str, sink_uri: str | None = None) -> None:
         os.close(fd)
 
 
-def _orphans(path: str, sink_uri: str | None, processes: int) -> list[tuple[str, str | None]]:
-    """The ledgers (and their JSONL files) of `--reuse-port` siblings numbered `processes` and
-    above, beside the first process's ledger at `path`."""
-    p = Path(path)
-    jsonl = jsonl_of(sink_uri)
-    out: list[tuple[str, str | None]] = []
-    if jsonl is not None:  # <file>.N.ledger, the sibling's sink <file>.N
-        base = Path(jsonl)
-        for q in base.parent.glob(f"{glob_escape(base.name)}.*.ledger"):
-            n = q.name[len(base.name) + 1:-len(".ledger")]
-            if n.isdigit() and int(n) >= processes:
-                out.append((str(q), str(q)[:-len(".ledger")]))
-    else:  # <spool>/<topic>.ledger.N
-        for q in p.parent.glob(f"{glob_escape(p.name)}.*"):
-            n = q.name[len(p.name) + 1:]
-            if n.isdigit() and int(n) >= processes:
-                out.append((str(q), None))
-    return sorted(out)
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
 def fold_orphans(path: str, sink_uri: str | None, processes: int) -> list[tuple[str, Recovery]]:
     """Recover the ledgers of `--reuse-port` siblings that this run will not start (an earlier
     run had more processes): each one whose owner is gone (its lock is free) and whose worker
     ended is read, its JSONL file's partial last line cut, and marked clean; what it shows is
     returned, for the first process to fold into its first stats record."""
     out = []
-    for orphan, jsonl in _orphans(path, sink_uri, processes):
+    for orphan, jsonl in orphan_ledgers(path, jsonl_of(sink_uri), processes):
         try:
             fd = os.open(orphan, os.O_RDWR)
         except OSError:
@@ -458,88 +406,6 @@ class ProxyLedger(_Mapped):
         return rec if rec.counts or rec.lost else None
 
 
-class WorkerLedger(_Mapped):
-    """The worker's side: its counts (a Stats tally), records not yet flushed, and what the
-    stats records in the sink covered."""
-
-    def __init__(self, path: str, fd: int) -> None:
-        super().__init__(path, fd)
-        self._pending = [0] * K  # records written since the last take_pending, by name
-        self.w[_WORKER_PID] = os.getpid()
-
-    @classmethod
-    def open(cls, path: str) -> WorkerLedger:
-        fd = os.open(path, os.O_RDWR)
-        try:
-            if os.fstat(fd).st_size < SIZE:
-                msg = f"{path}: not a ledger (too short)"
-                raise OSError(msg)
-            return cls(path, fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
-
-    def count(self, name: str, n: int) -> None:
-        i = _INDEX.get(name)
-        if i is not None:
-            self.w[_D + i] += n
-
-    def skip(self, reason: str, n: int) -> None:
-        w = self.w
-        w[_D + _SKIPPED] += n
-        w[_D + _REASON.get(reason, _OTHER)] += n
-
-    def written(self, outcome: str) -> None:
-        """A record of this outcome is being written: its copy is finished once it is flushed."""
-        w, pending = self.w, self._pending
-        for i in _RECORD_NAMES.get(outcome, ()):
-            w[_U + i] += 1
-            pending[i] += 1
-
-    def unwritten(self, outcome: str) -> None:
-        """The record could not be written after all: its copy is finished (counted, no record)."""
-        w, pending = self.w, self._pending
-        for i in _RECORD_NAMES.get(outcome, ()):
-            if pending[i] > 0:
-                w[_U + i] -= 1
-                pending[i] -= 1
-
-    def take_pending(self) -> list[int]:
-        """The records written so far, before a flush that covers them."""
-        out, self._pending = self._pending, [0] * K
-        return out
-
-    def prepare(self, stats_record: dict[str, Any]) -> None:
-        """Before `stats_record` is written: tag it with this run and the next sequence number,
-        store the covered counts with it added in the inactive block, then mark it pending."""
-        w = self.w
-        seq = int(w[_PENDING_SEQ]) + 1
-        stats_record["ledger"] = {"run": f"{int(w[_RUN]):016x}", "seq": seq}
-        active = w[_R_ACTIVE] & 1
-        old, new = _R[active], _R[1 - active]
-        add = stats_counts(stats_record)
-        for i in range(K):
-            w[new + i] = w[old + i] + add[i]
-        w[_PENDING_BLOCK] = 1 - active
-        w[_PENDING_SEQ] = seq
-
-    def commit(self, pending: list[int], stats_record: dict[str, Any] | None = None) -> None:
-        """After a flush: `stats_record` (prepared and written before it) is in the sink, and
-        the records in `pending` too. The stats block first (one store flips it), then the records."""
-        w = self.w
-        if stats_record is not None and "ledger" not in stats_record:
-            self.prepare(stats_record)  # (a caller that did not prepare it: tests)
-        if stats_record is not None:
-            seq = int(stats_record["ledger"]["seq"])
-            if seq == w[_PENDING_SEQ]:
-                w[_R_ACTIVE] = w[_PENDING_BLOCK]
-                w[_COVERED_SEQ] = seq
-        for i, n in enumerate(pending):
-            if n:
-                w[_U + i] -= n
-
-
 def interval_counts(routes: dict[str, RouteStats]) -> list[int]:
     """Counts not yet in a record (a Stats interval) summed over their routes, by NAMES."""
     out = [0] * K
@@ -549,17 +415,6 @@ def interval_counts(routes: dict[str, RouteStats]) -> list[int]:
                 out[i] += n
         for reason, n in rs.skipped_by.items():
             out[_REASON.get(reason, _OTHER)] += n
-    return out
-
-
-def stats_counts(record: dict[str, Any]) -> list[int]:
-    """A stats record's counts summed over its routes, by NAMES."""
-    out = [0] * K
-    for counts in record.get("routes", {}).values():
-        for name in (*COUNTS, *LET_GO):
-            out[_INDEX[name]] += int(counts.get(name, 0))
-        for reason, n in counts.get("skipped_by", {}).items():
-            out[_REASON.get(reason, _OTHER)] += int(n)
     return out
 
 

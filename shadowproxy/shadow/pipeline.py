@@ -44,7 +44,7 @@ from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
-from shadowproxy.shadow.ledger import WorkerLedger
+from shadowproxy.shadow.ledger_worker import WorkerLedger
 from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")

@@ -48,8 +48,8 @@ from shadowproxy.shadow.ledger import (
     ProxyLedger,
     check_free,
     fold_orphans,
-    jsonl_of,
 )
+from shadowproxy.shadow.ledger_files import jsonl_of
 from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.sinks.jsonl import cut_partial_line
 

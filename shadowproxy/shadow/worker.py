@@ -39,7 +39,7 @@ from shadowproxy.shadow.channel import (
 )
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher
-from shadowproxy.shadow.ledger import WorkerLedger
+from shadowproxy.shadow.ledger_worker import WorkerLedger
 from shadowproxy.sinks.kafka import quiet_aiokafka
 
 log = logging.getLogger("shadowproxy")

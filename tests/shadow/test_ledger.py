@@ -12,7 +12,8 @@ import pytest
 
 from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow import ledger
-from shadowproxy.shadow.ledger import RECOVERY_ROUTE, ProxyLedger, WorkerLedger, ledger_path
+from shadowproxy.shadow.ledger import RECOVERY_ROUTE, ProxyLedger, ledger_path
+from shadowproxy.shadow.ledger_worker import WorkerLedger
 from shadowproxy.sinks.jsonl import cut_partial_line
 
 
