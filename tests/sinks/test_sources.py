@@ -35,6 +35,19 @@ async def test_bad_line_names_file_and_line(tmp_path: Path) -> None:
     assert isinstance(e.value, InputFileError) and e.value.exit_code == 2
 
 
+async def test_an_unterminated_last_line_that_is_not_whole_json_is_left_out_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live file being written, or one a kill cut mid-write: the lines before it are read."""
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"id": "a"}\n{"id": "b"}\n{"schema": 1, "routes": {"/x": {"comp')
+    assert [r["id"] for r in await collect(f"jsonl:{f}")] == ["a", "b"]
+    assert f"{f}:3: the last line has no newline and is not whole JSON" in caplog.text
+    f.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')  # not the last line: still an error
+    with pytest.raises(SourceError, match=rf"{f}:2: not valid JSON"):
+        await collect(f"jsonl:{f}")
+
+
 async def test_a_line_that_is_not_an_object_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "r.jsonl"
     f.write_text("[1, 2]\n")
