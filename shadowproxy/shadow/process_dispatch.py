@@ -296,6 +296,7 @@ class ProcessDispatcher:
                 return
             except Exception as e:  # a worker that cannot start now may later: keep trying, say why
                 log.error("shadow worker restart %d failed: %s", self.restarts, e)
+                folded = self.ledger is None  # it may have been handed copies before it failed
         if not folded:  # the proxy stops before the next worker: its dead worker's part, counted here
             if self.proc is not None and self.proc.poll() is None:
                 await self._kill()
