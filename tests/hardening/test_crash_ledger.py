@@ -381,6 +381,7 @@ def test_requests_live_was_answering_and_pipelined_bytes_let_go_at_a_sigkill_are
     try:
         for i in range(4):
             assert h.get(f"{proxy.url}/fast/{i}")[0] == 200
+        wait_until(lambda: len(h.read_jsonl(out)) == 4, timeout=30, what="the 4 records flushed")
 
         def held(i: int) -> None:
             with contextlib.suppress(Exception):  # the kill resets it
