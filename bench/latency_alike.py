@@ -9,8 +9,11 @@ run: the reported median slowdown, the latency check and the verdict.
     .venv/bin/python bench/latency_alike.py --base-ms 25 --extra-pct 0 20 30 --runs 3
     .venv/bin/python bench/latency_alike.py --new-conn --new-conn-ms 30 --extra-pct 0
     .venv/bin/python bench/latency_alike.py --pythonpath /work/main ...   # another checkout's code
+    .venv/bin/python bench/latency_alike.py --base-ms 5 --extra-pct 0 --cpu-hogs 2   # a starved machine
 
-Bounded: at most --clients x --requests requests per run, each run a few seconds.
+Bounded: at most --clients x --requests requests per run, each run a few seconds; a CPU hog
+(--cpu-hogs) is a busy loop at nice 0 that ends by itself after HOG_MAX_S and is killed at the
+end of its run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 BODY = b'{"name": "Ada", "id": 7}'
+HOG_MAX_S = 120  # a CPU hog ends by itself after this long, whatever happens to this script
 
 
 def free_port() -> int:
@@ -108,6 +112,8 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
+    hog = f"import time\nend = time.monotonic() + {HOG_MAX_S}\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(args.cpu_hogs)]
     try:
         _wait_port(lp)
         _wait_port(sp)
@@ -132,7 +138,7 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
         rep = subprocess.run([args.shadowproxy, "report", "--source", f"jsonl:{out}", "--format", "json"],
                              capture_output=True, text=True, cwd=tmp, env=env, check=True)
     finally:
-        for b in backends:
+        for b in [*backends, *hogs]:
             b.terminate()
             b.wait(10)
     report = json.loads(rep.stdout)
@@ -146,6 +152,9 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
         "verdict": route["verdict"],
         "p95": (route["estimates"].get("slowdown_p95") or {}).get("level"),
         "p99": (route["estimates"].get("slowdown_p99") or {}).get("level"),
+        "proxy_lag": (lat.get("loop_lag") or {}).get("mean"),
+        "worker_lag": [(lat.get("shadow_loop_lag") or {}).get(k) for k in ("mean", "p50", "p95")],
+        "why": [r for r in route.get("reasons", []) if "latency" in r or "shadow p" in r or "median" in r],
     }
 
 
@@ -166,6 +175,8 @@ def main() -> None:
                     help="both backends take this much longer on a connection's first request")
     ap.add_argument("--tenth-slow-ms", type=float, default=0.0,
                     help="the shadow takes this much longer on every tenth request")
+    ap.add_argument("--cpu-hogs", type=int, default=0,
+                    help="busy loops (nice 0) running beside each run: a starved machine")
     args = ap.parse_args()
     args.requests = min(args.requests, 5000)
     for extra in args.extra_pct:
