@@ -44,7 +44,14 @@ def free_port() -> int:
 
 
 async def _serve(port: int, delay_s: float, new_conn_s: float, tenth_s: float) -> None:
+    """Serves until SIGTERM; then, when LATENCY_ALIKE_STATS names a file, writes there how late
+    this server answered (its own sleep overshoot: its process or loop was slow, not the proxy)."""
     n = 0
+    late: list[float] = []
+    loop = asyncio.get_running_loop()
+    stats_path = os.environ.get("LATENCY_ALIKE_STATS")
+    stopped = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stopped.done() or stopped.set_result(None))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal n
@@ -52,9 +59,11 @@ async def _serve(port: int, delay_s: float, new_conn_s: float, tenth_s: float) -
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
+                t0 = loop.time()
                 n += 1
                 extra = (new_conn_s if first else 0.0) + (tenth_s if n % 10 == 0 else 0.0)
                 await asyncio.sleep(delay_s + extra)
+                late.append((loop.time() - t0 - delay_s - extra) * 1000)
                 first = False
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                              + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
@@ -65,7 +74,11 @@ async def _serve(port: int, delay_s: float, new_conn_s: float, tenth_s: float) -
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
     async with server:
-        await server.serve_forever()
+        await stopped
+    if stats_path and late:
+        late.sort()
+        Path(stats_path).write_text(json.dumps({"n": len(late), "p50": round(late[len(late) // 2], 3),
+                                                "mean": round(sum(late) / len(late), 3)}))
 
 
 def _wait_port(port: int, timeout: float = 20.0) -> None:
@@ -102,12 +115,15 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
     lp, sp, pp = free_port(), free_port(), free_port()
     base = args.base_ms / 1000
     me = [sys.executable, __file__, "serve"]
-    backends = [
-        subprocess.Popen([*me, str(lp), str(base), str(args.new_conn_ms / 1000), "0"]),
-        subprocess.Popen([*me, str(sp), str(base * (1 + extra_pct / 100)), str(args.new_conn_ms / 1000),
-                          str(args.tenth_slow_ms / 1000)]),
-    ]
     tmp = Path(tempfile.mkdtemp(prefix="latency-alike-"))
+    late = {side: tmp / f"{side}-late.json" for side in ("live", "shadow")}
+    backends = [
+        subprocess.Popen([*me, str(lp), str(base), str(args.new_conn_ms / 1000), "0"],
+                         env={**os.environ, "LATENCY_ALIKE_STATS": str(late["live"])}),
+        subprocess.Popen([*me, str(sp), str(base * (1 + extra_pct / 100)), str(args.new_conn_ms / 1000),
+                          str(args.tenth_slow_ms / 1000)],
+                         env={**os.environ, "LATENCY_ALIKE_STATS": str(late["shadow"])}),
+    ]
     out = tmp / "records.jsonl"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if args.pythonpath:
@@ -154,6 +170,8 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
         "p99": (route["estimates"].get("slowdown_p99") or {}).get("level"),
         "proxy_lag": (lat.get("loop_lag") or {}).get("mean"),
         "worker_lag": [(lat.get("shadow_loop_lag") or {}).get(k) for k in ("mean", "p50", "p95")],
+        # each backend's own lateness (ms its sleep overshot): a slow backend process, not the proxy
+        "backend_late": {k: json.loads(v.read_text()) if v.exists() else None for k, v in late.items()},
         "why": [r for r in route.get("reasons", []) if "latency" in r or "shadow p" in r or "median" in r],
     }
 
