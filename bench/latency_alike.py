@@ -9,8 +9,11 @@ run: the reported median slowdown, the latency check and the verdict.
     .venv/bin/python bench/latency_alike.py --base-ms 25 --extra-pct 0 20 30 --runs 3
     .venv/bin/python bench/latency_alike.py --new-conn --new-conn-ms 30 --extra-pct 0
     .venv/bin/python bench/latency_alike.py --pythonpath /work/main ...   # another checkout's code
+    .venv/bin/python bench/latency_alike.py --base-ms 5 --extra-pct 0 --cpu-hogs 2   # a starved machine
 
-Bounded: at most --clients x --requests requests per run, each run a few seconds.
+Bounded: at most --clients x --requests requests per run, each run a few seconds; a CPU hog
+(--cpu-hogs) is a busy loop at nice 0 that ends by itself after HOG_MAX_S and is killed at the
+end of its run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 BODY = b'{"name": "Ada", "id": 7}'
+HOG_MAX_S = 120  # a CPU hog ends by itself after this long, whatever happens to this script
 
 
 def free_port() -> int:
@@ -40,7 +44,14 @@ def free_port() -> int:
 
 
 async def _serve(port: int, delay_s: float, new_conn_s: float, tenth_s: float) -> None:
+    """Serves until SIGTERM; then, when LATENCY_ALIKE_STATS names a file, writes there how late
+    this server answered (its own sleep overshoot: its process or loop was slow, not the proxy)."""
     n = 0
+    late: list[float] = []
+    loop = asyncio.get_running_loop()
+    stats_path = os.environ.get("LATENCY_ALIKE_STATS")
+    stopped = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stopped.done() or stopped.set_result(None))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal n
@@ -48,9 +59,11 @@ async def _serve(port: int, delay_s: float, new_conn_s: float, tenth_s: float) -
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
+                t0 = loop.time()
                 n += 1
                 extra = (new_conn_s if first else 0.0) + (tenth_s if n % 10 == 0 else 0.0)
                 await asyncio.sleep(delay_s + extra)
+                late.append((loop.time() - t0 - delay_s - extra) * 1000)
                 first = False
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                              + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
@@ -61,7 +74,11 @@ async def _serve(port: int, delay_s: float, new_conn_s: float, tenth_s: float) -
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
     async with server:
-        await server.serve_forever()
+        await stopped
+    if stats_path and late:
+        late.sort()
+        Path(stats_path).write_text(json.dumps({"n": len(late), "p50": round(late[len(late) // 2], 3),
+                                                "mean": round(sum(late) / len(late), 3)}))
 
 
 def _wait_port(port: int, timeout: float = 20.0) -> None:
@@ -98,16 +115,21 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
     lp, sp, pp = free_port(), free_port(), free_port()
     base = args.base_ms / 1000
     me = [sys.executable, __file__, "serve"]
-    backends = [
-        subprocess.Popen([*me, str(lp), str(base), str(args.new_conn_ms / 1000), "0"]),
-        subprocess.Popen([*me, str(sp), str(base * (1 + extra_pct / 100)), str(args.new_conn_ms / 1000),
-                          str(args.tenth_slow_ms / 1000)]),
-    ]
     tmp = Path(tempfile.mkdtemp(prefix="latency-alike-"))
+    late = {side: tmp / f"{side}-late.json" for side in ("live", "shadow")}
+    backends = [
+        subprocess.Popen([*me, str(lp), str(base), str(args.new_conn_ms / 1000), "0"],
+                         env={**os.environ, "LATENCY_ALIKE_STATS": str(late["live"])}),
+        subprocess.Popen([*me, str(sp), str(base * (1 + extra_pct / 100)), str(args.new_conn_ms / 1000),
+                          str(args.tenth_slow_ms / 1000)],
+                         env={**os.environ, "LATENCY_ALIKE_STATS": str(late["shadow"])}),
+    ]
     out = tmp / "records.jsonl"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
+    hog = f"import time\nend = time.monotonic() + {HOG_MAX_S}\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(args.cpu_hogs)]
     try:
         _wait_port(lp)
         _wait_port(sp)
@@ -132,7 +154,7 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
         rep = subprocess.run([args.shadowproxy, "report", "--source", f"jsonl:{out}", "--format", "json"],
                              capture_output=True, text=True, cwd=tmp, env=env, check=True)
     finally:
-        for b in backends:
+        for b in [*backends, *hogs]:
             b.terminate()
             b.wait(10)
     report = json.loads(rep.stdout)
@@ -146,6 +168,11 @@ def one_run(args: argparse.Namespace, extra_pct: float) -> dict[str, object]:
         "verdict": route["verdict"],
         "p95": (route["estimates"].get("slowdown_p95") or {}).get("level"),
         "p99": (route["estimates"].get("slowdown_p99") or {}).get("level"),
+        "proxy_lag": (lat.get("loop_lag") or {}).get("mean"),
+        "worker_lag": [(lat.get("shadow_loop_lag") or {}).get(k) for k in ("mean", "p50", "p95")],
+        # each backend's own lateness (ms its sleep overshot): a slow backend process, not the proxy
+        "backend_late": {k: json.loads(v.read_text()) if v.exists() else None for k, v in late.items()},
+        "why": [r for r in route.get("reasons", []) if "latency" in r or "shadow p" in r or "median" in r],
     }
 
 
@@ -166,6 +193,8 @@ def main() -> None:
                     help="both backends take this much longer on a connection's first request")
     ap.add_argument("--tenth-slow-ms", type=float, default=0.0,
                     help="the shadow takes this much longer on every tenth request")
+    ap.add_argument("--cpu-hogs", type=int, default=0,
+                    help="busy loops (nice 0) running beside each run: a starved machine")
     args = ap.parse_args()
     args.requests = min(args.requests, 5000)
     for extra in args.extra_pct:

@@ -77,8 +77,9 @@ class Response:
     # kept apart (None: a reused connection, or not known), with whether the connection was new.
     connect_ms: float | None = None
     new_connection: bool | None = None
-    # live only: the proxy's event-loop lag (ms) while the exchange was in flight (proxy.looplag);
-    # its clock includes that queueing, the shadow's (timed in the worker) does not
+    # the event-loop lag (ms) of the side's own loop while the exchange was in flight
+    # (shadowproxy.looplag): live, the proxy's; shadow, the worker's (or wherever the shadow
+    # client runs). The side's clock includes up to about that much queueing.
     loop_lag_ms: float | None = None
 
 

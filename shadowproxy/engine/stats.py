@@ -160,6 +160,9 @@ class RouteStats:
     latency_log_ratio: RatioHistogram = field(default_factory=RatioHistogram)
     # the proxy loop's lag while each compared exchange was in flight (it inflates the live side)
     live_loop_lag: Histogram = field(default_factory=Histogram)
+    # the worker loop's lag while each compared exchange's shadow call was in flight (it
+    # inflates the shadow side: a lagging worker reads the shadow's sockets late)
+    shadow_loop_lag: Histogram = field(default_factory=Histogram)
     # time to open a connection, exchanges on new connections only (information: not judged)
     live_connect: Histogram = field(default_factory=Histogram)
     shadow_connect: Histogram = field(default_factory=Histogram)
@@ -177,6 +180,7 @@ class RouteStats:
         self.live_loop_lag.merge(other.live_loop_lag)
         self.live_connect.merge(other.live_connect)
         self.shadow_connect.merge(other.shadow_connect)
+        self.shadow_loop_lag.merge(other.shadow_loop_lag)
 
     def empty(self) -> bool:
         return not any(self.counts.values())
@@ -197,6 +201,7 @@ class RouteStats:
                     ("live_loop_lag_ms", self.live_loop_lag),
                     ("live_connect_ms", self.live_connect),
                     ("shadow_connect_ms", self.shadow_connect),
+                    ("shadow_loop_lag_ms", self.shadow_loop_lag),
                 )
                 if hist.count
             },
@@ -215,6 +220,7 @@ class RouteStats:
         rs.live_loop_lag = Histogram.from_dict(d.get("live_loop_lag_ms", {}))
         rs.live_connect = Histogram.from_dict(d.get("live_connect_ms", {}))
         rs.shadow_connect = Histogram.from_dict(d.get("shadow_connect_ms", {}))
+        rs.shadow_loop_lag = Histogram.from_dict(d.get("shadow_loop_lag_ms", {}))
         return rs
 
 
@@ -273,17 +279,20 @@ class Stats:
             rs.latency_log_ratio.add(ratio)
 
     def exchange(self, route: str, live: Response, shadow: Response) -> None:
-        """One compared exchange's timings: `latency`, and apart, the proxy loop's lag during
-        the live call and each side's connect time when its connection was new. The latencies
-        are compared like for like: an exchange where one side's connection was new and the
-        other's reused (the shadow could not follow live's new connection in time) is left out
-        of them, since a connection's first request can be slower than the next ones."""
+        """One compared exchange's timings: `latency`, and apart, each side's loop lag during
+        its call (the proxy's, the worker's) and each side's connect time when its connection
+        was new. The latencies are compared like for like: an exchange where one side's
+        connection was new and the other's reused (the shadow could not follow live's new
+        connection in time) is left out of them, since a connection's first request can be
+        slower than the next ones."""
         if live.new_connection is None or shadow.new_connection is None or (
                 live.new_connection == shadow.new_connection):
             self.latency(route, live.latency_ms, shadow.latency_ms)
         for rs in self._route(route):
             if live.loop_lag_ms is not None:
                 rs.live_loop_lag.observe(live.loop_lag_ms)
+            if shadow.loop_lag_ms is not None:
+                rs.shadow_loop_lag.observe(shadow.loop_lag_ms)
             if live.new_connection and live.connect_ms is not None:
                 rs.live_connect.observe(live.connect_ms)
             if shadow.new_connection and shadow.connect_ms is not None:

@@ -20,12 +20,12 @@ from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
+from shadowproxy.looplag import LoopLag
 from shadowproxy.policy import Policy, Switch
 from shadowproxy.proxy import headlimit, trailers, wiretimes
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
 from shadowproxy.proxy.egress_server import server_config
-from shadowproxy.proxy.looplag import LoopLag
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
 from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
@@ -107,7 +107,7 @@ class ShadowAddon:
         self._done = False  # done() ran: nothing more is mirrored
         self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
         self.stats = Stats("proxy")
-        self.loop_lag = LoopLag()  # the live side's time includes it (proxy.looplag)
+        self.loop_lag = LoopLag()  # the live side's time includes it (shadowproxy.looplag)
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
         # graceful stop (proxy.master.request_stop): first every answer closes its HTTP/1
         # connection (keep-alive clients move off), then new requests are answered 503 here,

@@ -7,8 +7,8 @@ import time
 from mitmproxy import http
 
 from shadowproxy.engine.exchange import Request, Response, escape_surrogates
+from shadowproxy.looplag import LoopLag
 from shadowproxy.proxy import wiretimes
-from shadowproxy.proxy.looplag import LoopLag
 
 
 def _fields(headers: http.Headers) -> tuple[tuple[str, str], ...]:

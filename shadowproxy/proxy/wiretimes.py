@@ -5,7 +5,7 @@ Why: the live latency used to run from the end of the request hook to mitmproxy'
 the event. Under concurrency the proxy's event loop is busy serving clients, so that time
 includes 3-8 ms of the proxy's own task queue (8 clients, 25 ms backends: a shadow 20% slower
 read +5% to +9%), while the shadow is timed in the quieter worker process. The loop-lag probe
-(proxy.looplag) saw only a fraction of it, so it cannot be subtracted: it has to be timed away.
+(shadowproxy.looplag) saw only a fraction of it, so it cannot be subtracted: it has to be timed away.
 
 How: for each live (server) TCP connection, the asyncio stream mitmproxy opens is wrapped at
 its two ends. `StreamWriter.write` stamps when bytes were handed to the transport (the

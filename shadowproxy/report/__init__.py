@@ -39,11 +39,12 @@ The report (and `--format json`) is a dict with these stable keys:
       records             {mismatch, shadow_error, too_large}: records of each outcome seen
       shadow_error_kinds  {kind: count} from the shadow_error records
       latency             {live: Q, shadow: Q, ratio: {p50, p95, p99}, slowdown, loop_lag: Q,
-                          connect: {live: Q, shadow: Q, ratio_p50}}; Q is
+                          connect: {live: Q, shadow: Q, ratio_p50}, shadow_loop_lag: Q}; Q is
                           {count, p50, p95, p99, mean, max} in ms (nulls when empty); ratio is
                           shadow / live per quantile; slowdown is shadow p99 / live p99 - 1;
                           loop_lag: the proxy's event-loop lag during the live calls; connect:
-                          time to open a connection, exchanges that opened one (not judged)
+                          time to open a connection, exchanges that opened one (not judged);
+                          shadow_loop_lag: the worker's event-loop lag during the shadow calls
       fields_total        distinct differing fields seen
       fields_not_kept     field occurrences not kept (more than 2000 distinct fields)
       fields              top fields, most frequent first, each {part, path, kind, count, share,

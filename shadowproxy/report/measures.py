@@ -74,11 +74,13 @@ def latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
 
 
 def timings(rs: RouteStats) -> dict[str, Any]:
-    """The proxy loop's lag during live calls, and each side's time to open a connection on
-    exchanges that opened one: information beside the latency check (docs/report.md)."""
+    """The proxy loop's lag during live calls, the worker loop's during shadow calls, and each
+    side's time to open a connection on exchanges that opened one: information beside the
+    latency check (docs/report.md)."""
     live, shadow = _hist(rs.live_connect), _hist(rs.shadow_connect)
     ratio = round(shadow["p50"] / live["p50"], 4) if live["p50"] and shadow["p50"] is not None else None
     return {
         "loop_lag": _hist(rs.live_loop_lag),
         "connect": {"live": live, "shadow": shadow, "ratio_p50": ratio},
+        "shadow_loop_lag": _hist(rs.shadow_loop_lag),
     }

@@ -160,6 +160,9 @@ def timing_line(r: dict[str, Any]) -> str | None:
     lag = lat.get("loop_lag") or {}
     if lag.get("count"):
         parts.append(f"proxy loop lag mean {fmt_ms(lag.get('mean'))} ms")
+    wlag = lat.get("shadow_loop_lag") or {}
+    if wlag.get("count"):
+        parts.append(f"worker loop lag mean {fmt_ms(wlag.get('mean'))} ms, p95 {fmt_ms(wlag.get('p95'))} ms")
     return f"{r['route']}: " + "; ".join(parts) if parts else None
 
 

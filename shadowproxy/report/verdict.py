@@ -26,6 +26,11 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold. A PASS is
   `insufficient` too when the proxy's own event-loop lag (in the live side's time, not in the
   shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live median - lag).
+  A WARN or FAIL is `insufficient` when the worker's event-loop lag (in the shadow side's time,
+  not in live's) could explain it: for each of the median, p95 and p99 that WARNs or FAILs, the
+  worker's lag at that quantile, as a share of the live latency at that quantile, taken off the
+  interval's lower end leaves it below `warn`. Only when every one of them is so explained;
+  the live side's lag never explains a slowdown (it makes the shadow look faster).
 
 The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
 `insufficient` is `insufficient`. A route with nothing compared and no shadow error has the
@@ -57,6 +62,7 @@ __all__ = [
     "evaluate",
     "evaluate_stats",
     "gate_fails",
+    "lag_explains",
     "latency_test",
     "level",
     "overall",
@@ -87,6 +93,10 @@ class LatencyTest:
     loop_lag_ms: float | None = None
     hidden: float | None = None
     p95: Estimate | None = None
+    # the worker loop's mean lag during the shadow calls (ms), and at the median, p95 and p99 the
+    # lag's quantile over the live latency's: the slowdown it could explain; None: not measured
+    shadow_loop_lag_ms: float | None = None
+    shadow_lag_share: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +152,16 @@ def slowdown_level(est: Estimate, thresholds: Verdict) -> Level:
     return level(round(est.low, RATIO_DIGITS), thresholds.latency)
 
 
+def lag_explains(est: Estimate, share: float | None, thresholds: Verdict) -> bool:
+    """Whether the worker's loop lag (`share`: its quantile over live's at the estimate's) could
+    explain a slowdown that WARNs or FAILs: taken off the lower bound it leaves it below warn.
+    Conservative: the lag is taken as the most the shadow's time was inflated, so a slowdown
+    larger than the lag stands, however much the worker lagged."""
+    if share is None or est.low is None:
+        return False
+    return round(est.low - share, RATIO_DIGITS) < thresholds.latency.warn
+
+
 def latency_test(rs: RouteStats) -> LatencyTest | None:
     """The latency estimates of a route's merged histograms; None without latencies on both sides."""
     p99 = p99_slowdown(rs.live_latency, rs.shadow_latency)
@@ -150,13 +170,29 @@ def latency_test(rs: RouteStats) -> LatencyTest | None:
     n = median.n or p99.n  # records from before paired ratios: the histograms' count
     if n == 0:
         return None
+    shadow_lag_ms, share = _shadow_lag(rs)
     lag = rs.live_loop_lag
     live_p50 = rs.live_latency.quantile(0.5)
     if not lag.count or live_p50 is None:
-        return LatencyTest(n, median, p99, p95=p95)
+        return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share)
     lag_ms = lag.sum / lag.count
     hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
-    return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95)
+    return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95,
+                       shadow_lag_ms, share)
+
+
+def _shadow_lag(rs: RouteStats) -> tuple[float | None, tuple[float, float, float] | None]:
+    """The worker loop's mean lag (ms) and its share of the live latency at p50, p95, p99."""
+    lag = rs.shadow_loop_lag
+    if not lag.count:
+        return None, None
+    shares: list[float] = []
+    for q in (0.5, 0.95, 0.99):
+        lag_q, live_q = lag.quantile(q), rs.live_latency.quantile(q)
+        if lag_q is None or not live_q:
+            return round(lag.sum / lag.count, 3), None
+        shares.append(round(lag_q / live_q, RATIO_DIGITS))
+    return round(lag.sum / lag.count, 3), (shares[0], shares[1], shares[2])
 
 
 def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
@@ -207,17 +243,30 @@ def evaluate(
             reasons.append(f"latency: {latency.n} compared exchanges, fewer than min_samples {t.min_samples}")
         else:
             levels: list[Level] = []
-            for name, est in (("median", latency.median), ("p95", latency.p95), ("p99", latency.p99)):
+            explained: list[str] = []  # slowdowns the worker's loop lag could explain
+            shares = latency.shadow_lag_share or (None, None, None)
+            estimates = (("median", latency.median), ("p95", latency.p95), ("p99", latency.p99))
+            for (name, est), share in zip(estimates, shares, strict=True):
                 if est is None or est.value is None:
                     continue
                 lv = slowdown_level(est, t)
-                levels.append(lv)
                 if lv != "pass":
                     reasons.append(
                         f"shadow {name} {fmt_interval(est, signed=True)} vs live, {fmt_p(est.p_value)} "
                         f"({_limit(lv, t.latency, 'lower')})"
                     )
+                    if lag_explains(est, share, t):
+                        explained.append(f"{name} {share:.0%}")
+                        lv = "pass"  # judged below: insufficient when nothing else stands
+                levels.append(lv)
             latency_level = _worst(levels) if levels else None
+            if explained and latency_level == "pass":
+                latency_level = "insufficient"
+                reasons.append(
+                    f"latency: the worker's event loop lagged {latency.shadow_loop_lag_ms:.2f} ms per "
+                    f"exchange ({', '.join(explained)} of the live time at that quantile): the "
+                    f"shadow's answers were read late, a slowdown that size is not the shadow's"
+                )
             if latency_level == "pass" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
                 # the live side is inflated by the proxy's own queueing: a PASS could be false
                 latency_level = "insufficient"

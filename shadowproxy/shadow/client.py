@@ -22,6 +22,10 @@ When the pace is behind by more than FOLLOW_MAX_WAIT_S the copy takes an idle co
 instead: the two sides' kinds then differ, and the stats leave such an exchange out of the
 latency comparison (engine.stats).
 
+The loop the client runs on (the worker's) is sampled for lag (shadowproxy.looplag) from the
+first call to `close()`; each Response carries the lag while it was in flight (`loop_lag_ms`),
+so the report can tell a slowdown from a worker that read the shadow's sockets late.
+
 Nothing in a request can steer it elsewhere: the URL is always the configured base plus the
 request's path, and redirects are returned as responses, never followed. Bodies are read raw
 (still content-encoded: the engine decodes both sides the same way) and at most
@@ -31,6 +35,7 @@ request's path, and redirects are returned as responses, never followed. Bodies 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 import time
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from shadowproxy.engine.exchange import Failure, FailureKind, Request, Response
+from shadowproxy.looplag import LoopLag
 from shadowproxy.shadow.h1client import H1Pool, ProtocolError
 from shadowproxy.shadow.h2client import (
     BodyTooLarge,
@@ -143,6 +149,7 @@ class ShadowClient:
         self._h2c: H2Pool | None = None
         self._next_connect = 0.0  # loop time before which no new connection starts
         self._h1: dict[tuple[str, int], H1Pool] = {}
+        self.loop_lag = LoopLag()  # this loop's lag: in the shadow's time as the proxy's is in live's
 
     def _trace(self) -> aiohttp.TraceConfig:
         trace = aiohttp.TraceConfig()
@@ -191,6 +198,7 @@ class ShadowClient:
         return self._session
 
     async def close(self) -> None:
+        self.loop_lag.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -211,9 +219,16 @@ class ShadowClient:
         fresh: bool = False,
     ) -> Response | Failure:
         start = time.perf_counter()
+        self.loop_lag.start()
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                return await self._call(req, max_body_bytes, base, start, fresh)
+                result = await self._call(req, max_body_bytes, base, start, fresh)
+            if isinstance(result, Response):
+                # the probes while the copy was in flight (from the call: the read is at its end)
+                lag = self.loop_lag.during_perf(start, time.perf_counter())
+                if lag is not None:
+                    result = dataclasses.replace(result, loop_lag_ms=lag)
+            return result
         except Exception as e:  # every failure is a record, never an exception out of here
             kind, message = classify(e)
             return Failure(kind, message, (time.perf_counter() - start) * 1000)

@@ -2,6 +2,11 @@
 
 `submit` never waits: when the queue is full the copy is dropped and counted (the live
 response must never wait for the shadow). `concurrency` bounds the shadow calls in flight.
+While the loop lags (`LAG_CAP_MS`, the shadow client's sampler: shadowproxy.looplag) at most
+a quarter of `concurrency` copies are in flight: a worker that fell behind (a starved machine)
+would otherwise take `concurrency` copies at once, and its loop, busy with all of them, would
+read the shadow's sockets late: the shadow would look slower than it is. A copy that waits for
+room is counted (`held_back`); it is timed as every copy, from its request written.
 Stats records are emitted every `stats_interval` seconds and once more at the end. Records
 reach the sink's destination within `FLUSH_INTERVAL_S` (a buffered JSONL file is flushed that
 often when something was written), whatever the stats interval and however the proxy runs.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,12 +24,15 @@ from typing import Any, Protocol
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.engine.stats import Stats
+from shadowproxy.looplag import INTERVAL_S, LoopLag
 from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
 from shadowproxy.sinks.base import Record
 
 log = logging.getLogger("shadowproxy")
 
 FLUSH_INTERVAL_S = 0.5
+LAG_CAP_MS = 5.0  # the loop's mean lag over LAG_WINDOW_S at which the lag cap holds copies back
+LAG_WINDOW_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,10 @@ class Dispatcher:
         self.drained = 0
         self.drain_dropped = 0
         self._finished = 0  # jobs the pipeline finished (drained = those finished during stop)
+        self.held_back = 0  # copies that waited for room while the loop lagged (the lag cap)
+        self._lag_cap = max(1, self.cfg.concurrency // 4)
+        lag = getattr(pipeline.client, "loop_lag", None)  # a fake client (tests) has none
+        self._lag = lag if isinstance(lag, LoopLag) else None
 
     @property
     def stats(self) -> Stats:
@@ -117,16 +130,41 @@ class Dispatcher:
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
-            self.active += 1
             try:
-                await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
+                await self._room(job)
+                self.active += 1
+                try:
+                    await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
+                finally:
+                    self.active -= 1
             finally:
-                self.active -= 1
                 self._finished += 1
                 self._queue.task_done()
             # not kept while waiting for the next one: `concurrency` idle workers each held their
             # last copy (its bodies up to --max-copy-bytes each), 11 MB for 64 copies of 180 KB
             del job
+
+    def _lagging(self) -> bool:
+        if self._lag is None:
+            return False
+        now = time.time()
+        lag = self._lag.during(now - LAG_WINDOW_S, now)
+        return lag is not None and lag >= LAG_CAP_MS
+
+    async def _room(self, job: ShadowJob) -> None:
+        """Wait while the loop lags and the lag cap's copies are in flight (counted held_back)."""
+        held = False
+        try:
+            while self.active >= self._lag_cap and self._lagging():
+                held = True
+                await asyncio.sleep(INTERVAL_S)
+        except asyncio.CancelledError:  # a drain that timed out: this copy ends as dropped
+            self.pipeline.stats.count(job.exchange.route, "dropped")
+            self.pipeline.cut_off += 1
+            raise
+        if held:
+            self.held_back += 1
+            self.pipeline.held_back += 1  # in the next stats record
 
     async def _stats_loop(self) -> None:
         while True:
@@ -177,6 +215,9 @@ class Dispatcher:
         # copies cut off in flight ended their task too, but they were dropped, not drained
         self.drained = self._finished - finished_before - self.pipeline.cut_off
         self.drain_dropped += self.pipeline.cut_off
+        if self.held_back:
+            log.info("shadow dispatch: %d copies waited for room while the event loop lagged "
+                     "(at most %d in flight then)", self.held_back, self._lag_cap)
         if self.pipeline.cut_off:
             log.warning("shadow drain timed out; %d copies in flight cut off and counted as dropped",
                         self.pipeline.cut_off)

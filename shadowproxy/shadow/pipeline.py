@@ -147,6 +147,7 @@ class Pipeline:
         self.cut_off = 0  # copies cancelled in flight (a drain that timed out), counted as dropped
         self._cut_writing: set[int] = set()  # ids of jobs cancelled in sink.write: already counted
         self.unwritten = 0  # records that could not be built or written (each copy still counted once)
+        self.held_back = 0  # this interval's copies the dispatcher's lag cap held back (shadow.dispatch)
         self.ledger: WorkerLedger | None = None  # the crash ledger (worker process): records not yet flushed
 
     async def process(self, job: ShadowJob) -> None:
@@ -409,6 +410,9 @@ class Pipeline:
         if record is not None:
             if noise:
                 record["noise"] = noise  # per route: this interval's noise counts (sum them)
+            if self.held_back:
+                record["held_back"] = self.held_back
+                self.held_back = 0
             if self.ledger is not None:
                 self.ledger.prepare(record)  # tagged; the ledger knows it may be in the sink from now
             await self.sink.write(record)

@@ -76,7 +76,26 @@ def test_an_exchange_adds_the_loop_lag_and_new_connections_connect_times_to_its_
     s.exchange("/b", Response(200, latency_ms=1.0), Response(200, latency_ms=1.0))
     s.count("/b", "compared")
     b = s.stats_record()["routes"]["/b"]  # type: ignore[index]
-    assert not {"live_loop_lag_ms", "live_connect_ms", "shadow_connect_ms"} & b.keys()  # not measured
+    assert not {"live_loop_lag_ms", "live_connect_ms", "shadow_connect_ms", "shadow_loop_lag_ms"} & b.keys()
+
+
+def test_an_exchange_adds_the_worker_loops_lag_during_the_shadow_call_to_its_route() -> None:
+    from shadowproxy.engine.exchange import Response
+
+    s = Stats()
+    lagged = Response(200, latency_ms=9.0, loop_lag_ms=6.0)
+    s.exchange("/a", Response(200, latency_ms=3.0, loop_lag_ms=0.5), lagged)
+    s.exchange("/a", Response(200, latency_ms=3.0), Response(200, latency_ms=4.0, loop_lag_ms=1.0))
+    s.count("/a", "compared", 2)
+    rec = s.stats_record()
+    assert rec is not None
+    validate_record(rec)
+    a = rec["routes"]["/a"]
+    assert (a["shadow_loop_lag_ms"]["count"], a["shadow_loop_lag_ms"]["sum"]) == (2, 7.0)
+    assert a["live_loop_lag_ms"]["count"] == 1
+    merged = RouteStats.from_dict(a)
+    merged.merge(RouteStats.from_dict(a))  # stats records of two intervals
+    assert merged.shadow_loop_lag.count == 4 and merged.shadow_loop_lag.sum == 14.0
 
 
 def test_an_exchange_whose_sides_had_different_kinds_of_connection_is_left_out_of_the_latencies() -> None:

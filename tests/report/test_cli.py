@@ -93,7 +93,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "adjusted",
         "trend",
     ]
-    latency_keys = ["live", "shadow", "ratio", "slowdown", "loop_lag", "connect"]
+    latency_keys = ["live", "shadow", "ratio", "slowdown", "loop_lag", "connect", "shadow_loop_lag"]
     assert list(data["routes"][0]["latency"]) == latency_keys
     assert data["schema"] == "shadowproxy.report/1"
     assert data["verdict"] == "warn"

@@ -253,6 +253,66 @@ def test_a_slowdown_seen_despite_the_loop_lag_still_fails_and_a_small_lag_still_
     assert evaluate_stats(fine).latency == "pass"
 
 
+def _worker_lagged(rs: RouteStats, lag_ms: float) -> RouteStats:
+    for _ in range(rs.counts["compared"]):
+        rs.shadow_loop_lag.observe(lag_ms)
+    return rs
+
+
+def test_a_latency_fail_the_workers_loop_lag_could_explain_is_insufficient_with_the_reason() -> None:
+    # identical 5 ms backends on a starved machine: the worker read the shadow's sockets ~25 ms late
+    rs = _worker_lagged(_paired(300, 5.0, 30.0), 27.0)
+    j = evaluate_stats(rs)
+    assert (j.latency, j.verdict) == ("insufficient", "insufficient")
+    assert j.latency_test is not None and j.latency_test.shadow_loop_lag_ms == pytest.approx(27.0, rel=0.05)
+    assert j.reasons[-1].startswith("latency: the worker's event loop lagged ")
+    assert "the shadow's answers were read late" in j.reasons[-1]
+    assert any(r.startswith("shadow median +") for r in j.reasons)  # the slowdown is still shown
+    assert evaluate_stats(_paired(300, 5.0, 30.0)).latency == "fail"  # the same without the lag measured
+
+
+def test_a_slowdown_larger_than_the_workers_loop_lag_still_fails() -> None:
+    # 30% slower at 25 ms with the worker lagging 1 ms: taken off, the slowdown is still past fail
+    assert evaluate_stats(_worker_lagged(_paired(300, 25.0, 32.5), 1.0)).latency == "fail"
+    # 2x slower while the worker lagged 5 ms of 10: still at least +45%, a FAIL
+    assert evaluate_stats(_worker_lagged(_paired(300, 10.0, 20.0), 5.0)).latency == "fail"
+
+
+def test_the_proxys_loop_lag_never_explains_a_slowdown() -> None:
+    rs = _paired(300, 10.0, 20.0)
+    for _ in range(300):
+        rs.live_loop_lag.observe(9.0)  # inflates live: the shadow looks faster, never slower
+    assert evaluate_stats(rs).latency == "fail"
+
+
+@pytest.mark.parametrize(
+    ("low", "share", "explained"),
+    [
+        (0.20, 0.16, True),  # +20% at least, 16% of it could be the lag: 4% left, below warn 5%
+        (0.20, 0.15, False),  # 5% left: at warn, the WARN stands
+        (0.20, 0.0, False),
+        (0.20, None, False),  # not measured (older records, replay): the level stands
+    ],
+)
+def test_the_worker_lag_explains_a_slowdown_only_when_taken_off_its_lower_bound_it_is_below_warn(
+    low: float, share: float | None, explained: bool
+) -> None:
+    from shadowproxy.report.inference import Estimate
+    from shadowproxy.report.verdict import lag_explains
+
+    est = Estimate(300, low + 0.02, low, low + 0.04, 1e-9)
+    assert lag_explains(est, share, DEFAULT_THRESHOLDS) is explained
+
+
+def test_a_route_is_insufficient_only_when_every_latency_warn_or_fail_is_explained() -> None:
+    # slow on every tenth request by far more than the lag (p95 FAILs) while the median moves by the lag
+    rs = _tenth_slow(300, 100.0)
+    for i in range(300):
+        rs.shadow_loop_lag.observe(0.5 if i % 10 else 0.2)
+    j = evaluate_stats(rs)
+    assert j.latency == "fail"
+
+
 def _tenth_slow(n: int, extra_ms: float, seed: int = 1, slow_ms: float | None = None) -> RouteStats:
     """n exchanges of about 25 ms on both sides (the same jitter), the shadow `extra_ms` slower
     on every tenth request: a slowness the median never sees."""

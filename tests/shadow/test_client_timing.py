@@ -194,3 +194,28 @@ async def test_a_call_opens_a_connection_when_none_comes_back_in_time() -> None:
         server.close()
     assert isinstance(b, Response) and b.new_connection is True
     assert server.connections == 2
+
+
+async def test_a_shadow_answer_carries_the_lag_of_the_loop_that_read_it() -> None:
+    """The worker's loop, busy while a copy is in flight, reads the shadow's socket late: the
+    Response says how late (shadowproxy.looplag), as the live side's says the proxy's."""
+    loop = asyncio.get_running_loop()
+    with Backend(slow) as shadow:
+        client = ShadowClient(shadow.url)
+        try:
+            quiet = await client.call(Request("GET", "/a"), timeout_ms=5000, max_body_bytes=1000)
+            stop = loop.time() + DELAY_S
+
+            def hog() -> None:  # 20 ms of every 25 the loop runs a callback, not the I/O
+                time.sleep(0.02)
+                if loop.time() < stop:
+                    loop.call_later(0.005, hog)
+
+            loop.call_soon(hog)
+            busy = await client.call(Request("GET", "/b"), timeout_ms=5000, max_body_bytes=1000)
+        finally:
+            await client.close()
+    assert isinstance(quiet, Response) and isinstance(busy, Response)
+    assert quiet.loop_lag_ms is not None and busy.loop_lag_ms is not None
+    assert busy.loop_lag_ms >= 5.0, busy.loop_lag_ms
+    assert quiet.loop_lag_ms < busy.loop_lag_ms / 2, (quiet.loop_lag_ms, busy.loop_lag_ms)
