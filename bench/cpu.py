@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from bench.backends import PATHS, Nginx, Ports, ensure_tools, free_port, wait_listening  # noqa: E402
 from bench.paced import PacedClient, Window, quantile, roles, snapshot  # noqa: E402
-from bench.run import RULES, read_sink, stop_process, wait_tree  # noqa: E402
+from bench.run import RULES, read_sink, sink_files, stop_process, wait_tree  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -213,7 +213,7 @@ def mirrored(t: Target) -> dict[str, Any] | None:
     """After stop: copies the sink saw against requests sent (warm-ups included)."""
     if t.sink is None or t.sample == 0:
         return None
-    sink = read_sink(sorted(t.sink.parent.glob(f"{t.sink.name}*")))
+    sink = read_sink(sink_files(t.sink))
     counts = sink.get("counts", {})
     return {"requests": t.requests, "copies_sent": sink.get("copies_sent", 0),
             "dropped": counts.get("dropped", 0), "compared": counts.get("compared", 0),

@@ -216,6 +216,12 @@ class Scenario:
     port_count: int = 1  # listening processes (SO_REUSEPORT stretch)
 
 
+def sink_files(sink: Path) -> list[Path]:
+    """The JSONL files of a run's sink (one a process: `sink`, `sink.1`, ...), not the crash
+    ledgers beside them (`sink.ledger`, `sink.1.ledger`: binary)."""
+    return sorted(p for p in sink.parent.glob(f"{sink.name}*") if not p.name.endswith(".ledger"))
+
+
 def read_sink(paths: list[Path]) -> dict[str, Any]:
     """Sum the stats records' counters; count the other records by outcome (all files: one a process)."""
     from shadowproxy.engine.stats import Histogram
@@ -338,7 +344,7 @@ class Bench:
             stop_s = time.monotonic() - t0
         res["exit_code"] = rc
         res["stop_s"] = round(stop_s, 1)
-        res["sink"] = read_sink(sorted(self.workdir.glob(f"{sink.name}*")))
+        res["sink"] = read_sink(sink_files(sink))
         counts = res["sink"].get("counts", {})
         res["copies_sent"] = res["sink"].get("copies_sent", 0)
         res["copies_dropped"] = counts.get("dropped", 0)
