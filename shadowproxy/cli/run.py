@@ -13,6 +13,8 @@ from typing import Any
 import click
 
 from shadowproxy.cli import cli
+from shadowproxy.cli.fdlimit import raise_open_files_limit
+from shadowproxy.cli.lograte import RepeatFilter
 from shadowproxy.cli.params import ADMIN_ADDR, HOST_PORT, HTTP_URL, RATE, SINK_URI
 from shadowproxy.cli.siblings import SIBLING_ENV, serve_with_siblings, shared_switch
 from shadowproxy.shadow.ledger import PROCESSES_ENV
@@ -26,6 +28,7 @@ def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(RepeatFilter())  # a flood of one error: a line per thousand (cli.lograte)
     ours = logging.getLogger("shadowproxy")
     ours.handlers[:] = [handler]
     ours.setLevel(level)
@@ -193,8 +196,9 @@ class RunFlags:
     default=None,
     envvar="SHADOWPROXY_WORKER_NICE",
     show_envvar=True,
-    help="Added to the worker process's nice value (default -5: ahead of the proxy, so mirroring keeps "
-    "up on a saturated machine; needs root or CAP_SYS_NICE, else ignored).",
+    help="Added to the worker process's nice value (default 0: the proxy's priority; a negative value "
+    "puts mirroring ahead of live traffic on a saturated machine and needs root or CAP_SYS_NICE, "
+    "else it is ignored).",
 )
 @click.option(
     "--reuse-port",
@@ -301,6 +305,9 @@ def _run(f: RunFlags) -> None:
     from shadowproxy.sinks.uri import check_sink
 
     setup_logging(f.verbose)
+    before, after = raise_open_files_limit()
+    if after != before:
+        logging.getLogger("shadowproxy").debug("open files limit raised from %d to %d", before, after)
     # a bad rules file: one line per problem, exit 2
     ruleset = load_rules_for(f.rules) if f.rules else default_ruleset()
     sibling = int(os.environ.get(SIBLING_ENV, "0"))  # > 0: started by the first of --reuse-port N

@@ -122,8 +122,8 @@ def declare_options(loader: Any) -> None:
                       "off the proxy's event loop) or inline (this event loop). An injected or "
                       "memory: sink is always inline.", choices=DISPATCH_MODES)
     loader.add_option("shadow_worker_nice", int, DEFAULT_WORKER_NICE,
-                      "Added to the worker process's nice value; negative (needs root or "
-                      "CAP_SYS_NICE) lets it keep up with a busy proxy on a saturated machine.")
+                      "Added to the worker process's nice value (default 0); negative (needs root "
+                      "or CAP_SYS_NICE) puts mirroring ahead of live traffic on a saturated machine.")
     loader.add_option("shadow_max_rps", OptStr, None,
                       "Copies per second sent to the shadow at most, all routes together (a number "
                       "above 0, e.g. 20 or 0.5; a token bucket with a burst of max(2, 0.2 s x rate)); "
