@@ -27,8 +27,11 @@ and paths, notes and error messages. Redaction fails closed: when in doubt a val
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import html
 import json
 import re
 from collections.abc import Iterable
@@ -47,9 +50,11 @@ from shadowproxy.engine.secret_formats import (
     KNOWN_SECRET,
     KNOWN_SECRET_HINTS,
     PATH_PAIR,
+    URL_USERINFO,
     is_card,
     luhn,
     redact_path_secrets,
+    secret_segments,
 )
 
 REDACTED = "[redacted]"
@@ -57,11 +62,24 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 # Query parameters that carry credentials under everyday names (OAuth's `code`, a `session`, a
 # URL signature's `sig`): redacted in queries only, where these names mean it (a JSON `code` is
 # usually an error code, left alone).
-QUERY_CREDENTIALS = frozenset({"code", "session", "sig"})
+QUERY_CREDENTIALS = frozenset({
+    "code", "session", "sig",
+    # Azure's subscription key, licence keys, OAuth 1's verifier, OAuth 2's client assertions and
+    # SAML's response (a signed assertion), e-mailed verification and reset codes
+    "subscription-key", "subscription_key", "license_key", "licence_key", "oauth_verifier",
+    "client_assertion", "assertion", "samlresponse", "samlrequest", "verification_code", "reset_code",
+})
+# Header names that carry credentials without saying `token` or `secret`: any name ending in
+# `-key` (Ocp-Apim-Subscription-Key, X-Functions-Key, X-License-Key), and `Authentication`
+CREDENTIAL_HEADER_NAMES = ("re:[-_]key$", "re:^(?:x-)?authentication$")
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
 _MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
 _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
+# `password: X`, `api_key = "X"`, `secret='X'` in text (a config, a log line, YAML): a name at a
+# word's start (not a JSON key: a quote follows its name, and those have their own rule), `:` or
+# `=` with spaces around, the value up to a space, quote, comma or semicolon
+_TEXT_PAIR = re.compile(r"""(?<![\w\\/.-])([A-Za-z_][\w.-]{0,63})([ \t]*[:=][ \t]*)(["']?)([^\s"',;&<>]+)""")
 # A name that says credential (searched in the lower-cased name): redacted with any rules.
 SECRET_NAME = re.compile(
     r"passw(?:or)?d|passphrase|^pass$|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
@@ -69,13 +87,38 @@ SECRET_NAME = re.compile(
     r"|^key$|^jwt$|bearer|^otp$|passwor?t|(?:^|[-_])pin(?:$|[-_])|^refresh$",
     re.IGNORECASE,
 )
+# A name SECRET_NAME matches that says it holds something ABOUT a credential, not the credential:
+# a count or a limit (`max_tokens`, `x-ratelimit-remaining-tokens`), a flag (`has_api_key`), a
+# kind, a policy, a time (`token_type`, `auth_method`, `password_changed_at`, `token_expires_at`)
+# or `secretary` (a word of its own). Not secret; anything else SECRET_NAME matches stays one.
+METADATA_NAME = re.compile(
+    r"^(?:max|min|has|is|num|total|remaining)[-_]|remaining|secretar(?:y|ies|iat)"
+    r"|[-_](?:type|types|count|at|policy|required|method|methods|expires?(?:[-_](?:at|in))?|expiry"
+    r"|expiration|ttl|length|limit|enabled)$",
+    re.IGNORECASE,
+)
+# the regexes of ours METADATA_NAME qualifies (a rule's own `re:` names are taken as they are)
+_BUILTIN_NAMES = frozenset({SECRET_NAME.pattern, *(n[3:] for n in CREDENTIAL_HEADER_NAMES)})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # `tokenType` is read as `token_type`
+
+
+def _metadata(name: str) -> bool:
+    return METADATA_NAME.search(_CAMEL.sub("_", name)) is not None
 MIN_ECHO_CHARS = 6  # a request credential shorter than this is searched for as a whole word only,
 MIN_WORD_ECHO = 4  # and one shorter than this not at all (a 3-character word is in too much text)
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
+MAX_CACHED_ECHO_PATTERN = 2048  # a longer echo regex (long tokens) is left out of the re module's cache
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
 MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
 MAX_SEEN_NAME_CHARS = 256  # and only names this short: 4 096 keys of 60 KB would be 250 MB
 _PRINTABLE_RUN = re.compile(r"[\x21-\x7e]+")
+# `Digest username="bob", response="..."`: an auth scheme's `name="value"` (or bare) parameters
+_AUTH_PARAM = re.compile(r'([A-Za-z0-9_-]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# a key inside a JSON string (`"{\"password\":\"X\"}"`, any depth): its backslashes (group 1),
+# the key (group 2); its value is read by `_escaped_value_end` at the same depth
+_ESCAPED_KEY = re.compile(r'(\\+)"([^"\\]{1,256})\1"\s*:\s*')
+ELLIPSIS = "\u2026"  # how a cut value or excerpt ends (engine.textdiff, engine.record)
+MIN_CUT_ECHO = 4  # at a cut, a request credential's first characters this many or more are redacted
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +149,10 @@ class Names:
         found = self._seen.get(name)
         if found is None:
             low = name.lower()
-            found = low in self.exact or any(r.search(low) for r in self.regexes)
+            found = low in self.exact or any(
+                r.search(low) and (r.pattern not in _BUILTIN_NAMES or not _metadata(name))
+                for r in self.regexes
+            )
             if len(self._seen) < MAX_SEEN_NAMES and len(name) <= MAX_SEEN_NAME_CHARS:
                 self._seen[name] = found
         return found
@@ -119,7 +165,7 @@ class Names:
 class Redactor:
     """What is secret, and how a secret is replaced. Picklable (it crosses into the worker)."""
 
-    headers: Names = field(default_factory=lambda: Names.of(CREDENTIAL_HEADERS))
+    headers: Names = field(default_factory=lambda: Names.of([*CREDENTIAL_HEADERS, *CREDENTIAL_HEADER_NAMES]))
     query: Names = field(default_factory=lambda: Names.of(QUERY_CREDENTIALS))
     body_fields: Names = field(default_factory=lambda: Names.of(()))
     patterns: tuple[re.Pattern[str], ...] = ()
@@ -139,7 +185,7 @@ class Redactor:
     ) -> Redactor:
         """A redactor for these names and patterns; the credential headers are always included."""
         return cls(
-            Names.of([*CREDENTIAL_HEADERS, *headers]),
+            Names.of([*CREDENTIAL_HEADERS, *CREDENTIAL_HEADER_NAMES, *headers]),
             Names.of([*QUERY_CREDENTIALS, *query]),
             Names.of(body_fields),
             tuple(re.compile(p) for p in patterns),
@@ -159,7 +205,7 @@ class Redactor:
         return f"[redacted:hmac:{digest[:8]}]"
 
     def with_request(self, headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]],
-                     body: bytes = b"") -> Redactor:
+                     body: bytes = b"", path: str = "") -> Redactor:
         """This redactor, also replacing the request's own credentials wherever they appear: the
         values of its secret headers (and the token after `Bearer `), cookies, secret query
         parameters and secret JSON or form fields of its body, so a backend that echoes them back
@@ -177,7 +223,9 @@ class Redactor:
                     (found if cname.strip() in self.query else cookies).add(cvalue.strip())
             elif low in self.headers:
                 found.add(value.strip())
-                found.add(value.strip().partition(" ")[2].strip())  # "Bearer <token>"
+                scheme, _, cred = value.strip().partition(" ")
+                found.add(cred.strip())  # "Bearer <token>"
+                found.update(_auth_credentials(scheme.lower(), cred.strip(), self.query))
         for name, value in query:
             if name in self.query:
                 found.add(value)
@@ -186,6 +234,10 @@ class Redactor:
                              if unquote_plus(m.group(2)) in self.query)
         if body and self.body_fields:
             found.update(self._body_credentials(body))
+        if "/" in path:  # `/token/X`'s X, echoed where a backend parsed `//token//X` its own way
+            segments = path.split("/")
+            flags = secret_segments(segments)
+            found.update(unquote(s.partition(";")[0]) for s, sec in zip(segments, flags, strict=True) if sec)
         variants: set[str] = set()  # searched anywhere
         words: set[str] = set()  # short: searched as whole words
         for v in found | cookies:
@@ -194,6 +246,8 @@ class Redactor:
             esc = "surrogateescape"
             spellings = {v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
                          quote_plus(v, safe="", errors=esc)}
+            # as a backend writes it into JSON (`\"`, `\\`, `\u00e9`) or HTML (`&amp;`, `&#x27;`)
+            spellings.update(e for x in (v, unquote(v, errors=esc)) for e in _escaped_spellings(x))
             if not v.isascii() or not v.isprintable():  # how a backend shows an odd byte varies
                 spellings.update(r for r in _PRINTABLE_RUN.findall(v) if len(r) >= MIN_ECHO_CHARS)
             variants.update(x for x in spellings if len(x) >= MIN_ECHO_CHARS)
@@ -206,8 +260,12 @@ class Redactor:
         alternatives = list(map(re.escape, echoes))
         if short:
             alternatives.append(rf"(?<![0-9A-Za-z])(?:{'|'.join(map(re.escape, short))})(?![0-9A-Za-z])")
+        pattern = "|".join(alternatives)
+        rx = re.compile(pattern, re.IGNORECASE)
+        if len(pattern) > MAX_CACHED_ECHO_PATTERN:  # one request's: not kept in re's 512-pattern cache
+            getattr(re, "_cache", {}).pop((str, pattern, int(re.IGNORECASE)), None)
         return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key,
-                        echoes + short, re.compile("|".join(alternatives), re.IGNORECASE))
+                        echoes + short, rx)
 
     def _body_credentials(self, body: bytes) -> set[str]:
         """The values of the secret JSON (`"password": ...`) and form (`password=...`) fields of a
@@ -225,6 +283,11 @@ class Redactor:
         for m in _FORM_PAIR.finditer(text):
             if unquote_plus(m.group(2)) in self.body_fields:
                 found.add(unquote_plus(m.group(3), errors="surrogateescape"))
+        if '\\"' in text:  # JSON in a JSON string: `"payload": "{\"password\":\"X\"}"`
+            for m in _ESCAPED_KEY.finditer(text):
+                if m.group(2) in self.body_fields:
+                    raw = text[m.end() : _escaped_value_end(text, m.end(), m.group(1))]
+                    found.add(_unescape(raw, len(m.group(1))))
         return found
 
     def text(self, text: str, *, pointer: bool = False) -> str:
@@ -233,8 +296,12 @@ class Redactor:
         its segments after `secret`, `tokens`... are keys, not values."""
         if self.body_fields:
             text = self._json_fields(text)
+            if '\\"' in text:
+                text = self._escaped_fields(text)
             if "=" in text:  # a form pair has one; JSON text seldom does (the search costs ~50 us per 2 KB)
                 text = _FORM_PAIR.sub(self._form_pair, self._path_pairs(text))
+            if "=" in text or ": " in text:  # a JSON key is no match (a quote follows the name)
+                text = _TEXT_PAIR.sub(self._text_pair, text)
         return self._values(text, pointer=pointer)
 
     def _values(self, text: str, *, pointer: bool = False) -> str:
@@ -244,6 +311,9 @@ class Redactor:
         if (len(text) < 256 or any(h in text for h in KNOWN_SECRET_HINTS)) and KNOWN_SECRET.search(text):
             text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
         text = self._path_pairs(text)
+        if "://" in text and "@" in text:
+            text = URL_USERINFO.sub(lambda m: m.group(1) + (m.group(2) if _MARKER.fullmatch(m.group(2))
+                                                            else self.secret(unquote(m.group(2)))), text)
         if not pointer:
             text = redact_path_secrets(text, self._path_secret)
         if CARD_HINT.search(text) and CARD.search(text):
@@ -254,6 +324,8 @@ class Redactor:
             )
         if self.echo_rx is not None:
             text = self.echo_rx.sub(self._echo, text)
+            if text.endswith(ELLIPSIS):
+                text = self._cut_echo(text)
         for rx in self.patterns:
             text = rx.sub(lambda m: self.secret(m.group(0)), text)
         return text
@@ -406,6 +478,43 @@ class Redactor:
         low = m.group(0).lower()
         return self.secret(next((e for e in self.echoes if e.lower() == low), m.group(0)))
 
+    def _cut_echo(self, text: str) -> str:
+        """A value or excerpt cut short (ends in ELLIPSIS) whose last characters are the first
+        MIN_CUT_ECHO or more of a request credential: they are replaced too, so a long token cut
+        before it was redacted (a difference value, cut in the comparison) never shows in part."""
+        body = text[: -len(ELLIPSIS)]
+        for e in self.echoes:
+            if len(e) <= MIN_CUT_ECHO:
+                continue
+            tail = body[-(len(e) - 1) :].lower()
+            low = e.lower()
+            i = tail.find(low[:MIN_CUT_ECHO])
+            while i >= 0:
+                if low.startswith(tail[i:]):
+                    return body[: len(body) - len(tail) + i] + self.secret(e) + ELLIPSIS
+                i = tail.find(low[:MIN_CUT_ECHO], i + 1)
+        return text
+
+    def _escaped_fields(self, text: str) -> str:
+        """`\\"password\\":\\"X\\"`: a secret field of JSON written inside a JSON string (at any
+        escape depth), its value replaced at the same depth (to the end when it is cut short)."""
+        out: list[str] = []
+        pos = 0
+        for m in _ESCAPED_KEY.finditer(text):
+            if m.start() < pos or m.group(2) not in self.body_fields:
+                continue
+            bs = m.group(1)
+            end = _escaped_value_end(text, m.end(), bs)
+            raw = text[m.end() : end]
+            out.append(text[pos : m.end()])
+            if raw.startswith(bs + '"') and raw.endswith(bs + '"') and len(raw) >= 2 * len(bs) + 2:
+                out.append(bs + '"' + self.secret(_unescape(raw, len(bs))) + bs + '"')
+            else:
+                out.append(self.secret(_unescape(raw, len(bs))))
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
     def _path_pairs(self, text: str) -> str:
         if ("=" in text or ":" in text) and ("/" in text or ";" in text) and PATH_PAIR.search(text):
             return PATH_PAIR.sub(self._path_pair, text)
@@ -421,6 +530,12 @@ class Redactor:
         if unquote(m.group(2)) in self.query:
             return f"{m.group(1)}{m.group(2)}{m.group(3)}{self.secret(unquote(m.group(4)))}"
         return m.group(0)
+
+    def _text_pair(self, m: re.Match[str]) -> str:
+        """`password: X`: the value replaced when the name is a body field's (SECRET_NAME...)."""
+        if m.group(1) not in self.body_fields or _MARKER.match(m.group(4)) or m.group(4) in ("{", "["):
+            return m.group(0)
+        return m.group(1) + m.group(2) + m.group(3) + self.secret(m.group(4))
 
     def _form_pair(self, m: re.Match[str]) -> str:
         done = _MARKER.match(m.group(3))
@@ -450,6 +565,71 @@ class Redactor:
             pos = end
         out.append(text[pos:])
         return "".join(out)
+
+
+def _escaped_spellings(v: str) -> set[str]:
+    """`v` as a backend may write it into JSON (`\\"`, `\\\\`, `\\u00e9`, `\\/`) or HTML (`&amp;`,
+    `&quot;`, `&#x27;` or `&#39;`): the spellings that differ from `v`."""
+    out: set[str] = set()
+    for ascii_only in (True, False):
+        try:
+            j = json.dumps(v, ensure_ascii=ascii_only)[1:-1]
+        except ValueError:
+            continue
+        out.update((j, j.replace("/", "\\/")))
+    h = html.escape(v, quote=True)
+    out.update((h, h.replace("&#x27;", "&#39;"), h.replace("&quot;", "&#34;").replace("&#x27;", "&#39;"),
+                html.escape(v, quote=False)))
+    out.discard(v)
+    return out
+
+
+def _auth_credentials(scheme: str, cred: str, names: Names) -> set[str]:
+    """What an Authorization header's credentials show as, echoed by a backend: Basic's decoded
+    `user:password` and the password; a Digest (or other scheme's) `response`, `cnonce` and
+    parameters named like credentials."""
+    out: set[str] = set()
+    if scheme == "basic":
+        try:
+            raw = base64.b64decode(cred + "=" * (-len(cred) % 4), validate=False)
+        except (binascii.Error, ValueError):
+            return out
+        pair = raw.decode("utf-8", errors="surrogateescape")
+        if ":" in pair:
+            out.update((pair, pair.partition(":")[2]))
+        return out
+    for m in _AUTH_PARAM.finditer(cred):
+        if m.group(1).lower() in ("response", "cnonce") or m.group(1) in names:
+            out.add(m.group(2) if m.group(2) is not None else m.group(3))
+    return out
+
+
+def _escaped_value_end(text: str, start: int, bs: str) -> int:
+    """Where a JSON value written inside a JSON string with `bs` before its quotes ends."""
+    if text.startswith(bs + '"', start):
+        close = re.compile(r"(?<!\\)" + re.escape(bs) + '"')
+        m = close.search(text, start + len(bs) + 1)
+        return m.end() if m else len(text)
+    i = start
+    while i < len(text) and text[i] not in ',}]\\ \n\r\t':
+        i += 1
+    return i
+
+
+def _unescape(raw: str, depth: int) -> str:
+    """A value written at escape depth `depth` (backslashes before its quotes), as plain text."""
+    bs = "\\" * depth
+    if raw.startswith(bs + '"') and raw.endswith(bs + '"') and len(raw) >= 2 * len(bs) + 2:
+        raw = raw[len(bs) + 1 : -len(bs) - 1]
+    for _ in range(8):
+        if depth <= 0 or "\\" not in raw:
+            break
+        try:
+            raw = json.loads('"' + raw + '"')
+        except ValueError:
+            break
+        depth //= 2
+    return raw
 
 
 DEFAULT_REDACTOR = Redactor()
