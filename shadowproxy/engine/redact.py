@@ -43,6 +43,7 @@ from shadowproxy.engine.jsontext import JSON_KEY as _JSON_KEY
 from shadowproxy.engine.jsontext import PLAIN_JSON_KEY as _PLAIN_JSON_KEY
 from shadowproxy.engine.jsontext import value_end as _value_end
 from shadowproxy.engine.secret_formats import (
+    BEARER,
     CARD,
     CARD_GROUPED,
     CARD_GROUPED_HINT,
@@ -326,6 +327,8 @@ class Redactor:
             text = self.echo_rx.sub(self._echo, text)
             if text.endswith(ELLIPSIS):
                 text = self._cut_echo(text)
+        if ("earer" in text or "EARER" in text) and BEARER.search(text):  # `X-Debug: Bearer X`, a log line
+            text = BEARER.sub(lambda m: m.group(1) + self.secret(m.group(2)), text)
         for rx in self.patterns:
             text = rx.sub(lambda m: self.secret(m.group(0)), text)
         return text
@@ -541,7 +544,9 @@ class Redactor:
         done = _MARKER.match(m.group(3))
         if done and m.group(3)[done.end() : done.end() + 1] in ('"', "'", "\\", "/"):
             return m.group(0)  # a path pair already replaced: keep the next segment and the quote
-        if unquote_plus(m.group(2)) in self.body_fields:
+        name = unquote_plus(m.group(2))
+        if name in self.body_fields or (m.group(1) in "?&" and m.group(1) and name in self.query):
+            # after `?` or `&`, a URL's query (`Location: https://app/cb?code=X`): the query's names
             return f"{m.group(1)}{m.group(2)}={self.secret(unquote_plus(m.group(3)))}"
         return m.group(0)
 

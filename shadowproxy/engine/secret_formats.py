@@ -28,6 +28,10 @@ KNOWN_SECRET = re.compile(
 # substrings one of KNOWN_SECRET's matches holds: looked for first (in C, ~30x faster than the regex)
 KNOWN_SECRET_HINTS = ("gh", "github_pat_", "AKIA", "ASIA", "k_live_", "eyJ", "xox")
 
+# A bearer token wherever it is written (`X-Debug: Bearer X`, a log line in a body): group 2, the
+# token (8 or more characters of RFC 6750's b64token), after the scheme's word
+BEARER = re.compile(r"(\b[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+)([A-Za-z0-9._~+/-]{8,}=*)")
+
 # A URL's userinfo password (`postgres://app:<password>@db`, `https://svc:<password>@host`): group 2.
 # The user name (group 1's end) stays. Looked for only in a text with `://` and `@`.
 URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,30}://[^/\s:@\"'<>\\]{0,256}:)([^/\s@\"'<>\\]{1,512})(?=@)")

@@ -521,3 +521,11 @@ def test_names_that_describe_a_credential_rather_than_hold_one_are_not_secrets(n
                                   "secret", "x-auth-token", "sessionId", "token_value", "password_new"])
 def test_credential_names_not_qualified_as_metadata_stay_secret(name: str) -> None:
     assert name in Redactor().body_fields
+
+
+def test_a_bearer_token_in_any_header_or_text_and_a_query_credential_in_a_url_in_text_are_redacted() -> None:
+    """`X-Debug: Bearer X` (a header not named like a credential), `Location: ...?code=X`."""
+    d = Redactor()
+    out = d.header_map({"x-debug": "Bearer DebugBearerX1", "location": "https://app/cb?code=OauthCodeX2&state=s"})
+    assert out == {"x-debug": f"Bearer {REDACTED}", "location": f"https://app/cb?code={REDACTED}&state=s"}
+    assert d.text("a log line: bearer LogBearerX3.abc") == f"a log line: bearer {REDACTED}"
