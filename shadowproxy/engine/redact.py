@@ -79,8 +79,11 @@ _MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
 _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
 # `password: X`, `api_key = "X"`, `secret='X'` in text (a config, a log line, YAML): a name at a
 # word's start (not a JSON key: a quote follows its name, and those have their own rule), `:` or
-# `=` with spaces around, the value up to a space, quote, comma or semicolon
-_TEXT_PAIR = re.compile(r"""(?<![\w\\/.-])([A-Za-z_][\w.-]{0,63})([ \t]*[:=][ \t]*)(["']?)([^\s"',;&<>]+)""")
+# `=` with a space beside it (`name=value` is _FORM_PAIR's), the value up to a space, quote, comma,
+# semicolon or angle bracket
+_TEXT_PAIR = re.compile(
+    r"""(?<![\w\\/.-])([A-Za-z_][\w.-]{0,63})([ \t]*:[ \t]*|[ \t]+=[ \t]*|=[ \t]+)(["']?)([^\s"',;<>]+)"""
+)
 # A name that says credential (searched in the lower-cased name): redacted with any rules.
 SECRET_NAME = re.compile(
     r"passw(?:or)?d|passphrase|^pass$|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
@@ -295,6 +298,8 @@ class Redactor:
         """A string with named fields (JSON or form), card numbers, the request's credentials
         and pattern matches replaced. A `pointer` (a difference's JSON Pointer) is no URL path:
         its segments after `secret`, `tokens`... are keys, not values."""
+        if self.echo_rx is not None:  # first: a name's rule below may take only part of an echo
+            text = self.echo_rx.sub(self._echo, text)
         if self.body_fields:
             text = self._json_fields(text)
             if '\\"' in text:

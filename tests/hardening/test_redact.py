@@ -529,3 +529,11 @@ def test_a_bearer_token_in_any_header_or_text_and_a_query_credential_in_a_url_in
     out = d.header_map({"x-debug": "Bearer DebugBearerX1", "location": "https://app/cb?code=OauthCodeX2&state=s"})
     assert out == {"x-debug": f"Bearer {REDACTED}", "location": f"https://app/cb?code={REDACTED}&state=s"}
     assert d.text("a log line: bearer LogBearerX3.abc") == f"a log line: bearer {REDACTED}"
+
+
+def test_an_echo_is_replaced_whole_before_a_name_rule_takes_part_of_it() -> None:
+    """`x-api-key: p&amp;ssX` in an HTML echo: the `name: value` rule stopped at `&` and left the
+    rest of the escaped credential; the echo is searched first."""
+    d = Redactor().with_request([("X-Api-Key", "p&ssHtmlEchoX1")], [("password", 'p"ssHtmlEchoX2')])
+    out = d.text("<pre>x-api-key: p&amp;ssHtmlEchoX1\npassword: p&quot;ssHtmlEchoX2</pre>")
+    assert "HtmlEchoX" not in out and out.endswith("</pre>"), out
