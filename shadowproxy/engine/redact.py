@@ -52,6 +52,7 @@ from shadowproxy.engine.secret_formats import (
     KNOWN_SECRET_HINTS,
     PATH_PAIR,
     URL_USERINFO,
+    URL_USERINFO_ENCODED,
     is_card,
     luhn,
     redact_path_secrets,
@@ -80,9 +81,11 @@ _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
 # `password: X`, `api_key = "X"`, `secret='X'` in text (a config, a log line, YAML): a name at a
 # word's start (not a JSON key: a quote follows its name, and those have their own rule), `:` or
 # `=` with a space beside it (`name=value` is _FORM_PAIR's), the value up to a space, quote, comma,
-# semicolon or angle bracket
+# semicolon or angle bracket (after an auth scheme's word: `Authorization: Basic <credentials>`)
+_AUTH_WORD = r"(?:(?:[Bb]earer|[Bb]asic|[Dd]igest)[ \t]+)?"
 _TEXT_PAIR = re.compile(
-    r"""(?<![\w\\/.-])([A-Za-z_][\w.-]{0,63})([ \t]*:[ \t]*|[ \t]+=[ \t]*|=[ \t]+)(["']?)([^\s"',;<>]+)"""
+    r"""(?<![\w\\/.-])([A-Za-z_][\w.-]{0,63})([ \t]*:[ \t]*|[ \t]+=[ \t]*|=[ \t]+)"""
+    r"""(["']?""" + _AUTH_WORD + r""")([^\s"',;<>]+)"""
 )
 # A name that says credential (searched in the lower-cased name): redacted with any rules.
 SECRET_NAME = re.compile(
@@ -318,8 +321,9 @@ class Redactor:
             text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
         text = self._path_pairs(text)
         if "://" in text and "@" in text:
-            text = URL_USERINFO.sub(lambda m: m.group(1) + (m.group(2) if _MARKER.fullmatch(m.group(2))
-                                                            else self.secret(unquote(m.group(2)))), text)
+            text = URL_USERINFO.sub(self._userinfo, text)
+        if "%40" in text and URL_USERINFO_ENCODED.search(text):  # `next=https%3A//bob%3AX%40host`
+            text = URL_USERINFO_ENCODED.sub(self._userinfo, text)
         if not pointer:
             text = redact_path_secrets(text, self._path_secret)
         if CARD_HINT.search(text) and CARD.search(text):
@@ -485,6 +489,10 @@ class Redactor:
         """An echoed request credential: replaced as its own spelling, so hashes stay equal."""
         low = m.group(0).lower()
         return self.secret(next((e for e in self.echoes if e.lower() == low), m.group(0)))
+
+    def _userinfo(self, m: re.Match[str]) -> str:
+        value = m.group(2)
+        return m.group(1) + (value if _MARKER.fullmatch(value) else self.secret(unquote(value)))
 
     def _cut_echo(self, text: str) -> str:
         """A value or excerpt cut short (ends in ELLIPSIS) whose last characters are the first

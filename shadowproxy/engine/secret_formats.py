@@ -35,6 +35,10 @@ BEARER = re.compile(r"(\b[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+)([A-Za-z0-9._~+/-]{8,}=*
 # A URL's userinfo password (`postgres://app:<password>@db`, `https://svc:<password>@host`): group 2.
 # The user name (group 1's end) stays. Looked for only in a text with `://` and `@`.
 URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,30}://[^/\s:@\"'<>\\]{0,256}:)([^/\s@\"'<>\\]{1,512})(?=@)")
+# the same, percent-encoded as a query value (`next=https%3A%2F%2Fbob%3AX%40host`)
+URL_USERINFO_ENCODED = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]{0,30}%3[Aa](?://|%2[Ff]%2[Ff])[^/\s:@%\"'<>\\]{0,256}%3[Aa])([^/\s@%\"'<>\\]{1,512})(?=%40)"
+)
 
 # A `name=value` or `name:value` path segment, or a `;name=value` matrix parameter
 # (`/app;jsessionid=X`, `/reset/password=X/confirm`, `/login/token:X`): group 2 is the name, group

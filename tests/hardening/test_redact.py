@@ -537,3 +537,13 @@ def test_an_echo_is_replaced_whole_before_a_name_rule_takes_part_of_it() -> None
     d = Redactor().with_request([("X-Api-Key", "p&ssHtmlEchoX1")], [("password", 'p"ssHtmlEchoX2')])
     out = d.text("<pre>x-api-key: p&amp;ssHtmlEchoX1\npassword: p&quot;ssHtmlEchoX2</pre>")
     assert "HtmlEchoX" not in out and out.endswith("</pre>"), out
+
+
+def test_an_authorization_line_in_text_and_a_percent_encoded_url_password_are_redacted() -> None:
+    """`Authorization: Bearer X` in a text body (the name rule took `Bearer` and left X), and
+    `next=https%3A//bob%3AX%40host` in an echoed target."""
+    d = Redactor()
+    out = d.text("Authorization: Bearer TextBearerX1\nAuthorization: Basic Ym9iOnB3ZDEyMzQ=\nok")
+    assert out == f"Authorization: Bearer {REDACTED}\nAuthorization: Basic {REDACTED}\nok"
+    out = d.text("next=https%3A//bob%3AEncPassX2%40example.com/&x=https%3A%2F%2Fa%3AEncPassX3%40h")
+    assert "EncPassX" not in out and "bob%3A" in out
