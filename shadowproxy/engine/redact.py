@@ -594,7 +594,7 @@ def _escaped_spellings(v: str) -> set[str]:
             j = json.dumps(v, ensure_ascii=ascii_only)[1:-1]
         except ValueError:
             continue
-        out.update((j, j.replace("/", "\\/")))
+        out.update((j, j.replace("/", "\\/"), html.escape(j, quote=True)))  # also JSON shown in HTML
     h = html.escape(v, quote=True)
     out.update((h, h.replace("&#x27;", "&#39;"), h.replace("&quot;", "&#34;").replace("&#x27;", "&#39;"),
                 html.escape(v, quote=False)))
