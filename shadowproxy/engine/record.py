@@ -23,13 +23,14 @@ import orjson
 from shadowproxy.engine.decode import charset
 from shadowproxy.engine.diff import Comparison, Difference
 from shadowproxy.engine.exchange import Exchange, Failure, Headers, Response, escape_surrogates
-from shadowproxy.engine.redact import CREDENTIAL_HEADERS, DEFAULT_REDACTOR, MAX_ECHO_BODY, Redactor
+from shadowproxy.engine.redact import CREDENTIAL_HEADERS, DEFAULT_REDACTOR, Redactor
 
 SCHEMA = "shadowproxy.mismatch/1"
 OUTCOMES = ("mismatch", "shadow_error", "too_large", "stats")
 REDACTED = "[redacted]"
 SENSITIVE_HEADERS = CREDENTIAL_HEADERS
 EXCERPT_CHARS = 512
+EXCERPT_ECHO_MARGIN = 4096  # characters decoded past the excerpt's end to find a credential whole
 MAX_DIFFERENCES = 100
 
 
@@ -66,17 +67,21 @@ def excerpt(body: bytes, limit: int = EXCERPT_CHARS, redactor: Redactor | None =
             encoding: str = "utf-8") -> str:
     """The body's first `limit` characters, decoded in its charset (a UTF-16 body's excerpt is
     its text, not `p\\u0000a\\u0000...`, which no redaction would find), redacted, then cut. The
-    bytes decoded run past `limit` by the longest request credential, so one that straddles the
-    cut is still found whole."""
+    bytes decoded run past `limit` by the longest request credential (up to EXCERPT_ECHO_MARGIN
+    characters), so one that straddles the cut is still found whole; a longer one's start at
+    the cut is replaced after it (`Redactor.cut_echo`)."""
     echo = max(map(len, redactor.echoes), default=0) if redactor is not None else 0
-    raw = body[: limit * 4 + min(echo, MAX_ECHO_BODY) * 4]
+    raw = body[: (limit + min(echo, EXCERPT_ECHO_MARGIN)) * 4]
     try:
         text = raw.decode(encoding, errors="replace")
     except LookupError:  # an unknown charset name: UTF-8 is the best guess
         text = raw.decode("utf-8", errors="replace")
     if redactor is not None:  # before the cut, so a secret is never shown in part
         text = redactor.text(text)
-    return text if len(text) <= limit else text[:limit] + "…"
+    if len(text) <= limit:
+        return text
+    cut = text[:limit] + "…"
+    return redactor.cut_echo(cut) if redactor is not None and redactor.echoes else cut
 
 
 def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None = None) -> dict[str, Any]:

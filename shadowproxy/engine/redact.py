@@ -344,7 +344,7 @@ class Redactor:
             if not echoed:  # (`text` searched them first)
                 text = self.echo_rx.sub(self._echo, text)
             if text.endswith(ELLIPSIS):
-                text = self._cut_echo(text)
+                text = self.cut_echo(text)
         if ("earer" in text or "EARER" in text) and BEARER.search(text):  # `X-Debug: Bearer X`, a log line
             text = BEARER.sub(lambda m: m.group(1) + self.secret(m.group(2)), text)
         for rx in self.patterns:
@@ -503,7 +503,7 @@ class Redactor:
         value = m.group(2)
         return m.group(1) + (value if _MARKER.fullmatch(value) else self.secret(unquote(value)))
 
-    def _cut_echo(self, text: str) -> str:
+    def cut_echo(self, text: str) -> str:
         """A value or excerpt cut short (ends in ELLIPSIS) whose last characters are the first
         MIN_CUT_ECHO or more of a request credential: they are replaced too, so a long token cut
         before it was redacted (a difference value, cut in the comparison) never shows in part."""

@@ -548,3 +548,14 @@ def test_an_authorization_line_in_text_and_a_percent_encoded_url_password_are_re
     assert out == f"Authorization: Bearer {REDACTED}\nAuthorization: Basic {REDACTED}\nok"
     out = d.text("next=https%3A//bob%3AEncPassX2%40example.com/&x=https%3A%2F%2Fa%3AEncPassX3%40h")
     assert "EncPassX" not in out and "bob%3A" in out
+
+
+def test_an_echoed_credential_longer_than_the_excerpts_margin_is_not_shown_in_part() -> None:
+    """A 40 000-character token starting inside the excerpt: the bytes decoded stop before its
+    end, so it is never found whole; its start at the cut is replaced."""
+    from shadowproxy.engine.record import excerpt
+
+    token = "HugeTok" + "q7" * 20_000
+    d = Redactor().with_request([("X-Api-Key", token)], [])
+    out = excerpt(("x" * 400 + " " + token + " end").encode(), redactor=d)
+    assert "HugeTok" not in out and out.endswith(f"{REDACTED}\u2026"), out[-40:]
