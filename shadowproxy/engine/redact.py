@@ -16,6 +16,14 @@ Pure and small. `Redactor` knows what is secret:
   MIN_WORD_ECHO not at all),
 - value patterns (`redact.patterns`, regexes) searched in every string.
 
+Issue 12 item 7, sixth round: the request's trailers, Basic's decoded `user:password`, a Digest
+`response`, its secret path segments and JSON-in-string fields are request credentials too, each
+also searched JSON- and HTML-escaped; a secret JSON field written inside a JSON string is found
+at any escape depth; URL passwords, `Bearer X` and `password: X` in text; a name SECRET_NAME
+takes but METADATA_NAME qualifies (`max_tokens`, `token_type`, `password_changed_at`) is no
+secret. The names are listed here only: SECRET_NAME, METADATA_NAME, CREDENTIAL_HEADERS,
+CREDENTIAL_HEADER_NAMES, QUERY_CREDENTIALS (and secret_formats.LINK_NAMES for paths).
+
 Names are matched case-insensitively; a name written `re:REGEX` is a regex searched in the name.
 A secret becomes `"[redacted]"`, or with a key `"[redacted:hmac:<8 hex>]"` (HMAC-SHA256 of the
 value), so equal values stay comparable across records without being readable.
