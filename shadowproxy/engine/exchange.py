@@ -47,6 +47,9 @@ class Request:
     headers: Headers = ()
     body: bytes = b""
     http_version: str = "HTTP/1.1"
+    # chunked trailer fields (proxy.trailers): passed on to live, not to the shadow; a backend may
+    # echo them, so the record's redactor searches them like headers
+    trailers: Headers = ()
 
     @property
     def query_string(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import orjson
 
+from shadowproxy.engine.decode import charset
 from shadowproxy.engine.diff import Comparison, Difference
 from shadowproxy.engine.exchange import Exchange, Failure, Headers, Response, escape_surrogates
 from shadowproxy.engine.redact import CREDENTIAL_HEADERS, DEFAULT_REDACTOR, Redactor
@@ -29,6 +30,7 @@ OUTCOMES = ("mismatch", "shadow_error", "too_large", "stats")
 REDACTED = "[redacted]"
 SENSITIVE_HEADERS = CREDENTIAL_HEADERS
 EXCERPT_CHARS = 512
+EXCERPT_ECHO_MARGIN = 4096  # characters decoded past the excerpt's end to find a credential whole
 MAX_DIFFERENCES = 100
 
 
@@ -61,11 +63,25 @@ def query_dict(query: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
     return out
 
 
-def excerpt(body: bytes, limit: int = EXCERPT_CHARS, redactor: Redactor | None = None) -> str:
-    text = body[: limit * 4].decode("utf-8", errors="replace")
+def excerpt(body: bytes, limit: int = EXCERPT_CHARS, redactor: Redactor | None = None,
+            encoding: str = "utf-8") -> str:
+    """The body's first `limit` characters, decoded in its charset (a UTF-16 body's excerpt is
+    its text, not `p\\u0000a\\u0000...`, which no redaction would find), redacted, then cut. The
+    bytes decoded run past `limit` by the longest request credential (up to EXCERPT_ECHO_MARGIN
+    characters), so one that straddles the cut is still found whole; a longer one's start at
+    the cut is replaced after it (`Redactor.cut_echo`)."""
+    echo = max(map(len, redactor.echoes), default=0) if redactor is not None else 0
+    raw = body[: (limit + min(echo, EXCERPT_ECHO_MARGIN)) * 4]
+    try:
+        text = raw.decode(encoding, errors="replace")
+    except LookupError:  # an unknown charset name: UTF-8 is the best guess
+        text = raw.decode("utf-8", errors="replace")
     if redactor is not None:  # before the cut, so a secret is never shown in part
         text = redactor.text(text)
-    return text if len(text) <= limit else text[:limit] + "…"
+    if len(text) <= limit:
+        return text
+    cut = text[:limit] + "…"
+    return redactor.cut_echo(cut) if redactor is not None and redactor.echoes else cut
 
 
 def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None = None) -> dict[str, Any]:
@@ -82,7 +98,7 @@ def side(resp: Response, decoded: bytes | None = None, redactor: Redactor | None
                                   frozenset() if redactor is not None else SENSITIVE_HEADERS),
         "body_bytes": len(resp.body),
         "body_sha256": hashlib.sha256(resp.body).hexdigest(),
-        "body_excerpt": excerpt(body, redactor=redactor),
+        "body_excerpt": excerpt(body, redactor=redactor, encoding=charset(resp.headers)),
     }
     if resp.new_connection is not None:
         out["new_connection"] = resp.new_connection
@@ -124,7 +140,9 @@ def build_record(
     sees a secret it names: in headers, query, excerpts, differences, notes or messages."""
     req = exchange.request
     # the request's own credentials too, wherever a backend echoes them back
-    redactor = (redactor or DEFAULT_REDACTOR).with_request(req.headers, req.query, req.body)
+    # (a request's trailers are headers sent late: searched like them)
+    redactor = (redactor or DEFAULT_REDACTOR).with_request(req.headers + req.trailers, req.query, req.body,
+                                                           req.path)
     diffs: tuple[Difference, ...] = comparison.differences if comparison else ()
     notes = list(comparison.notes) if comparison else []
     if len(diffs) > MAX_DIFFERENCES:

@@ -16,6 +16,14 @@ Pure and small. `Redactor` knows what is secret:
   MIN_WORD_ECHO not at all),
 - value patterns (`redact.patterns`, regexes) searched in every string.
 
+Issue 12 item 7, sixth round: the request's trailers, Basic's decoded `user:password`, a Digest
+`response`, its secret path segments and JSON-in-string fields are request credentials too, each
+also searched JSON- and HTML-escaped; a secret JSON field written inside a JSON string is found
+at any escape depth; URL passwords, `Bearer X` and `password: X` in text; a name SECRET_NAME
+takes but METADATA_NAME qualifies (`max_tokens`, `token_type`, `password_changed_at`) is no
+secret. The names are listed here only: SECRET_NAME, METADATA_NAME, CREDENTIAL_HEADERS,
+CREDENTIAL_HEADER_NAMES, QUERY_CREDENTIALS (and secret_formats.LINK_NAMES for paths).
+
 Names are matched case-insensitively; a name written `re:REGEX` is a regex searched in the name.
 A secret becomes `"[redacted]"`, or with a key `"[redacted:hmac:<8 hex>]"` (HMAC-SHA256 of the
 value), so equal values stay comparable across records without being readable.
@@ -27,8 +35,11 @@ and paths, notes and error messages. Redaction fails closed: when in doubt a val
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import html
 import json
 import re
 from collections.abc import Iterable
@@ -40,6 +51,7 @@ from shadowproxy.engine.jsontext import JSON_KEY as _JSON_KEY
 from shadowproxy.engine.jsontext import PLAIN_JSON_KEY as _PLAIN_JSON_KEY
 from shadowproxy.engine.jsontext import value_end as _value_end
 from shadowproxy.engine.secret_formats import (
+    BEARER,
     CARD,
     CARD_GROUPED,
     CARD_GROUPED_HINT,
@@ -47,9 +59,12 @@ from shadowproxy.engine.secret_formats import (
     KNOWN_SECRET,
     KNOWN_SECRET_HINTS,
     PATH_PAIR,
+    URL_USERINFO,
+    URL_USERINFO_ENCODED,
     is_card,
     luhn,
     redact_path_secrets,
+    secret_segments,
 )
 
 REDACTED = "[redacted]"
@@ -57,11 +72,35 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 # Query parameters that carry credentials under everyday names (OAuth's `code`, a `session`, a
 # URL signature's `sig`): redacted in queries only, where these names mean it (a JSON `code` is
 # usually an error code, left alone).
-QUERY_CREDENTIALS = frozenset({"code", "session", "sig"})
+QUERY_CREDENTIALS = frozenset({
+    "code", "session", "sig",
+    # Azure's subscription key, licence keys, OAuth 1's verifier, OAuth 2's client assertions and
+    # SAML's response (a signed assertion), e-mailed verification and reset codes
+    "subscription-key", "subscription_key", "license_key", "licence_key", "oauth_verifier",
+    "client_assertion", "assertion", "samlresponse", "samlrequest", "verification_code", "reset_code",
+})
+# Header names that carry credentials without saying `token` or `secret`: any name ending in
+# `-key` (Ocp-Apim-Subscription-Key, X-Functions-Key, X-License-Key), and `Authentication`
+CREDENTIAL_HEADER_NAMES = ("re:[-_]key$", "re:^(?:x-)?authentication$")
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
 _MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
 _FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
+# `password: X`, `api_key = "X"`, `secret='X'` in text (a config, a log line, YAML): a name at a
+# word's start (not a JSON key: a quote follows its name, and those have their own rule), `:` or
+# `=` with a space beside it (`name=value` is _FORM_PAIR's), the value up to a space, quote, comma,
+# semicolon or angle bracket (after an auth scheme's word: `Authorization: Basic <credentials>`)
+_AUTH_WORD = r"(?:(?:[Bb]earer|[Bb]asic|[Dd]igest)[ \t]+)?"
+_TEXT_PAIR = re.compile(
+    r"""(?<![\w\\/.-])([A-Za-z_][\w.-]{0,63})([ \t]*:[ \t]*|[ \t]+=[ \t]*|=[ \t]+)"""
+    r"""(["']?""" + _AUTH_WORD + r""")([^\s"',;<>]+)"""
+)
+# looked for first, in the lower-cased text, when the body fields are SECRET_NAME's alone: a part of
+# every name SECRET_NAME takes, then what _TEXT_PAIR needs after the name (7x cheaper than it)
+_TEXT_PAIR_HINT = re.compile(
+    r"(?:pass|secret|tok|key|auth|pwd|sess|sig|cred|bearer|cookie|jwt|otp|pin|sid|refresh)"
+    r"[\w.-]{0,63}(?:[ \t]*:|[ \t]+=|=[ \t])"
+)
 # A name that says credential (searched in the lower-cased name): redacted with any rules.
 SECRET_NAME = re.compile(
     r"passw(?:or)?d|passphrase|^pass$|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
@@ -69,13 +108,38 @@ SECRET_NAME = re.compile(
     r"|^key$|^jwt$|bearer|^otp$|passwor?t|(?:^|[-_])pin(?:$|[-_])|^refresh$",
     re.IGNORECASE,
 )
+# A name SECRET_NAME matches that says it holds something ABOUT a credential, not the credential:
+# a count or a limit (`max_tokens`, `x-ratelimit-remaining-tokens`), a flag (`has_api_key`), a
+# kind, a policy, a time (`token_type`, `auth_method`, `password_changed_at`, `token_expires_at`)
+# or `secretary` (a word of its own). Not secret; anything else SECRET_NAME matches stays one.
+METADATA_NAME = re.compile(
+    r"^(?:max|min|has|is|num|total|remaining)[-_]|remaining|secretar(?:y|ies|iat)"
+    r"|[-_](?:type|types|count|at|policy|required|method|methods|expires?(?:[-_](?:at|in))?|expiry"
+    r"|expiration|ttl|length|limit|enabled)$",
+    re.IGNORECASE,
+)
+# the regexes of ours METADATA_NAME qualifies (a rule's own `re:` names are taken as they are)
+_BUILTIN_NAMES = frozenset({SECRET_NAME.pattern, *(n[3:] for n in CREDENTIAL_HEADER_NAMES)})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # `tokenType` is read as `token_type`
+
+
+def _metadata(name: str) -> bool:
+    return METADATA_NAME.search(_CAMEL.sub("_", name)) is not None
 MIN_ECHO_CHARS = 6  # a request credential shorter than this is searched for as a whole word only,
 MIN_WORD_ECHO = 4  # and one shorter than this not at all (a 3-character word is in too much text)
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
+MAX_CACHED_ECHO_PATTERN = 2048  # a longer echo regex (long tokens) is left out of the re module's cache
 MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
 MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
 MAX_SEEN_NAME_CHARS = 256  # and only names this short: 4 096 keys of 60 KB would be 250 MB
 _PRINTABLE_RUN = re.compile(r"[\x21-\x7e]+")
+# `Digest username="bob", response="..."`: an auth scheme's `name="value"` (or bare) parameters
+_AUTH_PARAM = re.compile(r'([A-Za-z0-9_-]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# a key inside a JSON string (`"{\"password\":\"X\"}"`, any depth): its backslashes (group 1),
+# the key (group 2); its value is read by `_escaped_value_end` at the same depth
+_ESCAPED_KEY = re.compile(r'(\\+)"([^"\\]{1,256})\1"\s*:\s*')
+ELLIPSIS = "\u2026"  # how a cut value or excerpt ends (engine.textdiff, engine.record)
+MIN_CUT_ECHO = 4  # at a cut, a request credential's first characters this many or more are redacted
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +170,10 @@ class Names:
         found = self._seen.get(name)
         if found is None:
             low = name.lower()
-            found = low in self.exact or any(r.search(low) for r in self.regexes)
+            found = low in self.exact or any(
+                r.search(low) and (r.pattern not in _BUILTIN_NAMES or not _metadata(name))
+                for r in self.regexes
+            )
             if len(self._seen) < MAX_SEEN_NAMES and len(name) <= MAX_SEEN_NAME_CHARS:
                 self._seen[name] = found
         return found
@@ -119,7 +186,7 @@ class Names:
 class Redactor:
     """What is secret, and how a secret is replaced. Picklable (it crosses into the worker)."""
 
-    headers: Names = field(default_factory=lambda: Names.of(CREDENTIAL_HEADERS))
+    headers: Names = field(default_factory=lambda: Names.of([*CREDENTIAL_HEADERS, *CREDENTIAL_HEADER_NAMES]))
     query: Names = field(default_factory=lambda: Names.of(QUERY_CREDENTIALS))
     body_fields: Names = field(default_factory=lambda: Names.of(()))
     patterns: tuple[re.Pattern[str], ...] = ()
@@ -139,7 +206,7 @@ class Redactor:
     ) -> Redactor:
         """A redactor for these names and patterns; the credential headers are always included."""
         return cls(
-            Names.of([*CREDENTIAL_HEADERS, *headers]),
+            Names.of([*CREDENTIAL_HEADERS, *CREDENTIAL_HEADER_NAMES, *headers]),
             Names.of([*QUERY_CREDENTIALS, *query]),
             Names.of(body_fields),
             tuple(re.compile(p) for p in patterns),
@@ -159,7 +226,7 @@ class Redactor:
         return f"[redacted:hmac:{digest[:8]}]"
 
     def with_request(self, headers: Iterable[tuple[str, str]], query: Iterable[tuple[str, str]],
-                     body: bytes = b"") -> Redactor:
+                     body: bytes = b"", path: str = "") -> Redactor:
         """This redactor, also replacing the request's own credentials wherever they appear: the
         values of its secret headers (and the token after `Bearer `), cookies, secret query
         parameters and secret JSON or form fields of its body, so a backend that echoes them back
@@ -177,7 +244,9 @@ class Redactor:
                     (found if cname.strip() in self.query else cookies).add(cvalue.strip())
             elif low in self.headers:
                 found.add(value.strip())
-                found.add(value.strip().partition(" ")[2].strip())  # "Bearer <token>"
+                scheme, _, cred = value.strip().partition(" ")
+                found.add(cred.strip())  # "Bearer <token>"
+                found.update(_auth_credentials(scheme.lower(), cred.strip(), self.query))
         for name, value in query:
             if name in self.query:
                 found.add(value)
@@ -186,6 +255,10 @@ class Redactor:
                              if unquote_plus(m.group(2)) in self.query)
         if body and self.body_fields:
             found.update(self._body_credentials(body))
+        if "/" in path:  # `/token/X`'s X, echoed where a backend parsed `//token//X` its own way
+            segments = path.split("/")
+            flags = secret_segments(segments)
+            found.update(unquote(s.partition(";")[0]) for s, sec in zip(segments, flags, strict=True) if sec)
         variants: set[str] = set()  # searched anywhere
         words: set[str] = set()  # short: searched as whole words
         for v in found | cookies:
@@ -194,6 +267,8 @@ class Redactor:
             esc = "surrogateescape"
             spellings = {v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
                          quote_plus(v, safe="", errors=esc)}
+            # as a backend writes it into JSON (`\"`, `\\`, `\u00e9`) or HTML (`&amp;`, `&#x27;`)
+            spellings.update(e for x in (v, unquote(v, errors=esc)) for e in _escaped_spellings(x))
             if not v.isascii() or not v.isprintable():  # how a backend shows an odd byte varies
                 spellings.update(r for r in _PRINTABLE_RUN.findall(v) if len(r) >= MIN_ECHO_CHARS)
             variants.update(x for x in spellings if len(x) >= MIN_ECHO_CHARS)
@@ -206,8 +281,12 @@ class Redactor:
         alternatives = list(map(re.escape, echoes))
         if short:
             alternatives.append(rf"(?<![0-9A-Za-z])(?:{'|'.join(map(re.escape, short))})(?![0-9A-Za-z])")
+        pattern = "|".join(alternatives)
+        rx = re.compile(pattern, re.IGNORECASE)
+        if len(pattern) > MAX_CACHED_ECHO_PATTERN:  # one request's: not kept in re's 512-pattern cache
+            getattr(re, "_cache", {}).pop((str, pattern, int(re.IGNORECASE)), None)
         return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key,
-                        echoes + short, re.compile("|".join(alternatives), re.IGNORECASE))
+                        echoes + short, rx)
 
     def _body_credentials(self, body: bytes) -> set[str]:
         """The values of the secret JSON (`"password": ...`) and form (`password=...`) fields of a
@@ -225,25 +304,42 @@ class Redactor:
         for m in _FORM_PAIR.finditer(text):
             if unquote_plus(m.group(2)) in self.body_fields:
                 found.add(unquote_plus(m.group(3), errors="surrogateescape"))
+        if '\\"' in text:  # JSON in a JSON string: `"payload": "{\"password\":\"X\"}"`
+            for m in _ESCAPED_KEY.finditer(text):
+                if m.group(2) in self.body_fields:
+                    raw = text[m.end() : _escaped_value_end(text, m.end(), m.group(1))]
+                    found.add(_unescape(raw, len(m.group(1))))
         return found
 
     def text(self, text: str, *, pointer: bool = False) -> str:
         """A string with named fields (JSON or form), card numbers, the request's credentials
         and pattern matches replaced. A `pointer` (a difference's JSON Pointer) is no URL path:
         its segments after `secret`, `tokens`... are keys, not values."""
+        if self.echo_rx is not None:  # first: a name's rule below may take only part of an echo
+            text = self.echo_rx.sub(self._echo, text)
         if self.body_fields:
             text = self._json_fields(text)
+            if '\\"' in text:
+                text = self._escaped_fields(text)
             if "=" in text:  # a form pair has one; JSON text seldom does (the search costs ~50 us per 2 KB)
                 text = _FORM_PAIR.sub(self._form_pair, self._path_pairs(text))
-        return self._values(text, pointer=pointer)
+            if ("=" in text or ": " in text) and (  # a JSON key is no match (a quote follows the name)
+                    self.body_fields.exact or len(self.body_fields.regexes) != 1
+                    or _TEXT_PAIR_HINT.search(text.lower())):
+                text = _TEXT_PAIR.sub(self._text_pair, text)
+        return self._values(text, pointer=pointer, echoed=True)
 
-    def _values(self, text: str, *, pointer: bool = False) -> str:
+    def _values(self, text: str, *, pointer: bool = False, echoed: bool = False) -> str:
         """Card numbers, token formats (KNOWN_SECRET), `name=value` path segments named like
         credentials, path segments after a credential's or one-time link's name (`/token/X`),
         the request's credentials and the rules' patterns replaced in `text`."""
         if (len(text) < 256 or any(h in text for h in KNOWN_SECRET_HINTS)) and KNOWN_SECRET.search(text):
             text = KNOWN_SECRET.sub(lambda m: self.secret(m.group(0)), text)
         text = self._path_pairs(text)
+        if "://" in text and "@" in text:
+            text = URL_USERINFO.sub(self._userinfo, text)
+        if "%40" in text and URL_USERINFO_ENCODED.search(text):  # `next=https%3A//bob%3AX%40host`
+            text = URL_USERINFO_ENCODED.sub(self._userinfo, text)
         if not pointer:
             text = redact_path_secrets(text, self._path_secret)
         if CARD_HINT.search(text) and CARD.search(text):
@@ -253,7 +349,12 @@ class Redactor:
                 lambda m: self.secret(m.group(0)) if luhn(re.sub(r"\D", "", m.group(0))) else m.group(0), text
             )
         if self.echo_rx is not None:
-            text = self.echo_rx.sub(self._echo, text)
+            if not echoed:  # (`text` searched them first)
+                text = self.echo_rx.sub(self._echo, text)
+            if text.endswith(ELLIPSIS):
+                text = self.cut_echo(text)
+        if ("earer" in text or "EARER" in text) and BEARER.search(text):  # `X-Debug: Bearer X`, a log line
+            text = BEARER.sub(lambda m: m.group(1) + self.secret(m.group(2)), text)
         for rx in self.patterns:
             text = rx.sub(lambda m: self.secret(m.group(0)), text)
         return text
@@ -406,6 +507,47 @@ class Redactor:
         low = m.group(0).lower()
         return self.secret(next((e for e in self.echoes if e.lower() == low), m.group(0)))
 
+    def _userinfo(self, m: re.Match[str]) -> str:
+        value = m.group(2)
+        return m.group(1) + (value if _MARKER.fullmatch(value) else self.secret(unquote(value)))
+
+    def cut_echo(self, text: str) -> str:
+        """A value or excerpt cut short (ends in ELLIPSIS) whose last characters are the first
+        MIN_CUT_ECHO or more of a request credential: they are replaced too, so a long token cut
+        before it was redacted (a difference value, cut in the comparison) never shows in part."""
+        body = text[: -len(ELLIPSIS)]
+        for e in self.echoes:
+            if len(e) <= MIN_CUT_ECHO:
+                continue
+            tail = body[-(len(e) - 1) :].lower()
+            low = e.lower()
+            i = tail.find(low[:MIN_CUT_ECHO])
+            while i >= 0:
+                if low.startswith(tail[i:]):
+                    return body[: len(body) - len(tail) + i] + self.secret(e) + ELLIPSIS
+                i = tail.find(low[:MIN_CUT_ECHO], i + 1)
+        return text
+
+    def _escaped_fields(self, text: str) -> str:
+        """`\\"password\\":\\"X\\"`: a secret field of JSON written inside a JSON string (at any
+        escape depth), its value replaced at the same depth (to the end when it is cut short)."""
+        out: list[str] = []
+        pos = 0
+        for m in _ESCAPED_KEY.finditer(text):
+            if m.start() < pos or m.group(2) not in self.body_fields:
+                continue
+            bs = m.group(1)
+            end = _escaped_value_end(text, m.end(), bs)
+            raw = text[m.end() : end]
+            out.append(text[pos : m.end()])
+            if raw.startswith(bs + '"') and raw.endswith(bs + '"') and len(raw) >= 2 * len(bs) + 2:
+                out.append(bs + '"' + self.secret(_unescape(raw, len(bs))) + bs + '"')
+            else:
+                out.append(self.secret(_unescape(raw, len(bs))))
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
     def _path_pairs(self, text: str) -> str:
         if ("=" in text or ":" in text) and ("/" in text or ";" in text) and PATH_PAIR.search(text):
             return PATH_PAIR.sub(self._path_pair, text)
@@ -422,11 +564,19 @@ class Redactor:
             return f"{m.group(1)}{m.group(2)}{m.group(3)}{self.secret(unquote(m.group(4)))}"
         return m.group(0)
 
+    def _text_pair(self, m: re.Match[str]) -> str:
+        """`password: X`: the value replaced when the name is a body field's (SECRET_NAME...)."""
+        if m.group(1) not in self.body_fields or _MARKER.match(m.group(4)) or m.group(4) in ("{", "["):
+            return m.group(0)
+        return m.group(1) + m.group(2) + m.group(3) + self.secret(m.group(4))
+
     def _form_pair(self, m: re.Match[str]) -> str:
         done = _MARKER.match(m.group(3))
         if done and m.group(3)[done.end() : done.end() + 1] in ('"', "'", "\\", "/"):
             return m.group(0)  # a path pair already replaced: keep the next segment and the quote
-        if unquote_plus(m.group(2)) in self.body_fields:
+        name = unquote_plus(m.group(2))
+        if name in self.body_fields or (m.group(1) in "?&" and m.group(1) and name in self.query):
+            # after `?` or `&`, a URL's query (`Location: https://app/cb?code=X`): the query's names
             return f"{m.group(1)}{m.group(2)}={self.secret(unquote_plus(m.group(3)))}"
         return m.group(0)
 
@@ -450,6 +600,71 @@ class Redactor:
             pos = end
         out.append(text[pos:])
         return "".join(out)
+
+
+def _escaped_spellings(v: str) -> set[str]:
+    """`v` as a backend may write it into JSON (`\\"`, `\\\\`, `\\u00e9`, `\\/`) or HTML (`&amp;`,
+    `&quot;`, `&#x27;` or `&#39;`): the spellings that differ from `v`."""
+    out: set[str] = set()
+    for ascii_only in (True, False):
+        try:
+            j = json.dumps(v, ensure_ascii=ascii_only)[1:-1]
+        except ValueError:
+            continue
+        out.update((j, j.replace("/", "\\/"), html.escape(j, quote=True)))  # also JSON shown in HTML
+    h = html.escape(v, quote=True)
+    out.update((h, h.replace("&#x27;", "&#39;"), h.replace("&quot;", "&#34;").replace("&#x27;", "&#39;"),
+                html.escape(v, quote=False)))
+    out.discard(v)
+    return out
+
+
+def _auth_credentials(scheme: str, cred: str, names: Names) -> set[str]:
+    """What an Authorization header's credentials show as, echoed by a backend: Basic's decoded
+    `user:password` and the password; a Digest (or other scheme's) `response`, `cnonce` and
+    parameters named like credentials."""
+    out: set[str] = set()
+    if scheme == "basic":
+        try:
+            raw = base64.b64decode(cred + "=" * (-len(cred) % 4), validate=False)
+        except (binascii.Error, ValueError):
+            return out
+        pair = raw.decode("utf-8", errors="surrogateescape")
+        if ":" in pair:
+            out.update((pair, pair.partition(":")[2]))
+        return out
+    for m in _AUTH_PARAM.finditer(cred):
+        if m.group(1).lower() in ("response", "cnonce") or m.group(1) in names:
+            out.add(m.group(2) if m.group(2) is not None else m.group(3))
+    return out
+
+
+def _escaped_value_end(text: str, start: int, bs: str) -> int:
+    """Where a JSON value written inside a JSON string with `bs` before its quotes ends."""
+    if text.startswith(bs + '"', start):
+        close = re.compile(r"(?<!\\)" + re.escape(bs) + '"')
+        m = close.search(text, start + len(bs) + 1)
+        return m.end() if m else len(text)
+    i = start
+    while i < len(text) and text[i] not in ',}]\\ \n\r\t':
+        i += 1
+    return i
+
+
+def _unescape(raw: str, depth: int) -> str:
+    """A value written at escape depth `depth` (backslashes before its quotes), as plain text."""
+    bs = "\\" * depth
+    if raw.startswith(bs + '"') and raw.endswith(bs + '"') and len(raw) >= 2 * len(bs) + 2:
+        raw = raw[len(bs) + 1 : -len(bs) - 1]
+    for _ in range(8):
+        if depth <= 0 or "\\" not in raw:
+            break
+        try:
+            raw = json.loads('"' + raw + '"')
+        except ValueError:
+            break
+        depth //= 2
+    return raw
 
 
 DEFAULT_REDACTOR = Redactor()

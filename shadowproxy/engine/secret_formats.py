@@ -28,6 +28,18 @@ KNOWN_SECRET = re.compile(
 # substrings one of KNOWN_SECRET's matches holds: looked for first (in C, ~30x faster than the regex)
 KNOWN_SECRET_HINTS = ("gh", "github_pat_", "AKIA", "ASIA", "k_live_", "eyJ", "xox")
 
+# A bearer token wherever it is written (`X-Debug: Bearer X`, a log line in a body): group 2, the
+# token (8 or more characters of RFC 6750's b64token), after the scheme's word
+BEARER = re.compile(r"(\b[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+)([A-Za-z0-9._~+/-]{8,}=*)")
+
+# A URL's userinfo password (`postgres://app:<password>@db`, `https://svc:<password>@host`): group 2.
+# The user name (group 1's end) stays. Looked for only in a text with `://` and `@`.
+URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,30}://[^/\s:@\"'<>\\]{0,256}:)([^/\s@\"'<>\\]{1,512})(?=@)")
+# the same, percent-encoded as a query value (`next=https%3A%2F%2Fbob%3AX%40host`)
+URL_USERINFO_ENCODED = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.-]{0,30}%3[Aa](?://|%2[Ff]%2[Ff])[^/\s:@%\"'<>\\]{0,256}%3[Aa])([^/\s@%\"'<>\\]{1,512})(?=%40)"
+)
+
 # A `name=value` or `name:value` path segment, or a `;name=value` matrix parameter
 # (`/app;jsessionid=X`, `/reset/password=X/confirm`, `/login/token:X`): group 2 is the name, group
 # 4 the value, up to the next `/`, `;`, `?`, `&`, `#`, quote, space or angle bracket. Only after a
@@ -128,7 +140,7 @@ LINK_HINT = re.compile(
     r"|invit|activat|verif|confirm|jwt|credential)"
 )
 # a run of path segments in any text (a path, an echoed path in a body, JSON's `\/` escapes)
-PATH_RUN = re.compile(r"(?:\\?/[^/\\?#\s\"'<>]*)+")
+PATH_RUN = re.compile(r"(?:\\?/(?:[^/\\?#\s\"'<>]|\\u[0-9a-fA-F]{4})*)+")
 PATH_SEP = re.compile(r"(\\?/)")
 
 
@@ -161,14 +173,20 @@ def secret_segments(segments: list[str]) -> list[bool]:
     armed = False
     for i, seg in enumerate(segments):
         word = _segment_word(seg)
-        if _names_link(word):
-            armed = True
-            continue
-        if armed and word in _LINK_CHANNELS:
-            continue
-        if armed and word and word not in LINK_ACTIONS and not (seg[:1] == "{" and seg[-1:] == "}"):
-            out[i] = True
-        armed = False
+        # `//token//X`, `/token/./X`: an empty or a dot segment is no segment (servers normalise
+        # them away); `/token%2FX`, `/token/%2FX`: an encoded slash splits the segment as a server
+        # that decodes it would. The whole segment is then the secret.
+        for part in word.split("/") if "/" in word else (word,):
+            if part in ("", "."):
+                continue
+            if _names_link(part):
+                armed = True
+                continue
+            if armed and part in _LINK_CHANNELS:
+                continue
+            if armed and part not in LINK_ACTIONS and not (seg[:1] == "{" and seg[-1:] == "}"):
+                out[i] = True
+            armed = False
     return out
 
 

@@ -30,6 +30,7 @@ def request_of(req: http.Request) -> Request:
         headers=_fields(req.headers),
         body=req.raw_content or b"",
         http_version=req.http_version,
+        trailers=_fields(req.trailers) if req.trailers else (),
     )
 
 

@@ -82,7 +82,7 @@ def frame(kind: str, payload: Any) -> bytes:
 
 
 def _request_tuple(r: Request) -> tuple[Any, ...]:
-    return (r.method, r.path, r.query, r.headers, r.body, r.http_version)
+    return (r.method, r.path, r.query, r.headers, r.body, r.http_version, r.trailers)
 
 
 def encode_job(job: ShadowJob, settings_ref: int) -> tuple[Any, ...]:

@@ -384,3 +384,178 @@ def test_every_credential_or_one_time_link_name_passes_the_cheap_search_that_gua
         for seg in (name, name.upper(), f"my-{name}", f"{name}_x", f"{name};v=1"):
             assert LINK_HINT.search(f"/{seg}/x".lower()), seg
             assert secret_segments(["", seg, "letmein"]) == [False, False, True], seg
+
+
+# -- issue 12 item 7, round three: what an outside attacker still found with the default rules --
+
+
+def _record(req: Request, live: Response, shadow: Response,
+            comp: Comparison | None = None) -> dict[str, object]:
+    rec = build_record(Exchange(req, live, "id", 1.0, "/r"), "mismatch", shadow, comp)
+    validate_record(rec)
+    return rec
+
+
+def test_a_utf16_body_excerpt_is_its_decoded_text_with_its_secrets_redacted() -> None:
+    """`application/json; charset=utf-16`: the excerpt was the raw bytes read as UTF-8
+    (`p\\u0000a\\u0000s...`), which no search found; it is the text, redacted."""
+    body = '{"password": "u16SecretValueX", "name": "ada"}'.encode("utf-16")
+    live = Response(200, (("content-type", "application/json; charset=utf-16"),), body)
+    rec = _record(Request("GET", "/u"), live, Response(200, (), b"{}"))
+    excerpt = rec["live"]["body_excerpt"]  # type: ignore[index]
+    assert "u16SecretValueX" not in excerpt and '"name": "ada"' in excerpt and REDACTED in excerpt
+
+
+def test_credentials_in_request_trailers_echoed_back_are_redacted_like_headers() -> None:
+    """Chunked request trailers reach live (proxy.trailers): an echo of X-Auth-Token, Cookie or
+    Authorization sent as a trailer field is replaced like one sent as a header."""
+    req = Request("POST", "/tr", (), (("transfer-encoding", "chunked"),), b"x",
+                  trailers=(("X-Auth-Token", "trailerTokenValue1"), ("Cookie", "session=trailerCookie22"),
+                            ("Authorization", "Bearer trailerBearer333")))
+    echo = b'{"seen": "trailerTokenValue1 trailerCookie22 trailerBearer333"}'
+    rec = _record(req, Response(200, (), echo), Response(200, (), b"{}"))
+    raw = repr(rec)
+    for secret in ("trailerTokenValue1", "trailerCookie22", "trailerBearer333"):
+        assert secret not in raw
+
+
+@pytest.mark.parametrize("secret", ['pa"ssQuoteX1', "pa\\ssSlashX2", "p<a&ss'AmpX3", 'p"a>ssMixX4\u00e9'])
+def test_a_credential_echoed_json_or_html_escaped_is_redacted(secret: str) -> None:
+    """A password with `"` or `\\` comes back JSON-escaped; with `& < " '` HTML-escaped."""
+    import html
+    import json
+
+    d = Redactor().with_request([("X-Api-Key", secret)], [("password", secret)])
+    for spelling in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+                     html.escape(secret), html.escape(secret).replace("&#x27;", "&#39;"),
+                     html.escape(json.dumps(secret)[1:-1])):
+        out = d.text(f"<p>you sent {spelling} ok</p>")
+        assert spelling not in out and "ok</p>" in out, out
+
+
+def test_a_basic_credential_echoed_decoded_and_a_digest_response_are_redacted() -> None:
+    """httpbin's /basic-auth answers `{"user": "bob"}`, others echo `bob:<password>` decoded."""
+    import base64
+
+    basic = "Basic " + base64.b64encode(b"bob:basicPassword77").decode()
+    digest = 'Digest username="bob", realm="r", nonce="n1", response="6629fae49393a05397450978507c4ef1"'
+    d = Redactor().with_request([("Authorization", basic), ("Proxy-Authorization", digest)], [])
+    out = d.text("creds bob:basicPassword77 pw basicPassword77 "
+                 "digest 6629fae49393a05397450978507c4ef1 user bob")
+    assert "basicPassword77" not in out and "6629fae4" not in out and out.endswith("user bob"), out
+
+
+@pytest.mark.parametrize("length", [90, 200, 1100])
+def test_a_long_echoed_credential_cut_in_a_difference_or_an_excerpt_never_shows_in_part(length: int) -> None:
+    """Difference values are cut at 120 characters in the comparison, before the record's
+    redactor runs: the cut-off start of an echoed credential is redacted too; excerpts are
+    redacted before they are cut, with bytes enough for the longest credential."""
+    token = ("LongTok" + "x9" * length)[:length]
+    req = Request("GET", "/long", (("access_token", token),), (("authorization", "Bearer " + token),))
+    value = "Bearer " + token + " and more text after it"
+    cut = value[:120] + "\u2026" if len(value) > 120 else value
+    diff = Difference("body", "/note", "changed", cut, "x")
+    body = (b'{"pad": "' + b"p" * 400 + b'", "note": "' + value.encode() + b'"}')
+    rec = _record(req, Response(200, (), body), Response(200, (), b"{}"),
+                  Comparison((diff,), ()))
+    raw = repr(rec)
+    assert token[:12] not in raw, raw
+
+
+def test_json_inside_a_json_string_has_its_secret_fields_redacted_at_any_depth() -> None:
+    """`"payload": "{\\"password\\":\\"X\\"}"` in an excerpt, one level deeper in a difference,
+    and a request's JSON-in-string password echoed back."""
+    one = '{"payload": "{\\"password\\":\\"DepthOneX1\\",\\"a\\":1}"}'
+    two = '{"outer": "{\\"inner\\":\\"{\\\\\\"password\\\\\\":\\\\\\"DepthTwoX2\\\\\\"}\\"}"}'
+    d = Redactor()
+    assert "DepthOneX1" not in d.text(one) and '\\"a\\":1' in d.text(one)
+    assert "DepthTwoX2" not in d.text(two) and "DepthTwoX2" not in repr(d.value({"s": two}))
+    cut = '{"payload": "{\\"password\\":\\"DepthCutX3'  # an excerpt cut inside the value
+    assert "DepthCutX3" not in d.text(cut)
+    req_body = b'{"data": "{\\"password\\":\\"ReqInStringX4\\"}"}'
+    e = Redactor().with_request([], [], req_body)
+    assert "ReqInStringX4" not in e.text("you sent ReqInStringX4")
+
+
+@pytest.mark.parametrize("path", [
+    "//token//SlashSecretX", "/token//SlashSecretX", "/reset//SlashSecretX/confirm", "/token/./SlashSecretX",
+    "/token/%2FSlashSecretX", "/token%2FSlashSecretX", "/api//key/SlashSecretX", "/token/caf%E9SlashSecretX",
+])
+def test_empty_dot_and_encoded_slash_segments_around_a_credential_name_do_not_hide_its_value(
+    path: str,
+) -> None:
+    """Servers normalise `//` and `/./` away and some decode `%2F`: the segment after the name
+    is still the secret, replaced whole, in the record's path and in an echoed path."""
+    d = Redactor()
+    assert "SlashSecretX" not in d.text(path), d.text(path)
+    escaped = '{"path": "' + path.replace("/", "\\/").replace("%E9", "\\u00e9") + '"}'
+    assert "SlashSecretX" not in d.text(escaped), d.text(escaped)
+
+
+def test_url_passwords_key_headers_more_query_names_and_text_pairs_are_credentials() -> None:
+    """`postgres://app:X@db`, `Ocp-Apim-Subscription-Key`, `?oauth_verifier=`, `password: X`."""
+    d = Redactor()
+    out = d.text("dsn postgres://app:PgPassX1@db:5432/x and https://svc:SvcPassX2@host/")
+    assert "PgPassX1" not in out and "SvcPassX2" not in out and "postgres://app:" in out
+    for name in ("Ocp-Apim-Subscription-Key", "X-Functions-Key", "Authentication"):
+        assert name in d.headers
+    for name in ("subscription-key", "license_key", "oauth_verifier", "client_assertion", "assertion",
+                 "SAMLResponse", "verification_code", "reset_code"):
+        assert name in d.query
+    out = d.text('password: TxtPassX3\napi_key = "TxtKeyX4"\nuser: bob')
+    assert "TxtPassX3" not in out and "TxtKeyX4" not in out and "user: bob" in out
+
+
+@pytest.mark.parametrize("name", [
+    "max_tokens", "token_type", "token_expires_at", "password_changed_at", "password_policy", "has_api_key",
+    "auth_method", "signature_required", "secretary", "x-ratelimit-remaining-tokens", "tokenType",
+    "maxTokens",
+])
+def test_names_that_describe_a_credential_rather_than_hold_one_are_not_secrets(name: str) -> None:
+    """The attacker's false positives: a count, a kind, a time, a policy, a flag is no secret."""
+    d = Redactor()
+    assert name not in d.body_fields and name not in d.headers and name not in d.query
+    assert d.value({name: "bearer"}) == {name: "bearer"}
+
+
+@pytest.mark.parametrize("name", ["password", "access_token", "client_secret", "api_key", "refresh_token",
+                                  "secret", "x-auth-token", "sessionId", "token_value", "password_new"])
+def test_credential_names_not_qualified_as_metadata_stay_secret(name: str) -> None:
+    assert name in Redactor().body_fields
+
+
+def test_a_bearer_token_in_any_header_or_text_and_a_query_credential_in_a_url_in_text_are_redacted() -> None:
+    """`X-Debug: Bearer X` (a header not named like a credential), `Location: ...?code=X`."""
+    d = Redactor()
+    out = d.header_map({"x-debug": "Bearer DebugBearerX1", "location": "https://app/cb?code=OauthCodeX2&state=s"})
+    assert out == {"x-debug": f"Bearer {REDACTED}", "location": f"https://app/cb?code={REDACTED}&state=s"}
+    assert d.text("a log line: bearer LogBearerX3.abc") == f"a log line: bearer {REDACTED}"
+
+
+def test_an_echo_is_replaced_whole_before_a_name_rule_takes_part_of_it() -> None:
+    """`x-api-key: p&amp;ssX` in an HTML echo: the `name: value` rule stopped at `&` and left the
+    rest of the escaped credential; the echo is searched first."""
+    d = Redactor().with_request([("X-Api-Key", "p&ssHtmlEchoX1")], [("password", 'p"ssHtmlEchoX2')])
+    out = d.text("<pre>x-api-key: p&amp;ssHtmlEchoX1\npassword: p&quot;ssHtmlEchoX2</pre>")
+    assert "HtmlEchoX" not in out and out.endswith("</pre>"), out
+
+
+def test_an_authorization_line_in_text_and_a_percent_encoded_url_password_are_redacted() -> None:
+    """`Authorization: Bearer X` in a text body (the name rule took `Bearer` and left X), and
+    `next=https%3A//bob%3AX%40host` in an echoed target."""
+    d = Redactor()
+    out = d.text("Authorization: Bearer TextBearerX1\nAuthorization: Basic Ym9iOnB3ZDEyMzQ=\nok")
+    assert out == f"Authorization: Bearer {REDACTED}\nAuthorization: Basic {REDACTED}\nok"
+    out = d.text("next=https%3A//bob%3AEncPassX2%40example.com/&x=https%3A%2F%2Fa%3AEncPassX3%40h")
+    assert "EncPassX" not in out and "bob%3A" in out
+
+
+def test_an_echoed_credential_longer_than_the_excerpts_margin_is_not_shown_in_part() -> None:
+    """A 40 000-character token starting inside the excerpt: the bytes decoded stop before its
+    end, so it is never found whole; its start at the cut is replaced."""
+    from shadowproxy.engine.record import excerpt
+
+    token = "HugeTok" + "q7" * 20_000
+    d = Redactor().with_request([("X-Api-Key", token)], [])
+    out = excerpt(("x" * 400 + " " + token + " end").encode(), redactor=d)
+    assert "HugeTok" not in out and out.endswith(f"{REDACTED}\u2026"), out[-40:]

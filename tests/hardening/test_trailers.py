@@ -172,3 +172,30 @@ def test_a_trailer_section_over_the_header_limit_is_answered_431_closed_and_coun
     totals = h.stats_totals(h.read_jsonl(out))
     assert totals.get("skipped_by.header_too_large") == 1, totals
     assert "Traceback" not in proxy.stderr(full=True)
+
+
+def test_credentials_sent_as_request_trailers_in_json_strings_or_after_double_slashes_never_reach_the_record(
+    live: TrailerLive, shadow: Backend, tmp_path: Path
+) -> None:
+    """Issue 12 item 7 (round three, the outside attacker's default-rules run): live echoes what
+    it got; the trailer fields' credentials, a password in JSON inside a JSON string and a token
+    after `//token//` were in the record as they were sent."""
+    secrets = ("TrailerTokenZ91", "TrailerCookieZ92", "InStringPassZ93", "SlashPathZ94")
+    trailer = (f"X-Auth-Token: {secrets[0]}\r\nCookie: session={secrets[1]}").encode()
+    body = ('{"data": "{\\"password\\":\\"' + secrets[2] + '\\"}"}').encode()
+    head = (f"GET //token//{secrets[3]} HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n"
+            "Trailer: X-Auth-Token, Cookie\r\nContent-Type: application/json\r\n\r\n")
+    request = head.encode() + b"%x\r\n%s\r\n0\r\n%s\r\n\r\n" % (len(body), body, trailer)
+    out = tmp_path / "out.jsonl"
+    with h.Proxy(live.url, shadow.url, f"jsonl:{out}", stderr_path=tmp_path / "stderr") as proxy, \
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as c:
+        c.sendall(request)
+        head_b, answer, _, _ = _read_message(c, b"")
+        time.sleep(1.0)
+        assert proxy.terminate() == 0, proxy.stderr()
+    assert head_b.startswith(b"HTTP/1.1 200"), head_b
+    assert all(s.encode() in answer for s in secrets), answer  # live echoed every one
+    records = [r for r in h.read_jsonl(out) if r["outcome"] == "mismatch"]
+    assert records and records[0]["live"]["body_excerpt"], records
+    raw = out.read_text()
+    assert not [s for s in secrets if s in raw], raw
