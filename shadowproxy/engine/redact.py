@@ -35,18 +35,27 @@ and paths, notes and error messages. Redaction fails closed: when in doubt a val
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import html
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote, unquote_plus
+from urllib.parse import unquote, unquote_plus
 
+from shadowproxy.engine.echoes import ESCAPED_KEY as _ESCAPED_KEY
+from shadowproxy.engine.echoes import FORM_PAIR as _FORM_PAIR
+from shadowproxy.engine.echoes import MARKER as _MARKER
+from shadowproxy.engine.echoes import MAX_ECHO_BODY as MAX_ECHO_BODY
+from shadowproxy.engine.echoes import MIN_ECHO_CHARS as MIN_ECHO_CHARS
+from shadowproxy.engine.echoes import MIN_WORD_ECHO as MIN_WORD_ECHO
+from shadowproxy.engine.echoes import (
+    auth_credentials,
+    body_credentials,
+    escaped_value_end,
+    spellings,
+    unescape,
+)
 from shadowproxy.engine.jsontext import JSON_KEY as _JSON_KEY
 from shadowproxy.engine.jsontext import PLAIN_JSON_KEY as _PLAIN_JSON_KEY
 from shadowproxy.engine.jsontext import value_end as _value_end
@@ -66,26 +75,17 @@ from shadowproxy.engine.secret_formats import (
     redact_path_secrets,
     secret_segments,
 )
+from shadowproxy.engine.secret_names import CREDENTIAL_HEADER_NAMES as CREDENTIAL_HEADER_NAMES
+from shadowproxy.engine.secret_names import CREDENTIAL_HEADERS as CREDENTIAL_HEADERS
+from shadowproxy.engine.secret_names import MAX_SEEN_NAMES as MAX_SEEN_NAMES
+from shadowproxy.engine.secret_names import METADATA_NAME as METADATA_NAME
+from shadowproxy.engine.secret_names import QUERY_CREDENTIALS as QUERY_CREDENTIALS
+from shadowproxy.engine.secret_names import SECRET_NAME as SECRET_NAME
+from shadowproxy.engine.secret_names import Names as Names
 
 REDACTED = "[redacted]"
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"})
-# Query parameters that carry credentials under everyday names (OAuth's `code`, a `session`, a
-# URL signature's `sig`): redacted in queries only, where these names mean it (a JSON `code` is
-# usually an error code, left alone).
-QUERY_CREDENTIALS = frozenset({
-    "code", "session", "sig",
-    # Azure's subscription key, licence keys, OAuth 1's verifier, OAuth 2's client assertions and
-    # SAML's response (a signed assertion), e-mailed verification and reset codes
-    "subscription-key", "subscription_key", "license_key", "licence_key", "oauth_verifier",
-    "client_assertion", "assertion", "samlresponse", "samlrequest", "verification_code", "reset_code",
-})
-# Header names that carry credentials without saying `token` or `secret`: any name ending in
-# `-key` (Ocp-Apim-Subscription-Key, X-Functions-Key, X-License-Key), and `Authentication`
-CREDENTIAL_HEADER_NAMES = ("re:[-_]key$", "re:^(?:x-)?authentication$")
 # Record keys whose values are ours (ids, hashes, timestamps), never request or response data.
 _OWN_KEYS = frozenset({"schema", "id", "ts", "outcome", "body_sha256", "sha256", "kind", "part", "source"})
-_MARKER = re.compile(r"\[redacted(?::hmac:[0-9a-f]{8})?\]")
-_FORM_PAIR = re.compile(r"(^|[&?;\s])([^=&?;\s]+)=([^&;\s]*)")
 # `password: X`, `api_key = "X"`, `secret='X'` in text (a config, a log line, YAML): a name at a
 # word's start (not a JSON key: a quote follows its name, and those have their own rule), `:` or
 # `=` with a space beside it (`name=value` is _FORM_PAIR's), the value up to a space, quote, comma,
@@ -101,85 +101,10 @@ _TEXT_PAIR_HINT = re.compile(
     r"(?:pass|secret|tok|key|auth|pwd|sess|sig|cred|bearer|cookie|jwt|otp|pin|sid|refresh)"
     r"[\w.-]{0,63}(?:[ \t]*:|[ \t]+=|=[ \t])"
 )
-# A name that says credential (searched in the lower-cased name): redacted with any rules.
-SECRET_NAME = re.compile(
-    r"passw(?:or)?d|passphrase|^pass$|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
-    r"|credential|signature|session[-_]?id|^sid$|(?:^|[-_])auth(?:$|[-_])|authorization|^cookie$"
-    r"|^key$|^jwt$|bearer|^otp$|passwor?t|(?:^|[-_])pin(?:$|[-_])|^refresh$",
-    re.IGNORECASE,
-)
-# A name SECRET_NAME matches that says it holds something ABOUT a credential, not the credential:
-# a count or a limit (`max_tokens`, `x-ratelimit-remaining-tokens`), a flag (`has_api_key`), a
-# kind, a policy, a time (`token_type`, `auth_method`, `password_changed_at`, `token_expires_at`)
-# or `secretary` (a word of its own). Not secret; anything else SECRET_NAME matches stays one.
-METADATA_NAME = re.compile(
-    r"^(?:max|min|has|is|num|total|remaining)[-_]|remaining|secretar(?:y|ies|iat)"
-    r"|[-_](?:type|types|count|at|policy|required|method|methods|expires?(?:[-_](?:at|in))?|expiry"
-    r"|expiration|ttl|length|limit|enabled)$",
-    re.IGNORECASE,
-)
-# the regexes of ours METADATA_NAME qualifies (a rule's own `re:` names are taken as they are)
-_BUILTIN_NAMES = frozenset({SECRET_NAME.pattern, *(n[3:] for n in CREDENTIAL_HEADER_NAMES)})
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # `tokenType` is read as `token_type`
-
-
-def _metadata(name: str) -> bool:
-    return METADATA_NAME.search(_CAMEL.sub("_", name)) is not None
-MIN_ECHO_CHARS = 6  # a request credential shorter than this is searched for as a whole word only,
-MIN_WORD_ECHO = 4  # and one shorter than this not at all (a 3-character word is in too much text)
 MAX_ECHOES = 64  # request credentials (and their spellings) searched for in one record, at most
 MAX_CACHED_ECHO_PATTERN = 2048  # a longer echo regex (long tokens) is left out of the re module's cache
-MAX_ECHO_BODY = 256 * 1024  # request body bytes searched for secret fields
-MAX_SEEN_NAMES = 4096  # names whose verdict a `Names` remembers (keys come from answers: bounded)
-MAX_SEEN_NAME_CHARS = 256  # and only names this short: 4 096 keys of 60 KB would be 250 MB
-_PRINTABLE_RUN = re.compile(r"[\x21-\x7e]+")
-# `Digest username="bob", response="..."`: an auth scheme's `name="value"` (or bare) parameters
-_AUTH_PARAM = re.compile(r'([A-Za-z0-9_-]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-# a key inside a JSON string (`"{\"password\":\"X\"}"`, any depth): its backslashes (group 1),
-# the key (group 2); its value is read by `_escaped_value_end` at the same depth
-_ESCAPED_KEY = re.compile(r'(\\+)"([^"\\]{1,256})\1"\s*:\s*')
 ELLIPSIS = "\u2026"  # how a cut value or excerpt ends (engine.textdiff, engine.record)
 MIN_CUT_ECHO = 4  # at a cut, a request credential's first characters this many or more are redacted
-
-
-@dataclass(frozen=True, slots=True)
-class Names:
-    """A set of names: exact (lower-case) and `re:` regexes searched in the lower-cased name."""
-
-    exact: frozenset[str] = frozenset()
-    regexes: tuple[re.Pattern[str], ...] = ()
-    # name -> whether it is in the set: a JSON body repeats its few keys hundreds of times, and
-    # the regexes (SECRET_NAME's long alternation) cost a microsecond or two per name (bounded)
-    _seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, names: Iterable[str], *, secret_names: bool = True) -> Names:
-        """These names; with `secret_names`, also every name `SECRET_NAME` matches."""
-        exact: set[str] = set()
-        regexes: list[re.Pattern[str]] = [SECRET_NAME] if secret_names else []
-        for n in names:
-            if n.startswith("re:"):
-                regexes.append(re.compile(n[3:], re.IGNORECASE))
-            else:
-                exact.add(n.lower())
-        return cls(frozenset(exact), tuple(regexes))
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        found = self._seen.get(name)
-        if found is None:
-            low = name.lower()
-            found = low in self.exact or any(
-                r.search(low) and (r.pattern not in _BUILTIN_NAMES or not _metadata(name))
-                for r in self.regexes
-            )
-            if len(self._seen) < MAX_SEEN_NAMES and len(name) <= MAX_SEEN_NAME_CHARS:
-                self._seen[name] = found
-        return found
-
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.regexes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +171,7 @@ class Redactor:
                 found.add(value.strip())
                 scheme, _, cred = value.strip().partition(" ")
                 found.add(cred.strip())  # "Bearer <token>"
-                found.update(_auth_credentials(scheme.lower(), cred.strip(), self.query))
+                found.update(auth_credentials(scheme.lower(), cred.strip(), self.query))
         for name, value in query:
             if name in self.query:
                 found.add(value)
@@ -254,26 +179,12 @@ class Redactor:
                 found.update(unquote_plus(m.group(3)) for m in _FORM_PAIR.finditer(value)
                              if unquote_plus(m.group(2)) in self.query)
         if body and self.body_fields:
-            found.update(self._body_credentials(body))
+            found.update(body_credentials(body, self.body_fields))
         if "/" in path:  # `/token/X`'s X, echoed where a backend parsed `//token//X` its own way
             segments = path.split("/")
             flags = secret_segments(segments)
             found.update(unquote(s.partition(";")[0]) for s, sec in zip(segments, flags, strict=True) if sec)
-        variants: set[str] = set()  # searched anywhere
-        words: set[str] = set()  # short: searched as whole words
-        for v in found | cookies:
-            if len(v) < MIN_WORD_ECHO or _MARKER.fullmatch(v):
-                continue
-            esc = "surrogateescape"
-            spellings = {v, unquote(v, errors=esc), quote(v, safe="", errors=esc),
-                         quote_plus(v, safe="", errors=esc)}
-            # as a backend writes it into JSON (`\"`, `\\`, `\u00e9`) or HTML (`&amp;`, `&#x27;`)
-            spellings.update(e for x in (v, unquote(v, errors=esc)) for e in _escaped_spellings(x))
-            if not v.isascii() or not v.isprintable():  # how a backend shows an odd byte varies
-                spellings.update(r for r in _PRINTABLE_RUN.findall(v) if len(r) >= MIN_ECHO_CHARS)
-            variants.update(x for x in spellings if len(x) >= MIN_ECHO_CHARS)
-            if v in found:
-                words.update(x for x in spellings if MIN_WORD_ECHO <= len(x) < MIN_ECHO_CHARS)
+        variants, words = spellings(found, cookies)
         echoes = tuple(sorted(variants, key=len, reverse=True))[:MAX_ECHOES]
         short = tuple(sorted(words, key=len, reverse=True))[: MAX_ECHOES - len(echoes)]
         if not echoes and not short:
@@ -287,29 +198,6 @@ class Redactor:
             getattr(re, "_cache", {}).pop((str, pattern, int(re.IGNORECASE)), None)
         return Redactor(self.headers, self.query, self.body_fields, self.patterns, self.hash_key,
                         echoes + short, rx)
-
-    def _body_credentials(self, body: bytes) -> set[str]:
-        """The values of the secret JSON (`"password": ...`) and form (`password=...`) fields of a
-        request body (its first MAX_ECHO_BODY bytes)."""
-        text = body[:MAX_ECHO_BODY].decode("utf-8", errors="surrogateescape")
-        found: set[str] = set()
-        for m in _JSON_KEY.finditer(text):
-            if m.group(1) in self.body_fields:
-                raw = text[m.end() : _value_end(text, m.end())]
-                try:
-                    value = json.loads(raw)
-                except ValueError:
-                    value = raw.strip('"')
-                found.add(value if isinstance(value, str) else raw)
-        for m in _FORM_PAIR.finditer(text):
-            if unquote_plus(m.group(2)) in self.body_fields:
-                found.add(unquote_plus(m.group(3), errors="surrogateescape"))
-        if '\\"' in text:  # JSON in a JSON string: `"payload": "{\"password\":\"X\"}"`
-            for m in _ESCAPED_KEY.finditer(text):
-                if m.group(2) in self.body_fields:
-                    raw = text[m.end() : _escaped_value_end(text, m.end(), m.group(1))]
-                    found.add(_unescape(raw, len(m.group(1))))
-        return found
 
     def text(self, text: str, *, pointer: bool = False) -> str:
         """A string with named fields (JSON or form), card numbers, the request's credentials
@@ -537,13 +425,13 @@ class Redactor:
             if m.start() < pos or m.group(2) not in self.body_fields:
                 continue
             bs = m.group(1)
-            end = _escaped_value_end(text, m.end(), bs)
+            end = escaped_value_end(text, m.end(), bs)
             raw = text[m.end() : end]
             out.append(text[pos : m.end()])
             if raw.startswith(bs + '"') and raw.endswith(bs + '"') and len(raw) >= 2 * len(bs) + 2:
-                out.append(bs + '"' + self.secret(_unescape(raw, len(bs))) + bs + '"')
+                out.append(bs + '"' + self.secret(unescape(raw, len(bs))) + bs + '"')
             else:
-                out.append(self.secret(_unescape(raw, len(bs))))
+                out.append(self.secret(unescape(raw, len(bs))))
             pos = end
         out.append(text[pos:])
         return "".join(out)
@@ -600,71 +488,6 @@ class Redactor:
             pos = end
         out.append(text[pos:])
         return "".join(out)
-
-
-def _escaped_spellings(v: str) -> set[str]:
-    """`v` as a backend may write it into JSON (`\\"`, `\\\\`, `\\u00e9`, `\\/`) or HTML (`&amp;`,
-    `&quot;`, `&#x27;` or `&#39;`): the spellings that differ from `v`."""
-    out: set[str] = set()
-    for ascii_only in (True, False):
-        try:
-            j = json.dumps(v, ensure_ascii=ascii_only)[1:-1]
-        except ValueError:
-            continue
-        out.update((j, j.replace("/", "\\/"), html.escape(j, quote=True)))  # also JSON shown in HTML
-    h = html.escape(v, quote=True)
-    out.update((h, h.replace("&#x27;", "&#39;"), h.replace("&quot;", "&#34;").replace("&#x27;", "&#39;"),
-                html.escape(v, quote=False)))
-    out.discard(v)
-    return out
-
-
-def _auth_credentials(scheme: str, cred: str, names: Names) -> set[str]:
-    """What an Authorization header's credentials show as, echoed by a backend: Basic's decoded
-    `user:password` and the password; a Digest (or other scheme's) `response`, `cnonce` and
-    parameters named like credentials."""
-    out: set[str] = set()
-    if scheme == "basic":
-        try:
-            raw = base64.b64decode(cred + "=" * (-len(cred) % 4), validate=False)
-        except (binascii.Error, ValueError):
-            return out
-        pair = raw.decode("utf-8", errors="surrogateescape")
-        if ":" in pair:
-            out.update((pair, pair.partition(":")[2]))
-        return out
-    for m in _AUTH_PARAM.finditer(cred):
-        if m.group(1).lower() in ("response", "cnonce") or m.group(1) in names:
-            out.add(m.group(2) if m.group(2) is not None else m.group(3))
-    return out
-
-
-def _escaped_value_end(text: str, start: int, bs: str) -> int:
-    """Where a JSON value written inside a JSON string with `bs` before its quotes ends."""
-    if text.startswith(bs + '"', start):
-        close = re.compile(r"(?<!\\)" + re.escape(bs) + '"')
-        m = close.search(text, start + len(bs) + 1)
-        return m.end() if m else len(text)
-    i = start
-    while i < len(text) and text[i] not in ',}]\\ \n\r\t':
-        i += 1
-    return i
-
-
-def _unescape(raw: str, depth: int) -> str:
-    """A value written at escape depth `depth` (backslashes before its quotes), as plain text."""
-    bs = "\\" * depth
-    if raw.startswith(bs + '"') and raw.endswith(bs + '"') and len(raw) >= 2 * len(bs) + 2:
-        raw = raw[len(bs) + 1 : -len(bs) - 1]
-    for _ in range(8):
-        if depth <= 0 or "\\" not in raw:
-            break
-        try:
-            raw = json.loads('"' + raw + '"')
-        except ValueError:
-            break
-        depth //= 2
-    return raw
 
 
 DEFAULT_REDACTOR = Redactor()
