@@ -148,7 +148,7 @@ def report(
     if old is not None:
         from shadowproxy.report.baseline import compare
 
-        data["baseline"] = compare(data, old, thresholds.alpha, str(baseline))
+        data["baseline"] = compare(data, old, thresholds.alpha, str(baseline), thresholds.latency.warn)
     if out is None and fmt == "table":
         from rich.console import Console
 
