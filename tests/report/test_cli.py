@@ -438,3 +438,20 @@ def test_a_closed_stdout_pipe_exits_141_quietly_never_1_like_a_failed_gate(tmp_p
     proc.stderr.close()
     assert proc.wait(60) == 141, err
     assert err == b""
+
+
+@pytest.mark.parametrize("gate", [(), ("--fail-on", "fail")])
+def test_a_closed_stdout_pipe_exits_141_quietly_in_table_format_too(
+    tmp_path: Path, gate: tuple[str, ...]
+) -> None:
+    """The table is written by rich, whose own broken-pipe handler exited 1 (a failed gate)."""
+    source = write_jsonl(tmp_path / "r.jsonl", [stats({"/users/{id}": route_stats(compared=5)}, "s1")])
+    exe = str(Path(sys.executable).parent / "shadowproxy")
+    proc = subprocess.Popen([exe, "report", "--source", source, "--no-progress", *gate],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 141, err
+    assert err == b""
