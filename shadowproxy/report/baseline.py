@@ -7,12 +7,12 @@ For each route in both reports, what got worse, and whether the change is signif
 - mismatch rate and shadow-error rate: one-sided Fisher exact test of "this run's rate is higher
   than the baseline's" on the two (events, non-events) counts; significant when p < alpha.
 - latency (median, p95 and p99 slowdown): worse when the estimate grew; a regression only when
-  all three hold: this run's 95% interval lies wholly above the baseline's (its lower end above
-  the baseline's upper end, a test that needs no samples the JSON report does not keep), the
-  estimate grew by at least `min_effect` (the latency WARN threshold, 5 percentage points by
-  default: two runs on identical backends differ by a few points, and non-overlapping intervals
-  alone called 35 of 126 such pairs a regression), and this run's latency check is not
-  `insufficient` (too few samples to say anything).
+  this run's 95% interval lies wholly above the baseline's by at least `min_effect` (its lower
+  end that far above the baseline's upper end: a test that needs no samples the JSON report does
+  not keep, and the smallest change the two intervals allow) and this run's latency check is not
+  `insufficient`. `min_effect` is the latency WARN threshold, 5 percentage points by default: two
+  runs on identical backends differ by a few points, and non-overlapping intervals alone called
+  35 of 126 such pairs a regression.
 
 A significant worsening is a regression; `--fail-on` fails on any regression.
 """
@@ -76,7 +76,7 @@ def _slow_row(route: str, name: str, now: dict[str, Any], before: dict[str, Any]
         return None
     worse = e1["estimate"] > e0["estimate"]
     apart = e1.get("low") is not None and e0.get("high") is not None and e1["low"] > e0["high"]
-    big = e1["estimate"] - e0["estimate"] >= min_effect
+    big = apart and e1["low"] - e0["high"] >= min_effect  # the smallest change the intervals allow
     judged = (now.get("checks") or {}).get("latency") != "insufficient"
     return {"route": route, "check": name, "before": e0["estimate"], "now": e1["estimate"], "worse": worse,
             "significant": worse and apart and big and judged, "p_value": None}
@@ -87,7 +87,7 @@ def compare(
     min_effect: float = 0.05,
 ) -> dict[str, Any]:
     """The `baseline` section: one row per route and check found in both reports; a latency row
-    is a regression only when its slowdown grew by `min_effect` or more (module docstring)."""
+    is a regression only when its interval moved up by `min_effect` or more (module docstring)."""
     before = {r["route"]: r for r in baseline.get("routes", [])}
     rows: list[dict[str, Any]] = []
     for r in report["routes"]:

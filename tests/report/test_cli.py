@@ -410,6 +410,20 @@ def test_baseline_latency_regression_gates_from_a_real_slowdown_only(tmp_path: P
     assert code == 0 and data["baseline"]["regressions"] == 0
 
 
+def test_baseline_latency_regression_is_judged_on_the_interval_gap_not_the_estimates() -> None:
+    from shadowproxy.report.baseline import compare
+
+    def report(est: float, low: float, high: float) -> dict[str, Any]:
+        e = {"n": 300, "estimate": est, "low": low, "high": high, "p_value": 0.5}
+        route = {"route": "r", "checks": {"latency": "pass"}, "estimates": {"slowdown_median": e}}
+        return {"routes": [route]}
+
+    base = report(-0.07, -0.10, -0.04)
+    # estimate +8 points, but the intervals are only 1 point apart: not a regression
+    assert compare(report(0.01, -0.03, 0.05), base, 0.01)["regressions"] == 0
+    assert compare(report(0.06, 0.02, 0.10), base, 0.01)["regressions"] == 1  # 6 points apart
+
+
 def test_baseline_min_effect_is_the_latency_warn_threshold(tmp_path: Path) -> None:
     base = tmp_path / "base.json"
     base.write_text(json.dumps(_lat(tmp_path, "a", 0.93)[1]))
