@@ -1,14 +1,18 @@
 """`report --baseline OLD.json`: this run against an earlier JSON report, route by route.
 
-    compare(report, baseline, alpha) -> dict      the report's `baseline` section
+    compare(report, baseline, alpha, source, min_effect) -> dict   the report's `baseline` section
 
 For each route in both reports, what got worse, and whether the change is significant:
 
 - mismatch rate and shadow-error rate: one-sided Fisher exact test of "this run's rate is higher
   than the baseline's" on the two (events, non-events) counts; significant when p < alpha.
-- latency (median and p99 slowdown): worse when the estimate grew; significant when this run's 95%
-  interval lies wholly above the baseline's (its lower end above the baseline's upper end), a
-  conservative test that needs no samples the JSON report does not keep.
+- latency (median, p95 and p99 slowdown): worse when the estimate grew; a regression only when
+  this run's 95% interval lies wholly above the baseline's by at least `min_effect` (its lower
+  end that far above the baseline's upper end: a test that needs no samples the JSON report does
+  not keep, and the smallest change the two intervals allow) and this run's latency check is not
+  `insufficient`. `min_effect` is the latency WARN threshold, 5 percentage points by default: two
+  runs on identical backends differ by a few points, and non-overlapping intervals alone called
+  35 of 126 such pairs a regression.
 
 A significant worsening is a regression; `--fail-on` fails on any regression.
 """
@@ -64,21 +68,26 @@ def _rate_row(route: str, name: str, now: dict[str, Any], before: dict[str, Any]
             "significant": worse and p < alpha, "p_value": float(f"{p:.4g}")}
 
 
-def _slow_row(route: str, name: str, now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any] | None:
+def _slow_row(route: str, name: str, now: dict[str, Any], before: dict[str, Any],
+              min_effect: float) -> dict[str, Any] | None:
     e1 = (now.get("estimates") or {}).get(name)
     e0 = (before.get("estimates") or {}).get(name)
     if not e1 or not e0 or e1.get("estimate") is None or e0.get("estimate") is None:
         return None
     worse = e1["estimate"] > e0["estimate"]
     apart = e1.get("low") is not None and e0.get("high") is not None and e1["low"] > e0["high"]
+    big = apart and e1["low"] - e0["high"] >= min_effect  # the smallest change the intervals allow
+    judged = (now.get("checks") or {}).get("latency") != "insufficient"
     return {"route": route, "check": name, "before": e0["estimate"], "now": e1["estimate"], "worse": worse,
-            "significant": worse and apart, "p_value": None}
+            "significant": worse and apart and big and judged, "p_value": None}
 
 
 def compare(
-    report: dict[str, Any], baseline: dict[str, Any], alpha: float, source: str = ""
+    report: dict[str, Any], baseline: dict[str, Any], alpha: float, source: str = "",
+    min_effect: float = 0.05,
 ) -> dict[str, Any]:
-    """The `baseline` section: one row per route and check found in both reports."""
+    """The `baseline` section: one row per route and check found in both reports; a latency row
+    is a regression only when its interval moved up by `min_effect` or more (module docstring)."""
     before = {r["route"]: r for r in baseline.get("routes", [])}
     rows: list[dict[str, Any]] = []
     for r in report["routes"]:
@@ -90,7 +99,7 @@ def compare(
             if row is not None:
                 rows.append(row)
         for name in _SLOWDOWNS:
-            row = _slow_row(r["route"], name, r, b)
+            row = _slow_row(r["route"], name, r, b, min_effect)
             if row is not None:
                 rows.append(row)
     return {

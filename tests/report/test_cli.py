@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -367,6 +368,71 @@ def test_baseline_equal_to_this_run_has_no_regression(tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["baseline"]["regressions"] == 0
 
 
+def _lat(tmp_path: Path, name: str, factor: float, base: Path | None = None, *args: str,
+         every: int = 1) -> tuple[int, dict[str, Any]]:
+    """A 3,000-exchange run whose shadow takes `factor` times the live time (one exchange in
+    `every`, the others as long as live); its JSON report, and with `base` the exit code of
+    `--fail-on fail --baseline base`."""
+    live = [10 + (i % 50) * 0.4 for i in range(3000)]
+    shadow = [ms * factor if i % every == 0 else ms for i, ms in enumerate(live)]
+    rs = route_stats(compared=3000, live_ms=live, shadow_ms=shadow)
+    src = write_jsonl(tmp_path / f"{name}.jsonl", [stats({"r": rs}, "s")])
+    gate = ("--fail-on", "fail", "--baseline", str(base)) if base else ()
+    code, out, _ = run("report", "--source", src, "--format", "json", *gate, *args)
+    return code, json.loads(out)
+
+
+def test_baseline_latency_shift_of_a_few_points_is_not_a_regression(tmp_path: Path) -> None:
+    # Identical backends read -7% one run and -4% the next (run-to-run shift): intervals apart,
+    # but a change smaller than the latency WARN threshold (5 points) is not a regression.
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_lat(tmp_path, "a", 0.93)[1]))
+    code, data = _lat(tmp_path, "b", 0.96, base)
+    assert data["verdict"] == "pass"
+    assert code == 0 and data["baseline"]["regressions"] == 0
+    assert any(row["worse"] for row in data["baseline"]["rows"])
+
+
+def test_baseline_latency_regression_gates_from_a_real_slowdown_only(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_lat(tmp_path, "same", 1.0)[1]))
+    code, data = _lat(tmp_path, "slow30", 1.30, base)
+    assert code == 1 and data["baseline"]["regressions"] >= 1
+    code, data = _lat(tmp_path, "slow1in10", 5.0, base, every=10)
+    rows = data["baseline"]["rows"]
+    assert code == 1 and any(r["check"] == "slowdown_p99" and r["significant"] for r in rows)
+    code, data = _lat(tmp_path, "slow3", 1.03, base)
+    assert code == 0 and data["baseline"]["regressions"] == 0
+    rules = tmp_path / "rules.yaml"  # the same 30% slower run, judged insufficient: no regression
+    rules.write_text("version: 1\nverdict:\n  min_samples: 5000\n")
+    code, data = _lat(tmp_path, "slow30i", 1.30, base, "--rules", str(rules))
+    assert data["routes"][0]["checks"]["latency"] == "insufficient"
+    assert code == 0 and data["baseline"]["regressions"] == 0
+
+
+def test_baseline_latency_regression_is_judged_on_the_interval_gap_not_the_estimates() -> None:
+    from shadowproxy.report.baseline import compare
+
+    def report(est: float, low: float, high: float) -> dict[str, Any]:
+        e = {"n": 300, "estimate": est, "low": low, "high": high, "p_value": 0.5}
+        route = {"route": "r", "checks": {"latency": "pass"}, "estimates": {"slowdown_median": e}}
+        return {"routes": [route]}
+
+    base = report(-0.07, -0.10, -0.04)
+    # estimate +8 points, but the intervals are only 1 point apart: not a regression
+    assert compare(report(0.01, -0.03, 0.05), base, 0.01)["regressions"] == 0
+    assert compare(report(0.06, 0.02, 0.10), base, 0.01)["regressions"] == 1  # 6 points apart
+
+
+def test_baseline_min_effect_is_the_latency_warn_threshold(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_lat(tmp_path, "a", 0.93)[1]))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\nverdict:\n  latency: {warn: 0.02, fail: 0.15}\n")
+    code, data = _lat(tmp_path, "b", 0.96, base, "--rules", str(rules))
+    assert code == 1 and data["baseline"]["regressions"] >= 1
+
+
 def test_a_baseline_that_is_not_a_json_report_is_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "old.json"
     bad.write_text('{"not": "a report"}')
@@ -379,6 +445,23 @@ def test_a_closed_stdout_pipe_exits_141_quietly_never_1_like_a_failed_gate(tmp_p
     source = write_jsonl(tmp_path / "r.jsonl", [stats({"/users/{id}": route_stats(compared=5)}, "s1")])
     exe = str(Path(sys.executable).parent / "shadowproxy")
     proc = subprocess.Popen([exe, "report", "--source", source, "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 141, err
+    assert err == b""
+
+
+@pytest.mark.parametrize("gate", [(), ("--fail-on", "fail")])
+def test_a_closed_stdout_pipe_exits_141_quietly_in_table_format_too(
+    tmp_path: Path, gate: tuple[str, ...]
+) -> None:
+    """The table is written by rich, whose own broken-pipe handler exited 1 (a failed gate)."""
+    source = write_jsonl(tmp_path / "r.jsonl", [stats({"/users/{id}": route_stats(compared=5)}, "s1")])
+    exe = str(Path(sys.executable).parent / "shadowproxy")
+    proc = subprocess.Popen([exe, "report", "--source", source, "--no-progress", *gate],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader is gone before the first byte
