@@ -253,10 +253,11 @@ async def run_demo(sink_uri: str) -> DemoResult:
 
 
 def render(result: DemoResult) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from shadowproxy.report.console import PipeConsole
+
+    console = PipeConsole()  # `demo | head`: exit 141, not rich's 1
     console.print(
         f"[bold]shadowproxy demo[/]: {len(result.client_statuses)} requests through the proxy "
         f"in {result.seconds:.1f}s; every client got the live (v1) answer.\n"
@@ -290,7 +291,7 @@ def render(result: DemoResult) -> None:
             console.print(f"  {line}")
     mismatches = sum(1 for r in result.records if r["outcome"] == "mismatch")
     if result.spooled:
-        Console(stderr=True).print(f"warning: {result.spooled}", soft_wrap=True, markup=False)
+        PipeConsole(stderr=True).print(f"warning: {result.spooled}", soft_wrap=True, markup=False)
         console.print(f"\n{mismatches} mismatch records made; Kafka was unreachable, so they wait in the "
                       "spool (see the warning), not on the topic.", soft_wrap=True)
         return

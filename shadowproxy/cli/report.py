@@ -150,15 +150,10 @@ def report(
 
         data["baseline"] = compare(data, old, thresholds.alpha, str(baseline), thresholds.latency.warn)
     if out is None and fmt == "table":
-        from rich.console import Console
-
-        class _Stdout(Console):
-            def on_broken_pipe(self) -> None:
-                # rich's own handler exits 1, our failed-gate code: let the CLI's exit 141 have it
-                raise BrokenPipeError
+        from shadowproxy.report.console import PipeConsole
 
         # piped: wide enough that numbers do not wrap; a terminal: its own width
-        render_table(data, _Stdout(file=sys.stdout, width=None if sys.stdout.isatty() else 140))
+        render_table(data, PipeConsole(file=sys.stdout, width=None if sys.stdout.isatty() else 140))
     else:
         text = render(data, fmt)  # type: ignore[arg-type]
         if out is None:

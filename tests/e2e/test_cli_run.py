@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -325,3 +326,16 @@ def test_an_unset_hash_key_env_is_warned_about_once_at_start(tmp_path: Path) -> 
         assert proxy.proc is not None
     text = err.read_text()
     assert text.count("redact.hash_key_env: $SHADOWPROXY_TEST_UNSET_KEY is unset") == 1, text
+
+
+def test_demo_whose_reader_goes_away_exits_141_quietly(tmp_path: Path) -> None:
+    """`demo | head` exited 1 (rich's own broken-pipe handler), the code of a failed gate."""
+    exe = str(Path(sys.executable).parent / "shadowproxy")
+    proc = subprocess.Popen([exe, "demo", "--sink", f"jsonl:{tmp_path / 'd.jsonl'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(120) == 141, err
+    assert b"Traceback" not in err
