@@ -300,6 +300,11 @@ class ShadowAddon:
     def _answered(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.pop(_IN_FLIGHT, False):
             self.in_flight -= 1
+
+    def _counted(self, flow: http.HTTPFlow) -> None:
+        """The request now has its counter (handed over, skipped, held): the ledger lets it go.
+        Last in the hook, not first: a kill between the two used to leave it in no counter (an
+        outside attack found one request short in a quarter of its crash runs)."""
         if flow.metadata.pop(_LEDGERED, False) and (led := self._ledger()) is not None:
             led.live_out()
 
@@ -312,6 +317,12 @@ class ShadowAddon:
         if self.egress.side(flow):
             return
         self._answered(flow)
+        try:
+            self._mirror(flow)
+        finally:
+            self._counted(flow)
+
+    def _mirror(self, flow: http.HTTPFlow) -> None:
         cfg = self.config
         if (cfg is None or cfg.pipeline is None or self.policy is None or self._done
                 or flow.response is None):
@@ -341,10 +352,13 @@ class ShadowAddon:
             return
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
-        if self.dispatcher is not None and self.policy is not None and unanswered:
-            reason = "client_aborted" if client_aborted(flow) \
-                else "header_too_large" if trailers.too_large(flow) else "live_error"
-            self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), reason)
+        try:
+            if self.dispatcher is not None and self.policy is not None and unanswered:
+                reason = "client_aborted" if client_aborted(flow) \
+                    else "header_too_large" if trailers.too_large(flow) else "live_error"
+                self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), reason)
+        finally:
+            self._counted(flow)
 
     def job_for(self, flow: http.HTTPFlow) -> ShadowJob | None:
         """The shadow job for a completed flow, or None (counted) when it is not mirrored."""
