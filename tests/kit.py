@@ -76,6 +76,17 @@ def run_cli(
     )
 
 
+def run_with_stdout_closed(*args: str, timeout: float = 60) -> tuple[int, bytes]:
+    """`shadowproxy ARGS` whose stdout reader is gone before the first byte (`| head -0`): its
+    exit code and stderr."""
+    proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    return proc.wait(timeout), err
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):

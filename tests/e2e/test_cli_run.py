@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from aiohttp import web
 from shadowproxy import __version__
 from shadowproxy.engine.record import validate_record
 from shadowproxy.testing import Backend, free_port
-from tests.kit import EXE, ProxyProcess, read_records, run_cli
+from tests.kit import EXE, ProxyProcess, read_records, run_cli, run_with_stdout_closed
 
 
 @pytest.fixture(scope="module")
@@ -330,12 +329,6 @@ def test_an_unset_hash_key_env_is_warned_about_once_at_start(tmp_path: Path) -> 
 
 def test_demo_whose_reader_goes_away_exits_141_quietly(tmp_path: Path) -> None:
     """`demo | head` exited 1 (rich's own broken-pipe handler), the code of a failed gate."""
-    exe = str(Path(sys.executable).parent / "shadowproxy")
-    proc = subprocess.Popen([exe, "demo", "--sink", f"jsonl:{tmp_path / 'd.jsonl'}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # the reader is gone before the first byte
-    err = proc.stderr.read()
-    proc.stderr.close()
-    assert proc.wait(120) == 141, err
+    code, err = run_with_stdout_closed("demo", "--sink", f"jsonl:{tmp_path / 'd.jsonl'}", timeout=120)
+    assert code == 141, err
     assert b"Traceback" not in err

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from shadowproxy.cli import _register, cli
 from shadowproxy.report.read import parse_duration, since_cutoff
+from tests.kit import run_with_stdout_closed
 from tests.report.records import mismatch, route_stats, shadow_error, stats, write_jsonl
 
 _register()
@@ -443,14 +444,8 @@ def test_a_baseline_that_is_not_a_json_report_is_one_line_and_exit_2(tmp_path: P
 def test_a_closed_stdout_pipe_exits_141_quietly_never_1_like_a_failed_gate(tmp_path: Path) -> None:
     """`report | head -2` used to exit 1 without a word: the same code as a failed --fail-on gate."""
     source = write_jsonl(tmp_path / "r.jsonl", [stats({"/users/{id}": route_stats(compared=5)}, "s1")])
-    exe = str(Path(sys.executable).parent / "shadowproxy")
-    proc = subprocess.Popen([exe, "report", "--source", source, "--format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # the reader is gone before the first byte
-    err = proc.stderr.read()
-    proc.stderr.close()
-    assert proc.wait(60) == 141, err
+    code, err = run_with_stdout_closed("report", "--source", source, "--format", "json")
+    assert code == 141, err
     assert err == b""
 
 
@@ -460,12 +455,6 @@ def test_a_closed_stdout_pipe_exits_141_quietly_in_table_format_too(
 ) -> None:
     """The table is written by rich, whose own broken-pipe handler exited 1 (a failed gate)."""
     source = write_jsonl(tmp_path / "r.jsonl", [stats({"/users/{id}": route_stats(compared=5)}, "s1")])
-    exe = str(Path(sys.executable).parent / "shadowproxy")
-    proc = subprocess.Popen([exe, "report", "--source", source, "--no-progress", *gate],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # the reader is gone before the first byte
-    err = proc.stderr.read()
-    proc.stderr.close()
-    assert proc.wait(60) == 141, err
+    code, err = run_with_stdout_closed("report", "--source", source, "--no-progress", *gate)
+    assert code == 141, err
     assert err == b""
