@@ -107,19 +107,19 @@ def start_target(t: Target, workdir: Path, ports: Ports, connections: int, path:
 
 
 def start_profilers(t: Target, pids: dict[str, list[int]], duration: float,
-                    out: Path) -> list[subprocess.Popen[bytes]]:
+                    out: Path, rate: int = 250) -> list[subprocess.Popen[bytes]]:
     """py-spy (collapsed stacks, idle frames left out) on every process of the target."""
     spy = shutil.which("py-spy") or str(BIN / "py-spy")
     out.mkdir(parents=True, exist_ok=True)
     return [subprocess.Popen([spy, "record", "--pid", str(p), "--duration", str(max(1, round(duration))),
-                              "--rate", "250", "--format", "raw", "--nonblocking",
+                              "--rate", str(rate), "--format", "raw", "--nonblocking",
                               "-o", str(out / f"{t.name}-{role}-{p}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for role, ps in pids.items() for p in ps]
 
 
 async def measure(group: list[Target], rate: float, duration: float, warmup: float,
-                  profile: Path | None = None) -> list[dict[str, Any]]:
+                  profile: Path | None = None, profile_rate: int = 250) -> list[dict[str, Any]]:
     """One window for each target of `group`, all driven at the same time (usually one)."""
     clients = [t.client for t in group]
     assert all(c is not None for c in clients) and all(t.proc is not None for t in group)
@@ -128,8 +128,8 @@ async def measure(group: list[Target], rate: float, duration: float, warmup: flo
         for t, w in zip(group, warm, strict=True):
             t.requests += w.sent
     pids = [roles(t.proc.pid) for t in group if t.proc]
-    spies = [s for t, p in zip(group, pids, strict=True) for s in start_profilers(t, p, duration, profile)
-             ] if profile is not None else []
+    spies = [s for t, p in zip(group, pids, strict=True)
+             for s in start_profilers(t, p, duration, profile, profile_rate)] if profile is not None else []
     before = [snapshot(p) for p in pids]
     t0 = time.monotonic()
     windows = await asyncio.gather(*(c.run(rate, duration) for c in clients if c))
@@ -274,6 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="py-spy every process during the first round's windows: collapsed stacks in DIR "
                    "(the profiler's own cost lands in that round's CPU figures)")
+    p.add_argument("--profile-rate", type=int, default=250, metavar="HZ",
+                   help="py-spy samples per second with --profile (250)")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 5
@@ -299,7 +301,8 @@ async def run_rounds(args: argparse.Namespace, targets: list[Target]) -> None:
         groups = [order] if args.together else [[t] for t in order]
         results: list[tuple[Target, dict[str, Any]]] = []
         for group in groups:
-            results += zip(group, await measure(group, args.rate, args.duration, args.warmup, profile),
+            results += zip(group, await measure(group, args.rate, args.duration, args.warmup, profile,
+                                                         args.profile_rate),
                            strict=True)
         for t, res in results:
             t.windows.append(res)
