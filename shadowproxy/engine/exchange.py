@@ -53,6 +53,8 @@ class Request:
 
     @property
     def query_string(self) -> str:
+        if not self.query:  # most requests: no import, no urlencode (once per shadow call)
+            return ""
         from urllib.parse import quote, urlencode
 
         # surrogateescape: a query byte that was not UTF-8 goes back as the same byte (%XX)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ from shadowproxy.shadow.h2client import (
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
 CONNECT_INTERVAL_S = 0.005  # new shadow connections start at most this often (200 a second)
 FOLLOW_MAX_WAIT_S = 0.05  # a copy waits at most this long for a new connection's turn to follow live's
+# A request target that yarl would take as it is (printable ASCII, no space, no fragment, a
+# path from the root): base + target then needs no URL object to be split (`_origin`).
+_PLAIN_TARGET = re.compile(r"/[!-\"$-~]*")
 
 
 @dataclass(slots=True)
@@ -149,6 +153,9 @@ class ShadowClient:
         self._h2c: H2Pool | None = None
         self._next_connect = 0.0  # loop time before which no new connection starts
         self._h1: dict[tuple[str, int], H1Pool] = {}
+        # base URL -> (host, port) of a plain-http base without a path (None: any other), so a
+        # copy to it builds no URL object (bench/README.md, fourth round)
+        self._origins: dict[str, tuple[str, int] | None] = {}
         self.loop_lag = LoopLag()  # this loop's lag: in the shadow's time as the proxy's is in live's
 
     def _trace(self) -> aiohttp.TraceConfig:
@@ -223,7 +230,7 @@ class ShadowClient:
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 result = await self._call(req, max_body_bytes, base, start, fresh)
-            if isinstance(result, Response):
+            if isinstance(result, Response) and result.loop_lag_ms is None:  # (h1: set already)
                 # the probes while the copy was in flight (from the call: the read is at its end)
                 lag = self.loop_lag.during_perf(start, time.perf_counter())
                 if lag is not None:
@@ -233,9 +240,30 @@ class ShadowClient:
             kind, message = classify(e)
             return Failure(kind, message, (time.perf_counter() - start) * 1000)
 
+    def _origin(self, base: str) -> tuple[str, int] | None:
+        """(host, port) of `base` when it is plain http (h1client, no h2c) without a path, query
+        or fragment: then base + a plain target splits into exactly these and the target."""
+        try:
+            return self._origins[base]
+        except KeyError:
+            pass
+        origin = None
+        url = URL(base.rstrip("/"), encoded=True)
+        if (url.scheme == "http" and not self.cfg.h2c and url.host is not None and url.port is not None
+                and url.raw_path in ("", "/") and not url.raw_query_string and not url.raw_fragment
+                and url.raw_user is None and url.raw_password is None):
+            origin = (url.host, url.port)
+        self._origins[base] = origin
+        return origin
+
     async def _call(
         self, req: Request, max_body_bytes: int, base: str | None, start: float, fresh: bool = False
     ) -> Response | Failure:
+        target = req.target
+        origin = self._origin(base or self.base_url)
+        if origin is not None and _PLAIN_TARGET.fullmatch(target) and not target.endswith("?"):
+            # what url_for's URL would give (host, port, raw_path_qs), without building it
+            return await self._call_h1(origin, target, req, max_body_bytes, start, fresh)
         url = self.url_for(req, base)
         if url.scheme == "https" or self.cfg.h2c:
             try:
@@ -243,7 +271,9 @@ class ShadowClient:
             except H2Unsupported:
                 pass  # the shadow offers HTTP/1.1 only
         else:
-            return await self._call_h1(url, req, max_body_bytes, start, fresh)
+            assert url.host is not None and url.port is not None
+            return await self._call_h1((url.host, url.port), url.raw_path_qs, req, max_body_bytes, start,
+                                       fresh)
         session = self._get_session()  # https without h2: aiohttp's TLS and HTTP/1.1
         timing = _Timing()
         async with session.request(
@@ -275,15 +305,13 @@ class ShadowClient:
         """How long a new connection asked for now would wait for its turn (seconds)."""
         return max(0.0, self._next_connect - asyncio.get_running_loop().time())
 
-    async def _call_h1(self, url: URL, req: Request, max_body_bytes: int, start: float,
-                       fresh: bool = False) -> Response | Failure:
-        assert url.host is not None and url.port is not None
-        pool = self._h1.get((url.host, url.port))
+    async def _call_h1(self, origin: tuple[str, int], target: str, req: Request, max_body_bytes: int,
+                       start: float, fresh: bool = False) -> Response | Failure:
+        pool = self._h1.get(origin)
         if pool is None:
-            pool = self._h1[(url.host, url.port)] = H1Pool(url.host, url.port, pace=self._pace,
-                                                                 limit=self.cfg.concurrency)
+            pool = self._h1[origin] = H1Pool(*origin, pace=self._pace, limit=self.cfg.concurrency)
         try:
-            resp = await pool.request(req.method, url.raw_path_qs, req.headers, req.body, max_body_bytes,
+            resp = await pool.request(req.method, target, req.headers, req.body, max_body_bytes,
                                       fresh=fresh and self._pace_behind() <= FOLLOW_MAX_WAIT_S)
         except BodyTooLarge:
             return Failure(
@@ -291,9 +319,11 @@ class ShadowClient:
                 f"shadow body larger than max_body_bytes ({max_body_bytes})",
                 (time.perf_counter() - start) * 1000,
             )
-        # timed as the live hop and the aiohttp path: request written -> response read whole
+        # timed as the live hop and the aiohttp path: request written -> response read whole;
+        # the loop's lag from the call on (as `call` has it), here: no copy of the Response
         return Response(resp.status, resp.headers, resp.body, (resp.end - resp.sent) * 1000,
-                        connect_ms=resp.connect_ms, new_connection=resp.new_connection)
+                        connect_ms=resp.connect_ms, new_connection=resp.new_connection,
+                        loop_lag_ms=self.loop_lag.during_perf(start, time.perf_counter()))
 
     async def _call_h2(self, url: URL, req: Request, max_body_bytes: int, start: float) -> Response | Failure:
         if url.scheme == "https":
