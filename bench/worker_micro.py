@@ -78,9 +78,13 @@ def child(args: argparse.Namespace) -> None:
             async def copies(n: int, reader: Any = reader, data: bytes = data, jobs: list[Any] = jobs,
                              pipeline: Any = pipeline) -> float:
                 t0 = time.process_time()
+                due = time.monotonic()
                 for _ in range(n):
                     reader.data_received(data)
                     await pipeline.process(jobs.pop())
+                    if args.pace:  # one copy per 1/pace s: the loop idles in between, as at a paced load
+                        due += 1 / args.pace
+                        await asyncio.sleep(max(0.0, due - time.monotonic()))
                 return (time.process_time() - t0) / n * 1e6
 
             await copies(50)  # warm: connection, caches
@@ -102,7 +106,7 @@ def start_child(tree: Path, args: argparse.Namespace, ports: Any, path: str) -> 
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{ROOT}"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--cases", args.cases, "--path", path,
            "--live", str(ports.live), "--equal", str(ports.shadow_equal), "--diff", str(ports.shadow_diff),
-           *(["--cpu", args.cpu] if args.cpu is not None else [])]
+           "--pace", str(args.pace), *(["--cpu", args.cpu] if args.cpu is not None else [])]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="equal,diff")
     p.add_argument("--body", default="20k")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pace", type=float, default=0.0, metavar="RATE",
+                   help="copies per second (0: back to back); at a pace the loop idles between copies")
     p.add_argument("--cpu", default=None, metavar="N", help="pin the child to CPU N (default: not pinned)")
     for name in ("path", "live", "equal", "diff"):
         p.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return sorted(xs)[len(xs) // 10]
 
     doc: dict[str, Any] = {"settings": {"batches": args.rounds, "copies_per_batch": args.copies,
-                                        "body": args.body, "cpu": args.cpu},
+                                        "body": args.body, "cpu": args.cpu, "pace": args.pace},
                            "us_per_copy_p10": {k: {c: round(low(t[c]), 1) for c in cases}
                                                for k, t in times.items()},
                            "us_per_copy_median": {k: {c: round(statistics.median(t[c]), 1) for c in cases}
