@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowproxy.engine import record as record_mod
+from shadowproxy.engine.decode import charset
 from shadowproxy.engine.diff import Comparison, Difference
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.record import build_record, excerpt
@@ -36,12 +37,12 @@ def test_each_side_has_the_excerpt_of_its_own_body(prefix: bytes, tail: bytes, s
     shadow_body = live_body + b"!" if same else tail + prefix
     live = Response(200, (("Content-Type", live_type),), live_body)
     shadow = Response(200, (("Content-Type", shadow_type),), shadow_body)
-    comparison = Comparison((Difference("body", "/a", "changed", 1, 2),), "json")
+    comparison = Comparison((Difference("body", "/a", "changed", 1, 2),), body_kind="json")
     redactor = Redactor(hash_key=key)
     rec = build_record(_exchange(live, request_headers), "mismatch", shadow, comparison, redactor=redactor)
     with_request = redactor.with_request(request_headers, ())
     for side, resp in (("live", live), ("shadow", shadow)):
-        own = excerpt(resp.body, redactor=with_request, encoding=record_mod.charset(resp.headers))
+        own = excerpt(resp.body, redactor=with_request, encoding=charset(resp.headers))
         assert rec[side]["body_excerpt"] == with_request.record({"e": own})["e"]
 
 
@@ -49,7 +50,7 @@ def test_bodies_that_begin_alike_are_redacted_once() -> None:
     body = b'{"items": [' + b'{"n": 1}, ' * 400
     live = Response(200, (("Content-Type", "application/json"),), body + b"1]}")
     shadow = Response(200, (("Content-Type", "application/json"),), body + b"2]}")
-    comparison = Comparison((Difference("body", "/items/400", "changed", 1, 2),), "json")
+    comparison = Comparison((Difference("body", "/items/400", "changed", 1, 2),), body_kind="json")
     with mock.patch.object(record_mod, "excerpt", wraps=record_mod.excerpt) as spy:
         rec = build_record(_exchange(live, ()), "mismatch", shadow, comparison, redactor=Redactor())
     assert spy.call_count == 1
