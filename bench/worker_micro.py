@@ -7,16 +7,18 @@ or the other targets beside it: on a shared machine its per-round ratios spread 
 one's by a few percent, so a lever of a few percent of the worker's CPU can be read here first.
 
 One nginx (bench.backends: live, shadow-equal, shadow-diff). For each checkout (this one and
-each `--variant`, in turn, in `--rounds` interleaved rounds) a child process with that checkout
-on PYTHONPATH builds the job the proxy would (the bench rules, the live answer fetched from
-nginx once), encodes it as the proxy does (`channel.frame`), and feeds the frame `--copies`
-times through the worker's side: `FrameReader` -> `decode_job` -> `Pipeline.process` (the
-lean HTTP/1.1 client on a keep-alive connection, the comparison, stats, the JSONL sink), one
-copy at a time, `--cases` equal and/or diff. The dispatcher's queue is left out (shadow/dispatch.py
-is another helper's). Per case: CPU microseconds per copy (`time.process_time`: user + system
-of the child, its loop's idle waits excluded), the best of the batches of a round; the ratio
-of this checkout's over each variant's, round by round (median, min..max). Bounded: rounds x
-checkouts x cases x copies calls, on 127.0.0.1 only.
+each `--variant`) a child process with that checkout first on PYTHONPATH builds the job the
+proxy would (the bench rules, the live answer fetched from nginx once), encodes it as the proxy
+does (`channel.frame`), and feeds the frame through the worker's side, one copy at a time:
+`FrameReader` -> `decode_job` -> `Pipeline.process` (the lean HTTP/1.1 client on a keep-alive
+connection, the comparison, stats, the JSONL sink). The dispatcher's queue is left out
+(shadow/dispatch.py). `--cases`: equal, diff (`/items/3/price`, as cpu.py's shadow-diff),
+diff_deep (the live body changed at `/items/40/price`, past the record's excerpt window).
+The children take turns, batch by batch (`--rounds` batches of `--copies` copies per case):
+CPU microseconds per copy of each batch (`time.process_time` of the child: user + system, its
+loop's idle waits excluded); per checkout the 10th percentile and the median, and this
+checkout's over each variant's: the ratio of the 10th percentiles and the median of the ratios
+of batch pairs. Bounded: batches x checkouts x cases x copies calls, on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -61,10 +63,16 @@ def child(args: argparse.Namespace) -> None:
                                         ("User-Agent", "bench/1"), ("Accept-Encoding", "gzip")))
         tmp = Path(tempfile.mkdtemp(prefix="worker-micro-"))
         runners = {}
+        # diff_deep: the live body with /items/40/price changed, so live and shadow first differ
+        # past the record's excerpt window (~2 KB), as most single-field differences of a 20 KB body
+        doc = json.loads(live.body)
+        doc["items"][min(40, len(doc["items"]) - 1)]["price"] = -1.5
+        deep = Response(live.status, live.headers, json.dumps(doc).encode(), live.latency_ms,
+                        new_connection=False, loop_lag_ms=0.05)
         for case in args.cases.split(","):
-            port = args.equal if case == "equal" else args.diff
+            port = args.diff if case == "diff" else args.equal
             stats = Stats("proxy")
-            job = build_job(policy, stats, req, live)
+            job = build_job(policy, stats, req, deep if case == "diff_deep" else live)
             assert job is not None
             settings = {0: job.settings}
             data = frame("job", encode_job(job, 0))
@@ -126,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR")
     p.add_argument("--rounds", type=int, default=40, help="timed batches per checkout and case (40)")
     p.add_argument("--copies", type=int, default=50, help="copies per batch (50)")
-    p.add_argument("--cases", default="equal,diff")
+    p.add_argument("--cases", default="equal,diff",
+                   help="equal, diff (/items/3/price, as cpu.py's), diff_deep (/items/40/price: past the "
+                   "record's excerpt window)")
     p.add_argument("--body", default="20k")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pace", type=float, default=0.0, metavar="RATE",
