@@ -5,6 +5,8 @@ One nginx (one worker process, so it leaves the cores to the proxy) with four se
     live          the bodies as they are
     shadow-equal  the same files: byte-identical answers (the diff's fast path)
     shadow-diff   the same bodies with ONE differing field (`/items/3/price`), same length
+    shadow-diff-deep  likewise at `/items/40/price` (20 KB body; the 2 KB one's last item): past
+                  the first ~2 KB, which a mismatch record's excerpts show
     shadow-slow   shadow-equal's bodies after `echo_sleep` (nginx's echo module, in Debian's
                   nginx-light): a timer, not a busy backend, so "slow" costs no CPU
 
@@ -74,22 +76,27 @@ def make_body(target_bytes: int) -> dict[str, object]:
     return doc
 
 
-def with_one_difference(doc: dict[str, object]) -> dict[str, object]:
-    """The same document with `/items/3/price` changed, same encoded length."""
+DEEP_ITEM = 40  # shadow-diff-deep's differing item: past a record's excerpt window (~2 KB)
+
+
+def with_one_difference(doc: dict[str, object], item_index: int = 3) -> dict[str, object]:
+    """The same document with `/items/N/price` changed (N = 3, or the last item when fewer),
+    same encoded length."""
     out: dict[str, Any] = json.loads(json.dumps(doc))
-    item = out["items"][3]
+    item = out["items"][min(item_index, len(out["items"]) - 1)]
     item["price"] = round(item["price"] + 1.0, 2)
     return out
 
 
 def write_bodies(root: Path) -> dict[str, Path]:
     """Write live and diff variants of the 2 KB and 20 KB bodies; returns {name: dir}."""
-    dirs = {"equal": root / "equal", "diff": root / "diff"}
+    dirs = {"equal": root / "equal", "diff": root / "diff", "diff_deep": root / "diff_deep"}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     for size, nbytes in (("2k", 2048), ("20k", 20480)):
         doc = make_body(nbytes)
-        for variant, body in (("equal", doc), ("diff", with_one_difference(doc))):
+        for variant, body in (("equal", doc), ("diff", with_one_difference(doc)),
+                              ("diff_deep", with_one_difference(doc, DEEP_ITEM))):
             path = dirs[variant] / f"items-{size}.json"
             path.write_bytes(json.dumps(body, separators=(", ", ": ")).encode())
             os.utime(path, (FIXED_MTIME, FIXED_MTIME))
@@ -103,6 +110,7 @@ class Ports:
     shadow_diff: int = field(default_factory=free_port)
     shadow_slow: int = field(default_factory=free_port)
     shadow_down: int = field(default_factory=free_port)  # nobody listens here
+    shadow_diff_deep: int = field(default_factory=free_port)
 
 
 def _server(port: int, body_dir: Path, delay_s: float | None = None) -> str:
@@ -158,6 +166,7 @@ http {{
 {_server(p.live, b["equal"])}
 {_server(p.shadow_equal, b["equal"])}
 {_server(p.shadow_diff, b["diff"])}
+{_server(p.shadow_diff_deep, b["diff_deep"])}
 {slow}
 }}
 """

@@ -225,6 +225,7 @@ def targets_for(args: argparse.Namespace, ports: Ports) -> list[Target]:
         "mirror_off": dict(shadow_port=ports.shadow_equal, sample=0.0, processes=1),
         "mirror_equal": dict(shadow_port=ports.shadow_equal),
         "mirror_diff": dict(shadow_port=ports.shadow_diff),
+        "mirror_diff_deep": dict(shadow_port=ports.shadow_diff_deep),  # differs past the excerpts
     }
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in mirror]
@@ -260,7 +261,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=8, help="client keep-alive connections (8)")
     p.add_argument("--body", choices=sorted(PATHS), default="20k")
     p.add_argument("--targets", default=None,
-                   help="shadowproxy targets beside mitmdump (mirror_off,mirror_equal,mirror_diff; "
+                   help="shadowproxy targets beside mitmdump (mirror_off,mirror_equal,mirror_diff; also "
+                   "mirror_diff_deep: the difference at /items/40, past a record's excerpts; "
                    "--quick: mirror_equal,mirror_diff)")
     p.add_argument("--proxy-args", default="", help="extra `shadowproxy run` arguments for every target")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR",
