@@ -1,6 +1,6 @@
 """Benchmark backends: nginx on loopback serving fixed JSON bodies, as live and as shadows.
 
-One nginx (one worker process, so it leaves the cores to the proxy) with four servers:
+One nginx (one worker process, so it leaves the cores to the proxy) with five servers:
 
     live          the bodies as they are
     shadow-equal  the same files: byte-identical answers (the diff's fast path)
