@@ -1,13 +1,21 @@
-"""The shadow addon: after the live response, decide and hand a copy to the dispatcher.
+"""The shadow addon: decide when the request is read, and send the copy while live runs.
 
-Hooks are a few lines and never await the shadow: `response` decides (policy), builds a job
-and `submit`s it to a bounded queue, then returns; the client gets its response at once.
-Background work starts in `running()` and is drained in `done()`.
+Hooks are a few lines and never await the shadow. `request` (the request whole, just before
+mitmproxy writes it upstream) decides (policy), builds the job and starts the copy: the
+dispatcher makes the shadow call at once, so live and shadow run at the same moment and meet
+the same load (as Diffy and Envoy's mirroring do). Whether live opens a new connection is
+predicted from `flow.server_conn` then; the shadow call follows it. `response` finishes the
+copy: live's answer goes by the copy's key and the worker compares and records it; a copy not
+to compare (an answer over the cap or streamed, a gRPC server stream) and `error` (live error,
+client gone) abandon it: counted here, forgotten there. A request whose body was streamed, or
+that comes while the dispatcher is not ready, is decided at `response` and handed over whole
+(`submit`), as replay does. Background work starts in `running()` and is drained in `done()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -21,7 +29,7 @@ from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.looplag import LoopLag
-from shadowproxy.policy import Policy, Switch
+from shadowproxy.policy import Decision, Policy, Switch
 from shadowproxy.proxy import headlimit, trailers, wiretimes
 from shadowproxy.proxy.convert import live_response_of, path_of, request_of
 from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
@@ -30,7 +38,7 @@ from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, decl
 from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher, ShadowDispatcher
-from shadowproxy.shadow.jobs import build_job, decide
+from shadowproxy.shadow.jobs import build_job, decide, early_job, streamed_skip
 from shadowproxy.shadow.ledger import PIPELINED_ROUTE as PIPELINED_ROUTE  # bytes pipelined past the bound
 from shadowproxy.shadow.ledger import ProxyLedger, ledger_path
 from shadowproxy.shadow.pipeline import ShadowJob
@@ -45,6 +53,8 @@ _LEDGERED = "shadowproxy.ledgered"  # counted in the crash ledger as read and no
 _GRPC_STREAM = "shadowproxy.grpc_stream"
 _TOO_LARGE = "shadowproxy.too_large"
 _REFUSED = "shadowproxy.refused"
+_EARLY = "shadowproxy.early"  # (key, decision): the copy left at request time, not finished yet
+_DECIDED = "shadowproxy.decided"  # decided at request time and counted (skipped, dropped): done
 STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
@@ -106,6 +116,8 @@ class ShadowAddon:
         self._tasks = BackgroundTasks()
         self._done = False  # done() ran: nothing more is mirrored
         self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
+        self._keys = itertools.count(1)
+        self._early: dict[int, str] = {}  # early copies not finished nor abandoned: their route
         self.stats = Stats("proxy")
         self.loop_lag = LoopLag()  # the live side's time includes it (shadowproxy.looplag)
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
@@ -195,6 +207,11 @@ class ShadowAddon:
 
     async def done(self) -> None:
         self._done = True
+        for key, route in self._early.items():  # their live answers come too late now
+            self.stats.skip(route, "stopping")
+            if self.dispatcher is not None:
+                self.dispatcher.abandon_copy(key)
+        self._early.clear()
         self.loop_lag.stop()
         await self._tasks.cancel_all()
         while self._held:  # the worker never came up, or stop came first
@@ -255,9 +272,38 @@ class ShadowAddon:
             flow.response = http.Response.make(
                 503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
             return
+        try:
+            self._start_copy(flow)
+        except Exception:  # never the live request's problem
+            log.exception("shadow copy of %s could not start", flow.request.method)
         # the last hook before mitmproxy writes the request upstream: where the live latency
         # starts when the connection has no socket stamps (HTTP/2; proxy.convert, proxy.wiretimes)
         flow.metadata[_SENT_AT] = time.time()
+
+    def _start_copy(self, flow: http.HTTPFlow) -> None:
+        """Decide now and start the copy, when the request is whole and the dispatcher ready;
+        else `response` does it all, as before."""
+        cfg, d = self.config, self.dispatcher
+        if (cfg is None or cfg.pipeline is None or self.policy is None or self._done or d is None
+                or not self.dispatcher_ready or self._too_large(flow) or flow.metadata.get(_GRPC_STREAM)):
+            return
+        started = early_job(self.policy, self.stats, request_of(flow.request), self._new_connection(flow),
+                            client_host_of(flow, cfg.keep_host_header), flow.request.scheme,
+                            flow.metadata.get(EXCHANGE_ID))
+        key = next(self._keys)
+        if started is None or not d.start_copy(key, started[1]):  # skipped, or dropped: counted
+            flow.metadata[_DECIDED] = True
+            self._counted(flow)
+            return
+        decision = started[0]
+        flow.metadata[_EARLY] = (key, decision)
+        self._early[key] = decision.route
+
+    def _new_connection(self, flow: http.HTTPFlow) -> bool:
+        """Whether live will open a new connection for this request: none yet, or one that has
+        answered nothing yet (reverse mode may connect as the client does)."""
+        sc = flow.server_conn
+        return sc is None or not sc.connected or sc.id not in self._server_conns
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or self.egress.side(flow):
@@ -332,6 +378,13 @@ class ShadowAddon:
             self.refused += 1
             self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), "stopping")
             return
+        if flow.metadata.get(_DECIDED):
+            self._close_when_stopping(flow)
+            return
+        if (early := flow.metadata.pop(_EARLY, None)) is not None:
+            self._finish_copy(flow, *early)  # before the Connection header changes, as job_for
+            self._close_when_stopping(flow)
+            return
         job = self.job_for(flow)  # before the Connection header changes: the record shows live's
         self._close_when_stopping(flow)
         if job is None:
@@ -344,6 +397,23 @@ class ShadowAddon:
             return
         self.dispatcher.submit(job)
 
+    def _finish_copy(self, flow: http.HTTPFlow, key: int, decision: Decision) -> None:
+        """Send an early copy its live answer, or abandon it with the reason counted."""
+        d, route = self.dispatcher, decision.route
+        if d is None or self._early.pop(key, None) is None:
+            return  # abandoned and counted by done()
+        if self._too_large(flow):
+            d.abandon_copy(key)
+            self.stats.skip(route, "too_large")
+            return
+        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT),
+                                self.loop_lag)
+        if decision.streamed_answer(live):
+            d.abandon_copy(key)
+            streamed_skip(self.stats, route)
+            return
+        d.finish_copy(key, route, live, time.time())
+
     def error(self, flow: http.HTTPFlow) -> None:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
         # Counted once, while still unanswered: flow.response already holds the headers when the
@@ -353,10 +423,18 @@ class ShadowAddon:
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         try:
-            if self.dispatcher is not None and self.policy is not None and unanswered:
+            early = flow.metadata.pop(_EARLY, None)
+            if early is not None and self._early.pop(early[0], None) is None:
+                early = unanswered = False  # abandoned and counted by done()
+            if self.dispatcher is not None and self.policy is not None and unanswered \
+                    and not flow.metadata.get(_DECIDED):
                 reason = "client_aborted" if client_aborted(flow) \
                     else "header_too_large" if trailers.too_large(flow) else "live_error"
-                self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), reason)
+                if early:
+                    self.dispatcher.abandon_copy(early[0])
+                route = early[1].route if early else \
+                    DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request)))
+                self.stats.skip(route, reason)
         finally:
             self._counted(flow)
 

@@ -99,15 +99,25 @@ def save_noise_state(path: str | os.PathLike[str], state: NoiseState) -> None:
 Outbound = tuple[tuple[Difference, ...], list[dict[str, Any]]]
 
 
+# an early copy's live answer and when it came; None: never (abandoned, or waited too long)
+LiveAnswer = tuple[Response, float] | None
+
+
 @dataclass(slots=True)
 class ShadowJob:
-    """Everything the pipeline needs: picklable, so it can cross into a worker process."""
+    """Everything the pipeline needs: picklable, so it can cross into a worker process.
+
+    An early copy (shadow.dispatch `start_copy`) is made before the live answer: its
+    `exchange.live` is a stand-in (only `new_connection`, live's predicted), and `live_wait`
+    resolves to the real one. The shadow call is made at once, so live and shadow run at the
+    same moment; the comparison waits for live's answer."""
 
     exchange: Exchange
     shadow_request: Request
     settings: RouteSettings
     target: str | None = None  # a rewrite's own shadow base URL
     rewritten: bool = False
+    live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
 
 
 class Pipeline:
@@ -155,7 +165,9 @@ class Pipeline:
             await self._process(job)
         except asyncio.CancelledError:
             # a stop whose drain timed out cancels copies in flight: each still ends in one counter
-            if id(job) in self._cut_writing:
+            if job.live_wait is not None:
+                pass  # an early copy whose live answer never came: not this process's to count
+            elif id(job) in self._cut_writing:
                 self._cut_writing.discard(id(job))  # its outcome was counted before the write
             else:
                 self.stats.count(job.exchange.route, "dropped")
@@ -201,6 +213,12 @@ class Pipeline:
                 if self.pair_failures == 1:  # once: a down secondary must not flood the log
                     log.warning("noise pair: the %s call failed (%s: %s); such pairs are left out",
                                 partner, second.kind, second.message)
+        if job.live_wait is not None:  # an early copy: its live answer, by now or later (bounded)
+            answer = await job.live_wait
+            if answer is None:
+                return  # abandoned (the proxy counted why) or forgotten: nothing counted here
+            job.live_wait = None
+            ex.live, ex.ts = answer
         outbound = await self._outbound(job)
         if isinstance(result, Failure):
             outcome: Outcome = "too_large" if result.kind == "too_large" else "shadow_error"

@@ -30,6 +30,7 @@ from typing import Any
 
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.egress import OutboundCall
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import RouteStats, Stats
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.channel import (
@@ -39,6 +40,7 @@ from shadowproxy.shadow.channel import (
     WorkerConfigError,
     WorkerError,
     encode_job,
+    encode_live,
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
@@ -116,6 +118,7 @@ class ProcessDispatcher:
         self._worker_stopping: str | None = None  # why the current worker said it stops on its own
         self.ledger: ProxyLedger | None = None  # the crash ledger (shadow.ledger), when cfg.ledger
         self._drained_gen = 0  # the generation that said "drained" (its stop was whole)
+        self._started: dict[int, int] = {}  # early copies not finished nor abandoned: their generation
 
     @property
     def pid(self) -> int | None:
@@ -318,27 +321,75 @@ class ProcessDispatcher:
                         " counted %d more that no stats record has: counted now (route (worker restart))",
                         rec.pid, rec.lost, rec.copies() - rec.lost)
 
-    def submit(self, job: ShadowJob) -> bool:
-        """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
+    def _channel(self, route: str) -> asyncio.Transport | None:
+        """The channel, or None when it cannot take a copy now (the copy counted as dropped)."""
         t = self._transport
         if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
-            self.stats.count(job.exchange.route, "dropped")
+            self.stats.count(route, "dropped")
             self.dropped += 1
             if self.dropped == 1 and self._alive and not self._stopped:
                 log.warning("shadow worker channel full (%d bytes unread); dropping and counting copies",
                             self.buffer_bytes)
-            return False
-        key = id(job.settings)
+            return None
+        return t
+
+    def _settings_ref(self, t: asyncio.Transport, settings: RouteSettings) -> int:
+        key = id(settings)
         known = self._settings.get(key)
         if known is None:
             # keep a reference: the id stays unique while we remember it
-            known = self._settings[key] = (job.settings, len(self._settings))
-            t.write(frame("settings", (known[1], job.settings)))
-        t.write(frame("job", encode_job(job, known[1])))
+            known = self._settings[key] = (settings, len(self._settings))
+            t.write(frame("settings", (known[1], settings)))
+        return known[1]
+
+    def _handed(self) -> None:
         self.dispatched += 1
         if self.ledger is not None:
             self.ledger.handed()
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
+        if (t := self._channel(job.exchange.route)) is None:
+            return False
+        t.write(frame("job", encode_job(job, self._settings_ref(t, job.settings))))
+        self._handed()
         return True
+
+    def start_copy(self, key: int, job: ShadowJob) -> bool:
+        """Start an early copy (shadow.dispatch): the worker makes its shadow call now. False
+        (counted as dropped) when the channel cannot take it. The copy stays the proxy's (its
+        request in the ledger's live count) until `finish_copy` hands it over."""
+        if (t := self._channel(job.exchange.route)) is None:
+            return False
+        t.write(frame("start", (key, encode_job(job, self._settings_ref(t, job.settings)))))
+        self._started[key] = self._generation
+        return True
+
+    def finish_copy(self, key: int, route: str, live: Response, ts: float) -> None:
+        """Hand an early copy over with its live answer. Started in a worker that died since, or
+        the channel full: counted as dropped (that worker, if alive, is told to forget it)."""
+        gen = self._started.pop(key, None)
+        if gen is None:
+            return
+        if gen != self._generation:  # that worker died with it
+            self.stats.count(route, "dropped")
+            self.dropped += 1
+            return
+        if (t := self._channel(route)) is None:
+            self._write_abandon(key)
+            return
+        t.write(frame("finish", (key, route, encode_live(live), ts)))
+        self._handed()
+
+    def abandon_copy(self, key: int) -> None:
+        """An early copy not to compare (the addon counted why): the worker forgets it."""
+        if self._started.pop(key, None) == self._generation:
+            self._write_abandon(key)
+
+    def _write_abandon(self, key: int) -> None:
+        # a few bytes, past the buffer bound if need be: the worker must free the copy's slot
+        if self._alive and not self._stopped and self._transport is not None:
+            self._transport.write(frame("abandon", key))
 
     def egress(self, call: OutboundCall) -> None:
         """Hand an outbound call to the worker, behind the jobs already written; dropped (the
