@@ -321,6 +321,11 @@ class ProcessDispatcher:
                         " counted %d more that no stats record has: counted now (route (worker restart))",
                         rec.pid, rec.lost, rec.copies() - rec.lost)
 
+    @property
+    def waiting(self) -> int:
+        """Early copies started and neither finished nor abandoned yet."""
+        return len(self._started)
+
     def _channel(self, route: str) -> asyncio.Transport | None:
         """The channel, or None when it cannot take a copy now (the copy counted as dropped)."""
         t = self._transport
