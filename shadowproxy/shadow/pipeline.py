@@ -120,6 +120,12 @@ class ShadowJob:
     live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
 
 
+def _finished(job: ShadowJob) -> bool:
+    """Not an early copy, or one whose live answer has come (this process counts it)."""
+    w = job.live_wait
+    return w is None or (w.done() and not w.cancelled() and w.result() is not None)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -165,7 +171,7 @@ class Pipeline:
             await self._process(job)
         except asyncio.CancelledError:
             # a stop whose drain timed out cancels copies in flight: each still ends in one counter
-            if job.live_wait is not None:
+            if not _finished(job):
                 pass  # an early copy whose live answer never came: not this process's to count
             elif id(job) in self._cut_writing:
                 self._cut_writing.discard(id(job))  # its outcome was counted before the write
