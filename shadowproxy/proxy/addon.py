@@ -116,6 +116,7 @@ class ShadowAddon:
         self._tasks = BackgroundTasks()
         self._done = False  # done() ran: nothing more is mirrored
         self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
+        self._last_server: OrderedDict[str, Any] = OrderedDict()  # client conn -> its last server conn
         self._keys = itertools.count(1)
         self._early: dict[int, str] = {}  # early copies not finished nor abandoned: their route
         self.stats = Stats("proxy")
@@ -299,9 +300,21 @@ class ShadowAddon:
         flow.metadata[_EARLY] = (key, decision)
         self._early[key] = decision.route
 
+    def _note_server(self, flow: http.HTTPFlow) -> None:
+        """The server connection this client connection's exchange used: the next may reuse it."""
+        last, client = self._last_server, flow.client_conn.id
+        last[client] = flow.server_conn
+        last.move_to_end(client)
+        if len(last) > _SEEN_CONNS:
+            last.popitem(last=False)
+
     def _new_connection(self, flow: http.HTTPFlow) -> bool:
-        """Whether live will open a new connection for this request: none yet, or one that has
-        answered nothing yet (reverse mode may connect as the client does)."""
+        """Whether live will open a new connection for this request. mitmproxy reuses the server
+        connection this client connection's last exchange used while it is open; else the flow's
+        own is new unless it is open and has answered before (not yet open: new)."""
+        last = self._last_server.get(flow.client_conn.id)
+        if last is not None and last.connected:
+            return False
         sc = flow.server_conn
         return sc is None or not sc.connected or sc.id not in self._server_conns
 
@@ -363,6 +376,7 @@ class ShadowAddon:
         if self.egress.side(flow):
             return
         self._answered(flow)
+        self._note_server(flow)
         try:
             self._mirror(flow)
         finally:

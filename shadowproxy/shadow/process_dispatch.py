@@ -1,14 +1,20 @@
 """Process dispatch, the proxy's side: the pipeline runs in a worker process (shadow.worker).
 
-The proxy's event loop only decides and hands off: `ProcessDispatcher.submit` pickles the job
-and writes one length-prefixed frame to a Unix socketpair shared with the worker. It never
-waits. Backpressure is the transport's write buffer: when the worker has not read
-`buffer_bytes` of frames, copies are dropped and counted in the proxy.
+The proxy's event loop only decides and hands off: `ProcessDispatcher.start_copy` pickles the
+job when the request is read and writes one length-prefixed frame to a Unix socketpair shared
+with the worker, which makes the shadow call at once, while live runs; `finish_copy` sends
+live's answer by the copy's key when it comes (or `abandon_copy` says to forget it), and the
+copy is the worker's from then on (handed over, in the crash ledger). `submit` hands a whole
+job over (a copy decided after live answered: a streamed request, one made before the worker
+was ready). It never waits. Backpressure is the transport's write buffer: when the worker has
+not read `buffer_bytes` of frames, copies are dropped and counted in the proxy.
 
-    proxy process                                    worker process (python -m ...worker FD)
-    ShadowAddon.response -> ProcessDispatcher.submit ──frames──> Dispatcher (queue_size bound,
-    skip/drop counts, shipped every second ─────────────────────>  concurrency) -> Pipeline
-                                       <── ready / status (received, depth, active) / error
+    proxy process                                        worker process (python -m ...worker FD)
+    ShadowAddon.request  -> ProcessDispatcher.start_copy ──frames──> Dispatcher (queue_size bound,
+    ShadowAddon.response -> finish_copy / abandon_copy ──────────>  concurrency) -> Pipeline
+    skip/drop counts, shipped every second ─────────────────────>  (the shadow call at start,
+                                       <── ready / status          the comparison at finish)
+                                           (received, depth, active) / error
 
 When the worker dies, the proxy starts another (backoff 0.2 s, 1 s, 2 s, 5 s, then every 10 s);
 copies meanwhile, and those the dead worker held, are dropped and counted. A worker that says

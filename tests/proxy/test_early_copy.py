@@ -115,6 +115,25 @@ def test_the_shadow_request_arrives_while_live_is_still_answering(
     assert rs.live_latency.count == rs.shadow_latency.count == 3
 
 
+def test_a_keep_alive_client_s_copies_follow_live_s_reused_connection_and_are_all_timed(
+    live: Backend, shadow: Backend, sink_uri: str,
+) -> None:
+    """Whether live reuses a connection is predicted when the copy starts: right, every
+    exchange is timed (a wrong guess, new against reused, is left out of latency)."""
+    with ProxyThread(live.url, shadow.url, sink_uri=sink_uri) as proxy:
+        wait_until(lambda: proxy.addon.ready, 30, "the shadow worker")
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        for i in range(6):
+            conn.request("GET", f"/users/{i}")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+        conn.close()
+        wait_until(lambda: _route(proxy, "/users/{id}").counts.get("compared", 0) == 6, 10, "compared")
+    rs = _route(proxy, "/users/{id}")
+    assert rs.live_latency.count == rs.shadow_latency.count == 6
+
+
 def test_a_too_large_live_answer_abandons_its_copy_counted_once(
     live: Backend, shadow: Backend, timeline: Timeline, sink_uri: str,
 ) -> None:
