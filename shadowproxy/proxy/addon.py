@@ -18,22 +18,24 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.utils import human
 
 from shadowproxy._tasks import BackgroundTasks
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.looplag import LoopLag
 from shadowproxy.policy import Decision, Policy, Switch
 from shadowproxy.proxy import headlimit, trailers, wiretimes
-from shadowproxy.proxy.convert import live_response_of, path_of, request_of
+from shadowproxy.proxy.convert import client_aborted, client_host_of, live_response_of, path_of, request_of
 from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
 from shadowproxy.proxy.egress_server import server_config
+from shadowproxy.proxy.liveconns import LiveConnections
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
 from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
@@ -61,42 +63,12 @@ MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copi
 HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
 
 _SENT_AT = "shadowproxy.sent_at"  # time.time() the request goes upstream (HTTP/2: the live latency's start)
-_SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
 HELD_PACE_S = 0.002  # held copies go to the dispatcher this far apart once it is ready
 
 
 def _head_bytes(headers: http.Headers) -> int:
     return sum(len(k) + len(v) + 4 for k, v in headers.fields)
-
-
-# mitmproxy's messages when the client, not the live backend, ended the exchange (HTTP/1: it
-# closed its connection before the answer; HTTP/2: it reset the stream)
-_CLIENT_GONE = ("Client disconnected", "stream reset by client")
-
-
-def client_aborted(flow: http.HTTPFlow) -> bool:
-    """The client went away before its answer: the backend did not fail (`client_aborted`,
-    not `live_error`). Either mitmproxy says so, or the client's connection closed while the
-    live backend's is still open."""
-    msg = flow.error.msg if flow.error is not None else ""
-    if msg.startswith(_CLIENT_GONE):
-        return True
-    return flow.client_conn.timestamp_end is not None and (
-        flow.server_conn is None or flow.server_conn.timestamp_end is None) and "server" not in msg.lower()
-
-
-def client_host_of(flow: http.HTTPFlow, keep_host_header: bool = False) -> str | None:
-    """The Host the client addressed, for `shadow_host: client`. With keep_host_header the
-    request still carries it; in plain reverse mode mitmproxy replaced it before any addon ran,
-    so it is the proxy's own address as the client reached it."""
-    if keep_host_header:
-        return flow.request.host_header
-    sock = flow.client_conn.sockname
-    if not sock:
-        return None
-    host, port = sock[0], sock[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ShadowAddon:
@@ -115,10 +87,9 @@ class ShadowAddon:
         self._held: deque[ShadowJob] = deque()
         self._tasks = BackgroundTasks()
         self._done = False  # done() ran: nothing more is mirrored
-        self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
-        self._last_server: OrderedDict[str, Any] = OrderedDict()  # client conn -> its last server conn
+        self.live_conns = LiveConnections()  # which live connections are new (the shadow follows)
         self._keys = itertools.count(1)
-        self._early: dict[int, str] = {}  # early copies not finished nor abandoned: their route
+        self._early: dict[int, http.HTTPFlow] = {}  # early copies not finished nor abandoned
         self.stats = Stats("proxy")
         self.loop_lag = LoopLag()  # the live side's time includes it (shadowproxy.looplag)
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
@@ -208,10 +179,11 @@ class ShadowAddon:
 
     async def done(self) -> None:
         self._done = True
-        for key, route in self._early.items():  # their live answers come too late now
-            self.stats.skip(route, "stopping")
+        for key, flow in self._early.items():  # their live answers come too late now
+            self.stats.skip(flow.metadata[_EARLY][1].route, "stopping")
             if self.dispatcher is not None:
                 self.dispatcher.abandon_copy(key)
+            self._counted(flow)
         self._early.clear()
         self.loop_lag.stop()
         await self._tasks.cancel_all()
@@ -288,7 +260,8 @@ class ShadowAddon:
         if (cfg is None or cfg.pipeline is None or self.policy is None or self._done or d is None
                 or not self.dispatcher_ready or self._too_large(flow) or flow.metadata.get(_GRPC_STREAM)):
             return
-        started = early_job(self.policy, self.stats, request_of(flow.request), self._new_connection(flow),
+        new = self.live_conns.predict_new(flow)
+        started = early_job(self.policy, self.stats, request_of(flow.request), new,
                             client_host_of(flow, cfg.keep_host_header), flow.request.scheme,
                             flow.metadata.get(EXCHANGE_ID))
         key = next(self._keys)
@@ -298,25 +271,7 @@ class ShadowAddon:
             return
         decision = started[0]
         flow.metadata[_EARLY] = (key, decision)
-        self._early[key] = decision.route
-
-    def _note_server(self, flow: http.HTTPFlow) -> None:
-        """The server connection this client connection's exchange used: the next may reuse it."""
-        last, client = self._last_server, flow.client_conn.id
-        last[client] = flow.server_conn
-        last.move_to_end(client)
-        if len(last) > _SEEN_CONNS:
-            last.popitem(last=False)
-
-    def _new_connection(self, flow: http.HTTPFlow) -> bool:
-        """Whether live will open a new connection for this request. mitmproxy reuses the server
-        connection this client connection's last exchange used while it is open; else the flow's
-        own is new unless it is open and has answered before (not yet open: new)."""
-        last = self._last_server.get(flow.client_conn.id)
-        if last is not None and last.connected:
-            return False
-        sc = flow.server_conn
-        return sc is None or not sc.connected or sc.id not in self._server_conns
+        self._early[key] = flow
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or self.egress.side(flow):
@@ -376,7 +331,7 @@ class ShadowAddon:
         if self.egress.side(flow):
             return
         self._answered(flow)
-        self._note_server(flow)
+        self.live_conns.answered(flow)
         try:
             self._mirror(flow)
         finally:
@@ -420,8 +375,7 @@ class ShadowAddon:
             d.abandon_copy(key)
             self.stats.skip(route, "too_large")
             return
-        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT),
-                                self.loop_lag)
+        live = self._live_of(flow)
         if decision.streamed_answer(live):
             d.abandon_copy(key)
             streamed_skip(self.stats, route)
@@ -463,21 +417,15 @@ class ShadowAddon:
                 self.stats.skip(decision.route, "too_large")
             return None
         keep = self.config.keep_host_header if self.config is not None else False
-        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT),
-                                self.loop_lag)
+        live = self._live_of(flow)
         return build_job(self.policy, self.stats, request_of(flow.request), live,
                          client_host_of(flow, keep), flow.request.scheme,
                          flow.metadata.get(EXCHANGE_ID))
 
-    def _first_use(self, conn_id: str) -> bool:
-        """Whether this is the first answer on that server connection (it was opened for it)."""
-        seen = self._server_conns
-        if conn_id in seen:
-            return False
-        seen[conn_id] = None
-        if len(seen) > _SEEN_CONNS:
-            seen.popitem(last=False)
-        return True
+    def _live_of(self, flow: http.HTTPFlow) -> Response:
+        """The live answer, with its socket stamps (proxy.convert): once per flow."""
+        return live_response_of(flow, self.live_conns.first_use(flow.server_conn.id),
+                                flow.metadata.get(_SENT_AT), self.loop_lag)
 
     @property
     def ready(self) -> bool:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -50,14 +49,9 @@ from shadowproxy.shadow.channel import (
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
-from shadowproxy.shadow.ledger import (
-    INSTANCE_ENV,
-    PROCESSES_ENV,
-    ProxyLedger,
-    check_free,
-    fold_orphans,
-)
+from shadowproxy.shadow.ledger import ProxyLedger
 from shadowproxy.shadow.ledger_files import jsonl_of
+from shadowproxy.shadow.ledger_open import open_ledger
 from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.sinks.jsonl import cut_partial_line
 
@@ -138,7 +132,8 @@ class ProcessDispatcher:
         if self.proc is not None or self._stopped:
             return
         if self._generation == 0 and self.cfg.ledger is not None:
-            await self._open_ledger(self.cfg.ledger)
+            self.ledger = await open_ledger(self.cfg.ledger, self.cfg.pipeline.sink_uri,
+                                            self.cfg.dispatch.drain_timeout, self.stats)
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sndbuf = self.socket_buffer_bytes
@@ -175,42 +170,6 @@ class ProcessDispatcher:
             self._counts_shipping = True
             self._spawn(self._ship_counts_loop())
         log.info("shadow worker started (pid %d)", self.proc.pid)
-
-    async def _open_ledger(self, path: str) -> None:
-        """Start the crash ledger; fold into this run's first stats record what the previous
-        run's shows was never counted (it did not end clean). A worker of that run that still
-        drains (the proxy alone was killed) is waited for first: its last stats record counts."""
-        with contextlib.suppress(OSError):
-            check_free(path, self.cfg.pipeline.sink_uri)  # another run on this sink: exit 2 at once
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.dispatch.drain_timeout + 20.0
-        said = False
-        while (pid := ProxyLedger.previous_worker(path)) and loop.time() < deadline:
-            if not said:
-                said = True
-                log.info("crash ledger %s: waiting for the previous run's worker (pid %d) to end", path, pid)
-            await asyncio.sleep(0.2)
-        try:
-            self.ledger, recovery = ProxyLedger.start(path, self.cfg.pipeline.sink_uri)
-        except OSError as e:
-            log.warning("crash ledger %s: cannot make it (%s); a crash would go uncounted", path,
-                        e.strerror or e)
-            return
-        self.stats.tally = self.ledger
-        if os.environ.get(INSTANCE_ENV, "0") in ("", "0"):  # the first process: siblings no run starts now
-            processes = int(os.environ.get(PROCESSES_ENV, "1") or 1)
-            for orphan, rec in fold_orphans(path, self.cfg.pipeline.sink_uri, processes):
-                rec.fold_into(self.stats)
-                log.warning("crash ledger %s of a --reuse-port sibling this run does not start (pid %d) did"
-                            " not end clean: %d copies lost_on_crash and %d more counted folded into the"
-                            " next stats record (route %s)", orphan, rec.pid, rec.lost,
-                            rec.copies() - rec.lost, "(crash recovery)")
-        if recovery is not None:
-            recovery.fold_into(self.stats)
-            log.warning("the previous run with this sink (pid %d) did not stop cleanly: %d copies it handed"
-                        " over never finished (counted skipped: lost_on_crash), %d more copies counted that"
-                        " never reached a stats record; both go in the next stats record (route %s)",
-                        recovery.pid, recovery.lost, recovery.copies() - recovery.lost, "(crash recovery)")
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.spawn(coro)
