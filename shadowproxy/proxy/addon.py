@@ -393,14 +393,14 @@ class ShadowAddon:
         try:
             early = flow.metadata.pop(_EARLY, None)
             if early is not None and self._early.pop(early[0], None) is None:
-                early = unanswered = False  # abandoned and counted by done()
+                return  # abandoned and counted by done()
             if self.dispatcher is not None and self.policy is not None and unanswered \
-                    and not flow.metadata.get(_DECIDED):
+                    and not flow.metadata.get(_DECIDED):  # (decided: counted when it was read)
                 reason = "client_aborted" if client_aborted(flow) \
                     else "header_too_large" if trailers.too_large(flow) else "live_error"
-                if early:
+                if early is not None:  # the copy that left at request time is forgotten
                     self.dispatcher.abandon_copy(early[0])
-                route = early[1].route if early else \
+                route = early[1].route if early is not None else \
                     DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request)))
                 self.stats.skip(route, reason)
         finally:

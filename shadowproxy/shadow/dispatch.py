@@ -11,9 +11,11 @@ room is counted (`held_back`); it is timed as every copy, from its request writt
 Early copies (`start_copy`, the proxy's default): a copy is queued at request time and its
 shadow call made at once, while live runs, so both meet the same load; its live answer follows
 by the copy's key (`finish_copy`), or the copy is abandoned (`abandon_copy`: the proxy counted
-why). A copy whose live answer has not come `live_wait_s` after its start is forgotten (its
-slot and memory freed, nothing counted: the proxy still owns it); a live answer that comes
-later is counted `skipped_by.live_late`. Only a finished copy is ever counted here.
+why). The copy holds one of `concurrency` slots for its shadow call only: waiting for live
+after the shadow answered, it gives its slot to the next copy (a slow live backend must not
+starve the shadow calls). A copy whose live answer has not come `live_wait_s` after its start
+is forgotten (its memory freed, nothing counted: the proxy still owns it); a live answer that
+comes later is counted `skipped_by.live_late`. Only a finished copy is ever counted here.
 Stats records are emitted every `stats_interval` seconds and once more at the end. Records
 reach the sink's destination within `FLUSH_INTERVAL_S` (a buffered JSONL file is flushed that
 often when something was written), whatever the stats interval and however the proxy runs.
@@ -33,7 +35,7 @@ from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import Stats
 from shadowproxy.looplag import INTERVAL_S, LoopLag
-from shadowproxy.shadow.pipeline import LiveAnswer, Pipeline, ShadowJob
+from shadowproxy.shadow.pipeline import LiveAnswer, Pipeline, ShadowJob, finished_copy
 from shadowproxy.sinks.base import Record
 
 log = logging.getLogger("shadowproxy")
@@ -106,6 +108,7 @@ class Dispatcher:
         # early copies waiting for their live answer, by key: (its future, the forget timer)
         self._early: dict[int, tuple[asyncio.Future[LiveAnswer], asyncio.TimerHandle]] = {}
         self.forgotten = 0  # early copies whose live answer had not come in live_wait_s
+        self._parked: set[asyncio.Task[None]] = set()  # early copies past their shadow call, out of a slot
         self._lag_cap = max(1, self.cfg.concurrency // 4)
         lag = getattr(pipeline.client, "loop_lag", None)  # a fake client (tests) has none
         self._lag = lag if isinstance(lag, LoopLag) else None
@@ -151,6 +154,11 @@ class Dispatcher:
         """Early copies (queued or in flight) whose live answer has not come."""
         return len(self._early)
 
+    @property
+    def parked(self) -> int:
+        """Early copies past their shadow call, waiting for live or being compared, out of a slot."""
+        return len(self._parked)
+
     def start_copy(self, key: int, job: ShadowJob, *, count: bool = True) -> bool:
         """Queue an early copy (its live answer not come yet); its shadow call is made as soon as
         a slot is free. False when the queue, or the early copies waiting, are full (counted as
@@ -163,6 +171,7 @@ class Dispatcher:
             return False
         loop = asyncio.get_running_loop()
         job.live_wait = loop.create_future()
+        job.called = asyncio.Event()
         self._queue.put_nowait(job)
         self.dispatched += 1
         self._early[key] = (job.live_wait, loop.call_later(self.cfg.live_wait_s, self._forget, key))
@@ -207,7 +216,10 @@ class Dispatcher:
                 await self._room(job)
                 self.active += 1
                 try:
-                    await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
+                    if job.called is None:  # cancelled (drain timeout): counted as dropped there
+                        await self.pipeline.process(job)
+                    else:
+                        await self._in_slot(job)
                 finally:
                     self.active -= 1
             finally:
@@ -216,6 +228,23 @@ class Dispatcher:
             # not kept while waiting for the next one: `concurrency` idle workers each held their
             # last copy (its bodies up to --max-copy-bytes each), 11 MB for 64 copies of 180 KB
             del job
+
+    async def _in_slot(self, job: ShadowJob) -> None:
+        """An early copy holds the slot until its shadow call is done; then, if its live answer
+        has not come, it waits (and is compared) parked, out of the slot."""
+        assert job.called is not None
+        task = asyncio.ensure_future(self.pipeline.process(job))
+        called = asyncio.ensure_future(job.called.wait())
+        try:
+            await asyncio.wait((task, called), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            called.cancel()
+        if not task.done():
+            self._parked.add(task)
+            task.add_done_callback(self._parked.discard)
 
     def _lagging(self) -> bool:
         if self._lag is None:
@@ -232,8 +261,9 @@ class Dispatcher:
                 held = True
                 await asyncio.sleep(INTERVAL_S)
         except asyncio.CancelledError:  # a drain that timed out: this copy ends as dropped
-            self.pipeline.stats.count(job.exchange.route, "dropped")
-            self.pipeline.cut_off += 1
+            if finished_copy(job):  # (an early copy abandoned: the proxy counted it)
+                self.pipeline.stats.count(job.exchange.route, "dropped")
+                self.pipeline.cut_off += 1
             raise
         if held:
             self.held_back += 1
@@ -275,17 +305,25 @@ class Dispatcher:
         finished_before = self._finished
         for key in list(self._early):  # their live answers will not come now: nothing counted here
             self.abandon_copy(key)
+        deadline = time.monotonic() + self.cfg.drain_timeout
         if self._started:
             try:
                 await asyncio.wait_for(self._queue.join(), self.cfg.drain_timeout)
             except TimeoutError:
-                left = self._queue.qsize()
-                log.warning("shadow drain timed out; %d queued copies dropped", left)
+                left = 0
                 while not self._queue.empty():
                     job = self._queue.get_nowait()
-                    self.pipeline.stats.count(job.exchange.route, "dropped")
+                    if finished_copy(job):  # (an early copy abandoned: the proxy counted it)
+                        self.pipeline.stats.count(job.exchange.route, "dropped")
+                        left += 1
                     self._queue.task_done()
+                log.warning("shadow drain timed out; %d queued copies dropped", left)
                 self.drain_dropped = left
+        if self._parked:  # parked copies whose live answer came: compared within the drain timeout
+            _, late = await asyncio.wait(set(self._parked), timeout=max(0.0, deadline - time.monotonic()))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self._tasks.cancel_all()
         # copies cut off in flight ended their task too, but they were dropped, not drained
         self.drained = self._finished - finished_before - self.pipeline.cut_off

@@ -19,32 +19,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 from shadowproxy.engine.conditional import apply_not_modified
 from shadowproxy.engine.diff import Comparison, Difference, compare_responses
 from shadowproxy.engine.egress import OutboundCall, compare_calls, egress_options
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, escape_surrogates
-from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
+from shadowproxy.engine.noise import NoiseSplit, NoiseState, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
-from shadowproxy.engine.record import Outcome, build_record, iso_ts
+from shadowproxy.engine.record import Outcome, build_record
 from shadowproxy.engine.reqdelta import LazyRequestDelta, RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
-from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
 from shadowproxy.shadow.ledger_worker import WorkerLedger
+from shadowproxy.shadow.noise_state import load_noise_state as load_noise_state  # (imported from here)
+from shadowproxy.shadow.noise_state import save_noise_state as save_noise_state
 from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")
@@ -59,40 +55,6 @@ def _float(text: str | None) -> float:
         return float(text) if text else 0.0
     except ValueError:
         return 0.0
-
-
-def load_noise_state(path: str | os.PathLike[str]) -> NoiseState:
-    """The noise state saved at `path`; an empty one when the file does not exist yet."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return NoiseState()
-    except OSError as e:
-        msg = f"noise state {p}: cannot read it: {e.strerror or e}"
-        raise ConfigError(msg) from None
-    try:
-        return NoiseState.from_dict(orjson.loads(data))
-    except (orjson.JSONDecodeError, NoiseStateError) as e:
-        msg = f"noise state {p}: {e}"
-        raise ConfigError(msg) from None
-
-
-def save_noise_state(path: str | os.PathLike[str], state: NoiseState) -> None:
-    """Write the state atomically: a reader (or a restart after a crash) sees the old file
-    or the new one, never half of one."""
-    p = Path(path)
-    data = orjson.dumps(state.to_dict(iso_ts(time.time())), option=orjson.OPT_INDENT_2)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # an exchange's egress differences, and its outbound calls as the record lists them
@@ -118,9 +80,10 @@ class ShadowJob:
     target: str | None = None  # a rewrite's own shadow base URL
     rewritten: bool = False
     live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
+    called: asyncio.Event | None = None  # set once the shadow answered: its slot may go (dispatch)
 
 
-def _finished(job: ShadowJob) -> bool:
+def finished_copy(job: ShadowJob) -> bool:
     """Not an early copy, or one whose live answer has come (this process counts it)."""
     w = job.live_wait
     return w is None or (w.done() and not w.cancelled() and w.result() is not None)
@@ -171,7 +134,7 @@ class Pipeline:
             await self._process(job)
         except asyncio.CancelledError:
             # a stop whose drain timed out cancels copies in flight: each still ends in one counter
-            if not _finished(job):
+            if not finished_copy(job):
                 pass  # an early copy whose live answer never came: not this process's to count
             elif id(job) in self._cut_writing:
                 self._cut_writing.discard(id(job))  # its outcome was counted before the write
@@ -220,6 +183,8 @@ class Pipeline:
                     log.warning("noise pair: the %s call failed (%s: %s); such pairs are left out",
                                 partner, second.kind, second.message)
         if job.live_wait is not None:  # an early copy: its live answer, by now or later (bounded)
+            if job.called is not None:
+                job.called.set()
             answer = await job.live_wait
             if answer is None:
                 return  # abandoned (the proxy counted why) or forgotten: nothing counted here

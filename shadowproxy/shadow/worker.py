@@ -206,7 +206,7 @@ class _Worker:
             await asyncio.sleep(STATUS_INTERVAL)
             d = self.dispatcher
             # early copies not finished are the proxy's, not held here (a restart drops them there)
-            held = max(0, d.depth() + d.active - d.waiting) if d else 0
+            held = max(0, d.depth() + d.active + d.parked - d.waiting) if d else 0
             depth = min(held, d.depth()) if d else 0
             self.send("status", (self.received, depth, held - depth))
             ticks += 1

@@ -241,3 +241,26 @@ async def test_an_abandoned_early_copy_counts_nothing_and_a_finished_one_is_comp
     assert rs.counts.get("compared", 0) == 1 and _ended(rs) == 1
     assert rs.live_latency.count == 1
     assert len(client.calls) == 2  # both copies were sent
+
+
+async def test_a_copy_waiting_for_a_slow_live_answer_gives_its_slot_to_the_next_shadow_call() -> None:
+    """One slot: three copies whose live answers have not come all get their shadow call; each
+    is compared once its live answer comes."""
+    stats = Stats("proxy")
+    client = MockClient(lambda req: Response(200, body=b'{"a": 1}'))
+    d = Dispatcher(Pipeline(client, MemorySink(), stats), DispatchConfig(concurrency=1, stats_interval=0))
+    await d.start()
+    policy = Policy(RuleSet(RulesFile.model_validate({"version": 1})), Switch())
+    jobs: list[Any] = [early_job(policy, stats, _request(), False) for _ in range(3)]
+    for key, (_, job) in enumerate(jobs):
+        assert d.start_copy(key, job)
+    for _ in range(100):
+        if len(client.calls) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(client.calls) == 3 and d.parked == 3 and d.active == 0
+    for key, (decision, _) in enumerate(jobs):
+        d.finish_copy(key, decision.route, Response(200, body=b'{"a": 1}', latency_ms=3.0), time.time())
+    await d.stop()
+    rs = stats.totals[jobs[0][0].route]
+    assert rs.counts.get("compared", 0) == 3 and _ended(rs) == 3 and d.parked == 0
