@@ -108,7 +108,8 @@ class Dispatcher:
         # early copies waiting for their live answer, by key: (its future, the forget timer)
         self._early: dict[int, tuple[asyncio.Future[LiveAnswer], asyncio.TimerHandle]] = {}
         self.forgotten = 0  # early copies whose live answer had not come in live_wait_s
-        self._parked: set[asyncio.Task[None]] = set()  # early copies past their shadow call, out of a slot
+        self.parked = 0  # early copies past their shadow call, waiting for live, out of a slot
+        self._closing = False  # stop() is cancelling the workers: no slot is handed on
         self._lag_cap = max(1, self.cfg.concurrency // 4)
         lag = getattr(pipeline.client, "loop_lag", None)  # a fake client (tests) has none
         self._lag = lag if isinstance(lag, LoopLag) else None
@@ -154,11 +155,6 @@ class Dispatcher:
         """Early copies (queued or in flight) whose live answer has not come."""
         return len(self._early)
 
-    @property
-    def parked(self) -> int:
-        """Early copies past their shadow call, waiting for live or being compared, out of a slot."""
-        return len(self._parked)
-
     def start_copy(self, key: int, job: ShadowJob, *, count: bool = True) -> bool:
         """Queue an early copy (its live answer not come yet); its shadow call is made as soon as
         a slot is free. False when the queue, or the early copies waiting, are full (counted as
@@ -171,7 +167,6 @@ class Dispatcher:
             return False
         loop = asyncio.get_running_loop()
         job.live_wait = loop.create_future()
-        job.called = asyncio.Event()
         self._queue.put_nowait(job)
         self.dispatched += 1
         self._early[key] = (job.live_wait, loop.call_later(self.cfg.live_wait_s, self._forget, key))
@@ -212,39 +207,36 @@ class Dispatcher:
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
+            handed = False
+
+            def hand_over() -> None:  # an early copy's shadow answered, live not yet: the slot goes on
+                nonlocal handed
+                handed = True
+                self.active -= 1
+                self.parked += 1
+                if not self._closing:
+                    self._spawn(self._worker())
+
             try:
                 await self._room(job)
                 self.active += 1
+                if job.live_wait is not None:
+                    job.on_called = hand_over
                 try:
-                    if job.called is None:  # cancelled (drain timeout): counted as dropped there
-                        await self.pipeline.process(job)
-                    else:
-                        await self._in_slot(job)
+                    await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
                 finally:
-                    self.active -= 1
+                    if handed:
+                        self.parked -= 1
+                    else:
+                        self.active -= 1
             finally:
                 self._finished += 1
                 self._queue.task_done()
+            if handed:
+                return  # this worker's slot went to the one it started
             # not kept while waiting for the next one: `concurrency` idle workers each held their
             # last copy (its bodies up to --max-copy-bytes each), 11 MB for 64 copies of 180 KB
             del job
-
-    async def _in_slot(self, job: ShadowJob) -> None:
-        """An early copy holds the slot until its shadow call is done; then, if its live answer
-        has not come, it waits (and is compared) parked, out of the slot."""
-        assert job.called is not None
-        task = asyncio.ensure_future(self.pipeline.process(job))
-        called = asyncio.ensure_future(job.called.wait())
-        try:
-            await asyncio.wait((task, called), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            called.cancel()
-        if not task.done():
-            self._parked.add(task)
-            task.add_done_callback(self._parked.discard)
 
     def _lagging(self) -> bool:
         if self._lag is None:
@@ -305,7 +297,6 @@ class Dispatcher:
         finished_before = self._finished
         for key in list(self._early):  # their live answers will not come now: nothing counted here
             self.abandon_copy(key)
-        deadline = time.monotonic() + self.cfg.drain_timeout
         if self._started:
             try:
                 await asyncio.wait_for(self._queue.join(), self.cfg.drain_timeout)
@@ -319,11 +310,7 @@ class Dispatcher:
                     self._queue.task_done()
                 log.warning("shadow drain timed out; %d queued copies dropped", left)
                 self.drain_dropped = left
-        if self._parked:  # parked copies whose live answer came: compared within the drain timeout
-            _, late = await asyncio.wait(set(self._parked), timeout=max(0.0, deadline - time.monotonic()))
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        self._closing = True
         await self._tasks.cancel_all()
         # copies cut off in flight ended their task too, but they were dropped, not drained
         self.drained = self._finished - finished_before - self.pipeline.cut_off

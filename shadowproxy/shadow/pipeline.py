@@ -80,7 +80,8 @@ class ShadowJob:
     target: str | None = None  # a rewrite's own shadow base URL
     rewritten: bool = False
     live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
-    called: asyncio.Event | None = None  # set once the shadow answered: its slot may go (dispatch)
+    # called once the shadow answered and live has not: the copy's slot goes to the next (dispatch)
+    on_called: Callable[[], None] | None = None
 
 
 def finished_copy(job: ShadowJob) -> bool:
@@ -183,8 +184,8 @@ class Pipeline:
                     log.warning("noise pair: the %s call failed (%s: %s); such pairs are left out",
                                 partner, second.kind, second.message)
         if job.live_wait is not None:  # an early copy: its live answer, by now or later (bounded)
-            if job.called is not None:
-                job.called.set()
+            if job.on_called is not None and not job.live_wait.done():
+                job.on_called()
             answer = await job.live_wait
             if answer is None:
                 return  # abandoned (the proxy counted why) or forgotten: nothing counted here
