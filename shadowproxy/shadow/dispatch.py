@@ -105,10 +105,11 @@ class Dispatcher:
         self.drain_dropped = 0
         self._finished = 0  # jobs the pipeline finished (drained = those finished during stop)
         self.held_back = 0  # copies that waited for room while the loop lagged (the lag cap)
-        # early copies waiting for their live answer, by key: (its future, the forget timer)
-        self._early: dict[int, tuple[asyncio.Future[LiveAnswer], asyncio.TimerHandle]] = {}
+        # early copies waiting for their live answer, by key, oldest first: (its future, when started)
+        self._early: dict[int, tuple[asyncio.Future[LiveAnswer], float]] = {}
         self.forgotten = 0  # early copies whose live answer had not come in live_wait_s
         self.parked = 0  # early copies past their shadow call, waiting for live, out of a slot
+        self._sweeping: asyncio.Task[None] | None = None
         self._closing = False  # stop() is cancelling the workers: no slot is handed on
         self._lag_cap = max(1, self.cfg.concurrency // 4)
         lag = getattr(pipeline.client, "loop_lag", None)  # a fake client (tests) has none
@@ -169,7 +170,9 @@ class Dispatcher:
         job.live_wait = loop.create_future()
         self._queue.put_nowait(job)
         self.dispatched += 1
-        self._early[key] = (job.live_wait, loop.call_later(self.cfg.live_wait_s, self._forget, key))
+        self._early[key] = (job.live_wait, loop.time())
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = self._tasks.spawn(self._sweep())
         return True
 
     def finish_copy(self, key: int, route: str, live: Response, ts: float) -> None:
@@ -178,27 +181,33 @@ class Dispatcher:
         entry = self._early.pop(key, None)
         if entry is None:
             self.pipeline.stats.skip(route, "live_late")
-            return
-        entry[1].cancel()
-        if not entry[0].done():
+        elif not entry[0].done():
             entry[0].set_result((live, ts))
 
     def abandon_copy(self, key: int) -> None:
         """An early copy not to compare (the proxy counted why): its shadow call ends, nothing counts."""
         entry = self._early.pop(key, None)
-        if entry is not None:
-            entry[1].cancel()
-            if not entry[0].done():
-                entry[0].set_result(None)
-
-    def _forget(self, key: int) -> None:
-        entry = self._early.pop(key, None)
         if entry is not None and not entry[0].done():
             entry[0].set_result(None)
-            self.forgotten += 1
-            if self.forgotten == 1:
-                log.warning("an early copy's live answer did not come in %gs: forgotten (a later live answer"
-                            " is counted live_late)", self.cfg.live_wait_s)
+
+    async def _sweep(self) -> None:
+        """Forget early copies whose live answer has not come in live_wait_s (one timer for all,
+        not one per copy: the dict is in start order, so only the expired ones are looked at)."""
+        loop = asyncio.get_running_loop()
+        while self._early:
+            await asyncio.sleep(min(1.0, self.cfg.live_wait_s / 4))
+            expired = loop.time() - self.cfg.live_wait_s
+            while self._early:
+                key, (fut, started) = next(iter(self._early.items()))
+                if started > expired:
+                    break
+                del self._early[key]
+                if not fut.done():
+                    fut.set_result(None)
+                    self.forgotten += 1
+                    if self.forgotten == 1:
+                        log.warning("an early copy's live answer did not come in %gs: forgotten (a later"
+                                    " live answer is counted live_late)", self.cfg.live_wait_s)
 
     def egress(self, call: OutboundCall) -> None:
         """An outbound call the egress listener captured, for its exchange's record."""
