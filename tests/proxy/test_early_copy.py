@@ -177,6 +177,22 @@ def test_a_live_error_abandons_its_copy_counted_once(
     assert rs.skipped_by == {"live_error": 1} and _ended(rs) == 1
 
 
+def test_a_client_gone_before_its_answer_abandons_its_copy_counted_once(
+    live: Backend, shadow: Backend, timeline: Timeline, sink_uri: str,
+) -> None:
+    with ProxyThread(live.url, shadow.url, sink_uri=sink_uri) as proxy:
+        wait_until(lambda: proxy.addon.ready, 30, "the shadow worker")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: example\r\n\r\n")
+            wait_until(lambda: len(timeline.shadow_seen) == 1, 10, "the copy")  # while live runs
+        wait_until(lambda: _route(proxy, "/slow").skipped_by.get("client_aborted", 0) == 1, 10, "the abort")
+        time.sleep(1.0 + LIVE_S + 1.2)  # live answers, the worker's counts come: none for it
+        assert _route(proxy, "/slow").skipped_by == {"client_aborted": 1}
+        assert _ended(_route(proxy, "/slow")) == 1
+    rs = _route(proxy, "/slow")
+    assert rs.skipped_by == {"client_aborted": 1} and _ended(rs) == 1
+
+
 def test_a_copy_dropped_at_start_is_counted_dropped_once(
     live: Backend, shadow: Backend, timeline: Timeline, sink_uri: str,
 ) -> None:
