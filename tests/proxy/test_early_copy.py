@@ -280,3 +280,33 @@ async def test_a_copy_waiting_for_a_slow_live_answer_gives_its_slot_to_the_next_
     await d.stop()
     rs = stats.totals[jobs[0][0].route]
     assert rs.counts.get("compared", 0) == 3 and _ended(rs) == 3 and d.parked == 0
+
+
+async def test_a_copy_whose_live_answer_has_not_come_at_stop_is_counted_stopping_once() -> None:
+    from mitmproxy.test import taddons, tflow
+
+    from shadowproxy.proxy.addon import ShadowAddon
+
+    async def shadow_app(request: web.Request) -> web.Response:
+        return web.Response(body=b"message")
+
+    sink = MemorySink()
+    addon = ShadowAddon(sink=sink)
+    with Backend(shadow_app) as shadow, taddons.context(addon) as tctx:
+        tctx.configure(addon, shadow_url=shadow.url, shadow_stats_interval=0)
+        await addon.running()
+        f = tflow.tflow()
+        f.request.path = "/users/1"
+        addon.requestheaders(f)
+        addon.request(f)  # the copy leaves now; live never answers before the stop
+        for _ in range(100):
+            if shadow.seen:
+                break
+            await asyncio.sleep(0.02)
+        assert addon.dispatcher is not None and addon.dispatcher.waiting == 1
+        await addon.done()
+    assert len(shadow.seen) == 1
+    (stats,) = [r for r in sink.records if r["outcome"] == "stats"]
+    route = stats["routes"]["/users/{id}"]
+    assert route["skipped_by"] == {"stopping": 1}
+    assert route["compared"] == route["dropped"] == route["shadow_errors"] == 0
