@@ -47,7 +47,7 @@ HOP_BY_HOP = frozenset(
 SKIP_REASONS = (
     "method", "route", "sampled_out", "disabled", "live_error", "grpc_streaming", "rate_limited",
     "client_aborted", "too_large", "stopping", "not_ready", "shadow_traffic", "header_too_large",
-    "lost_on_crash",
+    "lost_on_crash", "live_late",
 )
 
 

@@ -1,36 +1,46 @@
-"""The shadow addon: after the live response, decide and hand a copy to the dispatcher.
+"""The shadow addon: decide when the request is read, and send the copy while live runs.
 
-Hooks are a few lines and never await the shadow: `response` decides (policy), builds a job
-and `submit`s it to a bounded queue, then returns; the client gets its response at once.
-Background work starts in `running()` and is drained in `done()`.
+Hooks are a few lines and never await the shadow. `request` (the request whole, just before
+mitmproxy writes it upstream) decides (policy), builds the job and starts the copy: the
+dispatcher makes the shadow call at once, so live and shadow run at the same moment and meet
+the same load (as Diffy and Envoy's mirroring do). Whether live opens a new connection is
+predicted from `flow.server_conn` then; the shadow call follows it. `response` finishes the
+copy: live's answer goes by the copy's key and the worker compares and records it; a copy not
+to compare (an answer over the cap or streamed, a gRPC server stream) and `error` (live error,
+client gone) abandon it: counted here, forgotten there. A request whose body was streamed, or
+that comes while the dispatcher is not ready, is decided at `response` and handed over whole
+(`submit`), as replay does. Background work starts in `running()` and is drained in `done()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.utils import human
 
 from shadowproxy._tasks import BackgroundTasks
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.grpc import is_grpc_type
 from shadowproxy.engine.redact import DEFAULT_REDACTOR
 from shadowproxy.engine.stats import Stats
 from shadowproxy.looplag import LoopLag
-from shadowproxy.policy import Policy, Switch
+from shadowproxy.policy import Decision, Policy, Switch
 from shadowproxy.proxy import headlimit, trailers, wiretimes
-from shadowproxy.proxy.convert import live_response_of, path_of, request_of
+from shadowproxy.proxy.convert import client_aborted, client_host_of, live_response_of, path_of, request_of
 from shadowproxy.proxy.egress import EXCHANGE_ID, EgressAddon, ProxyEgressHost
 from shadowproxy.proxy.egress_server import server_config
+from shadowproxy.proxy.liveconns import LiveConnections
 from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, declare_options, parse_options
 from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher, ShadowDispatcher
-from shadowproxy.shadow.jobs import build_job, decide
+from shadowproxy.shadow.jobs import build_job, decide, early_job, streamed_skip
 from shadowproxy.shadow.ledger import PIPELINED_ROUTE as PIPELINED_ROUTE  # bytes pipelined past the bound
 from shadowproxy.shadow.ledger import ProxyLedger, ledger_path
 from shadowproxy.shadow.pipeline import ShadowJob
@@ -45,48 +55,20 @@ _LEDGERED = "shadowproxy.ledgered"  # counted in the crash ledger as read and no
 _GRPC_STREAM = "shadowproxy.grpc_stream"
 _TOO_LARGE = "shadowproxy.too_large"
 _REFUSED = "shadowproxy.refused"
+_EARLY = "shadowproxy.early"  # (key, decision): the copy left at request time, not finished yet
+_DECIDED = "shadowproxy.decided"  # decided at request time and counted (skipped, dropped): done
 STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
 MAX_COPY_HEADER_BYTES = 64 * 1024  # a header block larger than this is not copied either
 HEADER_TOO_LARGE_ROUTE = "(header too large)"  # the request was never parsed: no route of its own
 
 _SENT_AT = "shadowproxy.sent_at"  # time.time() the request goes upstream (HTTP/2: the live latency's start)
-_SEEN_CONNS = 10_000  # live server connections remembered to tell a new one from a reused one
 HOLD_MAX = 1000  # copies held while the shadow worker starts; beyond, counted `not_ready`
 HELD_PACE_S = 0.002  # held copies go to the dispatcher this far apart once it is ready
 
 
 def _head_bytes(headers: http.Headers) -> int:
     return sum(len(k) + len(v) + 4 for k, v in headers.fields)
-
-
-# mitmproxy's messages when the client, not the live backend, ended the exchange (HTTP/1: it
-# closed its connection before the answer; HTTP/2: it reset the stream)
-_CLIENT_GONE = ("Client disconnected", "stream reset by client")
-
-
-def client_aborted(flow: http.HTTPFlow) -> bool:
-    """The client went away before its answer: the backend did not fail (`client_aborted`,
-    not `live_error`). Either mitmproxy says so, or the client's connection closed while the
-    live backend's is still open."""
-    msg = flow.error.msg if flow.error is not None else ""
-    if msg.startswith(_CLIENT_GONE):
-        return True
-    return flow.client_conn.timestamp_end is not None and (
-        flow.server_conn is None or flow.server_conn.timestamp_end is None) and "server" not in msg.lower()
-
-
-def client_host_of(flow: http.HTTPFlow, keep_host_header: bool = False) -> str | None:
-    """The Host the client addressed, for `shadow_host: client`. With keep_host_header the
-    request still carries it; in plain reverse mode mitmproxy replaced it before any addon ran,
-    so it is the proxy's own address as the client reached it."""
-    if keep_host_header:
-        return flow.request.host_header
-    sock = flow.client_conn.sockname
-    if not sock:
-        return None
-    host, port = sock[0], sock[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ShadowAddon:
@@ -105,7 +87,9 @@ class ShadowAddon:
         self._held: deque[ShadowJob] = deque()
         self._tasks = BackgroundTasks()
         self._done = False  # done() ran: nothing more is mirrored
-        self._server_conns: OrderedDict[str, None] = OrderedDict()  # live connections seen (bounded)
+        self.live_conns = LiveConnections()  # which live connections are new (the shadow follows)
+        self._keys = itertools.count(1)
+        self._early: dict[int, http.HTTPFlow] = {}  # early copies not finished nor abandoned
         self.stats = Stats("proxy")
         self.loop_lag = LoopLag()  # the live side's time includes it (shadowproxy.looplag)
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
@@ -195,6 +179,12 @@ class ShadowAddon:
 
     async def done(self) -> None:
         self._done = True
+        for key, flow in self._early.items():  # their live answers come too late now
+            self.stats.skip(flow.metadata[_EARLY][1].route, "stopping")
+            if self.dispatcher is not None:
+                self.dispatcher.abandon_copy(key)
+            self._counted(flow)
+        self._early.clear()
         self.loop_lag.stop()
         await self._tasks.cancel_all()
         while self._held:  # the worker never came up, or stop came first
@@ -255,9 +245,33 @@ class ShadowAddon:
             flow.response = http.Response.make(
                 503, STOPPING_BODY, {"Content-Type": "text/plain", "Retry-After": "1", "Connection": "close"})
             return
+        try:
+            self._start_copy(flow)
+        except Exception:  # never the live request's problem
+            log.exception("shadow copy of %s could not start", flow.request.method)
         # the last hook before mitmproxy writes the request upstream: where the live latency
         # starts when the connection has no socket stamps (HTTP/2; proxy.convert, proxy.wiretimes)
         flow.metadata[_SENT_AT] = time.time()
+
+    def _start_copy(self, flow: http.HTTPFlow) -> None:
+        """Decide now and start the copy, when the request is whole and the dispatcher ready;
+        else `response` does it all, as before."""
+        cfg, d = self.config, self.dispatcher
+        if (cfg is None or cfg.pipeline is None or self.policy is None or self._done or d is None
+                or not self.dispatcher_ready or self._too_large(flow) or flow.metadata.get(_GRPC_STREAM)):
+            return
+        new = self.live_conns.predict_new(flow)
+        started = early_job(self.policy, self.stats, request_of(flow.request), new,
+                            client_host_of(flow, cfg.keep_host_header), flow.request.scheme,
+                            flow.metadata.get(EXCHANGE_ID))
+        key = next(self._keys)
+        if started is None or not d.start_copy(key, started[1]):  # skipped, or dropped: counted
+            flow.metadata[_DECIDED] = True
+            self._counted(flow)
+            return
+        decision = started[0]
+        flow.metadata[_EARLY] = (key, decision)
+        self._early[key] = flow
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or self.egress.side(flow):
@@ -317,6 +331,7 @@ class ShadowAddon:
         if self.egress.side(flow):
             return
         self._answered(flow)
+        self.live_conns.answered(flow)
         try:
             self._mirror(flow)
         finally:
@@ -332,6 +347,13 @@ class ShadowAddon:
             self.refused += 1
             self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), "stopping")
             return
+        if flow.metadata.get(_DECIDED):
+            self._close_when_stopping(flow)
+            return
+        if (early := flow.metadata.pop(_EARLY, None)) is not None:
+            self._finish_copy(flow, *early)  # before the Connection header changes, as job_for
+            self._close_when_stopping(flow)
+            return
         job = self.job_for(flow)  # before the Connection header changes: the record shows live's
         self._close_when_stopping(flow)
         if job is None:
@@ -344,6 +366,22 @@ class ShadowAddon:
             return
         self.dispatcher.submit(job)
 
+    def _finish_copy(self, flow: http.HTTPFlow, key: int, decision: Decision) -> None:
+        """Send an early copy its live answer, or abandon it with the reason counted."""
+        d, route = self.dispatcher, decision.route
+        if d is None or self._early.pop(key, None) is None:
+            return  # abandoned and counted by done()
+        if self._too_large(flow):
+            d.abandon_copy(key)
+            self.stats.skip(route, "too_large")
+            return
+        live = self._live_of(flow)
+        if decision.streamed_answer(live):
+            d.abandon_copy(key)
+            streamed_skip(self.stats, route)
+            return
+        d.finish_copy(key, route, live, time.time())
+
     def error(self, flow: http.HTTPFlow) -> None:
         # The live backend failed: the client sees mitmproxy's answer; nothing is mirrored.
         # Counted once, while still unanswered: flow.response already holds the headers when the
@@ -353,10 +391,18 @@ class ShadowAddon:
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         try:
-            if self.dispatcher is not None and self.policy is not None and unanswered:
+            early = flow.metadata.pop(_EARLY, None)
+            if early is not None and self._early.pop(early[0], None) is None:
+                return  # abandoned and counted by done()
+            if self.dispatcher is not None and self.policy is not None and unanswered \
+                    and not flow.metadata.get(_DECIDED):  # (decided: counted when it was read)
                 reason = "client_aborted" if client_aborted(flow) \
                     else "header_too_large" if trailers.too_large(flow) else "live_error"
-                self.stats.skip(DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request))), reason)
+                if early is not None:  # the copy that left at request time is forgotten
+                    self.dispatcher.abandon_copy(early[0])
+                route = early[1].route if early is not None else \
+                    DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request)))
+                self.stats.skip(route, reason)
         finally:
             self._counted(flow)
 
@@ -371,21 +417,15 @@ class ShadowAddon:
                 self.stats.skip(decision.route, "too_large")
             return None
         keep = self.config.keep_host_header if self.config is not None else False
-        live = live_response_of(flow, self._first_use(flow.server_conn.id), flow.metadata.get(_SENT_AT),
-                                self.loop_lag)
+        live = self._live_of(flow)
         return build_job(self.policy, self.stats, request_of(flow.request), live,
                          client_host_of(flow, keep), flow.request.scheme,
                          flow.metadata.get(EXCHANGE_ID))
 
-    def _first_use(self, conn_id: str) -> bool:
-        """Whether this is the first answer on that server connection (it was opened for it)."""
-        seen = self._server_conns
-        if conn_id in seen:
-            return False
-        seen[conn_id] = None
-        if len(seen) > _SEEN_CONNS:
-            seen.popitem(last=False)
-        return True
+    def _live_of(self, flow: http.HTTPFlow) -> Response:
+        """The live answer, with its socket stamps (proxy.convert): once per flow."""
+        return live_response_of(flow, self.live_conns.first_use(flow.server_conn.id),
+                                flow.metadata.get(_SENT_AT), self.loop_lag)
 
     @property
     def ready(self) -> bool:

@@ -71,3 +71,32 @@ def live_response_of(
         new_connection=new_connection,
         loop_lag_ms=loop_lag.during(start, end) if loop_lag is not None else None,
     )
+
+
+# mitmproxy's messages when the client, not the live backend, ended the exchange (HTTP/1: it
+# closed its connection before the answer; HTTP/2: it reset the stream)
+_CLIENT_GONE = ("Client disconnected", "stream reset by client")
+
+
+def client_aborted(flow: http.HTTPFlow) -> bool:
+    """The client went away before its answer: the backend did not fail (`client_aborted`,
+    not `live_error`). Either mitmproxy says so, or the client's connection closed while the
+    live backend's is still open."""
+    msg = flow.error.msg if flow.error is not None else ""
+    if msg.startswith(_CLIENT_GONE):
+        return True
+    return flow.client_conn.timestamp_end is not None and (
+        flow.server_conn is None or flow.server_conn.timestamp_end is None) and "server" not in msg.lower()
+
+
+def client_host_of(flow: http.HTTPFlow, keep_host_header: bool = False) -> str | None:
+    """The Host the client addressed, for `shadow_host: client`. With keep_host_header the
+    request still carries it; in plain reverse mode mitmproxy replaced it before any addon ran,
+    so it is the proxy's own address as the client reached it."""
+    if keep_host_header:
+        return flow.request.host_header
+    sock = flow.client_conn.sockname
+    if not sock:
+        return None
+    host, port = sock[0], sock[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -31,7 +31,8 @@ The report (and `--format json`) is a dict with these stable keys:
                           eligible}: sums over the stats records
       skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,
                           grpc_streaming, rate_limited, client_aborted, too_large, stopping,
-                          not_ready, shadow_traffic, header_too_large, lost_on_crash;
+                          not_ready, shadow_traffic, header_too_large, lost_on_crash,
+                          live_late;
                           replay: not_http, not_on_wire)
       mismatch_rate       mismatched / compared, null when nothing was compared
       shadow_error_rate   shadow_errors / (compared + shadow_errors), or null

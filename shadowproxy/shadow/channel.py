@@ -7,6 +7,10 @@ Frames, proxy -> worker:
     ("config", WorkerConfig)          first
     ("settings", n, RouteSettings)    once per route settings object; jobs refer to n
     ("job", encode_job(job, n))       plain tuples: pickled by C code, ~5x cheaper than dataclasses
+    ("start", (key, encode_job(job, n)))  an early copy, at request time: the worker makes its shadow
+                                      call at once; its live response is a stand-in (new connection)
+    ("finish", (key, route, live, ts))    its live answer (encode_live), when it came: compare, count
+    ("abandon", key)                  not to compare (the proxy counted why): the worker forgets it
     ("egress", OutboundCall)          an outbound call the egress listener captured (shadow/egress.py)
     ("counts", {route: RouteStats})   counts made in the proxy (skips, drops), merged into the
                                       worker's stats interval (its records), not its totals
@@ -85,13 +89,17 @@ def _request_tuple(r: Request) -> tuple[Any, ...]:
     return (r.method, r.path, r.query, r.headers, r.body, r.http_version, r.trailers)
 
 
+def encode_live(live: Response) -> tuple[Any, ...]:
+    return (live.status, live.headers, live.body, live.latency_ms, live.truncated, live.trailers,
+            live.connect_ms, live.new_connection, live.loop_lag_ms)
+
+
 def encode_job(job: ShadowJob, settings_ref: int) -> tuple[Any, ...]:
     """A job as nested tuples of builtins; the body is pickled once (pickle memoizes it)."""
-    ex, live = job.exchange, job.exchange.live
+    ex = job.exchange
     return (
         _request_tuple(ex.request),
-        (live.status, live.headers, live.body, live.latency_ms, live.truncated, live.trailers,
-         live.connect_ms, live.new_connection, live.loop_lag_ms),
+        encode_live(ex.live),
         ex.id, ex.ts, ex.route, ex.rule, ex.annotations or None,
         _request_tuple(job.shadow_request), settings_ref, job.target, job.rewritten,
     )

@@ -7,6 +7,15 @@ a quarter of `concurrency` copies are in flight: a worker that fell behind (a st
 would otherwise take `concurrency` copies at once, and its loop, busy with all of them, would
 read the shadow's sockets late: the shadow would look slower than it is. A copy that waits for
 room is counted (`held_back`); it is timed as every copy, from its request written.
+
+Early copies (`start_copy`, the proxy's default): a copy is queued at request time and its
+shadow call made at once, while live runs, so both meet the same load; its live answer follows
+by the copy's key (`finish_copy`), or the copy is abandoned (`abandon_copy`: the proxy counted
+why). The copy holds one of `concurrency` slots for its shadow call only: waiting for live
+after the shadow answered, it gives its slot to the next copy (a slow live backend must not
+starve the shadow calls). A copy whose live answer has not come `live_wait_s` after its start
+is forgotten (its memory freed, nothing counted: the proxy still owns it); a live answer that
+comes later is counted `skipped_by.live_late`. Only a finished copy is ever counted here.
 Stats records are emitted every `stats_interval` seconds and once more at the end. Records
 reach the sink's destination within `FLUSH_INTERVAL_S` (a buffered JSONL file is flushed that
 often when something was written), whatever the stats interval and however the proxy runs.
@@ -23,9 +32,10 @@ from typing import Any, Protocol
 
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.egress import OutboundCall
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import Stats
 from shadowproxy.looplag import INTERVAL_S, LoopLag
-from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.shadow.pipeline import LiveAnswer, Pipeline, ShadowJob, finished_copy
 from shadowproxy.sinks.base import Record
 
 log = logging.getLogger("shadowproxy")
@@ -41,6 +51,9 @@ class DispatchConfig:
     concurrency: int = 64
     stats_interval: float = 10.0
     drain_timeout: float = 10.0
+    # how long an early copy waits for its live answer (shadow call done or not) before it is
+    # forgotten: a live answer slower than this is counted `live_late`, its copy not compared
+    live_wait_s: float = 30.0
 
 
 class ShadowDispatcher(Protocol):
@@ -59,7 +72,16 @@ class ShadowDispatcher(Protocol):
 
     def submit(self, job: ShadowJob) -> bool: ...
 
+    def start_copy(self, key: int, job: ShadowJob) -> bool: ...
+
+    def finish_copy(self, key: int, route: str, live: Response, ts: float) -> None: ...
+
+    def abandon_copy(self, key: int) -> None: ...
+
     def depth(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
 
     def egress(self, call: OutboundCall) -> None: ...
 
@@ -83,6 +105,12 @@ class Dispatcher:
         self.drain_dropped = 0
         self._finished = 0  # jobs the pipeline finished (drained = those finished during stop)
         self.held_back = 0  # copies that waited for room while the loop lagged (the lag cap)
+        # early copies waiting for their live answer, by key, oldest first: (its future, when started)
+        self._early: dict[int, tuple[asyncio.Future[LiveAnswer], float]] = {}
+        self.forgotten = 0  # early copies whose live answer had not come in live_wait_s
+        self.parked = 0  # early copies past their shadow call, waiting for live, out of a slot
+        self._sweeping: asyncio.Task[None] | None = None
+        self._closing = False  # stop() is cancelling the workers: no slot is handed on
         self._lag_cap = max(1, self.cfg.concurrency // 4)
         lag = getattr(pipeline.client, "loop_lag", None)  # a fake client (tests) has none
         self._lag = lag if isinstance(lag, LoopLag) else None
@@ -123,6 +151,64 @@ class Dispatcher:
         self.dispatched += 1
         return True
 
+    @property
+    def waiting(self) -> int:
+        """Early copies (queued or in flight) whose live answer has not come."""
+        return len(self._early)
+
+    def start_copy(self, key: int, job: ShadowJob, *, count: bool = True) -> bool:
+        """Queue an early copy (its live answer not come yet); its shadow call is made as soon as
+        a slot is free. False when the queue, or the early copies waiting, are full (counted as
+        dropped unless `count` is False: the worker, whose proxy still owns the copy)."""
+        if (self._stopped or self._queue.full()
+                or len(self._early) >= self.cfg.queue_size + self.cfg.concurrency):
+            if count:
+                self.pipeline.stats.count(job.exchange.route, "dropped")
+                self.dropped += 1
+            return False
+        loop = asyncio.get_running_loop()
+        job.live_wait = loop.create_future()
+        self._queue.put_nowait(job)
+        self.dispatched += 1
+        self._early[key] = (job.live_wait, loop.time())
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = self._tasks.spawn(self._sweep())
+        return True
+
+    def finish_copy(self, key: int, route: str, live: Response, ts: float) -> None:
+        """An early copy's live answer: it is compared and counted as any copy. A key no longer
+        known was forgotten (live slower than live_wait_s): counted `live_late`."""
+        entry = self._early.pop(key, None)
+        if entry is None:
+            self.pipeline.stats.skip(route, "live_late")
+        elif not entry[0].done():
+            entry[0].set_result((live, ts))
+
+    def abandon_copy(self, key: int) -> None:
+        """An early copy not to compare (the proxy counted why): its shadow call ends, nothing counts."""
+        entry = self._early.pop(key, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(None)
+
+    async def _sweep(self) -> None:
+        """Forget early copies whose live answer has not come in live_wait_s (one timer for all,
+        not one per copy: the dict is in start order, so only the expired ones are looked at)."""
+        loop = asyncio.get_running_loop()
+        while self._early:
+            await asyncio.sleep(min(1.0, self.cfg.live_wait_s / 4))
+            expired = loop.time() - self.cfg.live_wait_s
+            while self._early:
+                key, (fut, started) = next(iter(self._early.items()))
+                if started > expired:
+                    break
+                del self._early[key]
+                if not fut.done():
+                    fut.set_result(None)
+                    self.forgotten += 1
+                    if self.forgotten == 1:
+                        log.warning("an early copy's live answer did not come in %gs: forgotten (a later"
+                                    " live answer is counted live_late)", self.cfg.live_wait_s)
+
     def egress(self, call: OutboundCall) -> None:
         """An outbound call the egress listener captured, for its exchange's record."""
         self.pipeline.add_call(call)
@@ -130,16 +216,33 @@ class Dispatcher:
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
+            handed = False
+
+            def hand_over() -> None:  # an early copy's shadow answered, live not yet: the slot goes on
+                nonlocal handed
+                handed = True
+                self.active -= 1
+                self.parked += 1
+                if not self._closing:
+                    self._spawn(self._worker())
+
             try:
                 await self._room(job)
                 self.active += 1
+                if job.live_wait is not None:
+                    job.on_called = hand_over
                 try:
                     await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
                 finally:
-                    self.active -= 1
+                    if handed:
+                        self.parked -= 1
+                    else:
+                        self.active -= 1
             finally:
                 self._finished += 1
                 self._queue.task_done()
+            if handed:
+                return  # this worker's slot went to the one it started
             # not kept while waiting for the next one: `concurrency` idle workers each held their
             # last copy (its bodies up to --max-copy-bytes each), 11 MB for 64 copies of 180 KB
             del job
@@ -159,8 +262,9 @@ class Dispatcher:
                 held = True
                 await asyncio.sleep(INTERVAL_S)
         except asyncio.CancelledError:  # a drain that timed out: this copy ends as dropped
-            self.pipeline.stats.count(job.exchange.route, "dropped")
-            self.pipeline.cut_off += 1
+            if finished_copy(job):  # (an early copy abandoned: the proxy counted it)
+                self.pipeline.stats.count(job.exchange.route, "dropped")
+                self.pipeline.cut_off += 1
             raise
         if held:
             self.held_back += 1
@@ -200,17 +304,22 @@ class Dispatcher:
             return
         self._stopped = True
         finished_before = self._finished
+        for key in list(self._early):  # their live answers will not come now: nothing counted here
+            self.abandon_copy(key)
         if self._started:
             try:
                 await asyncio.wait_for(self._queue.join(), self.cfg.drain_timeout)
             except TimeoutError:
-                left = self._queue.qsize()
-                log.warning("shadow drain timed out; %d queued copies dropped", left)
+                left = 0
                 while not self._queue.empty():
                     job = self._queue.get_nowait()
-                    self.pipeline.stats.count(job.exchange.route, "dropped")
+                    if finished_copy(job):  # (an early copy abandoned: the proxy counted it)
+                        self.pipeline.stats.count(job.exchange.route, "dropped")
+                        left += 1
                     self._queue.task_done()
+                log.warning("shadow drain timed out; %d queued copies dropped", left)
                 self.drain_dropped = left
+        self._closing = True
         await self._tasks.cancel_all()
         # copies cut off in flight ended their task too, but they were dropped, not drained
         self.drained = self._finished - finished_before - self.pipeline.cut_off

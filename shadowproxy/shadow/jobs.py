@@ -3,10 +3,13 @@
     decide(policy, stats, request) -> (Decision, request_id), the skip already counted
     decision.streamed_answer(live) -> bool: a server-streaming gRPC answer, never mirrored
     job_of(request, live, decision, request_id) -> ShadowJob
-    build_job(policy, stats, request, live) -> ShadowJob | None   all at once, as the proxy does
+    build_job(policy, stats, request, live) -> ShadowJob | None   all at once, after the live answer
+    early_job(policy, stats, request, new_connection) -> (Decision, ShadowJob) | None
+        at request time: the copy leaves while live runs; its live answer follows by the copy's
+        id (shadow.dispatch `start_copy` / `finish_copy`), or it is abandoned (`not_copied`)
 
 Replay with `--live` needs the decision before there is a live response (a skipped request is
-sent to neither side), hence the two halves.
+sent to neither side), hence the two halves; the proxy's early copies too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from shadowproxy.engine.stats import SAMPLING_SKIPS, Stats
 from shadowproxy.policy import Decision, Policy
 from shadowproxy.shadow.pipeline import ShadowJob
 
-__all__ = ["build_job", "decide", "job_of"]
+__all__ = ["build_job", "decide", "early_job", "job_of", "streamed_skip"]
 
 
 def decide(policy: Policy, stats: Stats, request: Request,
@@ -55,10 +58,33 @@ def build_job(policy: Policy, stats: Stats, request: Request, live: Response,
     if decision.shadow_request is None:
         return None
     if decision.streamed_answer(live):
-        stats.skip(decision.route, "grpc_streaming")
-        stats.count(decision.route, "eligible", -1)  # not copied after all: out of the sample rate
+        streamed_skip(stats, decision.route)
         return None
-    job = job_of(request, live, decision, request_id)
+    return _scheme(job_of(request, live, decision, request_id), live_scheme)
+
+
+def streamed_skip(stats: Stats, route: str) -> None:
+    """A server-streaming gRPC answer (`decision.streamed_answer`): not copied after all."""
+    stats.skip(route, "grpc_streaming")
+    stats.count(route, "eligible", -1)  # out of the sample rate
+
+
+def _scheme(job: ShadowJob, live_scheme: str) -> ShadowJob:
     if live_scheme:
         job.exchange.annotations["live_scheme"] = live_scheme
     return job
+
+
+def early_job(policy: Policy, stats: Stats, request: Request, new_connection: bool | None,
+              client_host: str | None = None, live_scheme: str = "",
+              request_id: str | None = None) -> tuple[Decision, ShadowJob] | None:
+    """The decision and the job for a request whose live answer has not come yet, or None
+    (counted) when it is not mirrored. The job's live response is a stand-in that says only
+    whether live opens a new connection (the shadow call follows it); the real one replaces it
+    when it comes (shadow.pipeline)."""
+    decision, request_id = decide(policy, stats, request, client_host, request_id)
+    if decision.shadow_request is None:
+        return None
+    stand_in = Response(0, new_connection=new_connection)
+    return decision, _scheme(job_of(request, stand_in, decision, request_id), live_scheme)
+

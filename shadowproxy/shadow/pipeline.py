@@ -19,32 +19,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 from shadowproxy.engine.conditional import apply_not_modified
 from shadowproxy.engine.diff import Comparison, Difference, compare_responses
 from shadowproxy.engine.egress import OutboundCall, compare_calls, egress_options
 from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, escape_surrogates
-from shadowproxy.engine.noise import NoiseSplit, NoiseState, NoiseStateError, field_name, field_of
+from shadowproxy.engine.noise import NoiseSplit, NoiseState, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
-from shadowproxy.engine.record import Outcome, build_record, iso_ts
+from shadowproxy.engine.record import Outcome, build_record
 from shadowproxy.engine.reqdelta import LazyRequestDelta, RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
-from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
 from shadowproxy.shadow.ledger_worker import WorkerLedger
+from shadowproxy.shadow.noise_state import load_noise_state as load_noise_state  # (imported from here)
+from shadowproxy.shadow.noise_state import save_noise_state as save_noise_state
 from shadowproxy.sinks.base import Record, Sink
 
 log = logging.getLogger("shadowproxy")
@@ -61,53 +57,37 @@ def _float(text: str | None) -> float:
         return 0.0
 
 
-def load_noise_state(path: str | os.PathLike[str]) -> NoiseState:
-    """The noise state saved at `path`; an empty one when the file does not exist yet."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return NoiseState()
-    except OSError as e:
-        msg = f"noise state {p}: cannot read it: {e.strerror or e}"
-        raise ConfigError(msg) from None
-    try:
-        return NoiseState.from_dict(orjson.loads(data))
-    except (orjson.JSONDecodeError, NoiseStateError) as e:
-        msg = f"noise state {p}: {e}"
-        raise ConfigError(msg) from None
-
-
-def save_noise_state(path: str | os.PathLike[str], state: NoiseState) -> None:
-    """Write the state atomically: a reader (or a restart after a crash) sees the old file
-    or the new one, never half of one."""
-    p = Path(path)
-    data = orjson.dumps(state.to_dict(iso_ts(time.time())), option=orjson.OPT_INDENT_2)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # an exchange's egress differences, and its outbound calls as the record lists them
 Outbound = tuple[tuple[Difference, ...], list[dict[str, Any]]]
 
 
+# an early copy's live answer and when it came; None: never (abandoned, or waited too long)
+LiveAnswer = tuple[Response, float] | None
+
+
 @dataclass(slots=True)
 class ShadowJob:
-    """Everything the pipeline needs: picklable, so it can cross into a worker process."""
+    """Everything the pipeline needs: picklable, so it can cross into a worker process.
+
+    An early copy (shadow.dispatch `start_copy`) is made before the live answer: its
+    `exchange.live` is a stand-in (only `new_connection`, live's predicted), and `live_wait`
+    resolves to the real one. The shadow call is made at once, so live and shadow run at the
+    same moment; the comparison waits for live's answer."""
 
     exchange: Exchange
     shadow_request: Request
     settings: RouteSettings
     target: str | None = None  # a rewrite's own shadow base URL
     rewritten: bool = False
+    live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
+    # called once the shadow answered and live has not: the copy's slot goes to the next (dispatch)
+    on_called: Callable[[], None] | None = None
+
+
+def finished_copy(job: ShadowJob) -> bool:
+    """Not an early copy, or one whose live answer has come (this process counts it)."""
+    w = job.live_wait
+    return w is None or (w.done() and not w.cancelled() and w.result() is not None)
 
 
 class Pipeline:
@@ -155,7 +135,9 @@ class Pipeline:
             await self._process(job)
         except asyncio.CancelledError:
             # a stop whose drain timed out cancels copies in flight: each still ends in one counter
-            if id(job) in self._cut_writing:
+            if not finished_copy(job):
+                pass  # an early copy whose live answer never came: not this process's to count
+            elif id(job) in self._cut_writing:
                 self._cut_writing.discard(id(job))  # its outcome was counted before the write
             else:
                 self.stats.count(job.exchange.route, "dropped")
@@ -201,6 +183,14 @@ class Pipeline:
                 if self.pair_failures == 1:  # once: a down secondary must not flood the log
                     log.warning("noise pair: the %s call failed (%s: %s); such pairs are left out",
                                 partner, second.kind, second.message)
+        if job.live_wait is not None:  # an early copy: its live answer, by now or later (bounded)
+            if job.on_called is not None and not job.live_wait.done():
+                job.on_called()
+            answer = await job.live_wait
+            if answer is None:
+                return  # abandoned (the proxy counted why) or forgotten: nothing counted here
+            job.live_wait = None
+            ex.live, ex.ts = answer
         outbound = await self._outbound(job)
         if isinstance(result, Failure):
             outcome: Outcome = "too_large" if result.kind == "too_large" else "shadow_error"

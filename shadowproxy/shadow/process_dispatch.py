@@ -1,14 +1,20 @@
 """Process dispatch, the proxy's side: the pipeline runs in a worker process (shadow.worker).
 
-The proxy's event loop only decides and hands off: `ProcessDispatcher.submit` pickles the job
-and writes one length-prefixed frame to a Unix socketpair shared with the worker. It never
-waits. Backpressure is the transport's write buffer: when the worker has not read
-`buffer_bytes` of frames, copies are dropped and counted in the proxy.
+The proxy's event loop only decides and hands off: `ProcessDispatcher.start_copy` pickles the
+job when the request is read and writes one length-prefixed frame to a Unix socketpair shared
+with the worker, which makes the shadow call at once, while live runs; `finish_copy` sends
+live's answer by the copy's key when it comes (or `abandon_copy` says to forget it), and the
+copy is the worker's from then on (handed over, in the crash ledger). `submit` hands a whole
+job over (a copy decided after live answered: a streamed request, one made before the worker
+was ready). It never waits. Backpressure is the transport's write buffer: when the worker has
+not read `buffer_bytes` of frames, copies are dropped and counted in the proxy.
 
-    proxy process                                    worker process (python -m ...worker FD)
-    ShadowAddon.response -> ProcessDispatcher.submit ──frames──> Dispatcher (queue_size bound,
-    skip/drop counts, shipped every second ─────────────────────>  concurrency) -> Pipeline
-                                       <── ready / status (received, depth, active) / error
+    proxy process                                        worker process (python -m ...worker FD)
+    ShadowAddon.request  -> ProcessDispatcher.start_copy ──frames──> Dispatcher (queue_size bound,
+    ShadowAddon.response -> finish_copy / abandon_copy ──────────>  concurrency) -> Pipeline
+    skip/drop counts, shipped every second ─────────────────────>  (the shadow call at start,
+                                       <── ready / status          the comparison at finish)
+                                           (received, depth, active) / error
 
 When the worker dies, the proxy starts another (backoff 0.2 s, 1 s, 2 s, 5 s, then every 10 s);
 copies meanwhile, and those the dead worker held, are dropped and counted. A worker that says
@@ -21,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -30,6 +35,7 @@ from typing import Any
 
 from shadowproxy._tasks import BackgroundTasks
 from shadowproxy.engine.egress import OutboundCall
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import RouteStats, Stats
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.channel import (
@@ -39,17 +45,13 @@ from shadowproxy.shadow.channel import (
     WorkerConfigError,
     WorkerError,
     encode_job,
+    encode_live,
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
-from shadowproxy.shadow.ledger import (
-    INSTANCE_ENV,
-    PROCESSES_ENV,
-    ProxyLedger,
-    check_free,
-    fold_orphans,
-)
+from shadowproxy.shadow.ledger import ProxyLedger
 from shadowproxy.shadow.ledger_files import jsonl_of
+from shadowproxy.shadow.ledger_open import open_ledger
 from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.sinks.jsonl import cut_partial_line
 
@@ -116,6 +118,7 @@ class ProcessDispatcher:
         self._worker_stopping: str | None = None  # why the current worker said it stops on its own
         self.ledger: ProxyLedger | None = None  # the crash ledger (shadow.ledger), when cfg.ledger
         self._drained_gen = 0  # the generation that said "drained" (its stop was whole)
+        self._started: dict[int, int] = {}  # early copies not finished nor abandoned: their generation
 
     @property
     def pid(self) -> int | None:
@@ -129,7 +132,8 @@ class ProcessDispatcher:
         if self.proc is not None or self._stopped:
             return
         if self._generation == 0 and self.cfg.ledger is not None:
-            await self._open_ledger(self.cfg.ledger)
+            self.ledger = await open_ledger(self.cfg.ledger, self.cfg.pipeline.sink_uri,
+                                            self.cfg.dispatch.drain_timeout, self.stats)
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sndbuf = self.socket_buffer_bytes
@@ -166,42 +170,6 @@ class ProcessDispatcher:
             self._counts_shipping = True
             self._spawn(self._ship_counts_loop())
         log.info("shadow worker started (pid %d)", self.proc.pid)
-
-    async def _open_ledger(self, path: str) -> None:
-        """Start the crash ledger; fold into this run's first stats record what the previous
-        run's shows was never counted (it did not end clean). A worker of that run that still
-        drains (the proxy alone was killed) is waited for first: its last stats record counts."""
-        with contextlib.suppress(OSError):
-            check_free(path, self.cfg.pipeline.sink_uri)  # another run on this sink: exit 2 at once
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.dispatch.drain_timeout + 20.0
-        said = False
-        while (pid := ProxyLedger.previous_worker(path)) and loop.time() < deadline:
-            if not said:
-                said = True
-                log.info("crash ledger %s: waiting for the previous run's worker (pid %d) to end", path, pid)
-            await asyncio.sleep(0.2)
-        try:
-            self.ledger, recovery = ProxyLedger.start(path, self.cfg.pipeline.sink_uri)
-        except OSError as e:
-            log.warning("crash ledger %s: cannot make it (%s); a crash would go uncounted", path,
-                        e.strerror or e)
-            return
-        self.stats.tally = self.ledger
-        if os.environ.get(INSTANCE_ENV, "0") in ("", "0"):  # the first process: siblings no run starts now
-            processes = int(os.environ.get(PROCESSES_ENV, "1") or 1)
-            for orphan, rec in fold_orphans(path, self.cfg.pipeline.sink_uri, processes):
-                rec.fold_into(self.stats)
-                log.warning("crash ledger %s of a --reuse-port sibling this run does not start (pid %d) did"
-                            " not end clean: %d copies lost_on_crash and %d more counted folded into the"
-                            " next stats record (route %s)", orphan, rec.pid, rec.lost,
-                            rec.copies() - rec.lost, "(crash recovery)")
-        if recovery is not None:
-            recovery.fold_into(self.stats)
-            log.warning("the previous run with this sink (pid %d) did not stop cleanly: %d copies it handed"
-                        " over never finished (counted skipped: lost_on_crash), %d more copies counted that"
-                        " never reached a stats record; both go in the next stats record (route %s)",
-                        recovery.pid, recovery.lost, recovery.copies() - recovery.lost, "(crash recovery)")
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.spawn(coro)
@@ -318,27 +286,80 @@ class ProcessDispatcher:
                         " counted %d more that no stats record has: counted now (route (worker restart))",
                         rec.pid, rec.lost, rec.copies() - rec.lost)
 
-    def submit(self, job: ShadowJob) -> bool:
-        """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
+    @property
+    def waiting(self) -> int:
+        """Early copies started and neither finished nor abandoned yet."""
+        return len(self._started)
+
+    def _channel(self, route: str) -> asyncio.Transport | None:
+        """The channel, or None when it cannot take a copy now (the copy counted as dropped)."""
         t = self._transport
         if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
-            self.stats.count(job.exchange.route, "dropped")
+            self.stats.count(route, "dropped")
             self.dropped += 1
             if self.dropped == 1 and self._alive and not self._stopped:
                 log.warning("shadow worker channel full (%d bytes unread); dropping and counting copies",
                             self.buffer_bytes)
-            return False
-        key = id(job.settings)
+            return None
+        return t
+
+    def _settings_ref(self, t: asyncio.Transport, settings: RouteSettings) -> int:
+        key = id(settings)
         known = self._settings.get(key)
         if known is None:
             # keep a reference: the id stays unique while we remember it
-            known = self._settings[key] = (job.settings, len(self._settings))
-            t.write(frame("settings", (known[1], job.settings)))
-        t.write(frame("job", encode_job(job, known[1])))
+            known = self._settings[key] = (settings, len(self._settings))
+            t.write(frame("settings", (known[1], settings)))
+        return known[1]
+
+    def _handed(self) -> None:
         self.dispatched += 1
         if self.ledger is not None:
             self.ledger.handed()
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
+        if (t := self._channel(job.exchange.route)) is None:
+            return False
+        t.write(frame("job", encode_job(job, self._settings_ref(t, job.settings))))
+        self._handed()
         return True
+
+    def start_copy(self, key: int, job: ShadowJob) -> bool:
+        """Start an early copy (shadow.dispatch): the worker makes its shadow call now. False
+        (counted as dropped) when the channel cannot take it. The copy stays the proxy's (its
+        request in the ledger's live count) until `finish_copy` hands it over."""
+        if (t := self._channel(job.exchange.route)) is None:
+            return False
+        t.write(frame("start", (key, encode_job(job, self._settings_ref(t, job.settings)))))
+        self._started[key] = self._generation
+        return True
+
+    def finish_copy(self, key: int, route: str, live: Response, ts: float) -> None:
+        """Hand an early copy over with its live answer. Started in a worker that died since, or
+        the channel full: counted as dropped (that worker, if alive, is told to forget it)."""
+        gen = self._started.pop(key, None)
+        if gen is None:
+            return
+        if gen != self._generation:  # that worker died with it
+            self.stats.count(route, "dropped")
+            self.dropped += 1
+            return
+        if (t := self._channel(route)) is None:
+            self._write_abandon(key)
+            return
+        t.write(frame("finish", (key, route, encode_live(live), ts)))
+        self._handed()
+
+    def abandon_copy(self, key: int) -> None:
+        """An early copy not to compare (the addon counted why): the worker forgets it."""
+        if self._started.pop(key, None) == self._generation:
+            self._write_abandon(key)
+
+    def _write_abandon(self, key: int) -> None:
+        # a few bytes, past the buffer bound if need be: the worker must free the copy's slot
+        if self._alive and not self._stopped and self._transport is not None:
+            self._transport.write(frame("abandon", key))
 
     def egress(self, call: OutboundCall) -> None:
         """Hand an outbound call to the worker, behind the jobs already written; dropped (the

@@ -24,8 +24,11 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections import OrderedDict
 from typing import Any
 
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import Histogram, RouteStats, Stats
 from shadowproxy.errors import ConfigError
 from shadowproxy.rules.ruleset import RouteSettings
@@ -84,6 +87,7 @@ class _Worker:
         self.transport: asyncio.Transport | None = None
         self._settings: dict[int, RouteSettings] = {}
         self._early: list[tuple[str, Any]] = []
+        self._not_started: OrderedDict[int, float] = OrderedDict()  # early copies dropped at start
         self._shipped: dict[str, RouteStats] = {}
         self._shipped_diff = Histogram()
         self.proxy_stopping = False  # the proxy said "stopping": its "stop" follows
@@ -120,10 +124,22 @@ class _Worker:
         if kind == "job":
             self.received += 1
             if not self.dispatcher.submit(decode_job(payload, self._settings)):
-                self.dropped += 1
-                if self.dropped == 1:
-                    log.warning("shadow worker queue full (%d); dropping and counting copies",
-                                self.dispatcher.cfg.queue_size)
+                self._note_dropped()
+        elif kind == "start":  # an early copy: the proxy owns it until its finish (counted then)
+            key, job = payload
+            if not self.dispatcher.start_copy(key, decode_job(job, self._settings), count=False):
+                self._dropped_at_start(key)
+        elif kind == "finish":
+            key, route, live, ts = payload
+            self.received += 1
+            if self._not_started.pop(key, None) is not None:
+                self.stats.count(route, "dropped")
+                self._note_dropped()
+            else:
+                self.dispatcher.finish_copy(key, route, Response(*live), ts)
+        elif kind == "abandon":
+            if self._not_started.pop(payload, None) is None:
+                self.dispatcher.abandon_copy(payload)
         elif kind == "egress":  # an outbound call the egress listener captured (shadow/egress.py)
             self.dispatcher.pipeline.add_call(payload)
         elif kind == "settings":
@@ -133,6 +149,23 @@ class _Worker:
             # into the interval (this process's stats records) only: the proxy has them in its totals
             for route, other in payload.items():
                 self.stats.interval.setdefault(route, RouteStats()).merge(other)
+
+    def _note_dropped(self) -> None:
+        assert self.dispatcher is not None
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning("shadow worker queue full (%d); dropping and counting copies",
+                        self.dispatcher.cfg.queue_size)
+
+    def _dropped_at_start(self, key: int) -> None:
+        """An early copy the queue could not take: counted dropped at its finish; its abandon
+        (the proxy counted why) ends it alone. Remembered live_wait_s at most."""
+        assert self.dispatcher is not None
+        now = time.monotonic()
+        marks = self._not_started
+        while marks and next(iter(marks.values())) < now - self.dispatcher.cfg.live_wait_s:
+            marks.popitem(last=False)
+        marks[key] = now
 
     def attach(self, dispatcher: Dispatcher, stats: Stats) -> None:
         self.dispatcher, self.stats = dispatcher, stats
@@ -172,7 +205,10 @@ class _Worker:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
             d = self.dispatcher
-            self.send("status", (self.received, d.depth() if d else 0, d.active if d else 0))
+            # early copies not finished are the proxy's, not held here (a restart drops them there)
+            held = max(0, d.depth() + d.active + d.parked - d.waiting) if d else 0
+            depth = min(held, d.depth()) if d else 0
+            self.send("status", (self.received, depth, held - depth))
             ticks += 1
             if ticks % round(COUNTS_INTERVAL / STATUS_INTERVAL) == 0:
                 self.ship_totals()

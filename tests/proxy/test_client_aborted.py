@@ -62,7 +62,11 @@ def test_client_closing_before_the_answer_is_client_aborted_not_live_error(
         wait_for(lambda: skipped_by(proxy).get("client_aborted", 0) == 3)
         time.sleep(1.2)  # the live answers after the clients left: still no live_error
         assert skipped_by(proxy) == {"client_aborted": 3}
-    assert [s.path for s in shadow.seen] == []  # nothing mirrored
+        counts = proxy.addon.stats.totals["/slow"].counts
+        assert counts.get("compared", 0) == counts.get("dropped", 0) == counts.get("shadow_errors", 0) == 0
+        assert proxy.addon.dispatcher is not None and proxy.addon.dispatcher.waiting == 0  # forgotten
+    # the copies left at request time, while live ran; abandoned, never compared
+    assert [s.path for s in shadow.seen] == ["/slow"] * 3
 
 
 def test_live_backend_breaking_off_is_still_live_error(shadow: Backend) -> None:
