@@ -4,7 +4,11 @@ The proxy's event loop only decides and hands off: `ProcessDispatcher.start_copy
 job when the request is read and writes one length-prefixed frame to a Unix socketpair shared
 with the worker, which makes the shadow call at once, while live runs; `finish_copy` sends
 live's answer by the copy's key when it comes (or `abandon_copy` says to forget it), and the
-copy is the worker's from then on (handed over, in the crash ledger). `submit` hands a whole
+copy is the worker's from then on (handed over, in the crash ledger, once its frame is written).
+Finish and abandon frames are not written at once: nothing is timed after live's answer, so
+they are held and ride with the next frame the proxy writes anyway (the next start frame,
+mostly), or leave when `FINISH_HOLD_S` passes with nothing else written: at a steady load the
+worker then wakes twice per copy (start, shadow answer), not three times. `submit` hands a whole
 job over (a copy decided after live answered: a streamed request, one made before the worker
 was ready). It never waits. Backpressure is the transport's write buffer: when the worker has
 not read `buffer_bytes` of frames, copies are dropped and counted in the proxy.
@@ -64,6 +68,12 @@ DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024  # unread frames held in the proxy befor
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 _SO_SNDBUFFORCE = 32  # Linux: may exceed net.core.wmem_max (root or CAP_NET_ADMIN)
 RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)  # waits before restarting a worker that died
+# Finish and abandon frames held to ride with the next write (one wake-up of the worker fewer
+# per copy; bench/README.md): at most this long (one timer for the batch; at 20 requests/s and
+# above the next start frame comes first), this many bytes or frames, whichever comes first.
+FINISH_HOLD_S = 0.05
+FINISH_HOLD_BYTES = 256 * 1024
+FINISH_HOLD_FRAMES = 64
 
 
 def _grow_send_buffer(sock: socket.socket, size: int) -> None:
@@ -119,6 +129,14 @@ class ProcessDispatcher:
         self.ledger: ProxyLedger | None = None  # the crash ledger (shadow.ledger), when cfg.ledger
         self._drained_gen = 0  # the generation that said "drained" (its stop was whole)
         self._started: dict[int, int] = {}  # early copies not finished nor abandoned: their generation
+        # finish and abandon frames held for the next write (`_write`); the routes of the finish
+        # frames among them (each a copy still the proxy's: in the ledger's live count)
+        self._held_frames: list[bytes] = []
+        self._held_bytes = 0
+        self._held_routes: list[str] = []
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self.finishes_carried = 0  # finish frames written with another frame
+        self.hold_flushes = 0  # held batches written alone (the timer, or a bound)
 
     @property
     def pid(self) -> int | None:
@@ -201,6 +219,7 @@ class ProcessDispatcher:
             return
         self._lost = generation
         self._alive = False
+        self._drop_held()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         if self._ready is not None and not self._ready.done():
@@ -291,10 +310,14 @@ class ProcessDispatcher:
         """Early copies started and neither finished nor abandoned yet."""
         return len(self._started)
 
+    def _full(self, t: asyncio.Transport) -> bool:
+        """The channel holds `buffer_bytes` unread, the frames held for the next write included."""
+        return t.get_write_buffer_size() + self._held_bytes >= self.buffer_bytes
+
     def _channel(self, route: str) -> asyncio.Transport | None:
         """The channel, or None when it cannot take a copy now (the copy counted as dropped)."""
         t = self._transport
-        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+        if self._stopped or not self._alive or t is None or self._full(t):
             self.stats.count(route, "dropped")
             self.dropped += 1
             if self.dropped == 1 and self._alive and not self._stopped:
@@ -309,7 +332,7 @@ class ProcessDispatcher:
         if known is None:
             # keep a reference: the id stays unique while we remember it
             known = self._settings[key] = (settings, len(self._settings))
-            t.write(frame("settings", (known[1], settings)))
+            self._write(t, frame("settings", (known[1], settings)))
         return known[1]
 
     def _handed(self) -> None:
@@ -321,7 +344,7 @@ class ProcessDispatcher:
         """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
         if (t := self._channel(job.exchange.route)) is None:
             return False
-        t.write(frame("job", encode_job(job, self._settings_ref(t, job.settings))))
+        self._write(t, frame("job", encode_job(job, self._settings_ref(t, job.settings))))
         self._handed()
         return True
 
@@ -331,12 +354,13 @@ class ProcessDispatcher:
         request in the ledger's live count) until `finish_copy` hands it over."""
         if (t := self._channel(job.exchange.route)) is None:
             return False
-        t.write(frame("start", (key, encode_job(job, self._settings_ref(t, job.settings)))))
+        self._write(t, frame("start", (key, encode_job(job, self._settings_ref(t, job.settings)))))
         self._started[key] = self._generation
         return True
 
     def finish_copy(self, key: int, route: str, live: Response, ts: float) -> None:
-        """Hand an early copy over with its live answer. Started in a worker that died since, or
+        """Hand an early copy over with its live answer: its frame is held for the next write
+        (`_hold`), the copy the proxy's until then. Started in a worker that died since, or
         the channel full: counted as dropped (that worker, if alive, is told to forget it)."""
         gen = self._started.pop(key, None)
         if gen is None:
@@ -348,8 +372,7 @@ class ProcessDispatcher:
         if (t := self._channel(route)) is None:
             self._write_abandon(key)
             return
-        t.write(frame("finish", (key, route, encode_live(live), ts)))
-        self._handed()
+        self._hold(t, frame("finish", (key, route, encode_live(live), ts)), route)
 
     def abandon_copy(self, key: int) -> None:
         """An early copy not to compare (the addon counted why): the worker forgets it."""
@@ -359,23 +382,88 @@ class ProcessDispatcher:
     def _write_abandon(self, key: int) -> None:
         # a few bytes, past the buffer bound if need be: the worker must free the copy's slot
         if self._alive and not self._stopped and self._transport is not None:
-            self._transport.write(frame("abandon", key))
+            self._hold(self._transport, frame("abandon", key), None)
+
+    def _hold(self, t: asyncio.Transport, data: bytes, route: str | None) -> None:
+        """Hold a finish (`route`: its copy's) or abandon frame for the next write. A finish's
+        copy stays in the ledger's live count (the addon lets it go when its hook ends) until
+        its frame is written: a kill meanwhile counts it `lost_on_crash`, once."""
+        self._held_frames.append(data)
+        self._held_bytes += len(data)
+        if route is not None:
+            self._held_routes.append(route)
+            if self.ledger is not None:
+                self.ledger.live_in()
+        if self._held_bytes >= FINISH_HOLD_BYTES or len(self._held_frames) >= FINISH_HOLD_FRAMES:
+            self._flush_held(t)
+        elif self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(FINISH_HOLD_S, self._hold_expired)
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        if self._held_frames:
+            if self._alive and self._transport is not None:
+                self._flush_held(self._transport)
+            else:
+                self._drop_held()
+
+    def _flush_held(self, t: asyncio.Transport) -> None:
+        """Write the held frames alone (the timer, a bound, a stop)."""
+        if self._held_frames:
+            self.hold_flushes += 1
+            self._write(t, b"")
+
+    def _write(self, t: asyncio.Transport, data: bytes) -> None:
+        """Write `data` to the worker, the held frames before it, in one write (one wake-up).
+        Held finish frames hand their copies over now (in the ledger: handed, then out of the
+        live count, the order `finish_copy` and the addon's hook kept when it wrote at once)."""
+        if not self._held_frames:
+            t.write(data)
+            return
+        if data:
+            self._held_frames.append(data)
+            self.finishes_carried += len(self._held_routes)
+        t.write(b"".join(self._held_frames))
+        n = len(self._held_routes)
+        self._held_frames, self._held_routes, self._held_bytes = [], [], 0
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        for _ in range(n):
+            self._handed()
+        if self.ledger is not None:
+            for _ in range(n):
+                self.ledger.live_out()
+
+    def _drop_held(self) -> None:
+        """The worker is gone: its held finish frames' copies are counted dropped (the abandon
+        frames are moot)."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        routes = self._held_routes
+        self._held_frames, self._held_routes, self._held_bytes = [], [], 0
+        for route in routes:
+            self.stats.count(route, "dropped")
+            self.dropped += 1
+            if self.ledger is not None:
+                self.ledger.live_out()
 
     def egress(self, call: OutboundCall) -> None:
         """Hand an outbound call to the worker, behind the jobs already written; dropped (the
         exchange's record then lacks it) when the channel is full or the worker is gone."""
         t = self._transport
-        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+        if self._stopped or not self._alive or t is None or self._full(t):
             self.stats.count(EGRESS_ROUTE, "egress_dropped")
             return
-        t.write(frame("egress", call))
+        self._write(t, frame("egress", call))
 
     def _ship_counts(self) -> None:
         if not self._alive or self._transport is None:
             return  # kept for the next worker (they were taken and lost while none ran)
         _, routes = self.stats.take_interval()
         if routes:
-            self._transport.write(frame("counts", routes))
+            self._write(self._transport, frame("counts", routes))
 
     async def _ship_counts_loop(self) -> None:
         while True:
@@ -389,7 +477,7 @@ class ProcessDispatcher:
         reads as this stop, and no worker that ends from now on is replaced."""
         self._stopping = True
         if self._alive and self._transport is not None:
-            self._transport.write(frame("stopping", None))
+            self._write(self._transport, frame("stopping", None))
 
     async def stop(self) -> None:
         """Ship the last counts, let the worker drain and write its final stats record, wait for it."""
@@ -407,8 +495,9 @@ class ProcessDispatcher:
             self._close_ledger(clean=True)
             return
         if self._alive and self._transport is not None:
-            self._ship_counts()
-            self._transport.write(frame("stop", None))
+            self._ship_counts()  # held finish frames go first, with the counts or the stop
+            self._write(self._transport, frame("stop", None))
+        self._drop_held()  # (none, unless the worker is gone: then its copies are dropped)
         timeout = self.cfg.dispatch.drain_timeout + 20.0
         if self._closed is not None:
             # the worker's last frames (final totals) arrive before its end of the socket closes
