@@ -5,10 +5,8 @@ job when the request is read and writes one length-prefixed frame to a Unix sock
 with the worker, which makes the shadow call at once, while live runs; `finish_copy` sends
 live's answer by the copy's key when it comes (or `abandon_copy` says to forget it), and the
 copy is the worker's from then on (handed over, in the crash ledger, once its frame is written).
-Finish and abandon frames are not written at once: nothing is timed after live's answer, so
-they are held and ride with the next frame the proxy writes anyway (the next start frame,
-mostly), or leave when `FINISH_HOLD_S` passes with nothing else written: at a steady load the
-worker then wakes twice per copy (start, shadow answer), not three times. `submit` hands a whole
+Finish and abandon frames are not written at once: they ride with the next frame the proxy
+writes anyway (shadow.frame_hold), one wake-up of the worker fewer per copy. `submit` hands a whole
 job over (a copy decided after live answered: a streamed request, one made before the worker
 was ready). It never waits. Backpressure is the transport's write buffer: when the worker has
 not read `buffer_bytes` of frames, copies are dropped and counted in the proxy.
@@ -53,6 +51,7 @@ from shadowproxy.shadow.channel import (
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
+from shadowproxy.shadow.frame_hold import FrameHold
 from shadowproxy.shadow.ledger import ProxyLedger
 from shadowproxy.shadow.ledger_files import jsonl_of
 from shadowproxy.shadow.ledger_open import open_ledger
@@ -68,12 +67,6 @@ DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024  # unread frames held in the proxy befor
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 _SO_SNDBUFFORCE = 32  # Linux: may exceed net.core.wmem_max (root or CAP_NET_ADMIN)
 RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)  # waits before restarting a worker that died
-# Finish and abandon frames held to ride with the next write (one wake-up of the worker fewer
-# per copy; bench/README.md): at most this long (one timer for the batch; at 20 requests/s and
-# above the next start frame comes first), this many bytes or frames, whichever comes first.
-FINISH_HOLD_S = 0.05
-FINISH_HOLD_BYTES = 256 * 1024
-FINISH_HOLD_FRAMES = 64
 
 
 def _grow_send_buffer(sock: socket.socket, size: int) -> None:
@@ -129,14 +122,9 @@ class ProcessDispatcher:
         self.ledger: ProxyLedger | None = None  # the crash ledger (shadow.ledger), when cfg.ledger
         self._drained_gen = 0  # the generation that said "drained" (its stop was whole)
         self._started: dict[int, int] = {}  # early copies not finished nor abandoned: their generation
-        # finish and abandon frames held for the next write (`_write`); the routes of the finish
-        # frames among them (each a copy still the proxy's: in the ledger's live count)
-        self._held_frames: list[bytes] = []
-        self._held_bytes = 0
-        self._held_routes: list[str] = []
-        self._hold_timer: asyncio.TimerHandle | None = None
-        self.finishes_carried = 0  # finish frames written with another frame
-        self.hold_flushes = 0  # held batches written alone (the timer, or a bound)
+        # finish and abandon frames held for the next write (`_write`); a held finish's copy is
+        # still the proxy's (in the ledger's live count)
+        self.frame_hold = FrameHold(self._hold_due)
 
     @property
     def pid(self) -> int | None:
@@ -312,7 +300,7 @@ class ProcessDispatcher:
 
     def _full(self, t: asyncio.Transport) -> bool:
         """The channel holds `buffer_bytes` unread, the frames held for the next write included."""
-        return t.get_write_buffer_size() + self._held_bytes >= self.buffer_bytes
+        return t.get_write_buffer_size() + self.frame_hold.nbytes >= self.buffer_bytes
 
     def _channel(self, route: str) -> asyncio.Transport | None:
         """The channel, or None when it cannot take a copy now (the copy counted as dropped)."""
@@ -388,62 +376,36 @@ class ProcessDispatcher:
         """Hold a finish (`route`: its copy's) or abandon frame for the next write. A finish's
         copy stays in the ledger's live count (the addon lets it go when its hook ends) until
         its frame is written: a kill meanwhile counts it `lost_on_crash`, once."""
-        self._held_frames.append(data)
-        self._held_bytes += len(data)
-        if route is not None:
-            self._held_routes.append(route)
-            if self.ledger is not None:
-                self.ledger.live_in()
-        if self._held_bytes >= FINISH_HOLD_BYTES or len(self._held_frames) >= FINISH_HOLD_FRAMES:
-            self._flush_held(t)
-        elif self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(FINISH_HOLD_S, self._hold_expired)
-
-    def _hold_expired(self) -> None:
-        self._hold_timer = None
-        if self._held_frames:
-            if self._alive and self._transport is not None:
-                self._flush_held(self._transport)
-            else:
-                self._drop_held()
-
-    def _flush_held(self, t: asyncio.Transport) -> None:
-        """Write the held frames alone (the timer, a bound, a stop)."""
-        if self._held_frames:
-            self.hold_flushes += 1
+        if route is not None and self.ledger is not None:
+            self.ledger.live_in()
+        if self.frame_hold.add(data, route):
             self._write(t, b"")
+
+    def _hold_due(self) -> None:
+        if self._alive and self._transport is not None:
+            self._write(self._transport, b"")
+        else:
+            self._drop_held()
 
     def _write(self, t: asyncio.Transport, data: bytes) -> None:
         """Write `data` to the worker, the held frames before it, in one write (one wake-up).
         Held finish frames hand their copies over now (in the ledger: handed, then out of the
         live count, the order `finish_copy` and the addon's hook kept when it wrote at once)."""
-        if not self._held_frames:
+        if not self.frame_hold:
             t.write(data)
             return
-        if data:
-            self._held_frames.append(data)
-            self.finishes_carried += len(self._held_routes)
-        t.write(b"".join(self._held_frames))
-        n = len(self._held_routes)
-        self._held_frames, self._held_routes, self._held_bytes = [], [], 0
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        for _ in range(n):
+        data, routes = self.frame_hold.take(data)
+        t.write(data)
+        for _ in routes:
             self._handed()
         if self.ledger is not None:
-            for _ in range(n):
+            for _ in routes:
                 self.ledger.live_out()
 
     def _drop_held(self) -> None:
         """The worker is gone: its held finish frames' copies are counted dropped (the abandon
         frames are moot)."""
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        routes = self._held_routes
-        self._held_frames, self._held_routes, self._held_bytes = [], [], 0
-        for route in routes:
+        for route in self.frame_hold.clear():
             self.stats.count(route, "dropped")
             self.dropped += 1
             if self.ledger is not None:
@@ -508,6 +470,8 @@ class ProcessDispatcher:
             await self._kill()
         if self._transport is not None:
             self._transport.close()
+        log.debug("finish frames: %d rode with another frame; %d batches written alone (the hold"
+                  " timer, a bound)", self.frame_hold.carried, self.frame_hold.flushes)
         if self.dropped:
             log.warning("dropped %d of %d copies in the proxy (channel full or worker gone)",
                         self.dropped, self.dropped + self.dispatched)

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
 from shadowproxy.shadow import ledger
-from shadowproxy.shadow.process_dispatch import FINISH_HOLD_S
+from shadowproxy.shadow.frame_hold import FINISH_HOLD_S
 from shadowproxy.testing import Backend
 from tests.fixtures.kafka import consume_all
 from tests.hardening import helpers as h
