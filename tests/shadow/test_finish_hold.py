@@ -20,10 +20,10 @@ from shadowproxy.shadow import ledger
 from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
-from shadowproxy.shadow.frame_hold import FINISH_HOLD_S
+from shadowproxy.shadow.frame_hold import FINISH_HOLD_BYTES, FINISH_HOLD_S
 from shadowproxy.shadow.ledger import ledger_path
 from shadowproxy.shadow.pipeline import ShadowJob
-from shadowproxy.shadow.process_dispatch import ProcessDispatcher
+from shadowproxy.shadow.process_dispatch import DEFAULT_BUFFER_BYTES, ProcessDispatcher
 from shadowproxy.testing import Backend, make_exchange
 
 _HEADER = struct.Struct("!I")
@@ -63,12 +63,13 @@ def shadow() -> Iterator[Backend]:
 class Copies:
     """A ProcessDispatcher whose writes to the worker are recorded (their frame kinds, per write)."""
 
-    def __init__(self, shadow: Backend, tmp_path: Path, *, with_ledger: bool = False) -> None:
+    def __init__(self, shadow: Backend, tmp_path: Path, *, with_ledger: bool = False,
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> None:
         self.sink = tmp_path / "r.jsonl"
         uri = f"jsonl:{self.sink}"
         cfg = WorkerConfig(PipelineConfig(shadow.url, uri), dispatch=DispatchConfig(stats_interval=0),
                            ledger=ledger_path(uri) if with_ledger else None)
-        self.d = ProcessDispatcher(cfg, Stats())
+        self.d = ProcessDispatcher(cfg, Stats(), buffer_bytes=buffer_bytes)
         self.writes: list[list[str]] = []
         self.settings, _ = default_ruleset().route_for("GET", "/users/1", {})
 
@@ -88,8 +89,9 @@ class Copies:
         ex = make_exchange(path=f"/users/{key}")
         assert self.d.start_copy(key, ShadowJob(ex, ex.request, self.settings))
 
-    def finish_copy(self, key: int) -> None:
-        self.d.finish_copy(key, "GET /users/{id}", make_exchange(path=f"/users/{key}").live, time.time())
+    def finish_copy(self, key: int, body: bytes = b'{"id": 1}') -> None:
+        live = make_exchange(path=f"/users/{key}", body=body).live
+        self.d.finish_copy(key, "GET /users/{id}", live, time.time())
 
 
 async def test_a_finish_frame_is_written_with_the_next_start_frame(shadow: Backend, tmp_path: Path) -> None:
@@ -170,3 +172,30 @@ async def test_a_finish_held_at_a_kill_is_lost_on_crash_once_and_handed_over_onc
     await c.d.stop()
     t = totals(c.sink)
     assert t.get("compared", 0) == 1 and t.get("skipped_by.lost_on_crash", 0) == 0, t
+
+
+async def test_held_bytes_count_against_the_channel_bound_and_the_next_copy_is_dropped_and_counted(
+    shadow: Backend, tmp_path: Path
+) -> None:
+    c = Copies(shadow, tmp_path, buffer_bytes=8 * 1024)
+    await c.start()
+    c.start_copy(1)
+    c.finish_copy(1, b'{"pad": "' + b"x" * 10_000 + b'"}')  # held: 10 KB past the 8 KB bound
+    ex = make_exchange(path="/users/2")
+    assert not c.d.start_copy(2, ShadowJob(ex, ex.request, c.settings))
+    assert c.d.stats.total("dropped") == 1 and c.d.dropped == 1
+    await asyncio.sleep(FINISH_HOLD_S + 0.2)  # the held finish leaves on its own
+    assert c.writes[-1] == ["finish"]
+    await c.d.stop()
+    t = totals(c.sink)
+    assert t.get("dropped", 0) == 1 and t.get("compared", 0) == 1, t
+
+
+async def test_a_held_batch_past_its_byte_bound_is_written_at_once(shadow: Backend, tmp_path: Path) -> None:
+    c = Copies(shadow, tmp_path)
+    await c.start()
+    c.start_copy(1)
+    c.finish_copy(1, b'{"pad": "' + b"x" * FINISH_HOLD_BYTES + b'"}')
+    assert c.writes[-1] == ["finish"] and c.d.frame_hold.flushes == 1 and not c.d.frame_hold
+    await c.d.stop()
+    assert totals(c.sink).get("mismatched", 0) == 1
