@@ -4,7 +4,9 @@ The proxy's event loop only decides and hands off: `ProcessDispatcher.start_copy
 job when the request is read and writes one length-prefixed frame to a Unix socketpair shared
 with the worker, which makes the shadow call at once, while live runs; `finish_copy` sends
 live's answer by the copy's key when it comes (or `abandon_copy` says to forget it), and the
-copy is the worker's from then on (handed over, in the crash ledger). `submit` hands a whole
+copy is the worker's from then on (handed over, in the crash ledger, once its frame is written).
+Finish and abandon frames are not written at once: they ride with the next frame the proxy
+writes anyway (shadow.frame_hold), one wake-up of the worker fewer per copy. `submit` hands a whole
 job over (a copy decided after live answered: a streamed request, one made before the worker
 was ready). It never waits. Backpressure is the transport's write buffer: when the worker has
 not read `buffer_bytes` of frames, copies are dropped and counted in the proxy.
@@ -49,6 +51,7 @@ from shadowproxy.shadow.channel import (
     frame,
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
+from shadowproxy.shadow.frame_hold import FrameHold
 from shadowproxy.shadow.ledger import ProxyLedger
 from shadowproxy.shadow.ledger_files import jsonl_of
 from shadowproxy.shadow.ledger_open import open_ledger
@@ -119,6 +122,9 @@ class ProcessDispatcher:
         self.ledger: ProxyLedger | None = None  # the crash ledger (shadow.ledger), when cfg.ledger
         self._drained_gen = 0  # the generation that said "drained" (its stop was whole)
         self._started: dict[int, int] = {}  # early copies not finished nor abandoned: their generation
+        # finish and abandon frames held for the next write (`_write`); a held finish's copy is
+        # still the proxy's (in the ledger's live count)
+        self.frame_hold = FrameHold(self._hold_due)
 
     @property
     def pid(self) -> int | None:
@@ -201,6 +207,7 @@ class ProcessDispatcher:
             return
         self._lost = generation
         self._alive = False
+        self._drop_held()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         if self._ready is not None and not self._ready.done():
@@ -291,10 +298,14 @@ class ProcessDispatcher:
         """Early copies started and neither finished nor abandoned yet."""
         return len(self._started)
 
+    def _full(self, t: asyncio.Transport) -> bool:
+        """The channel holds `buffer_bytes` unread, the frames held for the next write included."""
+        return t.get_write_buffer_size() + self.frame_hold.nbytes >= self.buffer_bytes
+
     def _channel(self, route: str) -> asyncio.Transport | None:
         """The channel, or None when it cannot take a copy now (the copy counted as dropped)."""
         t = self._transport
-        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+        if self._stopped or not self._alive or t is None or self._full(t):
             self.stats.count(route, "dropped")
             self.dropped += 1
             if self.dropped == 1 and self._alive and not self._stopped:
@@ -309,7 +320,7 @@ class ProcessDispatcher:
         if known is None:
             # keep a reference: the id stays unique while we remember it
             known = self._settings[key] = (settings, len(self._settings))
-            t.write(frame("settings", (known[1], settings)))
+            self._write(t, frame("settings", (known[1], settings)))
         return known[1]
 
     def _handed(self) -> None:
@@ -321,7 +332,7 @@ class ProcessDispatcher:
         """Hand a copy to the worker; False (counted as dropped) when it cannot take it now."""
         if (t := self._channel(job.exchange.route)) is None:
             return False
-        t.write(frame("job", encode_job(job, self._settings_ref(t, job.settings))))
+        self._write(t, frame("job", encode_job(job, self._settings_ref(t, job.settings))))
         self._handed()
         return True
 
@@ -331,12 +342,13 @@ class ProcessDispatcher:
         request in the ledger's live count) until `finish_copy` hands it over."""
         if (t := self._channel(job.exchange.route)) is None:
             return False
-        t.write(frame("start", (key, encode_job(job, self._settings_ref(t, job.settings)))))
+        self._write(t, frame("start", (key, encode_job(job, self._settings_ref(t, job.settings)))))
         self._started[key] = self._generation
         return True
 
     def finish_copy(self, key: int, route: str, live: Response, ts: float) -> None:
-        """Hand an early copy over with its live answer. Started in a worker that died since, or
+        """Hand an early copy over with its live answer: its frame is held for the next write
+        (`_hold`), the copy the proxy's until then. Started in a worker that died since, or
         the channel full: counted as dropped (that worker, if alive, is told to forget it)."""
         gen = self._started.pop(key, None)
         if gen is None:
@@ -348,8 +360,7 @@ class ProcessDispatcher:
         if (t := self._channel(route)) is None:
             self._write_abandon(key)
             return
-        t.write(frame("finish", (key, route, encode_live(live), ts)))
-        self._handed()
+        self._hold(t, frame("finish", (key, route, encode_live(live), ts)), route)
 
     def abandon_copy(self, key: int) -> None:
         """An early copy not to compare (the addon counted why): the worker forgets it."""
@@ -359,23 +370,62 @@ class ProcessDispatcher:
     def _write_abandon(self, key: int) -> None:
         # a few bytes, past the buffer bound if need be: the worker must free the copy's slot
         if self._alive and not self._stopped and self._transport is not None:
-            self._transport.write(frame("abandon", key))
+            self._hold(self._transport, frame("abandon", key), None)
+
+    def _hold(self, t: asyncio.Transport, data: bytes, route: str | None) -> None:
+        """Hold a finish (`route`: its copy's) or abandon frame for the next write. A finish's
+        copy stays in the ledger's live count (the addon lets it go when its hook ends) until
+        its frame is written: a kill meanwhile counts it `lost_on_crash`, once."""
+        if route is not None and self.ledger is not None:
+            self.ledger.live_in()
+        if self.frame_hold.add(data, route):
+            self._write(t, b"")
+
+    def _hold_due(self) -> None:
+        if self._alive and self._transport is not None:
+            self._write(self._transport, b"")
+        else:
+            self._drop_held()
+
+    def _write(self, t: asyncio.Transport, data: bytes) -> None:
+        """Write `data` to the worker, the held frames before it, in one write (one wake-up).
+        Held finish frames hand their copies over now (in the ledger: handed, then out of the
+        live count, the order `finish_copy` and the addon's hook kept when it wrote at once)."""
+        if not self.frame_hold:
+            t.write(data)
+            return
+        data, routes = self.frame_hold.take(data)
+        t.write(data)
+        for _ in routes:
+            self._handed()
+        if self.ledger is not None:
+            for _ in routes:
+                self.ledger.live_out()
+
+    def _drop_held(self) -> None:
+        """The worker is gone: its held finish frames' copies are counted dropped (the abandon
+        frames are moot)."""
+        for route in self.frame_hold.clear():
+            self.stats.count(route, "dropped")
+            self.dropped += 1
+            if self.ledger is not None:
+                self.ledger.live_out()
 
     def egress(self, call: OutboundCall) -> None:
         """Hand an outbound call to the worker, behind the jobs already written; dropped (the
         exchange's record then lacks it) when the channel is full or the worker is gone."""
         t = self._transport
-        if self._stopped or not self._alive or t is None or t.get_write_buffer_size() >= self.buffer_bytes:
+        if self._stopped or not self._alive or t is None or self._full(t):
             self.stats.count(EGRESS_ROUTE, "egress_dropped")
             return
-        t.write(frame("egress", call))
+        self._write(t, frame("egress", call))
 
     def _ship_counts(self) -> None:
         if not self._alive or self._transport is None:
             return  # kept for the next worker (they were taken and lost while none ran)
         _, routes = self.stats.take_interval()
         if routes:
-            self._transport.write(frame("counts", routes))
+            self._write(self._transport, frame("counts", routes))
 
     async def _ship_counts_loop(self) -> None:
         while True:
@@ -389,7 +439,7 @@ class ProcessDispatcher:
         reads as this stop, and no worker that ends from now on is replaced."""
         self._stopping = True
         if self._alive and self._transport is not None:
-            self._transport.write(frame("stopping", None))
+            self._write(self._transport, frame("stopping", None))
 
     async def stop(self) -> None:
         """Ship the last counts, let the worker drain and write its final stats record, wait for it."""
@@ -407,8 +457,9 @@ class ProcessDispatcher:
             self._close_ledger(clean=True)
             return
         if self._alive and self._transport is not None:
-            self._ship_counts()
-            self._transport.write(frame("stop", None))
+            self._ship_counts()  # held finish frames go first, with the counts or the stop
+            self._write(self._transport, frame("stop", None))
+        self._drop_held()  # (none, unless the worker is gone: then its copies are dropped)
         timeout = self.cfg.dispatch.drain_timeout + 20.0
         if self._closed is not None:
             # the worker's last frames (final totals) arrive before its end of the socket closes
@@ -419,6 +470,8 @@ class ProcessDispatcher:
             await self._kill()
         if self._transport is not None:
             self._transport.close()
+        log.debug("finish frames: %d rode with another frame; %d batches written alone (the hold"
+                  " timer, a bound)", self.frame_hold.carried, self.frame_hold.flushes)
         if self.dropped:
             log.warning("dropped %d of %d copies in the proxy (channel full or worker gone)",
                         self.dropped, self.dropped + self.dispatched)

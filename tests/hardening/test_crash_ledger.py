@@ -32,6 +32,7 @@ from aiohttp import web
 
 from shadowproxy.engine.record import validate_record
 from shadowproxy.shadow import ledger
+from shadowproxy.shadow.frame_hold import FINISH_HOLD_S
 from shadowproxy.testing import Backend
 from tests.fixtures.kafka import consume_all
 from tests.hardening import helpers as h
@@ -117,6 +118,9 @@ class Crash:
             for i in range(5):  # skipped (method) by the proxy: shipped to the worker each second
                 assert post(f"{proxy.url}/form/{i}") == 200
             wait_until(lambda: self.slow_seen() == slow_before + 10, timeout=20, what="the slow copies")
+            # the last finish frames leave (held for the next write up to FINISH_HOLD_S): the
+            # slow copies are the worker's at the kill (a held one: tests/shadow/test_finish_hold.py)
+            time.sleep(FINISH_HOLD_S + 0.2)
         finally:
             kill(proxy)
         assert stat.S_IMODE(os.stat(self.ledger_path).st_mode) == 0o600
