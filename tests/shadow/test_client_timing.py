@@ -206,8 +206,11 @@ async def test_a_shadow_answer_carries_the_lag_of_the_loop_that_read_it() -> Non
             quiet = await client.call(Request("GET", "/a"), timeout_ms=5000, max_body_bytes=1000)
             stop = loop.time() + DELAY_S
 
-            def hog() -> None:  # 20 ms of every 25 the loop runs a callback, not the I/O
-                time.sleep(0.02)
+            # 30 ms of every 35 the loop runs a callback, not the I/O: longer than the probes'
+            # 20 ms interval, so every probe falls due inside one (at 20 of 25 ms the probes
+            # could fall in step with the gaps, and on a loaded machine the mean lag read 4.4 ms)
+            def hog() -> None:
+                time.sleep(0.03)
                 if loop.time() < stop:
                     loop.call_later(0.005, hog)
 
