@@ -425,6 +425,20 @@ def test_baseline_latency_regression_is_judged_on_the_interval_gap_not_the_estim
     assert compare(report(0.06, 0.02, 0.10), base, 0.01)["regressions"] == 1  # 6 points apart
 
 
+def test_baseline_latency_is_no_regression_when_the_baseline_s_own_check_was_insufficient() -> None:
+    from shadowproxy.report.baseline import compare
+
+    def report(est: float, low: float, high: float, check: str) -> dict[str, Any]:
+        e = {"n": 300, "estimate": est, "low": low, "high": high, "p_value": 0.5}
+        return {"routes": [{"route": "r", "checks": {"latency": check}, "estimates": {"slowdown_p95": e}}]}
+
+    now = report(0.0, -0.02, 0.03, "pass")
+    # the baseline read 15% faster while the proxy's loop lag hid its live side: shown, not gated
+    out = compare(now, report(-0.147, -0.18, -0.09, "insufficient"), 0.01)
+    assert out["regressions"] == 0 and out["rows"][0]["worse"]
+    assert compare(now, report(-0.147, -0.18, -0.09, "pass"), 0.01)["regressions"] == 1
+
+
 def test_baseline_min_effect_is_the_latency_warn_threshold(tmp_path: Path) -> None:
     base = tmp_path / "base.json"
     base.write_text(json.dumps(_lat(tmp_path, "a", 0.93)[1]))
