@@ -255,10 +255,14 @@ class ShadowAddon:
 
     def _start_copy(self, flow: http.HTTPFlow) -> None:
         """Decide now and start the copy, when the request is whole and the dispatcher ready;
-        else `response` does it all, as before."""
+        else `response` does it all, as before. Not for gRPC (a server stream shows only in
+        live's answer, and streams are never mirrored) nor while the live's outbound calls are
+        captured (the shadow's calls are answered with, or compared to, the live's: they must
+        come first)."""
         cfg, d = self.config, self.dispatcher
         if (cfg is None or cfg.pipeline is None or self.policy is None or self._done or d is None
-                or not self.dispatcher_ready or self._too_large(flow) or flow.metadata.get(_GRPC_STREAM)):
+                or not self.dispatcher_ready or self._too_large(flow) or flow.metadata.get(_GRPC_STREAM)
+                or is_grpc_type(flow.request.headers.get("content-type")) or self.egress.captures_live):
             return
         new = self.live_conns.predict_new(flow)
         started = early_job(self.policy, self.stats, request_of(flow.request), new,

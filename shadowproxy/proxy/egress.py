@@ -190,6 +190,12 @@ class EgressAddon:
         return found if found is not None else DEFAULT_EGRESS
 
     @property
+    def captures_live(self) -> bool:
+        """The live's outbound calls are captured (`--egress-live`): a shadow call that replays
+        or is compared with them must come after them (no early copy)."""
+        return "live" in self.specs.values()
+
+    @property
     def correlate_live(self) -> bool:
         return "live" in self.specs.values() and self.rules.settings.correlate_live
 

@@ -90,7 +90,9 @@ CASES = {
 def test_live_failure_shows_what_mitmproxy_shows_and_mirrors_nothing(
     case: str, shadow: Backend, tmp_path: Path
 ) -> None:
-    """502-like answers identical to plain mitmproxy's; the shadow sees nothing; counted as live_error."""
+    """502-like answers identical to plain mitmproxy's; nothing compared or recorded; counted as
+    live_error. (The shadow did get each copy: it leaves when the request is read, while live
+    runs; docs/report.md "When the copy leaves".)"""
     behaviour = CASES[case]
     server = h.RawServer(behaviour) if behaviour is not None else None
     live_url = server.url if server else f"http://127.0.0.1:{free_port()}"
@@ -113,7 +115,7 @@ def test_live_failure_shows_what_mitmproxy_shows_and_mirrors_nothing(
     assert expected[0] == 502
     assert code == 0
     assert "Traceback" not in proxy.stderr()
-    assert len(shadow.seen) == before  # nothing mirrored
+    assert len(shadow.seen) - before <= 5  # early copies, at most one per request, none compared
     records = h.read_jsonl(out)
     for r in records:
         validate_record(r)

@@ -110,7 +110,8 @@ def test_insecure_is_needed_for_a_self_signed_shadow(pki: Pki, shadow_h2: bool) 
 
 def test_https_live_without_its_ca_is_refused(pki: Pki) -> None:
     """The live backend's certificate is verified: without --ca-file the client gets a 502
-    naming the certificate problem, and nothing is mirrored."""
+    naming the certificate problem, and nothing is compared (the copy left when the request
+    was read, as every early copy: the shadow may have it; it is counted live_error)."""
     sink = MemorySink()
     with (
         TlsBackend(_json(1), pki.leaf) as live,
@@ -121,7 +122,8 @@ def test_https_live_without_its_ca_is_refused(pki: Pki) -> None:
         r = c.get(f"{proxy.url}/users/7")
         assert r.status_code == 502
         assert "certificate verify failed" in r.text.lower()
-    assert live.hits == [] and shadow.seen == []
+    assert live.hits == [] and len(shadow.seen) <= 1
+    assert _mirrored(sink) == []
 
 
 def test_https_live_insecure(pki: Pki) -> None:
