@@ -55,7 +55,9 @@ _LEDGERED = "shadowproxy.ledgered"  # counted in the crash ledger as read and no
 _GRPC_STREAM = "shadowproxy.grpc_stream"
 _TOO_LARGE = "shadowproxy.too_large"
 _REFUSED = "shadowproxy.refused"
-_EARLY = "shadowproxy.early"  # (key, decision): the copy left at request time, not finished yet
+# the copy's key: it left at request time, not finished yet (a plain int in flow.metadata, which
+# mitmproxy's `-w` writes with the flow; the decision stays in ShadowAddon._early)
+_EARLY = "shadowproxy.early"
 _DECIDED = "shadowproxy.decided"  # decided at request time and counted (skipped, dropped): done
 STOPPING_BODY = b"shadowproxy is stopping; retry\n"
 
@@ -89,7 +91,8 @@ class ShadowAddon:
         self._done = False  # done() ran: nothing more is mirrored
         self.live_conns = LiveConnections()  # which live connections are new (the shadow follows)
         self._keys = itertools.count(1)
-        self._early: dict[int, http.HTTPFlow] = {}  # early copies not finished nor abandoned
+        # early copies not finished nor abandoned, by key: the flow and the decision it left with
+        self._early: dict[int, tuple[http.HTTPFlow, Decision]] = {}
         self.stats = Stats("proxy")
         self.loop_lag = LoopLag()  # the live side's time includes it (shadowproxy.looplag)
         self.in_flight = 0  # client requests not yet answered (graceful stop waits for them)
@@ -179,8 +182,8 @@ class ShadowAddon:
 
     async def done(self) -> None:
         self._done = True
-        for key, flow in self._early.items():  # their live answers come too late now
-            self.stats.skip(flow.metadata[_EARLY][1].route, "stopping")
+        for key, (flow, decision) in self._early.items():  # their live answers come too late now
+            self.stats.skip(decision.route, "stopping")
             if self.dispatcher is not None:
                 self.dispatcher.abandon_copy(key)
             self._counted(flow)
@@ -274,8 +277,8 @@ class ShadowAddon:
             self._counted(flow)
             return
         decision = started[0]
-        flow.metadata[_EARLY] = (key, decision)
-        self._early[key] = flow
+        flow.metadata[_EARLY] = key
+        self._early[key] = (flow, decision)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or self.egress.side(flow):
@@ -354,8 +357,8 @@ class ShadowAddon:
         if flow.metadata.get(_DECIDED):
             self._close_when_stopping(flow)
             return
-        if (early := flow.metadata.pop(_EARLY, None)) is not None:
-            self._finish_copy(flow, *early)  # before the Connection header changes, as job_for
+        if (key := flow.metadata.pop(_EARLY, None)) is not None:
+            self._finish_copy(flow, key)  # before the Connection header changes, as job_for
             self._close_when_stopping(flow)
             return
         job = self.job_for(flow)  # before the Connection header changes: the record shows live's
@@ -370,11 +373,13 @@ class ShadowAddon:
             return
         self.dispatcher.submit(job)
 
-    def _finish_copy(self, flow: http.HTTPFlow, key: int, decision: Decision) -> None:
+    def _finish_copy(self, flow: http.HTTPFlow, key: int) -> None:
         """Send an early copy its live answer, or abandon it with the reason counted."""
-        d, route = self.dispatcher, decision.route
-        if d is None or self._early.pop(key, None) is None:
+        d, entry = self.dispatcher, self._early.pop(key, None)
+        if d is None or entry is None:
             return  # abandoned and counted by done()
+        decision = entry[1]
+        route = decision.route
         if self._too_large(flow):
             d.abandon_copy(key)
             self.stats.skip(route, "too_large")
@@ -395,15 +400,16 @@ class ShadowAddon:
         unanswered = _IN_FLIGHT in flow.metadata
         self._answered(flow)
         try:
-            early = flow.metadata.pop(_EARLY, None)
-            if early is not None and self._early.pop(early[0], None) is None:
+            key = flow.metadata.pop(_EARLY, None)
+            early = self._early.pop(key, None) if key is not None else None
+            if key is not None and early is None:
                 return  # abandoned and counted by done()
             if self.dispatcher is not None and self.policy is not None and unanswered \
                     and not flow.metadata.get(_DECIDED):  # (decided: counted when it was read)
                 reason = "client_aborted" if client_aborted(flow) \
                     else "header_too_large" if trailers.too_large(flow) else "live_error"
-                if early is not None:  # the copy that left at request time is forgotten
-                    self.dispatcher.abandon_copy(early[0])
+                if key is not None:  # the copy that left at request time is forgotten
+                    self.dispatcher.abandon_copy(key)
                 route = early[1].route if early is not None else \
                     DEFAULT_REDACTOR.text(self.policy.route_name(path_of(flow.request)))
                 self.stats.skip(route, reason)

@@ -115,6 +115,32 @@ def test_the_shadow_request_arrives_while_live_is_still_answering(
     assert rs.live_latency.count == rs.shadow_latency.count == 3
 
 
+def test_a_flow_with_an_early_copy_still_serializes_as_mitmproxy_s_w_writes_it(
+    live: Backend, shadow: Backend,
+) -> None:
+    """`mitmdump -s addons/shadow.py -w FILE`: mitmproxy's Save addon, loaded before ours, writes
+    the flow (its metadata too) in its own response hook, while the copy is not finished yet. A
+    decision object in the metadata made tnetstring refuse the flow, and it was never saved."""
+    from mitmproxy.io import tnetstring
+
+    class Save:  # what mitmproxy's Save addon does with each answered flow
+        def __init__(self) -> None:
+            self.saved: list[bytes] = []
+
+        def response(self, flow: Any) -> None:
+            assert flow.metadata.get("shadowproxy.early") is not None  # the copy is in flight
+            self.saved.append(tnetstring.dumps(flow.get_state()))
+
+    save = Save()
+    proxy = ProxyThread(live.url, shadow.url, sink_uri="memory:")
+    proxy.extra_addons = (save,)
+    with proxy:
+        wait_until(lambda: proxy.addon.ready, 30, "the shadow worker")
+        assert _get(proxy.port, "/users/1") == 200
+        wait_until(lambda: _route(proxy, "/users/{id}").counts.get("compared", 0) == 1, 10, "compared")
+    assert len(save.saved) == 1
+
+
 def test_a_keep_alive_client_s_copies_follow_live_s_reused_connection_and_are_all_timed(
     live: Backend, shadow: Backend, sink_uri: str,
 ) -> None:
