@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mitmproxy import exceptions
+from mitmproxy.proxy import mode_specs
 
 from shadowproxy.errors import ConfigError, ShadowProxyError
 from shadowproxy.proxy import headlimit
@@ -163,7 +164,21 @@ def pipeline_config_of(o: Any) -> PipelineConfig | None:
         secondary_url=o.shadow_secondary_url,
         noise_state=o.shadow_noise_state,
         egress=egress_mode(getattr(o, "shadow_egress", None), getattr(o, "shadow_egress_live", None)),
+        live_url=live_url_of(o),
     )
+
+
+def live_url_of(o: Any) -> str | None:
+    """The first reverse mode's backend URL (the live backend); None without one."""
+    for spec in getattr(o, "mode", None) or ():
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue
+        if isinstance(mode, mode_specs.ReverseMode):
+            host, port = mode.address
+            return f"{mode.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    return None
 
 
 def parse_options(o: Any, *, sink_injected: bool = False) -> tuple[ShadowConfig, float | None]:

@@ -111,6 +111,35 @@ class RouteAgg:
     egress: dict[str, int] = field(default_factory=dict)  # dependency -> exchanges whose calls differed
 
 
+@dataclass
+class HostSums:
+    """The stats records' `host` sections summed: the CPU pressure weighted by interval, and the
+    shadow server's CPU and calls over the intervals that measured both local backends."""
+
+    pressure_s: float = 0.0
+    seconds: float = 0.0
+    shadow_cpu_ms: float = 0.0
+    shadow_calls: int = 0
+
+    def add(self, host: dict[str, Any], interval_s: float) -> None:
+        pressure = host.get("cpu_pressure")
+        if isinstance(pressure, (int, float)) and interval_s > 0:
+            self.pressure_s += float(pressure) * interval_s
+            self.seconds += interval_s
+        calls = host.get("shadow_calls")
+        if "live_cpu_ms" in host and "shadow_cpu_ms" in host and isinstance(calls, int) and calls > 0:
+            self.shadow_cpu_ms += float(host["shadow_cpu_ms"])
+            self.shadow_calls += calls
+
+    def load(self) -> _verdict.HostLoad | None:
+        if not self.seconds and not self.shadow_calls:
+            return None
+        return _verdict.HostLoad(
+            round(self.pressure_s / self.seconds, 4) if self.seconds else None,
+            round(self.shadow_cpu_ms / self.shadow_calls, 3) if self.shadow_calls else None,
+        )
+
+
 class Aggregator:
     """Per-route aggregates of a record stream. `add` each record, `snapshot()` the report."""
 
@@ -137,6 +166,7 @@ class Aggregator:
         }
         self.first_ts: datetime | None = None
         self.last_ts: datetime | None = None
+        self.host = HostSums()  # the stats records' `host` sections (shadow.hostload)
         self.version = 0  # bumped by every record used: the dashboard pushes when it changes
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedupe_capacity = dedupe_capacity
@@ -202,6 +232,8 @@ class Aggregator:
                                              rs.counts["mismatched"], rs.latency_log_ratio))
         for name, counts in (record.get("noise") or {}).items():
             self._add_noise(self._route(str(name)), counts)
+        if record.get("host"):
+            self.host.add(record["host"], interval)
 
     @staticmethod
     def _add_noise(agg: RouteAgg, counts: dict[str, Any]) -> None:
@@ -275,6 +307,7 @@ class Aggregator:
             "thresholds": self.thresholds.model_dump(),
             "verdict": _verdict.overall(r["verdict"] for r in routes),
             "totals": totals,
+            "host": None if (load := self.host.load()) is None else load.to_dict(),
             "routes": routes,
             "notes": self._notes(),
         }
@@ -283,7 +316,7 @@ class Aggregator:
         counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
         latency = measures.latency(agg.stats.live_latency, agg.stats.shadow_latency)
         latency.update(measures.timings(agg.stats))
-        judged = _verdict.evaluate_stats(agg.stats, self.thresholds)  # the same call replay makes
+        judged = _verdict.evaluate_stats(agg.stats, self.thresholds, self.host.load())  # as replay does
         fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
         compared = counts["compared"]
         return {

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shadowproxy.report.inference import Estimate, median_slowdown, p99_slowdown, rate
 from shadowproxy.rules.model import Thresholds, Verdict
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "LEVELS",
+    "HostLoad",
     "Judgement",
     "LatencyTest",
     "Level",
@@ -77,6 +78,11 @@ RATIO_DIGITS = 9
 # A latency check that would pass is `insufficient` when the proxy's loop lag could hide a
 # slowdown of at least this share of the live latency (docs/report.md, "How latency is measured")
 LOOP_LAG_LIMIT = 0.05
+# A latency WARN/FAIL is `insufficient` when both backends run on the proxy's host, its CPU was
+# contended at least this share of the run, and the shadow's server spends at least this share
+# of the live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
+HOST_PRESSURE_LIMIT = 0.10
+HOST_CPU_SHARE_LIMIT = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,30 @@ class LatencyTest:
     # lag's quantile over the live latency's: the slowdown it could explain; None: not measured
     shadow_loop_lag_ms: float | None = None
     shadow_lag_share: tuple[float, float, float] | None = None
+    # both backends on this host (shadow.hostload): its CPU pressure over the run, the shadow
+    # server's CPU per call (ms) and that as a share of the live median; None: not measured
+    host: HostLoad | None = None
+    host_cpu_share: float | None = None
+
+    def host_explains(self) -> bool:
+        """Whether the shared host, not the code, can have made the shadow slower: its CPU was
+        contended and the shadow's server spends a fair share of each answer on the CPU."""
+        h, share = self.host, self.host_cpu_share
+        return (h is not None and share is not None and h.cpu_pressure is not None
+                and h.cpu_pressure >= HOST_PRESSURE_LIMIT and share >= HOST_CPU_SHARE_LIMIT)
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoad:
+    """A run's host figures, summed from its stats records' `host` sections: the CPU pressure
+    (share of the time some task waited for a CPU) and, when both backends run on this host, the
+    shadow server's CPU time per call."""
+
+    cpu_pressure: float | None = None
+    shadow_cpu_ms: float | None = None  # per shadow call
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu_pressure": self.cpu_pressure, "shadow_cpu_ms_per_call": self.shadow_cpu_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +192,9 @@ def lag_explains(est: Estimate, share: float | None, thresholds: Verdict) -> boo
     return round(est.low - share, RATIO_DIGITS) < thresholds.latency.warn
 
 
-def latency_test(rs: RouteStats) -> LatencyTest | None:
-    """The latency estimates of a route's merged histograms; None without latencies on both sides."""
+def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | None:
+    """The latency estimates of a route's merged histograms; None without latencies on both sides.
+    `host`: the run's host figures (None: not measured)."""
     p99 = p99_slowdown(rs.live_latency, rs.shadow_latency)
     p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95)
     median = median_slowdown(rs.latency_log_ratio)
@@ -173,12 +204,16 @@ def latency_test(rs: RouteStats) -> LatencyTest | None:
     shadow_lag_ms, share = _shadow_lag(rs)
     lag = rs.live_loop_lag
     live_p50 = rs.live_latency.quantile(0.5)
+    cpu_share = None
+    if host is not None and host.shadow_cpu_ms is not None and live_p50:
+        cpu_share = round(host.shadow_cpu_ms / live_p50, RATIO_DIGITS)
     if not lag.count or live_p50 is None:
-        return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share)
+        return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share,
+                           host=host, host_cpu_share=cpu_share)
     lag_ms = lag.sum / lag.count
     hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
     return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95,
-                       shadow_lag_ms, share)
+                       shadow_lag_ms, share, host, cpu_share)
 
 
 def _shadow_lag(rs: RouteStats) -> tuple[float | None, tuple[float, float, float] | None]:
@@ -267,6 +302,17 @@ def evaluate(
                     f"exchange ({', '.join(explained)} of the live time at that quantile): the "
                     f"shadow's answers were read late, a slowdown that size is not the shadow's"
                 )
+            if latency_level in ("warn", "fail") and latency.host_explains():
+                assert latency.host is not None and latency.host.shadow_cpu_ms is not None
+                latency_level = "insufficient"
+                reasons.append(
+                    f"latency: both backends run on this host, whose CPU was contended "
+                    f"{latency.host.cpu_pressure:.0%} of the time, and the shadow's server spent "
+                    f"{latency.host.shadow_cpu_ms:.1f} ms of CPU per call "
+                    f"({latency.host_cpu_share:.0%} of the "
+                    f"live median): the work live's answer sets off runs while the shadow is still making "
+                    f"its answer, a slowdown here is the host's, not the code's"
+                )
             if latency_level == "pass" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
                 # the live side is inflated by the proxy's own queueing: a PASS could be false
                 latency_level = "insufficient"
@@ -280,13 +326,15 @@ def evaluate(
     return Judgement(verdict, rate_level_, error_level, latency_level, tuple(reasons), mm, errs, latency)
 
 
-def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS) -> Judgement:
-    """`evaluate` on a route's summed counts and merged histograms (e.g. `Stats.totals[route]`)."""
+def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS,
+                   host: HostLoad | None = None) -> Judgement:
+    """`evaluate` on a route's summed counts and merged histograms (e.g. `Stats.totals[route]`),
+    with the run's host figures when measured."""
     return evaluate(
         rs.counts.get("compared", 0),
         rs.counts.get("mismatched", 0),
         rs.counts.get("shadow_errors", 0),
-        latency_test(rs),
+        latency_test(rs, host),
         thresholds,
     )
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.client import ClientConfig, ShadowClient
 from shadowproxy.shadow.egress import EgressMode, egress_store
+from shadowproxy.shadow.hostload import HostProbe
 from shadowproxy.shadow.pipeline import Pipeline
 from shadowproxy.sinks.base import Sink
 from shadowproxy.sinks.uri import DEFAULT_SINK, open_sink
@@ -40,6 +41,9 @@ class PipelineConfig:
     noise_state: str | None = None  # learned noise is loaded from and saved to this file
     max_pending_compares: int = DEFAULT_MAX_PENDING_COMPARES  # comparisons in flight; beyond: shed
     egress: EgressMode = "off"  # the egress listeners: off | shadow | live (shadow/egress.py)
+    # the live backend's base URL: when both backends are on this host, the stats records say how
+    # busy its CPU was and what the backends used (shadow.hostload); None (replay): not measured
+    live_url: str | None = None
 
 
 def build_pipeline(
@@ -61,6 +65,8 @@ def build_pipeline(
         sink = open_sink(config.sink_uri, flag="shadow_sink")
     if client is None:
         client = ShadowClient(config.shadow_url, config.client)
+    host = HostProbe(config.live_url, config.shadow_url) if config.live_url else None
     return Pipeline(client, sink, stats, max_pending_compares=config.max_pending_compares,
                     diff_executor=diff_executor, secondary_url=config.secondary_url,
-                    noise_state_path=config.noise_state, rng=rng, egress=egress_store(config.egress))
+                    noise_state_path=config.noise_state, rng=rng, egress=egress_store(config.egress),
+                    host=host)

@@ -127,6 +127,7 @@ class Dispatcher:
             return
         self._started = True
         await self.pipeline.sink.start()
+        self._spawn(self.pipeline.start_probe())
         for _ in range(self.cfg.concurrency):
             self._spawn(self._worker())
         if self.cfg.stats_interval > 0:

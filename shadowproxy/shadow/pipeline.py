@@ -38,6 +38,7 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
+from shadowproxy.shadow.hostload import HostProbe
 from shadowproxy.shadow.ledger_worker import WorkerLedger
 from shadowproxy.shadow.noise_state import load_noise_state as load_noise_state  # (imported from here)
 from shadowproxy.shadow.noise_state import save_noise_state as save_noise_state
@@ -104,6 +105,7 @@ class Pipeline:
         noise_state_path: str | None = None,
         rng: random.Random | None = None,
         egress: EgressCalls | None = None,
+        host: HostProbe | None = None,
     ) -> None:
         self.client = client
         self.egress = egress  # the shadow's outbound calls, when the egress listener is on
@@ -129,6 +131,9 @@ class Pipeline:
         self.unwritten = 0  # records that could not be built or written (each copy still counted once)
         self.held_back = 0  # this interval's copies the dispatcher's lag cap held back (shadow.dispatch)
         self.ledger: WorkerLedger | None = None  # the crash ledger (worker process): records not yet flushed
+        # this host's CPU pressure and the local backends' CPU use, per stats interval (shadow.hostload)
+        self.host = host
+        self.shadow_calls = 0  # calls made to the shadow (not the secondary): the host figures' per-call base
 
     async def process(self, job: ShadowJob) -> None:
         try:
@@ -165,6 +170,7 @@ class Pipeline:
             client, base = self.secondary, None
         else:
             client, base = self.client, job.target
+            self.shadow_calls += 1
         # on a new connection when the live hop's was new (shadow.client: like for like)
         return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
                                  max_body_bytes=s.max_body_bytes, base=base,
@@ -397,7 +403,12 @@ class Pipeline:
         """Write the stats record of the interval just ended; it, or None when nothing happened."""
         record = self.stats.stats_record()
         noise = self.noise.take_interval()
+        host = None
+        if self.host is not None:  # a few /proc reads (a walk when a backend is missing): off the loop
+            host = await asyncio.to_thread(self.host.take_interval, self.shadow_calls)
         if record is not None:
+            if host:
+                record["host"] = host  # how busy the host was, and the local backends (shadow.hostload)
             if noise:
                 record["noise"] = noise  # per route: this interval's noise counts (sum them)
             if self.held_back:
@@ -426,6 +437,11 @@ class Pipeline:
             log.error("noise state %s: cannot save it: %s", self.noise_state_path, e.strerror or e)
             return
         self._noise_dirty = False
+
+    async def start_probe(self) -> None:
+        """Find the local backends' processes for the host figures (a walk over /proc, in a thread)."""
+        if self.host is not None:
+            await asyncio.to_thread(self.host.start)
 
     async def close(self) -> None:
         self.save_noise()

@@ -333,3 +333,50 @@ def test_trend_folds_records_of_one_interval_from_several_processes_and_a_short_
         ("12", 90, 4 / 90),
         ("23", 92, 1 / 92),
     ]
+
+
+def test_the_host_sections_are_summed_and_a_contended_hosts_slowdown_is_insufficient() -> None:
+    # two intervals: CPU pressure 30% then 50% (weighted by their 10 s), 4 ms of shadow CPU per call
+    records = []
+    for i, pressure in enumerate((0.3, 0.5)):
+        rec = stats({"/items": route_stats(compared=150, live_ms=[30.0] * 150, shadow_ms=[40.0] * 150)},
+                    f"s{i}", ts=f"2026-01-01T00:00:{10 * (i + 1)}.000Z")
+        rec["host"] = {"cpu_pressure": pressure, "live_cpu_ms": 600.0, "shadow_cpu_ms": 600.0,
+                       "shadow_calls": 150}
+        validate_record(rec)  # raises when the schema refuses it
+        records.append(rec)
+    agg = Aggregator()
+    for rec in records:
+        assert agg.add(rec)
+    report = agg.snapshot()
+    assert report["host"] == {"cpu_pressure": 0.4, "shadow_cpu_ms_per_call": 4.0}
+    route = report["routes"][0]
+    assert (route["verdict"], route["checks"]["latency"]) == ("insufficient", "insufficient")
+    assert route["reasons"][-1].startswith("latency: both backends run on this host")
+
+
+def test_without_host_sections_the_report_says_null_and_judges_as_before() -> None:
+    agg = Aggregator()
+    agg.add(stats({"/items": route_stats(compared=300, live_ms=[30.0] * 300, shadow_ms=[40.0] * 300)}, "s"))
+    report = agg.snapshot()
+    assert report["host"] is None
+    assert report["routes"][0]["checks"]["latency"] == "fail"
+
+
+def test_a_host_section_with_one_backend_remote_gives_the_pressure_only() -> None:
+    agg = Aggregator()
+    rec = stats({"/items": route_stats(compared=300, live_ms=[30.0] * 300, shadow_ms=[40.0] * 300)}, "s")
+    rec["host"] = {"cpu_pressure": 0.6, "live_cpu_ms": 900.0}  # the shadow is on another host
+    agg.add(rec)
+    report = agg.snapshot()
+    assert report["host"] == {"cpu_pressure": 0.6, "shadow_cpu_ms_per_call": None}
+    assert report["routes"][0]["checks"]["latency"] == "fail"
+
+
+def test_the_schema_refuses_a_host_section_out_of_range() -> None:
+    import pytest
+
+    rec = stats({"/items": route_stats(compared=1)}, "s")
+    rec["host"] = {"cpu_pressure": 1.5}
+    with pytest.raises(Exception, match=r"1\.5"):
+        validate_record(rec)

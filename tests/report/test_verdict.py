@@ -8,6 +8,7 @@ from shadowproxy.engine.stats import RouteStats
 from shadowproxy.report.inference import wilson
 from shadowproxy.report.verdict import (
     DEFAULT_THRESHOLDS,
+    HostLoad,
     evaluate,
     evaluate_stats,
     gate_fails,
@@ -355,3 +356,39 @@ def test_slow_requests_that_all_take_the_same_time_are_significant_at_p99() -> N
     assert j.latency_test is not None
     assert j.latency_test.p99.p_value is not None and j.latency_test.p99.p_value < 1e-6
     assert j.latency == "fail"
+
+
+def test_a_latency_fail_on_a_contended_host_with_cpu_bound_local_backends_is_insufficient() -> None:
+    # identical CPU-bound backends beside the proxy: the shadow's answer is made while live's
+    # is relayed and the next request comes (docs/report.md, "Backends on the proxy's host")
+    host = HostLoad(cpu_pressure=0.42, shadow_cpu_ms=4.2)
+    j = evaluate_stats(_paired(300, 30.0, 40.0), host=host)
+    assert (j.latency, j.verdict) == ("insufficient", "insufficient")
+    assert j.latency_test is not None and j.latency_test.host_cpu_share == pytest.approx(4.2 / 30.0, rel=0.05)
+    assert j.reasons[-1].startswith("latency: both backends run on this host, whose CPU was contended 42%")
+    assert "4.2 ms of CPU per call" in j.reasons[-1]
+    assert any(r.startswith("shadow median +") for r in j.reasons)  # the slowdown is still shown
+    assert evaluate_stats(_paired(300, 30.0, 40.0)).latency == "fail"  # not measured: judged
+
+
+@pytest.mark.parametrize(
+    ("pressure", "cpu_ms", "expected"),
+    [
+        (0.42, 4.2, "insufficient"),
+        (0.09, 4.2, "fail"),  # a host with CPU to spare: the slowdown is the shadow's
+        (0.92, 0.5, "fail"),  # a sleeping backend (0.5 ms of CPU in 30): contention cannot explain it
+        (None, 4.2, "fail"),  # no pressure figure (no PSI): judged
+        (0.42, None, "fail"),  # a backend not on this host: judged
+    ],
+)
+def test_the_host_explains_a_slowdown_only_when_contended_and_the_shadows_server_is_cpu_bound(
+    pressure: float | None, cpu_ms: float | None, expected: str
+) -> None:
+    host = HostLoad(cpu_pressure=pressure, shadow_cpu_ms=cpu_ms)
+    assert evaluate_stats(_paired(300, 30.0, 40.0), host=host).latency == expected
+
+
+def test_the_host_never_turns_a_pass_into_insufficient() -> None:
+    host = HostLoad(cpu_pressure=0.9, shadow_cpu_ms=20.0)
+    j = evaluate_stats(_paired(300, 30.0, 30.0), host=host)
+    assert (j.latency, j.reasons) == ("pass", ())

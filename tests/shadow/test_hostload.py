@@ -1,0 +1,135 @@
+"""The host figures the stats records carry (shadow.hostload): CPU pressure, and the CPU the
+backends on this host used, found by their listening port. Real processes, real /proc."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shadowproxy.shadow.hostload import (
+    HostProbe,
+    listener_pids,
+    local_port,
+    pressure_total_us,
+    processes_cpu_ms,
+)
+
+# a backend stand-in: listens, says its port, burns CPU for the seconds it reads on stdin
+_SERVER = """
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+for line in sys.stdin:
+    end = time.process_time() + float(line)
+    while time.process_time() < end:
+        pass
+    print("done", flush=True)
+"""
+
+
+class Backend:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def burn(self, seconds: float) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[Backend, Backend]]:
+    live, shadow = Backend(), Backend()
+    yield live, shadow
+    live.stop()
+    shadow.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("http://127.0.0.1:8001", 8001),
+        ("http://localhost:8001/base", 8001),
+        ("http://[::1]:9000", 9000),
+        ("http://127.0.0.2", 80),
+        ("https://localhost", 443),
+        ("http://10.0.0.5:8001", None),  # another host: its CPU is not this host's to read
+        ("http://shadow.internal:8001", None),
+        (None, None),
+        ("http://[bad", None),
+    ],
+)
+def test_only_a_backend_on_the_loopback_is_local(url: str | None, port: int | None) -> None:
+    assert local_port(url) == port
+
+
+def test_the_process_listening_on_a_backends_port_is_found_and_its_cpu_read(
+        backends: tuple[Backend, Backend]) -> None:
+    live, _ = backends
+    assert listener_pids(live.port) == (live.proc.pid,)
+    before = processes_cpu_ms((live.proc.pid,))
+    live.burn(0.2)
+    after = processes_cpu_ms((live.proc.pid,))
+    assert before is not None and after is not None and after - before >= 150
+
+
+def test_a_port_nobody_listens_on_has_no_process_and_a_gone_process_no_cpu(
+        backends: tuple[Backend, Backend]) -> None:
+    live, _ = backends
+    pid, port = live.proc.pid, live.port
+    live.stop()
+    assert listener_pids(port) == ()
+    assert processes_cpu_ms((pid,)) is None
+    assert processes_cpu_ms(()) is None
+
+
+def test_an_interval_carries_the_pressure_each_local_backends_cpu_and_the_calls(
+        backends: tuple[Backend, Backend]) -> None:
+    live, shadow = backends
+    probe = HostProbe(live.url, shadow.url)
+    probe.start()
+    assert probe.local
+    shadow.burn(0.3)
+    live.burn(0.1)
+    got = probe.take_interval(calls=30)
+    assert got is not None
+    assert got["shadow_cpu_ms"] >= 250 and 50 <= got["live_cpu_ms"] < got["shadow_cpu_ms"]
+    assert got["shadow_calls"] == 30
+    if pressure_total_us() is not None:  # Linux with PSI (this project's CI)
+        assert 0.0 <= got["cpu_pressure"] <= 1.0
+    again = probe.take_interval(calls=45)  # the next interval: only what changed since
+    assert again is not None and again["shadow_calls"] == 15 and again["shadow_cpu_ms"] < 100
+
+
+def test_a_remote_backend_leaves_the_cpu_figures_out() -> None:
+    probe = HostProbe("http://127.0.0.1:1", "http://10.0.0.5:8001")
+    probe.start()
+    assert not probe.local
+    got = probe.take_interval(calls=10) or {}
+    assert not {"live_cpu_ms", "shadow_cpu_ms", "shadow_calls"} & set(got)
+
+
+def test_a_backend_that_restarts_starts_its_count_anew(backends: tuple[Backend, Backend]) -> None:
+    live, shadow = backends
+    probe = HostProbe(live.url, shadow.url)
+    probe.start()
+    shadow.stop()
+    time.sleep(0.05)
+    first = probe.take_interval(calls=1) or {}
+    assert "shadow_cpu_ms" not in first and "live_cpu_ms" in first
