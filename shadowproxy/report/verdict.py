@@ -30,7 +30,12 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   not in live's) could explain it: for each of the median, p95 and p99 that WARNs or FAILs, the
   worker's lag at that quantile, as a share of the live latency at that quantile, taken off the
   interval's lower end leaves it below `warn`. Only when every one of them is so explained;
-  the live side's lag never explains a slowdown (it makes the shadow look faster).
+  the live side's lag never explains a slowdown (it makes the shadow look faster). A WARN or
+  FAIL is `insufficient` too when both backends run on this host, its CPU was contended
+  (pressure >= HOST_PRESSURE_LIMIT) and the shadow's server spends at least HOST_CPU_SHARE_LIMIT
+  of the live median on CPU per call (`LatencyTest.host_explains`; the stats records' `host`
+  sections, shadow.hostload): live's answer sets off work that runs while the shadow is still
+  making its own, and on one host the two cannot be told apart.
 
 The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
 `insufficient` is `insufficient`. A route with nothing compared and no shadow error has the

@@ -11,7 +11,8 @@ own timings shows it; the host does, and the stats records carry what it shows:
 - `/proc/pressure/cpu` (Linux PSI): the share of the interval some task waited for a CPU;
 - `/proc/<pid>/stat` of the processes that listen on each backend's port, found in
   `/proc/net/tcp{,6}` and `/proc/*/fd` (a backend on a loopback address only: one on another
-  host, or in a container behind a forwarded port, is not seen, and its figure is left out).
+  host, or in a container behind a forwarded port, is not seen, nor one served from the proxy's
+  own process or its worker's, and its figure is left out).
 
 Every read is best-effort and cheap (a few small files per stats interval); a file that cannot
 be read leaves its figure out, never raises. The search for listeners (a walk over /proc) runs
@@ -85,13 +86,15 @@ def listener_pids(port: int) -> tuple[int, ...]:
     inodes = {f"socket:[{i}]" for i in _listening_inodes(port)}
     if not inodes:
         return ()
-    me, found = os.getpid(), []
+    # not this process, nor its parent (the proxy, when this is its worker): a backend served from
+    # the proxy's own process has no CPU figure of its own (a test's in-process server)
+    mine, found = {os.getpid(), os.getppid()}, []
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return ()
     for pid in pids:
-        if pid == me:
+        if pid in mine:
             continue
         fd_dir = f"/proc/{pid}/fd"
         try:

@@ -68,6 +68,7 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
         "thresholds",
         "verdict",
         "totals",
+        "host",
         "routes",
         "notes",
     ]

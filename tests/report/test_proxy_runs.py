@@ -204,13 +204,11 @@ async def test_two_runs_into_one_file_sum_their_stats_records(
     assert routes["/orders"]["counts"]["skipped"] == 4
 
 
-async def test_a_real_runs_stats_record_says_how_busy_the_host_was_and_the_local_backends_cpu(
-        one_run: Path) -> None:
-    # both backends listen on 127.0.0.1 (here in the test's own process): found by their port
-    host = next(r for r in read_jsonl(one_run) if r["outcome"] == "stats")["host"]
-    assert host["shadow_calls"] == 33  # 20 users, 10 /same, 3 /gone (refused); no POST
-    assert host["live_cpu_ms"] >= 0 and host["shadow_cpu_ms"] >= 0
+
+def test_backends_served_from_the_proxys_own_process_have_no_cpu_figure(one_run: Path) -> None:
+    # this module's backends run in the test's process, which is the proxy's (ProxyThread): their
+    # CPU would be the proxy's; the host's pressure is still there
+    host = next(r for r in read_jsonl(one_run) if r["outcome"] == "stats").get("host") or {}
+    assert not {"live_cpu_ms", "shadow_cpu_ms", "shadow_calls"} & set(host)
     if Path("/proc/pressure/cpu").exists():
         assert 0 <= host["cpu_pressure"] <= 1
-    report = await build_report(f"jsonl:{one_run}", progress=False)
-    assert report["host"]["shadow_cpu_ms_per_call"] == round(host["shadow_cpu_ms"] / 33, 3)

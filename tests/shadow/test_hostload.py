@@ -3,10 +3,14 @@ backends on this host used, found by their listening port. Real processes, real 
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from shadowproxy.shadow.hostload import (
     pressure_total_us,
     processes_cpu_ms,
 )
+from shadowproxy.testing import ProxyThread, free_port
 
 # a backend stand-in: listens, says its port, burns CPU for the seconds it reads on stdin
 _SERVER = """
@@ -133,3 +138,42 @@ def test_a_backend_that_restarts_starts_its_count_anew(backends: tuple[Backend, 
     time.sleep(0.05)
     first = probe.take_interval(calls=1) or {}
     assert "shadow_cpu_ms" not in first and "live_cpu_ms" in first
+
+
+def _http_server(root: Path) -> subprocess.Popen[bytes]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
+                             "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.port = port  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("http.server never listened")
+
+
+def test_a_real_runs_stats_record_carries_both_local_backends_cpu_and_its_shadow_calls(
+        tmp_path: Path) -> None:
+    (tmp_path / "item.json").write_text('{"id": 1}')
+    out = tmp_path / "records.jsonl"
+    live, shadow = _http_server(tmp_path), _http_server(tmp_path)
+    try:
+        with ProxyThread(f"http://127.0.0.1:{live.port}", f"http://localhost:{shadow.port}",  # type: ignore[attr-defined]
+                         sink_uri=f"jsonl:{out}", shadow_stats_interval=0) as proxy:
+            for _ in range(40):
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+                conn.request("GET", "/item.json")
+                assert conn.getresponse().read() == b'{"id": 1}'
+                conn.close()
+    finally:
+        for p in (live, shadow):
+            p.kill()
+            p.wait()
+    stats = [json.loads(line) for line in out.read_text().splitlines() if '"stats"' in line]
+    host = stats[-1]["host"]
+    assert host["shadow_calls"] == 40
+    assert host["live_cpu_ms"] > 0 and host["shadow_cpu_ms"] > 0  # each server parsed 40 requests
