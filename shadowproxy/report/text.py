@@ -166,6 +166,18 @@ def timing_line(r: dict[str, Any]) -> str | None:
     return f"{r['route']}: " + "; ".join(parts) if parts else None
 
 
+def host_line(report: dict[str, Any]) -> str | None:
+    """The host's figures (docs/report.md, "Backends on the proxy's host"); None when not measured."""
+    host = report.get("host") or {}
+    pressure, cpu = host.get("cpu_pressure"), host.get("shadow_cpu_ms_per_call")
+    if pressure is None and cpu is None:
+        return None
+    parts = [] if pressure is None else [f"CPU contended {fmt_pct(pressure)} of the run"]
+    if cpu is not None:
+        parts.append(f"both backends on this host, the shadow's server {cpu:.2f} ms of CPU per call")
+    return "host: " + "; ".join(parts)
+
+
 def _field(f: dict[str, Any]) -> str:
     return f"{f['part']} {f['path'] or '(status)'}" if f["part"] != "body" else (f["path"] or "/")
 
@@ -200,6 +212,8 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         f"{rec['duplicates']}, outside window {rec['outside_window']})",
         style="dim",
     )
+    if (host := host_line(report)) is not None:
+        console.print(host, style="dim")
     routes = by_severity(report["routes"])
     table = Table(title="Routes", title_justify="left", header_style="bold")
     table.add_column("route", overflow="fold")
@@ -364,6 +378,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (f" (since {report['since']})" if report["since"] else "")
         + f"; {rec['used']} of {rec['read']} records used."
     )
+    if (host := host_line(report)) is not None:
+        lines += ["", _md(host)]
     lines.append("")
     routes = by_severity(report["routes"])
     rows = []

@@ -473,3 +473,18 @@ def test_a_closed_stdout_pipe_exits_141_quietly_in_table_format_too(
     code, err = run_with_stdout_closed("report", "--source", source, "--no-progress", *gate)
     assert code == 141, err
     assert err == b""
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown"])
+def test_the_hosts_figures_are_printed_when_the_stats_records_carry_them(tmp_path: Path, fmt: str) -> None:
+    rec = stats({"r": route_stats(compared=300, live_ms=[30.0] * 300, shadow_ms=[40.0] * 300)}, "s")
+    rec["host"] = {"cpu_pressure": 0.42, "live_cpu_ms": 1200.0, "shadow_cpu_ms": 1260.0, "shadow_calls": 300}
+    src = write_jsonl(tmp_path / "r.jsonl", [rec])
+    code, out, _ = run("report", "--source", src, "--format", fmt)
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "host: CPU contended 42.00% of the run; both backends on this host, the shadow's server " \
+           "4.20 ms of CPU per call" in flat
+    assert "latency: both backends run on this host" in flat  # the reason the latency is insufficient
+    without = write_jsonl(tmp_path / "w.jsonl", [stats({"r": route_stats(compared=3)}, "s")])
+    assert "host:" not in run("report", "--source", without, "--format", fmt)[1]
