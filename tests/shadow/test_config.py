@@ -7,6 +7,7 @@ import dataclasses
 import pickle
 from pathlib import Path
 
+import pytest
 from mitmproxy.test import taddons
 
 from shadowproxy.engine.stats import Stats
@@ -27,10 +28,11 @@ async def test_every_pipeline_option_of_the_addon_lands_in_its_pipeline_config(t
         tctx.configure(addon, shadow_url="http://127.0.0.1:9", shadow_sink=sink, shadow_concurrency=7,
                        shadow_insecure=True, shadow_h2c=True, shadow_secondary_url="http://127.0.0.1:8",
                        shadow_noise_state=str(tmp_path / "noise.json"), shadow_egress="127.0.0.1:7",
-                       shadow_egress_live="127.0.0.1:6")
+                       shadow_egress_live="127.0.0.1:6", mode=["reverse:http://127.0.0.1:5@127.0.0.1:0"])
         assert addon.config is not None
         expected = PipelineConfig("http://127.0.0.1:9", sink, ClientConfig(7, None, True, True),
-                                  "http://127.0.0.1:8", str(tmp_path / "noise.json"), egress="live")
+                                  "http://127.0.0.1:8", str(tmp_path / "noise.json"), egress="live",
+                                  live_url="http://127.0.0.1:5")  # the reverse mode's backend
         assert addon.config.pipeline == expected
         # every field but the compare bound (no option: its default everywhere) differs from its default
         defaults = PipelineConfig("http://127.0.0.1:9")
@@ -61,3 +63,22 @@ async def test_build_pipeline_opens_the_configured_sink_or_takes_the_one_it_is_g
     built = build_pipeline(cfg, Stats(), sink=given, client=client)
     assert built.sink is given and built.client is client
     await built.close()
+
+
+@pytest.mark.parametrize(
+    ("modes", "url"),
+    [
+        (["reverse:http://127.0.0.1:8001@127.0.0.1:8080"], "http://127.0.0.1:8001"),
+        (["reverse:https://[::1]:8443/"], "https://[::1]:8443"),
+        # an egress listener first
+        (["regular@127.0.0.1:7000", "reverse:http://localhost:81"], "http://localhost:81"),
+        (["regular"], None),
+        ([], None),
+    ],
+)
+def test_the_live_url_is_the_first_reverse_modes_backend(modes: list[str], url: str | None) -> None:
+    from types import SimpleNamespace
+
+    from shadowproxy.proxy.options import live_url_of
+
+    assert live_url_of(SimpleNamespace(mode=modes)) == url
