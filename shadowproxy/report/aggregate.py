@@ -114,11 +114,12 @@ class RouteAgg:
 @dataclass
 class HostSums:
     """The stats records' `host` sections summed: the CPU pressure weighted by interval, and the
-    shadow server's CPU and calls over the intervals that measured both local backends."""
+    two servers' CPU and the shadow calls over the intervals that measured both local backends."""
 
     pressure_s: float = 0.0
     seconds: float = 0.0
     shadow_cpu_ms: float = 0.0
+    live_cpu_ms: float = 0.0
     shadow_calls: int = 0
 
     def add(self, host: dict[str, Any], interval_s: float) -> None:
@@ -129,6 +130,7 @@ class HostSums:
         calls = host.get("shadow_calls")
         if "live_cpu_ms" in host and "shadow_cpu_ms" in host and isinstance(calls, int) and calls > 0:
             self.shadow_cpu_ms += float(host["shadow_cpu_ms"])
+            self.live_cpu_ms += float(host["live_cpu_ms"])
             self.shadow_calls += calls
 
     def load(self) -> _verdict.HostLoad | None:
@@ -137,6 +139,7 @@ class HostSums:
         return _verdict.HostLoad(
             round(self.pressure_s / self.seconds, 4) if self.seconds else None,
             round(self.shadow_cpu_ms / self.shadow_calls, 3) if self.shadow_calls else None,
+            round(self.live_cpu_ms / self.shadow_calls, 3) if self.shadow_calls else None,
         )
 
 

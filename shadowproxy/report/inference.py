@@ -146,7 +146,9 @@ def median_slowdown(h: RatioHistogram) -> Estimate:
 
 
 def p99_slowdown(live: Histogram, shadow: Histogram, q: float = 0.99) -> Estimate:
-    """shadow p99 / live p99 - 1, an interval holding with at least 95%, and a tail test's p-value."""
+    """shadow p99 / live p99 - 1 (or at quantile `q`), an interval holding with at least 95%, and
+    a one-sided p-value of "the shadow is no slower there": the upper tail's test for q >= 0.5,
+    the lower tail's (the fast end) below."""
     n_l, n_s = sum(live.buckets.values()), sum(shadow.buckets.values())
     if n_l == 0 or n_s == 0:
         return Estimate(min(n_l, n_s), None, None, None)
@@ -164,7 +166,31 @@ def p99_slowdown(live: Histogram, shadow: Histogram, q: float = 0.99) -> Estimat
         high = None
     else:
         high = _ms(_at_rank(shadow.buckets, s_hi)) / _ms(_at_rank(live.buckets, l_lo)) - 1
-    return Estimate(min(n_l, n_s), value, low, high, _tail_p(live.buckets, shadow.buckets, n_l, n_s, q))
+    test = _tail_p if q >= 0.5 else _head_p  # a low quantile: its own tail, the fast one
+    return Estimate(min(n_l, n_s), value, low, high, test(live.buckets, shadow.buckets, n_l, n_s, q))
+
+
+def _head_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float) -> float:
+    """P(at most as many of the pooled bottom q come from the shadow), if shadow and live
+    latencies were exchangeable (hypergeometric): a slower shadow leaves fewer of its answers
+    among the fastest. The bottom: the samples below the pooled q-quantile's bucket, or at or
+    below it, whichever count is nearer q of all (never an empty one when the other is not),
+    as `_tail_p` takes its top."""
+    pooled: dict[int, int] = dict(live)
+    for i, c in shadow.items():
+        pooled[i] = pooled.get(i, 0) + c
+    total = n_l + n_s
+    cut = _at_rank(pooled, max(1, math.ceil(q * total)))
+    below = sum(c for i, c in pooled.items() if i < cut)
+    from_shadow = sum(c for i, c in shadow.items() if i < cut)
+    target = q * total
+    at = pooled.get(cut, 0)
+    if below == 0 or abs(below + at - target) < abs(below - target):
+        below += at
+        from_shadow += shadow.get(cut, 0)
+    if below == 0:
+        return 1.0
+    return float(_st.hypergeom.cdf(from_shadow, total, n_s, below))
 
 
 def _tail_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float) -> float:

@@ -48,6 +48,7 @@ _CHECKS = (  # (estimates key, checks key, label, signed): the checks key for re
     ("slowdown_median", "latency", "latency: median slowdown", True),
     ("slowdown_p95", "latency", "latency: p95 slowdown", True),
     ("slowdown_p99", "latency", "latency: p99 slowdown", True),
+    ("slowdown_p10", "latency", "latency: p10 slowdown (host)", True),
 )
 
 
@@ -170,11 +171,13 @@ def host_line(report: dict[str, Any]) -> str | None:
     """The host's figures (docs/report.md, "Backends on the proxy's host"); None when not measured."""
     host = report.get("host") or {}
     pressure, cpu = host.get("cpu_pressure"), host.get("shadow_cpu_ms_per_call")
+    live_cpu = host.get("live_cpu_ms_per_call")
     if pressure is None and cpu is None:
         return None
     parts = [] if pressure is None else [f"CPU contended {fmt_pct(pressure)} of the run"]
     if cpu is not None:
-        parts.append(f"both backends on this host, the shadow's server {cpu:.2f} ms of CPU per call")
+        parts.append(f"both backends on this host, CPU per call: live {fmt_ms(live_cpu)} ms, "
+                     f"shadow {fmt_ms(cpu)} ms")
     return "host: " + "; ".join(parts)
 
 

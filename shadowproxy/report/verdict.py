@@ -31,11 +31,13 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   worker's lag at that quantile, as a share of the live latency at that quantile, taken off the
   interval's lower end leaves it below `warn`. Only when every one of them is so explained;
   the live side's lag never explains a slowdown (it makes the shadow look faster). A WARN or
-  FAIL is `insufficient` too when both backends run on this host, its CPU was contended
-  (pressure >= HOST_PRESSURE_LIMIT) and the shadow's server spends at least HOST_CPU_SHARE_LIMIT
-  of the live median on CPU per call (`LatencyTest.host_explains`; the stats records' `host`
+  FAIL is looked at again when both backends run on this host, its CPU was contended
+  (pressure >= HOST_PRESSURE_LIMIT) and both servers spend at least HOST_CPU_SHARE_LIMIT of the
+  live median on CPU per call (`LatencyTest.host_explains`; the stats records' `host`
   sections, shadow.hostload): live's answer sets off work that runs while the shadow is still
-  making its own, and on one host the two cannot be told apart.
+  making its own. Such a WARN/FAIL is judged again at the fast end, the slowdown at p10 (the
+  answers the contention touched least), and takes that level (never a worse one); when p10
+  passes, it is `insufficient`.
 
 The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
 `insufficient` is `insufficient`. A route with nothing compared and no shadow error has the
@@ -84,8 +86,8 @@ RATIO_DIGITS = 9
 # slowdown of at least this share of the live latency (docs/report.md, "How latency is measured")
 LOOP_LAG_LIMIT = 0.05
 # A latency WARN/FAIL is `insufficient` when both backends run on the proxy's host, its CPU was
-# contended at least this share of the run, and the shadow's server spends at least this share
-# of the live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
+# contended at least this share of the run, and both servers spend at least this share of the
+# live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
 HOST_PRESSURE_LIMIT = 0.10
 HOST_CPU_SHARE_LIMIT = 0.05
 
@@ -108,14 +110,18 @@ class LatencyTest:
     # lag's quantile over the live latency's: the slowdown it could explain; None: not measured
     shadow_loop_lag_ms: float | None = None
     shadow_lag_share: tuple[float, float, float] | None = None
-    # both backends on this host (shadow.hostload): its CPU pressure over the run, the shadow
-    # server's CPU per call (ms) and that as a share of the live median; None: not measured
+    # both backends on this host (shadow.hostload): its CPU pressure over the run, and the smaller
+    # of the two servers' CPU per call as a share of the live median; None: not measured
     host: HostLoad | None = None
     host_cpu_share: float | None = None
+    # the slowdown at p10 (the two histograms): the fast end, the answers the host's contention
+    # touched least, judged in place of the others when the host explains them; None: no host
+    p10: Estimate | None = None
 
     def host_explains(self) -> bool:
         """Whether the shared host, not the code, can have made the shadow slower: its CPU was
-        contended and the shadow's server spends a fair share of each answer on the CPU."""
+        contended and both servers spend a fair share of each answer on the CPU (a shadow that
+        burns CPU live does not is judged: that is a change of its own)."""
         h, share = self.host, self.host_cpu_share
         return (h is not None and share is not None and h.cpu_pressure is not None
                 and h.cpu_pressure >= HOST_PRESSURE_LIMIT and share >= HOST_CPU_SHARE_LIMIT)
@@ -129,9 +135,12 @@ class HostLoad:
 
     cpu_pressure: float | None = None
     shadow_cpu_ms: float | None = None  # per shadow call
+    # per shadow call too: an estimate (live also serves requests that were not copied)
+    live_cpu_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpu_pressure": self.cpu_pressure, "shadow_cpu_ms_per_call": self.shadow_cpu_ms}
+        return {"cpu_pressure": self.cpu_pressure, "shadow_cpu_ms_per_call": self.shadow_cpu_ms,
+                "live_cpu_ms_per_call": self.live_cpu_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,15 +219,16 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | 
     lag = rs.live_loop_lag
     live_p50 = rs.live_latency.quantile(0.5)
     cpu_share = None
-    if host is not None and host.shadow_cpu_ms is not None and live_p50:
-        cpu_share = round(host.shadow_cpu_ms / live_p50, RATIO_DIGITS)
+    if host is not None and host.shadow_cpu_ms is not None and host.live_cpu_ms is not None and live_p50:
+        cpu_share = round(min(host.shadow_cpu_ms, host.live_cpu_ms) / live_p50, RATIO_DIGITS)
+    p10 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.10) if cpu_share is not None else None
     if not lag.count or live_p50 is None:
         return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share,
-                           host=host, host_cpu_share=cpu_share)
+                           host=host, host_cpu_share=cpu_share, p10=p10)
     lag_ms = lag.sum / lag.count
     hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
     return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95,
-                       shadow_lag_ms, share, host, cpu_share)
+                       shadow_lag_ms, share, host, cpu_share, p10)
 
 
 def _shadow_lag(rs: RouteStats) -> tuple[float | None, tuple[float, float, float] | None]:
@@ -308,16 +318,7 @@ def evaluate(
                     f"shadow's answers were read late, a slowdown that size is not the shadow's"
                 )
             if latency_level in ("warn", "fail") and latency.host_explains():
-                assert latency.host is not None and latency.host.shadow_cpu_ms is not None
-                latency_level = "insufficient"
-                reasons.append(
-                    f"latency: both backends run on this host, whose CPU was contended "
-                    f"{latency.host.cpu_pressure:.0%} of the time, and the shadow's server spent "
-                    f"{latency.host.shadow_cpu_ms:.1f} ms of CPU per call "
-                    f"({latency.host_cpu_share:.0%} of the "
-                    f"live median): the work live's answer sets off runs while the shadow is still making "
-                    f"its answer, a slowdown here is the host's, not the code's"
-                )
+                latency_level = _fast_end(latency, latency_level, t, reasons)
             if latency_level == "pass" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
                 # the live side is inflated by the proxy's own queueing: a PASS could be false
                 latency_level = "insufficient"
@@ -329,6 +330,29 @@ def evaluate(
     worst = _worst(lv for lv in checks if lv != "insufficient")
     verdict: Level = "insufficient" if worst == "pass" and "insufficient" in checks else worst
     return Judgement(verdict, rate_level_, error_level, latency_level, tuple(reasons), mm, errs, latency)
+
+
+def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -> Level:
+    """A WARN/FAIL the shared host can explain (`LatencyTest.host_explains`), judged again at
+    the fast end: the slowdown at p10, where the contention that follows live's answers touches
+    the shadow least while a slower code path (an added delay, a costlier query) still shows.
+    Its level, at most `lv`; `insufficient` when the fast end shows no slowdown that passes warn."""
+    h, est = latency.host, latency.p10
+    assert h is not None and h.shadow_cpu_ms is not None and h.live_cpu_ms is not None
+    why = (f"both backends run on this host, whose CPU was contended {h.cpu_pressure:.0%} of the time, "
+           f"and both servers spend CPU on each answer (live {h.live_cpu_ms:.1f} ms, shadow "
+           f"{h.shadow_cpu_ms:.1f} ms per call; at least {latency.host_cpu_share:.0%} of the live median): "
+           f"the work live's answer sets off runs while the shadow is still making its answer")
+    fast = "pass" if est is None or est.value is None else slowdown_level(est, t)
+    if fast == "pass":
+        shown = "" if est is None or est.value is None else f" (p10 {fmt_interval(est, signed=True)})"
+        reasons.append(f"latency: {why}; at the fast end, the answers it touched least, the shadow is not "
+                       f"slower past warn{shown}: the slowdown is the host's as much as the code's")
+        return "insufficient"
+    assert est is not None
+    reasons.append(f"shadow p10 {fmt_interval(est, signed=True)} vs live, {fmt_p(est.p_value)} "
+                   f"({_limit(fast, t.latency, 'lower')}): judged at the fast end, since {why}")
+    return fast if _RANK[fast] < _RANK[lv] else lv
 
 
 def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS,

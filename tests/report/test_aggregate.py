@@ -339,9 +339,11 @@ def test_the_host_sections_are_summed_and_a_contended_hosts_slowdown_is_insuffic
     # two intervals: CPU pressure 30% then 50% (weighted by their 10 s), 4 ms of shadow CPU per call
     records = []
     for i, pressure in enumerate((0.3, 0.5)):
-        rec = stats({"/items": route_stats(compared=150, live_ms=[30.0] * 150, shadow_ms=[40.0] * 150)},
+        # 70% of the shadow's answers slowed by the contention, its fastest as fast as live's
+        rec = stats({"/items": route_stats(compared=150, live_ms=[30.0] * 150,
+                                           shadow_ms=[30.0] * 45 + [45.0] * 105)},
                     f"s{i}", ts=f"2026-01-01T00:00:{10 * (i + 1)}.000Z")
-        rec["host"] = {"cpu_pressure": pressure, "live_cpu_ms": 600.0, "shadow_cpu_ms": 600.0,
+        rec["host"] = {"cpu_pressure": pressure, "live_cpu_ms": 450.0, "shadow_cpu_ms": 600.0,
                        "shadow_calls": 150}
         validate_record(rec)  # raises when the schema refuses it
         records.append(rec)
@@ -349,10 +351,11 @@ def test_the_host_sections_are_summed_and_a_contended_hosts_slowdown_is_insuffic
     for rec in records:
         assert agg.add(rec)
     report = agg.snapshot()
-    assert report["host"] == {"cpu_pressure": 0.4, "shadow_cpu_ms_per_call": 4.0}
+    assert report["host"] == {"cpu_pressure": 0.4, "shadow_cpu_ms_per_call": 4.0, "live_cpu_ms_per_call": 3.0}
     route = report["routes"][0]
     assert (route["verdict"], route["checks"]["latency"]) == ("insufficient", "insufficient")
     assert route["reasons"][-1].startswith("latency: both backends run on this host")
+    assert route["estimates"]["slowdown_p10"]["level"] == "insufficient"  # what the fast end read
 
 
 def test_without_host_sections_the_report_says_null_and_judges_as_before() -> None:
@@ -369,7 +372,8 @@ def test_a_host_section_with_one_backend_remote_gives_the_pressure_only() -> Non
     rec["host"] = {"cpu_pressure": 0.6, "live_cpu_ms": 900.0}  # the shadow is on another host
     agg.add(rec)
     report = agg.snapshot()
-    assert report["host"] == {"cpu_pressure": 0.6, "shadow_cpu_ms_per_call": None}
+    assert report["host"] == {"cpu_pressure": 0.6, "shadow_cpu_ms_per_call": None,
+                              "live_cpu_ms_per_call": None}
     assert report["routes"][0]["checks"]["latency"] == "fail"
 
 

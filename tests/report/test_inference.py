@@ -109,6 +109,36 @@ def test_p99_slowdown_interval_covers_the_true_ratio_at_least_nominally(
     assert hits / trials >= 0.9
 
 
+@settings(max_examples=4, deadline=None)
+@given(n=st.integers(100, 600), seed=st.integers(0, 2**32 - 1))
+def test_the_fast_end_test_on_identical_sides_is_significant_about_alpha_of_the_time(
+        n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    significant = 0
+    for _ in range(TRIALS):
+        live, shadow = Histogram(), Histogram()
+        for _ in range(n):
+            live.observe(10 * math.exp(rng.gauss(0, 0.5)))
+            shadow.observe(10 * math.exp(rng.gauss(0, 0.5)))
+        p = p99_slowdown(live, shadow, 0.10).p_value
+        assert p is not None
+        significant += p < 0.05
+    assert significant / TRIALS <= 0.05 + 0.035  # the level, give or take three standard deviations
+
+
+def test_the_fast_end_test_sees_a_shift_even_when_each_side_sits_in_one_bucket() -> None:
+    # every live answer 30 ms, every shadow answer 40 ms: the fastest shadow answer is slower
+    live, shadow = Histogram(), Histogram()
+    for _ in range(300):
+        live.observe(30.0)
+        shadow.observe(40.0)
+    est = p99_slowdown(live, shadow, 0.10)
+    assert est.value is not None and est.value > 0.3
+    assert est.p_value is not None and est.p_value < 1e-6
+    same = p99_slowdown(live, live, 0.10)
+    assert same.value == 0 and same.p_value is not None and same.p_value > 0.4
+
+
 pairs = st.lists(
     st.tuples(st.floats(0.05, 5000, allow_nan=False), st.floats(0.05, 5000, allow_nan=False)),
     min_size=1,

@@ -358,37 +358,72 @@ def test_slow_requests_that_all_take_the_same_time_are_significant_at_p99() -> N
     assert j.latency == "fail"
 
 
-def test_a_latency_fail_on_a_contended_host_with_cpu_bound_local_backends_is_insufficient() -> None:
-    # identical CPU-bound backends beside the proxy: the shadow's answer is made while live's
-    # is relayed and the next request comes (docs/report.md, "Backends on the proxy's host")
-    host = HostLoad(cpu_pressure=0.42, shadow_cpu_ms=4.2)
-    j = evaluate_stats(_paired(300, 30.0, 40.0), host=host)
+def _contended(n: int, live: float, slow: float, share_slow: float) -> RouteStats:
+    """Identical CPU-bound servers on a contended host: the shadow's answer made while live's is
+    relayed is slowed (`share_slow` of them, to `slow` ms); the rest take what live takes."""
+    rs = RouteStats()
+    rs.counts["compared"] = n
+    for i in range(n):
+        wobble = 1 + 0.01 * ((i * 7) % 11 - 5)
+        shadow = (slow if (i * 37) % 100 < share_slow * 100 else live) * wobble
+        rs.live_latency.observe(live * wobble)
+        rs.shadow_latency.observe(shadow)
+        rs.latency_log_ratio.observe(live * wobble, shadow)
+    return rs
+
+
+CONTENDED = HostLoad(cpu_pressure=0.42, shadow_cpu_ms=4.2, live_cpu_ms=4.0)
+
+
+def test_a_slowdown_a_contended_host_explains_and_the_fast_end_does_not_show_is_insufficient() -> None:
+    # 70% of the shadow's answers 50% slower, its fastest as fast as live's
+    rs = _contended(300, 30.0, 45.0, 0.7)
+    assert evaluate_stats(rs).latency == "fail"  # without the host's figures: judged as it reads
+    j = evaluate_stats(rs, host=CONTENDED)
     assert (j.latency, j.verdict) == ("insufficient", "insufficient")
-    assert j.latency_test is not None and j.latency_test.host_cpu_share == pytest.approx(4.2 / 30.0, rel=0.05)
+    assert j.latency_test is not None and j.latency_test.host_cpu_share == pytest.approx(4.0 / 30.0, rel=0.05)
     assert j.reasons[-1].startswith("latency: both backends run on this host, whose CPU was contended 42%")
-    assert "4.2 ms of CPU per call" in j.reasons[-1]
+    assert "(live 4.0 ms, shadow 4.2 ms per call" in j.reasons[-1]
+    assert "at the fast end, the answers it touched least, the shadow is not slower past warn" \
+        in j.reasons[-1]
     assert any(r.startswith("shadow median +") for r in j.reasons)  # the slowdown is still shown
-    assert evaluate_stats(_paired(300, 30.0, 40.0)).latency == "fail"  # not measured: judged
+
+
+def test_a_fixed_added_delay_on_a_contended_host_still_fails_judged_at_the_fast_end() -> None:
+    # every shadow answer 7 ms slower (a slower code path): the fastest too
+    j = evaluate_stats(_paired(300, 25.0, 32.0), host=CONTENDED)
+    assert (j.latency, j.verdict) == ("fail", "fail")
+    assert j.reasons[-1].startswith("shadow p10 +")
+    assert "judged at the fast end, since both backends run on this host" in j.reasons[-1]
+
+
+def test_the_fast_end_never_makes_a_level_worse() -> None:
+    # the median WARNs (+8%), the fast end reads more: the level stays WARN
+    j = evaluate_stats(_paired(300, 25.0, 27.0), host=CONTENDED)
+    assert j.latency == "warn"
 
 
 @pytest.mark.parametrize(
-    ("pressure", "cpu_ms", "expected"),
+    ("pressure", "cpu_ms", "live_cpu_ms", "expected"),
     [
-        (0.42, 4.2, "insufficient"),
-        (0.09, 4.2, "fail"),  # a host with CPU to spare: the slowdown is the shadow's
-        (0.92, 0.5, "fail"),  # a sleeping backend (0.5 ms of CPU in 30): contention cannot explain it
-        (None, 4.2, "fail"),  # no pressure figure (no PSI): judged
-        (0.42, None, "fail"),  # a backend not on this host: judged
+        (0.42, 4.2, 4.0, "insufficient"),
+        (0.42, 1.7, 1.6, "insufficient"),  # 1.6 ms of a 30 ms median: just over 5%
+        (0.42, 1.4, 1.4, "fail"),  # 4.7%: below the limit
+        (0.09, 4.2, 4.0, "fail"),  # a host with CPU to spare: the slowdown is the shadow's
+        (0.92, 0.5, 0.5, "fail"),  # sleeping servers (0.5 ms of CPU in 30): contention cannot explain it
+        (0.42, 4.2, 0.3, "fail"),  # only the shadow burns CPU: a change of its own, judged
+        (None, 4.2, 4.0, "fail"),  # no pressure figure (no PSI): judged
+        (0.42, None, None, "fail"),  # a backend not on this host: judged
     ],
 )
-def test_the_host_explains_a_slowdown_only_when_contended_and_the_shadows_server_is_cpu_bound(
-    pressure: float | None, cpu_ms: float | None, expected: str
+def test_the_host_explains_a_slowdown_only_when_contended_and_both_servers_are_cpu_bound(
+    pressure: float | None, cpu_ms: float | None, live_cpu_ms: float | None, expected: str
 ) -> None:
-    host = HostLoad(cpu_pressure=pressure, shadow_cpu_ms=cpu_ms)
-    assert evaluate_stats(_paired(300, 30.0, 40.0), host=host).latency == expected
+    host = HostLoad(cpu_pressure=pressure, shadow_cpu_ms=cpu_ms, live_cpu_ms=live_cpu_ms)
+    assert evaluate_stats(_contended(300, 30.0, 45.0, 0.7), host=host).latency == expected
 
 
 def test_the_host_never_turns_a_pass_into_insufficient() -> None:
-    host = HostLoad(cpu_pressure=0.9, shadow_cpu_ms=20.0)
+    host = HostLoad(cpu_pressure=0.9, shadow_cpu_ms=20.0, live_cpu_ms=20.0)
     j = evaluate_stats(_paired(300, 30.0, 30.0), host=host)
     assert (j.latency, j.reasons) == ("pass", ())
