@@ -85,9 +85,9 @@ RATIO_DIGITS = 9
 # A latency check that would pass is `insufficient` when the proxy's loop lag could hide a
 # slowdown of at least this share of the live latency (docs/report.md, "How latency is measured")
 LOOP_LAG_LIMIT = 0.05
-# A latency WARN/FAIL is `insufficient` when both backends run on the proxy's host, its CPU was
-# contended at least this share of the run, and both servers spend at least this share of the
-# live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
+# A latency WARN/FAIL is judged again at the fast end (p10) when both backends run on the proxy's
+# host, its CPU was contended at least this share of the run, and both servers spend at least this
+# share of the live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
 HOST_PRESSURE_LIMIT = 0.10
 HOST_CPU_SHARE_LIMIT = 0.05
 
@@ -130,8 +130,8 @@ class LatencyTest:
 @dataclass(frozen=True, slots=True)
 class HostLoad:
     """A run's host figures, summed from its stats records' `host` sections: the CPU pressure
-    (share of the time some task waited for a CPU) and, when both backends run on this host, the
-    shadow server's CPU time per call."""
+    (share of the time some task waited for a CPU) and, when both backends run on this host, each
+    server's CPU time per shadow call."""
 
     cpu_pressure: float | None = None
     shadow_cpu_ms: float | None = None  # per shadow call
