@@ -112,12 +112,12 @@ async def build_report(
 
 def render(report: dict[str, Any], fmt: Format, *, width: int = 160) -> str:
     """The report as text in one format (table: plain text, no colour)."""
-    from shadowproxy.report import text
+    from shadowproxy.report import markdown, text
 
     if fmt == "json":
         return text.render_json(report)
     if fmt == "markdown":
-        return text.render_markdown(report)
+        return markdown.render_markdown(report)
     if fmt == "html":
         from shadowproxy.report.html import render_html
 

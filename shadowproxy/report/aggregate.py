@@ -31,6 +31,7 @@ from shadowproxy.engine.stats import RouteStats, sample_rate
 from shadowproxy.report import egress as _egress
 from shadowproxy.report import measures
 from shadowproxy.report import verdict as _verdict
+from shadowproxy.report.host import HostSums
 from shadowproxy.report.trend import TrendPoint, add_trend, point_ratio
 from shadowproxy.rules.model import Verdict
 
@@ -109,38 +110,6 @@ class RouteAgg:
     # one point per stats interval (`_add_trend`), by arrival
     trend: deque[TrendPoint] = field(default_factory=lambda: deque(maxlen=TREND_POINTS))
     egress: dict[str, int] = field(default_factory=dict)  # dependency -> exchanges whose calls differed
-
-
-@dataclass
-class HostSums:
-    """The stats records' `host` sections summed: the CPU pressure weighted by interval, and the
-    two servers' CPU and the shadow calls over the intervals that measured both local backends."""
-
-    pressure_s: float = 0.0
-    seconds: float = 0.0
-    shadow_cpu_ms: float = 0.0
-    live_cpu_ms: float = 0.0
-    shadow_calls: int = 0
-
-    def add(self, host: dict[str, Any], interval_s: float) -> None:
-        pressure = host.get("cpu_pressure")
-        if isinstance(pressure, (int, float)) and interval_s > 0:
-            self.pressure_s += float(pressure) * interval_s
-            self.seconds += interval_s
-        calls = host.get("shadow_calls")
-        if "live_cpu_ms" in host and "shadow_cpu_ms" in host and isinstance(calls, int) and calls > 0:
-            self.shadow_cpu_ms += float(host["shadow_cpu_ms"])
-            self.live_cpu_ms += float(host["live_cpu_ms"])
-            self.shadow_calls += calls
-
-    def load(self) -> _verdict.HostLoad | None:
-        if not self.seconds and not self.shadow_calls:
-            return None
-        return _verdict.HostLoad(
-            round(self.pressure_s / self.seconds, 4) if self.seconds else None,
-            round(self.shadow_cpu_ms / self.shadow_calls, 3) if self.shadow_calls else None,
-            round(self.live_cpu_ms / self.shadow_calls, 3) if self.shadow_calls else None,
-        )
 
 
 class Aggregator:

@@ -24,6 +24,7 @@ from shadowproxy.report.text import (
     fmt_ms,
     fmt_pct,
     fmt_ratio,
+    value_text,
 )
 
 __all__ = ["CSS", "render_body", "render_html"]
@@ -64,10 +65,6 @@ summary { cursor: pointer; font-weight: 600; }
 
 def _e(value: Any) -> str:
     return escape(str(value), quote=True)
-
-
-def _value(v: Any) -> str:
-    return v if isinstance(v, str) else orjson.dumps(v).decode()
 
 
 def _badge(verdict: str) -> str:
@@ -115,8 +112,8 @@ def _example(ex: dict[str, Any]) -> str:
     live, shadow = ex["live"], ex["shadow"]
     rows = "".join(
         f"<tr><td><code>{_e(d['part'])} {_e(d['path'] or '(status)')}</code></td><td>{_e(d['kind'])}</td>"
-        f'<td class="live"><code>{_e(_value(d["live"]))}</code></td>'
-        f'<td class="shadow"><code>{_e(_value(d["shadow"]))}</code></td></tr>'
+        f'<td class="live"><code>{_e(value_text(d["live"]))}</code></td>'
+        f'<td class="shadow"><code>{_e(value_text(d["shadow"]))}</code></td></tr>'
         for d in ex["differences"]
     )
     err = shadow.get("error")
@@ -224,8 +221,8 @@ def _fields_table(r: dict[str, Any]) -> str:
             f'<span class="v">{f["count"]}'
             f"</span></td><td class=n>{fmt_pct(f['share'])}</td>"
             f"<td>{', '.join(f'<code>{_e(i)}</code>' for i in f['examples'])}</td>"
-            f'<td class="live"><code>{_e(_value(ex.get("live")))}</code></td>'
-            f'<td class="shadow"><code>{_e(_value(ex.get("shadow")))}</code></td></tr>'
+            f'<td class="live"><code>{_e(value_text(ex.get("live")))}</code></td>'
+            f'<td class="shadow"><code>{_e(value_text(ex.get("shadow")))}</code></td></tr>'
         )
     return (
         '<table class="fields"><tr><th>field</th><th>kind</th><th class=n>count</th><th class=n>share</th>'

@@ -1,4 +1,5 @@
-"""The report as rich tables (terminal or plain text), Markdown and JSON."""
+"""The report as rich tables (terminal or plain text) and JSON; the cell formats Markdown shares
+(report.markdown)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ __all__ = [
     "baseline_rows",
     "by_severity",
     "check_rows",
+    "field_text",
     "fmt_ci",
     "fmt_ms",
     "fmt_pct",
     "fmt_ratio",
+    "host_line",
+    "noise_cells",
+    "quantiles_text",
     "render_json",
-    "render_markdown",
     "render_table",
+    "request_delta_text",
+    "timing_line",
+    "value_text",
 ]
 
 SEVERITY = {"fail": 4, "warn": 3, "insufficient": 2, "pass": 1, "no_data": 0}
@@ -141,7 +148,7 @@ def baseline_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _quantiles(side: dict[str, Any]) -> str:
+def quantiles_text(side: dict[str, Any]) -> str:
     return " / ".join(fmt_ms(side[k]) for k in ("p50", "p95", "p99"))
 
 
@@ -181,11 +188,12 @@ def host_line(report: dict[str, Any]) -> str | None:
     return "host: " + "; ".join(parts)
 
 
-def _field(f: dict[str, Any]) -> str:
+def field_text(f: dict[str, Any]) -> str:
     return f"{f['part']} {f['path'] or '(status)'}" if f["part"] != "body" else (f["path"] or "/")
 
 
-def _value(v: Any) -> str:
+def value_text(v: Any) -> str:
+    """A field's value as the text formats show it: a string as it is, anything else as JSON."""
     return v if isinstance(v, str) else orjson.dumps(v).decode()
 
 
@@ -282,13 +290,13 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         for f in r["fields"]:
             ex = f["example"] or {}
             ft.add_row(
-                _field(f),
+                field_text(f),
                 f["kind"],
                 str(f["count"]),
                 fmt_pct(f["share"]),
                 ", ".join(f["examples"]),
-                _value(ex.get("live")),
-                _value(ex.get("shadow")),
+                value_text(ex.get("live")),
+                value_text(ex.get("shadow")),
             )
         console.print(ft)
     if report.get("baseline"):
@@ -304,7 +312,7 @@ def render_table(report: dict[str, Any], console: Console) -> None:
         console.print(f"note: {note}", style="yellow")
 
 
-def _request_delta_text(r: dict[str, Any]) -> str | None:
+def request_delta_text(r: dict[str, Any]) -> str | None:
     rd = r.get("request_delta") or {}
     if not rd.get("fields"):
         return None
@@ -314,7 +322,7 @@ def _request_delta_text(r: dict[str, Any]) -> str | None:
 
 
 def _request_delta_line(r: dict[str, Any], console: Console) -> None:
-    text = _request_delta_text(r)
+    text = request_delta_text(r)
     if text is not None:
         console.print(Text(text))
 
@@ -335,142 +343,9 @@ def _noise_table(r: dict[str, Any], console: Console) -> None:
                           ("noise rate", "right"), ("cancelled", "right")):
         nt.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for f in noise["fields"]:
-        nt.add_row(f["field"], f["kind"], *_noise_cells(f))
+        nt.add_row(f["field"], f["kind"], *noise_cells(f))
     console.print(nt)
 
 
-def _md_noise(r: dict[str, Any]) -> list[str]:
-    noise = r.get("noise") or {}
-    if not noise.get("fields"):
-        return []
-    rows = [[f"`{f['field']}`", f["kind"], *_noise_cells(f)] for f in noise["fields"]]
-    head = (f"Noise, not counted as mismatches ({noise['noise_only']} exchanges differed only in noise, "
-            f"{noise['pairs']} noise pairs):")
-    header = ["field", "kind", "raw rate", "noise rate", "cancelled"]
-    return [head, "", *_md_table(header, rows, right={2, 3, 4}), ""]
-
-
-def _noise_cells(f: dict[str, Any]) -> list[str]:
+def noise_cells(f: dict[str, Any]) -> list[str]:
     return [fmt_pct(f["raw_rate"]), fmt_pct(f["noise_rate"]), str(f["cancelled"])]
-
-
-# -- markdown ------------------------------------------------------------------------------
-
-
-def _md(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    out = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
-    ]
-    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    return out
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    v = report["verdict"]
-    lines = [f"# shadowproxy report: {VERDICT_LABEL[v]}", ""]
-    window = report["window"]
-    rec = report["records"]
-    lines.append(
-        f"Source `{report['source'] or '-'}`, records from {window['first_ts'] or '-'} to "
-        f"{window['last_ts'] or '-'}"
-        + (f" (since {report['since']})" if report["since"] else "")
-        + f"; {rec['used']} of {rec['read']} records used."
-    )
-    if (host := host_line(report)) is not None:
-        lines += ["", _md(host)]
-    lines.append("")
-    routes = by_severity(report["routes"])
-    rows = []
-    for r in routes:
-        c, lat = r["counts"], r["latency"]
-        rows.append(
-            [
-                f"`{r['route']}`",
-                f"**{VERDICT_LABEL[r['verdict']]}**",
-                str(c["compared"]),
-                str(c["mismatched"]),
-                fmt_ci((r.get("estimates") or {}).get("mismatch_rate")),
-                str(c["shadow_errors"]),
-                str(c["too_large"]),
-                str(c["skipped"]),
-                str(c["dropped"]),
-                _quantiles(lat["live"]),
-                _quantiles(lat["shadow"]),
-                fmt_ratio(lat["ratio"]["p99"]),
-            ]
-        )
-    lines += ["## Routes", ""]
-    lines += _md_table(
-        [
-            "route",
-            "verdict",
-            "compared",
-            "mismatched",
-            "rate (95% CI, n)",
-            "shadow err",
-            "too large",
-            "skipped",
-            "dropped",
-            "live ms p50/p95/p99",
-            "shadow ms p50/p95/p99",
-            "p99 ratio",
-        ],
-        rows,
-        right=set(range(2, 12)),
-    )
-    lines.append("")
-    timings = [line for line in map(timing_line, routes) if line is not None]
-    if timings:
-        lines += [f"- {_md(line)}" for line in timings] + [""]
-    checks = check_rows(routes)
-    if checks:
-        lines += ["## Checks", "", "Estimates with 95% intervals; for latency, the one-sided p-value of "
-                  "\"the shadow is no slower\" (docs/report.md).", ""]
-        lines += _md_table(CHECK_HEADER, [[f"`{row[0]}`", *row[1:]] for row in checks], right={2, 3, 4, 5})
-        lines.append("")
-    for r in routes:
-        if not r["fields"] and not r["reasons"] and not (r.get("noise") or {}).get("fields"):
-            continue
-        lines += [f"## `{r['route']}`: {VERDICT_LABEL[r['verdict']]}", ""]
-        lines += _md_noise(r)
-        rd_text = _request_delta_text(r)
-        if rd_text is not None:
-            lines += [_md(rd_text), ""]
-        if (side_effects := egress_summary(r)) is not None:
-            lines += [_md(side_effects), ""]
-        lines += [f"- {reason}" for reason in r["reasons"]]
-        if r["reasons"]:
-            lines.append("")
-        if r["fields"]:
-            frows = []
-            for f in r["fields"]:
-                ex = f["example"] or {}
-                frows.append(
-                    [
-                        f"`{_field(f)}`",
-                        f["kind"],
-                        str(f["count"]),
-                        fmt_pct(f["share"]),
-                        ", ".join(f"`{i}`" for i in f["examples"]),
-                        f"`{_value(ex.get('live'))}`",
-                        f"`{_value(ex.get('shadow'))}`",
-                    ]
-                )
-            lines += _md_table(
-                ["field", "kind", "count", "share", "example ids", "live", "shadow"], frows, right={2, 3}
-            )
-            lines.append("")
-    if report.get("baseline"):
-        b = report["baseline"]
-        lines += ["## Against baseline", "",
-                  f"Baseline `{_md(b['source'])}`: {b['regressions']} significant regressions.", ""]
-        lines += _md_table(BASELINE_HEADER, baseline_rows(report), right={2, 3, 6})
-        lines.append("")
-    if report["notes"]:
-        lines += ["## Notes", ""] + [f"- {_md(n)}" for n in report["notes"]] + [""]
-    return "\n".join(lines).rstrip("\n") + "\n"

@@ -8,7 +8,7 @@ from typing import Any
 from shadowproxy.engine.stats import RouteStats
 from shadowproxy.report.aggregate import Aggregator
 from shadowproxy.report.html import render_html
-from shadowproxy.report.text import render_markdown
+from shadowproxy.report.markdown import render_markdown
 from tests.report.records import mismatch, route_stats, stats
 
 

@@ -429,7 +429,7 @@ def test_report_shows_noise_fields_per_route_apart_with_their_rates(
 ) -> None:
     from shadowproxy.report.aggregate import Aggregator
     from shadowproxy.report.html import render_html
-    from shadowproxy.report.text import render_markdown
+    from shadowproxy.report.markdown import render_markdown
 
     sink = MemorySink()
     with ProxyThread(live.url, shadow.url, rules=rules_file(tmp_path), sink=sink) as proxy:

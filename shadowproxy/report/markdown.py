@@ -1,0 +1,157 @@
+"""The report as Markdown: the tables of `report.text` for a pull request comment or a CI summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shadowproxy.report.egress import summary as egress_summary
+from shadowproxy.report.text import (
+    BASELINE_HEADER,
+    CHECK_HEADER,
+    VERDICT_LABEL,
+    baseline_rows,
+    by_severity,
+    check_rows,
+    field_text,
+    fmt_ci,
+    fmt_pct,
+    fmt_ratio,
+    host_line,
+    noise_cells,
+    quantiles_text,
+    request_delta_text,
+    timing_line,
+    value_text,
+)
+
+__all__ = ["render_markdown"]
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
+    ]
+    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    v = report["verdict"]
+    lines = [f"# shadowproxy report: {VERDICT_LABEL[v]}", ""]
+    window = report["window"]
+    rec = report["records"]
+    lines.append(
+        f"Source `{report['source'] or '-'}`, records from {window['first_ts'] or '-'} to "
+        f"{window['last_ts'] or '-'}"
+        + (f" (since {report['since']})" if report["since"] else "")
+        + f"; {rec['used']} of {rec['read']} records used."
+    )
+    if (host := host_line(report)) is not None:
+        lines += ["", _md(host)]
+    lines.append("")
+    routes = by_severity(report["routes"])
+    rows = []
+    for r in routes:
+        c, lat = r["counts"], r["latency"]
+        rows.append(
+            [
+                f"`{r['route']}`",
+                f"**{VERDICT_LABEL[r['verdict']]}**",
+                str(c["compared"]),
+                str(c["mismatched"]),
+                fmt_ci((r.get("estimates") or {}).get("mismatch_rate")),
+                str(c["shadow_errors"]),
+                str(c["too_large"]),
+                str(c["skipped"]),
+                str(c["dropped"]),
+                quantiles_text(lat["live"]),
+                quantiles_text(lat["shadow"]),
+                fmt_ratio(lat["ratio"]["p99"]),
+            ]
+        )
+    lines += ["## Routes", ""]
+    lines += _md_table(
+        [
+            "route",
+            "verdict",
+            "compared",
+            "mismatched",
+            "rate (95% CI, n)",
+            "shadow err",
+            "too large",
+            "skipped",
+            "dropped",
+            "live ms p50/p95/p99",
+            "shadow ms p50/p95/p99",
+            "p99 ratio",
+        ],
+        rows,
+        right=set(range(2, 12)),
+    )
+    lines.append("")
+    timings = [line for line in map(timing_line, routes) if line is not None]
+    if timings:
+        lines += [f"- {_md(line)}" for line in timings] + [""]
+    checks = check_rows(routes)
+    if checks:
+        lines += ["## Checks", "", "Estimates with 95% intervals; for latency, the one-sided p-value of "
+                  "\"the shadow is no slower\" (docs/report.md).", ""]
+        lines += _md_table(CHECK_HEADER, [[f"`{row[0]}`", *row[1:]] for row in checks], right={2, 3, 4, 5})
+        lines.append("")
+    for r in routes:
+        if not r["fields"] and not r["reasons"] and not (r.get("noise") or {}).get("fields"):
+            continue
+        lines += [f"## `{r['route']}`: {VERDICT_LABEL[r['verdict']]}", ""]
+        lines += _md_noise(r)
+        rd_text = request_delta_text(r)
+        if rd_text is not None:
+            lines += [_md(rd_text), ""]
+        if (side_effects := egress_summary(r)) is not None:
+            lines += [_md(side_effects), ""]
+        lines += [f"- {reason}" for reason in r["reasons"]]
+        if r["reasons"]:
+            lines.append("")
+        if r["fields"]:
+            frows = []
+            for f in r["fields"]:
+                ex = f["example"] or {}
+                frows.append(
+                    [
+                        f"`{field_text(f)}`",
+                        f["kind"],
+                        str(f["count"]),
+                        fmt_pct(f["share"]),
+                        ", ".join(f"`{i}`" for i in f["examples"]),
+                        f"`{value_text(ex.get('live'))}`",
+                        f"`{value_text(ex.get('shadow'))}`",
+                    ]
+                )
+            lines += _md_table(
+                ["field", "kind", "count", "share", "example ids", "live", "shadow"], frows, right={2, 3}
+            )
+            lines.append("")
+    if report.get("baseline"):
+        b = report["baseline"]
+        lines += ["## Against baseline", "",
+                  f"Baseline `{_md(b['source'])}`: {b['regressions']} significant regressions.", ""]
+        lines += _md_table(BASELINE_HEADER, baseline_rows(report), right={2, 3, 6})
+        lines.append("")
+    if report["notes"]:
+        lines += ["## Notes", ""] + [f"- {_md(n)}" for n in report["notes"]] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _md_noise(r: dict[str, Any]) -> list[str]:
+    noise = r.get("noise") or {}
+    if not noise.get("fields"):
+        return []
+    rows = [[f"`{f['field']}`", f["kind"], *noise_cells(f)] for f in noise["fields"]]
+    head = (f"Noise, not counted as mismatches ({noise['noise_only']} exchanges differed only in noise, "
+            f"{noise['pairs']} noise pairs):")
+    header = ["field", "kind", "raw rate", "noise rate", "cancelled"]
+    return [head, "", *_md_table(header, rows, right={2, 3, 4}), ""]
