@@ -59,7 +59,9 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
     is_flag=True,
     default=False,
     help="With --fail-on: also exit 1 when the overall verdict is insufficient (a route's latency"
-    " rests on fewer than verdict.min_samples compared exchanges). Default: not a failure.",
+    " rests on fewer than verdict.min_samples compared exchanges, or a slowdown is withheld because"
+    " the proxy's or the worker's event loop lagged, or because both backends share a contended host"
+    " and the fastest answers did not move: docs/report.md). Default: not a failure.",
 )
 @click.option(
     "--baseline",

@@ -45,8 +45,8 @@ def estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
         "slowdown_median": slow(lt.median) if lt else None,
         "slowdown_p99": slow(lt.p99) if lt else None,
         "slowdown_p95": slow(lt.p95) if lt and lt.p95 else None,
-        # the fast end, judged only when the shared host explains a slowdown (report.verdict)
-        "slowdown_p10": slow(lt.p10) if lt and lt.p10 and lt.host_explains() else None,
+        # the fast end, when the latency was judged there (the shared host: report.verdict)
+        "slowdown_p10": slow(lt.p10) if lt and lt.p10 and j.fast_end else None,
     }
 
 

@@ -156,6 +156,7 @@ class Judgement:
     mismatch_estimate: Estimate | None = None
     error_estimate: Estimate | None = None
     latency_test: LatencyTest | None = None
+    fast_end: bool = False  # the latency was judged again at the fast end (the host rule)
 
 
 def level(value: float, t: Thresholds) -> Level:
@@ -287,6 +288,7 @@ def evaluate(
         why = _limit(error_level, t.mismatch_rate, "upper")
         reasons.append(f"shadow errors {fmt_interval(errs)} ({why})")
     latency_level: Level | None = None
+    fast_end = False
     if latency is not None:
         if latency.n < t.min_samples:
             latency_level = "insufficient"
@@ -319,6 +321,7 @@ def evaluate(
                 )
             if latency_level in ("warn", "fail") and latency.host_explains():
                 latency_level = _fast_end(latency, latency_level, t, reasons)
+                fast_end = True
             if latency_level == "pass" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
                 # the live side is inflated by the proxy's own queueing: a PASS could be false
                 latency_level = "insufficient"
@@ -329,7 +332,8 @@ def evaluate(
     checks = [lv for lv in (rate_level_, error_level, latency_level) if lv is not None]
     worst = _worst(lv for lv in checks if lv != "insufficient")
     verdict: Level = "insufficient" if worst == "pass" and "insufficient" in checks else worst
-    return Judgement(verdict, rate_level_, error_level, latency_level, tuple(reasons), mm, errs, latency)
+    return Judgement(verdict, rate_level_, error_level, latency_level, tuple(reasons), mm, errs, latency,
+                     fast_end)
 
 
 def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -> Level:

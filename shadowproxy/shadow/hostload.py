@@ -112,7 +112,8 @@ def listener_pids(port: int) -> tuple[int, ...]:
 
 
 def processes_cpu_ms(pids: tuple[int, ...]) -> float | None:
-    """The CPU time (user + system) `pids` have used, in ms; None when one cannot be read."""
+    """The CPU time (user + system) `pids` and their reaped children have used, in ms; None when
+    one cannot be read."""
     if not pids:
         return None
     total = 0
@@ -120,7 +121,9 @@ def processes_cpu_ms(pids: tuple[int, ...]) -> float | None:
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            # utime, stime, and the reaped children's cutime, cstime (fields 14-17): a server that
+            # forks a child per connection spends its CPU there
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
         except (OSError, IndexError, ValueError):
             return None
     return total * 1000.0 / _TICKS
@@ -183,6 +186,10 @@ class HostProbe:
             if before is not None and after is not None and not refound and after >= before:
                 out[f"{side}_cpu_ms"] = round(after - before, 1)
             self._cpu[side] = after
+        if set(self._pids.get("live", ())) & set(self._pids.get("shadow", ())):
+            # one process serves both ports: its CPU is not either server's own
+            out.pop("live_cpu_ms", None)
+            out.pop("shadow_cpu_ms", None)
         if "shadow_cpu_ms" in out:
             out["shadow_calls"] = calls - self._calls
         self._calls = calls

@@ -427,3 +427,12 @@ def test_the_host_never_turns_a_pass_into_insufficient() -> None:
     host = HostLoad(cpu_pressure=0.9, shadow_cpu_ms=20.0, live_cpu_ms=20.0)
     j = evaluate_stats(_paired(300, 30.0, 30.0), host=host)
     assert (j.latency, j.reasons) == ("pass", ())
+
+
+def test_the_fast_end_is_reported_only_when_the_latency_was_judged_there() -> None:
+    from shadowproxy.report.measures import estimates
+
+    passed = evaluate_stats(_paired(300, 30.0, 30.0), host=CONTENDED)  # nothing to judge again
+    assert not passed.fast_end and estimates(passed, DEFAULT_THRESHOLDS)["slowdown_p10"] is None
+    judged = evaluate_stats(_paired(300, 25.0, 32.0), host=CONTENDED)
+    assert judged.fast_end and estimates(judged, DEFAULT_THRESHOLDS)["slowdown_p10"]["level"] == "fail"

@@ -177,3 +177,61 @@ def test_a_real_runs_stats_record_carries_both_local_backends_cpu_and_its_shadow
     host = stats[-1]["host"]
     assert host["shadow_calls"] == 40
     assert host["live_cpu_ms"] > 0 and host["shadow_cpu_ms"] > 0  # each server parsed 40 requests
+
+
+_TWO_PORTS = """
+import socket, sys
+a, b = socket.socket(), socket.socket()
+for s in (a, b):
+    s.bind(("127.0.0.1", 0)); s.listen()
+print(a.getsockname()[1], b.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+_FORKING = """
+import os, socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:  # a child per connection, as socketserver.ForkingTCPServer makes
+        end = time.process_time() + float(line)
+        while time.process_time() < end:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("done", flush=True)
+"""
+
+
+def test_one_process_listening_on_both_ports_gives_no_cpu_figures() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _TWO_PORTS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        live, shadow = proc.stdout.readline().split()
+        probe = HostProbe(f"http://127.0.0.1:{live}", f"http://127.0.0.1:{shadow}")
+        probe.start()
+        got = probe.take_interval(calls=5) or {}
+        assert not {"live_cpu_ms", "shadow_cpu_ms"} & set(got)  # neither server's own
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_forking_servers_children_count_once_reaped() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _FORKING], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        port = int(proc.stdout.readline())
+        pids = listener_pids(port)
+        before = processes_cpu_ms(pids)
+        proc.stdin.write("0.2\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "done"
+        after = processes_cpu_ms(pids)
+        assert before is not None and after is not None and after - before >= 150
+    finally:
+        proc.kill()
+        proc.communicate()
