@@ -27,6 +27,14 @@ from shadowproxy.shadow.h2client import BodyTooLarge, ShadowConnectError
 
 MAX_HEAD_BYTES = 64 * 1024
 REUSE_WAIT_S = 0.1  # a call that should reuse a connection waits this long at most for one to come back
+# Connections are kept (busy and idle together) up to as many as calls ran at once in the last
+# REUSE_WINDOW_S to 2 * REUSE_WINDOW_S, and at least IDLE_FLOOR: as many as live holds open for
+# the same clients. Copies of clients that open a connection per request (curl) each open a new
+# one: keeping every one of them idle held up to `--concurrency` connections, which a server that
+# forks or threads per connection serves with a child each (a stdlib ForkingTCPServer of 40
+# children timed out 260 of 300 copies of 4 curl loops)
+IDLE_FLOOR = 4
+REUSE_WINDOW_S = 10.0
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # connection-level and framing headers: this client frames the body it sends itself
 _DROP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
@@ -163,6 +171,9 @@ class H1Pool:
         self._max_idle = limit  # connections opened to follow live's new ones are kept up to this
         self._busy = 0  # connections in an exchange now
         self._returned = asyncio.Event()  # set when a connection goes back to the idle list
+        self._calls = 0  # calls now (waiting for a connection or in an exchange)
+        self._peaks = [0, 0]  # the most calls at once: this window, the one before
+        self._window_end = time.monotonic() + REUSE_WINDOW_S
 
     async def _connect(self) -> tuple[_Conn, float]:
         """A new connection and how long opening it took (ms; the wait for its turn is not in it)."""
@@ -180,7 +191,27 @@ class H1Pool:
         """One exchange; `fresh`: on a new connection (as the live hop's was), else on an idle
         one when there is one."""
         async with self._slots:
-            return await self._request(method, target, headers, body, max_body_bytes, fresh)
+            self._calls += 1
+            self._window()
+            self._peaks[0] = max(self._peaks[0], self._calls)
+            try:
+                return await self._request(method, target, headers, body, max_body_bytes, fresh)
+            finally:
+                self._calls -= 1
+
+    def _window(self) -> None:
+        now = time.monotonic()
+        if now >= self._window_end:
+            # a window with no call at all leaves nothing from before it
+            self._peaks = [0, self._peaks[0] if now < self._window_end + REUSE_WINDOW_S else 0]
+            self._window_end = now + REUSE_WINDOW_S
+
+    def _keeps(self) -> bool:
+        """Whether a connection whose exchange just ended goes back to the idle list: the
+        connections kept (busy and idle) stay within the recent peak of calls at once."""
+        self._window()
+        cap = min(self._max_idle, max(IDLE_FLOOR, *self._peaks))
+        return len(self._idle) < self._max_idle and len(self._idle) + self._busy < cap
 
     async def _request(self, method: str, target: str, headers: Headers, body: bytes,
                        max_body_bytes: int, fresh: bool = False) -> H1Response:
@@ -266,7 +297,7 @@ class H1Pool:
             return H1Response(status, headers, data, sent, end)
         finally:
             self._busy -= 1
-            if reusable and len(self._idle) < self._max_idle:
+            if reusable and self._keeps():
                 self._idle.append(conn)
                 self._returned.set()
             else:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from shadowproxy.engine.exchange import Request, Response
 from shadowproxy.shadow.client import CONNECT_INTERVAL_S, ClientConfig, ShadowClient
+from shadowproxy.shadow.h1client import IDLE_FLOOR
 from shadowproxy.testing import Backend
 
 DELAY_S = 0.15
@@ -222,3 +223,57 @@ async def test_a_shadow_answer_carries_the_lag_of_the_loop_that_read_it() -> Non
     assert quiet.loop_lag_ms is not None and busy.loop_lag_ms is not None
     assert busy.loop_lag_ms >= 5.0, busy.loop_lag_ms
     assert quiet.loop_lag_ms < busy.loop_lag_ms / 2, (quiet.loop_lag_ms, busy.loop_lag_ms)
+
+
+async def _counting_server(delay: float = 0.0) -> tuple[asyncio.Server, list[int]]:
+    """Answers every request; `open[0]` is how many connections are open at the server now."""
+    open_ = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_[0] += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(delay)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_[0] -= 1
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), open_
+
+
+async def test_copies_of_a_client_that_opens_a_connection_per_request_hold_few_idle_ones() -> None:
+    # curl-like: every live hop new, so every copy fresh; a server that forks a child per
+    # connection must not find them all parked on idle shadow connections
+    server, open_ = await _counting_server()
+    port = server.sockets[0].getsockname()[1]
+    client = ShadowClient(f"http://127.0.0.1:{port}")
+    try:
+        for burst in range(10):
+            calls = [client.call(Request("GET", f"/{burst}/{i}"), timeout_ms=5000, max_body_bytes=100,
+                                 fresh=True) for i in range(4)]
+            assert all(isinstance(r, Response) for r in await asyncio.gather(*calls))
+        await asyncio.sleep(0.05)
+        assert open_[0] <= IDLE_FLOOR  # 40 connections opened, at most the floor kept
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_copies_that_reuse_connections_keep_as_many_as_ran_at_once() -> None:
+    server, open_ = await _counting_server(delay=0.05)
+    port = server.sockets[0].getsockname()[1]
+    client = ShadowClient(f"http://127.0.0.1:{port}")
+    try:
+        for burst in range(3):  # 8 keep-alive clients: their first requests new, then reused
+            calls = [client.call(Request("GET", f"/{burst}/{i}"), timeout_ms=5000, max_body_bytes=100,
+                                 fresh=burst == 0) for i in range(8)]
+            assert all(isinstance(r, Response) for r in await asyncio.gather(*calls))
+        await asyncio.sleep(0.05)
+        assert open_[0] == 8  # 8 calls at once: 8 connections kept, each copy after the first reused
+    finally:
+        await client.close()
+        server.close()
