@@ -11,7 +11,8 @@ connection, and opening one, come before the request is written and are not in i
 is `connect_ms`, with `new_connection` (aiohttp's trace hooks say which). New connections to the
 shadow are opened at a bounded pace (`CONNECT_INTERVAL_S` apart) and kept alive for reuse, so a
 burst of copies cannot overflow a small shadow's listen backlog and turn into timeouts made by
-the proxy itself.
+the proxy itself; as many are kept as calls ran at once lately (h1client.IDLE_FLOOR at least), so
+a server with a child per connection is not held by idle ones.
 
 Connections follow the live hop's (`fresh`, plain http): a copy whose live request went on a
 new connection goes on a new one too, so a shadow is compared like for like with a live backend
