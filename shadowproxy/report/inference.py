@@ -173,44 +173,38 @@ def p99_slowdown(live: Histogram, shadow: Histogram, q: float = 0.99) -> Estimat
 def _head_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float) -> float:
     """P(at most as many of the pooled bottom q come from the shadow), if shadow and live
     latencies were exchangeable (hypergeometric): a slower shadow leaves fewer of its answers
-    among the fastest. The bottom: the samples below the pooled q-quantile's bucket, or at or
-    below it, whichever count is nearer q of all (never an empty one when the other is not),
-    as `_tail_p` takes its top."""
-    pooled: dict[int, int] = dict(live)
-    for i, c in shadow.items():
-        pooled[i] = pooled.get(i, 0) + c
-    total = n_l + n_s
-    cut = _at_rank(pooled, max(1, math.ceil(q * total)))
-    below = sum(c for i, c in pooled.items() if i < cut)
-    from_shadow = sum(c for i, c in shadow.items() if i < cut)
-    target = q * total
-    at = pooled.get(cut, 0)
-    if below == 0 or abs(below + at - target) < abs(below - target):
-        below += at
-        from_shadow += shadow.get(cut, 0)
-    if below == 0:
+    among the fastest. The bottom is cut as `_tail_p` cuts its top."""
+    bottom, from_shadow = _pooled_tail(live, shadow, n_l + n_s, q, upper=False)
+    if bottom == 0:
         return 1.0
-    return float(_st.hypergeom.cdf(from_shadow, total, n_s, below))
+    return float(_st.hypergeom.cdf(from_shadow, n_l + n_s, n_s, bottom))
 
 
 def _tail_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float) -> float:
     """P(at least as many of the pooled top (1 - q) come from the shadow), if shadow and live
-    latencies were exchangeable (hypergeometric). The top: the samples above the pooled
-    q-quantile's bucket, or at or above it, whichever count is nearer (1 - q) of all (never an
+    latencies were exchangeable (hypergeometric)."""
+    top, from_shadow = _pooled_tail(live, shadow, n_l + n_s, q, upper=True)
+    if top == 0:
+        return 1.0
+    return float(_st.hypergeom.sf(from_shadow - 1, n_l + n_s, n_s, top))
+
+
+def _pooled_tail(live: dict[int, int], shadow: dict[int, int], total: int, q: float,
+                 upper: bool) -> tuple[int, int]:
+    """The pooled samples beyond the pooled q-quantile's bucket (above it when `upper`, else
+    below), or beyond or at it, whichever count is nearer the tail's share of all (never an
     empty one when the other is not): a shadow whose slow requests all take the same time puts
-    them in one bucket, the cut, and `above` alone would leave them all out."""
+    them in one bucket, the cut, and `beyond` alone would leave them all out. Their count, and
+    how many of them are the shadow's."""
     pooled: dict[int, int] = dict(live)
     for i, c in shadow.items():
         pooled[i] = pooled.get(i, 0) + c
-    total = n_l + n_s
     cut = _at_rank(pooled, max(1, math.ceil(q * total)))
-    above = sum(c for i, c in pooled.items() if i > cut)
-    from_shadow = sum(c for i, c in shadow.items() if i > cut)
-    target = (1 - q) * total
+    beyond = sum(c for i, c in pooled.items() if (i > cut if upper else i < cut))
+    from_shadow = sum(c for i, c in shadow.items() if (i > cut if upper else i < cut))
+    target = ((1 - q) if upper else q) * total
     at = pooled.get(cut, 0)
-    if above == 0 or abs(above + at - target) < abs(above - target):
-        above += at
+    if beyond == 0 or abs(beyond + at - target) < abs(beyond - target):
+        beyond += at
         from_shadow += shadow.get(cut, 0)
-    if above == 0:
-        return 1.0
-    return float(_st.hypergeom.sf(from_shadow - 1, total, n_s, above))
+    return beyond, from_shadow
