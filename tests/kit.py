@@ -67,6 +67,23 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+def stats_totals(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts summed over every route of every stats record."""
+    out: dict[str, int] = {}
+    for r in records:
+        if r["outcome"] != "stats":
+            continue
+        for counts in r["routes"].values():
+            for k, v in counts.items():
+                if isinstance(v, int):
+                    out[k] = out.get(k, 0) + v
+                elif isinstance(v, dict):
+                    for kk, vv in v.items():
+                        if isinstance(vv, int):
+                            out[f"{k}.{kk}"] = out.get(f"{k}.{kk}", 0) + vv
+    return out
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

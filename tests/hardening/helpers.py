@@ -19,12 +19,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 # The kit's names under the ones these tests use: `Proxy` is `shadowproxy run` as a process.
 from tests.kit import EXE, free_port
 from tests.kit import ProxyProcess as Proxy
 from tests.kit import read_records as read_jsonl
+from tests.kit import stats_totals as stats_totals  # (imported from here by the hardening tests)
 
 __all__ = [
     "EXE", "Behaviour", "Proxy", "RawServer", "free_port", "garbage", "get", "huge_body", "never_answers",
@@ -198,23 +198,6 @@ def raw_get(port: int, target: str, headers: dict[str, str] | None = None) -> tu
 
 def p50(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def stats_totals(records: list[dict[str, Any]]) -> dict[str, int]:
-    """Counts summed over every route of every stats record."""
-    out: dict[str, int] = {}
-    for r in records:
-        if r["outcome"] != "stats":
-            continue
-        for counts in r["routes"].values():
-            for k, v in counts.items():
-                if isinstance(v, int):
-                    out[k] = out.get(k, 0) + v
-                elif isinstance(v, dict):
-                    for kk, vv in v.items():
-                        if isinstance(vv, int):
-                            out[f"{k}.{kk}"] = out.get(f"{k}.{kk}", 0) + vv
-    return out
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ a real shadow backend on 127.0.0.1, the frames read back from what the proxy sid
 from __future__ import annotations
 
 import asyncio
-import json
 import pickle
 import struct
 import time
@@ -25,6 +24,7 @@ from shadowproxy.shadow.ledger import ledger_path
 from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.shadow.process_dispatch import DEFAULT_BUFFER_BYTES, ProcessDispatcher
 from shadowproxy.testing import Backend, make_exchange
+from tests.kit import read_records, stats_totals
 
 _HEADER = struct.Struct("!I")
 
@@ -36,18 +36,6 @@ def kinds(data: bytes) -> list[str]:
         (size,) = _HEADER.unpack_from(data, pos)
         out.append(pickle.loads(data[pos + 4 : pos + 4 + size])[0])
         pos += 4 + size
-    return out
-
-
-def totals(path: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in path.read_bytes().splitlines():
-        rec = json.loads(line)
-        if rec["outcome"] == "stats":
-            for route in rec["routes"].values():
-                for k, v in route.items():
-                    if isinstance(v, int):
-                        out[k] = out.get(k, 0) + v
     return out
 
 
@@ -106,7 +94,7 @@ async def test_a_finish_frame_is_written_with_the_next_start_frame(shadow: Backe
     c.finish_copy(2)
     await c.d.stop()
     assert c.writes[-2:] == [["finish", "counts"], ["stop"]] or c.writes[-1] == ["finish", "stop"]
-    t = totals(c.sink)
+    t = stats_totals(read_records(c.sink))
     assert t.get("compared", 0) == 2 and t.get("dropped", 0) == 0, t
 
 
@@ -124,7 +112,7 @@ async def test_a_held_finish_leaves_after_the_hold_delay_when_no_other_frame_com
     assert c.d.frame_hold.flushes == 1 and c.writes[-1] == ["finish"]
     assert FINISH_HOLD_S * 0.9 <= waited < FINISH_HOLD_S + 1.0
     await c.d.stop()
-    t = totals(c.sink)
+    t = stats_totals(read_records(c.sink))
     assert t.get("compared", 0) == 1 and t.get("dropped", 0) == 0, t
 
 
@@ -143,7 +131,7 @@ async def test_stop_writes_held_finishes_before_the_worker_is_told_to_stop(
     sent = [k for w in c.writes for k in w]
     assert sent.index("stop") > max(i for i, k in enumerate(sent) if k in ("finish", "abandon"))
     assert sent.count("finish") == 2 and sent.count("abandon") == 1
-    t = totals(c.sink)
+    t = stats_totals(read_records(c.sink))
     assert t.get("compared", 0) == 2 and t.get("dropped", 0) == 0, t
     assert c.d.dropped == 0 and c.d.dispatched == 2
 
@@ -170,7 +158,7 @@ async def test_a_finish_held_at_a_kill_is_lost_on_crash_once_and_handed_over_onc
     assert written["handed"] == 1 and written["live_in_flight"] == 0, written
     c.d.abandon_copy(2)
     await c.d.stop()
-    t = totals(c.sink)
+    t = stats_totals(read_records(c.sink))
     assert t.get("compared", 0) == 1 and t.get("skipped_by.lost_on_crash", 0) == 0, t
 
 
@@ -187,7 +175,7 @@ async def test_held_bytes_count_against_the_channel_bound_and_the_next_copy_is_d
     await asyncio.sleep(FINISH_HOLD_S + 0.2)  # the held finish leaves on its own
     assert c.writes[-1] == ["finish"]
     await c.d.stop()
-    t = totals(c.sink)
+    t = stats_totals(read_records(c.sink))
     assert t.get("dropped", 0) == 1 and t.get("compared", 0) == 1, t
 
 
@@ -198,4 +186,4 @@ async def test_a_held_batch_past_its_byte_bound_is_written_at_once(shadow: Backe
     c.finish_copy(1, b'{"pad": "' + b"x" * FINISH_HOLD_BYTES + b'"}')
     assert c.writes[-1] == ["finish"] and c.d.frame_hold.flushes == 1 and not c.d.frame_hold
     await c.d.stop()
-    assert totals(c.sink).get("mismatched", 0) == 1
+    assert stats_totals(read_records(c.sink)).get("mismatched", 0) == 1

@@ -27,6 +27,7 @@ from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
 from shadowproxy.shadow.process_dispatch import ProcessDispatcher
 from shadowproxy.testing import Backend, ProxyThread, make_exchange
+from tests.kit import stats_totals
 
 JSON = {"Content-Type": "application/json"}
 
@@ -46,19 +47,6 @@ def records(path: Path) -> list[dict[str, Any]]:
     out = [json.loads(line) for line in path.read_bytes().splitlines()]
     for rec in out:
         validate_record(rec)
-    return out
-
-
-def totals(recs: list[dict[str, Any]]) -> dict[str, int]:
-    """The stats records' counters summed over intervals and routes."""
-    out: dict[str, int] = {}
-    for rec in recs:
-        if rec["outcome"] != "stats":
-            continue
-        for route in rec["routes"].values():
-            for k, v in route.items():
-                if isinstance(v, int):
-                    out[k] = out.get(k, 0) + v
     return out
 
 
@@ -124,7 +112,7 @@ def test_process_mode_copies_arrive_and_records_are_written(live: Backend, tmp_p
     recs = records(sink)
     mismatches = [r for r in recs if r["outcome"] == "mismatch"]
     assert len(mismatches) == 7
-    t = totals(recs)
+    t = stats_totals(recs)
     assert t["compared"] == 7 and t["mismatched"] == 7 and t["dropped"] == 0
     assert not pid_alive(worker_pid)
     # the worker's counts reach the proxy's totals (what /metrics reads)
@@ -181,7 +169,7 @@ def test_channel_full_drops_and_counts_while_live_is_unaffected(
             assert dispatcher.dropped > 0
             dropped_in_proxy = dispatcher.dropped
         assert all(status == 200 and len(body) > 200_000 for status, body in answers)
-    t = totals(records(sink))
+    t = stats_totals(records(sink))
     assert t["dropped"] >= dropped_in_proxy
     assert t["compared"] + t["dropped"] == n
     assert len(shadow.seen) == t["compared"]
@@ -200,7 +188,7 @@ def test_worker_queue_full_drops_and_counts(live: Backend, tmp_path: Path) -> No
             wait_until(lambda: len(shadow.seen) >= 1)
             gate.open.set()
         assert all(status == 200 for status, _ in answers)
-    t = totals(records(sink))
+    t = stats_totals(records(sink))
     assert t["compared"] + t["dropped"] == n
     assert t["dropped"] >= n - 2  # one in flight, one queued
     assert len(shadow.seen) == t["compared"]
@@ -223,7 +211,7 @@ def test_graceful_stop_drains_and_writes_the_final_stats_record(live: Backend, t
         assert all(status == 200 for status, _ in answers)
     recs = records(sink)
     assert recs[-1]["outcome"] == "stats"
-    t = totals(recs)
+    t = stats_totals(recs)
     assert t["compared"] == n and t["dropped"] == 0
     assert len([r for r in recs if r["outcome"] == "mismatch"]) == n
 
@@ -275,7 +263,7 @@ def test_worker_exits_when_the_proxy_process_dies(tmp_path: Path) -> None:
                 parent.stdout.close()
     wait_until(lambda: not pid_alive(worker_pid))
     # it drained what it had and wrote the final stats record on its way out
-    t = totals(records(sink))
+    t = stats_totals(records(sink))
     assert t["compared"] == 3
 
 
@@ -387,7 +375,7 @@ async def test_copies_in_flight_when_the_drain_times_out_are_each_counted_as_dro
         assert len(shadow.seen) == concurrency
         await d.stop()
         gate.open.set()
-    t = totals(records(sink))
+    t = stats_totals(records(sink))
     assert t.get("dropped", 0) == n, t  # queued (4) and in flight (2): none silently lost
     assert t.get("compared", 0) + t.get("shadow_errors", 0) == 0
     assert d.stats.total("dropped") == n  # /metrics sees them too
@@ -427,4 +415,4 @@ async def test_copies_in_flight_in_a_worker_killed_with_sigkill_are_counted_as_d
         gate.open.set()
         await d.stop()
     assert d.stats.total("dropped") == n
-    assert totals(records(sink)).get("dropped", 0) == n
+    assert stats_totals(records(sink)).get("dropped", 0) == n

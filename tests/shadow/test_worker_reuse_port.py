@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from shadowproxy.testing import Backend, free_port
+from tests.kit import read_records, stats_totals
 
 JSON = {"Content-Type": "application/json"}
 
@@ -69,18 +70,6 @@ def listeners(port: int) -> int:
     return n
 
 
-def stats_totals(path: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in path.read_bytes().splitlines():
-        rec = json.loads(line)
-        if rec["outcome"] == "stats":
-            for route in rec["routes"].values():
-                for k, v in route.items():
-                    if isinstance(v, int):
-                        out[k] = out.get(k, 0) + v
-    return out
-
-
 @pytest.fixture
 def backends() -> Iterator[tuple[Backend, Backend]]:
     async def live(request: web.Request) -> web.StreamResponse:
@@ -118,7 +107,7 @@ def test_two_processes_share_the_port_and_each_writes_its_own_sink(
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
     wait_until(lambda: not any(alive(p) for p in pids))  # siblings and workers are gone too
-    first, second = stats_totals(sink), stats_totals(Path(f"{sink}.1"))
+    first, second = stats_totals(read_records(sink)), stats_totals(read_records(Path(f"{sink}.1")))
     assert first.get("compared", 0) > 0 and second.get("compared", 0) > 0  # both served
     assert first["compared"] + second["compared"] == n
     assert first["mismatched"] + second["mismatched"] == n
