@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
-import ipaddress
 import logging
 import math
 import sys
@@ -49,18 +48,10 @@ from shadowproxy.admin.render import MAX_RESTARTS, RENDER_TIMEOUT_S, Renderer, r
 from shadowproxy.engine.stats import Histogram, RouteStats
 from shadowproxy.errors import ConfigError
 from shadowproxy.proxy.addon import PIPELINED_ROUTE, ShadowAddon
+from shadowproxy.shadow.hostload import is_loopback as is_loopback  # (imported from here)
 
 log = logging.getLogger("shadowproxy")
 SCRAPE_SWITCH_INTERVAL_S = 0.0005
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_admin(host: str, token: str | None) -> None:

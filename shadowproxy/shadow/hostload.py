@@ -29,7 +29,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["HostProbe", "listener_pids", "local_port", "pressure_total_us", "processes_cpu_ms"]
+__all__ = ["HostProbe", "is_loopback", "listener_pids", "local_port", "pressure_total_us", "processes_cpu_ms"]
 
 _PSI = "/proc/pressure/cpu"
 _LISTEN = "0A"  # /proc/net/tcp's state column: TCP_LISTEN
@@ -45,15 +45,19 @@ def local_port(url: str | None) -> int | None:
         host, port = parts.hostname, parts.port
     except ValueError:
         return None
-    if host is None:
+    if host is None or not is_loopback(host):
         return None
-    if host != "localhost":
-        try:
-            if not ipaddress.ip_address(host).is_loopback:
-                return None
-        except ValueError:
-            return None
     return port or (443 if parts.scheme == "https" else 80)
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, or an address (IPv6 with or without brackets) on this host's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def pressure_total_us() -> int | None:
