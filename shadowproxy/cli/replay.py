@@ -48,8 +48,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: an interrupted replay checked only part 
               help="Extra CA bundle for https backends.")
 @click.option("--insecure", is_flag=True, help="Do not verify the backends' TLS certificates.")
 @click.option("--secondary", type=HTTP_URL, default=None,
-              help="A second instance of the live version, as for `run`: with noise mode auto or "
-                   "secondary in the rules, reads also go there and its differences are noise.")
+              help="A second instance of the live version, as for `run`: reads also go there, its "
+                   "latency is the shadow's reference, and (noise mode auto or secondary in the rules) "
+                   "its differences are noise.")
 @click.option("--noise-state", type=click.Path(dir_okay=False), default=None,
               help="File of learned noise, as for `run`: loaded first, saved at the end.")
 def replay_cmd(input_file: str, shadow: str, live: str | None, rules: str | None, sink: str,

@@ -175,9 +175,10 @@ class RunFlags:
 )
 @click.option("--secondary", type=HTTP_URL, default=None, envvar="SHADOWPROXY_SECONDARY",
               show_envvar=True,
-              help="A second instance of the live version (Diffy's secondary): with noise mode auto or "
-              "secondary, reads also go there and live-vs-secondary differences teach which fields are "
-              "noise.")
+              help="A second instance of the live version (Diffy's secondary). Every mirrored read also "
+              "goes there, at the same moment as the shadow's copy: the report judges the shadow's "
+              "latency against the secondary's (docs/report.md). With noise mode auto or secondary, "
+              "live-vs-secondary differences also teach which fields are noise.")
 @click.option("--noise-state", type=click.Path(dir_okay=False), default=None,
               envvar="SHADOWPROXY_NOISE_STATE", show_envvar=True,
               help="File that keeps learned noise across restarts; unset: kept in memory.")

@@ -12,6 +12,11 @@ fixed 0.01-wide buckets (`RatioHistogram`): the report's latency test runs on th
 a ratio of two answers to the same request at the same moment cancels load that varies over
 time. Buckets are integers, so merged histograms are exactly the histogram of the union and
 a test on them gives the same answer whichever way the intervals were cut.
+
+With a secondary (a second instance of the live version, `--secondary`), the worker calls it
+and the shadow at the same moment for each read copy, and `SecondaryLatency` keeps the same
+figures for that pair: the report judges latency on it, since the two calls leave from the
+same place at the same time, where live's call was made by the proxy a moment earlier.
 """
 
 from __future__ import annotations
@@ -150,6 +155,39 @@ class RatioHistogram:
 
 
 @dataclass(slots=True)
+class SecondaryLatency:
+    """The shadow measured against the secondary: both called by the worker for the same copy at
+    the same moment (in a random order), each exchange where both answered on like connections."""
+
+    secondary: Histogram = field(default_factory=Histogram)
+    shadow: Histogram = field(default_factory=Histogram)
+    log_ratio: RatioHistogram = field(default_factory=RatioHistogram)  # ln(shadow ms / secondary ms)
+
+    def observe(self, secondary_ms: float, shadow_ms: float) -> None:
+        self.secondary.observe(secondary_ms)
+        self.shadow.observe(shadow_ms)
+        self.log_ratio.observe(secondary_ms, shadow_ms)
+
+    def merge(self, other: SecondaryLatency) -> None:
+        self.secondary.merge(other.secondary)
+        self.shadow.merge(other.shadow)
+        self.log_ratio.merge(other.log_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "secondary_latency_ms": self.secondary.to_dict(),
+            "shadow_latency_ms": self.shadow.to_dict(),
+            "latency_log_ratio": self.log_ratio.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SecondaryLatency:
+        return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
+                   Histogram.from_dict(d.get("shadow_latency_ms", {})),
+                   RatioHistogram.from_dict(d.get("latency_log_ratio", {})))
+
+
+@dataclass(slots=True)
 class RouteStats:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     skipped_by: dict[str, int] = field(default_factory=dict)
@@ -166,6 +204,8 @@ class RouteStats:
     # time to open a connection, exchanges on new connections only (information: not judged)
     live_connect: Histogram = field(default_factory=Histogram)
     shadow_connect: Histogram = field(default_factory=Histogram)
+    # the shadow against the secondary, called together by the worker (empty without one)
+    vs_secondary: SecondaryLatency = field(default_factory=SecondaryLatency)
 
     def merge(self, other: RouteStats) -> None:
         for k, v in other.counts.items():
@@ -181,6 +221,7 @@ class RouteStats:
         self.live_connect.merge(other.live_connect)
         self.shadow_connect.merge(other.shadow_connect)
         self.shadow_loop_lag.merge(other.shadow_loop_lag)
+        self.vs_secondary.merge(other.vs_secondary)
 
     def empty(self) -> bool:
         return not any(self.counts.values())
@@ -205,6 +246,7 @@ class RouteStats:
                 )
                 if hist.count
             },
+            **({"vs_secondary": self.vs_secondary.to_dict()} if self.vs_secondary.log_ratio.count else {}),
         }
 
     @classmethod
@@ -221,6 +263,7 @@ class RouteStats:
         rs.live_connect = Histogram.from_dict(d.get("live_connect_ms", {}))
         rs.shadow_connect = Histogram.from_dict(d.get("shadow_connect_ms", {}))
         rs.shadow_loop_lag = Histogram.from_dict(d.get("shadow_loop_lag_ms", {}))
+        rs.vs_secondary = SecondaryLatency.from_dict(d.get("vs_secondary", {}))
         return rs
 
 
@@ -297,6 +340,15 @@ class Stats:
                 rs.live_connect.observe(live.connect_ms)
             if shadow.new_connection and shadow.connect_ms is not None:
                 rs.shadow_connect.observe(shadow.connect_ms)
+
+    def secondary(self, route: str, secondary: Response, shadow: Response) -> None:
+        """One read copy's shadow and secondary latencies (called together by the worker), on like
+        connections only, as `exchange` compares live's and the shadow's."""
+        if secondary.new_connection is not None and shadow.new_connection is not None and (
+                secondary.new_connection != shadow.new_connection):
+            return
+        for rs in self._route(route):
+            rs.vs_secondary.observe(secondary.latency_ms, shadow.latency_ms)
 
     def merge_interval(self, routes: dict[str, RouteStats]) -> None:
         """Fold counts made elsewhere (another process) into this interval and the totals."""

@@ -40,10 +40,9 @@ from shadowproxy.proxy.options import DEFAULT_MAX_COPY_BYTES, ShadowConfig, decl
 from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import build_pipeline
 from shadowproxy.shadow.dispatch import Dispatcher, ShadowDispatcher
-from shadowproxy.shadow.jobs import build_job, decide, early_job, streamed_skip
+from shadowproxy.shadow.jobs import ShadowJob, build_job, decide, early_job, streamed_skip
 from shadowproxy.shadow.ledger import PIPELINED_ROUTE as PIPELINED_ROUTE  # bytes pipelined past the bound
 from shadowproxy.shadow.ledger import ProxyLedger, ledger_path
-from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.shadow.process_dispatch import ProcessDispatcher
 from shadowproxy.sinks.base import Sink
 from shadowproxy.sinks.uri import parse_uri

@@ -100,8 +100,8 @@ def check_noise(rules: RuleSet, secondary: str | None, state: str | None, *,
         raise ConfigError(f"noise mode 'secondary' ({', '.join(wants)}) needs a secondary: "
                           "give --secondary URL (shadow_secondary_url)")
     if secondary is not None and set(modes.values()) == {"off"}:
-        log.warning("a secondary is given but noise is off for every route: set noise.mode: auto "
-                    "in the rules to use it")
+        log.info("a secondary is given and noise is off for every route: reads go there for the "
+                 "latency check only (noise.mode: auto in the rules also learns noise from it)")
     if state is not None:
         if not Path(state).parent.is_dir():
             raise ConfigError(f"{state_flag} {state!r}: its directory does not exist")

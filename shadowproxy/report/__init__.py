@@ -24,9 +24,11 @@ The report (and `--format json`) is a dict with these stable keys:
       checks              {mismatch_rate, shadow_errors, latency}: each check's level, or null
       reasons             why the verdict is not pass, in words
       estimates           {mismatch_rate, shadow_error_rate, slowdown_median, slowdown_p99,
-                          slowdown_p95}: what
+                          slowdown_p95, slowdown_p10}: what
                           each check used, each {n, estimate, low, high, p_value, level} or null;
-                          low/high: the 95% interval (null: open on that side); p_value: latency only
+                          low/high: the 95% interval (null: open on that side); p_value: latency only;
+                          the slowdowns also carry against: live | secondary (what the shadow was
+                          timed against); slowdown_p10 only when judged at the fast end
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
                           eligible}: sums over the stats records
       skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,
@@ -45,7 +47,9 @@ The report (and `--format json`) is a dict with these stable keys:
                           shadow / live per quantile; slowdown is shadow p99 / live p99 - 1;
                           loop_lag: the proxy's event-loop lag during the live calls; connect:
                           time to open a connection, exchanges that opened one (not judged);
-                          shadow_loop_lag: the worker's event-loop lag during the shadow calls
+                          shadow_loop_lag: the worker's event-loop lag during the shadow calls;
+                          vs_secondary (with a secondary only): {secondary: Q, shadow: Q, ratio,
+                          slowdown} on the read copies both answered, the latency check's reference
       fields_total        distinct differing fields seen
       fields_not_kept     field occurrences not kept (more than 2000 distinct fields)
       fields              top fields, most frequent first, each {part, path, kind, count, share,

@@ -288,6 +288,8 @@ class Aggregator:
         counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
         latency = measures.latency(agg.stats.live_latency, agg.stats.shadow_latency)
         latency.update(measures.timings(agg.stats))
+        if agg.stats.vs_secondary.log_ratio.count:  # the latency check's reference (report.verdict)
+            latency["vs_secondary"] = measures.vs_secondary(agg.stats.vs_secondary)
         judged = _verdict.evaluate_stats(agg.stats, self.thresholds, self.host.load())  # as replay does
         fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
         compared = counts["compared"]

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from shadowproxy.engine.stats import Histogram, RouteStats
+from shadowproxy.engine.stats import Histogram, RouteStats, SecondaryLatency
 from shadowproxy.report import verdict as _verdict
 from shadowproxy.report.inference import Estimate
 from shadowproxy.rules.model import Verdict
 
-__all__ = ["QUANTILES", "estimates", "latency", "rate", "timings", "traffic_mismatch_rate"]
+__all__ = [
+    "QUANTILES",
+    "estimates",
+    "latency",
+    "rate",
+    "timings",
+    "traffic_mismatch_rate",
+    "vs_secondary",
+]
 
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 
@@ -37,7 +45,10 @@ def estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
 
     def slow(e: Estimate) -> dict[str, Any] | None:
         lv = "insufficient" if j.latency == "insufficient" else _verdict.slowdown_level(e, t)
-        return d(e, lv)
+        out = d(e, lv)
+        if out is not None and lt is not None:
+            out["against"] = lt.against  # live, or the secondary (report.verdict)
+        return out
 
     return {
         "mismatch_rate": d(j.mismatch_estimate, j.mismatch_rate),
@@ -73,6 +84,13 @@ def latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
     # from the unrounded quantiles, as the verdict computes it
     slower = _verdict.slowdown(live.quantile(0.99), shadow.quantile(0.99))
     return {"live": lv, "shadow": sv, "ratio": ratio, "slowdown": slower}
+
+
+def vs_secondary(ref: SecondaryLatency) -> dict[str, Any]:
+    """The shadow's and the secondary's latencies on the same read copies (called together)."""
+    both = latency(ref.secondary, ref.shadow)
+    return {"secondary": both["live"], "shadow": both["shadow"], "ratio": both["ratio"],
+            "slowdown": both["slowdown"]}
 
 
 def timings(rs: RouteStats) -> dict[str, Any]:

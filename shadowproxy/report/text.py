@@ -118,7 +118,7 @@ def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
             lv = est.get("level", r["checks"].get(check))
             rows.append([
                 r["route"],
-                label,
+                label + (" vs secondary" if est.get("against") == "secondary" else ""),
                 str(est["n"]),
                 _bound(est["estimate"], signed, "?"),
                 interval,
@@ -154,7 +154,8 @@ def quantiles_text(side: dict[str, Any]) -> str:
 
 def timing_line(r: dict[str, Any]) -> str | None:
     """Information beside the latency check: each side's time to open a connection (exchanges
-    that opened one) and the proxy's event-loop lag during the live calls; None without either."""
+    that opened one), the shadow's and the secondary's latencies when there is one, and the
+    loops' lag; None without any."""
     lat = r["latency"]
     parts = []
     connect = lat.get("connect") or {}
@@ -165,6 +166,11 @@ def timing_line(r: dict[str, Any]) -> str | None:
             f"shadow {fmt_ms(shadow.get('p50'))} ms (n={shadow.get('count', 0)}), "
             f"ratio {fmt_ratio(connect.get('ratio_p50'))}"
         )
+    ref = lat.get("vs_secondary")
+    if ref:
+        parts.append(f"against the secondary (the latency check's reference, same copies, "
+                     f"n={ref['shadow']['count']}): p50/p95/p99 secondary "
+                     f"{quantiles_text(ref['secondary'])} ms, shadow {quantiles_text(ref['shadow'])} ms")
     lag = lat.get("loop_lag") or {}
     if lag.get("count"):
         parts.append(f"proxy loop lag mean {fmt_ms(lag.get('mean'))} ms")

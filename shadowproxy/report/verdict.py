@@ -18,11 +18,12 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
 - shadow errors: shadow_errors / (compared + shadow_errors), the same rule and thresholds. A
   shadow that times out or refuses connections is not "no data": it is the worst regression.
 - latency: the shadow's slowdown at the median (from the per-exchange ratios shadow/live), at
-  p95 and at p99 (from the two histograms), each with a 95% interval and a one-sided p-value against
-  "no slower". A slowdown WARNs or FAILs only when it is significant (p < `verdict.alpha`,
-  default 0.01) AND the LOWER end of its interval is at or past the threshold; otherwise it
-  passes. Below `verdict.min_samples` compared exchanges (default 30) the check is
-  `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9 decimals before they
+  p95 and at p99 (from the two histograms); with a secondary, the same against the secondary
+  (`against_secondary`: called with the shadow, by the worker, at the same moment); each with
+  a 95% interval and a one-sided p-value against "no slower". A slowdown WARNs or FAILs only when
+  it is significant (p < `verdict.alpha`, default 0.01) AND the LOWER end of its interval is at or
+  past the threshold; otherwise it passes. Below `verdict.min_samples` compared exchanges (default
+  30) the check is `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9 decimals before they
   are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold. A PASS is
   `insufficient` too when the proxy's own event-loop lag (in the live side's time, not in the
   shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live median - lag).
@@ -58,7 +59,7 @@ from shadowproxy.report.inference import Estimate, median_slowdown, p99_slowdown
 from shadowproxy.rules.model import Thresholds, Verdict
 
 if TYPE_CHECKING:
-    from shadowproxy.engine.stats import RouteStats
+    from shadowproxy.engine.stats import Histogram, RouteStats
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -67,6 +68,7 @@ __all__ = [
     "Judgement",
     "LatencyTest",
     "Level",
+    "against_secondary",
     "evaluate",
     "evaluate_stats",
     "gate_fails",
@@ -117,6 +119,9 @@ class LatencyTest:
     # the slowdown at p10 (the two histograms): the fast end, the answers the host's contention
     # touched least, judged in place of the others when the host explains them; None: no host
     p10: Estimate | None = None
+    # what the shadow was timed against: "live" (the proxy's call a moment before), or
+    # "secondary" (a second live instance the worker called at the same moment as the shadow)
+    against: str = "live"
 
     def host_explains(self) -> bool:
         """Whether the shared host, not the code, can have made the shadow slower: its CPU was
@@ -209,14 +214,17 @@ def lag_explains(est: Estimate, share: float | None, thresholds: Verdict) -> boo
 
 def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | None:
     """The latency estimates of a route's merged histograms; None without latencies on both sides.
-    `host`: the run's host figures (None: not measured)."""
+    `host`: the run's host figures (None: not measured). Against the secondary when the route has
+    shadow-secondary pairs (`against_secondary`), else against live."""
+    if rs.vs_secondary.log_ratio.count:
+        return against_secondary(rs)
     p99 = p99_slowdown(rs.live_latency, rs.shadow_latency)
     p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95)
     median = median_slowdown(rs.latency_log_ratio)
     n = median.n or p99.n  # records from before paired ratios: the histograms' count
     if n == 0:
         return None
-    shadow_lag_ms, share = _shadow_lag(rs)
+    shadow_lag_ms, share = _shadow_lag(rs.shadow_loop_lag, rs.live_latency)
     lag = rs.live_loop_lag
     live_p50 = rs.live_latency.quantile(0.5)
     cpu_share = None
@@ -232,17 +240,32 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | 
                        shadow_lag_ms, share, host, cpu_share, p10)
 
 
-def _shadow_lag(rs: RouteStats) -> tuple[float | None, tuple[float, float, float] | None]:
-    """The worker loop's mean lag (ms) and its share of the live latency at p50, p95, p99."""
-    lag = rs.shadow_loop_lag
+def against_secondary(rs: RouteStats) -> LatencyTest:
+    """The shadow against the secondary: two calls that leave the worker together, measured alike,
+    so neither the proxy's loop lag (in live's time only) nor the work live's answer sets off on
+    a shared host (it runs while both are answering) favours one side: those rules do not apply.
+    The worker's loop lag does, as a share of the secondary's latency."""
+    ref = rs.vs_secondary
+    median = median_slowdown(ref.log_ratio)
+    # the worker's loop lag still counts: it reads both calls' sockets, and whichever answer
+    # comes while it is busy (comparing another copy's bodies) is read late, either side's
+    lag_ms, share = _shadow_lag(rs.shadow_loop_lag, ref.secondary)
+    return LatencyTest(median.n, median, p99_slowdown(ref.secondary, ref.shadow),
+                       p95=p99_slowdown(ref.secondary, ref.shadow, 0.95), shadow_loop_lag_ms=lag_ms,
+                       shadow_lag_share=share, against="secondary")
+
+
+def _shadow_lag(lag: Histogram, base: Histogram) -> tuple[float | None, tuple[float, float, float] | None]:
+    """The worker loop's mean lag (ms) and its share of the `base` latency (live's, or the
+    secondary's) at p50, p95, p99."""
     if not lag.count:
         return None, None
     shares: list[float] = []
     for q in (0.5, 0.95, 0.99):
-        lag_q, live_q = lag.quantile(q), rs.live_latency.quantile(q)
-        if lag_q is None or not live_q:
+        lag_q, base_q = lag.quantile(q), base.quantile(q)
+        if lag_q is None or not base_q:
             return round(lag.sum / lag.count, 3), None
-        shares.append(round(lag_q / live_q, RATIO_DIGITS))
+        shares.append(round(lag_q / base_q, RATIO_DIGITS))
     return round(lag.sum / lag.count, 3), (shares[0], shares[1], shares[2])
 
 
@@ -304,7 +327,8 @@ def evaluate(
                 lv = slowdown_level(est, t)
                 if lv != "pass":
                     reasons.append(
-                        f"shadow {name} {fmt_interval(est, signed=True)} vs live, {fmt_p(est.p_value)} "
+                        f"shadow {name} {fmt_interval(est, signed=True)} vs {latency.against}, "
+                        f"{fmt_p(est.p_value)} "
                         f"({_limit(lv, t.latency, 'lower')})"
                     )
                     if lag_explains(est, share, t):
@@ -316,8 +340,8 @@ def evaluate(
                 latency_level = "insufficient"
                 reasons.append(
                     f"latency: the worker's event loop lagged {latency.shadow_loop_lag_ms:.2f} ms per "
-                    f"exchange ({', '.join(explained)} of the live time at that quantile): the "
-                    f"shadow's answers were read late, a slowdown that size is not the shadow's"
+                    f"exchange ({', '.join(explained)} of the {latency.against} time at that quantile): "
+                    f"the shadow's answers were read late, a slowdown that size is not the shadow's"
                 )
             if latency_level in ("warn", "fail") and latency.host_explains():
                 latency_level = _fast_end(latency, latency_level, t, reasons)

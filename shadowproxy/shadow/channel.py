@@ -42,7 +42,7 @@ from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
 from shadowproxy.shadow.egress import EgressServerConfig
-from shadowproxy.shadow.pipeline import ShadowJob
+from shadowproxy.shadow.jobs import ShadowJob
 
 _HEADER = struct.Struct("!I")
 MAX_FRAME = 256 * 1024 * 1024

@@ -35,7 +35,8 @@ from shadowproxy.engine.egress import OutboundCall
 from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import Stats
 from shadowproxy.looplag import INTERVAL_S, LoopLag
-from shadowproxy.shadow.pipeline import LiveAnswer, Pipeline, ShadowJob, finished_copy
+from shadowproxy.shadow.jobs import LiveAnswer, ShadowJob, finished_copy
+from shadowproxy.shadow.pipeline import Pipeline
 from shadowproxy.sinks.base import Record
 
 log = logging.getLogger("shadowproxy")

@@ -1,4 +1,6 @@
-"""Request + live response -> ShadowJob, the one way: the proxy's addon and replay both use it.
+"""A copy (ShadowJob), and Request + live response -> ShadowJob, the one way: the proxy's addon
+and replay both use it. The pipeline (shadow.pipeline) takes jobs; dispatch and the worker's
+channel carry them.
 
     decide(policy, stats, request) -> (Decision, request_id), the skip already counted
     decision.streamed_answer(live) -> bool: a server-streaming gRPC answer, never mirrored
@@ -14,15 +16,56 @@ sent to neither side), hence the two halves; the proxy's early copies too.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from shadowproxy.engine.exchange import Exchange, Request, Response
 from shadowproxy.engine.stats import SAMPLING_SKIPS, Stats
 from shadowproxy.policy import Decision, Policy
-from shadowproxy.shadow.pipeline import ShadowJob
+from shadowproxy.rules.ruleset import RouteSettings
 
-__all__ = ["build_job", "decide", "early_job", "job_of", "streamed_skip"]
+__all__ = [
+    "LiveAnswer",
+    "ShadowJob",
+    "build_job",
+    "decide",
+    "early_job",
+    "finished_copy",
+    "job_of",
+    "streamed_skip",
+]
+
+
+# an early copy's live answer and when it came; None: never (abandoned, or waited too long)
+LiveAnswer = tuple[Response, float] | None
+
+
+@dataclass(slots=True)
+class ShadowJob:
+    """Everything the pipeline needs: picklable, so it can cross into a worker process.
+
+    An early copy (shadow.dispatch `start_copy`) is made before the live answer: its
+    `exchange.live` is a stand-in (only `new_connection`, live's predicted), and `live_wait`
+    resolves to the real one. The shadow call is made at once, so live and shadow run at the
+    same moment; the comparison waits for live's answer."""
+
+    exchange: Exchange
+    shadow_request: Request
+    settings: RouteSettings
+    target: str | None = None  # a rewrite's own shadow base URL
+    rewritten: bool = False
+    live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
+    # called once the shadow answered and live has not: the copy's slot goes to the next (dispatch)
+    on_called: Callable[[], None] | None = None
+
+
+def finished_copy(job: ShadowJob) -> bool:
+    """Not an early copy, or one whose live answer has come (this process counts it)."""
+    w = job.live_wait
+    return w is None or (w.done() and not w.cancelled() and w.result() is not None)
 
 
 def decide(policy: Policy, stats: Stats, request: Request,

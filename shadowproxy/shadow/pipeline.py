@@ -12,6 +12,11 @@ one into real differences and noise; an exchange whose only differences are nois
 `noise_only` and written nowhere. The state lives here, where the pipeline runs (the worker
 process in process dispatch), and is saved to `noise_state_path` atomically, periodically and
 at close.
+
+Latency against a secondary (docs/report.md): with one, every read copy not rewritten asks
+it too, at the same moment as the shadow and in a random order; the report judges the
+shadow's latency against the secondary's, two calls that leave the worker together, rather
+than against live's, which the proxy made a moment before.
 """
 
 from __future__ import annotations
@@ -23,22 +28,21 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from shadowproxy.engine.conditional import apply_not_modified
 from shadowproxy.engine.diff import Comparison, Difference, compare_responses
 from shadowproxy.engine.egress import OutboundCall, compare_calls, egress_options
-from shadowproxy.engine.exchange import Exchange, Failure, Request, Response, escape_surrogates
+from shadowproxy.engine.exchange import Failure, Response, escape_surrogates
 from shadowproxy.engine.noise import NoiseSplit, NoiseState, field_name, field_of
 from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import Outcome, build_record
 from shadowproxy.engine.reqdelta import LazyRequestDelta, RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
-from shadowproxy.rules.ruleset import RouteSettings
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
 from shadowproxy.shadow.hostload import HostProbe
+from shadowproxy.shadow.jobs import ShadowJob, finished_copy
 from shadowproxy.shadow.ledger_worker import WorkerLedger
 from shadowproxy.shadow.noise_state import load_noise_state as load_noise_state  # (imported from here)
 from shadowproxy.shadow.noise_state import save_noise_state as save_noise_state
@@ -60,35 +64,6 @@ def _float(text: str | None) -> float:
 
 # an exchange's egress differences, and its outbound calls as the record lists them
 Outbound = tuple[tuple[Difference, ...], list[dict[str, Any]]]
-
-
-# an early copy's live answer and when it came; None: never (abandoned, or waited too long)
-LiveAnswer = tuple[Response, float] | None
-
-
-@dataclass(slots=True)
-class ShadowJob:
-    """Everything the pipeline needs: picklable, so it can cross into a worker process.
-
-    An early copy (shadow.dispatch `start_copy`) is made before the live answer: its
-    `exchange.live` is a stand-in (only `new_connection`, live's predicted), and `live_wait`
-    resolves to the real one. The shadow call is made at once, so live and shadow run at the
-    same moment; the comparison waits for live's answer."""
-
-    exchange: Exchange
-    shadow_request: Request
-    settings: RouteSettings
-    target: str | None = None  # a rewrite's own shadow base URL
-    rewritten: bool = False
-    live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
-    # called once the shadow answered and live has not: the copy's slot goes to the next (dispatch)
-    on_called: Callable[[], None] | None = None
-
-
-def finished_copy(job: ShadowJob) -> bool:
-    """Not an early copy, or one whose live answer has come (this process counts it)."""
-    w = job.live_wait
-    return w is None or (w.done() and not w.cancelled() and w.result() is not None)
 
 
 class Pipeline:
@@ -123,9 +98,10 @@ class Pipeline:
             noise_state = load_noise_state(noise_state_path) if noise_state_path else NoiseState()
         self.noise = noise_state
         self._random = (rng or random.Random()).random
+        self._order = random.Random().random  # which of two calls at once starts first (not seeded)
         self._noise_saved = time.monotonic()
         self._noise_dirty = False
-        self.pair_failures = 0  # noise pairs whose second call failed (the pair is left out)
+        self.pair_failures = 0  # second calls (noise pair, secondary) that failed: left out
         self.cut_off = 0  # copies cancelled in flight (a drain that timed out), counted as dropped
         self._cut_writing: set[int] = set()  # ids of jobs cancelled in sink.write: already counted
         self.unwritten = 0  # records that could not be built or written (each copy still counted once)
@@ -176,19 +152,38 @@ class Pipeline:
                                  max_body_bytes=s.max_body_bytes, base=base,
                                  fresh=bool(job.exchange.live.new_connection))
 
+    def _second_call(self, job: ShadowJob) -> tuple[str | None, str | None]:
+        """Who else is asked for this copy, at the same moment as the shadow, and whether that
+        answer is a noise pair: (who, pair partner). A secondary is asked for every read copy
+        not rewritten: the latency reference (`Stats.secondary`) as well as noise's pair."""
+        partner = self._pair_partner(job)
+        if partner is None and self.secondary is not None and not job.rewritten and (
+                job.shadow_request.method in READ_METHODS):
+            return "secondary", None
+        return partner, partner
+
+    async def _both(self, job: ShadowJob, who: str) -> tuple[Response | Failure, Response | Failure]:
+        """The shadow's call and `who`'s, at once (the second costs no extra wait), started in a
+        random order so neither is always the first to reach a shared host."""
+        if self._order() < 0.5:
+            first, second = await asyncio.gather(self._call(job), self._call(job, who))
+        else:
+            second, first = await asyncio.gather(self._call(job, who), self._call(job))
+        return first, second
+
     async def _process(self, job: ShadowJob) -> None:
         ex, s = job.exchange, job.settings
-        partner = self._pair_partner(job)
+        who, partner = self._second_call(job)
         second: Response | Failure | None = None
-        if partner is None:
+        if who is None:
             result = await self._call(job)
-        else:  # both at once: the pair costs no extra wait
-            result, second = await asyncio.gather(self._call(job), self._call(job, partner))
+        else:
+            result, second = await self._both(job, who)
             if isinstance(second, Failure):
                 self.pair_failures += 1
                 if self.pair_failures == 1:  # once: a down secondary must not flood the log
-                    log.warning("noise pair: the %s call failed (%s: %s); such pairs are left out",
-                                partner, second.kind, second.message)
+                    log.warning("the %s call failed (%s: %s); such copies are left out of noise "
+                                "pairs and latency against it", who, second.kind, second.message)
         if job.live_wait is not None:  # an early copy: its live answer, by now or later (bounded)
             if job.on_called is not None and not job.live_wait.done():
                 job.on_called()
@@ -212,6 +207,8 @@ class Pipeline:
             # replay of an answer whose body the recording does not hold: status and headers only
             compared = dataclasses.replace(result, body=ex.live.body)
         self.stats.exchange(ex.route, ex.live, result)
+        if who == "secondary" and isinstance(second, Response):
+            self.stats.secondary(ex.route, second, result)
         if self._compare_slots <= 0:
             self.stats.count(ex.route, "dropped")  # comparisons shed; the shadow still got its copy
             return
@@ -219,7 +216,7 @@ class Pipeline:
         try:
             comparison = await self._compare(ex.live, compared, s.compare, self._delta(job))
             pair: Comparison | None = None
-            if isinstance(second, Response):
+            if partner is not None and isinstance(second, Response):
                 # shadow twice: the two shadow answers (one request: no delta); a secondary: live
                 # and secondary (Diffy's), whose requests differ as live's and shadow's do
                 first = result if partner == "shadow" else ex.live

@@ -52,10 +52,10 @@ from shadowproxy.shadow.channel import (
 )
 from shadowproxy.shadow.egress import EGRESS_ROUTE
 from shadowproxy.shadow.frame_hold import FrameHold
+from shadowproxy.shadow.jobs import ShadowJob
 from shadowproxy.shadow.ledger import ProxyLedger
 from shadowproxy.shadow.ledger_files import jsonl_of
 from shadowproxy.shadow.ledger_open import open_ledger
-from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.sinks.jsonl import cut_partial_line
 
 log = logging.getLogger("shadowproxy")

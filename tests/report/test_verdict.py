@@ -436,3 +436,49 @@ def test_the_fast_end_is_reported_only_when_the_latency_was_judged_there() -> No
     assert not passed.fast_end and estimates(passed, DEFAULT_THRESHOLDS)["slowdown_p10"] is None
     judged = evaluate_stats(_paired(300, 25.0, 32.0), host=CONTENDED)
     assert judged.fast_end and estimates(judged, DEFAULT_THRESHOLDS)["slowdown_p10"]["level"] == "fail"
+
+
+def _with_secondary(rs: RouteStats, secondary_ms: float, shadow_ms: float) -> RouteStats:
+    """`rs` plus, for each compared exchange, a secondary and a shadow latency from the worker's
+    pair of calls (a 1% wobble alike on both)."""
+    for i in range(rs.counts["compared"]):
+        wobble = 1 + 0.01 * ((i * 7) % 11 - 5)
+        rs.vs_secondary.observe(secondary_ms * wobble, shadow_ms * wobble * (1 + 0.002 * (i % 3 - 1)))
+    return rs
+
+
+def test_with_a_secondary_the_latency_is_judged_against_it_not_against_live() -> None:
+    # the shadow reads 50% slower than live (its copy left after live's answer, on a busy host)
+    # and as fast as the secondary, called with it at the same moment
+    rs = _with_secondary(_contended(300, 30.0, 45.0, 1.0), 45.0, 45.0)
+    j = evaluate_stats(rs, host=CONTENDED)
+    assert (j.latency, j.verdict) == ("pass", "pass"), j.reasons
+    assert j.latency_test is not None and j.latency_test.against == "secondary"
+    assert not j.fast_end  # no host rule against the secondary: both calls left together
+
+
+def test_a_shadow_slower_than_the_secondary_fails_with_a_reason_naming_it() -> None:
+    # as fast as live, 30% slower than the secondary
+    rs = _with_secondary(_paired(300, 30.0, 30.0), 30.0, 39.0)
+    j = evaluate_stats(rs, host=CONTENDED)
+    assert j.latency == "fail"
+    assert any(r.startswith("shadow median +") and " vs secondary, " in r for r in j.reasons), j.reasons
+    from shadowproxy.report.measures import estimates
+
+    assert estimates(j, DEFAULT_THRESHOLDS)["slowdown_median"]["against"] == "secondary"
+
+
+def test_fewer_secondary_pairs_than_min_samples_is_insufficient_however_many_live_ones() -> None:
+    rs = _paired(300, 30.0, 30.0)
+    for _ in range(10):
+        rs.vs_secondary.observe(30.0, 60.0)
+    assert evaluate_stats(rs).latency == "insufficient"
+
+
+def test_secondary_latencies_survive_the_stats_record_and_merge() -> None:
+    rs = _with_secondary(_paired(40, 30.0, 30.0), 20.0, 25.0)
+    back = RouteStats.from_dict(rs.to_dict())
+    assert back.vs_secondary.log_ratio.buckets == rs.vs_secondary.log_ratio.buckets
+    back.merge(rs)
+    assert back.vs_secondary.shadow.count == back.vs_secondary.secondary.count == 80
+    assert "vs_secondary" not in RouteStats().to_dict()  # absent without a secondary

@@ -14,7 +14,8 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.rules import default_ruleset
 from shadowproxy.shadow.client import ShadowClient
 from shadowproxy.shadow.dispatch import DispatchConfig, Dispatcher
-from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.shadow.jobs import ShadowJob
+from shadowproxy.shadow.pipeline import Pipeline
 from shadowproxy.testing import Backend, MemorySink, make_exchange
 
 BODY = b'{"id": 1}'

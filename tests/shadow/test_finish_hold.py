@@ -20,8 +20,8 @@ from shadowproxy.shadow.channel import WorkerConfig
 from shadowproxy.shadow.config import PipelineConfig
 from shadowproxy.shadow.dispatch import DispatchConfig
 from shadowproxy.shadow.frame_hold import FINISH_HOLD_BYTES, FINISH_HOLD_S
+from shadowproxy.shadow.jobs import ShadowJob
 from shadowproxy.shadow.ledger import ledger_path
-from shadowproxy.shadow.pipeline import ShadowJob
 from shadowproxy.shadow.process_dispatch import DEFAULT_BUFFER_BYTES, ProcessDispatcher
 from shadowproxy.testing import Backend, make_exchange
 from tests.kit import read_records, stats_totals

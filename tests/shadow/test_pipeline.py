@@ -8,7 +8,8 @@ from shadowproxy.engine.exchange import Request, Response
 from shadowproxy.engine.record import validate_record
 from shadowproxy.engine.stats import Stats
 from shadowproxy.rules import default_ruleset
-from shadowproxy.shadow.pipeline import Pipeline, ShadowJob
+from shadowproxy.shadow.jobs import ShadowJob
+from shadowproxy.shadow.pipeline import Pipeline
 from shadowproxy.testing import MemorySink, MockClient, make_exchange
 
 LIVE_BODY = b'{"id": 1, "name": "Ada", "tags": ["a", "b"]}'

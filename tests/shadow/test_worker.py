@@ -224,7 +224,7 @@ PARENT = textwrap.dedent("""
     from shadowproxy.shadow.channel import WorkerConfig
     from shadowproxy.shadow.process_dispatch import ProcessDispatcher
     from shadowproxy.testing import make_exchange
-    from shadowproxy.shadow.pipeline import ShadowJob
+    from shadowproxy.shadow.jobs import ShadowJob
     from shadowproxy.rules import default_ruleset
 
     async def main():
@@ -273,7 +273,7 @@ async def test_submit_before_start_and_after_stop_is_dropped_and_counted(tmp_pat
                        dispatch=DispatchConfig(stats_interval=0))
     d = ProcessDispatcher(cfg, stats)
     from shadowproxy.rules import default_ruleset
-    from shadowproxy.shadow.pipeline import ShadowJob
+    from shadowproxy.shadow.jobs import ShadowJob
 
     settings, _ = default_ruleset().route_for("GET", "/users/1", {})
     ex = make_exchange()
@@ -319,7 +319,7 @@ async def test_a_worker_that_dies_is_replaced_and_mirroring_goes_on(live: Backen
         return web.Response(body=b'{"v": 2}', headers=JSON)
 
     from shadowproxy.rules import default_ruleset
-    from shadowproxy.shadow.pipeline import ShadowJob
+    from shadowproxy.shadow.jobs import ShadowJob
 
     sink = tmp_path / "r.jsonl"
     settings, _ = default_ruleset().route_for("GET", "/users/1", {})
@@ -355,7 +355,7 @@ async def test_copies_in_flight_when_the_drain_times_out_are_each_counted_as_dro
     """A shadow that never answers: at stop, the `concurrency` copies in flight and the queued
     ones each end in exactly one counter (dropped), in the worker's final stats record."""
     from shadowproxy.rules import default_ruleset
-    from shadowproxy.shadow.pipeline import ShadowJob
+    from shadowproxy.shadow.jobs import ShadowJob
 
     gate = Gate()  # never opened: the shadow holds every call
     sink = tmp_path / "r.jsonl"
@@ -387,7 +387,7 @@ async def test_copies_in_flight_in_a_worker_killed_with_sigkill_are_counted_as_d
     """SIGKILL of the worker while its shadow calls hang: those copies are counted (dropped)
     by the proxy, not lost with the worker; the next worker's final stats record has them."""
     from shadowproxy.rules import default_ruleset
-    from shadowproxy.shadow.pipeline import ShadowJob
+    from shadowproxy.shadow.jobs import ShadowJob
 
     gate = Gate()
     sink = tmp_path / "r.jsonl"

@@ -1,0 +1,75 @@
+"""Latency against a secondary, in REAL runs: three aiohttp servers on 127.0.0.1 (live, shadow,
+secondary), the real proxy in its worker process, a JSON Lines sink and the report. With a
+secondary every mirrored read goes there too, noise on or off, and the latency check is judged
+against it: two calls the worker makes together, not live's, made by the proxy a moment before."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from shadowproxy.engine.record import validate_record
+from shadowproxy.report import build_report
+from shadowproxy.testing import Backend, ProxyThread
+from tests.kit import stats_totals
+
+
+def _server(delay_s: float):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay_s)
+        return web.json_response({"id": request.path.rsplit("/", 1)[-1], "name": "Ada"})
+
+    return handler
+
+
+def _run(tmp_path: Path, n: int, live_s: float, shadow_s: float, secondary_s: float
+         ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """`n` GETs and one HEAD through the proxy; the report's route, the records, and how many
+    requests the secondary saw."""
+    out = tmp_path / "records.jsonl"
+    with (
+        Backend(_server(live_s)) as live,
+        Backend(_server(shadow_s)) as shadow,
+        Backend(_server(secondary_s)) as secondary,
+        ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{out}", shadow_dispatch="process",
+                    shadow_secondary_url=secondary.url) as proxy,
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            for i in range(n):
+                conn.request("HEAD" if i == 0 else "GET", f"/users/{i}")
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status == 200
+        finally:
+            conn.close()
+    records = [json.loads(line) for line in out.read_bytes().splitlines()]
+    report = asyncio.run(build_report(f"jsonl:{out}", progress=False))
+    (route,) = report["routes"]
+    return route, records, len(secondary.seen)
+
+
+def test_every_read_copy_also_goes_to_the_secondary_with_noise_off(tmp_path: Path) -> None:
+    route, records, seen = _run(tmp_path, 40, 0.01, 0.01, 0.01)
+    assert route["counts"]["compared"] == 40 and seen == 40  # the HEAD too; noise is off (defaults)
+    for r in records:
+        validate_record(r)
+    pairs = sum(r["routes"][k]["vs_secondary"]["latency_log_ratio"]["count"]
+                for r in records if r["outcome"] == "stats" for k in r["routes"])
+    assert pairs == 40 == stats_totals(records)["compared"]
+    assert route["latency"]["vs_secondary"]["secondary"]["count"] == 40
+    assert route["checks"]["latency"] == "pass"
+    assert route["estimates"]["slowdown_median"]["against"] == "secondary"
+
+
+def test_a_shadow_slower_than_the_secondary_fails_even_when_live_is_as_slow(tmp_path: Path) -> None:
+    # live and shadow 40 ms, the secondary 25 ms: against live the shadow passes; against the
+    # secondary, called with it, it is 60% slower
+    route, _, _ = _run(tmp_path, 40, 0.04, 0.04, 0.025)
+    assert route["checks"]["latency"] == "fail", route["reasons"]
+    assert any(" vs secondary, " in r for r in route["reasons"])
