@@ -28,7 +28,9 @@ The report (and `--format json`) is a dict with these stable keys:
                           each check used, each {n, estimate, low, high, p_value, level} or null;
                           low/high: the 95% interval (null: open on that side); p_value: latency only;
                           the slowdowns also carry against: live | secondary (what the shadow was
-                          timed against); slowdown_p10 only when judged at the fast end
+                          timed against) and, when consecutive exchanges correlated,
+                          n_effective (n / the design effect); slowdown_p10 only when judged at
+                          the fast end
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
                           eligible}: sums over the stats records
       skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,

@@ -42,9 +42,19 @@ from scipy import stats as _st
 
 from shadowproxy.engine.stats import HIST_BASE_MS, RATIO_WIDTH, Histogram, RatioHistogram, bucket_upper
 
-__all__ = ["CONFIDENCE", "Estimate", "median_slowdown", "p99_slowdown", "quantile_ranks", "rate", "wilson"]
+__all__ = [
+    "CONFIDENCE",
+    "Estimate",
+    "design_effect",
+    "median_slowdown",
+    "p99_slowdown",
+    "quantile_ranks",
+    "rate",
+    "wilson",
+]
 
 CONFIDENCE = 0.95
+DESIGN_EFFECT_MAX = 20.0  # lag-1 correlation 0.9 and above: one sample in 20
 _Z = float(_st.norm.ppf(0.5 + CONFIDENCE / 2))  # 1.959964
 
 
@@ -59,13 +69,16 @@ class Estimate:
     low: float | None
     high: float | None
     p_value: float | None = None
+    # what n counted as: n / the design effect, when consecutive samples correlate; None: n
+    n_effective: int | None = None
 
     def to_dict(self) -> dict[str, float | int | None]:
         def r(x: float | None, digits: int = 6) -> float | None:
             return None if x is None else round(x, digits)
 
         return {"n": self.n, "estimate": r(self.value), "low": r(self.low), "high": r(self.high),
-                "p_value": None if self.p_value is None else float(f"{self.p_value:.4g}")}
+                "p_value": None if self.p_value is None else float(f"{self.p_value:.4g}"),
+                **({"n_effective": self.n_effective} if self.n_effective is not None else {})}
 
 
 def wilson(x: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -126,8 +139,32 @@ def _ms(i: int) -> float:
     return HIST_BASE_MS if i == 0 else math.sqrt(bucket_upper(i - 1) * bucket_upper(i))
 
 
-def median_slowdown(h: RatioHistogram) -> Estimate:
-    """exp(median of ln(shadow/live)) - 1, its 95% interval, and the sign test's one-sided p-value."""
+def design_effect(rho: float) -> float:
+    """How many exchanges count as one independent sample when consecutive ratios correlate
+    with `rho` (lag 1, as an AR(1) series): (1 + rho) / (1 - rho), at least 1 (a negative
+    correlation is not taken as extra information) and at most DESIGN_EFFECT_MAX."""
+    rho = min(max(rho, 0.0), 1.0)
+    return min((1 + rho) / max(1 - rho, 1e-9), DESIGN_EFFECT_MAX)
+
+
+def _effective(n: int, d: float) -> int:
+    return max(1, round(n / d)) if n else 0
+
+
+def _ranks(n: int, q: float, d: float, confidence: float = CONFIDENCE) -> tuple[int | None, int | None]:
+    """`quantile_ranks` of n correlated samples: the ranks of n / d independent ones, scaled
+    back to n (the same share of the sorted samples)."""
+    m = _effective(n, d)
+    lo, hi = quantile_ranks(m, q, confidence)
+    if m == n:
+        return lo, hi
+    return (None if lo is None else max(1, math.floor(lo * n / m)),
+            None if hi is None else min(n, math.ceil(hi * n / m)))
+
+
+def median_slowdown(h: RatioHistogram, d: float = 1.0) -> Estimate:
+    """exp(median of ln(shadow/live)) - 1, its 95% interval, and the sign test's one-sided p-value.
+    `d`: the design effect (`design_effect`): the interval and the test count n / d samples."""
     n = sum(h.buckets.values())
     if n == 0:
         return Estimate(0, None, None, None)
@@ -136,25 +173,27 @@ def median_slowdown(h: RatioHistogram) -> Estimate:
         return math.expm1(i * RATIO_WIDTH)
 
     value = slow(_at_rank(h.buckets, math.ceil(n / 2)))
-    lo, hi = quantile_ranks(n, 0.5)
+    lo, hi = _ranks(n, 0.5, d)
     low = slow(_at_rank(h.buckets, lo)) if lo is not None else None
     high = slow(_at_rank(h.buckets, hi)) if hi is not None else None
     slower = sum(c for i, c in h.buckets.items() if i > 0)
     faster = sum(c for i, c in h.buckets.items() if i < 0)
-    p = float(_st.binom.sf(slower - 1, slower + faster, 0.5)) if slower + faster else 1.0
-    return Estimate(n, value, low, high, p)
+    untied = _effective(slower + faster, d)
+    slower = round(slower * untied / (slower + faster)) if slower + faster else 0
+    p = float(_st.binom.sf(slower - 1, untied, 0.5)) if untied else 1.0
+    return Estimate(n, value, low, high, p, _effective(n, d) if d > 1.0 else None)
 
 
-def p99_slowdown(live: Histogram, shadow: Histogram, q: float = 0.99) -> Estimate:
+def p99_slowdown(live: Histogram, shadow: Histogram, q: float = 0.99, d: float = 1.0) -> Estimate:
     """shadow p99 / live p99 - 1 (or at quantile `q`), an interval holding with at least 95%, and
     a one-sided p-value of "the shadow is no slower there": the upper tail's test for q >= 0.5,
-    the lower tail's (the fast end) below."""
+    the lower tail's (the fast end) below. `d`: the design effect, as for `median_slowdown`."""
     n_l, n_s = sum(live.buckets.values()), sum(shadow.buckets.values())
     if n_l == 0 or n_s == 0:
         return Estimate(min(n_l, n_s), None, None, None)
     each = 1 - (1 - CONFIDENCE) / 2  # 97.5% each: both hold at least 95% together
-    l_lo, l_hi = quantile_ranks(n_l, q, each)
-    s_lo, s_hi = quantile_ranks(n_s, q, each)
+    l_lo, l_hi = _ranks(n_l, q, d, each)
+    s_lo, s_hi = _ranks(n_s, q, d, each)
     # bucket values only (not clamped to the max, which a stats record rounds): exactly mergeable
     shadow_q = _ms(_at_rank(shadow.buckets, math.ceil(q * n_s)))
     value = shadow_q / _ms(_at_rank(live.buckets, math.ceil(q * n_l))) - 1
@@ -167,26 +206,42 @@ def p99_slowdown(live: Histogram, shadow: Histogram, q: float = 0.99) -> Estimat
     else:
         high = _ms(_at_rank(shadow.buckets, s_hi)) / _ms(_at_rank(live.buckets, l_lo)) - 1
     test = _tail_p if q >= 0.5 else _head_p  # a low quantile: its own tail, the fast one
-    return Estimate(min(n_l, n_s), value, low, high, test(live.buckets, shadow.buckets, n_l, n_s, q))
+    n = min(n_l, n_s)
+    return Estimate(n, value, low, high, test(live.buckets, shadow.buckets, n_l, n_s, q, d),
+                    _effective(n, d) if d > 1.0 else None)
 
 
-def _head_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float) -> float:
+def _deflated(total: int, n_s: int, part: int, from_shadow: int, d: float) -> tuple[int, int, int, int]:
+    """The hypergeometric's counts as n / d independent samples (each divided by d, rounded)."""
+    if d <= 1.0:
+        return total, n_s, part, from_shadow
+    t = _effective(total, d)
+    s = min(t, round(n_s / d))
+    k = min(t, max(1, round(part / d)))
+    return t, s, k, min(k, s, round(from_shadow / d))
+
+
+def _head_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float,
+            d: float = 1.0) -> float:
     """P(at most as many of the pooled bottom q come from the shadow), if shadow and live
     latencies were exchangeable (hypergeometric): a slower shadow leaves fewer of its answers
     among the fastest. The bottom is cut as `_tail_p` cuts its top."""
     bottom, from_shadow = _pooled_tail(live, shadow, n_l + n_s, q, upper=False)
     if bottom == 0:
         return 1.0
-    return float(_st.hypergeom.cdf(from_shadow, n_l + n_s, n_s, bottom))
+    t, s, k, x = _deflated(n_l + n_s, n_s, bottom, from_shadow, d)
+    return float(_st.hypergeom.cdf(x, t, s, k))
 
 
-def _tail_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float) -> float:
+def _tail_p(live: dict[int, int], shadow: dict[int, int], n_l: int, n_s: int, q: float,
+            d: float = 1.0) -> float:
     """P(at least as many of the pooled top (1 - q) come from the shadow), if shadow and live
     latencies were exchangeable (hypergeometric)."""
     top, from_shadow = _pooled_tail(live, shadow, n_l + n_s, q, upper=True)
     if top == 0:
         return 1.0
-    return float(_st.hypergeom.sf(from_shadow - 1, n_l + n_s, n_s, top))
+    t, s, k, x = _deflated(n_l + n_s, n_s, top, from_shadow, d)
+    return float(_st.hypergeom.sf(x - 1, t, s, k))
 
 
 def _pooled_tail(live: dict[int, int], shadow: dict[int, int], total: int, q: float,

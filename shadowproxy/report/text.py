@@ -119,7 +119,7 @@ def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
             rows.append([
                 r["route"],
                 label + (" vs secondary" if est.get("against") == "secondary" else ""),
-                str(est["n"]),
+                str(est["n"]) + (f" ({est['n_effective']} eff.)" if est.get("n_effective") else ""),
                 _bound(est["estimate"], signed, "?"),
                 interval,
                 _fmt_p(est["p_value"]),

@@ -55,7 +55,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shadowproxy.report.inference import Estimate, median_slowdown, p99_slowdown, rate
+from shadowproxy.report.inference import Estimate, design_effect, median_slowdown, p99_slowdown, rate
 from shadowproxy.rules.model import Thresholds, Verdict
 
 if TYPE_CHECKING:
@@ -218,9 +218,10 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | 
     shadow-secondary pairs (`against_secondary`), else against live."""
     if rs.vs_secondary.log_ratio.count:
         return against_secondary(rs)
-    p99 = p99_slowdown(rs.live_latency, rs.shadow_latency)
-    p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95)
-    median = median_slowdown(rs.latency_log_ratio)
+    d = design_effect(rs.latency_log_ratio.lag1())
+    p99 = p99_slowdown(rs.live_latency, rs.shadow_latency, d=d)
+    p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95, d)
+    median = median_slowdown(rs.latency_log_ratio, d)
     n = median.n or p99.n  # records from before paired ratios: the histograms' count
     if n == 0:
         return None
@@ -230,7 +231,7 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | 
     cpu_share = None
     if host is not None and host.shadow_cpu_ms is not None and host.live_cpu_ms is not None and live_p50:
         cpu_share = round(min(host.shadow_cpu_ms, host.live_cpu_ms) / live_p50, RATIO_DIGITS)
-    p10 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.10) if cpu_share is not None else None
+    p10 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.10, d) if cpu_share is not None else None
     if not lag.count or live_p50 is None:
         return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share,
                            host=host, host_cpu_share=cpu_share, p10=p10)
@@ -246,12 +247,13 @@ def against_secondary(rs: RouteStats) -> LatencyTest:
     a shared host (it runs while both are answering) favours one side: those rules do not apply.
     The worker's loop lag does, as a share of the secondary's latency."""
     ref = rs.vs_secondary
-    median = median_slowdown(ref.log_ratio)
+    d = design_effect(ref.log_ratio.lag1())
+    median = median_slowdown(ref.log_ratio, d)
     # the worker's loop lag still counts: it reads both calls' sockets, and whichever answer
     # comes while it is busy (comparing another copy's bodies) is read late, either side's
     lag_ms, share = _shadow_lag(rs.shadow_loop_lag, ref.secondary)
-    return LatencyTest(median.n, median, p99_slowdown(ref.secondary, ref.shadow),
-                       p95=p99_slowdown(ref.secondary, ref.shadow, 0.95), shadow_loop_lag_ms=lag_ms,
+    return LatencyTest(median.n, median, p99_slowdown(ref.secondary, ref.shadow, d=d),
+                       p95=p99_slowdown(ref.secondary, ref.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
                        shadow_lag_share=share, against="secondary")
 
 
@@ -276,7 +278,8 @@ def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
             return open_
         return f"{x:+.1%}" if signed else (f"{x:.2%}" if pct else f"{x:g}")
 
-    return f"{f(est.value, '?')} ({f(est.low, '-inf')} to {f(est.high, '+inf')}, n={est.n})"
+    n = f"n={est.n}" + (f", as {est.n_effective} independent" if est.n_effective is not None else "")
+    return f"{f(est.value, '?')} ({f(est.low, '-inf')} to {f(est.high, '+inf')}, {n})"
 
 
 def fmt_p(p: float | None) -> str:

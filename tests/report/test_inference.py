@@ -7,11 +7,19 @@ import itertools
 import math
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shadowproxy.engine.stats import Histogram, RatioHistogram, RouteStats
-from shadowproxy.report.inference import median_slowdown, p99_slowdown, quantile_ranks, rate, wilson
+from shadowproxy.report.inference import (
+    design_effect,
+    median_slowdown,
+    p99_slowdown,
+    quantile_ranks,
+    rate,
+    wilson,
+)
 from shadowproxy.report.verdict import evaluate_stats
 
 TRIALS = 400
@@ -168,6 +176,63 @@ def test_testing_merged_interval_histograms_equals_testing_the_union(
         part.counts["compared"] = b - a
         merged.merge(RouteStats.from_dict(part.to_dict()))  # through the stats record's JSON shape
     merged.counts["mismatched"] = whole.counts["mismatched"]
-    assert merged.latency_log_ratio == whole.latency_log_ratio
+    assert merged.latency_log_ratio.buckets == whole.latency_log_ratio.buckets
     assert merged.live_latency.buckets == whole.live_latency.buckets
-    assert evaluate_stats(merged) == evaluate_stats(whole)
+    # each interval sums its own consecutive pairs: the pairs across a cut are not in a record
+    cuts_inside = len(edges) - 2
+    assert merged.latency_log_ratio.lag_pairs == whole.latency_log_ratio.lag_pairs - cuts_inside
+    if cuts_inside == 0:
+        assert evaluate_stats(merged) == evaluate_stats(whole)
+    # and the records merged in any order give one verdict
+    again = RouteStats()
+    for a, b in reversed(list(itertools.pairwise(edges))):
+        part = RouteStats()
+        for live, shadow in data[a:b]:
+            part.latency_log_ratio.observe(live, shadow)
+            part.live_latency.observe(live)
+            part.shadow_latency.observe(shadow)
+        part.counts["compared"] = b - a
+        again.merge(RouteStats.from_dict(part.to_dict()))
+    again.counts["mismatched"] = merged.counts["mismatched"]
+    assert evaluate_stats(again) == evaluate_stats(merged)
+
+
+def _ar1(rng: random.Random, n: int, rho: float, shift: float = 0.0) -> RatioHistogram:
+    """n paired ratios whose logs follow an AR(1) series (lag-1 correlation `rho`, spread 0.15)
+    around ln(1 + shift), observed in order: one backend slowed for stretches, as on a busy host."""
+    h = RatioHistogram()
+    x = rng.gauss(0, 0.15)
+    for _ in range(n):
+        x = rho * x + math.sqrt(1 - rho * rho) * rng.gauss(0, 0.15)
+        h.observe(10.0, 10.0 * (1 + shift) * math.exp(x))
+    return h
+
+
+def test_the_lag1_correlation_of_consecutive_ratios_is_read_from_the_sums() -> None:
+    rng = random.Random(7)
+    for rho in (0.0, 0.5, 0.8):
+        assert abs(_ar1(rng, 3000, rho).lag1() - rho) < 0.06
+    assert RatioHistogram().lag1() == 0.0
+    assert design_effect(0.8) == pytest.approx(9.0) and design_effect(-0.3) == 1.0
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_with_the_design_effect_the_sign_test_keeps_its_level_on_correlated_sides(seed: int) -> None:
+    # measured on a busy 2-core host: consecutive ratios correlate 0.6-0.9; counted as
+    # independent, the sign test calls most identical runs significant
+    rng = random.Random(seed)
+    naive = kept = 0
+    for _ in range(TRIALS):
+        h = _ar1(rng, 300, 0.8)
+        naive += (median_slowdown(h).p_value or 1.0) < 0.05
+        kept += (median_slowdown(h, design_effect(h.lag1())).p_value or 1.0) < 0.05
+    assert naive / TRIALS > 0.2
+    assert kept / TRIALS <= 0.05 + 0.05
+
+
+def test_a_shadow_30_percent_slower_is_still_bounded_past_fail_when_ratios_correlate() -> None:
+    h = _ar1(random.Random(3), 300, 0.8, shift=0.30)
+    est = median_slowdown(h, design_effect(h.lag1()))
+    assert est.n_effective is not None and est.n_effective < 60
+    assert est.low is not None and est.low > 0.15 and (est.p_value or 1.0) < 1e-4
