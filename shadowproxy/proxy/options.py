@@ -136,9 +136,10 @@ def declare_options(loader: Any) -> None:
                       "An http:// shadow speaks HTTP/2 with prior knowledge (h2c), e.g. a plain-text "
                       "gRPC server.")
     loader.add_option("shadow_secondary_url", OptStr, None,
-                      "A second instance of the live version (Diffy's secondary): with noise mode "
-                      "auto or secondary, reads also go there and live-vs-secondary differences "
-                      "teach which fields are noise.")
+                      "A second instance of the live version (Diffy's secondary): every mirrored "
+                      "read also goes there, with the shadow's copy, and the report judges the "
+                      "shadow's latency against it; with noise mode auto or secondary, "
+                      "live-vs-secondary differences also teach which fields are noise.")
     loader.add_option("shadow_noise_state", OptStr, None,
                       "File that keeps learned noise across restarts (JSON, written atomically "
                       "with each stats record, every 30 s and at stop); unset: kept in memory.")
