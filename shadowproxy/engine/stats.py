@@ -191,6 +191,9 @@ class SecondaryLatency:
     secondary: Histogram = field(default_factory=Histogram)
     shadow: Histogram = field(default_factory=Histogram)
     log_ratio: RatioHistogram = field(default_factory=RatioHistogram)  # ln(shadow ms / secondary ms)
+    # copies where one of the two failed (a timeout, a refused connection) and the other answered
+    shadow_only_errors: int = 0
+    secondary_only_errors: int = 0
 
     def observe(self, secondary_ms: float, shadow_ms: float) -> None:
         self.secondary.observe(secondary_ms)
@@ -201,19 +204,27 @@ class SecondaryLatency:
         self.secondary.merge(other.secondary)
         self.shadow.merge(other.shadow)
         self.log_ratio.merge(other.log_ratio)
+        self.shadow_only_errors += other.shadow_only_errors
+        self.secondary_only_errors += other.secondary_only_errors
+
+    def empty(self) -> bool:
+        return not (self.log_ratio.count or self.shadow_only_errors or self.secondary_only_errors)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "secondary_latency_ms": self.secondary.to_dict(),
             "shadow_latency_ms": self.shadow.to_dict(),
             "latency_log_ratio": self.log_ratio.to_dict(),
+            "shadow_only_errors": self.shadow_only_errors,
+            "secondary_only_errors": self.secondary_only_errors,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SecondaryLatency:
         return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
                    Histogram.from_dict(d.get("shadow_latency_ms", {})),
-                   RatioHistogram.from_dict(d.get("latency_log_ratio", {})))
+                   RatioHistogram.from_dict(d.get("latency_log_ratio", {})),
+                   int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)))
 
 
 @dataclass(slots=True)
@@ -275,7 +286,7 @@ class RouteStats:
                 )
                 if hist.count
             },
-            **({"vs_secondary": self.vs_secondary.to_dict()} if self.vs_secondary.log_ratio.count else {}),
+            **({"vs_secondary": self.vs_secondary.to_dict()} if not self.vs_secondary.empty() else {}),
         }
 
     @classmethod
@@ -378,6 +389,16 @@ class Stats:
             return
         for rs in self._route(route):
             rs.vs_secondary.observe(secondary.latency_ms, shadow.latency_ms)
+
+    def secondary_failed(self, route: str, shadow_failed: bool, secondary_failed: bool) -> None:
+        """A read copy both were asked for: counted when exactly one of the two failed."""
+        if shadow_failed == secondary_failed:
+            return
+        for rs in self._route(route):
+            if shadow_failed:
+                rs.vs_secondary.shadow_only_errors += 1
+            else:
+                rs.vs_secondary.secondary_only_errors += 1
 
     def merge_interval(self, routes: dict[str, RouteStats]) -> None:
         """Fold counts made elsewhere (another process) into this interval and the totals."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shadowproxy.report.verdict import HostLoad
+from shadowproxy.report.latency import HostLoad
 
 __all__ = ["HostSums"]
 

@@ -6,6 +6,7 @@ stats records carry, so a test on merged histograms is the test on the union of 
     median_slowdown(ratio_hist)      -> Estimate   exp(median ln(shadow/live)) - 1, sign test
     p99_slowdown(live, shadow)       -> Estimate   shadow p99 / live p99 - 1, tail test
     p99_slowdown(live, shadow, 0.95) -> Estimate   the same at p95
+    excess_p(only_a, only_b)         -> float      McNemar's exact test on paired failures
 
 Why these (docs/report.md says it in plain words):
 
@@ -46,6 +47,7 @@ __all__ = [
     "CONFIDENCE",
     "Estimate",
     "design_effect",
+    "excess_p",
     "median_slowdown",
     "p99_slowdown",
     "quantile_ranks",
@@ -160,6 +162,14 @@ def _ranks(n: int, q: float, d: float, confidence: float = CONFIDENCE) -> tuple[
         return lo, hi
     return (None if lo is None else max(1, math.floor(lo * n / m)),
             None if hi is None else min(n, math.ceil(hi * n / m)))
+
+
+def excess_p(only_a: int, only_b: int) -> float:
+    """McNemar's exact one-sided test on paired outcomes: of the pairs where exactly one side
+    failed (`only_a` times a, `only_b` times b), how unlikely at least `only_a` are a's if each
+    were as likely to fail. 1.0 with no such pair."""
+    n = only_a + only_b
+    return float(_st.binom.sf(only_a - 1, n, 0.5)) if n else 1.0
 
 
 def median_slowdown(h: RatioHistogram, d: float = 1.0) -> Estimate:

@@ -2,6 +2,7 @@
 
     evaluate(compared, mismatched, shadow_errors, latency, thresholds) -> Judgement
     evaluate_stats(route_stats, thresholds) -> Judgement      the same from a RouteStats
+    latency_test(route_stats, host) -> LatencyTest            (report.latency: the estimates)
     overall(levels) -> Level
     gate_fails(overall_level, fail_on, fail_on_insufficient=False) -> bool
 
@@ -17,6 +18,8 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   rate's level give or take the interval's width.
 - shadow errors: shadow_errors / (compared + shadow_errors), the same rule and thresholds. A
   shadow that times out or refuses connections is not "no data": it is the worst regression.
+  With a secondary, a WARN/FAIL is `insufficient` unless the shadow failed alone significantly
+  more often than the secondary did on the same copies (`_errors_vs_secondary`).
 - latency: the shadow's slowdown at the median (from the per-exchange ratios shadow/live), at
   p95 and at p99 (from the two histograms); with a secondary, the same against the secondary
   (`against_secondary`: called with the shadow, by the worker, at the same moment); each with
@@ -53,13 +56,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from shadowproxy.report.inference import Estimate, design_effect, median_slowdown, p99_slowdown, rate
+from shadowproxy.report.inference import Estimate, excess_p, rate
+from shadowproxy.report.latency import (
+    RATIO_DIGITS,
+    HostLoad,
+    LatencyTest,
+    against_secondary,
+    latency_test,
+)
 from shadowproxy.rules.model import Thresholds, Verdict
 
 if TYPE_CHECKING:
-    from shadowproxy.engine.stats import Histogram, RouteStats
+    from shadowproxy.engine.stats import RouteStats
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -83,69 +93,9 @@ FailOn = Literal["warn", "fail"]
 LEVELS: tuple[Level, ...] = ("no_data", "pass", "insufficient", "warn", "fail")  # mildest first
 _RANK: dict[str, int] = {"pass": 0, "insufficient": 1, "warn": 2, "fail": 3}
 DEFAULT_THRESHOLDS = Verdict()
-RATIO_DIGITS = 9
 # A latency check that would pass is `insufficient` when the proxy's loop lag could hide a
 # slowdown of at least this share of the live latency (docs/report.md, "How latency is measured")
 LOOP_LAG_LIMIT = 0.05
-# A latency WARN/FAIL is judged again at the fast end (p10) when both backends run on the proxy's
-# host, its CPU was contended at least this share of the run, and both servers spend at least this
-# share of the live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
-HOST_PRESSURE_LIMIT = 0.10
-HOST_CPU_SHARE_LIMIT = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyTest:
-    """A route's latency estimates: the slowdown at the median (paired ratios), at p99 and at
-    p95 (the two histograms; p95 is bounded from far fewer samples than p99, so a shadow slow
-    on a tenth of the requests shows at a few hundred)."""
-
-    n: int  # compared exchanges with both latencies
-    median: Estimate
-    p99: Estimate
-    # the proxy loop's mean lag during the live calls (ms), and the slowdown it could hide:
-    # lag / (live median - lag); None when not measured (older records, replay)
-    loop_lag_ms: float | None = None
-    hidden: float | None = None
-    p95: Estimate | None = None
-    # the worker loop's mean lag during the shadow calls (ms), and at the median, p95 and p99 the
-    # lag's quantile over the live latency's: the slowdown it could explain; None: not measured
-    shadow_loop_lag_ms: float | None = None
-    shadow_lag_share: tuple[float, float, float] | None = None
-    # both backends on this host (shadow.hostload): its CPU pressure over the run, and the smaller
-    # of the two servers' CPU per call as a share of the live median; None: not measured
-    host: HostLoad | None = None
-    host_cpu_share: float | None = None
-    # the slowdown at p10 (the two histograms): the fast end, the answers the host's contention
-    # touched least, judged in place of the others when the host explains them; None: no host
-    p10: Estimate | None = None
-    # what the shadow was timed against: "live" (the proxy's call a moment before), or
-    # "secondary" (a second live instance the worker called at the same moment as the shadow)
-    against: str = "live"
-
-    def host_explains(self) -> bool:
-        """Whether the shared host, not the code, can have made the shadow slower: its CPU was
-        contended and both servers spend a fair share of each answer on the CPU (a shadow that
-        burns CPU live does not is judged: that is a change of its own)."""
-        h, share = self.host, self.host_cpu_share
-        return (h is not None and share is not None and h.cpu_pressure is not None
-                and h.cpu_pressure >= HOST_PRESSURE_LIMIT and share >= HOST_CPU_SHARE_LIMIT)
-
-
-@dataclass(frozen=True, slots=True)
-class HostLoad:
-    """A run's host figures, summed from its stats records' `host` sections: the CPU pressure
-    (share of the time some task waited for a CPU) and, when both backends run on this host, each
-    server's CPU time per shadow call."""
-
-    cpu_pressure: float | None = None
-    shadow_cpu_ms: float | None = None  # per shadow call
-    # per shadow call too: an estimate (live also serves requests that were not copied)
-    live_cpu_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"cpu_pressure": self.cpu_pressure, "shadow_cpu_ms_per_call": self.shadow_cpu_ms,
-                "live_cpu_ms_per_call": self.live_cpu_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,65 +162,6 @@ def lag_explains(est: Estimate, share: float | None, thresholds: Verdict) -> boo
     return round(est.low - share, RATIO_DIGITS) < thresholds.latency.warn
 
 
-def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | None:
-    """The latency estimates of a route's merged histograms; None without latencies on both sides.
-    `host`: the run's host figures (None: not measured). Against the secondary when the route has
-    shadow-secondary pairs (`against_secondary`), else against live."""
-    if rs.vs_secondary.log_ratio.count:
-        return against_secondary(rs)
-    d = design_effect(rs.latency_log_ratio.lag1())
-    p99 = p99_slowdown(rs.live_latency, rs.shadow_latency, d=d)
-    p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95, d)
-    median = median_slowdown(rs.latency_log_ratio, d)
-    n = median.n or p99.n  # records from before paired ratios: the histograms' count
-    if n == 0:
-        return None
-    shadow_lag_ms, share = _shadow_lag(rs.shadow_loop_lag, rs.live_latency)
-    lag = rs.live_loop_lag
-    live_p50 = rs.live_latency.quantile(0.5)
-    cpu_share = None
-    if host is not None and host.shadow_cpu_ms is not None and host.live_cpu_ms is not None and live_p50:
-        cpu_share = round(min(host.shadow_cpu_ms, host.live_cpu_ms) / live_p50, RATIO_DIGITS)
-    p10 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.10, d) if cpu_share is not None else None
-    if not lag.count or live_p50 is None:
-        return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share,
-                           host=host, host_cpu_share=cpu_share, p10=p10)
-    lag_ms = lag.sum / lag.count
-    hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
-    return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95,
-                       shadow_lag_ms, share, host, cpu_share, p10)
-
-
-def against_secondary(rs: RouteStats) -> LatencyTest:
-    """The shadow against the secondary: two calls that leave the worker together, measured alike,
-    so neither the proxy's loop lag (in live's time only) nor the work live's answer sets off on
-    a shared host (it runs while both are answering) favours one side: those rules do not apply.
-    The worker's loop lag does, as a share of the secondary's latency."""
-    ref = rs.vs_secondary
-    d = design_effect(ref.log_ratio.lag1())
-    median = median_slowdown(ref.log_ratio, d)
-    # the worker's loop lag still counts: it reads both calls' sockets, and whichever answer
-    # comes while it is busy (comparing another copy's bodies) is read late, either side's
-    lag_ms, share = _shadow_lag(rs.shadow_loop_lag, ref.secondary)
-    return LatencyTest(median.n, median, p99_slowdown(ref.secondary, ref.shadow, d=d),
-                       p95=p99_slowdown(ref.secondary, ref.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
-                       shadow_lag_share=share, against="secondary")
-
-
-def _shadow_lag(lag: Histogram, base: Histogram) -> tuple[float | None, tuple[float, float, float] | None]:
-    """The worker loop's mean lag (ms) and its share of the `base` latency (live's, or the
-    secondary's) at p50, p95, p99."""
-    if not lag.count:
-        return None, None
-    shares: list[float] = []
-    for q in (0.5, 0.95, 0.99):
-        lag_q, base_q = lag.quantile(q), base.quantile(q)
-        if lag_q is None or not base_q:
-            return round(lag.sum / lag.count, 3), None
-        shares.append(round(lag_q / base_q, RATIO_DIGITS))
-    return round(lag.sum / lag.count, 3), (shares[0], shares[1], shares[2])
-
-
 def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
     """`value (low-high, n=N)` as the reasons and the text formats print it."""
     def f(x: float | None, open_: str) -> str:
@@ -294,8 +185,11 @@ def evaluate(
     shadow_errors: int = 0,
     latency: LatencyTest | None = None,
     thresholds: Verdict = DEFAULT_THRESHOLDS,
+    failed_alone: tuple[int, int] | None = None,
 ) -> Judgement:
-    """The verdict of one route from its counts and latency estimates (pure: no I/O, no clock)."""
+    """The verdict of one route from its counts and latency estimates (pure: no I/O, no clock).
+    `failed_alone`: with a secondary, the read copies only the shadow failed and only the
+    secondary failed (`_errors_vs_secondary`); None without one."""
     if compared <= 0 and shadow_errors <= 0:
         return Judgement("no_data", None, None, None, ("nothing compared",))
     t = thresholds
@@ -313,6 +207,7 @@ def evaluate(
     if error_level != "pass":
         why = _limit(error_level, t.mismatch_rate, "upper")
         reasons.append(f"shadow errors {fmt_interval(errs)} ({why})")
+        error_level = _errors_vs_secondary(error_level, failed_alone, t, reasons)
     latency_level: Level | None = None
     fast_end = False
     if latency is not None:
@@ -363,6 +258,25 @@ def evaluate(
                      fast_end)
 
 
+def _errors_vs_secondary(lv: Level, failed_alone: tuple[int, int] | None, t: Verdict,
+                         reasons: list[str]) -> Level:
+    """A shadow-error WARN/FAIL when the secondary (the live version, asked for the same copies
+    at the same moment) failed about as often: `insufficient` unless the shadow failed alone
+    significantly more often than the secondary did (McNemar's exact test, p < alpha). An
+    overloaded host times out both; that is not the shadow's regression. A secondary that failed
+    alone significantly more often (down, broken) is no reference: the level stands."""
+    if failed_alone is None:
+        return lv
+    alone, secondary_alone = failed_alone
+    p = excess_p(alone, secondary_alone)
+    if p < t.alpha or excess_p(secondary_alone, alone) < t.alpha:
+        return lv
+    reasons.append(f"shadow errors: the secondary, asked for the same copies, failed as often (the "
+                   f"shadow alone {alone}, the secondary alone {secondary_alone}, {fmt_p(p)}): the "
+                   f"failures are the backends' surroundings as much as the shadow's")
+    return "insufficient"
+
+
 def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -> Level:
     """A WARN/FAIL the shared host can explain (`LatencyTest.host_explains`), judged again at
     the fast end: the slowdown at p10, where the contention that follows live's answers touches
@@ -396,6 +310,8 @@ def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS,
         rs.counts.get("shadow_errors", 0),
         latency_test(rs, host),
         thresholds,
+        None if rs.vs_secondary.empty() else (rs.vs_secondary.shadow_only_errors,
+                                               rs.vs_secondary.secondary_only_errors),
     )
 
 

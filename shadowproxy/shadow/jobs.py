@@ -35,6 +35,7 @@ __all__ = [
     "early_job",
     "finished_copy",
     "job_of",
+    "rewrite_of",
     "streamed_skip",
 ]
 
@@ -66,6 +67,16 @@ def finished_copy(job: ShadowJob) -> bool:
     """Not an early copy, or one whose live answer has come (this process counts it)."""
     w = job.live_wait
     return w is None or (w.done() and not w.cancelled() and w.result() is not None)
+
+
+def rewrite_of(job: ShadowJob) -> dict[str, str] | None:
+    """What a rewritten copy sent the shadow (its record's `shadow_request`); None: not rewritten."""
+    if not job.rewritten:
+        return None
+    out = {"method": job.shadow_request.method, "target": job.shadow_request.target}
+    if job.target:
+        out["base"] = job.target
+    return out
 
 
 def decide(policy: Policy, stats: Stats, request: Request,

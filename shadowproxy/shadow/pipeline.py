@@ -42,7 +42,7 @@ from shadowproxy.engine.stats import Stats
 from shadowproxy.shadow.client import ShadowCaller, ShadowClient
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
 from shadowproxy.shadow.hostload import HostProbe
-from shadowproxy.shadow.jobs import ShadowJob, finished_copy
+from shadowproxy.shadow.jobs import ShadowJob, finished_copy, rewrite_of
 from shadowproxy.shadow.ledger_worker import WorkerLedger
 from shadowproxy.shadow.noise_state import load_noise_state as load_noise_state  # (imported from here)
 from shadowproxy.shadow.noise_state import save_noise_state as save_noise_state
@@ -192,12 +192,14 @@ class Pipeline:
                 return  # abandoned (the proxy counted why) or forgotten: nothing counted here
             job.live_wait = None
             ex.live, ex.ts = answer
+        if who == "secondary":  # which of the two failed, if one did (the shadow-error check's reference)
+            self.stats.secondary_failed(ex.route, isinstance(result, Failure), isinstance(second, Failure))
         outbound = await self._outbound(job)
         if isinstance(result, Failure):
             outcome: Outcome = "too_large" if result.kind == "too_large" else "shadow_error"
             self.stats.count(ex.route, "too_large" if outcome == "too_large" else "shadow_errors")
             await self._write(job, lambda: build_record(ex, outcome, result, redactor=s.redact,
-                                                        shadow_request=self._shadow_request(job),
+                                                        shadow_request=rewrite_of(job),
                                                         egress=outbound[1] if outbound else None))
             return
         if result.status == 304 and ex.live.status != 304 and ex.annotations.get("revalidation"):
@@ -336,7 +338,7 @@ class Pipeline:
             comparison,
             live_decoded=getattr(comparison, "live_body", None),
             shadow_decoded=getattr(comparison, "shadow_body", None),
-            shadow_request=self._shadow_request(job),
+            shadow_request=rewrite_of(job),
             redactor=job.settings.redact,
             noise=noise,
             request_delta=explained,
@@ -379,15 +381,6 @@ class Pipeline:
             if f is not None:
                 names.add(field_name(f))
         return tuple(sorted(names))
-
-    @staticmethod
-    def _shadow_request(job: ShadowJob) -> dict[str, str] | None:
-        if not job.rewritten:
-            return None
-        out = {"method": job.shadow_request.method, "target": job.shadow_request.target}
-        if job.target:
-            out["base"] = job.target
-        return out
 
     def sink_counters(self) -> dict[str, int]:
         """The sink's counters, plus `unwritten` when a record could not be built or written."""

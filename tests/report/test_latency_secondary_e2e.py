@@ -73,3 +73,49 @@ def test_a_shadow_slower_than_the_secondary_fails_even_when_live_is_as_slow(tmp_
     route, _, _ = _run(tmp_path, 40, 0.04, 0.04, 0.025)
     assert route["checks"]["latency"] == "fail", route["reasons"]
     assert any(" vs secondary, " in r for r in route["reasons"])
+
+
+def _failing(every: int):  # type: ignore[no-untyped-def]
+    """/users/N with N a multiple of `every`: the connection is closed without an answer (a
+    retry fails alike)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if int(request.path.rsplit("/", 1)[-1]) % every == 0:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        return web.json_response({"id": request.path.rsplit("/", 1)[-1], "name": "Ada"})
+
+    return handler
+
+
+def _errors_run(tmp_path: Path, secondary_every: int) -> dict[str, Any]:
+    out = tmp_path / "records.jsonl"
+    with (
+        Backend(_server(0.0)) as live,
+        Backend(_failing(5)) as shadow,
+        Backend(_failing(secondary_every)) as secondary,
+        ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{out}",
+                    shadow_secondary_url=secondary.url) as proxy,
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            for i in range(40):
+                conn.request("GET", f"/users/{i}")
+                conn.getresponse().read()
+        finally:
+            conn.close()
+    (route,) = asyncio.run(build_report(f"jsonl:{out}", progress=False))["routes"]
+    return route  # type: ignore[no-any-return]
+
+
+def test_shadow_errors_the_secondary_shares_are_insufficient(tmp_path: Path) -> None:
+    route = _errors_run(tmp_path, 5)  # both drop the same copies
+    assert route["counts"]["shadow_errors"] == 8
+    assert route["checks"]["shadow_errors"] == "insufficient", route["reasons"]
+
+
+def test_shadow_errors_the_secondary_does_not_share_fail(tmp_path: Path) -> None:
+    route = _errors_run(tmp_path, 10**6)  # the secondary never fails
+    assert route["counts"]["shadow_errors"] == 8
+    assert route["checks"]["shadow_errors"] == "fail", route["reasons"]

@@ -482,3 +482,30 @@ def test_secondary_latencies_survive_the_stats_record_and_merge() -> None:
     back.merge(rs)
     assert back.vs_secondary.shadow.count == back.vs_secondary.secondary.count == 80
     assert "vs_secondary" not in RouteStats().to_dict()  # absent without a secondary
+
+
+def _errors(shadow_alone: int, secondary_alone: int) -> RouteStats:
+    rs = _paired(300, 30.0, 30.0)
+    rs.counts["shadow_errors"] = 30  # 9% of the copies: FAIL on its own
+    rs.vs_secondary.shadow_only_errors = shadow_alone
+    rs.vs_secondary.secondary_only_errors = secondary_alone
+    return rs
+
+
+def test_shadow_errors_the_secondary_shares_are_insufficient_not_fail() -> None:
+    j = evaluate_stats(_errors(12, 10))  # the rest failed together: an overloaded host
+    assert (j.shadow_errors, j.verdict) == ("insufficient", "insufficient")
+    assert j.reasons[-1].startswith("shadow errors: the secondary, asked for the same copies, failed as often "
+                                    "(the shadow alone 12, the secondary alone 10, p=")
+
+
+def test_shadow_errors_the_secondary_does_not_share_still_fail() -> None:
+    assert evaluate_stats(_errors(30, 2)).shadow_errors == "fail"
+    assert evaluate_stats(_paired(300, 30.0, 30.0)).shadow_errors == "pass"  # no errors: no reference needed
+    no_secondary = _paired(300, 30.0, 30.0)
+    no_secondary.counts["shadow_errors"] = 30
+    assert evaluate_stats(no_secondary).shadow_errors == "fail"
+
+
+def test_a_secondary_that_failed_far_more_is_no_reference_for_shadow_errors() -> None:
+    assert evaluate_stats(_errors(3, 250)).shadow_errors == "fail"  # the secondary was down
