@@ -495,8 +495,8 @@ def _errors(shadow_alone: int, secondary_alone: int) -> RouteStats:
 def test_shadow_errors_the_secondary_shares_are_insufficient_not_fail() -> None:
     j = evaluate_stats(_errors(12, 10))  # the rest failed together: an overloaded host
     assert (j.shadow_errors, j.verdict) == ("insufficient", "insufficient")
-    assert j.reasons[-1].startswith("shadow errors: the secondary, asked for the same copies, failed as often "
-                                    "(the shadow alone 12, the secondary alone 10, p=")
+    assert j.reasons[-1].startswith("shadow errors: the secondary, asked for the same copies, failed as "
+                                    "often (the shadow alone 12, the secondary alone 10, p=")
 
 
 def test_shadow_errors_the_secondary_does_not_share_still_fail() -> None:
