@@ -191,9 +191,11 @@ class SecondaryLatency:
     secondary: Histogram = field(default_factory=Histogram)
     shadow: Histogram = field(default_factory=Histogram)
     log_ratio: RatioHistogram = field(default_factory=RatioHistogram)  # ln(shadow ms / secondary ms)
-    # copies where one of the two failed (a timeout, a refused connection) and the other answered
+    # copies where one of the two failed (a timeout, a refused connection) and the other answered,
+    # and where both failed
     shadow_only_errors: int = 0
     secondary_only_errors: int = 0
+    both_errors: int = 0
 
     def observe(self, secondary_ms: float, shadow_ms: float) -> None:
         self.secondary.observe(secondary_ms)
@@ -206,9 +208,11 @@ class SecondaryLatency:
         self.log_ratio.merge(other.log_ratio)
         self.shadow_only_errors += other.shadow_only_errors
         self.secondary_only_errors += other.secondary_only_errors
+        self.both_errors += other.both_errors
 
     def empty(self) -> bool:
-        return not (self.log_ratio.count or self.shadow_only_errors or self.secondary_only_errors)
+        return not (self.log_ratio.count or self.shadow_only_errors or self.secondary_only_errors
+                    or self.both_errors)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +221,7 @@ class SecondaryLatency:
             "latency_log_ratio": self.log_ratio.to_dict(),
             "shadow_only_errors": self.shadow_only_errors,
             "secondary_only_errors": self.secondary_only_errors,
+            "both_errors": self.both_errors,
         }
 
     @classmethod
@@ -224,7 +229,8 @@ class SecondaryLatency:
         return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
                    Histogram.from_dict(d.get("shadow_latency_ms", {})),
                    RatioHistogram.from_dict(d.get("latency_log_ratio", {})),
-                   int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)))
+                   int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)),
+                   int(d.get("both_errors", 0)))
 
 
 @dataclass(slots=True)
@@ -391,11 +397,13 @@ class Stats:
             rs.vs_secondary.observe(secondary.latency_ms, shadow.latency_ms)
 
     def secondary_failed(self, route: str, shadow_failed: bool, secondary_failed: bool) -> None:
-        """A read copy both were asked for: counted when exactly one of the two failed."""
-        if shadow_failed == secondary_failed:
+        """A read copy both were asked for: counted when one of the two failed, or both."""
+        if not (shadow_failed or secondary_failed):
             return
         for rs in self._route(route):
-            if shadow_failed:
+            if shadow_failed and secondary_failed:
+                rs.vs_secondary.both_errors += 1
+            elif shadow_failed:
                 rs.vs_secondary.shadow_only_errors += 1
             else:
                 rs.vs_secondary.secondary_only_errors += 1

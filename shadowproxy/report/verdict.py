@@ -185,11 +185,11 @@ def evaluate(
     shadow_errors: int = 0,
     latency: LatencyTest | None = None,
     thresholds: Verdict = DEFAULT_THRESHOLDS,
-    failed_alone: tuple[int, int] | None = None,
+    failed: tuple[int, int, int] | None = None,
 ) -> Judgement:
     """The verdict of one route from its counts and latency estimates (pure: no I/O, no clock).
-    `failed_alone`: with a secondary, the read copies only the shadow failed and only the
-    secondary failed (`_errors_vs_secondary`); None without one."""
+    `failed`: with a secondary, the read copies only the shadow failed, only the secondary
+    failed, and both failed (`_errors_vs_secondary`); None without one."""
     if compared <= 0 and shadow_errors <= 0:
         return Judgement("no_data", None, None, None, ("nothing compared",))
     t = thresholds
@@ -207,7 +207,7 @@ def evaluate(
     if error_level != "pass":
         why = _limit(error_level, t.mismatch_rate, "upper")
         reasons.append(f"shadow errors {fmt_interval(errs)} ({why})")
-        error_level = _errors_vs_secondary(error_level, failed_alone, t, reasons)
+        error_level = _errors_vs_secondary(error_level, shadow_errors, failed, t, reasons)
     latency_level: Level | None = None
     fast_end = False
     if latency is not None:
@@ -258,16 +258,20 @@ def evaluate(
                      fast_end)
 
 
-def _errors_vs_secondary(lv: Level, failed_alone: tuple[int, int] | None, t: Verdict,
-                         reasons: list[str]) -> Level:
+def _errors_vs_secondary(lv: Level, shadow_errors: int, failed: tuple[int, int, int] | None,
+                         t: Verdict, reasons: list[str]) -> Level:
     """A shadow-error WARN/FAIL when the secondary (the live version, asked for the same copies
     at the same moment) failed about as often: `insufficient` unless the shadow failed alone
     significantly more often than the secondary did (McNemar's exact test, p < alpha). An
     overloaded host times out both; that is not the shadow's regression. A secondary that failed
-    alone significantly more often (down, broken) is no reference: the level stands."""
-    if failed_alone is None:
+    alone significantly more often (down, broken) is no reference: the level stands. So does it
+    when some shadow errors were not on copies the secondary was asked for (writes, rewrites,
+    records from before these counts)."""
+    if failed is None:
         return lv
-    alone, secondary_alone = failed_alone
+    alone, secondary_alone, both = failed
+    if alone + both < shadow_errors:
+        return lv
     p = excess_p(alone, secondary_alone)
     if p < t.alpha or excess_p(secondary_alone, alone) < t.alpha:
         return lv
@@ -311,7 +315,8 @@ def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS,
         latency_test(rs, host),
         thresholds,
         None if rs.vs_secondary.empty() else (rs.vs_secondary.shadow_only_errors,
-                                               rs.vs_secondary.secondary_only_errors),
+                                               rs.vs_secondary.secondary_only_errors,
+                                               rs.vs_secondary.both_errors),
     )
 
 

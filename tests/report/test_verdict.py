@@ -484,11 +484,12 @@ def test_secondary_latencies_survive_the_stats_record_and_merge() -> None:
     assert "vs_secondary" not in RouteStats().to_dict()  # absent without a secondary
 
 
-def _errors(shadow_alone: int, secondary_alone: int) -> RouteStats:
+def _errors(shadow_alone: int, secondary_alone: int, shadow_errors: int = 30) -> RouteStats:
     rs = _paired(300, 30.0, 30.0)
-    rs.counts["shadow_errors"] = 30  # 9% of the copies: FAIL on its own
+    rs.counts["shadow_errors"] = shadow_errors  # 9% of the copies: FAIL on its own
     rs.vs_secondary.shadow_only_errors = shadow_alone
     rs.vs_secondary.secondary_only_errors = secondary_alone
+    rs.vs_secondary.both_errors = 30 - shadow_alone  # the rest: on copies both failed
     return rs
 
 
@@ -509,3 +510,12 @@ def test_shadow_errors_the_secondary_does_not_share_still_fail() -> None:
 
 def test_a_secondary_that_failed_far_more_is_no_reference_for_shadow_errors() -> None:
     assert evaluate_stats(_errors(3, 250)).shadow_errors == "fail"  # the secondary was down
+
+
+def test_shadow_errors_outside_the_secondary_pairs_are_judged_as_without_one() -> None:
+    # 40 shadow errors, 30 of them on copies the secondary was asked for (the rest: writes)
+    assert evaluate_stats(_errors(12, 10, shadow_errors=40)).shadow_errors == "fail"
+    old = _paired(300, 30.0, 30.0)  # records from before the error counts: latency pairs only
+    old.counts["shadow_errors"] = 30
+    old.vs_secondary.observe(30.0, 30.0)
+    assert evaluate_stats(old).shadow_errors == "fail"
