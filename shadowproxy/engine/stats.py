@@ -4,8 +4,8 @@ Mismatch records alone cannot give a mismatch *rate*; stats records carry the de
 (compared, equal, skipped, dropped) so a report is exact from the stream alone. Each stats
 record holds one interval's counts: a reader sums them.
 
-Latency histograms use fixed log-spaced buckets (2% wide), so histograms from many intervals
-and many processes merge exactly and quantiles are within about 1%.
+Latency histograms use fixed log-spaced buckets (2% wide; engine.histogram), so histograms
+from many intervals and many processes merge exactly and quantiles are within about 1%.
 
 Each compared exchange also adds its paired ratio, ln(shadow ms / live ms), to a histogram of
 fixed 0.01-wide buckets (`RatioHistogram`): the report's latency test runs on these, because
@@ -21,12 +21,20 @@ same place at the same time, where live's call was made by the proxy a moment ea
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shadowproxy.engine.exchange import Response
+from shadowproxy.engine.histogram import HIST_BASE_MS as HIST_BASE_MS
+from shadowproxy.engine.histogram import HIST_GROWTH as HIST_GROWTH
+from shadowproxy.engine.histogram import RATIO_WIDTH as RATIO_WIDTH
+from shadowproxy.engine.histogram import Histogram as Histogram
+from shadowproxy.engine.histogram import RatioHistogram as RatioHistogram
+from shadowproxy.engine.histogram import SecondaryLatency as SecondaryLatency
+from shadowproxy.engine.histogram import bucket_of as bucket_of
+from shadowproxy.engine.histogram import bucket_upper as bucket_upper
+from shadowproxy.engine.histogram import ratio_bucket as ratio_bucket
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
           "eligible", "request_delta", "adjusted")
@@ -34,203 +42,12 @@ COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too
 # streaming). Those not skipped as sampled_out or rate_limited were copied to the shadow, so
 # with the skips it gives the effective sample rate of each interval and route.
 SAMPLING_SKIPS = ("sampled_out", "rate_limited")
-HIST_BASE_MS = 0.01
-HIST_GROWTH = 1.02
-_LOG_GROWTH = math.log(HIST_GROWTH)
-RATIO_WIDTH = 0.01  # ln-ratio bucket width: bucket i holds ln(shadow/live) in [(i-0.5)w, (i+0.5)w)
-
-
 def sample_rate(eligible: int, skipped_by: dict[str, int]) -> float | None:
     """The share of eligible requests copied to the shadow (sampling and rate limits); None: none."""
     if eligible <= 0:
         return None
     kept = eligible - sum(skipped_by.get(k, 0) for k in SAMPLING_SKIPS)
     return max(0, kept) / eligible
-
-
-def bucket_of(ms: float) -> int:
-    if ms <= HIST_BASE_MS:
-        return 0
-    return int(math.log(ms / HIST_BASE_MS) / _LOG_GROWTH) + 1
-
-
-def bucket_upper(i: int) -> float:
-    return HIST_BASE_MS * HIST_GROWTH**i
-
-
-@dataclass(slots=True)
-class Histogram:
-    buckets: dict[int, int] = field(default_factory=dict)
-    sum: float = 0.0
-    count: int = 0
-    max: float = 0.0
-
-    def observe(self, ms: float) -> None:
-        i = bucket_of(ms)
-        self.buckets[i] = self.buckets.get(i, 0) + 1
-        self.sum += ms
-        self.count += 1
-        self.max = max(self.max, ms)
-
-    def merge(self, other: Histogram) -> None:
-        for i, n in other.buckets.items():
-            self.buckets[i] = self.buckets.get(i, 0) + n
-        self.sum += other.sum
-        self.count += other.count
-        self.max = max(self.max, other.max)
-
-    def quantile(self, q: float) -> float | None:
-        """The q-quantile (0..1), as the geometric middle of its bucket; None when empty."""
-        if self.count == 0:
-            return None
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for i in sorted(self.buckets):
-            seen += self.buckets[i]
-            if seen >= rank:
-                if i == 0:
-                    return HIST_BASE_MS
-                return min(self.max, math.sqrt(bucket_upper(i - 1) * bucket_upper(i)))
-        return self.max
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "base_ms": HIST_BASE_MS,
-            "growth": HIST_GROWTH,
-            "buckets": {str(i): n for i, n in sorted(self.buckets.items())},
-            "sum": round(self.sum, 3),
-            "count": self.count,
-            "max": round(self.max, 3),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Histogram:
-        return cls(
-            {int(i): int(n) for i, n in d.get("buckets", {}).items()},
-            float(d.get("sum", 0.0)),
-            int(d.get("count", 0)),
-            float(d.get("max", 0.0)),
-        )
-
-
-def ratio_bucket(live_ms: float, shadow_ms: float) -> int:
-    """The RatioHistogram bucket of one exchange's ln(shadow / live)."""
-    return round(math.log(max(shadow_ms, HIST_BASE_MS) / max(live_ms, HIST_BASE_MS)) / RATIO_WIDTH)
-
-
-@dataclass(slots=True)
-class RatioHistogram:
-    """Paired log-ratios ln(shadow ms / live ms), one per compared exchange, in 0.01-wide buckets.
-
-    Bucket 0 holds ratios within 0.5% of 1 (a tie for the sign test); bucket i's value is i * 0.01.
-    Counts only, so merging is exact integer addition.
-
-    It also sums the products of consecutive buckets (`lag_sum`, over `lag_pairs` pairs, in the
-    order the exchanges finished in this process and interval): with the buckets' own sums they
-    give the lag-1 autocorrelation (`lag1`). On a busy host one backend is slowed for a stretch
-    of exchanges in a row, so consecutive ratios are far from independent (0.6-0.9 measured), and
-    the report's tests count that (report.inference: the design effect). Integers: mergeable.
-    """
-
-    buckets: dict[int, int] = field(default_factory=dict)
-    count: int = 0
-    lag_sum: int = 0
-    lag_pairs: int = 0
-    last: int | None = field(default=None, compare=False)  # the previous bucket: not in records
-
-    def observe(self, live_ms: float, shadow_ms: float) -> None:
-        self.add(ratio_bucket(live_ms, shadow_ms))
-
-    def add(self, i: int) -> None:
-        self.buckets[i] = self.buckets.get(i, 0) + 1
-        self.count += 1
-        if self.last is not None:
-            self.lag_sum += self.last * i
-            self.lag_pairs += 1
-        self.last = i
-
-    def merge(self, other: RatioHistogram) -> None:
-        for i, n in other.buckets.items():
-            self.buckets[i] = self.buckets.get(i, 0) + n
-        self.count += other.count
-        self.lag_sum += other.lag_sum
-        self.lag_pairs += other.lag_pairs
-
-    def lag1(self) -> float:
-        """The lag-1 autocorrelation of the ratios (from the merged sums), 0 when it cannot be
-        told (no consecutive pairs, no spread)."""
-        n = sum(self.buckets.values())
-        if self.lag_pairs == 0 or n < 2:
-            return 0.0
-        mean = sum(i * c for i, c in self.buckets.items()) / n
-        var = sum(i * i * c for i, c in self.buckets.items()) / n - mean * mean
-        if var <= 0:
-            return 0.0
-        return (self.lag_sum / self.lag_pairs - mean * mean) / var
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "width": RATIO_WIDTH,
-            "buckets": {str(i): n for i, n in sorted(self.buckets.items())},
-            "count": self.count,
-            **({"lag_sum": self.lag_sum, "lag_pairs": self.lag_pairs} if self.lag_pairs else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RatioHistogram:
-        buckets = {int(i): int(n) for i, n in d.get("buckets", {}).items()}
-        return cls(buckets, int(d.get("count", sum(buckets.values()))), int(d.get("lag_sum", 0)),
-                   int(d.get("lag_pairs", 0)))
-
-
-@dataclass(slots=True)
-class SecondaryLatency:
-    """The shadow measured against the secondary: both called by the worker for the same copy at
-    the same moment (in a random order), each exchange where both answered on like connections."""
-
-    secondary: Histogram = field(default_factory=Histogram)
-    shadow: Histogram = field(default_factory=Histogram)
-    log_ratio: RatioHistogram = field(default_factory=RatioHistogram)  # ln(shadow ms / secondary ms)
-    # copies where one of the two failed (a timeout, a refused connection) and the other answered,
-    # and where both failed
-    shadow_only_errors: int = 0
-    secondary_only_errors: int = 0
-    both_errors: int = 0
-
-    def observe(self, secondary_ms: float, shadow_ms: float) -> None:
-        self.secondary.observe(secondary_ms)
-        self.shadow.observe(shadow_ms)
-        self.log_ratio.observe(secondary_ms, shadow_ms)
-
-    def merge(self, other: SecondaryLatency) -> None:
-        self.secondary.merge(other.secondary)
-        self.shadow.merge(other.shadow)
-        self.log_ratio.merge(other.log_ratio)
-        self.shadow_only_errors += other.shadow_only_errors
-        self.secondary_only_errors += other.secondary_only_errors
-        self.both_errors += other.both_errors
-
-    def empty(self) -> bool:
-        return not (self.log_ratio.count or self.shadow_only_errors or self.secondary_only_errors
-                    or self.both_errors)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "secondary_latency_ms": self.secondary.to_dict(),
-            "shadow_latency_ms": self.shadow.to_dict(),
-            "latency_log_ratio": self.log_ratio.to_dict(),
-            "shadow_only_errors": self.shadow_only_errors,
-            "secondary_only_errors": self.secondary_only_errors,
-            "both_errors": self.both_errors,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SecondaryLatency:
-        return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
-                   Histogram.from_dict(d.get("shadow_latency_ms", {})),
-                   RatioHistogram.from_dict(d.get("latency_log_ratio", {})),
-                   int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)),
-                   int(d.get("both_errors", 0)))
 
 
 @dataclass(slots=True)
@@ -407,6 +224,11 @@ class Stats:
                 rs.vs_secondary.shadow_only_errors += 1
             else:
                 rs.vs_secondary.secondary_only_errors += 1
+
+    def secondary_skipped(self, route: str) -> None:
+        """A read copy not sent to the secondary: too many of its calls in flight."""
+        for rs in self._route(route):
+            rs.vs_secondary.skipped += 1
 
     def merge_interval(self, routes: dict[str, RouteStats]) -> None:
         """Fold counts made elsewhere (another process) into this interval and the totals."""

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
-from shadowproxy.engine.stats import RouteStats, sample_rate
+from shadowproxy.engine.stats import RouteStats, SecondaryLatency, sample_rate
 from shadowproxy.report import egress as _egress
 from shadowproxy.report import measures
 from shadowproxy.report import verdict as _verdict
@@ -358,11 +358,29 @@ class Aggregator:
                     f"route {name}: {seen} mismatch records but stats count {counted} mismatched "
                     "(a stats record is missing or not written yet; counts come from stats records)"
                 )
+        for name, agg in sorted(self.routes.items()):
+            note = _secondary_note(name, agg.stats.vs_secondary)
+            if note:
+                notes.append(note)
         if self.counters["invalid"]:
             notes.append(
                 f"{self.counters['invalid']} records were not shadowproxy.mismatch/1 records: left out"
             )
         return notes
+
+
+def _secondary_note(route: str, ref: SecondaryLatency) -> str | None:
+    """When the secondary failed or was skipped on a route's read copies: how often, and what the
+    latency check was judged against (a secondary that never answered leaves live)."""
+    failed, skipped = ref.secondary_only_errors + ref.both_errors, ref.skipped
+    if not failed and not skipped:
+        return None
+    parts = [f"failed on {failed}"] + ([f"was skipped on {skipped} (too many of its calls in flight)"]
+                                         if skipped else [])
+    against = ("latency judged against the secondary on the copies both answered"
+               if ref.log_ratio.count else "latency judged against live")
+    return (f"route {route}: the secondary answered {ref.log_ratio.count} read copies and "
+            f"{' and '.join(parts)}: {against}")
 
 
 def _noise_report(agg: RouteAgg, top: int | None) -> dict[str, Any]:

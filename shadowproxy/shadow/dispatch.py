@@ -220,7 +220,7 @@ class Dispatcher:
             job = await self._queue.get()
             handed = False
 
-            def hand_over() -> None:  # an early copy's shadow answered, live not yet: the slot goes on
+            def hand_over() -> None:  # the shadow answered; live (an early copy) or the secondary not yet
                 nonlocal handed
                 handed = True
                 self.active -= 1
@@ -231,8 +231,7 @@ class Dispatcher:
             try:
                 await self._room(job)
                 self.active += 1
-                if job.live_wait is not None:
-                    job.on_called = hand_over
+                job.on_called = hand_over
                 try:
                     await self.pipeline.process(job)  # cancelled (drain timeout): counted as dropped there
                 finally:

@@ -59,7 +59,8 @@ class ShadowJob:
     target: str | None = None  # a rewrite's own shadow base URL
     rewritten: bool = False
     live_wait: asyncio.Future[LiveAnswer] | None = None  # not pickled (channel: encode_job)
-    # called once the shadow answered and live has not: the copy's slot goes to the next (dispatch)
+    # called once the shadow answered and live (an early copy) or the secondary has not: the
+    # copy's slot goes to the next (dispatch)
     on_called: Callable[[], None] | None = None
 
 

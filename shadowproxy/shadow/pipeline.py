@@ -39,7 +39,8 @@ from shadowproxy.engine.options import CompareOptions
 from shadowproxy.engine.record import Outcome, build_record
 from shadowproxy.engine.reqdelta import LazyRequestDelta, RequestDelta, request_delta
 from shadowproxy.engine.stats import Stats
-from shadowproxy.shadow.client import ShadowCaller, ShadowClient
+from shadowproxy.shadow.calls import Calls, hand_over
+from shadowproxy.shadow.client import ShadowCaller
 from shadowproxy.shadow.egress import EGRESS_ROUTE, EgressCalls
 from shadowproxy.shadow.hostload import HostProbe
 from shadowproxy.shadow.jobs import ShadowJob, finished_copy, rewrite_of
@@ -51,7 +52,6 @@ from shadowproxy.sinks.base import Record, Sink
 log = logging.getLogger("shadowproxy")
 
 HEAVY_DIFF_BYTES = 256 * 1024  # bodies above this are compared off the event loop
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # only these are ever asked twice
 NOISE_SAVE_INTERVAL = 30.0  # seconds between saves of the noise state (also at each stats record)
 
 
@@ -89,19 +89,16 @@ class Pipeline:
         self._compare_slots = max_pending_compares
         self._executor = diff_executor
         self._own_executor = False
-        # the secondary: a second instance of the live version (Diffy's noise pair)
-        self.secondary: ShadowCaller | None = None
-        if secondary_url:
-            self.secondary = ShadowClient(secondary_url, client.cfg)
         self.noise_state_path = noise_state_path
         if noise_state is None:
             noise_state = load_noise_state(noise_state_path) if noise_state_path else NoiseState()
         self.noise = noise_state
-        self._random = (rng or random.Random()).random
-        self._order = random.Random().random  # which of two calls at once starts first (not seeded)
+        # the shadow's calls, and the secondary's (a second instance of the live version) or a
+        # noise pair's beside them (shadow.calls)
+        self.calls = Calls(client, secondary_url, noise_state, rng)
+        self.secondary = self.calls.secondary
         self._noise_saved = time.monotonic()
         self._noise_dirty = False
-        self.pair_failures = 0  # second calls (noise pair, secondary) that failed: left out
         self.cut_off = 0  # copies cancelled in flight (a drain that timed out), counted as dropped
         self._cut_writing: set[int] = set()  # ids of jobs cancelled in sink.write: already counted
         self.unwritten = 0  # records that could not be built or written (each copy still counted once)
@@ -109,7 +106,7 @@ class Pipeline:
         self.ledger: WorkerLedger | None = None  # the crash ledger (worker process): records not yet flushed
         # this host's CPU pressure and the local backends' CPU use, per stats interval (shadow.hostload)
         self.host = host
-        self.shadow_calls = 0  # calls made to the shadow (not the secondary): the host figures' per-call base
+
 
     async def process(self, job: ShadowJob) -> None:
         try:
@@ -129,64 +126,13 @@ class Pipeline:
                           job.settings.redact.text(escape_surrogates(job.exchange.request.path)))
             self.stats.count(job.exchange.route, "shadow_errors")
 
-    def _pair_partner(self, job: ShadowJob) -> str | None:
-        """Who answers this job's noise pair ("shadow" or "secondary"), or None: no pair."""
-        cfg = job.settings.noise
-        if not cfg.enabled or job.rewritten or job.shadow_request.method not in READ_METHODS:
-            return None
-        partner = cfg.partner(self.secondary is not None)
-        if partner is None or not self.noise.want_pair(job.exchange.route, cfg, partner, self._random()):
-            return None
-        return partner
-
-    async def _call(self, job: ShadowJob, partner: str | None = None) -> Response | Failure:
-        s = job.settings
-        if partner == "secondary":
-            assert self.secondary is not None
-            client, base = self.secondary, None
-        else:
-            client, base = self.client, job.target
-            self.shadow_calls += 1
-        # on a new connection when the live hop's was new (shadow.client: like for like)
-        return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
-                                 max_body_bytes=s.max_body_bytes, base=base,
-                                 fresh=bool(job.exchange.live.new_connection))
-
-    def _second_call(self, job: ShadowJob) -> tuple[str | None, str | None]:
-        """Who else is asked for this copy, at the same moment as the shadow, and whether that
-        answer is a noise pair: (who, pair partner). A secondary is asked for every read copy
-        not rewritten: the latency reference (`Stats.secondary`) as well as noise's pair."""
-        partner = self._pair_partner(job)
-        if partner is None and self.secondary is not None and not job.rewritten and (
-                job.shadow_request.method in READ_METHODS):
-            return "secondary", None
-        return partner, partner
-
-    async def _both(self, job: ShadowJob, who: str) -> tuple[Response | Failure, Response | Failure]:
-        """The shadow's call and `who`'s, at once (the second costs no extra wait), started in a
-        random order so neither is always the first to reach a shared host."""
-        if self._order() < 0.5:
-            first, second = await asyncio.gather(self._call(job), self._call(job, who))
-        else:
-            second, first = await asyncio.gather(self._call(job, who), self._call(job))
-        return first, second
-
     async def _process(self, job: ShadowJob) -> None:
         ex, s = job.exchange, job.settings
-        who, partner = self._second_call(job)
-        second: Response | Failure | None = None
-        if who is None:
-            result = await self._call(job)
-        else:
-            result, second = await self._both(job, who)
-            if isinstance(second, Failure):
-                self.pair_failures += 1
-                if self.pair_failures == 1:  # once: a down secondary must not flood the log
-                    log.warning("the %s call failed (%s: %s); such copies are left out of noise "
-                                "pairs and latency against it", who, second.kind, second.message)
+        called = await self.calls.make(job)
+        result, second, who, partner = called.result, called.second, called.who, called.partner
         if job.live_wait is not None:  # an early copy: its live answer, by now or later (bounded)
-            if job.on_called is not None and not job.live_wait.done():
-                job.on_called()
+            if not job.live_wait.done():
+                hand_over(job)
             answer = await job.live_wait
             if answer is None:
                 return  # abandoned (the proxy counted why) or forgotten: nothing counted here
@@ -194,6 +140,8 @@ class Pipeline:
             ex.live, ex.ts = answer
         if who == "secondary":  # which of the two failed, if one did (the shadow-error check's reference)
             self.stats.secondary_failed(ex.route, isinstance(result, Failure), isinstance(second, Failure))
+        elif called.skipped:
+            self.stats.secondary_skipped(ex.route)
         outbound = await self._outbound(job)
         if isinstance(result, Failure):
             outcome: Outcome = "too_large" if result.kind == "too_large" else "shadow_error"
@@ -395,7 +343,7 @@ class Pipeline:
         noise = self.noise.take_interval()
         host = None
         if self.host is not None:  # a few /proc reads (a walk when a backend is missing): off the loop
-            host = await asyncio.to_thread(self.host.take_interval, self.shadow_calls)
+            host = await asyncio.to_thread(self.host.take_interval, self.calls.shadow_calls)
         if record is not None:
             if host:
                 record["host"] = host  # how busy the host was, and the local backends (shadow.hostload)
@@ -435,9 +383,7 @@ class Pipeline:
 
     async def close(self) -> None:
         self.save_noise()
-        await self.client.close()
-        if self.secondary is not None:
-            await self.secondary.close()
+        await self.calls.close()
         if self._own_executor and self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

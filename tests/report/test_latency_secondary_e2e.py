@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def test_a_shadow_slower_than_the_secondary_fails_even_when_live_is_as_slow(tmp_
     # live and shadow 40 ms, the secondary 25 ms: against live the shadow passes; against the
     # secondary, called with it, it is 60% slower
     route, _, _ = _run(tmp_path, 40, 0.04, 0.04, 0.025)
-    assert route["checks"]["latency"] == "fail", route["reasons"]
+    assert route["checks"]["latency"] == "fail", (route["reasons"], route["estimates"], route["latency"])
     assert any(" vs secondary, " in r for r in route["reasons"])
 
 
@@ -119,3 +120,37 @@ def test_shadow_errors_the_secondary_does_not_share_fail(tmp_path: Path) -> None
     route = _errors_run(tmp_path, 10**6)  # the secondary never fails
     assert route["counts"]["shadow_errors"] == 8
     assert route["checks"]["shadow_errors"] == "fail", route["reasons"]
+
+
+def test_a_hung_secondary_never_holds_back_the_shadow_copies(tmp_path: Path) -> None:
+    # 4 shadow slots; the secondary accepts and never answers (until the copies' timeout)
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        return web.Response()
+
+    out = tmp_path / "records.jsonl"
+    started = time.monotonic()
+    with (
+        Backend(_server(0.005)) as live,
+        Backend(_server(0.005)) as shadow,
+        Backend(hang) as secondary,
+        ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{out}", shadow_concurrency=4,
+                    shadow_secondary_url=secondary.url) as proxy,
+    ):
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            for i in range(80):
+                conn.request("GET", f"/users/{i}")
+                conn.getresponse().read()
+        finally:
+            conn.close()
+        mirrored_s = time.monotonic() - started
+    report = asyncio.run(build_report(f"jsonl:{out}", progress=False))
+    (route,) = report["routes"]
+    assert route["counts"]["compared"] == 80 and route["counts"]["dropped"] == 0
+    # at most 4 calls to it in flight: the other copies were not sent there, and said so
+    assert len(secondary.seen) <= 24  # 4 at a time, each until its 2 s timeout (80 without the cap)
+    assert any("the secondary answered 0 read copies" in n and "latency judged against live" in n
+               for n in report["notes"]), report["notes"]
+    assert route["estimates"]["slowdown_median"]["against"] == "live"
+    assert mirrored_s < 15  # each copy holding a slot for its secondary's 2 s timeout: 40 s

@@ -479,6 +479,6 @@ def test_a_secondary_that_is_down_leaves_pairs_out_and_mirroring_on(
         dispatcher = proxy.addon.dispatcher
         assert dispatcher is not None
         pipeline = dispatcher.pipeline  # type: ignore[attr-defined]
-    assert pipeline.pair_failures == 5 * len(ROUTES)
+    assert pipeline.calls.pair_failures == 5 * len(ROUTES)
     assert_real_change_always_reported(sink.records, "warm", 5)
     assert stats_noise(sink.records)["feed"] == {"compared": 5, "pairs": 0}

@@ -1,0 +1,231 @@
+"""The mergeable histograms behind the stats records (engine.stats): latencies in fixed
+log-spaced buckets (2% wide), paired log-ratios in fixed 0.01-wide buckets with the sums that
+give their lag-1 correlation, and the shadow-against-secondary figures. Fixed buckets make
+histograms from many intervals and processes merge exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "HIST_BASE_MS",
+    "HIST_GROWTH",
+    "RATIO_WIDTH",
+    "Histogram",
+    "RatioHistogram",
+    "SecondaryLatency",
+    "bucket_of",
+    "bucket_upper",
+    "ratio_bucket",
+]
+
+HIST_BASE_MS = 0.01
+HIST_GROWTH = 1.02
+_LOG_GROWTH = math.log(HIST_GROWTH)
+RATIO_WIDTH = 0.01  # ln-ratio bucket width: bucket i holds ln(shadow/live) in [(i-0.5)w, (i+0.5)w)
+
+
+def bucket_of(ms: float) -> int:
+    if ms <= HIST_BASE_MS:
+        return 0
+    return int(math.log(ms / HIST_BASE_MS) / _LOG_GROWTH) + 1
+
+
+def bucket_upper(i: int) -> float:
+    return HIST_BASE_MS * HIST_GROWTH**i
+
+
+@dataclass(slots=True)
+class Histogram:
+    buckets: dict[int, int] = field(default_factory=dict)
+    sum: float = 0.0
+    count: int = 0
+    max: float = 0.0
+
+    def observe(self, ms: float) -> None:
+        i = bucket_of(ms)
+        self.buckets[i] = self.buckets.get(i, 0) + 1
+        self.sum += ms
+        self.count += 1
+        self.max = max(self.max, ms)
+
+    def merge(self, other: Histogram) -> None:
+        for i, n in other.buckets.items():
+            self.buckets[i] = self.buckets.get(i, 0) + n
+        self.sum += other.sum
+        self.count += other.count
+        self.max = max(self.max, other.max)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0..1), as the geometric middle of its bucket; None when empty."""
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for i in sorted(self.buckets):
+            seen += self.buckets[i]
+            if seen >= rank:
+                if i == 0:
+                    return HIST_BASE_MS
+                return min(self.max, math.sqrt(bucket_upper(i - 1) * bucket_upper(i)))
+        return self.max
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base_ms": HIST_BASE_MS,
+            "growth": HIST_GROWTH,
+            "buckets": {str(i): n for i, n in sorted(self.buckets.items())},
+            "sum": round(self.sum, 3),
+            "count": self.count,
+            "max": round(self.max, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Histogram:
+        return cls(
+            {int(i): int(n) for i, n in d.get("buckets", {}).items()},
+            float(d.get("sum", 0.0)),
+            int(d.get("count", 0)),
+            float(d.get("max", 0.0)),
+        )
+
+
+def ratio_bucket(live_ms: float, shadow_ms: float) -> int:
+    """The RatioHistogram bucket of one exchange's ln(shadow / live)."""
+    return round(math.log(max(shadow_ms, HIST_BASE_MS) / max(live_ms, HIST_BASE_MS)) / RATIO_WIDTH)
+
+
+@dataclass(slots=True)
+class RatioHistogram:
+    """Paired log-ratios ln(shadow ms / live ms), one per compared exchange, in 0.01-wide buckets.
+
+    Bucket 0 holds ratios within 0.5% of 1 (a tie for the sign test); bucket i's value is i * 0.01.
+    Counts only, so merging is exact integer addition.
+
+    It also sums the products of consecutive buckets (`lag_sum`, over `lag_pairs` pairs, in the
+    order the exchanges finished in this process and interval): with the buckets' own sums they
+    give the lag-1 autocorrelation (`lag1`). On a busy host one backend is slowed for a stretch
+    of exchanges in a row, so consecutive ratios are far from independent (0.6-0.9 measured), and
+    the report's tests count that (report.inference: the design effect). Integers: mergeable.
+    """
+
+    buckets: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+    lag_sum: int = 0
+    lag_pairs: int = 0
+    lag_firsts: int = 0  # the sum of each pair's first bucket, and of its second: for centring
+    lag_seconds: int = 0
+    last: int | None = field(default=None, compare=False)  # the previous bucket: not in records
+
+    def observe(self, live_ms: float, shadow_ms: float) -> None:
+        self.add(ratio_bucket(live_ms, shadow_ms))
+
+    def add(self, i: int) -> None:
+        self.buckets[i] = self.buckets.get(i, 0) + 1
+        self.count += 1
+        if self.last is not None:
+            self.lag_sum += self.last * i
+            self.lag_pairs += 1
+            self.lag_firsts += self.last
+            self.lag_seconds += i
+        self.last = i
+
+    def merge(self, other: RatioHistogram) -> None:
+        for i, n in other.buckets.items():
+            self.buckets[i] = self.buckets.get(i, 0) + n
+        self.count += other.count
+        self.lag_sum += other.lag_sum
+        self.lag_pairs += other.lag_pairs
+        self.lag_firsts += other.lag_firsts
+        self.lag_seconds += other.lag_seconds
+
+    def lag1(self) -> float:
+        """The lag-1 autocorrelation of the ratios (from the merged sums), 0 when it cannot be
+        told (no consecutive pairs, no spread). Centred on the mean with each pair's own sums:
+        sum((x_k - m)(x_k+1 - m)) = lag_sum - m (lag_firsts + lag_seconds) + pairs m^2. (Taking
+        m^2 off the mean product instead left each interval's end samples in it, times the mean:
+        ratios that all sat near +46% read a correlation near 1.)"""
+        n = sum(self.buckets.values())
+        m = self.lag_pairs
+        if m == 0 or n < 2:
+            return 0.0
+        mean = sum(i * c for i, c in self.buckets.items()) / n
+        var = sum((i - mean) ** 2 * c for i, c in self.buckets.items()) / n
+        if var <= 0:
+            return 0.0
+        cov = (self.lag_sum - mean * (self.lag_firsts + self.lag_seconds) + m * mean * mean) / m
+        return max(-1.0, min(1.0, cov / var))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": RATIO_WIDTH,
+            "buckets": {str(i): n for i, n in sorted(self.buckets.items())},
+            "count": self.count,
+            **({"lag_sum": self.lag_sum, "lag_pairs": self.lag_pairs, "lag_firsts": self.lag_firsts,
+                "lag_seconds": self.lag_seconds} if self.lag_pairs else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RatioHistogram:
+        buckets = {int(i): int(n) for i, n in d.get("buckets", {}).items()}
+        if "lag_firsts" not in d:  # written before the centring sums: no correlation to read
+            return cls(buckets, int(d.get("count", sum(buckets.values()))))
+        return cls(buckets, int(d.get("count", sum(buckets.values()))), int(d.get("lag_sum", 0)),
+                   int(d.get("lag_pairs", 0)), int(d["lag_firsts"]), int(d.get("lag_seconds", 0)))
+
+
+@dataclass(slots=True)
+class SecondaryLatency:
+    """The shadow measured against the secondary: both called by the worker for the same copy at
+    the same moment (in a random order), each exchange where both answered on like connections."""
+
+    secondary: Histogram = field(default_factory=Histogram)
+    shadow: Histogram = field(default_factory=Histogram)
+    log_ratio: RatioHistogram = field(default_factory=RatioHistogram)  # ln(shadow ms / secondary ms)
+    # copies where one of the two failed (a timeout, a refused connection) and the other answered,
+    # and where both failed
+    shadow_only_errors: int = 0
+    secondary_only_errors: int = 0
+    both_errors: int = 0
+    # read copies not sent to the secondary: `concurrency` calls to it were in flight (hung, slow)
+    skipped: int = 0
+
+    def observe(self, secondary_ms: float, shadow_ms: float) -> None:
+        self.secondary.observe(secondary_ms)
+        self.shadow.observe(shadow_ms)
+        self.log_ratio.observe(secondary_ms, shadow_ms)
+
+    def merge(self, other: SecondaryLatency) -> None:
+        self.secondary.merge(other.secondary)
+        self.shadow.merge(other.shadow)
+        self.log_ratio.merge(other.log_ratio)
+        self.shadow_only_errors += other.shadow_only_errors
+        self.secondary_only_errors += other.secondary_only_errors
+        self.both_errors += other.both_errors
+        self.skipped += other.skipped
+
+    def empty(self) -> bool:
+        return not (self.log_ratio.count or self.shadow_only_errors or self.secondary_only_errors
+                    or self.both_errors or self.skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "secondary_latency_ms": self.secondary.to_dict(),
+            "shadow_latency_ms": self.shadow.to_dict(),
+            "latency_log_ratio": self.log_ratio.to_dict(),
+            "shadow_only_errors": self.shadow_only_errors,
+            "secondary_only_errors": self.secondary_only_errors,
+            "both_errors": self.both_errors,
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SecondaryLatency:
+        return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
+                   Histogram.from_dict(d.get("shadow_latency_ms", {})),
+                   RatioHistogram.from_dict(d.get("latency_log_ratio", {})),
+                   int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)),
+                   int(d.get("both_errors", 0)), int(d.get("skipped", 0)))
