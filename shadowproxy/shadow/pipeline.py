@@ -107,7 +107,6 @@ class Pipeline:
         # this host's CPU pressure and the local backends' CPU use, per stats interval (shadow.hostload)
         self.host = host
 
-
     async def process(self, job: ShadowJob) -> None:
         try:
             await self._process(job)
