@@ -28,6 +28,20 @@ def _server(delay_s: float):  # type: ignore[no-untyped-def]
     return handler
 
 
+def _send(port: int, n: int, head_first: bool = False) -> None:
+    """GET /users/0 .. /users/n-1 on one keep-alive connection (the first a HEAD if asked); every
+    answer is live's, 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for i in range(n):
+            conn.request("HEAD" if head_first and i == 0 else "GET", f"/users/{i}")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+    finally:
+        conn.close()
+
+
 def _run(tmp_path: Path, n: int, live_s: float, shadow_s: float, secondary_s: float
          ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     """`n` GETs and one HEAD through the proxy; the report's route, the records, and how many
@@ -40,15 +54,7 @@ def _run(tmp_path: Path, n: int, live_s: float, shadow_s: float, secondary_s: fl
         ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{out}", shadow_dispatch="process",
                     shadow_secondary_url=secondary.url) as proxy,
     ):
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        try:
-            for i in range(n):
-                conn.request("HEAD" if i == 0 else "GET", f"/users/{i}")
-                resp = conn.getresponse()
-                resp.read()
-                assert resp.status == 200
-        finally:
-            conn.close()
+        _send(proxy.port, n, head_first=True)
     records = [json.loads(line) for line in out.read_bytes().splitlines()]
     report = asyncio.run(build_report(f"jsonl:{out}", progress=False))
     (route,) = report["routes"]
@@ -99,13 +105,7 @@ def _errors_run(tmp_path: Path, secondary_every: int) -> dict[str, Any]:
         ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{out}",
                     shadow_secondary_url=secondary.url) as proxy,
     ):
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        try:
-            for i in range(40):
-                conn.request("GET", f"/users/{i}")
-                conn.getresponse().read()
-        finally:
-            conn.close()
+        _send(proxy.port, 40)
     (route,) = asyncio.run(build_report(f"jsonl:{out}", progress=False))["routes"]
     return route  # type: ignore[no-any-return]
 
@@ -137,13 +137,7 @@ def test_a_hung_secondary_never_holds_back_the_shadow_copies(tmp_path: Path) -> 
         ProxyThread(live.url, shadow.url, sink_uri=f"jsonl:{out}", shadow_concurrency=4,
                     shadow_secondary_url=secondary.url) as proxy,
     ):
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        try:
-            for i in range(80):
-                conn.request("GET", f"/users/{i}")
-                conn.getresponse().read()
-        finally:
-            conn.close()
+        _send(proxy.port, 80)
         mirrored_s = time.monotonic() - started
     report = asyncio.run(build_report(f"jsonl:{out}", progress=False))
     (route,) = report["routes"]
