@@ -147,12 +147,14 @@ class Backend:
             ready.set()
 
         def thread() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(main())
-            self._loop.run_forever()
+            # its own reference: `stop` forgets self._loop after waiting 10 s, and a cleanup that
+            # takes longer (a handler still running) must still close the loop it ran on
+            loop = self._loop = asyncio.new_event_loop()
+            loop.run_until_complete(main())
+            loop.run_forever()
             assert self._runner is not None
-            self._loop.run_until_complete(self._runner.cleanup())
-            self._loop.close()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
 
         self._thread = threading.Thread(target=thread, daemon=True, name=f"backend-{self.port}")
         self._thread.start()

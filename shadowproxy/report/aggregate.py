@@ -375,12 +375,12 @@ def _secondary_note(route: str, ref: SecondaryLatency) -> str | None:
     failed, skipped = ref.secondary_only_errors + ref.both_errors, ref.skipped
     if not failed and not skipped:
         return None
-    parts = [f"failed on {failed}"] + ([f"was skipped on {skipped} (too many of its calls in flight)"]
-                                         if skipped else [])
-    against = ("latency judged against the secondary on the copies both answered"
-               if ref.log_ratio.count else "latency judged against live")
-    return (f"route {route}: the secondary answered {ref.log_ratio.count} read copies and "
-            f"{' and '.join(parts)}: {against}")
+    parts = [f"failed on {failed}"] + ([f"was not asked for {skipped} (as many of its calls as "
+                                          f"--concurrency in flight)"] if skipped else [])
+    return (f"route {route}: the secondary {' and '.join(parts)} read copies; it was timed with the "
+            f"shadow on {ref.log_ratio.count} (not on copies where either failed or the two calls' "
+            f"connections differed, one new and one reused); the latency check's reasons say what it "
+            f"was judged against")
 
 
 def _noise_report(agg: RouteAgg, top: int | None) -> dict[str, Any]:

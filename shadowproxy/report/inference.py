@@ -141,10 +141,14 @@ def _ms(i: int) -> float:
     return HIST_BASE_MS if i == 0 else math.sqrt(bucket_upper(i - 1) * bucket_upper(i))
 
 
-def design_effect(rho: float) -> float:
+def design_effect(rho: float, pairs: int = 0) -> float:
     """How many exchanges count as one independent sample when consecutive ratios correlate
     with `rho` (lag 1, as an AR(1) series): (1 + rho) / (1 - rho), at least 1 (a negative
-    correlation is not taken as extra information) and at most DESIGN_EFFECT_MAX."""
+    correlation is not taken as extra information) and at most DESIGN_EFFECT_MAX. With the
+    number of consecutive `pairs` it was read from, a rho within chance of 0 (below 1.96 /
+    sqrt(pairs), Bartlett's bound) counts as 0: independent exchanges keep their n."""
+    if pairs and rho < _Z / math.sqrt(pairs):
+        return 1.0
     rho = min(max(rho, 0.0), 1.0)
     return min((1 + rho) / max(1 - rho, 1e-9), DESIGN_EFFECT_MAX)
 

@@ -8,6 +8,7 @@ Every test counts correlated exchanges as fewer (`inference.design_effect`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,12 @@ __all__ = [
     "HOST_CPU_SHARE_LIMIT",
     "HOST_PRESSURE_LIMIT",
     "RATIO_DIGITS",
+    "SECONDARY_SLOWER_LIMIT",
     "HostLoad",
     "LatencyTest",
     "against_secondary",
     "latency_test",
+    "secondary_unusable",
 ]
 
 RATIO_DIGITS = 9
@@ -32,6 +35,8 @@ RATIO_DIGITS = 9
 # share of the live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
 HOST_PRESSURE_LIMIT = 0.10
 HOST_CPU_SHARE_LIMIT = 0.05
+# a secondary whose median is more than this many times live's is no latency reference
+SECONDARY_SLOWER_LIMIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,13 @@ class LatencyTest:
     # what the shadow was timed against: "live" (the proxy's call a moment before), or
     # "secondary" (a second live instance the worker called at the same moment as the shadow)
     against: str = "live"
+    # why a secondary was not the reference (judged against live instead); None: no such case
+    note: str | None = None
+
+    @property
+    def n_effective(self) -> int:
+        """The compared exchanges as independent samples (the median's design effect)."""
+        return self.median.n_effective if self.median.n_effective is not None else self.n
 
     def host_explains(self) -> bool:
         """Whether the shared host, not the code, can have made the shadow slower: its CPU was
@@ -88,13 +100,41 @@ class HostLoad:
                 "live_cpu_ms_per_call": self.live_cpu_ms}
 
 
-def latency_test(rs: RouteStats, host: HostLoad | None = None) -> LatencyTest | None:
+def latency_test(rs: RouteStats, host: HostLoad | None = None, min_pairs: int = 1) -> LatencyTest | None:
     """The latency estimates of a route's merged histograms; None without latencies on both sides.
-    `host`: the run's host figures (None: not measured). Against the secondary when the route has
-    shadow-secondary pairs (`against_secondary`), else against live."""
-    if rs.vs_secondary.log_ratio.count:
+    `host`: the run's host figures (None: not measured). Against the secondary when it is a
+    reference (`secondary_unusable`: at least `min_pairs` pairs, not far slower than live), else
+    against live, with a note saying why when there was a secondary."""
+    ref = rs.vs_secondary
+    note = None if ref.empty() else secondary_unusable(rs, min_pairs)
+    if ref.log_ratio.count and note is None:
         return against_secondary(rs)
-    d = design_effect(rs.latency_log_ratio.lag1())
+    test = _against_live(rs, host)
+    if test is not None and note is not None:
+        test = dataclasses.replace(test, note=note)
+    return test
+
+
+def secondary_unusable(rs: RouteStats, min_pairs: int) -> str | None:
+    """Why the secondary is no latency reference for this route, or None when it is: fewer than
+    `min_pairs` pairs (it answered few copies: down or flapping), or its median more than
+    SECONDARY_SLOWER_LIMIT times live's (not a twin of the live version: a slow replica would
+    make any shadow look fast). Copies that leave after live's can read up to 1.7 times live's
+    on a busy host (docs/report.md), hence a limit well above that."""
+    ref = rs.vs_secondary
+    if ref.log_ratio.count < min_pairs:
+        return (f"latency: judged against live: the secondary was timed with the shadow on "
+                f"{ref.log_ratio.count} copies, fewer than min_samples {min_pairs}")
+    live_p50, secondary_p50 = rs.live_latency.quantile(0.5), ref.secondary.quantile(0.5)
+    if live_p50 and secondary_p50 and secondary_p50 > SECONDARY_SLOWER_LIMIT * live_p50:
+        return (f"latency: judged against live: the secondary's median {secondary_p50:.1f} ms is more "
+                f"than {SECONDARY_SLOWER_LIMIT:g} times live's {live_p50:.1f} ms, no twin of the live "
+                f"version")
+    return None
+
+
+def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
+    d = design_effect(rs.latency_log_ratio.lag1(), rs.latency_log_ratio.lag_pairs)
     p99 = p99_slowdown(rs.live_latency, rs.shadow_latency, d=d)
     p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95, d)
     median = median_slowdown(rs.latency_log_ratio, d)
@@ -123,7 +163,7 @@ def against_secondary(rs: RouteStats) -> LatencyTest:
     a shared host (it runs while both are answering) favours one side: those rules do not apply.
     The worker's loop lag does, as a share of the secondary's latency."""
     ref = rs.vs_secondary
-    d = design_effect(ref.log_ratio.lag1())
+    d = design_effect(ref.log_ratio.lag1(), ref.log_ratio.lag_pairs)
     median = median_slowdown(ref.log_ratio, d)
     # the worker's loop lag still counts: it reads both calls' sockets, and whichever answer
     # comes while it is busy (comparing another copy's bodies) is read late, either side's

@@ -211,9 +211,13 @@ def evaluate(
     latency_level: Level | None = None
     fast_end = False
     if latency is not None:
-        if latency.n < t.min_samples:
+        if latency.note is not None:
+            reasons.append(latency.note)
+        if latency.n_effective < t.min_samples:
             latency_level = "insufficient"
-            reasons.append(f"latency: {latency.n} compared exchanges, fewer than min_samples {t.min_samples}")
+            as_ = f", as {latency.n_effective} independent" if latency.n_effective != latency.n else ""
+            reasons.append(f"latency: {latency.n} compared exchanges{as_}, fewer than min_samples "
+                           f"{t.min_samples}")
         else:
             levels: list[Level] = []
             explained: list[str] = []  # slowdowns the worker's loop lag could explain
@@ -312,7 +316,7 @@ def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS,
         rs.counts.get("compared", 0),
         rs.counts.get("mismatched", 0),
         rs.counts.get("shadow_errors", 0),
-        latency_test(rs, host),
+        latency_test(rs, host, thresholds.min_samples),
         thresholds,
         None if rs.vs_secondary.empty() else (rs.vs_secondary.shadow_only_errors,
                                                rs.vs_secondary.secondary_only_errors,

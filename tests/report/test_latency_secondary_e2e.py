@@ -144,7 +144,9 @@ def test_a_hung_secondary_never_holds_back_the_shadow_copies(tmp_path: Path) -> 
     assert route["counts"]["compared"] == 80 and route["counts"]["dropped"] == 0
     # at most 4 calls to it in flight: the other copies were not sent there, and said so
     assert len(secondary.seen) <= 24  # 4 at a time, each until its 2 s timeout (80 without the cap)
-    assert any("the secondary answered 0 read copies" in n and "latency judged against live" in n
+    assert any("the secondary failed on" in n and "it was timed with the shadow on 0" in n
                for n in report["notes"]), report["notes"]
+    assert any(r.startswith("latency: judged against live: the secondary was timed with the shadow on 0 ")
+               for r in route["reasons"]), route["reasons"]
     assert route["estimates"]["slowdown_median"]["against"] == "live"
     assert mirrored_s < 15  # each copy holding a slot for its secondary's 2 s timeout: 40 s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from shadowproxy.engine.stats import RouteStats
@@ -94,9 +96,11 @@ def test_latency_below_min_samples_is_insufficient_not_pass_not_fail() -> None:
 def test_a_slowdown_that_is_not_significant_at_alpha_passes() -> None:
     rs = RouteStats()
     rs.counts["compared"] = 40
+    slower = [True] * 22 + [False] * 18
+    random.Random(1).shuffle(slower)  # in no particular order (two runs of a kind would correlate)
     for i in range(40):  # 22 slower by 30%, 18 faster by 30%: the median moves, the sign test does not
         live = 100.0
-        shadow = 130.0 if i < 22 else 70.0
+        shadow = 130.0 if slower[i] else 70.0
         rs.live_latency.observe(live)
         rs.shadow_latency.observe(shadow)
         rs.latency_log_ratio.observe(live, shadow)
@@ -468,11 +472,36 @@ def test_a_shadow_slower_than_the_secondary_fails_with_a_reason_naming_it() -> N
     assert estimates(j, DEFAULT_THRESHOLDS)["slowdown_median"]["against"] == "secondary"
 
 
-def test_fewer_secondary_pairs_than_min_samples_is_insufficient_however_many_live_ones() -> None:
-    rs = _paired(300, 30.0, 30.0)
+def test_a_secondary_with_fewer_pairs_than_min_samples_leaves_live_as_the_reference() -> None:
+    # a flapping secondary answered 10 copies: the 300 against live are judged, and say why
+    rs = _paired(300, 25.0, 32.0)
     for _ in range(10):
-        rs.vs_secondary.observe(30.0, 60.0)
-    assert evaluate_stats(rs).latency == "insufficient"
+        rs.vs_secondary.observe(32.0, 32.0)
+    j = evaluate_stats(rs)
+    assert j.latency == "fail" and j.latency_test is not None and j.latency_test.against == "live"
+    assert ("latency: judged against live: the secondary was timed with the shadow on 10 copies, "
+            "fewer than min_samples 30") in j.reasons
+
+
+def test_a_secondary_far_slower_than_live_is_no_reference() -> None:
+    # a slow replica (150 ms against live's 25): against it a 28% slower shadow would read -80%
+    rs = _with_secondary(_paired(300, 25.0, 32.0), 150.0, 32.0)
+    j = evaluate_stats(rs)
+    assert j.latency == "fail" and j.latency_test is not None and j.latency_test.against == "live"
+    assert any("no twin of the live version" in r for r in j.reasons), j.reasons
+
+
+def test_few_exchanges_that_correlate_are_insufficient_however_many_were_compared() -> None:
+    rs = RouteStats()
+    rs.counts["compared"] = 40
+    for i in range(40):  # two long runs: the shadow slower for the first half, faster after
+        rs.latency_log_ratio.observe(100.0, 105.0 if i < 20 else 96.0)
+        rs.live_latency.observe(100.0)
+        rs.shadow_latency.observe(105.0 if i < 20 else 96.0)
+    j = evaluate_stats(rs)
+    assert j.latency == "insufficient"
+    assert any(r.startswith("latency: 40 compared exchanges, as ") and "fewer than min_samples 30" in r
+               for r in j.reasons), j.reasons
 
 
 def test_secondary_latencies_survive_the_stats_record_and_merge() -> None:
@@ -496,8 +525,8 @@ def _errors(shadow_alone: int, secondary_alone: int, shadow_errors: int = 30) ->
 def test_shadow_errors_the_secondary_shares_are_insufficient_not_fail() -> None:
     j = evaluate_stats(_errors(12, 10))  # the rest failed together: an overloaded host
     assert (j.shadow_errors, j.verdict) == ("insufficient", "insufficient")
-    assert j.reasons[-1].startswith("shadow errors: the secondary, asked for the same copies, failed as "
-                                    "often (the shadow alone 12, the secondary alone 10, p=")
+    assert any(r.startswith("shadow errors: the secondary, asked for the same copies, failed as often "
+                            "(the shadow alone 12, the secondary alone 10, p=") for r in j.reasons), j.reasons
 
 
 def test_shadow_errors_the_secondary_does_not_share_still_fail() -> None:
