@@ -130,6 +130,12 @@ class RouteStats:
         return rs
 
 
+def _alike(a: Response, b: Response) -> bool:
+    """Whether two answers' latencies compare like for like: both on a new connection, both on a
+    reused one, or either kind unknown (a connection's first request can be slower)."""
+    return a.new_connection is None or b.new_connection is None or a.new_connection == b.new_connection
+
+
 class Tally(Protocol):
     """Told of every count as it is made (shadow.ledger: the crash ledger's memory stores)."""
 
@@ -191,8 +197,7 @@ class Stats:
         connection was new and the other's reused (the shadow could not follow live's new
         connection in time) is left out of them, since a connection's first request can be
         slower than the next ones."""
-        if live.new_connection is None or shadow.new_connection is None or (
-                live.new_connection == shadow.new_connection):
+        if _alike(live, shadow):
             self.latency(route, live.latency_ms, shadow.latency_ms)
         for rs in self._route(route):
             if live.loop_lag_ms is not None:
@@ -207,8 +212,7 @@ class Stats:
     def secondary(self, route: str, secondary: Response, shadow: Response) -> None:
         """One read copy's shadow and secondary latencies (called together by the worker), on like
         connections only, as `exchange` compares live's and the shadow's."""
-        if secondary.new_connection is not None and shadow.new_connection is not None and (
-                secondary.new_connection != shadow.new_connection):
+        if not _alike(secondary, shadow):
             return
         for rs in self._route(route):
             rs.vs_secondary.observe(secondary.latency_ms, shadow.latency_ms)

@@ -194,7 +194,7 @@ def median_slowdown(h: RatioHistogram, d: float = 1.0) -> Estimate:
     faster = sum(c for i, c in h.buckets.items() if i < 0)
     untied = _effective(slower + faster, d)
     slower = round(slower * untied / (slower + faster)) if slower + faster else 0
-    p = float(_st.binom.sf(slower - 1, untied, 0.5)) if untied else 1.0
+    p = excess_p(slower, untied - slower)  # the sign test: slower as likely as faster
     return Estimate(n, value, low, high, p, _effective(n, d) if d > 1.0 else None)
 
 

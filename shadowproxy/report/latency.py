@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from shadowproxy.report.inference import Estimate, design_effect, median_slowdown, p99_slowdown
 
 if TYPE_CHECKING:
-    from shadowproxy.engine.stats import Histogram, RouteStats
+    from shadowproxy.engine.stats import Histogram, RatioHistogram, RouteStats
 
 __all__ = [
     "HOST_CPU_SHARE_LIMIT",
@@ -134,7 +134,7 @@ def secondary_unusable(rs: RouteStats, min_pairs: int) -> str | None:
 
 
 def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
-    d = design_effect(rs.latency_log_ratio.lag1(), rs.latency_log_ratio.lag_pairs)
+    d = _design_effect(rs.latency_log_ratio)
     p99 = p99_slowdown(rs.live_latency, rs.shadow_latency, d=d)
     p95 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.95, d)
     median = median_slowdown(rs.latency_log_ratio, d)
@@ -163,7 +163,7 @@ def against_secondary(rs: RouteStats) -> LatencyTest:
     a shared host (it runs while both are answering) favours one side: those rules do not apply.
     The worker's loop lag does, as a share of the secondary's latency."""
     ref = rs.vs_secondary
-    d = design_effect(ref.log_ratio.lag1(), ref.log_ratio.lag_pairs)
+    d = _design_effect(ref.log_ratio)
     median = median_slowdown(ref.log_ratio, d)
     # the worker's loop lag still counts: it reads both calls' sockets, and whichever answer
     # comes while it is busy (comparing another copy's bodies) is read late, either side's
@@ -171,6 +171,11 @@ def against_secondary(rs: RouteStats) -> LatencyTest:
     return LatencyTest(median.n, median, p99_slowdown(ref.secondary, ref.shadow, d=d),
                        p95=p99_slowdown(ref.secondary, ref.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
                        shadow_lag_share=share, against="secondary")
+
+
+def _design_effect(h: RatioHistogram) -> float:
+    """The design effect of a route's paired ratios, from their lag-1 correlation."""
+    return design_effect(h.lag1(), h.lag_pairs)
 
 
 def _shadow_lag(lag: Histogram, base: Histogram) -> tuple[float | None, tuple[float, float, float] | None]:

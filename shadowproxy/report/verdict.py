@@ -25,11 +25,13 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   (`against_secondary`: called with the shadow, by the worker, at the same moment); each with
   a 95% interval and a one-sided p-value against "no slower". A slowdown WARNs or FAILs only when
   it is significant (p < `verdict.alpha`, default 0.01) AND the LOWER end of its interval is at or
-  past the threshold; otherwise it passes. Below `verdict.min_samples` compared exchanges (default
-  30) the check is `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9 decimals before they
-  are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05 threshold. A PASS is
-  `insufficient` too when the proxy's own event-loop lag (in the live side's time, not in the
-  shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live median - lag).
+  past the threshold; otherwise it passes. Every test counts correlated exchanges as fewer
+  (`inference.design_effect`). Below `verdict.min_samples` compared exchanges (default 30),
+  counted so, the check is `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9
+  decimals before they are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05
+  threshold. A PASS is `insufficient` too when the proxy's own event-loop lag (in the live
+  side's time, not in the shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live
+  median - lag).
   A WARN or FAIL is `insufficient` when the worker's event-loop lag (in the shadow side's time,
   not in live's) could explain it: for each of the median, p95 and p99 that WARNs or FAILs, the
   worker's lag at that quantile, as a share of the live latency at that quantile, taken off the

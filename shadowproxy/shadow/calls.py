@@ -46,6 +46,11 @@ class Called:
     skipped: bool = False  # a secondary read copy not sent there: too many of its calls in flight
 
 
+def _read_copy(job: ShadowJob) -> bool:
+    """A read, not rewritten: the only copies ever asked twice (a noise pair, the secondary)."""
+    return not job.rewritten and job.shadow_request.method in READ_METHODS
+
+
 def hand_over(job: ShadowJob) -> None:
     """The shadow has answered and the copy waits for something else (live's answer, the
     secondary's): its dispatch slot goes to the next copy, once."""
@@ -86,7 +91,7 @@ class Calls:
     def _pair_partner(self, job: ShadowJob) -> str | None:
         """Who answers this job's noise pair ("shadow" or "secondary"), or None: no pair."""
         cfg = job.settings.noise
-        if not cfg.enabled or job.rewritten or job.shadow_request.method not in READ_METHODS:
+        if not cfg.enabled or not _read_copy(job):
             return None
         partner = cfg.partner(self.secondary is not None)
         if partner is None or not self.noise.want_pair(job.exchange.route, cfg, partner, self._random()):
@@ -100,8 +105,7 @@ class Calls:
         flight (who "skipped", counted in `secondary_skipped`)."""
         partner = self._pair_partner(job)
         who = partner
-        if partner is None and self.secondary is not None and not job.rewritten and (
-                job.shadow_request.method in READ_METHODS):
+        if partner is None and self.secondary is not None and _read_copy(job):
             who = "secondary"
         if who == "secondary" and self._secondary_calls >= self.client.cfg.concurrency:
             self.secondary_skipped += 1

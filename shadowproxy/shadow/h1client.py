@@ -211,7 +211,7 @@ class H1Pool:
         connections kept (busy and idle) stay within the recent peak of calls at once."""
         self._window()
         cap = min(self._max_idle, max(IDLE_FLOOR, *self._peaks))
-        return len(self._idle) < self._max_idle and len(self._idle) + self._busy < cap
+        return len(self._idle) + self._busy < cap  # (so idle < max_idle too)
 
     async def _request(self, method: str, target: str, headers: Headers, body: bytes,
                        max_body_bytes: int, fresh: bool = False) -> H1Response:
