@@ -1,6 +1,7 @@
 """The mergeable histograms behind the stats records (engine.stats): latencies in fixed
 log-spaced buckets (2% wide), paired log-ratios in fixed 0.01-wide buckets with the sums that
-give their lag-1 correlation, and the shadow-against-secondary figures. Fixed buckets make
+give their lag-1 correlation, and the shadow-against-secondary figures (with how they follow
+the queues each copy found). Fixed buckets make
 histograms from many intervals and processes merge exactly.
 """
 
@@ -15,10 +16,13 @@ __all__ = [
     "HIST_GROWTH",
     "RATIO_WIDTH",
     "Histogram",
+    "LatencyPairs",
+    "QueueSlope",
     "RatioHistogram",
     "SecondaryLatency",
     "bucket_of",
     "bucket_upper",
+    "queue_ratio",
     "ratio_bucket",
 ]
 
@@ -178,13 +182,109 @@ class RatioHistogram:
 
 
 @dataclass(slots=True)
-class SecondaryLatency:
-    """The shadow measured against the secondary: both called by the worker for the same copy at
-    the same moment (in a random order), each exchange where both answered on like connections."""
+class LatencyPairs:
+    """Two backends' latencies on the same copies (called together), and their paired log-ratios
+    ln(shadow ms / secondary ms)."""
 
     secondary: Histogram = field(default_factory=Histogram)
     shadow: Histogram = field(default_factory=Histogram)
-    log_ratio: RatioHistogram = field(default_factory=RatioHistogram)  # ln(shadow ms / secondary ms)
+    log_ratio: RatioHistogram = field(default_factory=RatioHistogram)
+
+    def observe(self, secondary_ms: float, shadow_ms: float) -> None:
+        self.secondary.observe(secondary_ms)
+        self.shadow.observe(shadow_ms)
+        self.log_ratio.observe(secondary_ms, shadow_ms)
+
+    def merge(self, other: LatencyPairs) -> None:
+        self.secondary.merge(other.secondary)
+        self.shadow.merge(other.shadow)
+        self.log_ratio.merge(other.log_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"secondary_latency_ms": self.secondary.to_dict(), "shadow_latency_ms": self.shadow.to_dict(),
+                "latency_log_ratio": self.log_ratio.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyPairs:
+        return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
+                   Histogram.from_dict(d.get("shadow_latency_ms", {})),
+                   RatioHistogram.from_dict(d.get("latency_log_ratio", {})))
+
+
+def queue_ratio(shadow_queue: int, secondary_queue: int) -> float:
+    """ln((shadow's queue + 1) / (secondary's queue + 1)): the latency ratio of two servers that
+    serve one request at a time, equally fast, when a copy finds these many calls ahead of it."""
+    return math.log((shadow_queue + 1) / (secondary_queue + 1))
+
+
+@dataclass(slots=True)
+class QueueSlope:
+    """How the paired log-ratio follows the two queues a copy found: least-squares sums of
+    x = `queue_ratio` and y = ln(shadow ms / secondary ms), one pair per copy. Their slope is
+    about 1 for servers that serve one request at a time (a copy waits for those ahead of it:
+    the queue, not the code, sets the latency) and about 0 for servers that serve many at once.
+    Float sums: merging adds them (exact up to rounding)."""
+
+    n: int = 0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+    syy: float = 0.0
+
+    def observe(self, x: float, y: float) -> None:
+        self.n += 1
+        self.sx += x
+        self.sy += y
+        self.sxx += x * x
+        self.sxy += x * y
+        self.syy += y * y
+
+    def merge(self, other: QueueSlope) -> None:
+        self.n += other.n
+        self.sx += other.sx
+        self.sy += other.sy
+        self.sxx += other.sxx
+        self.sxy += other.sxy
+        self.syy += other.syy
+
+    def slope(self) -> tuple[float, float] | None:
+        """The least-squares slope of y on x and its standard error (as if the pairs were
+        independent); None with fewer than 3 pairs or no spread in the queues."""
+        if self.n < 3:
+            return None
+        sxx = self.sxx - self.sx * self.sx / self.n
+        if sxx <= 1e-12:
+            return None
+        sxy = self.sxy - self.sx * self.sy / self.n
+        syy = self.syy - self.sy * self.sy / self.n
+        beta = sxy / sxx
+        resid = max(syy - beta * sxy, 0.0) / (self.n - 2)
+        return beta, math.sqrt(resid / sxx)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "sx": self.sx, "sy": self.sy, "sxx": self.sxx, "sxy": self.sxy, "syy": self.syy}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QueueSlope:
+        return cls(int(d.get("n", 0)), *(float(d.get(k, 0.0)) for k in ("sx", "sy", "sxx", "sxy", "syy")))
+
+
+@dataclass(slots=True)
+class SecondaryLatency:
+    """The shadow measured against the secondary: both called by the worker for the same copy at
+    the same moment (in a random order), each exchange where both answered on like connections.
+
+    `pairs` holds every such exchange; `level` those whose copy found as many of the worker's
+    calls in flight at the shadow as at the secondary (the same queue ahead of it, for a server
+    that serves one request at a time); `queue` how the ratios follow the queues. Under load
+    the slower of two such servers holds the copies waiting (each copy waits for both), so its
+    latency is mostly queue: identical servers read -60% to +340% by which one was behind, and
+    +0% to +4% on level pairs (docs/report.md, "Copies queued at the backends")."""
+
+    pairs: LatencyPairs = field(default_factory=LatencyPairs)
+    level: LatencyPairs = field(default_factory=LatencyPairs)
+    queue: QueueSlope = field(default_factory=QueueSlope)
     # copies where one of the two failed (a timeout, a refused connection) and the other answered,
     # and where both failed
     shadow_only_errors: int = 0
@@ -193,29 +293,34 @@ class SecondaryLatency:
     # read copies not sent to the secondary: `concurrency` calls to it were in flight (hung, slow)
     skipped: int = 0
 
-    def observe(self, secondary_ms: float, shadow_ms: float) -> None:
-        self.secondary.observe(secondary_ms)
-        self.shadow.observe(shadow_ms)
-        self.log_ratio.observe(secondary_ms, shadow_ms)
+    def observe(self, secondary_ms: float, shadow_ms: float, queues: tuple[int, int] | None = None) -> None:
+        """One copy's two latencies, and the worker's calls in flight at the shadow and at the
+        secondary when the copy's calls started (None: not known)."""
+        self.pairs.observe(secondary_ms, shadow_ms)
+        if queues is None:
+            return
+        self.queue.observe(queue_ratio(*queues),
+                           math.log(max(shadow_ms, HIST_BASE_MS) / max(secondary_ms, HIST_BASE_MS)))
+        if queues[0] == queues[1]:
+            self.level.observe(secondary_ms, shadow_ms)
 
     def merge(self, other: SecondaryLatency) -> None:
-        self.secondary.merge(other.secondary)
-        self.shadow.merge(other.shadow)
-        self.log_ratio.merge(other.log_ratio)
+        self.pairs.merge(other.pairs)
+        self.level.merge(other.level)
+        self.queue.merge(other.queue)
         self.shadow_only_errors += other.shadow_only_errors
         self.secondary_only_errors += other.secondary_only_errors
         self.both_errors += other.both_errors
         self.skipped += other.skipped
 
     def empty(self) -> bool:
-        return not (self.log_ratio.count or self.shadow_only_errors or self.secondary_only_errors
+        return not (self.pairs.log_ratio.count or self.shadow_only_errors or self.secondary_only_errors
                     or self.both_errors or self.skipped)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "secondary_latency_ms": self.secondary.to_dict(),
-            "shadow_latency_ms": self.shadow.to_dict(),
-            "latency_log_ratio": self.log_ratio.to_dict(),
+            **self.pairs.to_dict(),
+            **({"level": self.level.to_dict(), "queue": self.queue.to_dict()} if self.queue.n else {}),
             "shadow_only_errors": self.shadow_only_errors,
             "secondary_only_errors": self.secondary_only_errors,
             "both_errors": self.both_errors,
@@ -224,8 +329,7 @@ class SecondaryLatency:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SecondaryLatency:
-        return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
-                   Histogram.from_dict(d.get("shadow_latency_ms", {})),
-                   RatioHistogram.from_dict(d.get("latency_log_ratio", {})),
+        return cls(LatencyPairs.from_dict(d), LatencyPairs.from_dict(d.get("level", {})),
+                   QueueSlope.from_dict(d.get("queue", {})),
                    int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)),
                    int(d.get("both_errors", 0)), int(d.get("skipped", 0)))

@@ -31,6 +31,7 @@ from shadowproxy.engine.histogram import HIST_GROWTH as HIST_GROWTH
 from shadowproxy.engine.histogram import RATIO_WIDTH as RATIO_WIDTH
 from shadowproxy.engine.histogram import Histogram as Histogram
 from shadowproxy.engine.histogram import RatioHistogram as RatioHistogram
+from shadowproxy.engine.histogram import LatencyPairs as LatencyPairs
 from shadowproxy.engine.histogram import SecondaryLatency as SecondaryLatency
 from shadowproxy.engine.histogram import bucket_of as bucket_of
 from shadowproxy.engine.histogram import bucket_upper as bucket_upper
@@ -209,13 +210,15 @@ class Stats:
             if shadow.new_connection and shadow.connect_ms is not None:
                 rs.shadow_connect.observe(shadow.connect_ms)
 
-    def secondary(self, route: str, secondary: Response, shadow: Response) -> None:
+    def secondary(self, route: str, secondary: Response, shadow: Response,
+                  queues: tuple[int, int] | None = None) -> None:
         """One read copy's shadow and secondary latencies (called together by the worker), on like
-        connections only, as `exchange` compares live's and the shadow's."""
+        connections only, as `exchange` compares live's and the shadow's; `queues`: the worker's
+        calls in flight at the shadow and at the secondary when the copy's calls started."""
         if not _alike(secondary, shadow):
             return
         for rs in self._route(route):
-            rs.vs_secondary.observe(secondary.latency_ms, shadow.latency_ms)
+            rs.vs_secondary.observe(secondary.latency_ms, shadow.latency_ms, queues)
 
     def secondary_failed(self, route: str, shadow_failed: bool, secondary_failed: bool) -> None:
         """A read copy both were asked for: counted when one of the two failed, or both."""

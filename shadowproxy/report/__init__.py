@@ -51,7 +51,8 @@ The report (and `--format json`) is a dict with these stable keys:
                           time to open a connection, exchanges that opened one (not judged);
                           shadow_loop_lag: the worker's event-loop lag during the shadow calls;
                           vs_secondary (with a secondary only): {secondary: Q, shadow: Q, ratio,
-                          slowdown} on the read copies both answered, the latency check's reference
+                          slowdown} on the read copies both answered, the latency check's reference,
+                          and queues {copies, level, slope}: how many found equal queues at both
       fields_total        distinct differing fields seen
       fields_not_kept     field occurrences not kept (more than 2000 distinct fields)
       fields              top fields, most frequent first, each {part, path, kind, count, share,

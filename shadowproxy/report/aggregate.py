@@ -288,7 +288,7 @@ class Aggregator:
         counts = {k: agg.stats.counts.get(k, 0) for k in REPORT_COUNTS}
         latency = measures.latency(agg.stats.live_latency, agg.stats.shadow_latency)
         latency.update(measures.timings(agg.stats))
-        if agg.stats.vs_secondary.log_ratio.count:  # the latency check's reference (report.verdict)
+        if agg.stats.vs_secondary.pairs.log_ratio.count:  # the latency check's reference (report.verdict)
             latency["vs_secondary"] = measures.vs_secondary(agg.stats.vs_secondary)
         judged = _verdict.evaluate_stats(agg.stats, self.thresholds, self.host.load())  # as replay does
         fields = sorted(agg.fields.values(), key=lambda f: (-f.count, f.part, f.path, f.kind))
@@ -378,7 +378,7 @@ def _secondary_note(route: str, ref: SecondaryLatency) -> str | None:
     parts = [f"failed on {failed}"] + ([f"was not asked for {skipped} (as many of its calls as "
                                           f"--concurrency in flight)"] if skipped else [])
     return (f"route {route}: the secondary {' and '.join(parts)} read copies; it was timed with the "
-            f"shadow on {ref.log_ratio.count} (not on copies where either failed or the two calls' "
+            f"shadow on {ref.pairs.log_ratio.count} (not on copies where either failed or the two calls' "
             f"connections differed, one new and one reused); the latency check's reasons say what it "
             f"was judged against")
 

@@ -45,6 +45,7 @@ from shadowproxy.engine.stats import HIST_BASE_MS, RATIO_WIDTH, Histogram, Ratio
 
 __all__ = [
     "CONFIDENCE",
+    "CONFIDENCE_Z",
     "Estimate",
     "design_effect",
     "excess_p",
@@ -58,6 +59,7 @@ __all__ = [
 CONFIDENCE = 0.95
 DESIGN_EFFECT_MAX = 20.0  # lag-1 correlation 0.9 and above: one sample in 20
 _Z = float(_st.norm.ppf(0.5 + CONFIDENCE / 2))  # 1.959964
+CONFIDENCE_Z = _Z  # a two-sided 95% interval's half-width in standard errors
 
 
 @dataclass(frozen=True, slots=True)

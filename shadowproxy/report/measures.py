@@ -88,9 +88,14 @@ def latency(live: Histogram, shadow: Histogram) -> dict[str, Any]:
 
 def vs_secondary(ref: SecondaryLatency) -> dict[str, Any]:
     """The shadow's and the secondary's latencies on the same read copies (called together)."""
-    both = latency(ref.secondary, ref.shadow)
-    return {"secondary": both["live"], "shadow": both["shadow"], "ratio": both["ratio"],
-            "slowdown": both["slowdown"]}
+    both = latency(ref.pairs.secondary, ref.pairs.shadow)
+    out = {"secondary": both["live"], "shadow": both["shadow"], "ratio": both["ratio"],
+           "slowdown": both["slowdown"]}
+    if ref.queue.n:  # how the two latencies follow the queues the copies found (report.latency)
+        fit = ref.queue.slope()
+        out["queues"] = {"copies": ref.queue.n, "level": ref.level.log_ratio.count,
+                         "slope": None if fit is None else round(fit[0], 4)}
+    return out
 
 
 def timings(rs: RouteStats) -> dict[str, Any]:

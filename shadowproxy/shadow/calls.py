@@ -2,7 +2,7 @@
 instance of the live version) or a noise pair's (the shadow asked twice).
 
     calls = Calls(client, secondary_url, noise_state, rng)
-    called = await calls.make(job)       # Called(result, second, who, partner, skipped)
+    called = await calls.make(job)       # Called(result, second, who, partner, skipped, queues)
 
 `who` is who answered `second` ("secondary", "shadow" or None); `partner` is set when that
 answer is a noise pair (engine.noise), None when the secondary was asked for the latency check
@@ -11,7 +11,9 @@ secondary every read copy not rewritten asks it (docs/report.md, "Backends on th
 host"): both calls start together in a random order, so neither is always the first to reach a
 shared host. Once the shadow has answered, a copy still waiting for the secondary hands its
 dispatch slot on (`hand_over`), and at most `concurrency` calls to the secondary are in flight:
-a slow or hung secondary never holds back the shadow calls of the copies behind it.
+a slow or hung secondary never holds back the shadow calls of the copies behind it. `queues`
+are the calls in flight at each of the two when a copy's calls start: the report compares the
+two latencies on copies that found both queues alike when the servers' latency follows them.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class Called:
     who: str | None = None
     partner: str | None = None
     skipped: bool = False  # a secondary read copy not sent there: too many of its calls in flight
+    # the worker's calls in flight at the shadow and at `who` when this copy's two calls started:
+    # the queue ahead of each (engine.histogram.SecondaryLatency); None without a second call
+    queues: tuple[int, int] | None = None
 
 
 def _read_copy(job: ShadowJob) -> bool:
@@ -73,6 +78,7 @@ class Calls:
         self.pair_failures = 0  # second calls (noise pair, secondary) that failed: left out
         self.secondary_skipped = 0  # copies not sent to the secondary: `concurrency` calls in flight
         self._secondary_calls = 0  # calls to the secondary in flight (some past their copy's slot)
+        self._shadow_in_flight = 0  # calls to the shadow in flight (every kind of copy)
 
     async def make(self, job: ShadowJob) -> Called:
         """The shadow's answer, and the second call's with who made it and whether it is a noise
@@ -80,13 +86,15 @@ class Calls:
         who, partner = self._second_call(job)
         if who is None or who == "skipped":
             return Called(await self.call(job), skipped=who == "skipped")
+        shadow_queue = self._shadow_in_flight
+        queues = (shadow_queue, self._secondary_calls if who == "secondary" else shadow_queue)
         result, second = await self._both(job, who)
         if isinstance(second, Failure):
             self.pair_failures += 1
             if self.pair_failures == 1:  # once: a down secondary must not flood the log
                 log.warning("the %s call failed (%s: %s); such copies are left out of noise "
                             "pairs and latency against it", who, second.kind, second.message)
-        return Called(result, second, who, partner)
+        return Called(result, second, who, partner, queues=queues)
 
     def _pair_partner(self, job: ShadowJob) -> str | None:
         """Who answers this job's noise pair ("shadow" or "secondary"), or None: no pair."""
@@ -120,10 +128,15 @@ class Calls:
         else:
             client, base = self.client, job.target
             self.shadow_calls += 1
-        # on a new connection when the live hop's was new (shadow.client: like for like)
-        return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
-                                 max_body_bytes=s.max_body_bytes, base=base,
-                                 fresh=bool(job.exchange.live.new_connection))
+            self._shadow_in_flight += 1
+        try:
+            # on a new connection when the live hop's was new (shadow.client: like for like)
+            return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
+                                     max_body_bytes=s.max_body_bytes, base=base,
+                                     fresh=bool(job.exchange.live.new_connection))
+        finally:
+            if client is self.client:
+                self._shadow_in_flight -= 1
 
     async def _both(self, job: ShadowJob, who: str) -> tuple[Answer, Answer]:
         """The shadow's call and `who`'s, started in a random order; the copy's slot handed on

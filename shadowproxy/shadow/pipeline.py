@@ -157,7 +157,7 @@ class Pipeline:
             compared = dataclasses.replace(result, body=ex.live.body)
         self.stats.exchange(ex.route, ex.live, result)
         if who == "secondary" and isinstance(second, Response):
-            self.stats.secondary(ex.route, second, result)
+            self.stats.secondary(ex.route, second, result, called.queues)
         if self._compare_slots <= 0:
             self.stats.count(ex.route, "dropped")  # comparisons shed; the shadow still got its copy
             return

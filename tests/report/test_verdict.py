@@ -507,9 +507,9 @@ def test_few_exchanges_that_correlate_are_insufficient_however_many_were_compare
 def test_secondary_latencies_survive_the_stats_record_and_merge() -> None:
     rs = _with_secondary(_paired(40, 30.0, 30.0), 20.0, 25.0)
     back = RouteStats.from_dict(rs.to_dict())
-    assert back.vs_secondary.log_ratio.buckets == rs.vs_secondary.log_ratio.buckets
+    assert back.vs_secondary.pairs.log_ratio.buckets == rs.vs_secondary.pairs.log_ratio.buckets
     back.merge(rs)
-    assert back.vs_secondary.shadow.count == back.vs_secondary.secondary.count == 80
+    assert back.vs_secondary.pairs.shadow.count == back.vs_secondary.pairs.secondary.count == 80
     assert "vs_secondary" not in RouteStats().to_dict()  # absent without a secondary
 
 

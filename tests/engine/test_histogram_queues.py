@@ -1,0 +1,90 @@
+"""The queue figures of `SecondaryLatency`: the slope of the paired log-ratios on the queue
+ratios (`QueueSlope`), and the pairs whose copies found equal queues (`level`)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shadowproxy.engine.histogram import QueueSlope, SecondaryLatency, queue_ratio
+
+
+def _serial(n: int, rng: random.Random, service_ratio: float = 1.0) -> list[tuple[int, int, float, float]]:
+    """Copies at two servers that serve one request at a time: each waits for those ahead."""
+    out = []
+    for _ in range(n):
+        qs, q2 = rng.randrange(0, 12), rng.randrange(0, 12)
+        jitter = math.exp(rng.gauss(0, 0.05))
+        out.append((qs, q2, 4.0 * (q2 + 1), 4.0 * service_ratio * (qs + 1) * jitter))
+    return out
+
+
+def test_servers_that_serve_one_at_a_time_give_a_slope_near_one() -> None:
+    ref = SecondaryLatency()
+    for qs, q2, sec, sh in _serial(500, random.Random(1)):
+        ref.observe(sec, sh, (qs, q2))
+    fit = ref.queue.slope()
+    assert fit is not None and fit[0] == pytest.approx(1.0, abs=0.03) and fit[1] < 0.02
+
+
+def test_servers_that_serve_many_at_once_give_a_slope_near_zero() -> None:
+    rng, ref = random.Random(2), SecondaryLatency()
+    for _ in range(500):
+        ref.observe(20.0, 20.0 * math.exp(rng.gauss(0, 0.05)), (rng.randrange(0, 12), rng.randrange(0, 12)))
+    fit = ref.queue.slope()
+    assert fit is not None and abs(fit[0]) < 0.05
+
+
+def test_only_copies_that_found_equal_queues_are_level_pairs() -> None:
+    ref = SecondaryLatency()
+    ref.observe(10.0, 30.0, (2, 0))
+    ref.observe(10.0, 10.0, (3, 3))
+    ref.observe(10.0, 12.0)  # queues not known (a record from before them): in pairs only
+    assert ref.pairs.log_ratio.count == 3
+    assert ref.level.log_ratio.count == 1 and ref.queue.n == 2
+
+
+def test_too_few_pairs_or_queues_always_alike_give_no_slope() -> None:
+    q = QueueSlope()
+    q.observe(0.0, 0.1)
+    q.observe(0.0, 0.2)
+    assert q.slope() is None
+    q.observe(0.0, 0.3)
+    assert q.slope() is None  # no spread in x
+
+
+def test_queue_figures_survive_the_record_and_older_records_read_without_them() -> None:
+    ref = SecondaryLatency()
+    for qs, q2, sec, sh in _serial(50, random.Random(3)):
+        ref.observe(sec, sh, (qs, q2))
+    back = SecondaryLatency.from_dict(ref.to_dict())
+    assert back.level.log_ratio.buckets == ref.level.log_ratio.buckets
+    assert back.queue == ref.queue
+    old = {k: v for k, v in ref.to_dict().items() if k not in ("level", "queue")}
+    read = SecondaryLatency.from_dict(old)
+    assert read.pairs.log_ratio.count == 50 and read.queue.n == 0 and read.level.log_ratio.count == 0
+
+
+def test_queue_ratio_is_the_latency_ratio_of_equal_one_at_a_time_servers() -> None:
+    assert queue_ratio(3, 1) == pytest.approx(math.log(2))
+    assert queue_ratio(0, 0) == 0.0
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20), st.floats(-2, 2)), min_size=3, max_size=60),
+       st.integers(1, 59))
+def test_merging_queue_slopes_equals_the_slope_of_the_union(rows: list[tuple[int, int, float]], cut: int) -> None:
+    whole, a, b = QueueSlope(), QueueSlope(), QueueSlope()
+    for k, (qs, q2, y) in enumerate(rows):
+        x = queue_ratio(qs, q2)
+        whole.observe(x, y)
+        (a if k < cut else b).observe(x, y)
+    a.merge(b)
+    assert a.n == whole.n
+    fw, fm = whole.slope(), a.slope()
+    assert (fw is None) == (fm is None) or abs(whole.sxx - whole.sx ** 2 / whole.n) < 1e-9
+    if fw is not None and fm is not None:
+        assert fm[0] == pytest.approx(fw[0], rel=1e-6, abs=1e-6)

@@ -1,0 +1,98 @@
+"""The latency check against a secondary when the copies queue at the backends: servers that
+serve one request at a time are compared on the copies that found equal queues at both."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from shadowproxy.engine.stats import RouteStats
+from shadowproxy.report.verdict import evaluate_stats
+
+
+def _route(n: int, live_ms: float = 8.0) -> RouteStats:
+    rs = RouteStats()
+    rs.counts["compared"] = n
+    rng = random.Random(7)
+    for _ in range(n):
+        rs.live_latency.observe(live_ms * math.exp(rng.gauss(0, 0.1)))
+    return rs
+
+
+def _queued(rs: RouteStats, service_ratio: float, one_at_a_time: bool, seed: int = 1) -> RouteStats:
+    """Copies that found 0-15 calls ahead at each server, the shadow behind (a longer queue) on
+    most of them; each server's answer waits for its queue when `one_at_a_time`."""
+    rng = random.Random(seed)
+    for _ in range(rs.counts["compared"]):
+        q2 = rng.randrange(0, 8)
+        qs = q2 if rng.random() < 0.3 else q2 + rng.randrange(1, 8)
+        wait_s, wait_2 = (qs + 1, q2 + 1) if one_at_a_time else (1, 1)
+        jitter = math.exp(rng.gauss(0, 0.03))
+        rs.vs_secondary.observe(4.0 * wait_2 * jitter, 4.0 * service_ratio * wait_s * jitter, (qs, q2))
+    return rs
+
+
+def test_identical_one_at_a_time_servers_are_judged_on_copies_with_equal_queues_and_pass() -> None:
+    rs = _queued(_route(3000), 1.0, one_at_a_time=True)
+    j = evaluate_stats(rs)
+    assert j.latency == "pass", j.reasons
+    t = j.latency_test
+    assert t is not None and t.against == "secondary" and t.n == rs.vs_secondary.level.log_ratio.count
+    assert t.note is not None and t.note.startswith("latency: judged on the ") and "follow those queues" in t.note
+    # all pairs together read the queue: the shadow, behind on most copies, looks far slower
+    from shadowproxy.report.inference import median_slowdown
+
+    assert (median_slowdown(rs.vs_secondary.pairs.log_ratio).value or 0) > 0.5
+
+
+def test_a_slower_one_at_a_time_shadow_fails_on_copies_with_equal_queues() -> None:
+    j = evaluate_stats(_queued(_route(3000), 1.3, one_at_a_time=True))
+    assert j.latency == "fail", j.reasons
+    assert j.latency_test is not None and j.latency_test.note is not None
+
+
+def test_servers_that_serve_many_at_once_are_judged_on_every_copy() -> None:
+    rs = _queued(_route(300), 1.3, one_at_a_time=False)
+    j = evaluate_stats(rs)
+    assert j.latency == "fail", j.reasons
+    t = j.latency_test
+    assert t is not None and t.note is None and t.n == rs.vs_secondary.pairs.log_ratio.count == 300
+
+
+def test_too_few_copies_with_equal_queues_is_insufficient_with_the_reason() -> None:
+    rs = _route(300)
+    rng = random.Random(3)
+    for k in range(300):
+        q2 = rng.randrange(0, 4)
+        qs = q2 if k % 30 == 0 else q2 + 8  # level on 10 copies only
+        rs.vs_secondary.observe(4.0 * (q2 + 1), 4.0 * (qs + 1) * math.exp(rng.gauss(0, 0.03)), (qs, q2))
+    j = evaluate_stats(rs)
+    assert j.latency == "insufficient", j.reasons
+    assert any(r.startswith("latency: judged on the 10 of 300 copies") for r in j.reasons), j.reasons
+
+
+def test_a_secondary_queued_deeper_than_live_is_still_the_reference() -> None:
+    # its median is 4 times live's (the copies wait at it), its fastest answers are live's
+    rs = _queued(_route(3000, live_ms=4.5), 1.0, one_at_a_time=True)
+    assert (rs.vs_secondary.pairs.secondary.quantile(0.5) or 0) > 2 * (rs.live_latency.quantile(0.5) or 0)
+    j = evaluate_stats(rs)
+    assert j.latency_test is not None and j.latency_test.against == "secondary", j.reasons
+
+
+def test_a_secondary_whose_fast_end_also_waited_for_copies_is_still_the_reference() -> None:
+    # the queue reaches its fastest answers too: against live the shadow would read its queue
+    rs = _queued(_route(3000, live_ms=1.5), 1.0, one_at_a_time=True)
+    assert (rs.vs_secondary.pairs.secondary.quantile(0.1) or 0) > 2 * (rs.live_latency.quantile(0.1) or 0)
+    j = evaluate_stats(rs)
+    assert j.latency == "pass" and j.latency_test is not None and j.latency_test.against == "secondary", j.reasons
+
+
+def test_a_secondary_slow_on_its_fastest_answers_is_no_reference() -> None:
+    rs = _route(300, live_ms=25.0)
+    for i in range(300):  # a slow replica that serves many at once: no queue to explain it
+        rs.vs_secondary.observe(150.0 * (1 + 0.01 * (i % 5)), 32.0, (i % 4, (i * 3) % 4))
+        rs.shadow_latency.observe(32.0)
+        rs.latency_log_ratio.observe(25.0, 32.0)
+    j = evaluate_stats(rs)
+    assert j.latency_test is not None and j.latency_test.against == "live"
+    assert any("fastest answers (p10" in r and "no twin of the live version" in r for r in j.reasons), j.reasons
