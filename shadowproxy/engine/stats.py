@@ -31,7 +31,6 @@ from shadowproxy.engine.histogram import HIST_GROWTH as HIST_GROWTH
 from shadowproxy.engine.histogram import RATIO_WIDTH as RATIO_WIDTH
 from shadowproxy.engine.histogram import Histogram as Histogram
 from shadowproxy.engine.histogram import RatioHistogram as RatioHistogram
-from shadowproxy.engine.histogram import LatencyPairs as LatencyPairs
 from shadowproxy.engine.histogram import SecondaryLatency as SecondaryLatency
 from shadowproxy.engine.histogram import bucket_of as bucket_of
 from shadowproxy.engine.histogram import bucket_upper as bucket_upper

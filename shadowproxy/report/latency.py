@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from shadowproxy.report.inference import CONFIDENCE_Z, Estimate, design_effect, median_slowdown, p99_slowdown
 
 if TYPE_CHECKING:
-    from shadowproxy.engine.stats import Histogram, LatencyPairs, RatioHistogram, RouteStats, SecondaryLatency
+    from shadowproxy.engine.stats import Histogram, RatioHistogram, RouteStats, SecondaryLatency
 
 __all__ = [
     "HOST_CPU_SHARE_LIMIT",
@@ -43,8 +43,8 @@ HOST_CPU_SHARE_LIMIT = 0.05
 SECONDARY_SLOWER_LIMIT = 2.0
 # with a secondary, the latency check compares only copies that found equal queues at the two
 # when the slope of their latency ratio on their queue ratio is surely above this (its 95%
-# interval's lower end):
-# servers that serve one request at a time (engine.histogram.QueueSlope, docs/report.md)
+# interval's lower end): servers that serve one request at a time (engine.histogram.QueueSlope,
+# docs/report.md, "Copies queued at the backends")
 QUEUE_SLOPE_LIMIT = 0.5
 
 
@@ -139,7 +139,7 @@ def secondary_unusable(rs: RouteStats, min_pairs: int) -> str | None:
     if ref.log_ratio.count < min_pairs:
         return (f"latency: judged against live: the secondary was timed with the shadow on "
                 f"{ref.log_ratio.count} copies, fewer than min_samples {min_pairs}")
-    if _queue_driven(rs.vs_secondary):
+    if _queue_driven(queue_bound(rs.vs_secondary)):
         return None  # its answers wait for the worker's copies ahead: live's clients queue less
     live_p10, secondary_p10 = rs.live_latency.quantile(0.10), ref.secondary.quantile(0.10)
     if live_p10 and secondary_p10 and secondary_p10 > SECONDARY_SLOWER_LIMIT * live_p10:
@@ -186,7 +186,7 @@ def against_secondary(rs: RouteStats) -> LatencyTest:
     ref = rs.vs_secondary
     pairs, note = ref.pairs, None
     bound = queue_bound(ref)
-    if bound is not None and _queue_driven(ref):
+    if bound is not None and _queue_driven(bound):
         pairs = ref.level
         note = (f"latency: judged on the {pairs.log_ratio.count} of {ref.pairs.log_ratio.count} copies that "
                 f"found as many calls waiting at the shadow as at the secondary: the two latencies "
@@ -203,9 +203,9 @@ def against_secondary(rs: RouteStats) -> LatencyTest:
                        shadow_lag_share=share, against="secondary", note=note)
 
 
-def _queue_driven(ref: SecondaryLatency) -> bool:
-    """Whether the shadow's and the secondary's latencies follow the queues their copies found."""
-    bound = queue_bound(ref)
+def _queue_driven(bound: tuple[float, float] | None) -> bool:
+    """Whether the shadow's and the secondary's latencies follow the queues their copies found
+    (`queue_bound`'s slope and lower end)."""
     return bound is not None and bound[1] > QUEUE_SLOPE_LIMIT
 
 

@@ -76,7 +76,8 @@ def test_queue_ratio_is_the_latency_ratio_of_equal_one_at_a_time_servers() -> No
 
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20), st.floats(-2, 2)), min_size=3, max_size=60),
        st.integers(1, 59))
-def test_merging_queue_slopes_equals_the_slope_of_the_union(rows: list[tuple[int, int, float]], cut: int) -> None:
+def test_merging_queue_slopes_equals_the_slope_of_the_union(rows: list[tuple[int, int, float]],
+                                                            cut: int) -> None:
     whole, a, b = QueueSlope(), QueueSlope(), QueueSlope()
     for k, (qs, q2, y) in enumerate(rows):
         x = queue_ratio(qs, q2)

@@ -38,7 +38,8 @@ def test_identical_one_at_a_time_servers_are_judged_on_copies_with_equal_queues_
     assert j.latency == "pass", j.reasons
     t = j.latency_test
     assert t is not None and t.against == "secondary" and t.n == rs.vs_secondary.level.log_ratio.count
-    assert t.note is not None and t.note.startswith("latency: judged on the ") and "follow those queues" in t.note
+    assert t.note is not None and t.note.startswith("latency: judged on the ")
+    assert "follow those queues" in t.note
     # all pairs together read the queue: the shadow, behind on most copies, looks far slower
     from shadowproxy.report.inference import median_slowdown
 
@@ -84,7 +85,8 @@ def test_a_secondary_whose_fast_end_also_waited_for_copies_is_still_the_referenc
     rs = _queued(_route(3000, live_ms=1.5), 1.0, one_at_a_time=True)
     assert (rs.vs_secondary.pairs.secondary.quantile(0.1) or 0) > 2 * (rs.live_latency.quantile(0.1) or 0)
     j = evaluate_stats(rs)
-    assert j.latency == "pass" and j.latency_test is not None and j.latency_test.against == "secondary", j.reasons
+    assert j.latency == "pass", j.reasons
+    assert j.latency_test is not None and j.latency_test.against == "secondary"
 
 
 def test_a_secondary_slow_on_its_fastest_answers_is_no_reference() -> None:
@@ -95,4 +97,5 @@ def test_a_secondary_slow_on_its_fastest_answers_is_no_reference() -> None:
         rs.latency_log_ratio.observe(25.0, 32.0)
     j = evaluate_stats(rs)
     assert j.latency_test is not None and j.latency_test.against == "live"
-    assert any("fastest answers (p10" in r and "no twin of the live version" in r for r in j.reasons), j.reasons
+    assert any("fastest answers (p10" in r and "no twin of the live version" in r
+               for r in j.reasons), j.reasons
