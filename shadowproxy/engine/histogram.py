@@ -223,7 +223,8 @@ class QueueSlope:
     x = `queue_ratio` and y = ln(shadow ms / secondary ms), one pair per copy. Their slope is
     about 1 for servers that serve one request at a time (a copy waits for those ahead of it:
     the queue, not the code, sets the latency) and about 0 for servers that serve many at once.
-    Float sums: merging adds them (exact up to rounding)."""
+    Float sums: merging adds them (exact up to rounding). Beside them, how many copies found the
+    longer queue at the shadow and at the secondary: which of the two fell behind."""
 
     n: int = 0
     sx: float = 0.0
@@ -231,8 +232,14 @@ class QueueSlope:
     sxx: float = 0.0
     sxy: float = 0.0
     syy: float = 0.0
+    shadow_longer: int = 0
+    secondary_longer: int = 0
 
     def observe(self, x: float, y: float) -> None:
+        if x > 0:
+            self.shadow_longer += 1
+        elif x < 0:
+            self.secondary_longer += 1
         self.n += 1
         self.sx += x
         self.sy += y
@@ -247,6 +254,8 @@ class QueueSlope:
         self.sxx += other.sxx
         self.sxy += other.sxy
         self.syy += other.syy
+        self.shadow_longer += other.shadow_longer
+        self.secondary_longer += other.secondary_longer
 
     def slope(self) -> tuple[float, float] | None:
         """The least-squares slope of y on x and its standard error (as if the pairs were
@@ -263,11 +272,14 @@ class QueueSlope:
         return beta, math.sqrt(resid / sxx)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "sx": self.sx, "sy": self.sy, "sxx": self.sxx, "sxy": self.sxy, "syy": self.syy}
+        return {"n": self.n, "sx": self.sx, "sy": self.sy, "sxx": self.sxx, "sxy": self.sxy, "syy": self.syy,
+                "shadow_longer": self.shadow_longer, "secondary_longer": self.secondary_longer}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QueueSlope:
-        return cls(int(d.get("n", 0)), *(float(d.get(k, 0.0)) for k in ("sx", "sy", "sxx", "sxy", "syy")))
+        sx, sy, sxx, sxy, syy = (float(d.get(k, 0.0)) for k in ("sx", "sy", "sxx", "sxy", "syy"))
+        return cls(int(d.get("n", 0)), sx, sy, sxx, sxy, syy, int(d.get("shadow_longer", 0)),
+                   int(d.get("secondary_longer", 0)))
 
 
 @dataclass(slots=True)

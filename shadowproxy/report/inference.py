@@ -49,10 +49,12 @@ __all__ = [
     "Estimate",
     "design_effect",
     "excess_p",
+    "fmt_p",
     "median_slowdown",
     "p99_slowdown",
     "quantile_ranks",
     "rate",
+    "sign_test",
     "wilson",
 ]
 
@@ -178,6 +180,22 @@ def excess_p(only_a: int, only_b: int) -> float:
     return float(_st.binom.sf(only_a - 1, n, 0.5)) if n else 1.0
 
 
+def fmt_p(p: float | None) -> str:
+    """A p-value as the reasons print it: `p=0.042`, `p<0.0001`, `p=-` when there is none."""
+    if p is None:
+        return "p=-"
+    return "p<0.0001" if p < 0.0001 else f"p={p:.2g}"
+
+
+def sign_test(a: int, b: int, d: float = 1.0) -> tuple[float, int]:
+    """The one-sided sign test that `a` happened more often than `b` (each pair of outcomes as
+    likely as the other), their a + b events counted as (a + b) / d independent ones (`d`: the
+    design effect): its p-value and that effective count."""
+    m = _effective(a + b, d)
+    k = round(a * m / (a + b)) if a + b else 0
+    return excess_p(k, m - k), m
+
+
 def median_slowdown(h: RatioHistogram, d: float = 1.0) -> Estimate:
     """exp(median of ln(shadow/live)) - 1, its 95% interval, and the sign test's one-sided p-value.
     `d`: the design effect (`design_effect`): the interval and the test count n / d samples."""
@@ -194,9 +212,7 @@ def median_slowdown(h: RatioHistogram, d: float = 1.0) -> Estimate:
     high = slow(_at_rank(h.buckets, hi)) if hi is not None else None
     slower = sum(c for i, c in h.buckets.items() if i > 0)
     faster = sum(c for i, c in h.buckets.items() if i < 0)
-    untied = _effective(slower + faster, d)
-    slower = round(slower * untied / (slower + faster)) if slower + faster else 0
-    p = excess_p(slower, untied - slower)  # the sign test: slower as likely as faster
+    p, _ = sign_test(slower, faster, d)  # slower as likely as faster
     return Estimate(n, value, low, high, p, _effective(n, d) if d > 1.0 else None)
 
 

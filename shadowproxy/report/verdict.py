@@ -60,7 +60,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from shadowproxy.report.inference import Estimate, excess_p, rate
+from shadowproxy.report.inference import Estimate, excess_p, fmt_p, rate
 from shadowproxy.report.latency import (
     RATIO_DIGITS,
     HostLoad,
@@ -173,12 +173,6 @@ def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
 
     n = f"n={est.n}" + (f", as {est.n_effective} independent" if est.n_effective is not None else "")
     return f"{f(est.value, '?')} ({f(est.low, '-inf')} to {f(est.high, '+inf')}, {n})"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "p=-"
-    return "p<0.0001" if p < 0.0001 else f"p={p:.2g}"
 
 
 def evaluate(
@@ -318,7 +312,7 @@ def evaluate_stats(rs: RouteStats, thresholds: Verdict = DEFAULT_THRESHOLDS,
         rs.counts.get("compared", 0),
         rs.counts.get("mismatched", 0),
         rs.counts.get("shadow_errors", 0),
-        latency_test(rs, host, thresholds.min_samples),
+        latency_test(rs, host, thresholds.min_samples, thresholds.alpha),
         thresholds,
         None if rs.vs_secondary.empty() else (rs.vs_secondary.shadow_only_errors,
                                                rs.vs_secondary.secondary_only_errors,
