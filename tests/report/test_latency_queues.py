@@ -52,6 +52,17 @@ def test_a_slower_one_at_a_time_shadow_fails_on_copies_with_equal_queues() -> No
     assert j.latency_test is not None and j.latency_test.note is not None
 
 
+def test_identical_servers_one_of_which_held_the_longer_queue_more_often_are_judged_on_level_pairs() -> None:
+    # a stretch of the run where the scheduler gave the shadow less CPU: 75% of the differing
+    # copies, significant, but not the 90% a shadow slower by its code shows
+    rs = _queued(_route(3000), 1.0, one_at_a_time=True, shadow_behind=0.75)
+    j = evaluate_stats(rs)
+    assert j.latency == "pass", j.reasons
+    t = j.latency_test
+    assert t is not None and t.n == rs.vs_secondary.level.log_ratio.count
+    assert t.note is not None and t.note.endswith("not on 90% of them significantly")
+
+
 def test_a_shadow_that_held_the_longer_queue_on_most_copies_is_judged_on_every_copy() -> None:
     # it fell behind the secondary at this load (more CPU per answer): the queue is its slowdown,
     # however few copies found equal queues
