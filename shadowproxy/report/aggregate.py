@@ -375,9 +375,10 @@ def _secondary_note(route: str, ref: SecondaryLatency) -> str | None:
     failed, skipped = ref.secondary_only_errors + ref.both_errors, ref.skipped
     if not failed and not skipped:
         return None
-    parts = [f"failed on {failed}"] + ([f"was not asked for {skipped} (as many of its calls as "
-                                          f"--concurrency in flight)"] if skipped else [])
-    return (f"route {route}: the secondary {' and '.join(parts)} read copies; it was timed with the "
+    parts = ([f"failed on {failed}"] if failed else []) + (
+        [f"was not asked for {skipped} (as many of its calls as --concurrency were in flight)"]
+        if skipped else [])
+    return (f"route {route}: the secondary {' and '.join(parts)} of its read copies; it was timed with the "
             f"shadow on {ref.pairs.log_ratio.count} (not on copies where either failed or the two calls' "
             f"connections differed, one new and one reused); the latency check's reasons say what it "
             f"was judged against")

@@ -67,7 +67,7 @@ class LatencyTest:
     p95 (the two histograms; p95 is bounded from far fewer samples than p99, so a shadow slow
     on a tenth of the requests shows at a few hundred)."""
 
-    n: int  # compared exchanges with both latencies
+    n: int  # compared exchanges with both latencies (or the part of them in `judged`)
     median: Estimate
     p99: Estimate
     # the proxy loop's mean lag during the live calls (ms), and the slowdown it could hide:
@@ -92,6 +92,8 @@ class LatencyTest:
     # why a secondary was not the reference (judged against live instead), or why only some of
     # the copies were compared with it (queued at the backends); None: no such case
     note: str | None = None
+    # what `n` counts, as the reasons say it
+    judged: str = "compared exchanges"
 
     @property
     def n_effective(self) -> int:
@@ -205,9 +207,10 @@ def against_secondary(rs: RouteStats, alpha: float = 0.01) -> LatencyTest:
     # the worker's loop lag still counts: it reads both calls' sockets, and whichever answer
     # comes while it is busy (comparing another copy's bodies) is read late, either side's
     lag_ms, share = _shadow_lag(rs.shadow_loop_lag, pairs.secondary)
+    judged = "copies with equal queues" if pairs is ref.level else "compared exchanges"
     return LatencyTest(median.n, median, p99_slowdown(pairs.secondary, pairs.shadow, d=d),
                        p95=p99_slowdown(pairs.secondary, pairs.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
-                       shadow_lag_share=share, against="secondary", note=note)
+                       shadow_lag_share=share, against="secondary", note=note, judged=judged)
 
 
 def _queued_pairs(ref: SecondaryLatency, bound: tuple[float, float],

@@ -212,7 +212,7 @@ def evaluate(
         if latency.n_effective < t.min_samples:
             latency_level = "insufficient"
             as_ = f", as {latency.n_effective} independent" if latency.n_effective != latency.n else ""
-            reasons.append(f"latency: {latency.n} compared exchanges{as_}, fewer than min_samples "
+            reasons.append(f"latency: {latency.n} {latency.judged}{as_}, fewer than min_samples "
                            f"{t.min_samples}")
         else:
             levels: list[Level] = []
