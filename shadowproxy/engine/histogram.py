@@ -291,8 +291,9 @@ class SecondaryLatency:
     calls in flight at the shadow as at the secondary (the same queue ahead of it, for a server
     that serves one request at a time); `queue` how the ratios follow the queues. Under load
     the slower of two such servers holds the copies waiting (each copy waits for both), so its
-    latency is mostly queue: identical servers read -60% to +340% by which one was behind, and
-    +0% to +4% on level pairs (docs/report.md, "Copies queued at the backends")."""
+    latency is mostly queue: identical saturated servers read -32% to +71% over a run by which
+    one was behind (-63% and +341% on the copies where the one or the other was), and +0.4% to
+    +3.8% on level pairs (docs/report.md, "Copies queued at the backends")."""
 
     pairs: LatencyPairs = field(default_factory=LatencyPairs)
     level: LatencyPairs = field(default_factory=LatencyPairs)
