@@ -296,8 +296,11 @@ class SecondaryLatency:
     +3.8% on level pairs (docs/report.md, "Copies queued at the backends")."""
 
     pairs: LatencyPairs = field(default_factory=LatencyPairs)
-    level: LatencyPairs = field(default_factory=LatencyPairs)
-    queue: QueueSlope = field(default_factory=QueueSlope)
+    # made on the first copy with queues (None: none yet, or a record from before them): a
+    # RouteStats is made for every route and every /metrics copy, most with no secondary, and
+    # each object more is one more for the garbage collector during a scrape
+    level: LatencyPairs | None = None
+    queue: QueueSlope | None = None
     # copies where one of the two failed (a timeout, a refused connection) and the other answered,
     # and where both failed
     shadow_only_errors: int = 0
@@ -312,6 +315,8 @@ class SecondaryLatency:
         self.pairs.observe(secondary_ms, shadow_ms)
         if queues is None:
             return
+        if self.queue is None or self.level is None:
+            self.queue, self.level = self.queue or QueueSlope(), self.level or LatencyPairs()
         self.queue.observe(queue_ratio(*queues),
                            math.log(max(shadow_ms, HIST_BASE_MS) / max(secondary_ms, HIST_BASE_MS)))
         if queues[0] == queues[1]:
@@ -319,8 +324,11 @@ class SecondaryLatency:
 
     def merge(self, other: SecondaryLatency) -> None:
         self.pairs.merge(other.pairs)
-        self.level.merge(other.level)
-        self.queue.merge(other.queue)
+        if other.queue is not None and other.level is not None:
+            if self.queue is None or self.level is None:
+                self.queue, self.level = self.queue or QueueSlope(), self.level or LatencyPairs()
+            self.level.merge(other.level)
+            self.queue.merge(other.queue)
         self.shadow_only_errors += other.shadow_only_errors
         self.secondary_only_errors += other.secondary_only_errors
         self.both_errors += other.both_errors
@@ -333,7 +341,8 @@ class SecondaryLatency:
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.pairs.to_dict(),
-            **({"level": self.level.to_dict(), "queue": self.queue.to_dict()} if self.queue.n else {}),
+            **({"level": self.level.to_dict(), "queue": self.queue.to_dict()}
+               if self.queue is not None and self.level is not None and self.queue.n else {}),
             "shadow_only_errors": self.shadow_only_errors,
             "secondary_only_errors": self.secondary_only_errors,
             "both_errors": self.both_errors,
@@ -342,7 +351,8 @@ class SecondaryLatency:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SecondaryLatency:
-        return cls(LatencyPairs.from_dict(d), LatencyPairs.from_dict(d.get("level", {})),
-                   QueueSlope.from_dict(d.get("queue", {})),
+        queued = "queue" in d
+        return cls(LatencyPairs.from_dict(d), LatencyPairs.from_dict(d.get("level", {})) if queued else None,
+                   QueueSlope.from_dict(d["queue"]) if queued else None,
                    int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)),
                    int(d.get("both_errors", 0)), int(d.get("skipped", 0)))

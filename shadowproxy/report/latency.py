@@ -226,7 +226,8 @@ def _queued_pairs(ref: SecondaryLatency, bound: tuple[float, float],
       Every copy is compared: the queue is the slowdown's.
     - Otherwise the copies that found both queues the same length: the scheduler's turns are
       not the code's (identical servers: -32% to +71% on every copy, +0.4% to +3.8% on these)."""
-    q = ref.queue
+    q, level = ref.queue, ref.level
+    assert q is not None and level is not None  # queue_bound found a slope
     differed = q.shadow_longer + q.secondary_longer
     p, m = sign_test(q.shadow_longer, q.secondary_longer, _design_effect(ref.pairs.log_ratio))
     follows = (f"the two latencies follow the calls waiting at each server (slope {bound[0]:.2f}, 95% "
@@ -235,9 +236,9 @@ def _queued_pairs(ref: SecondaryLatency, bound: tuple[float, float],
                f"{differed} copies where the two differed ({fmt_p(p)}, as {m} independent)")
     if p < alpha and q.shadow_longer >= FELL_BEHIND_SHARE * differed:
         return ref.pairs, f"latency: judged on every copy: {follows}: it fell behind the secondary"
-    return ref.level, (f"latency: judged on the {ref.level.log_ratio.count} of {ref.pairs.log_ratio.count} "
-                       f"copies that found as many calls waiting at the shadow as at the secondary: "
-                       f"{follows}, not on {FELL_BEHIND_SHARE:.0%} of them significantly")
+    return level, (f"latency: judged on the {level.log_ratio.count} of {ref.pairs.log_ratio.count} "
+                   f"copies that found as many calls waiting at the shadow as at the secondary: "
+                   f"{follows}, not on {FELL_BEHIND_SHARE:.0%} of them significantly")
 
 
 def _queue_driven(bound: tuple[float, float] | None) -> bool:
@@ -250,7 +251,7 @@ def queue_bound(ref: SecondaryLatency) -> tuple[float, float] | None:
     """The slope of the paired log-ratios on the queue ratios (engine.histogram.QueueSlope) and
     its 95% interval's lower end, the pairs counted as independent ones by their design effect;
     None when it cannot be told (too few pairs, queues always alike, records without queues)."""
-    fit = ref.queue.slope()
+    fit = None if ref.queue is None else ref.queue.slope()
     if fit is None:
         return None
     beta, se = fit

@@ -91,7 +91,7 @@ def vs_secondary(ref: SecondaryLatency) -> dict[str, Any]:
     both = latency(ref.pairs.secondary, ref.pairs.shadow)
     out = {"secondary": both["live"], "shadow": both["shadow"], "ratio": both["ratio"],
            "slowdown": both["slowdown"]}
-    if ref.queue.n:  # how the two latencies follow the queues the copies found (report.latency)
+    if ref.queue is not None and ref.level is not None and ref.queue.n:  # (report.latency)
         fit = ref.queue.slope()
         out["queues"] = {"copies": ref.queue.n, "level": ref.level.log_ratio.count,
                          "slope": None if fit is None else round(fit[0], 4)}

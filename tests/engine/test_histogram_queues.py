@@ -27,6 +27,7 @@ def test_servers_that_serve_one_at_a_time_give_a_slope_near_one() -> None:
     ref = SecondaryLatency()
     for qs, q2, sec, sh in _serial(500, random.Random(1)):
         ref.observe(sec, sh, (qs, q2))
+    assert ref.queue is not None
     fit = ref.queue.slope()
     assert fit is not None and fit[0] == pytest.approx(1.0, abs=0.03) and fit[1] < 0.02
 
@@ -35,6 +36,7 @@ def test_servers_that_serve_many_at_once_give_a_slope_near_zero() -> None:
     rng, ref = random.Random(2), SecondaryLatency()
     for _ in range(500):
         ref.observe(20.0, 20.0 * math.exp(rng.gauss(0, 0.05)), (rng.randrange(0, 12), rng.randrange(0, 12)))
+    assert ref.queue is not None
     fit = ref.queue.slope()
     assert fit is not None and abs(fit[0]) < 0.05
 
@@ -45,6 +47,7 @@ def test_only_copies_that_found_equal_queues_are_level_pairs() -> None:
     ref.observe(10.0, 10.0, (3, 3))
     ref.observe(10.0, 12.0)  # queues not known (a record from before them): in pairs only
     assert ref.pairs.log_ratio.count == 3
+    assert ref.level is not None and ref.queue is not None
     assert ref.level.log_ratio.count == 1 and ref.queue.n == 2
 
 
@@ -62,11 +65,23 @@ def test_queue_figures_survive_the_record_and_older_records_read_without_them() 
     for qs, q2, sec, sh in _serial(50, random.Random(3)):
         ref.observe(sec, sh, (qs, q2))
     back = SecondaryLatency.from_dict(ref.to_dict())
+    assert back.level is not None and ref.level is not None
     assert back.level.log_ratio.buckets == ref.level.log_ratio.buckets
     assert back.queue == ref.queue
     old = {k: v for k, v in ref.to_dict().items() if k not in ("level", "queue")}
     read = SecondaryLatency.from_dict(old)
-    assert read.pairs.log_ratio.count == 50 and read.queue.n == 0 and read.level.log_ratio.count == 0
+    assert read.pairs.log_ratio.count == 50 and read.queue is None and read.level is None
+
+
+def test_no_queue_figures_are_made_until_a_copy_brings_queues() -> None:
+    # a RouteStats is made for every route and every /metrics copy: no objects it does not need
+    ref = SecondaryLatency()
+    ref.observe(10.0, 12.0)
+    assert ref.queue is None and ref.level is None and "queue" not in ref.to_dict()
+    other = SecondaryLatency()
+    other.observe(10.0, 10.0, (1, 1))
+    ref.merge(other)
+    assert ref.queue is not None and ref.level is not None and ref.level.log_ratio.count == 1
 
 
 def test_queue_ratio_is_the_latency_ratio_of_equal_one_at_a_time_servers() -> None:

@@ -41,7 +41,9 @@ def test_identical_one_at_a_time_servers_are_judged_on_copies_with_equal_queues_
     j = evaluate_stats(rs)
     assert j.latency == "pass", j.reasons
     t = j.latency_test
-    assert t is not None and t.against == "secondary" and t.n == rs.vs_secondary.level.log_ratio.count
+    level = rs.vs_secondary.level
+    assert level is not None
+    assert t is not None and t.against == "secondary" and t.n == level.log_ratio.count
     assert t.note is not None and t.note.startswith("latency: judged on the ")
     assert "follow the calls waiting at each server" in t.note
 
@@ -59,6 +61,7 @@ def test_identical_servers_one_of_which_held_the_longer_queue_more_often_are_jud
     j = evaluate_stats(rs)
     assert j.latency == "pass", j.reasons
     t = j.latency_test
+    assert rs.vs_secondary.level is not None
     assert t is not None and t.n == rs.vs_secondary.level.log_ratio.count
     assert t.note is not None and t.note.endswith("not on 90% of them significantly")
 

@@ -54,7 +54,10 @@ def test_a_few_requests_on_identical_backends_are_insufficient_not_fail(tmp_path
 
 @pytest.mark.parametrize("n", [30, 120])
 def test_identical_backends_never_warn_or_fail_on_latency(tmp_path: Path, n: int) -> None:
-    assert _run(tmp_path, n, 0.0)["latency"] == "pass"
+    # at 30, exchanges in a row that correlate above chance (a busy host) count as fewer than
+    # min_samples: `insufficient`, as the issue allows; at 120 it takes a correlation above 0.6
+    latency = _run(tmp_path, n, 0.0)["latency"]
+    assert latency in (("pass", "insufficient") if n == 30 else ("pass",))
 
 
 def test_a_shadow_a_third_slower_fails_on_latency(tmp_path: Path) -> None:
