@@ -315,20 +315,31 @@ class SecondaryLatency:
         self.pairs.observe(secondary_ms, shadow_ms)
         if queues is None:
             return
+        queue, level = self._made_queued()
+        ratio = math.log(max(shadow_ms, HIST_BASE_MS) / max(secondary_ms, HIST_BASE_MS))
+        queue.observe(queue_ratio(*queues), ratio)
+        if queues[0] == queues[1]:
+            level.observe(secondary_ms, shadow_ms)
+
+    def queued(self) -> tuple[QueueSlope, LatencyPairs] | None:
+        """The queue figures, `queue` and `level`; None when no copy brought queues."""
+        if self.queue is None or self.level is None:
+            return None
+        return self.queue, self.level
+
+    def _made_queued(self) -> tuple[QueueSlope, LatencyPairs]:
+        """The queue figures, made on first use (both at once)."""
         if self.queue is None or self.level is None:
             self.queue, self.level = self.queue or QueueSlope(), self.level or LatencyPairs()
-        self.queue.observe(queue_ratio(*queues),
-                           math.log(max(shadow_ms, HIST_BASE_MS) / max(secondary_ms, HIST_BASE_MS)))
-        if queues[0] == queues[1]:
-            self.level.observe(secondary_ms, shadow_ms)
+        return self.queue, self.level
 
     def merge(self, other: SecondaryLatency) -> None:
         self.pairs.merge(other.pairs)
-        if other.queue is not None and other.level is not None:
-            if self.queue is None or self.level is None:
-                self.queue, self.level = self.queue or QueueSlope(), self.level or LatencyPairs()
-            self.level.merge(other.level)
-            self.queue.merge(other.queue)
+        theirs = other.queued()
+        if theirs is not None:
+            queue, level = self._made_queued()
+            queue.merge(theirs[0])
+            level.merge(theirs[1])
         self.shadow_only_errors += other.shadow_only_errors
         self.secondary_only_errors += other.secondary_only_errors
         self.both_errors += other.both_errors
@@ -339,10 +350,11 @@ class SecondaryLatency:
                     or self.both_errors or self.skipped)
 
     def to_dict(self) -> dict[str, Any]:
+        queued = self.queued()
         return {
             **self.pairs.to_dict(),
-            **({"level": self.level.to_dict(), "queue": self.queue.to_dict()}
-               if self.queue is not None and self.level is not None and self.queue.n else {}),
+            **({"level": queued[1].to_dict(), "queue": queued[0].to_dict()}
+               if queued and queued[0].n else {}),
             "shadow_only_errors": self.shadow_only_errors,
             "secondary_only_errors": self.secondary_only_errors,
             "both_errors": self.both_errors,

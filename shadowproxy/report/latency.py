@@ -226,8 +226,9 @@ def _queued_pairs(ref: SecondaryLatency, bound: tuple[float, float],
       Every copy is compared: the queue is the slowdown's.
     - Otherwise the copies that found both queues the same length: the scheduler's turns are
       not the code's (identical servers: -32% to +71% on every copy, +0.4% to +3.8% on these)."""
-    q, level = ref.queue, ref.level
-    assert q is not None and level is not None  # queue_bound found a slope
+    queued = ref.queued()
+    assert queued is not None  # queue_bound found a slope
+    q, level = queued
     differed = q.shadow_longer + q.secondary_longer
     p, m = sign_test(q.shadow_longer, q.secondary_longer, _design_effect(ref.pairs.log_ratio))
     follows = (f"the two latencies follow the calls waiting at each server (slope {bound[0]:.2f}, 95% "
@@ -251,7 +252,8 @@ def queue_bound(ref: SecondaryLatency) -> tuple[float, float] | None:
     """The slope of the paired log-ratios on the queue ratios (engine.histogram.QueueSlope) and
     its 95% interval's lower end, the pairs counted as independent ones by their design effect;
     None when it cannot be told (too few pairs, queues always alike, records without queues)."""
-    fit = None if ref.queue is None else ref.queue.slope()
+    queued = ref.queued()
+    fit = None if queued is None else queued[0].slope()
     if fit is None:
         return None
     beta, se = fit

@@ -91,9 +91,11 @@ def vs_secondary(ref: SecondaryLatency) -> dict[str, Any]:
     both = latency(ref.pairs.secondary, ref.pairs.shadow)
     out = {"secondary": both["live"], "shadow": both["shadow"], "ratio": both["ratio"],
            "slowdown": both["slowdown"]}
-    if ref.queue is not None and ref.level is not None and ref.queue.n:  # (report.latency)
-        fit = ref.queue.slope()
-        out["queues"] = {"copies": ref.queue.n, "level": ref.level.log_ratio.count,
+    queued = ref.queued()
+    if queued is not None and queued[0].n:  # how the latencies follow the queues (report.latency)
+        queue, level = queued
+        fit = queue.slope()
+        out["queues"] = {"copies": queue.n, "level": level.log_ratio.count,
                          "slope": None if fit is None else round(fit[0], 4)}
     return out
 

@@ -122,20 +122,21 @@ class Calls:
 
     async def call(self, job: ShadowJob, partner: str | None = None) -> Answer:
         s = job.settings
-        if partner == "secondary":
-            assert self.secondary is not None
-            client, base = self.secondary, None
-        else:
+        to_shadow = partner != "secondary"
+        if to_shadow:
             client, base = self.client, job.target
             self.shadow_calls += 1
             self._shadow_in_flight += 1
+        else:
+            assert self.secondary is not None
+            client, base = self.secondary, None
         try:
             # on a new connection when the live hop's was new (shadow.client: like for like)
             return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
                                      max_body_bytes=s.max_body_bytes, base=base,
                                      fresh=bool(job.exchange.live.new_connection))
         finally:
-            if client is self.client:
+            if to_shadow:
                 self._shadow_in_flight -= 1
 
     async def _both(self, job: ShadowJob, who: str) -> tuple[Answer, Answer]:
