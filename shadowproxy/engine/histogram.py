@@ -22,6 +22,7 @@ __all__ = [
     "SecondaryLatency",
     "bucket_of",
     "bucket_upper",
+    "log_ratio",
     "queue_ratio",
     "ratio_bucket",
 ]
@@ -97,9 +98,14 @@ class Histogram:
         )
 
 
+def log_ratio(live_ms: float, shadow_ms: float) -> float:
+    """One exchange's ln(shadow / live), each side at least HIST_BASE_MS."""
+    return math.log(max(shadow_ms, HIST_BASE_MS) / max(live_ms, HIST_BASE_MS))
+
+
 def ratio_bucket(live_ms: float, shadow_ms: float) -> int:
     """The RatioHistogram bucket of one exchange's ln(shadow / live)."""
-    return round(math.log(max(shadow_ms, HIST_BASE_MS) / max(live_ms, HIST_BASE_MS)) / RATIO_WIDTH)
+    return round(log_ratio(live_ms, shadow_ms) / RATIO_WIDTH)
 
 
 @dataclass(slots=True)
@@ -316,8 +322,7 @@ class SecondaryLatency:
         if queues is None:
             return
         queue, level = self._made_queued()
-        ratio = math.log(max(shadow_ms, HIST_BASE_MS) / max(secondary_ms, HIST_BASE_MS))
-        queue.observe(queue_ratio(*queues), ratio)
+        queue.observe(queue_ratio(*queues), log_ratio(secondary_ms, shadow_ms))
         if queues[0] == queues[1]:
             level.observe(secondary_ms, shadow_ms)
 
