@@ -5,7 +5,9 @@ side on its loop (proxy.addon, proxy.convert), the shadow client the shadow side
 worker's (shadow.client). What follows was written for the live side; the worker's loop is
 the same kind of thing: quiet as a rule, but a worker that fell behind (a starved machine)
 takes many copies at once and reads the shadow's sockets late, and its lag then inflates the
-shadow's time, which the report must not read as a slowdown (report.verdict).
+shadow's time, which the report must not read as a slowdown (report.verdict). Where the kernel
+stamps the shadow's answers (plain http on Linux, shadowproxy.rxstamp) their time holds none of
+the worker's lag, and they carry a lag of 0.
 
 The live side is timed inside the proxy (proxy.convert, proxy.wiretimes): its clock stops when
 the proxy's event loop reads the end of the response from the socket. That no longer includes

@@ -84,7 +84,8 @@ class Response:
     new_connection: bool | None = None
     # the event-loop lag (ms) of the side's own loop while the exchange was in flight
     # (shadowproxy.looplag): live, the proxy's; shadow, the worker's (or wherever the shadow
-    # client runs). The side's clock includes up to about that much queueing.
+    # client runs). The side's clock includes up to about that much queueing; 0.0 for an answer
+    # whose arrival the kernel stamped (shadowproxy.rxstamp), whose clock includes none.
     loop_lag_ms: float | None = None
 
 

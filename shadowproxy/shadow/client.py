@@ -321,10 +321,11 @@ class ShadowClient:
                 (time.perf_counter() - start) * 1000,
             )
         # timed as the live hop and the aiohttp path: request written -> response read whole;
-        # the loop's lag from the call on (as `call` has it), here: no copy of the Response
+        # the loop's lag from the call on (as `call` has it), here: no copy of the Response. An
+        # end the kernel stamped (rxstamp) has none of it: its lag is 0
+        lag = 0.0 if resp.kernel else self.loop_lag.during_perf(start, time.perf_counter())
         return Response(resp.status, resp.headers, resp.body, (resp.end - resp.sent) * 1000,
-                        connect_ms=resp.connect_ms, new_connection=resp.new_connection,
-                        loop_lag_ms=self.loop_lag.during_perf(start, time.perf_counter()))
+                        connect_ms=resp.connect_ms, new_connection=resp.new_connection, loop_lag_ms=lag)
 
     async def _call_h2(self, url: URL, req: Request, max_body_bytes: int, start: float) -> Response | Failure:
         if url.scheme == "https":

@@ -8,10 +8,11 @@ pooled connection, the raw answer back (status, headers as sent, body still cont
 bounded by `max_body_bytes`. Failures are raised for `client.classify`; the caller bounds the
 whole exchange with a timeout and a connection interrupted by it is closed, never reused.
 
-Timed at the socket, as the live hop (proxy.wiretimes): from the request handed to the transport
-to the moment the loop read the response's last bytes from the socket (the protocol's
-`data_received`), not when this task got round to parsing them, so the worker loop's task queue
-is not in it.
+Timed at the socket: from the request handed to the transport to the moment the response's
+last bytes reached this host's kernel (`shadowproxy.rxstamp`: Linux stamps each segment), so
+neither the worker loop's lag nor its task queue is in it. Where the kernel does not stamp, to
+the moment the loop read them (the protocol's `data_received`), as the live hop is timed
+(proxy.wiretimes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from shadowproxy.engine.exchange import Headers
+from shadowproxy.rxstamp import Stamp, open_stamped
 from shadowproxy.shadow.h2client import BodyTooLarge, ShadowConnectError
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -43,22 +45,14 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
-class _Rx:
-    """When the loop last read bytes from a connection's socket (perf_counter seconds)."""
-
-    __slots__ = ("at",)
-
-    def __init__(self) -> None:
-        self.at = 0.0
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter, Stamp]
 
 
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter, _Rx]
-
-
-def _stamp_reads(writer: asyncio.StreamWriter) -> _Rx:
-    """Stamp every `data_received` of the stream's protocol (an instance attribute shadows the
-    method: the selector transport looks it up on every read)."""
-    rx = _Rx()
+def _stamp_reads(writer: asyncio.StreamWriter) -> Stamp:
+    """Where the kernel does not stamp (rxstamp): stamp every `data_received` of the stream's
+    protocol (an instance attribute shadows the method: the selector transport looks it up on
+    every read)."""
+    rx = Stamp()
     proto = writer.transport.get_protocol()
     if isinstance(proto, asyncio.StreamReaderProtocol):
         received = proto.data_received
@@ -76,15 +70,16 @@ class ProtocolError(Exception):
 
 
 class H1Response:
-    """An answer, with when its request was written and its body read (perf_counter seconds),
-    and whether its connection was opened for it (then how long opening took)."""
+    """An answer, with when its request was written and its body arrived (perf_counter seconds;
+    `kernel`: as the kernel stamped it, no loop lag in it), and whether its connection was
+    opened for it (then how long opening took)."""
 
-    __slots__ = ("body", "connect_ms", "end", "headers", "new_connection", "sent", "status")
+    __slots__ = ("body", "connect_ms", "end", "headers", "kernel", "new_connection", "sent", "status")
 
     def __init__(self, status: int, headers: Headers, body: bytes, sent: float = 0.0, end: float = 0.0,
-                 new_connection: bool = False, connect_ms: float | None = None) -> None:
+                 new_connection: bool = False, connect_ms: float | None = None, kernel: bool = False) -> None:
         self.status, self.headers, self.body = status, headers, body
-        self.sent, self.end = sent, end
+        self.sent, self.end, self.kernel = sent, end, kernel
         self.new_connection, self.connect_ms = new_connection, connect_ms
 
 
@@ -181,10 +176,16 @@ class H1Pool:
             await self._pace()
         opening = time.perf_counter()
         try:
-            reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
+            sock = await open_stamped(self.host, self.port)
+            if sock is None:
+                reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
+                stamp = _stamp_reads(writer)
+            else:
+                reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEAD_BYTES)
+                stamp = sock.stamp
         except OSError as e:
             raise ShadowConnectError(f"cannot connect to {self.authority}: {e.strerror or e}") from None
-        return (reader, writer, _stamp_reads(writer)), (time.perf_counter() - opening) * 1000
+        return (reader, writer, stamp), (time.perf_counter() - opening) * 1000
 
     async def request(self, method: str, target: str, headers: Headers, body: bytes,
                       max_body_bytes: int, fresh: bool = False) -> H1Response:
@@ -255,6 +256,7 @@ class H1Pool:
         reusable = False
         self._busy += 1
         try:
+            before = time.perf_counter()
             writer.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 writer.write(body)
@@ -291,10 +293,15 @@ class H1Pool:
                 if len(data) > limit:
                     raise BodyTooLarge
             reusable = keep
-            # the last bytes were read by the loop when their data_received ran (stamped),
-            # before this task was scheduled to parse them
-            end = rx.at if rx.at >= sent else time.perf_counter()
-            return H1Response(status, headers, data, sent, end)
+            # the last bytes came when the kernel stamped them (rxstamp), or where it does not,
+            # when the loop read them (data_received), before this task was scheduled to parse them
+            # (a worker descheduled between writing and stamping `sent` can find the answer's
+            # kernel stamp before it: the request then left between `before` and the answer)
+            if rx.kernel and before <= rx.at < sent:
+                sent = before
+            stamped = rx.at >= sent
+            end = rx.at if stamped else time.perf_counter()
+            return H1Response(status, headers, data, sent, end, kernel=stamped and rx.kernel)
         finally:
             self._busy -= 1
             if reusable and self._keeps():

@@ -9,9 +9,11 @@ import socket
 import threading
 import time
 
+import pytest
 from aiohttp import web
 
-from shadowproxy.engine.exchange import Request, Response
+from shadowproxy.engine.exchange import Failure, Request, Response
+from shadowproxy.shadow import h1client
 from shadowproxy.shadow.client import CONNECT_INTERVAL_S, ClientConfig, ShadowClient
 from shadowproxy.shadow.h1client import IDLE_FLOOR
 from shadowproxy.testing import Backend
@@ -125,10 +127,10 @@ class ThreadServer:
         self.sock.close()
 
 
-async def test_latency_ends_when_the_loop_read_the_answer_not_when_the_call_got_round_to_it() -> None:
-    # the loop is blocked 10-90 ms (the answer arrives at 20 ms); in the iteration that reads the
-    # answer, a timer due at 50 ms blocks it 60 ms more, after the read and before the call's
-    # task runs: the call resumes at ~150 ms, but its answer was read at ~90 ms
+async def _blocked_call() -> tuple[Response | Failure, float]:
+    """A call whose answer comes at 20 ms while the loop is blocked 10-90 ms; in the iteration that
+    reads it, a timer due at 50 ms blocks the loop 60 ms more, after the read and before the call's
+    task runs: the call resumes at ~150 ms. Its answer and the call's wall time."""
     server = ThreadServer(0.02)
     client = ShadowClient(f"http://127.0.0.1:{server.port}")
     try:
@@ -138,13 +140,30 @@ async def test_latency_ends_when_the_loop_read_the_answer_not_when_the_call_got_
         loop.call_later(0.05, time.sleep, 0.06)
         start = time.perf_counter()
         r = await client.call(Request("GET", "/a"), timeout_ms=5000, max_body_bytes=1000)
-        wall = (time.perf_counter() - start) * 1000
+        return r, (time.perf_counter() - start) * 1000
     finally:
         await client.close()
         server.close()
+
+
+async def test_latency_ends_when_the_answer_reached_the_kernel_not_when_the_loop_read_it() -> None:
+    r, wall = await _blocked_call()
     assert isinstance(r, Response) and r.new_connection is False
-    assert wall >= 140  # the call itself did wait for the second blocker
-    assert 80 <= r.latency_ms < 125, r.latency_ms
+    assert wall >= 140  # the call itself did wait for both blockers
+    assert 15 <= r.latency_ms < 60, r.latency_ms  # the answer came at ~20 ms (Linux stamps it)
+    assert r.loop_lag_ms == 0.0  # none of the loop's lag is in that time
+
+
+async def test_without_kernel_stamps_latency_ends_when_the_loop_read_the_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def unstamped(host: str, port: int) -> None:
+        return None  # as where SO_TIMESTAMPNS cannot be set
+
+    monkeypatch.setattr(h1client, "open_stamped", unstamped)
+    r, wall = await _blocked_call()
+    assert isinstance(r, Response) and wall >= 140
+    assert 80 <= r.latency_ms < 125, r.latency_ms  # read at ~90 ms, not resumed at ~150
+    assert r.loop_lag_ms is not None and r.loop_lag_ms > 0
 
 
 async def test_a_fresh_call_opens_a_new_connection_even_when_one_is_idle() -> None:
@@ -197,9 +216,11 @@ async def test_a_call_opens_a_connection_when_none_comes_back_in_time() -> None:
     assert server.connections == 2
 
 
-async def test_a_shadow_answer_carries_the_lag_of_the_loop_that_read_it() -> None:
-    """The worker's loop, busy while a copy is in flight, reads the shadow's socket late: the
-    Response says how late (shadowproxy.looplag), as the live side's says the proxy's."""
+async def _quiet_then_busy() -> tuple[Response | Failure, Response | Failure]:
+    """Two calls to a server answering in DELAY_S: the first on a quiet loop, the second while
+    the loop runs a callback 30 ms of every 35 (longer than the lag probes' 20 ms interval, so
+    every probe falls due inside one; at 20 of 25 ms the probes could fall in step with the gaps,
+    and on a loaded machine the mean lag read 4.4 ms)."""
     loop = asyncio.get_running_loop()
     with Backend(slow) as shadow:
         client = ShadowClient(shadow.url)
@@ -207,9 +228,6 @@ async def test_a_shadow_answer_carries_the_lag_of_the_loop_that_read_it() -> Non
             quiet = await client.call(Request("GET", "/a"), timeout_ms=5000, max_body_bytes=1000)
             stop = loop.time() + DELAY_S
 
-            # 30 ms of every 35 the loop runs a callback, not the I/O: longer than the probes'
-            # 20 ms interval, so every probe falls due inside one (at 20 of 25 ms the probes
-            # could fall in step with the gaps, and on a loaded machine the mean lag read 4.4 ms)
             def hog() -> None:
                 time.sleep(0.03)
                 if loop.time() < stop:
@@ -219,6 +237,26 @@ async def test_a_shadow_answer_carries_the_lag_of_the_loop_that_read_it() -> Non
             busy = await client.call(Request("GET", "/b"), timeout_ms=5000, max_body_bytes=1000)
         finally:
             await client.close()
+    return quiet, busy
+
+
+async def test_a_busy_worker_loop_is_not_in_an_answer_the_kernel_stamped() -> None:
+    quiet, busy = await _quiet_then_busy()
+    assert isinstance(quiet, Response) and isinstance(busy, Response)
+    assert quiet.loop_lag_ms == busy.loop_lag_ms == 0.0
+    assert busy.latency_ms < quiet.latency_ms + 15, (quiet.latency_ms, busy.latency_ms)
+
+
+async def test_without_kernel_stamps_an_answer_carries_the_lag_of_the_loop_that_read_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's loop, busy while a copy is in flight, reads the shadow's socket late: the
+    Response says how late (shadowproxy.looplag), as the live side's says the proxy's."""
+
+    async def unstamped(host: str, port: int) -> None:
+        return None
+
+    monkeypatch.setattr(h1client, "open_stamped", unstamped)
+    quiet, busy = await _quiet_then_busy()
     assert isinstance(quiet, Response) and isinstance(busy, Response)
     assert quiet.loop_lag_ms is not None and busy.loop_lag_ms is not None
     assert busy.loop_lag_ms >= 5.0, busy.loop_lag_ms
