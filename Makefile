@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-differential chromium lint typecheck audit audit-or-skip bench bench-cpu kafka-start kafka-stop clean
+.PHONY: demo test test-differential chromium jsonserver lint typecheck audit audit-or-skip bench bench-cpu kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || \
 		($(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# json-server (npm, pinned by tests/realworld/jsonserver/package-lock.json) for the tests on a
+# JSON API nobody here wrote. Quiet; installs again only when the lock file changes.
+JSONSERVER_DIR := tests/realworld/jsonserver
+JSONSERVER_STAMP := $(JSONSERVER_DIR)/node_modules/.installed-stamp
+$(JSONSERVER_STAMP): $(JSONSERVER_DIR)/package-lock.json
+	npm ci --prefix $(JSONSERVER_DIR) --no-audit --no-fund --silent
+	touch $(JSONSERVER_STAMP)
+
+jsonserver: $(JSONSERVER_STAMP)
+
 # Known-vulnerable dependencies fail the build; no --ignore-vuln entries today. pip-audit needs
 # PyPI's JSON API: where only the package index is reachable it lists every package as "could not
 # be audited" and still prints "No known vulnerabilities found". Here that is one NOT AUDITED line
@@ -51,7 +61,7 @@ audit: $(STAMP)
 audit-or-skip: $(STAMP)
 	@$(MAKE) -s audit AUDIT_STRICT=0 PIP_AUDIT=$(PIP_AUDIT)
 
-test: $(STAMP) chromium lint typecheck audit-or-skip
+test: $(STAMP) chromium jsonserver lint typecheck audit-or-skip
 	$(BIN)/python -m pytest
 
 # The JSON comparison's two stages against DeepDiff alone (tests/engine/test_diff_deepdiff.py)
@@ -72,4 +82,4 @@ kafka-stop:
 	./docker/kafka-local.sh stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(JSONSERVER_DIR)/node_modules
