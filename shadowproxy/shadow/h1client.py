@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from shadowproxy.engine.exchange import Headers
-from shadowproxy.rxstamp import Stamp, open_stamped
+from shadowproxy.rxstamp import Stamp, stamp_transport
 from shadowproxy.shadow.h2client import BodyTooLarge, ShadowConnectError
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -176,15 +176,10 @@ class H1Pool:
             await self._pace()
         opening = time.perf_counter()
         try:
-            sock = await open_stamped(self.host, self.port)
-            if sock is None:
-                reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
-                stamp = _stamp_reads(writer)
-            else:
-                reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEAD_BYTES)
-                stamp = sock.stamp
+            reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD_BYTES)
         except OSError as e:
             raise ShadowConnectError(f"cannot connect to {self.authority}: {e.strerror or e}") from None
+        stamp = stamp_transport(writer.transport) or _stamp_reads(writer)
         return (reader, writer, stamp), (time.perf_counter() - opening) * 1000
 
     async def request(self, method: str, target: str, headers: Headers, body: bytes,

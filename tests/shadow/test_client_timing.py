@@ -156,10 +156,7 @@ async def test_latency_ends_when_the_answer_reached_the_kernel_not_when_the_loop
 
 async def test_without_kernel_stamps_latency_ends_when_the_loop_read_the_answer(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    async def unstamped(host: str, port: int) -> None:
-        return None  # as where SO_TIMESTAMPNS cannot be set
-
-    monkeypatch.setattr(h1client, "open_stamped", unstamped)
+    monkeypatch.setattr(h1client, "stamp_transport", lambda transport: None)  # as without SO_TIMESTAMPNS
     r, wall = await _blocked_call()
     assert isinstance(r, Response) and wall >= 140
     assert 80 <= r.latency_ms < 125, r.latency_ms  # read at ~90 ms, not resumed at ~150
@@ -252,10 +249,7 @@ async def test_without_kernel_stamps_an_answer_carries_the_lag_of_the_loop_that_
     """The worker's loop, busy while a copy is in flight, reads the shadow's socket late: the
     Response says how late (shadowproxy.looplag), as the live side's says the proxy's."""
 
-    async def unstamped(host: str, port: int) -> None:
-        return None
-
-    monkeypatch.setattr(h1client, "open_stamped", unstamped)
+    monkeypatch.setattr(h1client, "stamp_transport", lambda transport: None)
     quiet, busy = await _quiet_then_busy()
     assert isinstance(quiet, Response) and isinstance(busy, Response)
     assert quiet.loop_lag_ms is not None and busy.loop_lag_ms is not None
