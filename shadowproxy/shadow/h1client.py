@@ -296,7 +296,9 @@ class H1Pool:
                 sent = before
             stamped = rx.at >= sent
             end = rx.at if stamped else time.perf_counter()
-            return H1Response(status, headers, data, sent, end, kernel=stamped and rx.kernel)
+            # lag-free only when the answer fit in the socket unread (rxstamp.Stamp.window)
+            whole = len(raw) + len(data) <= rx.window
+            return H1Response(status, headers, data, sent, end, kernel=stamped and rx.kernel and whole)
         finally:
             self._busy -= 1
             if reusable and self._keeps():
