@@ -23,7 +23,7 @@ attacker: 420 KB json-server answers read a shadow p50 of 266 ms against the sec
 The live side is not stamped so (proxy.wiretimes stamps it when the proxy's loop reads): tried,
 the proxy's lag then no longer hid that on a shared, saturated host the shadow's copies come
 second to live's requests, and identical json-servers without a secondary read WARN where they
-had read INSUFFICIENT (docs/report.md, "Measured alike").
+had read INSUFFICIENT (docs/report.md, "How latency is measured").
 
 The transport's socket is its private `_sock` (CPython's selector transports, 3.8 to 3.13);
 where there is none, it is not a plain `socket.socket`, or SO_TIMESTAMPNS cannot be set (not
