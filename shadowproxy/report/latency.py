@@ -133,16 +133,17 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None, min_pairs: int = 
     reference (`secondary_unusable`: at least `min_pairs` pairs, not far slower than live), else
     against live, with a note saying why when there was a secondary."""
     ref = rs.vs_secondary
-    note = None if ref.empty() else secondary_unusable(rs, min_pairs)
+    bound = queue_bound(ref)  # the queue fit, once for both: the twin check and the test
+    note = None if ref.empty() else secondary_unusable(rs, min_pairs, bound)
     if ref.pairs.log_ratio.count and note is None:
-        return against_secondary(rs, alpha)
+        return against_secondary(rs, alpha, bound)
     test = _against_live(rs, host)
     if test is not None and note is not None:
         test = dataclasses.replace(test, note=note)
     return test
 
 
-def secondary_unusable(rs: RouteStats, min_pairs: int) -> str | None:
+def secondary_unusable(rs: RouteStats, min_pairs: int, bound: tuple[float, float] | None) -> str | None:
     """Why the secondary is no latency reference for this route, or None when it is: fewer than
     `min_pairs` pairs (it answered few copies: down or flapping), or its fastest answers (p10)
     more than SECONDARY_SLOWER_LIMIT times live's (not a twin of the live version: a slow replica
@@ -150,13 +151,14 @@ def secondary_unusable(rs: RouteStats, min_pairs: int) -> str | None:
     secondary far deeper than clients do at live (identical servers: medians 1.7 to 4.1 times
     live's, p10 0.8 to 1.4 times, docs/report.md, "Copies queued at the backends"), while a slow
     replica is slow on its fastest answers too. Not when the two latencies follow the queues
-    (`queue_bound`): the secondary's fastest answers then waited for copies too (one run's p10
-    read 2.1 times live's), and against live the shadow's would read its whole queue (+820%)."""
+    (`bound`, the route's `queue_bound`): the secondary's fastest answers then waited for copies
+    too (one run's p10 read 2.1 times live's), and against live the shadow's would read its whole
+    queue (+820%)."""
     ref = rs.vs_secondary.pairs
     if ref.log_ratio.count < min_pairs:
         return (f"latency: judged against live: the secondary was timed with the shadow on "
                 f"{ref.log_ratio.count} copies, fewer than min_samples {min_pairs}")
-    if _queue_driven(queue_bound(rs.vs_secondary)):
+    if _queue_driven(bound):
         return None  # its answers wait for the worker's copies ahead: live's clients queue less
     live_p10, secondary_p10 = rs.live_latency.quantile(0.10), ref.secondary.quantile(0.10)
     if live_p10 and secondary_p10 and secondary_p10 > SECONDARY_SLOWER_LIMIT * live_p10:
@@ -190,17 +192,16 @@ def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
                        shadow_lag_ms, share, host, cpu_share, p10)
 
 
-def against_secondary(rs: RouteStats, alpha: float = 0.01) -> LatencyTest:
+def against_secondary(rs: RouteStats, alpha: float, bound: tuple[float, float] | None) -> LatencyTest:
     """The shadow against the secondary: two calls that leave the worker together, measured alike,
     so neither the proxy's loop lag (in live's time only) nor the work live's answer sets off on
     a shared host (it runs while both are answering) favours one side: those rules do not apply.
     The worker's loop lag does, as a share of the secondary's latency.
 
-    When the two latencies follow the queues the copies found (`queue_bound` above
-    QUEUE_SLOPE_LIMIT), which copies are compared is `_queued_pairs`' choice, with a note."""
+    When the two latencies follow the queues the copies found (`bound`, the route's `queue_bound`,
+    above QUEUE_SLOPE_LIMIT), which copies are compared is `_queued_pairs`' choice, with a note."""
     ref = rs.vs_secondary
     pairs, note = ref.pairs, None
-    bound = queue_bound(ref)
     if bound is not None and _queue_driven(bound):
         pairs, note = _queued_pairs(ref, bound, alpha)
     d = _design_effect(pairs.log_ratio)
