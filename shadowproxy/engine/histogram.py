@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "BATCH_SIZES",
     "HIST_BASE_MS",
     "HIST_GROWTH",
     "RATIO_WIDTH",
@@ -31,6 +32,9 @@ HIST_BASE_MS = 0.01
 HIST_GROWTH = 1.02
 _LOG_GROWTH = math.log(HIST_GROWTH)
 RATIO_WIDTH = 0.01  # ln-ratio bucket width: bucket i holds ln(shadow/live) in [(i-0.5)w, (i+0.5)w)
+# the batch lengths whose sums a RatioHistogram keeps (consecutive ratios, in the order they
+# finished): the report reads the correlation that lasts longer than one exchange from them
+BATCH_SIZES = (8, 32, 128)  # each a multiple of the first (RatioHistogram._close_batches)
 
 
 def bucket_of(ms: float) -> int:
@@ -120,6 +124,13 @@ class RatioHistogram:
     give the lag-1 autocorrelation (`lag1`). On a busy host one backend is slowed for a stretch
     of exchanges in a row, so consecutive ratios are far from independent (0.6-0.9 measured), and
     the report's tests count that (report.inference: the design effect). Integers: mergeable.
+
+    The lag-1 correlation misses a drift that lasts longer: on a saturated host two identical
+    servers trade the lead every second or so (+39% in one quarter of a run, -10% in the next).
+    So it also sums whole batches of BATCH_SIZES consecutive ratios (`batches`: per length, how
+    many batches, the sum of their sums and of their squared sums; a batch an interval ends
+    before it is full is left out): the spread of batch means gives the variance of a mean the
+    way a drift makes it (report.inference.batch_design_effect, non-overlapping batch means).
     """
 
     buckets: dict[int, int] = field(default_factory=dict)
@@ -128,7 +139,14 @@ class RatioHistogram:
     lag_pairs: int = 0
     lag_firsts: int = 0  # the sum of each pair's first bucket, and of its second: for centring
     lag_seconds: int = 0
+    # per batch length: (batches, the sum of their bucket sums, the sum of those sums squared)
+    batches: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     last: int | None = field(default=None, compare=False)  # the previous bucket: not in records
+    # not in records: the ratios added, the bucket sum of the shortest batch open, and per batch
+    # length the sum of its open batch's shortest batches closed so far
+    added: int = field(default=0, compare=False)
+    open_sum: int = field(default=0, compare=False)
+    open_sums: list[int] = field(default_factory=lambda: [0] * len(BATCH_SIZES), compare=False)
 
     def observe(self, live_ms: float, shadow_ms: float) -> None:
         self.add(ratio_bucket(live_ms, shadow_ms))
@@ -142,6 +160,23 @@ class RatioHistogram:
             self.lag_firsts += self.last
             self.lag_seconds += i
         self.last = i
+        self.added += 1
+        self.open_sum += i
+        if self.added % BATCH_SIZES[0] == 0:  # a few additions per ratio; the rest once in 8
+            self._close_batches()
+
+    def _close_batches(self) -> None:
+        """A shortest batch is full: fold its sum into every length's open batch, and close
+        those it fills (every length is a multiple of the shortest)."""
+        closed, self.open_sum = self.open_sum, 0
+        for n, size in enumerate(BATCH_SIZES):
+            total = self.open_sums[n] + closed
+            if self.added % size:
+                self.open_sums[n] = total
+                continue
+            k, sums, squares = self.batches.get(size, (0, 0, 0))
+            self.batches[size] = (k + 1, sums + total, squares + total * total)
+            self.open_sums[n] = 0
 
     def merge(self, other: RatioHistogram) -> None:
         for i, n in other.buckets.items():
@@ -151,6 +186,9 @@ class RatioHistogram:
         self.lag_pairs += other.lag_pairs
         self.lag_firsts += other.lag_firsts
         self.lag_seconds += other.lag_seconds
+        for size, (k, sums, squares) in other.batches.items():
+            k0, sums0, squares0 = self.batches.get(size, (0, 0, 0))
+            self.batches[size] = (k0 + k, sums0 + sums, squares0 + squares)
 
     def lag1(self) -> float:
         """The lag-1 autocorrelation of the ratios (from the merged sums), 0 when it cannot be
@@ -176,15 +214,19 @@ class RatioHistogram:
             "count": self.count,
             **({"lag_sum": self.lag_sum, "lag_pairs": self.lag_pairs, "lag_firsts": self.lag_firsts,
                 "lag_seconds": self.lag_seconds} if self.lag_pairs else {}),
+            **({"batches": {str(size): list(b) for size, b in sorted(self.batches.items())}}
+               if self.batches else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RatioHistogram:
         buckets = {int(i): int(n) for i, n in d.get("buckets", {}).items()}
+        # written before the batch sums: none to read
+        batches = {int(size): (int(b[0]), int(b[1]), int(b[2])) for size, b in d.get("batches", {}).items()}
         if "lag_firsts" not in d:  # written before the centring sums: no correlation to read
-            return cls(buckets, int(d.get("count", sum(buckets.values()))))
+            return cls(buckets, int(d.get("count", sum(buckets.values()))), batches=batches)
         return cls(buckets, int(d.get("count", sum(buckets.values()))), int(d.get("lag_sum", 0)),
-                   int(d.get("lag_pairs", 0)), int(d["lag_firsts"]), int(d.get("lag_seconds", 0)))
+                   int(d.get("lag_pairs", 0)), int(d["lag_firsts"]), int(d.get("lag_seconds", 0)), batches)
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from shadowproxy.engine.histogram import HIST_BASE_MS
 from shadowproxy.report.inference import (
     CONFIDENCE_Z,
     Estimate,
+    batch_design_effect,
     design_effect,
     fmt_p,
     median_slowdown,
@@ -263,8 +264,9 @@ def queue_bound(ref: SecondaryLatency) -> tuple[float, float] | None:
 
 
 def _design_effect(h: RatioHistogram) -> float:
-    """The design effect of a route's paired ratios, from their lag-1 correlation."""
-    return design_effect(h.lag1(), h.lag_pairs)
+    """The design effect of a route's paired ratios: the larger of what their lag-1 correlation
+    and their batch means read (a drift longer than one exchange shows only in the second)."""
+    return max(design_effect(h.lag1(), h.lag_pairs), batch_design_effect(h))
 
 
 def _shadow_lag(lag: Histogram, base: Histogram) -> tuple[float | None, tuple[float, float, float] | None]:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from shadowproxy.engine.stats import Histogram, RatioHistogram, RouteStats
 from shadowproxy.report.inference import (
     Estimate,
+    batch_design_effect,
     design_effect,
     median_slowdown,
     p99_slowdown,
@@ -182,6 +183,10 @@ def test_testing_merged_interval_histograms_equals_testing_the_union(
     # each interval sums its own consecutive pairs: the pairs across a cut are not in a record
     cuts_inside = len(edges) - 2
     assert merged.latency_log_ratio.lag_pairs == whole.latency_log_ratio.lag_pairs - cuts_inside
+    # and its own whole batches: a cut costs at most the one batch it falls in, per length
+    for size, (k, _, _) in whole.latency_log_ratio.batches.items():
+        got = merged.latency_log_ratio.batches.get(size, (0, 0, 0))[0]
+        assert k - cuts_inside <= got <= k
     if cuts_inside == 0:
         assert evaluate_stats(merged) == evaluate_stats(whole)
     # and the records merged in any order give one verdict
@@ -249,6 +254,55 @@ def test_with_the_design_effect_the_median_interval_covers_the_truth_on_correlat
         kept += _covers_zero(median_slowdown(h, design_effect(h.lag1())))
     assert naive / trials < 0.88  # counted as independent: well below 95% (0.83 measured)
     assert kept / trials >= LOW_COVERAGE
+
+
+def _drifting(rng: random.Random, n: int, stretch: int, shift: float = 0.0) -> RatioHistogram:
+    """n paired ratios around ln(1 + shift) whose level is drawn again every `stretch` exchanges
+    (spread 0.1) under independent jitter (0.15): two identical servers trading the lead for a
+    second at a time on a saturated host, which lag 1 barely sees (0.1-0.3 here)."""
+    h = RatioHistogram()
+    level = 0.0
+    for k in range(n):
+        if k % stretch == 0:
+            level = rng.gauss(0, 0.1)
+        h.observe(10.0, 10.0 * (1 + shift) * math.exp(level + rng.gauss(0, 0.15)))
+    return h
+
+
+def test_batch_means_restore_most_of_the_coverage_a_slow_drift_takes_from_the_lag1_model() -> None:
+    rng = random.Random(5)
+    lag1 = both = 0
+    trials = 200
+    for _ in range(trials):
+        h = _drifting(rng, 1000, 125)
+        d = design_effect(h.lag1(), h.lag_pairs)
+        lag1 += _covers_zero(median_slowdown(h, d))
+        both += _covers_zero(median_slowdown(h, max(d, batch_design_effect(h))))
+    assert lag1 / trials < 0.75  # 0.64 measured: identical servers "slower" in a third of runs
+    assert both / trials >= 0.85  # 0.90 measured; eight levels in a run is all batches can see
+
+
+def test_batch_means_leave_independent_ratios_their_n() -> None:
+    rng = random.Random(9)
+    kept = 0
+    for _ in range(300):
+        h = RatioHistogram()
+        for _ in range(1000):
+            h.observe(10.0, 10.0 * math.exp(rng.gauss(0, 0.15)))
+        kept += batch_design_effect(h) == 1.0
+    assert kept / 300 >= 0.95  # the chi-square test at 97.5%: 0.977 measured
+
+
+def test_batch_means_need_ten_batches_and_read_the_longest_such() -> None:
+    h = RatioHistogram()
+    for k in range(32 * 9):  # nine batches of 32, 36 of 8: read from the 8s
+        h.add(50 if (k // 8) % 2 else -50)
+    assert h.batches[32][0] == 9 and h.batches[8][0] == 36 and h.batches[128][0] == 2
+    assert batch_design_effect(h) == pytest.approx(8.0 * 36 / 35)  # every batch mean is +-50
+    assert batch_design_effect(RatioHistogram()) == 1.0
+    again = RatioHistogram.from_dict(h.to_dict())
+    assert again.batches == h.batches and batch_design_effect(again) == batch_design_effect(h)
+    assert RatioHistogram.from_dict({"buckets": {"0": 3}, "count": 3}).batches == {}  # older records
 
 
 def _covers_zero(est: Estimate) -> bool:
