@@ -293,6 +293,27 @@ def test_batch_means_leave_independent_ratios_their_n() -> None:
     assert kept / 300 >= 0.95  # the chi-square test at 97.5%: 0.977 measured
 
 
+@settings(max_examples=20, deadline=None)
+@given(buckets=st.lists(st.integers(-80, 80), min_size=0, max_size=2000),
+       cuts=st.lists(st.integers(0, 16), max_size=4))
+def test_records_cut_between_the_longest_batches_merge_to_the_batch_means_of_the_union(
+    buckets: list[int], cuts: list[int]
+) -> None:
+    # intervals that end on a multiple of 128 ratios lose no batch: the sums merge exactly
+    whole = RatioHistogram()
+    for i in buckets:
+        whole.add(i)
+    edges = sorted({0, len(buckets), *(min(c * 128, len(buckets)) for c in cuts)})
+    merged = RatioHistogram()
+    for a, b in itertools.pairwise(edges):
+        part = RatioHistogram()
+        for i in buckets[a:b]:
+            part.add(i)
+        merged.merge(RatioHistogram.from_dict(part.to_dict()))
+    assert merged.batches == whole.batches
+    assert batch_design_effect(merged) == batch_design_effect(whole)
+
+
 def test_batch_means_need_ten_batches_and_read_the_longest_such() -> None:
     h = RatioHistogram()
     for k in range(32 * 9):  # nine batches of 32, 36 of 8: read from the 8s
