@@ -165,7 +165,7 @@ def batch_design_effect(h: RatioHistogram) -> float:
     variance of the batch means / the variance of the ratios, from the longest of the histogram's
     batches (engine.histogram.BATCH_SIZES) that number at least BATCHES_MIN. The lag-1 model
     (`design_effect`) sees one exchange back; a drift that lasts seconds (identical servers
-    trading the lead on a saturated host) shows only here: on such runs 5 to 23, where lag 1 read
+    trading the lead on a saturated host) shows only here: on such runs 3 to 20, where lag 1 read
     2 to 5. 1 when it cannot be told (too few batches, no spread) or is within chance of
     independent ratios (below the chi-square test's 97.5% point on k - 1 degrees of freedom);
     at most DESIGN_EFFECT_MAX."""
