@@ -272,7 +272,9 @@ class QueueSlope:
     about 1 for servers that serve one request at a time (a copy waits for those ahead of it:
     the queue, not the code, sets the latency) and about 0 for servers that serve many at once.
     Float sums: merging adds them (exact up to rounding). Beside them, how many copies found the
-    longer queue at the shadow and at the secondary: which of the two fell behind."""
+    longer queue at the shadow and at the secondary: which of the two fell behind; and the sum of
+    the calls each copy found in flight at the shadow (their mean: how many answers ahead of a
+    copy the shadow's server had to make, report.latency's share of the host's CPU waits)."""
 
     n: int = 0
     sx: float = 0.0
@@ -282,6 +284,7 @@ class QueueSlope:
     syy: float = 0.0
     shadow_longer: int = 0
     secondary_longer: int = 0
+    shadow_queued: int = 0
 
     def observe(self, x: float, y: float) -> None:
         if x > 0:
@@ -304,6 +307,7 @@ class QueueSlope:
         self.syy += other.syy
         self.shadow_longer += other.shadow_longer
         self.secondary_longer += other.secondary_longer
+        self.shadow_queued += other.shadow_queued
 
     def slope(self) -> tuple[float, float] | None:
         """The least-squares slope of y on x and its standard error (as if the pairs were
@@ -321,13 +325,14 @@ class QueueSlope:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "sx": self.sx, "sy": self.sy, "sxx": self.sxx, "sxy": self.sxy, "syy": self.syy,
-                "shadow_longer": self.shadow_longer, "secondary_longer": self.secondary_longer}
+                "shadow_longer": self.shadow_longer, "secondary_longer": self.secondary_longer,
+                "shadow_queued": self.shadow_queued}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QueueSlope:
         sx, sy, sxx, sxy, syy = (float(d.get(k, 0.0)) for k in ("sx", "sy", "sxx", "sxy", "syy"))
         return cls(int(d.get("n", 0)), sx, sy, sxx, sxy, syy, int(d.get("shadow_longer", 0)),
-                   int(d.get("secondary_longer", 0)))
+                   int(d.get("secondary_longer", 0)), int(d.get("shadow_queued", 0)))
 
 
 @dataclass(slots=True)
@@ -365,6 +370,7 @@ class SecondaryLatency:
             return
         queue, level = self._made_queued()
         queue.observe(queue_ratio(*queues), log_ratio(secondary_ms, shadow_ms))
+        queue.shadow_queued += queues[0]
         if queues[0] == queues[1]:
             level.observe(secondary_ms, shadow_ms)
 

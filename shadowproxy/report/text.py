@@ -191,6 +191,11 @@ def host_line(report: dict[str, Any]) -> str | None:
     if cpu is not None:
         parts.append(f"both backends on this host, CPU per call: live {fmt_ms(live_cpu)} ms, "
                      f"shadow {fmt_ms(cpu)} ms")
+    if host.get("shadow_cpu_wait_per_ms") is not None:
+        share = fmt_pct(host["cpu_wait_share"])
+        parts.append(f"waited for a CPU per ms run: shadow {host['shadow_cpu_wait_per_ms']:.2f} ms, "
+                     f"secondary {host['secondary_cpu_wait_per_ms']:.2f} ms (up to {share} slower from the "
+                     f"host alone)")
     return "host: " + "; ".join(parts)
 
 

@@ -217,6 +217,7 @@ def evaluate(
         else:
             levels: list[Level] = []
             explained: list[str] = []  # slowdowns the worker's loop lag could explain
+            slow: list[Estimate] = []  # the estimates that WARN or FAIL, before the lag's say
             shares = latency.shadow_lag_share or (None, None, None)
             estimates = (("median", latency.median), ("p95", latency.p95), ("p99", latency.p99))
             for (name, est), share in zip(estimates, shares, strict=True):
@@ -224,6 +225,7 @@ def evaluate(
                     continue
                 lv = slowdown_level(est, t)
                 if lv != "pass":
+                    slow.append(est)
                     reasons.append(
                         f"shadow {name} {fmt_interval(est, signed=True)} vs {latency.against}, "
                         f"{fmt_p(est.p_value)} "
@@ -241,6 +243,8 @@ def evaluate(
                     f"exchange ({', '.join(explained)} of the {latency.against} time at that quantile): "
                     f"the shadow's answers were read late, a slowdown that size is not the shadow's"
                 )
+            if latency_level in ("warn", "fail") and _host_waits_explain(latency, slow, t, reasons):
+                latency_level = "insufficient"
             if latency_level in ("warn", "fail") and latency.host_explains():
                 latency_level = _fast_end(latency, latency_level, t, reasons)
                 fast_end = True
@@ -279,6 +283,24 @@ def _errors_vs_secondary(lv: Level, shadow_errors: int, failed: tuple[int, int, 
                    f"shadow alone {alone}, the secondary alone {secondary_alone}, {fmt_p(p)}): the "
                    f"failures are the backends' surroundings as much as the shadow's")
     return "insufficient"
+
+
+def _host_waits_explain(latency: LatencyTest, slow: list[Estimate], t: Verdict, reasons: list[str]) -> bool:
+    """Whether the host's CPU, not the code, can have made the shadow slower than the secondary:
+    its server waited for a CPU longer per ms it ran than the secondary's, by enough to take every
+    WARN/FAIL estimate's lower bound below warn (`LatencyTest.host_wait_share`). Two identical
+    servers on a saturated host do not get the CPU alike, for the whole of a short run (docs/
+    report.md, "The host's CPU, shadow against secondary"); a slower code path does not make its
+    server wait longer per ms it runs, so it stands."""
+    share, h = latency.host_wait_share, latency.host
+    if not share or h is None or not slow or any(
+            est.low is None or round(est.low - share, RATIO_DIGITS) >= t.latency.warn for est in slow):
+        return False
+    reasons.append(f"latency: on this host the shadow's server waited {h.shadow_wait_per_ms:.2f} ms for a "
+                   f"CPU per ms it ran, the secondary's {h.secondary_wait_per_ms:.2f} ms: on answers made of "
+                   f"CPU time as much as these, up to {share:.1%} slower from the host alone, a slowdown "
+                   f"that size is not the shadow's")
+    return True
 
 
 def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -> Level:

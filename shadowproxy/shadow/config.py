@@ -65,7 +65,7 @@ def build_pipeline(
         sink = open_sink(config.sink_uri, flag="shadow_sink")
     if client is None:
         client = ShadowClient(config.shadow_url, config.client)
-    host = HostProbe(config.live_url, config.shadow_url) if config.live_url else None
+    host = HostProbe(config.live_url, config.shadow_url, config.secondary_url) if config.live_url else None
     return Pipeline(client, sink, stats, max_pending_compares=config.max_pending_compares,
                     diff_executor=diff_executor, secondary_url=config.secondary_url,
                     noise_state_path=config.noise_state, rng=rng, egress=egress_store(config.egress),

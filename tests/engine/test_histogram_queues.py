@@ -73,6 +73,17 @@ def test_queue_figures_survive_the_record_and_older_records_read_without_them() 
     assert read.pairs.log_ratio.count == 50 and read.queue is None and read.level is None
 
 
+def test_the_calls_each_copy_found_ahead_at_the_shadow_are_summed_and_merged() -> None:
+    a, b = SecondaryLatency(), SecondaryLatency()
+    for ref, queues in ((a, (3, 1)), (a, (0, 2)), (b, (5, 5))):
+        ref.observe(10.0, 12.0, queues)
+    a.merge(SecondaryLatency.from_dict(b.to_dict()))
+    assert a.queue is not None and (a.queue.shadow_queued, a.queue.n) == (8, 3)
+    older = b.to_dict()["queue"]
+    del older["shadow_queued"]  # a record from before the sum
+    assert QueueSlope.from_dict(older).shadow_queued == 0
+
+
 def test_no_queue_figures_are_made_until_a_copy_brings_queues() -> None:
     # a RouteStats is made for every route and every /metrics copy: no objects it does not need
     ref = SecondaryLatency()

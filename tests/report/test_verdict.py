@@ -556,3 +556,76 @@ def test_shadow_errors_outside_the_secondary_pairs_are_judged_as_without_one() -
     old.counts["shadow_errors"] = 30
     old.vs_secondary.observe(30.0, 30.0)
     assert evaluate_stats(old).shadow_errors == "fail"
+
+
+def _waited(shadow: float, secondary: float, loop_ms: float = 40.0) -> HostLoad:
+    """A run on which the shadow's and the secondary's servers waited these ms for a CPU per ms
+    their loops ran (schedstat), the shadow's loop running or waiting `loop_ms` per call (40:
+    every answer CPU time, on the routes below)."""
+    return HostLoad(cpu_pressure=0.95, shadow_wait_per_ms=shadow, secondary_wait_per_ms=secondary,
+                    shadow_loop_ms=loop_ms)
+
+
+def test_a_slowdown_vs_the_secondary_its_servers_cpu_waits_explain_is_insufficient() -> None:
+    # identical json-servers beside two busy loops: the shadow's loop waited 1.95 ms per ms it
+    # ran, the secondary's 1.59 (+14%): the shadow read 23% slower, bounded from +9%
+    rs = _with_secondary(_paired(300, 30.0, 30.0), 30.0, 34.0)
+    assert evaluate_stats(rs).latency == "warn"
+    j = evaluate_stats(rs, host=_waited(1.95, 1.59))
+    assert (j.latency, j.verdict) == ("insufficient", "insufficient"), j.reasons
+    assert j.latency_test is not None and j.latency_test.host_wait_share == pytest.approx(2.95 / 2.59 - 1)
+    assert j.reasons[-1] == ("latency: on this host the shadow's server waited 1.95 ms for a CPU per ms it "
+                             "ran, the secondary's 1.59 ms: on answers made of CPU time as much as these, "
+                             "up to 13.9% slower from the host alone, a slowdown that size is not the "
+                             "shadow's")
+    # a server whose answers are mostly sleep (3.4 ms of its loop's time per 34 ms answer): judged
+    slept = evaluate_stats(rs, host=_waited(1.95, 1.59, loop_ms=3.4))
+    assert slept.latency == "warn" and slept.latency_test is not None
+    assert slept.latency_test.host_wait_share == pytest.approx((2.95 / 2.59 - 1) * 0.1, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("shadow_wait", "secondary_wait", "expected"),
+    [
+        (1.95, 1.59, "fail"),  # 30% slower: more than 14% of waiting explains
+        (1.59, 1.95, "fail"),  # the shadow waited less: nothing to explain
+        (0.05, 0.05, "fail"),  # a quiet host
+        (None, None, "fail"),  # not measured (a remote secondary, threads per request)
+        (3.2, 1.4, "insufficient"),  # the shadow's loop waited 75% longer per ms: the host's
+    ],
+)
+def test_cpu_waits_explain_a_slowdown_vs_the_secondary_only_as_far_as_they_reach(
+    shadow_wait: float | None, secondary_wait: float | None, expected: str
+) -> None:
+    rs = _with_secondary(_paired(300, 30.0, 30.0), 30.0, 39.0)
+    host = HostLoad(cpu_pressure=0.95, shadow_wait_per_ms=shadow_wait, secondary_wait_per_ms=secondary_wait,
+                    shadow_loop_ms=None if shadow_wait is None else 40.0)
+    assert evaluate_stats(rs, host=host).latency == expected
+
+
+def test_cpu_waits_never_touch_a_pass_nor_a_check_against_live() -> None:
+    passed = evaluate_stats(_with_secondary(_paired(300, 30.0, 30.0), 30.0, 30.0), host=_waited(3.0, 1.0))
+    assert (passed.latency, passed.reasons) == ("pass", ())
+    live = evaluate_stats(_paired(300, 25.0, 32.0), host=_waited(3.0, 1.0))  # no secondary
+    assert live.latency == "fail" and live.latency_test is not None
+    assert live.latency_test.host_wait_share is None
+
+
+def test_the_run_reads_cpu_waits_only_from_intervals_that_measured_both_servers() -> None:
+    from shadowproxy.report.host import HostSums
+
+    sums = HostSums()
+    both = {"shadow_cpu_run_ms": 1000.0, "shadow_cpu_wait_ms": 2000.0,
+            "secondary_cpu_run_ms": 1000.0, "secondary_cpu_wait_ms": 1000.0}
+    sums.add({"cpu_pressure": 0.9, "shadow_calls": 100, **both}, 10.0)
+    one_side = {"shadow_cpu_run_ms": 500.0, "shadow_cpu_wait_ms": 5000.0}
+    sums.add({"cpu_pressure": 0.9, "shadow_calls": 50, **one_side}, 10.0)
+    sums.add({"cpu_pressure": 0.9, "shadow_calls": 100, **both}, 10.0)
+    load = sums.load()
+    assert load is not None and (load.shadow_wait_per_ms, load.secondary_wait_per_ms) == (2.0, 1.0)
+    assert load.shadow_loop_ms == 30.0  # (2 x 1000 + 2 x 2000) ms over the 200 calls of those intervals
+    assert load.wait_share() == pytest.approx(0.5)
+    assert load.to_dict()["cpu_wait_share"] == pytest.approx(0.5)
+    none = HostSums()
+    none.add({"cpu_pressure": 0.5}, 10.0)
+    assert none.load() == HostLoad(cpu_pressure=0.5) and "cpu_wait_share" not in HostLoad(0.5).to_dict()

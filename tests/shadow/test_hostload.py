@@ -20,6 +20,7 @@ from shadowproxy.shadow.hostload import (
     local_port,
     pressure_total_us,
     processes_cpu_ms,
+    threads_sched_ms,
 )
 from shadowproxy.testing import ProxyThread, free_port
 
@@ -37,8 +38,8 @@ for line in sys.stdin:
 
 
 class Backend:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE,
+    def __init__(self, script: str = _SERVER) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -120,6 +121,64 @@ def test_an_interval_carries_the_pressure_each_local_backends_cpu_and_the_calls(
         assert 0.0 <= got["cpu_pressure"] <= 1.0
     again = probe.take_interval(calls=45)  # the next interval: only what changed since
     assert again is not None and again["shadow_calls"] == 15 and again["shadow_cpu_ms"] < 100
+
+
+def test_with_a_secondary_each_servers_loop_carries_its_cpu_run_and_wait() -> None:
+    live, shadow, secondary = Backend(), Backend(), Backend()
+    try:
+        probe = HostProbe(live.url, shadow.url, secondary.url)
+        probe.start()
+        shadow.burn(0.3)
+        secondary.burn(0.2)
+        got = probe.take_interval(calls=5)
+    finally:
+        for b in (live, shadow, secondary):
+            b.stop()
+    assert got is not None
+    assert got["shadow_cpu_run_ms"] >= 250 and 150 <= got["secondary_cpu_run_ms"] < got["shadow_cpu_run_ms"]
+    assert got["shadow_cpu_wait_ms"] >= 0 and got["secondary_cpu_wait_ms"] >= 0
+    assert got["secondary_cpu_ms"] >= 150  # its server's CPU, as live's and the shadow's
+
+
+_THREAD_PER_REQUEST = """
+import socket, sys, threading, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+def burn(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+for line in sys.stdin:
+    t = threading.Thread(target=burn, args=(float(line),)); t.start(); t.join()
+    print("done", flush=True)
+"""
+
+
+def test_a_server_whose_threads_end_with_their_request_leaves_the_cpu_waits_out(
+        backends: tuple[Backend, Backend]) -> None:
+    # the thread that did the work is gone before the interval ends: its run and wait with it,
+    # and the loop left (the main thread) did not do the server's work
+    live, secondary = backends
+    shadow = Backend(_THREAD_PER_REQUEST)
+    try:
+        probe = HostProbe(live.url, shadow.url, secondary.url)
+        probe.start()
+        shadow.burn(0.2)
+        secondary.burn(0.2)
+        got = probe.take_interval(calls=5) or {}
+    finally:
+        shadow.stop()
+    assert got["shadow_cpu_ms"] >= 150
+    assert not {k for k in got if k.endswith(("_cpu_run_ms", "_cpu_wait_ms"))}  # neither side, then
+
+
+def test_each_thread_of_a_process_has_its_run_and_wait() -> None:
+    import os
+
+    mine = threads_sched_ms((os.getpid(),))
+    assert mine is not None and (os.getpid(), os.getpid()) in mine
+    assert all(run >= 0 and wait >= 0 for run, wait in mine.values())
+    assert threads_sched_ms(()) is None and threads_sched_ms((2**22 + 7,)) is None
 
 
 def test_a_remote_backend_leaves_the_cpu_figures_out() -> None:
