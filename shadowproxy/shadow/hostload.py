@@ -195,7 +195,8 @@ class HostProbe:
         with self._lock:
             for side in self._ports:
                 self._cpu[side] = self._read(side)[0]
-                self._sched[side] = threads_sched_ms(self._pids.get(side, ()))
+                if side in _SCHED_SIDES:
+                    self._sched[side] = threads_sched_ms(self._pids.get(side, ()))
 
     @property
     def local(self) -> bool:
@@ -235,8 +236,10 @@ class HostProbe:
                 self._take_sched(side, out, refound)
         for a, b in (("live", "shadow"), ("shadow", "secondary"), ("live", "secondary")):
             if set(self._pids.get(a, ())) & set(self._pids.get(b, ())):
-                # one process serves both ports: its CPU is not either server's own
-                for key in [k for k in out if k.startswith((f"{a}_cpu", f"{b}_cpu"))]:
+                # one process serves both ports: its CPU is not either server's own (a secondary
+                # that is live's own URL, which docs/report.md allows: only its figures go)
+                sides = (b,) if b == "secondary" else (a, b)
+                for key in [k for k in out if k.startswith(tuple(f"{side}_cpu" for side in sides))]:
                     del out[key]
         if not all(f"{side}_cpu_wait_ms" in out for side in _SCHED_SIDES):
             for key in [k for k in out if k.endswith(("_cpu_run_ms", "_cpu_wait_ms"))]:

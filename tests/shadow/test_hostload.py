@@ -140,6 +140,18 @@ def test_with_a_secondary_each_servers_loop_carries_its_cpu_run_and_wait() -> No
     assert got["secondary_cpu_ms"] >= 150  # its server's CPU, as live's and the shadow's
 
 
+def test_a_secondary_that_is_lives_own_server_leaves_only_its_own_figures_out(
+        backends: tuple[Backend, Backend]) -> None:
+    live, shadow = backends
+    probe = HostProbe(live.url, shadow.url, live.url)  # --secondary at live's URL
+    probe.start()
+    live.burn(0.1)
+    shadow.burn(0.1)
+    got = probe.take_interval(calls=5) or {}
+    assert got["live_cpu_ms"] >= 50 and got["shadow_cpu_ms"] >= 50
+    assert not {k for k in got if k.startswith("secondary_") or k.endswith(("_run_ms", "_wait_ms"))}
+
+
 _THREAD_PER_REQUEST = """
 import socket, sys, threading, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
