@@ -545,6 +545,26 @@ def test_shadow_errors_the_secondary_does_not_share_still_fail() -> None:
     assert evaluate_stats(no_secondary).shadow_errors == "fail"
 
 
+@pytest.mark.parametrize(
+    ("shadow_alone", "secondary_alone", "expected"),
+    [
+        (6, 0, "fail"),  # an outside attacker's shadow resetting 1 connection in 50: p=0.016
+        (6, 2, "fail"),  # the secondary failed on a third as many
+        (6, 3, "insufficient"),  # half as many, and not significantly fewer
+        (0, 0, "insufficient"),  # every failure on copies both failed
+    ],
+)
+def test_shadow_errors_stand_unless_the_secondary_failed_alone_about_as_often(
+    shadow_alone: int, secondary_alone: int, expected: str
+) -> None:
+    rs = _paired(300, 30.0, 30.0)
+    rs.counts["shadow_errors"] = 6
+    rs.vs_secondary.shadow_only_errors = shadow_alone
+    rs.vs_secondary.secondary_only_errors = secondary_alone
+    rs.vs_secondary.both_errors = 6 - shadow_alone
+    assert evaluate_stats(rs).shadow_errors == expected
+
+
 def test_a_secondary_that_failed_far_more_is_no_reference_for_shadow_errors() -> None:
     assert evaluate_stats(_errors(3, 250)).shadow_errors == "fail"  # the secondary was down
 
