@@ -234,6 +234,14 @@ def evaluate(
                     if lag_explains(est, share, t):
                         explained.append(f"{name} {share:.0%}")
                         lv = "pass"  # judged below: insufficient when nothing else stands
+                elif est.low is not None and round(est.low, RATIO_DIGITS) >= t.latency.warn:
+                    # a 95% interval past warn and a PASS side by side read as a contradiction
+                    # (an outside attacker's): say which condition was not met
+                    reasons.append(
+                        f"shadow {name} {fmt_interval(est, signed=True)} vs {latency.against}, "
+                        f"{fmt_p(est.p_value)}: its 95% interval starts past warn, but the one-sided "
+                        f"test is not significant at alpha {t.alpha:g}: not judged slower"
+                    )
                 levels.append(lv)
             latency_level = _worst(levels) if levels else None
             if explained and latency_level == "pass":

@@ -649,3 +649,23 @@ def test_the_run_reads_cpu_waits_only_from_intervals_that_measured_both_servers(
     none = HostSums()
     none.add({"cpu_pressure": 0.5}, 10.0)
     assert none.load() == HostLoad(cpu_pressure=0.5) and "cpu_wait_share" not in HostLoad(0.5).to_dict()
+
+
+def test_a_pass_whose_interval_starts_past_warn_says_the_test_was_not_significant() -> None:
+    # 39 of 60 exchanges +12%, 21 -2%, in no order: the median's 95% interval starts past warn
+    # (+5%) but the one-sided sign test is not below alpha (0.01, p=0.014); a bare PASS beside it
+    # read as a contradiction to an outside attacker
+    rs = RouteStats()
+    rs.counts["compared"] = 60
+    order = [33.6] * 39 + [29.4] * 21
+    random.Random(4).shuffle(order)
+    for shadow in order:
+        rs.live_latency.observe(30.0)
+        rs.shadow_latency.observe(shadow)
+        rs.latency_log_ratio.observe(30.0, shadow)
+    j = evaluate_stats(rs)
+    est = j.latency_test.median if j.latency_test is not None else None
+    assert est is not None and est.low is not None and est.low >= 0.05 and (est.p_value or 0) >= 0.01, est
+    assert j.latency == "pass"
+    assert j.reasons[-1].endswith("its 95% interval starts past warn, but the one-sided test is not "
+                                  "significant at alpha 0.01: not judged slower"), j.reasons
