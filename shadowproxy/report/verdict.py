@@ -305,8 +305,9 @@ def _host_waits_explain(latency: LatencyTest, slow: list[Estimate], t: Verdict, 
     its server waited for a CPU longer per ms it ran than the secondary's, by enough to take every
     WARN/FAIL estimate's lower bound below warn (`LatencyTest.host_wait_share`). Two identical
     servers on a saturated host do not get the CPU alike, for the whole of a short run (docs/
-    report.md, "The host's CPU, shadow against secondary"); a slower code path does not make its
-    server wait longer per ms it runs, so it stands."""
+    report.md, "The host's CPU, shadow against secondary"); code that burns more CPU per answer
+    does not make its server wait longer per ms it runs, so it stands. (Code that wakes its loop
+    more often, a round trip more, can: such a slowdown on a contended host can read insufficient.)"""
     share, h = latency.host_wait_share, latency.host
     if not share or h is None or not slow or any(
             est.low is None or round(est.low - share, RATIO_DIGITS) >= t.latency.warn for est in slow):
