@@ -190,20 +190,27 @@ class RatioHistogram:
             k0, sums0, squares0 = self.batches.get(size, (0, 0, 0))
             self.batches[size] = (k0 + k, sums0 + sums, squares0 + squares)
 
+    def spread(self) -> tuple[float, float] | None:
+        """The ratios' mean and variance (bucket units, the variance over n); None with fewer
+        than two ratios or no spread: what `lag1` and the report's batch means divide by."""
+        n = sum(self.buckets.values())
+        if n < 2:
+            return None
+        mean = sum(i * c for i, c in self.buckets.items()) / n
+        var = sum((i - mean) ** 2 * c for i, c in self.buckets.items()) / n
+        return (mean, var) if var > 0 else None
+
     def lag1(self) -> float:
         """The lag-1 autocorrelation of the ratios (from the merged sums), 0 when it cannot be
         told (no consecutive pairs, no spread). Centred on the mean with each pair's own sums:
         sum((x_k - m)(x_k+1 - m)) = lag_sum - m (lag_firsts + lag_seconds) + pairs m^2. (Taking
         m^2 off the mean product instead left each interval's end samples in it, times the mean:
         ratios that all sat near +46% read a correlation near 1.)"""
-        n = sum(self.buckets.values())
         m = self.lag_pairs
-        if m == 0 or n < 2:
+        spread = self.spread()
+        if m == 0 or spread is None:
             return 0.0
-        mean = sum(i * c for i, c in self.buckets.items()) / n
-        var = sum((i - mean) ** 2 * c for i, c in self.buckets.items()) / n
-        if var <= 0:
-            return 0.0
+        mean, var = spread
         cov = (self.lag_sum - mean * (self.lag_firsts + self.lag_seconds) + m * mean * mean) / m
         return max(-1.0, min(1.0, cov / var))
 

@@ -169,15 +169,11 @@ def batch_design_effect(h: RatioHistogram) -> float:
     2 to 5. 1 when it cannot be told (too few batches, no spread) or is within chance of
     independent ratios (below the chi-square test's 97.5% point on k - 1 degrees of freedom);
     at most DESIGN_EFFECT_MAX."""
-    n = sum(h.buckets.values())
-    if n < 2:
-        return 1.0
-    mean = sum(i * c for i, c in h.buckets.items()) / n
-    var = sum((i - mean) ** 2 * c for i, c in h.buckets.items()) / n
+    spread = h.spread()
     usable = [s for s in BATCH_SIZES if h.batches.get(s, (0, 0, 0))[0] >= BATCHES_MIN]
-    if var <= 0 or not usable:
+    if spread is None or not usable:
         return 1.0
-    size = usable[-1]
+    var, size = spread[1], usable[-1]
     k, sums, squares = h.batches[size]
     # the batch means' sample variance, about their own mean (k - 1 degrees of freedom)
     means_var = (squares - sums * sums / k) / (size * size) / (k - 1)

@@ -224,24 +224,19 @@ def evaluate(
                 if est is None or est.value is None:
                     continue
                 lv = slowdown_level(est, t)
+                read = (f"shadow {name} {fmt_interval(est, signed=True)} vs {latency.against}, "
+                        f"{fmt_p(est.p_value)}")
                 if lv != "pass":
                     slow.append(est)
-                    reasons.append(
-                        f"shadow {name} {fmt_interval(est, signed=True)} vs {latency.against}, "
-                        f"{fmt_p(est.p_value)} "
-                        f"({_limit(lv, t.latency, 'lower')})"
-                    )
+                    reasons.append(f"{read} ({_limit(lv, t.latency, 'lower')})")
                     if lag_explains(est, share, t):
                         explained.append(f"{name} {share:.0%}")
                         lv = "pass"  # judged below: insufficient when nothing else stands
                 elif est.low is not None and round(est.low, RATIO_DIGITS) >= t.latency.warn:
                     # a 95% interval past warn and a PASS side by side read as a contradiction
                     # (an outside attacker's): say which condition was not met
-                    reasons.append(
-                        f"shadow {name} {fmt_interval(est, signed=True)} vs {latency.against}, "
-                        f"{fmt_p(est.p_value)}: its 95% interval starts past warn, but the one-sided "
-                        f"test is not significant at alpha {t.alpha:g}: not judged slower"
-                    )
+                    reasons.append(f"{read}: its 95% interval starts past warn, but the one-sided test is "
+                                   f"not significant at alpha {t.alpha:g}: not judged slower")
                 levels.append(lv)
             latency_level = _worst(levels) if levels else None
             if explained and latency_level == "pass":
