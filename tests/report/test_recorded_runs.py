@@ -24,14 +24,17 @@ def _route(case: dict[str, Any]) -> RouteStats:
     return rs
 
 
-def test_identical_servers_trading_the_lead_on_a_saturated_host_pass_on_latency() -> None:
+def test_identical_servers_trading_the_lead_on_a_saturated_host_are_not_judged_slower() -> None:
     rs = _route(DATA["saturated_identical"])
     ratios = rs.vs_secondary.pairs.log_ratio
     # what lag 1 alone made of it: a WARN (+11.6%, bounded from +6.2%)
     alone = median_slowdown(ratios, design_effect(ratios.lag1(), ratios.lag_pairs))
     assert alone.low is not None and alone.low >= 0.05 and (alone.p_value or 1.0) < 0.01
     judged = evaluate_stats(rs)
-    assert judged.latency == "pass", judged.reasons
+    # not WARN: the batch means count it as fewer samples; not PASS: +1.0% to +28.4% at the median
+    # does not rule out a FAIL-sized slowdown either
+    assert judged.latency == "insufficient", judged.reasons
+    assert "not shown less than fail" in judged.reasons[-1]
     assert judged.latency_test is not None and judged.latency_test.against == "secondary"
     assert alone.n_effective is not None
     assert judged.latency_test.n_effective < alone.n_effective  # the batch means counted fewer

@@ -93,7 +93,7 @@ def test_latency_below_min_samples_is_insufficient_not_pass_not_fail() -> None:
     assert evaluate_stats(_paired(10, 100.0, 300.0), Verdict(min_samples=10)).latency == "fail"
 
 
-def test_a_slowdown_that_is_not_significant_at_alpha_passes() -> None:
+def test_a_slowdown_that_is_not_significant_at_alpha_is_not_judged_slower() -> None:
     rs = RouteStats()
     rs.counts["compared"] = 40
     slower = [True] * 22 + [False] * 18
@@ -107,7 +107,36 @@ def test_a_slowdown_that_is_not_significant_at_alpha_passes() -> None:
     j = evaluate_stats(rs)
     assert j.latency_test is not None
     assert j.latency_test.median.p_value is not None and j.latency_test.median.p_value > 0.01
-    assert j.latency == "pass"
+    # not WARN: not significant; not PASS either: its interval (-30% to +30%) reaches past fail
+    assert j.latency == "insufficient"
+    assert j.reasons[-1].startswith("latency: shadow median ") and "ends past it" in j.reasons[-1]
+
+
+def test_a_pass_needs_the_median_s_interval_to_end_within_fail() -> None:
+    def shuffled(low: float, high: float, n: int) -> RouteStats:
+        """The shadow answers in the very latencies live did, in another order: equal quantiles,
+        ratios as spread as the latencies."""
+        rng = random.Random(7)
+        lives = [rng.uniform(low, high) for _ in range(n)]
+        rs = RouteStats()
+        rs.counts["compared"] = n
+        for live, shadow in zip(lives, rng.sample(lives, n), strict=True):
+            rs.live_latency.observe(live)
+            rs.shadow_latency.observe(shadow)
+            rs.latency_log_ratio.observe(live, shadow)
+        return rs
+
+    tight = evaluate_stats(shuffled(90.0, 110.0, 300))
+    assert tight.latency == "pass" and tight.reasons == ()
+    assert tight.latency_test is not None and (tight.latency_test.median.high or 1.0) <= 0.15
+    # 40 exchanges that vary 4x: not shown slower, but a FAIL-sized median slowdown fits them too
+    wide = evaluate_stats(shuffled(50.0, 200.0, 40))
+    assert wide.latency == "insufficient" and wide.verdict == "insufficient"
+    assert wide.latency_test is not None and (wide.latency_test.median.high or 0.0) > 0.15
+    assert "not shown less than fail 15% slower" in wide.reasons[-1]
+    # the threshold is the rules' fail, not a constant
+    loose = Verdict(latency=Thresholds(warn=0.5, fail=1.5))
+    assert evaluate_stats(shuffled(50.0, 200.0, 40), loose).latency == "pass"
 
 
 def test_route_verdict_is_its_worst_check_and_says_why() -> None:
