@@ -195,7 +195,7 @@ def host_line(report: dict[str, Any]) -> str | None:
         share = fmt_pct(host["cpu_wait_share"])
         parts.append(f"waited for a CPU per ms run: shadow {host['shadow_cpu_wait_per_ms']:.2f} ms, "
                      f"secondary {host['secondary_cpu_wait_per_ms']:.2f} ms (up to {share} slower from the "
-                     f"host alone)")
+                     f"host alone, on answers made only of CPU time)")
     return "host: " + "; ".join(parts)
 
 
