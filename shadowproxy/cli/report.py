@@ -111,8 +111,9 @@ def report(
     <= fail < FAIL), each judged with its 95% interval (docs/report.md):
       mismatch rate   mismatched / compared           upper bound, once one mismatch is seen
       shadow errors   errors / (compared + errors)    the same rule and thresholds
-      latency         shadow slowdown at median, p99  lower bound, only when p < verdict.alpha
-    Latency with fewer than verdict.min_samples (30) compared exchanges is INSUFFICIENT.
+      latency         slowdown at median, p95, p99    lower bound, only when p < verdict.alpha
+    Latency with fewer than verdict.min_samples (30) compared exchanges (counted as
+    independent) is INSUFFICIENT; so is one whose median interval reaches past fail.
     The route's verdict is its worst check; a route with nothing compared is NO DATA.
     Overall is the worst route with data (NO DATA when no route has any).
 

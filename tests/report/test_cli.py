@@ -267,8 +267,9 @@ def test_bad_source_uri_is_a_usage_error() -> None:
 def test_help_documents_the_verdict_and_exit_codes() -> None:
     code, out, _ = run("report", "--help")
     assert code == 0
-    for text in ("shadow slowdown at median, p99", "95% interval", "INSUFFICIENT", "--fail-on-insufficient",
-                 "--fail-on", "NO DATA", "Exit codes", "--since", "--rules"):
+    for text in ("slowdown at median, p95, p99", "median interval reaches past fail", "95% interval",
+                 "INSUFFICIENT", "--fail-on-insufficient", "--fail-on", "NO DATA", "Exit codes", "--since",
+                 "--rules"):
         assert text in out
 
 
