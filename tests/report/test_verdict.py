@@ -139,6 +139,35 @@ def test_a_pass_needs_the_median_s_interval_to_end_within_fail() -> None:
     assert evaluate_stats(shuffled(50.0, 200.0, 40), loose).latency == "pass"
 
 
+def _scaled(low: float, high: float, n: int) -> RouteStats:
+    """Each shadow answer takes its live answer's time times a factor drawn from [low, high]."""
+    rng = random.Random(5)
+    rs = RouteStats()
+    rs.counts["compared"] = n
+    for _ in range(n):
+        live = rng.uniform(90.0, 110.0)
+        shadow = live * rng.uniform(low, high)
+        rs.live_latency.observe(live)
+        rs.shadow_latency.observe(shadow)
+        rs.latency_log_ratio.observe(live, shadow)
+    return rs
+
+
+def test_a_shadow_shown_slower_passes_only_when_its_median_is_shown_below_warn() -> None:
+    small = evaluate_stats(_scaled(1.015, 1.025, 300))  # +2%, significant, interval within warn
+    assert small.latency == "pass" and small.verdict == "pass"
+    assert small.reasons == ("shadow median +2.0% (+2.0% to +2.0%, n=300) vs live, p<0.0001: slower, by "
+                             "less than warn 5% (its 95% interval ends within it)",)
+    # +7.3% (+3.0% to +10.5%), p<0.0001: slower, maybe past warn, maybe not: no PASS (an outside
+    # attacker's 20% slower shadow read so against live with curl clients)
+    spans = evaluate_stats(_scaled(0.98, 1.14, 40))
+    assert spans.latency == "insufficient" and spans.verdict == "insufficient"
+    assert spans.latency_test is not None
+    m = spans.latency_test.median
+    assert m.low is not None and m.high is not None and m.low < 0.05 < m.high
+    assert "slower, but neither shown past warn 5% nor shown less" in spans.reasons[-1]
+
+
 def test_route_verdict_is_its_worst_check_and_says_why() -> None:
     rs = _paired(1000, 100.0, 130.0)
     rs.counts["mismatched"] = 2
