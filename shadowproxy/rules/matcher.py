@@ -57,6 +57,13 @@ _PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]")
 _VOWEL = re.compile(r"[aeiouyAEIOUY]")
 _CONSONANTS = re.compile(r"[b-df-hj-np-tv-xzB-DF-HJ-NP-TV-XZ]{6,}")  # in one part: "strengths" has 5
 _HEX = re.compile(r"[0-9a-fA-F]{16,}")  # letters only, yet an id: deadbeefdeadbeef...
+# Names without a vowel that APIs use as words (formats, protocols): httpbin's `/html` and `/xml`
+# read as tokens to the vowel rule (an outside tester's). Lower-case, whole parts only.
+_ABBREVIATIONS = frozenset({
+    "html", "xml", "png", "jpg", "gif", "svg", "bmp", "pdf", "css", "csv", "tsv", "txt", "rss",
+    "sql", "gz", "tgz", "mp3", "mp4", "http", "https", "ftp", "smtp", "dns", "ssl", "tls", "cdn",
+    "rpc", "grpc", "sdk", "cli", "crm", "cms", "pkg", "msg", "cfg", "src", "dst", "tmp", "ws", "wss",
+})
 # a gRPC service (`/package.Service/Method`): lower-case package parts, then a PascalCase name;
 # a token (a JWT's `eyJ...` parts have capitals and digits mixed) does not read like one
 _GRPC_SERVICE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*")
@@ -71,7 +78,9 @@ def _reads_like_words(seg: str) -> bool:
     has a vowel, no part has a run of six consonants (within a part: `WatchThings` joins "tch"
     and "Th"), and most camelCase humps are longer than two letters (`getUserById` yes;
     `kXqzPwLmTrBv`, `aBcDeFgHiJkL`, `xkcdqzrtpw` no: tokens, never labels)."""
-    parts = _PART.findall(seg)
+    parts = [p for p in _PART.findall(seg) if p not in _ABBREVIATIONS]
+    if not parts:
+        return True
     if any((len(p) >= 3 and _VOWEL.search(p) is None) or _CONSONANTS.search(p) for p in parts):
         return False
     return len(parts) < 3 or sum(len(p) <= 2 for p in parts) * 2 <= len(parts)

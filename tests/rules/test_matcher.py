@@ -97,6 +97,12 @@ def test_path_template_replaces_ids_with_a_placeholder(path: str, template: str)
         ("/spdemo.Things/WatchThings", "/spdemo.Things/WatchThings"),  # "tchTh" spans two humps
         ("/api/strengths", "/api/strengths"),  # five consonants in a row, still a word
         ("/x/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", "/x/{id}"),  # a JWT is not a service
+        ("/html", "/html"),  # names without a vowel that APIs use as words (httpbin's)
+        ("/xml", "/xml"),
+        ("/export/csv", "/export/csv"),
+        ("/image/png", "/image/png"),
+        ("/v1/html-report", "/v1/html-report"),
+        ("/x/htmlxkcdq", "/x/{id}"),  # not a part of its own
     ],
 )
 def test_path_template_keeps_only_word_like_segments(path: str, template: str) -> None:
