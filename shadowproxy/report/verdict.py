@@ -286,7 +286,7 @@ def _bounded_pass(latency: LatencyTest, t: Verdict, reasons: list[str]) -> Level
     if m.value is None:
         return "pass"
     slower = m.p_value is not None and m.p_value < t.alpha
-    limit, name = (t.latency.warn, "warn") if slower else (t.latency.fail, "fail")
+    limit = t.latency.warn if slower else t.latency.fail
     read = f"shadow median {fmt_interval(m, signed=True)} vs {latency.against}, {fmt_p(m.p_value)}"
     if m.high is not None and round(m.high, RATIO_DIGITS) <= limit:
         if slower:
@@ -296,7 +296,7 @@ def _bounded_pass(latency: LatencyTest, t: Verdict, reasons: list[str]) -> Level
         reasons.append(f"latency: {read}: slower, but neither shown past warn {limit:.0%} nor shown less "
                        f"(its 95% interval spans it): too few or too varied exchanges to tell which")
     else:
-        reasons.append(f"latency: {read}: not shown slower, and not shown less than {name} {limit:.0%} "
+        reasons.append(f"latency: {read}: not shown slower, and not shown less than fail {limit:.0%} "
                        f"slower either (its 95% interval ends past it): too few or too varied exchanges "
                        f"to tell")
     return "insufficient"

@@ -61,7 +61,7 @@ _HEX = re.compile(r"[0-9a-fA-F]{16,}")  # letters only, yet an id: deadbeefdeadb
 # read as tokens to the vowel rule (an outside tester's). Lower-case, whole parts only.
 _ABBREVIATIONS = frozenset({
     "html", "xml", "png", "jpg", "gif", "svg", "bmp", "pdf", "css", "csv", "tsv", "txt", "rss",
-    "sql", "gz", "tgz", "mp3", "mp4", "http", "https", "ftp", "smtp", "dns", "ssl", "tls", "cdn",
+    "sql", "gz", "tgz", "http", "https", "ftp", "smtp", "dns", "ssl", "tls", "cdn",
     "rpc", "grpc", "sdk", "cli", "crm", "cms", "pkg", "msg", "cfg", "src", "dst", "tmp", "ws", "wss",
 })
 # a gRPC service (`/package.Service/Method`): lower-case package parts, then a PascalCase name;
