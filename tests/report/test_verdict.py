@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 import pytest
 
@@ -57,15 +58,20 @@ def test_wilson_interval_matches_published_values() -> None:
         assert wilson(x, n) == pytest.approx((lo, hi), abs=1e-4)
 
 
-def _paired(n: int, live: float, shadow: float) -> RouteStats:
+def _observed(pairs: Iterable[tuple[float, float]]) -> RouteStats:
+    """A route whose compared exchanges took these (live ms, shadow ms), in this order."""
     rs = RouteStats()
-    rs.counts["compared"] = n
-    for i in range(n):
-        wobble = 1 + 0.01 * ((i * 7) % 11 - 5)  # the same request load on both sides
-        rs.live_latency.observe(live * wobble)
-        rs.shadow_latency.observe(shadow * wobble)
-        rs.latency_log_ratio.observe(live * wobble, shadow * wobble)
+    for live, shadow in pairs:
+        rs.counts["compared"] += 1
+        rs.live_latency.observe(live)
+        rs.shadow_latency.observe(shadow)
+        rs.latency_log_ratio.observe(live, shadow)
     return rs
+
+
+def _paired(n: int, live: float, shadow: float) -> RouteStats:
+    wobbles = (1 + 0.01 * ((i * 7) % 11 - 5) for i in range(n))  # the same request load on both sides
+    return _observed((live * w, shadow * w) for w in wobbles)
 
 
 @pytest.mark.parametrize(
@@ -94,17 +100,10 @@ def test_latency_below_min_samples_is_insufficient_not_pass_not_fail() -> None:
 
 
 def test_a_slowdown_that_is_not_significant_at_alpha_is_not_judged_slower() -> None:
-    rs = RouteStats()
-    rs.counts["compared"] = 40
     slower = [True] * 22 + [False] * 18
     random.Random(1).shuffle(slower)  # in no particular order (two runs of a kind would correlate)
-    for i in range(40):  # 22 slower by 30%, 18 faster by 30%: the median moves, the sign test does not
-        live = 100.0
-        shadow = 130.0 if slower[i] else 70.0
-        rs.live_latency.observe(live)
-        rs.shadow_latency.observe(shadow)
-        rs.latency_log_ratio.observe(live, shadow)
-    j = evaluate_stats(rs)
+    # 22 slower by 30%, 18 faster by 30%: the median moves, the sign test does not
+    j = evaluate_stats(_observed((100.0, 130.0 if s else 70.0) for s in slower))
     assert j.latency_test is not None
     assert j.latency_test.median.p_value is not None and j.latency_test.median.p_value > 0.01
     # not WARN: not significant; not PASS either: its interval (-30% to +30%) reaches past fail
@@ -118,13 +117,7 @@ def test_a_pass_needs_the_median_s_interval_to_end_within_fail() -> None:
         ratios as spread as the latencies."""
         rng = random.Random(7)
         lives = [rng.uniform(low, high) for _ in range(n)]
-        rs = RouteStats()
-        rs.counts["compared"] = n
-        for live, shadow in zip(lives, rng.sample(lives, n), strict=True):
-            rs.live_latency.observe(live)
-            rs.shadow_latency.observe(shadow)
-            rs.latency_log_ratio.observe(live, shadow)
-        return rs
+        return _observed(zip(lives, rng.sample(lives, n), strict=True))
 
     tight = evaluate_stats(shuffled(90.0, 110.0, 300))
     assert tight.latency == "pass" and tight.reasons == ()
@@ -142,15 +135,8 @@ def test_a_pass_needs_the_median_s_interval_to_end_within_fail() -> None:
 def _scaled(low: float, high: float, n: int) -> RouteStats:
     """Each shadow answer takes its live answer's time times a factor drawn from [low, high]."""
     rng = random.Random(5)
-    rs = RouteStats()
-    rs.counts["compared"] = n
-    for _ in range(n):
-        live = rng.uniform(90.0, 110.0)
-        shadow = live * rng.uniform(low, high)
-        rs.live_latency.observe(live)
-        rs.shadow_latency.observe(shadow)
-        rs.latency_log_ratio.observe(live, shadow)
-    return rs
+    lives = (rng.uniform(90.0, 110.0) for _ in range(n))
+    return _observed((live, live * rng.uniform(low, high)) for live in lives)
 
 
 def test_a_shadow_shown_slower_passes_only_when_its_median_is_shown_below_warn() -> None:
@@ -431,15 +417,11 @@ def test_slow_requests_that_all_take_the_same_time_are_significant_at_p99() -> N
 def _contended(n: int, live: float, slow: float, share_slow: float) -> RouteStats:
     """Identical CPU-bound servers on a contended host: the shadow's answer made while live's is
     relayed is slowed (`share_slow` of them, to `slow` ms); the rest take what live takes."""
-    rs = RouteStats()
-    rs.counts["compared"] = n
-    for i in range(n):
+    def pair(i: int) -> tuple[float, float]:
         wobble = 1 + 0.01 * ((i * 7) % 11 - 5)
-        shadow = (slow if (i * 37) % 100 < share_slow * 100 else live) * wobble
-        rs.live_latency.observe(live * wobble)
-        rs.shadow_latency.observe(shadow)
-        rs.latency_log_ratio.observe(live * wobble, shadow)
-    return rs
+        return live * wobble, (slow if (i * 37) % 100 < share_slow * 100 else live) * wobble
+
+    return _observed(pair(i) for i in range(n))
 
 
 CONTENDED = HostLoad(cpu_pressure=0.42, shadow_cpu_ms=4.2, live_cpu_ms=4.0)
@@ -558,13 +540,8 @@ def test_a_secondary_far_slower_than_live_is_no_reference() -> None:
 
 
 def test_few_exchanges_that_correlate_are_insufficient_however_many_were_compared() -> None:
-    rs = RouteStats()
-    rs.counts["compared"] = 40
-    for i in range(40):  # two long runs: the shadow slower for the first half, faster after
-        rs.latency_log_ratio.observe(100.0, 105.0 if i < 20 else 96.0)
-        rs.live_latency.observe(100.0)
-        rs.shadow_latency.observe(105.0 if i < 20 else 96.0)
-    j = evaluate_stats(rs)
+    # two long runs: the shadow slower for the first half, faster after
+    j = evaluate_stats(_observed((100.0, 105.0 if i < 20 else 96.0) for i in range(40)))
     assert j.latency == "insufficient"
     assert any(r.startswith("latency: 40 compared exchanges, as ") and "fewer than min_samples 30" in r
                for r in j.reasons), j.reasons
@@ -713,15 +690,9 @@ def test_a_pass_whose_interval_starts_past_warn_says_the_test_was_not_significan
     # 39 of 60 exchanges +12%, 21 -2%, in no order: the median's 95% interval starts past warn
     # (+5%) but the one-sided sign test is not below alpha (0.01, p=0.014); a bare PASS beside it
     # read as a contradiction to an outside attacker
-    rs = RouteStats()
-    rs.counts["compared"] = 60
     order = [33.6] * 39 + [29.4] * 21
     random.Random(4).shuffle(order)
-    for shadow in order:
-        rs.live_latency.observe(30.0)
-        rs.shadow_latency.observe(shadow)
-        rs.latency_log_ratio.observe(30.0, shadow)
-    j = evaluate_stats(rs)
+    j = evaluate_stats(_observed((30.0, shadow) for shadow in order))
     est = j.latency_test.median if j.latency_test is not None else None
     assert est is not None and est.low is not None and est.low >= 0.05 and (est.p_value or 0) >= 0.01, est
     assert j.latency == "pass"
