@@ -226,8 +226,7 @@ def evaluate(
                 if est is None or est.value is None:
                     continue
                 lv = slowdown_level(est, t)
-                read = (f"shadow {name} {fmt_interval(est, signed=True)} vs {latency.against}, "
-                        f"{fmt_p(est.p_value)}")
+                read = _reading(name, est, latency.against)
                 if lv != "pass":
                     slow.append(est)
                     reasons.append(f"{read} ({_limit(lv, t.latency, 'lower')})")
@@ -273,6 +272,11 @@ def evaluate(
 ERRORS_AS_OFTEN = 0.5
 
 
+def _reading(name: str, est: Estimate, against: str) -> str:
+    """`shadow median +7.3% (+2.0% to +13.9%, n=100) vs live, p<0.0001`: a slowdown as reasons cite it."""
+    return f"shadow {name} {fmt_interval(est, signed=True)} vs {against}, {fmt_p(est.p_value)}"
+
+
 def _bounded_pass(latency: LatencyTest, t: Verdict, reasons: list[str]) -> Level:
     """A latency check that passed the WARN/FAIL rule, held to the median slowdown's 95% interval:
     PASS when it ends at or below `fail`, or, when the shadow is significantly slower (p < alpha),
@@ -287,7 +291,7 @@ def _bounded_pass(latency: LatencyTest, t: Verdict, reasons: list[str]) -> Level
         return "pass"
     slower = m.p_value is not None and m.p_value < t.alpha
     limit = t.latency.warn if slower else t.latency.fail
-    read = f"shadow median {fmt_interval(m, signed=True)} vs {latency.against}, {fmt_p(m.p_value)}"
+    read = _reading("median", m, latency.against)
     if m.high is not None and round(m.high, RATIO_DIGITS) <= limit:
         if slower:
             reasons.append(f"{read}: slower, by less than warn {limit:.0%} (its 95% interval ends within it)")
@@ -365,8 +369,8 @@ def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -
                        f"slower past warn{shown}: the slowdown is the host's as much as the code's")
         return "insufficient"
     assert est is not None
-    reasons.append(f"shadow p10 {fmt_interval(est, signed=True)} vs live, {fmt_p(est.p_value)} "
-                   f"({_limit(fast, t.latency, 'lower')}): judged at the fast end, since {why}")
+    reasons.append(f"{_reading('p10', est, 'live')} ({_limit(fast, t.latency, 'lower')}): judged at the fast "
+                   f"end, since {why}")
     return fast if _RANK[fast] < _RANK[lv] else lv
 
 
