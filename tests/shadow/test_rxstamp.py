@@ -4,35 +4,44 @@ Real sockets on 127.0.0.1 (Linux stamps TCP segments as they arrive)."""
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
+import threading
 import time
 
 from shadowproxy.rxstamp import stamp_transport
 
 
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await reader.readexactly(2)
-    writer.write(b"late")
-    await writer.drain()
-    await reader.read()  # until the client closes
-    writer.close()
-    await writer.wait_closed()
+def _answer_once(listener: socket.socket) -> None:
+    """A server on its own thread, so it answers while the test holds the client's loop."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(2)
+        conn.sendall(b"late")
+        conn.recv(1)  # until the client closes
 
 
 async def test_a_read_late_by_the_loop_is_stamped_when_its_bytes_arrived() -> None:
-    server = await asyncio.start_server(_answer, "127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = threading.Thread(target=_answer_once, args=(listener,), daemon=True)
+    server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
     stamp = stamp_transport(writer.transport)
     assert stamp is not None, "this kernel does not stamp TCP segments"
     writer.write(b"go")
-    await asyncio.sleep(0.02)  # the server answers now
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    # the loop is held from here on: wait, without reading, until the answer is in the kernel
+    readable, _, _ = select.select([sock], [], [], 10)
+    assert readable, "the server did not answer within 10 s"
     sent_by = time.perf_counter()
-    time.sleep(0.1)  # the loop is held: the answer waits in the kernel
+    time.sleep(0.1)  # still held: the answer waits in the kernel
     data = await reader.readexactly(4)
     read = time.perf_counter()
     writer.close()
     await writer.wait_closed()
-    server.close()
-    await server.wait_closed()
+    server.join(10)
+    listener.close()
     assert data == b"late" and stamp.kernel
     assert stamp.at <= sent_by + 0.005 < read - 0.09, (stamp.at, sent_by, read)
 
