@@ -213,7 +213,10 @@ def evaluate(
             reasons.append(latency.note)
         if latency.n_effective < t.min_samples:
             latency_level = "insufficient"
-            as_ = f", as {latency.n_effective} independent" if latency.n_effective != latency.n else ""
+            # the design effect: exchanges in a row that moved together count as fewer; a longer
+            # run is the way to an answer (a user's next step, not only the figure)
+            as_ = (f", as {latency.n_effective} independent (neighbours moved together: a longer run "
+                   f"answers)" if latency.n_effective != latency.n else "")
             reasons.append(f"latency: {latency.n} {latency.judged}{as_}, fewer than min_samples "
                            f"{t.min_samples}")
         else:
@@ -257,7 +260,8 @@ def evaluate(
                 latency_level = "insufficient"
                 reasons.append(
                     f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per exchange, "
-                    f"{latency.hidden:.0%} of the live time without it: a slowdown that size would not show"
+                    f"{latency.hidden:.0%} of the live time without it: a slowdown that size would not show "
+                    f"(a secondary, run --secondary, is timed beside the shadow, free of it)"
                 )
             if latency_level == "pass":
                 latency_level = _bounded_pass(latency, t, reasons)

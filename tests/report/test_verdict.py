@@ -288,7 +288,8 @@ def test_a_pass_the_proxys_loop_lag_could_hide_is_insufficient_with_the_reason()
     assert (j.latency, j.verdict) == ("insufficient", "insufficient")
     assert j.reasons == (
         "latency: the proxy's event loop lagged 2.00 ms per exchange, 25% of the live time without it:"
-        " a slowdown that size would not show",
+        " a slowdown that size would not show (a secondary, run --secondary, is timed beside the shadow,"
+        " free of it)",
     )
 
 
@@ -698,3 +699,15 @@ def test_a_pass_whose_interval_starts_past_warn_says_the_test_was_not_significan
     assert j.latency == "pass"
     assert j.reasons[-1].endswith("its 95% interval starts past warn, but the one-sided test is not "
                                   "significant at alpha 0.01: not judged slower"), j.reasons
+
+
+def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_longer_run_answers() -> None:
+    # 100 exchanges in four stretches: the shadow 40% slower, then 20% faster, and again
+    # (one backend slowed for a stretch): neighbours carry little news of their own
+    shape = [1.4] * 25 + [0.8] * 25 + [1.4] * 25 + [0.8] * 25
+    j = evaluate_stats(_observed((10.0, 10.0 * r) for r in shape))
+    test = j.latency_test
+    assert test is not None and test.n == 100 and test.n_effective < 30
+    assert j.latency == "insufficient"
+    assert (f"latency: 100 compared exchanges, as {test.n_effective} independent (neighbours moved "
+            "together: a longer run answers), fewer than min_samples 30") in j.reasons
