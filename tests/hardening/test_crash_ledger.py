@@ -436,11 +436,15 @@ def test_a_worker_killed_alone_is_counted_exactly_when_the_proxy_replaces_it(
         for i in range(10):
             assert h.get(f"{proxy.url}/slow/w-{i}")[0] == 200
         wait_until(lambda: slow() == slow_before + 10, timeout=30, what="the slow copies")
-        time.sleep(0.5)  # the worker flushed the records it wrote (every 0.5 s)
+        # the worker flushed the 12 mismatch records it wrote (every 0.5 s)
+        wait_until(lambda: sum(r["outcome"] == "mismatch" for r in h.read_jsonl(out)) == 12, timeout=30,
+                   what="the 12 mismatch records flushed")
         dead = ledger.read(path)["worker_pid"]
         os.kill(dead, signal.SIGKILL)
         wait_until(lambda: ledger.read(path)["worker_pid"] not in (0, dead), timeout=30, what="a new worker")
-        time.sleep(1.0)  # it is ready
+        # it is ready: logged once the new worker answered its config (a fixed 1 s was not always)
+        wait_until(lambda: proxy.stderr().count("shadow worker started") == 2, timeout=30,
+                   what="the new worker ready")
         for i in range(3):
             assert h.get(f"{proxy.url}/fast/after-{i}")[0] == 200
     finally:
