@@ -216,7 +216,7 @@ def evaluate(
             # the design effect: exchanges in a row that moved together count as fewer; a longer
             # run is the way to an answer (a user's next step, not only the figure)
             as_ = (f", as {latency.n_effective} independent (neighbours moved together: a longer run "
-                   f"answers)" if latency.n_effective != latency.n else "")
+                   "can answer)" if latency.n_effective != latency.n else "")
             reasons.append(f"latency: {latency.n} {latency.judged}{as_}, fewer than min_samples "
                            f"{t.min_samples}")
         else:

@@ -701,7 +701,7 @@ def test_a_pass_whose_interval_starts_past_warn_says_the_test_was_not_significan
                                   "significant at alpha 0.01: not judged slower"), j.reasons
 
 
-def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_longer_run_answers() -> None:
+def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_longer_run_can_answer() -> None:
     # 100 exchanges in four stretches: the shadow 40% slower, then 20% faster, and again
     # (one backend slowed for a stretch): neighbours carry little news of their own
     shape = [1.4] * 25 + [0.8] * 25 + [1.4] * 25 + [0.8] * 25
@@ -710,4 +710,4 @@ def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_lo
     assert test is not None and test.n == 100 and test.n_effective < 30
     assert j.latency == "insufficient"
     assert (f"latency: 100 compared exchanges, as {test.n_effective} independent (neighbours moved "
-            "together: a longer run answers), fewer than min_samples 30") in j.reasons
+            "together: a longer run can answer), fewer than min_samples 30") in j.reasons
