@@ -213,12 +213,12 @@ def evaluate(
             reasons.append(latency.note)
         if latency.n_effective < t.min_samples:
             latency_level = "insufficient"
-            # the design effect: exchanges in a row that moved together count as fewer; a longer
-            # run is the way to an answer (a user's next step, not only the figure)
-            as_ = (f", as {latency.n_effective} independent (neighbours moved together: a longer run "
-                   "can answer)" if latency.n_effective != latency.n else "")
+            # the design effect: exchanges in a row that moved together count as fewer. Each
+            # reason ends in the user's next step, not only the figure
+            as_ = (f", as {latency.n_effective} independent (neighbours moved together)"
+                   if latency.n_effective != latency.n else "")
             reasons.append(f"latency: {latency.n} {latency.judged}{as_}, fewer than min_samples "
-                           f"{t.min_samples}")
+                           f"{t.min_samples}: {'a longer run' if as_ else 'more requests'} can answer")
         else:
             levels: list[Level] = []
             explained: list[str] = []  # slowdowns the worker's loop lag could explain
@@ -258,11 +258,15 @@ def evaluate(
             if latency_level == "pass" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
                 # the live side is inflated by the proxy's own queueing: a PASS could be false
                 latency_level = "insufficient"
-                reasons.append(
-                    f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per exchange, "
-                    f"{latency.hidden:.0%} of the live time without it: a slowdown that size would not show "
-                    f"(a secondary, run --secondary, is timed beside the shadow, free of it)"
-                )
+                reasons.append(f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per "
+                               f"exchange, {_lag_share(latency.hidden)}: a slowdown that size would not "
+                               f"show{_secondary_advice(latency)}")
+            elif latency_level == "warn" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
+                # the lag inflates live, so the reading is the least the shadow is slower: a WARN
+                # stands, but it may be a FAIL (an outside attacker's 30% slower shadow read +9%)
+                reasons.append(f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per "
+                               f"exchange, {_lag_share(latency.hidden)}: the shadow may be slower than "
+                               f"read{_secondary_advice(latency)}")
             if latency_level == "pass":
                 latency_level = _bounded_pass(latency, t, reasons)
     checks = [lv for lv in (rate_level_, error_level, latency_level) if lv is not None]
@@ -274,6 +278,21 @@ def evaluate(
 
 # the secondary's failures alone, as a share of the shadow's, from which they can explain them
 ERRORS_AS_OFTEN = 0.5
+
+
+def _lag_share(hidden: float) -> str:
+    """The proxy's loop lag as a share of live's time without it; past the whole of it (a lag at
+    least live's median, where the share's floor made figures such as 10753%) in words."""
+    return f"{hidden:.0%} of the live time without it" if hidden < 1 else "more than the live time without it"
+
+
+def _secondary_advice(latency: LatencyTest) -> str:
+    """The next step when live is the reference and no secondary was given (a secondary that was
+    given and not usable says why in the check's note): a secondary is called with the shadow,
+    so neither the proxy's loop nor live's head start on the host is in the comparison."""
+    if latency.against != "live" or latency.note is not None:
+        return ""
+    return " (a secondary, run --secondary, is timed beside the shadow, free of it)"
 
 
 def _reading(name: str, est: Estimate, against: str) -> str:
@@ -302,11 +321,12 @@ def _bounded_pass(latency: LatencyTest, t: Verdict, reasons: list[str]) -> Level
         return "pass"
     if slower:
         reasons.append(f"latency: {read}: slower, but neither shown past warn {limit:.0%} nor shown less "
-                       f"(its 95% interval spans it): too few or too varied exchanges to tell which")
+                       f"(its 95% interval spans it): too few or too varied exchanges to tell which; a "
+                       f"longer run can answer")
     else:
         reasons.append(f"latency: {read}: not shown slower, and not shown less than fail {limit:.0%} "
                        f"slower either (its 95% interval ends past it): too few or too varied exchanges "
-                       f"to tell")
+                       f"to tell; a longer run can answer")
     return "insufficient"
 
 
@@ -370,11 +390,12 @@ def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -
     if fast == "pass":
         shown = "" if est is None or est.value is None else f" (p10 {fmt_interval(est, signed=True)})"
         reasons.append(f"latency: {why}; at the fast end, the answers it touched least, the shadow is not "
-                       f"slower past warn{shown}: the slowdown is the host's as much as the code's")
+                       f"slower past warn{shown}: the slowdown is the host's as much as the code's"
+                       f"{_secondary_advice(latency)}")
         return "insufficient"
     assert est is not None
     reasons.append(f"{_reading('p10', est, 'live')} ({_limit(fast, t.latency, 'lower')}): judged at the fast "
-                   f"end, since {why}")
+                   f"end, since {why}{_secondary_advice(latency)}")
     return fast if _RANK[fast] < _RANK[lv] else lv
 
 

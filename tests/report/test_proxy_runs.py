@@ -180,7 +180,7 @@ async def test_verdicts_of_a_real_run(one_run: Path, rules_file: str) -> None:
     assert u["verdict"] == j.verdict == evaluate_stats(rs, thresholds).verdict == "fail"
     assert u["reasons"] == list(j.reasons) == [
         "mismatch rate 25.00% (11.19% to 46.87%, n=20) (95% upper bound above fail 1.00%)",
-        "latency: 20 compared exchanges, fewer than min_samples 30",
+        "latency: 20 compared exchanges, fewer than min_samples 30: more requests can answer",
     ]
 
 

@@ -95,7 +95,8 @@ def test_latency_is_judged_by_the_lower_bound_of_a_significant_slowdown(
 def test_latency_below_min_samples_is_insufficient_not_pass_not_fail() -> None:
     j = evaluate_stats(_paired(5, 100.0, 300.0))
     assert (j.latency, j.verdict) == ("insufficient", "insufficient")
-    assert j.reasons == ("latency: 5 compared exchanges, fewer than min_samples 30",)
+    assert j.reasons == (
+        "latency: 5 compared exchanges, fewer than min_samples 30: more requests can answer",)
     assert evaluate_stats(_paired(10, 100.0, 300.0), Verdict(min_samples=10)).latency == "fail"
 
 
@@ -301,6 +302,40 @@ def test_a_slowdown_seen_despite_the_loop_lag_still_fails_and_a_small_lag_still_
         fine.live_loop_lag.observe(0.05)  # 0.5%: below LOOP_LAG_LIMIT
     assert evaluate_stats(slow).latency == "fail"  # the lag only ever hides a slowdown
     assert evaluate_stats(fine).latency == "pass"
+
+
+def test_a_warn_the_proxys_loop_lag_could_make_smaller_stands_and_says_it_may_be_worse() -> None:
+    # the lag inflates live: +10% read is the least the shadow is slower (an outside attacker's
+    # 30% slower shadow read +9%, WARN, at 16 connections without a secondary)
+    rs = _paired(300, 10.0, 11.0)
+    for _ in range(300):
+        rs.live_loop_lag.observe(2.0)
+    j = evaluate_stats(rs)
+    assert j.latency == "warn"
+    assert j.reasons[-1] == (
+        "latency: the proxy's event loop lagged 2.00 ms per exchange, 25% of the live time without it:"
+        " the shadow may be slower than read (a secondary, run --secondary, is timed beside the shadow,"
+        " free of it)")
+
+
+def test_a_proxy_lag_past_live_s_time_is_said_in_words_and_a_rejected_secondary_gets_no_advice() -> None:
+    no_secondary = _paired(300, 10.0, 10.0)
+    for _ in range(300):
+        no_secondary.live_loop_lag.observe(12.0)  # more than live's median: the share read 10753%
+    j = evaluate_stats(no_secondary)
+    assert j.latency == "insufficient"
+    assert j.reasons[-1] == (
+        "latency: the proxy's event loop lagged 12.00 ms per exchange, more than the live time without"
+        " it: a slowdown that size would not show (a secondary, run --secondary, is timed beside the"
+        " shadow, free of it)")
+    few = _paired(300, 10.0, 10.0)
+    for _ in range(300):
+        few.live_loop_lag.observe(12.0)
+    for _ in range(10):
+        few.vs_secondary.observe(10.0, 10.0)  # too few pairs: judged against live, with a note
+    j = evaluate_stats(few)
+    assert j.latency_test is not None and j.latency_test.note is not None
+    assert j.reasons[-1].endswith("a slowdown that size would not show"), j.reasons
 
 
 def _worker_lagged(rs: RouteStats, lag_ms: float) -> RouteStats:
@@ -710,4 +745,4 @@ def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_lo
     assert test is not None and test.n == 100 and test.n_effective < 30
     assert j.latency == "insufficient"
     assert (f"latency: 100 compared exchanges, as {test.n_effective} independent (neighbours moved "
-            "together: a longer run can answer), fewer than min_samples 30") in j.reasons
+            "together), fewer than min_samples 30: a longer run can answer") in j.reasons
