@@ -371,7 +371,7 @@ def _host_waits_explain(latency: LatencyTest, slow: list[Estimate], t: Verdict, 
     reasons.append(f"latency: on this host the shadow's server waited {h.shadow_wait_per_ms:.2f} ms for a "
                    f"CPU per ms it ran, the secondary's {h.secondary_wait_per_ms:.2f} ms: on answers made of "
                    f"CPU time as much as these, up to {share:.1%} slower from the host alone, a slowdown "
-                   f"that size is not the shadow's")
+                   f"that size is not the shadow's; a host whose CPU is not contended can answer")
     return True
 
 
