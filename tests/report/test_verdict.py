@@ -280,11 +280,15 @@ def test_evaluate_stats_judges_summed_counts_and_merged_histograms() -> None:
     assert evaluate_stats(RouteStats()).verdict == "no_data"
 
 
+def _proxy_lagged(rs: RouteStats, lag_ms: float) -> RouteStats:
+    for _ in range(rs.counts["compared"]):
+        rs.live_loop_lag.observe(lag_ms)
+    return rs
+
+
 def test_a_pass_the_proxys_loop_lag_could_hide_is_insufficient_with_the_reason() -> None:
-    rs = _paired(300, 10.0, 10.0)
-    for _ in range(300):
-        rs.live_loop_lag.observe(2.0)  # 2 ms of a 10 ms live time is the proxy's own queueing
-    j = evaluate_stats(rs)
+    # 2 ms of a 10 ms live time is the proxy's own queueing
+    j = evaluate_stats(_proxy_lagged(_paired(300, 10.0, 10.0), 2.0))
     assert j.latency_test is not None and j.latency_test.hidden == pytest.approx(2.0 / 8.0, rel=0.03)
     assert (j.latency, j.verdict) == ("insufficient", "insufficient")
     assert j.reasons == (
@@ -295,11 +299,8 @@ def test_a_pass_the_proxys_loop_lag_could_hide_is_insufficient_with_the_reason()
 
 
 def test_a_slowdown_seen_despite_the_loop_lag_still_fails_and_a_small_lag_still_passes() -> None:
-    slow = _paired(300, 10.0, 20.0)
-    fine = _paired(300, 10.0, 10.0)
-    for _ in range(300):
-        slow.live_loop_lag.observe(2.0)
-        fine.live_loop_lag.observe(0.05)  # 0.5%: below LOOP_LAG_LIMIT
+    slow = _proxy_lagged(_paired(300, 10.0, 20.0), 2.0)
+    fine = _proxy_lagged(_paired(300, 10.0, 10.0), 0.05)  # 0.5%: below LOOP_LAG_LIMIT
     assert evaluate_stats(slow).latency == "fail"  # the lag only ever hides a slowdown
     assert evaluate_stats(fine).latency == "pass"
 
@@ -307,10 +308,7 @@ def test_a_slowdown_seen_despite_the_loop_lag_still_fails_and_a_small_lag_still_
 def test_a_warn_the_proxys_loop_lag_could_make_smaller_stands_and_says_it_may_be_worse() -> None:
     # the lag inflates live: +10% read is the least the shadow is slower (an outside attacker's
     # 30% slower shadow read +9%, WARN, at 16 connections without a secondary)
-    rs = _paired(300, 10.0, 11.0)
-    for _ in range(300):
-        rs.live_loop_lag.observe(2.0)
-    j = evaluate_stats(rs)
+    j = evaluate_stats(_proxy_lagged(_paired(300, 10.0, 11.0), 2.0))
     assert j.latency == "warn"
     assert j.reasons[-1] == (
         "latency: the proxy's event loop lagged 2.00 ms per exchange, 25% of the live time without it:"
@@ -319,18 +317,14 @@ def test_a_warn_the_proxys_loop_lag_could_make_smaller_stands_and_says_it_may_be
 
 
 def test_a_proxy_lag_past_live_s_time_is_said_in_words_and_a_rejected_secondary_gets_no_advice() -> None:
-    no_secondary = _paired(300, 10.0, 10.0)
-    for _ in range(300):
-        no_secondary.live_loop_lag.observe(12.0)  # more than live's median: the share read 10753%
-    j = evaluate_stats(no_secondary)
+    # more than live's median: the share read 10753%
+    j = evaluate_stats(_proxy_lagged(_paired(300, 10.0, 10.0), 12.0))
     assert j.latency == "insufficient"
     assert j.reasons[-1] == (
         "latency: the proxy's event loop lagged 12.00 ms per exchange, more than the live time without"
         " it: a slowdown that size would not show (a secondary, run --secondary, is timed beside the"
         " shadow, free of it)")
-    few = _paired(300, 10.0, 10.0)
-    for _ in range(300):
-        few.live_loop_lag.observe(12.0)
+    few = _proxy_lagged(_paired(300, 10.0, 10.0), 12.0)
     for _ in range(10):
         few.vs_secondary.observe(10.0, 10.0)  # too few pairs: judged against live, with a note
     j = evaluate_stats(few)
