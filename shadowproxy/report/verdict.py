@@ -286,13 +286,18 @@ def _lag_share(hidden: float) -> str:
     return f"{hidden:.0%} of the live time without it" if hidden < 1 else "more than the live time without it"
 
 
-def _secondary_advice(latency: LatencyTest) -> str:
+_FREE_OF_LAG = "is timed beside the shadow, free of it"
+_FREE_OF_HOST = "is called at the same moment as the shadow: live's head start on the host is not in it"
+
+
+def _secondary_advice(latency: LatencyTest, why: str = _FREE_OF_LAG) -> str:
     """The next step when live is the reference and no secondary was given (a secondary that was
     given and not usable says why in the check's note): a secondary is called with the shadow,
-    so neither the proxy's loop nor live's head start on the host is in the comparison."""
+    so neither the proxy's loop (`why`'s default) nor live's head start on the host is in the
+    comparison."""
     if latency.against != "live" or latency.note is not None:
         return ""
-    return " (a secondary, run --secondary, is timed beside the shadow, free of it)"
+    return f" (a secondary, run --secondary, {why})"
 
 
 def _reading(name: str, est: Estimate, against: str) -> str:
@@ -391,11 +396,11 @@ def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -
         shown = "" if est is None or est.value is None else f" (p10 {fmt_interval(est, signed=True)})"
         reasons.append(f"latency: {why}; at the fast end, the answers it touched least, the shadow is not "
                        f"slower past warn{shown}: the slowdown is the host's as much as the code's"
-                       f"{_secondary_advice(latency)}")
+                       f"{_secondary_advice(latency, _FREE_OF_HOST)}")
         return "insufficient"
     assert est is not None
     reasons.append(f"{_reading('p10', est, 'live')} ({_limit(fast, t.latency, 'lower')}): judged at the fast "
-                   f"end, since {why}{_secondary_advice(latency)}")
+                   f"end, since {why}{_secondary_advice(latency, _FREE_OF_HOST)}")
     return fast if _RANK[fast] < _RANK[lv] else lv
 
 

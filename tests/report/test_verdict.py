@@ -468,6 +468,8 @@ def test_a_slowdown_a_contended_host_explains_and_the_fast_end_does_not_show_is_
     assert "(live 4.0 ms, shadow 4.2 ms per call" in j.reasons[-1]
     assert "at the fast end, the answers it touched least, the shadow is not slower past warn" \
         in j.reasons[-1]
+    assert j.reasons[-1].endswith(" (a secondary, run --secondary, is called at the same moment as the "
+                                  "shadow: live's head start on the host is not in it)")
     assert any(r.startswith("shadow median +") for r in j.reasons)  # the slowdown is still shown
 
 
