@@ -36,6 +36,7 @@ __all__ = [
     "QUEUE_SLOPE_LIMIT",
     "RATIO_DIGITS",
     "SECONDARY_SLOWER_LIMIT",
+    "SECONDARY_SLOWER_MS",
     "HostLoad",
     "LatencyTest",
     "against_secondary",
@@ -50,9 +51,13 @@ RATIO_DIGITS = 9
 # share of the live median on the CPU per answer (docs/report.md, "Backends on the proxy's host")
 HOST_PRESSURE_LIMIT = 0.10
 HOST_CPU_SHARE_LIMIT = 0.05
-# a secondary whose fastest answers (p10) take more than this many times live's is no latency
-# reference
+# a secondary whose fastest answers (p10) take more than this many times live's, and this many ms
+# more, is no latency reference. The ms: sub-millisecond answers, where the copies reaching the
+# shadow and the secondary at one instant on one host cost a fraction of a ms that live's request,
+# arriving alone, does not pay (identical httpbin, http.server and json-server secondaries at
+# p10 0.3-1.6 ms against live's 0.1-0.7 were rejected, in a sixth outside attack)
 SECONDARY_SLOWER_LIMIT = 2.0
+SECONDARY_SLOWER_MS = 1.0
 # with a secondary, the latency check compares only copies that found equal queues at the two
 # when the slope of their latency ratio on their queue ratio is surely above this (its 95%
 # interval's lower end): servers that serve one request at a time (engine.histogram.QueueSlope,
@@ -172,9 +177,10 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None, min_pairs: int = 
 def secondary_unusable(rs: RouteStats, min_pairs: int, bound: tuple[float, float] | None) -> str | None:
     """Why the secondary is no latency reference for this route, or None when it is: fewer than
     `min_pairs` pairs (it answered few copies: down or flapping), or its fastest answers (p10)
-    more than SECONDARY_SLOWER_LIMIT times live's (not a twin of the live version: a slow replica
-    would make any shadow look fast). The fast end, since the worker's copies can queue at the
-    secondary far deeper than clients do at live (identical servers: medians 1.7 to 4.1 times
+    more than SECONDARY_SLOWER_LIMIT times live's plus SECONDARY_SLOWER_MS (not a twin of the
+    live version: a slow replica would make any shadow look fast). The fast end, since the
+    worker's copies can queue at the secondary far deeper than clients do at live (identical
+    servers: medians 1.7 to 4.1 times
     live's, p10 0.8 to 1.4 times, docs/report.md, "Copies queued at the backends"), while a slow
     replica is slow on its fastest answers too. Not when the two latencies follow the queues
     (`bound`, the route's `queue_bound`): the secondary's fastest answers then waited for copies
@@ -187,10 +193,11 @@ def secondary_unusable(rs: RouteStats, min_pairs: int, bound: tuple[float, float
     if _queue_driven(bound):
         return None  # its answers wait for the worker's copies ahead: live's clients queue less
     live_p10, secondary_p10 = rs.live_latency.quantile(0.10), ref.secondary.quantile(0.10)
-    if live_p10 and secondary_p10 and secondary_p10 > SECONDARY_SLOWER_LIMIT * live_p10:
+    if (live_p10 and secondary_p10
+            and secondary_p10 > SECONDARY_SLOWER_LIMIT * live_p10 + SECONDARY_SLOWER_MS):
         return (f"latency: judged against live: the secondary's fastest answers (p10 {secondary_p10:.1f} "
-                f"ms) took more than {SECONDARY_SLOWER_LIMIT:g} times live's ({live_p10:.1f} ms), no "
-                f"twin of the live version")
+                f"ms) took more than {SECONDARY_SLOWER_LIMIT:g} times live's ({live_p10:.1f} ms) and "
+                f"{SECONDARY_SLOWER_MS:g} ms more, no twin of the live version")
     return None
 
 

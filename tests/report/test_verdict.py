@@ -571,6 +571,19 @@ def test_a_secondary_far_slower_than_live_is_no_reference() -> None:
     assert any("no twin of the live version" in r for r in j.reasons), j.reasons
 
 
+def test_a_sub_millisecond_secondary_a_fraction_of_a_ms_slower_than_live_is_still_a_twin() -> None:
+    # identical httpbins: live 0.2 ms, the secondary's copies, sent at one instant with the
+    # shadow's on one host, 1.0 ms (rejected before as "more than 2 times live's")
+    rs = _with_secondary(_paired(300, 0.2, 1.0), 1.0, 1.0)
+    j = evaluate_stats(rs)
+    assert j.latency_test is not None and j.latency_test.against == "secondary", j.reasons
+    assert j.latency == "pass", j.reasons
+    slow = _with_secondary(_paired(300, 0.2, 1.0), 1.6, 1.0)  # past 2 x 0.2 + 1 ms: no twin
+    j = evaluate_stats(slow)
+    assert j.latency_test is not None and j.latency_test.against == "live"
+    assert any("took more than 2 times live's (0.2 ms) and 1 ms more, no twin" in r for r in j.reasons)
+
+
 def test_few_exchanges_that_correlate_are_insufficient_however_many_were_compared() -> None:
     # two long runs: the shadow slower for the first half, faster after
     j = evaluate_stats(_observed((100.0, 105.0 if i < 20 else 96.0) for i in range(40)))
