@@ -180,12 +180,11 @@ def secondary_unusable(rs: RouteStats, min_pairs: int, bound: tuple[float, float
     more than SECONDARY_SLOWER_LIMIT times live's plus SECONDARY_SLOWER_MS (not a twin of the
     live version: a slow replica would make any shadow look fast). The fast end, since the
     worker's copies can queue at the secondary far deeper than clients do at live (identical
-    servers: medians 1.7 to 4.1 times
-    live's, p10 0.8 to 1.4 times, docs/report.md, "Copies queued at the backends"), while a slow
-    replica is slow on its fastest answers too. Not when the two latencies follow the queues
-    (`bound`, the route's `queue_bound`): the secondary's fastest answers then waited for copies
-    too (one run's p10 read 2.1 times live's), and against live the shadow's would read its whole
-    queue (+820%)."""
+    servers: medians 1.7 to 4.1 times live's, p10 0.8 to 1.4 times, docs/report.md, "Copies
+    queued at the backends"), while a slow replica is slow on its fastest answers too. Not when
+    the two latencies follow the queues (`bound`, the route's `queue_bound`): the secondary's
+    fastest answers then waited for copies too (one run's p10 read 2.1 times live's), and
+    against live the shadow's would read its whole queue (+820%)."""
     ref = rs.vs_secondary.pairs
     if ref.log_ratio.count < min_pairs:
         return (f"latency: judged against live: the secondary was timed with the shadow on "
