@@ -255,18 +255,17 @@ def evaluate(
             if latency_level in ("warn", "fail") and latency.host_explains():
                 latency_level = _fast_end(latency, latency_level, t, reasons)
                 fast_end = True
-            if latency_level == "pass" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
-                # the live side is inflated by the proxy's own queueing: a PASS could be false
-                latency_level = "insufficient"
+            if (latency_level in ("pass", "warn") and latency.hidden is not None
+                    and latency.hidden >= LOOP_LAG_LIMIT):
+                # the live side is inflated by the proxy's own queueing, so the reading is the least
+                # the shadow is slower: a PASS could be false; a WARN stands, but it may be a FAIL
+                # (an outside attacker's 30% slower shadow read +9%)
+                if latency_level == "pass":
+                    latency_level, what = "insufficient", "a slowdown that size would not show"
+                else:
+                    what = "the shadow may be slower than read"
                 reasons.append(f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per "
-                               f"exchange, {_lag_share(latency.hidden)}: a slowdown that size would not "
-                               f"show{_secondary_advice(latency)}")
-            elif latency_level == "warn" and latency.hidden is not None and latency.hidden >= LOOP_LAG_LIMIT:
-                # the lag inflates live, so the reading is the least the shadow is slower: a WARN
-                # stands, but it may be a FAIL (an outside attacker's 30% slower shadow read +9%)
-                reasons.append(f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per "
-                               f"exchange, {_lag_share(latency.hidden)}: the shadow may be slower than "
-                               f"read{_secondary_advice(latency)}")
+                               f"exchange, {_lag_share(latency.hidden)}: {what}{_secondary_advice(latency)}")
             if latency_level == "pass":
                 latency_level = _bounded_pass(latency, t, reasons)
     checks = [lv for lv in (rate_level_, error_level, latency_level) if lv is not None]
