@@ -393,8 +393,13 @@ def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -
     fast = "pass" if est is None or est.value is None else slowdown_level(est, t)
     if fast == "pass":
         shown = "" if est is None or est.value is None else f" (p10 {fmt_interval(est, signed=True)})"
-        reasons.append(f"latency: {why}; at the fast end, the answers it touched least, the shadow is not "
-                       f"slower past warn{shown}: the slowdown is the host's as much as the code's"
+        if est is not None and est.low is not None and est.low <= -1:
+            # no bound at all: the run is too short to tell, which is not "not slower"
+            found = f"too few exchanges to bound the slowdown there{shown}: a longer run can answer"
+        else:
+            found = (f"the shadow is not slower past warn{shown}: the slowdown is the host's as much as "
+                     f"the code's")
+        reasons.append(f"latency: {why}; at the fast end, the answers it touched least, {found}"
                        f"{_secondary_advice(latency, _FREE_OF_HOST)}")
         return "insufficient"
     assert est is not None

@@ -16,6 +16,7 @@ from shadowproxy.report.inference import (
     Estimate,
     batch_design_effect,
     design_effect,
+    fast_end_low,
     median_slowdown,
     p99_slowdown,
     quantile_ranks,
@@ -147,6 +148,45 @@ def test_the_fast_end_test_sees_a_shift_even_when_each_side_sits_in_one_bucket()
     assert est.p_value is not None and est.p_value < 1e-6
     same = p99_slowdown(live, live, 0.10)
     assert same.value == 0 and same.p_value is not None and same.p_value > 0.4
+
+
+@settings(max_examples=3, deadline=None)
+@given(slow=st.floats(1.0, 1.5), n=st.integers(30, 300), seed=st.integers(0, 2**32 - 1))
+def test_the_fast_end_lower_bound_stays_below_the_true_slowdown_at_its_nominal_rate(
+    slow: float, n: int, seed: int
+) -> None:
+    rng = random.Random(seed)
+    truth = slow - 1  # shadow = live * slow in distribution: p10's ratio is `slow`
+    below = 0
+    trials = 150
+    for _ in range(trials):
+        live, shadow = Histogram(), Histogram()
+        for _ in range(n):
+            live.observe(20 * math.exp(rng.gauss(0, 0.2)))
+            shadow.observe(20 * slow * math.exp(rng.gauss(0, 0.2)))
+        est = p99_slowdown(live, shadow, 0.10)
+        assert est.low is not None and est.low == fast_end_low(live, shadow, 0.10)
+        # the low end of a 95% interval: above the truth 2.5% of the time at most (and buckets
+        # are 2% wide: a bound may sit up to one bucket off)
+        below += est.low - 0.025 <= truth
+    assert below / trials >= 0.95
+
+
+def test_a_fast_end_30_percent_slower_is_bounded_past_fail_where_order_statistics_cannot_bound_it() -> None:
+    # 40 answers a side, 20 ms +-5% against 26 ms: a p10's low rank needs about 44 samples at 97.5%
+    live, shadow = Histogram(), Histogram()
+    for i in range(40):
+        wobble = 1 + 0.01 * ((i * 7) % 11 - 5)
+        live.observe(20 * wobble)
+        shadow.observe(26 * wobble)
+    assert quantile_ranks(40, 0.10, 0.975)[0] is None
+    low = fast_end_low(live, shadow, 0.10)
+    assert 0.15 < low <= 0.30 + 0.02
+    assert fast_end_low(live, live, 0.10) < 0.0  # identical sides: no slowdown shown
+    few = Histogram()
+    for ms in (20.0, 20.5, 21.0):
+        few.observe(ms)
+    assert fast_end_low(few, few, 0.10) == -1.0  # three answers: no bound at all
 
 
 pairs = st.lists(

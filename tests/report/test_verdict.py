@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable
 
 import pytest
 
 from shadowproxy.engine.stats import RouteStats
-from shadowproxy.report.inference import wilson
+from shadowproxy.report.inference import Estimate, wilson
 from shadowproxy.report.verdict import (
     DEFAULT_THRESHOLDS,
     HostLoad,
@@ -479,6 +480,29 @@ def test_a_fixed_added_delay_on_a_contended_host_still_fails_judged_at_the_fast_
     assert (j.latency, j.verdict) == ("fail", "fail")
     assert j.reasons[-1].startswith("shadow p10 +")
     assert "judged at the fast end, since both backends run on this host" in j.reasons[-1]
+
+
+def test_a_fixed_added_delay_on_a_contended_host_fails_at_the_fast_end_from_40_exchanges() -> None:
+    # 300 requests over several routes of a busy host count as 30-45 independent exchanges a
+    # route: the fast end is bounded from the pooled ranks, not from each side's order statistics
+    j = evaluate_stats(_paired(40, 20.0, 26.0), host=CONTENDED)
+    assert (j.latency, j.verdict) == ("fail", "fail")
+    assert j.latency_test is not None and j.latency_test.p10 is not None
+    assert j.latency_test.p10.low is not None and j.latency_test.p10.low > 0.15
+
+
+def test_a_fast_end_too_short_to_bound_says_a_longer_run_can_answer() -> None:
+    # exchanges that moved together (about 35 independent of 72) leave about 4 of the pooled
+    # fastest tenth: even all of them live's could happen by chance, so no bound at all, which
+    # the reason does not call "not slower"
+    test = latency_test(_paired(300, 25.0, 32.0), CONTENDED)
+    assert test is not None
+    unbounded = dataclasses.replace(test, p10=Estimate(72, 0.294, -1.0, None, 0.027, 35))
+    j = evaluate(300, 0, 0, unbounded)
+    assert j.latency == "insufficient"
+    assert "at the fast end, the answers it touched least, too few exchanges to bound the slowdown there " \
+        "(p10 +29.4% (-100.0% to +inf, n=72, as 35 independent)): a longer run can answer (a secondary, " \
+        "run --secondary, is called at the same moment" in j.reasons[-1]
 
 
 def test_the_fast_end_never_makes_a_level_worse() -> None:
