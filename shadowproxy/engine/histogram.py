@@ -24,6 +24,7 @@ __all__ = [
     "bucket_of",
     "bucket_upper",
     "log_ratio",
+    "observe_queued",
     "queue_ratio",
     "ratio_bucket",
 ]
@@ -239,7 +240,8 @@ class RatioHistogram:
 @dataclass(slots=True)
 class LatencyPairs:
     """Two backends' latencies on the same copies (called together), and their paired log-ratios
-    ln(shadow ms / secondary ms)."""
+    ln(shadow ms / secondary ms). `secondary` is the reference: the secondary, or live
+    (`RouteStats.live_level`), named so in the record by `to_dict`'s `ref`."""
 
     secondary: Histogram = field(default_factory=Histogram)
     shadow: Histogram = field(default_factory=Histogram)
@@ -255,13 +257,13 @@ class LatencyPairs:
         self.shadow.merge(other.shadow)
         self.log_ratio.merge(other.log_ratio)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"secondary_latency_ms": self.secondary.to_dict(), "shadow_latency_ms": self.shadow.to_dict(),
+    def to_dict(self, ref: str = "secondary") -> dict[str, Any]:
+        return {f"{ref}_latency_ms": self.secondary.to_dict(), "shadow_latency_ms": self.shadow.to_dict(),
                 "latency_log_ratio": self.log_ratio.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatencyPairs:
-        return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
+    def from_dict(cls, d: dict[str, Any], ref: str = "secondary") -> LatencyPairs:
+        return cls(Histogram.from_dict(d.get(f"{ref}_latency_ms", {})),
                    Histogram.from_dict(d.get("shadow_latency_ms", {})),
                    RatioHistogram.from_dict(d.get("latency_log_ratio", {})))
 
@@ -342,6 +344,16 @@ class QueueSlope:
                    int(d.get("secondary_longer", 0)), int(d.get("shadow_queued", 0)))
 
 
+def observe_queued(queue: QueueSlope, level: LatencyPairs, ref_ms: float, shadow_ms: float,
+                   queues: tuple[int, int]) -> None:
+    """One exchange's two latencies against the queues it found, (the shadow's, the reference's):
+    into `queue`'s sums, and into `level` when the two were the same length."""
+    queue.observe(queue_ratio(*queues), log_ratio(ref_ms, shadow_ms))
+    queue.shadow_queued += queues[0]
+    if queues[0] == queues[1]:
+        level.observe(ref_ms, shadow_ms)
+
+
 @dataclass(slots=True)
 class SecondaryLatency:
     """The shadow measured against the secondary: both called by the worker for the same copy at
@@ -373,13 +385,8 @@ class SecondaryLatency:
         """One copy's two latencies, and the worker's calls in flight at the shadow and at the
         secondary when the copy's calls started (None: not known)."""
         self.pairs.observe(secondary_ms, shadow_ms)
-        if queues is None:
-            return
-        queue, level = self._made_queued()
-        queue.observe(queue_ratio(*queues), log_ratio(secondary_ms, shadow_ms))
-        queue.shadow_queued += queues[0]
-        if queues[0] == queues[1]:
-            level.observe(secondary_ms, shadow_ms)
+        if queues is not None:
+            observe_queued(*self._made_queued(), secondary_ms, shadow_ms, queues)
 
     def queued(self) -> tuple[QueueSlope, LatencyPairs] | None:
         """The queue figures, `queue` and `level`; None when no copy brought queues."""

@@ -50,6 +50,7 @@ from shadowproxy.sinks.uri import parse_uri
 log = logging.getLogger("shadowproxy")
 
 _IN_FLIGHT = "shadowproxy.in_flight"
+_LIVE_QUEUE = "shadowproxy.live_queue"
 _LEDGERED = "shadowproxy.ledgered"  # counted in the crash ledger as read and not yet answered
 _GRPC_STREAM = "shadowproxy.grpc_stream"
 _TOO_LARGE = "shadowproxy.too_large"
@@ -252,8 +253,10 @@ class ShadowAddon:
         except Exception:  # never the live request's problem
             log.exception("shadow copy of %s could not start", flow.request.method)
         # the last hook before mitmproxy writes the request upstream: where the live latency
-        # starts when the connection has no socket stamps (HTTP/2; proxy.convert, proxy.wiretimes)
+        # starts when the connection has no socket stamps (HTTP/2; proxy.convert, proxy.wiretimes),
+        # and the client requests ahead of it, not yet answered (engine.exchange.Response.queue)
         flow.metadata[_SENT_AT] = time.time()
+        flow.metadata[_LIVE_QUEUE] = max(0, self.in_flight - 1)
 
     def _start_copy(self, flow: http.HTTPFlow) -> None:
         """Decide now and start the copy, when the request is whole and the dispatcher ready;
@@ -434,7 +437,7 @@ class ShadowAddon:
     def _live_of(self, flow: http.HTTPFlow) -> Response:
         """The live answer, with its socket stamps (proxy.convert): once per flow."""
         return live_response_of(flow, self.live_conns.first_use(flow.server_conn.id),
-                                flow.metadata.get(_SENT_AT), self.loop_lag)
+                                flow.metadata.get(_SENT_AT), self.loop_lag, flow.metadata.get(_LIVE_QUEUE))
 
     @property
     def ready(self) -> bool:

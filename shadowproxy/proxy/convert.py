@@ -39,6 +39,7 @@ def live_response_of(
     new_connection: bool | None = None,
     sent_at: float | None = None,
     loop_lag: LoopLag | None = None,
+    queue: int | None = None,
 ) -> Response:
     """The live answer, timed as the shadow client times its own (shadow.h1client): from the
     request's last bytes written to the live connection to the response's last bytes read from
@@ -47,7 +48,8 @@ def live_response_of(
     connection is `connect_ms`, apart. Without socket stamps (an HTTP/2 live connection), from
     `sent_at`, when the request hooks ended (mitmproxy writes the request then, once its server
     connection is up), or when the request was read, to mitmproxy's `response.timestamp_end`.
-    `loop_lag`: the proxy loop's sampler; the exchange gets the lag while it was in flight."""
+    `loop_lag`: the proxy loop's sampler; the exchange gets the lag while it was in flight.
+    `queue`: the client requests ahead of it when it was sent (Response.queue)."""
     resp = flow.response
     assert resp is not None
     sc = flow.server_conn
@@ -70,6 +72,7 @@ def live_response_of(
         connect_ms=connect_ms,
         new_connection=new_connection,
         loop_lag_ms=loop_lag.during(start, end) if loop_lag is not None else None,
+        queue=queue,
     )
 
 

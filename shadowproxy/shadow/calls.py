@@ -19,6 +19,7 @@ two latencies on copies that found both queues alike when the servers' latency f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class Calls:
     async def call(self, job: ShadowJob, partner: str | None = None) -> Answer:
         s = job.settings
         to_shadow = partner != "secondary"
+        queue = self._shadow_in_flight  # the calls ahead of this one (Response.queue)
         if to_shadow:
             client, base = self.client, job.target
             self.shadow_calls += 1
@@ -132,9 +134,11 @@ class Calls:
             client, base = self.secondary, None
         try:
             # on a new connection when the live hop's was new (shadow.client: like for like)
-            return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
-                                     max_body_bytes=s.max_body_bytes, base=base,
-                                     fresh=bool(job.exchange.live.new_connection))
+            answer = await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
+                                       max_body_bytes=s.max_body_bytes, base=base,
+                                       fresh=bool(job.exchange.live.new_connection))
+            return dataclasses.replace(answer, queue=queue) if to_shadow and isinstance(answer, Response) \
+                else answer
         finally:
             if to_shadow:
                 self._shadow_in_flight -= 1

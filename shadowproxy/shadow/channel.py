@@ -91,7 +91,7 @@ def _request_tuple(r: Request) -> tuple[Any, ...]:
 
 def encode_live(live: Response) -> tuple[Any, ...]:
     return (live.status, live.headers, live.body, live.latency_ms, live.truncated, live.trailers,
-            live.connect_ms, live.new_connection, live.loop_lag_ms)
+            live.connect_ms, live.new_connection, live.loop_lag_ms, live.queue)
 
 
 def encode_job(job: ShadowJob, settings_ref: int) -> tuple[Any, ...]:

@@ -1,5 +1,6 @@
 """The queue figures of `SecondaryLatency`: the slope of the paired log-ratios on the queue
-ratios (`QueueSlope`), and the pairs whose copies found equal queues (`level`)."""
+ratios (`QueueSlope`), and the pairs whose copies found equal queues (`level`); the same figures
+against live (`RouteStats.live_queue`, `live_level`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.histogram import QueueSlope, SecondaryLatency, queue_ratio
+from shadowproxy.engine.stats import RouteStats, Stats
 
 
 def _serial(n: int, rng: random.Random, service_ratio: float = 1.0) -> list[tuple[int, int, float, float]]:
@@ -115,3 +118,25 @@ def test_merging_queue_slopes_equals_the_slope_of_the_union(rows: list[tuple[int
     assert (fw is None) == (fm is None) or abs(whole.sxx - whole.sx ** 2 / whole.n) < 1e-9
     if fw is not None and fm is not None:
         assert fm[0] == pytest.approx(fw[0], rel=1e-6, abs=1e-6)
+
+
+def _answer(ms: float, queue: int | None) -> Response:
+    return Response(200, latency_ms=ms, queue=queue)
+
+
+def test_exchanges_with_both_queues_are_figured_against_live_and_survive_a_record() -> None:
+    stats = Stats()
+    stats.exchange("/a", _answer(10.0, 2), _answer(30.0, 0))
+    stats.exchange("/a", _answer(10.0, 3), _answer(10.0, 3))
+    stats.exchange("/a", _answer(10.0, None), _answer(12.0, 1))  # live's queue not known: latency only
+    rs = stats.totals["/a"]
+    assert rs.latency_log_ratio.count == 3
+    assert rs.live_queue is not None and rs.live_level is not None
+    assert (rs.live_queue.n, rs.live_level.log_ratio.count, rs.live_queue.secondary_longer) == (2, 1, 1)
+    d = rs.to_dict()
+    assert set(d["vs_live_queues"]["level"]) == {"live_latency_ms", "shadow_latency_ms", "latency_log_ratio"}
+    back = RouteStats.from_dict(d)
+    assert back.to_dict() == d
+    back.merge(RouteStats.from_dict(d))
+    assert back.live_queue is not None and back.live_queue.n == 4
+    assert "vs_live_queues" not in RouteStats().to_dict()  # none without queues: records stay as they were
