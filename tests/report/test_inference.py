@@ -98,6 +98,17 @@ def test_quantile_ranks_are_open_when_too_few_samples_bound_the_quantile() -> No
     assert quantile_ranks(100, 0.5) == (40, 61)  # the textbook ranks for n = 100
 
 
+def _scaled_sides(rng: random.Random, n: int, slow: float, ms: float,
+                  sigma: float) -> tuple[Histogram, Histogram]:
+    """n latencies a side, lognormal about `ms`; the shadow's `slow` times live's in distribution
+    (so every quantile's ratio is `slow`)."""
+    live, shadow = Histogram(), Histogram()
+    for _ in range(n):
+        live.observe(ms * math.exp(rng.gauss(0, sigma)))
+        shadow.observe(ms * slow * math.exp(rng.gauss(0, sigma)))
+    return live, shadow
+
+
 @settings(max_examples=3, deadline=None)
 @given(slow=st.floats(1.0, 1.5), n=st.integers(500, 1500), seed=st.integers(0, 2**32 - 1))
 def test_p99_slowdown_interval_covers_the_true_ratio_at_least_nominally(
@@ -108,10 +119,7 @@ def test_p99_slowdown_interval_covers_the_true_ratio_at_least_nominally(
     hits = 0
     trials = 150
     for _ in range(trials):
-        live, shadow = Histogram(), Histogram()
-        for _ in range(n):
-            live.observe(10 * math.exp(rng.gauss(0, 0.5)))
-            shadow.observe(10 * slow * math.exp(rng.gauss(0, 0.5)))
+        live, shadow = _scaled_sides(rng, n, slow, 10.0, 0.5)
         est = p99_slowdown(live, shadow)
         assert est.low is not None
         high = math.inf if est.high is None else est.high
@@ -127,10 +135,7 @@ def test_the_fast_end_test_on_identical_sides_is_significant_about_alpha_of_the_
     rng = random.Random(seed)
     significant = 0
     for _ in range(TRIALS):
-        live, shadow = Histogram(), Histogram()
-        for _ in range(n):
-            live.observe(10 * math.exp(rng.gauss(0, 0.5)))
-            shadow.observe(10 * math.exp(rng.gauss(0, 0.5)))
+        live, shadow = _scaled_sides(rng, n, 1.0, 10.0, 0.5)
         p = p99_slowdown(live, shadow, 0.10).p_value
         assert p is not None
         significant += p < 0.05
@@ -160,10 +165,7 @@ def test_the_fast_end_lower_bound_stays_below_the_true_slowdown_at_its_nominal_r
     below = 0
     trials = 150
     for _ in range(trials):
-        live, shadow = Histogram(), Histogram()
-        for _ in range(n):
-            live.observe(20 * math.exp(rng.gauss(0, 0.2)))
-            shadow.observe(20 * slow * math.exp(rng.gauss(0, 0.2)))
+        live, shadow = _scaled_sides(rng, n, slow, 20.0, 0.2)
         est = p99_slowdown(live, shadow, 0.10)
         assert est.low is not None and est.low == fast_end_low(live, shadow, 0.10)
         # the low end of a 95% interval: above the truth 2.5% of the time at most (and buckets
