@@ -220,7 +220,8 @@ class Stats:
         was new. The latencies are compared like for like: an exchange where one side's
         connection was new and the other's reused (the shadow could not follow live's new
         connection in time) is left out of them, since a connection's first request can be
-        slower than the next ones."""
+        slower than the next ones. With both sides' queues (Response.queue), the exchange goes
+        into the figures against them too (`RouteStats.live_queue`, `live_level`)."""
         if _alike(live, shadow):
             self.latency(route, live.latency_ms, shadow.latency_ms)
             if live.queue is not None and shadow.queue is not None:
