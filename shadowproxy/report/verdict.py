@@ -45,7 +45,10 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   sections, shadow.hostload): live's answer sets off work that runs while the shadow is still
   making its own. Such a WARN/FAIL is judged again at the fast end, the slowdown at p10 (the
   answers the contention touched least), and takes that level (never a worse one); when p10
-  passes, it is `insufficient`.
+  passes, it is `insufficient`. Against live, a route whose latencies follow the queues the
+  exchanges found at live and at the shadow, few of them equal, is `insufficient` whatever it
+  reads (`LatencyTest.queued`, report.latency's `_live_queued`): the shadow's copies come as
+  fast as live answers its clients, so its queue, not its code, can make it slower or faster.
 
 The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
 `insufficient` is `insufficient`. A route with nothing compared and no shadow error has the
@@ -219,6 +222,9 @@ def evaluate(
                    if latency.n_effective != latency.n else "")
             reasons.append(f"latency: {latency.n} {latency.judged}{as_}, fewer than min_samples "
                            f"{t.min_samples}: {'a longer run' if as_ else 'more requests'} can answer")
+        elif latency.queued is not None:
+            latency_level = "insufficient"  # the queues' say, not the code's
+            reasons.append(latency.queued)
         else:
             levels: list[Level] = []
             explained: list[str] = []  # slowdowns the worker's loop lag could explain

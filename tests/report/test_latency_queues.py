@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+
 from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import RouteStats, Stats
 from shadowproxy.report.verdict import evaluate_stats
@@ -132,16 +134,15 @@ def test_a_secondary_slow_on_its_fastest_answers_is_no_reference() -> None:
                for r in j.reasons), j.reasons
 
 
-def _against_live(n: int, service_ratio: float, one_at_a_time: bool, shadow_behind: float = 0.9,
+def _against_live(n: int, service_ratio: float, one_at_a_time: bool, level_share: float = 0.1,
                   seed: int = 3) -> RouteStats:
     """Exchanges against live with no secondary: live's queue about as deep as its clients are
-    many (7 ahead), the shadow's wandering (0-15, the longer one on `shadow_behind` of the
-    exchanges whose queues differ), equal on 10% of them."""
+    many (7 ahead), the shadow's wandering (0-15, mostly the longer), equal on `level_share`."""
     rng, stats = random.Random(seed), Stats()
     for _ in range(n):
         ql = 7
-        level = rng.random() < 0.1
-        qs = ql if level else rng.randrange(8, 16) if rng.random() < shadow_behind else rng.randrange(0, 7)
+        level = rng.random() < level_share
+        qs = ql if level else rng.randrange(8, 16) if rng.random() < 0.9 else rng.randrange(0, 7)
         wait_s, wait_l = (qs + 1, ql + 1) if one_at_a_time else (1, 1)
         jitter = math.exp(rng.gauss(0, 0.03))
         stats.exchange("/r", Response(200, latency_ms=4.0 * wait_l * jitter, queue=ql),
@@ -150,28 +151,35 @@ def _against_live(n: int, service_ratio: float, one_at_a_time: bool, shadow_behi
     return stats.totals["/r"]
 
 
-def test_identical_one_at_a_time_servers_against_live_are_judged_on_exchanges_with_equal_queues() -> None:
-    # every copy comes as fast as live answers: an identical shadow holds the longer queue on most
-    # exchanges, which against the secondary would read "fell behind"; against live it is not
-    j = evaluate_stats(_against_live(3000, 1.0, one_at_a_time=True))
+@pytest.mark.parametrize("service_ratio", [1.0, 1.3])
+def test_one_at_a_time_servers_whose_queues_differ_are_not_judged_against_live(service_ratio: float) -> None:
+    # every copy comes as fast as live answers: the shadow's queue, not its code, sets its latency,
+    # identical or slower; the estimates are still shown
+    j = evaluate_stats(_against_live(3000, service_ratio, one_at_a_time=True))
     t = j.latency_test
-    assert j.latency == "pass", j.reasons
-    assert t is not None and t.against == "live" and t.judged == "exchanges with equal queues"
-    assert t.note is not None and t.note.startswith("latency: judged on the ")
-    assert "calls in flight at the shadow as at live" in t.note and "run --secondary" in t.note
-
-
-def test_a_slower_one_at_a_time_shadow_against_live_fails_on_exchanges_with_equal_queues() -> None:
-    j = evaluate_stats(_against_live(3000, 1.3, one_at_a_time=True))
-    assert j.latency == "fail", j.reasons
-    assert j.latency_test is not None and j.latency_test.judged == "exchanges with equal queues"
-
-
-def test_too_few_exchanges_with_equal_queues_against_live_is_insufficient() -> None:
-    j = evaluate_stats(_against_live(200, 1.0, one_at_a_time=True))
     assert j.latency == "insufficient", j.reasons
-    assert any(r.startswith("latency: judged on the ") for r in j.reasons)
-    assert any("exchanges with equal queues, fewer than min_samples 30" in r for r in j.reasons)
+    assert t is not None and t.queued is not None and t.n == 3000
+    assert t.median.value is not None and t.median.value > 0.3
+    assert j.reasons[0].startswith("latency: not judged against live: the two latencies follow the calls "
+                                   "waiting at each server (slope ")
+    assert j.reasons[0].endswith("a secondary (run --secondary) gets the same copies at the same moment as "
+                                 "the shadow and can answer")
+    assert len(j.reasons) == 1
+
+
+def test_too_few_exchanges_say_so_before_the_queues_do() -> None:
+    j = evaluate_stats(_against_live(20, 1.0, one_at_a_time=True))
+    assert j.latency == "insufficient"
+    assert j.latency_test is not None and j.latency_test.queued is not None
+    assert j.reasons == ("latency: 20 compared exchanges, fewer than min_samples 30: more requests can "
+                         "answer",)
+
+
+def test_one_at_a_time_servers_under_a_quiet_load_are_judged_against_live() -> None:
+    # 95% of the exchanges found the same queue at both: judged as they read
+    j = evaluate_stats(_against_live(3000, 1.3, one_at_a_time=True, level_share=0.95))
+    assert j.latency == "fail", j.reasons
+    assert j.latency_test is not None and j.latency_test.queued is None and j.latency_test.note is None
 
 
 def test_servers_that_serve_many_at_once_against_live_are_judged_on_every_exchange() -> None:
