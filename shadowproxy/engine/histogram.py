@@ -24,7 +24,6 @@ __all__ = [
     "bucket_of",
     "bucket_upper",
     "log_ratio",
-    "observe_queued",
     "queue_ratio",
     "ratio_bucket",
 ]
@@ -240,8 +239,7 @@ class RatioHistogram:
 @dataclass(slots=True)
 class LatencyPairs:
     """Two backends' latencies on the same copies (called together), and their paired log-ratios
-    ln(shadow ms / secondary ms). `secondary` is the reference: the secondary, or live
-    (`RouteStats.live_level`), named so in the record by `to_dict`'s `ref`."""
+    ln(shadow ms / secondary ms)."""
 
     secondary: Histogram = field(default_factory=Histogram)
     shadow: Histogram = field(default_factory=Histogram)
@@ -257,13 +255,13 @@ class LatencyPairs:
         self.shadow.merge(other.shadow)
         self.log_ratio.merge(other.log_ratio)
 
-    def to_dict(self, ref: str = "secondary") -> dict[str, Any]:
-        return {f"{ref}_latency_ms": self.secondary.to_dict(), "shadow_latency_ms": self.shadow.to_dict(),
+    def to_dict(self) -> dict[str, Any]:
+        return {"secondary_latency_ms": self.secondary.to_dict(), "shadow_latency_ms": self.shadow.to_dict(),
                 "latency_log_ratio": self.log_ratio.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], ref: str = "secondary") -> LatencyPairs:
-        return cls(Histogram.from_dict(d.get(f"{ref}_latency_ms", {})),
+    def from_dict(cls, d: dict[str, Any]) -> LatencyPairs:
+        return cls(Histogram.from_dict(d.get("secondary_latency_ms", {})),
                    Histogram.from_dict(d.get("shadow_latency_ms", {})),
                    RatioHistogram.from_dict(d.get("latency_log_ratio", {})))
 
@@ -318,6 +316,11 @@ class QueueSlope:
         self.secondary_longer += other.secondary_longer
         self.shadow_queued += other.shadow_queued
 
+    @property
+    def equal(self) -> int:
+        """The pairs whose two queues were the same length (x = 0)."""
+        return self.n - self.shadow_longer - self.secondary_longer
+
     def slope(self) -> tuple[float, float] | None:
         """The least-squares slope of y on x and its standard error (as if the pairs were
         independent); None with fewer than 3 pairs or no spread in the queues."""
@@ -342,16 +345,6 @@ class QueueSlope:
         sx, sy, sxx, sxy, syy = (float(d.get(k, 0.0)) for k in ("sx", "sy", "sxx", "sxy", "syy"))
         return cls(int(d.get("n", 0)), sx, sy, sxx, sxy, syy, int(d.get("shadow_longer", 0)),
                    int(d.get("secondary_longer", 0)), int(d.get("shadow_queued", 0)))
-
-
-def observe_queued(queue: QueueSlope, level: LatencyPairs, ref_ms: float, shadow_ms: float,
-                   queues: tuple[int, int]) -> None:
-    """One exchange's two latencies against the queues it found, (the shadow's, the reference's):
-    into `queue`'s sums, and into `level` when the two were the same length."""
-    queue.observe(queue_ratio(*queues), log_ratio(ref_ms, shadow_ms))
-    queue.shadow_queued += queues[0]
-    if queues[0] == queues[1]:
-        level.observe(ref_ms, shadow_ms)
 
 
 @dataclass(slots=True)
@@ -385,8 +378,13 @@ class SecondaryLatency:
         """One copy's two latencies, and the worker's calls in flight at the shadow and at the
         secondary when the copy's calls started (None: not known)."""
         self.pairs.observe(secondary_ms, shadow_ms)
-        if queues is not None:
-            observe_queued(*self._made_queued(), secondary_ms, shadow_ms, queues)
+        if queues is None:
+            return
+        queue, level = self._made_queued()
+        queue.observe(queue_ratio(*queues), log_ratio(secondary_ms, shadow_ms))
+        queue.shadow_queued += queues[0]
+        if queues[0] == queues[1]:
+            level.observe(secondary_ms, shadow_ms)
 
     def queued(self) -> tuple[QueueSlope, LatencyPairs] | None:
         """The queue figures, `queue` and `level`; None when no copy brought queues."""

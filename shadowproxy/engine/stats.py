@@ -30,13 +30,13 @@ from shadowproxy.engine.histogram import HIST_BASE_MS as HIST_BASE_MS
 from shadowproxy.engine.histogram import HIST_GROWTH as HIST_GROWTH
 from shadowproxy.engine.histogram import RATIO_WIDTH as RATIO_WIDTH
 from shadowproxy.engine.histogram import Histogram as Histogram
-from shadowproxy.engine.histogram import LatencyPairs as LatencyPairs
 from shadowproxy.engine.histogram import QueueSlope as QueueSlope
 from shadowproxy.engine.histogram import RatioHistogram as RatioHistogram
 from shadowproxy.engine.histogram import SecondaryLatency as SecondaryLatency
 from shadowproxy.engine.histogram import bucket_of as bucket_of
 from shadowproxy.engine.histogram import bucket_upper as bucket_upper
-from shadowproxy.engine.histogram import observe_queued as observe_queued
+from shadowproxy.engine.histogram import log_ratio as log_ratio
+from shadowproxy.engine.histogram import queue_ratio as queue_ratio
 from shadowproxy.engine.histogram import ratio_bucket as ratio_bucket
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
@@ -72,11 +72,11 @@ class RouteStats:
     shadow_connect: Histogram = field(default_factory=Histogram)
     # the shadow against the secondary, called together by the worker (empty without one)
     vs_secondary: SecondaryLatency = field(default_factory=SecondaryLatency)
-    # the compared exchanges against the queues they found at live (the proxy's requests in
-    # flight) and at the shadow (the worker's calls), and those that found the two the same
-    # length: made on the first exchange with both (None: none, or records from before them)
+    # the compared exchanges' ratios against the queues they found at live (the proxy's client
+    # requests not yet answered) and at the shadow (the worker's calls in flight), with how many
+    # found the two the same length: made on the first exchange with both (None: none, or
+    # records from before them)
     live_queue: QueueSlope | None = None
-    live_level: LatencyPairs | None = None
 
     def merge(self, other: RouteStats) -> None:
         for k, v in other.counts.items():
@@ -93,16 +93,14 @@ class RouteStats:
         self.shadow_connect.merge(other.shadow_connect)
         self.shadow_loop_lag.merge(other.shadow_loop_lag)
         self.vs_secondary.merge(other.vs_secondary)
-        if other.live_queue is not None and other.live_level is not None:
-            queue, level = self.live_queued_made()
-            queue.merge(other.live_queue)
-            level.merge(other.live_level)
+        if other.live_queue is not None:
+            self.live_queue_made().merge(other.live_queue)
 
-    def live_queued_made(self) -> tuple[QueueSlope, LatencyPairs]:
-        """The queue figures against live, made on first use (both at once)."""
-        if self.live_queue is None or self.live_level is None:
-            self.live_queue, self.live_level = QueueSlope(), LatencyPairs()
-        return self.live_queue, self.live_level
+    def live_queue_made(self) -> QueueSlope:
+        """The queue figures against live, made on first use."""
+        if self.live_queue is None:
+            self.live_queue = QueueSlope()
+        return self.live_queue
 
     def empty(self) -> bool:
         return not any(self.counts.values())
@@ -128,9 +126,8 @@ class RouteStats:
                 if hist.count
             },
             **({"vs_secondary": self.vs_secondary.to_dict()} if not self.vs_secondary.empty() else {}),
-            **({"vs_live_queues": {"queue": self.live_queue.to_dict(),
-                                   "level": self.live_level.to_dict("live")}}
-               if self.live_queue is not None and self.live_level is not None and self.live_queue.n else {}),
+            **({"vs_live_queues": self.live_queue.to_dict()}
+               if self.live_queue is not None and self.live_queue.n else {}),
         }
 
     @classmethod
@@ -149,8 +146,7 @@ class RouteStats:
         rs.shadow_loop_lag = Histogram.from_dict(d.get("shadow_loop_lag_ms", {}))
         rs.vs_secondary = SecondaryLatency.from_dict(d.get("vs_secondary", {}))
         if (queued := d.get("vs_live_queues")) is not None:
-            rs.live_queue = QueueSlope.from_dict(queued.get("queue", {}))
-            rs.live_level = LatencyPairs.from_dict(queued.get("level", {}), "live")
+            rs.live_queue = QueueSlope.from_dict(queued)
         return rs
 
 
@@ -221,13 +217,15 @@ class Stats:
         connection was new and the other's reused (the shadow could not follow live's new
         connection in time) is left out of them, since a connection's first request can be
         slower than the next ones. With both sides' queues (Response.queue), the exchange goes
-        into the figures against them too (`RouteStats.live_queue`, `live_level`)."""
+        into the figures against them too (`RouteStats.live_queue`)."""
         if _alike(live, shadow):
             self.latency(route, live.latency_ms, shadow.latency_ms)
             if live.queue is not None and shadow.queue is not None:
+                x, y = queue_ratio(shadow.queue, live.queue), log_ratio(live.latency_ms, shadow.latency_ms)
                 for rs in self._route(route):
-                    observe_queued(*rs.live_queued_made(), live.latency_ms, shadow.latency_ms,
-                                   (shadow.queue, live.queue))
+                    queue = rs.live_queue_made()
+                    queue.observe(x, y)
+                    queue.shadow_queued += shadow.queue
         for rs in self._route(route):
             if live.loop_lag_ms is not None:
                 rs.live_loop_lag.observe(live.loop_lag_ms)

@@ -253,16 +253,16 @@ def _live_queued(rs: RouteStats) -> str | None:
     per answer read +2.0% (-3.0% to +6.2%) on its 70 such exchanges of 1,475 while its median was
     +74%. A secondary gets the same copies at the same moment as the shadow, from the same worker:
     it is the reference for such servers (`_queued_pairs`)."""
-    queue, level = rs.live_queue, rs.live_level
-    if queue is None or level is None or not queue.n:
+    queue = rs.live_queue
+    if queue is None or not queue.n:
         return None
     bound = _slope_bound(queue, rs.latency_log_ratio)
-    if not _queue_driven(bound) or level.log_ratio.count >= LIVE_LEVEL_SHARE * queue.n:
+    if not _queue_driven(bound) or queue.equal >= LIVE_LEVEL_SHARE * queue.n:
         return None
     assert bound is not None
     return (f"latency: not judged against live: the two latencies follow the calls waiting at each server "
             f"(slope {bound[0]:.2f}, 95% interval from {bound[1]:.2f}, above {QUEUE_SLOPE_LIMIT:g}: servers "
-            f"that serve one request at a time), and {level.log_ratio.count} of {queue.n} exchanges found as "
+            f"that serve one request at a time), and {queue.equal} of {queue.n} exchanges found as "
             f"many calls in flight at the shadow as at live: the shadow's copies come as fast as live "
             f"answers its clients, so its queue, not its code, can make it slower or faster; a secondary "
             f"(run --secondary) gets the same copies at the same moment as the shadow and can answer")

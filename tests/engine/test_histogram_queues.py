@@ -131,12 +131,13 @@ def test_exchanges_with_both_queues_are_figured_against_live_and_survive_a_recor
     stats.exchange("/a", _answer(10.0, None), _answer(12.0, 1))  # live's queue not known: latency only
     rs = stats.totals["/a"]
     assert rs.latency_log_ratio.count == 3
-    assert rs.live_queue is not None and rs.live_level is not None
-    assert (rs.live_queue.n, rs.live_level.log_ratio.count, rs.live_queue.secondary_longer) == (2, 1, 1)
+    assert rs.live_queue is not None
+    assert (rs.live_queue.n, rs.live_queue.equal, rs.live_queue.secondary_longer) == (2, 1, 1)
+    assert rs.live_queue.shadow_queued == 3
     d = rs.to_dict()
-    assert set(d["vs_live_queues"]["level"]) == {"live_latency_ms", "shadow_latency_ms", "latency_log_ratio"}
+    assert d["vs_live_queues"] == rs.live_queue.to_dict()
     back = RouteStats.from_dict(d)
     assert back.to_dict() == d
     back.merge(RouteStats.from_dict(d))
-    assert back.live_queue is not None and back.live_queue.n == 4
+    assert back.live_queue is not None and (back.live_queue.n, back.live_queue.equal) == (4, 2)
     assert "vs_live_queues" not in RouteStats().to_dict()  # none without queues: records stay as they were
