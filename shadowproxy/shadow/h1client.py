@@ -251,11 +251,16 @@ class H1Pool:
         reusable = False
         self._busy += 1
         try:
-            before = time.perf_counter()
-            writer.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
-                writer.write(body)
+            # stamped before the request's last bytes are handed over, not after: on the loopback
+            # the send wakes the server, which can take the CPU from this process at once and
+            # answer before a stamp after it (proxy.wiretimes stamps live's writes so too)
             sent = time.perf_counter()
+            if len(body) < 65536:
+                writer.write(head + body)
+            else:
+                writer.write(head)
+                sent = time.perf_counter()
+                writer.write(body)
             try:
                 raw = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as e:
@@ -290,10 +295,6 @@ class H1Pool:
             reusable = keep
             # the last bytes came when the kernel stamped them (rxstamp), or where it does not,
             # when the loop read them (data_received), before this task was scheduled to parse them
-            # (a worker descheduled between writing and stamping `sent` can find the answer's
-            # kernel stamp before it: the request then left between `before` and the answer)
-            if rx.kernel and before <= rx.at < sent:
-                sent = before
             stamped = rx.at >= sent
             end = rx.at if stamped else time.perf_counter()
             # lag-free only when the answer fit in the socket unread (rxstamp.Stamp.window)
