@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import time
+from typing import Any
 
 from aiohttp import web
 from mitmproxy.http import HTTPFlow
@@ -56,3 +57,45 @@ def test_live_latency_leaves_out_the_proxy_loop_busy_after_the_answer_arrived() 
     # before: from the end of the request hook to mitmproxy's timestamp_end, >= 30 + 400 ms
     assert all(LIVE_S * 1000 * 0.95 <= ms < (LIVE_S + BLOCK_S / 2) * 1000 for ms in lat), lat
     assert [r["live"]["new_connection"] for r in records] == [True, False, False, False]
+
+
+def test_a_write_is_stamped_before_the_bytes_leave_not_after() -> None:
+    # on the loopback the send wakes the backend, which can take the CPU from the proxy and answer
+    # before a stamp taken after the write: live answers of 0.08 ms from a server that spends
+    # 1-3 ms of CPU on each. A write that returns late (the process descheduled as it sends)
+    # must not move the start
+    from shadowproxy.proxy.wiretimes import instrument
+
+    async def main() -> tuple[float, float, float]:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        send = writer.write
+
+        def descheduled(data: Any) -> None:
+            send(data)
+            time.sleep(0.05)  # the sender loses the CPU right after the send
+
+        writer.write = descheduled  # type: ignore[method-assign]
+        stamps = instrument(writer)
+        assert stamps is not None
+        called = time.time()
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        returned = time.time()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        assert stamps.written is not None
+        return called, stamps.written, returned
+
+    called, written, returned = asyncio.run(main())
+    assert called <= written < returned - 0.04
