@@ -70,7 +70,9 @@ def test_queue_figures_survive_the_record_and_older_records_read_without_them() 
     back = SecondaryLatency.from_dict(ref.to_dict())
     assert back.level is not None and ref.level is not None
     assert back.level.log_ratio.buckets == ref.level.log_ratio.buckets
-    assert back.queue == ref.queue
+    assert back.queue is not None and ref.queue is not None
+    assert back.queue.to_dict() == ref.queue.to_dict()  # the sums to SUM_DIGITS decimals
+    assert back.queue.slope() == pytest.approx(ref.queue.slope(), rel=1e-4)
     old = {k: v for k, v in ref.to_dict().items() if k not in ("level", "queue")}
     read = SecondaryLatency.from_dict(old)
     assert read.pairs.log_ratio.count == 50 and read.queue is None and read.level is None

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.timeout(600)
 
 PATHS = 20_000
 METRICS_MAX_BYTES = 4 * 1024 * 1024  # "a few MB at most"
-STATS_RECORD_MAX_BYTES = 256 * 1024  # Kafka's max_request_size is 1 MB by default
+# Kafka's max_request_size is 1 MB by default. 256 KB until 0.4.0's live queue figures (about
+# 150 bytes a route, 200 routes): the record of this test's run was 251 KB before them
+STATS_RECORD_MAX_BYTES = 320 * 1024
 
 
 @pytest.fixture(scope="module")
