@@ -87,10 +87,10 @@ class Response:
     # client runs). The side's clock includes up to about that much queueing; 0.0 for an answer
     # whose arrival the kernel stamped (shadowproxy.rxstamp), whose clock includes none.
     loop_lag_ms: float | None = None
-    # the side's other calls in flight to the same backend when this one was sent: live, the
-    # proxy's client requests not yet answered; shadow, the worker's calls to the shadow. A
-    # server that serves one request at a time answers after those ahead of it, so two sides'
-    # latencies compare only at equal queues (engine.stats, report.latency). None: not known
+    # live only: the proxy's other client requests not yet answered when this one was sent (the
+    # shadow's, the worker's calls in flight at the shadow, is `shadow.calls.Called.shadow_queue`).
+    # A server that serves one request at a time answers after those ahead of it, so the two
+    # sides' latencies compare alike only at equal queues (engine.stats, report.latency)
     queue: int | None = None
 
 

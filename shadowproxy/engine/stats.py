@@ -210,22 +210,23 @@ class Stats:
             rs.shadow_latency.observe(shadow_ms)
             rs.latency_log_ratio.add(ratio)
 
-    def exchange(self, route: str, live: Response, shadow: Response) -> None:
+    def exchange(self, route: str, live: Response, shadow: Response, shadow_queue: int | None = None) -> None:
         """One compared exchange's timings: `latency`, and apart, each side's loop lag during
         its call (the proxy's, the worker's) and each side's connect time when its connection
         was new. The latencies are compared like for like: an exchange where one side's
         connection was new and the other's reused (the shadow could not follow live's new
         connection in time) is left out of them, since a connection's first request can be
-        slower than the next ones. With both sides' queues (Response.queue), the exchange goes
-        into the figures against them too (`RouteStats.live_queue`)."""
+        slower than the next ones. With both sides' queues (live's `Response.queue`, and
+        `shadow_queue`: the worker's calls in flight at the shadow when its call started), the
+        exchange goes into the figures against them too (`RouteStats.live_queue`)."""
         if _alike(live, shadow):
             self.latency(route, live.latency_ms, shadow.latency_ms)
-            if live.queue is not None and shadow.queue is not None:
-                x, y = queue_ratio(shadow.queue, live.queue), log_ratio(live.latency_ms, shadow.latency_ms)
+            if live.queue is not None and shadow_queue is not None:
+                x, y = queue_ratio(shadow_queue, live.queue), log_ratio(live.latency_ms, shadow.latency_ms)
                 for rs in self._route(route):
                     queue = rs.live_queue_made()
                     queue.observe(x, y)
-                    queue.shadow_queued += shadow.queue
+                    queue.shadow_queued += shadow_queue
         for rs in self._route(route):
             if live.loop_lag_ms is not None:
                 rs.live_loop_lag.observe(live.loop_lag_ms)

@@ -19,7 +19,6 @@ two latencies on copies that found both queues alike when the servers' latency f
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -50,6 +49,9 @@ class Called:
     # the worker's calls in flight at the shadow and at `who` when this copy's two calls started:
     # the queue ahead of each (engine.histogram.SecondaryLatency); None without a second call
     queues: tuple[int, int] | None = None
+    # the worker's calls in flight at the shadow when the shadow's call started (Response.queue:
+    # compared with live's in engine.stats)
+    shadow_queue: int | None = None
 
 
 def _read_copy(job: ShadowJob) -> bool:
@@ -85,9 +87,9 @@ class Calls:
         """The shadow's answer, and the second call's with who made it and whether it is a noise
         pair."""
         who, partner = self._second_call(job)
-        if who is None or who == "skipped":
-            return Called(await self.call(job), skipped=who == "skipped")
         shadow_queue = self._shadow_in_flight
+        if who is None or who == "skipped":
+            return Called(await self.call(job), skipped=who == "skipped", shadow_queue=shadow_queue)
         queues = (shadow_queue, self._secondary_calls if who == "secondary" else shadow_queue)
         result, second = await self._both(job, who)
         if isinstance(second, Failure):
@@ -95,7 +97,7 @@ class Calls:
             if self.pair_failures == 1:  # once: a down secondary must not flood the log
                 log.warning("the %s call failed (%s: %s); such copies are left out of noise "
                             "pairs and latency against it", who, second.kind, second.message)
-        return Called(result, second, who, partner, queues=queues)
+        return Called(result, second, who, partner, queues=queues, shadow_queue=shadow_queue)
 
     def _pair_partner(self, job: ShadowJob) -> str | None:
         """Who answers this job's noise pair ("shadow" or "secondary"), or None: no pair."""
@@ -124,7 +126,6 @@ class Calls:
     async def call(self, job: ShadowJob, partner: str | None = None) -> Answer:
         s = job.settings
         to_shadow = partner != "secondary"
-        queue = self._shadow_in_flight  # the calls ahead of this one (Response.queue)
         if to_shadow:
             client, base = self.client, job.target
             self.shadow_calls += 1
@@ -134,11 +135,9 @@ class Calls:
             client, base = self.secondary, None
         try:
             # on a new connection when the live hop's was new (shadow.client: like for like)
-            answer = await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
-                                       max_body_bytes=s.max_body_bytes, base=base,
-                                       fresh=bool(job.exchange.live.new_connection))
-            return dataclasses.replace(answer, queue=queue) if to_shadow and isinstance(answer, Response) \
-                else answer
+            return await client.call(job.shadow_request, timeout_ms=s.timeout_ms,
+                                     max_body_bytes=s.max_body_bytes, base=base,
+                                     fresh=bool(job.exchange.live.new_connection))
         finally:
             if to_shadow:
                 self._shadow_in_flight -= 1

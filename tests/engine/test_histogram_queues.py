@@ -128,11 +128,12 @@ def _answer(ms: float, queue: int | None) -> Response:
 
 def test_exchanges_with_both_queues_are_figured_against_live_and_survive_a_record() -> None:
     stats = Stats()
-    stats.exchange("/a", _answer(10.0, 2), _answer(30.0, 0))
-    stats.exchange("/a", _answer(10.0, 3), _answer(10.0, 3))
-    stats.exchange("/a", _answer(10.0, None), _answer(12.0, 1))  # live's queue not known: latency only
+    stats.exchange("/a", _answer(10.0, 2), _answer(30.0, None), 0)
+    stats.exchange("/a", _answer(10.0, 3), _answer(10.0, None), 3)
+    stats.exchange("/a", _answer(10.0, None), _answer(12.0, None), 1)  # live's queue not known: latency only
+    stats.exchange("/a", _answer(10.0, 1), _answer(12.0, None))  # nor the shadow's
     rs = stats.totals["/a"]
-    assert rs.latency_log_ratio.count == 3
+    assert rs.latency_log_ratio.count == 4
     assert rs.live_queue is not None
     assert (rs.live_queue.n, rs.live_queue.equal, rs.live_queue.secondary_longer) == (2, 1, 1)
     assert rs.live_queue.shadow_queued == 3

@@ -146,7 +146,7 @@ def _against_live(n: int, service_ratio: float, one_at_a_time: bool, level_share
         wait_s, wait_l = (qs + 1, ql + 1) if one_at_a_time else (1, 1)
         jitter = math.exp(rng.gauss(0, 0.03))
         stats.exchange("/r", Response(200, latency_ms=4.0 * wait_l * jitter, queue=ql),
-                       Response(200, latency_ms=4.0 * service_ratio * wait_s * jitter, queue=qs))
+                       Response(200, latency_ms=4.0 * service_ratio * wait_s * jitter), qs)
         stats.count("/r", "compared")
     return stats.totals["/r"]
 
