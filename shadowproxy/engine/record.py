@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ import orjson
 
 from shadowproxy.engine.decode import charset
 from shadowproxy.engine.diff import Comparison, Difference
+from shadowproxy.engine.echoes import MARKER
 from shadowproxy.engine.exchange import Exchange, Failure, Headers, Response, escape_surrogates
 from shadowproxy.engine.redact import CREDENTIAL_HEADERS, DEFAULT_REDACTOR, Redactor
 
@@ -32,6 +34,8 @@ SENSITIVE_HEADERS = CREDENTIAL_HEADERS
 EXCERPT_CHARS = 512
 EXCERPT_ECHO_MARGIN = 4096  # characters decoded past the excerpt's end to find a credential whole
 MAX_DIFFERENCES = 100
+# a redaction marker, the separator and quotes before it (`": "`, `=`, `: `, `\\":\\"`), its closing quote
+_MARKED = re.compile(r"""[\s:="'\\]*(""" + MARKER.pattern + r""")(?:\\*["'])?""")
 
 
 def new_id() -> str:
@@ -69,7 +73,7 @@ def excerpt(body: bytes, limit: int = EXCERPT_CHARS, redactor: Redactor | None =
     its text, not `p\\u0000a\\u0000...`, which no redaction would find), redacted, then cut. The
     bytes decoded run past `limit` by the longest request credential (up to EXCERPT_ECHO_MARGIN
     characters), so one that straddles the cut is still found whole; a longer one's start at
-    the cut is replaced after it (`Redactor.cut_echo`)."""
+    the cut is replaced after it (`Redactor.cut_echo`). A redaction marker is never cut (`_cut_at`)."""
     raw = body[: _excerpt_window(limit, redactor)]
     try:
         text = raw.decode(encoding, errors="replace")
@@ -79,8 +83,20 @@ def excerpt(body: bytes, limit: int = EXCERPT_CHARS, redactor: Redactor | None =
         text = redactor.text(text)
     if len(text) <= limit:
         return text
-    cut = text[:limit] + "…"
+    cut = text[: _cut_at(text, limit) if redactor is not None else limit] + "…"
     return redactor.cut_echo(cut) if redactor is not None and redactor.echoes else cut
+
+
+def _cut_at(text: str, limit: int) -> int:
+    """Where redacted `text` is cut: at `limit`, or before a redaction marker (and the separator
+    and quote before it) that the cut would split or end at. The record's own redaction pass reads
+    `"password": "[re…` or `password=[redacted]…` as a secret value cut short and replaces it,
+    hashing a piece of the marker, dropping the ellipsis and going past `limit` characters."""
+    cut = limit
+    for m in reversed(list(_MARKED.finditer(text, max(0, limit - 256), limit + 64))):
+        if m.start() < cut < m.end() or cut == m.end(1):
+            cut = m.start()
+    return cut
 
 
 def _excerpt_window(limit: int, redactor: Redactor | None) -> int:

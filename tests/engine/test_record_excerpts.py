@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from unittest import mock
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shadowproxy.engine import record as record_mod
@@ -30,6 +30,15 @@ def _exchange(live: Response, request_headers: tuple[tuple[str, str], ...]) -> E
 @settings(max_examples=150)
 @given(_BODY, _BODY, st.booleans(), _CHARSETS, _CHARSETS, st.sampled_from([None, b"k" * 32]),
        st.sampled_from([(), (("Authorization", "Bearer abc123"),)]))
+@example(  # the shadow's cut fell in `"password": "[re…`: the record's pass hashed the piece, lost the "…"
+    prefix=b'"token": "eyJhbGciOi.eyJzdWIi.c2lnbmF0", {"a": 1, "card": "4111 1111 1111 1111", Bearer abc123 '
+    b'{"a": 1, Bearer abc123 "card": "4111 1111 1111 1111", "password": "hunter2", '
+    b'"token": "eyJhbGciOi.eyJzdWIi.c2lnbmF0", "card": "4111 1111 1111 1111", \xe9\xe9',
+    tail=b'"token": "eyJhbGciOi.eyJzdWIi.c2lnbmF0", {"a": 1, "card": "4111 1111 1111 1111", Bearer abc123 '
+    b'"card": "4111 1111 1111 1111", Bearer abc123 "card": "4111 1111 1111 1111", "password": "hunter2", '
+    b'"token": "eyJhbGciOi.eyJzdWIi.c2lnbmF0", "card": "4111 1111 1111 1111", \xe9\xe9',
+    same=False, live_type="application/json", shadow_type="application/json", key=b"k" * 32,
+    request_headers=(("Authorization", "Bearer abc123"),))
 def test_each_side_has_the_excerpt_of_its_own_body(prefix: bytes, tail: bytes, same: bool, live_type: str,
                                                     shadow_type: str, key: bytes | None,
                                                     request_headers: tuple[tuple[str, str], ...]) -> None:
