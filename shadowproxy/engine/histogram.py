@@ -317,6 +317,12 @@ class QueueSlope:
         self.secondary_longer += other.secondary_longer
         self.shadow_queued += other.shadow_queued
 
+    def observe_queues(self, queues: tuple[int, int], ref_ms: float, shadow_ms: float) -> None:
+        """One exchange: the calls in flight it found (the shadow's, the reference's) and the two
+        latencies, as `observe`'s x and y; the shadow's count summed into `shadow_queued`."""
+        self.observe(queue_ratio(*queues), log_ratio(ref_ms, shadow_ms))
+        self.shadow_queued += queues[0]
+
     @property
     def equal(self) -> int:
         """The pairs whose two queues were the same length (x = 0)."""
@@ -386,8 +392,7 @@ class SecondaryLatency:
         if queues is None:
             return
         queue, level = self._made_queued()
-        queue.observe(queue_ratio(*queues), log_ratio(secondary_ms, shadow_ms))
-        queue.shadow_queued += queues[0]
+        queue.observe_queues(queues, secondary_ms, shadow_ms)
         if queues[0] == queues[1]:
             level.observe(secondary_ms, shadow_ms)
 

@@ -35,8 +35,6 @@ from shadowproxy.engine.histogram import RatioHistogram as RatioHistogram
 from shadowproxy.engine.histogram import SecondaryLatency as SecondaryLatency
 from shadowproxy.engine.histogram import bucket_of as bucket_of
 from shadowproxy.engine.histogram import bucket_upper as bucket_upper
-from shadowproxy.engine.histogram import log_ratio as log_ratio
-from shadowproxy.engine.histogram import queue_ratio as queue_ratio
 from shadowproxy.engine.histogram import ratio_bucket as ratio_bucket
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
@@ -222,11 +220,9 @@ class Stats:
         if _alike(live, shadow):
             self.latency(route, live.latency_ms, shadow.latency_ms)
             if live.queue is not None and shadow_queue is not None:
-                x, y = queue_ratio(shadow_queue, live.queue), log_ratio(live.latency_ms, shadow.latency_ms)
                 for rs in self._route(route):
-                    queue = rs.live_queue_made()
-                    queue.observe(x, y)
-                    queue.shadow_queued += shadow_queue
+                    rs.live_queue_made().observe_queues((shadow_queue, live.queue), live.latency_ms,
+                                                        shadow.latency_ms)
         for rs in self._route(route):
             if live.loop_lag_ms is not None:
                 rs.live_loop_lag.observe(live.loop_lag_ms)
