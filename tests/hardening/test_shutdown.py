@@ -52,6 +52,7 @@ class Load:
     """Client threads, each a bounded loop of GETs on fresh connections until told to stop."""
 
     port: int
+    tag: str  # paths are /users/<tag><thread>-<i>: the backends serve the whole module, their `seen` too
     threads: int = 4
     per_thread: int = 400
     ok: list[str] = field(default_factory=list)
@@ -84,7 +85,7 @@ class Load:
 
     def _loop(self, t: int) -> None:
         for i in range(self.per_thread):
-            if self.stop.is_set() or not self._one(f"/users/{t}-{i}"):
+            if self.stop.is_set() or not self._one(f"/users/{self.tag}{t}-{i}"):
                 return
 
     def run_until(self, stop_after: Callable[[], None]) -> None:
@@ -112,7 +113,7 @@ def test_sigterm_under_load_completes_in_flight_requests_and_flushes_jsonl(
     live, shadow = backends
     out = tmp_path / "out.jsonl"
     proxy = h.Proxy(live.url, shadow.url, f"jsonl:{out}", stderr_path=tmp_path / "stderr").start()
-    load = Load(proxy.port)
+    load = Load(proxy.port, tag="j")
     codes: list[int] = []
     try:
         load.run_until(sigterm_after(proxy, 1.5, codes))
@@ -165,7 +166,7 @@ def test_sigterm_with_kafka_down_spools_and_exits_0(
     spool = tmp_path / "spool"
     sink = f"kafka://{broker.bootstrap}/{kafka_topic}?create_topic=1:1&spool_dir={spool}&{FAST_KAFKA}"
     proxy = h.Proxy(live.url, shadow.url, sink, stderr_path=tmp_path / "stderr").start()
-    load = Load(proxy.port, per_thread=100)
+    load = Load(proxy.port, tag="k", per_thread=100)
     codes: list[int] = []
     try:
         load.run_until(sigterm_after(proxy, 1.5, codes))
