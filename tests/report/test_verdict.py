@@ -317,6 +317,35 @@ def test_a_warn_the_proxys_loop_lag_could_make_smaller_stands_and_says_it_may_be
         " free of it)")
 
 
+def _lag_inflated(n: int, base: float, added: float, lag_max: float) -> RouteStats:
+    """A shadow `added` ms slower than live at the servers, read against a live whose times the
+    proxy's loop lag inflated by 0 to `lag_max` ms: the least on live's fastest answers."""
+    def pair(i: int) -> tuple[float, float]:
+        at_servers = base * (1 + 0.01 * ((i * 7) % 11 - 5))
+        return at_servers + lag_max * ((i * 37) % 100) / 100, at_servers + added
+
+    return _proxy_lagged(_observed(pair(i) for i in range(n)), lag_max / 2)
+
+
+def test_a_warn_the_proxys_lag_reads_low_is_a_fail_when_the_fast_end_reads_fail() -> None:
+    # json-server 30% slower under 8 curl loops: median +16% (+12.7% to +19.7%), WARN, p10
+    # +24.3% (+24.3% to +26.8%), the proxy's lag 5-6% of live's time
+    rs = _lag_inflated(300, 20.0, 6.0, 6.0)
+    j = evaluate_stats(rs, host=CONTENDED)
+    assert j.latency_test is not None and j.latency_test.median.low is not None
+    assert j.latency_test.median.low > 0.05 and j.latency_test.median.value < 0.15  # the median: WARN
+    assert (j.latency, j.verdict) == ("fail", "fail")
+    assert j.reasons[-1].startswith("latency: the proxy's event loop lagged 3.00 ms per exchange")
+    assert "the median is read low; the fast end, the answers it delayed least (p10, above, 95% lower " \
+        "bound above fail 15.00%), says FAIL" in j.reasons[-1]
+
+
+def test_a_warn_the_proxys_lag_reads_low_stays_a_warn_when_the_fast_end_does_not_read_fail() -> None:
+    # the shadow 8% slower at every quantile: p10 WARNs too; and without host figures no p10
+    assert evaluate_stats(_proxy_lagged(_paired(300, 25.0, 27.0), 2.0), host=CONTENDED).latency == "warn"
+    assert evaluate_stats(_lag_inflated(300, 20.0, 6.0, 6.0)).latency == "warn"
+
+
 def test_a_proxy_lag_past_live_s_time_is_said_in_words_and_a_rejected_secondary_gets_no_advice() -> None:
     # more than live's median: the share read 10753%
     j = evaluate_stats(_proxy_lagged(_paired(300, 10.0, 10.0), 12.0))
