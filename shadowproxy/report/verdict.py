@@ -32,8 +32,9 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   threshold. A PASS is `insufficient` too when the proxy's own event-loop lag (in the live
   side's time, not in the shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live
   median - lag), and when the median slowdown's 95% interval ends past `fail`, or past `warn`
-  when the shadow is significantly slower (`_bounded_pass`: "not shown past warn" is not enough,
-  the median's interval must rule a FAIL out, and a WARN too when the shadow is shown slower).
+  when the shadow is significantly slower (report.latency_verdict's `_bounded_pass`: "not shown
+  past warn" is not enough, the median's interval must rule a FAIL out, and a WARN too when the
+  shadow is shown slower).
   A WARN or FAIL is `insufficient` when the worker's event-loop lag (in the shadow side's time,
   not in live's) could explain it: for each of the median, p95 and p99 that WARNs or FAILs, the
   worker's lag at that quantile, as a share of the live latency at that quantile, taken off the
@@ -46,9 +47,10 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   making its own. Such a WARN/FAIL is judged again at the fast end, the slowdown at p10 (the
   answers the contention touched least), and takes that level (never a worse one); when p10
   passes, it is `insufficient`. A median WARN with the proxy's loop lag at least LOOP_LAG_LIMIT
-  of live's time is a FAIL when p10 reads FAIL (`_lag_free_end`): the lag makes every reading
-  at most the shadow's slowdown. Against live, a route whose latencies follow the queues the
-  exchanges found at live and at the shadow, few of them equal, is `insufficient` whatever it
+  of live's time is a FAIL when p10 reads FAIL (latency_verdict's `_lag_free_end`): the lag
+  makes every reading at most the shadow's slowdown. Against live, a route whose latencies
+  follow the queues the exchanges found at live and at the shadow, few of them equal, is
+  `insufficient` whatever it
   reads (`LatencyTest.queued`, report.latency's `_live_queued`): the shadow's copies come as
   fast as live answers its clients, so its queue, not its code, can make it slower or faster.
 
