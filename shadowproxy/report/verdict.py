@@ -50,9 +50,9 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   of live's time is a FAIL when p10 reads FAIL (latency_verdict's `_lag_free_end`): the lag
   makes every reading at most the shadow's slowdown. Against live, a route whose latencies
   follow the queues the exchanges found at live and at the shadow, few of them equal, is
-  `insufficient` whatever it
-  reads (`LatencyTest.queued`, report.latency's `_live_queued`): the shadow's copies come as
-  fast as live answers its clients, so its queue, not its code, can make it slower or faster.
+  `insufficient` whatever it reads (`LatencyTest.queued`, report.latency's `_live_queued`): the
+  shadow's copies come as fast as live answers its clients, so its queue, not its code, can
+  make it slower or faster.
 
 The route's verdict is the worst of its checks; a route whose checks pass but whose latency is
 `insufficient` is `insufficient`. A route with nothing compared and no shadow error has the
