@@ -82,7 +82,9 @@ def test_a_shadow_twice_as_slow_under_concurrency_does_not_pass(tmp_path: Path) 
     # +10% to +42% read on a shared 2-core machine, so WARN as well as FAIL
     assert route["checks"]["latency"] in ("fail", "warn", "insufficient")
     if route["checks"]["latency"] == "insufficient":
-        assert any("event loop lagged" in r for r in route["reasons"])
+        # the proxy's lag, or too few independent exchanges (320 in one busy process moved
+        # together: "as 29 independent" in a fresh-clone CI run): either says why, never a PASS
+        assert any("event loop lagged" in r or "neighbours moved together" in r for r in route["reasons"])
 
 
 def test_identical_backends_under_concurrency_never_warn_or_fail_on_latency(tmp_path: Path) -> None:
