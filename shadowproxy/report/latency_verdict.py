@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from shadowproxy.report.inference import Estimate
 from shadowproxy.report.latency import RATIO_DIGITS, LatencyTest
-from shadowproxy.report.levels import RANK, Level, fmt_interval, limit, reading, slowdown_level, worst
+from shadowproxy.report.levels import (
+    RANK,
+    Level,
+    fmt_interval,
+    limit,
+    reading,
+    shown_slower,
+    slowdown_level,
+    worst,
+)
 from shadowproxy.rules.model import Verdict
 
 __all__ = ["LOOP_LAG_LIMIT", "judge_latency", "lag_explains"]
@@ -134,7 +143,7 @@ def _bounded_pass(latency: LatencyTest, t: Verdict, reasons: list[str]) -> Level
     m = latency.median
     if m.value is None:
         return "pass"
-    slower = m.p_value is not None and m.p_value < t.alpha
+    slower = shown_slower(m, t)
     bound = t.latency.warn if slower else t.latency.fail
     read = reading("median", m, latency.against)
     if m.high is not None and round(m.high, RATIO_DIGITS) <= bound:
@@ -183,7 +192,7 @@ def _lag_hides(median: Estimate, t: Verdict) -> str:
     routes at +7.3% read WARN (lower end +5.1%) and INSUFFICIENT (+4.1%) side by side, and an
     outside tester read "a slowdown that size would not show" beside a slowdown shown."""
     if (median.value is not None and median.value > 0 and median.low is not None
-            and median.p_value is not None and median.p_value < t.alpha):
+            and shown_slower(median, t)):
         return (f"the shadow reads slower (median {median.value:+.1%}, its 95% lower end {median.low:+.1%}, "
                 f"short of warn {t.latency.warn:.2%}), and the lag may hide the rest")
     return "a slowdown that size would not show"

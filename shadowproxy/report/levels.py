@@ -16,7 +16,7 @@ from shadowproxy.report.latency import RATIO_DIGITS
 from shadowproxy.rules.model import Thresholds, Verdict
 
 __all__ = ["LEVELS", "RANK", "FailOn", "Level", "fmt_interval", "level", "limit", "rate_level", "reading",
-           "slowdown", "slowdown_level", "worst"]
+           "shown_slower", "slowdown", "slowdown_level", "worst"]
 
 Level = Literal["pass", "warn", "fail", "no_data", "insufficient"]
 FailOn = Literal["warn", "fail"]
@@ -56,9 +56,14 @@ def rate_level(est: Estimate, events: int, t: Thresholds) -> Level:
     return level(round(est.high, RATIO_DIGITS), t)
 
 
+def shown_slower(est: Estimate, thresholds: Verdict) -> bool:
+    """The one-sided test of "the shadow is no slower" rejects it: p < alpha."""
+    return est.p_value is not None and est.p_value < thresholds.alpha
+
+
 def slowdown_level(est: Estimate, thresholds: Verdict) -> Level:
     """WARN/FAIL only when significant at alpha and the interval's lower end passes the threshold."""
-    if est.p_value is None or est.p_value >= thresholds.alpha or est.low is None:
+    if not shown_slower(est, thresholds) or est.low is None:
         return "pass"
     return level(round(est.low, RATIO_DIGITS), thresholds.latency)
 
