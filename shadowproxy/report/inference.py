@@ -213,10 +213,11 @@ def excess_p(only_a: int, only_b: int) -> float:
 
 
 def fmt_p(p: float | None) -> str:
-    """A p-value as the reasons print it: `p=0.042`, `p<0.0001`, `p=-` when there is none."""
+    """A p-value as the reasons print it: `p=0.042`, `p<0.0001`, `p>0.99` (not `p=1`: a test
+    never proves "no slower"), `p=-` when there is none."""
     if p is None:
         return "p=-"
-    return "p<0.0001" if p < 0.0001 else f"p={p:.2g}"
+    return "p<0.0001" if p < 0.0001 else ("p>0.99" if p > 0.99 else f"p={p:.2g}")
 
 
 def sign_test(a: int, b: int, d: float = 1.0) -> tuple[float, int]:

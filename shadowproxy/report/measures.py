@@ -37,14 +37,19 @@ def traffic_mismatch_rate(routes: list[dict[str, Any]]) -> float | None:
 
 def estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
     """What each check used: n, the estimate, its 95% interval, (latency) the p-value, and the
-    level that estimate alone gives."""
+    level that estimate alone gives: the latency check's when that is insufficient, and none (null)
+    for a slowdown that would pass on an interval with no upper end (not judged)."""
     lt = j.latency_test
 
     def d(e: Estimate | None, lv: str | None) -> dict[str, Any] | None:
         return None if e is None or e.value is None else {**e.to_dict(), "level": lv}
 
     def slow(e: Estimate) -> dict[str, Any] | None:
-        lv = "insufficient" if j.latency == "insufficient" else _verdict.slowdown_level(e, t)
+        lv: str | None = "insufficient" if j.latency == "insufficient" else _verdict.slowdown_level(e, t)
+        if lv == "pass" and e.high is None:
+            # no upper end (a p95 or p99 of too few samples): it says nothing either way, and a
+            # PASS beside "-100% to +inf" read as one judged (an outside attacker's)
+            lv = None
         out = d(e, lv)
         if out is not None and lt is not None:
             out["against"] = lt.against  # live, or the secondary (report.verdict)

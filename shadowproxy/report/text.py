@@ -100,7 +100,7 @@ def fmt_ci(est: dict[str, Any] | None, signed: bool = False) -> str:
 def _fmt_p(p: float | None) -> str:
     if p is None:
         return "—"
-    return "<0.0001" if p < 0.0001 else f"{p:.2g}"
+    return "<0.0001" if p < 0.0001 else (">0.99" if p > 0.99 else f"{p:.2g}")
 
 
 def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
@@ -115,6 +115,8 @@ def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
             interval = _bound(est["low"], signed, "-inf") + (" to " if signed else " - ") + _bound(
                 est["high"], signed, "+inf"
             )
+            if signed and est["high"] is None and (est["low"] is None or est["low"] <= -1.0):
+                interval = "not bounded"  # too few samples at that quantile: no interval at all
             lv = est.get("level", r["checks"].get(check))
             rows.append([
                 r["route"],

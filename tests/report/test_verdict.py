@@ -822,3 +822,29 @@ def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_lo
     assert j.latency == "insufficient"
     assert (f"latency: 100 compared exchanges, as {test.n_effective} independent (neighbours moved "
             "together), fewer than min_samples 30: a longer run can answer") in j.reasons
+
+
+def test_a_quantile_with_no_upper_end_is_shown_as_not_bounded_and_not_judged() -> None:
+    # an outside attacker read "p99 +4.0%, -100.0% to +inf, PASS" as a p99 judged fine
+    from shadowproxy.report.measures import estimates
+    from shadowproxy.report.text import check_rows
+
+    j = evaluate_stats(_paired(40, 30.0, 30.0))
+    assert j.latency == "pass" and j.latency_test is not None and j.latency_test.p99.high is None
+    ests = estimates(j, DEFAULT_THRESHOLDS)
+    assert ests["slowdown_median"]["level"] == "pass" and ests["slowdown_p99"]["level"] is None
+    route = {"route": "/r", "estimates": ests, "checks": {"latency": "pass"}}
+    rows = {row[1]: row for row in check_rows([route])}
+    assert rows["latency: p99 slowdown"][4:] == ["not bounded", rows["latency: p99 slowdown"][5], "—"]
+    assert rows["latency: median slowdown"][6] == "PASS"
+
+
+def test_a_p_value_near_1_prints_as_above_0_99_not_as_1() -> None:
+    from shadowproxy.report.inference import fmt_p
+    from shadowproxy.report.text import check_rows
+
+    assert (fmt_p(1.0), fmt_p(0.995), fmt_p(0.5)) == ("p>0.99", "p>0.99", "p=0.5")
+    est = {"n": 40, "estimate": -0.1, "low": -0.2, "high": 0.0, "p_value": 1.0, "level": "pass"}
+    route = {"route": "/r", "estimates": {"slowdown_median": est}, "checks": {"latency": "pass"}}
+    row = check_rows([route])[0]
+    assert row[5] == ">0.99"
