@@ -76,6 +76,8 @@ def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
         return f"{x:+.1%}" if signed else (f"{x:.2%}" if pct else f"{x:g}")
 
     n = f"n={est.n}" + (f", as {est.n_effective} independent" if est.n_effective is not None else "")
+    if signed and est.high is None and (est.low is None or est.low <= -1.0):
+        return f"{f(est.value, '?')} (not bounded, {n})"  # as the checks table prints it
     return f"{f(est.value, '?')} ({f(est.low, '-inf')} to {f(est.high, '+inf')}, {n})"
 
 
