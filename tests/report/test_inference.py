@@ -385,3 +385,41 @@ def test_independent_ratios_far_from_zero_read_no_correlation() -> None:
             h.add(46 + rng.choice((-1, 0, 0, 1)))
         high += h.lag1() > 0.5
     assert high <= 10
+
+
+def _tied_sides(rng: random.Random, n: int, slow_share: float) -> tuple[Histogram, Histogram]:
+    """Two identical sides whose slow answers all take the same time (one bucket) and a few take
+    longer still: the ties that make a tail test's cut a choice."""
+    sides = (Histogram(), Histogram())
+    for h in sides:
+        for _ in range(n):
+            r, fast = rng.random(), 20.7 * rng.uniform(0.99, 1.01)
+            h.observe(48.0 if r < slow_share / 10 else 40.5 if r < slow_share else fast)
+    return sides
+
+
+@settings(max_examples=4, deadline=None)
+@given(n=st.integers(60, 400), slow_share=st.floats(0.05, 0.4), seed=st.integers(0, 2**32 - 1))
+def test_the_tail_tests_on_identical_tied_sides_are_significant_at_most_about_alpha_of_the_time(
+        n: int, slow_share: float, seed: int) -> None:
+    # the cut is chosen from the pooled counts and the sides' sizes only, so the test stays exact
+    rng = random.Random(seed)
+    significant = 0
+    for _ in range(TRIALS // 2):
+        live, shadow = _tied_sides(rng, n, slow_share)
+        for q in (0.95, 0.99, 0.10):
+            p = p99_slowdown(live, shadow, q).p_value
+            assert p is not None
+            significant += p < 0.05
+    assert significant / (TRIALS // 2 * 3) <= 0.05 + 0.03
+
+
+def test_a_tail_of_four_where_ten_were_meant_gives_way_to_the_tied_bucket_that_can_show_it() -> None:
+    # an outside attacker's route: 100 a side, the shadow 20 ms slower on 27 of them, 23 of those
+    # in the pooled p95's bucket: the 4 above it could not be significant (p=0.061 all the shadow's)
+    live, shadow = Histogram(), Histogram()
+    for i in range(100):
+        live.observe(20.7 + i * 0.005)
+        shadow.observe(20.7 + i * 0.005 if i >= 27 else 40.5 if i >= 4 else 42.0)
+    est = p99_slowdown(live, shadow, 0.95)
+    assert est.p_value is not None and est.p_value < 1e-6
