@@ -275,7 +275,7 @@ def test_with_the_design_effect_the_sign_test_keeps_its_level_on_correlated_side
         h = _ar1(rng, 300, 0.8)
         naive += (median_slowdown(h).p_value or 1.0) < 0.05
         kept += (median_slowdown(h, design_effect(h.lag1())).p_value or 1.0) < 0.05
-    assert naive / TRIALS > 0.2
+    assert naive / TRIALS > 0.15  # about 0.25 (0.20 to 0.27 over six seeds): three times alpha
     assert kept / TRIALS <= 0.05 + 0.05
 
 
