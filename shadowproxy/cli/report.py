@@ -114,7 +114,8 @@ def report(
       latency         slowdown at median, p95, p99    lower bound, only when p < verdict.alpha
     Latency with fewer than verdict.min_samples (30) compared exchanges (counted as
     independent) is INSUFFICIENT; so is one whose median interval reaches past fail (past
-    warn, when the shadow is significantly slower).
+    warn, when the shadow is significantly slower), or whose p95 or p99 is significantly
+    slower by a WARN-sized amount its interval cannot bound.
     The route's verdict is its worst check; a route with nothing compared is NO DATA.
     Overall is the worst route with data (NO DATA when no route has any).
 

@@ -34,7 +34,8 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   median - lag), and when the median slowdown's 95% interval ends past `fail`, or past `warn`
   when the shadow is significantly slower (report.latency_verdict's `_bounded_pass`: "not shown
   past warn" is not enough, the median's interval must rule a FAIL out, and a WARN too when the
-  shadow is shown slower).
+  shadow is shown slower), or when a p95 or p99 is shown slower (p < alpha) by a WARN-sized
+  estimate its interval does not bound past warn (`_tail_unbounded`).
   A WARN or FAIL is `insufficient` when the worker's event-loop lag (in the shadow side's time,
   not in live's) could explain it: for each of the median, p95 and p99 that WARNs or FAILs, the
   worker's lag at that quantile, as a share of the live latency at that quantile, taken off the

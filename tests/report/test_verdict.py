@@ -807,9 +807,12 @@ def test_a_pass_whose_interval_starts_past_warn_says_the_test_was_not_significan
     j = evaluate_stats(_observed((30.0, shadow) for shadow in order))
     est = j.latency_test.median if j.latency_test is not None else None
     assert est is not None and est.low is not None and est.low >= 0.05 and (est.p_value or 0) >= 0.01, est
-    assert j.latency == "pass"
-    assert j.reasons[-1].endswith("its 95% interval starts past warn, but the one-sided test is not "
-                                  "significant at alpha 0.01: not judged slower"), j.reasons
+    assert j.reasons[0].endswith("its 95% interval starts past warn, but the one-sided test is not "
+                                 "significant at alpha 0.01: not judged slower"), j.reasons
+    # not PASS since the tail rule: the shadow's p95 is shown slower (+12%, every one of the
+    # pooled slowest the shadow's), by more than 60 exchanges bound
+    assert j.latency == "insufficient"
+    assert j.reasons[-1].startswith("latency: shadow p95 +12"), j.reasons
 
 
 def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_longer_run_can_answer() -> None:
@@ -871,3 +874,12 @@ def test_a_shadow_slow_on_a_random_third_of_requests_fails_at_p95_when_a_few_are
     assert j.latency_test is not None and j.latency_test.p95 is not None
     assert j.latency_test.p95.p_value is not None and j.latency_test.p95.p_value < 1e-6
     assert j.latency == "fail", j.reasons
+
+
+def test_a_shadow_slow_on_every_tenth_request_is_insufficient_not_pass_at_100_exchanges() -> None:
+    # an outside attacker's: 100 a route, p95 +100% (-25.7% to +120.8%), p=0.00077, read PASS
+    j = evaluate_stats(_tenth_slow(100, 25.0, slow_ms=50.0))
+    assert j.latency_test is not None and j.latency_test.p95 is not None
+    assert j.latency_test.p95.low is not None and j.latency_test.p95.low < 0.05
+    assert j.latency == "insufficient", j.reasons
+    assert any("shadow p95 " in r and "too few exchanges at that quantile" in r for r in j.reasons)
