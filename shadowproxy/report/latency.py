@@ -112,6 +112,9 @@ class LatencyTest:
     # exchanges found and few found equal ones (`_live_queued`): the estimates are shown, the
     # check is `insufficient`; None: no such case
     queued: str | None = None
+    # against the secondary, judged on the copies with equal queues: the median, p95 and p99 on
+    # every copy, which a PASS must not contradict (report.latency_verdict); None otherwise
+    every_copy: tuple[Estimate, Estimate, Estimate] | None = None
 
     @property
     def n_effective(self) -> int:
@@ -286,9 +289,16 @@ def against_secondary(rs: RouteStats, alpha: float, bound: tuple[float, float] |
     # comes while it is busy (comparing another copy's bodies) is read late, either side's
     lag_ms, share = _shadow_lag(rs.shadow_loop_lag, pairs.secondary)
     judged = "copies with equal queues" if pairs is ref.level else "compared exchanges"
+    every = None
+    if pairs is ref.level:  # the copies it leaves out can be the ones the shadow fell behind on
+        all_pairs, d_all = ref.pairs, _design_effect(ref.pairs.log_ratio)
+        every = (median_slowdown(all_pairs.log_ratio, d_all),
+                 p99_slowdown(all_pairs.secondary, all_pairs.shadow, 0.95, d_all),
+                 p99_slowdown(all_pairs.secondary, all_pairs.shadow, d=d_all))
     return LatencyTest(median.n, median, p99_slowdown(pairs.secondary, pairs.shadow, d=d),
                        p95=p99_slowdown(pairs.secondary, pairs.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
-                       shadow_lag_share=share, against="secondary", note=note, judged=judged)
+                       shadow_lag_share=share, against="secondary", note=note, judged=judged,
+                       every_copy=every)
 
 
 def _host_wait_share(ref: SecondaryLatency, host: HostLoad) -> float | None:
