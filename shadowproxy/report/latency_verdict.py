@@ -177,13 +177,14 @@ def _left_out(latency: LatencyTest, t: Verdict) -> str | None:
     """Why a PASS on the copies with equal queues cannot stand: on every copy the shadow reads
     slower past warn (a WARN or FAIL there). The copies it leaves out are those whose queues
     differed, and a shadow slowed by its code builds its queue too, so its slow copies are the
-    ones left out: an outside attacker's shadow 3x slower after its first 2,000 of 3,000 requests
-    (4 keep-alive clients, a secondary) read +0.0% on the 560-576 equal-queue copies a route, PASS,
-    where every copy read p95 +169% (p=0.00012). Identical servers that serve one request at a time, whose
-    turns at the CPU are not the code's, read like it (-32% to +71% on every copy): such a run is
-    INSUFFICIENT, not PASS. A reading on every copy counts when it WARNs or FAILs, or is shown
-    slower by a WARN-sized estimate it cannot bound (`_reads_slower`: that run's p95 of 997
-    copies counted as 50 independent). None when every copy agrees (or was judged)."""
+    ones left out: an outside attacker's shadow 3x slower after its first 2,000 of 3,000
+    requests (4 keep-alive clients, a secondary) read +0.0% on the 560-576 equal-queue copies a
+    route, PASS, where every copy read p95 +169% (p=0.00012). Identical servers that serve one
+    request at a time, whose turns at the CPU are not the code's, read like it (-32% to +71% on
+    every copy): such a run is INSUFFICIENT, not PASS. A reading on every copy counts when it
+    WARNs or FAILs, or is shown slower by a WARN-sized estimate it cannot bound (`_reads_slower`:
+    that run's p95 of 997 copies counted as 50 independent). None when every copy agrees (or
+    was judged)."""
     if latency.every_copy is None:
         return None
     for name, est in zip(("median", "p95", "p99"), latency.every_copy, strict=True):

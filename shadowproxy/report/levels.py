@@ -15,8 +15,8 @@ from shadowproxy.report.inference import Estimate, fmt_p
 from shadowproxy.report.latency import RATIO_DIGITS
 from shadowproxy.rules.model import Thresholds, Verdict
 
-__all__ = ["LEVELS", "RANK", "FailOn", "Level", "fmt_interval", "level", "limit", "rate_level", "reading",
-           "shown_slower", "slowdown", "slowdown_level", "worst"]
+__all__ = ["LEVELS", "RANK", "FailOn", "Level", "fmt_interval", "level", "limit", "not_bounded", "rate_level",
+           "reading", "shown_slower", "slowdown", "slowdown_level", "worst"]
 
 Level = Literal["pass", "warn", "fail", "no_data", "insufficient"]
 FailOn = Literal["warn", "fail"]
@@ -68,6 +68,12 @@ def slowdown_level(est: Estimate, thresholds: Verdict) -> Level:
     return level(round(est.low, RATIO_DIGITS), thresholds.latency)
 
 
+def not_bounded(low: float | None, high: float | None) -> bool:
+    """A slowdown's interval open on both sides (a quantile of too few samples: its high end
+    None, its low end None or the -100% floor): printed `not bounded`, not "-100.0% to +inf"."""
+    return high is None and (low is None or low <= -1.0)
+
+
 def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
     """`value (low-high, n=N)` as the reasons and the text formats print it."""
     def f(x: float | None, open_: str) -> str:
@@ -76,7 +82,7 @@ def fmt_interval(est: Estimate, pct: bool = True, signed: bool = False) -> str:
         return f"{x:+.1%}" if signed else (f"{x:.2%}" if pct else f"{x:g}")
 
     n = f"n={est.n}" + (f", as {est.n_effective} independent" if est.n_effective is not None else "")
-    if signed and est.high is None and (est.low is None or est.low <= -1.0):
+    if signed and not_bounded(est.low, est.high):
         return f"{f(est.value, '?')} (not bounded, {n})"  # as the checks table prints it
     return f"{f(est.value, '?')} ({f(est.low, '-inf')} to {f(est.high, '+inf')}, {n})"
 

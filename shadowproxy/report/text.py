@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shadowproxy.report.egress import summary as egress_summary
+from shadowproxy.report.levels import not_bounded
 
 __all__ = [
     "BASELINE_HEADER",
@@ -115,7 +116,7 @@ def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
             interval = _bound(est["low"], signed, "-inf") + (" to " if signed else " - ") + _bound(
                 est["high"], signed, "+inf"
             )
-            if signed and est["high"] is None and (est["low"] is None or est["low"] <= -1.0):
+            if signed and not_bounded(est["low"], est["high"]):
                 interval = "not bounded"  # too few samples at that quantile: no interval at all
             lv = est.get("level", r["checks"].get(check))
             rows.append([
