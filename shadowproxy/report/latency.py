@@ -115,6 +115,9 @@ class LatencyTest:
     # against the secondary, judged on the copies with equal queues: the median, p95 and p99 on
     # every copy, which a PASS must not contradict (report.latency_verdict); None otherwise
     every_copy: tuple[Estimate, Estimate, Estimate] | None = None
+    # ... and the sign test's p-value that the shadow held the longer queue more often than the
+    # secondary on the copies whose queues differed (`_queued_pairs`)
+    longer_queue_p: float | None = None
 
     @property
     def n_effective(self) -> int:
@@ -280,9 +283,9 @@ def against_secondary(rs: RouteStats, alpha: float, bound: tuple[float, float] |
     When the two latencies follow the queues the copies found (`bound`, the route's `queue_bound`,
     above QUEUE_SLOPE_LIMIT), which copies are compared is `_queued_pairs`' choice, with a note."""
     ref = rs.vs_secondary
-    pairs, note = ref.pairs, None
+    pairs, note, longer_p = ref.pairs, None, None
     if bound is not None and _queue_driven(bound):
-        pairs, note = _queued_pairs(ref, bound, alpha)
+        pairs, note, longer_p = _queued_pairs(ref, bound, alpha)
     d = _design_effect(pairs.log_ratio)
     median = median_slowdown(pairs.log_ratio, d)
     # the worker's loop lag still counts: it reads both calls' sockets, and whichever answer
@@ -298,7 +301,7 @@ def against_secondary(rs: RouteStats, alpha: float, bound: tuple[float, float] |
     return LatencyTest(median.n, median, p99_slowdown(pairs.secondary, pairs.shadow, d=d),
                        p95=p99_slowdown(pairs.secondary, pairs.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
                        shadow_lag_share=share, against="secondary", note=note, judged=judged,
-                       every_copy=every)
+                       every_copy=every, longer_queue_p=longer_p if every is not None else None)
 
 
 def _host_wait_share(ref: SecondaryLatency, host: HostLoad) -> float | None:
@@ -319,10 +322,11 @@ def _host_wait_share(ref: SecondaryLatency, host: HostLoad) -> float | None:
 
 
 def _queued_pairs(ref: SecondaryLatency, bound: tuple[float, float],
-                  alpha: float) -> tuple[LatencyPairs, str]:
+                  alpha: float) -> tuple[LatencyPairs, str, float]:
     """The copies to compare when the two latencies follow the queues (servers that serve one
-    request at a time), and why. Each copy waits for both its calls, so the slower server holds
-    the copies waiting and its latency is mostly queue, which magnifies any difference.
+    request at a time), why, and the sign test's p-value that the shadow held the longer queue.
+    Each copy waits for both its calls, so the slower server holds the copies waiting and its
+    latency is mostly queue, which magnifies any difference.
 
     - The shadow held the longer queue on at least FELL_BEHIND_SHARE of the copies whose queues
       differed, significantly more often than the secondary (a sign test, p < alpha, counted by
@@ -341,10 +345,10 @@ def _queued_pairs(ref: SecondaryLatency, bound: tuple[float, float],
                f"request at a time), and the shadow had the longer queue on {q.shadow_longer} of "
                f"{differed} copies where the two differed ({fmt_p(p)}, as {m} independent)")
     if p < alpha and q.shadow_longer >= FELL_BEHIND_SHARE * differed:
-        return ref.pairs, f"latency: judged on every copy: {follows}: it fell behind the secondary"
+        return ref.pairs, f"latency: judged on every copy: {follows}: it fell behind the secondary", p
     return level, (f"latency: judged on the {level.log_ratio.count} of {ref.pairs.log_ratio.count} "
                    f"copies that found as many calls waiting at the shadow as at the secondary: "
-                   f"{follows}, not on {FELL_BEHIND_SHARE:.0%} of them significantly")
+                   f"{follows}, not on {FELL_BEHIND_SHARE:.0%} of them significantly"), p
 
 
 def _queue_driven(bound: tuple[float, float] | None) -> bool:

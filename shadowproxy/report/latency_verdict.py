@@ -8,7 +8,7 @@ lines.
 
 from __future__ import annotations
 
-from shadowproxy.report.inference import Estimate
+from shadowproxy.report.inference import Estimate, fmt_p
 from shadowproxy.report.latency import RATIO_DIGITS, LatencyTest
 from shadowproxy.report.levels import (
     RANK,
@@ -187,12 +187,20 @@ def _left_out(latency: LatencyTest, t: Verdict) -> str | None:
     was judged)."""
     if latency.every_copy is None:
         return None
+    why = ("the copies with equal queues leave out those where the shadow's queue was longer, which "
+           "its code can build as well as its turns at the CPU: which of the two cannot be told; a run "
+           "at a load where its queue does not build (fewer clients) can answer")
     for name, est in zip(("median", "p95", "p99"), latency.every_copy, strict=True):
         if est.value is not None and (slowdown_level(est, t) != "pass" or _reads_slower(est, t)):
-            return (f"latency: on every copy, {reading(name, est, latency.against)}: the copies with "
-                    f"equal queues leave out those where the shadow's queue was longer, which its code "
-                    f"can build as well as its turns at the CPU: which of the two cannot be told; a "
-                    f"run at a load where its queue does not build (fewer clients) can answer")
+            return f"latency: on every copy, {reading(name, est, latency.against)}: {why}"
+    m = latency.every_copy[0]
+    if m.value is not None and (m.high is None or round(m.high, RATIO_DIGITS) > t.latency.fail):
+        return f"latency: on every copy, {reading('median', m, latency.against)}, past fail: {why}"
+    p = latency.longer_queue_p
+    if p is not None and p < t.alpha:
+        # the copies reach both servers at the same moment, so a queue longer more often than
+        # chance allows is a longer time in the server (Little's law), on the copies left out
+        return f"latency: the shadow held the longer queue significantly more often ({fmt_p(p)}): {why}"
     return None
 
 

@@ -209,3 +209,45 @@ def test_a_shadow_slowed_late_in_the_run_is_not_passed_on_the_copies_with_equal_
     assert t.median.value is not None and abs(t.median.value) < 0.05  # the equal-queue copies
     assert j.latency == "insufficient", j.reasons
     assert any(r.startswith("latency: on every copy, shadow ") for r in j.reasons), j.reasons
+
+
+def _stretches(behind: list[bool], size: int, lead: int, base: tuple[int, int],
+               differ: float = 0.7) -> RouteStats:
+    """One-at-a-time servers (each answer waits for its queue), copies in stretches of `size`:
+    in each the shadow (True) or the secondary holds the queue `lead` calls longer on `differ`
+    of the copies; the rest find equal queues of `base[0]` to `base[1]` calls."""
+    rs = _route(size * len(behind))
+    rng = random.Random(11)
+    for shadow_behind in behind:
+        for _ in range(size):
+            q = rng.randrange(*base)
+            extra = lead if rng.random() < differ else 0
+            qs, q2 = (q + extra, q) if shadow_behind else (q, q + extra)
+            jitter = math.exp(rng.gauss(0, 0.01))
+            rs.vs_secondary.observe(4.0 * (q2 + 1) * jitter, 4.0 * (qs + 1) * jitter, (qs, q2))
+    return rs
+
+
+def test_a_pass_on_equal_queues_is_insufficient_when_every_copy_cannot_rule_a_fail_out() -> None:
+    # identical servers taking turns behind, a stretch at a time: every copy's median is about 0,
+    # but so few independent stretches that its interval reaches past fail
+    rs = _stretches([True, False] * 3, 500, 6, (0, 3), differ=0.9)
+    j = evaluate_stats(rs)
+    t = j.latency_test
+    assert t is not None and t.every_copy is not None and t.every_copy[0].high is not None
+    assert t.every_copy[0].high > 0.15 and t.longer_queue_p is not None and t.longer_queue_p > 0.01
+    assert j.latency == "insufficient", j.reasons
+    assert any(r.startswith("latency: on every copy, shadow median ") and ", past fail:" in r
+               for r in j.reasons), j.reasons
+
+
+def test_a_pass_on_equal_queues_is_insufficient_when_the_shadow_held_the_longer_queue_more_often() -> None:
+    # deep queues, one call longer at the shadow on most copies: every copy reads it a few per
+    # cent slower, short of warn, but its queue was the longer far more often than chance allows
+    rs = _stretches([True] * 3 + [False], 500, 1, (20, 26))
+    j = evaluate_stats(rs)
+    t = j.latency_test
+    assert t is not None and t.longer_queue_p is not None and t.longer_queue_p < 0.01
+    assert j.latency == "insufficient", j.reasons
+    assert any(r.startswith("latency: the shadow held the longer queue significantly more often")
+               for r in j.reasons), j.reasons
