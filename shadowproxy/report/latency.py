@@ -240,6 +240,13 @@ def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
                        shadow_lag_ms, share, host, cpu_share, p10, queued=queued)
 
 
+# what a slope above QUEUE_SLOPE_LIMIT says, and not more: the per-exchange figures cannot tell a
+# queue that set the latency from one that a slower server built (an outside attacker read "servers
+# that serve one request at a time" printed for an asyncio server and json-server slowed late)
+_QUEUES_SET = ("the queue went with the latency, as at servers that serve one request at a time, "
+               "or at a server that slowed")
+
+
 def _live_queued(rs: RouteStats) -> str | None:
     """Why the latency check against live cannot judge this route, when the two latencies follow
     the queues the exchanges found (the slope's 95% lower end above QUEUE_SLOPE_LIMIT: servers
@@ -267,8 +274,8 @@ def _live_queued(rs: RouteStats) -> str | None:
         return None
     assert bound is not None
     return (f"latency: not judged against live: the two latencies follow the calls waiting at each server "
-            f"(slope {bound[0]:.2f}, 95% interval from {bound[1]:.2f}, above {QUEUE_SLOPE_LIMIT:g}: servers "
-            f"that serve one request at a time), and {queue.equal} of {queue.n} exchanges found as "
+            f"(slope {bound[0]:.2f}, 95% interval from {bound[1]:.2f}, above {QUEUE_SLOPE_LIMIT:g}: "
+            f"{_QUEUES_SET}), and {queue.equal} of {queue.n} exchanges found as "
             f"many calls in flight at the shadow as at live: the shadow's copies come as fast as live "
             f"answers its clients, so its queue, not its code, can make it slower or faster; a secondary "
             f"(run --secondary) gets the same copies at the same moment as the shadow and can answer")
@@ -341,8 +348,8 @@ def _queued_pairs(ref: SecondaryLatency, bound: tuple[float, float],
     differed = q.shadow_longer + q.secondary_longer
     p, m = sign_test(q.shadow_longer, q.secondary_longer, _design_effect(ref.pairs.log_ratio))
     follows = (f"the two latencies follow the calls waiting at each server (slope {bound[0]:.2f}, 95% "
-               f"interval from {bound[1]:.2f}, above {QUEUE_SLOPE_LIMIT:g}: servers that serve one "
-               f"request at a time), and the shadow had the longer queue on {q.shadow_longer} of "
+               f"interval from {bound[1]:.2f}, above {QUEUE_SLOPE_LIMIT:g}: {_QUEUES_SET}), and the "
+               f"shadow had the longer queue on {q.shadow_longer} of "
                f"{differed} copies where the two differed ({fmt_p(p)}, as {m} independent)")
     if p < alpha and q.shadow_longer >= FELL_BEHIND_SHARE * differed:
         return ref.pairs, f"latency: judged on every copy: {follows}: it fell behind the secondary", p
