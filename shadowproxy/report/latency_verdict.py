@@ -175,7 +175,10 @@ def _reads_slower(est: Estimate, t: Verdict) -> bool:
 
 def _left_out(latency: LatencyTest, t: Verdict) -> str | None:
     """Why a PASS on the copies with equal queues cannot stand: on every copy the shadow reads
-    slower past warn (a WARN or FAIL there). The copies it leaves out are those whose queues
+    slower past warn (a WARN or FAIL there), or every copy's median interval reaches past fail
+    (a FAIL not ruled out), or the shadow held the longer queue significantly more often (the
+    copies reach both servers at the same moment, so that is a longer time in the server, by
+    Little's law). None when no such case. The copies it leaves out are those whose queues
     differed, and a shadow slowed by its code builds its queue too, so its slow copies are the
     ones left out: an outside attacker's shadow 3x slower after its first 2,000 of 3,000
     requests (4 keep-alive clients, a secondary) read +0.0% on the 560-576 equal-queue copies a
@@ -183,8 +186,7 @@ def _left_out(latency: LatencyTest, t: Verdict) -> str | None:
     request at a time, whose turns at the CPU are not the code's, read like it (-32% to +71% on
     every copy): such a run is INSUFFICIENT, not PASS. A reading on every copy counts when it
     WARNs or FAILs, or is shown slower by a WARN-sized estimate it cannot bound (`_reads_slower`:
-    that run's p95 of 997 copies counted as 50 independent). None when every copy agrees (or
-    was judged)."""
+    that run's p95 of 997 copies counted as 50 independent)."""
     if latency.every_copy is None:
         return None
     why = ("the copies with equal queues leave out those where the shadow's queue was longer, which "
@@ -195,11 +197,10 @@ def _left_out(latency: LatencyTest, t: Verdict) -> str | None:
             return f"latency: on every copy, {reading(name, est, latency.against)}: {why}"
     m = latency.every_copy[0]
     if m.value is not None and (m.high is None or round(m.high, RATIO_DIGITS) > t.latency.fail):
-        return f"latency: on every copy, {reading('median', m, latency.against)}, past fail: {why}"
+        return (f"latency: on every copy, {reading('median', m, latency.against)}: its 95% interval "
+                f"reaches past fail {t.latency.fail:.0%}: {why}")
     p = latency.longer_queue_p
     if p is not None and p < t.alpha:
-        # the copies reach both servers at the same moment, so a queue longer more often than
-        # chance allows is a longer time in the server (Little's law), on the copies left out
         return f"latency: the shadow held the longer queue significantly more often ({fmt_p(p)}): {why}"
     return None
 
