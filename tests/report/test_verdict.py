@@ -883,3 +883,4 @@ def test_a_shadow_slow_on_every_tenth_request_is_insufficient_not_pass_at_100_ex
     assert j.latency_test.p95.low is not None and j.latency_test.p95.low < 0.05
     assert j.latency == "insufficient", j.reasons
     assert any("shadow p95 " in r and "too few exchanges at that quantile" in r for r in j.reasons)
+    assert not any("by less than warn" in r for r in j.reasons), j.reasons  # read as a PASS beside it
