@@ -59,6 +59,7 @@ __all__ = [
     "fmt_p",
     "median_slowdown",
     "p99_slowdown",
+    "p_text",
     "quantile_ranks",
     "rate",
     "sign_test",
@@ -213,12 +214,19 @@ def excess_p(only_a: int, only_b: int) -> float:
     return float(_st.binom.sf(only_a - 1, n, 0.5)) if n else 1.0
 
 
+def p_text(p: float) -> str:
+    """A p-value as every format prints it: `0.042`, `<0.0001`, `>0.99` (not `1`: a test never
+    proves "no slower")."""
+    return "<0.0001" if p < 0.0001 else (">0.99" if p > 0.99 else f"{p:.2g}")
+
+
 def fmt_p(p: float | None) -> str:
-    """A p-value as the reasons print it: `p=0.042`, `p<0.0001`, `p>0.99` (not `p=1`: a test
-    never proves "no slower"), `p=-` when there is none."""
+    """A p-value as the reasons print it: `p=0.042`, `p<0.0001`, `p>0.99`, `p=-` when there is
+    none (`p_text`)."""
     if p is None:
         return "p=-"
-    return "p<0.0001" if p < 0.0001 else ("p>0.99" if p > 0.99 else f"p={p:.2g}")
+    text = p_text(p)
+    return "p" + (text if text[0] in "<>" else "=" + text)
 
 
 def sign_test(a: int, b: int, d: float = 1.0) -> tuple[float, int]:

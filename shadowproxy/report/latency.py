@@ -115,8 +115,9 @@ class LatencyTest:
     # against the secondary, judged on the copies with equal queues: the median, p95 and p99 on
     # every copy, which a PASS must not contradict (report.latency_verdict); None otherwise
     every_copy: tuple[Estimate, Estimate, Estimate] | None = None
-    # ... and the sign test's p-value that the shadow held the longer queue more often than the
-    # secondary on the copies whose queues differed (`_queued_pairs`)
+    # against the secondary, when the latencies follow the queues: the sign test's p-value that
+    # the shadow held the longer queue more often than the secondary on the copies whose queues
+    # differed (`_queued_pairs`); read with `every_copy` only
     longer_queue_p: float | None = None
 
     @property
@@ -308,7 +309,7 @@ def against_secondary(rs: RouteStats, alpha: float, bound: tuple[float, float] |
     return LatencyTest(median.n, median, p99_slowdown(pairs.secondary, pairs.shadow, d=d),
                        p95=p99_slowdown(pairs.secondary, pairs.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
                        shadow_lag_share=share, against="secondary", note=note, judged=judged,
-                       every_copy=every, longer_queue_p=longer_p if every is not None else None)
+                       every_copy=every, longer_queue_p=longer_p)
 
 
 def _host_wait_share(ref: SecondaryLatency, host: HostLoad) -> float | None:

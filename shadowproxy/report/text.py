@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shadowproxy.report.egress import summary as egress_summary
+from shadowproxy.report.inference import p_text
 from shadowproxy.report.levels import not_bounded
 
 __all__ = [
@@ -101,7 +102,7 @@ def fmt_ci(est: dict[str, Any] | None, signed: bool = False) -> str:
 def _fmt_p(p: float | None) -> str:
     if p is None:
         return "—"
-    return "<0.0001" if p < 0.0001 else (">0.99" if p > 0.99 else f"{p:.2g}")
+    return p_text(p)
 
 
 def check_rows(routes: list[dict[str, Any]]) -> list[list[str]]:
