@@ -109,6 +109,9 @@ def judge_latency(latency: LatencyTest, t: Verdict, reasons: list[str]) -> tuple
         if latency_level == "pass" and (left := _left_out(latency, t)) is not None:
             latency_level = "insufficient"
             reasons.append(left)
+        if latency_level == "pass" and (faster := _host_faster(latency, t)) is not None:
+            latency_level = "insufficient"
+            reasons.append(faster)
         if latency_level == "pass":
             latency_level = _bounded_pass(latency, t, reasons)
     return latency_level, fast_end
@@ -228,6 +231,37 @@ def _tail_unbounded(latency: LatencyTest, t: Verdict) -> str | None:
                     f"warn {t.latency.warn:.0%} nor shown less (its 95% interval spans it): too few "
                     f"exchanges at that quantile to tell; a longer run can answer")
     return None
+
+
+def _host_faster(latency: LatencyTest, t: Verdict) -> str | None:
+    """Why a PASS cannot stand against live on a host that can set the pace of both sides (the
+    host rule's condition, `LatencyTest.host_explains`): the shadow reads faster at the median
+    by at least warn. None otherwise.
+
+    The host rule judges a slower reading again at the fast end, because live's answer sets off
+    work that delays the shadow's; the same host can make the shadow read faster. Live's clients
+    queue at live for its server's turns at a contended CPU, and the copies, which come as fast
+    as live answers, find the shadow's server with fewer ahead: its code can be slower and its
+    answers still come sooner. Measured (outside attackers' single-threaded asyncio servers, CPU
+    per answer, the shadow's 3.9 ms more asyncio sleep, 8 keep-alive or wrk clients, 300
+    requests, two busy loops on the 2-core host): the shadow read -7.7% to -22.9% at the median,
+    PASS on 9 of 12 routes, and its fast end read faster too (p10 -6% to -45%), so there is no
+    end to judge it at. Re-reported over every stored run (2,594 route checks): 17 such PASSes
+    of slowed shadows and 3 of identical json-servers (-5.8% to -13.9%) read insufficient,
+    nothing else changed. A faster reading within warn still passes: the seventh attack's run
+    at -3.9% (-8.6% to +0.0%) does (docs/report.md, "Backends on the proxy's host")."""
+    m = latency.median
+    if (latency.against != "live" or not latency.host_explains() or m.value is None
+            or round(m.value, RATIO_DIGITS) > -t.latency.warn):
+        return None
+    h = latency.host
+    assert h is not None and h.cpu_pressure is not None
+    return (f"latency: {reading('median', m, latency.against)}: faster by at least warn "
+            f"{t.latency.warn:.0%}, on this host, whose CPU was contended {h.cpu_pressure:.0%} of the "
+            f"time, with both servers spending CPU on each answer (live {h.live_cpu_ms:.1f} ms, shadow "
+            f"{h.shadow_cpu_ms:.1f} ms per call): live's clients queue at live for its server's turns at "
+            f"the CPU, which the copies can find free, so a faster reading there does not rule out a "
+            f"slower code{_secondary_advice(latency, _FREE_OF_HOST)}")
 
 
 def _host_waits_explain(latency: LatencyTest, slow: list[Estimate], t: Verdict, reasons: list[str]) -> bool:

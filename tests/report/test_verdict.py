@@ -573,10 +573,39 @@ def test_the_host_explains_a_slowdown_only_when_contended_and_both_servers_are_c
     assert evaluate_stats(_contended(300, 30.0, 45.0, 0.7), host=host).latency == expected
 
 
-def test_the_host_never_turns_a_pass_into_insufficient() -> None:
+def test_the_host_leaves_a_pass_that_reads_alike_as_it_is() -> None:
     host = HostLoad(cpu_pressure=0.9, shadow_cpu_ms=20.0, live_cpu_ms=20.0)
     j = evaluate_stats(_paired(300, 30.0, 30.0), host=host)
     assert (j.latency, j.reasons) == ("pass", ())
+
+
+def test_a_shadow_reading_faster_by_warn_on_a_contended_host_is_insufficient_not_pass() -> None:
+    # single-threaded servers behind 8 clients: live's clients queue for its turns at the CPU,
+    # the copies find the shadow's server freer, and a slower shadow reads 10% faster
+    rs = _paired(300, 30.0, 27.0)
+    assert evaluate_stats(rs).latency == "pass"  # no host figures: judged as it reads
+    j = evaluate_stats(rs, host=CONTENDED)
+    assert (j.latency, j.verdict) == ("insufficient", "insufficient")
+    assert j.reasons[-1].startswith("latency: shadow median -10.4% (")  # the histogram's bucket
+    assert "faster by at least warn 5%, on this host, whose CPU was contended 42% of the time, with both " \
+        "servers spending CPU on each answer (live 4.0 ms, shadow 4.2 ms per call)" in j.reasons[-1]
+    assert j.reasons[-1].endswith("(a secondary, run --secondary, is called at the same moment as the "
+                                  "shadow: live's head start on the host is not in it)")
+
+
+@pytest.mark.parametrize(
+    ("live_ms", "shadow_ms", "host"),
+    [
+        (30.0, 29.1, CONTENDED),  # 3% faster: within warn, judged as it reads
+        (30.0, 27.0, HostLoad(cpu_pressure=0.05, shadow_cpu_ms=4.2, live_cpu_ms=4.0)),  # CPU to spare
+        (30.0, 27.0, HostLoad(cpu_pressure=0.42, shadow_cpu_ms=0.3, live_cpu_ms=0.3)),  # sleeping servers
+        (30.0, 27.0, HostLoad(cpu_pressure=0.42)),  # a backend not on this host
+    ],
+)
+def test_a_faster_shadow_passes_where_the_host_cannot_set_the_pace(
+    live_ms: float, shadow_ms: float, host: HostLoad
+) -> None:
+    assert evaluate_stats(_paired(300, live_ms, shadow_ms), host=host).latency == "pass"
 
 
 def test_the_fast_end_is_reported_only_when_the_latency_was_judged_there() -> None:
