@@ -61,7 +61,8 @@ from shadowproxy.sinks.uri import DEFAULT_SINK
     help="With --fail-on: also exit 1 when the overall verdict is insufficient (a route's latency"
     " rests on fewer than verdict.min_samples compared exchanges, or a slowdown is withheld because"
     " the proxy's or the worker's event loop lagged, or because both backends share a contended host"
-    " and the fastest answers did not move: docs/report.md). Default: not a failure.",
+    " and the fastest answers did not move, or the shadow read faster there: docs/report.md)."
+    " Default: not a failure.",
 )
 @click.option(
     "--baseline",
