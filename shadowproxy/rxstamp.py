@@ -20,10 +20,11 @@ SO_RCVBUF, as Linux counts it; the buffer only grows from there); a longer one w
 to read its first part before the rest can come, so the loop's lag can be in it (an outside
 attacker: 420 KB json-server answers read a shadow p50 of 266 ms against the secondary's 43).
 
-The live side is not stamped so (proxy.wiretimes stamps it when the proxy's loop reads): tried,
-the proxy's lag then no longer hid that on a shared, saturated host the shadow's copies come
-second to live's requests, and identical json-servers without a secondary read WARN where they
-had read INSUFFICIENT (docs/report.md, "How latency is measured").
+The live side is stamped so too (proxy.wiretimes wraps the stream mitmproxy opens to live, and
+its reads go through the same `StampedSocket`): tried on 2026-11-30 and not kept then (identical
+json-servers without a secondary read WARN where the proxy's lag had made them INSUFFICIENT),
+kept on 2026-12-01, when the report's later rules judged the same kind of runs without a WARN
+(docs/report.md, "How latency is measured").
 
 The transport's socket is its private `_sock` (CPython's selector transports, 3.8 to 3.13);
 where there is none, it is not a plain `socket.socket`, or SO_TIMESTAMPNS cannot be set (not

@@ -44,7 +44,9 @@ def live_response_of(
     """The live answer, timed as the shadow client times its own (shadow.h1client): from the
     request's last bytes written to the live connection to the response's last bytes read from
     its socket, both stamped at the socket (proxy.wiretimes), so the proxy loop's task queue
-    (mitmproxy's layers and hooks getting round to the bytes) is not in it. Opening the
+    (mitmproxy's layers and hooks getting round to the bytes) is not in it; the end is the
+    kernel's arrival stamp where it has one, and then the loop's lag is not in it either
+    (`loop_lag_ms` 0, as for the shadow client's answers). Opening the
     connection is `connect_ms`, apart. Without socket stamps (an HTTP/2 live connection), from
     `sent_at`, when the request hooks ended (mitmproxy writes the request then, once its server
     connection is up), or when the request was read, to mitmproxy's `response.timestamp_end`.
@@ -55,8 +57,9 @@ def live_response_of(
     sc = flow.server_conn
     up = sc.timestamp_tls_setup or sc.timestamp_tcp_setup
     wire = wiretimes.of(sc)
+    kernel = False
     if wire is not None and wire.written is not None and wire.read is not None and wire.read >= wire.written:
-        start, end = wire.written, wire.read
+        start, end, kernel = wire.written, wire.read, wire.kernel
     else:
         end = resp.timestamp_end or time.time()
         start = max(sent_at or flow.request.timestamp_end or flow.request.timestamp_start, up or 0.0)
@@ -71,7 +74,8 @@ def live_response_of(
         trailers=_fields(resp.trailers) if resp.trailers else (),  # gRPC's status lives there
         connect_ms=connect_ms,
         new_connection=new_connection,
-        loop_lag_ms=loop_lag.during(start, end) if loop_lag is not None else None,
+        # stamped by the kernel: the proxy loop's lag is not in it (as the shadow client's)
+        loop_lag_ms=0.0 if kernel else loop_lag.during(start, end) if loop_lag is not None else None,
         queue=queue,
     )
 

@@ -10,13 +10,22 @@ read +5% to +9%), while the shadow is timed in the quieter worker process. The l
 How: for each live (server) TCP connection, the asyncio stream mitmproxy opens is wrapped at
 its two ends. `StreamWriter.write` stamps when bytes are handed to the transport, just before
 (the selector transport sends at once when its buffer is empty), and the protocol's
-`data_received` stamps when the loop read bytes from the socket, before they wait for mitmproxy's reader task,
-its layers and the response hook. On an HTTP/1 connection one exchange runs at a time (mitmproxy
-never pipelines upstream, and a server connection serves one client connection), so when the
-response hook runs, the last write was the request's last bytes and the last read the
-response's: `latency_ms = read - written` (proxy.convert). The shadow client stamps the same two
-points (shadow.h1client), so neither side includes its loop's task queue. Both still include the
-time an I/O event waits for the loop iteration that reads it; under load the proxy's is longer.
+`data_received` stamps the read: with the kernel's arrival stamp of its last segment where it
+has one (shadowproxy.rxstamp, SO_TIMESTAMPNS on Linux; `WireTimes.kernel`), else when the loop
+read the bytes, before they wait for mitmproxy's reader task, its layers and the response hook.
+On an HTTP/1 connection one exchange runs at a time (mitmproxy never pipelines upstream, and a
+server connection serves one client connection), so when the response hook runs, the last write
+was the request's last bytes and the last read the response's: `latency_ms = read - written`
+(proxy.convert). The shadow client stamps the same two points (shadow.h1client), so neither side
+includes its loop's task queue, nor, where the kernel stamped the answer, the time it waited for
+the loop to read it. The kernel's stamp counts only while every byte since the request fitted in
+the socket unread (`rxstamp.Stamp.window`): a longer answer waits for the loop to read its first
+part before the rest can come, so the loop's lag can be in its arrival.
+
+Why the kernel's stamp on the live side too (2026-12-01): the proxy's loop, serving 8-16 clients
+on 2 cores, read live's answers 3-30 ms late; a json-server shadow 30% slower read -32% to +23%
+against live and INSUFFICIENT or WARN under the lag guard, identical ones -41% to -6%. Stamped,
+the same setups read +17% to +30% and 0% to +8% (docs/report.md, "How latency is measured").
 
 Where: mitmproxy 11.0 (`mitmproxy/proxy/server.py`, pinned >=11.0,<11.1) opens a server
 connection with `asyncio.open_connection` inside `ConnectionHandler.open_connection` and stores
@@ -37,15 +46,21 @@ from typing import Any
 from mitmproxy import connection
 from mitmproxy.proxy import server
 
+from shadowproxy.rxstamp import stamp_transport
+
 
 class WireTimes:
-    """The last write to and the last read from one live connection (time.time())."""
+    """The last write to and the last read from one live connection (time.time()); `kernel`:
+    the last read is the kernel's arrival stamp, and every byte since the last write fitted in
+    the socket unread (shadowproxy.rxstamp), so no loop lag is in it; `received`: those bytes."""
 
-    __slots__ = ("read", "written")
+    __slots__ = ("kernel", "read", "received", "written")
 
     def __init__(self) -> None:
         self.written: float | None = None
         self.read: float | None = None
+        self.kernel = False
+        self.received = 0
 
 
 _ATTR = "_shadowproxy_wire"  # the Server connection's WireTimes (an attribute: no hashing per flow)
@@ -61,9 +76,15 @@ def instrument(writer: asyncio.StreamWriter) -> WireTimes | None:
     t = WireTimes()
     received = proto.data_received
     write = writer.write
+    stamp = stamp_transport(transport)
 
     def data_received(data: bytes) -> None:
-        t.read = time.time()
+        t.received += len(data)
+        if stamp is not None and stamp.kernel and t.received <= stamp.window:
+            # the kernel's stamp, in time.time(): the bytes came that long before this read
+            t.read, t.kernel = time.time() - (time.perf_counter() - stamp.at), True
+        else:
+            t.read, t.kernel = time.time(), False
         received(data)
 
     def stamped_write(data: Any) -> None:
@@ -71,7 +92,7 @@ def instrument(writer: asyncio.StreamWriter) -> WireTimes | None:
         # the CPU from this process at once and answer before it stamps (an outside attacker read
         # live answers of 0.08 ms from a server that spends 1-3 ms of CPU on each, 20% of them
         # under 2 ms with one curl loop)
-        t.written = time.time()
+        t.written, t.received = time.time(), 0
         write(data)
 
     # instance attributes shadow the methods: the selector transport looks up

@@ -99,3 +99,54 @@ def test_a_write_is_stamped_before_the_bytes_leave_not_after() -> None:
 
     called, written, returned = asyncio.run(main())
     assert called <= written < returned - 0.04
+
+
+SLOW_LIVE_S = 0.15
+HOLD_S = 1.0
+
+
+class HoldsTheLoop:
+    """Blocks the proxy's event loop in the request hook of `/hold`, sent while live is still
+    making the other request's answer: that answer reaches the proxy's host while its loop
+    cannot read it."""
+
+    def request(self, flow: HTTPFlow) -> None:
+        if flow.request.path == "/hold":
+            time.sleep(HOLD_S)
+
+
+async def slow_live(request: web.Request) -> web.Response:
+    if request.path != "/hold":
+        await asyncio.sleep(SLOW_LIVE_S)
+    return web.json_response({"v": 1})
+
+
+def test_an_answer_that_arrived_while_the_proxy_loop_was_busy_is_timed_at_its_arrival() -> None:
+    # the kernel stamps each segment as it arrives (shadowproxy.rxstamp): live's time ends
+    # then, not when the loop got round to reading it, and carries no loop lag (loop_lag_ms 0)
+    import threading
+
+    sink = MemorySink()
+    with Backend(slow_live) as lv, Backend(shadow) as sh:
+        p = ProxyThread(lv.url, sh.url, sink=sink)
+        p.extra_addons = (HoldsTheLoop(),)
+        with p:
+            def get(path: str) -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+                conn.request("GET", path)
+                conn.getresponse().read()
+                conn.close()
+
+            first = threading.Thread(target=get, args=("/users/1",))
+            first.start()
+            time.sleep(SLOW_LIVE_S / 5)
+            get("/hold")
+            first.join()
+            deadline = time.monotonic() + 10
+            while not [r for r in sink.by_outcome("mismatch") if r["path"] == "/users/1"] \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+    (record,) = [r for r in sink.by_outcome("mismatch") if r["path"] == "/users/1"]
+    # read when the loop was free again, it was >= 1 s; stamped at its arrival, about 150 ms
+    assert SLOW_LIVE_S * 1000 * 0.95 <= record["live"]["latency_ms"] < (SLOW_LIVE_S + HOLD_S / 2) * 1000
+    assert record["live"]["loop_lag_ms"] == 0.0
