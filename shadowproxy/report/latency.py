@@ -34,6 +34,7 @@ __all__ = [
     "HOST_CPU_SHARE_LIMIT",
     "HOST_PRESSURE_LIMIT",
     "LIVE_LEVEL_SHARE",
+    "LIVE_QUEUED_SHARE",
     "QUEUE_SLOPE_LIMIT",
     "RATIO_DIGITS",
     "SECONDARY_SLOWER_LIMIT",
@@ -71,6 +72,10 @@ FELL_BEHIND_SHARE = 0.9
 # least this share of its exchanges found as many calls in flight at the shadow as at live
 # (`_live_queued`)
 LIVE_LEVEL_SHARE = 0.9
+# against live on a contended host running both servers, a shadow read faster by warn is not
+# judged when at least this share of the exchanges found the longer queue at live (its clients
+# waited for its server: report.latency_verdict's `_host_faster`)
+LIVE_QUEUED_SHARE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,9 @@ class LatencyTest:
     # exchanges found and few found equal ones (`_live_queued`): the estimates are shown, the
     # check is `insufficient`; None: no such case
     queued: str | None = None
+    # against live: the share of the compared exchanges that found a longer queue at live than
+    # at the shadow (live's clients waiting for its server); None: records without queues
+    live_longer: float | None = None
     # against the secondary, judged on the copies with equal queues: the median, p95 and p99 on
     # every copy, which a PASS must not contradict (report.latency_verdict); None otherwise
     every_copy: tuple[Estimate, Estimate, Estimate] | None = None
@@ -225,6 +233,8 @@ def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
     if n == 0:
         return None
     queued = _live_queued(rs)
+    q = rs.live_queue
+    live_longer = round(q.secondary_longer / q.n, RATIO_DIGITS) if q is not None and q.n else None
     shadow_lag_ms, share = _shadow_lag(rs.shadow_loop_lag, rs.live_latency)
     lag = rs.live_loop_lag
     live_p50 = rs.live_latency.quantile(0.5)
@@ -234,11 +244,12 @@ def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
     p10 = p99_slowdown(rs.live_latency, rs.shadow_latency, 0.10, d) if cpu_share is not None else None
     if not lag.count or live_p50 is None:
         return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share,
-                           host=host, host_cpu_share=cpu_share, p10=p10, queued=queued)
+                           host=host, host_cpu_share=cpu_share, p10=p10, queued=queued,
+                           live_longer=live_longer)
     lag_ms = lag.sum / lag.count
     hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
     return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95,
-                       shadow_lag_ms, share, host, cpu_share, p10, queued=queued)
+                       shadow_lag_ms, share, host, cpu_share, p10, queued=queued, live_longer=live_longer)
 
 
 # what a slope above QUEUE_SLOPE_LIMIT says, and not more: the per-exchange figures cannot tell a

@@ -47,9 +47,10 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   sections, shadow.hostload): live's answer sets off work that runs while the shadow is still
   making its own. Such a WARN/FAIL is judged again at the fast end, the slowdown at p10 (the
   answers the contention touched least), and takes that level (never a worse one); when p10
-  passes, it is `insufficient`. On such a host a PASS against live that reads the shadow
-  faster at the median by at least `warn` is `insufficient` (latency_verdict's `_host_faster`):
-  live's clients queue for its server's turns at the CPU, which the copies can find free. A
+  passes, it is `insufficient`. On a contended host that runs both servers, while live's
+  clients queued at live, a PASS against live that reads the shadow faster at the median by at
+  least `warn` is `insufficient` (latency_verdict's `_host_faster`): live's clients queue for
+  its server's turns at the CPU, which the copies can find free. A
   median WARN with the proxy's loop lag at least LOOP_LAG_LIMIT of live's time is a FAIL when
   p10 reads FAIL (latency_verdict's `_lag_free_end`): the lag makes every reading at most the
   shadow's slowdown. Against live, a route whose latencies
