@@ -347,8 +347,8 @@ def _fast_end(latency: LatencyTest, lv: Level, t: Verdict, reasons: list[str]) -
             # no bound at all: the run is too short to tell, which is not "not slower"
             found = f"too few exchanges to bound the slowdown there{shown}: a longer run can answer"
         else:
-            found = (f"the shadow is not slower past warn{shown}: the slowdown is the host's as much as "
-                     f"the code's")
+            found = (f"the shadow is not shown slower past warn{shown}: the slowdown can be the host's "
+                     f"as much as the code's")
         reasons.append(f"latency: {why}; at the fast end, the answers it touched least, {found}"
                        f"{_secondary_advice(latency, _FREE_OF_HOST)}")
         return "insufficient"

@@ -509,7 +509,7 @@ def test_a_slowdown_a_contended_host_explains_and_the_fast_end_does_not_show_is_
     assert j.latency_test is not None and j.latency_test.host_cpu_share == pytest.approx(4.0 / 30.0, rel=0.05)
     assert j.reasons[-1].startswith("latency: both backends run on this host, whose CPU was contended 42%")
     assert "(live 4.0 ms, shadow 4.2 ms per call" in j.reasons[-1]
-    assert "at the fast end, the answers it touched least, the shadow is not slower past warn" \
+    assert "at the fast end, the answers it touched least, the shadow is not shown slower past warn" \
         in j.reasons[-1]
     assert j.reasons[-1].endswith(" (a secondary, run --secondary, is called at the same moment as the "
                                   "shadow: live's head start on the host is not in it)")
