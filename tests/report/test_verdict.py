@@ -10,6 +10,7 @@ import pytest
 
 from shadowproxy.engine.stats import RouteStats
 from shadowproxy.report.inference import Estimate, wilson
+from shadowproxy.report.latency import LatencyTest
 from shadowproxy.report.verdict import (
     DEFAULT_THRESHOLDS,
     HostLoad,
@@ -936,3 +937,27 @@ def test_a_shadow_slow_on_every_tenth_request_is_insufficient_not_pass_at_100_ex
     assert j.latency == "insufficient", j.reasons
     assert any("shadow p95 " in r and "too few exchanges at that quantile" in r for r in j.reasons)
     assert not any("by less than warn" in r for r in j.reasons), j.reasons  # read as a PASS beside it
+
+
+def _vs_secondary(median: Estimate, lag_share: float) -> LatencyTest:
+    """A latency test judged against the secondary, the worker's loop lag that share of the
+    secondary's median (answers the kernel did not stamp whole)."""
+    tail = Estimate(median.n, median.value, -1.0, None, 0.5, median.n_effective)
+    return LatencyTest(median.n, median, tail, p95=tail, shadow_loop_lag_ms=5.35,
+                       shadow_lag_share=(lag_share, 0.3, 0.3), against="secondary")
+
+
+def test_a_pass_the_worker_lag_could_have_shrunk_past_fail_is_insufficient() -> None:
+    # 500 KB answers, 6 ms slower on about 33 ms: the lag in both calls' times shrank the ratio
+    j = evaluate(100, 0, 0, _vs_secondary(Estimate(100, 0.083, 0.0, 0.139, 0.014, 62), 0.095))
+    assert j.latency == "insufficient"
+    assert "the worker's event loop lagged 5.35 ms per exchange (10% of the secondary's median), in both " \
+        "calls' times" in j.reasons[-1]
+    assert "undone of it, the 95% interval ends at +15.4%, past 15%" in j.reasons[-1]
+
+
+@pytest.mark.parametrize("lag_share", [0.0, 0.05])
+def test_a_pass_the_worker_lag_could_not_have_shrunk_past_fail_stands(lag_share: float) -> None:
+    # no lag (the kernel stamped the answers), or too little to take +13.9% past 15%
+    j = evaluate(100, 0, 0, _vs_secondary(Estimate(100, 0.083, 0.0, 0.139, 0.014, 62), lag_share))
+    assert j.latency == "pass", j.reasons
