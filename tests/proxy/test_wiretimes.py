@@ -5,8 +5,11 @@ loop spends on other work once the answer has arrived is not live latency. Real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -35,22 +38,30 @@ async def shadow(request: web.Request) -> web.Response:
     return web.json_response({"v": 2})  # differs: every exchange is a mismatch record
 
 
+@contextlib.contextmanager
+def _proxied(live_handler: Any, addon: object, sink: MemorySink) -> Iterator[ProxyThread]:
+    """A proxy with `addon` in front of a live backend answering with `live_handler` and a
+    shadow whose answers differ (every exchange is a mismatch record in `sink`)."""
+    with Backend(live_handler) as lv, Backend(shadow) as sh:
+        p = ProxyThread(lv.url, sh.url, sink=sink)
+        p.extra_addons = (addon,)
+        with p:
+            yield p
+
+
 def test_live_latency_leaves_out_the_proxy_loop_busy_after_the_answer_arrived() -> None:
     sink = MemorySink()
-    with Backend(live) as lv, Backend(shadow) as sh:
-        p = ProxyThread(lv.url, sh.url, sink=sink)
-        p.extra_addons = (BusyLoop(),)
-        with p:
-            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
-            for i in range(4):
-                conn.request("GET", f"/users/{i}")
-                resp = conn.getresponse()
-                resp.read()
-                assert resp.status == 200
-            conn.close()
-            deadline = time.monotonic() + 10
-            while len(sink.by_outcome("mismatch")) < 4 and time.monotonic() < deadline:
-                time.sleep(0.02)
+    with _proxied(live, BusyLoop(), sink) as p:
+        conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+        for i in range(4):
+            conn.request("GET", f"/users/{i}")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+        conn.close()
+        deadline = time.monotonic() + 10
+        while len(sink.by_outcome("mismatch")) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
     records = sink.by_outcome("mismatch")
     assert len(records) == 4
     lat = [r["live"]["latency_ms"] for r in records]
@@ -124,28 +135,23 @@ async def slow_live(request: web.Request) -> web.Response:
 def test_an_answer_that_arrived_while_the_proxy_loop_was_busy_is_timed_at_its_arrival() -> None:
     # the kernel stamps each segment as it arrives (shadowproxy.rxstamp): live's time ends
     # then, not when the loop got round to reading it, and carries no loop lag (loop_lag_ms 0)
-    import threading
-
     sink = MemorySink()
-    with Backend(slow_live) as lv, Backend(shadow) as sh:
-        p = ProxyThread(lv.url, sh.url, sink=sink)
-        p.extra_addons = (HoldsTheLoop(),)
-        with p:
-            def get(path: str) -> None:
-                conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
-                conn.request("GET", path)
-                conn.getresponse().read()
-                conn.close()
+    with _proxied(slow_live, HoldsTheLoop(), sink) as p:
+        def get(path: str) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+            conn.request("GET", path)
+            conn.getresponse().read()
+            conn.close()
 
-            first = threading.Thread(target=get, args=("/users/1",))
-            first.start()
-            time.sleep(SLOW_LIVE_S / 5)
-            get("/hold")
-            first.join()
-            deadline = time.monotonic() + 10
-            while not [r for r in sink.by_outcome("mismatch") if r["path"] == "/users/1"] \
-                    and time.monotonic() < deadline:
-                time.sleep(0.02)
+        first = threading.Thread(target=get, args=("/users/1",))
+        first.start()
+        time.sleep(SLOW_LIVE_S / 5)
+        get("/hold")
+        first.join()
+        deadline = time.monotonic() + 10
+        while not [r for r in sink.by_outcome("mismatch") if r["path"] == "/users/1"] \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
     (record,) = [r for r in sink.by_outcome("mismatch") if r["path"] == "/users/1"]
     # read when the loop was free again, it was >= 1 s; stamped at its arrival, about 150 ms
     assert SLOW_LIVE_S * 1000 * 0.95 <= record["live"]["latency_ms"] < (SLOW_LIVE_S + HOLD_S / 2) * 1000
