@@ -25,7 +25,7 @@ part before the rest can come, so the loop's lag can be in its arrival.
 Why the kernel's stamp on the live side too (2026-12-01): the proxy's loop, serving 8-16 clients
 on 2 cores, read live's answers 3-30 ms late; a json-server shadow 30% slower read -32% to +23%
 against live and INSUFFICIENT or WARN under the lag guard, identical ones -41% to -6%. Stamped,
-the same setups read +17% to +30% and 0% to +8% (docs/report.md, "How latency is measured").
+the same setups read +17% to +30% and -1% to +8% (docs/report.md, "How latency is measured").
 
 Where: mitmproxy 11.0 (`mitmproxy/proxy/server.py`, pinned >=11.0,<11.1) opens a server
 connection with `asyncio.open_connection` inside `ConnectionHandler.open_connection` and stores
