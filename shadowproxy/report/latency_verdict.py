@@ -91,7 +91,8 @@ def judge_latency(latency: LatencyTest, t: Verdict, reasons: list[str]) -> tuple
             reasons.append(
                 f"latency: the worker's event loop lagged {latency.shadow_loop_lag_ms:.2f} ms per "
                 f"exchange ({', '.join(explained)} of the {latency.against} time at that quantile): "
-                f"the shadow's answers were read late, a slowdown that size is not the shadow's"
+                f"the shadow's answers were read late, a slowdown that size is not the shadow's: a quieter "
+                f"host, or answers that fit the socket's buffer (which the kernel's stamp times), can answer"
             )
         if latency_level in ("warn", "fail") and _host_waits_explain(latency, slow, t, reasons):
             latency_level = "insufficient"
