@@ -3,8 +3,9 @@ as live and shadow on two ports), the real proxy (worker process, JSON Lines sin
 at once. The live side is timed inside the proxy, whose event loop is busy serving the clients:
 timed by mitmproxy's timestamps it included the proxy's own queueing, and a shadow twice as
 slow used to PASS (then, with the loop-lag guard, read INSUFFICIENT or FAIL by turns). Now both
-sides are stamped at the socket (proxy.wiretimes, shadow.h1client): it reads +10% to +42% (the
-backends share the busy process), WARN or FAIL, INSUFFICIENT when the loop-lag guard says so."""
+sides are stamped at the socket (proxy.wiretimes, shadow.h1client), at the kernel's arrival
+stamps: it reads +10% to +42% (the backends share the busy process), WARN or FAIL, or
+INSUFFICIENT when too few or too varied exchanges cannot rule a FAIL out."""
 
 from __future__ import annotations
 
@@ -82,9 +83,12 @@ def test_a_shadow_twice_as_slow_under_concurrency_does_not_pass(tmp_path: Path) 
     # +10% to +42% read on a shared 2-core machine, so WARN as well as FAIL
     assert route["checks"]["latency"] in ("fail", "warn", "insufficient")
     if route["checks"]["latency"] == "insufficient":
-        # the proxy's lag, or too few independent exchanges (320 in one busy process moved
-        # together: "as 29 independent" in a fresh-clone CI run): either says why, never a PASS
-        assert any("event loop lagged" in r or "neighbours moved together" in r for r in route["reasons"])
+        # too few independent exchanges (320 in one busy process moved together: "as 29
+        # independent" in a fresh-clone CI run), or an interval too wide to rule a FAIL out
+        # (+18.5%, -2.0% to +50.7%, with live timed at the kernel's stamp): never a PASS, and
+        # the reason says what can answer
+        assert route["estimates"]["slowdown_median"]["estimate"] > 0, route["reasons"]
+        assert any(r.startswith("latency:") and "can answer" in r for r in route["reasons"]), route["reasons"]
 
 
 def test_identical_backends_under_concurrency_never_warn_or_fail_on_latency(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -26,7 +27,7 @@ def _server(extra_s: float):  # type: ignore[no-untyped-def]
     return handler
 
 
-def _run(tmp_path: Path, n: int, extra_s: float) -> dict[str, str | None]:
+def _run(tmp_path: Path, n: int, extra_s: float) -> dict[str, Any]:
     out = tmp_path / "records.jsonl"
     with (
         Backend(_server(0.0)) as live,
@@ -45,22 +46,32 @@ def _run(tmp_path: Path, n: int, extra_s: float) -> dict[str, str | None]:
     report = asyncio.run(build_report(f"jsonl:{out}", progress=False))
     (route,) = report["routes"]
     assert route["counts"]["compared"] == n  # every copy compared: none lost to a cold start
-    return {"verdict": route["verdict"], "latency": route["checks"]["latency"]}
+    return {"verdict": route["verdict"], "latency": route["checks"]["latency"],
+            "median": route["estimates"]["slowdown_median"], "reasons": route["reasons"]}
 
 
 def test_a_few_requests_on_identical_backends_are_insufficient_not_fail(tmp_path: Path) -> None:
-    assert _run(tmp_path, 5, 0.0) == {"verdict": "insufficient", "latency": "insufficient"}
+    run = _run(tmp_path, 5, 0.0)
+    assert (run["verdict"], run["latency"]) == ("insufficient", "insufficient")
 
 
 @pytest.mark.parametrize("n", [30, 120])
 def test_identical_backends_never_warn_or_fail_on_latency(tmp_path: Path, n: int) -> None:
     # at 30, exchanges in a row that correlate above chance (a busy host) count as fewer than
-    # min_samples: `insufficient`, as the issue allows; at 120 it takes a correlation above 0.6
-    latency = _run(tmp_path, n, 0.0)["latency"]
-    assert latency in (("pass", "insufficient") if n == 30 else ("pass",))
+    # min_samples: `insufficient`, as the issue allows. At 120 the median is bounded within warn;
+    # the check can still be `insufficient` on a tail: the backends share this process with the
+    # proxy, whose relaying of live's answer holds the GIL while the shadow's copy is answered,
+    # and with both sides timed at the kernel's arrival stamps (no proxy loop lag left on live's)
+    # identical ones read p95 +10.4% (+0.0% to +29.4%), p=0.00038, a tail it cannot bound
+    run = _run(tmp_path, n, 0.0)
+    assert run["latency"] in ("pass", "insufficient")
+    if n == 120:
+        median = run["median"]
+        assert median["high"] is not None and median["high"] <= 0.05, run["reasons"]
 
 
 def test_a_shadow_a_third_slower_fails_on_latency(tmp_path: Path) -> None:
     # 120, not 60: on a busy host neighbouring exchanges correlate, and 60 can count as fewer
     # than min_samples independent ones (`insufficient`)
-    assert _run(tmp_path, 120, BASE_S / 3) == {"verdict": "fail", "latency": "fail"}
+    run = _run(tmp_path, 120, BASE_S / 3)
+    assert (run["verdict"], run["latency"]) == ("fail", "fail"), run["reasons"]
