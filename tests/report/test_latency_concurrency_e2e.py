@@ -85,9 +85,9 @@ def test_a_shadow_twice_as_slow_under_concurrency_does_not_pass(tmp_path: Path) 
     if route["checks"]["latency"] == "insufficient":
         # too few independent exchanges (320 in one busy process moved together: "as 29
         # independent" in a fresh-clone CI run), or an interval too wide to rule a FAIL out
-        # (+18.5%, -2.0% to +50.7%, with live timed at the kernel's stamp): never a PASS, and
-        # the reason says what can answer
-        assert route["estimates"]["slowdown_median"]["estimate"] > 0, route["reasons"]
+        # (+18.5%, -2.0% to +50.7%, and -9.5%, -26.7% to +24.6%, with live timed at the kernel's
+        # stamp: the in-process backends wait for the GIL the proxy holds while serving 8
+        # clients, live's more than the shadow's): never a PASS, and the reason says what can answer
         assert any(r.startswith("latency:") and "can answer" in r for r in route["reasons"]), route["reasons"]
 
 
