@@ -133,13 +133,20 @@ class LatencyTest:
         """The compared exchanges as independent samples (the median's design effect)."""
         return self.median.n_effective if self.median.n_effective is not None else self.n
 
+    def contended_host(self) -> bool:
+        """Whether both servers ran on this host and its CPU was contended (HOST_PRESSURE_LIMIT):
+        the condition both host rules start from (`host_explains`; report.latency_verdict's
+        `_host_faster`)."""
+        h = self.host
+        return (h is not None and h.cpu_pressure is not None and h.cpu_pressure >= HOST_PRESSURE_LIMIT
+                and h.shadow_cpu_ms is not None and h.live_cpu_ms is not None)
+
     def host_explains(self) -> bool:
         """Whether the shared host, not the code, can have made the shadow slower: its CPU was
         contended and both servers spend a fair share of each answer on the CPU (a shadow that
         burns CPU live does not is judged: that is a change of its own)."""
-        h, share = self.host, self.host_cpu_share
-        return (h is not None and share is not None and h.cpu_pressure is not None
-                and h.cpu_pressure >= HOST_PRESSURE_LIMIT and share >= HOST_CPU_SHARE_LIMIT)
+        share = self.host_cpu_share
+        return self.contended_host() and share is not None and share >= HOST_CPU_SHARE_LIMIT
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,7 @@ lines.
 from __future__ import annotations
 
 from shadowproxy.report.inference import Estimate, fmt_p
-from shadowproxy.report.latency import (
-    HOST_PRESSURE_LIMIT,
-    LIVE_QUEUED_SHARE,
-    RATIO_DIGITS,
-    LatencyTest,
-)
+from shadowproxy.report.latency import LIVE_QUEUED_SHARE, RATIO_DIGITS, LatencyTest
 from shadowproxy.report.levels import (
     RANK,
     Level,
@@ -267,7 +262,8 @@ def _host_faster(latency: LatencyTest, t: Verdict) -> str | None:
     """Why a PASS cannot stand against live: the shadow reads faster at the median by at least
     warn, on a host whose CPU was contended (HOST_PRESSURE_LIMIT) and which runs both servers,
     while live's clients queued at live (at least LIVE_QUEUED_SHARE of the exchanges found the
-    longer queue there; records without queues count as queued). None otherwise.
+    longer queue there; records without queues count as queued). None otherwise. The host part
+    is `LatencyTest.contended_host`, which the host rule starts from too.
 
     The host rule judges a slower reading again at the fast end, because live's answer sets off
     work that delays the shadow's; the same host can make the shadow read faster. Live's clients
@@ -283,11 +279,11 @@ def _host_faster(latency: LatencyTest, t: Verdict) -> str | None:
     shadow read -8.6% to -24.4% there. A faster reading within warn is judged as it reads
     (docs/report.md, "Faster on a contended host")."""
     m, h = latency.median, latency.host
-    if (latency.against != "live" or h is None or h.cpu_pressure is None
-            or h.cpu_pressure < HOST_PRESSURE_LIMIT or h.shadow_cpu_ms is None or h.live_cpu_ms is None
+    if (latency.against != "live" or not latency.contended_host()
             or (latency.live_longer is not None and latency.live_longer < LIVE_QUEUED_SHARE)
             or m.value is None or round(m.value, RATIO_DIGITS) > -t.latency.warn):
         return None
+    assert h is not None and h.cpu_pressure is not None
     queued = "" if latency.live_longer is None else f" (on {latency.live_longer:.0%} of the exchanges)"
     return (f"latency: {reading('median', m, latency.against)}: faster by at least warn "
             f"{t.latency.warn:.0%}, on a host that runs both servers (CPU per call: live "
