@@ -186,6 +186,8 @@ class Sender:
                 if self._pending:
                     await self._spool_items(self._take_pending())
                 if self._closing:
+                    if self._pending:
+                        continue  # put() while the spool write ran in its thread: spool it too
                     return
                 if time.monotonic() >= self._next_retry and await self._drain():
                     continue

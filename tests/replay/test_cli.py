@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import time
@@ -151,4 +152,7 @@ def test_replay_to_an_unreachable_kafka_names_the_spool_and_its_count(
                                           "--sink", sink, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "not on the topic: Kafka was unreachable" in result.stdout.splitlines()[-1]
-    assert "4 records (" in result.stderr and f"wait in the spool {(spool / 't').resolve()}" in result.stderr
+    # 3 mismatches and the stats record; a slow host once left the last one out of the spool
+    spooled = re.search(r"; (\d+) records \(", result.stderr)
+    assert spooled is not None and int(spooled.group(1)) == 4, result.stderr
+    assert f"wait in the spool {(spool / 't').resolve()}" in result.stderr

@@ -282,3 +282,38 @@ async def test_a_damaged_spooled_record_costs_only_itself_and_is_counted(
     messages = await consume_all(kafka_bootstrap, kafka_topic)
     got = [json.loads(m.value)["id"] for m in messages]  # type: ignore[attr-defined]
     assert got == [r["id"] for i, r in enumerate(records) if i != 250]
+
+
+async def test_a_record_written_while_the_spool_is_busy_is_spooled_when_the_sink_stops(
+    kafka_topic: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a slow host found (a replay's last record reported `buffered` after stop()): a
+    record put while the sender's spool write runs in its thread, then stop() before that write
+    returns. The sender used to see `closing` and return with the record still queued."""
+    from shadowproxy.sinks.spool import Spool
+
+    dead = f"kafka://127.0.0.1:{free_port()}/{kafka_topic}?spool_dir={tmp_path}{FAST}"
+    sink = kafka_sink(dead)
+    await sink.start()
+    assert isinstance(sink, KafkaSink) and sink.spooling
+    spool = sink._sender.spool
+    real_append = spool.append
+    in_thread = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_append(values: list[bytes]) -> list[int | None]:
+        loop.call_soon_threadsafe(in_thread.set)
+        import time
+
+        time.sleep(0.3)
+        return real_append(values)
+
+    monkeypatch.setattr(spool, "append", slow_append)
+    await sink.write(make_record(0))
+    await asyncio.wait_for(in_thread.wait(), 10)
+    await sink.write(make_record(1))  # queued while the first is being spooled
+    await sink.stop()
+    c = sink.counters()
+    assert (c["written"], c["spooled"], c["backlog"], c["buffered"]) == (2, 2, 2, 0)
+    with Spool(tmp_path / kafka_topic) as reopened:
+        assert reopened.recovered == 2
