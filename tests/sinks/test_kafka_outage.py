@@ -290,7 +290,7 @@ async def test_a_record_written_while_the_spool_is_busy_is_spooled_when_the_sink
     """The race a slow host found (a replay's last record reported `buffered` after stop()): a
     record put while the sender's spool write runs in its thread, then stop() before that write
     returns. The sender used to see `closing` and return with the record still queued."""
-    from shadowproxy.sinks.spool import Spool
+    from shadowproxy.sinks.spool import Position, Spool
 
     dead = f"kafka://127.0.0.1:{free_port()}/{kafka_topic}?spool_dir={tmp_path}{FAST}"
     sink = kafka_sink(dead)
@@ -301,7 +301,7 @@ async def test_a_record_written_while_the_spool_is_busy_is_spooled_when_the_sink
     in_thread = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def slow_append(values: list[bytes]) -> list[int | None]:
+    def slow_append(values: list[bytes]) -> list[Position | None]:
         loop.call_soon_threadsafe(in_thread.set)
         import time
 
