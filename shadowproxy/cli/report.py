@@ -114,9 +114,11 @@ def report(
       shadow errors   errors / (compared + errors)    the same rule and thresholds
       latency         slowdown at median, p95, p99    lower bound, only when p < verdict.alpha
     Latency with fewer than verdict.min_samples (30) compared exchanges (counted as
-    independent) is INSUFFICIENT; so is one whose median interval reaches past fail (past
-    warn, when the shadow is significantly slower), or whose p95 or p99 is significantly
-    slower by a WARN-sized amount its interval cannot bound.
+    independent) is INSUFFICIENT (from 20 independent, where the latencies do not follow the
+    backends' queues, a WARN or FAIL stands; a PASS waits for 30); so is one whose
+    median interval reaches past fail (past warn, when the shadow is significantly slower),
+    or whose p95 or p99 is significantly slower by a WARN-sized amount its interval cannot
+    bound.
     The route's verdict is its worst check; a route with nothing compared is NO DATA.
     Overall is the worst route with data (NO DATA when no route has any).
 

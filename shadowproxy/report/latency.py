@@ -127,6 +127,10 @@ class LatencyTest:
     # the shadow held the longer queue more often than the secondary on the copies whose queues
     # differed (`_queued_pairs`); read with `every_copy` only
     longer_queue_p: float | None = None
+    # the slope of the latency ratio on the queue ratio the exchanges found, and its 95% lower
+    # end (`queue_bound` against the secondary, `_slope_bound` against live); None: records
+    # without queues, or queues that did not vary
+    queue_slope: tuple[float, float] | None = None
 
     @property
     def n_effective(self) -> int:
@@ -195,14 +199,16 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None, min_pairs: int = 
     bound = queue_bound(ref)  # the queue fit, once for both: the twin check and the test
     note = None if ref.empty() else secondary_unusable(rs, min_pairs, bound)
     if ref.pairs.log_ratio.count and note is None:
-        paired = against_secondary(rs, alpha, bound)
+        paired = dataclasses.replace(against_secondary(rs, alpha, bound), queue_slope=bound)
         if host is None:
             return paired
         return dataclasses.replace(paired, host=host, host_wait_share=_host_wait_share(ref, host))
     test = _against_live(rs, host)
-    if test is not None and note is not None:
-        test = dataclasses.replace(test, note=note)
-    return test
+    if test is None:
+        return None
+    queue = rs.live_queue
+    slope = _slope_bound(queue, rs.latency_log_ratio) if queue is not None and queue.n else None
+    return dataclasses.replace(test, queue_slope=slope, note=note if note is not None else test.note)
 
 
 def secondary_unusable(rs: RouteStats, min_pairs: int, bound: tuple[float, float] | None) -> str | None:

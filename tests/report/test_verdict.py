@@ -961,3 +961,45 @@ def test_a_pass_the_worker_lag_could_not_have_shrunk_past_fail_stands(lag_share:
     # no lag (the kernel stamped the answers), or too little to take +13.9% past 15%
     j = evaluate(100, 0, 0, _vs_secondary(Estimate(100, 0.083, 0.0, 0.139, 0.014, 62), lag_share))
     assert j.latency == "pass", j.reasons
+
+
+def _few_independent(value: float, low: float, *, slope: tuple[float, float] | None = (0.1, -0.2),
+                     n_eff: int = 24) -> LatencyTest:
+    """A load tool's 300 requests from 10 connections: 100 compared a route, as `n_eff`
+    independent, the median's estimate `value` with its 95% interval from `low`."""
+    median = Estimate(100, value, low, value + 0.1, 1e-4 if low > 0 else 0.9, n_eff)
+    tail = Estimate(100, value, -1.0, None, 0.5, n_eff)
+    return LatencyTest(100, median, tail, p95=tail, queue_slope=slope)
+
+
+def test_a_slowdown_on_20_to_29_independent_exchanges_not_following_the_queues_stands() -> None:
+    # wrk's 10 connections, 300 requests, the shadow 30% slower: +25% (+18% to +35%) on 24 independent
+    j = evaluate(100, 0, 0, _few_independent(0.25, 0.18))
+    assert j.latency == "fail", j.reasons
+    assert j.reasons[-1] == ("latency: 100 compared exchanges, as 24 independent (neighbours moved "
+                             "together), fewer than min_samples 30: the slowdown stands (at least 20 "
+                             "independent, latencies not following the queues); a PASS would need 30")
+    assert evaluate(100, 0, 0, _few_independent(0.12, 0.07)).latency == "warn"
+
+
+def test_a_pass_on_fewer_than_min_samples_independent_exchanges_stays_insufficient() -> None:
+    j = evaluate(100, 0, 0, _few_independent(0.0, -0.05))
+    assert j.latency == "insufficient"
+    assert j.reasons[-1] == ("latency: 100 compared exchanges, as 24 independent (neighbours moved "
+                             "together), fewer than min_samples 30: a longer run can answer")
+
+
+@pytest.mark.parametrize(
+    ("slope", "n_eff"),
+    [
+        ((0.85, 0.5), 24),  # the latencies follow the queues: identical servers read +41% FAIL so
+        (None, 24),  # no queues recorded: not told
+        ((0.1, -0.2), 19),  # too few even so
+    ],
+)
+def test_a_slowdown_on_few_independent_exchanges_is_insufficient_where_the_queues_can_make_it(
+    slope: tuple[float, float] | None, n_eff: int
+) -> None:
+    j = evaluate(100, 0, 0, _few_independent(0.41, 0.27, slope=slope, n_eff=n_eff))
+    assert j.latency == "insufficient"
+    assert j.reasons[-1].endswith("fewer than min_samples 30: a longer run can answer"), j.reasons
