@@ -27,7 +27,9 @@ check judges an estimate with its 95% interval (`report.inference`), not a bare 
   it is significant (p < `verdict.alpha`, default 0.01) AND the LOWER end of its interval is at or
   past the threshold; otherwise it passes. Every test counts correlated exchanges as fewer
   (`inference.design_effect`). Below `verdict.min_samples` compared exchanges (default 30),
-  counted so, the check is `insufficient`: shown, neither PASS nor FAIL. Bounds are rounded to 9
+  counted so, the check is `insufficient`: shown, neither PASS nor FAIL (from
+  EFFECTIVE_MIN_SLOWER counted so, on latencies that do not follow the queues, a WARN or FAIL
+  stands: report.latency_verdict's `_slowdown_may_show`). Bounds are rounded to 9
   decimals before they are compared, so a bound computed as 1.05 - 1 is exactly at the 0.05
   threshold. A PASS is `insufficient` too when the proxy's own event-loop lag (in the live
   side's time, not in the shadow's) could hide a slowdown of LOOP_LAG_LIMIT or more: lag / (live
