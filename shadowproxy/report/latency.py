@@ -199,16 +199,14 @@ def latency_test(rs: RouteStats, host: HostLoad | None = None, min_pairs: int = 
     bound = queue_bound(ref)  # the queue fit, once for both: the twin check and the test
     note = None if ref.empty() else secondary_unusable(rs, min_pairs, bound)
     if ref.pairs.log_ratio.count and note is None:
-        paired = dataclasses.replace(against_secondary(rs, alpha, bound), queue_slope=bound)
+        paired = against_secondary(rs, alpha, bound)
         if host is None:
             return paired
         return dataclasses.replace(paired, host=host, host_wait_share=_host_wait_share(ref, host))
     test = _against_live(rs, host)
-    if test is None:
-        return None
-    queue = rs.live_queue
-    slope = _slope_bound(queue, rs.latency_log_ratio) if queue is not None and queue.n else None
-    return dataclasses.replace(test, queue_slope=slope, note=note if note is not None else test.note)
+    if test is not None and note is not None:
+        test = dataclasses.replace(test, note=note)
+    return test
 
 
 def secondary_unusable(rs: RouteStats, min_pairs: int, bound: tuple[float, float] | None) -> str | None:
@@ -245,8 +243,9 @@ def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
     n = median.n or p99.n  # records from before paired ratios: the histograms' count
     if n == 0:
         return None
-    queued = _live_queued(rs)
     q = rs.live_queue
+    slope = _slope_bound(q, rs.latency_log_ratio) if q is not None and q.n else None
+    queued = _live_queued(rs, slope)
     live_longer = round(q.secondary_longer / q.n, RATIO_DIGITS) if q is not None and q.n else None
     shadow_lag_ms, share = _shadow_lag(rs.shadow_loop_lag, rs.live_latency)
     lag = rs.live_loop_lag
@@ -258,11 +257,12 @@ def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
     if not lag.count or live_p50 is None:
         return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share,
                            host=host, host_cpu_share=cpu_share, p10=p10, queued=queued,
-                           live_longer=live_longer)
+                           live_longer=live_longer, queue_slope=slope)
     lag_ms = lag.sum / lag.count
     hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
     return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95,
-                       shadow_lag_ms, share, host, cpu_share, p10, queued=queued, live_longer=live_longer)
+                       shadow_lag_ms, share, host, cpu_share, p10, queued=queued, live_longer=live_longer,
+                       queue_slope=slope)
 
 
 # what a slope above QUEUE_SLOPE_LIMIT says, and not more: the per-exchange figures cannot tell a
@@ -272,9 +272,10 @@ _QUEUES_SET = ("the queue went with the latency, as at servers that serve one re
                "or at a server that slowed")
 
 
-def _live_queued(rs: RouteStats) -> str | None:
+def _live_queued(rs: RouteStats, bound: tuple[float, float] | None) -> str | None:
     """Why the latency check against live cannot judge this route, when the two latencies follow
-    the queues the exchanges found (the slope's 95% lower end above QUEUE_SLOPE_LIMIT: servers
+    the queues the exchanges found (`bound`, the slope of `_slope_bound` on the route's live
+    queue, None without one; its 95% lower end above QUEUE_SLOPE_LIMIT: servers
     that serve one request at a time) and fewer than LIVE_LEVEL_SHARE of them found the two
     queues the same length; None otherwise (with a quiet load nearly every exchange finds the
     same, often none, ahead at both, and is judged as it reads).
@@ -292,10 +293,7 @@ def _live_queued(rs: RouteStats) -> str | None:
     +74%. A secondary gets the same copies at the same moment as the shadow, from the same worker:
     it is the reference for such servers (`_queued_pairs`)."""
     queue = rs.live_queue
-    if queue is None or not queue.n:
-        return None
-    bound = _slope_bound(queue, rs.latency_log_ratio)
-    if not _queue_driven(bound) or queue.equal >= LIVE_LEVEL_SHARE * queue.n:
+    if queue is None or not queue.n or not _queue_driven(bound) or queue.equal >= LIVE_LEVEL_SHARE * queue.n:
         return None
     assert bound is not None
     return (f"latency: not judged against live: the two latencies follow the calls waiting at each server "
@@ -333,7 +331,7 @@ def against_secondary(rs: RouteStats, alpha: float, bound: tuple[float, float] |
     return LatencyTest(median.n, median, p99_slowdown(pairs.secondary, pairs.shadow, d=d),
                        p95=p99_slowdown(pairs.secondary, pairs.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
                        shadow_lag_share=share, against="secondary", note=note, judged=judged,
-                       every_copy=every, longer_queue_p=longer_p)
+                       every_copy=every, longer_queue_p=longer_p, queue_slope=bound)
 
 
 def _host_wait_share(ref: SecondaryLatency, host: HostLoad) -> float | None:

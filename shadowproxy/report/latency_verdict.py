@@ -118,24 +118,29 @@ def judge_latency(latency: LatencyTest, t: Verdict, reasons: list[str]) -> tuple
             latency_level = _bounded_pass(latency, t, reasons)
         if slower_only:
             if latency_level in ("warn", "fail"):
-                reasons.append(f"latency: {latency.n} {latency.judged}, as {latency.n_effective} independent "
-                               f"(neighbours moved together), fewer than min_samples {t.min_samples}: the "
-                               f"slowdown stands (at least {EFFECTIVE_MIN_SLOWER} independent, latencies "
-                               f"not following the queues); a PASS would need {t.min_samples}")
+                reasons.append(f"{_fewer(latency, t)}: the slowdown stands (at least {EFFECTIVE_MIN_SLOWER} "
+                               f"independent, latencies not following the queues); a PASS would need "
+                               f"{t.min_samples}")
             else:
                 latency_level = "insufficient"
                 reasons.append(_too_few(latency, t))
     return latency_level, fast_end
 
 
+def _fewer(latency: LatencyTest, t: Verdict) -> str:
+    """`latency: N compared exchanges[, as M independent (...)], fewer than min_samples K`: the
+    count both the INSUFFICIENT reason and a slowdown that stands on few exchanges begin with."""
+    as_ = (f", as {latency.n_effective} independent (neighbours moved together)"
+           if latency.n_effective != latency.n else "")
+    return f"latency: {latency.n} {latency.judged}{as_}, fewer than min_samples {t.min_samples}"
+
+
 def _too_few(latency: LatencyTest, t: Verdict) -> str:
     """Why the check cannot judge: fewer than min_samples exchanges, or independent ones (the
     design effect: exchanges in a row that moved together count as fewer). It ends in the
     user's next step, not only the figure."""
-    as_ = (f", as {latency.n_effective} independent (neighbours moved together)"
-           if latency.n_effective != latency.n else "")
-    return (f"latency: {latency.n} {latency.judged}{as_}, fewer than min_samples "
-            f"{t.min_samples}: {'a longer run' if as_ else 'more requests'} can answer")
+    longer = latency.n_effective != latency.n
+    return f"{_fewer(latency, t)}: {'a longer run' if longer else 'more requests'} can answer"
 
 
 def _slowdown_may_show(latency: LatencyTest, t: Verdict) -> bool:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -303,8 +304,6 @@ async def test_a_record_written_while_the_spool_is_busy_is_spooled_when_the_sink
 
     def slow_append(values: list[bytes]) -> list[Position | None]:
         loop.call_soon_threadsafe(in_thread.set)
-        import time
-
         time.sleep(0.3)
         return real_append(values)
 
