@@ -30,6 +30,7 @@ JSON_SERVER = Path(__file__).parent / "jsonserver" / "node_modules" / ".bin" / "
 REQUESTS = 300
 CLIENTS = 4
 PAUSE_S = 0.01
+ATTEMPTS = 3  # runs of the delayed shadow before its missing FAIL is a failure
 
 
 def _db(path: Path) -> Path:
@@ -108,6 +109,7 @@ def _send(port: int, paths: list[str]) -> None:
 
 
 def _run(tmp_path: Path, shadow_delay_ms: int) -> dict[str, Any]:
+    tmp_path.mkdir(exist_ok=True)
     db = _db(tmp_path / "db.json")
     out = tmp_path / "records.jsonl"
     with (
@@ -137,7 +139,18 @@ def test_identical_json_servers_read_no_latency_warn_or_fail(tmp_path: Path) -> 
 
 
 def test_a_json_server_with_an_added_delay_fails_on_latency(tmp_path: Path) -> None:
-    report = _run(tmp_path, 2)
-    latency = _latency(report)
-    assert any(level == "fail" for level, _ in latency.values()), latency
-    assert report["verdict"] == "fail"
+    """A FAIL, and never a PASS: a run whose routes read INSUFFICIENT (the host too busy to tell)
+    is run again, up to ATTEMPTS times; a PASS on any route of any run fails at once. On a quiet
+    host the first run FAILs (12 of 12, 2026-12-02); beside one busy loop on the 2 cores every
+    route read INSUFFICIENT (intervals from -13% across fail, 26-38 of 104-145 independent),
+    which is what the report must say then, not a failure of the verdict."""
+    readings = []
+    for attempt in range(ATTEMPTS):
+        report = _run(tmp_path / str(attempt), 2)
+        latency = _latency(report)
+        readings.append(latency)
+        assert all(level != "pass" for level, _ in latency.values()), latency
+        if any(level == "fail" for level, _ in latency.values()):
+            assert report["verdict"] == "fail"
+            return
+    raise AssertionError(f"no FAIL in {ATTEMPTS} runs: {readings}")
