@@ -24,13 +24,14 @@ The report (and `--format json`) is a dict with these stable keys:
       checks              {mismatch_rate, shadow_errors, latency}: each check's level, or null
       reasons             why the verdict is not pass, in words
       estimates           {mismatch_rate, shadow_error_rate, slowdown_median, slowdown_p99,
-                          slowdown_p95, slowdown_p10}: what
+                          slowdown_p95, slowdown_p10, slowdown_{median,p95,p99}_every_copy}: what
                           each check used, each {n, estimate, low, high, p_value, level} or null;
                           low/high: the 95% interval (null: open on that side); p_value: latency only;
                           the slowdowns also carry against: live | secondary (what the shadow was
                           timed against) and, when consecutive exchanges correlated,
-                          n_effective (n / the design effect); slowdown_p10 only when judged at
-                          the fast end
+                          n_effective (n / the design effect); slowdown_p10 only when the fast
+                          end decided the check; *_every_copy only when judged on the copies
+                          with equal queues (the same on every copy)
       counts              {compared, equal, mismatched, shadow_errors, too_large, skipped, dropped,
                           eligible}: sums over the stats records
       skipped_by          {reason: count} (method, route, sampled_out, disabled, live_error,

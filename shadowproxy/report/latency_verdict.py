@@ -3,7 +3,7 @@ cannot be the shadow's code (report.verdict's docstring states the rules; docs/r
 explains them with the runs that made each one). Split from report.verdict when it passed 450
 lines.
 
-    judge_latency(latency_test, verdict, reasons) -> (level, judged again at the fast end)
+    judge_latency(latency_test, verdict, reasons) -> (level, the fast end decided it)
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def lag_explains(est: Estimate, share: float | None, thresholds: Verdict) -> boo
 
 
 def judge_latency(latency: LatencyTest, t: Verdict, reasons: list[str]) -> tuple[Level | None, bool]:
-    """The latency check's level (None: no estimate to judge) and whether it was judged again
-    at the fast end (the host rule); its reasons are appended to `reasons`."""
+    """The latency check's level (None: no estimate to judge) and whether the fast end (p10)
+    decided it (the host rule, or the end the proxy's lag touched least); its reasons are
+    appended to `reasons`."""
     latency_level: Level | None = None
     fast_end = False
     if latency.note is not None:
@@ -103,7 +104,7 @@ def judge_latency(latency: LatencyTest, t: Verdict, reasons: list[str]) -> tuple
             if latency_level == "pass":
                 latency_level, what = "insufficient", _lag_hides(latency.median, t)
             elif (fast := _lag_free_end(latency, t, fast_end)) is not None:
-                latency_level, what = "fail", fast
+                latency_level, what, fast_end = "fail", fast, True
             else:
                 what = "the shadow may be slower than read"
             reasons.append(f"latency: the proxy's event loop lagged {latency.loop_lag_ms:.2f} ms per "

@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+EVERY_COPY = ("median", "p95", "p99")  # LatencyTest.every_copy's order
 
 
 def traffic_mismatch_rate(routes: list[dict[str, Any]]) -> float | None:
@@ -55,15 +56,22 @@ def estimates(j: _verdict.Judgement, t: Verdict) -> dict[str, Any]:
             out["against"] = lt.against  # live, or the secondary (report.verdict)
         return out
 
-    return {
+    out = {
         "mismatch_rate": d(j.mismatch_estimate, j.mismatch_rate),
         "shadow_error_rate": d(j.error_estimate, j.shadow_errors),
         "slowdown_median": slow(lt.median) if lt else None,
         "slowdown_p99": slow(lt.p99) if lt else None,
         "slowdown_p95": slow(lt.p95) if lt and lt.p95 else None,
-        # the fast end, when the latency was judged there (the shared host: report.verdict)
+        # the fast end, when it decided the latency check (the shared host, or the proxy's lag:
+        # report.latency_verdict)
         "slowdown_p10": slow(lt.p10) if lt and lt.p10 and j.fast_end else None,
     }
+    # against the secondary, judged on the copies with equal queues: the same on every copy,
+    # which a PASS must not contradict (report.latency_verdict's `_left_out`)
+    every = lt.every_copy if lt is not None else None
+    for name, e in zip(EVERY_COPY, every or (None, None, None), strict=True):
+        out[f"slowdown_{name}_every_copy"] = slow(e) if e is not None else None
+    return out
 
 
 def rate(n: int, d: int) -> float | None:

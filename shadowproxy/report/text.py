@@ -57,7 +57,10 @@ _CHECKS = (  # (estimates key, checks key, label, signed): the checks key for re
     ("slowdown_median", "latency", "latency: median slowdown", True),
     ("slowdown_p95", "latency", "latency: p95 slowdown", True),
     ("slowdown_p99", "latency", "latency: p99 slowdown", True),
-    ("slowdown_p10", "latency", "latency: p10 slowdown (host)", True),
+    ("slowdown_p10", "latency", "latency: p10 slowdown (fast end)", True),
+    ("slowdown_median_every_copy", "latency", "latency: median slowdown, every copy", True),
+    ("slowdown_p95_every_copy", "latency", "latency: p95 slowdown, every copy", True),
+    ("slowdown_p99_every_copy", "latency", "latency: p99 slowdown, every copy", True),
 )
 
 

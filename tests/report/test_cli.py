@@ -103,7 +103,8 @@ def test_json_format_has_the_documented_stable_keys(source: str) -> None:
     users = {r["route"]: r for r in data["routes"]}["users"]
     assert users["counts"]["compared"] == 3000 and users["mismatch_rate"] == 5 / 3000
     estimates = ["mismatch_rate", "shadow_error_rate", "slowdown_median", "slowdown_p99", "slowdown_p95",
-                 "slowdown_p10"]
+                 "slowdown_p10", "slowdown_median_every_copy", "slowdown_p95_every_copy",
+                 "slowdown_p99_every_copy"]
     assert list(users["estimates"]) == estimates
     assert users["estimates"]["mismatch_rate"] == {
         "n": 3000, "estimate": 0.001667, "low": 0.000712, "high": 0.003896, "p_value": None, "level": "warn"
@@ -488,6 +489,6 @@ def test_the_hosts_figures_are_printed_when_the_stats_records_carry_them(tmp_pat
     assert "host: CPU contended 42.00% of the run; both backends on this host, CPU per call: live " \
            "4.00 ms, shadow 4.20 ms" in flat
     assert "judged at the fast end, since both backends run on this host" in flat  # a shift: FAIL at p10
-    assert "latency: p10 slowdown (host)" in flat  # the check it was judged by
+    assert "latency: p10 slowdown (fast end)" in flat  # the check it was judged by
     without = write_jsonl(tmp_path / "w.jsonl", [stats({"r": route_stats(compared=3)}, "s")])
     assert "host:" not in run("report", "--source", without, "--format", fmt)[1]

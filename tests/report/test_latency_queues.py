@@ -10,7 +10,8 @@ import pytest
 
 from shadowproxy.engine.exchange import Response
 from shadowproxy.engine.stats import RouteStats, Stats
-from shadowproxy.report.verdict import evaluate_stats
+from shadowproxy.report.measures import estimates
+from shadowproxy.report.verdict import DEFAULT_THRESHOLDS, evaluate_stats
 
 
 def _route(n: int, live_ms: float = 8.0) -> RouteStats:
@@ -239,6 +240,19 @@ def test_a_pass_on_equal_queues_is_insufficient_when_every_copy_cannot_rule_a_fa
     assert j.latency == "insufficient", j.reasons
     assert any(r.startswith("latency: on every copy, shadow median ") and "reaches past fail 15%" in r
                for r in j.reasons), j.reasons
+
+
+def test_the_every_copy_slowdowns_a_pass_was_held_to_are_among_the_estimates() -> None:
+    rs = _stretches([True, False] * 3, 500, 6, (0, 3), differ=0.9)
+    j = evaluate_stats(rs)
+    ests = estimates(j, DEFAULT_THRESHOLDS)
+    every = ests["slowdown_median_every_copy"]
+    assert every is not None and every["against"] == "secondary" and every["high"] > 0.15
+    assert every["n"] > ests["slowdown_median"]["n"]  # every copy, not only those with equal queues
+    assert ests["slowdown_p95_every_copy"] is not None and ests["slowdown_p99_every_copy"] is not None
+    plain = evaluate_stats(_queued(_route(300), 1.3, one_at_a_time=False))  # every copy judged as such
+    assert all(estimates(plain, DEFAULT_THRESHOLDS)[f"slowdown_{q}_every_copy"] is None
+               for q in ("median", "p95", "p99"))
 
 
 def test_a_pass_on_equal_queues_is_insufficient_when_the_shadow_held_the_longer_queue_more_often() -> None:

@@ -11,6 +11,7 @@ import pytest
 from shadowproxy.engine.stats import RouteStats
 from shadowproxy.report.inference import Estimate, wilson
 from shadowproxy.report.latency import LatencyTest
+from shadowproxy.report.measures import estimates
 from shadowproxy.report.verdict import (
     DEFAULT_THRESHOLDS,
     HostLoad,
@@ -354,6 +355,17 @@ def test_a_warn_the_proxys_lag_reads_low_is_a_fail_when_the_fast_end_reads_fail(
         "bound above fail 15.00%), says FAIL" in j.reasons[-1]
 
 
+def test_a_fail_the_fast_end_decided_under_the_proxys_lag_shows_that_p10_among_the_estimates() -> None:
+    # a quiet host (no host rule): the p10 decided the FAIL, so the JSON and the checks table
+    # show it beside the median it overruled (issue 18: every estimate a check used)
+    quiet = HostLoad(cpu_pressure=0.02, shadow_cpu_ms=4.2, live_cpu_ms=4.0)
+    j = evaluate_stats(_lag_inflated(300, 20.0, 6.0, 6.0), host=quiet)
+    assert (j.latency, j.fast_end) == ("fail", True)
+    p10 = estimates(j, DEFAULT_THRESHOLDS)["slowdown_p10"]
+    assert p10 is not None and (p10["level"], p10["against"]) == ("fail", "live")
+    assert p10["low"] > 0.15
+
+
 def test_a_warn_the_proxys_lag_reads_low_stays_a_warn_when_the_fast_end_does_not_read_fail() -> None:
     # the shadow 8% slower at every quantile: p10 WARNs too; and without host figures no p10
     assert evaluate_stats(_proxy_lagged(_paired(300, 25.0, 27.0), 2.0), host=CONTENDED).latency == "warn"
@@ -633,7 +645,6 @@ def test_a_faster_shadow_passes_where_the_host_cannot_set_the_pace(
 
 
 def test_the_fast_end_is_reported_only_when_the_latency_was_judged_there() -> None:
-    from shadowproxy.report.measures import estimates
 
     passed = evaluate_stats(_paired(300, 30.0, 30.0), host=CONTENDED)  # nothing to judge again
     assert not passed.fast_end and estimates(passed, DEFAULT_THRESHOLDS)["slowdown_p10"] is None
@@ -666,7 +677,6 @@ def test_a_shadow_slower_than_the_secondary_fails_with_a_reason_naming_it() -> N
     j = evaluate_stats(rs, host=CONTENDED)
     assert j.latency == "fail"
     assert any(r.startswith("shadow median +") and " vs secondary, " in r for r in j.reasons), j.reasons
-    from shadowproxy.report.measures import estimates
 
     assert estimates(j, DEFAULT_THRESHOLDS)["slowdown_median"]["against"] == "secondary"
 
@@ -882,7 +892,6 @@ def test_exchanges_that_moved_together_are_insufficient_and_the_reason_says_a_lo
 
 def test_a_quantile_with_no_upper_end_is_shown_as_not_bounded_and_not_judged() -> None:
     # an outside attacker read "p99 +4.0%, -100.0% to +inf, PASS" as a p99 judged fine
-    from shadowproxy.report.measures import estimates
     from shadowproxy.report.text import check_rows
 
     j = evaluate_stats(_paired(40, 30.0, 30.0))
