@@ -135,7 +135,7 @@ class Judgement:
     mismatch_estimate: Estimate | None = None
     error_estimate: Estimate | None = None
     latency_test: LatencyTest | None = None
-    fast_end: bool = False  # the latency was judged again at the fast end (the host rule)
+    fast_end: bool = False  # the fast end (p10) decided the latency (the host rule, or the proxy's lag)
 
 
 def evaluate(

@@ -645,7 +645,6 @@ def test_a_faster_shadow_passes_where_the_host_cannot_set_the_pace(
 
 
 def test_the_fast_end_is_reported_only_when_the_latency_was_judged_there() -> None:
-
     passed = evaluate_stats(_paired(300, 30.0, 30.0), host=CONTENDED)  # nothing to judge again
     assert not passed.fast_end and estimates(passed, DEFAULT_THRESHOLDS)["slowdown_p10"] is None
     judged = evaluate_stats(_paired(300, 25.0, 32.0), host=CONTENDED)
