@@ -15,6 +15,8 @@ __all__ = [
     "BATCH_SIZES",
     "HIST_BASE_MS",
     "HIST_GROWTH",
+    "MAX_BUCKET",
+    "MAX_RATIO_BUCKET",
     "RATIO_WIDTH",
     "Histogram",
     "LatencyPairs",
@@ -23,6 +25,8 @@ __all__ = [
     "SecondaryLatency",
     "bucket_of",
     "bucket_upper",
+    "count_of",
+    "finite_of",
     "log_ratio",
     "queue_ratio",
     "ratio_bucket",
@@ -36,6 +40,45 @@ RATIO_WIDTH = 0.01  # ln-ratio bucket width: bucket i holds ln(shadow/live) in [
 # the batch lengths whose sums a RatioHistogram keeps (consecutive ratios, in the order they
 # finished): the report reads the correlation that lasts longer than one exchange from them
 BATCH_SIZES = (8, 32, 128)  # each a multiple of the first (RatioHistogram._close_batches)
+
+
+# the largest bucket index a record may hold: a latency bucket past it is over 10^15 ms, a ratio
+# bucket ln 50 wide, neither one a measurement (`count_of` and these keep the report's arithmetic
+# finite on a hand-made or corrupt record)
+MAX_BUCKET = 2000
+MAX_RATIO_BUCKET = 5000
+
+
+def count_of(x: Any) -> int:
+    """A count read from a record: a non-negative integer; ValueError otherwise, so the report
+    leaves the record out and counts it invalid (report.aggregate) where a negative count made
+    a route with a real mismatch NO DATA and a count past its total a traceback (an outside
+    attacker's hand-made records)."""
+    if type(x) is not int or x < 0:
+        raise ValueError(f"not a count: {x!r}")
+    return x
+
+
+def finite_of(x: Any, least: float = -math.inf) -> float:
+    """A figure read from a record: a finite number, at least `least`; ValueError otherwise."""
+    if type(x) not in (int, float) or not math.isfinite(x) or x < least:
+        raise ValueError(f"not a finite number from {least}: {x!r}")
+    return float(x)
+
+
+def _buckets(d: dict[str, Any], bound: int, least: int) -> tuple[dict[int, int], int]:
+    """A record's buckets (index within [least, bound]) and their count, which its `count` must
+    equal (every writer adds to both)."""
+    buckets = {}
+    for i, n in d.get("buckets", {}).items():
+        k = int(i)
+        if not least <= k <= bound:
+            raise ValueError(f"bucket {k} out of range")
+        buckets[k] = count_of(n)
+    total = sum(buckets.values())
+    if count_of(d.get("count", total)) != total:
+        raise ValueError("count differs from its buckets' sum")
+    return buckets, total
 
 
 def bucket_of(ms: float) -> int:
@@ -95,12 +138,8 @@ class Histogram:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Histogram:
-        return cls(
-            {int(i): int(n) for i, n in d.get("buckets", {}).items()},
-            float(d.get("sum", 0.0)),
-            int(d.get("count", 0)),
-            float(d.get("max", 0.0)),
-        )
+        buckets, count = _buckets(d, MAX_BUCKET, 0)
+        return cls(buckets, finite_of(d.get("sum", 0.0), 0.0), count, finite_of(d.get("max", 0.0), 0.0))
 
 
 def log_ratio(live_ms: float, shadow_ms: float) -> float:
@@ -228,13 +267,14 @@ class RatioHistogram:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RatioHistogram:
-        buckets = {int(i): int(n) for i, n in d.get("buckets", {}).items()}
+        buckets, count = _buckets(d, MAX_RATIO_BUCKET, -MAX_RATIO_BUCKET)
         # written before the batch sums: none to read
-        batches = {int(size): (int(b[0]), int(b[1]), int(b[2])) for size, b in d.get("batches", {}).items()}
+        batches = {int(size): (count_of(b[0]), int(b[1]), count_of(b[2]))
+                   for size, b in d.get("batches", {}).items()}
         if "lag_firsts" not in d:  # written before the centring sums: no correlation to read
-            return cls(buckets, int(d.get("count", sum(buckets.values()))), batches=batches)
-        return cls(buckets, int(d.get("count", sum(buckets.values()))), int(d.get("lag_sum", 0)),
-                   int(d.get("lag_pairs", 0)), int(d["lag_firsts"]), int(d.get("lag_seconds", 0)), batches)
+            return cls(buckets, count, batches=batches)
+        return cls(buckets, count, int(d.get("lag_sum", 0)), count_of(d.get("lag_pairs", 0)),
+                   int(d["lag_firsts"]), int(d.get("lag_seconds", 0)), batches)
 
 
 @dataclass(slots=True)
@@ -353,9 +393,11 @@ class QueueSlope:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QueueSlope:
-        sx, sy, sxx, sxy, syy = (float(d.get(k, 0.0)) for k in ("sx", "sy", "sxx", "sxy", "syy"))
-        return cls(int(d.get("n", 0)), sx, sy, sxx, sxy, syy, int(d.get("shadow_longer", 0)),
-                   int(d.get("secondary_longer", 0)), int(d.get("shadow_queued", 0)))
+        sx, sy, sxx, sxy, syy = (finite_of(d.get(k, 0.0)) for k in ("sx", "sy", "sxx", "sxy", "syy"))
+        if sxx < 0 or syy < 0:
+            raise ValueError("a sum of squares below 0")
+        return cls(count_of(d.get("n", 0)), sx, sy, sxx, sxy, syy, count_of(d.get("shadow_longer", 0)),
+                   count_of(d.get("secondary_longer", 0)), count_of(d.get("shadow_queued", 0)))
 
 
 @dataclass(slots=True)
@@ -441,5 +483,5 @@ class SecondaryLatency:
         queued = "queue" in d
         return cls(LatencyPairs.from_dict(d), LatencyPairs.from_dict(d.get("level", {})) if queued else None,
                    QueueSlope.from_dict(d["queue"]) if queued else None,
-                   int(d.get("shadow_only_errors", 0)), int(d.get("secondary_only_errors", 0)),
-                   int(d.get("both_errors", 0)), int(d.get("skipped", 0)))
+                   count_of(d.get("shadow_only_errors", 0)), count_of(d.get("secondary_only_errors", 0)),
+                   count_of(d.get("both_errors", 0)), count_of(d.get("skipped", 0)))

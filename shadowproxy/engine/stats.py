@@ -35,6 +35,7 @@ from shadowproxy.engine.histogram import RatioHistogram as RatioHistogram
 from shadowproxy.engine.histogram import SecondaryLatency as SecondaryLatency
 from shadowproxy.engine.histogram import bucket_of as bucket_of
 from shadowproxy.engine.histogram import bucket_upper as bucket_upper
+from shadowproxy.engine.histogram import count_of
 from shadowproxy.engine.histogram import ratio_bucket as ratio_bucket
 
 COUNTS = ("compared", "equal", "mismatched", "noise_only", "shadow_errors", "too_large", "skipped", "dropped",
@@ -132,9 +133,11 @@ class RouteStats:
     def from_dict(cls, d: dict[str, Any]) -> RouteStats:
         rs = cls()
         for k in COUNTS:
-            rs.counts[k] = int(d.get(k, 0))
-        rs.skipped_by = {str(k): int(v) for k, v in d.get("skipped_by", {}).items()}
-        rs.request_delta_fields = {str(k): int(v) for k, v in d.get("request_delta_fields", {}).items()}
+            rs.counts[k] = count_of(d.get(k, 0))
+        if rs.counts["mismatched"] > rs.counts["compared"]:
+            raise ValueError("more mismatched than compared")
+        rs.skipped_by = {str(k): count_of(v) for k, v in d.get("skipped_by", {}).items()}
+        rs.request_delta_fields = {str(k): count_of(v) for k, v in d.get("request_delta_fields", {}).items()}
         rs.live_latency = Histogram.from_dict(d.get("live_latency_ms", {}))
         rs.shadow_latency = Histogram.from_dict(d.get("shadow_latency_ms", {}))
         rs.latency_log_ratio = RatioHistogram.from_dict(d.get("latency_log_ratio", {}))

@@ -170,7 +170,7 @@ class Aggregator:
                 self._add_stats(record)
             else:
                 self._add_exchange(record, outcome)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
             self.counters["invalid"] += 1
             return False
         self._remember(rid)

@@ -19,6 +19,7 @@ A significant worsening is a regression; `--fail-on` fails on any regression.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,47 @@ def load_baseline(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != "shadowproxy.report/1" or "routes" not in data:
         msg = f"--baseline {path}: not a shadowproxy JSON report (report --format json)"
         raise ConfigError(msg)
+    if (bad := _malformed(data["routes"])) is not None:
+        msg = f"--baseline {path}: {bad}"
+        raise ConfigError(msg)
     return data
+
+
+def _malformed(routes: Any) -> str | None:
+    """What in a baseline's routes `compare` cannot read (None: nothing): each route an object
+    with a name, its counts non-negative integers with mismatched at most compared, its
+    slowdowns' figures numbers or null. An outside attacker's hand-edited baseline (a negative
+    count) ended in a traceback from the rate test."""
+    if not isinstance(routes, list):
+        return "routes is not a list"
+    for i, r in enumerate(routes):
+        if not isinstance(r, dict) or not isinstance(r.get("route"), str):
+            return f"routes[{i}] is not a route (an object with a route name)"
+        counts = r.get("counts") or {}
+        if not isinstance(counts, dict):
+            return f"route {r['route']!r}: counts is not an object"
+        for key in ("compared", "mismatched", "shadow_errors"):
+            n = counts.get(key, 0)
+            if type(n) is not int or n < 0:
+                return f"route {r['route']!r}: counts.{key} is {n!r}, not a non-negative integer"
+        if counts.get("mismatched", 0) > counts.get("compared", 0):
+            return f"route {r['route']!r}: counts.mismatched is more than counts.compared"
+        if not isinstance(r.get("checks") or {}, dict):
+            return f"route {r['route']!r}: checks is not an object"
+        ests = r.get("estimates") or {}
+        if not isinstance(ests, dict):
+            return f"route {r['route']!r}: estimates is not an object"
+        for name in _SLOWDOWNS:
+            e = ests.get(name)
+            if e is None:
+                continue
+            if not isinstance(e, dict):
+                return f"route {r['route']!r}: estimates.{name} is not an object"
+            for key in ("estimate", "low", "high"):
+                x = e.get(key)
+                if x is not None and (type(x) not in (int, float) or not math.isfinite(x)):
+                    return f"route {r['route']!r}: estimates.{name}.{key} is {x!r}, not a number"
+    return None
 
 
 def _events(r: dict[str, Any], key: str, total: str | None) -> tuple[int, int]:

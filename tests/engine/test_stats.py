@@ -46,7 +46,7 @@ def test_histograms_merge_exactly_through_their_dicts() -> None:
 
 def test_route_stats_round_trip() -> None:
     rs = RouteStats()
-    rs.counts["mismatched"] = 3
+    rs.counts["compared"], rs.counts["mismatched"] = 5, 3
     rs.skipped_by["sampled_out"] = 4
     rs.live_latency.observe(5.0)
     again = RouteStats.from_dict(rs.to_dict())

@@ -200,6 +200,44 @@ def test_invalid_records_are_left_out_and_counted() -> None:
     assert report["notes"] == ["3 records were not shadowproxy.mismatch/1 records: left out"]
 
 
+def _spoiled(change: str) -> dict[str, object]:
+    """A stats record of 300 compared exchanges, with one thing in it made impossible."""
+    rs = route_stats(compared=300, mismatched=1, live_ms=[10.0] * 300, shadow_ms=[11.0] * 300)
+    rec = stats({"r": rs}, change)
+    r = rec["routes"]["r"]
+    if change == "negative":
+        r["compared"] = -300
+    elif change == "past_total":
+        r["mismatched"] = 400
+    elif change == "count_off":
+        r["live_latency_ms"]["count"] = 0  # its buckets hold 300
+    elif change == "bucket":
+        r["shadow_latency_ms"]["buckets"] = {"99999999": 300}
+    elif change == "not_int":
+        r["shadow_errors"] = 1.5
+    elif change == "huge_sum":
+        r["live_latency_ms"]["sum"] = float("inf")
+    elif change == "ratio_negative":
+        r["latency_log_ratio"]["buckets"] = {"10": -300}
+    return rec
+
+
+def test_a_stats_record_with_impossible_figures_is_left_out_and_counted_invalid() -> None:
+    # an outside attacker's hand-made records: a negative count made a route with a real mismatch
+    # NO DATA without a word; a mismatched count past compared, or a histogram whose count is not
+    # its buckets', ended in a traceback (a math domain error, a division by zero)
+    changes = ("negative", "past_total", "count_off", "bucket", "not_int", "huge_sum", "ratio_negative")
+    for change in changes:
+        agg = Aggregator()
+        assert agg.add(_spoiled(change)) is False, change
+        report = agg.snapshot()
+        assert report["records"]["invalid"] == 1, change
+        assert report["notes"] == ["1 records were not shadowproxy.mismatch/1 records: left out"], change
+    agg = Aggregator()
+    assert agg.add(_spoiled("none")) is True  # the same record, unspoiled
+    assert agg.snapshot()["routes"][0]["counts"]["compared"] == 300  # type: ignore[index]
+
+
 def test_overall_verdict_is_the_worst_route_and_no_data_routes_do_not_count() -> None:
     report = _agg(
         [

@@ -365,6 +365,34 @@ def test_baseline_names_a_significant_regression_and_fail_on_gates_on_it(tmp_pat
     assert "| r | mismatch_rate | 0% | 0.33% | yes | REGRESSION |" in md
 
 
+_NOT_COUNT = "not a non-negative integer"
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (lambda r: r["counts"].update(compared=-5), f"route 'r': counts.compared is -5, {_NOT_COUNT}"),
+    (lambda r: r["counts"].update(mismatched=9000),
+     "route 'r': counts.mismatched is more than counts.compared"),
+    (lambda r: r["counts"].update(shadow_errors="2"),
+     f"route 'r': counts.shadow_errors is '2', {_NOT_COUNT}"),
+    (lambda r: r["estimates"].update(slowdown_median={"n": 300, "estimate": "x", "low": None, "high": None}),
+     "route 'r': estimates.slowdown_median.estimate is 'x', not a number"),
+    (lambda r: r.update(checks="x"), "route 'r': checks is not an object"),
+])
+def test_a_baseline_with_figures_it_cannot_hold_is_one_line_and_exit_2(
+        tmp_path: Path, edit: Any, said: str) -> None:
+    # an outside attacker's hand-edited baselines ended in a traceback from the rate test (exit 1)
+    src = write_jsonl(tmp_path / "a.jsonl", [stats({"r": route_stats(
+        compared=300, mismatched=1, live_ms=[10.0] * 300, shadow_ms=[11.0] * 300)}, "s")])
+    data = json.loads(run("report", "--source", src, "--format", "json")[1])
+    edit(data["routes"][0])
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    code, out, err = run("report", "--source", src, "--baseline", str(old))
+    assert code == 2 and out == "", err
+    assert err.startswith(f"error: --baseline {old}: {said}") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
 def test_baseline_equal_to_this_run_has_no_regression(tmp_path: Path) -> None:
     src = _src(tmp_path, "a.jsonl", 2)
     old = tmp_path / "old.json"
