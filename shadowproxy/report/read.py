@@ -15,6 +15,7 @@ from shadowproxy.sinks.uri import parse_uri
 __all__ = ["parse_duration", "read_source", "since_cutoff"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_DURATION_S = 1000 * 365 * 86400  # a thousand years: every record's ts is within it
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
@@ -28,6 +29,9 @@ def parse_duration(text: str, *, flag: str = "--since") -> timedelta:
     seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         msg = f"{flag} {text!r}: must be longer than 0"
+        raise ConfigError(msg)
+    if seconds > MAX_DURATION_S:  # past it, timedelta and datetime overflow (a traceback)
+        msg = f"{flag} {text!r}: longer than {MAX_DURATION_S // (365 * 86400)} years"
         raise ConfigError(msg)
     return timedelta(seconds=seconds)
 

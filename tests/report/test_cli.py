@@ -248,7 +248,8 @@ def test_since_durations(text: str, seconds: int) -> None:
     assert since_cutoff(text, now=now) == now - timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "15", "m", "15 minutes", "-1h", "0m", "1h-5m"])
+@pytest.mark.parametrize("text", ["", "15", "m", "15 minutes", "-1h", "0m", "1h-5m",
+                                  "600000w", "1000000000d", "99999999999999999999s"])  # last 3: overflow
 def test_bad_since_is_one_red_line_and_exit_2(source: str, text: str) -> None:
     code, _, err = run("report", "--source", source, "--since", text)
     assert code == 2
