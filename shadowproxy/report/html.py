@@ -24,6 +24,7 @@ from shadowproxy.report.text import (
     fmt_ms,
     fmt_pct,
     fmt_ratio,
+    printable,
     value_text,
 )
 
@@ -283,6 +284,7 @@ def _route_section(r: dict[str, Any]) -> str:
 
 
 def render_body(report: dict[str, Any], *, heading: str = "shadowproxy report") -> str:
+    report = printable(report)  # a NUL or an escape sequence from the traffic, shown as an escape
     routes = by_severity(report["routes"])
     rec, window = report["records"], report["window"]
     since = f" (since {_e(report['since'])})" if report["since"] else ""

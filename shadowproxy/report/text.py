@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape as _markup_escape
 from rich.table import Table
 from rich.text import Text
 
@@ -27,6 +29,7 @@ __all__ = [
     "fmt_ratio",
     "host_line",
     "noise_cells",
+    "printable",
     "quantiles_text",
     "render_json",
     "render_table",
@@ -206,6 +209,34 @@ def host_line(report: dict[str, Any]) -> str | None:
     return "host: " + "; ".join(parts)
 
 
+# characters a terminal or a browser acts on rather than shows: C0 and C1 controls, DEL, and the
+# bidirectional overrides and isolates (which reorder what is shown around them)
+_UNSEEN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SEEN = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _shown(m: re.Match[str]) -> str:
+    c = m.group(0)
+    return _SEEN.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(data: Any, *, markup: bool = False) -> Any:
+    """`data` (a report, or any part) with every string's unseen characters written as escapes
+    (`\\x1b`, `\\n`, `\\u202e`), and with `markup` rich's markup escaped too, for the formats people
+    read: route names, field paths and values come from the traffic. An outside attacker's field
+    path of escape sequences set the terminal's title, cleared the screen above the FAIL and
+    printed a green "ALL PASS" in the table; NUL bytes went into the HTML. JSON keeps the data as
+    it is (its encoder escapes them)."""
+    if isinstance(data, str):
+        out = _UNSEEN.sub(_shown, data) if _UNSEEN.search(data) else data
+        return _markup_escape(out) if markup and "[" in out else out
+    if isinstance(data, dict):
+        return {k: printable(v, markup=markup) for k, v in data.items()}
+    if isinstance(data, list):
+        return [printable(v, markup=markup) for v in data]
+    return data
+
+
 def field_text(f: dict[str, Any]) -> str:
     return f"{f['part']} {f['path'] or '(status)'}" if f["part"] != "body" else (f["path"] or "/")
 
@@ -224,6 +255,7 @@ def render_json(report: dict[str, Any]) -> str:
 
 def render_table(report: dict[str, Any], console: Console) -> None:
     """Print the report on `console` as rich tables."""
+    report = printable(report, markup=True)
     v = report["verdict"]
     head = Text("shadowproxy report  ")
     head.append(f" {VERDICT_LABEL[v]} ", style=f"reverse {VERDICT_STYLE[v]}")

@@ -363,7 +363,7 @@ def test_baseline_names_a_significant_regression_and_fail_on_gates_on_it(tmp_pat
     assert row["before"] == 0 and row["now"] == 10 / 3000 and row["significant"] and row["p_value"] < 0.01
     code, md, _ = run("report", "--source", now, "--format", "markdown", "--baseline", str(old))
     assert code == 0 and "## Against baseline" in md
-    assert "| r | mismatch_rate | 0% | 0.33% | yes | REGRESSION |" in md
+    assert "| `r` | mismatch_rate | 0% | 0.33% | yes | REGRESSION |" in md
 
 
 _NOT_COUNT = "not a non-negative integer"
@@ -521,3 +521,41 @@ def test_the_hosts_figures_are_printed_when_the_stats_records_carry_them(tmp_pat
     assert "latency: p10 slowdown (fast end)" in flat  # the check it was judged by
     without = write_jsonl(tmp_path / "w.jsonl", [stats({"r": route_stats(compared=3)}, "s")])
     assert "host:" not in run("report", "--source", without, "--format", fmt)[1]
+
+
+def _hostile(tmp_path: Path) -> str:
+    """A route name and a field path from hostile traffic: terminal escapes, NUL, a bidi
+    override, rich markup, Markdown that closes a code span and opens a link."""
+    route = "/x|`[/bold]\u202e"
+    path = "/a`b **bold** [link](javascript:alert(1))\x1b]0;pwned\x07\x1b[2J\x1b[1;32mALL PASS\x00"
+    records = [
+        stats({route: route_stats(compared=20, mismatched=1)}, "s"),
+        mismatch(route, "m1", [("body", path, "changed", "\x1b[31mred", 2)]),
+    ]
+    return write_jsonl(tmp_path / "h.jsonl", records)
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "html"])
+def test_control_characters_from_the_traffic_are_shown_as_escapes_in_the_read_formats(
+        tmp_path: Path, fmt: str) -> None:
+    # an outside attacker's field path set the terminal's title, cleared the screen above the FAIL
+    # and printed a green "ALL PASS"; NUL bytes went into the HTML
+    code, out, err = run("report", "--source", _hostile(tmp_path), "--format", fmt)
+    assert code == 0, err
+    assert not any(c in out for c in "\x1b\x00\x07\u202e"), repr(out[:300])
+    assert "\\x1b" in out and "\\x00" in out and "\\u202e" in out
+
+
+def test_markdown_shows_a_hostile_field_path_as_code_not_as_markup(tmp_path: Path) -> None:
+    md = run("report", "--source", _hostile(tmp_path), "--format", "markdown")[1]
+    # the backtick in the path is inside a longer fence, a table cell's pipe escaped
+    assert "| ``/a`b **bold** [link](javascript:alert(1))\\x1b]0;pwned" in md
+    assert "| ``/x\\|`[/bold]\\u202e`` | **FAIL** |" in md
+    assert "## ``/x|`[/bold]\\u202e``: FAIL" in md  # not in a table: no escape
+    assert "| `m1` |" in md
+
+
+def test_the_table_takes_a_route_name_that_looks_like_rich_markup_as_text(tmp_path: Path) -> None:
+    code, out, err = run("report", "--source", _hostile(tmp_path))
+    assert code == 0 and "Traceback" not in err
+    assert "[/bold]" in " ".join(out.split()).replace(" ", "") or "[/bold]" in out.replace("\n", "")
