@@ -140,6 +140,7 @@ def report(
     from shadowproxy.rules.model import Verdict
 
     cutoff = since_cutoff(since)
+    _check_gate_and_out(source, out, fail_on, fail_on_insufficient)
     thresholds = Verdict()
     if rules is not None:
         from shadowproxy.cli.params import load_rules_for
@@ -186,3 +187,24 @@ def report(
             why = "--fail-on-insufficient"
         click.secho(f"verdict {data['verdict']}: {why}", fg="red", err=True)
         sys.exit(1)
+
+
+def _check_gate_and_out(source: str, out: Path | None, fail_on: str | None,
+                        fail_on_insufficient: bool) -> None:
+    """Options that would do something other than what they say, refused before anything is
+    read (outside attackers' runs): `--fail-on-insufficient` alone gated nothing, and `--out`
+    naming the records file `--source` reads replaced the run's records with the report."""
+    from shadowproxy.errors import ConfigError
+    from shadowproxy.sinks.sources import sibling_files
+    from shadowproxy.sinks.uri import parse_uri
+
+    if fail_on_insufficient and fail_on is None:
+        msg = "--fail-on-insufficient widens --fail-on, which is not given: add --fail-on warn or fail"
+        raise ConfigError(msg)
+    parsed = parse_uri(source, flag="--source")
+    if out is None or parsed.scheme != "jsonl":
+        return
+    records = Path(parsed.path)
+    if out.resolve() in {p.resolve() for p in (records, *sibling_files(records))}:
+        msg = f"--out {out}: that is the records file --source reads; the report would replace it"
+        raise ConfigError(msg)

@@ -349,7 +349,7 @@ class Aggregator:
         if self.counters["stats"] == 0 and self.counters["used"] > 0:
             notes.append(
                 "no stats records: compared, equal, skipped and latency are unknown "
-                "(the proxy writes one every --shadow-stats-interval seconds and at exit)"
+                "(the proxy writes one every --stats-interval seconds and at exit)"
             )
         for name, agg in sorted(self.routes.items()):
             seen, counted = agg.records["mismatch"], agg.stats.counts.get("mismatched", 0)

@@ -10,6 +10,7 @@ from typing import IO
 
 from shadowproxy.errors import ConfigError
 from shadowproxy.report.aggregate import Aggregator
+from shadowproxy.sinks.sources import sibling_files
 from shadowproxy.sinks.uri import parse_uri
 
 __all__ = ["parse_duration", "read_source", "since_cutoff"]
@@ -48,11 +49,15 @@ def _jsonl_lines(uri: str) -> int | None:
     parsed = parse_uri(uri, flag="--source")
     if parsed.scheme != "jsonl":
         return None
+    path = Path(parsed.path)
+    total = 0
     try:
-        with open(Path(parsed.path), "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        for p in (path, *sibling_files(path)):  # what iter_records reads
+            with open(p, "rb") as fh:
+                total += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     except OSError:
         return None  # iter_records says why, in its own words
+    return total
 
 
 async def read_source(

@@ -81,7 +81,9 @@ def fmt_pct(rate: float | None) -> str:
 
 
 def fmt_ms(ms: float | None) -> str:
-    if ms is None:
+    """Milliseconds as the tables show them; "—" for none, or for what a hand-made record put
+    there that is not a number (an outside attacker's string latency was a traceback in html)."""
+    if not isinstance(ms, (int, float)) or isinstance(ms, bool):
         return "—"
     return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 

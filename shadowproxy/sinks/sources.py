@@ -12,6 +12,8 @@ beside the sinks and shares their URI parsing and Kafka client settings, not the
 
 - jsonl: the file, line by line. `from_beginning=False` starts at its current end; `follow`
   keeps reading what is appended (like `tail -f`; a shortened file is read again from the top).
+  Read whole (from the beginning, not following), the files of `run --reuse-port` siblings
+  beside it (PATH.1, PATH.2, ...) are read after it: one sink, one source.
 - kafka: without `group`, every partition of the topic is assigned (nothing is committed);
   with `group`, the consumer joins that group and commits what it read. `from_beginning`
   starts at the earliest offset (with a group: when it has no committed offset), else at the
@@ -33,7 +35,7 @@ import orjson
 from shadowproxy.errors import InputFileError
 from shadowproxy.sinks.uri import ParsedURI, parse_uri
 
-__all__ = ["SourceError", "iter_records"]
+__all__ = ["SourceError", "iter_records", "sibling_files"]
 
 log = logging.getLogger("shadowproxy")
 
@@ -59,7 +61,13 @@ async def iter_records(
         if group is not None:
             msg = f"{flag} {uri}: --group applies to kafka:// sources only"
             raise SourceError(msg)
-        inner = _iter_jsonl(Path(parsed.path), from_beginning=from_beginning, follow=follow, flag=flag)
+        path = Path(parsed.path)
+        siblings = sibling_files(path)
+        if siblings and (follow or not from_beginning):
+            log.warning("%s: written beside it by `run --reuse-port` siblings, not followed here: "
+                        "`report --source jsonl:%s` reads them all", ", ".join(map(str, siblings)), path)
+            siblings = []
+        inner = _iter_jsonl_all([path, *siblings], from_beginning=from_beginning, follow=follow, flag=flag)
     elif parsed.scheme == "kafka":
         inner = _iter_kafka(parsed, from_beginning=from_beginning, follow=follow, group=group, flag=flag)
     else:
@@ -69,6 +77,28 @@ async def iter_records(
     async with contextlib.aclosing(inner):
         async for record in inner:
             yield record
+
+
+def sibling_files(path: Path) -> list[Path]:
+    """The files `run --reuse-port N` siblings write beside a JSONL sink's PATH: PATH.1, PATH.2,
+    ... up to the first missing one (each process writes its own, since appends from several
+    would interleave inside lines). Without them a report of PATH left out every record the
+    siblings wrote (an outside attacker's mismatch, in PATH.1, read as PASS)."""
+    out: list[Path] = []
+    while (p := path.with_name(f"{path.name}.{len(out) + 1}")).is_file():
+        out.append(p)
+    return out
+
+
+async def _iter_jsonl_all(
+    paths: list[Path], *, from_beginning: bool, follow: bool, flag: str
+) -> AsyncGenerator[dict[str, Any], None]:
+    """`_iter_jsonl` over each path in turn (one path when following)."""
+    for path in paths:
+        inner = _iter_jsonl(path, from_beginning=from_beginning, follow=follow, flag=flag)
+        async with contextlib.aclosing(inner):
+            async for record in inner:
+                yield record
 
 
 def _parse_line(line: bytes, where: str) -> dict[str, Any]:

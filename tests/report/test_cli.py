@@ -559,3 +559,41 @@ def test_the_table_takes_a_route_name_that_looks_like_rich_markup_as_text(tmp_pa
     code, out, err = run("report", "--source", _hostile(tmp_path))
     assert code == 0 and "Traceback" not in err
     assert "[/bold]" in " ".join(out.split()).replace(" ", "") or "[/bold]" in out.replace("\n", "")
+
+
+def test_a_jsonl_source_reads_the_files_of_reuse_port_siblings_beside_it(tmp_path: Path) -> None:
+    # `run --reuse-port 2 --sink jsonl:rec.jsonl` writes rec.jsonl and rec.jsonl.1: an outside
+    # attacker's one mismatch, in rec.jsonl.1, was left out and the route read PASS
+    first = write_jsonl(tmp_path / "rec.jsonl", [stats({"r": route_stats(compared=150)}, "s0")])
+    write_jsonl(tmp_path / "rec.jsonl.1", [stats({"r": route_stats(compared=150, mismatched=1)}, "s1"),
+                                           mismatch("r", "m1", [("body", "/price", "changed", 10, 11)])])
+    write_jsonl(tmp_path / "rec.jsonl.3", [stats({"r": route_stats(compared=9000)}, "s3")])  # no .2 before it
+    code, out, _ = run("report", "--source", first, "--format", "json")
+    assert code == 0  # a FAIL fails only with --fail-on
+    data = json.loads(out)
+    assert data["routes"][0]["counts"]["compared"] == 300 and data["routes"][0]["counts"]["mismatched"] == 1
+    assert data["records"]["used"] == 3 and data["verdict"] == "fail"
+
+
+def test_fail_on_insufficient_alone_is_refused_with_one_line(source: str) -> None:
+    # it widens --fail-on; alone it gated nothing, silently (an outside attacker's)
+    code, out, err = run("report", "--source", source, "--fail-on-insufficient")
+    assert (code, out) == (2, "") and err.startswith("error: --fail-on-insufficient widens --fail-on")
+
+
+def test_out_naming_the_records_file_being_read_is_refused_and_the_records_are_kept(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "rec.jsonl", [stats({"r": route_stats(compared=30)}, "s")])
+    write_jsonl(tmp_path / "rec.jsonl.1", [stats({"r": route_stats(compared=30)}, "s1")])
+    before = (tmp_path / "rec.jsonl").read_bytes()
+    for target in ("rec.jsonl", "rec.jsonl.1"):
+        code, _, err = run("report", "--source", src, "--format", "json", "--out", str(tmp_path / target))
+        assert code == 2 and "that is the records file --source reads" in err
+    assert (tmp_path / "rec.jsonl").read_bytes() == before
+
+
+def test_a_mismatch_record_whose_latency_is_not_a_number_renders_in_html(tmp_path: Path) -> None:
+    rec = mismatch("r", "m1", [("body", "/price", "changed", 10, 11)])
+    rec["live"]["latency_ms"] = "slow"
+    src = write_jsonl(tmp_path / "r.jsonl", [stats({"r": route_stats(compared=30, mismatched=1)}, "s"), rec])
+    code, out, err = run("report", "--source", src, "--format", "html")
+    assert code == 0 and "Traceback" not in err and "<html" in out
