@@ -211,7 +211,8 @@ class Stats:
             rs.shadow_latency.observe(shadow_ms)
             rs.latency_log_ratio.add(ratio)
 
-    def exchange(self, route: str, live: Response, shadow: Response, shadow_queue: int | None = None) -> None:
+    def exchange(self, route: str, live: Response, shadow: Response, shadow_queue: int | None = None,
+                 timed: bool = True) -> None:
         """One compared exchange's timings: `latency`, and apart, each side's loop lag during
         its call (the proxy's, the worker's) and each side's connect time when its connection
         was new. The latencies are compared like for like: an exchange where one side's
@@ -219,8 +220,10 @@ class Stats:
         connection in time) is left out of them, since a connection's first request can be
         slower than the next ones. With both sides' queues (live's `Response.queue`, and
         `shadow_queue`: the worker's calls in flight at the shadow when its call started), the
-        exchange goes into the figures against them too (`RouteStats.live_queue`)."""
-        if _alike(live, shadow):
+        exchange goes into the figures against them too (`RouteStats.live_queue`). `timed` False:
+        the shadow served this copy's noise pair at the same moment (shadow.calls), two calls
+        where live served one, so its latency is not live's like; left out of them too."""
+        if timed and _alike(live, shadow):
             self.latency(route, live.latency_ms, shadow.latency_ms)
             if live.queue is not None and shadow_queue is not None:
                 for rs in self._route(route):

@@ -174,6 +174,21 @@ def test_shadow_twice_inline_cancels_volatile_fields_and_keeps_the_real_change(
                        "feed": {"compared": 100, "pairs": learned["feed"]["pairs"]}}
 
 
+def test_copies_whose_noise_pair_the_shadow_served_at_once_are_left_out_of_latency(
+    live: Backend, shadow: Backend, tmp_path: Path
+) -> None:
+    # the shadow asked twice at the same moment serves two calls where live served one: an
+    # outside attacker's identical servers read p95 +104% (WARN) with noise pairs on
+    sink = MemorySink()
+    with ProxyThread(live.url, shadow.url, rules=rules_file(tmp_path), sink=sink) as proxy:
+        drive(proxy, "warm", WARMUP)
+    asked = len(shadow.seen) - WARMUP * len(ROUTES)  # the pairs' second calls
+    timed = sum(counts["live_latency_ms"]["count"] for r in sink.records if r["outcome"] == "stats"
+                for counts in r["routes"].values())
+    assert asked >= 20 * len(ROUTES)  # the warm-up: every read paired
+    assert timed == WARMUP * len(ROUTES) - asked, (timed, asked)
+
+
 def test_no_record_names_a_volatile_field_once_learned(
     live: Backend, shadow: Backend, tmp_path: Path
 ) -> None:
