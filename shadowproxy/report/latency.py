@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shadowproxy.engine.histogram import HIST_BASE_MS
@@ -131,6 +131,12 @@ class LatencyTest:
     # end (`queue_bound` against the secondary, `_slope_bound` against live); None: records
     # without queues, or queues that did not vary
     queue_slope: tuple[float, float] | None = None
+    # the reference's (live's, or the secondary's) latency in ms at the median, p95, p99 and p10:
+    # what a slowdown's ratio is a share of (`report.latency_verdict`'s floor); None: not known.
+    # Not compared: a histogram's max is kept to 0.001 ms in a record, so merged records read
+    # its quantiles that much apart from the samples they hold (the estimates are exact)
+    reference_ms: tuple[float | None, float | None, float | None, float | None] | None = field(
+        default=None, compare=False)
 
     @property
     def n_effective(self) -> int:
@@ -257,12 +263,13 @@ def _against_live(rs: RouteStats, host: HostLoad | None) -> LatencyTest | None:
     if not lag.count or live_p50 is None:
         return LatencyTest(n, median, p99, p95=p95, shadow_loop_lag_ms=shadow_lag_ms, shadow_lag_share=share,
                            host=host, host_cpu_share=cpu_share, p10=p10, queued=queued,
-                           live_longer=live_longer, queue_slope=slope)
+                           live_longer=live_longer, queue_slope=slope,
+                           reference_ms=_quantiles_ms(rs.live_latency))
     lag_ms = lag.sum / lag.count
     hidden = lag_ms / max(live_p50 - lag_ms, live_p50 * 0.01)
     return LatencyTest(n, median, p99, round(lag_ms, 3), round(hidden, RATIO_DIGITS), p95,
                        shadow_lag_ms, share, host, cpu_share, p10, queued=queued, live_longer=live_longer,
-                       queue_slope=slope)
+                       queue_slope=slope, reference_ms=_quantiles_ms(rs.live_latency))
 
 
 # what a slope above QUEUE_SLOPE_LIMIT says, and not more: the per-exchange figures cannot tell a
@@ -331,7 +338,13 @@ def against_secondary(rs: RouteStats, alpha: float, bound: tuple[float, float] |
     return LatencyTest(median.n, median, p99_slowdown(pairs.secondary, pairs.shadow, d=d),
                        p95=p99_slowdown(pairs.secondary, pairs.shadow, 0.95, d), shadow_loop_lag_ms=lag_ms,
                        shadow_lag_share=share, against="secondary", note=note, judged=judged,
-                       every_copy=every, longer_queue_p=longer_p, queue_slope=bound)
+                       every_copy=every, longer_queue_p=longer_p, queue_slope=bound,
+                       reference_ms=_quantiles_ms(pairs.secondary))
+
+
+def _quantiles_ms(h: Histogram) -> tuple[float | None, float | None, float | None, float | None]:
+    """A reference's latency in ms at the median, p95, p99 and p10 (`LatencyTest.reference_ms`)."""
+    return h.quantile(0.5), h.quantile(0.95), h.quantile(0.99), h.quantile(0.10)
 
 
 def _host_wait_share(ref: SecondaryLatency, host: HostLoad) -> float | None:

@@ -355,6 +355,19 @@ def test_a_warn_the_proxys_lag_reads_low_is_a_fail_when_the_fast_end_reads_fail(
         "bound above fail 15.00%), says FAIL" in j.reasons[-1]
 
 
+def test_a_slowdown_of_a_few_microseconds_on_sub_millisecond_answers_is_insufficient() -> None:
+    # identical 0.25 ms servers read +10.5% (+7.3% to +12.7%), WARN: 18 microseconds at the lower
+    # end, what two processes on one host differ by for a run (outside attack N)
+    j = evaluate_stats(_paired(300, 0.25, 0.28))
+    assert j.latency == "insufficient", j.reasons
+    assert j.reasons[-1].startswith("latency: slower by at most ")
+    assert "microseconds at the 95% lower end (the live median 0.25 ms): less than the 50 microseconds" \
+        in j.reasons[-1]
+    # the same ratio on a millisecond or more stands, and so does a slowdown past the floor
+    assert evaluate_stats(_paired(300, 1.0, 1.12)).latency == "warn"
+    assert evaluate_stats(_paired(300, 0.25, 0.35)).latency == "fail"  # +40%: 0.1 ms
+
+
 def test_a_fail_the_fast_end_decided_under_the_proxys_lag_shows_that_p10_among_the_estimates() -> None:
     # a quiet host (no host rule): the p10 decided the FAIL, so the JSON and the checks table
     # show it beside the median it overruled (issue 18: every estimate a check used)
