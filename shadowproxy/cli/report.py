@@ -118,7 +118,8 @@ def report(
     backends' queues, a WARN or FAIL stands; a PASS waits for 30); so is one whose
     median interval reaches past fail (past warn, when the shadow is significantly slower),
     or whose p95 or p99 is significantly slower by a WARN-sized amount its interval cannot
-    bound.
+    bound, or whose slowdowns are all under 0.05 ms at their lower bounds (sub-millisecond
+    answers: two processes on one host differ by about that).
     The route's verdict is its worst check; a route with nothing compared is NO DATA.
     Overall is the worst route with data (NO DATA when no route has any).
 
