@@ -178,9 +178,13 @@ async def test_verdicts_of_a_real_run(one_run: Path, rules_file: str) -> None:
     )
     j = evaluate(20, 5, 0, latency_test(rs), thresholds)
     assert u["verdict"] == j.verdict == evaluate_stats(rs, thresholds).verdict == "fail"
+    # timed: the exchanges whose two sides' connections were alike (on a busy host the shadow's
+    # pace can fall behind and reuse where live opened: that one is compared, not timed)
+    timed = rs.latency_log_ratio.count
+    assert 15 <= timed <= 20
     assert u["reasons"] == list(j.reasons) == [
         "mismatch rate 25.00% (11.19% to 46.87%, n=20) (95% upper bound above fail 1.00%)",
-        "latency: 20 compared exchanges, fewer than min_samples 30: more requests can answer",
+        f"latency: {timed} compared exchanges, fewer than min_samples 30: more requests can answer",
     ]
 
 
