@@ -206,6 +206,16 @@ def _check_gate_and_out(source: str, out: Path | None, fail_on: str | None,
     if out is None or parsed.scheme != "jsonl":
         return
     records = Path(parsed.path)
-    if out.resolve() in {p.resolve() for p in (records, *sibling_files(records))}:
-        msg = f"--out {out}: that is the records file --source reads; the report would replace it"
+    kept = [records, *sibling_files(records)]
+    kept += [p.with_name(p.name + ".ledger") for p in kept]  # the crash ledgers beside them
+    if out.resolve() in {p.resolve() for p in kept} or any(_same_file(out, p) for p in kept):
+        msg = f"--out {out}: that is a file of the run --source reads; the report would replace it"
         raise ConfigError(msg)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Both exist and are one file (a hard link passes a comparison of paths)."""
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from shadowproxy.engine.histogram import finite_of
 from shadowproxy.engine.record import SCHEMA as RECORD_SCHEMA
 from shadowproxy.engine.stats import RouteStats, SecondaryLatency, sample_rate
 from shadowproxy.report import egress as _egress
@@ -52,6 +53,7 @@ EXCHANGE_OUTCOMES = ("mismatch", "shadow_error", "too_large")
 FIELD_EXAMPLE_IDS = 3
 VALUE_CHARS = 300
 MAX_FIELDS_PER_ROUTE = 2000
+MAX_INTERVAL_S = 1e9  # a stats record's interval_s: about 31 years
 ROUTE_EXAMPLES = 5
 EXAMPLE_DIFFERENCES = 20
 DEDUPE_CAPACITY = 1_000_000
@@ -196,7 +198,11 @@ class Aggregator:
         routes = record["routes"]
         parsed = {str(name): RouteStats.from_dict(counts) for name, counts in routes.items()}
         ts = str(record["ts"])
-        at, interval = parse_ts(ts), float(record.get("interval_s") or 0.0)
+        # a stats interval of 0 to MAX_INTERVAL_S seconds (the trend and the host's figures are
+        # weighed by it: -1 or 1e308 read as one, an outside attacker's)
+        at, interval = parse_ts(ts), finite_of(record.get("interval_s") or 0.0, 0.0)
+        if interval > MAX_INTERVAL_S:
+            raise ValueError("interval_s out of range")
         for name, rs in parsed.items():
             agg = self._route(name)
             agg.stats.merge(rs)
@@ -364,7 +370,8 @@ class Aggregator:
                 notes.append(note)
         if self.counters["invalid"]:
             notes.append(
-                f"{self.counters['invalid']} records were not shadowproxy.mismatch/1 records: left out"
+                f"{self.counters['invalid']} records were not valid shadowproxy.mismatch/1 records (another "
+                f"schema, a missing field, or figures no run writes): left out"
             )
         return notes
 

@@ -31,7 +31,9 @@ __all__ = ["render_markdown"]
 
 # what opens markup in text: emphasis, code, links, HTML, table cells, strikethrough; `_` only
 # where it can open or close emphasis (not inside a word such as mismatch_rate)
-_MARKUP = re.compile(r"[\\`*\[\]<|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_MARKUP = re.compile(r"[\\`*\[\]<|~&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# what opens a block at a line's start: a heading, a quote, a list item, a setext underline
+_BLOCK = re.compile(r"([#>+=-]|\d+[.)])")
 
 
 def _md(text: Any) -> str:
@@ -39,6 +41,15 @@ def _md(text: Any) -> str:
     table cells) backslash-escaped, so a route name or a field path from the traffic shows as it
     is (an outside attacker's `**bold** [link](javascript:...)` rendered as both)."""
     return _MARKUP.sub(lambda m: "\\" + m.group(0), str(text).replace("\n", " "))
+
+
+def _line(text: Any) -> str:
+    """`_md` for text that starts a line (a list item's): what would open a block there escaped
+    too (a route name at the start of a note made a heading in its item: an outside attacker's)."""
+    out = _md(str(text).lstrip())
+    if not _BLOCK.match(out):
+        return out
+    return _BLOCK.sub(lambda m: m.group(0)[:-1] + "\\" + m.group(0)[-1], out, count=1)
 
 
 class _Written(str):
@@ -85,7 +96,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + f"; {rec['used']} of {rec['read']} records used."
     )
     if (host := host_line(report)) is not None:
-        lines += ["", _md(host)]
+        lines += ["", _line(host)]
     lines.append("")
     routes = by_severity(report["routes"])
     rows = []
@@ -143,10 +154,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _md_noise(r)
         rd_text = request_delta_text(r)
         if rd_text is not None:
-            lines += [_md(rd_text), ""]
+            lines += [_line(rd_text), ""]
         if (side_effects := egress_summary(r)) is not None:
-            lines += [_md(side_effects), ""]
-        lines += [f"- {_md(reason)}" for reason in r["reasons"]]
+            lines += [_line(side_effects), ""]
+        lines += [f"- {_line(reason)}" for reason in r["reasons"]]
         if r["reasons"]:
             lines.append("")
         if r["fields"]:
@@ -177,7 +188,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                            right={2, 3, 6})
         lines.append("")
     if report["notes"]:
-        lines += ["## Notes", ""] + [f"- {_md(n)}" for n in report["notes"]] + [""]
+        lines += ["## Notes", ""] + [f"- {_line(n)}" for n in report["notes"]] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

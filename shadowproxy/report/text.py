@@ -211,9 +211,10 @@ def host_line(report: dict[str, Any]) -> str | None:
     return "host: " + "; ".join(parts)
 
 
-# characters a terminal or a browser acts on rather than shows: C0 and C1 controls, DEL, and the
-# bidirectional overrides and isolates (which reorder what is shown around them)
-_UNSEEN = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# characters a terminal or a browser acts on rather than shows: C0 and C1 controls, DEL, the
+# zero-width ones, line and paragraph separators, the bidirectional overrides and isolates (which
+# reorder what is shown around them), invisible operators and the byte order mark
+_UNSEEN = re.compile("[\x00-\x1f\x7f-\x9f\xad\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 _SEEN = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

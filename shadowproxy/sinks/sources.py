@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -80,14 +81,19 @@ async def iter_records(
 
 
 def sibling_files(path: Path) -> list[Path]:
-    """The files `run --reuse-port N` siblings write beside a JSONL sink's PATH: PATH.1, PATH.2,
-    ... up to the first missing one (each process writes its own, since appends from several
-    would interleave inside lines). Without them a report of PATH left out every record the
-    siblings wrote (an outside attacker's mismatch, in PATH.1, read as PASS)."""
-    out: list[Path] = []
-    while (p := path.with_name(f"{path.name}.{len(out) + 1}")).is_file():
-        out.append(p)
-    return out
+    """The files `run --reuse-port N` siblings write beside a JSONL sink's PATH: every PATH.<n>
+    (n from 1), in n's order, gaps and all (each process writes its own, since appends from
+    several would interleave inside lines; a run with fewer processes leaves the others' files).
+    Without them a report of PATH left out every record the siblings wrote (an outside
+    attacker's mismatch, in PATH.1, read as PASS; then one in PATH.2 beside no PATH.1). One
+    that cannot be read is named by the reader's error, not skipped."""
+    pattern = re.compile(re.escape(path.name) + r"\.([1-9]\d{0,5})")
+    try:
+        names = [(int(m.group(1)), name) for name in os.listdir(path.parent or ".")
+                 if (m := pattern.fullmatch(name))]
+    except OSError:
+        return []
+    return [path.with_name(name) for _, name in sorted(names)]
 
 
 async def _iter_jsonl_all(

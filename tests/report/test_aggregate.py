@@ -184,6 +184,10 @@ def test_route_without_stats_is_no_data_and_a_note_says_stats_are_missing() -> N
     assert any("route lonely: 1 mismatch records but stats count 0" in n for n in report["notes"])  # type: ignore[attr-defined]
 
 
+_INVALID = ("records were not valid shadowproxy.mismatch/1 records (another schema, a missing field, or "
+            "figures no run writes): left out")
+
+
 def test_invalid_records_are_left_out_and_counted() -> None:
     agg = Aggregator()
     assert agg.add({"schema": "other/1", "id": "x", "ts": T0, "outcome": "stats", "routes": {}}) is False
@@ -197,7 +201,7 @@ def test_invalid_records_are_left_out_and_counted() -> None:
     report = agg.snapshot()
     assert report["records"]["invalid"] == 3
     assert report["records"]["used"] == 0
-    assert report["notes"] == ["3 records were not shadowproxy.mismatch/1 records: left out"]
+    assert report["notes"] == [f"3 {_INVALID}"]
 
 
 def _spoiled(change: str) -> dict[str, object]:
@@ -219,6 +223,8 @@ def _spoiled(change: str) -> dict[str, object]:
         r["live_latency_ms"]["sum"] = float("inf")
     elif change == "ratio_negative":
         r["latency_log_ratio"]["buckets"] = {"10": -300}
+    elif change == "interval":
+        rec["interval_s"] = -1.0
     return rec
 
 
@@ -226,13 +232,14 @@ def test_a_stats_record_with_impossible_figures_is_left_out_and_counted_invalid(
     # an outside attacker's hand-made records: a negative count made a route with a real mismatch
     # NO DATA without a word; a mismatched count past compared, or a histogram whose count is not
     # its buckets', ended in a traceback (a math domain error, a division by zero)
-    changes = ("negative", "past_total", "count_off", "bucket", "not_int", "huge_sum", "ratio_negative")
+    changes = ("negative", "past_total", "count_off", "bucket", "not_int", "huge_sum", "ratio_negative",
+               "interval")
     for change in changes:
         agg = Aggregator()
         assert agg.add(_spoiled(change)) is False, change
         report = agg.snapshot()
         assert report["records"]["invalid"] == 1, change
-        assert report["notes"] == ["1 records were not shadowproxy.mismatch/1 records: left out"], change
+        assert report["notes"] == [f"1 {_INVALID}"], change
     agg = Aggregator()
     assert agg.add(_spoiled("none")) is True  # the same record, unspoiled
     assert agg.snapshot()["routes"][0]["counts"]["compared"] == 300  # type: ignore[index]

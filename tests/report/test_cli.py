@@ -527,7 +527,8 @@ def _hostile(tmp_path: Path) -> str:
     """A route name and a field path from hostile traffic: terminal escapes, NUL, a bidi
     override, rich markup, Markdown that closes a code span and opens a link."""
     route = "/x|`[/bold]\u202e"
-    path = "/a`b **bold** [link](javascript:alert(1))\x1b]0;pwned\x07\x1b[2J\x1b[1;32mALL PASS\x00"
+    path = ("/a`b **bold** [link](javascript:alert(1))\x1b]0;pwned\x07\x1b[2J\x1b[1;32mALL PASS\x00"
+            "\u2028\u200b\ufeff")
     records = [
         stats({route: route_stats(compared=20, mismatched=1)}, "s"),
         mismatch(route, "m1", [("body", path, "changed", "\x1b[31mred", 2)]),
@@ -542,7 +543,7 @@ def test_control_characters_from_the_traffic_are_shown_as_escapes_in_the_read_fo
     # and printed a green "ALL PASS"; NUL bytes went into the HTML
     code, out, err = run("report", "--source", _hostile(tmp_path), "--format", fmt)
     assert code == 0, err
-    assert not any(c in out for c in "\x1b\x00\x07\u202e"), repr(out[:300])
+    assert not any(c in out for c in "\x1b\x00\x07\u202e\u2028\u200b\ufeff"), repr(out[:300])
     assert "\\x1b" in out and "\\x00" in out and "\\u202e" in out
 
 
@@ -553,6 +554,19 @@ def test_markdown_shows_a_hostile_field_path_as_code_not_as_markup(tmp_path: Pat
     assert "| ``/x\\|`[/bold]\\u202e`` | **FAIL** |" in md
     assert "## ``/x|`[/bold]\\u202e``: FAIL" in md  # not in a table: no escape
     assert "| `m1` |" in md
+
+
+def test_markdown_notes_that_begin_with_a_route_name_open_no_block(tmp_path: Path) -> None:
+    # a note that begins with a route name ("NAME: proxy loop lag ...") made a heading, a quote
+    # or a list in its item (an outside attacker's)
+    from shadowproxy.report.markdown import render_markdown
+
+    src = write_jsonl(tmp_path / "n.jsonl", [stats({"r": route_stats(compared=3)}, "s")])
+    report = json.loads(run("report", "--source", src, "--format", "json")[1])
+    report["notes"] = ["# Heading: lag", "> quote: lag", "1. list: lag", "  - indented: lag"]
+    notes = render_markdown(report).split("## Notes")[1]
+    for shown in ("- \\# Heading", "- \\> quote", "- 1\\. list", "- \\- indented"):
+        assert f"\n{shown}: lag" in notes, notes
 
 
 def test_the_table_takes_a_route_name_that_looks_like_rich_markup_as_text(tmp_path: Path) -> None:
@@ -567,12 +581,13 @@ def test_a_jsonl_source_reads_the_files_of_reuse_port_siblings_beside_it(tmp_pat
     first = write_jsonl(tmp_path / "rec.jsonl", [stats({"r": route_stats(compared=150)}, "s0")])
     write_jsonl(tmp_path / "rec.jsonl.1", [stats({"r": route_stats(compared=150, mismatched=1)}, "s1"),
                                            mismatch("r", "m1", [("body", "/price", "changed", 10, 11)])])
-    write_jsonl(tmp_path / "rec.jsonl.3", [stats({"r": route_stats(compared=9000)}, "s3")])  # no .2 before it
+    write_jsonl(tmp_path / "rec.jsonl.3", [stats({"r": route_stats(compared=100)}, "s3")])  # no .2: read too
+    (tmp_path / "rec.jsonl.ledger").write_bytes(b"\0" * 64)  # the crash ledger: not records
     code, out, _ = run("report", "--source", first, "--format", "json")
     assert code == 0  # a FAIL fails only with --fail-on
     data = json.loads(out)
-    assert data["routes"][0]["counts"]["compared"] == 300 and data["routes"][0]["counts"]["mismatched"] == 1
-    assert data["records"]["used"] == 3 and data["verdict"] == "fail"
+    assert data["routes"][0]["counts"]["compared"] == 400 and data["routes"][0]["counts"]["mismatched"] == 1
+    assert data["records"]["used"] == 4 and data["verdict"] == "fail"
 
 
 def test_fail_on_insufficient_alone_is_refused_with_one_line(source: str) -> None:
@@ -585,9 +600,10 @@ def test_out_naming_the_records_file_being_read_is_refused_and_the_records_are_k
     src = write_jsonl(tmp_path / "rec.jsonl", [stats({"r": route_stats(compared=30)}, "s")])
     write_jsonl(tmp_path / "rec.jsonl.1", [stats({"r": route_stats(compared=30)}, "s1")])
     before = (tmp_path / "rec.jsonl").read_bytes()
-    for target in ("rec.jsonl", "rec.jsonl.1"):
+    os.link(tmp_path / "rec.jsonl", tmp_path / "hard.jsonl")  # another name for the same file
+    for target in ("rec.jsonl", "rec.jsonl.1", "hard.jsonl", "rec.jsonl.ledger"):
         code, _, err = run("report", "--source", src, "--format", "json", "--out", str(tmp_path / target))
-        assert code == 2 and "that is the records file --source reads" in err
+        assert code == 2 and "that is a file of the run --source reads" in err, target
     assert (tmp_path / "rec.jsonl").read_bytes() == before
 
 
