@@ -19,13 +19,13 @@ A significant worsening is a regression; `--fail-on` fails on any regression.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import orjson
 from scipy import stats as _st
 
+from shadowproxy.engine.histogram import count_of, finite_of
 from shadowproxy.errors import ConfigError
 
 __all__ = ["compare", "load_baseline"]
@@ -68,7 +68,9 @@ def _malformed(routes: Any) -> str | None:
             return f"route {r['route']!r}: counts is not an object"
         for key in ("compared", "mismatched", "shadow_errors"):
             n = counts.get(key, 0)
-            if type(n) is not int or n < 0:
+            try:
+                count_of(n)  # what a stats record's counts are held to (engine.histogram)
+            except ValueError:
                 return f"route {r['route']!r}: counts.{key} is {n!r}, not a non-negative integer"
         if counts.get("mismatched", 0) > counts.get("compared", 0):
             return f"route {r['route']!r}: counts.mismatched is more than counts.compared"
@@ -85,7 +87,10 @@ def _malformed(routes: Any) -> str | None:
                 return f"route {r['route']!r}: estimates.{name} is not an object"
             for key in ("estimate", "low", "high"):
                 x = e.get(key)
-                if x is not None and (type(x) not in (int, float) or not math.isfinite(x)):
+                try:
+                    if x is not None:
+                        finite_of(x)
+                except ValueError:
                     return f"route {r['route']!r}: estimates.{name}.{key} is {x!r}, not a number"
     return None
 
